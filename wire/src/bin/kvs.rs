@@ -1,0 +1,465 @@
+//! `kvs`: the command-line client for kvsd.
+//!
+//! Three modes: a one-shot command (`kvs get KEY`), a batch mode when there is no command and
+//! stdin is not a terminal (one command a line, many requests in flight, one result line per
+//! command in input order), and an interactive shell with history when stdin is a terminal.
+
+use std::io::{BufRead, BufReader, IsTerminal, Write};
+use std::process::ExitCode;
+use std::sync::mpsc::{sync_channel, Receiver, TryRecvError};
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use kvs_wire::client::Pending;
+use kvs_wire::limits::SCAN_LIMIT_MAX;
+use kvs_wire::{Client, ClientError, ClientOptions, ErrorCode, Request, Response};
+
+/// Requests the batch mode keeps in flight at most.
+const BATCH_IN_FLIGHT_MAX: usize = 4096;
+/// Requests the batch mode sends in one write at most.
+const BATCH_WRITE_COUNT_MAX: usize = 256;
+/// Pairs one SCAN line of batch or shell mode asks for unless told otherwise.
+const SCAN_LIMIT_DEFAULT: u32 = 100;
+
+#[derive(Parser)]
+#[command(name = "kvs", version, about = "Command-line client for kvsd")]
+struct Cli {
+    /// Address of kvsd.
+    #[arg(long, default_value = "127.0.0.1:7070", global = true)]
+    addr: String,
+    /// Seconds to wait for a reply.
+    #[arg(long, default_value_t = 30, global = true)]
+    timeout: u64,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug, Clone, PartialEq)]
+enum Command {
+    /// Checks the server answers.
+    Ping,
+    /// Prints the value of KEY (exit code 1 when it does not exist).
+    Get { key: String },
+    /// Stores VALUE under KEY; prints OK once the write is durable.
+    Put { key: String, value: String },
+    /// Deletes KEY (exit code 1 when it did not exist).
+    Del { key: String },
+    /// Writes VALUE only if KEY's version is VERSION (0: KEY must not exist); prints the new version.
+    Cas { key: String, version: u64, value: String },
+    /// Lists pairs in key order, one KEY<TAB>VALUE line each.
+    Scan {
+        /// First key (inclusive).
+        #[arg(long)]
+        start: Option<String>,
+        /// End key (exclusive).
+        #[arg(long)]
+        end: Option<String>,
+        /// Most pairs to print (all when absent).
+        #[arg(long)]
+        limit: Option<u64>,
+    },
+    /// Prints server information as JSON.
+    Info,
+}
+
+impl Command {
+    /// Parses one line of batch or shell input. The last argument is the rest of the line, so
+    /// values may contain spaces.
+    fn parse_line(line: &str) -> Result<Command, String> {
+        let line = line.trim_start();
+        let (name, rest) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
+        let one_arg = |rest: &str, usage: &str| {
+            let arg = rest.trim_end_matches(['\r', '\n']);
+            if arg.is_empty() {
+                Err(format!("usage: {usage}"))
+            } else {
+                Ok(arg.to_string())
+            }
+        };
+        let key_and_rest = |rest: &str, usage: &str| {
+            let rest = rest.trim_start();
+            match rest.split_once(char::is_whitespace) {
+                Some((key, value)) if !key.is_empty() => {
+                    Ok((key.to_string(), value.trim_end_matches(['\r', '\n']).to_string()))
+                }
+                _ => Err(format!("usage: {usage}")),
+            }
+        };
+        match name.to_ascii_lowercase().as_str() {
+            "ping" => Ok(Command::Ping),
+            "info" => Ok(Command::Info),
+            "get" => Ok(Command::Get { key: one_arg(rest.trim(), "get KEY")? }),
+            "del" => Ok(Command::Del { key: one_arg(rest.trim(), "del KEY")? }),
+            "put" => {
+                let (key, value) = key_and_rest(rest, "put KEY VALUE")?;
+                Ok(Command::Put { key, value })
+            }
+            "cas" => {
+                let usage = "cas KEY VERSION VALUE";
+                let (key, rest) = key_and_rest(rest, usage)?;
+                let (version, value) = key_and_rest(&rest, usage)?;
+                let version = version.parse().map_err(|_| format!("bad version {version:?}"))?;
+                Ok(Command::Cas { key, version, value })
+            }
+            "scan" => {
+                let mut words = rest.split_whitespace();
+                let (mut start, mut end, mut limit) = (None, None, None);
+                while let Some(flag) = words.next() {
+                    let value = words.next().ok_or(format!("{flag} needs a value"))?;
+                    match flag {
+                        "--start" => start = Some(value.to_string()),
+                        "--end" => end = Some(value.to_string()),
+                        "--limit" => {
+                            limit = Some(value.parse().map_err(|_| format!("bad limit {value:?}"))?)
+                        }
+                        other => return Err(format!("unknown scan option {other}")),
+                    }
+                }
+                Ok(Command::Scan { start, end, limit })
+            }
+            "" => Err("empty command".into()),
+            other => Err(format!("unknown command {other:?}")),
+        }
+    }
+
+    /// The single request this command sends in batch or shell mode.
+    fn request(&self) -> Result<Request, String> {
+        Ok(match self.clone() {
+            Command::Ping => Request::Ping,
+            Command::Info => Request::Info,
+            Command::Get { key } => Request::Get { key: key.into_bytes() },
+            Command::Del { key } => Request::Delete { key: key.into_bytes() },
+            Command::Put { key, value } => {
+                Request::Put { key: key.into_bytes(), value: value.into_bytes() }
+            }
+            Command::Cas { key, version, value } => Request::Cas {
+                key: key.into_bytes(),
+                expected_version: version,
+                value: Some(value.into_bytes()),
+            },
+            Command::Scan { start, end, limit } => {
+                let limit = limit.unwrap_or(u64::from(SCAN_LIMIT_DEFAULT));
+                if limit == 0 || limit > u64::from(SCAN_LIMIT_MAX) {
+                    return Err(format!("scan limit must be in 1..={SCAN_LIMIT_MAX}"));
+                }
+                Request::Scan {
+                    start: start.unwrap_or_default().into_bytes(),
+                    end: end.map(String::into_bytes),
+                    limit: limit as u32,
+                }
+            }
+        })
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The one-line result of a command in batch mode.
+fn result_line(result: Result<Response, ClientError>) -> String {
+    match result {
+        Ok(Response::Pong) => "PONG".into(),
+        Ok(Response::Written { .. }) => "OK".into(),
+        Ok(Response::Deleted { existed: true }) => "OK".into(),
+        Ok(Response::Deleted { existed: false }) => "(nil)".into(),
+        Ok(Response::Value { value, .. }) => text(&value),
+        Ok(Response::Info(json)) => json.replace('\n', " "),
+        Ok(Response::Scanned { pairs, .. }) => {
+            let pairs: Vec<_> = pairs.iter().map(|(k, v)| vec![text(k), text(v)]).collect();
+            serde_json::to_string(&pairs).unwrap_or_else(|e| format!("ERR {e}"))
+        }
+        Ok(other) => format!("ERR unexpected reply {other:?}"),
+        Err(ClientError::Server { code: ErrorCode::NotFound, .. }) => "(nil)".into(),
+        Err(e) => format!("ERR {}", e.to_string().replace('\n', " ")),
+    }
+}
+
+enum Slot {
+    Ready(String),
+    Waiting(Pending),
+}
+
+/// Batch mode: reads commands from stdin, keeps many in flight, prints results in order.
+fn run_batch(client: &Client) -> ExitCode {
+    let (slots, receiver) = sync_channel::<Slot>(BATCH_IN_FLIGHT_MAX);
+    let printer = std::thread::spawn(move || print_results(receiver));
+    let mut input = BufReader::with_capacity(256 * 1024, std::io::stdin().lock());
+    let mut line = String::new();
+    let mut requests = Vec::with_capacity(BATCH_WRITE_COUNT_MAX);
+    // Where each request's result goes among the lines read since the last send.
+    let mut order: Vec<Option<String>> = Vec::with_capacity(BATCH_WRITE_COUNT_MAX);
+    let mut input_error = None;
+    loop {
+        line.clear();
+        let read = input.read_line(&mut line);
+        let at_end = match read {
+            Ok(0) => true,
+            Ok(_) => {
+                if !line.trim().is_empty() {
+                    match Command::parse_line(&line).and_then(|c| c.request()) {
+                        Ok(request) => {
+                            requests.push(request);
+                            order.push(None);
+                        }
+                        Err(message) => order.push(Some(format!("ERR {message}"))),
+                    }
+                }
+                false
+            }
+            Err(e) => {
+                input_error = Some(e);
+                true
+            }
+        };
+        // Send what was gathered when input has no whole line waiting, or enough is gathered.
+        let more_waiting = input.buffer().contains(&b'\n');
+        if at_end || !more_waiting || order.len() >= BATCH_WRITE_COUNT_MAX {
+            let mut pendings = match client.submit_many(&requests) {
+                Ok(pendings) => pendings.into_iter().map(Ok).collect::<Vec<_>>(),
+                Err(e) => requests.iter().map(|_| Err(e.to_string())).collect(),
+            }
+            .into_iter();
+            for slot in order.drain(..) {
+                let slot = match slot {
+                    Some(line) => Slot::Ready(line),
+                    None => match pendings.next() {
+                        Some(Ok(pending)) => Slot::Waiting(pending),
+                        Some(Err(e)) => Slot::Ready(format!("ERR {e}")),
+                        None => unreachable!("one pending per request"),
+                    },
+                };
+                if slots.send(slot).is_err() {
+                    return ExitCode::FAILURE; // the printer died: stdout is gone
+                }
+            }
+            requests.clear();
+        }
+        if at_end {
+            break;
+        }
+    }
+    drop(slots);
+    let printed = printer.join().unwrap_or(false);
+    if let Some(e) = input_error {
+        eprintln!("kvs: reading stdin: {e}");
+        return ExitCode::from(2);
+    }
+    if printed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Prints each result as soon as it and all before it are known; flushes whenever the next
+/// result is not ready yet, so a reader sees every line without delay.
+fn print_results(slots: Receiver<Slot>) -> bool {
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout().lock());
+    loop {
+        let slot = match slots.try_recv() {
+            Ok(slot) => slot,
+            Err(TryRecvError::Empty) => {
+                if out.flush().is_err() {
+                    return false;
+                }
+                match slots.recv() {
+                    Ok(slot) => slot,
+                    Err(_) => break,
+                }
+            }
+            Err(TryRecvError::Disconnected) => break,
+        };
+        let line = match slot {
+            Slot::Ready(line) => line,
+            Slot::Waiting(mut pending) => match pending.try_wait() {
+                Some(result) => result_line(result),
+                None => {
+                    if out.flush().is_err() {
+                        return false;
+                    }
+                    result_line(pending.wait())
+                }
+            },
+        };
+        if writeln!(out, "{line}").is_err() {
+            return false;
+        }
+    }
+    out.flush().is_ok()
+}
+
+/// Runs one command the way the one-shot mode prints it.
+fn run_one(client: &Client, command: &Command, out: &mut impl Write) -> Result<bool, ClientError> {
+    let write_error = |e: std::io::Error| ClientError::Disconnected(format!("stdout: {e}"));
+    match command {
+        Command::Get { key } => match client.get(key.as_bytes())? {
+            Some(value) => {
+                out.write_all(&value).map_err(write_error)?;
+                writeln!(out).map_err(write_error)?;
+                Ok(true)
+            }
+            None => Ok(false),
+        },
+        Command::Del { key } => {
+            let existed = client.delete(key.as_bytes())?;
+            if existed {
+                writeln!(out, "OK").map_err(write_error)?;
+            }
+            Ok(existed)
+        }
+        Command::Cas { key, version, value } => {
+            let version = client.cas(key.as_bytes(), *version, Some(value.as_bytes()))?;
+            writeln!(out, "{version}").map_err(write_error)?;
+            Ok(true)
+        }
+        Command::Scan { start, end, limit } => {
+            let mut remaining = limit.unwrap_or(u64::MAX);
+            let mut next = start.clone().unwrap_or_default().into_bytes();
+            while remaining > 0 {
+                let page = remaining.min(u64::from(SCAN_LIMIT_MAX)) as u32;
+                let (pairs, more) = client.scan(&next, end.as_ref().map(|e| e.as_bytes()), page)?;
+                for (key, value) in &pairs {
+                    out.write_all(key).map_err(write_error)?;
+                    out.write_all(b"\t").map_err(write_error)?;
+                    out.write_all(value).map_err(write_error)?;
+                    out.write_all(b"\n").map_err(write_error)?;
+                }
+                remaining -= pairs.len() as u64;
+                match more {
+                    Some(more) if !pairs.is_empty() => next = more,
+                    _ => break,
+                }
+            }
+            Ok(true)
+        }
+        other => {
+            let request = other.request().map_err(|detail| {
+                ClientError::Invalid(kvs_wire::DecodeError::Invalid { what: "command", detail })
+            })?;
+            writeln!(out, "{}", result_line(client.call(&request))).map_err(write_error)?;
+            Ok(true)
+        }
+    }
+}
+
+fn run_shell(client: &Client) -> ExitCode {
+    let mut editor = match rustyline::DefaultEditor::new() {
+        Ok(editor) => editor,
+        Err(e) => {
+            eprintln!("kvs: cannot start the shell: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let history = std::env::var_os("HOME").map(|home| std::path::Path::new(&home).join(".kvs_history"));
+    if let Some(path) = &history {
+        let _ = editor.load_history(path);
+    }
+    println!("kvs shell connected to {}; 'help' lists commands, 'quit' leaves", client.addr());
+    loop {
+        let line = match editor.readline(&format!("{}> ", client.addr())) {
+            Ok(line) => line,
+            Err(rustyline::error::ReadlineError::Interrupted) => continue,
+            Err(_) => break,
+        };
+        let trimmed = line.trim();
+        if trimmed.is_empty() {
+            continue;
+        }
+        let _ = editor.add_history_entry(trimmed);
+        match trimmed {
+            "quit" | "exit" => break,
+            "help" => {
+                println!("ping | get KEY | put KEY VALUE | del KEY | cas KEY VERSION VALUE");
+                println!("scan [--start K] [--end K] [--limit N] | info | quit");
+                continue;
+            }
+            _ => {}
+        }
+        match Command::parse_line(trimmed) {
+            Ok(command) => {
+                let mut out = std::io::stdout().lock();
+                match run_one(client, &command, &mut out) {
+                    Ok(true) => {}
+                    Ok(false) => println!("(nil)"),
+                    Err(e) => println!("ERR {e}"),
+                }
+            }
+            Err(message) => println!("ERR {message}"),
+        }
+    }
+    if let Some(path) = &history {
+        let _ = editor.save_history(path);
+    }
+    ExitCode::SUCCESS
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let options =
+        ClientOptions { request_timeout: Duration::from_secs(cli.timeout), ..ClientOptions::default() };
+    let client = match Client::connect_with(&cli.addr, options) {
+        Ok(client) => client,
+        Err(e) => {
+            eprintln!("kvs: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match &cli.command {
+        None if std::io::stdin().is_terminal() => run_shell(&client),
+        None => run_batch(&client),
+        Some(command) => {
+            let mut out = std::io::stdout().lock();
+            match run_one(&client, command, &mut out) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => {
+                    eprintln!("(nil)");
+                    ExitCode::from(1)
+                }
+                Err(e) => {
+                    eprintln!("ERR {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_parse_with_values_as_the_rest() {
+        assert_eq!(
+            Command::parse_line("put k hello world\n").unwrap(),
+            Command::Put { key: "k".into(), value: "hello world".into() }
+        );
+        assert_eq!(Command::parse_line("GET k").unwrap(), Command::Get { key: "k".into() });
+        assert_eq!(
+            Command::parse_line("scan --start a --limit 5").unwrap(),
+            Command::Scan { start: Some("a".into()), end: None, limit: Some(5) }
+        );
+        assert_eq!(
+            Command::parse_line("cas k 3 v 2").unwrap(),
+            Command::Cas { key: "k".into(), version: 3, value: "v 2".into() }
+        );
+        assert!(Command::parse_line("put k").is_err());
+        assert!(Command::parse_line("frobnicate").is_err());
+        assert!(Command::parse_line("scan --limit x").is_err());
+        assert!(Command::parse_line("scan --limit 0").unwrap().request().is_err());
+    }
+
+    #[test]
+    fn result_lines() {
+        assert_eq!(result_line(Ok(Response::Written { version: 3 })), "OK");
+        assert_eq!(
+            result_line(Err(ClientError::Server { code: ErrorCode::NotFound, message: "x".into() })),
+            "(nil)"
+        );
+        assert_eq!(
+            result_line(Err(ClientError::Server { code: ErrorCode::TooLarge, message: "big".into() })),
+            "ERR TOO_LARGE: big"
+        );
+    }
+}

@@ -1,0 +1,423 @@
+//! A blocking Rust client for kvsd with pipelining, typed errors, timeouts and reconnect.
+//!
+//! One TCP connection carries any number of requests in flight: [`Client::submit`] writes a
+//! request and returns a [`Pending`] at once; a reader thread matches replies to requests by
+//! request id. The convenience methods (`get`, `put`, ...) submit and wait. A `Client` is
+//! `Send + Sync`, so threads can share one connection.
+//!
+//! When the connection breaks, every request in flight fails with
+//! [`ClientError::Disconnected`] (a write may or may not have been applied, since it may have
+//! reached the server) and the next request reconnects, at most once per `reconnect_backoff`.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::frame::{Decoded, FrameDecoder};
+use crate::limits::FRAME_HEADER_SIZE;
+use crate::message::{DecodeError, ErrorCode, Request, Response};
+
+/// Connection settings.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    pub connect_timeout: Duration,
+    /// How long a request waits for its reply before failing with `Timeout`.
+    pub request_timeout: Duration,
+    /// Least time between two connection attempts after a failure.
+    pub reconnect_backoff: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(30),
+            reconnect_backoff: Duration::from_millis(100),
+        }
+    }
+}
+
+/// Everything that can go wrong with a request.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect to {addr}: {source}")]
+    Connect { addr: String, source: std::io::Error },
+    #[error("{code}: {message}")]
+    Server { code: ErrorCode, message: String },
+    #[error("no reply within {0:?}")]
+    Timeout(Duration),
+    #[error("connection lost: {0}")]
+    Disconnected(String),
+    #[error("protocol error from server: {0}")]
+    Protocol(String),
+    #[error("request refused before sending: {0}")]
+    Invalid(#[from] DecodeError),
+}
+
+impl ClientError {
+    /// The server's error code, when the server answered with an error.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Server { code, .. } => Some(*code),
+            ClientError::Invalid(e) => Some(e.code()),
+            _ => None,
+        }
+    }
+}
+
+type ReplySender = SyncSender<Result<Response, ClientError>>;
+
+struct Connection {
+    stream: TcpStream,
+    writer: Mutex<TcpStream>,
+    /// Requests in flight. `None` once the connection is broken: no request may be added then.
+    pending: Mutex<Option<HashMap<u64, ReplySender>>>,
+    broken: AtomicBool,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A poisoned lock only means another thread panicked while holding it; the map and the
+    // stream stay usable, so go on rather than spread the panic.
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Connection {
+    fn open(addr: &str, options: &ClientOptions) -> Result<Arc<Connection>, ClientError> {
+        let connect_error = |source| ClientError::Connect { addr: addr.to_string(), source };
+        let mut last_error = None;
+        let mut stream = None;
+        for socket_addr in addr.to_socket_addrs().map_err(connect_error)? {
+            match TcpStream::connect_timeout(&socket_addr, options.connect_timeout) {
+                Ok(s) => {
+                    stream = Some(s);
+                    break;
+                }
+                Err(e) => last_error = Some(e),
+            }
+        }
+        let stream = stream.ok_or_else(|| {
+            connect_error(last_error.unwrap_or_else(|| {
+                std::io::Error::new(std::io::ErrorKind::NotFound, "address resolved to nothing")
+            }))
+        })?;
+        stream.set_nodelay(true).map_err(connect_error)?;
+        let writer = stream.try_clone().map_err(connect_error)?;
+        let reader = stream.try_clone().map_err(connect_error)?;
+        let connection = Arc::new(Connection {
+            stream,
+            writer: Mutex::new(writer),
+            pending: Mutex::new(Some(HashMap::new())),
+            broken: AtomicBool::new(false),
+        });
+        let for_reader = Arc::clone(&connection);
+        std::thread::Builder::new()
+            .name("kvs-client-reader".into())
+            .spawn(move || for_reader.read_loop(reader))
+            .map_err(connect_error)?;
+        Ok(connection)
+    }
+
+    fn read_loop(&self, mut stream: TcpStream) {
+        let reason = self.read_replies(&mut stream);
+        self.fail(&reason);
+    }
+
+    /// Reads replies until the stream ends; returns why it ended.
+    fn read_replies(&self, stream: &mut TcpStream) -> String {
+        let mut buffer: Vec<u8> = Vec::with_capacity(64 * 1024);
+        let mut start = 0;
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            loop {
+                match FrameDecoder.decode(&buffer[start..]) {
+                    Ok(Decoded::Frame { header, len }) => {
+                        let body = &buffer[start + FRAME_HEADER_SIZE..start + len];
+                        let reply = Response::decode(&header, body)
+                            .map_err(|e| ClientError::Protocol(e.to_string()));
+                        let sender = lock(&self.pending)
+                            .as_mut()
+                            .and_then(|pending| pending.remove(&header.request_id));
+                        // A reply nobody waits for belongs to a request that timed out.
+                        if let Some(sender) = sender {
+                            let _ = sender.send(reply);
+                        }
+                        start += len;
+                    }
+                    Ok(Decoded::Incomplete { .. }) => break,
+                    Err(e) => return format!("undecodable reply: {e}"),
+                }
+            }
+            buffer.drain(..start);
+            start = 0;
+            match stream.read(&mut chunk) {
+                Ok(0) => return "server closed the connection".into(),
+                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return e.to_string(),
+            }
+        }
+    }
+
+    /// Marks the connection broken and fails every request in flight.
+    fn fail(&self, reason: &str) {
+        self.broken.store(true, Ordering::SeqCst);
+        let _ = self.stream.shutdown(Shutdown::Both);
+        if let Some(pending) = lock(&self.pending).take() {
+            for (_, sender) in pending {
+                let _ = sender.send(Err(ClientError::Disconnected(reason.to_string())));
+            }
+        }
+    }
+}
+
+/// A request that was sent and whose reply has not been taken yet.
+#[must_use = "a Pending does nothing until waited on"]
+pub struct Pending {
+    request_id: u64,
+    receiver: Receiver<Result<Response, ClientError>>,
+    connection: Arc<Connection>,
+    timeout: Duration,
+}
+
+impl Pending {
+    /// The reply, if it has arrived already; never blocks. After it returns `Some`, the
+    /// Pending is spent and `wait` must not be called.
+    pub fn try_wait(&mut self) -> Option<Result<Response, ClientError>> {
+        match self.receiver.try_recv() {
+            Ok(Ok(Response::Error { code, message })) => Some(Err(ClientError::Server { code, message })),
+            Ok(result) => Some(result),
+            Err(_) => None,
+        }
+    }
+
+    /// Waits for the reply. A server error reply becomes `ClientError::Server`.
+    pub fn wait(self) -> Result<Response, ClientError> {
+        match self.receiver.recv_timeout(self.timeout) {
+            Ok(Ok(Response::Error { code, message })) => Err(ClientError::Server { code, message }),
+            Ok(result) => result,
+            Err(RecvTimeoutError::Timeout) => {
+                if let Some(pending) = lock(&self.connection.pending).as_mut() {
+                    pending.remove(&self.request_id);
+                }
+                Err(ClientError::Timeout(self.timeout))
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                Err(ClientError::Disconnected("reply channel closed".into()))
+            }
+        }
+    }
+}
+
+struct State {
+    connection: Option<Arc<Connection>>,
+    last_failure: Option<Instant>,
+}
+
+/// A connection to one kvsd. See the module documentation.
+pub struct Client {
+    addr: String,
+    options: ClientOptions,
+    state: Mutex<State>,
+    next_request_id: AtomicU64,
+}
+
+impl Client {
+    /// Connects with default options.
+    pub fn connect(addr: &str) -> Result<Client, ClientError> {
+        Client::connect_with(addr, ClientOptions::default())
+    }
+
+    pub fn connect_with(addr: &str, options: ClientOptions) -> Result<Client, ClientError> {
+        let connection = Connection::open(addr, &options)?;
+        Ok(Client {
+            addr: addr.to_string(),
+            options,
+            state: Mutex::new(State { connection: Some(connection), last_failure: None }),
+            next_request_id: AtomicU64::new(1),
+        })
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    fn connection(&self) -> Result<Arc<Connection>, ClientError> {
+        let mut state = lock(&self.state);
+        if let Some(connection) = &state.connection {
+            if !connection.broken.load(Ordering::SeqCst) {
+                return Ok(Arc::clone(connection));
+            }
+            state.connection = None;
+            state.last_failure = Some(Instant::now());
+        }
+        if let Some(at) = state.last_failure {
+            if at.elapsed() < self.options.reconnect_backoff {
+                return Err(ClientError::Disconnected("not connected; reconnecting soon".into()));
+            }
+        }
+        match Connection::open(&self.addr, &self.options) {
+            Ok(connection) => {
+                state.connection = Some(Arc::clone(&connection));
+                state.last_failure = None;
+                Ok(connection)
+            }
+            Err(e) => {
+                state.last_failure = Some(Instant::now());
+                Err(e)
+            }
+        }
+    }
+
+    /// Sends every request in one write and returns their pending replies in order.
+    pub fn submit_many(&self, requests: &[Request]) -> Result<Vec<Pending>, ClientError> {
+        for request in requests {
+            request.validate()?;
+        }
+        let connection = self.connection()?;
+        let mut bytes = Vec::new();
+        let mut pendings = Vec::with_capacity(requests.len());
+        {
+            let mut pending = lock(&connection.pending);
+            let Some(pending) = pending.as_mut() else {
+                return Err(ClientError::Disconnected("connection broke".into()));
+            };
+            for request in requests {
+                let request_id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
+                let (sender, receiver) = sync_channel(1);
+                pending.insert(request_id, sender);
+                request.encode(request_id, &mut bytes);
+                pendings.push(Pending {
+                    request_id,
+                    receiver,
+                    connection: Arc::clone(&connection),
+                    timeout: self.options.request_timeout,
+                });
+            }
+        }
+        let written = lock(&connection.writer).write_all(&bytes);
+        if let Err(e) = written {
+            connection.fail(&format!("write failed: {e}"));
+        }
+        Ok(pendings)
+    }
+
+    /// Sends one request; the reply is taken with [`Pending::wait`].
+    pub fn submit(&self, request: &Request) -> Result<Pending, ClientError> {
+        let mut pendings = self.submit_many(std::slice::from_ref(request))?;
+        Ok(pendings.remove(0))
+    }
+
+    /// Sends a request and waits for its reply.
+    pub fn call(&self, request: &Request) -> Result<Response, ClientError> {
+        self.submit(request)?.wait()
+    }
+
+    fn unexpected(response: Response) -> ClientError {
+        ClientError::Protocol(format!("unexpected reply {response:?}"))
+    }
+
+    pub fn ping(&self) -> Result<(), ClientError> {
+        match self.call(&Request::Ping)? {
+            Response::Pong => Ok(()),
+            other => Err(Self::unexpected(other)),
+        }
+    }
+
+    /// The value and version of `key`, or `None` when it does not exist.
+    pub fn get_versioned(&self, key: &[u8]) -> Result<Option<(u64, Vec<u8>)>, ClientError> {
+        match self.call(&Request::Get { key: key.to_vec() }) {
+            Ok(Response::Value { version, value }) => Ok(Some((version, value))),
+            Err(ClientError::Server { code: ErrorCode::NotFound, .. }) => Ok(None),
+            Ok(other) => Err(Self::unexpected(other)),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ClientError> {
+        Ok(self.get_versioned(key)?.map(|(_, value)| value))
+    }
+
+    /// Writes `value` under `key`; returns the new version once the write is durable.
+    pub fn put(&self, key: &[u8], value: &[u8]) -> Result<u64, ClientError> {
+        match self.call(&Request::Put { key: key.to_vec(), value: value.to_vec() })? {
+            Response::Written { version } => Ok(version),
+            other => Err(Self::unexpected(other)),
+        }
+    }
+
+    /// Deletes `key`; returns whether it existed.
+    pub fn delete(&self, key: &[u8]) -> Result<bool, ClientError> {
+        match self.call(&Request::Delete { key: key.to_vec() })? {
+            Response::Deleted { existed } => Ok(existed),
+            other => Err(Self::unexpected(other)),
+        }
+    }
+
+    /// Compare-and-set: writes (or deletes, with `None`) only when the key's version is
+    /// `expected_version` (0: the key must not exist). Fails with VERSION_MISMATCH otherwise.
+    pub fn cas(
+        &self,
+        key: &[u8],
+        expected_version: u64,
+        value: Option<&[u8]>,
+    ) -> Result<u64, ClientError> {
+        let request =
+            Request::Cas { key: key.to_vec(), expected_version, value: value.map(<[u8]>::to_vec) };
+        match self.call(&request)? {
+            Response::Written { version } => Ok(version),
+            other => Err(Self::unexpected(other)),
+        }
+    }
+
+    pub fn mget(&self, keys: &[&[u8]]) -> Result<Vec<Option<(u64, Vec<u8>)>>, ClientError> {
+        let keys = keys.iter().map(|k| k.to_vec()).collect();
+        match self.call(&Request::MGet { keys })? {
+            Response::Values(values) => Ok(values),
+            other => Err(Self::unexpected(other)),
+        }
+    }
+
+    pub fn mput(&self, pairs: &[(&[u8], &[u8])]) -> Result<Vec<u64>, ClientError> {
+        let pairs = pairs.iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
+        match self.call(&Request::MPut { pairs })? {
+            Response::Versions(versions) => Ok(versions),
+            other => Err(Self::unexpected(other)),
+        }
+    }
+
+    /// Up to `limit` pairs with keys in `[start, end)`, in key order, and where to continue.
+    #[allow(clippy::type_complexity)]
+    pub fn scan(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: u32,
+    ) -> Result<(Vec<(Vec<u8>, Vec<u8>)>, Option<Vec<u8>>), ClientError> {
+        let request =
+            Request::Scan { start: start.to_vec(), end: end.map(<[u8]>::to_vec), limit };
+        match self.call(&request)? {
+            Response::Scanned { pairs, next } => Ok((pairs, next)),
+            other => Err(Self::unexpected(other)),
+        }
+    }
+
+    /// The server's INFO document (JSON).
+    pub fn info(&self) -> Result<String, ClientError> {
+        match self.call(&Request::Info)? {
+            Response::Info(json) => Ok(json),
+            other => Err(Self::unexpected(other)),
+        }
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        if let Some(connection) = lock(&self.state).connection.take() {
+            connection.fail("client dropped");
+        }
+    }
+}

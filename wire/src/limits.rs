@@ -1,0 +1,20 @@
+//! Named maximums of the protocol. Every one is checked by the decoder and has a typed error.
+
+/// Largest key, in bytes.
+pub const KEY_SIZE_MAX: usize = 64 * 1024;
+/// Largest value, in bytes.
+pub const VALUE_SIZE_MAX: usize = 16 * 1024 * 1024;
+/// Most keys in one MGET or pairs in one MPUT.
+pub const BATCH_COUNT_MAX: usize = 10_000;
+/// Most pairs one SCAN reply may carry.
+pub const SCAN_LIMIT_MAX: u32 = 10_000;
+/// Largest frame body. A body larger than this closes the connection after a TOO_LARGE reply.
+pub const FRAME_BODY_SIZE_MAX: usize = 64 * 1024 * 1024;
+/// Size of the fixed frame header.
+pub const FRAME_HEADER_SIZE: usize = 24;
+/// Longest error message the server sends; longer ones are cut.
+pub const ERROR_MESSAGE_SIZE_MAX: usize = 4096;
+
+// One largest key and one largest value must fit in a frame, with room for their lengths.
+const _: () = assert!(KEY_SIZE_MAX + VALUE_SIZE_MAX + 64 <= FRAME_BODY_SIZE_MAX);
+const _: () = assert!(FRAME_BODY_SIZE_MAX <= u32::MAX as usize);
