@@ -1,1 +1,16 @@
-//! placeholder
+//! kvs-core: one shard's storage engine, with no runtime, no sockets and no clock.
+//!
+//! - [`log`]: the shard's write-ahead log (which is also its Raft log): record and segment
+//!   formats, group-commit appends, and recovery that truncates a torn tail and refuses
+//!   corruption. It does its I/O through the [`log::LogDisk`] trait, so the same code runs on
+//!   io_uring in `kvsd` and on a simulated, fault-injecting disk in tests.
+//! - [`command`]: the commands a Raft entry carries and their encoding.
+//! - [`state`]: the state machine the log is applied to ([`state::StateMachine`]) and its
+//!   in-memory implementation.
+//!
+//! Architecture invariant: nothing here spawns a task, opens a socket or reads the clock.
+
+pub mod command;
+pub mod limits;
+pub mod log;
+pub mod state;

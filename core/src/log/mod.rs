@@ -1,0 +1,359 @@
+//! The shard's write-ahead log, which is also its Raft log.
+//!
+//! Appends are made in *commit groups*: every record ready at one moment (the Raft entries
+//! and hard state of one `Ready`) goes out in a single aligned direct-I/O write followed by a
+//! single fdatasync. Only one group is in flight at a time, so a group is written only after
+//! every group before it is durable. Recovery relies on that order:
+//!
+//! - a damaged group with no valid group after it is the torn tail of a crash: the write was
+//!   never acknowledged, so it is cut off and the log goes on from there;
+//! - a damaged group followed by a valid one was durable once (the later group was written
+//!   only after it was synced), so the damage is corruption: recovery stops with an error that
+//!   names the file and offset, and nothing is silently skipped.
+//!
+//! Formats are in [`format`]; the disk is reached through [`LogDisk`], implemented with
+//! glommio DMA files in `kvsd` and by [`sim::SimDisk`] in tests.
+
+pub mod format;
+pub mod sim;
+
+use std::io;
+
+use format::{
+    align_up, decode_group_header, decode_records, decode_segment_header, encode_group,
+    encode_segment_header, group_size_on_disk, OwnedRecord, Record, GROUP_HEADER_SIZE,
+    SEGMENT_HEADER_SIZE,
+};
+
+use crate::limits::{GROUP_BYTES_MAX, LOG_BLOCK_SIZE, SEGMENT_SIZE_TARGET};
+
+/// A directory of segment files.
+#[allow(async_fn_in_trait)] // Shards are single-threaded: no Send bounds are wanted.
+pub trait LogDisk {
+    type File: LogFile;
+    /// Names of the files in the directory.
+    async fn list(&self) -> io::Result<Vec<String>>;
+    /// Opens a file for reading and writing, creating it when `create`.
+    async fn open(&self, name: &str, create: bool) -> io::Result<Self::File>;
+    async fn remove(&self, name: &str) -> io::Result<()>;
+    /// Makes creations and removals in the directory durable.
+    async fn sync_dir(&self) -> io::Result<()>;
+    /// A printable path for `name`, for error messages.
+    fn path_of(&self, name: &str) -> String;
+}
+
+/// One open segment file. Writes are aligned to LOG_BLOCK_SIZE in offset and length.
+#[allow(async_fn_in_trait)]
+pub trait LogFile {
+    /// A buffer suitable for direct I/O.
+    type Buffer: AsRef<[u8]> + AsMut<[u8]>;
+    /// An aligned buffer of `len` bytes (a multiple of LOG_BLOCK_SIZE); contents unspecified.
+    fn alloc(&self, len: usize) -> Self::Buffer;
+    async fn write_at(&self, buffer: Self::Buffer, pos: u64) -> io::Result<()>;
+    async fn read_at(&self, pos: u64, len: usize) -> io::Result<Vec<u8>>;
+    /// fdatasync: everything written before is durable when this returns.
+    async fn sync(&self) -> io::Result<()>;
+    async fn size(&self) -> io::Result<u64>;
+    async fn truncate(&self, len: u64) -> io::Result<()>;
+}
+
+/// Log failures. I/O errors carry the operation and the path.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("log disk full: {op} {path}: {source}")]
+    DiskFull { op: &'static str, path: String, source: io::Error },
+    #[error("log I/O error: {op} {path}: {source}")]
+    Io { op: &'static str, path: String, source: io::Error },
+    #[error("corrupt log: {path} at offset {offset}: {detail}")]
+    Corrupt { path: String, offset: u64, detail: String },
+    #[error("log commit group of {0} bytes exceeds the limit")]
+    TooLarge(usize),
+}
+
+impl LogError {
+    fn io(op: &'static str, path: String, source: io::Error) -> LogError {
+        if source.raw_os_error() == Some(libc_enospc()) || source.kind() == io::ErrorKind::StorageFull {
+            LogError::DiskFull { op, path, source }
+        } else {
+            LogError::Io { op, path, source }
+        }
+    }
+}
+
+/// ENOSPC on Linux; written out to keep this crate free of libc.
+const fn libc_enospc() -> i32 {
+    28
+}
+
+/// Counters of what the log did, for INFO and for tests of group commit.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct LogStats {
+    /// Commit groups written since open.
+    pub groups: u64,
+    /// Records written since open.
+    pub records: u64,
+    /// fdatasync calls on segment files since open.
+    pub syncs: u64,
+    /// Bytes of all segment files.
+    pub size_bytes: u64,
+    /// Segment files.
+    pub segments: u64,
+}
+
+/// What recovery found.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    /// Every record of every intact group, in log order.
+    pub records: Vec<OwnedRecord>,
+    /// Where a torn tail was cut off, if one was: (path, offset).
+    pub truncated: Option<(String, u64)>,
+}
+
+struct Segment {
+    size: u64,
+}
+
+struct Active<F> {
+    file: F,
+    name: String,
+    /// Where the next group goes.
+    end: u64,
+}
+
+/// The log of one shard. See the module documentation.
+pub struct Log<D: LogDisk> {
+    disk: D,
+    shard: u32,
+    segments: Vec<Segment>,
+    active: Option<Active<D::File>>,
+    next_sequence: u64,
+    stats: LogStats,
+    segment_size_target: u64,
+}
+
+pub fn segment_name(first_sequence: u64) -> String {
+    format!("{first_sequence:020}.log")
+}
+
+fn parse_segment_name(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(".log")?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+impl<D: LogDisk> Log<D> {
+    /// Opens the log in `disk`, recovering every intact record. A torn tail is truncated;
+    /// corruption anywhere else is an error.
+    pub async fn open(disk: D, shard: u32) -> Result<(Log<D>, Recovered), LogError> {
+        let mut names: Vec<(u64, String)> = disk
+            .list()
+            .await
+            .map_err(|e| LogError::io("list", disk.path_of(""), e))?
+            .into_iter()
+            .filter_map(|name| parse_segment_name(&name).map(|seq| (seq, name)))
+            .collect();
+        names.sort();
+        let mut log = Log {
+            disk,
+            shard,
+            segments: Vec::new(),
+            active: None,
+            next_sequence: 1,
+            stats: LogStats::default(),
+            segment_size_target: SEGMENT_SIZE_TARGET,
+        };
+        let mut recovered = Recovered::default();
+        let count = names.len();
+        for (i, (first_sequence, name)) in names.into_iter().enumerate() {
+            let last = i + 1 == count;
+            log.recover_segment(&name, first_sequence, last, &mut recovered).await?;
+        }
+        log.refresh_size_stats();
+        Ok((log, recovered))
+    }
+
+    async fn recover_segment(
+        &mut self,
+        name: &str,
+        first_sequence: u64,
+        last: bool,
+        recovered: &mut Recovered,
+    ) -> Result<(), LogError> {
+        let path = self.disk.path_of(name);
+        let file = self.disk.open(name, false).await.map_err(|e| LogError::io("open", path.clone(), e))?;
+        let size = file.size().await.map_err(|e| LogError::io("stat", path.clone(), e))?;
+        let bytes = file
+            .read_at(0, size as usize)
+            .await
+            .map_err(|e| LogError::io("read", path.clone(), e))?;
+        let corrupt = |offset: u64, detail: String| LogError::Corrupt { path: path.clone(), offset, detail };
+
+        let header = match decode_segment_header(&bytes[..bytes.len().min(SEGMENT_HEADER_SIZE)]) {
+            Ok(header) => header,
+            // A crash right after creating the newest segment leaves it without a durable
+            // header and without any group: nothing acknowledged is in it.
+            Err(_) if last && bytes.len() <= SEGMENT_HEADER_SIZE => {
+                drop(file);
+                self.disk.remove(name).await.map_err(|e| LogError::io("remove", path.clone(), e))?;
+                self.disk.sync_dir().await.map_err(|e| LogError::io("sync dir", path.clone(), e))?;
+                recovered.truncated = Some((path, 0));
+                return Ok(());
+            }
+            Err(detail) => return Err(corrupt(0, detail)),
+        };
+        if header.shard != self.shard {
+            return Err(corrupt(0, format!("segment belongs to shard {}, not {}", header.shard, self.shard)));
+        }
+        if header.first_sequence != first_sequence
+            || !self.segments.is_empty() && first_sequence != self.next_sequence
+        {
+            return Err(corrupt(
+                0,
+                format!("segment starts at group {first_sequence}, expected {}", self.next_sequence),
+            ));
+        }
+        self.next_sequence = first_sequence;
+
+        let mut at = SEGMENT_HEADER_SIZE;
+        while at < bytes.len() {
+            match self.read_group(&bytes, at) {
+                Ok((records, next)) => {
+                    recovered.records.extend(records);
+                    self.next_sequence += 1;
+                    at = next;
+                }
+                Err(detail) => {
+                    // A clean end of the log looks like an all-zero group header.
+                    let clean_end = bytes[at..].iter().take(GROUP_HEADER_SIZE).all(|&b| b == 0);
+                    if let Some(later) = self.find_later_group(&bytes, at) {
+                        return Err(corrupt(
+                            at as u64,
+                            format!("{detail}; a valid group follows at offset {later}"),
+                        ));
+                    }
+                    if !last {
+                        return Err(corrupt(at as u64, format!("{detail} in a closed segment")));
+                    }
+                    if !clean_end || (at as u64) < size {
+                        file.truncate(at as u64).await.map_err(|e| LogError::io("truncate", path.clone(), e))?;
+                        file.sync().await.map_err(|e| LogError::io("fdatasync", path.clone(), e))?;
+                        if !clean_end {
+                            recovered.truncated = Some((path.clone(), at as u64));
+                        }
+                    }
+                    break;
+                }
+            }
+        }
+        let end = (at as u64).min(size).max(SEGMENT_HEADER_SIZE as u64);
+        self.segments.push(Segment { size: end });
+        if last {
+            self.active = Some(Active { file, name: name.to_string(), end });
+        }
+        Ok(())
+    }
+
+    /// Reads the group at `at`; returns its records and where the next group starts.
+    fn read_group(&self, bytes: &[u8], at: usize) -> Result<(Vec<OwnedRecord>, usize), String> {
+        let header = decode_group_header(&bytes[at..])
+            .ok_or_else(|| "no valid group header".to_string())?;
+        if header.sequence != self.next_sequence {
+            return Err(format!("group sequence {} where {} was expected", header.sequence, self.next_sequence));
+        }
+        let records_start = at + GROUP_HEADER_SIZE;
+        let records_end = records_start.saturating_add(header.records_len).min(bytes.len());
+        let records = decode_records(&header, &bytes[records_start..records_end])
+            .map_err(|(offset, detail)| format!("{detail} (record at offset {})", records_start + offset))?;
+        Ok((records, at + header.size_on_disk()))
+    }
+
+    /// The offset of a checksum-valid group with a later sequence after `at`, if any.
+    fn find_later_group(&self, bytes: &[u8], at: usize) -> Option<usize> {
+        let mut block = align_up(at + 1);
+        while block + GROUP_HEADER_SIZE <= bytes.len() {
+            if let Some(header) = decode_group_header(&bytes[block..]) {
+                let records_start = block + GROUP_HEADER_SIZE;
+                if header.sequence >= self.next_sequence
+                    && records_start + header.records_len <= bytes.len()
+                    && decode_records(&header, &bytes[records_start..records_start + header.records_len]).is_ok()
+                {
+                    return Some(block);
+                }
+            }
+            block += LOG_BLOCK_SIZE;
+        }
+        None
+    }
+
+    fn refresh_size_stats(&mut self) {
+        self.stats.size_bytes = self.segments.iter().map(|s| s.size).sum();
+        self.stats.segments = self.segments.len() as u64;
+    }
+
+    async fn start_segment(&mut self) -> Result<(), LogError> {
+        let name = segment_name(self.next_sequence);
+        let path = self.disk.path_of(&name);
+        let file = self.disk.open(&name, true).await.map_err(|e| LogError::io("create", path.clone(), e))?;
+        let mut buffer = file.alloc(SEGMENT_HEADER_SIZE);
+        buffer.as_mut().fill(0);
+        encode_segment_header(buffer.as_mut(), self.shard, self.next_sequence);
+        file.write_at(buffer, 0).await.map_err(|e| LogError::io("write", path.clone(), e))?;
+        file.sync().await.map_err(|e| LogError::io("fdatasync", path.clone(), e))?;
+        self.disk.sync_dir().await.map_err(|e| LogError::io("sync dir", path.clone(), e))?;
+        self.stats.syncs += 1;
+        self.segments.push(Segment { size: SEGMENT_HEADER_SIZE as u64 });
+        self.active = Some(Active { file, name, end: SEGMENT_HEADER_SIZE as u64 });
+        self.refresh_size_stats();
+        Ok(())
+    }
+
+    /// Appends `records` as one commit group: one write, one fdatasync. When this returns Ok,
+    /// the records are durable. On error nothing may be assumed durable, and the log should
+    /// be reopened before further use (the shard stops taking writes).
+    pub async fn append(&mut self, records: &[Record<'_>]) -> Result<(), LogError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let size = group_size_on_disk(records);
+        if size > GROUP_BYTES_MAX {
+            return Err(LogError::TooLarge(size));
+        }
+        let needs_segment = match &self.active {
+            None => true,
+            Some(active) => active.end >= self.segment_size_target,
+        };
+        if needs_segment {
+            self.start_segment().await?;
+        }
+        let active = self.active.as_mut().expect("a segment is active after start_segment");
+        let path = self.disk.path_of(&active.name);
+        let mut buffer = active.file.alloc(size);
+        encode_group(buffer.as_mut(), self.next_sequence, records);
+        active.file.write_at(buffer, active.end).await.map_err(|e| LogError::io("write", path.clone(), e))?;
+        active.file.sync().await.map_err(|e| LogError::io("fdatasync", path, e))?;
+        active.end += size as u64;
+        if let Some(segment) = self.segments.last_mut() {
+            segment.size = active.end;
+        }
+        self.next_sequence += 1;
+        self.stats.groups += 1;
+        self.stats.records += records.len() as u64;
+        self.stats.syncs += 1;
+        self.stats.size_bytes += size as u64;
+        Ok(())
+    }
+
+    /// Starts a new segment once the active one reaches `bytes` (default SEGMENT_SIZE_TARGET).
+    pub fn set_segment_size_target(&mut self, bytes: u64) {
+        self.segment_size_target = bytes;
+    }
+
+    pub fn stats(&self) -> LogStats {
+        self.stats
+    }
+}
+
+#[cfg(test)]
+mod tests;

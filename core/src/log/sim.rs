@@ -1,0 +1,250 @@
+//! A simulated disk for tests: in memory, deterministic, and able to crash and fail.
+//!
+//! Each file keeps what reads see and what would survive a power loss. `crash` throws away
+//! everything not made durable by `sync` (and files whose creation was not made durable by
+//! `sync_dir`); with tearing, a random subset of the unsynced blocks survives instead, as a
+//! real disk may persist some sectors of an interrupted write and not others. Faults (EIO,
+//! ENOSPC) can be armed to hit the n-th write or sync from now.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::rc::Rc;
+
+use super::{LogDisk, LogFile};
+use crate::limits::LOG_BLOCK_SIZE;
+
+#[derive(Debug, Default, Clone)]
+struct SimFile {
+    current: Vec<u8>,
+    /// Length at the last sync.
+    synced_len: usize,
+    /// Writes since the last sync: (offset, the bytes they replaced, zero-filled past the end).
+    unsynced: Vec<(usize, Vec<u8>)>,
+}
+
+/// Which operation a fault hits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultOn {
+    Write,
+    Sync,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    files: BTreeMap<String, SimFile>,
+    durable_names: BTreeSet<String>,
+    syncs: u64,
+    writes: u64,
+    /// (operation, countdown, raw os error): fails the countdown-th such operation from now.
+    fault: Option<(FaultOn, u64, i32)>,
+}
+
+/// A shared handle on the simulated directory; clones see the same files.
+#[derive(Debug, Clone, Default)]
+pub struct SimDisk {
+    state: Rc<RefCell<State>>,
+}
+
+/// A small deterministic generator (SplitMix64), so tests need no dependency for tearing.
+#[derive(Debug, Clone)]
+pub struct SimRng(u64);
+
+impl SimRng {
+    pub fn new(seed: u64) -> Self {
+        SimRng(seed)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+}
+
+impl SimDisk {
+    pub fn new() -> Self {
+        SimDisk::default()
+    }
+
+    /// fdatasync calls so far.
+    pub fn syncs(&self) -> u64 {
+        self.state.borrow().syncs
+    }
+
+    /// Write calls so far.
+    pub fn writes(&self) -> u64 {
+        self.state.borrow().writes
+    }
+
+    /// Fails the `countdown`-th (1 = next) operation of kind `on` with `errno`.
+    pub fn fail_after(&self, on: FaultOn, countdown: u64, errno: i32) {
+        self.state.borrow_mut().fault = Some((on, countdown, errno));
+    }
+
+    /// A power loss: unsynced data is lost; with `tear`, some unsynced blocks survive.
+    pub fn crash(&self, tear: Option<&mut SimRng>) {
+        let mut state = self.state.borrow_mut();
+        let durable_names = state.durable_names.clone();
+        state.files.retain(|name, _| durable_names.contains(name));
+        let mut rng = tear;
+        for file in state.files.values_mut() {
+            let mut len = file.synced_len;
+            for (pos, old) in file.unsynced.drain(..).rev() {
+                let mut block = pos;
+                while block < pos + old.len() {
+                    let end = (block + LOG_BLOCK_SIZE).min(pos + old.len());
+                    let survives = rng.as_deref_mut().is_some_and(|rng| rng.below(2) == 0);
+                    if survives {
+                        len = len.max(end);
+                    } else {
+                        file.current[block..end].copy_from_slice(&old[block - pos..end - pos]);
+                    }
+                    block = end;
+                }
+            }
+            file.current.truncate(len);
+            file.synced_len = len;
+        }
+        state.fault = None;
+    }
+
+    /// Direct access to a file's bytes, to damage them in tests.
+    pub fn with_file<R>(&self, name: &str, f: impl FnOnce(&mut Vec<u8>) -> R) -> Option<R> {
+        let mut state = self.state.borrow_mut();
+        let file = state.files.get_mut(name)?;
+        let result = f(&mut file.current);
+        file.synced_len = file.current.len();
+        file.unsynced.clear();
+        Some(result)
+    }
+
+    pub fn file_names(&self) -> Vec<String> {
+        self.state.borrow().files.keys().cloned().collect()
+    }
+
+    fn check_fault(&self, on: FaultOn) -> io::Result<()> {
+        let mut state = self.state.borrow_mut();
+        if let Some((kind, countdown, errno)) = state.fault {
+            if kind == on {
+                if countdown <= 1 {
+                    state.fault = None;
+                    return Err(io::Error::from_raw_os_error(errno));
+                }
+                state.fault = Some((kind, countdown - 1, errno));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A file of a [`SimDisk`].
+#[derive(Debug)]
+pub struct SimLogFile {
+    disk: SimDisk,
+    name: String,
+}
+
+impl SimLogFile {
+    fn with<R>(&self, f: impl FnOnce(&mut SimFile) -> R) -> io::Result<R> {
+        let mut state = self.disk.state.borrow_mut();
+        let file = state
+            .files
+            .get_mut(&self.name)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, self.name.clone()))?;
+        Ok(f(file))
+    }
+}
+
+impl LogDisk for SimDisk {
+    type File = SimLogFile;
+
+    async fn list(&self) -> io::Result<Vec<String>> {
+        Ok(self.file_names())
+    }
+
+    async fn open(&self, name: &str, create: bool) -> io::Result<SimLogFile> {
+        let mut state = self.state.borrow_mut();
+        if !state.files.contains_key(name) {
+            if !create {
+                return Err(io::Error::new(io::ErrorKind::NotFound, name.to_string()));
+            }
+            state.files.insert(name.to_string(), SimFile::default());
+        }
+        Ok(SimLogFile { disk: self.clone(), name: name.to_string() })
+    }
+
+    async fn remove(&self, name: &str) -> io::Result<()> {
+        self.state.borrow_mut().files.remove(name);
+        Ok(())
+    }
+
+    async fn sync_dir(&self) -> io::Result<()> {
+        let mut state = self.state.borrow_mut();
+        state.durable_names = state.files.keys().cloned().collect();
+        Ok(())
+    }
+
+    fn path_of(&self, name: &str) -> String {
+        format!("sim:/{name}")
+    }
+}
+
+impl LogFile for SimLogFile {
+    type Buffer = Vec<u8>;
+
+    fn alloc(&self, len: usize) -> Vec<u8> {
+        assert!(len % LOG_BLOCK_SIZE == 0, "unaligned buffer of {len} bytes");
+        vec![0xEE; len]
+    }
+
+    async fn write_at(&self, buffer: Vec<u8>, pos: u64) -> io::Result<()> {
+        assert!(pos % LOG_BLOCK_SIZE as u64 == 0 && buffer.len() % LOG_BLOCK_SIZE == 0, "unaligned write");
+        self.disk.check_fault(FaultOn::Write)?;
+        self.disk.state.borrow_mut().writes += 1;
+        self.with(|file| {
+            let pos = pos as usize;
+            let end = pos + buffer.len();
+            if file.current.len() < end {
+                file.current.resize(end, 0);
+            }
+            let old = file.current[pos..end].to_vec();
+            file.current[pos..end].copy_from_slice(&buffer);
+            file.unsynced.push((pos, old));
+        })
+    }
+
+    async fn read_at(&self, pos: u64, len: usize) -> io::Result<Vec<u8>> {
+        self.with(|file| {
+            let start = (pos as usize).min(file.current.len());
+            let end = (start + len).min(file.current.len());
+            file.current[start..end].to_vec()
+        })
+    }
+
+    async fn sync(&self) -> io::Result<()> {
+        self.disk.check_fault(FaultOn::Sync)?;
+        self.disk.state.borrow_mut().syncs += 1;
+        self.with(|file| {
+            file.synced_len = file.current.len();
+            file.unsynced.clear();
+        })
+    }
+
+    async fn size(&self) -> io::Result<u64> {
+        self.with(|file| file.current.len() as u64)
+    }
+
+    async fn truncate(&self, len: u64) -> io::Result<()> {
+        self.with(|file| {
+            // Truncation is made durable at once: kvs syncs right after it anyway.
+            file.current.truncate(len as usize);
+            file.synced_len = file.synced_len.min(len as usize);
+            file.unsynced.clear();
+        })
+    }
+}

@@ -1,0 +1,218 @@
+//! The state machine a shard's log is applied to.
+//!
+//! [`StateMachine`] is the seam between Raft and storage: Raft hands it committed batches in
+//! log order, the request path reads from it. [`MemStore`] keeps everything in an ordered map
+//! rebuilt from the log at start; the paged B+tree replaces it behind the same trait.
+//!
+//! Versions: every applied write gets the next value of a shard-wide counter. Replay applies
+//! the same entries in the same order, so versions are deterministic and survive restarts.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use crate::command::{decode_batch, BatchDecodeError, Command};
+
+/// What one command did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommandResult {
+    Written { version: u64 },
+    Deleted { existed: bool },
+    /// A CAS whose expected version did not match; nothing was written.
+    VersionMismatch { current: u64 },
+    WrittenMany { versions: Vec<u64> },
+}
+
+/// A value and the version of the write that stored it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Versioned {
+    pub version: u64,
+    pub value: Vec<u8>,
+}
+
+/// A shard's replicated state.
+pub trait StateMachine {
+    /// Applies the batch entry at log `index`; returns one result per command. Entries are
+    /// applied exactly once each, in index order.
+    fn apply(&mut self, index: u64, batch: &[u8]) -> Result<Vec<CommandResult>, BatchDecodeError>;
+    /// Records that `index` (an entry without commands, such as a leader's no-op) is applied.
+    fn skip(&mut self, index: u64);
+    fn get(&self, key: &[u8]) -> Option<Versioned>;
+    /// Up to `limit` pairs with keys in `[start, end)`, in key order.
+    fn scan(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> Vec<(Vec<u8>, Vec<u8>)>;
+    fn applied_index(&self) -> u64;
+    fn key_count(&self) -> u64;
+}
+
+/// The in-memory state machine: an ordered map.
+#[derive(Debug, Default)]
+pub struct MemStore {
+    map: BTreeMap<Vec<u8>, Versioned>,
+    applied_index: u64,
+    last_version: u64,
+}
+
+impl MemStore {
+    pub fn new() -> Self {
+        MemStore::default()
+    }
+
+    fn next_version(&mut self) -> u64 {
+        self.last_version += 1;
+        self.last_version
+    }
+
+    fn apply_command(&mut self, command: Command) -> CommandResult {
+        match command {
+            Command::Put { key, value } => {
+                let version = self.next_version();
+                self.map.insert(key, Versioned { version, value });
+                CommandResult::Written { version }
+            }
+            Command::Delete { key } => {
+                CommandResult::Deleted { existed: self.map.remove(&key).is_some() }
+            }
+            Command::Cas { key, expected_version, value } => {
+                let current = self.map.get(&key).map_or(0, |v| v.version);
+                if current != expected_version {
+                    return CommandResult::VersionMismatch { current };
+                }
+                match value {
+                    Some(value) => {
+                        let version = self.next_version();
+                        self.map.insert(key, Versioned { version, value });
+                        CommandResult::Written { version }
+                    }
+                    None => {
+                        self.map.remove(&key);
+                        CommandResult::Written { version: 0 }
+                    }
+                }
+            }
+            Command::PutMany { pairs } => {
+                let versions = pairs
+                    .into_iter()
+                    .map(|(key, value)| {
+                        let version = self.next_version();
+                        self.map.insert(key, Versioned { version, value });
+                        version
+                    })
+                    .collect();
+                CommandResult::WrittenMany { versions }
+            }
+        }
+    }
+}
+
+impl StateMachine for MemStore {
+    fn apply(&mut self, index: u64, batch: &[u8]) -> Result<Vec<CommandResult>, BatchDecodeError> {
+        assert!(index > self.applied_index, "entry {index} applied twice or out of order");
+        let commands = decode_batch(batch)?;
+        let results = commands.into_iter().map(|c| self.apply_command(c)).collect();
+        self.applied_index = index;
+        Ok(results)
+    }
+
+    fn skip(&mut self, index: u64) {
+        assert!(index > self.applied_index, "entry {index} applied twice or out of order");
+        self.applied_index = index;
+    }
+
+    fn get(&self, key: &[u8]) -> Option<Versioned> {
+        self.map.get(key).cloned()
+    }
+
+    fn scan(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let upper = match end {
+            Some(end) if end <= start => return Vec::new(),
+            Some(end) => Bound::Excluded(end),
+            None => Bound::Unbounded,
+        };
+        self.map
+            .range::<[u8], _>((Bound::Included(start), upper))
+            .take(limit)
+            .map(|(k, v)| (k.clone(), v.value.clone()))
+            .collect()
+    }
+
+    fn applied_index(&self) -> u64 {
+        self.applied_index
+    }
+
+    fn key_count(&self) -> u64 {
+        self.map.len() as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::BatchEncoder;
+    use proptest::prelude::*;
+
+    fn batch(commands: &[Command]) -> Vec<u8> {
+        let mut encoder = BatchEncoder::new();
+        for c in commands {
+            encoder.push(c);
+        }
+        encoder.finish()
+    }
+
+    fn put(k: &str, v: &str) -> Command {
+        Command::Put { key: k.into(), value: v.into() }
+    }
+
+    #[test]
+    fn put_get_delete_scan() {
+        let mut store = MemStore::new();
+        let results = store.apply(1, &batch(&[put("b", "2"), put("a", "1"), put("c", "3")])).unwrap();
+        assert_eq!(results[0], CommandResult::Written { version: 1 });
+        assert_eq!(store.get(b"a").unwrap(), Versioned { version: 2, value: b"1".to_vec() });
+        let results = store.apply(2, &batch(&[Command::Delete { key: b"b".to_vec() }])).unwrap();
+        assert_eq!(results, vec![CommandResult::Deleted { existed: true }]);
+        assert_eq!(store.get(b"b"), None);
+        assert_eq!(store.scan(b"", None, 10).len(), 2);
+        assert_eq!(store.scan(b"b", None, 10), vec![(b"c".to_vec(), b"3".to_vec())]);
+        assert_eq!(store.scan(b"a", Some(b"c"), 10), vec![(b"a".to_vec(), b"1".to_vec())]);
+        assert_eq!(store.scan(b"c", Some(b"a"), 10), vec![]);
+        assert_eq!(store.key_count(), 2);
+        assert_eq!(store.applied_index(), 2);
+    }
+
+    #[test]
+    fn compare_and_set() {
+        let mut store = MemStore::new();
+        let cas = |expected, value: Option<&str>| Command::Cas {
+            key: b"k".to_vec(),
+            expected_version: expected,
+            value: value.map(|v| v.as_bytes().to_vec()),
+        };
+        let r = store.apply(1, &batch(&[cas(0, Some("a")), cas(0, Some("b"))])).unwrap();
+        assert_eq!(r, vec![CommandResult::Written { version: 1 }, CommandResult::VersionMismatch { current: 1 }]);
+        let r = store.apply(2, &batch(&[cas(1, Some("c")), cas(2, None)])).unwrap();
+        assert_eq!(r, vec![CommandResult::Written { version: 2 }, CommandResult::Written { version: 0 }]);
+        assert_eq!(store.get(b"k"), None);
+    }
+
+    proptest! {
+        /// The store agrees with a plain map under any sequence of puts and deletes.
+        #[test]
+        fn matches_a_model(ops in proptest::collection::vec((0u8..2, 0u8..16, any::<u8>()), 1..200)) {
+            let mut store = MemStore::new();
+            let mut model = BTreeMap::new();
+            for (i, (op, key, value)) in ops.into_iter().enumerate() {
+                let key = vec![key];
+                let command = if op == 0 {
+                    model.insert(key.clone(), vec![value]);
+                    Command::Put { key, value: vec![value] }
+                } else {
+                    model.remove(&key);
+                    Command::Delete { key }
+                };
+                store.apply(i as u64 + 1, &batch(&[command])).unwrap();
+            }
+            let scanned = store.scan(b"", None, usize::MAX);
+            let expected: Vec<_> = model.into_iter().collect();
+            prop_assert_eq!(scanned, expected);
+        }
+    }
+}
