@@ -18,12 +18,23 @@ use crate::limits::{KEY_SIZE_MAX, VALUE_SIZE_MAX};
 /// One write to a shard's state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    Put { key: Vec<u8>, value: Vec<u8> },
-    Delete { key: Vec<u8> },
+    Put {
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    Delete {
+        key: Vec<u8>,
+    },
     /// Applies only when the key's version equals `expected_version` (0: key absent).
-    Cas { key: Vec<u8>, expected_version: u64, value: Option<Vec<u8>> },
+    Cas {
+        key: Vec<u8>,
+        expected_version: u64,
+        value: Option<Vec<u8>>,
+    },
     /// Several puts applied atomically.
-    PutMany { pairs: Vec<(Vec<u8>, Vec<u8>)> },
+    PutMany {
+        pairs: Vec<(Vec<u8>, Vec<u8>)>,
+    },
 }
 
 /// A batch entry that does not decode. Entries are checksummed, so this means a bug or a
@@ -42,7 +53,11 @@ impl Command {
                 1 + 4 + key.len() + 8 + 1 + value.as_ref().map_or(0, |v| 4 + v.len())
             }
             Command::PutMany { pairs } => {
-                1 + 4 + pairs.iter().map(|(k, v)| 8 + k.len() + v.len()).sum::<usize>()
+                1 + 4
+                    + pairs
+                        .iter()
+                        .map(|(k, v)| 8 + k.len() + v.len())
+                        .sum::<usize>()
             }
         }
     }
@@ -62,7 +77,11 @@ impl Command {
                 out.push(2);
                 bytes(out, key);
             }
-            Command::Cas { key, expected_version, value } => {
+            Command::Cas {
+                key,
+                expected_version,
+                value,
+            } => {
                 out.push(3);
                 bytes(out, key);
                 out.extend_from_slice(&expected_version.to_le_bytes());
@@ -95,7 +114,10 @@ pub struct BatchEncoder {
 
 impl BatchEncoder {
     pub fn new() -> Self {
-        BatchEncoder { bytes: vec![0; 4], count: 0 }
+        BatchEncoder {
+            bytes: vec![0; 4],
+            count: 0,
+        }
     }
     pub fn push(&mut self, command: &Command) {
         command.encode(&mut self.bytes);
@@ -140,7 +162,9 @@ impl<'a> Reader<'a> {
     fn bytes(&mut self, max: usize) -> Result<Vec<u8>, BatchDecodeError> {
         let len = self.u32()? as usize;
         if len > max {
-            return Err(BatchDecodeError(format!("field of {len} bytes over the {max} limit")));
+            return Err(BatchDecodeError(format!(
+                "field of {len} bytes over the {max} limit"
+            )));
         }
         Ok(self.take(len)?.to_vec())
     }
@@ -155,8 +179,13 @@ pub fn decode_batch(data: &[u8]) -> Result<Vec<Command>, BatchDecodeError> {
     for _ in 0..count {
         let tag = r.take(1)?[0];
         commands.push(match tag {
-            1 => Command::Put { key: r.bytes(KEY_SIZE_MAX)?, value: r.bytes(VALUE_SIZE_MAX)? },
-            2 => Command::Delete { key: r.bytes(KEY_SIZE_MAX)? },
+            1 => Command::Put {
+                key: r.bytes(KEY_SIZE_MAX)?,
+                value: r.bytes(VALUE_SIZE_MAX)?,
+            },
+            2 => Command::Delete {
+                key: r.bytes(KEY_SIZE_MAX)?,
+            },
             3 => {
                 let key = r.bytes(KEY_SIZE_MAX)?;
                 let expected_version = r.u64()?;
@@ -165,7 +194,11 @@ pub fn decode_batch(data: &[u8]) -> Result<Vec<Command>, BatchDecodeError> {
                     1 => Some(r.bytes(VALUE_SIZE_MAX)?),
                     other => return Err(BatchDecodeError(format!("CAS value flag {other}"))),
                 };
-                Command::Cas { key, expected_version, value }
+                Command::Cas {
+                    key,
+                    expected_version,
+                    value,
+                }
             }
             4 => {
                 let n = r.u32()? as usize;
@@ -179,7 +212,10 @@ pub fn decode_batch(data: &[u8]) -> Result<Vec<Command>, BatchDecodeError> {
         });
     }
     if r.at != data.len() {
-        return Err(BatchDecodeError(format!("{} trailing bytes", data.len() - r.at)));
+        return Err(BatchDecodeError(format!(
+            "{} trailing bytes",
+            data.len() - r.at
+        )));
     }
     Ok(commands)
 }
@@ -192,11 +228,24 @@ mod tests {
     #[test]
     fn batch_round_trip_and_length() {
         let commands = vec![
-            Command::Put { key: b"a".to_vec(), value: b"1".to_vec() },
+            Command::Put {
+                key: b"a".to_vec(),
+                value: b"1".to_vec(),
+            },
             Command::Delete { key: b"b".to_vec() },
-            Command::Cas { key: b"c".to_vec(), expected_version: 3, value: Some(vec![9; 10]) },
-            Command::Cas { key: b"c".to_vec(), expected_version: 4, value: None },
-            Command::PutMany { pairs: vec![(b"x".to_vec(), vec![]), (b"y".to_vec(), b"2".to_vec())] },
+            Command::Cas {
+                key: b"c".to_vec(),
+                expected_version: 3,
+                value: Some(vec![9; 10]),
+            },
+            Command::Cas {
+                key: b"c".to_vec(),
+                expected_version: 4,
+                value: None,
+            },
+            Command::PutMany {
+                pairs: vec![(b"x".to_vec(), vec![]), (b"y".to_vec(), b"2".to_vec())],
+            },
         ];
         let mut encoder = BatchEncoder::new();
         for c in &commands {

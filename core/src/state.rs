@@ -15,11 +15,19 @@ use crate::command::{decode_batch, BatchDecodeError, Command};
 /// What one command did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CommandResult {
-    Written { version: u64 },
-    Deleted { existed: bool },
+    Written {
+        version: u64,
+    },
+    Deleted {
+        existed: bool,
+    },
     /// A CAS whose expected version did not match; nothing was written.
-    VersionMismatch { current: u64 },
-    WrittenMany { versions: Vec<u64> },
+    VersionMismatch {
+        current: u64,
+    },
+    WrittenMany {
+        versions: Vec<u64>,
+    },
 }
 
 /// A value and the version of the write that stored it.
@@ -68,10 +76,14 @@ impl MemStore {
                 self.map.insert(key, Versioned { version, value });
                 CommandResult::Written { version }
             }
-            Command::Delete { key } => {
-                CommandResult::Deleted { existed: self.map.remove(&key).is_some() }
-            }
-            Command::Cas { key, expected_version, value } => {
+            Command::Delete { key } => CommandResult::Deleted {
+                existed: self.map.remove(&key).is_some(),
+            },
+            Command::Cas {
+                key,
+                expected_version,
+                value,
+            } => {
                 let current = self.map.get(&key).map_or(0, |v| v.version);
                 if current != expected_version {
                     return CommandResult::VersionMismatch { current };
@@ -105,15 +117,24 @@ impl MemStore {
 
 impl StateMachine for MemStore {
     fn apply(&mut self, index: u64, batch: &[u8]) -> Result<Vec<CommandResult>, BatchDecodeError> {
-        assert!(index > self.applied_index, "entry {index} applied twice or out of order");
+        assert!(
+            index > self.applied_index,
+            "entry {index} applied twice or out of order"
+        );
         let commands = decode_batch(batch)?;
-        let results = commands.into_iter().map(|c| self.apply_command(c)).collect();
+        let results = commands
+            .into_iter()
+            .map(|c| self.apply_command(c))
+            .collect();
         self.applied_index = index;
         Ok(results)
     }
 
     fn skip(&mut self, index: u64) {
-        assert!(index > self.applied_index, "entry {index} applied twice or out of order");
+        assert!(
+            index > self.applied_index,
+            "entry {index} applied twice or out of order"
+        );
         self.applied_index = index;
     }
 
@@ -158,21 +179,40 @@ mod tests {
     }
 
     fn put(k: &str, v: &str) -> Command {
-        Command::Put { key: k.into(), value: v.into() }
+        Command::Put {
+            key: k.into(),
+            value: v.into(),
+        }
     }
 
     #[test]
     fn put_get_delete_scan() {
         let mut store = MemStore::new();
-        let results = store.apply(1, &batch(&[put("b", "2"), put("a", "1"), put("c", "3")])).unwrap();
+        let results = store
+            .apply(1, &batch(&[put("b", "2"), put("a", "1"), put("c", "3")]))
+            .unwrap();
         assert_eq!(results[0], CommandResult::Written { version: 1 });
-        assert_eq!(store.get(b"a").unwrap(), Versioned { version: 2, value: b"1".to_vec() });
-        let results = store.apply(2, &batch(&[Command::Delete { key: b"b".to_vec() }])).unwrap();
+        assert_eq!(
+            store.get(b"a").unwrap(),
+            Versioned {
+                version: 2,
+                value: b"1".to_vec()
+            }
+        );
+        let results = store
+            .apply(2, &batch(&[Command::Delete { key: b"b".to_vec() }]))
+            .unwrap();
         assert_eq!(results, vec![CommandResult::Deleted { existed: true }]);
         assert_eq!(store.get(b"b"), None);
         assert_eq!(store.scan(b"", None, 10).len(), 2);
-        assert_eq!(store.scan(b"b", None, 10), vec![(b"c".to_vec(), b"3".to_vec())]);
-        assert_eq!(store.scan(b"a", Some(b"c"), 10), vec![(b"a".to_vec(), b"1".to_vec())]);
+        assert_eq!(
+            store.scan(b"b", None, 10),
+            vec![(b"c".to_vec(), b"3".to_vec())]
+        );
+        assert_eq!(
+            store.scan(b"a", Some(b"c"), 10),
+            vec![(b"a".to_vec(), b"1".to_vec())]
+        );
         assert_eq!(store.scan(b"c", Some(b"a"), 10), vec![]);
         assert_eq!(store.key_count(), 2);
         assert_eq!(store.applied_index(), 2);
@@ -186,10 +226,26 @@ mod tests {
             expected_version: expected,
             value: value.map(|v| v.as_bytes().to_vec()),
         };
-        let r = store.apply(1, &batch(&[cas(0, Some("a")), cas(0, Some("b"))])).unwrap();
-        assert_eq!(r, vec![CommandResult::Written { version: 1 }, CommandResult::VersionMismatch { current: 1 }]);
-        let r = store.apply(2, &batch(&[cas(1, Some("c")), cas(2, None)])).unwrap();
-        assert_eq!(r, vec![CommandResult::Written { version: 2 }, CommandResult::Written { version: 0 }]);
+        let r = store
+            .apply(1, &batch(&[cas(0, Some("a")), cas(0, Some("b"))]))
+            .unwrap();
+        assert_eq!(
+            r,
+            vec![
+                CommandResult::Written { version: 1 },
+                CommandResult::VersionMismatch { current: 1 }
+            ]
+        );
+        let r = store
+            .apply(2, &batch(&[cas(1, Some("c")), cas(2, None)]))
+            .unwrap();
+        assert_eq!(
+            r,
+            vec![
+                CommandResult::Written { version: 2 },
+                CommandResult::Written { version: 0 }
+            ]
+        );
         assert_eq!(store.get(b"k"), None);
     }
 

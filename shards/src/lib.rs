@@ -1,1 +1,17 @@
-//! placeholder
+//! kvs-shards: the per-core runtime, routing, Raft per shard and the `kvsd` server.
+//!
+//! - [`runtime`]: the only module that knows glommio (executors, TCP, channels, DMA files).
+//! - [`peer`]: one shard's Raft peer over its log and state machine (sans-runtime).
+//! - [`shard`]: the shard service: batching (group commit), read ordering, replies.
+//! - [`server`]: client connections, routing of requests to shards, merging of replies.
+//! - [`node`]: starting a node: data directory, executors, cross-core mesh, shutdown.
+//! - [`config`]: flags and the TOML config file.
+
+pub mod config;
+pub mod local;
+pub mod node;
+pub mod peer;
+pub mod raft_logger;
+pub mod runtime;
+pub mod server;
+pub mod shard;

@@ -45,7 +45,10 @@ impl Default for ClientOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("cannot connect to {addr}: {source}")]
-    Connect { addr: String, source: std::io::Error },
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("{code}: {message}")]
     Server { code: ErrorCode, message: String },
     #[error("no reply within {0:?}")]
@@ -82,12 +85,17 @@ struct Connection {
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A poisoned lock only means another thread panicked while holding it; the map and the
     // stream stay usable, so go on rather than spread the panic.
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Connection {
     fn open(addr: &str, options: &ClientOptions) -> Result<Arc<Connection>, ClientError> {
-        let connect_error = |source| ClientError::Connect { addr: addr.to_string(), source };
+        let connect_error = |source| ClientError::Connect {
+            addr: addr.to_string(),
+            source,
+        };
         let mut last_error = None;
         let mut stream = None;
         for socket_addr in addr.to_socket_addrs().map_err(connect_error)? {
@@ -188,7 +196,9 @@ impl Pending {
     /// Pending is spent and `wait` must not be called.
     pub fn try_wait(&mut self) -> Option<Result<Response, ClientError>> {
         match self.receiver.try_recv() {
-            Ok(Ok(Response::Error { code, message })) => Some(Err(ClientError::Server { code, message })),
+            Ok(Ok(Response::Error { code, message })) => {
+                Some(Err(ClientError::Server { code, message }))
+            }
             Ok(result) => Some(result),
             Err(_) => None,
         }
@@ -236,7 +246,10 @@ impl Client {
         Ok(Client {
             addr: addr.to_string(),
             options,
-            state: Mutex::new(State { connection: Some(connection), last_failure: None }),
+            state: Mutex::new(State {
+                connection: Some(connection),
+                last_failure: None,
+            }),
             next_request_id: AtomicU64::new(1),
         })
     }
@@ -256,7 +269,9 @@ impl Client {
         }
         if let Some(at) = state.last_failure {
             if at.elapsed() < self.options.reconnect_backoff {
-                return Err(ClientError::Disconnected("not connected; reconnecting soon".into()));
+                return Err(ClientError::Disconnected(
+                    "not connected; reconnecting soon".into(),
+                ));
             }
         }
         match Connection::open(&self.addr, &self.options) {
@@ -331,7 +346,10 @@ impl Client {
     pub fn get_versioned(&self, key: &[u8]) -> Result<Option<(u64, Vec<u8>)>, ClientError> {
         match self.call(&Request::Get { key: key.to_vec() }) {
             Ok(Response::Value { version, value }) => Ok(Some((version, value))),
-            Err(ClientError::Server { code: ErrorCode::NotFound, .. }) => Ok(None),
+            Err(ClientError::Server {
+                code: ErrorCode::NotFound,
+                ..
+            }) => Ok(None),
             Ok(other) => Err(Self::unexpected(other)),
             Err(e) => Err(e),
         }
@@ -343,7 +361,10 @@ impl Client {
 
     /// Writes `value` under `key`; returns the new version once the write is durable.
     pub fn put(&self, key: &[u8], value: &[u8]) -> Result<u64, ClientError> {
-        match self.call(&Request::Put { key: key.to_vec(), value: value.to_vec() })? {
+        match self.call(&Request::Put {
+            key: key.to_vec(),
+            value: value.to_vec(),
+        })? {
             Response::Written { version } => Ok(version),
             other => Err(Self::unexpected(other)),
         }
@@ -365,8 +386,11 @@ impl Client {
         expected_version: u64,
         value: Option<&[u8]>,
     ) -> Result<u64, ClientError> {
-        let request =
-            Request::Cas { key: key.to_vec(), expected_version, value: value.map(<[u8]>::to_vec) };
+        let request = Request::Cas {
+            key: key.to_vec(),
+            expected_version,
+            value: value.map(<[u8]>::to_vec),
+        };
         match self.call(&request)? {
             Response::Written { version } => Ok(version),
             other => Err(Self::unexpected(other)),
@@ -382,7 +406,10 @@ impl Client {
     }
 
     pub fn mput(&self, pairs: &[(&[u8], &[u8])]) -> Result<Vec<u64>, ClientError> {
-        let pairs = pairs.iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
+        let pairs = pairs
+            .iter()
+            .map(|(k, v)| (k.to_vec(), v.to_vec()))
+            .collect();
         match self.call(&Request::MPut { pairs })? {
             Response::Versions(versions) => Ok(versions),
             other => Err(Self::unexpected(other)),
@@ -397,8 +424,11 @@ impl Client {
         end: Option<&[u8]>,
         limit: u32,
     ) -> Result<(Vec<(Vec<u8>, Vec<u8>)>, Option<Vec<u8>>), ClientError> {
-        let request =
-            Request::Scan { start: start.to_vec(), end: end.map(<[u8]>::to_vec), limit };
+        let request = Request::Scan {
+            start: start.to_vec(),
+            end: end.map(<[u8]>::to_vec),
+            limit,
+        };
         match self.call(&request)? {
             Response::Scanned { pairs, next } => Ok((pairs, next)),
             other => Err(Self::unexpected(other)),

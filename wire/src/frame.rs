@@ -46,7 +46,11 @@ pub enum FrameError {
     BadVersion(u8),
     /// The body is larger than FRAME_BODY_SIZE_MAX: the connection must close.
     #[error("frame body of {len} bytes exceeds the {max}-byte limit")]
-    TooLarge { request_id: u64, len: u64, max: usize },
+    TooLarge {
+        request_id: u64,
+        len: u64,
+        max: usize,
+    },
     #[error("frame flags {0:#06x} has unknown bits set")]
     BadFlags(u16),
     /// The frame is intact in length but its bytes are damaged; the stream can go on.
@@ -58,7 +62,10 @@ impl FrameError {
     /// Whether the byte stream can still be read after this error. When it can, the server
     /// answers the one bad frame with an error and keeps the connection.
     pub fn framing_intact(&self) -> bool {
-        matches!(self, FrameError::BadChecksum { .. } | FrameError::BadFlags(_))
+        matches!(
+            self,
+            FrameError::BadChecksum { .. } | FrameError::BadFlags(_)
+        )
     }
 }
 
@@ -83,7 +90,10 @@ pub fn encode_frame(
     let body_start = out.len();
     write_body(out);
     let body_len = out.len() - body_start;
-    assert!(body_len <= FRAME_BODY_SIZE_MAX, "encoder produced an oversized frame body");
+    assert!(
+        body_len <= FRAME_BODY_SIZE_MAX,
+        "encoder produced an oversized frame body"
+    );
     out[start + 4..start + 8].copy_from_slice(&(body_len as u32).to_le_bytes());
     let crc = crc32c::crc32c_append(crc32c::crc32c(&out[start..start + 20]), &out[body_start..]);
     out[start + 20..start + 24].copy_from_slice(&crc.to_le_bytes());
@@ -149,7 +159,9 @@ impl FrameDecoder {
                 let second = buf.get(1).copied().unwrap_or(0);
                 return Err(FrameError::BadMagic([buf[0], second]));
             }
-            return Ok(Decoded::Incomplete { wanted: FRAME_HEADER_SIZE });
+            return Ok(Decoded::Incomplete {
+                wanted: FRAME_HEADER_SIZE,
+            });
         }
         let header = parse_header(buf)?;
         let len = FRAME_HEADER_SIZE + header.body_len as usize;
@@ -159,7 +171,9 @@ impl FrameDecoder {
         let stored_crc = read_u32(buf, 20);
         let crc = crc32c::crc32c_append(crc32c::crc32c(&buf[0..20]), &buf[FRAME_HEADER_SIZE..len]);
         if crc != stored_crc {
-            return Err(FrameError::BadChecksum { request_id: header.request_id });
+            return Err(FrameError::BadChecksum {
+                request_id: header.request_id,
+            });
         }
         if header.flags & !FLAGS_KNOWN != 0 || read_u16(buf, 18) != 0 {
             return Err(FrameError::BadFlags(header.flags));
@@ -174,7 +188,9 @@ pub fn frame_len(buf: &[u8]) -> Option<usize> {
     if buf.len() < FRAME_HEADER_SIZE {
         return None;
     }
-    parse_header(buf).ok().map(|h| FRAME_HEADER_SIZE + h.body_len as usize)
+    parse_header(buf)
+        .ok()
+        .map(|h| FRAME_HEADER_SIZE + h.body_len as usize)
 }
 
 #[cfg(test)]
@@ -191,7 +207,10 @@ mod tests {
     fn round_trip_and_incremental() {
         let bytes = frame(3, 77, b"hello");
         for cut in 0..bytes.len() {
-            assert!(matches!(FrameDecoder.decode(&bytes[..cut]), Ok(Decoded::Incomplete { .. })));
+            assert!(matches!(
+                FrameDecoder.decode(&bytes[..cut]),
+                Ok(Decoded::Incomplete { .. })
+            ));
         }
         match FrameDecoder.decode(&bytes).unwrap() {
             Decoded::Frame { header, len } => {
@@ -206,8 +225,14 @@ mod tests {
 
     #[test]
     fn garbage_is_refused_early() {
-        assert!(matches!(FrameDecoder.decode(b"GET x\r\n"), Err(FrameError::BadMagic(_))));
-        assert!(matches!(FrameDecoder.decode(b"X"), Err(FrameError::BadMagic(_))));
+        assert!(matches!(
+            FrameDecoder.decode(b"GET x\r\n"),
+            Err(FrameError::BadMagic(_))
+        ));
+        assert!(matches!(
+            FrameDecoder.decode(b"X"),
+            Err(FrameError::BadMagic(_))
+        ));
     }
 
     #[test]

@@ -106,16 +106,35 @@ impl std::fmt::Display for ErrorCode {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
     Ping,
-    Get { key: Vec<u8> },
-    Put { key: Vec<u8>, value: Vec<u8> },
-    Delete { key: Vec<u8> },
+    Get {
+        key: Vec<u8>,
+    },
+    Put {
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    Delete {
+        key: Vec<u8>,
+    },
     /// Writes `value` (or deletes, when `None`) only if the key's current version is
     /// `expected_version`; version 0 means "the key does not exist".
-    Cas { key: Vec<u8>, expected_version: u64, value: Option<Vec<u8>> },
-    MGet { keys: Vec<Vec<u8>> },
-    MPut { pairs: Vec<(Vec<u8>, Vec<u8>)> },
+    Cas {
+        key: Vec<u8>,
+        expected_version: u64,
+        value: Option<Vec<u8>>,
+    },
+    MGet {
+        keys: Vec<Vec<u8>>,
+    },
+    MPut {
+        pairs: Vec<(Vec<u8>, Vec<u8>)>,
+    },
     /// Keys in `[start, end)` in byte order across all shards, at most `limit` of them.
-    Scan { start: Vec<u8>, end: Option<Vec<u8>>, limit: u32 },
+    Scan {
+        start: Vec<u8>,
+        end: Option<Vec<u8>>,
+        limit: u32,
+    },
     Info,
 }
 
@@ -124,19 +143,32 @@ pub enum Request {
 pub enum Response {
     Pong,
     /// GET: the value and its version.
-    Value { version: u64, value: Vec<u8> },
+    Value {
+        version: u64,
+        value: Vec<u8>,
+    },
     /// PUT and CAS: the version the write created (0 after a CAS delete).
-    Written { version: u64 },
-    Deleted { existed: bool },
+    Written {
+        version: u64,
+    },
+    Deleted {
+        existed: bool,
+    },
     /// MGET: one entry per requested key, in request order.
     Values(Vec<Option<(u64, Vec<u8>)>>),
     /// MPUT: the version of each pair, in request order.
     Versions(Vec<u64>),
     /// SCAN: pairs in key order; `next` is where to continue, when there may be more.
-    Scanned { pairs: Vec<(Vec<u8>, Vec<u8>)>, next: Option<Vec<u8>> },
+    Scanned {
+        pairs: Vec<(Vec<u8>, Vec<u8>)>,
+        next: Option<Vec<u8>>,
+    },
     /// INFO: a JSON document.
     Info(String),
-    Error { code: ErrorCode, message: String },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
 }
 
 impl Response {
@@ -164,7 +196,11 @@ pub enum DecodeError {
     #[error("{extra} unexpected bytes after the message")]
     TrailingBytes { extra: usize },
     #[error("{what} of {len} bytes exceeds the {max}-byte limit")]
-    TooLarge { what: &'static str, len: usize, max: usize },
+    TooLarge {
+        what: &'static str,
+        len: usize,
+        max: usize,
+    },
     #[error("{what}: {detail}")]
     Invalid { what: &'static str, detail: String },
 }
@@ -191,7 +227,10 @@ impl<'a> Reader<'a> {
     }
     fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], DecodeError> {
         let end = self.at.checked_add(n).ok_or(DecodeError::Truncated(what))?;
-        let slice = self.bytes.get(self.at..end).ok_or(DecodeError::Truncated(what))?;
+        let slice = self
+            .bytes
+            .get(self.at..end)
+            .ok_or(DecodeError::Truncated(what))?;
         self.at = end;
         Ok(slice)
     }
@@ -217,7 +256,11 @@ impl<'a> Reader<'a> {
     fn count(&mut self, what: &'static str, max: usize) -> Result<usize, DecodeError> {
         let count = self.u32(what)? as usize;
         if count > max {
-            return Err(DecodeError::TooLarge { what, len: count, max });
+            return Err(DecodeError::TooLarge {
+                what,
+                len: count,
+                max,
+            });
         }
         Ok(count)
     }
@@ -225,7 +268,10 @@ impl<'a> Reader<'a> {
         match self.u8(what)? {
             0 => Ok(false),
             1 => Ok(true),
-            other => Err(DecodeError::Invalid { what, detail: format!("flag byte {other}") }),
+            other => Err(DecodeError::Invalid {
+                what,
+                detail: format!("flag byte {other}"),
+            }),
         }
     }
     fn finish(self) -> Result<(), DecodeError> {
@@ -274,7 +320,9 @@ impl Request {
 
     /// Appends this request as a whole frame to `out`.
     pub fn encode(&self, request_id: u64, out: &mut Vec<u8>) {
-        encode_frame(out, self.opcode() as u8, request_id, 0, |body| self.encode_body(body));
+        encode_frame(out, self.opcode() as u8, request_id, 0, |body| {
+            self.encode_body(body)
+        });
     }
 
     fn encode_body(&self, out: &mut Vec<u8>) {
@@ -285,7 +333,11 @@ impl Request {
                 put_bytes(out, key);
                 put_bytes(out, value);
             }
-            Request::Cas { key, expected_version, value } => {
+            Request::Cas {
+                key,
+                expected_version,
+                value,
+            } => {
                 put_bytes(out, key);
                 put_u64(out, *expected_version);
                 match value {
@@ -330,8 +382,12 @@ impl Request {
         let request = match opcode {
             Opcode::Ping => Request::Ping,
             Opcode::Info => Request::Info,
-            Opcode::Get => Request::Get { key: r.bytes("key", KEY_SIZE_MAX)? },
-            Opcode::Delete => Request::Delete { key: r.bytes("key", KEY_SIZE_MAX)? },
+            Opcode::Get => Request::Get {
+                key: r.bytes("key", KEY_SIZE_MAX)?,
+            },
+            Opcode::Delete => Request::Delete {
+                key: r.bytes("key", KEY_SIZE_MAX)?,
+            },
             Opcode::Put => Request::Put {
                 key: r.bytes("key", KEY_SIZE_MAX)?,
                 value: r.bytes("value", VALUE_SIZE_MAX)?,
@@ -344,7 +400,11 @@ impl Request {
                 } else {
                     None
                 };
-                Request::Cas { key, expected_version, value }
+                Request::Cas {
+                    key,
+                    expected_version,
+                    value,
+                }
             }
             Opcode::MGet => {
                 let count = r.count("key count", BATCH_COUNT_MAX)?;
@@ -366,8 +426,11 @@ impl Request {
             }
             Opcode::Scan => {
                 let start = r.bytes("start key", KEY_SIZE_MAX)?;
-                let end =
-                    if r.flag("end present")? { Some(r.bytes("end key", KEY_SIZE_MAX)?) } else { None };
+                let end = if r.flag("end present")? {
+                    Some(r.bytes("end key", KEY_SIZE_MAX)?)
+                } else {
+                    None
+                };
                 let limit = r.u32("limit")?;
                 if limit == 0 || limit > SCAN_LIMIT_MAX {
                     return Err(DecodeError::Invalid {
@@ -451,7 +514,10 @@ impl Response {
             let code = ErrorCode::from_u16(u16::from_le_bytes([code_bytes[0], code_bytes[1]]));
             let message = r.bytes("error message", ERROR_MESSAGE_SIZE_MAX)?;
             r.finish()?;
-            return Ok(Response::Error { code, message: String::from_utf8_lossy(&message).into() });
+            return Ok(Response::Error {
+                code,
+                message: String::from_utf8_lossy(&message).into(),
+            });
         }
         let opcode =
             Opcode::from_u8(header.opcode).ok_or(DecodeError::UnknownOpcode(header.opcode))?;
@@ -461,8 +527,12 @@ impl Response {
                 version: r.u64("version")?,
                 value: r.bytes("value", VALUE_SIZE_MAX)?,
             },
-            Opcode::Put | Opcode::Cas => Response::Written { version: r.u64("version")? },
-            Opcode::Delete => Response::Deleted { existed: r.flag("existed")? },
+            Opcode::Put | Opcode::Cas => Response::Written {
+                version: r.u64("version")?,
+            },
+            Opcode::Delete => Response::Deleted {
+                existed: r.flag("existed")?,
+            },
             Opcode::MGet => {
                 let count = r.count("value count", BATCH_COUNT_MAX)?;
                 let mut values = Vec::with_capacity(count);
@@ -487,10 +557,16 @@ impl Response {
                 let count = r.count("pair count", SCAN_LIMIT_MAX as usize)?;
                 let mut pairs = Vec::with_capacity(count);
                 for _ in 0..count {
-                    pairs.push((r.bytes("key", KEY_SIZE_MAX)?, r.bytes("value", VALUE_SIZE_MAX)?));
+                    pairs.push((
+                        r.bytes("key", KEY_SIZE_MAX)?,
+                        r.bytes("value", VALUE_SIZE_MAX)?,
+                    ));
                 }
-                let next =
-                    if r.flag("next present")? { Some(r.bytes("next", KEY_SIZE_MAX + 1)?) } else { None };
+                let next = if r.flag("next present")? {
+                    Some(r.bytes("next", KEY_SIZE_MAX + 1)?)
+                } else {
+                    None
+                };
                 Response::Scanned { pairs, next }
             }
             Opcode::Info => {
@@ -519,32 +595,76 @@ mod tests {
             Request::Info,
             Request::Get { key: b"k".to_vec() },
             Request::Delete { key: b"".to_vec() },
-            Request::Put { key: b"k".to_vec(), value: vec![0, 1, 2, 255] },
-            Request::Cas { key: b"k".to_vec(), expected_version: 7, value: Some(b"v".to_vec()) },
-            Request::Cas { key: b"k".to_vec(), expected_version: 0, value: None },
-            Request::MGet { keys: vec![b"a".to_vec(), b"b".to_vec()] },
-            Request::MPut { pairs: vec![(b"a".to_vec(), b"1".to_vec()), (b"b".to_vec(), vec![])] },
-            Request::Scan { start: b"a".to_vec(), end: Some(b"z".to_vec()), limit: 10 },
-            Request::Scan { start: vec![], end: None, limit: 1 },
+            Request::Put {
+                key: b"k".to_vec(),
+                value: vec![0, 1, 2, 255],
+            },
+            Request::Cas {
+                key: b"k".to_vec(),
+                expected_version: 7,
+                value: Some(b"v".to_vec()),
+            },
+            Request::Cas {
+                key: b"k".to_vec(),
+                expected_version: 0,
+                value: None,
+            },
+            Request::MGet {
+                keys: vec![b"a".to_vec(), b"b".to_vec()],
+            },
+            Request::MPut {
+                pairs: vec![(b"a".to_vec(), b"1".to_vec()), (b"b".to_vec(), vec![])],
+            },
+            Request::Scan {
+                start: b"a".to_vec(),
+                end: Some(b"z".to_vec()),
+                limit: 10,
+            },
+            Request::Scan {
+                start: vec![],
+                end: None,
+                limit: 1,
+            },
         ]
     }
 
     fn responses() -> Vec<(Opcode, Response)> {
         vec![
             (Opcode::Ping, Response::Pong),
-            (Opcode::Get, Response::Value { version: 3, value: b"v".to_vec() }),
+            (
+                Opcode::Get,
+                Response::Value {
+                    version: 3,
+                    value: b"v".to_vec(),
+                },
+            ),
             (Opcode::Put, Response::Written { version: 9 }),
             (Opcode::Cas, Response::Written { version: 0 }),
             (Opcode::Delete, Response::Deleted { existed: true }),
-            (Opcode::MGet, Response::Values(vec![Some((1, b"x".to_vec())), None])),
+            (
+                Opcode::MGet,
+                Response::Values(vec![Some((1, b"x".to_vec())), None]),
+            ),
             (Opcode::MPut, Response::Versions(vec![4, 5])),
             (
                 Opcode::Scan,
-                Response::Scanned { pairs: vec![(b"a".to_vec(), b"1".to_vec())], next: Some(b"a\0".to_vec()) },
+                Response::Scanned {
+                    pairs: vec![(b"a".to_vec(), b"1".to_vec())],
+                    next: Some(b"a\0".to_vec()),
+                },
             ),
-            (Opcode::Scan, Response::Scanned { pairs: vec![], next: None }),
+            (
+                Opcode::Scan,
+                Response::Scanned {
+                    pairs: vec![],
+                    next: None,
+                },
+            ),
             (Opcode::Info, Response::Info("{\"shards\":2}".into())),
-            (Opcode::Get, Response::error(ErrorCode::NotFound, "key not found")),
+            (
+                Opcode::Get,
+                Response::error(ErrorCode::NotFound, "key not found"),
+            ),
         ]
     }
 
@@ -603,16 +723,40 @@ mod tests {
         let err = Request::Get { key }.validate().unwrap_err();
         assert_eq!(err.code(), ErrorCode::TooLarge);
         let value = vec![0u8; VALUE_SIZE_MAX + 1];
-        let err = Request::Put { key: b"k".to_vec(), value }.validate().unwrap_err();
+        let err = Request::Put {
+            key: b"k".to_vec(),
+            value,
+        }
+        .validate()
+        .unwrap_err();
         assert!(matches!(err, DecodeError::TooLarge { what: "value", .. }));
-        assert!(Request::Put { key: b"k".to_vec(), value: vec![0; VALUE_SIZE_MAX] }.validate().is_ok());
-        let err = Request::Scan { start: vec![], end: None, limit: 0 }.validate().unwrap_err();
+        assert!(Request::Put {
+            key: b"k".to_vec(),
+            value: vec![0; VALUE_SIZE_MAX]
+        }
+        .validate()
+        .is_ok());
+        let err = Request::Scan {
+            start: vec![],
+            end: None,
+            limit: 0,
+        }
+        .validate()
+        .unwrap_err();
         assert_eq!(err.code(), ErrorCode::BadRequest);
-        assert_eq!(Request::decode_body(200, &[]).unwrap_err().code(), ErrorCode::UnknownOpcode);
+        assert_eq!(
+            Request::decode_body(200, &[]).unwrap_err().code(),
+            ErrorCode::UnknownOpcode
+        );
         // A count far larger than the body is refused by limit, not by allocating for it.
         let mut body = Vec::new();
         put_u32(&mut body, u32::MAX);
-        assert_eq!(Request::decode_body(Opcode::MGet as u8, &body).unwrap_err().code(), ErrorCode::TooLarge);
+        assert_eq!(
+            Request::decode_body(Opcode::MGet as u8, &body)
+                .unwrap_err()
+                .code(),
+            ErrorCode::TooLarge
+        );
     }
 
     proptest! {

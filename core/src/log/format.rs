@@ -115,9 +115,14 @@ pub fn decode_segment_header(block: &[u8]) -> Result<SegmentHeader, String> {
     }
     let version = u32_at(block, 8);
     if version != SEGMENT_FORMAT_VERSION {
-        return Err(format!("segment format version {version}, this build reads 1"));
+        return Err(format!(
+            "segment format version {version}, this build reads 1"
+        ));
     }
-    Ok(SegmentHeader { shard: u32_at(block, 12), first_sequence: u64_at(block, 16) })
+    Ok(SegmentHeader {
+        shard: u32_at(block, 12),
+        first_sequence: u64_at(block, 16),
+    })
 }
 
 /// Bytes a group of these records occupies on disk, padding included.
@@ -130,7 +135,10 @@ pub fn group_size_on_disk(records: &[Record<'_>]) -> usize {
 pub fn encode_group(out: &mut [u8], sequence: u64, records: &[Record<'_>]) {
     let mut at = GROUP_HEADER_SIZE;
     for record in records {
-        assert!(record.payload.len() <= RECORD_PAYLOAD_SIZE_MAX, "oversized log record");
+        assert!(
+            record.payload.len() <= RECORD_PAYLOAD_SIZE_MAX,
+            "oversized log record"
+        );
         let start = at;
         out[at..at + 4].copy_from_slice(&(record.payload.len() as u32).to_le_bytes());
         out[at + 8] = record.kind as u8;
@@ -141,7 +149,8 @@ pub fn encode_group(out: &mut [u8], sequence: u64, records: &[Record<'_>]) {
         at += RECORD_HEADER_SIZE;
         out[at..at + record.payload.len()].copy_from_slice(record.payload);
         at += record.payload.len();
-        let crc = crc32c::crc32c_append(crc32c::crc32c(&out[start + 8..at]), &out[start..start + 4]);
+        let crc =
+            crc32c::crc32c_append(crc32c::crc32c(&out[start + 8..at]), &out[start..start + 4]);
         out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
     }
     let records_len = at - GROUP_HEADER_SIZE;
@@ -190,9 +199,15 @@ pub fn decode_group_header(bytes: &[u8]) -> Option<GroupHeader> {
 
 /// Decodes the records of a group whose header is valid. `Err` names what is wrong and the
 /// offset within `records` where it was found.
-pub fn decode_records(header: &GroupHeader, records: &[u8]) -> Result<Vec<OwnedRecord>, (usize, String)> {
+pub fn decode_records(
+    header: &GroupHeader,
+    records: &[u8],
+) -> Result<Vec<OwnedRecord>, (usize, String)> {
     if records.len() != header.records_len {
-        return Err((records.len(), "group extends past the end of the file".into()));
+        return Err((
+            records.len(),
+            "group extends past the end of the file".into(),
+        ));
     }
     if crc32c::crc32c(records) != header.records_crc {
         return Err((0, "group records checksum mismatch".into()));
@@ -208,7 +223,8 @@ pub fn decode_records(header: &GroupHeader, records: &[u8]) -> Result<Vec<OwnedR
             return Err((at, format!("record length {len} runs past its group")));
         }
         let end = at + RECORD_HEADER_SIZE + len;
-        let crc = crc32c::crc32c_append(crc32c::crc32c(&records[at + 8..end]), &records[at..at + 4]);
+        let crc =
+            crc32c::crc32c_append(crc32c::crc32c(&records[at + 8..end]), &records[at..at + 4]);
         if crc != u32_at(records, at + 4) {
             return Err((at, "record checksum mismatch".into()));
         }
@@ -227,7 +243,14 @@ pub fn decode_records(header: &GroupHeader, records: &[u8]) -> Result<Vec<OwnedR
         at = end;
     }
     if out.len() != header.record_count as usize {
-        return Err((at, format!("group holds {} records, header says {}", out.len(), header.record_count)));
+        return Err((
+            at,
+            format!(
+                "group holds {} records, header says {}",
+                out.len(),
+                header.record_count
+            ),
+        ));
     }
     Ok(out)
 }
@@ -239,25 +262,55 @@ mod tests {
     #[test]
     fn group_round_trip() {
         let records = [
-            Record { kind: RecordKind::Entry, entry_type: 0, index: 5, term: 2, payload: b"hello" },
-            Record { kind: RecordKind::Entry, entry_type: 0, index: 6, term: 2, payload: b"" },
-            Record { kind: RecordKind::HardState, entry_type: 0, index: 6, term: 2, payload: &1u64.to_le_bytes() },
+            Record {
+                kind: RecordKind::Entry,
+                entry_type: 0,
+                index: 5,
+                term: 2,
+                payload: b"hello",
+            },
+            Record {
+                kind: RecordKind::Entry,
+                entry_type: 0,
+                index: 6,
+                term: 2,
+                payload: b"",
+            },
+            Record {
+                kind: RecordKind::HardState,
+                entry_type: 0,
+                index: 6,
+                term: 2,
+                payload: &1u64.to_le_bytes(),
+            },
         ];
         let mut out = vec![0xAA; group_size_on_disk(&records)];
         assert_eq!(out.len(), LOG_BLOCK_SIZE);
         encode_group(&mut out, 9, &records);
         let header = decode_group_header(&out).unwrap();
         assert_eq!(header.sequence, 9);
-        let decoded = decode_records(&header, &out[GROUP_HEADER_SIZE..GROUP_HEADER_SIZE + header.records_len]).unwrap();
+        let decoded = decode_records(
+            &header,
+            &out[GROUP_HEADER_SIZE..GROUP_HEADER_SIZE + header.records_len],
+        )
+        .unwrap();
         assert_eq!(decoded.len(), 3);
         assert_eq!(decoded[0].payload, b"hello");
         assert_eq!(decoded[2].kind, RecordKind::HardState);
-        assert!(out[GROUP_HEADER_SIZE + header.records_len..].iter().all(|&b| b == 0));
+        assert!(out[GROUP_HEADER_SIZE + header.records_len..]
+            .iter()
+            .all(|&b| b == 0));
     }
 
     #[test]
     fn damage_is_detected() {
-        let records = [Record { kind: RecordKind::Entry, entry_type: 0, index: 1, term: 1, payload: b"x" }];
+        let records = [Record {
+            kind: RecordKind::Entry,
+            entry_type: 0,
+            index: 1,
+            term: 1,
+            payload: b"x",
+        }];
         let mut out = vec![0; group_size_on_disk(&records)];
         encode_group(&mut out, 1, &records);
         let used = GROUP_HEADER_SIZE + records[0].encoded_len();
@@ -266,7 +319,11 @@ mod tests {
             damaged[i / 8] ^= 1 << (i % 8);
             let ok = decode_group_header(&damaged).is_some_and(|h| {
                 damaged.len() >= GROUP_HEADER_SIZE + h.records_len
-                    && decode_records(&h, &damaged[GROUP_HEADER_SIZE..GROUP_HEADER_SIZE + h.records_len]).is_ok()
+                    && decode_records(
+                        &h,
+                        &damaged[GROUP_HEADER_SIZE..GROUP_HEADER_SIZE + h.records_len],
+                    )
+                    .is_ok()
             });
             assert!(!ok, "flipped bit {i} went unnoticed");
         }
@@ -276,7 +333,13 @@ mod tests {
     fn segment_header_round_trip() {
         let mut block = vec![0; SEGMENT_HEADER_SIZE];
         encode_segment_header(&mut block, 3, 77);
-        assert_eq!(decode_segment_header(&block).unwrap(), SegmentHeader { shard: 3, first_sequence: 77 });
+        assert_eq!(
+            decode_segment_header(&block).unwrap(),
+            SegmentHeader {
+                shard: 3,
+                first_sequence: 77
+            }
+        );
         block[17] ^= 1;
         assert!(decode_segment_header(&block).is_err());
     }

@@ -61,18 +61,32 @@ pub trait LogFile {
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
     #[error("log disk full: {op} {path}: {source}")]
-    DiskFull { op: &'static str, path: String, source: io::Error },
+    DiskFull {
+        op: &'static str,
+        path: String,
+        source: io::Error,
+    },
     #[error("log I/O error: {op} {path}: {source}")]
-    Io { op: &'static str, path: String, source: io::Error },
+    Io {
+        op: &'static str,
+        path: String,
+        source: io::Error,
+    },
     #[error("corrupt log: {path} at offset {offset}: {detail}")]
-    Corrupt { path: String, offset: u64, detail: String },
+    Corrupt {
+        path: String,
+        offset: u64,
+        detail: String,
+    },
     #[error("log commit group of {0} bytes exceeds the limit")]
     TooLarge(usize),
 }
 
 impl LogError {
     fn io(op: &'static str, path: String, source: io::Error) -> LogError {
-        if source.raw_os_error() == Some(libc_enospc()) || source.kind() == io::ErrorKind::StorageFull {
+        if source.raw_os_error() == Some(libc_enospc())
+            || source.kind() == io::ErrorKind::StorageFull
+        {
             LogError::DiskFull { op, path, source }
         } else {
             LogError::Io { op, path, source }
@@ -168,7 +182,8 @@ impl<D: LogDisk> Log<D> {
         let count = names.len();
         for (i, (first_sequence, name)) in names.into_iter().enumerate() {
             let last = i + 1 == count;
-            log.recover_segment(&name, first_sequence, last, &mut recovered).await?;
+            log.recover_segment(&name, first_sequence, last, &mut recovered)
+                .await?;
         }
         log.refresh_size_stats();
         Ok((log, recovered))
@@ -182,13 +197,24 @@ impl<D: LogDisk> Log<D> {
         recovered: &mut Recovered,
     ) -> Result<(), LogError> {
         let path = self.disk.path_of(name);
-        let file = self.disk.open(name, false).await.map_err(|e| LogError::io("open", path.clone(), e))?;
-        let size = file.size().await.map_err(|e| LogError::io("stat", path.clone(), e))?;
+        let file = self
+            .disk
+            .open(name, false)
+            .await
+            .map_err(|e| LogError::io("open", path.clone(), e))?;
+        let size = file
+            .size()
+            .await
+            .map_err(|e| LogError::io("stat", path.clone(), e))?;
         let bytes = file
             .read_at(0, size as usize)
             .await
             .map_err(|e| LogError::io("read", path.clone(), e))?;
-        let corrupt = |offset: u64, detail: String| LogError::Corrupt { path: path.clone(), offset, detail };
+        let corrupt = |offset: u64, detail: String| LogError::Corrupt {
+            path: path.clone(),
+            offset,
+            detail,
+        };
 
         let header = match decode_segment_header(&bytes[..bytes.len().min(SEGMENT_HEADER_SIZE)]) {
             Ok(header) => header,
@@ -196,22 +222,37 @@ impl<D: LogDisk> Log<D> {
             // header and without any group: nothing acknowledged is in it.
             Err(_) if last && bytes.len() <= SEGMENT_HEADER_SIZE => {
                 drop(file);
-                self.disk.remove(name).await.map_err(|e| LogError::io("remove", path.clone(), e))?;
-                self.disk.sync_dir().await.map_err(|e| LogError::io("sync dir", path.clone(), e))?;
+                self.disk
+                    .remove(name)
+                    .await
+                    .map_err(|e| LogError::io("remove", path.clone(), e))?;
+                self.disk
+                    .sync_dir()
+                    .await
+                    .map_err(|e| LogError::io("sync dir", path.clone(), e))?;
                 recovered.truncated = Some((path, 0));
                 return Ok(());
             }
             Err(detail) => return Err(corrupt(0, detail)),
         };
         if header.shard != self.shard {
-            return Err(corrupt(0, format!("segment belongs to shard {}, not {}", header.shard, self.shard)));
+            return Err(corrupt(
+                0,
+                format!(
+                    "segment belongs to shard {}, not {}",
+                    header.shard, self.shard
+                ),
+            ));
         }
         if header.first_sequence != first_sequence
             || !self.segments.is_empty() && first_sequence != self.next_sequence
         {
             return Err(corrupt(
                 0,
-                format!("segment starts at group {first_sequence}, expected {}", self.next_sequence),
+                format!(
+                    "segment starts at group {first_sequence}, expected {}",
+                    self.next_sequence
+                ),
             ));
         }
         self.next_sequence = first_sequence;
@@ -237,8 +278,12 @@ impl<D: LogDisk> Log<D> {
                         return Err(corrupt(at as u64, format!("{detail} in a closed segment")));
                     }
                     if !clean_end || (at as u64) < size {
-                        file.truncate(at as u64).await.map_err(|e| LogError::io("truncate", path.clone(), e))?;
-                        file.sync().await.map_err(|e| LogError::io("fdatasync", path.clone(), e))?;
+                        file.truncate(at as u64)
+                            .await
+                            .map_err(|e| LogError::io("truncate", path.clone(), e))?;
+                        file.sync()
+                            .await
+                            .map_err(|e| LogError::io("fdatasync", path.clone(), e))?;
                         if !clean_end {
                             recovered.truncated = Some((path.clone(), at as u64));
                         }
@@ -250,22 +295,32 @@ impl<D: LogDisk> Log<D> {
         let end = (at as u64).min(size).max(SEGMENT_HEADER_SIZE as u64);
         self.segments.push(Segment { size: end });
         if last {
-            self.active = Some(Active { file, name: name.to_string(), end });
+            self.active = Some(Active {
+                file,
+                name: name.to_string(),
+                end,
+            });
         }
         Ok(())
     }
 
     /// Reads the group at `at`; returns its records and where the next group starts.
     fn read_group(&self, bytes: &[u8], at: usize) -> Result<(Vec<OwnedRecord>, usize), String> {
-        let header = decode_group_header(&bytes[at..])
-            .ok_or_else(|| "no valid group header".to_string())?;
+        let header =
+            decode_group_header(&bytes[at..]).ok_or_else(|| "no valid group header".to_string())?;
         if header.sequence != self.next_sequence {
-            return Err(format!("group sequence {} where {} was expected", header.sequence, self.next_sequence));
+            return Err(format!(
+                "group sequence {} where {} was expected",
+                header.sequence, self.next_sequence
+            ));
         }
         let records_start = at + GROUP_HEADER_SIZE;
-        let records_end = records_start.saturating_add(header.records_len).min(bytes.len());
-        let records = decode_records(&header, &bytes[records_start..records_end])
-            .map_err(|(offset, detail)| format!("{detail} (record at offset {})", records_start + offset))?;
+        let records_end = records_start
+            .saturating_add(header.records_len)
+            .min(bytes.len());
+        let records = decode_records(&header, &bytes[records_start..records_end]).map_err(
+            |(offset, detail)| format!("{detail} (record at offset {})", records_start + offset),
+        )?;
         Ok((records, at + header.size_on_disk()))
     }
 
@@ -277,7 +332,11 @@ impl<D: LogDisk> Log<D> {
                 let records_start = block + GROUP_HEADER_SIZE;
                 if header.sequence >= self.next_sequence
                     && records_start + header.records_len <= bytes.len()
-                    && decode_records(&header, &bytes[records_start..records_start + header.records_len]).is_ok()
+                    && decode_records(
+                        &header,
+                        &bytes[records_start..records_start + header.records_len],
+                    )
+                    .is_ok()
                 {
                     return Some(block);
                 }
@@ -295,16 +354,33 @@ impl<D: LogDisk> Log<D> {
     async fn start_segment(&mut self) -> Result<(), LogError> {
         let name = segment_name(self.next_sequence);
         let path = self.disk.path_of(&name);
-        let file = self.disk.open(&name, true).await.map_err(|e| LogError::io("create", path.clone(), e))?;
+        let file = self
+            .disk
+            .open(&name, true)
+            .await
+            .map_err(|e| LogError::io("create", path.clone(), e))?;
         let mut buffer = file.alloc(SEGMENT_HEADER_SIZE);
         buffer.as_mut().fill(0);
         encode_segment_header(buffer.as_mut(), self.shard, self.next_sequence);
-        file.write_at(buffer, 0).await.map_err(|e| LogError::io("write", path.clone(), e))?;
-        file.sync().await.map_err(|e| LogError::io("fdatasync", path.clone(), e))?;
-        self.disk.sync_dir().await.map_err(|e| LogError::io("sync dir", path.clone(), e))?;
+        file.write_at(buffer, 0)
+            .await
+            .map_err(|e| LogError::io("write", path.clone(), e))?;
+        file.sync()
+            .await
+            .map_err(|e| LogError::io("fdatasync", path.clone(), e))?;
+        self.disk
+            .sync_dir()
+            .await
+            .map_err(|e| LogError::io("sync dir", path.clone(), e))?;
         self.stats.syncs += 1;
-        self.segments.push(Segment { size: SEGMENT_HEADER_SIZE as u64 });
-        self.active = Some(Active { file, name, end: SEGMENT_HEADER_SIZE as u64 });
+        self.segments.push(Segment {
+            size: SEGMENT_HEADER_SIZE as u64,
+        });
+        self.active = Some(Active {
+            file,
+            name,
+            end: SEGMENT_HEADER_SIZE as u64,
+        });
         self.refresh_size_stats();
         Ok(())
     }
@@ -327,12 +403,23 @@ impl<D: LogDisk> Log<D> {
         if needs_segment {
             self.start_segment().await?;
         }
-        let active = self.active.as_mut().expect("a segment is active after start_segment");
+        let active = self
+            .active
+            .as_mut()
+            .expect("a segment is active after start_segment");
         let path = self.disk.path_of(&active.name);
         let mut buffer = active.file.alloc(size);
         encode_group(buffer.as_mut(), self.next_sequence, records);
-        active.file.write_at(buffer, active.end).await.map_err(|e| LogError::io("write", path.clone(), e))?;
-        active.file.sync().await.map_err(|e| LogError::io("fdatasync", path, e))?;
+        active
+            .file
+            .write_at(buffer, active.end)
+            .await
+            .map_err(|e| LogError::io("write", path.clone(), e))?;
+        active
+            .file
+            .sync()
+            .await
+            .map_err(|e| LogError::io("fdatasync", path, e))?;
         active.end += size as u64;
         if let Some(segment) = self.segments.last_mut() {
             segment.size = active.end;

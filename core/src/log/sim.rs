@@ -175,7 +175,10 @@ impl LogDisk for SimDisk {
             }
             state.files.insert(name.to_string(), SimFile::default());
         }
-        Ok(SimLogFile { disk: self.clone(), name: name.to_string() })
+        Ok(SimLogFile {
+            disk: self.clone(),
+            name: name.to_string(),
+        })
     }
 
     async fn remove(&self, name: &str) -> io::Result<()> {
@@ -203,7 +206,10 @@ impl LogFile for SimLogFile {
     }
 
     async fn write_at(&self, buffer: Vec<u8>, pos: u64) -> io::Result<()> {
-        assert!(pos % LOG_BLOCK_SIZE as u64 == 0 && buffer.len() % LOG_BLOCK_SIZE == 0, "unaligned write");
+        assert!(
+            pos % LOG_BLOCK_SIZE as u64 == 0 && buffer.len() % LOG_BLOCK_SIZE == 0,
+            "unaligned write"
+        );
         self.disk.check_fault(FaultOn::Write)?;
         self.disk.state.borrow_mut().writes += 1;
         self.with(|file| {

@@ -7,7 +7,13 @@ use super::sim::{FaultOn, SimDisk, SimRng};
 use super::{segment_name, Log, LogError};
 
 fn entry(index: u64, payload: &[u8]) -> Record<'_> {
-    Record { kind: RecordKind::Entry, entry_type: 0, index, term: 1, payload }
+    Record {
+        kind: RecordKind::Entry,
+        entry_type: 0,
+        index,
+        term: 1,
+        payload,
+    }
 }
 
 fn payload(index: u64, len: usize) -> Vec<u8> {
@@ -25,9 +31,14 @@ fn indexes(records: &[OwnedRecord]) -> Vec<u64> {
 /// Appends groups of `per_group` entries with indexes `first..first + groups * per_group`.
 fn append_groups(log: &mut Log<SimDisk>, first: u64, groups: u64, per_group: u64, len: usize) {
     for g in 0..groups {
-        let payloads: Vec<_> = (0..per_group).map(|i| payload(first + g * per_group + i, len)).collect();
-        let records: Vec<_> =
-            payloads.iter().enumerate().map(|(i, p)| entry(first + g * per_group + i as u64, p)).collect();
+        let payloads: Vec<_> = (0..per_group)
+            .map(|i| payload(first + g * per_group + i, len))
+            .collect();
+        let records: Vec<_> = payloads
+            .iter()
+            .enumerate()
+            .map(|(i, p)| entry(first + g * per_group + i as u64, p))
+            .collect();
         block_on(log.append(&records)).unwrap();
     }
 }
@@ -63,7 +74,11 @@ fn replay_continues_after_reopen_and_across_segments() {
     let (mut log, _) = open(&disk).unwrap();
     log.set_segment_size_target(64 * 1024);
     append_groups(&mut log, 1, 40, 2, 3000);
-    assert!(log.stats().segments > 3, "segments: {}", log.stats().segments);
+    assert!(
+        log.stats().segments > 3,
+        "segments: {}",
+        log.stats().segments
+    );
     drop(log);
     let (mut log, recovered) = open(&disk).unwrap();
     assert_eq!(indexes(&recovered.records), (1..=80).collect::<Vec<_>>());
@@ -104,12 +119,19 @@ fn corruption_before_the_tail_is_an_error_naming_file_and_offset() {
     drop(log);
     disk.with_file(&segment_name(1), |bytes| bytes[4096 + 40] ^= 0xFF);
     match open(&disk) {
-        Err(LogError::Corrupt { path, offset, detail }) => {
+        Err(LogError::Corrupt {
+            path,
+            offset,
+            detail,
+        }) => {
             assert!(path.ends_with(&segment_name(1)), "{path}");
             assert_eq!(offset, 4096);
             assert!(detail.contains("valid group follows"), "{detail}");
         }
-        other => panic!("expected corruption, got {:?}", other.map(|(_, r)| r.records.len())),
+        other => panic!(
+            "expected corruption, got {:?}",
+            other.map(|(_, r)| r.records.len())
+        ),
     }
 }
 
@@ -137,7 +159,10 @@ fn disk_full_and_io_errors_are_typed() {
     append_groups(&mut log, 1, 1, 1, 10);
     disk.fail_after(FaultOn::Write, 1, 28);
     let p = payload(2, 10);
-    assert!(matches!(block_on(log.append(&[entry(2, &p)])), Err(LogError::DiskFull { .. })));
+    assert!(matches!(
+        block_on(log.append(&[entry(2, &p)])),
+        Err(LogError::DiskFull { .. })
+    ));
     disk.fail_after(FaultOn::Sync, 1, 5);
     match block_on(log.append(&[entry(2, &p)])) {
         Err(LogError::Io { op, .. }) => assert_eq!(op, "fdatasync"),
@@ -162,18 +187,28 @@ fn crash_recovery_loop_keeps_every_acknowledged_group() {
             let (mut log, recovered) = open(&disk).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
             log.set_segment_size_target(16 * 1024);
             let got = indexes(&recovered.records);
-            assert!(got.starts_with(&acked), "seed {seed}: lost acknowledged entries");
-            assert!(got.len() <= acked.len() + 4, "seed {seed}: more than one extra group");
+            assert!(
+                got.starts_with(&acked),
+                "seed {seed}: lost acknowledged entries"
+            );
+            assert!(
+                got.len() <= acked.len() + 4,
+                "seed {seed}: more than one extra group"
+            );
             // Entries that survived without an ack are now part of the log.
             acked = got;
             next_index = acked.last().map_or(1, |i| i + 1);
             let groups = rng.below(6);
             for _ in 0..groups {
                 let n = 1 + rng.below(4);
-                let payloads: Vec<_> =
-                    (0..n).map(|i| payload(next_index + i, rng.below(6000) as usize)).collect();
-                let records: Vec<_> =
-                    payloads.iter().enumerate().map(|(i, p)| entry(next_index + i as u64, p)).collect();
+                let payloads: Vec<_> = (0..n)
+                    .map(|i| payload(next_index + i, rng.below(6000) as usize))
+                    .collect();
+                let records: Vec<_> = payloads
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| entry(next_index + i as u64, p))
+                    .collect();
                 block_on(log.append(&records)).unwrap();
                 acked.extend(next_index..next_index + n);
                 next_index += n;

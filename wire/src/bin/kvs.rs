@@ -45,7 +45,11 @@ enum Command {
     /// Deletes KEY (exit code 1 when it did not exist).
     Del { key: String },
     /// Writes VALUE only if KEY's version is VERSION (0: KEY must not exist); prints the new version.
-    Cas { key: String, version: u64, value: String },
+    Cas {
+        key: String,
+        version: u64,
+        value: String,
+    },
     /// Lists pairs in key order, one KEY<TAB>VALUE line each.
     Scan {
         /// First key (inclusive).
@@ -79,17 +83,22 @@ impl Command {
         let key_and_rest = |rest: &str, usage: &str| {
             let rest = rest.trim_start();
             match rest.split_once(char::is_whitespace) {
-                Some((key, value)) if !key.is_empty() => {
-                    Ok((key.to_string(), value.trim_end_matches(['\r', '\n']).to_string()))
-                }
+                Some((key, value)) if !key.is_empty() => Ok((
+                    key.to_string(),
+                    value.trim_end_matches(['\r', '\n']).to_string(),
+                )),
                 _ => Err(format!("usage: {usage}")),
             }
         };
         match name.to_ascii_lowercase().as_str() {
             "ping" => Ok(Command::Ping),
             "info" => Ok(Command::Info),
-            "get" => Ok(Command::Get { key: one_arg(rest.trim(), "get KEY")? }),
-            "del" => Ok(Command::Del { key: one_arg(rest.trim(), "del KEY")? }),
+            "get" => Ok(Command::Get {
+                key: one_arg(rest.trim(), "get KEY")?,
+            }),
+            "del" => Ok(Command::Del {
+                key: one_arg(rest.trim(), "del KEY")?,
+            }),
             "put" => {
                 let (key, value) = key_and_rest(rest, "put KEY VALUE")?;
                 Ok(Command::Put { key, value })
@@ -98,8 +107,14 @@ impl Command {
                 let usage = "cas KEY VERSION VALUE";
                 let (key, rest) = key_and_rest(rest, usage)?;
                 let (version, value) = key_and_rest(&rest, usage)?;
-                let version = version.parse().map_err(|_| format!("bad version {version:?}"))?;
-                Ok(Command::Cas { key, version, value })
+                let version = version
+                    .parse()
+                    .map_err(|_| format!("bad version {version:?}"))?;
+                Ok(Command::Cas {
+                    key,
+                    version,
+                    value,
+                })
             }
             "scan" => {
                 let mut words = rest.split_whitespace();
@@ -127,12 +142,21 @@ impl Command {
         Ok(match self.clone() {
             Command::Ping => Request::Ping,
             Command::Info => Request::Info,
-            Command::Get { key } => Request::Get { key: key.into_bytes() },
-            Command::Del { key } => Request::Delete { key: key.into_bytes() },
-            Command::Put { key, value } => {
-                Request::Put { key: key.into_bytes(), value: value.into_bytes() }
-            }
-            Command::Cas { key, version, value } => Request::Cas {
+            Command::Get { key } => Request::Get {
+                key: key.into_bytes(),
+            },
+            Command::Del { key } => Request::Delete {
+                key: key.into_bytes(),
+            },
+            Command::Put { key, value } => Request::Put {
+                key: key.into_bytes(),
+                value: value.into_bytes(),
+            },
+            Command::Cas {
+                key,
+                version,
+                value,
+            } => Request::Cas {
                 key: key.into_bytes(),
                 expected_version: version,
                 value: Some(value.into_bytes()),
@@ -170,7 +194,10 @@ fn result_line(result: Result<Response, ClientError>) -> String {
             serde_json::to_string(&pairs).unwrap_or_else(|e| format!("ERR {e}"))
         }
         Ok(other) => format!("ERR unexpected reply {other:?}"),
-        Err(ClientError::Server { code: ErrorCode::NotFound, .. }) => "(nil)".into(),
+        Err(ClientError::Server {
+            code: ErrorCode::NotFound,
+            ..
+        }) => "(nil)".into(),
         Err(e) => format!("ERR {}", e.to_string().replace('\n', " ")),
     }
 }
@@ -308,7 +335,11 @@ fn run_one(client: &Client, command: &Command, out: &mut impl Write) -> Result<b
             }
             Ok(existed)
         }
-        Command::Cas { key, version, value } => {
+        Command::Cas {
+            key,
+            version,
+            value,
+        } => {
             let version = client.cas(key.as_bytes(), *version, Some(value.as_bytes()))?;
             writeln!(out, "{version}").map_err(write_error)?;
             Ok(true)
@@ -335,7 +366,10 @@ fn run_one(client: &Client, command: &Command, out: &mut impl Write) -> Result<b
         }
         other => {
             let request = other.request().map_err(|detail| {
-                ClientError::Invalid(kvs_wire::DecodeError::Invalid { what: "command", detail })
+                ClientError::Invalid(kvs_wire::DecodeError::Invalid {
+                    what: "command",
+                    detail,
+                })
             })?;
             writeln!(out, "{}", result_line(client.call(&request))).map_err(write_error)?;
             Ok(true)
@@ -351,11 +385,15 @@ fn run_shell(client: &Client) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let history = std::env::var_os("HOME").map(|home| std::path::Path::new(&home).join(".kvs_history"));
+    let history =
+        std::env::var_os("HOME").map(|home| std::path::Path::new(&home).join(".kvs_history"));
     if let Some(path) = &history {
         let _ = editor.load_history(path);
     }
-    println!("kvs shell connected to {}; 'help' lists commands, 'quit' leaves", client.addr());
+    println!(
+        "kvs shell connected to {}; 'help' lists commands, 'quit' leaves",
+        client.addr()
+    );
     loop {
         let line = match editor.readline(&format!("{}> ", client.addr())) {
             Ok(line) => line,
@@ -396,8 +434,10 @@ fn run_shell(client: &Client) -> ExitCode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let options =
-        ClientOptions { request_timeout: Duration::from_secs(cli.timeout), ..ClientOptions::default() };
+    let options = ClientOptions {
+        request_timeout: Duration::from_secs(cli.timeout),
+        ..ClientOptions::default()
+    };
     let client = match Client::connect_with(&cli.addr, options) {
         Ok(client) => client,
         Err(e) => {
@@ -433,32 +473,55 @@ mod tests {
     fn lines_parse_with_values_as_the_rest() {
         assert_eq!(
             Command::parse_line("put k hello world\n").unwrap(),
-            Command::Put { key: "k".into(), value: "hello world".into() }
+            Command::Put {
+                key: "k".into(),
+                value: "hello world".into()
+            }
         );
-        assert_eq!(Command::parse_line("GET k").unwrap(), Command::Get { key: "k".into() });
+        assert_eq!(
+            Command::parse_line("GET k").unwrap(),
+            Command::Get { key: "k".into() }
+        );
         assert_eq!(
             Command::parse_line("scan --start a --limit 5").unwrap(),
-            Command::Scan { start: Some("a".into()), end: None, limit: Some(5) }
+            Command::Scan {
+                start: Some("a".into()),
+                end: None,
+                limit: Some(5)
+            }
         );
         assert_eq!(
             Command::parse_line("cas k 3 v 2").unwrap(),
-            Command::Cas { key: "k".into(), version: 3, value: "v 2".into() }
+            Command::Cas {
+                key: "k".into(),
+                version: 3,
+                value: "v 2".into()
+            }
         );
         assert!(Command::parse_line("put k").is_err());
         assert!(Command::parse_line("frobnicate").is_err());
         assert!(Command::parse_line("scan --limit x").is_err());
-        assert!(Command::parse_line("scan --limit 0").unwrap().request().is_err());
+        assert!(Command::parse_line("scan --limit 0")
+            .unwrap()
+            .request()
+            .is_err());
     }
 
     #[test]
     fn result_lines() {
         assert_eq!(result_line(Ok(Response::Written { version: 3 })), "OK");
         assert_eq!(
-            result_line(Err(ClientError::Server { code: ErrorCode::NotFound, message: "x".into() })),
+            result_line(Err(ClientError::Server {
+                code: ErrorCode::NotFound,
+                message: "x".into()
+            })),
             "(nil)"
         );
         assert_eq!(
-            result_line(Err(ClientError::Server { code: ErrorCode::TooLarge, message: "big".into() })),
+            result_line(Err(ClientError::Server {
+                code: ErrorCode::TooLarge,
+                message: "big".into()
+            })),
             "ERR TOO_LARGE: big"
         );
     }

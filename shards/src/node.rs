@@ -1,0 +1,433 @@
+//! Starting and stopping a node: the data directory, one pinned executor per shard, the
+//! cross-core channel mesh, the shard loops and the listeners.
+//!
+//! Data directory layout:
+//! ```text
+//! DATA_DIR/NODE         "format 1" and "shards N": fixed when the directory is created
+//! DATA_DIR/LOCK         flock'ed by the running kvsd, so two never share a directory
+//! DATA_DIR/shard-NNN/   one directory of log segments per shard
+//! ```
+
+use std::fs::File;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use kvs_core::state::MemStore;
+
+use crate::config::Config;
+use crate::runtime::{
+    cross_core_channel, spawn_executor, spawn_local, wait, DmaDisk, SharedReceiver, SharedSender,
+    TcpListener,
+};
+use crate::server::{serve_connection, CoreContext, RemoteReply, RemoteRequest, ShardQueue};
+use crate::shard::ShardCore;
+
+/// Capacity of each cross-core channel, in messages.
+const CROSS_CORE_CHANNEL_CAPACITY: usize = 16 * 1024;
+/// Raft's tick: election and heartbeat timeouts are counted in these.
+const RAFT_TICK: Duration = Duration::from_millis(100);
+/// How often an executor looks at the process-wide stop flag.
+const STOP_POLL: Duration = Duration::from_millis(20);
+
+/// The CPUs this process may run on.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: sched_getaffinity writes at most size_of::<cpu_set_t>() bytes into `set`.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&cpu| libc::CPU_ISSET(cpu, &set))
+            .collect()
+    }
+}
+
+/// Holds the data directory's lock for as long as it lives.
+pub struct DataDirLock(#[allow(dead_code)] File);
+
+fn lock_data_dir(dir: &Path) -> anyhow::Result<DataDirLock> {
+    let path = dir.join("LOCK");
+    let file = File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
+    // SAFETY: flock on a file descriptor we own.
+    let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if locked != 0 {
+        bail!("data directory {} is in use by another kvsd", dir.display());
+    }
+    Ok(DataDirLock(file))
+}
+
+/// Reads or creates DATA_DIR/NODE and returns the shard count to run with.
+fn shard_count_for(dir: &Path, requested: Option<u32>) -> anyhow::Result<u32> {
+    let path = dir.join("NODE");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let mut format = None;
+            let mut shards = None;
+            for line in text.lines() {
+                match line.split_once(' ') {
+                    Some(("format", v)) => format = v.trim().parse::<u32>().ok(),
+                    Some(("shards", v)) => shards = v.trim().parse::<u32>().ok(),
+                    _ => {}
+                }
+            }
+            if format != Some(1) {
+                bail!(
+                    "{}: unknown data format (this kvsd reads format 1)",
+                    path.display()
+                );
+            }
+            let Some(shards) = shards.filter(|&n| n > 0) else {
+                bail!("{}: no valid shard count", path.display());
+            };
+            if let Some(requested) = requested.filter(|&n| n != shards) {
+                bail!(
+                    "data directory {} was created with {shards} shards; it cannot be opened with {requested} \
+                     (a key's shard depends on the count)",
+                    dir.display()
+                );
+            }
+            Ok(shards)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let shards = requested.unwrap_or_else(|| allowed_cpus().len().max(1) as u32);
+            let temporary = dir.join("NODE.tmp");
+            let write = || -> std::io::Result<()> {
+                let file = File::create(&temporary)?;
+                std::io::Write::write_all(
+                    &mut &file,
+                    format!("format 1\nshards {shards}\n").as_bytes(),
+                )?;
+                file.sync_all()?;
+                std::fs::rename(&temporary, &path)?;
+                File::open(dir)?.sync_all()
+            };
+            write().with_context(|| format!("cannot write {}", path.display()))?;
+            Ok(shards)
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// Everything one core needs, moved into its executor.
+struct CoreSetup {
+    core: usize,
+    shard_count: u32,
+    cpu: Option<usize>,
+    shard_dir: PathBuf,
+    listen: SocketAddr,
+    request_senders: Vec<Option<SharedSender<RemoteRequest>>>,
+    request_receivers: Vec<SharedReceiver<RemoteRequest>>,
+    reply_senders: Vec<Option<SharedSender<RemoteReply>>>,
+    reply_receivers: Vec<SharedReceiver<RemoteReply>>,
+    stop: Arc<AtomicBool>,
+    open_connections: Arc<AtomicUsize>,
+    ready: mpsc::Sender<Result<(), String>>,
+}
+
+/// Runs a node until `stop` is set; returns once every shard has stopped.
+pub fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+    let _lock = lock_data_dir(&config.data_dir)?;
+    let shard_count = shard_count_for(&config.data_dir, config.shards)?;
+
+    // Each executor binds its own listener with SO_REUSEPORT. Bind once here without it, so
+    // that an address in use is an error instead of a silently shared port.
+    let listen = {
+        let probe = std::net::TcpListener::bind(config.listen)
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        probe.local_addr()?
+    };
+
+    let n = shard_count as usize;
+    let cpus = allowed_cpus();
+    let open_connections = Arc::new(AtomicUsize::new(0));
+    let (ready_sender, ready) = mpsc::channel();
+    let mut setups: Vec<CoreSetup> = (0..n)
+        .map(|core| CoreSetup {
+            core,
+            shard_count,
+            cpu: if cpus.is_empty() {
+                None
+            } else {
+                Some(cpus[core % cpus.len()])
+            },
+            shard_dir: config.data_dir.join(format!("shard-{core:03}")),
+            listen,
+            request_senders: (0..n).map(|_| None).collect(),
+            request_receivers: Vec::new(),
+            reply_senders: (0..n).map(|_| None).collect(),
+            reply_receivers: Vec::new(),
+            stop: Arc::clone(&stop),
+            open_connections: Arc::clone(&open_connections),
+            ready: ready_sender.clone(),
+        })
+        .collect();
+    drop(ready_sender);
+    for from in 0..n {
+        for to in 0..n {
+            if from != to {
+                let (sender, receiver) = cross_core_channel(CROSS_CORE_CHANNEL_CAPACITY);
+                setups[from].request_senders[to] = Some(sender);
+                setups[to].request_receivers.push(receiver);
+                let (sender, receiver) = cross_core_channel(CROSS_CORE_CHANNEL_CAPACITY);
+                setups[to].reply_senders[from] = Some(sender);
+                setups[from].reply_receivers.push(receiver);
+            }
+        }
+    }
+
+    let mut executors = Vec::with_capacity(n);
+    for setup in setups {
+        let name = format!("shard-{}", setup.core);
+        let cpu = setup.cpu;
+        executors.push(spawn_executor(&name, cpu, move || core_main(setup))?);
+    }
+    let mut failure = None;
+    for _ in 0..n {
+        match ready.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(message)) => {
+                failure.get_or_insert(message);
+            }
+            Err(_) => {
+                failure.get_or_insert("a shard executor exited during start-up".into());
+            }
+        }
+        if failure.is_some() {
+            break;
+        }
+    }
+    if failure.is_some() {
+        stop.store(true, Ordering::SeqCst);
+    } else {
+        tracing::info!(%listen, shards = shard_count, data_dir = %config.data_dir.display(), "kvsd is ready");
+    }
+    for executor in executors {
+        if let Err(e) = executor.join() {
+            failure.get_or_insert(format!("shard executor failed: {e}"));
+        }
+    }
+    match failure {
+        Some(message) => bail!(message),
+        None => Ok(()),
+    }
+}
+
+/// One core: recover its shard, connect to the other cores, serve until stopped.
+async fn core_main(setup: CoreSetup) {
+    let core = setup.core;
+    let shard = match open_shard(&setup).await {
+        Ok(shard) => shard,
+        Err(message) => {
+            let _ = setup.ready.send(Err(message));
+            return;
+        }
+    };
+
+    // Connect every channel end at once: a connect completes when both ends are connected.
+    let request_senders: Vec<_> = setup
+        .request_senders
+        .into_iter()
+        .map(|s| s.map(|s| spawn_local(s.connect())))
+        .collect();
+    let reply_senders: Vec<_> = setup
+        .reply_senders
+        .into_iter()
+        .map(|s| s.map(|s| spawn_local(s.connect())))
+        .collect();
+    let request_receivers: Vec<_> = setup
+        .request_receivers
+        .into_iter()
+        .map(|r| spawn_local(r.connect()))
+        .collect();
+    let reply_receivers: Vec<_> = setup
+        .reply_receivers
+        .into_iter()
+        .map(|r| spawn_local(r.connect()))
+        .collect();
+    let mut connected_request_senders = Vec::new();
+    for task in request_senders {
+        connected_request_senders.push(match task {
+            Some(task) => Some(task.await),
+            None => None,
+        });
+    }
+    let mut connected_reply_senders = Vec::new();
+    for task in reply_senders {
+        connected_reply_senders.push(match task {
+            Some(task) => Some(task.await),
+            None => None,
+        });
+    }
+    let queue = Rc::new(ShardQueue::default());
+    let ctx = Rc::new(CoreContext::new(
+        core,
+        setup.shard_count,
+        Rc::clone(&queue),
+        connected_request_senders,
+        connected_reply_senders,
+        Arc::clone(&setup.open_connections),
+    ));
+    for task in request_receivers {
+        let receiver = task.await;
+        let queue = Rc::clone(&queue);
+        spawn_local(async move {
+            while let Some(request) = receiver.recv().await {
+                let reply = crate::server::ReplyTo::Remote {
+                    core: request.from,
+                    token: request.token,
+                };
+                queue.push(crate::shard::ShardRequest {
+                    op: request.op,
+                    reply,
+                });
+            }
+        })
+        .detach();
+    }
+    for task in reply_receivers {
+        let receiver = task.await;
+        let ctx = Rc::clone(&ctx);
+        spawn_local(async move {
+            while let Some(reply) = receiver.recv().await {
+                ctx.deliver_remote(reply);
+            }
+        })
+        .detach();
+    }
+
+    let listener = match TcpListener::bind(setup.listen) {
+        Ok(listener) => listener,
+        Err(e) => {
+            let _ = setup
+                .ready
+                .send(Err(format!("cannot listen on {}: {e}", setup.listen)));
+            return;
+        }
+    };
+    {
+        let ctx = Rc::clone(&ctx);
+        let stop = Arc::clone(&setup.stop);
+        spawn_local(async move {
+            while !stop.load(Ordering::SeqCst) {
+                wait(STOP_POLL).await;
+            }
+            ctx.stopping.set(true);
+            ctx.stop.notify();
+            ctx.queue.notify.notify();
+        })
+        .detach();
+    }
+    let tick_due = Rc::new(std::cell::Cell::new(false));
+    {
+        let (ctx, tick_due) = (Rc::clone(&ctx), Rc::clone(&tick_due));
+        spawn_local(async move {
+            while !ctx.stopping.get() {
+                wait(RAFT_TICK).await;
+                tick_due.set(true);
+                ctx.queue.notify.notify();
+            }
+        })
+        .detach();
+    }
+    let acceptor = spawn_local(accept_loop(Rc::clone(&ctx), listener));
+    let _ = setup.ready.send(Ok(()));
+    tracing::debug!(core, "shard serving");
+
+    shard_loop(&ctx, shard, &tick_due).await;
+    acceptor.await;
+    tracing::info!(core, "shard stopped");
+}
+
+async fn open_shard(setup: &CoreSetup) -> Result<ShardCore<DmaDisk, MemStore>, String> {
+    let disk = DmaDisk::new(&setup.shard_dir)
+        .map_err(|e| format!("cannot create {}: {e}", setup.shard_dir.display()))?;
+    let started = std::time::Instant::now();
+    let shard = ShardCore::open(disk, setup.core as u32, MemStore::new())
+        .await
+        .map_err(|e| format!("shard {} cannot start: {e}", setup.core))?;
+    let info = shard.info();
+    tracing::info!(
+        shard = setup.core,
+        keys = info.keys,
+        last_index = info.last_index,
+        log_bytes = info.log_size_bytes,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "shard recovered"
+    );
+    Ok(shard)
+}
+
+async fn accept_loop(ctx: Rc<CoreContext>, listener: TcpListener) {
+    loop {
+        let stopped = async {
+            ctx.stop.notified().await;
+            None
+        };
+        let accepted =
+            futures_lite::future::or(async { Some(listener.accept().await) }, stopped).await;
+        match accepted {
+            None => break,
+            Some(Ok(stream)) => {
+                ctx.open_connections.fetch_add(1, Ordering::SeqCst);
+                spawn_local(serve_connection(Rc::clone(&ctx), stream)).detach();
+            }
+            Some(Err(error)) => {
+                // Out of file descriptors, say: back off instead of spinning.
+                tracing::warn!(%error, "accept failed");
+                wait(Duration::from_millis(50)).await;
+            }
+        }
+        if ctx.stopping.get() {
+            break;
+        }
+    }
+}
+
+/// Drives the shard: each round takes every queued request (group commit), then replies.
+async fn shard_loop(
+    ctx: &CoreContext,
+    mut shard: ShardCore<DmaDisk, MemStore>,
+    tick_due: &std::cell::Cell<bool>,
+) {
+    loop {
+        if tick_due.replace(false) {
+            shard.tick();
+            shard.handle_ready().await;
+        }
+        let requests: Vec<_> = ctx.queue.items.borrow_mut().drain(..).collect();
+        if requests.is_empty() {
+            if ctx.stopping.get() && ctx.open_connections.load(Ordering::SeqCst) == 0 {
+                break;
+            }
+            let woken = ctx.queue.notify.notified();
+            if ctx.queue.items.borrow().is_empty() && !tick_due.get() {
+                if ctx.stopping.get() {
+                    // Other cores' connections may still send work: look again shortly.
+                    futures_lite::future::or(woken, wait(STOP_POLL)).await;
+                } else {
+                    woken.await;
+                }
+            }
+            continue;
+        }
+        let (replies, leftover) = shard.process(requests).await;
+        if !leftover.is_empty() {
+            let mut items = ctx.queue.items.borrow_mut();
+            for request in leftover.into_iter().rev() {
+                items.push_front(request);
+            }
+        }
+        for (to, reply) in replies {
+            ctx.reply(to, reply).await;
+        }
+    }
+}

@@ -1,0 +1,375 @@
+//! The shard service: turns a stream of requests into Raft proposals and replies.
+//!
+//! [`ShardCore::process`] takes every request that queued up while the previous batch was
+//! being made durable, answers the reads that come before the first write at once, puts all
+//! the writes into one batch entry (group commit: one proposal, one commit group, one
+//! fdatasync), waits for it to be durable and applied, and then answers the writes and the
+//! reads that came after them. It is sans-runtime; `node` runs it on a glommio executor.
+//!
+//! Read semantics: a read sees every write acknowledged before it was sent. A read that
+//! arrives behind writes in the same round is answered after those writes are applied, so it
+//! may also see writes that were in flight with it (which linearizability allows: they were
+//! concurrent).
+
+use kvs_core::command::{BatchEncoder, Command};
+use kvs_core::limits::{BATCH_BYTES_MAX, BATCH_COMMANDS_MAX};
+use kvs_core::log::{LogDisk, LogError};
+use kvs_core::state::{CommandResult, StateMachine, Versioned};
+use kvs_wire::ErrorCode;
+use serde::Serialize;
+
+use crate::peer::{Peer, PeerError, PeerStatus};
+
+/// What a shard is asked to do. Multi-key requests are split by shard before they get here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShardOp {
+    Get {
+        key: Vec<u8>,
+    },
+    MGet {
+        keys: Vec<Vec<u8>>,
+    },
+    Scan {
+        start: Vec<u8>,
+        end: Option<Vec<u8>>,
+        limit: u32,
+    },
+    Info,
+    Write(Command),
+}
+
+impl ShardOp {
+    fn is_write(&self) -> bool {
+        matches!(self, ShardOp::Write(_))
+    }
+}
+
+/// A shard's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShardReply {
+    Value(Option<Versioned>),
+    Values(Vec<Option<Versioned>>),
+    Scanned(Vec<(Vec<u8>, Vec<u8>)>),
+    Written(CommandResult),
+    Info(ShardInfo),
+    Error(ErrorCode, String),
+}
+
+/// One shard's part of INFO.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ShardInfo {
+    pub shard: u32,
+    pub keys: u64,
+    pub term: u64,
+    pub last_index: u64,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    pub leader: bool,
+    pub log_size_bytes: u64,
+    pub log_segments: u64,
+    pub log_groups_written: u64,
+    pub log_records_written: u64,
+    pub log_syncs: u64,
+    pub writes_applied: u64,
+    pub failed: Option<String>,
+}
+
+/// A request with where its reply goes; `R` is the server's reply address.
+#[derive(Debug)]
+pub struct ShardRequest<R> {
+    pub op: ShardOp,
+    pub reply: R,
+}
+
+/// A shard: its peer plus the bookkeeping of the request path.
+pub struct ShardCore<D: LogDisk, S: StateMachine> {
+    shard: u32,
+    peer: Peer<D, S>,
+    /// Set when the log failed: the shard then refuses writes and keeps serving reads.
+    failed: Option<(ErrorCode, String)>,
+    writes_applied: u64,
+}
+
+fn error_code_of(error: &PeerError) -> ErrorCode {
+    match error {
+        PeerError::Log(LogError::DiskFull { .. }) => ErrorCode::DiskFull,
+        PeerError::Log(LogError::Io { .. }) => ErrorCode::IoError,
+        PeerError::Log(LogError::TooLarge(_)) => ErrorCode::TooLarge,
+        PeerError::NotLeader => ErrorCode::NotLeader,
+        _ => ErrorCode::Internal,
+    }
+}
+
+impl<D: LogDisk, S: StateMachine> ShardCore<D, S> {
+    /// Opens the shard's log, recovers, and applies everything recovered.
+    pub async fn open(disk: D, shard: u32, state: S) -> Result<ShardCore<D, S>, PeerError> {
+        let mut peer = Peer::open(disk, shard, state).await?;
+        // A group of one elects itself; the first Ready persists the new term and the
+        // leader's no-op, and applies the whole recovered log.
+        peer.handle_ready().await?;
+        assert!(
+            peer.is_serving(),
+            "a single-voter group serves after its first Ready"
+        );
+        Ok(ShardCore {
+            shard,
+            peer,
+            failed: None,
+            writes_applied: 0,
+        })
+    }
+
+    pub fn tick(&mut self) {
+        self.peer.tick();
+    }
+
+    pub fn status(&self) -> PeerStatus {
+        self.peer.status()
+    }
+
+    fn read(&self, op: &ShardOp) -> ShardReply {
+        let state = self.peer.state();
+        match op {
+            ShardOp::Get { key } => ShardReply::Value(state.get(key)),
+            ShardOp::MGet { keys } => {
+                ShardReply::Values(keys.iter().map(|k| state.get(k)).collect())
+            }
+            ShardOp::Scan { start, end, limit } => {
+                ShardReply::Scanned(state.scan(start, end.as_deref(), *limit as usize))
+            }
+            ShardOp::Info => ShardReply::Info(self.info()),
+            ShardOp::Write(_) => unreachable!("writes are not reads"),
+        }
+    }
+
+    pub fn info(&self) -> ShardInfo {
+        let status = self.peer.status();
+        ShardInfo {
+            shard: self.shard,
+            keys: self.peer.state().key_count(),
+            term: status.term,
+            last_index: status.last_index,
+            commit_index: status.commit_index,
+            applied_index: status.applied_index,
+            leader: status.is_leader,
+            log_size_bytes: status.log.size_bytes,
+            log_segments: status.log.segments,
+            log_groups_written: status.log.groups,
+            log_records_written: status.log.records,
+            log_syncs: status.log.syncs,
+            writes_applied: self.writes_applied,
+            failed: self
+                .failed
+                .as_ref()
+                .map(|(code, message)| format!("{code}: {message}")),
+        }
+    }
+
+    /// Handles one round of requests (see the module documentation) and returns every
+    /// request's reply. Requests past the batch limits are handed back, to go first next round.
+    pub async fn process<R>(
+        &mut self,
+        requests: Vec<ShardRequest<R>>,
+    ) -> (Vec<(R, ShardReply)>, Vec<ShardRequest<R>>) {
+        let mut replies = Vec::with_capacity(requests.len());
+        let mut requests = requests.into_iter();
+        let mut after_writes: Vec<ShardRequest<R>> = Vec::new();
+        let mut writers: Vec<R> = Vec::new();
+        let mut batch = BatchEncoder::new();
+        let mut leftover = Vec::new();
+        for request in requests.by_ref() {
+            if !request.op.is_write() {
+                if writers.is_empty() {
+                    let reply = self.read(&request.op);
+                    replies.push((request.reply, reply));
+                } else {
+                    after_writes.push(request);
+                }
+                continue;
+            }
+            if let Some((code, message)) = &self.failed {
+                replies.push((request.reply, ShardReply::Error(*code, message.clone())));
+                continue;
+            }
+            let ShardOp::Write(command) = &request.op else {
+                unreachable!()
+            };
+            let full = batch.count() as usize >= BATCH_COMMANDS_MAX
+                || batch.count() > 0 && batch.len_bytes() + command.encoded_len() > BATCH_BYTES_MAX;
+            if full {
+                leftover.push(request);
+                break;
+            }
+            batch.push(command);
+            writers.push(request.reply);
+        }
+        leftover.extend(requests);
+
+        if !writers.is_empty() {
+            match self.commit(batch).await {
+                Ok(results) => {
+                    self.writes_applied += results.len() as u64;
+                    for (reply, result) in writers.into_iter().zip(results) {
+                        replies.push((reply, ShardReply::Written(result)));
+                    }
+                }
+                Err(error) => {
+                    let code = error_code_of(&error);
+                    let message = format!("shard {}: {error}", self.shard);
+                    tracing::error!(shard = self.shard, %error, "write path failed; shard is read-only until restart");
+                    self.failed = Some((code, message.clone()));
+                    for reply in writers {
+                        replies.push((reply, ShardReply::Error(code, message.clone())));
+                    }
+                }
+            }
+        }
+        for request in after_writes {
+            let reply = self.read(&request.op);
+            replies.push((request.reply, reply));
+        }
+        (replies, leftover)
+    }
+
+    /// Proposes one batch and waits until it is durable and applied; returns its results.
+    async fn commit(&mut self, batch: BatchEncoder) -> Result<Vec<CommandResult>, PeerError> {
+        let count = batch.count() as usize;
+        let index = self.peer.propose(batch.finish())?;
+        let applied = self.peer.handle_ready().await?;
+        let ours = applied
+            .into_iter()
+            .find(|a| a.index == index)
+            .ok_or_else(|| PeerError::Apply {
+                index,
+                detail: "proposed entry was not applied in the same round".into(),
+            })?;
+        assert_eq!(ours.results.len(), count, "one result per command");
+        Ok(ours.results)
+    }
+
+    /// Runs Raft's pending work (after a tick, say) without new proposals.
+    pub async fn handle_ready(&mut self) {
+        if self.failed.is_some() {
+            return;
+        }
+        if let Err(error) = self.peer.handle_ready().await {
+            tracing::error!(shard = self.shard, %error, "raft ready failed; shard is read-only until restart");
+            self.failed = Some((error_code_of(&error), error.to_string()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_lite::future::block_on;
+    use kvs_core::log::sim::{FaultOn, SimDisk};
+    use kvs_core::state::MemStore;
+
+    fn put(i: usize) -> ShardRequest<usize> {
+        ShardRequest {
+            op: ShardOp::Write(Command::Put {
+                key: format!("k{i}").into_bytes(),
+                value: vec![i as u8; 10],
+            }),
+            reply: i,
+        }
+    }
+
+    fn get(i: usize, reply: usize) -> ShardRequest<usize> {
+        ShardRequest {
+            op: ShardOp::Get {
+                key: format!("k{i}").into_bytes(),
+            },
+            reply,
+        }
+    }
+
+    #[test]
+    fn a_round_of_writes_is_one_group_and_one_fsync() {
+        let disk = SimDisk::new();
+        let mut shard = block_on(ShardCore::open(disk.clone(), 0, MemStore::new())).unwrap();
+        let syncs = disk.syncs();
+        let (replies, leftover) = block_on(shard.process((0..1000).map(put).collect()));
+        assert!(leftover.is_empty());
+        assert_eq!(replies.len(), 1000);
+        assert!(replies
+            .iter()
+            .all(|(_, r)| matches!(r, ShardReply::Written(CommandResult::Written { .. }))));
+        assert_eq!(
+            disk.syncs() - syncs,
+            1,
+            "1000 writes in one round share one fdatasync"
+        );
+        assert_eq!(shard.info().log_groups_written, 2); // the election's group, then this one
+    }
+
+    #[test]
+    fn reads_before_writes_see_the_old_state_and_after_them_the_new() {
+        let disk = SimDisk::new();
+        let mut shard = block_on(ShardCore::open(disk, 0, MemStore::new())).unwrap();
+        let (replies, _) = block_on(shard.process(vec![get(1, 100), put(1), get(1, 101)]));
+        let by_reply = |id| {
+            replies
+                .iter()
+                .find(|(r, _)| *r == id)
+                .map(|(_, reply)| reply.clone())
+                .unwrap()
+        };
+        assert_eq!(by_reply(100), ShardReply::Value(None));
+        assert!(matches!(
+            by_reply(101),
+            ShardReply::Value(Some(Versioned { version: 1, .. }))
+        ));
+    }
+
+    #[test]
+    fn state_is_rebuilt_from_the_log() {
+        let disk = SimDisk::new();
+        let mut shard = block_on(ShardCore::open(disk.clone(), 0, MemStore::new())).unwrap();
+        for round in 0..5 {
+            block_on(shard.process((round * 10..round * 10 + 10).map(put).collect()));
+        }
+        drop(shard);
+        disk.crash(None);
+        let mut shard = block_on(ShardCore::open(disk, 0, MemStore::new())).unwrap();
+        assert_eq!(shard.info().keys, 50);
+        let (replies, _) = block_on(shard.process(vec![get(42, 0)]));
+        assert_eq!(
+            replies[0].1,
+            ShardReply::Value(Some(Versioned {
+                version: 43,
+                value: vec![42; 10]
+            }))
+        );
+        // Versions keep counting from where they were.
+        let (replies, _) = block_on(shard.process(vec![put(7)]));
+        assert_eq!(
+            replies[0].1,
+            ShardReply::Written(CommandResult::Written { version: 51 })
+        );
+    }
+
+    #[test]
+    fn a_full_disk_fails_writes_with_disk_full_and_reads_go_on() {
+        let disk = SimDisk::new();
+        let mut shard = block_on(ShardCore::open(disk.clone(), 0, MemStore::new())).unwrap();
+        block_on(shard.process(vec![put(1)]));
+        disk.fail_after(FaultOn::Write, 1, 28);
+        let (replies, _) = block_on(shard.process(vec![put(2)]));
+        assert!(matches!(
+            replies[0].1,
+            ShardReply::Error(ErrorCode::DiskFull, _)
+        ));
+        let (replies, _) = block_on(shard.process(vec![put(3), get(1, 9)]));
+        assert!(matches!(
+            replies[0].1,
+            ShardReply::Error(ErrorCode::DiskFull, _)
+        ));
+        assert!(matches!(replies[1].1, ShardReply::Value(Some(_))));
+        drop(shard);
+        // Nothing acknowledged is lost, and the failed writes never appear.
+        let shard = block_on(ShardCore::open(disk, 0, MemStore::new())).unwrap();
+        assert_eq!(shard.info().keys, 1);
+    }
+}
