@@ -19,8 +19,8 @@ pub const BATCH_COMMANDS_MAX: usize = 16 * 1024;
 /// Largest commit group (one write + one fdatasync).
 pub const GROUP_BYTES_MAX: usize = RECORD_PAYLOAD_SIZE_MAX + 64 * 1024;
 
-const _: () = assert!(LOG_BLOCK_SIZE.is_power_of_two() && LOG_BLOCK_SIZE % 512 == 0);
-const _: () = assert!(SEGMENT_SIZE_TARGET % LOG_BLOCK_SIZE as u64 == 0);
+const _: () = assert!(LOG_BLOCK_SIZE.is_power_of_two() && LOG_BLOCK_SIZE.is_multiple_of(512));
+const _: () = assert!(SEGMENT_SIZE_TARGET.is_multiple_of(LOG_BLOCK_SIZE as u64));
 const _: () = assert!(KEY_SIZE_MAX + VALUE_SIZE_MAX < BATCH_BYTES_MAX * 4);
 const _: () = assert!(BATCH_BYTES_MAX < RECORD_PAYLOAD_SIZE_MAX);
 const _: () = assert!(GROUP_BYTES_MAX < u32::MAX as usize);

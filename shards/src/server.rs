@@ -397,6 +397,24 @@ fn unexpected(reply: &ShardReply) -> Response {
     )
 }
 
+/// Items of a multi-key request grouped by shard: (shard, positions in the request, items).
+type ShardParts<T> = Vec<(u32, Vec<usize>, Vec<T>)>;
+
+fn split_by_shard<T>(items: Vec<T>, shard_of: impl Fn(&T) -> u32) -> ShardParts<T> {
+    let mut parts: ShardParts<T> = Vec::new();
+    for (at, item) in items.into_iter().enumerate() {
+        let shard = shard_of(&item);
+        match parts.iter_mut().find(|(s, _, _)| *s == shard) {
+            Some((_, positions, items)) => {
+                positions.push(at);
+                items.push(item);
+            }
+            None => parts.push((shard, vec![at], vec![item])),
+        }
+    }
+    parts
+}
+
 /// Routes one decoded request.
 async fn dispatch(ctx: &CoreContext, conn: &Rc<Connection>, header: Header, request: Request) {
     let request_id = header.request_id;
@@ -452,23 +470,13 @@ async fn dispatch(ctx: &CoreContext, conn: &Rc<Connection>, header: Header, requ
         }
         Request::MGet { keys } => {
             let total = keys.len();
-            let mut by_shard: Vec<(u32, Vec<usize>, Vec<Vec<u8>>)> = Vec::new();
-            for (at, key) in keys.into_iter().enumerate() {
-                let shard = shard_of(&key);
-                match by_shard.iter_mut().find(|(s, _, _)| *s == shard) {
-                    Some((_, positions, keys)) => {
-                        positions.push(at);
-                        keys.push(key);
-                    }
-                    None => by_shard.push((shard, vec![at], vec![key])),
-                }
-            }
-            if by_shard.is_empty() {
+            let parts = split_by_shard(keys, |key| shard_of(key));
+            if parts.is_empty() {
                 return conn.respond(opcode, request_id, &Response::Values(Vec::new()));
             }
-            let positions = by_shard.iter().map(|(_, p, _)| p.clone()).collect();
-            let g = gather(GatherKind::MGet { positions, total }, by_shard.len());
-            for (part, (shard, _, keys)) in by_shard.into_iter().enumerate() {
+            let positions = parts.iter().map(|(_, p, _)| p.clone()).collect();
+            let g = gather(GatherKind::MGet { positions, total }, parts.len());
+            for (part, (shard, _, keys)) in parts.into_iter().enumerate() {
                 ctx.send(
                     shard,
                     ShardOp::MGet { keys },
@@ -482,23 +490,13 @@ async fn dispatch(ctx: &CoreContext, conn: &Rc<Connection>, header: Header, requ
         }
         Request::MPut { pairs } => {
             let total = pairs.len();
-            let mut by_shard: Vec<(u32, Vec<usize>, Vec<(Vec<u8>, Vec<u8>)>)> = Vec::new();
-            for (at, pair) in pairs.into_iter().enumerate() {
-                let shard = shard_of(&pair.0);
-                match by_shard.iter_mut().find(|(s, _, _)| *s == shard) {
-                    Some((_, positions, pairs)) => {
-                        positions.push(at);
-                        pairs.push(pair);
-                    }
-                    None => by_shard.push((shard, vec![at], vec![pair])),
-                }
-            }
-            if by_shard.is_empty() {
+            let parts = split_by_shard(pairs, |(key, _)| shard_of(key));
+            if parts.is_empty() {
                 return conn.respond(opcode, request_id, &Response::Versions(Vec::new()));
             }
-            let positions = by_shard.iter().map(|(_, p, _)| p.clone()).collect();
-            let g = gather(GatherKind::MPut { positions, total }, by_shard.len());
-            for (part, (shard, _, pairs)) in by_shard.into_iter().enumerate() {
+            let positions = parts.iter().map(|(_, p, _)| p.clone()).collect();
+            let g = gather(GatherKind::MPut { positions, total }, parts.len());
+            for (part, (shard, _, pairs)) in parts.into_iter().enumerate() {
                 let op = ShardOp::Write(Command::PutMany { pairs });
                 ctx.send(
                     shard,
@@ -591,20 +589,13 @@ async fn write_loop(stream: Rc<RefCell<TcpStream>>, conn: Rc<Connection>) {
     conn.wake_reader.notify();
 }
 
-/// Why the reader stopped.
-enum ReadEnd {
-    PeerClosed,
-    Stopping,
-    Broken,
-}
-
 /// Serves one client connection until the client leaves, the stream breaks or the node stops.
 pub async fn serve_connection(ctx: Rc<CoreContext>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     let stream = Rc::new(RefCell::new(stream));
     let conn = Rc::new(Connection::new());
     let writer = spawn_local(write_loop(Rc::clone(&stream), Rc::clone(&conn)));
-    let end = read_loop(&ctx, &stream, &conn).await;
+    read_loop(&ctx, &stream, &conn).await;
     // Answer everything already accepted before closing, so no acknowledged write goes
     // unanswered on a graceful stop.
     while conn.in_flight.get() > 0 && !conn.writer_done.get() {
@@ -617,18 +608,14 @@ pub async fn serve_connection(ctx: Rc<CoreContext>, stream: TcpStream) {
     conn.finishing.set(true);
     conn.wake_writer.notify();
     writer.await;
-    // Replies still in flight (the peer left) land in a connection nobody reads.
-    if matches!(end, ReadEnd::Stopping) {
-        let _ = stream.borrow().shutdown(std::net::Shutdown::Both).await;
-    }
+    // Dropping the last handle on the stream closes the socket. Replies still in flight
+    // (when the peer left first) land in a connection nobody reads.
+    drop(stream);
     ctx.open_connections.fetch_sub(1, Ordering::SeqCst);
 }
 
-async fn read_loop(
-    ctx: &CoreContext,
-    stream: &RefCell<TcpStream>,
-    conn: &Rc<Connection>,
-) -> ReadEnd {
+/// Reads and dispatches requests until the peer leaves, framing is lost or the node stops.
+async fn read_loop(ctx: &CoreContext, stream: &RefCell<TcpStream>, conn: &Rc<Connection>) {
     let mut buf = vec![0u8; RECEIVE_BUFFER_INITIAL_BYTES];
     let (mut start, mut end) = (0usize, 0usize);
     let mut wanted = FRAME_HEADER_SIZE;
@@ -681,17 +668,17 @@ async fn read_loop(
                     );
                     if !error.framing_intact() {
                         tracing::debug!(%error, "closing a connection that lost framing");
-                        return ReadEnd::Broken;
+                        return;
                     }
                     start += frame_len(&buf[start..end]).expect("intact framing has a length");
                 }
             }
         }
         if ctx.stopping.get() {
-            return ReadEnd::Stopping;
+            return;
         }
         if conn.writer_done.get() {
-            return ReadEnd::PeerClosed;
+            return;
         }
         if conn.in_flight.get() >= CONNECTION_IN_FLIGHT_MAX {
             let woken = conn.wake_reader.notified();
@@ -726,12 +713,12 @@ async fn read_loop(
         };
         let read = futures_lite::future::or(read_some(stream, &mut buf[end..]), stopped).await;
         match read {
-            Ok(0) => return ReadEnd::PeerClosed,
+            Ok(0) => return,
             Ok(n) => end += n,
-            Err(_) if ctx.stopping.get() => return ReadEnd::Stopping,
+            Err(_) if ctx.stopping.get() => return,
             Err(error) => {
                 tracing::debug!(%error, "connection read failed");
-                return ReadEnd::PeerClosed;
+                return;
             }
         }
     }

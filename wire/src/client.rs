@@ -72,6 +72,12 @@ impl ClientError {
     }
 }
 
+/// One page of SCAN: the pairs, and the key to continue from when there may be more.
+pub type ScanPage = (Vec<(Vec<u8>, Vec<u8>)>, Option<Vec<u8>>);
+
+/// A value with its version, as MGET returns it.
+pub type VersionedValue = (u64, Vec<u8>);
+
 type ReplySender = SyncSender<Result<Response, ClientError>>;
 
 struct Connection {
@@ -397,7 +403,7 @@ impl Client {
         }
     }
 
-    pub fn mget(&self, keys: &[&[u8]]) -> Result<Vec<Option<(u64, Vec<u8>)>>, ClientError> {
+    pub fn mget(&self, keys: &[&[u8]]) -> Result<Vec<Option<VersionedValue>>, ClientError> {
         let keys = keys.iter().map(|k| k.to_vec()).collect();
         match self.call(&Request::MGet { keys })? {
             Response::Values(values) => Ok(values),
@@ -417,13 +423,12 @@ impl Client {
     }
 
     /// Up to `limit` pairs with keys in `[start, end)`, in key order, and where to continue.
-    #[allow(clippy::type_complexity)]
     pub fn scan(
         &self,
         start: &[u8],
         end: Option<&[u8]>,
         limit: u32,
-    ) -> Result<(Vec<(Vec<u8>, Vec<u8>)>, Option<Vec<u8>>), ClientError> {
+    ) -> Result<ScanPage, ClientError> {
         let request = Request::Scan {
             start: start.to_vec(),
             end: end.map(<[u8]>::to_vec),

@@ -201,13 +201,17 @@ impl LogFile for SimLogFile {
     type Buffer = Vec<u8>;
 
     fn alloc(&self, len: usize) -> Vec<u8> {
-        assert!(len % LOG_BLOCK_SIZE == 0, "unaligned buffer of {len} bytes");
+        assert!(
+            len.is_multiple_of(LOG_BLOCK_SIZE),
+            "unaligned buffer of {len} bytes"
+        );
         vec![0xEE; len]
     }
 
     async fn write_at(&self, buffer: Vec<u8>, pos: u64) -> io::Result<()> {
         assert!(
-            pos % LOG_BLOCK_SIZE as u64 == 0 && buffer.len() % LOG_BLOCK_SIZE == 0,
+            pos.is_multiple_of(LOG_BLOCK_SIZE as u64)
+                && buffer.len().is_multiple_of(LOG_BLOCK_SIZE),
             "unaligned write"
         );
         self.disk.check_fault(FaultOn::Write)?;

@@ -1,0 +1,105 @@
+//! The `kvs` CLI against a real kvsd: one-shot commands, exit codes, batch mode.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use common::{kvs_binary, Server};
+
+fn kvs(server: &Server, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(kvs_binary())
+        .arg("--addr")
+        .arg(&server.addr)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn one_shot_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), 2);
+    assert_eq!(
+        kvs(&server, &["put", "user:1", "alice"]),
+        (0, "OK\n".into(), String::new())
+    );
+    assert_eq!(
+        kvs(&server, &["get", "user:1"]),
+        (0, "alice\n".into(), String::new())
+    );
+    assert_eq!(
+        kvs(&server, &["get", "user:2"]),
+        (1, String::new(), "(nil)\n".into())
+    );
+    assert_eq!(kvs(&server, &["ping"]).1, "PONG\n");
+    for i in 0..5 {
+        kvs(&server, &["put", &format!("s{i}"), &format!("v{i}")]);
+    }
+    let (code, out, _) = kvs(&server, &["scan", "--start", "s1", "--limit", "3"]);
+    assert_eq!(code, 0);
+    assert_eq!(out, "s1\tv1\ns2\tv2\ns3\tv3\n");
+    let (_, out, _) = kvs(&server, &["scan", "--start", "s", "--end", "s2"]);
+    assert_eq!(out, "s0\tv0\ns1\tv1\n");
+    let (code, out, _) = kvs(&server, &["info"]);
+    assert_eq!(code, 0);
+    let info: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(info["shards"], 2);
+    assert_eq!(info["keys"], 6);
+    assert!(info["shard"][0]["last_index"].as_u64().unwrap() > 0);
+    assert!(info["shard"][0]["log_size_bytes"].as_u64().unwrap() > 0);
+    assert_eq!(kvs(&server, &["del", "user:1"]).0, 0);
+    assert_eq!(kvs(&server, &["del", "user:1"]).0, 1);
+}
+
+#[test]
+fn batch_mode_answers_one_line_per_command_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), 2);
+    let mut input = String::new();
+    for i in 0..2000 {
+        input.push_str(&format!("put key-{i} value {i} with spaces\n"));
+    }
+    input.push_str("get key-7\nget nothing\nfrobnicate\ndel key-8\nget key-8\nping\n");
+    for i in 0..2000 {
+        input.push_str(&format!("get key-{i}\n"));
+    }
+    let mut child = Command::new(kvs_binary())
+        .arg("--addr")
+        .arg(&server.addr)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()).unwrap());
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    assert!(out.status.success());
+    let lines: Vec<&str> = std::str::from_utf8(&out.stdout).unwrap().lines().collect();
+    assert_eq!(lines.len(), 4006);
+    assert!(lines[..2000].iter().all(|l| *l == "OK"));
+    assert_eq!(lines[2000], "value 7 with spaces");
+    assert_eq!(lines[2001], "(nil)");
+    assert!(
+        lines[2002].starts_with("ERR unknown command"),
+        "{}",
+        lines[2002]
+    );
+    assert_eq!(lines[2003], "OK");
+    assert_eq!(lines[2004], "(nil)");
+    assert_eq!(lines[2005], "PONG");
+    for i in 0..2000 {
+        let expected = if i == 8 {
+            "(nil)".to_string()
+        } else {
+            format!("value {i} with spaces")
+        };
+        assert_eq!(lines[2006 + i], expected);
+    }
+}

@@ -1,0 +1,217 @@
+//! Crash and shutdown tests against real kvsd processes: every acknowledged write survives
+//! kill -9 and SIGTERM; torn tails are cut, corruption is refused by name.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::Server;
+use kvs_wire::{Client, Request, Response};
+
+type Acked = Arc<Mutex<HashMap<Vec<u8>, Vec<u8>>>>;
+
+/// Streams pipelined puts (windows of 256) until the connection breaks or `stop` is set;
+/// records every acknowledged pair.
+fn write_stream(addr: String, writer: usize, acked: Acked, stop: Arc<AtomicBool>) {
+    let client = Client::connect(&addr).unwrap();
+    let mut i = 0u64;
+    while !stop.load(Ordering::SeqCst) {
+        let requests: Vec<Request> = (0..256)
+            .map(|n| Request::Put {
+                key: format!("w{writer}-{:08}", i + n).into_bytes(),
+                value: format!("value-{writer}-{}-{}", i + n, "x".repeat((n % 50) as usize))
+                    .into_bytes(),
+            })
+            .collect();
+        i += 256;
+        let Ok(pendings) = client.submit_many(&requests) else {
+            return;
+        };
+        for (request, pending) in requests.into_iter().zip(pendings) {
+            match pending.wait() {
+                Ok(Response::Written { .. }) => {
+                    let Request::Put { key, value } = request else {
+                        unreachable!()
+                    };
+                    acked.lock().unwrap().insert(key, value);
+                }
+                Ok(other) => panic!("unexpected reply {other:?}"),
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+fn verify_all(server: &Server, acked: &Acked) {
+    let client = server.client();
+    let acked = acked.lock().unwrap();
+    assert!(!acked.is_empty());
+    let keys: Vec<&Vec<u8>> = acked.keys().collect();
+    for chunk in keys.chunks(1000) {
+        let keys: Vec<&[u8]> = chunk.iter().map(|k| k.as_slice()).collect();
+        let values = client.mget(&keys).unwrap();
+        for (key, value) in keys.iter().zip(values) {
+            let got = value.map(|(_, v)| v);
+            assert_eq!(
+                got.as_ref(),
+                acked.get(*key),
+                "key {}",
+                String::from_utf8_lossy(key)
+            );
+        }
+    }
+}
+
+fn kill9_during_pipelined_writes(shards: u32) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path(), shards);
+    let acked: Acked = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..3)
+        .map(|w| {
+            let (addr, acked, stop) = (server.addr.clone(), Arc::clone(&acked), Arc::clone(&stop));
+            std::thread::spawn(move || write_stream(addr, w, acked, stop))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(700));
+    server.kill9();
+    for writer in writers {
+        writer.join().unwrap();
+    }
+    let count = acked.lock().unwrap().len();
+    assert!(
+        count > 1000,
+        "only {count} writes acknowledged before the kill"
+    );
+    let server = Server::start(dir.path(), shards);
+    verify_all(&server, &acked);
+}
+
+#[test]
+fn kill9_during_pipelined_writes_loses_nothing_one_shard() {
+    kill9_during_pipelined_writes(1);
+}
+
+#[test]
+fn kill9_during_pipelined_writes_loses_nothing_two_shards() {
+    kill9_during_pipelined_writes(2);
+}
+
+#[test]
+fn sigterm_finishes_in_flight_work_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path(), 2);
+    let acked: Acked = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..2)
+        .map(|w| {
+            let (addr, acked, stop) = (server.addr.clone(), Arc::clone(&acked), Arc::clone(&stop));
+            std::thread::spawn(move || write_stream(addr, w, acked, stop))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let (status, stderr) = server.terminate();
+    assert!(
+        status.success(),
+        "kvsd exited with {status} after SIGTERM: {stderr}"
+    );
+    stop.store(true, Ordering::SeqCst);
+    for writer in writers {
+        writer.join().unwrap();
+    }
+    let server = Server::start(dir.path(), 2);
+    verify_all(&server, &acked);
+}
+
+fn segment_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(dir.join("shard-000"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn torn_tail_is_cut_and_the_rest_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path(), 1);
+    let client = server.client();
+    for i in 0..50 {
+        client.put(format!("k{i}").as_bytes(), b"v").unwrap();
+    }
+    drop(client);
+    assert!(server.terminate().0.success());
+    // A crash in the middle of writing a group: a header promising more than is there.
+    let segment = segment_files(dir.path()).pop().unwrap();
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let mut torn = vec![0u8; 4096];
+    torn[0..4].copy_from_slice(b"KVSG");
+    torn[100..200].fill(0x5A);
+    bytes.extend_from_slice(&torn);
+    std::fs::write(&segment, &bytes).unwrap();
+    let server = Server::start(dir.path(), 1);
+    let client = server.client();
+    for i in 0..50 {
+        assert_eq!(
+            client.get(format!("k{i}").as_bytes()).unwrap().as_deref(),
+            Some(&b"v"[..])
+        );
+    }
+    client.put(b"after", b"tear").unwrap();
+    assert_eq!(client.get(b"after").unwrap().as_deref(), Some(&b"tear"[..]));
+}
+
+#[test]
+fn corruption_before_the_tail_stops_startup_naming_file_and_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path(), 1);
+    let client = server.client();
+    for i in 0..20 {
+        client
+            .put(format!("k{i}").as_bytes(), b"some value")
+            .unwrap();
+    }
+    drop(client);
+    assert!(server.terminate().0.success());
+    let segment = segment_files(dir.path()).pop().unwrap();
+    let mut bytes = std::fs::read(&segment).unwrap();
+    bytes[4096 + 50] ^= 0xFF; // inside the first group, with many groups after it
+    std::fs::write(&segment, &bytes).unwrap();
+    let mut server = Server::spawn(dir.path(), 1, &format!("127.0.0.1:{}", common::free_port()));
+    let (status, stderr) = server.wait_exit();
+    assert!(!status.success());
+    assert!(
+        stderr.contains(&segment.display().to_string()),
+        "stderr: {stderr}"
+    );
+    assert!(stderr.contains("offset 4096"), "stderr: {stderr}");
+}
+
+#[test]
+fn the_shard_count_of_a_data_directory_is_fixed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path(), 2);
+    assert!(server.terminate().0.success());
+    let mut server = Server::spawn(dir.path(), 1, &format!("127.0.0.1:{}", common::free_port()));
+    let (status, stderr) = server.wait_exit();
+    assert!(!status.success());
+    assert!(stderr.contains("created with 2 shards"), "stderr: {stderr}");
+}
+
+#[test]
+fn two_servers_cannot_share_a_data_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let _server = Server::start(dir.path(), 1);
+    let mut second = Server::spawn(dir.path(), 1, &format!("127.0.0.1:{}", common::free_port()));
+    let (status, stderr) = second.wait_exit();
+    assert!(!status.success());
+    assert!(
+        stderr.contains("in use by another kvsd"),
+        "stderr: {stderr}"
+    );
+}
