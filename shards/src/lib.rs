@@ -1,6 +1,7 @@
 //! kvs-shards: the per-core runtime, routing, Raft per shard and the `kvsd` server.
 //!
-//! - [`runtime`]: the only module that knows glommio (executors, TCP, channels, DMA files).
+//! - [`runtime`]: the only module that knows glommio (executors, TCP, channels, timers).
+//! - [`log_io`]: the log's disk: O_DIRECT segment files written through io_uring.
 //! - [`peer`]: one shard's Raft peer over its log and state machine (sans-runtime).
 //! - [`shard`]: the shard service: batching (group commit), read ordering, replies.
 //! - [`server`]: client connections, routing of requests to shards, merging of replies.
@@ -9,6 +10,7 @@
 
 pub mod config;
 pub mod local;
+pub mod log_io;
 pub mod node;
 pub mod peer;
 pub mod raft_logger;

@@ -21,8 +21,9 @@ use anyhow::{bail, Context as _};
 use kvs_core::state::MemStore;
 
 use crate::config::Config;
+use crate::log_io::DmaDisk;
 use crate::runtime::{
-    cross_core_channel, spawn_executor, spawn_local, wait, DmaDisk, SharedReceiver, SharedSender,
+    cross_core_channel, spawn_executor, spawn_local, wait, SharedReceiver, SharedSender,
     TcpListener,
 };
 use crate::server::{serve_connection, CoreContext, RemoteReply, RemoteRequest, ShardQueue};
@@ -348,7 +349,7 @@ async fn core_main(setup: CoreSetup) {
 }
 
 async fn open_shard(setup: &CoreSetup) -> Result<ShardCore<DmaDisk, MemStore>, String> {
-    let disk = DmaDisk::new(&setup.shard_dir)
+    let disk = DmaDisk::new(&setup.shard_dir, setup.core as u32)
         .map_err(|e| format!("cannot create {}: {e}", setup.shard_dir.display()))?;
     let started = std::time::Instant::now();
     let shard = ShardCore::open(disk, setup.core as u32, MemStore::new())

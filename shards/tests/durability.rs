@@ -146,13 +146,14 @@ fn torn_tail_is_cut_and_the_rest_served() {
     }
     drop(client);
     assert!(server.terminate().0.success());
-    // A crash in the middle of writing a group: a header promising more than is there.
+    // A crash in the middle of writing a group: where the next group would go (the first
+    // all-zero block of the preallocated segment) lies a header promising more than is there.
     let segment = segment_files(dir.path()).pop().unwrap();
     let mut bytes = std::fs::read(&segment).unwrap();
-    let mut torn = vec![0u8; 4096];
-    torn[0..4].copy_from_slice(b"KVSG");
-    torn[100..200].fill(0x5A);
-    bytes.extend_from_slice(&torn);
+    let end = (4096..bytes.len()).step_by(4096).find(|&at| bytes[at..at + 32].iter().all(|&b| b == 0)).unwrap();
+    bytes[end..end + 4].copy_from_slice(b"KVSG");
+    bytes[end + 100..end + 200].fill(0x5A);
+    bytes[end + 4096 + 7] = 0x33; // and a stray block after it
     std::fs::write(&segment, &bytes).unwrap();
     let server = Server::start(dir.path(), 1);
     let client = server.client();

@@ -50,6 +50,12 @@ pub trait LogFile {
     /// An aligned buffer of `len` bytes (a multiple of LOG_BLOCK_SIZE); contents unspecified.
     fn alloc(&self, len: usize) -> Self::Buffer;
     async fn write_at(&self, buffer: Self::Buffer, pos: u64) -> io::Result<()>;
+    /// Writes and then makes the file's data durable (fdatasync): the commit of a group.
+    /// Implementations may issue both at once (linked), as long as the sync covers the write.
+    async fn write_at_synced(&self, buffer: Self::Buffer, pos: u64) -> io::Result<()> {
+        self.write_at(buffer, pos).await?;
+        self.sync().await
+    }
     async fn read_at(&self, pos: u64, len: usize) -> io::Result<Vec<u8>>;
     /// fdatasync: everything written before is durable when this returns.
     async fn sync(&self) -> io::Result<()>;
@@ -145,6 +151,27 @@ pub struct Log<D: LogDisk> {
     segment_size_target: u64,
 }
 
+/// Bytes of zeros written per call while preallocating.
+const PREALLOCATE_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// Writes zeros over `[from, to)`. Appends then overwrite blocks that already exist, which
+/// direct I/O completes without allocating (an extending write is slower: io_uring hands it
+/// to a worker thread, and fdatasync must also commit the new size). The bytes must be real
+/// zeros, not fallocate's unwritten extents, which need the same conversion on first write.
+async fn preallocate<F: LogFile>(file: &F, from: u64, to: u64, path: &str) -> Result<(), LogError> {
+    let mut at = from;
+    while at < to {
+        let len = ((to - at) as usize).min(PREALLOCATE_CHUNK_BYTES);
+        let mut zeros = file.alloc(len);
+        zeros.as_mut().fill(0);
+        file.write_at(zeros, at)
+            .await
+            .map_err(|e| LogError::io("preallocate", path.to_string(), e))?;
+        at += len as u64;
+    }
+    Ok(())
+}
+
 pub fn segment_name(first_sequence: u64) -> String {
     format!("{first_sequence:020}.log")
 }
@@ -161,6 +188,18 @@ impl<D: LogDisk> Log<D> {
     /// Opens the log in `disk`, recovering every intact record. A torn tail is truncated;
     /// corruption anywhere else is an error.
     pub async fn open(disk: D, shard: u32) -> Result<(Log<D>, Recovered), LogError> {
+        Log::open_with_segment_size(disk, shard, SEGMENT_SIZE_TARGET).await
+    }
+
+    /// Like [`Log::open`], with segments of `segment_size_target` bytes.
+    pub async fn open_with_segment_size(
+        disk: D,
+        shard: u32,
+        segment_size_target: u64,
+    ) -> Result<(Log<D>, Recovered), LogError> {
+        assert!(
+            segment_size_target.is_multiple_of(LOG_BLOCK_SIZE as u64) && segment_size_target > 0
+        );
         let mut names: Vec<(u64, String)> = disk
             .list()
             .await
@@ -176,7 +215,7 @@ impl<D: LogDisk> Log<D> {
             active: None,
             next_sequence: 1,
             stats: LogStats::default(),
-            segment_size_target: SEGMENT_SIZE_TARGET,
+            segment_size_target,
         };
         let mut recovered = Recovered::default();
         let count = names.len();
@@ -274,19 +313,23 @@ impl<D: LogDisk> Log<D> {
                             format!("{detail}; a valid group follows at offset {later}"),
                         ));
                     }
-                    if !last {
+                    if !last && !clean_end {
                         return Err(corrupt(at as u64, format!("{detail} in a closed segment")));
                     }
-                    if !clean_end || (at as u64) < size {
+                    // A torn write may also leave blocks after an all-zero header (its first
+                    // block never landed while later ones did): zero them too, or a later
+                    // group could stop short of them and leave them to look like damage.
+                    if last && !bytes[at..].iter().all(|&b| b == 0) {
+                        // Cut the torn group off, then restore the zeroed space after it.
                         file.truncate(at as u64)
                             .await
                             .map_err(|e| LogError::io("truncate", path.clone(), e))?;
+                        preallocate(&file, at as u64, size.max(self.segment_size_target), &path)
+                            .await?;
                         file.sync()
                             .await
                             .map_err(|e| LogError::io("fdatasync", path.clone(), e))?;
-                        if !clean_end {
-                            recovered.truncated = Some((path.clone(), at as u64));
-                        }
+                        recovered.truncated = Some((path.clone(), at as u64));
                     }
                     break;
                 }
@@ -412,14 +455,9 @@ impl<D: LogDisk> Log<D> {
         encode_group(buffer.as_mut(), self.next_sequence, records);
         active
             .file
-            .write_at(buffer, active.end)
+            .write_at_synced(buffer, active.end)
             .await
-            .map_err(|e| LogError::io("write", path.clone(), e))?;
-        active
-            .file
-            .sync()
-            .await
-            .map_err(|e| LogError::io("fdatasync", path, e))?;
+            .map_err(|e| LogError::io("write and fdatasync", path, e))?;
         active.end += size as u64;
         if let Some(segment) = self.segments.last_mut() {
             segment.size = active.end;
@@ -430,11 +468,6 @@ impl<D: LogDisk> Log<D> {
         self.stats.syncs += 1;
         self.stats.size_bytes += size as u64;
         Ok(())
-    }
-
-    /// Starts a new segment once the active one reaches `bytes` (default SEGMENT_SIZE_TARGET).
-    pub fn set_segment_size_target(&mut self, bytes: u64) {
-        self.segment_size_target = bytes;
     }
 
     pub fn stats(&self) -> LogStats {
