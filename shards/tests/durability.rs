@@ -150,7 +150,10 @@ fn torn_tail_is_cut_and_the_rest_served() {
     // all-zero block of the preallocated segment) lies a header promising more than is there.
     let segment = segment_files(dir.path()).pop().unwrap();
     let mut bytes = std::fs::read(&segment).unwrap();
-    let end = (4096..bytes.len()).step_by(4096).find(|&at| bytes[at..at + 32].iter().all(|&b| b == 0)).unwrap();
+    let end = (4096..bytes.len())
+        .step_by(4096)
+        .find(|&at| bytes[at..at + 32].iter().all(|&b| b == 0))
+        .unwrap();
     bytes[end..end + 4].copy_from_slice(b"KVSG");
     bytes[end + 100..end + 200].fill(0x5A);
     bytes[end + 4096 + 7] = 0x33; // and a stray block after it

@@ -408,6 +408,13 @@ impl<D: LogDisk> Log<D> {
         file.write_at(buffer, 0)
             .await
             .map_err(|e| LogError::io("write", path.clone(), e))?;
+        preallocate(
+            &file,
+            SEGMENT_HEADER_SIZE as u64,
+            self.segment_size_target,
+            &path,
+        )
+        .await?;
         file.sync()
             .await
             .map_err(|e| LogError::io("fdatasync", path.clone(), e))?;

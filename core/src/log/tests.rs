@@ -164,7 +164,9 @@ fn disk_full_and_io_errors_are_typed() {
     ));
     disk.fail_after(FaultOn::Sync, 1, 5);
     match block_on(log.append(&[entry(2, &p)])) {
-        Err(LogError::Io { op, path, source }) => assert_eq!(op, "write and fdatasync", "{path} {source}"),
+        Err(LogError::Io { op, path, source }) => {
+            assert_eq!(op, "write and fdatasync", "{path} {source}")
+        }
         other => panic!("expected EIO, got {other:?}"),
     }
     drop(log);
