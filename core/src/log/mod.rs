@@ -257,9 +257,10 @@ impl<D: LogDisk> Log<D> {
 
         let header = match decode_segment_header(&bytes[..bytes.len().min(SEGMENT_HEADER_SIZE)]) {
             Ok(header) => header,
-            // A crash right after creating the newest segment leaves it without a durable
-            // header and without any group: nothing acknowledged is in it.
-            Err(_) if last && bytes.len() <= SEGMENT_HEADER_SIZE => {
+            // A crash while creating the newest segment leaves it without a durable header
+            // and without any group (groups are written only after the header is synced):
+            // nothing acknowledged is in it.
+            Err(_) if last && bytes.iter().skip(SEGMENT_HEADER_SIZE).all(|&b| b == 0) => {
                 drop(file);
                 self.disk
                     .remove(name)

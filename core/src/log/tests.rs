@@ -152,6 +152,32 @@ fn corruption_in_a_closed_segment_is_an_error() {
 }
 
 #[test]
+fn a_segment_torn_while_being_created_is_removed() {
+    let disk = SimDisk::new();
+    let (mut log, _) = open(&disk).unwrap();
+    append_groups(&mut log, 1, 3, 1, 100);
+    drop(log);
+    // The next segment's header never fully landed; its preallocated zeros did.
+    let next = segment_name(4);
+    block_on(async {
+        use super::{LogDisk, LogFile};
+        let file = disk.open(&next, true).await.unwrap();
+        let mut block = file.alloc(64 * 1024);
+        block.fill(0);
+        block[0..6].copy_from_slice(b"KVSLOG");
+        file.write_at(block, 0).await.unwrap();
+        file.sync().await.unwrap();
+        disk.sync_dir().await.unwrap();
+    });
+    let (mut log, recovered) = open(&disk).unwrap();
+    assert_eq!(indexes(&recovered.records), vec![1, 2, 3]);
+    assert!(!disk.file_names().contains(&next));
+    append_groups(&mut log, 4, 1, 1, 10);
+    drop(log);
+    assert_eq!(indexes(&open(&disk).unwrap().1.records), vec![1, 2, 3, 4]);
+}
+
+#[test]
 fn disk_full_and_io_errors_are_typed() {
     let disk = SimDisk::new();
     let (mut log, _) = open(&disk).unwrap();
