@@ -10,6 +10,9 @@
 //!
 //! Architecture invariant: nothing here spawns a task, opens a socket or reads the clock.
 
+// Bytes from the disk are input: storage code handles their errors, never unwraps them.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
 pub mod command;
 pub mod limits;
 pub mod log;

@@ -4,6 +4,23 @@
 //! sans-IO codec ([`frame`], [`message`]) shared by the server and every client, the
 //! key-to-shard hash ([`shard_for_key`]) that both sides must agree on, and a blocking,
 //! pipelining [`client::Client`]. It depends on nothing else in the workspace.
+//!
+//! Encoding a request and decoding it back, as the server does:
+//!
+//! ```
+//! use kvs_wire::frame::{Decoded, FrameDecoder};
+//! use kvs_wire::limits::FRAME_HEADER_SIZE;
+//! use kvs_wire::Request;
+//!
+//! let mut bytes = Vec::new();
+//! Request::Put { key: b"k".to_vec(), value: b"v".to_vec() }.encode(7, &mut bytes);
+//! let Ok(Decoded::Frame { header, len }) = FrameDecoder.decode(&bytes) else { panic!() };
+//! assert_eq!(header.request_id, 7);
+//! let request = Request::decode_body(header.opcode, &bytes[FRAME_HEADER_SIZE..len]).unwrap();
+//! assert_eq!(request, Request::Put { key: b"k".to_vec(), value: b"v".to_vec() });
+//! ```
+
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod client;
 pub mod frame;
@@ -30,6 +47,14 @@ pub fn key_hash(key: &[u8]) -> u64 {
 }
 
 /// The shard that owns `key` in a node with `shard_count` shards: `fnv1a64(key) % shard_count`.
+///
+/// ```
+/// use kvs_wire::shard_for_key;
+/// assert_eq!(shard_for_key(b"user:1", 1), 0);
+/// let shard = shard_for_key(b"user:1", 4);
+/// assert!(shard < 4);
+/// assert_eq!(shard, shard_for_key(b"user:1", 4)); // stable: the same everywhere
+/// ```
 pub fn shard_for_key(key: &[u8], shard_count: u32) -> u32 {
     assert!(shard_count > 0, "a node has at least one shard");
     (key_hash(key) % u64::from(shard_count)) as u32
