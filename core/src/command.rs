@@ -11,6 +11,10 @@
 //!          | 3 key:bytes expected:u64 0                   CAS delete
 //!          | 3 key:bytes expected:u64 1 value:bytes       CAS write
 //!          | 4 count:u32 (key:bytes value:bytes){count}   PUT_MANY (applied atomically)
+//!          | 5 key:bytes delta:i64                        INCREMENT (decimal integer value)
+//!          | 6 key:bytes value:bytes                      APPEND
+//!          | 7 key:bytes value:bytes                      GET_AND_PUT (returns the old value)
+//!          | 8 key:bytes value:bytes                      PUT_IF_EXISTS
 //! ```
 
 use crate::limits::{KEY_SIZE_MAX, VALUE_SIZE_MAX};
@@ -34,6 +38,26 @@ pub enum Command {
     /// Several puts applied atomically.
     PutMany {
         pairs: Vec<(Vec<u8>, Vec<u8>)>,
+    },
+    /// Adds `delta` to the key's value read as a decimal i64 (a missing key is 0).
+    Increment {
+        key: Vec<u8>,
+        delta: i64,
+    },
+    /// Appends `value` to the key's value (a missing key is empty).
+    Append {
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    /// Stores `value` and returns the value it replaced.
+    GetAndPut {
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    /// Stores `value` only when the key exists.
+    PutIfExists {
+        key: Vec<u8>,
+        value: Vec<u8>,
     },
 }
 
@@ -59,6 +83,10 @@ impl Command {
                         .map(|(k, v)| 8 + k.len() + v.len())
                         .sum::<usize>()
             }
+            Command::Increment { key, .. } => 1 + 4 + key.len() + 8,
+            Command::Append { key, value }
+            | Command::GetAndPut { key, value }
+            | Command::PutIfExists { key, value } => 1 + 8 + key.len() + value.len(),
         }
     }
 
@@ -100,6 +128,26 @@ impl Command {
                     bytes(out, key);
                     bytes(out, value);
                 }
+            }
+            Command::Increment { key, delta } => {
+                out.push(5);
+                bytes(out, key);
+                out.extend_from_slice(&delta.to_le_bytes());
+            }
+            Command::Append { key, value } => {
+                out.push(6);
+                bytes(out, key);
+                bytes(out, value);
+            }
+            Command::GetAndPut { key, value } => {
+                out.push(7);
+                bytes(out, key);
+                bytes(out, value);
+            }
+            Command::PutIfExists { key, value } => {
+                out.push(8);
+                bytes(out, key);
+                bytes(out, value);
             }
         }
     }
@@ -208,6 +256,22 @@ pub fn decode_batch(data: &[u8]) -> Result<Vec<Command>, BatchDecodeError> {
                 }
                 Command::PutMany { pairs }
             }
+            5 => Command::Increment {
+                key: r.bytes(KEY_SIZE_MAX)?,
+                delta: r.u64()? as i64,
+            },
+            6 => Command::Append {
+                key: r.bytes(KEY_SIZE_MAX)?,
+                value: r.bytes(VALUE_SIZE_MAX)?,
+            },
+            7 => Command::GetAndPut {
+                key: r.bytes(KEY_SIZE_MAX)?,
+                value: r.bytes(VALUE_SIZE_MAX)?,
+            },
+            8 => Command::PutIfExists {
+                key: r.bytes(KEY_SIZE_MAX)?,
+                value: r.bytes(VALUE_SIZE_MAX)?,
+            },
             other => return Err(BatchDecodeError(format!("unknown command tag {other}"))),
         });
     }
@@ -245,6 +309,22 @@ mod tests {
             },
             Command::PutMany {
                 pairs: vec![(b"x".to_vec(), vec![]), (b"y".to_vec(), b"2".to_vec())],
+            },
+            Command::Increment {
+                key: b"n".to_vec(),
+                delta: -5,
+            },
+            Command::Append {
+                key: b"s".to_vec(),
+                value: b"tail".to_vec(),
+            },
+            Command::GetAndPut {
+                key: b"g".to_vec(),
+                value: b"new".to_vec(),
+            },
+            Command::PutIfExists {
+                key: b"e".to_vec(),
+                value: b"v".to_vec(),
             },
         ];
         let mut encoder = BatchEncoder::new();

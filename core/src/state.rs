@@ -25,6 +25,21 @@ pub enum CommandResult {
     VersionMismatch {
         current: u64,
     },
+    /// The command was refused by the state (an increment of a non-integer, say); nothing
+    /// changed.
+    Refused {
+        reason: String,
+    },
+    /// INCREMENT and APPEND: the new integer value, or the new length.
+    Integer {
+        value: i64,
+    },
+    /// GET_AND_PUT: the value that was replaced.
+    Replaced {
+        previous: Option<Vec<u8>>,
+    },
+    /// PUT_IF_EXISTS of a missing key: nothing was written.
+    Skipped,
     WrittenMany {
         versions: Vec<u64>,
     },
@@ -110,6 +125,75 @@ impl MemStore {
                     })
                     .collect();
                 CommandResult::WrittenMany { versions }
+            }
+            Command::Increment { key, delta } => {
+                let current = match self.map.get(&key) {
+                    None => 0,
+                    Some(v) => match std::str::from_utf8(&v.value)
+                        .ok()
+                        .and_then(|s| s.parse::<i64>().ok())
+                    {
+                        Some(n) => n,
+                        None => {
+                            return CommandResult::Refused {
+                                reason: "value is not an integer or out of range".into(),
+                            }
+                        }
+                    },
+                };
+                let Some(value) = current.checked_add(delta) else {
+                    return CommandResult::Refused {
+                        reason: "increment or decrement would overflow".into(),
+                    };
+                };
+                let version = self.next_version();
+                self.map.insert(
+                    key,
+                    Versioned {
+                        version,
+                        value: value.to_string().into_bytes(),
+                    },
+                );
+                CommandResult::Integer { value }
+            }
+            Command::Append { key, value } => {
+                let mut joined = self
+                    .map
+                    .get(&key)
+                    .map(|v| v.value.clone())
+                    .unwrap_or_default();
+                if joined.len() + value.len() > crate::limits::VALUE_SIZE_MAX {
+                    return CommandResult::Refused {
+                        reason: "the value would exceed 16 MiB".into(),
+                    };
+                }
+                joined.extend_from_slice(&value);
+                let length = joined.len() as i64;
+                let version = self.next_version();
+                self.map.insert(
+                    key,
+                    Versioned {
+                        version,
+                        value: joined,
+                    },
+                );
+                CommandResult::Integer { value: length }
+            }
+            Command::GetAndPut { key, value } => {
+                let version = self.next_version();
+                let previous = self
+                    .map
+                    .insert(key, Versioned { version, value })
+                    .map(|v| v.value);
+                CommandResult::Replaced { previous }
+            }
+            Command::PutIfExists { key, value } => {
+                if !self.map.contains_key(&key) {
+                    return CommandResult::Skipped;
+                }
+                let version = self.next_version();
+                self.map.insert(key, Versioned { version, value });
+                CommandResult::Written { version }
             }
         }
     }
@@ -247,6 +331,95 @@ mod tests {
             ]
         );
         assert_eq!(store.get(b"k"), None);
+    }
+
+    #[test]
+    fn read_modify_write_commands() {
+        let mut store = MemStore::new();
+        let key = || b"n".to_vec();
+        let r = store
+            .apply(
+                1,
+                &batch(&[
+                    Command::Increment {
+                        key: key(),
+                        delta: 5,
+                    },
+                    Command::Increment {
+                        key: key(),
+                        delta: -7,
+                    },
+                    Command::Append {
+                        key: b"s".to_vec(),
+                        value: b"ab".to_vec(),
+                    },
+                    Command::Append {
+                        key: b"s".to_vec(),
+                        value: b"c".to_vec(),
+                    },
+                    Command::GetAndPut {
+                        key: b"s".to_vec(),
+                        value: b"x".to_vec(),
+                    },
+                    Command::GetAndPut {
+                        key: b"t".to_vec(),
+                        value: b"y".to_vec(),
+                    },
+                    Command::PutIfExists {
+                        key: b"u".to_vec(),
+                        value: b"z".to_vec(),
+                    },
+                    Command::PutIfExists {
+                        key: b"t".to_vec(),
+                        value: b"z".to_vec(),
+                    },
+                    Command::Increment {
+                        key: b"s".to_vec(),
+                        delta: 1,
+                    },
+                    Command::Increment {
+                        key: key(),
+                        delta: i64::MAX,
+                    },
+                    Command::Increment {
+                        key: key(),
+                        delta: i64::MIN,
+                    },
+                    Command::Increment {
+                        key: key(),
+                        delta: i64::MIN,
+                    },
+                ]),
+            )
+            .unwrap();
+        assert_eq!(r[0], CommandResult::Integer { value: 5 });
+        assert_eq!(r[1], CommandResult::Integer { value: -2 });
+        assert_eq!(r[2], CommandResult::Integer { value: 2 });
+        assert_eq!(r[3], CommandResult::Integer { value: 3 });
+        assert_eq!(
+            r[4],
+            CommandResult::Replaced {
+                previous: Some(b"abc".to_vec())
+            }
+        );
+        assert_eq!(r[5], CommandResult::Replaced { previous: None });
+        assert_eq!(r[6], CommandResult::Skipped);
+        assert!(matches!(r[7], CommandResult::Written { .. }));
+        assert!(matches!(r[8], CommandResult::Refused { .. }), "{:?}", r[8]);
+        assert_eq!(
+            r[9],
+            CommandResult::Integer {
+                value: i64::MAX - 2
+            }
+        );
+        assert_eq!(r[10], CommandResult::Integer { value: -3 });
+        assert!(
+            matches!(r[11], CommandResult::Refused { .. }),
+            "overflow is refused"
+        );
+        assert_eq!(store.get(b"n").unwrap().value, b"-3");
+        assert_eq!(store.get(b"u"), None);
+        assert_eq!(store.get(b"t").unwrap().value, b"z");
     }
 
     proptest! {

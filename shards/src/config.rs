@@ -26,6 +26,9 @@ pub struct Flags {
     /// Number of shards (one pinned executor each); fixed when the data directory is created.
     #[arg(long)]
     pub shards: Option<u32>,
+    /// Address for the Redis protocol (RESP2) listener; off unless given.
+    #[arg(long)]
+    pub resp_listen: Option<String>,
     /// TOML file with any of the settings above.
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -40,6 +43,7 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     listen: Option<String>,
     shards: Option<u32>,
+    resp_listen: Option<String>,
     log_level: Option<String>,
 }
 
@@ -48,6 +52,8 @@ struct FileConfig {
 pub struct Config {
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
+    /// The Redis-protocol listener's address, when enabled.
+    pub resp_listen: Option<SocketAddr>,
     /// `None`: one shard per available core (or what the data directory was created with).
     pub shards: Option<u32>,
     pub log_level: String,
@@ -81,6 +87,13 @@ impl Config {
         let listen = listen_text
             .parse()
             .map_err(|_| ConfigError::Listen(listen_text.clone()))?;
+        let resp_listen = match flags.resp_listen.or(file.resp_listen) {
+            Some(text) => Some(
+                text.parse()
+                    .map_err(|_| ConfigError::Listen(text.clone()))?,
+            ),
+            None => None,
+        };
         let shards = flags.shards.or(file.shards);
         if let Some(n) = shards {
             if n == 0 || n > SHARD_COUNT_MAX {
@@ -93,6 +106,7 @@ impl Config {
                 .or(file.data_dir)
                 .unwrap_or_else(|| PathBuf::from("kvs-data")),
             listen,
+            resp_listen,
             shards,
             log_level: flags
                 .log_level

@@ -4,16 +4,20 @@
 //! - [`log_io`]: the log's disk: O_DIRECT segment files written through io_uring.
 //! - [`peer`]: one shard's Raft peer over its log and state machine (sans-runtime).
 //! - [`shard`]: the shard service: batching (group commit), read ordering, replies.
-//! - [`server`]: client connections, routing of requests to shards, merging of replies.
+//! - [`conn`]: what every client connection shares: output, ordering, limits, shutdown.
+//! - [`server`]: native-protocol connections, routing of requests to shards, merging.
+//! - [`resp_server`]: the Redis-protocol (RESP2) listener for the key-value subset.
 //! - [`node`]: starting a node: data directory, executors, cross-core mesh, shutdown.
 //! - [`config`]: flags and the TOML config file.
 
 pub mod config;
+pub mod conn;
 pub mod local;
 pub mod log_io;
 pub mod node;
 pub mod peer;
 pub mod raft_logger;
+pub mod resp_server;
 pub mod runtime;
 pub mod server;
 pub mod shard;

@@ -123,6 +123,7 @@ struct CoreSetup {
     cpu: Option<usize>,
     shard_dir: PathBuf,
     listen: SocketAddr,
+    resp_listen: Option<SocketAddr>,
     request_senders: Vec<Option<SharedSender<RemoteRequest>>>,
     request_receivers: Vec<SharedReceiver<RemoteRequest>>,
     reply_senders: Vec<Option<SharedSender<RemoteReply>>>,
@@ -141,11 +142,13 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
 
     // Each executor binds its own listener with SO_REUSEPORT. Bind once here without it, so
     // that an address in use is an error instead of a silently shared port.
-    let listen = {
-        let probe = std::net::TcpListener::bind(config.listen)
-            .with_context(|| format!("cannot listen on {}", config.listen))?;
-        probe.local_addr()?
+    let probe = |addr: SocketAddr| -> anyhow::Result<SocketAddr> {
+        let listener = std::net::TcpListener::bind(addr)
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        Ok(listener.local_addr()?)
     };
+    let listen = probe(config.listen)?;
+    let resp_listen = config.resp_listen.map(probe).transpose()?;
 
     let n = shard_count as usize;
     let cpus = allowed_cpus();
@@ -162,6 +165,7 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
             },
             shard_dir: config.data_dir.join(format!("shard-{core:03}")),
             listen,
+            resp_listen,
             request_senders: (0..n).map(|_| None).collect(),
             request_receivers: Vec::new(),
             reply_senders: (0..n).map(|_| None).collect(),
@@ -209,7 +213,8 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     if failure.is_some() {
         stop.store(true, Ordering::SeqCst);
     } else {
-        tracing::info!(%listen, shards = shard_count, data_dir = %config.data_dir.display(), "kvsd is ready");
+        let resp = resp_listen.map_or_else(|| "off".to_string(), |a| a.to_string());
+        tracing::info!(%listen, %resp, shards = shard_count, data_dir = %config.data_dir.display(), "kvsd is ready");
     }
     for executor in executors {
         if let Err(e) = executor.join() {
@@ -305,15 +310,22 @@ async fn core_main(setup: CoreSetup) {
         .detach();
     }
 
-    let listener = match TcpListener::bind(setup.listen) {
-        Ok(listener) => listener,
-        Err(e) => {
-            let _ = setup
-                .ready
-                .send(Err(format!("cannot listen on {}: {e}", setup.listen)));
-            return;
+    let mut listeners = Vec::new();
+    for (addr, protocol) in [
+        (Some(setup.listen), Protocol::Native),
+        (setup.resp_listen, Protocol::Resp),
+    ] {
+        let Some(addr) = addr else { continue };
+        match TcpListener::bind(addr) {
+            Ok(listener) => listeners.push((listener, protocol)),
+            Err(e) => {
+                let _ = setup
+                    .ready
+                    .send(Err(format!("cannot listen on {addr}: {e}")));
+                return;
+            }
         }
-    };
+    }
     {
         let ctx = Rc::clone(&ctx);
         let stop = Arc::clone(&setup.stop);
@@ -339,12 +351,17 @@ async fn core_main(setup: CoreSetup) {
         })
         .detach();
     }
-    let acceptor = spawn_local(accept_loop(Rc::clone(&ctx), listener));
+    let acceptors: Vec<_> = listeners
+        .into_iter()
+        .map(|(listener, protocol)| spawn_local(accept_loop(Rc::clone(&ctx), listener, protocol)))
+        .collect();
     let _ = setup.ready.send(Ok(()));
     tracing::debug!(core, "shard serving");
 
     shard_loop(&ctx, shard, &tick_due).await;
-    acceptor.await;
+    for acceptor in acceptors {
+        acceptor.await;
+    }
     tracing::info!(core, "shard stopped");
 }
 
@@ -367,7 +384,14 @@ async fn open_shard(setup: &CoreSetup) -> Result<ShardCore<DmaDisk, MemStore>, S
     Ok(shard)
 }
 
-async fn accept_loop(ctx: Rc<CoreContext>, listener: TcpListener) {
+/// The protocol a listener speaks.
+#[derive(Debug, Clone, Copy)]
+enum Protocol {
+    Native,
+    Resp,
+}
+
+async fn accept_loop(ctx: Rc<CoreContext>, listener: TcpListener, protocol: Protocol) {
     loop {
         let stopped = async {
             ctx.stop.notified().await;
@@ -379,7 +403,13 @@ async fn accept_loop(ctx: Rc<CoreContext>, listener: TcpListener) {
             None => break,
             Some(Ok(stream)) => {
                 ctx.open_connections.fetch_add(1, Ordering::SeqCst);
-                spawn_local(serve_connection(Rc::clone(&ctx), stream)).detach();
+                let ctx = Rc::clone(&ctx);
+                match protocol {
+                    Protocol::Native => spawn_local(serve_connection(ctx, stream)).detach(),
+                    Protocol::Resp => {
+                        spawn_local(crate::resp_server::serve_connection(ctx, stream)).detach()
+                    }
+                };
             }
             Some(Err(error)) => {
                 // Out of file descriptors, say: back off instead of spinning.

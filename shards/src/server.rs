@@ -13,27 +13,21 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
-use std::future::poll_fn;
-use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
-use futures_lite::{AsyncRead, AsyncWrite};
 use kvs_core::command::Command;
 use kvs_core::state::CommandResult;
 use kvs_wire::frame::{frame_len, Decoded, FrameDecoder, FrameError, Header};
 use kvs_wire::limits::{FRAME_BODY_SIZE_MAX, FRAME_HEADER_SIZE};
 use kvs_wire::{shard_for_key, ErrorCode, Opcode, Request, Response};
 
+use crate::conn::{self, Connection, ReceiveBuffer, CONNECTION_IN_FLIGHT_MAX};
 use crate::local::Notify;
-use crate::runtime::{spawn_local, ConnectedSender, TcpStream};
+use crate::resp_server::{RespGather, RespRender};
+use crate::runtime::{ConnectedSender, TcpStream};
 use crate::shard::{ShardInfo, ShardOp, ShardReply, ShardRequest};
-
-/// Requests one connection may have in flight; the reader stops reading past this.
-pub const CONNECTION_IN_FLIGHT_MAX: usize = 1024;
-/// Size of a connection's receive buffer to begin with.
-const RECEIVE_BUFFER_INITIAL_BYTES: usize = 64 * 1024;
 
 /// Where a shard's reply goes on the core that asked.
 pub enum Target {
@@ -45,6 +39,16 @@ pub enum Target {
     },
     /// One part of a request split over shards.
     Part { gather: Rc<Gather>, part: usize },
+    /// A RESP connection, as the reply to the command with sequence number `sequence`.
+    /// `resp3`: the connection switched to RESP3 with HELLO 3 (nulls are encoded as `_`).
+    Resp {
+        conn: Rc<Connection>,
+        sequence: u64,
+        render: RespRender,
+        resp3: bool,
+    },
+    /// One part of a RESP command split over shards.
+    RespPart { gather: Rc<RespGather>, part: usize },
 }
 
 /// Where a shard sends a reply: to a target on its own core, or back to another core.
@@ -122,7 +126,7 @@ impl CoreContext {
     }
 
     /// Sends `op` to `shard`; its reply will be delivered to `target` on this core.
-    async fn send(&self, shard: u32, op: ShardOp, target: Target) {
+    pub(crate) async fn send(&self, shard: u32, op: ShardOp, target: Target) {
         let shard = shard as usize;
         if shard == self.core {
             self.queue.push(ShardRequest {
@@ -179,42 +183,9 @@ impl CoreContext {
     }
 }
 
-/// The output side of a client connection, shared by everything that answers it.
-pub struct Connection {
-    out: RefCell<Vec<u8>>,
-    wake_writer: Notify,
-    in_flight: Cell<usize>,
-    wake_reader: Notify,
-    /// The writer gave up (the peer is gone) or was told to finish.
-    writer_done: Cell<bool>,
-    finishing: Cell<bool>,
-}
-
-impl Connection {
-    fn new() -> Connection {
-        Connection {
-            out: RefCell::new(Vec::with_capacity(16 * 1024)),
-            wake_writer: Notify::new(),
-            in_flight: Cell::new(0),
-            wake_reader: Notify::new(),
-            writer_done: Cell::new(false),
-            finishing: Cell::new(false),
-        }
-    }
-
-    fn start_request(&self) {
-        self.in_flight.set(self.in_flight.get() + 1);
-    }
-
-    /// Queues the reply to one request for the writer.
-    fn respond(&self, opcode: u8, request_id: u64, response: &Response) {
-        if !self.writer_done.get() {
-            response.encode(opcode, request_id, &mut self.out.borrow_mut());
-            self.wake_writer.notify();
-        }
-        self.in_flight.set(self.in_flight.get() - 1);
-        self.wake_reader.notify();
-    }
+/// Queues the native-protocol reply to one request.
+fn respond(conn: &Connection, opcode: u8, request_id: u64, response: &Response) {
+    conn.respond_with(|out| response.encode(opcode, request_id, out));
 }
 
 /// Converts a single-shard reply to the wire reply for `opcode`.
@@ -260,9 +231,16 @@ pub fn deliver(target: Target, reply: ShardReply) {
             request_id,
             opcode,
         } => {
-            conn.respond(opcode, request_id, &single_response(opcode, reply));
+            respond(&conn, opcode, request_id, &single_response(opcode, reply));
         }
         Target::Part { gather, part } => gather.add(part, reply),
+        Target::Resp {
+            conn,
+            sequence,
+            render,
+            resp3,
+        } => conn.respond_in_order(sequence, crate::resp_server::render(render, reply, resp3)),
+        Target::RespPart { gather, part } => gather.add(part, reply),
     }
 }
 
@@ -307,7 +285,7 @@ impl Gather {
                 .map(|p| p.expect("every part arrived"))
                 .collect();
             let response = self.combine(parts);
-            self.conn.respond(self.opcode, self.request_id, &response);
+            respond(&self.conn, self.opcode, self.request_id, &response);
         }
     }
 
@@ -344,31 +322,10 @@ impl Gather {
                 }
                 Response::Versions(versions)
             }
-            GatherKind::Scan { limit } => {
-                let limit = *limit as usize;
-                let mut more = false;
-                let mut pairs = Vec::new();
-                for reply in parts {
-                    let ShardReply::Scanned(found) = reply else {
-                        return unexpected(&reply);
-                    };
-                    // A shard that filled the limit may hold more.
-                    more |= found.len() >= limit;
-                    pairs.extend(found);
-                }
-                pairs.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-                more |= pairs.len() > limit;
-                pairs.truncate(limit);
-                let next = match pairs.last() {
-                    Some((key, _)) if more => {
-                        let mut next = key.clone();
-                        next.push(0);
-                        Some(next)
-                    }
-                    _ => None,
-                };
-                Response::Scanned { pairs, next }
-            }
+            GatherKind::Scan { limit } => match merge_scan(parts, *limit) {
+                Ok((pairs, next)) => Response::Scanned { pairs, next },
+                Err(reply) => unexpected(&reply),
+            },
             GatherKind::Info { shard_count } => {
                 let mut shards: Vec<ShardInfo> = Vec::new();
                 for reply in parts {
@@ -390,6 +347,38 @@ impl Gather {
     }
 }
 
+/// A merged SCAN page: pairs in key order, and where to continue when there may be more.
+pub(crate) type ScanPage = (Vec<(Vec<u8>, Vec<u8>)>, Option<Vec<u8>>);
+
+/// Merges the shards' SCAN replies into one page of at most `limit` pairs. Each shard sent its
+/// first `limit` keys from the start key, so the merged first `limit` are exact. Returns the
+/// offending reply if a part is not a SCAN reply.
+pub(crate) fn merge_scan(parts: Vec<ShardReply>, limit: u32) -> Result<ScanPage, ShardReply> {
+    let limit = limit as usize;
+    let mut more = false;
+    let mut pairs = Vec::new();
+    for reply in parts {
+        let ShardReply::Scanned(found) = reply else {
+            return Err(reply);
+        };
+        // A shard that filled the limit may hold more.
+        more |= found.len() >= limit;
+        pairs.extend(found);
+    }
+    pairs.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    more |= pairs.len() > limit;
+    pairs.truncate(limit);
+    let next = match pairs.last() {
+        Some((key, _)) if more => {
+            let mut next = key.clone();
+            next.push(0);
+            Some(next)
+        }
+        _ => None,
+    };
+    Ok((pairs, next))
+}
+
 fn unexpected(reply: &ShardReply) -> Response {
     Response::error(
         ErrorCode::Internal,
@@ -398,9 +387,9 @@ fn unexpected(reply: &ShardReply) -> Response {
 }
 
 /// Items of a multi-key request grouped by shard: (shard, positions in the request, items).
-type ShardParts<T> = Vec<(u32, Vec<usize>, Vec<T>)>;
+pub(crate) type ShardParts<T> = Vec<(u32, Vec<usize>, Vec<T>)>;
 
-fn split_by_shard<T>(items: Vec<T>, shard_of: impl Fn(&T) -> u32) -> ShardParts<T> {
+pub(crate) fn split_by_shard<T>(items: Vec<T>, shard_of: impl Fn(&T) -> u32) -> ShardParts<T> {
     let mut parts: ShardParts<T> = Vec::new();
     for (at, item) in items.into_iter().enumerate() {
         let shard = shard_of(&item);
@@ -436,7 +425,7 @@ async fn dispatch(ctx: &CoreContext, conn: &Rc<Connection>, header: Header, requ
         })
     };
     match request {
-        Request::Ping => conn.respond(opcode, request_id, &Response::Pong),
+        Request::Ping => respond(conn, opcode, request_id, &Response::Pong),
         Request::Get { key } => {
             ctx.send(shard_of(&key), ShardOp::Get { key }, to_conn())
                 .await
@@ -472,7 +461,7 @@ async fn dispatch(ctx: &CoreContext, conn: &Rc<Connection>, header: Header, requ
             let total = keys.len();
             let parts = split_by_shard(keys, |key| shard_of(key));
             if parts.is_empty() {
-                return conn.respond(opcode, request_id, &Response::Values(Vec::new()));
+                return respond(conn, opcode, request_id, &Response::Values(Vec::new()));
             }
             let positions = parts.iter().map(|(_, p, _)| p.clone()).collect();
             let g = gather(GatherKind::MGet { positions, total }, parts.len());
@@ -492,7 +481,7 @@ async fn dispatch(ctx: &CoreContext, conn: &Rc<Connection>, header: Header, requ
             let total = pairs.len();
             let parts = split_by_shard(pairs, |(key, _)| shard_of(key));
             if parts.is_empty() {
-                return conn.respond(opcode, request_id, &Response::Versions(Vec::new()));
+                return respond(conn, opcode, request_id, &Response::Versions(Vec::new()));
             }
             let positions = parts.iter().map(|(_, p, _)| p.clone()).collect();
             let g = gather(GatherKind::MPut { positions, total }, parts.len());
@@ -550,102 +539,46 @@ async fn dispatch(ctx: &CoreContext, conn: &Rc<Connection>, header: Header, requ
     }
 }
 
-async fn read_some(stream: &RefCell<TcpStream>, buf: &mut [u8]) -> std::io::Result<usize> {
-    poll_fn(|cx| Pin::new(&mut *stream.borrow_mut()).poll_read(cx, buf)).await
-}
-
-async fn write_all(stream: &RefCell<TcpStream>, mut buf: &[u8]) -> std::io::Result<()> {
-    while !buf.is_empty() {
-        let n = poll_fn(|cx| Pin::new(&mut *stream.borrow_mut()).poll_write(cx, buf)).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        buf = &buf[n..];
-    }
-    Ok(())
-}
-
-async fn write_loop(stream: Rc<RefCell<TcpStream>>, conn: Rc<Connection>) {
-    let mut spare = Vec::with_capacity(16 * 1024);
-    loop {
-        let woken = conn.wake_writer.notified();
-        if conn.out.borrow().is_empty() {
-            if conn.finishing.get() {
-                break;
-            }
-            woken.await;
-            continue;
-        }
-        let data = std::mem::replace(&mut *conn.out.borrow_mut(), std::mem::take(&mut spare));
-        if let Err(error) = write_all(&stream, &data).await {
-            tracing::debug!(%error, "connection write failed");
-            break;
-        }
-        spare = data;
-        spare.clear();
-    }
-    conn.writer_done.set(true);
-    conn.out.borrow_mut().clear();
-    conn.wake_reader.notify();
-}
-
-/// Serves one client connection until the client leaves, the stream breaks or the node stops.
+/// Serves one native-protocol connection until the client leaves, the stream breaks or the
+/// node stops.
 pub async fn serve_connection(ctx: Rc<CoreContext>, stream: TcpStream) {
-    let _ = stream.set_nodelay(true);
-    let stream = Rc::new(RefCell::new(stream));
-    let conn = Rc::new(Connection::new());
-    let writer = spawn_local(write_loop(Rc::clone(&stream), Rc::clone(&conn)));
-    read_loop(&ctx, &stream, &conn).await;
-    // Answer everything already accepted before closing, so no acknowledged write goes
-    // unanswered on a graceful stop.
-    while conn.in_flight.get() > 0 && !conn.writer_done.get() {
-        let woken = conn.wake_reader.notified();
-        if conn.in_flight.get() == 0 || conn.writer_done.get() {
-            break;
-        }
-        woken.await;
-    }
-    conn.finishing.set(true);
-    conn.wake_writer.notify();
-    writer.await;
-    // Dropping the last handle on the stream closes the socket. Replies still in flight
-    // (when the peer left first) land in a connection nobody reads.
-    drop(stream);
-    ctx.open_connections.fetch_sub(1, Ordering::SeqCst);
+    conn::drive(ctx, stream, |ctx, stream, conn| async move {
+        read_loop(&ctx, &stream, &conn).await
+    })
+    .await;
 }
 
 /// Reads and dispatches requests until the peer leaves, framing is lost or the node stops.
 async fn read_loop(ctx: &CoreContext, stream: &RefCell<TcpStream>, conn: &Rc<Connection>) {
-    let mut buf = vec![0u8; RECEIVE_BUFFER_INITIAL_BYTES];
-    let (mut start, mut end) = (0usize, 0usize);
+    let mut buffer = ReceiveBuffer::new();
     let mut wanted = FRAME_HEADER_SIZE;
     loop {
         // Handle every whole frame in the buffer, while the in-flight limit allows.
-        while conn.in_flight.get() < CONNECTION_IN_FLIGHT_MAX {
-            match FrameDecoder.decode(&buf[start..end]) {
+        while conn.in_flight() < CONNECTION_IN_FLIGHT_MAX {
+            match FrameDecoder.decode(buffer.data()) {
                 Ok(Decoded::Frame { header, len }) => {
-                    let body = &buf[start + FRAME_HEADER_SIZE..start + len];
+                    let body = &buffer.data()[FRAME_HEADER_SIZE..len];
                     conn.start_request();
                     if header.flags != 0 {
                         let response = Response::error(
                             ErrorCode::BadRequest,
                             "a request must not carry reply flags",
                         );
-                        conn.respond(header.opcode, header.request_id, &response);
+                        respond(conn, header.opcode, header.request_id, &response);
                     } else {
                         match Request::decode_body(header.opcode, body) {
                             Ok(request) => dispatch(ctx, conn, header, request).await,
                             Err(error) => {
                                 let response = Response::error(error.code(), error.to_string());
-                                conn.respond(header.opcode, header.request_id, &response);
+                                respond(conn, header.opcode, header.request_id, &response);
                             }
                         }
                     }
-                    start += len;
+                    buffer.consume(len);
                     wanted = FRAME_HEADER_SIZE;
                 }
                 Ok(Decoded::Incomplete { wanted: w }) => {
-                    wanted = w;
+                    wanted = w.min(FRAME_HEADER_SIZE + FRAME_BODY_SIZE_MAX);
                     break;
                 }
                 Err(error) => {
@@ -659,9 +592,10 @@ async fn read_loop(ctx: &CoreContext, stream: &RefCell<TcpStream>, conn: &Rc<Con
                         FrameError::BadChecksum { .. } => ErrorCode::Checksum,
                         _ => ErrorCode::BadRequest,
                     };
-                    let opcode = buf.get(start + 3).copied().unwrap_or(0);
+                    let opcode = buffer.data().get(3).copied().unwrap_or(0);
                     conn.start_request();
-                    conn.respond(
+                    respond(
+                        conn,
                         opcode,
                         request_id,
                         &Response::error(code, error.to_string()),
@@ -670,56 +604,13 @@ async fn read_loop(ctx: &CoreContext, stream: &RefCell<TcpStream>, conn: &Rc<Con
                         tracing::debug!(%error, "closing a connection that lost framing");
                         return;
                     }
-                    start += frame_len(&buf[start..end]).expect("intact framing has a length");
+                    let len = frame_len(buffer.data()).expect("intact framing has a length");
+                    buffer.consume(len);
                 }
             }
         }
-        if ctx.stopping.get() {
+        if !conn::fill(ctx, stream, conn, &mut buffer, wanted).await {
             return;
-        }
-        if conn.writer_done.get() {
-            return;
-        }
-        if conn.in_flight.get() >= CONNECTION_IN_FLIGHT_MAX {
-            let woken = conn.wake_reader.notified();
-            let stopped = ctx.stop.notified();
-            if conn.in_flight.get() >= CONNECTION_IN_FLIGHT_MAX && !ctx.stopping.get() {
-                futures_lite::future::or(woken, stopped).await;
-            }
-            continue;
-        }
-        // Make room: move the unread bytes to the front, grow for a large frame.
-        if start > 0 {
-            buf.copy_within(start..end, 0);
-            end -= start;
-            start = 0;
-        }
-        let needed = wanted.min(FRAME_HEADER_SIZE + FRAME_BODY_SIZE_MAX);
-        if buf.len() < needed {
-            buf.resize(needed, 0);
-        } else if end == buf.len() {
-            buf.resize(buf.len() * 2, 0);
-        } else if buf.len() > RECEIVE_BUFFER_INITIAL_BYTES
-            && end < RECEIVE_BUFFER_INITIAL_BYTES
-            && needed <= RECEIVE_BUFFER_INITIAL_BYTES
-        {
-            // Give back the memory of a large frame once it is handled.
-            buf.truncate(RECEIVE_BUFFER_INITIAL_BYTES);
-            buf.shrink_to_fit();
-        }
-        let stopped = async {
-            ctx.stop.notified().await;
-            Err(std::io::Error::other("stopping"))
-        };
-        let read = futures_lite::future::or(read_some(stream, &mut buf[end..]), stopped).await;
-        match read {
-            Ok(0) => return,
-            Ok(n) => end += n,
-            Err(_) if ctx.stopping.get() => return,
-            Err(error) => {
-                tracing::debug!(%error, "connection read failed");
-                return;
-            }
         }
     }
 }

@@ -26,6 +26,7 @@ pub mod client;
 pub mod frame;
 pub mod limits;
 pub mod message;
+pub mod resp;
 
 pub use client::{Client, ClientError, ClientOptions};
 pub use frame::{Frame, FrameDecoder, FrameError, Header};

@@ -1,0 +1,284 @@
+//! What every client connection shares, whichever protocol it speaks: the output buffer and
+//! its writer task, the in-flight limit, replies put back in request order when the protocol
+//! needs it, the receive buffer, and the orderly end of a connection.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+
+use futures_lite::{AsyncRead, AsyncWrite};
+
+use crate::local::Notify;
+use crate::runtime::{spawn_local, TcpStream};
+use crate::server::CoreContext;
+
+/// Requests one connection may have in flight; the reader stops reading past this.
+pub const CONNECTION_IN_FLIGHT_MAX: usize = 1024;
+/// Size of a connection's receive buffer to begin with.
+const RECEIVE_BUFFER_INITIAL_BYTES: usize = 64 * 1024;
+
+/// The output side of a client connection, shared by everything that answers it.
+pub struct Connection {
+    out: RefCell<Vec<u8>>,
+    wake_writer: Notify,
+    in_flight: Cell<usize>,
+    wake_reader: Notify,
+    /// The writer gave up (the peer is gone) or was told to finish.
+    writer_done: Cell<bool>,
+    finishing: Cell<bool>,
+    /// For protocols that answer in request order (RESP): the next sequence number to
+    /// hand out, the next to write, and replies that finished early.
+    next_sequence: Cell<u64>,
+    next_to_write: Cell<u64>,
+    early: RefCell<BTreeMap<u64, Vec<u8>>>,
+}
+
+impl Connection {
+    pub fn new() -> Connection {
+        Connection {
+            out: RefCell::new(Vec::with_capacity(16 * 1024)),
+            wake_writer: Notify::new(),
+            in_flight: Cell::new(0),
+            wake_reader: Notify::new(),
+            writer_done: Cell::new(false),
+            finishing: Cell::new(false),
+            next_sequence: Cell::new(0),
+            next_to_write: Cell::new(0),
+            early: RefCell::new(BTreeMap::new()),
+        }
+    }
+
+    /// Counts a request in; every request is answered exactly once with `respond_with` or
+    /// `respond_in_order`.
+    pub fn start_request(&self) {
+        self.in_flight.set(self.in_flight.get() + 1);
+    }
+
+    /// Like `start_request`, and returns the sequence number its ordered reply will carry.
+    pub fn start_ordered_request(&self) -> u64 {
+        self.start_request();
+        let sequence = self.next_sequence.get();
+        self.next_sequence.set(sequence + 1);
+        sequence
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.get()
+    }
+
+    /// Queues the reply to one request; `encode` appends it to the output.
+    pub fn respond_with(&self, encode: impl FnOnce(&mut Vec<u8>)) {
+        if !self.writer_done.get() {
+            encode(&mut self.out.borrow_mut());
+            self.wake_writer.notify();
+        }
+        self.finish_request();
+    }
+
+    /// Queues the reply of request `sequence`; it is written after every earlier one.
+    pub fn respond_in_order(&self, sequence: u64, reply: Vec<u8>) {
+        if sequence == self.next_to_write.get() {
+            let mut out = self.out.borrow_mut();
+            out.extend_from_slice(&reply);
+            let mut next = sequence + 1;
+            let mut early = self.early.borrow_mut();
+            while let Some(reply) = early.remove(&next) {
+                out.extend_from_slice(&reply);
+                next += 1;
+            }
+            self.next_to_write.set(next);
+            if self.writer_done.get() {
+                out.clear();
+            } else {
+                self.wake_writer.notify();
+            }
+        } else {
+            self.early.borrow_mut().insert(sequence, reply);
+        }
+        self.finish_request();
+    }
+
+    fn finish_request(&self) {
+        self.in_flight.set(self.in_flight.get() - 1);
+        self.wake_reader.notify();
+    }
+
+    /// Whether the writer has stopped (the peer is gone).
+    pub fn writer_done(&self) -> bool {
+        self.writer_done.get()
+    }
+}
+
+impl Default for Connection {
+    fn default() -> Self {
+        Connection::new()
+    }
+}
+
+/// A connection's receive buffer: bytes in `buf[start..end]` are read and not yet used.
+pub struct ReceiveBuffer {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl ReceiveBuffer {
+    pub fn new() -> ReceiveBuffer {
+        ReceiveBuffer {
+            buf: vec![0; RECEIVE_BUFFER_INITIAL_BYTES],
+            start: 0,
+            end: 0,
+        }
+    }
+
+    /// The unread bytes.
+    pub fn data(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    /// Marks `n` bytes at the front as used.
+    pub fn consume(&mut self, n: usize) {
+        self.start += n;
+    }
+
+    /// Room to read into, after making the unread bytes start at the front and growing the
+    /// buffer to hold at least `wanted` bytes.
+    fn room(&mut self, wanted: usize) -> &mut [u8] {
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.buf.len() < wanted {
+            self.buf.resize(wanted, 0);
+        } else if self.end == self.buf.len() {
+            self.buf.resize(self.buf.len() * 2, 0);
+        } else if self.buf.len() > RECEIVE_BUFFER_INITIAL_BYTES
+            && self.end < RECEIVE_BUFFER_INITIAL_BYTES
+            && wanted <= RECEIVE_BUFFER_INITIAL_BYTES
+        {
+            // Give back the memory of a large request once it is handled.
+            self.buf.truncate(RECEIVE_BUFFER_INITIAL_BYTES);
+            self.buf.shrink_to_fit();
+        }
+        &mut self.buf[self.end..]
+    }
+}
+
+impl Default for ReceiveBuffer {
+    fn default() -> Self {
+        ReceiveBuffer::new()
+    }
+}
+
+/// Waits until the connection may take more requests and reads more bytes into `buffer`
+/// (at least until it can hold `wanted` bytes). Returns false when the connection should end:
+/// the peer left, the writer failed, or the node is stopping.
+pub async fn fill(
+    ctx: &CoreContext,
+    stream: &RefCell<TcpStream>,
+    conn: &Connection,
+    buffer: &mut ReceiveBuffer,
+    wanted: usize,
+) -> bool {
+    loop {
+        if ctx.stopping.get() || conn.writer_done.get() {
+            return false;
+        }
+        if conn.in_flight.get() < CONNECTION_IN_FLIGHT_MAX {
+            break;
+        }
+        let woken = conn.wake_reader.notified();
+        let stopped = ctx.stop.notified();
+        if conn.in_flight.get() >= CONNECTION_IN_FLIGHT_MAX && !ctx.stopping.get() {
+            futures_lite::future::or(woken, stopped).await;
+        }
+    }
+    let room = buffer.room(wanted);
+    let stopped = async {
+        ctx.stop.notified().await;
+        Err(std::io::Error::other("stopping"))
+    };
+    let read = poll_fn(|cx| Pin::new(&mut *stream.borrow_mut()).poll_read(cx, room));
+    match futures_lite::future::or(read, stopped).await {
+        Ok(0) => false,
+        Ok(n) => {
+            buffer.end += n;
+            true
+        }
+        Err(error) => {
+            if !ctx.stopping.get() {
+                tracing::debug!(%error, "connection read failed");
+            }
+            false
+        }
+    }
+}
+
+async fn write_all(stream: &RefCell<TcpStream>, mut buf: &[u8]) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        let n = poll_fn(|cx| Pin::new(&mut *stream.borrow_mut()).poll_write(cx, buf)).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        buf = &buf[n..];
+    }
+    Ok(())
+}
+
+async fn write_loop(stream: Rc<RefCell<TcpStream>>, conn: Rc<Connection>) {
+    let mut spare = Vec::with_capacity(16 * 1024);
+    loop {
+        let woken = conn.wake_writer.notified();
+        if conn.out.borrow().is_empty() {
+            if conn.finishing.get() {
+                break;
+            }
+            woken.await;
+            continue;
+        }
+        let data = std::mem::replace(&mut *conn.out.borrow_mut(), std::mem::take(&mut spare));
+        if let Err(error) = write_all(&stream, &data).await {
+            tracing::debug!(%error, "connection write failed");
+            break;
+        }
+        spare = data;
+        spare.clear();
+    }
+    conn.writer_done.set(true);
+    conn.out.borrow_mut().clear();
+    conn.wake_reader.notify();
+}
+
+/// Runs a connection: starts its writer, runs `read` (the protocol's reader) until it
+/// returns, answers everything already accepted, then closes.
+pub async fn drive<F, Fut>(ctx: Rc<CoreContext>, stream: TcpStream, read: F)
+where
+    F: FnOnce(Rc<CoreContext>, Rc<RefCell<TcpStream>>, Rc<Connection>) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let _ = stream.set_nodelay(true);
+    let stream = Rc::new(RefCell::new(stream));
+    let conn = Rc::new(Connection::new());
+    let writer = spawn_local(write_loop(Rc::clone(&stream), Rc::clone(&conn)));
+    read(Rc::clone(&ctx), Rc::clone(&stream), Rc::clone(&conn)).await;
+    // Answer everything already accepted before closing, so no acknowledged write goes
+    // unanswered on a graceful stop.
+    while conn.in_flight.get() > 0 && !conn.writer_done.get() {
+        let woken = conn.wake_reader.notified();
+        if conn.in_flight.get() == 0 || conn.writer_done.get() {
+            break;
+        }
+        woken.await;
+    }
+    conn.finishing.set(true);
+    conn.wake_writer.notify();
+    writer.await;
+    // Dropping the last handle on the stream closes the socket. Replies still in flight
+    // (when the peer left first) land in a connection nobody reads.
+    drop(stream);
+    ctx.open_connections.fetch_sub(1, Ordering::SeqCst);
+}
