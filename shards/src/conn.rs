@@ -174,16 +174,9 @@ impl Default for ReceiveBuffer {
     }
 }
 
-/// Waits until the connection may take more requests and reads more bytes into `buffer`
-/// (at least until it can hold `wanted` bytes). Returns false when the connection should end:
-/// the peer left, the writer failed, or the node is stopping.
-pub async fn fill(
-    ctx: &CoreContext,
-    stream: &RefCell<TcpStream>,
-    conn: &Connection,
-    buffer: &mut ReceiveBuffer,
-    wanted: usize,
-) -> bool {
+/// Waits until the connection may take more requests. Returns false when the connection
+/// should end: the writer failed or the node is stopping.
+pub async fn wait_for_room(ctx: &CoreContext, conn: &Connection) -> bool {
     loop {
         if ctx.stopping.get() || conn.writer_done.get() {
             return false;
@@ -196,6 +189,22 @@ pub async fn fill(
         if conn.in_flight.get() >= CONNECTION_IN_FLIGHT_MAX && !ctx.stopping.get() {
             futures_lite::future::or(woken, stopped).await;
         }
+    }
+    true
+}
+
+/// Reads more bytes into `buffer`, which must hold no whole request (grown to at least
+/// `wanted` bytes), once the connection may take more requests. Returns false when the
+/// connection should end: the peer left, the writer failed, or the node is stopping.
+pub async fn fill(
+    ctx: &CoreContext,
+    stream: &RefCell<TcpStream>,
+    conn: &Connection,
+    buffer: &mut ReceiveBuffer,
+    wanted: usize,
+) -> bool {
+    if !wait_for_room(ctx, conn).await {
+        return false;
     }
     let room = buffer.room(wanted);
     let stopped = async {

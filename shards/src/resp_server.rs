@@ -843,6 +843,7 @@ async fn read_loop(ctx: &CoreContext, stream: &RefCell<TcpStream>, conn: &Rc<Con
     let session = Rc::new(Session::default());
     let mut buffer = ReceiveBuffer::new();
     loop {
+        let mut need_bytes = false;
         while conn.in_flight() < CONNECTION_IN_FLIGHT_MAX {
             match resp::parse_command(buffer.data()) {
                 Ok(Parsed::Command { args, len }) => {
@@ -854,7 +855,10 @@ async fn read_loop(ctx: &CoreContext, stream: &RefCell<TcpStream>, conn: &Rc<Con
                         return;
                     }
                 }
-                Ok(Parsed::Incomplete) => break,
+                Ok(Parsed::Incomplete) => {
+                    need_bytes = true;
+                    break;
+                }
                 Err(error) => {
                     let sequence = conn.start_ordered_request();
                     let mut out = Vec::new();
@@ -865,9 +869,16 @@ async fn read_loop(ctx: &CoreContext, stream: &RefCell<TcpStream>, conn: &Rc<Con
                 }
             }
         }
-        // A bulk string may be up to 16 MiB: let the buffer grow to hold what is pending.
-        let wanted = buffer.data().len() + 64 * 1024;
-        if !conn::fill(ctx, stream, conn, &mut buffer, wanted).await {
+        // At the in-flight limit, whole commands may still wait in the buffer: read no more
+        // until there is room for them. A bulk string may be up to 16 MiB: let the buffer grow
+        // to hold what is pending.
+        let more = if need_bytes {
+            let wanted = buffer.data().len() + 64 * 1024;
+            conn::fill(ctx, stream, conn, &mut buffer, wanted).await
+        } else {
+            conn::wait_for_room(ctx, conn).await
+        };
+        if !more {
             return;
         }
     }

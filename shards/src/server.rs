@@ -554,6 +554,7 @@ async fn read_loop(ctx: &CoreContext, stream: &RefCell<TcpStream>, conn: &Rc<Con
     let mut wanted = FRAME_HEADER_SIZE;
     loop {
         // Handle every whole frame in the buffer, while the in-flight limit allows.
+        let mut need_bytes = false;
         while conn.in_flight() < CONNECTION_IN_FLIGHT_MAX {
             match FrameDecoder.decode(buffer.data()) {
                 Ok(Decoded::Frame { header, len }) => {
@@ -579,6 +580,7 @@ async fn read_loop(ctx: &CoreContext, stream: &RefCell<TcpStream>, conn: &Rc<Con
                 }
                 Ok(Decoded::Incomplete { wanted: w }) => {
                     wanted = w.min(FRAME_HEADER_SIZE + FRAME_BODY_SIZE_MAX);
+                    need_bytes = true;
                     break;
                 }
                 Err(error) => {
@@ -609,7 +611,14 @@ async fn read_loop(ctx: &CoreContext, stream: &RefCell<TcpStream>, conn: &Rc<Con
                 }
             }
         }
-        if !conn::fill(ctx, stream, conn, &mut buffer, wanted).await {
+        // At the in-flight limit, whole frames may still wait in the buffer: read no more
+        // until there is room for them.
+        let more = if need_bytes {
+            conn::fill(ctx, stream, conn, &mut buffer, wanted).await
+        } else {
+            conn::wait_for_room(ctx, conn).await
+        };
+        if !more {
             return;
         }
     }

@@ -356,3 +356,28 @@ fn a_bad_client_does_not_disturb_a_good_one() {
         "the damaged PUT was not applied"
     );
 }
+
+#[test]
+fn a_pipeline_deeper_than_the_in_flight_limit_is_answered_in_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), 2);
+    let mut stream = TcpStream::connect(&server.addr).unwrap();
+    let count = 3 * kvs_shards::conn::CONNECTION_IN_FLIGHT_MAX;
+    let mut frames = Vec::new();
+    for i in 0..count {
+        Request::Put {
+            key: format!("deep-{i}").into_bytes(),
+            value: b"v".to_vec(),
+        }
+        .encode(i as u64, &mut frames);
+    }
+    // Write from another thread: the replies must be read while the requests go out.
+    let mut writer = stream.try_clone().unwrap();
+    let sender = std::thread::spawn(move || writer.write_all(&frames).unwrap());
+    let replies = read_replies(&mut stream, count);
+    sender.join().unwrap();
+    assert!(replies
+        .iter()
+        .all(|(_, r)| matches!(r, Response::Written { .. })));
+    assert_eq!(replies.last().unwrap().0, count as u64 - 1);
+}

@@ -1,0 +1,278 @@
+//! The Redis-protocol listener against a real kvsd: commands, in-order replies under
+//! pipelining across shards, errors, protocol garbage, and durability of acknowledged SETs.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{free_port, kvsd_binary};
+use kvs_wire::resp::{self, Reply};
+
+/// kvsd with both listeners; killed on drop.
+struct RespServer {
+    child: std::process::Child,
+    resp_addr: String,
+}
+
+impl RespServer {
+    fn start(dir: &Path, shards: u32) -> RespServer {
+        let resp_addr = format!("127.0.0.1:{}", free_port());
+        let child = Command::new(kvsd_binary())
+            .args([
+                "--data-dir",
+                dir.to_str().unwrap(),
+                "--shards",
+                &shards.to_string(),
+            ])
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{}", free_port()),
+                "--resp-listen",
+                &resp_addr,
+            ])
+            .args(["--log-level", "warn"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let server = RespServer { child, resp_addr };
+        for _ in 0..600 {
+            if let Ok(mut c) = RespClient::connect(&server.resp_addr) {
+                if c.call(&[b"PING"]) == Reply::Simple("PONG".into()) {
+                    return server;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("kvsd's RESP listener did not answer");
+    }
+
+    fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for RespServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct RespClient {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl RespClient {
+    fn connect(addr: &str) -> std::io::Result<RespClient> {
+        let stream = TcpStream::connect(addr)?;
+        stream.set_read_timeout(Some(Duration::from_secs(20)))?;
+        Ok(RespClient {
+            stream,
+            buf: Vec::new(),
+        })
+    }
+
+    fn send(&mut self, args: &[&[u8]]) {
+        let mut out = Vec::new();
+        resp::command(&mut out, args);
+        self.stream.write_all(&out).unwrap();
+    }
+
+    fn read(&mut self) -> Reply {
+        loop {
+            if let Some((reply, len)) = resp::parse_reply(&self.buf).unwrap() {
+                self.buf.drain(..len);
+                return reply;
+            }
+            let mut chunk = [0u8; 65536];
+            let n = self.stream.read(&mut chunk).unwrap();
+            assert!(n > 0, "connection closed while waiting for a reply");
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    fn call(&mut self, args: &[&[u8]]) -> Reply {
+        self.send(args);
+        self.read()
+    }
+}
+
+fn bulk(s: &str) -> Reply {
+    Reply::Bulk(Some(s.as_bytes().to_vec()))
+}
+
+fn ok() -> Reply {
+    Reply::Simple("OK".into())
+}
+
+#[test]
+fn the_key_value_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = RespServer::start(dir.path(), 2);
+    let mut c = RespClient::connect(&server.resp_addr).unwrap();
+    assert_eq!(c.call(&[b"PING", b"hi"]), bulk("hi"));
+    assert_eq!(c.call(&[b"ECHO", b"x y"]), bulk("x y"));
+    assert_eq!(c.call(&[b"SET", b"a", b"1"]), ok());
+    assert_eq!(c.call(&[b"GET", b"a"]), bulk("1"));
+    assert_eq!(c.call(&[b"GET", b"missing"]), Reply::Bulk(None));
+    assert_eq!(c.call(&[b"INCR", b"a"]), Reply::Integer(2));
+    assert_eq!(c.call(&[b"INCRBY", b"a", b"40"]), Reply::Integer(42));
+    assert_eq!(c.call(&[b"DECRBY", b"a", b"2"]), Reply::Integer(40));
+    assert_eq!(c.call(&[b"DECR", b"new"]), Reply::Integer(-1));
+    assert_eq!(c.call(&[b"APPEND", b"s", b"hello"]), Reply::Integer(5));
+    assert_eq!(c.call(&[b"APPEND", b"s", b" world"]), Reply::Integer(11));
+    assert_eq!(c.call(&[b"STRLEN", b"s"]), Reply::Integer(11));
+    assert_eq!(c.call(&[b"STRLEN", b"nothing"]), Reply::Integer(0));
+    assert!(matches!(c.call(&[b"INCR", b"s"]), Reply::Error(e) if e.contains("not an integer")));
+    assert_eq!(c.call(&[b"GETSET", b"s", b"new"]), bulk("hello world"));
+    assert_eq!(c.call(&[b"SET", b"s", b"x", b"NX"]), Reply::Bulk(None));
+    assert_eq!(c.call(&[b"SET", b"fresh", b"x", b"NX"]), ok());
+    assert_eq!(c.call(&[b"SET", b"absent", b"x", b"XX"]), Reply::Bulk(None));
+    assert_eq!(c.call(&[b"SET", b"s", b"y", b"XX"]), ok());
+    assert!(
+        matches!(c.call(&[b"SET", b"s", b"y", b"EX", b"10"]), Reply::Error(e) if e.contains("no key expiry"))
+    );
+    assert!(
+        matches!(c.call(&[b"SET", b"s", b"y", b"NX", b"XX"]), Reply::Error(e) if e.contains("syntax"))
+    );
+    assert_eq!(
+        c.call(&[b"MSET", b"k1", b"v1", b"k2", b"v2", b"k3", b"v3"]),
+        ok()
+    );
+    assert_eq!(
+        c.call(&[b"MGET", b"k1", b"nope", b"k3", b"k2"]),
+        Reply::Array(Some(vec![
+            bulk("v1"),
+            Reply::Bulk(None),
+            bulk("v3"),
+            bulk("v2")
+        ]))
+    );
+    assert_eq!(
+        c.call(&[b"EXISTS", b"k1", b"k1", b"nope"]),
+        Reply::Integer(2)
+    );
+    assert_eq!(c.call(&[b"DEL", b"k1", b"k2", b"nope"]), Reply::Integer(2));
+    // a, new, s, fresh, k3 and nothing else.
+    assert_eq!(c.call(&[b"DBSIZE"]), Reply::Integer(5));
+    // SCAN walks every key exactly once, over both shards, with small numeric cursors.
+    let mut cursor = b"0".to_vec();
+    let mut seen = Vec::new();
+    loop {
+        let Reply::Array(Some(page)) = c.call(&[b"SCAN", &cursor, b"COUNT", b"2"]) else {
+            panic!()
+        };
+        let Reply::Bulk(Some(next)) = &page[0] else {
+            panic!()
+        };
+        let Reply::Array(Some(keys)) = &page[1] else {
+            panic!()
+        };
+        seen.extend(keys.iter().cloned());
+        cursor = next.clone();
+        if cursor == b"0" {
+            break;
+        }
+    }
+    seen.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
+    seen.dedup();
+    assert_eq!(seen.len(), 5, "{seen:?}");
+    let Reply::Array(Some(page)) = c.call(&[b"SCAN", b"0", b"MATCH", b"k*", b"COUNT", b"100"])
+    else {
+        panic!()
+    };
+    assert_eq!(page[1], Reply::Array(Some(vec![bulk("k3")])));
+    assert!(matches!(c.call(&[b"SCAN", b"999"]), Reply::Error(e) if e.contains("invalid cursor")));
+    let Reply::Bulk(Some(info)) = c.call(&[b"INFO"]) else {
+        panic!()
+    };
+    assert!(String::from_utf8_lossy(&info).contains("db0:keys=5"));
+    assert!(
+        matches!(c.call(&[b"GET"]), Reply::Error(e) if e.contains("wrong number of arguments"))
+    );
+    assert!(matches!(c.call(&[b"FLUSHALL"]), Reply::Error(e) if e.contains("unknown command")));
+    assert!(matches!(c.call(&[b"HELLO", b"4"]), Reply::Error(e) if e.starts_with("NOPROTO")));
+    assert_eq!(c.call(&[b"QUIT"]), ok());
+}
+
+#[test]
+fn pipelined_replies_come_back_in_command_order_across_shards() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = RespServer::start(dir.path(), 2);
+    let mut c = RespClient::connect(&server.resp_addr).unwrap();
+    let mut out = Vec::new();
+    for i in 0..2000 {
+        let key = format!("key-{i}");
+        resp::command(
+            &mut out,
+            &[b"SET", key.as_bytes(), i.to_string().as_bytes()],
+        );
+        resp::command(&mut out, &[b"GET", key.as_bytes()]);
+        resp::command(&mut out, &[b"PING"]);
+    }
+    c.stream.write_all(&out).unwrap();
+    for i in 0..2000 {
+        assert_eq!(c.read(), ok());
+        assert_eq!(c.read(), bulk(&i.to_string()), "reply {i} out of order");
+        assert_eq!(c.read(), Reply::Simple("PONG".into()));
+    }
+}
+
+#[test]
+fn protocol_garbage_closes_only_that_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = RespServer::start(dir.path(), 1);
+    let mut good = RespClient::connect(&server.resp_addr).unwrap();
+    assert_eq!(good.call(&[b"SET", b"k", b"v"]), ok());
+    let mut bad = RespClient::connect(&server.resp_addr).unwrap();
+    bad.stream.write_all(b"*2\r\n$3\r\nGET\r\n$-7\r\n").unwrap();
+    assert!(matches!(bad.read(), Reply::Error(e) if e.contains("Protocol error")));
+    let mut rest = Vec::new();
+    assert_eq!(
+        bad.stream.read_to_end(&mut rest).unwrap(),
+        0,
+        "the bad connection is closed"
+    );
+    let mut huge = RespClient::connect(&server.resp_addr).unwrap();
+    huge.stream.write_all(b"*1\r\n$999999999\r\n").unwrap();
+    assert!(matches!(huge.read(), Reply::Error(e) if e.contains("bulk length")));
+    assert_eq!(good.call(&[b"GET", b"k"]), bulk("v"));
+}
+
+#[test]
+fn acknowledged_sets_survive_kill9() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = RespServer::start(dir.path(), 2);
+    let mut c = RespClient::connect(&server.resp_addr).unwrap();
+    let mut out = Vec::new();
+    for i in 0..5000 {
+        resp::command(
+            &mut out,
+            &[
+                b"SET",
+                format!("d{i}").as_bytes(),
+                format!("v{i}").as_bytes(),
+            ],
+        );
+    }
+    c.stream.write_all(&out).unwrap();
+    for _ in 0..5000 {
+        assert_eq!(c.read(), ok());
+    }
+    server.kill9();
+    let server = RespServer::start(dir.path(), 2);
+    let mut c = RespClient::connect(&server.resp_addr).unwrap();
+    for i in (0..5000).step_by(7) {
+        assert_eq!(
+            c.call(&[b"GET", format!("d{i}").as_bytes()]),
+            bulk(&format!("v{i}"))
+        );
+    }
+}
