@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Real Redis clients against kvsd's RESP listener: redis-cli, redis-benchmark and the Python
+# redis client (RESP3 by default, and RESP2). Installs them if missing (Debian packages and
+# PyPI). Exits non-zero on the first wrong answer.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! command -v redis-cli >/dev/null || ! command -v redis-benchmark >/dev/null; then
+  (apt-get install -y -q redis-tools >/dev/null 2>&1) || { apt-get update -q >/dev/null && apt-get install -y -q redis-tools >/dev/null; }
+fi
+python3 -c 'import redis' 2>/dev/null || python3 -m pip install -q --disable-pip-version-check redis >/dev/null 2>&1
+
+cargo build --release -q --bin kvsd
+work=$(mktemp -d /tmp/kvs-redis-clients.XXXXXX)
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+port=$(free_port)
+target/release/kvsd --data-dir "$work/data" --shards 2 --listen "127.0.0.1:$(free_port)" --resp-listen "127.0.0.1:$port" \
+  --log-level warn &
+server=$!
+trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; rm -rf "$work"' EXIT
+for _ in $(seq 200); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+
+expect() { # expect WANT COMMAND...
+  local want=$1; shift
+  local got
+  got=$(redis-cli -p "$port" "$@")
+  [[ $got == "$want" ]] || { echo "redis-cli $*: expected '$want', got '$got'"; exit 1; }
+}
+expect PONG ping
+expect OK set greeting "hello world"
+expect "hello world" get greeting
+expect 1 incr counter
+expect 11 incrby counter 10
+expect 2 del greeting counter
+expect "" get greeting
+expect OK mset a 1 b 2 c 3
+expect $'1\n\n3' mget a nope c
+[[ $(redis-cli -p "$port" --scan | sort | tr '\n' ' ') == "a b c " ]] || { echo "redis-cli --scan lists the wrong keys"; exit 1; }
+echo "redis-cli: ok"
+
+out=$(redis-benchmark -p "$port" -t set,get -n 20000 -c 20 -P 4 -q 2>/dev/null | tr '\r' '\n' | grep -E '^(SET|GET):' | tail -2)
+echo "$out"
+[[ $(grep -c 'requests per second' <<<"$out") == 2 ]] || { echo "redis-benchmark did not finish"; exit 1; }
+
+python3 - "$port" <<'PY'
+import sys
+import redis
+port = int(sys.argv[1])
+for protocol in (3, 2):
+    r = redis.Redis(port=port, protocol=protocol)
+    assert r.ping()
+    assert r.set("py:k", "v") and r.get("py:k") == b"v"
+    assert r.get("py:missing") is None
+    assert r.incr("py:n") >= 1
+    assert r.mget(["py:k", "py:missing"]) == [b"v", None]
+    assert r.set("py:k", "w", nx=True) is None
+    assert r.exists("py:k") == 1 and r.delete("py:k") == 1
+    pipe = r.pipeline(transaction=False)
+    for i in range(500):
+        pipe.set(f"py:p{i}", i)
+    assert all(pipe.execute())
+    assert r.get("py:p499") == b"499"
+    assert len(list(r.scan_iter(match="py:p*", count=100))) == 500
+    assert r.dbsize() >= 500
+print("redis-py (RESP3 and RESP2): ok")
+PY
