@@ -1,161 +1,447 @@
-//! `kvs-bench`: a closed-loop load generator for kvsd over the native protocol.
+//! `kvs-bench`: a load generator for kvsd and any Redis-protocol server.
 //!
-//! Each client is a thread with its own connection that keeps `--pipeline` requests in
-//! flight: it sends a window of requests in one write and waits for all their replies. The
-//! latency of a request runs from the window's send to the request's reply. It talks to kvsd
-//! only through the `kvs-wire` client library.
+//! Clients are threads pinned round-robin to the CPUs the process may use (so
+//! `taskset -c 1 kvs-bench ...` keeps the whole client on core 1), each with its own
+//! connection that sends a window of `--pipeline` requests in one write and reads their
+//! replies. Closed loop by default; with `--rate` an open loop, where every request has an
+//! intended send time and its latency is measured from that time, so a stalled server shows
+//! up in the latencies instead of silently slowing the client (no coordinated omission).
+//!
+//! It talks to kvsd only through `kvs-wire` (the native codec or RESP).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+mod conn;
+mod report;
+mod workload;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use hdrhistogram::Histogram;
-use kvs_wire::{Client, Request, Response};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum Workload {
-    /// PUT keys 0..records in order.
-    Write,
-    /// GET keys 0..records in order (load them first, or run `write` before).
-    Read,
-}
+use conn::{BenchConn, Protocol, WireOp};
+use report::{Report, Timeline};
+use workload::{key_name, Distribution, OpKind, Rng, Workload, Zipfian};
+
+/// Longest scan a scan operation asks for (YCSB's default maximum scan length).
+const SCAN_LENGTH_MAX: u64 = 100;
+/// Pipeline depth of the load phase, whatever `--pipeline` says.
+const LOAD_PIPELINE: usize = 64;
 
 #[derive(Parser, Debug)]
-#[command(name = "kvs-bench", about = "Load generator for kvsd")]
+#[command(
+    name = "kvs-bench",
+    about = "Load generator for kvsd and Redis-protocol servers",
+    version
+)]
 struct Args {
     #[arg(long, default_value = "127.0.0.1:7070")]
     addr: String,
-    #[arg(long, value_enum, default_value = "write")]
+    #[arg(long, value_enum, default_value = "native")]
+    protocol: Protocol,
+    #[arg(long, value_enum, default_value = "ycsb-a")]
     workload: Workload,
-    /// Distinct keys.
+    /// Keys loaded before the run, and the key space the run draws from.
     #[arg(long, default_value_t = 100_000)]
     records: u64,
     /// Bytes per value.
     #[arg(long, default_value_t = 100)]
     value_size: usize,
-    /// Concurrent connections, one thread each.
-    #[arg(long, default_value_t = 50)]
+    /// Concurrent connections (one thread each).
+    #[arg(long, default_value_t = 16)]
     clients: u64,
     /// Requests in flight per connection.
     #[arg(long, default_value_t = 1)]
     pipeline: u64,
-    /// Total operations across all clients.
-    #[arg(long, default_value_t = 1_000_000)]
-    ops: u64,
-    /// Write the results as JSON to this file.
+    /// Run for this many seconds...
+    #[arg(long, conflicts_with = "ops")]
+    duration: Option<f64>,
+    /// ...or for this many operations (default: 100000 when neither is given).
     #[arg(long)]
-    json: Option<std::path::PathBuf>,
+    ops: Option<u64>,
+    /// Open loop at this many operations per second in total.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Key distribution (default: the workload's own).
+    #[arg(long, value_enum)]
+    distribution: Option<Distribution>,
+    /// Skip the load phase (the keys are already there).
+    #[arg(long)]
+    no_load: bool,
+    /// Seed for the key choices.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Write the results as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write an SVG plot (throughput and latency percentiles over time) here.
+    #[arg(long)]
+    plot: Option<PathBuf>,
 }
 
-fn key(i: u64) -> Vec<u8> {
-    format!("key:{i:012}").into_bytes()
+/// What every client thread shares.
+struct Shared {
+    args: Args,
+    distribution: Distribution,
+    zipfian: Zipfian,
+    value: Vec<u8>,
+    /// Operations left when running for `--ops`.
+    budget: AtomicU64,
+    deadline: Option<Instant>,
+    stop: AtomicBool,
+    /// Next key to insert; keys below it exist.
+    next_insert: AtomicU64,
+    /// Next key for the sequential workloads.
+    next_sequential: AtomicU64,
+    timeline: Timeline,
+    completed: AtomicU64,
+    start: Instant,
 }
 
-/// Runs one client until the shared operation budget is spent.
-fn run_client(
-    args: &Args,
-    budget: &AtomicU64,
-    errors: &AtomicU64,
-) -> anyhow::Result<Histogram<u64>> {
-    let client = Client::connect(&args.addr)?;
-    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    let value = vec![b'v'; args.value_size];
-    loop {
-        let taken = budget.fetch_sub(args.pipeline, Ordering::Relaxed);
-        if taken == 0 || taken > args.ops {
-            budget.store(0, Ordering::Relaxed);
-            break;
+/// Per-thread results.
+struct ClientStats {
+    latency: Vec<Histogram<u64>>,
+    errors: u64,
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
+}
+
+/// The CPUs this process may run on.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: sched_getaffinity writes at most size_of::<cpu_set_t>() bytes into `set`.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
         }
-        let n = args.pipeline.min(taken);
-        let start = taken - n;
-        let requests: Vec<Request> = (start..taken)
-            .map(|i| {
-                let k = key(i % args.records);
-                match args.workload {
-                    Workload::Write => Request::Put {
-                        key: k,
-                        value: value.clone(),
-                    },
-                    Workload::Read => Request::Get { key: k },
-                }
-            })
-            .collect();
-        let sent = Instant::now();
-        for pending in client.submit_many(&requests)? {
-            match pending.wait() {
-                Ok(Response::Written { .. } | Response::Value { .. }) => {
-                    histogram.saturating_record(sent.elapsed().as_micros() as u64);
-                }
-                Ok(_) | Err(_) => {
-                    errors.fetch_add(1, Ordering::Relaxed);
-                }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&cpu| libc::CPU_ISSET(cpu, &set))
+            .collect()
+    }
+}
+
+fn pin_to(cpu: usize) {
+    // SAFETY: sets this thread's affinity from a zeroed cpu_set_t with one CPU set.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage fills the struct we pass.
+    unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        tv(usage.ru_utime) + tv(usage.ru_stime)
+    }
+}
+
+impl Shared {
+    fn pick(&self, kind: OpKind, rng: &mut Rng) -> u64 {
+        let existing = self.next_insert.load(Ordering::Relaxed).max(1);
+        if kind == OpKind::Insert {
+            return self.next_insert.fetch_add(1, Ordering::Relaxed);
+        }
+        if self.args.workload.sequential() {
+            return self.next_sequential.fetch_add(1, Ordering::Relaxed) % self.args.records.max(1);
+        }
+        match self.distribution {
+            Distribution::Uniform => rng.below(existing),
+            Distribution::Zipfian => self.zipfian.next_scrambled(rng, self.args.records.max(1)),
+            Distribution::Latest => (existing - 1).saturating_sub(self.zipfian.next_rank(rng)),
+        }
+    }
+
+    fn pick_kind(&self, rng: &mut Rng) -> OpKind {
+        let mut roll = rng.below(100) as u32;
+        for &(kind, weight) in self.args.workload.mix() {
+            if roll < weight {
+                return kind;
+            }
+            roll -= weight;
+        }
+        unreachable!("a mix adds up to 100")
+    }
+
+    /// Takes up to `want` operations from the budget; 0 when the run is over.
+    fn take(&self, want: u64) -> u64 {
+        if self.stop.load(Ordering::Relaxed) {
+            return 0;
+        }
+        if let Some(deadline) = self.deadline {
+            if Instant::now() >= deadline {
+                self.stop.store(true, Ordering::Relaxed);
+                return 0;
+            }
+            return want;
+        }
+        let mut left = self.budget.load(Ordering::Relaxed);
+        loop {
+            if left == 0 {
+                return 0;
+            }
+            let n = want.min(left);
+            match self.budget.compare_exchange_weak(
+                left,
+                left - n,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return n,
+                Err(now) => left = now,
             }
         }
     }
-    Ok(histogram)
+}
+
+/// One client: windows of operations until the run is over.
+fn run_client(shared: &Shared, index: u64) -> anyhow::Result<ClientStats> {
+    let args = &shared.args;
+    let mut conn = BenchConn::connect(&args.addr, args.protocol)
+        .with_context(|| format!("connecting to {}", args.addr))?;
+    let mut rng = Rng::new(args.seed.wrapping_add(index.wrapping_mul(0x9E37_79B9)));
+    let mut stats = ClientStats {
+        latency: OpKind::ALL.iter().map(|_| histogram()).collect(),
+        errors: 0,
+    };
+    let interval = args
+        .rate
+        .map(|rate| Duration::from_secs_f64(args.clients as f64 / rate));
+    let mut sent = 0u64;
+    let mut second = report::SecondRecorder::new(&shared.timeline, shared.start);
+    loop {
+        let n = shared.take(args.pipeline);
+        if n == 0 {
+            break;
+        }
+        let mut window = Vec::with_capacity(n as usize);
+        for i in 0..n {
+            let kind = shared.pick_kind(&mut rng);
+            let key = key_name(shared.pick(kind, &mut rng));
+            let intended = match interval {
+                Some(interval) => shared.start + interval.mul_f64((sent + i) as f64),
+                None => Instant::now(),
+            };
+            window.push((kind, key, intended));
+        }
+        sent += n;
+        if let Some((_, _, first)) = window.first() {
+            let now = Instant::now();
+            if *first > now {
+                std::thread::sleep(*first - now);
+            }
+        }
+        let wire: Vec<WireOp> = window
+            .iter()
+            .map(|(kind, key, _)| match kind {
+                OpKind::Read | OpKind::ReadModifyWrite => WireOp::Get(key.clone()),
+                OpKind::Update | OpKind::Insert => WireOp::Put(key.clone(), shared.value.clone()),
+                OpKind::Scan => WireOp::Scan(key.clone(), 1 + rng.below(SCAN_LENGTH_MAX) as u32),
+            })
+            .collect();
+        let sent_at = Instant::now();
+        let mut outcomes = conn.round_trip(&wire)?;
+        // The write half of each read-modify-write, after its read.
+        let rmw: Vec<usize> = (0..window.len())
+            .filter(|&i| window[i].0 == OpKind::ReadModifyWrite)
+            .collect();
+        if !rmw.is_empty() {
+            let writes: Vec<WireOp> = rmw
+                .iter()
+                .map(|&i| WireOp::Put(window[i].1.clone(), shared.value.clone()))
+                .collect();
+            for (&i, outcome) in rmw.iter().zip(conn.round_trip(&writes)?) {
+                outcomes[i] = conn::Outcome {
+                    ok: outcomes[i].ok && outcome.ok,
+                    at: outcome.at,
+                };
+            }
+        }
+        for ((kind, _, intended), outcome) in window.iter().zip(outcomes) {
+            let from = if interval.is_some() {
+                *intended
+            } else {
+                sent_at
+            };
+            let micros = outcome
+                .at
+                .saturating_duration_since(from)
+                .as_micros()
+                .max(1) as u64;
+            if outcome.ok {
+                stats.latency[kind.index()].saturating_record(micros);
+                second.record(outcome.at, micros);
+            } else {
+                stats.errors += 1;
+            }
+        }
+        shared.completed.fetch_add(n, Ordering::Relaxed);
+    }
+    second.flush();
+    Ok(stats)
+}
+
+/// Inserts keys 0..records, split over the clients.
+fn load(args: &Args, value: &[u8]) -> anyhow::Result<(u64, Duration)> {
+    let started = Instant::now();
+    let clients = args.clients.min(args.records).max(1);
+    let per_client = args.records.div_ceil(clients);
+    let threads: Vec<_> = (0..clients)
+        .map(|c| {
+            let (addr, protocol, value) = (args.addr.clone(), args.protocol, value.to_vec());
+            let (from, to) = (c * per_client, ((c + 1) * per_client).min(args.records));
+            std::thread::spawn(move || -> anyhow::Result<u64> {
+                let mut conn = BenchConn::connect(&addr, protocol)?;
+                let mut failed = 0;
+                let keys: Vec<u64> = (from..to).collect();
+                for chunk in keys.chunks(LOAD_PIPELINE) {
+                    let ops: Vec<WireOp> = chunk
+                        .iter()
+                        .map(|&k| WireOp::Put(key_name(k), value.clone()))
+                        .collect();
+                    failed += conn.round_trip(&ops)?.iter().filter(|o| !o.ok).count() as u64;
+                }
+                Ok(failed)
+            })
+        })
+        .collect();
+    let mut failed = 0;
+    for thread in threads {
+        failed += thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("a load thread panicked"))??;
+    }
+    if failed > 0 {
+        bail!("{failed} inserts failed during the load phase");
+    }
+    Ok((args.records, started.elapsed()))
 }
 
 fn main() -> anyhow::Result<()> {
-    let args = Arc::new(Args::parse());
+    let args = Args::parse();
     if args.clients == 0 || args.pipeline == 0 || args.records == 0 {
         bail!("--clients, --pipeline and --records must be at least 1");
     }
-    let budget = Arc::new(AtomicU64::new(args.ops));
-    let errors = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
-    let threads: Vec<_> = (0..args.clients)
-        .map(|_| {
-            let (args, budget, errors) =
-                (Arc::clone(&args), Arc::clone(&budget), Arc::clone(&errors));
-            std::thread::spawn(move || run_client(&args, &budget, &errors))
+    if args.protocol == Protocol::Resp
+        && args.workload.mix().iter().any(|(k, _)| *k == OpKind::Scan)
+    {
+        bail!(
+            "workload {} scans by key range, which RESP has no command for: use --protocol native",
+            args.workload.name()
+        );
+    }
+    if args.rate.is_some_and(|r| r <= 0.0) {
+        bail!("--rate must be positive");
+    }
+    let value = vec![b'x'; args.value_size];
+    if !args.no_load {
+        let (records, took) = load(&args, &value)?;
+        eprintln!(
+            "loaded {records} records in {:.2}s ({:.0}/s)",
+            took.as_secs_f64(),
+            records as f64 / took.as_secs_f64()
+        );
+    }
+    let ops = match (args.duration, args.ops) {
+        (Some(_), _) => 0,
+        (None, Some(ops)) => ops,
+        (None, None) => 100_000,
+    };
+    let start = Instant::now();
+    let shared = Arc::new(Shared {
+        distribution: args
+            .distribution
+            .unwrap_or(args.workload.default_distribution()),
+        zipfian: Zipfian::new(args.records),
+        value,
+        budget: AtomicU64::new(ops),
+        deadline: args.duration.map(|d| start + Duration::from_secs_f64(d)),
+        stop: AtomicBool::new(false),
+        next_insert: AtomicU64::new(args.records),
+        next_sequential: AtomicU64::new(0),
+        timeline: Timeline::default(),
+        completed: AtomicU64::new(0),
+        start,
+        args,
+    });
+    let cpu_before = cpu_seconds();
+    let cpus = allowed_cpus();
+    let threads: Vec<_> = (0..shared.args.clients)
+        .map(|index| {
+            let shared = Arc::clone(&shared);
+            let cpu = (!cpus.is_empty()).then(|| cpus[index as usize % cpus.len()]);
+            std::thread::spawn(move || {
+                if let Some(cpu) = cpu {
+                    pin_to(cpu);
+                }
+                let result = run_client(&shared, index);
+                if result.is_err() {
+                    shared.stop.store(true, Ordering::Relaxed);
+                }
+                result
+            })
         })
         .collect();
-    let mut total = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let progress = std::io::stderr()
+        .is_terminal()
+        .then(|| report::progress(&shared.args, Arc::clone(&shared)));
+    let mut latency: Vec<Histogram<u64>> = OpKind::ALL.iter().map(|_| histogram()).collect();
+    let mut errors = 0;
+    let mut failure = None;
     for thread in threads {
-        let histogram = thread
+        match thread
             .join()
-            .map_err(|_| anyhow::anyhow!("a client thread panicked"))??;
-        total.add(&histogram).context("merging histograms")?;
+            .map_err(|_| anyhow::anyhow!("a client thread panicked"))?
+        {
+            Ok(stats) => {
+                for (total, part) in latency.iter_mut().zip(&stats.latency) {
+                    total.add(part).context("merging histograms")?;
+                }
+                errors += stats.errors;
+            }
+            Err(e) => {
+                failure.get_or_insert(e);
+            }
+        }
     }
-    let elapsed = started.elapsed().max(Duration::from_micros(1));
-    let throughput = total.len() as f64 / elapsed.as_secs_f64();
-    let errors = errors.load(Ordering::Relaxed);
-    println!(
-        "{:?}: {} ops in {:.2}s = {:.0} ops/s; latency us p50 {} p99 {} p999 {} max {}; errors {}",
-        args.workload,
-        total.len(),
-        elapsed.as_secs_f64(),
-        throughput,
-        total.value_at_quantile(0.5),
-        total.value_at_quantile(0.99),
-        total.value_at_quantile(0.999),
-        total.max(),
-        errors
+    let elapsed = start.elapsed();
+    shared.stop.store(true, Ordering::Relaxed);
+    if let Some(progress) = progress {
+        progress.join().ok();
+    }
+    if let Some(e) = failure {
+        return Err(e.context("a client failed"));
+    }
+    let report = Report::new(
+        &shared.args,
+        shared.distribution,
+        elapsed,
+        latency,
+        errors,
+        &shared.timeline,
+        cpu_seconds() - cpu_before,
+        cpus.len(),
     );
-    if let Some(path) = &args.json {
-        let json = serde_json::json!({
-            "workload": format!("{:?}", args.workload).to_lowercase(),
-            "clients": args.clients,
-            "pipeline": args.pipeline,
-            "value_size": args.value_size,
-            "ops": total.len(),
-            "seconds": elapsed.as_secs_f64(),
-            "throughput_ops_per_sec": throughput,
-            "latency_us": {
-                "p50": total.value_at_quantile(0.5),
-                "p99": total.value_at_quantile(0.99),
-                "p999": total.value_at_quantile(0.999),
-                "max": total.max(),
-            },
-            "errors": errors,
-        });
-        std::fs::write(path, serde_json::to_string_pretty(&json)?)
+    print!("{}", report.table());
+    if let Some(path) = &shared.args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report.json())?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &shared.args.plot {
+        std::fs::write(path, report.svg())
             .with_context(|| format!("writing {}", path.display()))?;
     }
     if errors > 0 {
-        bail!("{errors} requests failed");
+        bail!("{errors} operations failed");
     }
     Ok(())
 }
