@@ -760,6 +760,8 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4096))]
+
         #[test]
         fn decoders_never_panic(opcode in 0u8..12, body in proptest::collection::vec(any::<u8>(), 0..256)) {
             let _ = Request::decode_body(opcode, &body);

@@ -66,8 +66,9 @@ pub fn parse_command(buf: &[u8]) -> Result<Parsed, RespError> {
     let Some(end) = find_line(buf, 0)? else {
         return Ok(Parsed::Incomplete);
     };
-    let header = buf[1..end]
-        .strip_suffix(b"\r")
+    let header = buf
+        .get(1..end)
+        .and_then(|line| line.strip_suffix(b"\r"))
         .ok_or_else(|| RespError("expected CRLF".into()))?;
     let count = parse_number(header, "multibulk length")?;
     if count > RESP_ARGUMENTS_MAX as i64 {
@@ -89,8 +90,9 @@ pub fn parse_command(buf: &[u8]) -> Result<Parsed, RespError> {
         let Some(end) = find_line(buf, at)? else {
             return Ok(Parsed::Incomplete);
         };
-        let header = buf[at + 1..end]
-            .strip_suffix(b"\r")
+        let header = buf
+            .get(at + 1..end)
+            .and_then(|line| line.strip_suffix(b"\r"))
             .ok_or_else(|| RespError("expected CRLF".into()))?;
         let len = parse_number(header, "bulk length")?;
         if !(0..=RESP_BULK_SIZE_MAX as i64).contains(&len) {
@@ -173,9 +175,10 @@ pub fn parse_reply(buf: &[u8]) -> Result<Option<(Reply, usize)>, RespError> {
     let Some(end) = find_line(buf, 0)? else {
         return Ok(None);
     };
-    let line = buf[1..end]
-        .strip_suffix(b"\r")
-        .ok_or_else(|| RespError("expected CRLF".into()))?;
+    let line = buf
+        .get(1..end)
+        .and_then(|line| line.strip_suffix(b"\r"))
+        .ok_or_else(|| RespError("expected a reply line ending in CRLF".into()))?;
     let text = || String::from_utf8_lossy(line).into_owned();
     match kind {
         b'+' => Ok(Some((Reply::Simple(text()), end + 1))),
@@ -283,6 +286,13 @@ mod tests {
     }
 
     #[test]
+    fn a_reply_that_is_only_a_line_end_is_an_error() {
+        // Found by parsers_never_panic: the type byte was the line end itself.
+        assert!(parse_reply(b"\n").is_err());
+        assert!(parse_reply(b"\r\n").is_err());
+    }
+
+    #[test]
     fn replies_round_trip() {
         let mut out = Vec::new();
         simple(&mut out, "OK");
@@ -316,7 +326,21 @@ mod tests {
         );
     }
 
+    /// Bytes drawn mostly from RESP's own alphabet, so framing edge cases come up often.
+    fn resp_like_bytes() -> impl Strategy<Value = Vec<u8>> {
+        let alphabet: Vec<u8> = b"*$+-:_%\r\n0123456789-aZ ".to_vec();
+        proptest::collection::vec(proptest::sample::select(alphabet), 0..64)
+    }
+
     proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4096))]
+
+        #[test]
+        fn parsers_never_panic_on_resp_like_bytes(bytes in resp_like_bytes()) {
+            let _ = parse_command(&bytes);
+            let _ = parse_reply(&bytes);
+        }
+
         #[test]
         fn parsers_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
             let _ = parse_command(&bytes);
