@@ -309,6 +309,21 @@ impl LogDisk for DmaDisk {
     }
 }
 
+impl DmaLogFile {
+    async fn write(&self, buffer: AlignedBuffer, pos: u64, sync: bool) -> io::Result<()> {
+        let fd = self.file.as_raw_fd();
+        self.io
+            .run(|done| Job::Write {
+                fd,
+                buffer,
+                pos,
+                sync,
+                done,
+            })
+            .await
+    }
+}
+
 impl LogFile for DmaLogFile {
     type Buffer = AlignedBuffer;
 
@@ -317,29 +332,11 @@ impl LogFile for DmaLogFile {
     }
 
     async fn write_at(&self, buffer: AlignedBuffer, pos: u64) -> io::Result<()> {
-        let fd = self.file.as_raw_fd();
-        self.io
-            .run(|done| Job::Write {
-                fd,
-                buffer,
-                pos,
-                sync: false,
-                done,
-            })
-            .await
+        self.write(buffer, pos, false).await
     }
 
     async fn write_at_synced(&self, buffer: AlignedBuffer, pos: u64) -> io::Result<()> {
-        let fd = self.file.as_raw_fd();
-        self.io
-            .run(|done| Job::Write {
-                fd,
-                buffer,
-                pos,
-                sync: true,
-                done,
-            })
-            .await
+        self.write(buffer, pos, true).await
     }
 
     async fn read_at(&self, pos: u64, len: usize) -> io::Result<Vec<u8>> {

@@ -23,7 +23,7 @@ use kvs_wire::{shard_for_key, ErrorCode};
 
 use crate::conn::{self, Connection, ReceiveBuffer, CONNECTION_IN_FLIGHT_MAX};
 use crate::runtime::TcpStream;
-use crate::server::{merge_scan, split_by_shard, CoreContext, Target};
+use crate::server::{merge_scan, split_by_shard, CoreContext, Parts, Target};
 use crate::shard::{ShardInfo, ShardOp, ShardReply};
 
 /// Open SCAN cursors one connection may hold; the oldest is forgotten past this.
@@ -132,8 +132,7 @@ pub struct RespGather {
     sequence: u64,
     resp3: bool,
     kind: RespGatherKind,
-    parts: RefCell<Vec<Option<ShardReply>>>,
-    remaining: Cell<usize>,
+    parts: Parts,
 }
 
 impl RespGather {
@@ -149,21 +148,12 @@ impl RespGather {
             sequence,
             resp3,
             kind,
-            parts: RefCell::new((0..parts).map(|_| None).collect()),
-            remaining: Cell::new(parts),
+            parts: Parts::new(parts),
         })
     }
 
     pub fn add(&self, part: usize, reply: ShardReply) {
-        self.parts.borrow_mut()[part] = Some(reply);
-        self.remaining.set(self.remaining.get() - 1);
-        if self.remaining.get() == 0 {
-            let parts: Vec<ShardReply> = self
-                .parts
-                .borrow_mut()
-                .drain(..)
-                .map(|p| p.expect("every part arrived"))
-                .collect();
+        if let Some(parts) = self.parts.add(part, reply) {
             let mut out = Vec::new();
             self.combine(parts, &mut out);
             self.conn.respond_in_order(self.sequence, out);

@@ -269,21 +269,40 @@ pub struct Gather {
     request_id: u64,
     opcode: u8,
     kind: GatherKind,
-    parts: RefCell<Vec<Option<ShardReply>>>,
+    parts: Parts,
+}
+
+/// The replies of a request's parts as they arrive, one per shard it was split over.
+pub(crate) struct Parts {
+    replies: RefCell<Vec<Option<ShardReply>>>,
     remaining: Cell<usize>,
+}
+
+impl Parts {
+    pub(crate) fn new(count: usize) -> Parts {
+        Parts {
+            replies: RefCell::new((0..count).map(|_| None).collect()),
+            remaining: Cell::new(count),
+        }
+    }
+
+    /// Stores one part's reply; returns all of them, in part order, once the last arrived.
+    pub(crate) fn add(&self, part: usize, reply: ShardReply) -> Option<Vec<ShardReply>> {
+        self.replies.borrow_mut()[part] = Some(reply);
+        self.remaining.set(self.remaining.get() - 1);
+        (self.remaining.get() == 0).then(|| {
+            self.replies
+                .borrow_mut()
+                .drain(..)
+                .map(|p| p.expect("every part arrived"))
+                .collect()
+        })
+    }
 }
 
 impl Gather {
     fn add(&self, part: usize, reply: ShardReply) {
-        self.parts.borrow_mut()[part] = Some(reply);
-        self.remaining.set(self.remaining.get() - 1);
-        if self.remaining.get() == 0 {
-            let parts: Vec<ShardReply> = self
-                .parts
-                .borrow_mut()
-                .drain(..)
-                .map(|p| p.expect("every part arrived"))
-                .collect();
+        if let Some(parts) = self.parts.add(part, reply) {
             let response = self.combine(parts);
             respond(&self.conn, self.opcode, self.request_id, &response);
         }
@@ -420,8 +439,7 @@ async fn dispatch(ctx: &CoreContext, conn: &Rc<Connection>, header: Header, requ
             request_id,
             opcode,
             kind,
-            parts: RefCell::new((0..parts).map(|_| None).collect()),
-            remaining: Cell::new(parts),
+            parts: Parts::new(parts),
         })
     };
     match request {

@@ -6,6 +6,7 @@ use std::io::Read;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kvs_wire::Client;
@@ -36,6 +37,9 @@ pub fn free_port() -> u16 {
 /// A kvsd process. Killed (SIGKILL) when dropped, unless it already exited.
 pub struct Server {
     child: Option<Child>,
+    /// Everything kvsd wrote to stderr so far, read continuously so a full pipe never
+    /// blocks it.
+    stderr: Arc<Mutex<String>>,
     pub addr: String,
     pub data_dir: PathBuf,
     pub shards: u32,
@@ -51,7 +55,7 @@ impl Server {
     }
 
     pub fn spawn(data_dir: &Path, shards: u32, addr: &str) -> Server {
-        let child = Command::new(kvsd_binary())
+        let mut child = Command::new(kvsd_binary())
             .args([
                 "--data-dir",
                 data_dir.to_str().unwrap(),
@@ -65,8 +69,23 @@ impl Server {
             .stderr(Stdio::piped())
             .spawn()
             .expect("kvsd starts");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut pipe = child.stderr.take().expect("stderr is piped");
+        let sink = Arc::clone(&stderr);
+        std::thread::spawn(move || {
+            let mut chunk = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut chunk) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&chunk[..n]));
+            }
+        });
         Server {
             child: Some(child),
+            stderr,
             addr: addr.to_string(),
             data_dir: data_dir.to_path_buf(),
             shards,
@@ -107,48 +126,27 @@ impl Server {
 
     /// Sends SIGTERM and waits for the exit; returns the status and what kvsd wrote to stderr.
     pub fn terminate(&mut self) -> (ExitStatus, String) {
-        let mut child = self.child.take().unwrap();
-        let status = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
+        let pid = self.pid().to_string();
+        let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
         assert!(status.success());
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                let mut stderr = String::new();
-                child
-                    .stderr
-                    .take()
-                    .unwrap()
-                    .read_to_string(&mut stderr)
-                    .unwrap();
-                return (status, stderr);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "kvsd did not stop within 30 s of SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.wait_exit()
     }
 
-    /// Waits for a kvsd that is expected to exit on its own (a failed start).
+    /// Waits (up to 30 s) for kvsd to exit; returns the status and what it wrote to stderr.
     pub fn wait_exit(&mut self) -> (ExitStatus, String) {
         let mut child = self.child.take().unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = child.try_wait().unwrap() {
-                let mut stderr = String::new();
-                child
-                    .stderr
-                    .take()
-                    .unwrap()
-                    .read_to_string(&mut stderr)
-                    .unwrap();
-                return (status, stderr);
+                // The reader thread sees the pipe close right after the exit.
+                std::thread::sleep(Duration::from_millis(50));
+                return (status, self.stderr.lock().unwrap().clone());
             }
-            assert!(Instant::now() < deadline, "kvsd did not exit");
+            assert!(
+                Instant::now() < deadline,
+                "kvsd did not exit within 30 s; its stderr:\n{}",
+                self.stderr.lock().unwrap()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
