@@ -1,16 +1,11 @@
-//! One benchmark connection: sends a window of operations in one write and reads their
-//! replies, over kvs's native protocol or RESP (so Redis and kvsd are driven by the same code).
+//! A blocking benchmark connection for the load phase: sends a window of operations in one
+//! write and reads their replies, over kvs's native protocol or RESP (so Redis and kvsd are
+//! driven by the same code). The run itself uses `driver`'s event loop.
 
-use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
-use std::time::Instant;
 
 use clap::ValueEnum;
-use kvs_wire::frame::{Decoded, FrameDecoder};
-use kvs_wire::limits::FRAME_HEADER_SIZE;
-use kvs_wire::resp::{self, Reply};
-use kvs_wire::{ErrorCode, Request, Response};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Protocol {
@@ -26,13 +21,6 @@ pub enum WireOp {
     Get(Vec<u8>),
     Put(Vec<u8>, Vec<u8>),
     Scan(Vec<u8>, u32),
-}
-
-/// The outcome of one request: whether it succeeded, and when its reply arrived.
-#[derive(Debug, Clone, Copy)]
-pub struct Outcome {
-    pub ok: bool,
-    pub at: Instant,
 }
 
 pub struct BenchConn {
@@ -56,48 +44,16 @@ impl BenchConn {
         })
     }
 
-    /// Sends `ops` in one write and waits for every reply.
-    pub fn round_trip(&mut self, ops: &[WireOp]) -> io::Result<Vec<Outcome>> {
+    /// Sends `ops` in one write and waits for every reply; returns whether each succeeded.
+    pub fn round_trip(&mut self, ops: &[WireOp]) -> io::Result<Vec<bool>> {
         self.out.clear();
         let first_id = self.next_id;
-        for op in ops {
-            match self.protocol {
-                Protocol::Native => {
-                    let request = match op {
-                        WireOp::Get(key) => Request::Get { key: key.clone() },
-                        WireOp::Put(key, value) => Request::Put {
-                            key: key.clone(),
-                            value: value.clone(),
-                        },
-                        WireOp::Scan(start, limit) => Request::Scan {
-                            start: start.clone(),
-                            end: None,
-                            limit: *limit,
-                        },
-                    };
-                    request.encode(self.next_id, &mut self.out);
-                }
-                Protocol::Resp => match op {
-                    WireOp::Get(key) => resp::command(&mut self.out, &[b"GET", key]),
-                    WireOp::Put(key, value) => resp::command(&mut self.out, &[b"SET", key, value]),
-                    WireOp::Scan(..) => {
-                        return Err(io::Error::new(
-                            io::ErrorKind::Unsupported,
-                            "scans need --protocol native",
-                        ))
-                    }
-                },
-            }
-            self.next_id += 1;
-        }
+        crate::driver::encode(self.protocol, ops, first_id, &mut self.out)?;
+        self.next_id += ops.len() as u64;
         self.stream.write_all(&self.out)?;
-        let mut outcomes: Vec<Option<Outcome>> = vec![None; ops.len()];
+        let mut outcomes: Vec<Option<bool>> = vec![None; ops.len()];
         let mut done = 0;
         let mut chunk = [0u8; 64 * 1024];
-        let mut pending: HashMap<u64, usize> = HashMap::new();
-        if self.protocol == Protocol::Native {
-            pending.extend((0..ops.len()).map(|i| (first_id + i as u64, i)));
-        }
         while done < ops.len() {
             let n = self.stream.read(&mut chunk)?;
             if n == 0 {
@@ -106,59 +62,36 @@ impl BenchConn {
                     "server closed the connection",
                 ));
             }
-            let at = Instant::now();
             self.buf.extend_from_slice(&chunk[..n]);
             let mut used = 0;
-            loop {
-                let rest = &self.buf[used..];
-                match self.protocol {
-                    Protocol::Native => match FrameDecoder.decode(rest) {
-                        Ok(Decoded::Frame { header, len }) => {
-                            let ok = match Response::decode(&header, &rest[FRAME_HEADER_SIZE..len])
-                            {
-                                Ok(Response::Error { code, .. }) => code == ErrorCode::NotFound,
-                                Ok(_) => true,
-                                Err(_) => false,
-                            };
-                            let index = pending.remove(&header.request_id).ok_or_else(|| {
-                                io::Error::new(
-                                    io::ErrorKind::InvalidData,
-                                    "reply to an unknown request",
-                                )
-                            })?;
-                            outcomes[index] = Some(Outcome { ok, at });
-                            done += 1;
-                            used += len;
-                        }
-                        Ok(Decoded::Incomplete { .. }) => break,
-                        Err(e) => {
-                            return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
-                        }
-                    },
-                    Protocol::Resp => match resp::parse_reply(rest) {
-                        Ok(Some((reply, len))) => {
-                            outcomes[done] = Some(Outcome {
-                                ok: !matches!(reply, Reply::Error(_)),
-                                at,
-                            });
-                            done += 1;
-                            used += len;
-                        }
-                        Ok(None) => break,
-                        Err(e) => {
-                            return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
-                        }
-                    },
+            while let Some((id, ok, len)) =
+                crate::driver::parse_reply(self.protocol, &self.buf[used..])?
+            {
+                // Native replies may come out of order (shards answer independently); RESP's
+                // come in order.
+                let index = match id {
+                    Some(id) => id
+                        .checked_sub(first_id)
+                        .map(|i| i as usize)
+                        .filter(|&i| i < ops.len()),
+                    None => Some(done),
                 }
-                if done == ops.len() {
-                    break;
-                }
+                .ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::InvalidData, "reply to an unknown request")
+                })?;
+                outcomes[index] = Some(ok);
+                done += 1;
+                used += len;
             }
             self.buf.drain(..used);
         }
-        Ok(outcomes
+        outcomes
             .into_iter()
-            .map(|o| o.expect("every request answered"))
-            .collect())
+            .map(|o| {
+                o.ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::InvalidData, "a request got no reply")
+                })
+            })
+            .collect()
     }
 }

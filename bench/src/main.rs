@@ -1,15 +1,16 @@
 //! `kvs-bench`: a load generator for kvsd and any Redis-protocol server.
 //!
-//! Clients are threads pinned round-robin to the CPUs the process may use (so
-//! `taskset -c 1 kvs-bench ...` keeps the whole client on core 1), each with its own
-//! connection that sends a window of `--pipeline` requests in one write and reads their
-//! replies. Closed loop by default; with `--rate` an open loop, where every request has an
+//! Clients are connections driven by event-loop workers, one per CPU the process may use and
+//! pinned to it (so `taskset -c 1 kvs-bench ...` keeps the whole client on core 1). Each
+//! connection sends a window of `--pipeline` requests in one write and waits for their
+//! replies before the next window. Closed loop by default; with `--rate` an open loop, where every request has an
 //! intended send time and its latency is measured from that time, so a stalled server shows
 //! up in the latencies instead of silently slowing the client (no coordinated omission).
 //!
 //! It talks to kvsd only through `kvs-wire` (the native codec or RESP).
 
 mod conn;
+mod driver;
 mod report;
 mod workload;
 
@@ -28,7 +29,7 @@ use report::{Report, Timeline};
 use workload::{key_name, Distribution, OpKind, Rng, Workload, Zipfian};
 
 /// Longest scan a scan operation asks for (YCSB's default maximum scan length).
-const SCAN_LENGTH_MAX: u64 = 100;
+pub(crate) const SCAN_LENGTH_MAX: u64 = 100;
 /// Pipeline depth of the load phase, whatever `--pipeline` says.
 const LOAD_PIPELINE: usize = 64;
 
@@ -84,7 +85,7 @@ struct Args {
 }
 
 /// What every client thread shares.
-struct Shared {
+pub(crate) struct Shared {
     args: Args,
     distribution: Distribution,
     zipfian: Zipfian,
@@ -103,12 +104,12 @@ struct Shared {
 }
 
 /// Per-thread results.
-struct ClientStats {
+pub(crate) struct ClientStats {
     latency: Vec<Histogram<u64>>,
     errors: u64,
 }
 
-fn histogram() -> Histogram<u64> {
+pub(crate) fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
 }
 
@@ -203,93 +204,6 @@ impl Shared {
     }
 }
 
-/// One client: windows of operations until the run is over.
-fn run_client(shared: &Shared, index: u64) -> anyhow::Result<ClientStats> {
-    let args = &shared.args;
-    let mut conn = BenchConn::connect(&args.addr, args.protocol)
-        .with_context(|| format!("connecting to {}", args.addr))?;
-    let mut rng = Rng::new(args.seed.wrapping_add(index.wrapping_mul(0x9E37_79B9)));
-    let mut stats = ClientStats {
-        latency: OpKind::ALL.iter().map(|_| histogram()).collect(),
-        errors: 0,
-    };
-    let interval = args
-        .rate
-        .map(|rate| Duration::from_secs_f64(args.clients as f64 / rate));
-    let mut sent = 0u64;
-    let mut second = report::SecondRecorder::new(&shared.timeline, shared.start);
-    loop {
-        let n = shared.take(args.pipeline);
-        if n == 0 {
-            break;
-        }
-        let mut window = Vec::with_capacity(n as usize);
-        for i in 0..n {
-            let kind = shared.pick_kind(&mut rng);
-            let key = key_name(shared.pick(kind, &mut rng));
-            let intended = match interval {
-                Some(interval) => shared.start + interval.mul_f64((sent + i) as f64),
-                None => Instant::now(),
-            };
-            window.push((kind, key, intended));
-        }
-        sent += n;
-        if let Some((_, _, first)) = window.first() {
-            let now = Instant::now();
-            if *first > now {
-                std::thread::sleep(*first - now);
-            }
-        }
-        let wire: Vec<WireOp> = window
-            .iter()
-            .map(|(kind, key, _)| match kind {
-                OpKind::Read | OpKind::ReadModifyWrite => WireOp::Get(key.clone()),
-                OpKind::Update | OpKind::Insert => WireOp::Put(key.clone(), shared.value.clone()),
-                OpKind::Scan => WireOp::Scan(key.clone(), 1 + rng.below(SCAN_LENGTH_MAX) as u32),
-            })
-            .collect();
-        let sent_at = Instant::now();
-        let mut outcomes = conn.round_trip(&wire)?;
-        // The write half of each read-modify-write, after its read.
-        let rmw: Vec<usize> = (0..window.len())
-            .filter(|&i| window[i].0 == OpKind::ReadModifyWrite)
-            .collect();
-        if !rmw.is_empty() {
-            let writes: Vec<WireOp> = rmw
-                .iter()
-                .map(|&i| WireOp::Put(window[i].1.clone(), shared.value.clone()))
-                .collect();
-            for (&i, outcome) in rmw.iter().zip(conn.round_trip(&writes)?) {
-                outcomes[i] = conn::Outcome {
-                    ok: outcomes[i].ok && outcome.ok,
-                    at: outcome.at,
-                };
-            }
-        }
-        for ((kind, _, intended), outcome) in window.iter().zip(outcomes) {
-            let from = if interval.is_some() {
-                *intended
-            } else {
-                sent_at
-            };
-            let micros = outcome
-                .at
-                .saturating_duration_since(from)
-                .as_micros()
-                .max(1) as u64;
-            if outcome.ok {
-                stats.latency[kind.index()].saturating_record(micros);
-                second.record(outcome.at, micros);
-            } else {
-                stats.errors += 1;
-            }
-        }
-        shared.completed.fetch_add(n, Ordering::Relaxed);
-    }
-    second.flush();
-    Ok(stats)
-}
-
 /// Inserts keys 0..records, split over the clients.
 fn load(args: &Args, value: &[u8]) -> anyhow::Result<(u64, Duration)> {
     let started = Instant::now();
@@ -308,7 +222,7 @@ fn load(args: &Args, value: &[u8]) -> anyhow::Result<(u64, Duration)> {
                         .iter()
                         .map(|&k| WireOp::Put(key_name(k), value.clone()))
                         .collect();
-                    failed += conn.round_trip(&ops)?.iter().filter(|o| !o.ok).count() as u64;
+                    failed += conn.round_trip(&ops)?.iter().filter(|ok| !**ok).count() as u64;
                 }
                 Ok(failed)
             })
@@ -375,15 +289,20 @@ fn main() -> anyhow::Result<()> {
     });
     let cpu_before = cpu_seconds();
     let cpus = allowed_cpus();
-    let threads: Vec<_> = (0..shared.args.clients)
-        .map(|index| {
+    // One pinned worker per CPU the process may use, each driving its share of the clients.
+    let workers = (cpus.len().max(1) as u64).min(shared.args.clients);
+    let threads: Vec<_> = (0..workers)
+        .map(|worker| {
             let shared = Arc::clone(&shared);
-            let cpu = (!cpus.is_empty()).then(|| cpus[index as usize % cpus.len()]);
+            let cpu = (!cpus.is_empty()).then(|| cpus[worker as usize % cpus.len()]);
+            let clients: Vec<u64> = (worker..shared.args.clients)
+                .step_by(workers as usize)
+                .collect();
             std::thread::spawn(move || {
                 if let Some(cpu) = cpu {
                     pin_to(cpu);
                 }
-                let result = run_client(&shared, index);
+                let result = driver::run_worker(&shared, &clients);
                 if result.is_err() {
                     shared.stop.store(true, Ordering::Relaxed);
                 }
