@@ -142,13 +142,16 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
 
     // Each executor binds its own listener with SO_REUSEPORT. Bind once here without it, so
     // that an address in use is an error instead of a silently shared port.
-    let probe = |addr: SocketAddr| -> anyhow::Result<SocketAddr> {
-        let listener = std::net::TcpListener::bind(addr)
-            .with_context(|| format!("cannot listen on {addr}"))?;
-        Ok(listener.local_addr()?)
+    // Both probes are held at once, so the two listeners cannot end up on one port (with
+    // SO_REUSEPORT they would silently share it and split connections between protocols).
+    let probe = |addr: SocketAddr| {
+        std::net::TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))
     };
-    let listen = probe(config.listen)?;
-    let resp_listen = config.resp_listen.map(probe).transpose()?;
+    let native_probe = probe(config.listen)?;
+    let resp_probe = config.resp_listen.map(probe).transpose()?;
+    let listen = native_probe.local_addr()?;
+    let resp_listen = resp_probe.as_ref().map(|p| p.local_addr()).transpose()?;
+    drop((native_probe, resp_probe));
 
     let n = shard_count as usize;
     let cpus = allowed_cpus();

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{free_port, kvsd_binary};
+use common::{free_port, free_ports, kvsd_binary};
 use kvs_wire::resp::{self, Reply};
 
 /// kvsd with both listeners; killed on drop.
@@ -20,7 +20,8 @@ struct RespServer {
 
 impl RespServer {
     fn start(dir: &Path, shards: u32) -> RespServer {
-        let resp_addr = format!("127.0.0.1:{}", free_port());
+        let [native_port, resp_port] = free_ports::<2>();
+        let resp_addr = format!("127.0.0.1:{resp_port}");
         let child = Command::new(kvsd_binary())
             .args([
                 "--data-dir",
@@ -30,7 +31,7 @@ impl RespServer {
             ])
             .args([
                 "--listen",
-                &format!("127.0.0.1:{}", free_port()),
+                &format!("127.0.0.1:{native_port}"),
                 "--resp-listen",
                 &resp_addr,
             ])
@@ -275,4 +276,24 @@ fn acknowledged_sets_survive_kill9() {
             bulk(&format!("v{i}"))
         );
     }
+}
+
+#[test]
+fn the_two_listeners_cannot_share_an_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let out = Command::new(kvsd_binary())
+        .args(["--data-dir", dir.path().to_str().unwrap(), "--shards", "1"])
+        .args(["--listen", &addr, "--resp-listen", &addr])
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "kvsd started with both protocols on {addr}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot listen"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
