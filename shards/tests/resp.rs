@@ -6,62 +6,29 @@ mod common;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use common::{free_port, free_ports, kvsd_binary};
+use common::{free_port, kvsd_binary, Server};
 use kvs_wire::resp::{self, Reply};
 
-/// kvsd with both listeners; killed on drop.
+/// kvsd with both listeners, on ports the kernel picked.
 struct RespServer {
-    child: std::process::Child,
+    server: Server,
     resp_addr: String,
 }
 
 impl RespServer {
     fn start(dir: &Path, shards: u32) -> RespServer {
-        let [native_port, resp_port] = free_ports::<2>();
-        let resp_addr = format!("127.0.0.1:{resp_port}");
-        let child = Command::new(kvsd_binary())
-            .args([
-                "--data-dir",
-                dir.to_str().unwrap(),
-                "--shards",
-                &shards.to_string(),
-            ])
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{native_port}"),
-                "--resp-listen",
-                &resp_addr,
-            ])
-            .args(["--log-level", "warn"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let server = RespServer { child, resp_addr };
-        for _ in 0..600 {
-            if let Ok(mut c) = RespClient::connect(&server.resp_addr) {
-                if c.call(&[b"PING"]) == Reply::Simple("PONG".into()) {
-                    return server;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("kvsd's RESP listener did not answer");
+        let server = Server::start_with(dir, shards, &["--resp-listen", "127.0.0.1:0"]);
+        let resp_addr = server.ready_address("resp=");
+        let mut client = RespClient::connect(&resp_addr).expect("the RESP listener accepts");
+        assert_eq!(client.call(&[b"PING"]), Reply::Simple("PONG".into()));
+        RespServer { server, resp_addr }
     }
 
     fn kill9(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for RespServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.server.kill9();
     }
 }
 

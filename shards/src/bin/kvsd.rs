@@ -28,7 +28,10 @@ fn main() -> ExitCode {
         );
         EnvFilter::new("info")
     });
+    // Colour codes only for a person at a terminal, never into log files.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
+        .with_ansi(ansi)
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();

@@ -52,14 +52,46 @@ pub struct Server {
 
 impl Server {
     /// Starts kvsd and waits until it answers PING.
+    /// Starts kvsd on a port the kernel picks (`--listen 127.0.0.1:0`, read back from its
+    /// ready line, so no two tests can race for a port) and waits until it answers PING.
     pub fn start(data_dir: &Path, shards: u32) -> Server {
-        let addr = format!("127.0.0.1:{}", free_port());
-        let server = Server::spawn(data_dir, shards, &addr);
+        Server::start_with(data_dir, shards, &[])
+    }
+
+    /// Like `start`, with more flags for kvsd.
+    pub fn start_with(data_dir: &Path, shards: u32, flags: &[&str]) -> Server {
+        let mut server = Server::spawn_with(data_dir, shards, "127.0.0.1:0", flags);
+        server.addr = server.ready_address("listen=");
         server.wait_ready();
         server
     }
 
+    /// Waits for kvsd's "kvsd is ready" log line and returns the address after `field`.
+    pub fn ready_address(&self, field: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            {
+                let stderr = self.stderr.lock().unwrap();
+                if let Some(line) = stderr.lines().find(|l| l.contains("kvsd is ready")) {
+                    let at =
+                        line.find(field).expect("the ready line names the address") + field.len();
+                    return line[at..].split_whitespace().next().unwrap().to_string();
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "kvsd did not get ready; its stderr:\n{}",
+                self.stderr.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     pub fn spawn(data_dir: &Path, shards: u32, addr: &str) -> Server {
+        Server::spawn_with(data_dir, shards, addr, &[])
+    }
+
+    pub fn spawn_with(data_dir: &Path, shards: u32, addr: &str, flags: &[&str]) -> Server {
         let mut child = Command::new(kvsd_binary())
             .args([
                 "--data-dir",
@@ -68,8 +100,10 @@ impl Server {
                 addr,
                 "--shards",
                 &shards.to_string(),
+                "--log-level",
+                "warn,kvs_shards::node=info",
             ])
-            .args(["--log-level", "warn"])
+            .args(flags)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
