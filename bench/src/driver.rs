@@ -127,9 +127,8 @@ struct Client {
     wants_write: bool,
 }
 
-/// Runs `connections` clients (with global indexes `first..`) until the run is over.
+/// Runs the clients with these global indexes until the run is over.
 pub fn run_worker(shared: &Shared, clients: &[u64]) -> anyhow::Result<ClientStats> {
-    let args = &shared.args;
     // SAFETY: epoll_create1 with valid flags; the fd is closed below.
     let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
     if epoll < 0 {
@@ -138,7 +137,6 @@ pub fn run_worker(shared: &Shared, clients: &[u64]) -> anyhow::Result<ClientStat
     let result = drive(shared, clients, epoll);
     // SAFETY: closing the fd we created.
     unsafe { libc::close(epoll) };
-    let _ = args;
     result
 }
 
@@ -292,7 +290,6 @@ fn start_window(
     send(shared, client, i, epoll, &wire, (0..n as usize).collect())?;
     client.phase = Phase::Window;
     client.sent_at = Instant::now();
-    let _ = client.index;
     Ok(())
 }
 

@@ -65,17 +65,27 @@ fn verify_all(server: &Server, acked: &Acked) {
     }
 }
 
+/// Starts `count` writer threads streaming pipelined puts at `server`.
+fn start_writers(
+    server: &Server,
+    count: usize,
+    acked: &Acked,
+    stop: &Arc<AtomicBool>,
+) -> Vec<std::thread::JoinHandle<()>> {
+    (0..count)
+        .map(|w| {
+            let (addr, acked, stop) = (server.addr.clone(), Arc::clone(acked), Arc::clone(stop));
+            std::thread::spawn(move || write_stream(addr, w, acked, stop))
+        })
+        .collect()
+}
+
 fn kill9_during_pipelined_writes(shards: u32) {
     let dir = tempfile::tempdir().unwrap();
     let mut server = Server::start(dir.path(), shards);
     let acked: Acked = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
-    let writers: Vec<_> = (0..3)
-        .map(|w| {
-            let (addr, acked, stop) = (server.addr.clone(), Arc::clone(&acked), Arc::clone(&stop));
-            std::thread::spawn(move || write_stream(addr, w, acked, stop))
-        })
-        .collect();
+    let writers = start_writers(&server, 3, &acked, &stop);
     std::thread::sleep(Duration::from_millis(700));
     server.kill9();
     for writer in writers {
@@ -106,12 +116,7 @@ fn sigterm_finishes_in_flight_work_and_loses_nothing() {
     let mut server = Server::start(dir.path(), 2);
     let acked: Acked = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
-    let writers: Vec<_> = (0..2)
-        .map(|w| {
-            let (addr, acked, stop) = (server.addr.clone(), Arc::clone(&acked), Arc::clone(&stop));
-            std::thread::spawn(move || write_stream(addr, w, acked, stop))
-        })
-        .collect();
+    let writers = start_writers(&server, 2, &acked, &stop);
     std::thread::sleep(Duration::from_millis(500));
     let (status, stderr) = server.terminate();
     assert!(
