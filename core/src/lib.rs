@@ -17,3 +17,4 @@ pub mod command;
 pub mod limits;
 pub mod log;
 pub mod state;
+pub mod store;

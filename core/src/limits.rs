@@ -7,8 +7,9 @@ pub const LOG_BLOCK_SIZE: usize = 4096;
 pub const SEGMENT_SIZE_TARGET: u64 = 64 * 1024 * 1024;
 /// Largest payload of one log record (one Raft entry). One entry carries a batch of commands.
 pub const RECORD_PAYLOAD_SIZE_MAX: usize = 256 * 1024 * 1024;
-/// Largest key, in bytes (same as the wire limit).
-pub const KEY_SIZE_MAX: usize = 64 * 1024;
+/// Largest key, in bytes (same as the wire limit). Keys live in B+tree pages: a 4 KiB page
+/// must hold at least two of the largest entries (see `store::page`).
+pub const KEY_SIZE_MAX: usize = 1024;
 /// Largest value, in bytes (same as the wire limit).
 pub const VALUE_SIZE_MAX: usize = 16 * 1024 * 1024;
 /// A proposal batch stops taking commands once its encoding reaches this size; one command

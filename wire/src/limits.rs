@@ -1,7 +1,7 @@
 //! Named maximums of the protocol. Every one is checked by the decoder and has a typed error.
 
 /// Largest key, in bytes.
-pub const KEY_SIZE_MAX: usize = 64 * 1024;
+pub const KEY_SIZE_MAX: usize = 1024;
 /// Largest value, in bytes.
 pub const VALUE_SIZE_MAX: usize = 16 * 1024 * 1024;
 /// Most keys in one MGET or pairs in one MPUT.

@@ -1,0 +1,1018 @@
+//! A shard's paged store: a copy-on-write B+tree in a file of 4 KiB pages, cached in a
+//! buffer pool with a fixed budget, made durable by checkpoints. The shard's log is its
+//! write-ahead log: a checkpoint records the log position it reflects, recovery loads the
+//! newest checkpoint and applies the log after it, and log segments wholly before the
+//! checkpoint are deleted.
+//!
+//! - [`page`]: the byte layout of every page.
+//! - [`tree`]: the B+tree and the pool (synchronous operations that report a missing page).
+//! - [`verify`]: the read-only checker behind `kvsd --verify`.
+//!
+//! Why shadow paging rather than in-place writes with full-page images: a checkpoint never
+//! overwrites a page the previous checkpoint uses, so a torn page write can only hit a page
+//! no durable checkpoint refers to, and recovery never reads one. The alternatives (a
+//! double-write area, or full-page images in the log) write every page twice. The cost here
+//! is that changing a page of an older epoch copies it, and its parent points to the copy;
+//! `docs/storage.md` has the whole argument and the arithmetic.
+//!
+//! Concurrency: the store lives on one shard thread and is shared by `Rc`. Tree operations
+//! run synchronously between awaits (see [`tree`]); page reads, extent reads and the
+//! checkpoint's writes are the only awaits, so many reads can be in flight while writes and a
+//! checkpoint go on.
+
+pub mod page;
+pub mod tree;
+pub mod verify;
+
+#[cfg(test)]
+mod tests;
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+
+use crate::command::{decode_batch, Command};
+use crate::log::{LogDisk, LogFile};
+use crate::state::{CommandResult, Versioned};
+use page::{
+    decode_extent, decode_free_list, decode_meta, decode_node, encode_extent, encode_free_list,
+    encode_meta, encode_node, extent_pages, Entry, Meta, Value, FREE_IDS_PER_PAGE, PAGE_SIZE,
+};
+use tree::{needs_extent, Miss, State};
+
+/// The page file's name in the shard's directory.
+pub const PAGE_FILE: &str = "pages.db";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("page file disk full: {op} {path}: {source}")]
+    DiskFull {
+        op: &'static str,
+        path: String,
+        source: io::Error,
+    },
+    #[error("page file I/O error: {op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: String,
+        source: io::Error,
+    },
+    #[error("corrupt page in shard {shard}, {path}, page {page}: {detail}")]
+    Corrupt {
+        shard: u32,
+        path: String,
+        page: u64,
+        detail: String,
+    },
+    #[error("entry {index}: {detail}")]
+    Apply { index: u64, detail: String },
+    #[error("the store failed earlier and must be reopened")]
+    Poisoned,
+}
+
+impl StoreError {
+    fn io(op: &'static str, path: &str, source: io::Error) -> StoreError {
+        if source.raw_os_error() == Some(28) || source.kind() == io::ErrorKind::StorageFull {
+            StoreError::DiskFull {
+                op,
+                path: path.to_string(),
+                source,
+            }
+        } else {
+            StoreError::Io {
+                op,
+                path: path.to_string(),
+                source,
+            }
+        }
+    }
+}
+
+/// Checkpoint policy. Checkpoints are also forced when dirty pages fill half the pool.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreConfig {
+    /// Pages the pool may hold.
+    pub cache_pages: usize,
+}
+
+/// Figures for INFO and the benchmarks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    pub cached_pages: u64,
+    pub dirty_pages: u64,
+    pub cache_capacity_pages: u64,
+    pub page_count: u64,
+    pub free_pages: u64,
+    pub page_reads: u64,
+    pub evictions: u64,
+    pub checkpoints: u64,
+    pub last_checkpoint_index: u64,
+    pub tree_height: u32,
+}
+
+/// What a sealed checkpoint will write.
+#[derive(Debug)]
+pub struct CheckpointPlan {
+    meta: Meta,
+    pages: Vec<u64>,
+    free_ids: Vec<u64>,
+    free_pages: Vec<u64>,
+}
+
+impl CheckpointPlan {
+    pub fn pages(&self) -> usize {
+        self.pages.len() + self.free_pages.len()
+    }
+}
+
+/// A durable checkpoint: the log position the page file reflects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Checkpointed {
+    pub seq: u64,
+    pub applied_index: u64,
+    pub applied_term: u64,
+}
+
+/// Wakes tasks waiting for a checkpoint to finish.
+#[derive(Default)]
+struct Signal {
+    generation: Cell<u64>,
+    waiters: RefCell<Vec<Waker>>,
+}
+
+impl Signal {
+    fn notify(&self) {
+        self.generation.set(self.generation.get() + 1);
+        for waker in self.waiters.borrow_mut().drain(..) {
+            waker.wake();
+        }
+    }
+    fn wait(&self) -> SignalWait<'_> {
+        SignalWait {
+            signal: self,
+            seen: self.generation.get(),
+        }
+    }
+}
+
+struct SignalWait<'a> {
+    signal: &'a Signal,
+    seen: u64,
+}
+
+impl Future for SignalWait<'_> {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.signal.generation.get() != self.seen {
+            return Poll::Ready(());
+        }
+        self.signal.waiters.borrow_mut().push(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+/// One shard's paged store. See the module documentation.
+pub struct PagedStore<F: LogFile> {
+    file: F,
+    path: String,
+    shard: u32,
+    state: RefCell<State>,
+    /// A command is between its first and last tree change: no checkpoint may seal now.
+    in_command: Cell<bool>,
+    checkpoint_running: Cell<bool>,
+    checkpoint_done: Signal,
+    /// Set after an error in the middle of a command: the in-memory tree may be half-changed.
+    poisoned: Cell<bool>,
+    durable: Cell<Option<Checkpointed>>,
+    checkpoints: Cell<u64>,
+    raft_state: Cell<(u64, u64)>,
+}
+
+async fn read_bytes<F: LogFile>(
+    file: &F,
+    path: &str,
+    pos: u64,
+    len: usize,
+) -> Result<Vec<u8>, StoreError> {
+    file.read_at(pos, len)
+        .await
+        .map_err(|e| StoreError::io("read", path, e))
+}
+
+async fn write_bytes<F: LogFile>(
+    file: &F,
+    path: &str,
+    bytes: &[u8],
+    pos: u64,
+) -> Result<(), StoreError> {
+    let mut buffer = file.alloc(bytes.len());
+    buffer.as_mut().copy_from_slice(bytes);
+    file.write_at(buffer, pos)
+        .await
+        .map_err(|e| StoreError::io("write", path, e))
+}
+
+/// Reads both meta pages; returns the newest valid checkpoint, if any.
+pub async fn read_meta<F: LogFile>(file: &F, path: &str) -> Result<Option<Meta>, StoreError> {
+    let size = file
+        .size()
+        .await
+        .map_err(|e| StoreError::io("stat", path, e))?;
+    let mut best: Option<Meta> = None;
+    for slot in 0..2u64 {
+        if size < (slot + 1) * PAGE_SIZE as u64 {
+            continue;
+        }
+        let bytes = read_bytes(file, path, slot * PAGE_SIZE as u64, PAGE_SIZE).await?;
+        // A torn or never-written slot is not an error: the other slot holds the checkpoint
+        // before it.
+        if let Ok(meta) = decode_meta(&bytes, slot) {
+            if best.as_ref().is_none_or(|b| meta.seq > b.seq) {
+                best = Some(meta);
+            }
+        }
+    }
+    Ok(best)
+}
+
+/// Reads the free-list chain starting at `head`; returns the free ids and the chain's pages.
+pub async fn read_free_list<F: LogFile>(
+    file: &F,
+    path: &str,
+    shard: u32,
+    head: u64,
+    page_count: u64,
+) -> Result<(Vec<u64>, Vec<u64>), StoreError> {
+    let mut ids = Vec::new();
+    let mut pages = Vec::new();
+    let mut next = head;
+    while next != 0 {
+        if next >= page_count || pages.len() as u64 > page_count {
+            return Err(StoreError::Corrupt {
+                shard,
+                path: path.to_string(),
+                page: next,
+                detail: "free-list chain leaves the file or loops".into(),
+            });
+        }
+        let bytes = read_bytes(file, path, next * PAGE_SIZE as u64, PAGE_SIZE).await?;
+        let (chunk, after) = decode_free_list(&bytes, next).map_err(|e| StoreError::Corrupt {
+            shard,
+            path: path.to_string(),
+            page: e.page,
+            detail: e.detail,
+        })?;
+        pages.push(next);
+        ids.extend(chunk);
+        next = after;
+    }
+    Ok((ids, pages))
+}
+
+impl<F: LogFile> PagedStore<F> {
+    /// Opens (or creates) the page file in `disk` and loads its newest checkpoint. The
+    /// caller then applies the log from [`PagedStore::applied_index`] on.
+    pub async fn open<D: LogDisk<File = F>>(
+        disk: &D,
+        shard: u32,
+        config: StoreConfig,
+    ) -> Result<PagedStore<F>, StoreError> {
+        let path = disk.path_of(PAGE_FILE);
+        let file = disk
+            .open(PAGE_FILE, true)
+            .await
+            .map_err(|e| StoreError::io("open", &path, e))?;
+        let size = file
+            .size()
+            .await
+            .map_err(|e| StoreError::io("stat", &path, e))?;
+        if size == 0 {
+            // A new file: make its name durable before anything relies on it.
+            disk.sync_dir()
+                .await
+                .map_err(|e| StoreError::io("sync dir", &path, e))?;
+        }
+        let mut state = State::new(config.cache_pages);
+        let mut durable = None;
+        let mut raft_state = (0, 0);
+        if let Some(meta) = read_meta(&file, &path).await? {
+            if meta.shard != shard {
+                return Err(StoreError::Corrupt {
+                    shard,
+                    path,
+                    page: meta.seq % 2,
+                    detail: format!("page file belongs to shard {}", meta.shard),
+                });
+            }
+            let (free, chain) =
+                read_free_list(&file, &path, shard, meta.free_head, meta.page_count).await?;
+            state.free = free.into_iter().collect::<BTreeSet<u64>>();
+            state.epoch = meta.seq + 1;
+            // The chain must survive until a newer checkpoint is durable: recovering from
+            // this one reads it.
+            for id in &chain {
+                state.free.remove(id);
+            }
+            state.pending.insert(state.epoch, chain);
+            state.root = meta.root;
+            state.height = meta.height;
+            state.page_count = meta.page_count;
+            state.applied_index = meta.applied_index;
+            state.applied_term = meta.applied_term;
+            state.partial_commands = meta.partial_commands;
+            state.last_version = meta.last_version;
+            state.key_count = meta.key_count;
+            raft_state = (meta.raft_term, meta.raft_vote);
+            durable = Some(Checkpointed {
+                seq: meta.seq,
+                applied_index: meta.applied_index,
+                applied_term: meta.applied_term,
+            });
+        }
+        Ok(PagedStore {
+            file,
+            path,
+            shard,
+            state: RefCell::new(state),
+            in_command: Cell::new(false),
+            checkpoint_running: Cell::new(false),
+            checkpoint_done: Signal::default(),
+            poisoned: Cell::new(false),
+            durable: Cell::new(durable),
+            checkpoints: Cell::new(0),
+            raft_state: Cell::new(raft_state),
+        })
+    }
+
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    pub fn applied_index(&self) -> u64 {
+        self.state.borrow().applied_index
+    }
+
+    pub fn key_count(&self) -> u64 {
+        self.state.borrow().key_count
+    }
+
+    /// The newest durable checkpoint.
+    pub fn durable_checkpoint(&self) -> Option<Checkpointed> {
+        self.durable.get()
+    }
+
+    /// Raft's term and vote as of the loaded checkpoint (the log holding them may be gone).
+    pub fn checkpoint_raft_state(&self) -> (u64, u64) {
+        self.raft_state.get()
+    }
+
+    /// Raft's current term and vote, recorded by the next checkpoint.
+    pub fn set_raft_state(&self, term: u64, vote: u64) {
+        self.raft_state.set((term, vote));
+    }
+
+    pub fn stats(&self) -> StoreStats {
+        let st = self.state.borrow();
+        StoreStats {
+            cached_pages: st.frames.len() as u64,
+            dirty_pages: st.dirty as u64,
+            cache_capacity_pages: st.capacity as u64,
+            page_count: st.page_count,
+            free_pages: st.free.len() as u64,
+            page_reads: st.loads,
+            evictions: st.evictions,
+            checkpoints: self.checkpoints.get(),
+            last_checkpoint_index: self.durable.get().map_or(0, |c| c.applied_index),
+            tree_height: st.height,
+        }
+    }
+
+    /// Whether dirty pages fill half the pool: time for a checkpoint regardless of policy.
+    pub fn dirty_pressure(&self) -> bool {
+        let st = self.state.borrow();
+        st.dirty * 2 >= st.capacity
+    }
+
+    /// Whether anything changed since the last durable checkpoint.
+    pub fn has_changes(&self) -> bool {
+        let st = self.state.borrow();
+        st.applied_index != self.durable.get().map_or(0, |c| c.applied_index)
+            || st.partial_commands != 0
+    }
+
+    fn corrupt(&self, e: page::PageError) -> StoreError {
+        StoreError::Corrupt {
+            shard: self.shard,
+            path: self.path.clone(),
+            page: e.page,
+            detail: e.detail,
+        }
+    }
+
+    /// Reads page `id` into the pool.
+    async fn load(&self, id: u64) -> Result<(), StoreError> {
+        {
+            let mut st = self.state.borrow_mut();
+            if id < page::META_PAGES || id >= st.page_count {
+                return Err(StoreError::Corrupt {
+                    shard: self.shard,
+                    path: self.path.clone(),
+                    page: id,
+                    detail: format!("reference outside the file ({} pages)", st.page_count),
+                });
+            }
+            st.loading.entry(id).or_insert((0, false)).0 += 1;
+        }
+        let read = read_bytes(&self.file, &self.path, id * PAGE_SIZE as u64, PAGE_SIZE).await;
+        let mut st = self.state.borrow_mut();
+        let stale = match st.loading.get_mut(&id) {
+            Some(entry) => {
+                entry.0 -= 1;
+                let stale = entry.1;
+                if entry.0 == 0 {
+                    st.loading.remove(&id);
+                }
+                stale
+            }
+            None => true,
+        };
+        let bytes = read?;
+        st.loads += 1;
+        if stale || st.frames.contains_key(&id) {
+            return Ok(());
+        }
+        let (node, header) = decode_node(&bytes, id).map_err(|e| self.corrupt(e))?;
+        st.insert_loaded(id, node, header.lsn, header.epoch);
+        Ok(())
+    }
+
+    /// Runs a tree operation, loading what it misses, until it completes. Pages it loaded
+    /// stay pinned until then, so each retry gets further.
+    async fn run<T>(
+        &self,
+        mut op: impl FnMut(&mut State) -> Result<T, Miss>,
+    ) -> Result<T, StoreError> {
+        let mut pinned: Vec<u64> = Vec::new();
+        let result = loop {
+            let attempt = op(&mut self.state.borrow_mut());
+            match attempt {
+                Ok(value) => break Ok(value),
+                Err(Miss(id)) => {
+                    if let Err(e) = self.load(id).await {
+                        break Err(e);
+                    }
+                    if self.state.borrow_mut().pin(id) {
+                        pinned.push(id);
+                    }
+                }
+            }
+        };
+        let mut st = self.state.borrow_mut();
+        for id in pinned {
+            st.unpin(id);
+        }
+        // Copies and splits add pages without evicting (nothing may move under a running
+        // operation): trim back to the budget now.
+        st.make_room();
+        result
+    }
+
+    /// The value an entry holds, reading its extent if it has one.
+    async fn value_of(
+        &self,
+        entry: &Entry,
+    ) -> Result<Result<Vec<u8>, page::PageError>, StoreError> {
+        match &entry.value {
+            Value::Inline(v) => Ok(Ok(v.clone())),
+            Value::Extent {
+                first,
+                pages,
+                len,
+                lsn,
+            } => {
+                let bytes = read_bytes(
+                    &self.file,
+                    &self.path,
+                    first * PAGE_SIZE as u64,
+                    *pages as usize * PAGE_SIZE,
+                )
+                .await?;
+                Ok(decode_extent(&bytes, *first, *len, *lsn))
+            }
+        }
+    }
+
+    /// Looks `key` up and reads its value. An extent rewritten while it was being read (its
+    /// key was overwritten meanwhile) is looked up again.
+    async fn lookup_value(&self, key: &[u8]) -> Result<Option<(Entry, Vec<u8>)>, StoreError> {
+        let mut last_error = None;
+        for _ in 0..3 {
+            let Some(entry) = self.run(|st| st.lookup(key)).await? else {
+                return Ok(None);
+            };
+            match self.value_of(&entry).await? {
+                Ok(value) => return Ok(Some((entry, value))),
+                Err(e) => last_error = Some(e),
+            }
+        }
+        Err(self.corrupt(last_error.expect("three failed attempts")))
+    }
+
+    pub async fn get(&self, key: &[u8]) -> Result<Option<Versioned>, StoreError> {
+        Ok(self
+            .lookup_value(key)
+            .await?
+            .map(|(entry, value)| Versioned {
+                version: entry.version,
+                value,
+            }))
+    }
+
+    /// Up to `limit` pairs with keys in `[start, end)`, in key order.
+    pub async fn scan(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        let mut out = Vec::new();
+        let mut from = start.to_vec();
+        while out.len() < limit {
+            let want = limit - out.len();
+            let (entries, next) = self.run(|st| st.scan_leaf(&from, want)).await?;
+            for entry in entries {
+                if end.is_some_and(|end| entry.key.as_slice() >= end) {
+                    return Ok(out);
+                }
+                let value = match self.value_of(&entry).await? {
+                    Ok(value) => value,
+                    // Rewritten while we read it: take the key's current value.
+                    Err(_) => match self.lookup_value(&entry.key).await? {
+                        Some((_, value)) => value,
+                        None => continue,
+                    },
+                };
+                out.push((entry.key, value));
+            }
+            match next {
+                Some(next) => from = next,
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
+    // ---- applying the log ----
+
+    /// Records that `index` (an entry with no commands) is applied.
+    pub fn skip(&self, index: u64, term: u64) {
+        let mut st = self.state.borrow_mut();
+        if index > st.applied_index {
+            st.applied_index = index;
+            st.applied_term = term;
+            st.partial_commands = 0;
+        }
+    }
+
+    /// Applies the batch entry at `index`. Entries at or below the checkpoint are already in
+    /// the tree and return no results; the entry just after it skips the commands the
+    /// checkpoint already holds.
+    pub async fn apply(
+        &self,
+        index: u64,
+        term: u64,
+        batch: &[u8],
+    ) -> Result<Vec<CommandResult>, StoreError> {
+        if self.poisoned.get() {
+            return Err(StoreError::Poisoned);
+        }
+        let (applied, partial) = {
+            let st = self.state.borrow();
+            (st.applied_index, st.partial_commands)
+        };
+        if index <= applied {
+            return Ok(Vec::new());
+        }
+        let commands = decode_batch(batch).map_err(|e| StoreError::Apply {
+            index,
+            detail: e.to_string(),
+        })?;
+        let skip = if index == applied + 1 {
+            partial as usize
+        } else {
+            0
+        };
+        let mut results = Vec::with_capacity(commands.len());
+        for (i, command) in commands.into_iter().enumerate() {
+            if i < skip {
+                results.push(CommandResult::Skipped);
+                continue;
+            }
+            self.make_room_for_writes().await?;
+            self.in_command.set(true);
+            let result = self.apply_command(index, command).await;
+            self.in_command.set(false);
+            match result {
+                Ok(result) => results.push(result),
+                Err(e) => {
+                    self.poisoned.set(true);
+                    return Err(e);
+                }
+            }
+            self.state.borrow_mut().partial_commands = i as u32 + 1;
+        }
+        let mut st = self.state.borrow_mut();
+        st.applied_index = index;
+        st.applied_term = term;
+        st.partial_commands = 0;
+        Ok(results)
+    }
+
+    /// Back-pressure: when dirty pages fill three quarters of the pool, write a checkpoint
+    /// (or wait for the running one) before changing more.
+    async fn make_room_for_writes(&self) -> Result<(), StoreError> {
+        loop {
+            let full = {
+                let st = self.state.borrow();
+                st.dirty * 4 >= st.capacity * 3
+            };
+            if !full {
+                return Ok(());
+            }
+            if self.checkpoint_running.get() {
+                self.checkpoint_done.wait().await;
+            } else {
+                self.checkpoint(None::<fn(usize) -> std::future::Ready<()>>)
+                    .await?;
+            }
+        }
+    }
+
+    fn next_version(&self) -> u64 {
+        let mut st = self.state.borrow_mut();
+        st.last_version += 1;
+        st.last_version
+    }
+
+    /// Stores `value` under `key` with a new version; returns the version and the value it
+    /// replaced (read only when `want_previous`).
+    async fn put(
+        &self,
+        index: u64,
+        key: Vec<u8>,
+        value: Vec<u8>,
+    ) -> Result<(u64, Option<Entry>), StoreError> {
+        let version = self.next_version();
+        let stored = if needs_extent(&key, &value) {
+            let pages = extent_pages(value.len());
+            let (first, epoch) = {
+                let mut st = self.state.borrow_mut();
+                (st.alloc_extent(pages), st.epoch)
+            };
+            let mut bytes = self.file.alloc(pages as usize * PAGE_SIZE);
+            encode_extent(&value, first, index, epoch, bytes.as_mut());
+            self.file
+                .write_at(bytes, first * PAGE_SIZE as u64)
+                .await
+                .map_err(|e| StoreError::io("write", &self.path, e))?;
+            Value::Extent {
+                first,
+                pages,
+                len: value.len() as u32,
+                lsn: index,
+            }
+        } else {
+            Value::Inline(value)
+        };
+        let entry = Entry {
+            key,
+            version,
+            value: stored,
+        };
+        let old = self.run(|st| st.insert(entry.clone(), index)).await?;
+        let mut st = self.state.borrow_mut();
+        match &old {
+            None => st.key_count += 1,
+            Some(old) => {
+                if let Value::Extent { first, pages, .. } = old.value {
+                    st.free_extent(first, pages);
+                }
+            }
+        }
+        Ok((version, old))
+    }
+
+    async fn delete(&self, index: u64, key: &[u8]) -> Result<bool, StoreError> {
+        let old = self.run(|st| st.remove(key, index)).await?;
+        let mut st = self.state.borrow_mut();
+        match old {
+            None => Ok(false),
+            Some(old) => {
+                st.key_count -= 1;
+                if let Value::Extent { first, pages, .. } = old.value {
+                    st.free_extent(first, pages);
+                }
+                Ok(true)
+            }
+        }
+    }
+
+    async fn current(&self, key: &[u8]) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        Ok(self
+            .lookup_value(key)
+            .await?
+            .map(|(entry, value)| (entry.version, value)))
+    }
+
+    async fn apply_command(
+        &self,
+        index: u64,
+        command: Command,
+    ) -> Result<CommandResult, StoreError> {
+        Ok(match command {
+            Command::Put { key, value } => {
+                let (version, _) = self.put(index, key, value).await?;
+                CommandResult::Written { version }
+            }
+            Command::Delete { key } => CommandResult::Deleted {
+                existed: self.delete(index, &key).await?,
+            },
+            Command::Cas {
+                key,
+                expected_version,
+                value,
+            } => {
+                let current = self
+                    .run(|st| st.lookup(&key))
+                    .await?
+                    .map_or(0, |e| e.version);
+                if current != expected_version {
+                    return Ok(CommandResult::VersionMismatch { current });
+                }
+                match value {
+                    Some(value) => {
+                        let (version, _) = self.put(index, key, value).await?;
+                        CommandResult::Written { version }
+                    }
+                    None => {
+                        self.delete(index, &key).await?;
+                        CommandResult::Written { version: 0 }
+                    }
+                }
+            }
+            Command::PutMany { pairs } => {
+                let mut versions = Vec::with_capacity(pairs.len());
+                for (key, value) in pairs {
+                    versions.push(self.put(index, key, value).await?.0);
+                }
+                CommandResult::WrittenMany { versions }
+            }
+            Command::Increment { key, delta } => {
+                let current = match self.current(&key).await? {
+                    None => 0,
+                    Some((_, value)) => match std::str::from_utf8(&value)
+                        .ok()
+                        .and_then(|s| s.parse::<i64>().ok())
+                    {
+                        Some(n) => n,
+                        None => {
+                            return Ok(CommandResult::Refused {
+                                reason: "value is not an integer or out of range".into(),
+                            })
+                        }
+                    },
+                };
+                let Some(value) = current.checked_add(delta) else {
+                    return Ok(CommandResult::Refused {
+                        reason: "increment or decrement would overflow".into(),
+                    });
+                };
+                self.put(index, key, value.to_string().into_bytes()).await?;
+                CommandResult::Integer { value }
+            }
+            Command::Append { key, value } => {
+                let mut joined = self
+                    .current(&key)
+                    .await?
+                    .map(|(_, v)| v)
+                    .unwrap_or_default();
+                if joined.len() + value.len() > crate::limits::VALUE_SIZE_MAX {
+                    return Ok(CommandResult::Refused {
+                        reason: "the value would exceed 16 MiB".into(),
+                    });
+                }
+                joined.extend_from_slice(&value);
+                let length = joined.len() as i64;
+                self.put(index, key, joined).await?;
+                CommandResult::Integer { value: length }
+            }
+            Command::GetAndPut { key, value } => {
+                let previous = self.current(&key).await?.map(|(_, v)| v);
+                self.put(index, key, value).await?;
+                CommandResult::Replaced { previous }
+            }
+            Command::PutIfExists { key, value } => {
+                if self.run(|st| st.lookup(&key)).await?.is_none() {
+                    return Ok(CommandResult::Skipped);
+                }
+                let (version, _) = self.put(index, key, value).await?;
+                CommandResult::Written { version }
+            }
+        })
+    }
+
+    // ---- checkpoints ----
+
+    /// Seals the current epoch: from now on its pages are copy-on-write, and the plan lists
+    /// what the checkpoint must write. Returns None when a checkpoint is already running, a
+    /// command is half-applied, or the store is poisoned.
+    pub fn seal(&self) -> Option<CheckpointPlan> {
+        if self.checkpoint_running.get() || self.in_command.get() || self.poisoned.get() {
+            return None;
+        }
+        let mut st = self.state.borrow_mut();
+        let seq = st.epoch;
+        let mut pages: Vec<u64> = st
+            .frames
+            .iter()
+            .filter(|(_, f)| f.dirty)
+            .map(|(&id, _)| id)
+            .collect();
+        pages.sort_unstable();
+        // The free list this checkpoint records: what is free now, what waits for a
+        // checkpoint, and the pages that will hold the list (free as far as this checkpoint
+        // is concerned; kept unused until a newer one is durable).
+        let mut free_ids: Vec<u64> = st.free.iter().copied().collect();
+        free_ids.extend(st.pending.values().flatten().copied());
+        let mut free_pages = Vec::new();
+        while free_pages.len() * FREE_IDS_PER_PAGE < free_ids.len() {
+            let id = match st.free.pop_first() {
+                Some(id) => id,
+                None => {
+                    st.page_count += 1;
+                    let id = st.page_count - 1;
+                    free_ids.push(id);
+                    id
+                }
+            };
+            free_pages.push(id);
+        }
+        free_ids.sort_unstable();
+        free_ids.dedup();
+        let (raft_term, raft_vote) = self.raft_state.get();
+        let meta = Meta {
+            shard: self.shard,
+            seq,
+            applied_index: st.applied_index,
+            applied_term: st.applied_term,
+            partial_commands: st.partial_commands,
+            last_version: st.last_version,
+            key_count: st.key_count,
+            root: st.root,
+            height: st.height,
+            page_count: st.page_count,
+            free_head: free_pages.first().copied().unwrap_or(0),
+            free_count: free_ids.len() as u64,
+            raft_term,
+            raft_vote,
+        };
+        st.epoch = seq + 1;
+        let next_epoch = st.epoch;
+        st.pending
+            .entry(next_epoch)
+            .or_default()
+            .extend(free_pages.iter().copied());
+        self.checkpoint_running.set(true);
+        Some(CheckpointPlan {
+            meta,
+            pages,
+            free_ids,
+            free_pages,
+        })
+    }
+
+    /// Writes a sealed checkpoint: its pages, its free list, an fdatasync, the meta page and
+    /// another fdatasync. `pace` is awaited after each chunk of pages with the count written
+    /// so far, to bound the I/O rate. On success the log up to the returned index may go.
+    pub async fn write_checkpoint<P, Fut>(
+        &self,
+        plan: CheckpointPlan,
+        mut pace: Option<P>,
+    ) -> Result<Checkpointed, StoreError>
+    where
+        P: FnMut(usize) -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        let result = self.write_plan(&plan, &mut pace).await;
+        self.checkpoint_running.set(false);
+        self.checkpoint_done.notify();
+        result?;
+        let seq = plan.meta.seq;
+        {
+            let mut st = self.state.borrow_mut();
+            let released: Vec<u64> = st.pending.range(..=seq).map(|(&e, _)| e).collect();
+            for epoch in released {
+                if let Some(ids) = st.pending.remove(&epoch) {
+                    st.free.extend(ids);
+                }
+            }
+        }
+        let done = Checkpointed {
+            seq,
+            applied_index: plan.meta.applied_index,
+            applied_term: plan.meta.applied_term,
+        };
+        self.durable.set(Some(done));
+        self.checkpoints.set(self.checkpoints.get() + 1);
+        Ok(done)
+    }
+
+    async fn write_plan<P, Fut>(
+        &self,
+        plan: &CheckpointPlan,
+        pace: &mut Option<P>,
+    ) -> Result<(), StoreError>
+    where
+        P: FnMut(usize) -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        const CHUNK: usize = 64;
+        let seq = plan.meta.seq;
+        let mut written = 0;
+        for chunk in plan.pages.chunks(CHUNK) {
+            for &id in chunk {
+                let encoded = {
+                    let st = self.state.borrow();
+                    match st.frames.get(&id) {
+                        // Pages of this checkpoint no longer change (copy-on-write), and
+                        // nothing evicts a dirty page; a page dropped meanwhile was freed
+                        // in the epoch it was made and belongs to no checkpoint.
+                        Some(frame) if frame.dirty && frame.epoch <= seq => {
+                            let mut bytes = self.file.alloc(PAGE_SIZE);
+                            encode_node(&frame.node, id, frame.lsn, frame.epoch, bytes.as_mut());
+                            Some(bytes)
+                        }
+                        _ => None,
+                    }
+                };
+                let Some(bytes) = encoded else { continue };
+                self.file
+                    .write_at(bytes, id * PAGE_SIZE as u64)
+                    .await
+                    .map_err(|e| StoreError::io("write", &self.path, e))?;
+                let mut st = self.state.borrow_mut();
+                if let Some(frame) = st.frames.get_mut(&id) {
+                    if frame.dirty && frame.epoch <= seq {
+                        frame.dirty = false;
+                        st.dirty -= 1;
+                    }
+                }
+                written += 1;
+            }
+            self.checkpoint_done.notify();
+            if let Some(pace) = pace.as_mut() {
+                pace(written).await;
+            }
+        }
+        let mut page = vec![0u8; PAGE_SIZE];
+        for (i, &id) in plan.free_pages.iter().enumerate() {
+            let from = i * FREE_IDS_PER_PAGE;
+            let ids = &plan.free_ids[from..(from + FREE_IDS_PER_PAGE).min(plan.free_ids.len())];
+            let next = plan.free_pages.get(i + 1).copied().unwrap_or(0);
+            encode_free_list(ids, id, next, seq, &mut page);
+            write_bytes(&self.file, &self.path, &page, id * PAGE_SIZE as u64).await?;
+        }
+        self.file
+            .sync()
+            .await
+            .map_err(|e| StoreError::io("fdatasync", &self.path, e))?;
+        encode_meta(&plan.meta, &mut page);
+        write_bytes(&self.file, &self.path, &page, (seq % 2) * PAGE_SIZE as u64).await?;
+        self.file
+            .sync()
+            .await
+            .map_err(|e| StoreError::io("fdatasync", &self.path, e))?;
+        Ok(())
+    }
+
+    /// Seals and writes a checkpoint at full speed; waits for a running one first.
+    pub async fn checkpoint<P, Fut>(
+        &self,
+        pace: Option<P>,
+    ) -> Result<Option<Checkpointed>, StoreError>
+    where
+        P: FnMut(usize) -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        while self.checkpoint_running.get() {
+            self.checkpoint_done.wait().await;
+        }
+        match self.seal() {
+            Some(plan) => self.write_checkpoint(plan, pace).await.map(Some),
+            None => Ok(None),
+        }
+    }
+}

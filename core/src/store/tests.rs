@@ -1,0 +1,470 @@
+//! The store against a model (`BTreeMap`), and crash recovery on a disk that tears writes.
+
+use std::collections::BTreeMap;
+
+use futures_lite::future::block_on;
+use proptest::prelude::*;
+
+use super::verify::verify;
+use super::*;
+use crate::command::BatchEncoder;
+use crate::log::sim::{FaultOn, SimDisk, SimRng};
+
+type Store = PagedStore<crate::log::sim::SimLogFile>;
+type Model = BTreeMap<Vec<u8>, Vec<u8>>;
+
+fn open(disk: &SimDisk, cache_pages: usize) -> Store {
+    block_on(PagedStore::open(disk, 0, StoreConfig { cache_pages })).unwrap()
+}
+
+fn batch(commands: &[Command]) -> Vec<u8> {
+    let mut encoder = BatchEncoder::new();
+    for c in commands {
+        encoder.push(c);
+    }
+    encoder.finish()
+}
+
+fn checkpoint(store: &Store) -> Option<Checkpointed> {
+    block_on(store.checkpoint(None::<fn(usize) -> std::future::Ready<()>>)).unwrap()
+}
+
+fn apply_to_model(model: &mut Model, command: &Command) {
+    match command {
+        Command::Put { key, value } => {
+            model.insert(key.clone(), value.clone());
+        }
+        Command::Delete { key } => {
+            model.remove(key);
+        }
+        _ => unreachable!("the tests use puts and deletes"),
+    }
+}
+
+fn assert_matches(store: &Store, model: &Model) {
+    for (key, value) in model {
+        let got = block_on(store.get(key)).unwrap();
+        assert_eq!(got.map(|v| v.value).as_ref(), Some(value), "key {key:?}");
+    }
+    let all = block_on(store.scan(b"", None, usize::MAX)).unwrap();
+    let expected: Vec<(Vec<u8>, Vec<u8>)> =
+        model.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    assert_eq!(all.len(), expected.len());
+    assert!(all == expected, "a full scan returns the model in order");
+    assert_eq!(store.key_count(), model.len() as u64);
+}
+
+/// A key of `len` bytes from `n`; long keys make small fanouts and tall trees.
+fn key(n: u64, len: usize) -> Vec<u8> {
+    let mut k = format!("{n:08}").into_bytes();
+    k.resize(len.max(8), b'.');
+    k
+}
+
+fn value(n: u64, len: usize) -> Vec<u8> {
+    (0..len).map(|i| (n as usize + i) as u8).collect()
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Put(u64, usize),
+    Delete(u64),
+    Checkpoint,
+}
+
+fn op_strategy() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (0u64..400, prop_oneof![8 => 0usize..200, 1 => 1000usize..1600, 1 => 3000usize..20_000])
+            .prop_map(|(k, len)| Op::Put(k, len)),
+        4 => (0u64..400).prop_map(Op::Delete),
+        1 => Just(Op::Checkpoint),
+    ]
+}
+
+fn run_ops(ops: &[Op], key_len: usize, cache_pages: usize) {
+    let disk = SimDisk::new();
+    let store = open(&disk, cache_pages);
+    let mut model = Model::new();
+    for (i, op) in ops.iter().enumerate() {
+        let index = i as u64 + 1;
+        let command = match *op {
+            Op::Put(k, len) => Command::Put {
+                key: key(k, key_len),
+                value: value(k + index, len),
+            },
+            Op::Delete(k) => Command::Delete {
+                key: key(k, key_len),
+            },
+            Op::Checkpoint => {
+                checkpoint(&store);
+                store.skip(index, 1);
+                continue;
+            }
+        };
+        block_on(store.apply(index, 1, &batch(std::slice::from_ref(&command)))).unwrap();
+        apply_to_model(&mut model, &command);
+    }
+    assert_matches(&store, &model);
+    checkpoint(&store);
+    let report = block_on(verify(&disk, 0)).unwrap();
+    assert!(report.is_clean(), "{:?}", report.problems);
+    assert_eq!(report.keys, model.len() as u64);
+    // What the checkpoint holds is what a restart sees.
+    drop(store);
+    disk.crash(None);
+    let store = open(&disk, cache_pages);
+    assert_matches(&store, &model);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    #[test]
+    fn tree_matches_a_model(ops in proptest::collection::vec(op_strategy(), 1..600)) {
+        run_ops(&ops, 8, 24);
+    }
+
+    #[test]
+    fn tall_trees_with_long_keys_match_a_model(ops in proptest::collection::vec(op_strategy(), 1..600)) {
+        // 400-byte keys: about nine per inner page, so a few hundred keys make three levels.
+        run_ops(&ops, 400, 16);
+    }
+}
+
+#[test]
+fn splits_and_merges_at_every_level() {
+    let disk = SimDisk::new();
+    let store = open(&disk, 64);
+    let mut model = Model::new();
+    let mut index = 0;
+    let mut apply = |commands: Vec<Command>, model: &mut Model| {
+        index += 1;
+        block_on(store.apply(index, 1, &batch(&commands))).unwrap();
+        for c in &commands {
+            apply_to_model(model, c);
+        }
+    };
+    for round in 0..20u64 {
+        let puts = (0..200u64)
+            .map(|i| Command::Put {
+                key: key(i * 20 + round, 300),
+                value: value(i, 64),
+            })
+            .collect();
+        apply(puts, &mut model);
+    }
+    let height = store.stats().tree_height;
+    assert!(
+        height >= 3,
+        "4000 keys of 300 bytes make at least three levels, got {height}"
+    );
+    checkpoint(&store);
+    // Delete nearly everything, in an order that empties whole subtrees.
+    for round in 0..20u64 {
+        let deletes = (0..200u64)
+            .filter(|i| !(round == 19 && i % 50 == 0))
+            .map(|i| Command::Delete {
+                key: key(i * 20 + round, 300),
+            })
+            .collect();
+        apply(deletes, &mut model);
+        if round % 5 == 0 {
+            checkpoint(&store);
+        }
+    }
+    assert_matches(&store, &model);
+    assert!(store.stats().tree_height < height, "merges shrank the tree");
+    checkpoint(&store);
+    let report = block_on(verify(&disk, 0)).unwrap();
+    assert!(report.is_clean(), "{:?}", report.problems);
+    // Space from deletes is reused: writing the same data again does not grow the file.
+    let pages = store.stats().page_count;
+    for round in 0..4u64 {
+        let puts = (0..200u64)
+            .map(|i| Command::Put {
+                key: key(i * 20 + round, 300),
+                value: value(i, 64),
+            })
+            .collect();
+        apply(puts, &mut model);
+        checkpoint(&store);
+    }
+    assert!(
+        store.stats().page_count <= pages + 8,
+        "freed pages were reused"
+    );
+}
+
+#[test]
+fn data_far_larger_than_the_cache_stays_within_it() {
+    let disk = SimDisk::new();
+    let cache = 16;
+    let store = open(&disk, cache);
+    let mut model = Model::new();
+    let mut rng = SimRng::new(5);
+    for index in 1..=200u64 {
+        let commands: Vec<Command> = (0..20)
+            .map(|_| {
+                let k = rng.below(3000);
+                Command::Put {
+                    key: key(k, 16),
+                    value: value(k, 200),
+                }
+            })
+            .collect();
+        block_on(store.apply(index, 1, &batch(&commands))).unwrap();
+        for c in &commands {
+            apply_to_model(&mut model, c);
+        }
+        // Back-pressure checkpoints keep dirty pages below the budget.
+        assert!(store.stats().cached_pages <= cache as u64 + 8);
+    }
+    assert!(
+        store.stats().page_count > 10 * cache as u64,
+        "the data is larger than the cache"
+    );
+    assert_matches(&store, &model);
+    assert!(store.stats().evictions > 0);
+}
+
+#[test]
+fn a_corrupt_page_is_reported_with_its_id() {
+    let disk = SimDisk::new();
+    let store = open(&disk, 16);
+    let commands: Vec<Command> = (0..300)
+        .map(|k| Command::Put {
+            key: key(k, 16),
+            value: value(k, 100),
+        })
+        .collect();
+    block_on(store.apply(1, 1, &batch(&commands))).unwrap();
+    checkpoint(&store);
+    let root = store.state.borrow().root;
+    drop(store);
+    disk.with_file(PAGE_FILE, |bytes| {
+        bytes[root as usize * PAGE_SIZE + 100] ^= 0xFF;
+    });
+    let report = block_on(verify(&disk, 0)).unwrap();
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.contains(&format!("page {root}"))),
+        "{:?}",
+        report.problems
+    );
+    let store = open(&disk, 16);
+    match block_on(store.get(&key(1, 16))) {
+        Err(StoreError::Corrupt { page, shard: 0, .. }) => assert_eq!(page, root),
+        other => panic!("expected a corruption error, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_failed_checkpoint_keeps_the_previous_one_and_the_next_succeeds() {
+    let disk = SimDisk::new();
+    let store = open(&disk, 64);
+    let put = |i: u64| Command::Put {
+        key: key(i, 16),
+        value: value(i, 100),
+    };
+    block_on(store.apply(1, 1, &batch(&(0..100).map(put).collect::<Vec<_>>()))).unwrap();
+    let first = checkpoint(&store).unwrap();
+    block_on(store.apply(2, 1, &batch(&(100..200).map(put).collect::<Vec<_>>()))).unwrap();
+    disk.fail_after(FaultOn::Write, 3, 28);
+    let failed = block_on(store.checkpoint(None::<fn(usize) -> std::future::Ready<()>>));
+    assert!(
+        matches!(failed, Err(StoreError::DiskFull { .. })),
+        "{failed:?}"
+    );
+    assert_eq!(store.durable_checkpoint(), Some(first));
+    // Space is back: the next checkpoint writes everything.
+    let second = checkpoint(&store).unwrap();
+    assert_eq!(second.applied_index, 2);
+    drop(store);
+    disk.crash(None);
+    let store = open(&disk, 64);
+    assert_eq!(store.key_count(), 200);
+    assert!(block_on(verify(&disk, 0)).unwrap().is_clean());
+}
+
+/// The crash loop: random batches, checkpoints at random moments, a crash at a random write
+/// (torn: each unsynced block may or may not have landed). Recovery loads the checkpoint and
+/// applies the durable log after it; the result must equal the model of every entry.
+#[test]
+fn crash_recovery_loop() {
+    let mut from_checkpoint = 0;
+    let mut mid_entry = 0;
+    for seed in 0..300u64 {
+        let mut rng = SimRng::new(seed);
+        let disk = SimDisk::new();
+        let store = open(&disk, 8 + rng.below(24) as usize);
+        let mut log: Vec<(u64, Vec<u8>)> = Vec::new();
+        let mut model = Model::new();
+        let entries = 5 + rng.below(40);
+        let crash_at = rng.below(entries);
+        for index in 1..=entries {
+            let commands: Vec<Command> = (0..1 + rng.below(30))
+                .map(|_| {
+                    let k = rng.below(500);
+                    if rng.below(4) == 0 {
+                        Command::Delete { key: key(k, 24) }
+                    } else {
+                        let len = if rng.below(10) == 0 {
+                            2000 + rng.below(9000)
+                        } else {
+                            rng.below(300)
+                        };
+                        Command::Put {
+                            key: key(k, 24),
+                            value: value(k + index, len as usize),
+                        }
+                    }
+                })
+                .collect();
+            let encoded = batch(&commands);
+            // The entry is in the (durable) log before it is applied.
+            log.push((index, encoded.clone()));
+            for c in &commands {
+                apply_to_model(&mut model, c);
+            }
+            if index == crash_at {
+                // Crash in the middle of this entry's writes or of a checkpoint.
+                disk.fail_after(FaultOn::Write, 1 + rng.below(20), 5);
+            }
+            let applied = block_on(store.apply(index, 1, &encoded));
+            if applied.is_err() {
+                break;
+            }
+            if rng.below(3) == 0
+                && block_on(store.checkpoint(None::<fn(usize) -> std::future::Ready<()>>)).is_err()
+            {
+                break;
+            }
+        }
+        drop(store);
+        disk.crash(Some(&mut rng));
+        let store = open(&disk, 32);
+        from_checkpoint += u32::from(store.applied_index() > 0);
+        mid_entry += u32::from(store.state.borrow().partial_commands > 0);
+        for (index, entry) in &log {
+            block_on(store.apply(*index, 1, entry)).unwrap();
+        }
+        assert_matches(&store, &model);
+        checkpoint(&store);
+        let report = block_on(verify(&disk, 0)).unwrap();
+        assert!(report.is_clean(), "seed {seed}: {:?}", report.problems);
+    }
+    // The loop reaches the interesting cases: recovery from a checkpoint, and from one taken
+    // in the middle of an entry.
+    assert!(
+        from_checkpoint > 100,
+        "{from_checkpoint} recoveries started from a checkpoint"
+    );
+    assert!(mid_entry > 0, "{mid_entry} recoveries started mid-entry");
+}
+
+#[test]
+fn a_checkpoint_between_two_commands_of_one_entry_replays_only_the_rest() {
+    let disk = SimDisk::new();
+    // A tiny pool: back-pressure forces checkpoints in the middle of the big entry.
+    let store = open(&disk, 16);
+    let commands: Vec<Command> = (0..400)
+        .map(|k| Command::Put {
+            key: key(k, 16),
+            value: value(k, 300),
+        })
+        .collect();
+    let entry = batch(&commands);
+    block_on(store.apply(1, 1, &entry)).unwrap();
+    let checkpoints = store.stats().checkpoints;
+    assert!(checkpoints > 0, "back-pressure checkpoints ran mid-entry");
+    let durable = store.durable_checkpoint().unwrap();
+    assert_eq!(
+        durable.applied_index, 0,
+        "the entry was not complete at any of them"
+    );
+    drop(store);
+    disk.crash(None);
+    let store = open(&disk, 16);
+    assert!(store.state.borrow().partial_commands > 0);
+    let results = block_on(store.apply(1, 1, &entry)).unwrap();
+    assert!(results.iter().any(|r| *r == CommandResult::Skipped));
+    assert_eq!(store.key_count(), 400);
+}
+
+#[test]
+fn command_semantics_match_the_memory_store() {
+    use crate::state::{MemStore, StateMachine};
+    let disk = SimDisk::new();
+    let store = open(&disk, 32);
+    let mut mem = MemStore::new();
+    let big = vec![b'x'; 5000];
+    let commands = vec![
+        Command::Put {
+            key: b"a".to_vec(),
+            value: b"1".to_vec(),
+        },
+        Command::Increment {
+            key: b"a".to_vec(),
+            delta: 41,
+        },
+        Command::Increment {
+            key: b"n".to_vec(),
+            delta: -3,
+        },
+        Command::Append {
+            key: b"s".to_vec(),
+            value: big.clone(),
+        },
+        Command::Append {
+            key: b"s".to_vec(),
+            value: b"tail".to_vec(),
+        },
+        Command::GetAndPut {
+            key: b"s".to_vec(),
+            value: b"short".to_vec(),
+        },
+        Command::Cas {
+            key: b"a".to_vec(),
+            expected_version: 1,
+            value: Some(b"no".to_vec()),
+        },
+        Command::Cas {
+            key: b"a".to_vec(),
+            expected_version: 2,
+            value: None,
+        },
+        Command::PutIfExists {
+            key: b"zz".to_vec(),
+            value: b"v".to_vec(),
+        },
+        Command::PutIfExists {
+            key: b"n".to_vec(),
+            value: b"v".to_vec(),
+        },
+        Command::PutMany {
+            pairs: vec![(b"p".to_vec(), big.clone()), (b"q".to_vec(), b"2".to_vec())],
+        },
+        Command::Increment {
+            key: b"p".to_vec(),
+            delta: 1,
+        },
+        Command::Delete { key: b"q".to_vec() },
+        Command::Delete { key: b"q".to_vec() },
+    ];
+    let encoded = batch(&commands);
+    let ours = block_on(store.apply(1, 1, &encoded)).unwrap();
+    let theirs = mem.apply(1, &encoded).unwrap();
+    assert_eq!(ours, theirs);
+    for k in [&b"a"[..], b"n", b"s", b"p", b"q", b"zz"] {
+        assert_eq!(block_on(store.get(k)).unwrap(), mem.get(k), "key {k:?}");
+    }
+    assert_eq!(
+        block_on(store.scan(b"", None, 100)).unwrap(),
+        mem.scan(b"", None, 100)
+    );
+    assert_eq!(
+        block_on(store.scan(b"n", Some(b"q"), 100)).unwrap(),
+        mem.scan(b"n", Some(b"q"), 100)
+    );
+}

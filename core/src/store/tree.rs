@@ -1,0 +1,682 @@
+//! The B+tree over the buffer pool's pages, and the pool itself.
+//!
+//! Every operation here is synchronous and runs on [`State`] alone. An operation that needs a
+//! page that is not resident returns [`Miss`] *before it changes anything*; the store loads
+//! the page and runs the operation again from the root. So on the shard's single thread each
+//! tree operation is atomic: a reader never sees a half-done split, and no latch is needed.
+//!
+//! Copy-on-write: a page written by an earlier epoch (and so part of a checkpoint that is on
+//! disk or being written) is never changed in place. Changing it allocates a new page, which
+//! the parent then points to; the old page is freed once a checkpoint that no longer needs it
+//! is durable. Pages of the current epoch change in place.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use super::page::{node_size, Entry, Node, Value, PAGE_SIZE, UNDERFLOW_BYTES};
+
+/// A page the operation needs that is not in the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Miss(pub u64);
+
+pub struct Frame {
+    pub node: Node,
+    pub lsn: u64,
+    pub epoch: u64,
+    pub dirty: bool,
+    pub pins: u32,
+    pub referenced: bool,
+}
+
+/// Everything a shard's store keeps in memory: the pool, the tree's root, the allocator.
+pub struct State {
+    pub frames: HashMap<u64, Frame>,
+    clock: Vec<u64>,
+    hand: usize,
+    pub capacity: usize,
+    pub dirty: usize,
+    /// Pages being read, and whether their id was handed out again meanwhile (the read then
+    /// returns old bytes and must be dropped).
+    pub loading: HashMap<u64, (u32, bool)>,
+    pub root: u64,
+    pub height: u32,
+    /// The epoch pages change in; every page of an earlier epoch is copy-on-write.
+    pub epoch: u64,
+    pub free: BTreeSet<u64>,
+    /// Pages freed in epoch `e`, reusable once checkpoint `e` is durable.
+    pub pending: BTreeMap<u64, Vec<u64>>,
+    pub page_count: u64,
+    pub applied_index: u64,
+    pub applied_term: u64,
+    pub partial_commands: u32,
+    pub last_version: u64,
+    pub key_count: u64,
+    pub evictions: u64,
+    pub loads: u64,
+}
+
+fn child_index(keys: &[Vec<u8>], key: &[u8]) -> usize {
+    keys.partition_point(|k| k.as_slice() <= key)
+}
+
+/// The split point of `sizes` that makes the larger half smallest; both halves non-empty.
+fn best_split(sizes: &[usize]) -> usize {
+    let total: usize = sizes.iter().sum();
+    let mut left = 0;
+    let mut best = (usize::MAX, 1);
+    for (i, s) in sizes.iter().enumerate().take(sizes.len() - 1) {
+        left += s;
+        let worst = left.max(total - left);
+        if worst < best.0 {
+            best = (worst, i + 1);
+        }
+    }
+    best.1
+}
+
+impl State {
+    pub fn new(capacity: usize) -> State {
+        State {
+            frames: HashMap::new(),
+            clock: Vec::new(),
+            hand: 0,
+            capacity: capacity.max(16),
+            dirty: 0,
+            loading: HashMap::new(),
+            root: 0,
+            height: 0,
+            epoch: 1,
+            free: BTreeSet::new(),
+            pending: BTreeMap::new(),
+            page_count: super::page::META_PAGES,
+            applied_index: 0,
+            applied_term: 0,
+            partial_commands: 0,
+            last_version: 0,
+            key_count: 0,
+            evictions: 0,
+            loads: 0,
+        }
+    }
+
+    // ---- the pool ----
+
+    pub fn node(&mut self, id: u64) -> Result<&Node, Miss> {
+        match self.frames.get_mut(&id) {
+            Some(frame) => {
+                frame.referenced = true;
+                Ok(&frame.node)
+            }
+            None => Err(Miss(id)),
+        }
+    }
+
+    fn node_mut(&mut self, id: u64) -> &mut Node {
+        &mut self
+            .frames
+            .get_mut(&id)
+            .expect("a mutable page is resident")
+            .node
+    }
+
+    /// Adds a page read from disk, unless it is resident already.
+    pub fn insert_loaded(&mut self, id: u64, node: Node, lsn: u64, epoch: u64) {
+        if self.frames.contains_key(&id) {
+            return;
+        }
+        self.make_room();
+        self.insert_frame(id, node, lsn, epoch, false);
+    }
+
+    fn insert_frame(&mut self, id: u64, node: Node, lsn: u64, epoch: u64, dirty: bool) {
+        if dirty {
+            self.dirty += 1;
+        }
+        let old = self.frames.insert(
+            id,
+            Frame {
+                node,
+                lsn,
+                epoch,
+                dirty,
+                pins: 0,
+                referenced: true,
+            },
+        );
+        match old {
+            Some(old) if old.dirty => self.dirty -= 1,
+            Some(_) => {}
+            None => self.clock.push(id),
+        }
+    }
+
+    pub fn pin(&mut self, id: u64) -> bool {
+        match self.frames.get_mut(&id) {
+            Some(frame) => {
+                frame.pins += 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn unpin(&mut self, id: u64) {
+        if let Some(frame) = self.frames.get_mut(&id) {
+            frame.pins = frame.pins.saturating_sub(1);
+        }
+    }
+
+    /// Evicts clean, unpinned pages (CLOCK) until the pool is within its budget. Dirty pages
+    /// stay until a checkpoint writes them; if every page is dirty or pinned the pool runs
+    /// over its budget and the store asks for a checkpoint.
+    pub fn make_room(&mut self) {
+        let mut budget = self.clock.len() * 2 + 2;
+        while self.frames.len() > self.capacity && budget > 0 && !self.clock.is_empty() {
+            budget -= 1;
+            if self.hand >= self.clock.len() {
+                self.hand = 0;
+            }
+            let id = self.clock[self.hand];
+            let evict = match self.frames.get_mut(&id) {
+                None => {
+                    self.clock.swap_remove(self.hand);
+                    continue;
+                }
+                Some(frame) if frame.dirty || frame.pins > 0 => false,
+                Some(frame) if frame.referenced => {
+                    frame.referenced = false;
+                    false
+                }
+                Some(_) => true,
+            };
+            if evict {
+                self.frames.remove(&id);
+                self.clock.swap_remove(self.hand);
+                self.evictions += 1;
+            } else {
+                self.hand += 1;
+            }
+        }
+        // Ids of frames dropped elsewhere are cleaned out lazily above; keep the vector
+        // from growing without bound when that is rare.
+        if self.clock.len() > self.frames.len() * 2 + 64 {
+            let frames = &self.frames;
+            self.clock.retain(|id| frames.contains_key(id));
+            self.clock.sort_unstable();
+            self.clock.dedup();
+            self.hand = 0;
+        }
+    }
+
+    // ---- the allocator ----
+
+    fn taken(&mut self, id: u64) {
+        if let Some(loading) = self.loading.get_mut(&id) {
+            loading.1 = true;
+        }
+    }
+
+    pub fn alloc_page(&mut self) -> u64 {
+        let id = match self.free.pop_first() {
+            Some(id) => id,
+            None => {
+                self.page_count += 1;
+                self.page_count - 1
+            }
+        };
+        self.taken(id);
+        id
+    }
+
+    /// `n` contiguous pages: a run from the free set if there is one, else the file's end.
+    pub fn alloc_extent(&mut self, n: u32) -> u64 {
+        let n = u64::from(n);
+        let mut run_start = 0;
+        let mut run_len = 0;
+        let mut found = None;
+        for &id in self.free.iter() {
+            if run_len > 0 && id == run_start + run_len {
+                run_len += 1;
+            } else {
+                run_start = id;
+                run_len = 1;
+            }
+            if run_len == n {
+                found = Some(run_start);
+                break;
+            }
+        }
+        let first = match found {
+            Some(first) => {
+                for id in first..first + n {
+                    self.free.remove(&id);
+                }
+                first
+            }
+            None => {
+                self.page_count += n;
+                self.page_count - n
+            }
+        };
+        for id in first..first + n {
+            self.taken(id);
+        }
+        first
+    }
+
+    /// Frees a tree page. A page of the current epoch is in no checkpoint and is reusable at
+    /// once; an older one waits for the next durable checkpoint. A dirty older page stays in
+    /// the pool: the checkpoint being written still needs it.
+    pub fn free_page(&mut self, id: u64) {
+        let (epoch, dirty) = match self.frames.get(&id) {
+            Some(frame) => (frame.epoch, frame.dirty),
+            None => (0, false),
+        };
+        if epoch == self.epoch {
+            if let Some(frame) = self.frames.remove(&id) {
+                if frame.dirty {
+                    self.dirty -= 1;
+                }
+            }
+            self.free.insert(id);
+        } else {
+            if !dirty {
+                self.frames.remove(&id);
+            }
+            self.pending.entry(self.epoch).or_default().push(id);
+        }
+    }
+
+    pub fn free_extent(&mut self, first: u64, pages: u32) {
+        let bucket = self.pending.entry(self.epoch).or_default();
+        bucket.extend(first..first + u64::from(pages));
+    }
+
+    /// Makes page `id` changeable in this epoch and records `lsn` on it; returns its id, new
+    /// if the page had to be copied.
+    fn make_mut(&mut self, id: u64, lsn: u64) -> u64 {
+        let epoch = self.epoch;
+        let frame = self.frames.get_mut(&id).expect("the page is resident");
+        if frame.epoch == epoch {
+            if !frame.dirty {
+                frame.dirty = true;
+                self.dirty += 1;
+            }
+            frame.lsn = lsn;
+            return id;
+        }
+        let node = frame.node.clone();
+        let copy = self.alloc_page();
+        self.insert_frame(copy, node, lsn, epoch, true);
+        self.free_page(id);
+        copy
+    }
+
+    fn new_page(&mut self, node: Node, lsn: u64) -> u64 {
+        let id = self.alloc_page();
+        self.insert_frame(id, node, lsn, self.epoch, true);
+        id
+    }
+
+    // ---- reads ----
+
+    /// The entry for `key`.
+    pub fn lookup(&mut self, key: &[u8]) -> Result<Option<Entry>, Miss> {
+        if self.root == 0 {
+            return Ok(None);
+        }
+        let mut id = self.root;
+        loop {
+            match self.node(id)? {
+                Node::Inner { keys, children } => id = children[child_index(keys, key)],
+                Node::Leaf(entries) => {
+                    return Ok(entries
+                        .binary_search_by(|e| e.key.as_slice().cmp(key))
+                        .ok()
+                        .map(|i| entries[i].clone()))
+                }
+            }
+        }
+    }
+
+    /// The entries of the leaf holding `start` from `start` on (at most `limit`), and the
+    /// first key of the next leaf, if there is one.
+    pub fn scan_leaf(
+        &mut self,
+        start: &[u8],
+        limit: usize,
+    ) -> Result<(Vec<Entry>, Option<Vec<u8>>), Miss> {
+        if self.root == 0 {
+            return Ok((Vec::new(), None));
+        }
+        let mut id = self.root;
+        let mut fence: Option<Vec<u8>> = None;
+        loop {
+            match self.node(id)? {
+                Node::Inner { keys, children } => {
+                    let i = child_index(keys, start);
+                    if i < keys.len() {
+                        fence = Some(keys[i].clone());
+                    }
+                    id = children[i];
+                }
+                Node::Leaf(entries) => {
+                    let from = entries.partition_point(|e| e.key.as_slice() < start);
+                    let out: Vec<Entry> = entries[from..].iter().take(limit).cloned().collect();
+                    return Ok((out, fence));
+                }
+            }
+        }
+    }
+
+    /// Root-to-leaf page ids and the child index taken at each inner level.
+    fn descend(&mut self, key: &[u8]) -> Result<(Vec<u64>, Vec<usize>), Miss> {
+        let mut ids = vec![self.root];
+        let mut slots = Vec::new();
+        loop {
+            let id = *ids.last().expect("the path is never empty");
+            match self.node(id)? {
+                Node::Inner { keys, children } => {
+                    let i = child_index(keys, key);
+                    slots.push(i);
+                    ids.push(children[i]);
+                }
+                Node::Leaf(_) => return Ok((ids, slots)),
+            }
+        }
+    }
+
+    /// Copies the path top-down into this epoch; returns the new ids.
+    fn cow_path(&mut self, ids: &[u64], slots: &[usize], lsn: u64) -> Vec<u64> {
+        let mut out = Vec::with_capacity(ids.len());
+        let root = self.make_mut(ids[0], lsn);
+        self.root = root;
+        out.push(root);
+        for (level, &id) in ids.iter().enumerate().skip(1) {
+            let new = self.make_mut(id, lsn);
+            let parent = out[level - 1];
+            if let Node::Inner { children, .. } = self.node_mut(parent) {
+                children[slots[level - 1]] = new;
+            }
+            out.push(new);
+        }
+        out
+    }
+
+    // ---- writes ----
+
+    /// Inserts or replaces `entry`; returns the entry it replaced.
+    pub fn insert(&mut self, entry: Entry, lsn: u64) -> Result<Option<Entry>, Miss> {
+        if self.root == 0 {
+            self.root = self.new_page(Node::Leaf(vec![entry]), lsn);
+            self.height = 1;
+            return Ok(None);
+        }
+        let (ids, slots) = self.descend(&entry.key)?;
+        let leaf = *ids.last().expect("a leaf");
+        let after = match self.node(leaf)? {
+            Node::Leaf(entries) => {
+                let replaced = entries
+                    .binary_search_by(|e| e.key.as_slice().cmp(&entry.key))
+                    .map_or(0, |i| entries[i].encoded_len());
+                node_size(self.node(leaf)?) - replaced + entry.encoded_len()
+            }
+            Node::Inner { .. } => unreachable!("descend ends at a leaf"),
+        };
+        if after < UNDERFLOW_BYTES {
+            // A smaller value can leave the leaf underfull.
+            self.ensure_siblings(&ids, &slots)?;
+        }
+        // Nothing can miss from here on: the path is resident and nothing is evicted while
+        // the operation runs.
+        let path = self.cow_path(&ids, &slots, lsn);
+        let leaf = *path.last().expect("a leaf");
+        let old = match self.node_mut(leaf) {
+            Node::Leaf(entries) => {
+                match entries.binary_search_by(|e| e.key.as_slice().cmp(&entry.key)) {
+                    Ok(i) => Some(std::mem::replace(&mut entries[i], entry)),
+                    Err(i) => {
+                        entries.insert(i, entry);
+                        None
+                    }
+                }
+            }
+            Node::Inner { .. } => unreachable!("descend ends at a leaf"),
+        };
+        self.fix_upwards(&path, &slots, lsn);
+        Ok(old)
+    }
+
+    /// Removes `key`; returns its entry.
+    pub fn remove(&mut self, key: &[u8], lsn: u64) -> Result<Option<Entry>, Miss> {
+        if self.root == 0 {
+            return Ok(None);
+        }
+        let (ids, slots) = self.descend(key)?;
+        let leaf = *ids.last().expect("a leaf");
+        let underflows = match self.node(leaf)? {
+            Node::Leaf(entries) => {
+                let Ok(i) = entries.binary_search_by(|e| e.key.as_slice().cmp(key)) else {
+                    return Ok(None);
+                };
+                node_size(self.node(leaf)?) - entries_len(self.node(leaf)?, i) < UNDERFLOW_BYTES
+            }
+            Node::Inner { .. } => unreachable!("descend ends at a leaf"),
+        };
+        if underflows {
+            self.ensure_siblings(&ids, &slots)?;
+        }
+        let path = self.cow_path(&ids, &slots, lsn);
+        let leaf = *path.last().expect("a leaf");
+        let old = match self.node_mut(leaf) {
+            Node::Leaf(entries) => {
+                let i = entries
+                    .binary_search_by(|e| e.key.as_slice().cmp(key))
+                    .expect("found above");
+                entries.remove(i)
+            }
+            Node::Inner { .. } => unreachable!(),
+        };
+        self.fix_upwards(&path, &slots, lsn);
+        Ok(Some(old))
+    }
+
+    /// A rebalance may climb to the root; it needs the sibling at every level resident.
+    fn ensure_siblings(&mut self, ids: &[u64], slots: &[usize]) -> Result<(), Miss> {
+        for level in 1..ids.len() {
+            let sibling = match self.node(ids[level - 1])? {
+                Node::Inner { children, .. } => {
+                    let slot = slots[level - 1];
+                    if slot > 0 {
+                        children[slot - 1]
+                    } else {
+                        children[slot + 1]
+                    }
+                }
+                Node::Leaf(_) => unreachable!("inner levels are inner"),
+            };
+            self.node(sibling)?;
+        }
+        Ok(())
+    }
+
+    /// Splits overfull and rebalances underfull nodes from the leaf up, then shrinks or
+    /// grows the root.
+    fn fix_upwards(&mut self, path: &[u64], slots: &[usize], lsn: u64) {
+        for level in (0..path.len()).rev() {
+            let id = path[level];
+            let Some(frame) = self.frames.get(&id) else {
+                continue; // merged into its left sibling below
+            };
+            let size = node_size(&frame.node);
+            if size > PAGE_SIZE {
+                let (separator, right) = self.split(id, lsn);
+                if level == 0 {
+                    self.root = self.new_page(
+                        Node::Inner {
+                            keys: vec![separator],
+                            children: vec![id, right],
+                        },
+                        lsn,
+                    );
+                    self.height += 1;
+                } else if let Node::Inner { keys, children } = self.node_mut(path[level - 1]) {
+                    let slot = slots[level - 1];
+                    keys.insert(slot, separator);
+                    children.insert(slot + 1, right);
+                }
+            } else if size < UNDERFLOW_BYTES && level > 0 {
+                self.rebalance(path[level - 1], slots[level - 1], lsn);
+            }
+        }
+        self.shrink_root();
+    }
+
+    /// Splits page `id` in two; returns the separator and the new right page.
+    fn split(&mut self, id: u64, lsn: u64) -> (Vec<u8>, u64) {
+        match self.node_mut(id) {
+            Node::Leaf(entries) => {
+                let sizes: Vec<usize> = entries.iter().map(Entry::encoded_len).collect();
+                let at = best_split(&sizes);
+                let right = entries.split_off(at);
+                let separator = right[0].key.clone();
+                let right = self.new_page(Node::Leaf(right), lsn);
+                (separator, right)
+            }
+            Node::Inner { keys, children } => {
+                let sizes: Vec<usize> = keys.iter().map(|k| k.len() + 10).collect();
+                let at = best_split(&sizes);
+                let mut right_keys = keys.split_off(at);
+                let separator = right_keys.remove(0);
+                let right_children = children.split_off(at + 1);
+                let right = self.new_page(
+                    Node::Inner {
+                        keys: right_keys,
+                        children: right_children,
+                    },
+                    lsn,
+                );
+                (separator, right)
+            }
+        }
+    }
+
+    /// Merges the child at `slot` of `parent` with a sibling, or moves entries over from
+    /// it when both do not fit one page.
+    fn rebalance(&mut self, parent: u64, slot: usize, lsn: u64) {
+        let (left_slot, child_count) = match self.node_mut(parent) {
+            Node::Inner { children, .. } => {
+                (if slot > 0 { slot - 1 } else { slot }, children.len())
+            }
+            Node::Leaf(_) => unreachable!("parents are inner nodes"),
+        };
+        if child_count < 2 {
+            return;
+        }
+        let (left_id, right_id, separator) = match self.node_mut(parent) {
+            Node::Inner { keys, children } => (
+                children[left_slot],
+                children[left_slot + 1],
+                keys[left_slot].clone(),
+            ),
+            Node::Leaf(_) => unreachable!(),
+        };
+        let left = self.make_mut(left_id, lsn);
+        let right = self.make_mut(right_id, lsn);
+        let right_node = std::mem::replace(self.node_mut(right), Node::Leaf(Vec::new()));
+        let merged = match (self.node_mut(left), right_node) {
+            (Node::Leaf(l), Node::Leaf(r)) => {
+                l.extend(r);
+                true
+            }
+            (
+                Node::Inner { keys, children },
+                Node::Inner {
+                    keys: rk,
+                    children: rc,
+                },
+            ) => {
+                keys.push(separator);
+                keys.extend(rk);
+                children.extend(rc);
+                true
+            }
+            _ => false,
+        };
+        debug_assert!(merged, "siblings are at the same level");
+        if node_size(self.node_mut(left)) <= PAGE_SIZE {
+            // One page holds both: drop the right one.
+            self.free_page(right);
+            if let Node::Inner { keys, children } = self.node_mut(parent) {
+                keys.remove(left_slot);
+                children.remove(left_slot + 1);
+                children[left_slot] = left;
+            }
+            return;
+        }
+        // Too big for one page: split the combined node at its best point instead.
+        let new_separator = match self.node_mut(left) {
+            Node::Leaf(entries) => {
+                let sizes: Vec<usize> = entries.iter().map(Entry::encoded_len).collect();
+                let at = best_split(&sizes);
+                let moved = entries.split_off(at);
+                let separator = moved[0].key.clone();
+                *self.node_mut(right) = Node::Leaf(moved);
+                separator
+            }
+            Node::Inner { keys, children } => {
+                let sizes: Vec<usize> = keys.iter().map(|k| k.len() + 10).collect();
+                let at = best_split(&sizes);
+                let mut moved_keys = keys.split_off(at);
+                let separator = moved_keys.remove(0);
+                let moved_children = children.split_off(at + 1);
+                *self.node_mut(right) = Node::Inner {
+                    keys: moved_keys,
+                    children: moved_children,
+                };
+                separator
+            }
+        };
+        if let Node::Inner { keys, children } = self.node_mut(parent) {
+            keys[left_slot] = new_separator;
+            children[left_slot] = left;
+            children[left_slot + 1] = right;
+        }
+    }
+
+    fn shrink_root(&mut self) {
+        loop {
+            let root = self.root;
+            let replacement = match self.frames.get(&root).map(|f| &f.node) {
+                Some(Node::Inner { keys, children }) if keys.is_empty() => children[0],
+                Some(Node::Leaf(entries)) if entries.is_empty() => 0,
+                _ => return,
+            };
+            self.free_page(root);
+            self.root = replacement;
+            self.height -= 1;
+            if replacement == 0 {
+                return;
+            }
+        }
+    }
+}
+
+/// Bytes entry `i` of a leaf takes.
+fn entries_len(node: &Node, i: usize) -> usize {
+    match node {
+        Node::Leaf(entries) => entries[i].encoded_len(),
+        Node::Inner { .. } => 0,
+    }
+}
+
+/// Whether `value` must go to an extent.
+pub fn needs_extent(key: &[u8], value: &[u8]) -> bool {
+    Entry {
+        key: key.to_vec(),
+        version: 0,
+        value: Value::Inline(Vec::new()),
+    }
+    .encoded_len()
+        + value.len()
+        > super::page::INLINE_ENTRY_MAX
+}
