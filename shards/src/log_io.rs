@@ -1,9 +1,10 @@
 //! The production log disk: segment files opened with O_DIRECT, written through io_uring.
 //!
-//! Each shard has one log I/O thread with its own small io_uring. The shard's executor hands
-//! it a job and awaits its completion; a group commit is a single submission of a write
-//! linked to an fdatasync, so one kernel entry makes a group durable. The thread sleeps in
-//! `io_uring_enter` while the disk works, so it costs no CPU while waiting.
+//! Each shard has one I/O thread with its own io_uring, for its log and its page file. The
+//! shard's executor hands it jobs and awaits their completion; many (page reads, checkpoint
+//! writes) can be in flight at once. A group commit is a write linked to an fdatasync, so
+//! one submission makes a group durable. The thread sleeps in `io_uring_enter` while the
+//! disk works, and an eventfd read in the ring wakes it when a new job arrives.
 //!
 //! Why not glommio's DMA files: glommio probes io_uring's polled mode on the device, and on
 //! virtio disks the probe passes although the device has no poll queues; writes then go to
@@ -20,6 +21,8 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::collections::HashMap;
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
@@ -28,8 +31,9 @@ use io_uring::{opcode, squeue, types, IoUring};
 use kvs_core::limits::LOG_BLOCK_SIZE;
 use kvs_core::log::{LogDisk, LogFile};
 
-/// Submission queue entries of a log thread's ring: one write and one fsync in flight.
-const RING_ENTRIES: u32 = 8;
+/// Reads larger than this (whole log segments at recovery) bypass the ring.
+const READ_THROUGH_RING_MAX: usize = 32 * 1024 * 1024;
+
 
 /// A heap buffer aligned to LOG_BLOCK_SIZE, as O_DIRECT requires.
 pub struct AlignedBuffer {
@@ -123,125 +127,261 @@ enum Job {
         fd: RawFd,
         done: Arc<Completion<io::Result<()>>>,
     },
+    /// Read up to `buffer.len()` bytes at `pos`; hands back the bytes read.
+    Read {
+        fd: RawFd,
+        buffer: AlignedBuffer,
+        pos: u64,
+        done: Arc<Completion<io::Result<Vec<u8>>>>,
+    },
+    Stop,
 }
 
-/// The log I/O thread of one shard.
+/// Submission queue entries of a shard's ring, and most operations in flight at once.
+const RING_ENTRIES: u32 = 256;
+const IN_FLIGHT_MAX: usize = 192;
+/// user_data of the eventfd read that wakes the thread when jobs arrive.
+const WAKE: u64 = u64::MAX;
+
+struct Shared {
+    jobs: mpsc::Sender<Job>,
+    wake: OwnedFd,
+}
+
+impl Shared {
+    fn send(&self, job: Job) -> io::Result<()> {
+        self.jobs
+            .send(job)
+            .map_err(|_| io::Error::other("the shard's I/O thread has stopped"))?;
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: writes 8 bytes from a live buffer to an eventfd we own.
+        let n = unsafe { libc::write(self.wake.as_raw_fd(), one.as_ptr().cast(), 8) };
+        if n != 8 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        let _ = self.send(Job::Stop);
+    }
+}
+
+/// The I/O thread of one shard: log appends and page reads and writes, many in flight.
 #[derive(Clone)]
 struct IoThread {
-    jobs: mpsc::Sender<Job>,
+    shared: Arc<Shared>,
 }
 
 impl IoThread {
     fn start(name: String) -> io::Result<IoThread> {
         let ring = IoUring::new(RING_ENTRIES)?;
+        // SAFETY: plain eventfd creation; the result is checked.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd is a new descriptor we own.
+        let wake = unsafe { OwnedFd::from_raw_fd(fd) };
+        let wake_fd = wake.as_raw_fd();
         let (jobs, queue) = mpsc::channel();
         std::thread::Builder::new()
             .name(name)
-            .spawn(move || io_thread(ring, queue))?;
-        Ok(IoThread { jobs })
+            .spawn(move || io_thread(ring, queue, wake_fd))?;
+        Ok(IoThread {
+            shared: Arc::new(Shared { jobs, wake }),
+        })
     }
 
-    async fn run(
-        &self,
-        make: impl FnOnce(Arc<Completion<io::Result<()>>>) -> Job,
-    ) -> io::Result<()> {
+    async fn run<T>(&self, make: impl FnOnce(Arc<Completion<io::Result<T>>>) -> Job) -> io::Result<T> {
         let done = Arc::new(Completion {
             state: Mutex::new((None, None)),
         });
-        self.jobs
-            .send(make(Arc::clone(&done)))
-            .map_err(|_| io::Error::other("the log I/O thread has stopped"))?;
+        self.shared.send(make(Arc::clone(&done)))?;
         Wait(done).await
     }
 }
 
-fn io_thread(mut ring: IoUring, queue: mpsc::Receiver<Job>) {
-    while let Ok(job) = queue.recv() {
-        match job {
-            Job::Write {
-                fd,
-                buffer,
-                pos,
-                sync,
-                done,
-            } => {
-                let result = submit_write(&mut ring, fd, &buffer, pos, sync);
-                drop(buffer);
-                done.complete(result);
-            }
-            Job::Sync { fd, done } => {
-                let fsync = opcode::Fsync::new(types::Fd(fd))
-                    .flags(types::FsyncFlags::DATASYNC)
-                    .build();
-                done.complete(submit(&mut ring, &[fsync]).map(|_| ()));
+/// An operation in flight: its entries' results as they complete.
+struct Flight {
+    results: [i32; 2],
+    remaining: u8,
+    job: Job,
+}
+
+fn finish(flight: Flight) {
+    let first_error = flight.results.iter().find(|&&r| r < 0).copied();
+    match flight.job {
+        Job::Write {
+            buffer, pos, done, ..
+        } => {
+            let result = match first_error {
+                // The first failure is the cause; a linked fsync reports ECANCELED after it.
+                Some(e) => Err(io::Error::from_raw_os_error(-e)),
+                None if flight.results[0] as usize != buffer.as_ref().len() => Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    format!(
+                        "short direct write: {} of {} bytes at {pos}",
+                        flight.results[0],
+                        buffer.as_ref().len()
+                    ),
+                )),
+                None => Ok(()),
+            };
+            drop(buffer);
+            done.complete(result);
+        }
+        Job::Sync { done, .. } => done.complete(match first_error {
+            Some(e) => Err(io::Error::from_raw_os_error(-e)),
+            None => Ok(()),
+        }),
+        Job::Read { buffer, done, .. } => done.complete(match first_error {
+            Some(e) => Err(io::Error::from_raw_os_error(-e)),
+            None => Ok(buffer.as_ref()[..flight.results[0] as usize].to_vec()),
+        }),
+        Job::Stop => {}
+    }
+}
+
+/// The entries of a job. Buffers live in the job, which stays in `flights` until every
+/// entry completed, so the kernel never sees a freed buffer.
+fn entries_of(job: &Job, id: u64) -> Vec<squeue::Entry> {
+    let fsync = |fd: RawFd| {
+        opcode::Fsync::new(types::Fd(fd))
+            .flags(types::FsyncFlags::DATASYNC)
+            .build()
+    };
+    match job {
+        Job::Write {
+            fd,
+            buffer,
+            pos,
+            sync,
+            ..
+        } => {
+            let bytes = buffer.as_ref();
+            let write = opcode::Write::new(types::Fd(*fd), bytes.as_ptr(), bytes.len() as u32)
+                .offset(*pos)
+                .build()
+                .user_data(id << 1);
+            if *sync {
+                // The sync starts only after the write completed, and is cancelled if it
+                // failed.
+                vec![
+                    write.flags(squeue::Flags::IO_LINK),
+                    fsync(*fd).user_data(id << 1 | 1),
+                ]
+            } else {
+                vec![write]
             }
         }
+        Job::Sync { fd, .. } => vec![fsync(*fd).user_data(id << 1)],
+        Job::Read {
+            fd, buffer, pos, ..
+        } => {
+            let bytes = buffer.as_ref();
+            vec![opcode::Read::new(types::Fd(*fd), bytes.as_ptr().cast_mut(), bytes.len() as u32)
+                .offset(*pos)
+                .build()
+                .user_data(id << 1)]
+        }
+        Job::Stop => Vec::new(),
     }
 }
 
-/// One write, linked to an fdatasync when `sync`: the sync starts only after the write
-/// completed, and is cancelled if the write failed.
-fn submit_write(
-    ring: &mut IoUring,
-    fd: RawFd,
-    buffer: &AlignedBuffer,
-    pos: u64,
-    sync: bool,
-) -> io::Result<()> {
-    let bytes = buffer.as_ref();
-    let write = opcode::Write::new(types::Fd(fd), bytes.as_ptr(), bytes.len() as u32)
-        .offset(pos)
-        .build();
-    let results = if sync {
-        let write = write.flags(squeue::Flags::IO_LINK);
-        let fsync = opcode::Fsync::new(types::Fd(fd))
-            .flags(types::FsyncFlags::DATASYNC)
-            .build();
-        submit(ring, &[write, fsync])?
-    } else {
-        submit(ring, &[write])?
-    };
-    let written = results[0];
-    if written as usize != bytes.len() {
-        return Err(io::Error::new(
-            io::ErrorKind::WriteZero,
-            format!(
-                "short direct write: {written} of {} bytes at {pos}",
-                bytes.len()
-            ),
-        ));
-    }
-    Ok(())
-}
-
-/// Submits `entries` and waits for all of them; returns their results in order, or the first
-/// error.
-fn submit(ring: &mut IoUring, entries: &[squeue::Entry]) -> io::Result<Vec<i32>> {
-    for (i, entry) in entries.iter().enumerate() {
-        let entry = entry.clone().user_data(i as u64);
-        // SAFETY: the buffers the entries point to outlive this call, which waits for every
-        // completion before returning.
-        unsafe { ring.submission().push(&entry) }
-            .map_err(|_| io::Error::other("io_uring submission queue full"))?;
-    }
-    let mut results = vec![0i32; entries.len()];
-    let mut reaped = 0;
-    while reaped < entries.len() {
-        match ring.submit_and_wait(entries.len() - reaped) {
+fn io_thread(mut ring: IoUring, queue: mpsc::Receiver<Job>, wake: RawFd) {
+    let mut flights: HashMap<u64, Flight> = HashMap::new();
+    let mut next_id = 0u64;
+    let mut wake_buffer = [0u8; 8];
+    let mut wake_armed = false;
+    let mut stopping = false;
+    loop {
+        if !wake_armed && !stopping {
+            let read = opcode::Read::new(types::Fd(wake), wake_buffer.as_mut_ptr(), 8)
+                .build()
+                .user_data(WAKE);
+            // SAFETY: wake_buffer lives as long as this thread, which outlives the ring's
+            // use of it (the thread exits only with nothing in flight but this read, and the
+            // ring is dropped with the thread).
+            if unsafe { ring.submission().push(&read) }.is_ok() {
+                wake_armed = true;
+            }
+        }
+        while flights.len() < IN_FLIGHT_MAX {
+            let job = match queue.try_recv() {
+                Ok(Job::Stop) | Err(mpsc::TryRecvError::Disconnected) => {
+                    stopping = true;
+                    break;
+                }
+                Ok(job) => job,
+                Err(mpsc::TryRecvError::Empty) => break,
+            };
+            next_id += 1;
+            let entries = entries_of(&job, next_id);
+            let room = {
+                let sq = ring.submission();
+                sq.capacity() - sq.len()
+            };
+            if room < entries.len() {
+                let _ = ring.submit();
+            }
+            for entry in &entries {
+                // SAFETY: the job owning the buffers stays in `flights` until completion.
+                if unsafe { ring.submission().push(entry) }.is_err() {
+                    let _ = ring.submit();
+                    // SAFETY: as above.
+                    let _ = unsafe { ring.submission().push(entry) };
+                }
+            }
+            flights.insert(
+                next_id,
+                Flight {
+                    results: [0; 2],
+                    remaining: entries.len() as u8,
+                    job,
+                },
+            );
+        }
+        if stopping && flights.is_empty() {
+            return;
+        }
+        match ring.submit_and_wait(1) {
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
+            Err(e) => {
+                // The ring itself failed: fail everything in flight and stop.
+                for (_, flight) in flights.drain() {
+                    let mut flight = flight;
+                    flight.results = [-(e.raw_os_error().unwrap_or(libc::EIO)); 2];
+                    finish(flight);
+                }
+                return;
+            }
         }
-        for cqe in ring.completion() {
-            results[cqe.user_data() as usize] = cqe.result();
-            reaped += 1;
+        let completed: Vec<(u64, i32)> = ring
+            .completion()
+            .map(|cqe| (cqe.user_data(), cqe.result()))
+            .collect();
+        for (user_data, result) in completed {
+            if user_data == WAKE {
+                wake_armed = false;
+                continue;
+            }
+            let id = user_data >> 1;
+            let Some(flight) = flights.get_mut(&id) else {
+                continue;
+            };
+            flight.results[(user_data & 1) as usize] = result;
+            flight.remaining -= 1;
+            if flight.remaining == 0 {
+                if let Some(flight) = flights.remove(&id) {
+                    finish(flight);
+                }
+            }
         }
     }
-    // The first failure is the cause; a linked successor reports ECANCELED after it.
-    if let Some(&error) = results.iter().find(|&&r| r < 0) {
-        return Err(io::Error::from_raw_os_error(-error));
-    }
-    Ok(results)
 }
 
 /// A directory of log segments, written with O_DIRECT through the shard's io_uring thread.
@@ -340,20 +480,36 @@ impl LogFile for DmaLogFile {
     }
 
     async fn read_at(&self, pos: u64, len: usize) -> io::Result<Vec<u8>> {
-        // Only recovery reads, once, before the shard serves: a plain aligned pread will do.
         let aligned = len.div_ceil(LOG_BLOCK_SIZE) * LOG_BLOCK_SIZE;
-        let mut buffer = AlignedBuffer::new(aligned);
-        let mut filled = 0;
-        while filled < aligned {
-            let n = self
-                .file
-                .read_at(&mut buffer.as_mut()[filled..], pos + filled as u64)?;
-            if n == 0 {
-                break;
+        if aligned > READ_THROUGH_RING_MAX {
+            // Recovery reads whole segments once, before the shard serves: a plain aligned
+            // pread will do.
+            let mut buffer = AlignedBuffer::new(aligned);
+            let mut filled = 0;
+            while filled < aligned {
+                let n = self
+                    .file
+                    .read_at(&mut buffer.as_mut()[filled..], pos + filled as u64)?;
+                if n == 0 {
+                    break;
+                }
+                filled += n;
             }
-            filled += n;
+            return Ok(buffer.as_ref()[..filled.min(len)].to_vec());
         }
-        Ok(buffer.as_ref()[..filled.min(len)].to_vec())
+        // Page and extent reads go through the ring, many in flight.
+        let fd = self.file.as_raw_fd();
+        let mut bytes = self
+            .io
+            .run(|done| Job::Read {
+                fd,
+                buffer: AlignedBuffer::new(aligned),
+                pos,
+                done,
+            })
+            .await?;
+        bytes.truncate(len);
+        Ok(bytes)
     }
 
     async fn sync(&self) -> io::Result<()> {

@@ -5,7 +5,7 @@
 //! ```text
 //! DATA_DIR/NODE         "format 1" and "shards N": fixed when the directory is created
 //! DATA_DIR/LOCK         flock'ed by the running kvsd, so two never share a directory
-//! DATA_DIR/shard-NNN/   one directory of log segments per shard
+//! DATA_DIR/shard-NNN/   one directory per shard: its log segments and its page file
 //! ```
 
 use std::fs::File;
@@ -17,11 +17,15 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
+use std::cell::{Cell, RefCell};
+use std::time::Instant;
+
 use anyhow::{bail, Context as _};
-use kvs_core::state::MemStore;
+use kvs_core::store::page::PAGE_SIZE;
+use kvs_core::store::{PagedStore, StoreConfig};
 
 use crate::config::Config;
-use crate::log_io::DmaDisk;
+use crate::log_io::{DmaDisk, DmaLogFile};
 use crate::runtime::{
     cross_core_channel, spawn_executor, spawn_local, wait, SharedReceiver, SharedSender,
     TcpListener,
@@ -35,6 +39,21 @@ const CROSS_CORE_CHANNEL_CAPACITY: usize = 16 * 1024;
 const RAFT_TICK: Duration = Duration::from_millis(100);
 /// How often an executor looks at the process-wide stop flag.
 const STOP_POLL: Duration = Duration::from_millis(20);
+/// How often the checkpoint task looks at its triggers.
+const CHECKPOINT_POLL: Duration = Duration::from_millis(50);
+/// How often a failed shard tries to reopen.
+const REOPEN_INTERVAL: Duration = Duration::from_secs(1);
+
+/// When and how fast a shard checkpoints.
+#[derive(Debug, Clone, Copy)]
+struct CheckpointPolicy {
+    interval: Duration,
+    log_size: u64,
+    /// Bytes per second.
+    rate: u64,
+}
+
+type Store = PagedStore<DmaLogFile>;
 
 /// The CPUs this process may run on.
 fn allowed_cpus() -> Vec<usize> {
@@ -122,6 +141,8 @@ struct CoreSetup {
     shard_count: u32,
     cpu: Option<usize>,
     shard_dir: PathBuf,
+    store: StoreConfig,
+    checkpoint: CheckpointPolicy,
     listen: SocketAddr,
     resp_listen: Option<SocketAddr>,
     request_senders: Vec<Option<SharedSender<RemoteRequest>>>,
@@ -131,6 +152,43 @@ struct CoreSetup {
     stop: Arc<AtomicBool>,
     open_connections: Arc<AtomicUsize>,
     ready: mpsc::Sender<Result<(), String>>,
+}
+
+/// `kvsd --verify`: checks every shard's page file; returns whether all are clean. Holds the
+/// data directory's lock, so it never runs beside a kvsd using the directory.
+pub fn verify(config: &Config) -> anyhow::Result<bool> {
+    let _lock = lock_data_dir(&config.data_dir)?;
+    let shard_count = shard_count_for(&config.data_dir, None)?;
+    let mut clean = true;
+    for shard in 0..shard_count {
+        let dir = config.data_dir.join(format!("shard-{shard:03}"));
+        let disk = DmaDisk::new(&dir, shard)
+            .with_context(|| format!("cannot open {}", dir.display()))?;
+        let report = futures_lite::future::block_on(kvs_core::store::verify::verify(&disk, shard))
+            .with_context(|| format!("cannot verify shard {shard}"))?;
+        match &report.checkpoint {
+            None => println!("shard {shard}: {}: no checkpoint yet (nothing to check)", report.path),
+            Some(meta) => println!(
+                "shard {shard}: {}: checkpoint {} at log index {}: {} keys, tree height {}, {} leaf + {} inner + {} extent pages, {} free of {}",
+                report.path,
+                meta.seq,
+                meta.applied_index,
+                report.keys,
+                meta.height,
+                report.leaf_pages,
+                report.inner_pages,
+                report.extent_pages,
+                report.free_pages,
+                meta.page_count,
+            ),
+        }
+        for problem in &report.problems {
+            println!("shard {shard}: PROBLEM: {problem}");
+        }
+        clean &= report.is_clean();
+    }
+    println!("{}", if clean { "verify: clean" } else { "verify: problems found" });
+    Ok(clean)
 }
 
 /// Runs a node until `stop` is set; returns once every shard has stopped.
@@ -167,6 +225,14 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
                 Some(cpus[core % cpus.len()])
             },
             shard_dir: config.data_dir.join(format!("shard-{core:03}")),
+            store: StoreConfig {
+                cache_pages: (config.cache_per_shard(shard_count) / PAGE_SIZE as u64) as usize,
+            },
+            checkpoint: CheckpointPolicy {
+                interval: config.checkpoint_interval,
+                log_size: config.checkpoint_log_size,
+                rate: config.checkpoint_rate,
+            },
             listen,
             resp_listen,
             request_senders: (0..n).map(|_| None).collect(),
@@ -217,7 +283,8 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         stop.store(true, Ordering::SeqCst);
     } else {
         let resp = resp_listen.map_or_else(|| "off".to_string(), |a| a.to_string());
-        tracing::info!(%listen, %resp, shards = shard_count, data_dir = %config.data_dir.display(), "kvsd is ready");
+        let cache_mib = config.cache_per_shard(shard_count) >> 20;
+        tracing::info!(%listen, %resp, shards = shard_count, cache_mib_per_shard = cache_mib, data_dir = %config.data_dir.display(), "kvsd is ready");
     }
     for executor in executors {
         if let Err(e) = executor.join() {
@@ -361,24 +428,34 @@ async fn core_main(setup: CoreSetup) {
     let _ = setup.ready.send(Ok(()));
     tracing::debug!(core, "shard serving");
 
-    shard_loop(&ctx, shard, &tick_due).await;
+    let current_store = Rc::new(RefCell::new(Rc::clone(shard.store())));
+    let failed = Rc::new(Cell::new(false));
+    spawn_local(checkpoint_loop(
+        Rc::clone(&ctx),
+        Rc::clone(&current_store),
+        Rc::clone(&failed),
+        setup.checkpoint,
+    ))
+    .detach();
+    shard_loop(&ctx, shard, &tick_due, &current_store, &failed).await;
     for acceptor in acceptors {
         acceptor.await;
     }
     tracing::info!(core, "shard stopped");
 }
 
-async fn open_shard(setup: &CoreSetup) -> Result<ShardCore<DmaDisk, MemStore>, String> {
+async fn open_shard(setup: &CoreSetup) -> Result<ShardCore<DmaDisk>, String> {
     let disk = DmaDisk::new(&setup.shard_dir, setup.core as u32)
         .map_err(|e| format!("cannot create {}: {e}", setup.shard_dir.display()))?;
     let started = std::time::Instant::now();
-    let shard = ShardCore::open(disk, setup.core as u32, MemStore::new())
+    let shard = ShardCore::open(disk, setup.core as u32, setup.store)
         .await
         .map_err(|e| format!("shard {} cannot start: {e}", setup.core))?;
     let info = shard.info();
     tracing::info!(
         shard = setup.core,
         keys = info.keys,
+        checkpoint_index = info.checkpoint_index,
         last_index = info.last_index,
         log_bytes = info.log_size_bytes,
         elapsed_ms = started.elapsed().as_millis() as u64,
@@ -429,13 +506,25 @@ async fn accept_loop(ctx: Rc<CoreContext>, listener: TcpListener, protocol: Prot
 /// Drives the shard: each round takes every queued request (group commit), then replies.
 async fn shard_loop(
     ctx: &CoreContext,
-    mut shard: ShardCore<DmaDisk, MemStore>,
-    tick_due: &std::cell::Cell<bool>,
+    mut shard: ShardCore<DmaDisk>,
+    tick_due: &Cell<bool>,
+    current_store: &RefCell<Rc<Store>>,
+    failed: &Cell<bool>,
 ) {
+    let mut last_reopen = Instant::now();
     loop {
         if tick_due.replace(false) {
             shard.tick();
             shard.handle_ready().await;
+            shard.trim_log().await;
+            failed.set(shard.failed());
+            if shard.failed() && last_reopen.elapsed() >= REOPEN_INTERVAL {
+                last_reopen = Instant::now();
+                if shard.try_reopen().await {
+                    *current_store.borrow_mut() = Rc::clone(shard.store());
+                    failed.set(false);
+                }
+            }
         }
         let requests: Vec<_> = ctx.queue.items.borrow_mut().drain(..).collect();
         if requests.is_empty() {
@@ -454,6 +543,7 @@ async fn shard_loop(
             continue;
         }
         let (replies, leftover) = shard.process(requests).await;
+        failed.set(shard.failed());
         if !leftover.is_empty() {
             let mut items = ctx.queue.items.borrow_mut();
             for request in leftover.into_iter().rev() {
@@ -462,6 +552,75 @@ async fn shard_loop(
         }
         for (to, reply) in replies {
             ctx.reply(to, reply).await;
+        }
+    }
+    // A checkpoint on the way out makes the next start-up quick.
+    if !shard.failed() {
+        match shard
+            .store()
+            .checkpoint(None::<fn(usize) -> std::future::Ready<()>>)
+            .await
+        {
+            Ok(_) => shard.trim_log().await,
+            Err(error) => tracing::warn!(core = ctx.core, %error, "final checkpoint failed"),
+        }
+    }
+}
+
+/// Checkpoints the shard's store in the background: when dirty pages fill half the cache,
+/// when the log grew by the policy's size, or after the policy's interval with changes.
+/// Pages are written at the policy's rate unless writers are waiting for cache room.
+async fn checkpoint_loop(
+    ctx: Rc<CoreContext>,
+    current_store: Rc<RefCell<Rc<Store>>>,
+    failed: Rc<Cell<bool>>,
+    policy: CheckpointPolicy,
+) {
+    let mut last = Instant::now();
+    while !ctx.stopping.get() {
+        wait(CHECKPOINT_POLL).await;
+        if failed.get() {
+            continue;
+        }
+        let store = Rc::clone(&current_store.borrow());
+        let due = store.dirty_pressure()
+            || store.log_since_checkpoint() >= policy.log_size
+            || last.elapsed() >= policy.interval && store.has_changes();
+        if !due {
+            continue;
+        }
+        let Some(plan) = store.seal() else {
+            continue;
+        };
+        let pages = plan.pages();
+        let started = Instant::now();
+        let paced = Rc::clone(&store);
+        let pace = move |written: usize| {
+            let target =
+                Duration::from_secs_f64(written as f64 * PAGE_SIZE as f64 / policy.rate as f64);
+            let behind = target.saturating_sub(started.elapsed());
+            let hurry = paced.dirty_pressure();
+            async move {
+                if !hurry && !behind.is_zero() {
+                    wait(behind).await;
+                }
+            }
+        };
+        match store.write_checkpoint(plan, Some(pace)).await {
+            Ok(done) => {
+                last = Instant::now();
+                tracing::debug!(
+                    core = ctx.core,
+                    index = done.applied_index,
+                    pages,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "checkpoint written"
+                );
+            }
+            Err(error) => {
+                tracing::error!(core = ctx.core, %error, "checkpoint failed; retrying later");
+                wait(REOPEN_INTERVAL).await;
+            }
         }
     }
 }

@@ -1,16 +1,23 @@
 //! One shard's Raft peer: a raft-rs `RawNode`, the shard's log (its Raft log and write-ahead
-//! log), and the state machine the log is applied to.
+//! log), and the paged store the log is applied to.
 //!
 //! The peer is sans-runtime: it is generic over the disk ([`LogDisk`]) and knows nothing of
 //! executors, sockets or clocks. The shard loop drives it: `propose` a batch, then
 //! `handle_ready` persists the new entries (one commit group: one write, one fdatasync),
 //! advances Raft and applies what is committed. A write is acknowledged only from the
 //! [`Applied`] results `handle_ready` returns, that is after it is durable and applied.
+//!
+//! Start-up: the store loads its newest checkpoint (log index C); Raft's storage starts from
+//! a snapshot at C, and only the log after C is applied. Once a newer checkpoint is durable,
+//! the log segments it covers are deleted: the checkpoint is the Raft log's compaction point.
+
+use std::rc::Rc;
 
 use kvs_core::log::format::{Record, RecordKind};
 use kvs_core::log::{Log, LogDisk, LogError, LogStats};
-use kvs_core::state::{CommandResult, StateMachine};
-use raft::eraftpb::{ConfState, Entry, EntryType, HardState};
+use kvs_core::state::CommandResult;
+use kvs_core::store::{PagedStore, StoreConfig, StoreError};
+use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Snapshot};
 use raft::storage::MemStorage;
 use raft::{Config, RawNode, StateRole, Storage};
 
@@ -18,13 +25,13 @@ use crate::raft_logger::raft_logger;
 
 /// The Raft id of this node in every group; a single node is a group of one.
 pub const NODE_ID: u64 = 1;
-/// Raft entries kept in memory behind the applied index for followers (none yet) to catch up.
-const RAFT_LOG_RETAINED_ENTRIES: u64 = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PeerError {
     #[error(transparent)]
     Log(#[from] LogError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
     #[error("raft: {0}")]
     Raft(#[from] raft::Error),
     #[error("applying entry {index}: {detail}")]
@@ -52,10 +59,12 @@ pub struct PeerStatus {
     pub log: LogStats,
 }
 
-pub struct Peer<D: LogDisk, S: StateMachine> {
+pub struct Peer<D: LogDisk> {
     node: RawNode<MemStorage>,
     log: Log<D>,
-    state: S,
+    store: Rc<PagedStore<D::File>>,
+    /// The log is deleted up to here (the newest durable checkpoint it was trimmed to).
+    log_trimmed_through: u64,
     /// Once leader, the index of its first entry: the shard serves when that is applied, so a
     /// restarted shard answers nothing before its whole log is applied.
     serving_from: Option<u64>,
@@ -78,10 +87,12 @@ fn entry_type_from(byte: u8) -> Option<EntryType> {
     }
 }
 
-impl<D: LogDisk, S: StateMachine> Peer<D, S> {
-    /// Recovers the log from `disk`, rebuilds Raft's state from it and starts an election,
-    /// which a group of one wins at once.
-    pub async fn open(disk: D, shard: u32, state: S) -> Result<Peer<D, S>, PeerError> {
+impl<D: LogDisk> Peer<D> {
+    /// Loads the store's checkpoint, recovers the log after it, rebuilds Raft's state and
+    /// starts an election, which a group of one wins at once.
+    pub async fn open(disk: D, shard: u32, config: StoreConfig) -> Result<Peer<D>, PeerError> {
+        let store = Rc::new(PagedStore::open(&disk, shard, config).await?);
+        let checkpoint = store.applied_index();
         let (log, recovered) = Log::open(disk, shard).await?;
         if let Some((path, offset)) = &recovered.truncated {
             tracing::warn!(
@@ -135,10 +146,40 @@ impl<D: LogDisk, S: StateMachine> Peer<D, S> {
                 }
             }
         }
-        let last_index = entries.last().map_or(0, |e| e.index);
-        hard_state.commit = hard_state.commit.min(last_index);
+        // Entries up to the checkpoint are in the store already.
+        entries.retain(|e| e.index > checkpoint);
+        if let Some(first) = entries.first().map(|e| e.index) {
+            if first > checkpoint + 1 {
+                return Err(PeerError::Apply {
+                    index: first,
+                    detail: format!(
+                        "the log starts at entry {first} but the page file's checkpoint is at \
+                         {checkpoint}: log segments or the checkpoint are missing"
+                    ),
+                });
+            }
+        }
+        let (checkpoint_term, checkpoint_vote) = store.checkpoint_raft_state();
+        if checkpoint_term > hard_state.term {
+            // The log holding the newest hard state was deleted with the checkpoint.
+            hard_state.term = checkpoint_term;
+            hard_state.vote = checkpoint_vote;
+        }
+        let last_index = entries.last().map_or(checkpoint, |e| e.index);
+        hard_state.commit = hard_state.commit.max(checkpoint).min(last_index);
         {
             let mut core = storage.wl();
+            if checkpoint > 0 {
+                let mut snapshot = Snapshot::default();
+                let metadata = snapshot.mut_metadata();
+                metadata.index = checkpoint;
+                metadata.term = store
+                    .durable_checkpoint()
+                    .map_or(0, |c| c.applied_term)
+                    .max(1);
+                metadata.set_conf_state(ConfState::from((vec![NODE_ID], vec![])));
+                core.apply_snapshot(snapshot)?;
+            }
             core.append(&entries)?;
             core.set_hardstate(hard_state);
         }
@@ -147,7 +188,7 @@ impl<D: LogDisk, S: StateMachine> Peer<D, S> {
             id: NODE_ID,
             election_tick: 10,
             heartbeat_tick: 1,
-            applied: 0,
+            applied: checkpoint,
             max_size_per_msg: 1024 * 1024,
             max_inflight_msgs: 256,
             check_quorum: true,
@@ -160,14 +201,15 @@ impl<D: LogDisk, S: StateMachine> Peer<D, S> {
         Ok(Peer {
             node,
             log,
-            state,
+            store,
+            log_trimmed_through: checkpoint,
             serving_from: None,
         })
     }
 
     /// Whether the shard may serve: it leads and has applied everything from before.
     pub fn is_serving(&self) -> bool {
-        matches!(self.serving_from, Some(index) if self.state.applied_index() >= index)
+        matches!(self.serving_from, Some(index) if self.store.applied_index() >= index)
             && self.node.raft.state == StateRole::Leader
     }
 
@@ -188,8 +230,8 @@ impl<D: LogDisk, S: StateMachine> Peer<D, S> {
         self.node.tick();
     }
 
-    pub fn state(&self) -> &S {
-        &self.state
+    pub fn store(&self) -> &Rc<PagedStore<D::File>> {
+        &self.store
     }
 
     pub fn status(&self) -> PeerStatus {
@@ -197,7 +239,7 @@ impl<D: LogDisk, S: StateMachine> Peer<D, S> {
             term: self.node.raft.term,
             last_index: self.node.raft.raft_log.last_index(),
             commit_index: self.node.raft.raft_log.committed,
-            applied_index: self.state.applied_index(),
+            applied_index: self.store.applied_index(),
             is_leader: self.is_leader(),
             log: self.log.stats(),
         }
@@ -210,7 +252,8 @@ impl<D: LogDisk, S: StateMachine> Peer<D, S> {
         while self.node.has_ready() {
             let mut ready = self.node.ready();
             // Entries committed before this Ready were persisted earlier: apply them first.
-            self.apply(ready.take_committed_entries(), &mut applied)?;
+            self.apply(ready.take_committed_entries(), &mut applied)
+                .await?;
             let entries = ready.take_entries();
             let hard_state = ready.hs().cloned();
             self.persist(&entries, hard_state.as_ref()).await?;
@@ -224,13 +267,14 @@ impl<D: LogDisk, S: StateMachine> Peer<D, S> {
             if let Some(commit) = light.commit_index() {
                 self.node.mut_store().wl().mut_hard_state().commit = commit;
             }
-            self.apply(light.take_committed_entries(), &mut applied)?;
+            self.apply(light.take_committed_entries(), &mut applied)
+                .await?;
             self.node.advance_apply();
         }
         if self.serving_from.is_none() && self.is_leader() {
             self.serving_from = Some(self.node.raft.raft_log.last_index());
         }
-        self.compact_memory()?;
+        self.compact()?;
         Ok(applied)
     }
 
@@ -260,24 +304,31 @@ impl<D: LogDisk, S: StateMachine> Peer<D, S> {
                 payload: vote,
             });
         }
+        let before = self.log.stats().size_bytes;
         self.log.append(&records).await?;
+        self.store
+            .note_log_appended(self.log.stats().size_bytes.saturating_sub(before));
+        if let Some(hs) = hard_state {
+            self.store.set_raft_state(hs.term, hs.vote);
+        }
         Ok(())
     }
 
-    fn apply(&mut self, entries: Vec<Entry>, applied: &mut Vec<Applied>) -> Result<(), PeerError> {
+    async fn apply(
+        &mut self,
+        entries: Vec<Entry>,
+        applied: &mut Vec<Applied>,
+    ) -> Result<(), PeerError> {
         for entry in entries {
             if entry.get_entry_type() != EntryType::EntryNormal || entry.data.is_empty() {
                 // Leader no-ops (and, later, configuration changes) carry no commands.
-                self.state.skip(entry.index);
+                self.store.skip(entry.index, entry.term);
                 continue;
             }
-            let results =
-                self.state
-                    .apply(entry.index, &entry.data)
-                    .map_err(|e| PeerError::Apply {
-                        index: entry.index,
-                        detail: e.to_string(),
-                    })?;
+            let results = self
+                .store
+                .apply(entry.index, entry.term, &entry.data)
+                .await?;
             applied.push(Applied {
                 index: entry.index,
                 term: entry.term,
@@ -287,14 +338,27 @@ impl<D: LogDisk, S: StateMachine> Peer<D, S> {
         Ok(())
     }
 
-    /// Drops applied entries from Raft's in-memory log, keeping a tail for catch-up.
-    fn compact_memory(&mut self) -> Result<(), PeerError> {
-        let applied = self.state.applied_index();
+    /// Drops applied entries from Raft's in-memory log (a group of one has no follower to
+    /// catch up), and deletes the log segments the newest durable checkpoint covers.
+    fn compact(&mut self) -> Result<(), PeerError> {
+        let applied = self.store.applied_index();
         let store = self.node.mut_store();
-        let first = store.first_index()?;
-        if applied > first + 2 * RAFT_LOG_RETAINED_ENTRIES {
-            store.wl().compact(applied - RAFT_LOG_RETAINED_ENTRIES)?;
+        if applied > store.first_index()? {
+            store.wl().compact(applied)?;
         }
         Ok(())
+    }
+
+    /// Deletes the log segments the newest durable checkpoint covers; returns how many.
+    pub async fn trim_log(&mut self) -> Result<usize, PeerError> {
+        let Some(checkpoint) = self.store.durable_checkpoint() else {
+            return Ok(0);
+        };
+        if checkpoint.applied_index <= self.log_trimmed_through {
+            return Ok(0);
+        }
+        let removed = self.log.remove_through(checkpoint.applied_index).await?;
+        self.log_trimmed_through = checkpoint.applied_index;
+        Ok(removed)
     }
 }

@@ -6,6 +6,13 @@
 //! fdatasync), waits for it to be durable and applied, and then answers the writes and the
 //! reads that came after them. It is sans-runtime; `node` runs it on a glommio executor.
 //!
+//! Reads of a round run concurrently (a read that misses the cache waits for its page while
+//! the others go on), in batches of [`READS_IN_FLIGHT`].
+//!
+//! A shard whose log or page file failed refuses writes (DISK_FULL, IO_ERROR) and keeps
+//! serving reads; [`ShardCore::try_reopen`] then reopens it from disk, as a restart would,
+//! and it takes writes again once the disk works (space was freed, say).
+//!
 //! Read semantics: a read sees every write acknowledged before it was sent. A read that
 //! arrives behind writes in the same round is answered after those writes are applied, so it
 //! may also see writes that were in flight with it (which linearizability allows: they were
@@ -14,11 +21,16 @@
 use kvs_core::command::{BatchEncoder, Command};
 use kvs_core::limits::{BATCH_BYTES_MAX, BATCH_COMMANDS_MAX};
 use kvs_core::log::{LogDisk, LogError};
-use kvs_core::state::{CommandResult, StateMachine, Versioned};
+use kvs_core::state::{CommandResult, Versioned};
+use kvs_core::store::{StoreConfig, StoreError};
 use kvs_wire::ErrorCode;
 use serde::Serialize;
 
+use crate::local::join_all;
 use crate::peer::{Peer, PeerError, PeerStatus};
+
+/// Reads of one round in flight at once.
+pub const READS_IN_FLIGHT: usize = 128;
 
 /// What a shard is asked to do. Multi-key requests are split by shard before they get here.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,6 +83,16 @@ pub struct ShardInfo {
     pub log_records_written: u64,
     pub log_syncs: u64,
     pub writes_applied: u64,
+    pub cache_pages: u64,
+    pub cache_capacity_pages: u64,
+    pub dirty_pages: u64,
+    pub page_file_pages: u64,
+    pub free_pages: u64,
+    pub page_reads: u64,
+    pub evictions: u64,
+    pub tree_height: u32,
+    pub checkpoints: u64,
+    pub checkpoint_index: u64,
     pub failed: Option<String>,
 }
 
@@ -82,41 +104,102 @@ pub struct ShardRequest<R> {
 }
 
 /// A shard: its peer plus the bookkeeping of the request path.
-pub struct ShardCore<D: LogDisk, S: StateMachine> {
+pub struct ShardCore<D: LogDisk + Clone> {
     shard: u32,
-    peer: Peer<D, S>,
+    disk: D,
+    config: StoreConfig,
+    peer: Peer<D>,
     /// Set when the log failed: the shard then refuses writes and keeps serving reads.
     failed: Option<(ErrorCode, String)>,
     writes_applied: u64,
+}
+
+fn store_error_code(error: &StoreError) -> ErrorCode {
+    match error {
+        StoreError::DiskFull { .. } => ErrorCode::DiskFull,
+        StoreError::Io { .. } => ErrorCode::IoError,
+        _ => ErrorCode::Internal,
+    }
 }
 
 fn error_code_of(error: &PeerError) -> ErrorCode {
     match error {
         PeerError::Log(LogError::DiskFull { .. }) => ErrorCode::DiskFull,
         PeerError::Log(LogError::Io { .. }) => ErrorCode::IoError,
+        PeerError::Store(e) => store_error_code(e),
         PeerError::Log(LogError::TooLarge(_)) => ErrorCode::TooLarge,
         PeerError::NotLeader => ErrorCode::NotLeader,
         _ => ErrorCode::Internal,
     }
 }
 
-impl<D: LogDisk, S: StateMachine> ShardCore<D, S> {
-    /// Opens the shard's log, recovers, and applies everything recovered.
-    pub async fn open(disk: D, shard: u32, state: S) -> Result<ShardCore<D, S>, PeerError> {
-        let mut peer = Peer::open(disk, shard, state).await?;
-        // A group of one elects itself; the first Ready persists the new term and the
-        // leader's no-op, and applies the whole recovered log.
-        peer.handle_ready().await?;
-        assert!(
-            peer.is_serving(),
-            "a single-voter group serves after its first Ready"
-        );
+impl<D: LogDisk + Clone> ShardCore<D> {
+    /// Opens the shard's store and log, recovers, and applies the log after the checkpoint.
+    pub async fn open(disk: D, shard: u32, config: StoreConfig) -> Result<ShardCore<D>, PeerError> {
+        let peer = Self::open_peer(disk.clone(), shard, config).await?;
         Ok(ShardCore {
             shard,
+            disk,
+            config,
             peer,
             failed: None,
             writes_applied: 0,
         })
+    }
+
+    async fn open_peer(disk: D, shard: u32, config: StoreConfig) -> Result<Peer<D>, PeerError> {
+        let mut peer = Peer::open(disk, shard, config).await?;
+        // A group of one elects itself; the first Ready persists the new term and the
+        // leader's no-op, and applies the recovered log.
+        peer.handle_ready().await?;
+        if !peer.is_serving() {
+            return Err(PeerError::Apply {
+                index: 0,
+                detail: "a single-voter group did not lead after its first Ready".into(),
+            });
+        }
+        Ok(peer)
+    }
+
+    /// The store, for the checkpoint task. It changes when the shard is reopened.
+    pub fn store(&self) -> &std::rc::Rc<kvs_core::store::PagedStore<D::File>> {
+        self.peer.store()
+    }
+
+    pub fn failed(&self) -> bool {
+        self.failed.is_some()
+    }
+
+    /// Reopens a failed shard from disk, as a restart would: what was acknowledged is in the
+    /// log, and the in-memory state is rebuilt from the checkpoint and the log. Returns
+    /// whether the shard takes writes again; on failure it stays read-only.
+    pub async fn try_reopen(&mut self) -> bool {
+        if self.failed.is_none() {
+            return true;
+        }
+        // The old store's checkpoint must not write while the new store owns the file.
+        self.peer.store().wait_idle().await;
+        match Self::open_peer(self.disk.clone(), self.shard, self.config).await {
+            Ok(peer) => {
+                tracing::info!(shard = self.shard, "shard reopened; it takes writes again");
+                self.peer = peer;
+                self.failed = None;
+                true
+            }
+            Err(error) => {
+                tracing::debug!(shard = self.shard, %error, "shard still cannot reopen");
+                false
+            }
+        }
+    }
+
+    /// Deletes log segments a durable checkpoint covers.
+    pub async fn trim_log(&mut self) {
+        match self.peer.trim_log().await {
+            Ok(0) => {}
+            Ok(removed) => tracing::debug!(shard = self.shard, removed, "log segments deleted"),
+            Err(error) => tracing::warn!(shard = self.shard, %error, "deleting old log segments failed"),
+        }
     }
 
     pub fn tick(&mut self) {
@@ -127,26 +210,56 @@ impl<D: LogDisk, S: StateMachine> ShardCore<D, S> {
         self.peer.status()
     }
 
-    fn read(&self, op: &ShardOp) -> ShardReply {
-        let state = self.peer.state();
+    async fn read(&self, op: &ShardOp) -> ShardReply {
+        let store = self.peer.store();
+        let failed = |e: StoreError| {
+            tracing::error!(shard = self.shard, error = %e, "read failed");
+            ShardReply::Error(store_error_code(&e), format!("shard {}: {e}", self.shard))
+        };
         match op {
-            ShardOp::Get { key } => ShardReply::Value(state.get(key)),
+            ShardOp::Get { key } => match store.get(key).await {
+                Ok(value) => ShardReply::Value(value),
+                Err(e) => failed(e),
+            },
             ShardOp::MGet { keys } => {
-                ShardReply::Values(keys.iter().map(|k| state.get(k)).collect())
+                let mut values = Vec::with_capacity(keys.len());
+                for chunk in keys.chunks(READS_IN_FLIGHT) {
+                    for value in join_all(chunk.iter().map(|k| store.get(k)).collect()).await {
+                        match value {
+                            Ok(value) => values.push(value),
+                            Err(e) => return failed(e),
+                        }
+                    }
+                }
+                ShardReply::Values(values)
             }
             ShardOp::Scan { start, end, limit } => {
-                ShardReply::Scanned(state.scan(start, end.as_deref(), *limit as usize))
+                match store.scan(start, end.as_deref(), *limit as usize).await {
+                    Ok(pairs) => ShardReply::Scanned(pairs),
+                    Err(e) => failed(e),
+                }
             }
             ShardOp::Info => ShardReply::Info(self.info()),
             ShardOp::Write(_) => unreachable!("writes are not reads"),
         }
     }
 
+    /// Answers `reads` concurrently.
+    async fn read_all<R>(&self, reads: Vec<ShardRequest<R>>, replies: &mut Vec<(R, ShardReply)>) {
+        let mut reads = reads.into_iter().peekable();
+        while reads.peek().is_some() {
+            let chunk: Vec<ShardRequest<R>> = reads.by_ref().take(READS_IN_FLIGHT).collect();
+            let answers = join_all(chunk.iter().map(|r| self.read(&r.op)).collect()).await;
+            replies.extend(chunk.into_iter().map(|r| r.reply).zip(answers));
+        }
+    }
+
     pub fn info(&self) -> ShardInfo {
         let status = self.peer.status();
+        let store = self.peer.store().stats();
         ShardInfo {
             shard: self.shard,
-            keys: self.peer.state().key_count(),
+            keys: self.peer.store().key_count(),
             term: status.term,
             last_index: status.last_index,
             commit_index: status.commit_index,
@@ -158,6 +271,16 @@ impl<D: LogDisk, S: StateMachine> ShardCore<D, S> {
             log_records_written: status.log.records,
             log_syncs: status.log.syncs,
             writes_applied: self.writes_applied,
+            cache_pages: store.cached_pages,
+            cache_capacity_pages: store.cache_capacity_pages,
+            dirty_pages: store.dirty_pages,
+            page_file_pages: store.page_count,
+            free_pages: store.free_pages,
+            page_reads: store.page_reads,
+            evictions: store.evictions,
+            tree_height: store.tree_height,
+            checkpoints: store.checkpoints,
+            checkpoint_index: store.last_checkpoint_index,
             failed: self
                 .failed
                 .as_ref()
@@ -173,6 +296,7 @@ impl<D: LogDisk, S: StateMachine> ShardCore<D, S> {
     ) -> (Vec<(R, ShardReply)>, Vec<ShardRequest<R>>) {
         let mut replies = Vec::with_capacity(requests.len());
         let mut requests = requests.into_iter();
+        let mut before_writes: Vec<ShardRequest<R>> = Vec::new();
         let mut after_writes: Vec<ShardRequest<R>> = Vec::new();
         let mut writers: Vec<R> = Vec::new();
         let mut batch = BatchEncoder::new();
@@ -180,8 +304,7 @@ impl<D: LogDisk, S: StateMachine> ShardCore<D, S> {
         for request in requests.by_ref() {
             if !request.op.is_write() {
                 if writers.is_empty() {
-                    let reply = self.read(&request.op);
-                    replies.push((request.reply, reply));
+                    before_writes.push(request);
                 } else {
                     after_writes.push(request);
                 }
@@ -204,6 +327,7 @@ impl<D: LogDisk, S: StateMachine> ShardCore<D, S> {
             writers.push(request.reply);
         }
         leftover.extend(requests);
+        self.read_all(before_writes, &mut replies).await;
 
         if !writers.is_empty() {
             match self.commit(batch).await {
@@ -224,10 +348,7 @@ impl<D: LogDisk, S: StateMachine> ShardCore<D, S> {
                 }
             }
         }
-        for request in after_writes {
-            let reply = self.read(&request.op);
-            replies.push((request.reply, reply));
-        }
+        self.read_all(after_writes, &mut replies).await;
         (replies, leftover)
     }
 
@@ -264,7 +385,8 @@ mod tests {
     use super::*;
     use futures_lite::future::block_on;
     use kvs_core::log::sim::{FaultOn, SimDisk};
-    use kvs_core::state::MemStore;
+
+    const CONFIG: StoreConfig = StoreConfig { cache_pages: 64 };
 
     fn put(i: usize) -> ShardRequest<usize> {
         ShardRequest {
@@ -288,7 +410,7 @@ mod tests {
     #[test]
     fn a_round_of_writes_is_one_group_and_one_fsync() {
         let disk = SimDisk::new();
-        let mut shard = block_on(ShardCore::open(disk.clone(), 0, MemStore::new())).unwrap();
+        let mut shard = block_on(ShardCore::open(disk.clone(), 0, CONFIG)).unwrap();
         let syncs = disk.syncs();
         let (replies, leftover) = block_on(shard.process((0..1000).map(put).collect()));
         assert!(leftover.is_empty());
@@ -307,7 +429,7 @@ mod tests {
     #[test]
     fn reads_before_writes_see_the_old_state_and_after_them_the_new() {
         let disk = SimDisk::new();
-        let mut shard = block_on(ShardCore::open(disk, 0, MemStore::new())).unwrap();
+        let mut shard = block_on(ShardCore::open(disk, 0, CONFIG)).unwrap();
         let (replies, _) = block_on(shard.process(vec![get(1, 100), put(1), get(1, 101)]));
         let by_reply = |id| {
             replies
@@ -326,13 +448,13 @@ mod tests {
     #[test]
     fn state_is_rebuilt_from_the_log() {
         let disk = SimDisk::new();
-        let mut shard = block_on(ShardCore::open(disk.clone(), 0, MemStore::new())).unwrap();
+        let mut shard = block_on(ShardCore::open(disk.clone(), 0, CONFIG)).unwrap();
         for round in 0..5 {
             block_on(shard.process((round * 10..round * 10 + 10).map(put).collect()));
         }
         drop(shard);
         disk.crash(None);
-        let mut shard = block_on(ShardCore::open(disk, 0, MemStore::new())).unwrap();
+        let mut shard = block_on(ShardCore::open(disk, 0, CONFIG)).unwrap();
         assert_eq!(shard.info().keys, 50);
         let (replies, _) = block_on(shard.process(vec![get(42, 0)]));
         assert_eq!(
@@ -353,7 +475,7 @@ mod tests {
     #[test]
     fn a_full_disk_fails_writes_with_disk_full_and_reads_go_on() {
         let disk = SimDisk::new();
-        let mut shard = block_on(ShardCore::open(disk.clone(), 0, MemStore::new())).unwrap();
+        let mut shard = block_on(ShardCore::open(disk.clone(), 0, CONFIG)).unwrap();
         block_on(shard.process(vec![put(1)]));
         disk.fail_after(FaultOn::Write, 1, 28);
         let (replies, _) = block_on(shard.process(vec![put(2)]));
@@ -369,7 +491,50 @@ mod tests {
         assert!(matches!(replies[1].1, ShardReply::Value(Some(_))));
         drop(shard);
         // Nothing acknowledged is lost, and the failed writes never appear.
-        let shard = block_on(ShardCore::open(disk, 0, MemStore::new())).unwrap();
+        let shard = block_on(ShardCore::open(disk, 0, CONFIG)).unwrap();
         assert_eq!(shard.info().keys, 1);
+    }
+
+    #[test]
+    fn a_full_disk_heals_once_space_is_freed() {
+        let disk = SimDisk::new();
+        let mut shard = block_on(ShardCore::open(disk.clone(), 0, CONFIG)).unwrap();
+        block_on(shard.process(vec![put(1)]));
+        disk.fail_after(FaultOn::Write, 1, 28);
+        let (replies, _) = block_on(shard.process(vec![put(2)]));
+        assert!(matches!(replies[0].1, ShardReply::Error(ErrorCode::DiskFull, _)));
+        assert!(shard.failed());
+        // The injected ENOSPC was one write: space is back, and the shard reopens in place.
+        assert!(block_on(shard.try_reopen()));
+        let (replies, _) = block_on(shard.process(vec![put(3), get(1, 10), get(2, 11)]));
+        assert!(matches!(replies.iter().find(|(r, _)| *r == 3).unwrap().1, ShardReply::Written(_)));
+        assert!(matches!(replies.iter().find(|(r, _)| *r == 10).unwrap().1, ShardReply::Value(Some(_))));
+        // The refused write never appears.
+        assert_eq!(replies.iter().find(|(r, _)| *r == 11).unwrap().1, ShardReply::Value(None));
+        assert_eq!(shard.info().keys, 2);
+    }
+
+    #[test]
+    fn restart_starts_from_the_checkpoint_and_applies_only_the_log_after_it() {
+        let disk = SimDisk::new();
+        let mut shard = block_on(ShardCore::open(disk.clone(), 0, CONFIG)).unwrap();
+        for round in 0..5 {
+            block_on(shard.process((round * 100..round * 100 + 100).map(put).collect()));
+        }
+        let done = block_on(shard.store().checkpoint(None::<fn(usize) -> std::future::Ready<()>>))
+            .unwrap()
+            .unwrap();
+        block_on(shard.process((500..600).map(put).collect()));
+        drop(shard);
+        disk.crash(None);
+        let mut shard = block_on(ShardCore::open(disk, 0, CONFIG)).unwrap();
+        let info = shard.info();
+        assert_eq!(info.keys, 600);
+        assert!(info.checkpoint_index >= done.applied_index, "recovery started from the checkpoint");
+        let (replies, _) = block_on(shard.process(vec![get(42, 0), get(555, 1)]));
+        assert!(replies.iter().all(|(_, r)| matches!(r, ShardReply::Value(Some(_)))));
+        // Versions keep counting across the checkpoint.
+        let (replies, _) = block_on(shard.process(vec![put(7)]));
+        assert_eq!(replies[0].1, ShardReply::Written(CommandResult::Written { version: 601 }));
     }
 }

@@ -21,7 +21,7 @@ use std::io;
 
 use format::{
     align_up, decode_group_header, decode_records, decode_segment_header, encode_group,
-    encode_segment_header, group_size_on_disk, OwnedRecord, Record, GROUP_HEADER_SIZE,
+    encode_segment_header, group_size_on_disk, OwnedRecord, Record, RecordKind, GROUP_HEADER_SIZE,
     SEGMENT_HEADER_SIZE,
 };
 
@@ -130,7 +130,10 @@ pub struct Recovered {
 }
 
 struct Segment {
+    name: String,
     size: u64,
+    /// The highest entry index in the segment (0 if it holds none).
+    last_index: u64,
 }
 
 struct Active<F> {
@@ -298,9 +301,15 @@ impl<D: LogDisk> Log<D> {
         self.next_sequence = first_sequence;
 
         let mut at = SEGMENT_HEADER_SIZE;
+        let mut last_index = 0;
         while at < bytes.len() {
             match self.read_group(&bytes, at) {
                 Ok((records, next)) => {
+                    last_index = records
+                        .iter()
+                        .filter(|r| r.kind == RecordKind::Entry)
+                        .map(|r| r.index)
+                        .fold(last_index, u64::max);
                     recovered.records.extend(records);
                     self.next_sequence += 1;
                     at = next;
@@ -337,7 +346,11 @@ impl<D: LogDisk> Log<D> {
             }
         }
         let end = (at as u64).min(size).max(SEGMENT_HEADER_SIZE as u64);
-        self.segments.push(Segment { size: end });
+        self.segments.push(Segment {
+            name: name.to_string(),
+            size: end,
+            last_index,
+        });
         if last {
             self.active = Some(Active {
                 file,
@@ -425,7 +438,9 @@ impl<D: LogDisk> Log<D> {
             .map_err(|e| LogError::io("sync dir", path.clone(), e))?;
         self.stats.syncs += 1;
         self.segments.push(Segment {
+            name: name.clone(),
             size: SEGMENT_HEADER_SIZE as u64,
+            last_index: 0,
         });
         self.active = Some(Active {
             file,
@@ -469,6 +484,11 @@ impl<D: LogDisk> Log<D> {
         active.end += size as u64;
         if let Some(segment) = self.segments.last_mut() {
             segment.size = active.end;
+            segment.last_index = records
+                .iter()
+                .filter(|r| r.kind == RecordKind::Entry)
+                .map(|r| r.index)
+                .fold(segment.last_index, u64::max);
         }
         self.next_sequence += 1;
         self.stats.groups += 1;
@@ -476,6 +496,33 @@ impl<D: LogDisk> Log<D> {
         self.stats.syncs += 1;
         self.stats.size_bytes += size as u64;
         Ok(())
+    }
+
+    /// Deletes the closed segments whose entries all have indexes at or below `index` (a
+    /// checkpoint holds them). The active segment always stays. Returns how many went.
+    pub async fn remove_through(&mut self, index: u64) -> Result<usize, LogError> {
+        let closed = self.segments.len().saturating_sub(1);
+        let doomed = self.segments[..closed]
+            .iter()
+            .take_while(|s| s.last_index <= index)
+            .count();
+        if doomed == 0 {
+            return Ok(0);
+        }
+        for segment in &self.segments[..doomed] {
+            let path = self.disk.path_of(&segment.name);
+            self.disk
+                .remove(&segment.name)
+                .await
+                .map_err(|e| LogError::io("remove", path, e))?;
+        }
+        self.segments.drain(..doomed);
+        self.disk
+            .sync_dir()
+            .await
+            .map_err(|e| LogError::io("sync dir", self.disk.path_of(""), e))?;
+        self.refresh_size_stats();
+        Ok(doomed)
     }
 
     pub fn stats(&self) -> LogStats {

@@ -251,3 +251,30 @@ fn crash_recovery_loop_keeps_every_acknowledged_group() {
         let _ = next_index;
     }
 }
+
+#[test]
+fn segments_wholly_before_a_checkpoint_are_removed() {
+    let disk = SimDisk::new();
+    let (mut log, _) = block_on(Log::open_with_segment_size(disk.clone(), 0, 64 * 1024)).unwrap();
+    append_groups(&mut log, 1, 40, 2, 3000);
+    let segments = log.stats().segments;
+    assert!(segments > 3);
+    // Entry 1 is in the first segment, which also holds later ones: nothing goes.
+    assert_eq!(block_on(log.remove_through(1)).unwrap(), 0);
+    let removed = block_on(log.remove_through(50)).unwrap();
+    assert!(removed >= 1);
+    assert_eq!(log.stats().segments, segments - removed as u64);
+    // Even a checkpoint past the end keeps the active segment.
+    block_on(log.remove_through(1000)).unwrap();
+    assert_eq!(log.stats().segments, 1);
+    append_groups(&mut log, 81, 2, 1, 10);
+    drop(log);
+    disk.crash(None);
+    let (_, recovered) = block_on(Log::open_with_segment_size(disk.clone(), 0, 64 * 1024)).unwrap();
+    let first = recovered.records.first().unwrap().index;
+    assert!(
+        first > 50,
+        "entries up to the checkpoint are gone: first is {first}"
+    );
+    assert_eq!(recovered.records.last().unwrap().index, 82);
+}

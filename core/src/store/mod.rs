@@ -189,6 +189,9 @@ pub struct PagedStore<F: LogFile> {
     durable: Cell<Option<Checkpointed>>,
     checkpoints: Cell<u64>,
     raft_state: Cell<(u64, u64)>,
+    /// Log bytes appended in all, and as of the last seal: the log-size checkpoint trigger.
+    log_appended: Cell<u64>,
+    log_appended_at_seal: Cell<u64>,
 }
 
 async fn read_bytes<F: LogFile>(
@@ -344,6 +347,8 @@ impl<F: LogFile> PagedStore<F> {
             durable: Cell::new(durable),
             checkpoints: Cell::new(0),
             raft_state: Cell::new(raft_state),
+            log_appended: Cell::new(0),
+            log_appended_at_seal: Cell::new(0),
         })
     }
 
@@ -372,6 +377,23 @@ impl<F: LogFile> PagedStore<F> {
     /// Raft's current term and vote, recorded by the next checkpoint.
     pub fn set_raft_state(&self, term: u64, vote: u64) {
         self.raft_state.set((term, vote));
+    }
+
+    /// Records that the log grew by `bytes`.
+    pub fn note_log_appended(&self, bytes: u64) {
+        self.log_appended.set(self.log_appended.get() + bytes);
+    }
+
+    /// Log bytes appended since the last checkpoint was sealed.
+    pub fn log_since_checkpoint(&self) -> u64 {
+        self.log_appended.get() - self.log_appended_at_seal.get()
+    }
+
+    /// Waits until no checkpoint is being written.
+    pub async fn wait_idle(&self) {
+        while self.checkpoint_running.get() {
+            self.checkpoint_done.wait().await;
+        }
     }
 
     pub fn stats(&self) -> StoreStats {
@@ -886,6 +908,7 @@ impl<F: LogFile> PagedStore<F> {
             .or_default()
             .extend(free_pages.iter().copied());
         self.checkpoint_running.set(true);
+        self.log_appended_at_seal.set(self.log_appended.get());
         Some(CheckpointPlan {
             meta,
             pages,

@@ -36,6 +36,17 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
 
+    if config.verify {
+        return match kvs_shards::node::verify(&config) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::from(1),
+            Err(e) => {
+                eprintln!("kvsd: {e:#}");
+                ExitCode::from(2)
+            }
+        };
+    }
+
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         if let Err(e) = signal_hook::flag::register(signal, Arc::clone(&stop)) {
