@@ -14,6 +14,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod command;
+pub mod join;
 pub mod limits;
 pub mod log;
 pub mod state;

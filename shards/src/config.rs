@@ -95,7 +95,9 @@ pub const CACHE_SIZE_MIN: u64 = 1024 * 1024;
 /// (all powers of 1024).
 pub fn parse_size(text: &str) -> Option<u64> {
     let text = text.trim();
-    let digits = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(digits);
     let number: u64 = number.parse().ok()?;
     let shift = match unit.trim().to_ascii_lowercase().as_str() {

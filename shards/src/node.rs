@@ -162,8 +162,8 @@ pub fn verify(config: &Config) -> anyhow::Result<bool> {
     let mut clean = true;
     for shard in 0..shard_count {
         let dir = config.data_dir.join(format!("shard-{shard:03}"));
-        let disk = DmaDisk::new(&dir, shard)
-            .with_context(|| format!("cannot open {}", dir.display()))?;
+        let disk =
+            DmaDisk::new(&dir, shard).with_context(|| format!("cannot open {}", dir.display()))?;
         let report = futures_lite::future::block_on(kvs_core::store::verify::verify(&disk, shard))
             .with_context(|| format!("cannot verify shard {shard}"))?;
         match &report.checkpoint {
@@ -187,7 +187,14 @@ pub fn verify(config: &Config) -> anyhow::Result<bool> {
         }
         clean &= report.is_clean();
     }
-    println!("{}", if clean { "verify: clean" } else { "verify: problems found" });
+    println!(
+        "{}",
+        if clean {
+            "verify: clean"
+        } else {
+            "verify: problems found"
+        }
+    );
     Ok(clean)
 }
 

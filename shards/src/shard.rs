@@ -19,6 +19,7 @@
 //! concurrent).
 
 use kvs_core::command::{BatchEncoder, Command};
+use kvs_core::join::join_all;
 use kvs_core::limits::{BATCH_BYTES_MAX, BATCH_COMMANDS_MAX};
 use kvs_core::log::{LogDisk, LogError};
 use kvs_core::state::{CommandResult, Versioned};
@@ -26,7 +27,6 @@ use kvs_core::store::{StoreConfig, StoreError};
 use kvs_wire::ErrorCode;
 use serde::Serialize;
 
-use crate::local::join_all;
 use crate::peer::{Peer, PeerError, PeerStatus};
 
 /// Reads of one round in flight at once.
@@ -198,7 +198,9 @@ impl<D: LogDisk + Clone> ShardCore<D> {
         match self.peer.trim_log().await {
             Ok(0) => {}
             Ok(removed) => tracing::debug!(shard = self.shard, removed, "log segments deleted"),
-            Err(error) => tracing::warn!(shard = self.shard, %error, "deleting old log segments failed"),
+            Err(error) => {
+                tracing::warn!(shard = self.shard, %error, "deleting old log segments failed")
+            }
         }
     }
 
@@ -502,15 +504,27 @@ mod tests {
         block_on(shard.process(vec![put(1)]));
         disk.fail_after(FaultOn::Write, 1, 28);
         let (replies, _) = block_on(shard.process(vec![put(2)]));
-        assert!(matches!(replies[0].1, ShardReply::Error(ErrorCode::DiskFull, _)));
+        assert!(matches!(
+            replies[0].1,
+            ShardReply::Error(ErrorCode::DiskFull, _)
+        ));
         assert!(shard.failed());
         // The injected ENOSPC was one write: space is back, and the shard reopens in place.
         assert!(block_on(shard.try_reopen()));
         let (replies, _) = block_on(shard.process(vec![put(3), get(1, 10), get(2, 11)]));
-        assert!(matches!(replies.iter().find(|(r, _)| *r == 3).unwrap().1, ShardReply::Written(_)));
-        assert!(matches!(replies.iter().find(|(r, _)| *r == 10).unwrap().1, ShardReply::Value(Some(_))));
+        assert!(matches!(
+            replies.iter().find(|(r, _)| *r == 3).unwrap().1,
+            ShardReply::Written(_)
+        ));
+        assert!(matches!(
+            replies.iter().find(|(r, _)| *r == 10).unwrap().1,
+            ShardReply::Value(Some(_))
+        ));
         // The refused write never appears.
-        assert_eq!(replies.iter().find(|(r, _)| *r == 11).unwrap().1, ShardReply::Value(None));
+        assert_eq!(
+            replies.iter().find(|(r, _)| *r == 11).unwrap().1,
+            ShardReply::Value(None)
+        );
         assert_eq!(shard.info().keys, 2);
     }
 
@@ -521,20 +535,32 @@ mod tests {
         for round in 0..5 {
             block_on(shard.process((round * 100..round * 100 + 100).map(put).collect()));
         }
-        let done = block_on(shard.store().checkpoint(None::<fn(usize) -> std::future::Ready<()>>))
-            .unwrap()
-            .unwrap();
+        let done = block_on(
+            shard
+                .store()
+                .checkpoint(None::<fn(usize) -> std::future::Ready<()>>),
+        )
+        .unwrap()
+        .unwrap();
         block_on(shard.process((500..600).map(put).collect()));
         drop(shard);
         disk.crash(None);
         let mut shard = block_on(ShardCore::open(disk, 0, CONFIG)).unwrap();
         let info = shard.info();
         assert_eq!(info.keys, 600);
-        assert!(info.checkpoint_index >= done.applied_index, "recovery started from the checkpoint");
+        assert!(
+            info.checkpoint_index >= done.applied_index,
+            "recovery started from the checkpoint"
+        );
         let (replies, _) = block_on(shard.process(vec![get(42, 0), get(555, 1)]));
-        assert!(replies.iter().all(|(_, r)| matches!(r, ShardReply::Value(Some(_)))));
+        assert!(replies
+            .iter()
+            .all(|(_, r)| matches!(r, ShardReply::Value(Some(_)))));
         // Versions keep counting across the checkpoint.
         let (replies, _) = block_on(shard.process(vec![put(7)]));
-        assert_eq!(replies[0].1, ShardReply::Written(CommandResult::Written { version: 601 }));
+        assert_eq!(
+            replies[0].1,
+            ShardReply::Written(CommandResult::Written { version: 601 })
+        );
     }
 }

@@ -43,6 +43,15 @@ use page::{
 };
 use tree::{needs_extent, Miss, State};
 
+/// Page reads one prefetch keeps in flight.
+const PREFETCH_IN_FLIGHT: usize = 128;
+
+/// The page file grows in steps of an eighth of its size, within these bounds: a direct
+/// write over allocated blocks completes in line, while one that extends the file (or fills
+/// a hole) waits for an io_uring worker.
+const FILE_GROWTH_MIN: u64 = 1024 * 1024;
+const FILE_GROWTH_MAX: u64 = 64 * 1024 * 1024;
+
 /// The page file's name in the shard's directory.
 pub const PAGE_FILE: &str = "pages.db";
 
@@ -192,6 +201,10 @@ pub struct PagedStore<F: LogFile> {
     /// Log bytes appended in all, and as of the last seal: the log-size checkpoint trigger.
     log_appended: Cell<u64>,
     log_appended_at_seal: Cell<u64>,
+    /// Bytes of the file known to be allocated (written, zeros at least).
+    file_len: Cell<u64>,
+    growing: Cell<bool>,
+    grown: Signal,
 }
 
 async fn read_bytes<F: LogFile>(
@@ -216,6 +229,15 @@ async fn write_bytes<F: LogFile>(
     file.write_at(buffer, pos)
         .await
         .map_err(|e| StoreError::io("write", path, e))
+}
+
+/// The size to grow a file of `from` bytes to when `needed` bytes are wanted: a whole number
+/// of steps of about an eighth of the file, each a whole number of MiB (so every write stays
+/// aligned).
+fn growth_target(from: u64, needed: u64) -> u64 {
+    let step =
+        (from / 8).clamp(FILE_GROWTH_MIN, FILE_GROWTH_MAX) / FILE_GROWTH_MIN * FILE_GROWTH_MIN;
+    needed.div_ceil(step) * step
 }
 
 /// Reads both meta pages; returns the newest valid checkpoint, if any.
@@ -349,6 +371,9 @@ impl<F: LogFile> PagedStore<F> {
             raft_state: Cell::new(raft_state),
             log_appended: Cell::new(0),
             log_appended_at_seal: Cell::new(0),
+            file_len: Cell::new(size),
+            growing: Cell::new(false),
+            grown: Signal::default(),
         })
     }
 
@@ -387,6 +412,44 @@ impl<F: LogFile> PagedStore<F> {
     /// Log bytes appended since the last checkpoint was sealed.
     pub fn log_since_checkpoint(&self) -> u64 {
         self.log_appended.get() - self.log_appended_at_seal.get()
+    }
+
+    /// Makes the file at least `pages` pages long, growing it by whole steps of written
+    /// zeros. One grower at a time: a second would write zeros over pages the first already
+    /// handed out.
+    async fn grow_to(&self, pages: u64) -> Result<(), StoreError> {
+        let needed = pages * PAGE_SIZE as u64;
+        loop {
+            if self.file_len.get() >= needed {
+                return Ok(());
+            }
+            if !self.growing.get() {
+                break;
+            }
+            self.grown.wait().await;
+        }
+        self.growing.set(true);
+        let result = async {
+            let from = self.file_len.get();
+            let to = growth_target(from, needed);
+            let mut at = from;
+            while at < to {
+                let len = (to - at).min(1 << 20);
+                let mut zeros = self.file.alloc(len as usize);
+                zeros.as_mut().fill(0);
+                self.file
+                    .write_at(zeros, at)
+                    .await
+                    .map_err(|e| StoreError::io("extend", &self.path, e))?;
+                at += len;
+                self.file_len.set(at);
+            }
+            Ok(())
+        }
+        .await;
+        self.growing.set(false);
+        self.grown.notify();
+        result
     }
 
     /// Waits until no checkpoint is being written.
@@ -627,6 +690,7 @@ impl<F: LogFile> PagedStore<F> {
         } else {
             0
         };
+        self.prefetch(&commands[skip.min(commands.len())..]).await?;
         let mut results = Vec::with_capacity(commands.len());
         for (i, command) in commands.into_iter().enumerate() {
             if i < skip {
@@ -651,6 +715,43 @@ impl<F: LogFile> PagedStore<F> {
         st.applied_term = term;
         st.partial_commands = 0;
         Ok(results)
+    }
+
+    /// Reads the pages the commands' keys lead to, many at once, so that applying them
+    /// (one at a time, in order) mostly finds them cached instead of waiting for each miss.
+    async fn prefetch(&self, commands: &[Command]) -> Result<(), StoreError> {
+        let room = self.state.borrow().capacity / 4;
+        let mut keys: Vec<&[u8]> = Vec::new();
+        for command in commands {
+            match command {
+                Command::Put { key, .. }
+                | Command::Delete { key }
+                | Command::Cas { key, .. }
+                | Command::Increment { key, .. }
+                | Command::Append { key, .. }
+                | Command::GetAndPut { key, .. }
+                | Command::PutIfExists { key, .. } => keys.push(key),
+                Command::PutMany { pairs } => keys.extend(pairs.iter().map(|(k, _)| k.as_slice())),
+            }
+            if keys.len() >= room {
+                break;
+            }
+        }
+        if keys.len() < 2 {
+            return Ok(());
+        }
+        keys.sort_unstable();
+        keys.dedup();
+        for chunk in keys.chunks(PREFETCH_IN_FLIGHT) {
+            let lookups = chunk
+                .iter()
+                .map(|key| self.run(move |st| st.lookup(key).map(|_| ())))
+                .collect();
+            for result in crate::join::join_all(lookups).await {
+                result?;
+            }
+        }
+        Ok(())
     }
 
     /// Back-pressure: when dirty pages fill three quarters of the pool, write a checkpoint
@@ -694,6 +795,8 @@ impl<F: LogFile> PagedStore<F> {
                 let mut st = self.state.borrow_mut();
                 (st.alloc_extent(pages), st.epoch)
             };
+            let page_count = self.state.borrow().page_count;
+            self.grow_to(page_count).await?;
             let mut bytes = self.file.alloc(pages as usize * PAGE_SIZE);
             encode_extent(&value, first, index, epoch, bytes.as_mut());
             self.file
@@ -964,8 +1067,10 @@ impl<F: LogFile> PagedStore<F> {
     {
         const CHUNK: usize = 64;
         let seq = plan.meta.seq;
+        self.grow_to(plan.meta.page_count).await?;
         let mut written = 0;
         for chunk in plan.pages.chunks(CHUNK) {
+            let mut writes = Vec::with_capacity(chunk.len());
             for &id in chunk {
                 let encoded = {
                     let st = self.state.borrow();
@@ -982,18 +1087,24 @@ impl<F: LogFile> PagedStore<F> {
                     }
                 };
                 let Some(bytes) = encoded else { continue };
-                self.file
-                    .write_at(bytes, id * PAGE_SIZE as u64)
-                    .await
-                    .map_err(|e| StoreError::io("write", &self.path, e))?;
-                let mut st = self.state.borrow_mut();
-                if let Some(frame) = st.frames.get_mut(&id) {
-                    if frame.dirty && frame.epoch <= seq {
-                        frame.dirty = false;
-                        st.dirty -= 1;
+                writes.push(async move {
+                    self.file
+                        .write_at(bytes, id * PAGE_SIZE as u64)
+                        .await
+                        .map_err(|e| StoreError::io("write", &self.path, e))?;
+                    let mut st = self.state.borrow_mut();
+                    if let Some(frame) = st.frames.get_mut(&id) {
+                        if frame.dirty && frame.epoch <= seq {
+                            frame.dirty = false;
+                            st.dirty -= 1;
+                        }
                     }
-                }
-                written += 1;
+                    Ok::<(), StoreError>(())
+                });
+            }
+            written += writes.len();
+            for result in crate::join::join_all(writes).await {
+                result?;
             }
             self.checkpoint_done.notify();
             if let Some(pace) = pace.as_mut() {

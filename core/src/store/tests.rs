@@ -468,3 +468,15 @@ fn command_semantics_match_the_memory_store() {
         mem.scan(b"n", Some(b"q"), 100)
     );
 }
+
+#[test]
+fn the_page_file_grows_in_aligned_steps() {
+    for from in [0, 4096, 1 << 20, 44_928_000, 3 << 30] {
+        for needed in [from + 1, from + 4096, from + (5 << 20), from + (200 << 20)] {
+            let to = growth_target(from, needed);
+            assert!(to >= needed);
+            assert_eq!(to % (1 << 20), 0, "grow {from} to {to} for {needed}");
+            assert!(to - needed < FILE_GROWTH_MAX);
+        }
+    }
+}
