@@ -232,7 +232,7 @@ impl RespGather {
                     let ShardReply::Info(info) = reply else {
                         return unexpected(out, &reply);
                     };
-                    shards.push(info);
+                    shards.push(*info);
                 }
                 let keys: u64 = shards.iter().map(|s| s.keys).sum();
                 if matches!(self.kind, RespGatherKind::DbSize) {

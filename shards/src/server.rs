@@ -351,7 +351,7 @@ impl Gather {
                     let ShardReply::Info(info) = reply else {
                         return unexpected(&reply);
                     };
-                    shards.push(info);
+                    shards.push(*info);
                 }
                 let info = serde_json::json!({
                     "version": env!("CARGO_PKG_VERSION"),

@@ -63,7 +63,7 @@ pub enum ShardReply {
     Values(Vec<Option<Versioned>>),
     Scanned(Vec<(Vec<u8>, Vec<u8>)>),
     Written(CommandResult),
-    Info(ShardInfo),
+    Info(Box<ShardInfo>),
     Error(ErrorCode, String),
 }
 
@@ -241,7 +241,7 @@ impl<D: LogDisk + Clone> ShardCore<D> {
                     Err(e) => failed(e),
                 }
             }
-            ShardOp::Info => ShardReply::Info(self.info()),
+            ShardOp::Info => ShardReply::Info(Box::new(self.info())),
             ShardOp::Write(_) => unreachable!("writes are not reads"),
         }
     }

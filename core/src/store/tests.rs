@@ -388,7 +388,7 @@ fn a_checkpoint_between_two_commands_of_one_entry_replays_only_the_rest() {
     let store = open(&disk, 16);
     assert!(store.state.borrow().partial_commands > 0);
     let results = block_on(store.apply(1, 1, &entry)).unwrap();
-    assert!(results.iter().any(|r| *r == CommandResult::Skipped));
+    assert!(results.contains(&CommandResult::Skipped));
     assert_eq!(store.key_count(), 400);
 }
 
