@@ -39,6 +39,8 @@ const CROSS_CORE_CHANNEL_CAPACITY: usize = 16 * 1024;
 const RAFT_TICK: Duration = Duration::from_millis(100);
 /// How often an executor looks at the process-wide stop flag.
 const STOP_POLL: Duration = Duration::from_millis(20);
+/// How long start-up waits for a listen address that is still in use.
+const BIND_RETRY_FOR: Duration = Duration::from_secs(5);
 /// How often the checkpoint task looks at its triggers.
 const CHECKPOINT_POLL: Duration = Duration::from_millis(50);
 /// How often a failed shard tries to reopen.
@@ -209,9 +211,28 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     // that an address in use is an error instead of a silently shared port.
     // Both probes are held at once, so the two listeners cannot end up on one port (with
     // SO_REUSEPORT they would silently share it and split connections between protocols).
+    // After a kill -9 the old process's io_uring may hold its listening socket for a moment
+    // after the process is gone (the ring is torn down asynchronously): retry briefly.
     let probe = |addr: SocketAddr| {
-        std::net::TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))
+        let deadline = std::time::Instant::now() + BIND_RETRY_FOR;
+        loop {
+            match std::net::TcpListener::bind(addr) {
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::AddrInUse
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                result => return result.with_context(|| format!("cannot listen on {addr}")),
+            }
+        }
     };
+    if config.resp_listen == Some(config.listen) {
+        bail!(
+            "cannot listen on {} twice: --listen and --resp-listen must differ",
+            config.listen
+        );
+    }
     let native_probe = probe(config.listen)?;
     let resp_probe = config.resp_listen.map(probe).transpose()?;
     let listen = native_probe.local_addr()?;
