@@ -31,7 +31,7 @@ use crate::runtime::{
     TcpListener,
 };
 use crate::server::{serve_connection, CoreContext, RemoteReply, RemoteRequest, ShardQueue};
-use crate::shard::ShardCore;
+use crate::shard::{read_from, ShardCore};
 
 /// Capacity of each cross-core channel, in messages.
 const CROSS_CORE_CHANNEL_CAPACITY: usize = 16 * 1024;
@@ -533,7 +533,7 @@ async fn accept_loop(ctx: Rc<CoreContext>, listener: TcpListener, protocol: Prot
 
 /// Drives the shard: each round takes every queued request (group commit), then replies.
 async fn shard_loop(
-    ctx: &CoreContext,
+    ctx: &Rc<CoreContext>,
     mut shard: ShardCore<DmaDisk>,
     tick_due: &Cell<bool>,
     current_store: &RefCell<Rc<Store>>,
@@ -570,8 +570,20 @@ async fn shard_loop(
             }
             continue;
         }
-        let (replies, leftover) = shard.process(requests).await;
+        let round = shard.process(requests).await;
         failed.set(shard.failed());
+        // Reads that need the disk wait for their pages in tasks of their own, so the shard
+        // goes on with the next round meanwhile.
+        for request in round.deferred {
+            let store = Rc::clone(&current_store.borrow());
+            let ctx = Rc::clone(ctx);
+            spawn_local(async move {
+                let reply = read_from(&store, ctx.core as u32, &request.op).await;
+                ctx.reply(request.reply, reply).await;
+            })
+            .detach();
+        }
+        let (replies, leftover) = (round.replies, round.leftover);
         if !leftover.is_empty() {
             let mut items = ctx.queue.items.borrow_mut();
             for request in leftover.into_iter().rev() {

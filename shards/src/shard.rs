@@ -6,8 +6,9 @@
 //! fdatasync), waits for it to be durable and applied, and then answers the writes and the
 //! reads that came after them. It is sans-runtime; `node` runs it on a glommio executor.
 //!
-//! Reads of a round run concurrently (a read that misses the cache waits for its page while
-//! the others go on), in batches of [`READS_IN_FLIGHT`].
+//! A read the buffer pool can answer is answered in the round. A read that needs the disk is
+//! handed back as *deferred*: the caller runs it in a task of its own ([`read_from`]), so it
+//! waits for its pages while the shard goes on with other rounds.
 //!
 //! A shard whose log or page file failed refuses writes (DISK_FULL, IO_ERROR) and keeps
 //! serving reads; [`ShardCore::try_reopen`] then reopens it from disk, as a restart would,
@@ -94,6 +95,52 @@ pub struct ShardInfo {
     pub checkpoints: u64,
     pub checkpoint_index: u64,
     pub failed: Option<String>,
+}
+
+/// What a round produced: replies ready now, requests past the batch limits (they go first
+/// next round), and reads that need the disk.
+#[derive(Debug)]
+pub struct Round<R> {
+    pub replies: Vec<(R, ShardReply)>,
+    pub leftover: Vec<ShardRequest<R>>,
+    pub deferred: Vec<ShardRequest<R>>,
+}
+
+/// Answers a read from `store`, reading pages as needed (many at once for an MGET).
+pub async fn read_from<F: kvs_core::log::LogFile>(
+    store: &kvs_core::store::PagedStore<F>,
+    shard: u32,
+    op: &ShardOp,
+) -> ShardReply {
+    let failed = |e: StoreError| {
+        tracing::error!(shard, error = %e, "read failed");
+        ShardReply::Error(store_error_code(&e), format!("shard {shard}: {e}"))
+    };
+    match op {
+        ShardOp::Get { key } => match store.get(key).await {
+            Ok(value) => ShardReply::Value(value),
+            Err(e) => failed(e),
+        },
+        ShardOp::MGet { keys } => {
+            let mut values = Vec::with_capacity(keys.len());
+            for chunk in keys.chunks(READS_IN_FLIGHT) {
+                for value in join_all(chunk.iter().map(|k| store.get(k)).collect()).await {
+                    match value {
+                        Ok(value) => values.push(value),
+                        Err(e) => return failed(e),
+                    }
+                }
+            }
+            ShardReply::Values(values)
+        }
+        ShardOp::Scan { start, end, limit } => {
+            match store.scan(start, end.as_deref(), *limit as usize).await {
+                Ok(pairs) => ShardReply::Scanned(pairs),
+                Err(e) => failed(e),
+            }
+        }
+        ShardOp::Info | ShardOp::Write(_) => unreachable!("answered by the shard itself"),
+    }
 }
 
 /// A request with where its reply goes; `R` is the server's reply address.
@@ -212,47 +259,42 @@ impl<D: LogDisk + Clone> ShardCore<D> {
         self.peer.status()
     }
 
-    async fn read(&self, op: &ShardOp) -> ShardReply {
+    /// Answers a read from the pool alone, or None when it needs the disk.
+    fn try_read(&self, op: &ShardOp) -> Option<ShardReply> {
         let store = self.peer.store();
-        let failed = |e: StoreError| {
-            tracing::error!(shard = self.shard, error = %e, "read failed");
-            ShardReply::Error(store_error_code(&e), format!("shard {}: {e}", self.shard))
-        };
         match op {
-            ShardOp::Get { key } => match store.get(key).await {
-                Ok(value) => ShardReply::Value(value),
-                Err(e) => failed(e),
-            },
-            ShardOp::MGet { keys } => {
-                let mut values = Vec::with_capacity(keys.len());
-                for chunk in keys.chunks(READS_IN_FLIGHT) {
-                    for value in join_all(chunk.iter().map(|k| store.get(k)).collect()).await {
-                        match value {
-                            Ok(value) => values.push(value),
-                            Err(e) => return failed(e),
-                        }
-                    }
-                }
-                ShardReply::Values(values)
-            }
-            ShardOp::Scan { start, end, limit } => {
-                match store.scan(start, end.as_deref(), *limit as usize).await {
-                    Ok(pairs) => ShardReply::Scanned(pairs),
-                    Err(e) => failed(e),
-                }
-            }
-            ShardOp::Info => ShardReply::Info(Box::new(self.info())),
+            ShardOp::Get { key } => store.try_get(key).map(ShardReply::Value),
+            ShardOp::MGet { keys } => keys
+                .iter()
+                .map(|k| store.try_get(k))
+                .collect::<Option<Vec<_>>>()
+                .map(ShardReply::Values),
+            ShardOp::Scan { .. } => None,
+            ShardOp::Info => Some(ShardReply::Info(Box::new(self.info()))),
             ShardOp::Write(_) => unreachable!("writes are not reads"),
         }
     }
 
-    /// Answers `reads` concurrently.
-    async fn read_all<R>(&self, reads: Vec<ShardRequest<R>>, replies: &mut Vec<(R, ShardReply)>) {
-        let mut reads = reads.into_iter().peekable();
-        while reads.peek().is_some() {
-            let chunk: Vec<ShardRequest<R>> = reads.by_ref().take(READS_IN_FLIGHT).collect();
-            let answers = join_all(chunk.iter().map(|r| self.read(&r.op)).collect()).await;
-            replies.extend(chunk.into_iter().map(|r| r.reply).zip(answers));
+    /// Answers a read, from the disk if need be (see [`read_from`]).
+    pub async fn read(&self, op: &ShardOp) -> ShardReply {
+        match self.try_read(op) {
+            Some(reply) => reply,
+            None => read_from(self.peer.store(), self.shard, op).await,
+        }
+    }
+
+    /// Answers the reads the pool can; hands back the others.
+    fn read_cached<R>(
+        &self,
+        reads: Vec<ShardRequest<R>>,
+        replies: &mut Vec<(R, ShardReply)>,
+        deferred: &mut Vec<ShardRequest<R>>,
+    ) {
+        for request in reads {
+            match self.try_read(&request.op) {
+                Some(reply) => replies.push((request.reply, reply)),
+                None => deferred.push(request),
+            }
         }
     }
 
@@ -290,12 +332,8 @@ impl<D: LogDisk + Clone> ShardCore<D> {
         }
     }
 
-    /// Handles one round of requests (see the module documentation) and returns every
-    /// request's reply. Requests past the batch limits are handed back, to go first next round.
-    pub async fn process<R>(
-        &mut self,
-        requests: Vec<ShardRequest<R>>,
-    ) -> (Vec<(R, ShardReply)>, Vec<ShardRequest<R>>) {
+    /// Handles one round of requests (see the module documentation).
+    pub async fn process<R>(&mut self, requests: Vec<ShardRequest<R>>) -> Round<R> {
         let mut replies = Vec::with_capacity(requests.len());
         let mut requests = requests.into_iter();
         let mut before_writes: Vec<ShardRequest<R>> = Vec::new();
@@ -329,7 +367,8 @@ impl<D: LogDisk + Clone> ShardCore<D> {
             writers.push(request.reply);
         }
         leftover.extend(requests);
-        self.read_all(before_writes, &mut replies).await;
+        let mut deferred = Vec::new();
+        self.read_cached(before_writes, &mut replies, &mut deferred);
 
         if !writers.is_empty() {
             match self.commit(batch).await {
@@ -350,8 +389,12 @@ impl<D: LogDisk + Clone> ShardCore<D> {
                 }
             }
         }
-        self.read_all(after_writes, &mut replies).await;
-        (replies, leftover)
+        self.read_cached(after_writes, &mut replies, &mut deferred);
+        Round {
+            replies,
+            leftover,
+            deferred,
+        }
     }
 
     /// Proposes one batch and waits until it is durable and applied; returns its results.
@@ -390,6 +433,21 @@ mod tests {
 
     const CONFIG: StoreConfig = StoreConfig { cache_pages: 64 };
 
+    type Replies = Vec<(usize, ShardReply)>;
+
+    /// A round, with its deferred reads answered too.
+    fn round(
+        shard: &mut ShardCore<SimDisk>,
+        requests: Vec<ShardRequest<usize>>,
+    ) -> (Replies, Vec<ShardRequest<usize>>) {
+        let done = block_on(shard.process(requests));
+        let mut replies = done.replies;
+        for request in done.deferred {
+            replies.push((request.reply, block_on(shard.read(&request.op))));
+        }
+        (replies, done.leftover)
+    }
+
     fn put(i: usize) -> ShardRequest<usize> {
         ShardRequest {
             op: ShardOp::Write(Command::Put {
@@ -414,7 +472,7 @@ mod tests {
         let disk = SimDisk::new();
         let mut shard = block_on(ShardCore::open(disk.clone(), 0, CONFIG)).unwrap();
         let syncs = disk.syncs();
-        let (replies, leftover) = block_on(shard.process((0..1000).map(put).collect()));
+        let (replies, leftover) = round(&mut shard, (0..1000).map(put).collect());
         assert!(leftover.is_empty());
         assert_eq!(replies.len(), 1000);
         assert!(replies
@@ -432,7 +490,7 @@ mod tests {
     fn reads_before_writes_see_the_old_state_and_after_them_the_new() {
         let disk = SimDisk::new();
         let mut shard = block_on(ShardCore::open(disk, 0, CONFIG)).unwrap();
-        let (replies, _) = block_on(shard.process(vec![get(1, 100), put(1), get(1, 101)]));
+        let (replies, _) = round(&mut shard, vec![get(1, 100), put(1), get(1, 101)]);
         let by_reply = |id| {
             replies
                 .iter()
@@ -451,14 +509,14 @@ mod tests {
     fn state_is_rebuilt_from_the_log() {
         let disk = SimDisk::new();
         let mut shard = block_on(ShardCore::open(disk.clone(), 0, CONFIG)).unwrap();
-        for round in 0..5 {
-            block_on(shard.process((round * 10..round * 10 + 10).map(put).collect()));
+        for r in 0..5 {
+            round(&mut shard, (r * 10..r * 10 + 10).map(put).collect());
         }
         drop(shard);
         disk.crash(None);
         let mut shard = block_on(ShardCore::open(disk, 0, CONFIG)).unwrap();
         assert_eq!(shard.info().keys, 50);
-        let (replies, _) = block_on(shard.process(vec![get(42, 0)]));
+        let (replies, _) = round(&mut shard, vec![get(42, 0)]);
         assert_eq!(
             replies[0].1,
             ShardReply::Value(Some(Versioned {
@@ -467,7 +525,7 @@ mod tests {
             }))
         );
         // Versions keep counting from where they were.
-        let (replies, _) = block_on(shard.process(vec![put(7)]));
+        let (replies, _) = round(&mut shard, vec![put(7)]);
         assert_eq!(
             replies[0].1,
             ShardReply::Written(CommandResult::Written { version: 51 })
@@ -478,14 +536,14 @@ mod tests {
     fn a_full_disk_fails_writes_with_disk_full_and_reads_go_on() {
         let disk = SimDisk::new();
         let mut shard = block_on(ShardCore::open(disk.clone(), 0, CONFIG)).unwrap();
-        block_on(shard.process(vec![put(1)]));
+        round(&mut shard, vec![put(1)]);
         disk.fail_after(FaultOn::Write, 1, 28);
-        let (replies, _) = block_on(shard.process(vec![put(2)]));
+        let (replies, _) = round(&mut shard, vec![put(2)]);
         assert!(matches!(
             replies[0].1,
             ShardReply::Error(ErrorCode::DiskFull, _)
         ));
-        let (replies, _) = block_on(shard.process(vec![put(3), get(1, 9)]));
+        let (replies, _) = round(&mut shard, vec![put(3), get(1, 9)]);
         assert!(matches!(
             replies[0].1,
             ShardReply::Error(ErrorCode::DiskFull, _)
@@ -501,9 +559,9 @@ mod tests {
     fn a_full_disk_heals_once_space_is_freed() {
         let disk = SimDisk::new();
         let mut shard = block_on(ShardCore::open(disk.clone(), 0, CONFIG)).unwrap();
-        block_on(shard.process(vec![put(1)]));
+        round(&mut shard, vec![put(1)]);
         disk.fail_after(FaultOn::Write, 1, 28);
-        let (replies, _) = block_on(shard.process(vec![put(2)]));
+        let (replies, _) = round(&mut shard, vec![put(2)]);
         assert!(matches!(
             replies[0].1,
             ShardReply::Error(ErrorCode::DiskFull, _)
@@ -511,7 +569,7 @@ mod tests {
         assert!(shard.failed());
         // The injected ENOSPC was one write: space is back, and the shard reopens in place.
         assert!(block_on(shard.try_reopen()));
-        let (replies, _) = block_on(shard.process(vec![put(3), get(1, 10), get(2, 11)]));
+        let (replies, _) = round(&mut shard, vec![put(3), get(1, 10), get(2, 11)]);
         assert!(matches!(
             replies.iter().find(|(r, _)| *r == 3).unwrap().1,
             ShardReply::Written(_)
@@ -532,8 +590,8 @@ mod tests {
     fn restart_starts_from_the_checkpoint_and_applies_only_the_log_after_it() {
         let disk = SimDisk::new();
         let mut shard = block_on(ShardCore::open(disk.clone(), 0, CONFIG)).unwrap();
-        for round in 0..5 {
-            block_on(shard.process((round * 100..round * 100 + 100).map(put).collect()));
+        for r in 0..5 {
+            round(&mut shard, (r * 100..r * 100 + 100).map(put).collect());
         }
         let done = block_on(
             shard
@@ -542,7 +600,7 @@ mod tests {
         )
         .unwrap()
         .unwrap();
-        block_on(shard.process((500..600).map(put).collect()));
+        round(&mut shard, (500..600).map(put).collect());
         drop(shard);
         disk.crash(None);
         let mut shard = block_on(ShardCore::open(disk, 0, CONFIG)).unwrap();
@@ -552,12 +610,12 @@ mod tests {
             info.checkpoint_index >= done.applied_index,
             "recovery started from the checkpoint"
         );
-        let (replies, _) = block_on(shard.process(vec![get(42, 0), get(555, 1)]));
+        let (replies, _) = round(&mut shard, vec![get(42, 0), get(555, 1)]);
         assert!(replies
             .iter()
             .all(|(_, r)| matches!(r, ShardReply::Value(Some(_)))));
         // Versions keep counting across the checkpoint.
-        let (replies, _) = block_on(shard.process(vec![put(7)]));
+        let (replies, _) = round(&mut shard, vec![put(7)]);
         assert_eq!(
             replies[0].1,
             ShardReply::Written(CommandResult::Written { version: 601 })

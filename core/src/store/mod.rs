@@ -606,6 +606,20 @@ impl<F: LogFile> PagedStore<F> {
         Err(self.corrupt(last_error.expect("three failed attempts")))
     }
 
+    /// Answers a point read from the pool alone: None when it needs the disk (a page that is
+    /// not cached, or a value in an extent).
+    pub fn try_get(&self, key: &[u8]) -> Option<Option<Versioned>> {
+        match self.state.borrow_mut().lookup(key) {
+            Ok(None) => Some(None),
+            Ok(Some(Entry {
+                version,
+                value: Value::Inline(value),
+                ..
+            })) => Some(Some(Versioned { version, value })),
+            Ok(Some(_)) | Err(Miss(_)) => None,
+        }
+    }
+
     pub async fn get(&self, key: &[u8]) -> Result<Option<Versioned>, StoreError> {
         Ok(self
             .lookup_value(key)
