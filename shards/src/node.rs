@@ -227,7 +227,7 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
             }
         }
     };
-    if config.resp_listen == Some(config.listen) {
+    if config.resp_listen == Some(config.listen) && config.listen.port() != 0 {
         bail!(
             "cannot listen on {} twice: --listen and --resp-listen must differ",
             config.listen
@@ -253,9 +253,7 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
                 Some(cpus[core % cpus.len()])
             },
             shard_dir: config.data_dir.join(format!("shard-{core:03}")),
-            store: StoreConfig {
-                cache_pages: (config.cache_per_shard(shard_count) / PAGE_SIZE as u64) as usize,
-            },
+            store: StoreConfig::from_bytes(config.cache_per_shard(shard_count)),
             checkpoint: CheckpointPolicy {
                 interval: config.checkpoint_interval,
                 log_size: config.checkpoint_log_size,

@@ -85,6 +85,8 @@ pub struct ShardInfo {
     pub log_syncs: u64,
     pub writes_applied: u64,
     pub cache_pages: u64,
+    pub hot_cache_hits: u64,
+    pub hot_cache_misses: u64,
     pub cache_capacity_pages: u64,
     pub dirty_pages: u64,
     pub page_file_pages: u64,
@@ -316,6 +318,8 @@ impl<D: LogDisk + Clone> ShardCore<D> {
             log_syncs: status.log.syncs,
             writes_applied: self.writes_applied,
             cache_pages: store.cached_pages,
+            hot_cache_hits: store.hot_hits,
+            hot_cache_misses: store.hot_misses,
             cache_capacity_pages: store.cache_capacity_pages,
             dirty_pages: store.dirty_pages,
             page_file_pages: store.page_count,
@@ -431,7 +435,10 @@ mod tests {
     use futures_lite::future::block_on;
     use kvs_core::log::sim::{FaultOn, SimDisk};
 
-    const CONFIG: StoreConfig = StoreConfig { cache_pages: 64 };
+    const CONFIG: StoreConfig = StoreConfig {
+        cache_pages: 64,
+        hot_cache_bytes: 64 * 1024,
+    };
 
     type Replies = Vec<(usize, ShardReply)>;
 

@@ -14,7 +14,13 @@ type Store = PagedStore<crate::log::sim::SimLogFile>;
 type Model = BTreeMap<Vec<u8>, Vec<u8>>;
 
 fn open(disk: &SimDisk, cache_pages: usize) -> Store {
-    block_on(PagedStore::open(disk, 0, StoreConfig { cache_pages })).unwrap()
+    // A small hot-key cache, so the model tests also check that it never disagrees with
+    // the tree.
+    let config = StoreConfig {
+        cache_pages,
+        hot_cache_bytes: 16 * 1024,
+    };
+    block_on(PagedStore::open(disk, 0, config)).unwrap()
 }
 
 fn batch(commands: &[Command]) -> Vec<u8> {
@@ -479,4 +485,45 @@ fn the_page_file_grows_in_aligned_steps() {
             assert!(to - needed < FILE_GROWTH_MAX);
         }
     }
+}
+
+/// Reads between writes: the hot-key cache in front of the tree must follow every write.
+#[test]
+fn the_hot_key_cache_follows_every_write() {
+    let disk = SimDisk::new();
+    let store = open(&disk, 16);
+    let mut model = Model::new();
+    let mut rng = SimRng::new(9);
+    for index in 1..=2000u64 {
+        let k = rng.below(50);
+        let command = match rng.below(5) {
+            0 => Command::Delete { key: key(k, 8) },
+            1 => Command::Put {
+                key: key(k, 8),
+                value: value(index, 2000 + rng.below(3000) as usize), // an extent
+            },
+            _ => Command::Put {
+                key: key(k, 8),
+                value: value(index, rng.below(200) as usize),
+            },
+        };
+        block_on(store.apply(index, 1, &batch(std::slice::from_ref(&command)))).unwrap();
+        apply_to_model(&mut model, &command);
+        let probe = key(rng.below(50), 8);
+        let expected = model.get(&probe);
+        if let Some(got) = store.try_get(&probe) {
+            assert_eq!(
+                got.map(|v| v.value).as_ref(),
+                expected,
+                "try_get after write {index}"
+            );
+        }
+        let got = block_on(store.get(&probe)).unwrap();
+        assert_eq!(
+            got.map(|v| v.value).as_ref(),
+            expected,
+            "get after write {index}"
+        );
+    }
+    assert!(store.stats().hot_hits > 100, "the cache served reads");
 }

@@ -10,7 +10,9 @@
 //! the parent then points to; the old page is freed once a checkpoint that no longer needs it
 //! is durable. Pages of the current epoch change in place.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::hot::IdMap;
 
 use super::page::{node_size, Entry, Node, Value, PAGE_SIZE, UNDERFLOW_BYTES};
 
@@ -29,14 +31,14 @@ pub struct Frame {
 
 /// Everything a shard's store keeps in memory: the pool, the tree's root, the allocator.
 pub struct State {
-    pub frames: HashMap<u64, Frame>,
+    pub frames: IdMap<Frame>,
     clock: Vec<u64>,
     hand: usize,
     pub capacity: usize,
     pub dirty: usize,
     /// Pages being read, and whether their id was handed out again meanwhile (the read then
     /// returns old bytes and must be dropped).
-    pub loading: HashMap<u64, (u32, bool)>,
+    pub loading: IdMap<(u32, bool)>,
     pub root: u64,
     pub height: u32,
     /// The epoch pages change in; every page of an earlier epoch is copy-on-write.
@@ -76,12 +78,12 @@ fn best_split(sizes: &[usize]) -> usize {
 impl State {
     pub fn new(capacity: usize) -> State {
         State {
-            frames: HashMap::new(),
+            frames: IdMap::default(),
             clock: Vec::new(),
             hand: 0,
             capacity: capacity.max(16),
             dirty: 0,
-            loading: HashMap::new(),
+            loading: IdMap::default(),
             root: 0,
             height: 0,
             epoch: 1,

@@ -1,0 +1,198 @@
+//! The hot-key cache: a hash table of recently read or written small values in front of the
+//! tree, for point reads.
+//!
+//! Why: on cached GETs the tree walk (a page-table lookup and a binary search per level,
+//! each comparison chasing a key on the heap) took half of kvsd's CPU (`docs/benchmarks.md`,
+//! profile of 2026-11-26). One hash probe replaces it.
+//!
+//! Two generations approximate LRU without per-entry bookkeeping: entries go into the young
+//! table; a hit in the old table moves the entry to the young one; when the young table holds
+//! half the budget, the old table is dropped and the young one becomes old. Every tree change
+//! goes through [`HotCache::put`] or [`HotCache::remove`], so an entry never disagrees with
+//! the tree.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+use crate::state::Versioned;
+
+/// FNV-1a: keys are short, and SipHash's setup dominates for them.
+#[derive(Default)]
+pub struct FnvHasher(u64);
+
+impl Hasher for FnvHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for &b in bytes {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+}
+
+/// For page ids: one multiply spreads consecutive ids over the table.
+#[derive(Default)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8 | u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+pub type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
+type KeyMap = HashMap<Vec<u8>, Versioned, BuildHasherDefault<FnvHasher>>;
+
+/// Values larger than this are not cached.
+pub const HOT_VALUE_MAX: usize = 1024;
+/// Bytes an entry is charged beyond its key and value.
+const ENTRY_OVERHEAD: usize = 64;
+
+pub struct HotCache {
+    young: KeyMap,
+    old: KeyMap,
+    young_bytes: usize,
+    budget: usize,
+    pub hits: u64,
+    pub misses: u64,
+}
+
+fn cost(key: &[u8], value: &Versioned) -> usize {
+    key.len() + value.value.len() + ENTRY_OVERHEAD
+}
+
+impl HotCache {
+    pub fn new(budget: usize) -> HotCache {
+        HotCache {
+            young: KeyMap::default(),
+            old: KeyMap::default(),
+            young_bytes: 0,
+            budget,
+            hits: 0,
+            misses: 0,
+        }
+    }
+
+    pub fn get(&mut self, key: &[u8]) -> Option<Versioned> {
+        if let Some(value) = self.young.get(key) {
+            self.hits += 1;
+            return Some(value.clone());
+        }
+        match self.old.remove(key) {
+            Some(value) => {
+                self.hits += 1;
+                let out = value.clone();
+                self.insert_young(key.to_vec(), value);
+                Some(out)
+            }
+            None => {
+                self.misses += 1;
+                None
+            }
+        }
+    }
+
+    fn insert_young(&mut self, key: Vec<u8>, value: Versioned) {
+        if self.budget == 0 {
+            return;
+        }
+        self.young_bytes += cost(&key, &value);
+        if let Some(old) = self.young.insert(key.clone(), value) {
+            self.young_bytes -= cost(&key, &old);
+        }
+        if self.young_bytes * 2 >= self.budget {
+            self.old = std::mem::take(&mut self.young);
+            self.young_bytes = 0;
+        }
+    }
+
+    /// Records what the tree now holds for `key` (a read's result or a write).
+    pub fn put(&mut self, key: &[u8], value: &Versioned) {
+        if value.value.len() > HOT_VALUE_MAX {
+            self.remove(key);
+            return;
+        }
+        self.old.remove(key);
+        self.insert_young(key.to_vec(), value.clone());
+    }
+
+    /// Records a write of `key` without caching it: the entry, if any, is updated in place.
+    pub fn update(&mut self, key: &[u8], value: &Versioned) {
+        if value.value.len() > HOT_VALUE_MAX {
+            self.remove(key);
+        } else if self.young.contains_key(key) || self.old.contains_key(key) {
+            self.put(key, value);
+        }
+    }
+
+    pub fn contains(&self, key: &[u8]) -> bool {
+        self.young.contains_key(key) || self.old.contains_key(key)
+    }
+
+    pub fn remove(&mut self, key: &[u8]) {
+        if let Some(old) = self.young.remove(key) {
+            self.young_bytes -= cost(key, &old);
+        }
+        self.old.remove(key);
+    }
+
+    pub fn clear(&mut self) {
+        self.young.clear();
+        self.old.clear();
+        self.young_bytes = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(version: u64, value: &str) -> Versioned {
+        Versioned {
+            version,
+            value: value.as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn hits_misses_updates_and_generations() {
+        let mut cache = HotCache::new(10 * (ENTRY_OVERHEAD + 8));
+        assert_eq!(cache.get(b"a"), None);
+        cache.put(b"a", &v(1, "one"));
+        assert_eq!(cache.get(b"a"), Some(v(1, "one")));
+        cache.update(b"a", &v(2, "two"));
+        assert_eq!(cache.get(b"a"), Some(v(2, "two")));
+        cache.update(b"b", &v(3, "x"));
+        assert_eq!(cache.get(b"b"), None, "update does not add keys");
+        cache.remove(b"a");
+        assert_eq!(cache.get(b"a"), None);
+        // Fill past the budget: old entries age out, recent ones stay.
+        for i in 0..100u64 {
+            cache.put(format!("k{i}").as_bytes(), &v(i, "v"));
+        }
+        assert_eq!(cache.get(b"k99"), Some(v(99, "v")));
+        assert_eq!(cache.get(b"k0"), None);
+        let big = Versioned {
+            version: 1,
+            value: vec![0; HOT_VALUE_MAX + 1],
+        };
+        cache.put(b"k99", &big);
+        assert_eq!(cache.get(b"k99"), None, "large values are not cached");
+    }
+}
