@@ -879,16 +879,24 @@ impl<F: LogFile> PagedStore<F> {
         } else {
             Value::Inline(value)
         };
-        let entry = Entry {
-            key,
+        let mut slot = Some(Entry {
+            key: key.clone(),
             version,
             value: stored,
-        };
-        let old = self.run(|st| st.insert(entry.clone(), index)).await?;
+        });
+        let old = self
+            .run(|st| {
+                let entry = slot.take().expect("an entry until it is inserted");
+                st.insert(entry, index).map_err(|(miss, entry)| {
+                    slot = Some(entry);
+                    miss
+                })
+            })
+            .await?;
         // No await since the insert: readers see the tree and the cache change together.
         match cached {
-            Some(value) => self.hot.borrow_mut().put(&entry.key, &value),
-            None => self.hot.borrow_mut().remove(&entry.key),
+            Some(value) => self.hot.borrow_mut().put(&key, &value),
+            None => self.hot.borrow_mut().remove(&key),
         }
         let mut st = self.state.borrow_mut();
         match &old {

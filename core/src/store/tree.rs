@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::hot::IdMap;
 
-use super::page::{node_size, Entry, Node, Value, PAGE_SIZE, UNDERFLOW_BYTES};
+use super::page::{node_size, Entry, Node, PAGE_SIZE, UNDERFLOW_BYTES};
 
 /// A page the operation needs that is not in the pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -406,42 +406,47 @@ impl State {
 
     // ---- writes ----
 
-    /// Inserts or replaces `entry`; returns the entry it replaced.
-    pub fn insert(&mut self, entry: Entry, lsn: u64) -> Result<Option<Entry>, Miss> {
+    /// Inserts or replaces `entry`; returns the entry it replaced. On a miss the entry is
+    /// handed back with it, for the retry.
+    pub fn insert(&mut self, entry: Entry, lsn: u64) -> Result<Option<Entry>, (Miss, Entry)> {
         if self.root == 0 {
             self.root = self.new_page(Node::Leaf(vec![entry]), lsn);
             self.height = 1;
             return Ok(None);
         }
-        let (ids, slots) = self.descend(&entry.key)?;
+        let (ids, slots) = match self.descend(&entry.key) {
+            Ok(path) => path,
+            Err(miss) => return Err((miss, entry)),
+        };
         let leaf = *ids.last().expect("a leaf");
-        let after = match self.node(leaf)? {
-            Node::Leaf(entries) => {
-                let replaced = entries
-                    .binary_search_by(|e| e.key.as_slice().cmp(&entry.key))
-                    .map_or(0, |i| entries[i].encoded_len());
-                node_size(self.node(leaf)?) - replaced + entry.encoded_len()
+        let (found, after) = match self.node(leaf) {
+            Ok(node @ Node::Leaf(entries)) => {
+                let found = entries.binary_search_by(|e| e.key.as_slice().cmp(&entry.key));
+                let replaced = found.map_or(0, |i| entries[i].encoded_len());
+                (found, node_size(node) - replaced + entry.encoded_len())
             }
-            Node::Inner { .. } => unreachable!("descend ends at a leaf"),
+            Ok(Node::Inner { .. }) => unreachable!("descend ends at a leaf"),
+            Err(miss) => return Err((miss, entry)),
         };
         if after < UNDERFLOW_BYTES {
             // A smaller value can leave the leaf underfull.
-            self.ensure_siblings(&ids, &slots)?;
+            if let Err(miss) = self.ensure_siblings(&ids, &slots) {
+                return Err((miss, entry));
+            }
         }
         // Nothing can miss from here on: the path is resident and nothing is evicted while
         // the operation runs.
         let path = self.cow_path(&ids, &slots, lsn);
         let leaf = *path.last().expect("a leaf");
+        // The copy holds the same entries in the same order: `found` still holds.
         let old = match self.node_mut(leaf) {
-            Node::Leaf(entries) => {
-                match entries.binary_search_by(|e| e.key.as_slice().cmp(&entry.key)) {
-                    Ok(i) => Some(std::mem::replace(&mut entries[i], entry)),
-                    Err(i) => {
-                        entries.insert(i, entry);
-                        None
-                    }
+            Node::Leaf(entries) => match found {
+                Ok(i) => Some(std::mem::replace(&mut entries[i], entry)),
+                Err(i) => {
+                    entries.insert(i, entry);
+                    None
                 }
-            }
+            },
             Node::Inner { .. } => unreachable!("descend ends at a leaf"),
         };
         self.fix_upwards(&path, &slots, lsn);
@@ -510,6 +515,11 @@ impl State {
                 continue; // merged into its left sibling below
             };
             let size = node_size(&frame.node);
+            if (UNDERFLOW_BYTES..=PAGE_SIZE).contains(&size) || level == 0 && size <= PAGE_SIZE {
+                // Nothing to fix here, so nothing changed above (copy-on-write only
+                // repointed the parents): stop climbing.
+                break;
+            }
             if size > PAGE_SIZE {
                 let (separator, right) = self.split(id, lsn);
                 if level == 0 {
@@ -673,12 +683,6 @@ fn entries_len(node: &Node, i: usize) -> usize {
 
 /// Whether `value` must go to an extent.
 pub fn needs_extent(key: &[u8], value: &[u8]) -> bool {
-    Entry {
-        key: key.to_vec(),
-        version: 0,
-        value: Value::Inline(Vec::new()),
-    }
-    .encoded_len()
-        + value.len()
-        > super::page::INLINE_ENTRY_MAX
+    // The encoded length of an inline entry (see `Entry::encoded_len`).
+    2 + 1 + 8 + key.len() + 4 + value.len() > super::page::INLINE_ENTRY_MAX
 }
