@@ -222,10 +222,12 @@ fn finish(flight: Flight) {
             let result = match first_error {
                 // The first failure is the cause; a linked fsync reports ECANCELED after it.
                 Some(e) => Err(io::Error::from_raw_os_error(-e)),
+                // A direct write to a regular file stops short only when the filesystem has
+                // no room for the rest (writing the remainder would fail with ENOSPC).
                 None if flight.results[0] as usize != buffer.as_ref().len() => Err(io::Error::new(
-                    io::ErrorKind::WriteZero,
+                    io::ErrorKind::StorageFull,
                     format!(
-                        "short direct write: {} of {} bytes at {pos}",
+                        "short direct write: {} of {} bytes at {pos} (no space left)",
                         flight.results[0],
                         buffer.as_ref().len()
                     ),

@@ -622,6 +622,7 @@ async fn checkpoint_loop(
         }
         let store = Rc::clone(&current_store.borrow());
         let due = store.dirty_pressure()
+            || store.write_refusal().is_some()
             || store.log_since_checkpoint() >= policy.log_size
             || last.elapsed() >= policy.interval && store.has_changes();
         if !due {

@@ -358,6 +358,18 @@ impl<D: LogDisk + Clone> ShardCore<D> {
                 replies.push((request.reply, ShardReply::Error(*code, message.clone())));
                 continue;
             }
+            // Dirty pages cannot be written out: take no new writes until a checkpoint
+            // succeeds (the checkpoint task retries every second).
+            if let Some((disk_full, message)) = self.peer.store().write_refusal() {
+                let code = if disk_full {
+                    ErrorCode::DiskFull
+                } else {
+                    ErrorCode::IoError
+                };
+                let message = format!("shard {}: {message}", self.shard);
+                replies.push((request.reply, ShardReply::Error(code, message)));
+                continue;
+            }
             let ShardOp::Write(command) = &request.op else {
                 unreachable!()
             };

@@ -216,6 +216,8 @@ pub struct PagedStore<F: LogFile> {
     durable: Cell<Option<Checkpointed>>,
     checkpoints: Cell<u64>,
     raft_state: Cell<(u64, u64)>,
+    /// Set while checkpoints fail: (for lack of space, the error).
+    checkpoint_failure: RefCell<Option<(bool, String)>>,
     /// Log bytes appended in all, and as of the last seal: the log-size checkpoint trigger.
     log_appended: Cell<u64>,
     log_appended_at_seal: Cell<u64>,
@@ -390,6 +392,7 @@ impl<F: LogFile> PagedStore<F> {
             durable: Cell::new(durable),
             checkpoints: Cell::new(0),
             raft_state: Cell::new(raft_state),
+            checkpoint_failure: RefCell::new(None),
             log_appended: Cell::new(0),
             log_appended_at_seal: Cell::new(0),
             file_len: Cell::new(size),
@@ -815,22 +818,36 @@ impl<F: LogFile> PagedStore<F> {
 
     /// Back-pressure: when dirty pages fill three quarters of the pool, write a checkpoint
     /// (or wait for the running one) before changing more.
+    ///
+    /// The command being applied is already durable in the log, so a checkpoint that fails
+    /// (a full disk) must not fail it: the pool then runs over its budget, and the shard
+    /// refuses new writes ([`PagedStore::write_refusal`]) until a checkpoint succeeds.
     async fn make_room_for_writes(&self) -> Result<(), StoreError> {
         loop {
             let full = {
                 let st = self.state.borrow();
                 st.dirty * 4 >= st.capacity * 3
             };
-            if !full {
+            if !full || self.checkpoint_failure.borrow().is_some() {
                 return Ok(());
             }
             if self.checkpoint_running.get() {
                 self.checkpoint_done.wait().await;
-            } else {
-                self.checkpoint(None::<fn(usize) -> std::future::Ready<()>>)
-                    .await?;
+            } else if let Err(error) = self
+                .checkpoint(None::<fn(usize) -> std::future::Ready<()>>)
+                .await
+            {
+                // Recorded by `write_checkpoint`; the shard reports it on new writes.
+                let _ = error;
+                return Ok(());
             }
         }
+    }
+
+    /// Why new writes must be refused, if they must: the last checkpoint failed (true when
+    /// for lack of space), so dirty pages cannot be written out.
+    pub fn write_refusal(&self) -> Option<(bool, String)> {
+        self.checkpoint_failure.borrow().clone()
     }
 
     fn next_version(&self) -> u64 {
@@ -1116,7 +1133,12 @@ impl<F: LogFile> PagedStore<F> {
         let result = self.write_plan(&plan, &mut pace).await;
         self.checkpoint_running.set(false);
         self.checkpoint_done.notify();
+        if let Err(error) = &result {
+            let disk_full = matches!(error, StoreError::DiskFull { .. });
+            *self.checkpoint_failure.borrow_mut() = Some((disk_full, error.to_string()));
+        }
         result?;
+        *self.checkpoint_failure.borrow_mut() = None;
         let seq = plan.meta.seq;
         {
             let mut st = self.state.borrow_mut();

@@ -527,3 +527,31 @@ fn the_hot_key_cache_follows_every_write() {
     }
     assert!(store.stats().hot_hits > 100, "the cache served reads");
 }
+
+/// A command is durable in the log before it is applied, so a back-pressure checkpoint that
+/// fails for lack of space must not fail it: the store goes over its budget, asks the shard
+/// to refuse new writes, and lifts that once a checkpoint succeeds.
+#[test]
+fn a_full_disk_during_back_pressure_fails_no_applied_command() {
+    let disk = SimDisk::new();
+    let store = open(&disk, 16);
+    let commands: Vec<Command> = (0..200)
+        .map(|k| Command::Put {
+            key: key(k, 16),
+            value: value(k, 300),
+        })
+        .collect();
+    disk.fail_after(FaultOn::Write, 2, 28);
+    block_on(store.apply(1, 1, &batch(&commands))).unwrap();
+    assert_eq!(store.key_count(), 200);
+    let (disk_full, _) = store.write_refusal().expect("new writes are refused");
+    assert!(disk_full);
+    // Space is back: the next checkpoint succeeds and writes are welcome again.
+    checkpoint(&store).unwrap();
+    assert!(store.write_refusal().is_none());
+    drop(store);
+    disk.crash(None);
+    let store = open(&disk, 16);
+    assert_eq!(store.key_count(), 200);
+    assert!(block_on(verify(&disk, 0)).unwrap().is_clean());
+}
