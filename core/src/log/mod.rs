@@ -90,14 +90,17 @@ pub enum LogError {
 
 impl LogError {
     fn io(op: &'static str, path: String, source: io::Error) -> LogError {
-        if source.raw_os_error() == Some(libc_enospc())
-            || source.kind() == io::ErrorKind::StorageFull
-        {
+        if is_disk_full(&source) {
             LogError::DiskFull { op, path, source }
         } else {
             LogError::Io { op, path, source }
         }
     }
+}
+
+/// Whether an I/O error means the filesystem has no space left.
+pub(crate) fn is_disk_full(error: &io::Error) -> bool {
+    error.raw_os_error() == Some(libc_enospc()) || error.kind() == io::ErrorKind::StorageFull
 }
 
 /// ENOSPC on Linux; written out to keep this crate free of libc.
@@ -162,14 +165,20 @@ const PREALLOCATE_CHUNK_BYTES: usize = 1024 * 1024;
 /// to a worker thread, and fdatasync must also commit the new size). The bytes must be real
 /// zeros, not fallocate's unwritten extents, which need the same conversion on first write.
 async fn preallocate<F: LogFile>(file: &F, from: u64, to: u64, path: &str) -> Result<(), LogError> {
+    write_zeros(file, from, to)
+        .await
+        .map_err(|e| LogError::io("preallocate", path.to_string(), e))
+}
+
+/// Writes zeros over `[from, to)` of `file`, a chunk at a time. The log preallocates its
+/// segments with it and the page file grows with it (see [`preallocate`] for why real zeros).
+pub(crate) async fn write_zeros<F: LogFile>(file: &F, from: u64, to: u64) -> io::Result<()> {
     let mut at = from;
     while at < to {
         let len = ((to - at) as usize).min(PREALLOCATE_CHUNK_BYTES);
         let mut zeros = file.alloc(len);
         zeros.as_mut().fill(0);
-        file.write_at(zeros, at)
-            .await
-            .map_err(|e| LogError::io("preallocate", path.to_string(), e))?;
+        file.write_at(zeros, at).await?;
         at += len as u64;
     }
     Ok(())

@@ -132,15 +132,6 @@ impl HotCache {
         self.insert_young(key.to_vec(), value.clone());
     }
 
-    /// Records a write of `key` without caching it: the entry, if any, is updated in place.
-    pub fn update(&mut self, key: &[u8], value: &Versioned) {
-        if value.value.len() > HOT_VALUE_MAX {
-            self.remove(key);
-        } else if self.young.contains_key(key) || self.old.contains_key(key) {
-            self.put(key, value);
-        }
-    }
-
     pub fn contains(&self, key: &[u8]) -> bool {
         self.young.contains_key(key) || self.old.contains_key(key)
     }
@@ -150,12 +141,6 @@ impl HotCache {
             self.young_bytes -= cost(key, &old);
         }
         self.old.remove(key);
-    }
-
-    pub fn clear(&mut self) {
-        self.young.clear();
-        self.old.clear();
-        self.young_bytes = 0;
     }
 }
 
@@ -176,10 +161,8 @@ mod tests {
         assert_eq!(cache.get(b"a"), None);
         cache.put(b"a", &v(1, "one"));
         assert_eq!(cache.get(b"a"), Some(v(1, "one")));
-        cache.update(b"a", &v(2, "two"));
+        cache.put(b"a", &v(2, "two"));
         assert_eq!(cache.get(b"a"), Some(v(2, "two")));
-        cache.update(b"b", &v(3, "x"));
-        assert_eq!(cache.get(b"b"), None, "update does not add keys");
         cache.remove(b"a");
         assert_eq!(cache.get(b"a"), None);
         // Fill past the budget: old entries age out, recent ones stay.

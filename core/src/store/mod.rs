@@ -86,7 +86,7 @@ pub enum StoreError {
 
 impl StoreError {
     fn io(op: &'static str, path: &str, source: io::Error) -> StoreError {
-        if source.raw_os_error() == Some(28) || source.kind() == io::ErrorKind::StorageFull {
+        if crate::log::is_disk_full(&source) {
             StoreError::DiskFull {
                 op,
                 path: path.to_string(),
@@ -455,24 +455,14 @@ impl<F: LogFile> PagedStore<F> {
             self.grown.wait().await;
         }
         self.growing.set(true);
-        let result = async {
-            let from = self.file_len.get();
-            let to = growth_target(from, needed);
-            let mut at = from;
-            while at < to {
-                let len = (to - at).min(1 << 20);
-                let mut zeros = self.file.alloc(len as usize);
-                zeros.as_mut().fill(0);
-                self.file
-                    .write_at(zeros, at)
-                    .await
-                    .map_err(|e| StoreError::io("extend", &self.path, e))?;
-                at += len;
-                self.file_len.set(at);
-            }
-            Ok(())
+        let from = self.file_len.get();
+        let to = growth_target(from, needed);
+        let result = crate::log::write_zeros(&self.file, from, to)
+            .await
+            .map_err(|e| StoreError::io("extend", &self.path, e));
+        if result.is_ok() {
+            self.file_len.set(to);
         }
-        .await;
         self.growing.set(false);
         self.grown.notify();
         result

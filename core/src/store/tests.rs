@@ -71,6 +71,16 @@ fn value(n: u64, len: usize) -> Vec<u8> {
     (0..len).map(|i| (n as usize + i) as u8).collect()
 }
 
+/// Puts of 16-byte keys `range` with values of `len` bytes.
+fn puts(range: std::ops::Range<u64>, len: usize) -> Vec<Command> {
+    range
+        .map(|k| Command::Put {
+            key: key(k, 16),
+            value: value(k, len),
+        })
+        .collect()
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     Put(u64, usize),
@@ -236,12 +246,7 @@ fn data_far_larger_than_the_cache_stays_within_it() {
 fn a_corrupt_page_is_reported_with_its_id() {
     let disk = SimDisk::new();
     let store = open(&disk, 16);
-    let commands: Vec<Command> = (0..300)
-        .map(|k| Command::Put {
-            key: key(k, 16),
-            value: value(k, 100),
-        })
-        .collect();
+    let commands = puts(0..300, 100);
     block_on(store.apply(1, 1, &batch(&commands))).unwrap();
     checkpoint(&store);
     let root = store.state.borrow().root;
@@ -269,13 +274,9 @@ fn a_corrupt_page_is_reported_with_its_id() {
 fn a_failed_checkpoint_keeps_the_previous_one_and_the_next_succeeds() {
     let disk = SimDisk::new();
     let store = open(&disk, 64);
-    let put = |i: u64| Command::Put {
-        key: key(i, 16),
-        value: value(i, 100),
-    };
-    block_on(store.apply(1, 1, &batch(&(0..100).map(put).collect::<Vec<_>>()))).unwrap();
+    block_on(store.apply(1, 1, &batch(&puts(0..100, 100)))).unwrap();
     let first = checkpoint(&store).unwrap();
-    block_on(store.apply(2, 1, &batch(&(100..200).map(put).collect::<Vec<_>>()))).unwrap();
+    block_on(store.apply(2, 1, &batch(&puts(100..200, 100)))).unwrap();
     disk.fail_after(FaultOn::Write, 3, 28);
     let failed = block_on(store.checkpoint(None::<fn(usize) -> std::future::Ready<()>>));
     assert!(
@@ -374,12 +375,7 @@ fn a_checkpoint_between_two_commands_of_one_entry_replays_only_the_rest() {
     let disk = SimDisk::new();
     // A tiny pool: back-pressure forces checkpoints in the middle of the big entry.
     let store = open(&disk, 16);
-    let commands: Vec<Command> = (0..400)
-        .map(|k| Command::Put {
-            key: key(k, 16),
-            value: value(k, 300),
-        })
-        .collect();
+    let commands = puts(0..400, 300);
     let entry = batch(&commands);
     block_on(store.apply(1, 1, &entry)).unwrap();
     let checkpoints = store.stats().checkpoints;
@@ -535,12 +531,7 @@ fn the_hot_key_cache_follows_every_write() {
 fn a_full_disk_during_back_pressure_fails_no_applied_command() {
     let disk = SimDisk::new();
     let store = open(&disk, 16);
-    let commands: Vec<Command> = (0..200)
-        .map(|k| Command::Put {
-            key: key(k, 16),
-            value: value(k, 300),
-        })
-        .collect();
+    let commands = puts(0..200, 300);
     disk.fail_after(FaultOn::Write, 2, 28);
     block_on(store.apply(1, 1, &batch(&commands))).unwrap();
     assert_eq!(store.key_count(), 200);

@@ -460,12 +460,15 @@ impl State {
         }
         let (ids, slots) = self.descend(key)?;
         let leaf = *ids.last().expect("a leaf");
-        let underflows = match self.node(leaf)? {
-            Node::Leaf(entries) => {
+        let (found, underflows) = match self.node(leaf)? {
+            node @ Node::Leaf(entries) => {
                 let Ok(i) = entries.binary_search_by(|e| e.key.as_slice().cmp(key)) else {
                     return Ok(None);
                 };
-                node_size(self.node(leaf)?) - entries_len(self.node(leaf)?, i) < UNDERFLOW_BYTES
+                (
+                    i,
+                    node_size(node) - entries[i].encoded_len() < UNDERFLOW_BYTES,
+                )
             }
             Node::Inner { .. } => unreachable!("descend ends at a leaf"),
         };
@@ -474,13 +477,9 @@ impl State {
         }
         let path = self.cow_path(&ids, &slots, lsn);
         let leaf = *path.last().expect("a leaf");
+        // The copy holds the same entries in the same order: `found` still holds.
         let old = match self.node_mut(leaf) {
-            Node::Leaf(entries) => {
-                let i = entries
-                    .binary_search_by(|e| e.key.as_slice().cmp(key))
-                    .expect("found above");
-                entries.remove(i)
-            }
+            Node::Leaf(entries) => entries.remove(found),
             Node::Inner { .. } => unreachable!(),
         };
         self.fix_upwards(&path, &slots, lsn);
@@ -545,31 +544,8 @@ impl State {
 
     /// Splits page `id` in two; returns the separator and the new right page.
     fn split(&mut self, id: u64, lsn: u64) -> (Vec<u8>, u64) {
-        match self.node_mut(id) {
-            Node::Leaf(entries) => {
-                let sizes: Vec<usize> = entries.iter().map(Entry::encoded_len).collect();
-                let at = best_split(&sizes);
-                let right = entries.split_off(at);
-                let separator = right[0].key.clone();
-                let right = self.new_page(Node::Leaf(right), lsn);
-                (separator, right)
-            }
-            Node::Inner { keys, children } => {
-                let sizes: Vec<usize> = keys.iter().map(|k| k.len() + 10).collect();
-                let at = best_split(&sizes);
-                let mut right_keys = keys.split_off(at);
-                let separator = right_keys.remove(0);
-                let right_children = children.split_off(at + 1);
-                let right = self.new_page(
-                    Node::Inner {
-                        keys: right_keys,
-                        children: right_children,
-                    },
-                    lsn,
-                );
-                (separator, right)
-            }
-        }
+        let (separator, right) = split_in_two(self.node_mut(id));
+        (separator, self.new_page(right, lsn))
     }
 
     /// Merges the child at `slot` of `parent` with a sibling, or moves entries over from
@@ -626,28 +602,8 @@ impl State {
             return;
         }
         // Too big for one page: split the combined node at its best point instead.
-        let new_separator = match self.node_mut(left) {
-            Node::Leaf(entries) => {
-                let sizes: Vec<usize> = entries.iter().map(Entry::encoded_len).collect();
-                let at = best_split(&sizes);
-                let moved = entries.split_off(at);
-                let separator = moved[0].key.clone();
-                *self.node_mut(right) = Node::Leaf(moved);
-                separator
-            }
-            Node::Inner { keys, children } => {
-                let sizes: Vec<usize> = keys.iter().map(|k| k.len() + 10).collect();
-                let at = best_split(&sizes);
-                let mut moved_keys = keys.split_off(at);
-                let separator = moved_keys.remove(0);
-                let moved_children = children.split_off(at + 1);
-                *self.node_mut(right) = Node::Inner {
-                    keys: moved_keys,
-                    children: moved_children,
-                };
-                separator
-            }
-        };
+        let (new_separator, moved) = split_in_two(self.node_mut(left));
+        *self.node_mut(right) = moved;
         if let Node::Inner { keys, children } = self.node_mut(parent) {
             keys[left_slot] = new_separator;
             children[left_slot] = left;
@@ -673,11 +629,26 @@ impl State {
     }
 }
 
-/// Bytes entry `i` of a leaf takes.
-fn entries_len(node: &Node, i: usize) -> usize {
+/// Splits `node` at the point that makes the larger half smallest: the left half stays in
+/// `node`; returns the separator and the right half. An inner node's middle key moves up.
+fn split_in_two(node: &mut Node) -> (Vec<u8>, Node) {
     match node {
-        Node::Leaf(entries) => entries[i].encoded_len(),
-        Node::Inner { .. } => 0,
+        Node::Leaf(entries) => {
+            let sizes: Vec<usize> = entries.iter().map(Entry::encoded_len).collect();
+            let right = entries.split_off(best_split(&sizes));
+            (right[0].key.clone(), Node::Leaf(right))
+        }
+        Node::Inner { keys, children } => {
+            let sizes: Vec<usize> = keys.iter().map(|k| k.len() + 10).collect();
+            let at = best_split(&sizes);
+            let mut right_keys = keys.split_off(at);
+            let separator = right_keys.remove(0);
+            let right = Node::Inner {
+                keys: right_keys,
+                children: children.split_off(at + 1),
+            };
+            (separator, right)
+        }
     }
 }
 
