@@ -4,12 +4,9 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
-use std::future::{poll_fn, Future};
-use std::pin::Pin;
+use std::future::Future;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
-
-use futures_lite::{AsyncRead, AsyncWrite};
 
 use crate::local::Notify;
 use crate::runtime::{spawn_local, TcpStream};
@@ -144,9 +141,9 @@ impl ReceiveBuffer {
         self.start += n;
     }
 
-    /// Room to read into, after making the unread bytes start at the front and growing the
+    /// Makes room to read into at `end`: moves the unread bytes to the front and grows the
     /// buffer to hold at least `wanted` bytes.
-    fn room(&mut self, wanted: usize) -> &mut [u8] {
+    fn make_room(&mut self, wanted: usize) {
         if self.start > 0 {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
@@ -164,7 +161,6 @@ impl ReceiveBuffer {
             self.buf.truncate(RECEIVE_BUFFER_INITIAL_BYTES);
             self.buf.shrink_to_fit();
         }
-        &mut self.buf[self.end..]
     }
 }
 
@@ -198,7 +194,7 @@ pub async fn wait_for_room(ctx: &CoreContext, conn: &Connection) -> bool {
 /// connection should end: the peer left, the writer failed, or the node is stopping.
 pub async fn fill(
     ctx: &CoreContext,
-    stream: &RefCell<TcpStream>,
+    stream: &TcpStream,
     conn: &Connection,
     buffer: &mut ReceiveBuffer,
     wanted: usize,
@@ -206,13 +202,23 @@ pub async fn fill(
     if !wait_for_room(ctx, conn).await {
         return false;
     }
-    let room = buffer.room(wanted);
+    buffer.make_room(wanted);
     let stopped = async {
         ctx.stop.notified().await;
-        Err(std::io::Error::other("stopping"))
+        None
     };
-    let read = poll_fn(|cx| Pin::new(&mut *stream.borrow_mut()).poll_read(cx, room));
-    match futures_lite::future::or(read, stopped).await {
+    let bytes = std::mem::take(&mut buffer.buf);
+    let end = buffer.end;
+    let read = async { Some(stream.recv(bytes, end).await) };
+    let Some((result, bytes)) = futures_lite::future::or(read, stopped).await else {
+        // Stopping: the receive was cancelled and its buffer stays with the ring until the
+        // kernel lets go of it. The connection ends here.
+        buffer.start = 0;
+        buffer.end = 0;
+        return false;
+    };
+    buffer.buf = bytes;
+    match result {
         Ok(0) => false,
         Ok(n) => {
             buffer.end += n;
@@ -227,18 +233,7 @@ pub async fn fill(
     }
 }
 
-async fn write_all(stream: &RefCell<TcpStream>, mut buf: &[u8]) -> std::io::Result<()> {
-    while !buf.is_empty() {
-        let n = poll_fn(|cx| Pin::new(&mut *stream.borrow_mut()).poll_write(cx, buf)).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        buf = &buf[n..];
-    }
-    Ok(())
-}
-
-async fn write_loop(stream: Rc<RefCell<TcpStream>>, conn: Rc<Connection>) {
+async fn write_loop(stream: Rc<TcpStream>, conn: Rc<Connection>) {
     let mut spare = Vec::with_capacity(16 * 1024);
     loop {
         let woken = conn.wake_writer.notified();
@@ -250,7 +245,8 @@ async fn write_loop(stream: Rc<RefCell<TcpStream>>, conn: Rc<Connection>) {
             continue;
         }
         let data = std::mem::replace(&mut *conn.out.borrow_mut(), std::mem::take(&mut spare));
-        if let Err(error) = write_all(&stream, &data).await {
+        let (result, data) = stream.send_all(data).await;
+        if let Err(error) = result {
             tracing::debug!(%error, "connection write failed");
             break;
         }
@@ -266,11 +262,11 @@ async fn write_loop(stream: Rc<RefCell<TcpStream>>, conn: Rc<Connection>) {
 /// returns, answers everything already accepted, then closes.
 pub async fn drive<F, Fut>(ctx: Rc<CoreContext>, stream: TcpStream, read: F)
 where
-    F: FnOnce(Rc<CoreContext>, Rc<RefCell<TcpStream>>, Rc<Connection>) -> Fut,
+    F: FnOnce(Rc<CoreContext>, Rc<TcpStream>, Rc<Connection>) -> Fut,
     Fut: Future<Output = ()>,
 {
     let _ = stream.set_nodelay(true);
-    let stream = Rc::new(RefCell::new(stream));
+    let stream = Rc::new(stream);
     let conn = Rc::new(Connection::new());
     let writer = spawn_local(write_loop(Rc::clone(&stream), Rc::clone(&conn)));
     read(Rc::clone(&ctx), Rc::clone(&stream), Rc::clone(&conn)).await;

@@ -1,6 +1,6 @@
 //! kvs-shards: the per-core runtime, routing, Raft per shard and the `kvsd` server.
 //!
-//! - [`runtime`]: the only module that knows glommio (executors, TCP, channels, timers).
+//! - [`runtime`]: executors on io_uring, with TCP, timers and cross-core channels.
 //! - [`log_io`]: the log's disk: O_DIRECT segment files written through io_uring.
 //! - [`peer`]: one shard's Raft peer over its log and state machine (sans-runtime).
 //! - [`shard`]: the shard service: batching (group commit), read ordering, replies.

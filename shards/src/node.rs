@@ -27,8 +27,7 @@ use kvs_core::store::{PagedStore, StoreConfig};
 use crate::config::Config;
 use crate::log_io::{DmaDisk, DmaLogFile};
 use crate::runtime::{
-    cross_core_channel, spawn_executor, spawn_local, wait, SharedReceiver, SharedSender,
-    TcpListener,
+    cross_core_channel, spawn_executor, spawn_local, wait, Receiver, Sender, TcpListener,
 };
 use crate::server::{serve_connection, CoreContext, RemoteReply, RemoteRequest, ShardQueue};
 use crate::shard::{read_from, ShardCore};
@@ -147,10 +146,10 @@ struct CoreSetup {
     checkpoint: CheckpointPolicy,
     listen: SocketAddr,
     resp_listen: Option<SocketAddr>,
-    request_senders: Vec<Option<SharedSender<RemoteRequest>>>,
-    request_receivers: Vec<SharedReceiver<RemoteRequest>>,
-    reply_senders: Vec<Option<SharedSender<RemoteReply>>>,
-    reply_receivers: Vec<SharedReceiver<RemoteReply>>,
+    request_senders: Vec<Option<Sender<RemoteRequest>>>,
+    request_receivers: Vec<Receiver<RemoteRequest>>,
+    reply_senders: Vec<Option<Sender<RemoteReply>>>,
+    reply_receivers: Vec<Receiver<RemoteReply>>,
     stop: Arc<AtomicBool>,
     open_connections: Arc<AtomicUsize>,
     ready: mpsc::Sender<Result<(), String>>,
@@ -334,73 +333,50 @@ async fn core_main(setup: CoreSetup) {
         }
     };
 
-    // Connect every channel end at once: a connect completes when both ends are connected.
-    let request_senders: Vec<_> = setup
-        .request_senders
-        .into_iter()
-        .map(|s| s.map(|s| spawn_local(s.connect())))
-        .collect();
-    let reply_senders: Vec<_> = setup
-        .reply_senders
-        .into_iter()
-        .map(|s| s.map(|s| spawn_local(s.connect())))
-        .collect();
-    let request_receivers: Vec<_> = setup
-        .request_receivers
-        .into_iter()
-        .map(|r| spawn_local(r.connect()))
-        .collect();
-    let reply_receivers: Vec<_> = setup
-        .reply_receivers
-        .into_iter()
-        .map(|r| spawn_local(r.connect()))
-        .collect();
-    let mut connected_request_senders = Vec::new();
-    for task in request_senders {
-        connected_request_senders.push(match task {
-            Some(task) => Some(task.await),
-            None => None,
-        });
-    }
-    let mut connected_reply_senders = Vec::new();
-    for task in reply_senders {
-        connected_reply_senders.push(match task {
-            Some(task) => Some(task.await),
-            None => None,
-        });
-    }
     let queue = Rc::new(ShardQueue::default());
     let ctx = Rc::new(CoreContext::new(
         core,
         setup.shard_count,
         Rc::clone(&queue),
-        connected_request_senders,
-        connected_reply_senders,
+        setup.request_senders,
+        setup.reply_senders,
         Arc::clone(&setup.open_connections),
     ));
-    for task in request_receivers {
-        let receiver = task.await;
+    for receiver in setup.request_receivers {
         let queue = Rc::clone(&queue);
         spawn_local(async move {
-            while let Some(request) = receiver.recv().await {
-                let reply = crate::server::ReplyTo::Remote {
-                    core: request.from,
-                    token: request.token,
-                };
-                queue.push(crate::shard::ShardRequest {
-                    op: request.op,
-                    reply,
-                });
+            let mut batch = Vec::new();
+            loop {
+                receiver.recv_all(&mut batch).await;
+                if batch.is_empty() {
+                    break;
+                }
+                for request in batch.drain(..) {
+                    let reply = crate::server::ReplyTo::Remote {
+                        core: request.from,
+                        token: request.token,
+                    };
+                    queue.push(crate::shard::ShardRequest {
+                        op: request.op,
+                        reply,
+                    });
+                }
             }
         })
         .detach();
     }
-    for task in reply_receivers {
-        let receiver = task.await;
+    for receiver in setup.reply_receivers {
         let ctx = Rc::clone(&ctx);
         spawn_local(async move {
-            while let Some(reply) = receiver.recv().await {
-                ctx.deliver_remote(reply);
+            let mut batch = Vec::new();
+            loop {
+                receiver.recv_all(&mut batch).await;
+                if batch.is_empty() {
+                    break;
+                }
+                for reply in batch.drain(..) {
+                    ctx.deliver_remote(reply);
+                }
             }
         })
         .detach();

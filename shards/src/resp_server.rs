@@ -829,7 +829,7 @@ pub async fn serve_connection(ctx: Rc<CoreContext>, stream: TcpStream) {
     .await;
 }
 
-async fn read_loop(ctx: &CoreContext, stream: &RefCell<TcpStream>, conn: &Rc<Connection>) {
+async fn read_loop(ctx: &CoreContext, stream: &TcpStream, conn: &Rc<Connection>) {
     let session = Rc::new(Session::default());
     let mut buffer = ReceiveBuffer::new();
     loop {

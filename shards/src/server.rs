@@ -26,7 +26,7 @@ use kvs_wire::{shard_for_key, ErrorCode, Opcode, Request, Response};
 use crate::conn::{self, Connection, ReceiveBuffer, CONNECTION_IN_FLIGHT_MAX};
 use crate::local::Notify;
 use crate::resp_server::{RespGather, RespRender};
-use crate::runtime::{ConnectedSender, TcpStream};
+use crate::runtime::{Sender, TcpStream};
 use crate::shard::{ShardInfo, ShardOp, ShardReply, ShardRequest};
 
 /// Where a shard's reply goes on the core that asked.
@@ -90,9 +90,9 @@ pub struct CoreContext {
     pub shard_count: u32,
     pub queue: Rc<ShardQueue>,
     /// Request senders to every other core's shard, indexed by core (None for this core).
-    pub request_senders: Vec<Option<ConnectedSender<RemoteRequest>>>,
+    pub request_senders: Vec<Option<Sender<RemoteRequest>>>,
     /// Reply senders back to every other core.
-    pub reply_senders: Vec<Option<ConnectedSender<RemoteReply>>>,
+    pub reply_senders: Vec<Option<Sender<RemoteReply>>>,
     tokens: RefCell<HashMap<u64, Target>>,
     next_token: Cell<u64>,
     /// Set when the node is shutting down; `stop` is notified then.
@@ -107,8 +107,8 @@ impl CoreContext {
         core: usize,
         shard_count: u32,
         queue: Rc<ShardQueue>,
-        request_senders: Vec<Option<ConnectedSender<RemoteRequest>>>,
-        reply_senders: Vec<Option<ConnectedSender<RemoteReply>>>,
+        request_senders: Vec<Option<Sender<RemoteRequest>>>,
+        reply_senders: Vec<Option<Sender<RemoteReply>>>,
         open_connections: Arc<AtomicUsize>,
     ) -> CoreContext {
         CoreContext {
@@ -567,7 +567,7 @@ pub async fn serve_connection(ctx: Rc<CoreContext>, stream: TcpStream) {
 }
 
 /// Reads and dispatches requests until the peer leaves, framing is lost or the node stops.
-async fn read_loop(ctx: &CoreContext, stream: &RefCell<TcpStream>, conn: &Rc<Connection>) {
+async fn read_loop(ctx: &CoreContext, stream: &TcpStream, conn: &Rc<Connection>) {
     let mut buffer = ReceiveBuffer::new();
     let mut wanted = FRAME_HEADER_SIZE;
     loop {

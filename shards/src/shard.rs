@@ -4,7 +4,7 @@
 //! being made durable, answers the reads that come before the first write at once, puts all
 //! the writes into one batch entry (group commit: one proposal, one commit group, one
 //! fdatasync), waits for it to be durable and applied, and then answers the writes and the
-//! reads that came after them. It is sans-runtime; `node` runs it on a glommio executor.
+//! reads that came after them. It is sans-runtime; `node` runs it on an executor of `runtime`.
 //!
 //! A read the buffer pool can answer is answered in the round. A read that needs the disk is
 //! handed back as *deferred*: the caller runs it in a task of its own ([`read_from`]), so it

@@ -1,0 +1,129 @@
+//! TCP on the executor's ring: accept, receive and send as io_uring operations whose buffers
+//! are moved in and handed back, so a dropped future can never leave the kernel writing into
+//! freed memory.
+
+use std::io;
+use std::mem::ManuallyDrop;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+
+use io_uring::opcode;
+use socket2::{Domain, Protocol, Socket, Type};
+
+use super::executor::{fd, io_result, Op};
+
+/// Connections waiting to be accepted, per listener.
+const LISTEN_BACKLOG: i32 = 1024;
+
+/// A listening socket. Every executor binds its own with SO_REUSEPORT, and the kernel spreads
+/// new connections over them.
+pub struct TcpListener {
+    fd: OwnedFd,
+}
+
+impl TcpListener {
+    pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(LISTEN_BACKLOG)?;
+        // SAFETY: into_raw_fd hands over a descriptor we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(socket.into_raw_fd()) };
+        Ok(TcpListener { fd })
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        let socket = ManuallyDrop::new(
+            // SAFETY: borrowed for the call only; ManuallyDrop keeps it from closing our fd.
+            unsafe { Socket::from_raw_fd(self.fd.as_raw_fd()) },
+        );
+        socket
+            .local_addr()?
+            .as_socket()
+            .ok_or_else(|| io::Error::other("not an IP socket"))
+    }
+
+    /// Waits for the next connection.
+    pub async fn accept(&self) -> io::Result<TcpStream> {
+        let raw = self.fd.as_raw_fd();
+        let (result, _) = Op::submit(None, |_| {
+            opcode::Accept::new(fd(raw), std::ptr::null_mut(), std::ptr::null_mut())
+                .flags(libc::SOCK_CLOEXEC)
+                .build()
+        })
+        .await;
+        let accepted = io_result(result)?;
+        // SAFETY: accept returned a new descriptor we now own.
+        let fd = unsafe { OwnedFd::from_raw_fd(accepted as i32) };
+        Ok(TcpStream { fd })
+    }
+}
+
+/// A connected socket.
+pub struct TcpStream {
+    fd: OwnedFd,
+}
+
+impl TcpStream {
+    pub fn set_nodelay(&self, nodelay: bool) -> io::Result<()> {
+        let value: libc::c_int = nodelay.into();
+        // SAFETY: setsockopt reads size_of::<c_int>() bytes from a live value.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_NODELAY,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    /// Receives into `buffer[at..]`; returns the count (0: the peer closed) and the buffer.
+    pub async fn recv(&self, buffer: Vec<u8>, at: usize) -> (io::Result<usize>, Vec<u8>) {
+        assert!(at < buffer.len(), "room to receive into");
+        let raw = self.fd.as_raw_fd();
+        let (result, buffer) = Op::submit(Some(buffer), |buffer| {
+            let buffer = buffer.expect("a receive has a buffer");
+            let room = &mut buffer[at..];
+            opcode::Recv::new(fd(raw), room.as_mut_ptr(), room.len() as u32).build()
+        })
+        .await;
+        (io_result(result), buffer.expect("the buffer comes back"))
+    }
+
+    /// Sends `buffer[from..]`, or a first part of it; returns the count sent and the buffer.
+    pub async fn send(&self, buffer: Vec<u8>, from: usize) -> (io::Result<usize>, Vec<u8>) {
+        let raw = self.fd.as_raw_fd();
+        let (result, buffer) = Op::submit(Some(buffer), |buffer| {
+            let buffer = buffer.expect("a send has a buffer");
+            let data = &buffer[from..];
+            opcode::Send::new(fd(raw), data.as_ptr(), data.len() as u32)
+                .flags(libc::MSG_NOSIGNAL)
+                .build()
+        })
+        .await;
+        (io_result(result), buffer.expect("the buffer comes back"))
+    }
+
+    /// Sends all of `buffer`; returns it for reuse.
+    pub async fn send_all(&self, mut buffer: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+        let mut sent = 0;
+        while sent < buffer.len() {
+            let (result, back) = self.send(buffer, sent).await;
+            buffer = back;
+            match result {
+                Ok(0) => return (Err(io::ErrorKind::WriteZero.into()), buffer),
+                Ok(n) => sent += n,
+                Err(error) => return (Err(error), buffer),
+            }
+        }
+        (Ok(()), buffer)
+    }
+}
