@@ -1,17 +1,20 @@
-//! The production log disk: segment files opened with O_DIRECT, written through io_uring.
+//! The production log disk: segment files and the page file, opened with O_DIRECT, written
+//! and read through io_uring.
 //!
-//! Each shard has one I/O thread with its own io_uring, for its log and its page file. The
-//! shard's executor hands it jobs and awaits their completion; many (page reads, checkpoint
-//! writes) can be in flight at once. A group commit is a write linked to an fdatasync, so
-//! one submission makes a group durable. The thread sleeps in `io_uring_enter` while the
-//! disk works, and an eventfd read in the ring wakes it when a new job arrives.
+//! On a shard's executor thread every operation goes on the executor's own ring
+//! ([`crate::runtime::disk`]): a group commit is a write linked to an fdatasync, submitted in
+//! the same `io_uring_enter` as the round's network operations, and its completion wakes the
+//! shard directly. Measured on one core at pipeline 1, the earlier hop to an I/O thread and
+//! back cost a quarter of kvsd's CPU in context switches (docs/benchmarks.md).
+//!
+//! Off an executor (`kvsd --verify`, tests that drive the store with `block_on`) the same
+//! operations go to an I/O thread with a ring of its own, many in flight, woken by an eventfd.
 //!
 //! Why not glommio's DMA files: glommio probes io_uring's polled mode on the device, and on
 //! virtio disks the probe passes although the device has no poll queues; writes then go to
 //! its poll ring, and while any is in flight the executor spins instead of sleeping. That
 //! starved the kernel worker finishing the write on the same core: 3.7 ms per 4 KiB write
-//! instead of ~0.2 ms (measured, see docs/benchmarks.md). A thread with a plain ring
-//! avoids the problem and keeps the log independent of the executor's runtime.
+//! instead of ~0.2 ms (measured, see docs/benchmarks.md).
 
 use std::alloc::Layout;
 use std::collections::HashMap;
@@ -30,6 +33,8 @@ use std::task::{Context, Poll, Waker};
 use io_uring::{opcode, squeue, types, IoUring};
 use kvs_core::limits::LOG_BLOCK_SIZE;
 use kvs_core::log::{LogDisk, LogFile};
+
+use crate::runtime::disk;
 
 /// Reads larger than this (whole log segments at recovery) bypass the ring.
 const READ_THROUGH_RING_MAX: usize = 32 * 1024 * 1024;
@@ -222,17 +227,7 @@ fn finish(flight: Flight) {
             let result = match first_error {
                 // The first failure is the cause; a linked fsync reports ECANCELED after it.
                 Some(e) => Err(io::Error::from_raw_os_error(-e)),
-                // A direct write to a regular file stops short only when the filesystem has
-                // no room for the rest (writing the remainder would fail with ENOSPC).
-                None if flight.results[0] as usize != buffer.as_ref().len() => Err(io::Error::new(
-                    io::ErrorKind::StorageFull,
-                    format!(
-                        "short direct write: {} of {} bytes at {pos} (no space left)",
-                        flight.results[0],
-                        buffer.as_ref().len()
-                    ),
-                )),
-                None => Ok(()),
+                None => check_written(flight.results[0] as usize, buffer.as_ref().len(), pos),
             };
             drop(buffer);
             done.complete(result);
@@ -247,6 +242,18 @@ fn finish(flight: Flight) {
         }),
         Job::Stop => {}
     }
+}
+
+/// A direct write to a regular file stops short only when the filesystem has no room for the
+/// rest (writing the remainder would fail with ENOSPC).
+fn check_written(written: usize, len: usize, pos: u64) -> io::Result<()> {
+    if written == len {
+        return Ok(());
+    }
+    Err(io::Error::new(
+        io::ErrorKind::StorageFull,
+        format!("short direct write: {written} of {len} bytes at {pos} (no space left)"),
+    ))
 }
 
 /// The entries of a job. Buffers live in the job, which stays in `flights` until every
@@ -449,6 +456,9 @@ impl LogDisk for DmaDisk {
     async fn sync_dir(&self) -> io::Result<()> {
         let dir = File::open(&self.dir)?;
         let fd = dir.as_raw_fd();
+        if disk::available() {
+            return disk::sync(fd).await;
+        }
         self.io.run(|done| Job::Sync { fd, done }).await
     }
 
@@ -460,6 +470,11 @@ impl LogDisk for DmaDisk {
 impl DmaLogFile {
     async fn write(&self, buffer: AlignedBuffer, pos: u64, sync: bool) -> io::Result<()> {
         let fd = self.file.as_raw_fd();
+        if disk::available() {
+            let len = buffer.as_ref().len();
+            let written = disk::write(fd, buffer, pos, sync).await?;
+            return check_written(written, len, pos);
+        }
         self.io
             .run(|done| Job::Write {
                 fd,
@@ -507,6 +522,11 @@ impl LogFile for DmaLogFile {
         }
         // Page and extent reads go through the ring, many in flight.
         let fd = self.file.as_raw_fd();
+        if disk::available() {
+            let (result, buffer) = disk::read(fd, AlignedBuffer::new(aligned), pos).await;
+            let n = result?;
+            return Ok(buffer.as_ref()[..n.min(len)].to_vec());
+        }
         let mut bytes = self
             .io
             .run(|done| Job::Read {
@@ -522,6 +542,9 @@ impl LogFile for DmaLogFile {
 
     async fn sync(&self) -> io::Result<()> {
         let fd = self.file.as_raw_fd();
+        if disk::available() {
+            return disk::sync(fd).await;
+        }
         self.io.run(|done| Job::Sync { fd, done }).await
     }
 

@@ -21,6 +21,7 @@
 //! checkpoint go on.
 
 pub mod hot;
+pub mod key;
 pub mod page;
 pub mod tree;
 pub mod verify;
@@ -41,7 +42,7 @@ use crate::state::{CommandResult, Versioned};
 use hot::HotCache;
 use page::{
     decode_extent, decode_free_list, decode_meta, decode_node, encode_extent, encode_free_list,
-    encode_meta, encode_node, extent_pages, Entry, Meta, Value, FREE_IDS_PER_PAGE, PAGE_SIZE,
+    encode_meta, encode_node, extent_pages, Entry, Key, Meta, Value, FREE_IDS_PER_PAGE, PAGE_SIZE,
 };
 use tree::{needs_extent, Miss, State};
 
@@ -683,7 +684,7 @@ impl<F: LogFile> PagedStore<F> {
                         None => continue,
                     },
                 };
-                out.push((entry.key, value));
+                out.push((entry.key.into(), value));
             }
             match next {
                 Some(next) => from = next,
@@ -887,7 +888,7 @@ impl<F: LogFile> PagedStore<F> {
             Value::Inline(value)
         };
         let mut slot = Some(Entry {
-            key: key.clone(),
+            key: Key::new(&key),
             version,
             value: stored,
         });

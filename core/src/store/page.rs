@@ -17,6 +17,8 @@
 
 use crate::limits::KEY_SIZE_MAX;
 
+pub use super::key::Key;
+
 pub const PAGE_SIZE: usize = 4096;
 pub const HEADER_SIZE: usize = 32;
 /// Page ids 0 and 1 are the meta pages; tree pages start at 2.
@@ -152,7 +154,7 @@ pub enum Value {
 /// version; MVCC will keep several, and they will sort together under their key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
-    pub key: Vec<u8>,
+    pub key: Key,
     pub version: u64,
     pub value: Value,
 }
@@ -174,7 +176,7 @@ pub enum Node {
     Leaf(Vec<Entry>),
     /// `keys[i]` separates `children[i]` (keys below it) from `children[i + 1]`.
     Inner {
-        keys: Vec<Vec<u8>>,
+        keys: Vec<Key>,
         children: Vec<u64>,
     },
 }
@@ -320,6 +322,7 @@ pub fn decode_node(bytes: &[u8], id: u64) -> Result<(Node, Header), PageError> {
                     },
                     other => return Err(err(id, format!("unknown value kind {other}"))),
                 };
+                let key = Key::from(key);
                 if let Some(last) = entries.last() {
                     let last: &Entry = last;
                     if last.key >= key {
@@ -343,8 +346,8 @@ pub fn decode_node(bytes: &[u8], id: u64) -> Result<(Node, Header), PageError> {
             children.push(r.u64()?);
             for _ in 0..count {
                 let len = r.u16()? as usize;
-                let key = r.take(len)?.to_vec();
-                if keys.last().is_some_and(|last: &Vec<u8>| *last >= key) {
+                let key = Key::new(r.take(len)?);
+                if keys.last().is_some_and(|last: &Key| *last >= key) {
                     return Err(err(id, "inner keys out of order"));
                 }
                 keys.push(key);
@@ -565,12 +568,12 @@ mod tests {
     fn sample_leaf() -> Node {
         Node::Leaf(vec![
             Entry {
-                key: b"a".to_vec(),
+                key: Key::new(b"a"),
                 version: 7,
                 value: Value::Inline(b"one".to_vec()),
             },
             Entry {
-                key: b"b".to_vec(),
+                key: Key::new(b"b"),
                 version: 9,
                 value: Value::Extent {
                     first: 40,
@@ -588,7 +591,7 @@ mod tests {
         for node in [
             sample_leaf(),
             Node::Inner {
-                keys: vec![b"m".to_vec(), b"t".to_vec()],
+                keys: vec![Key::new(b"m"), Key::new(b"t")],
                 children: vec![5, 6, 7],
             },
         ] {

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::hot::IdMap;
 
-use super::page::{node_size, Entry, Node, PAGE_SIZE, UNDERFLOW_BYTES};
+use super::page::{node_size, Entry, Key, Node, PAGE_SIZE, UNDERFLOW_BYTES};
 
 /// A page the operation needs that is not in the pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,7 +56,7 @@ pub struct State {
     pub loads: u64,
 }
 
-fn child_index(keys: &[Vec<u8>], key: &[u8]) -> usize {
+fn child_index(keys: &[Key], key: &[u8]) -> usize {
     keys.partition_point(|k| k.as_slice() <= key)
 }
 
@@ -357,7 +357,7 @@ impl State {
                 Node::Inner { keys, children } => {
                     let i = child_index(keys, start);
                     if i < keys.len() {
-                        fence = Some(keys[i].clone());
+                        fence = Some(keys[i].to_vec());
                     }
                     id = children[i];
                 }
@@ -543,7 +543,7 @@ impl State {
     }
 
     /// Splits page `id` in two; returns the separator and the new right page.
-    fn split(&mut self, id: u64, lsn: u64) -> (Vec<u8>, u64) {
+    fn split(&mut self, id: u64, lsn: u64) -> (Key, u64) {
         let (separator, right) = split_in_two(self.node_mut(id));
         (separator, self.new_page(right, lsn))
     }
@@ -631,7 +631,7 @@ impl State {
 
 /// Splits `node` at the point that makes the larger half smallest: the left half stays in
 /// `node`; returns the separator and the right half. An inner node's middle key moves up.
-fn split_in_two(node: &mut Node) -> (Vec<u8>, Node) {
+fn split_in_two(node: &mut Node) -> (Key, Node) {
     match node {
         Node::Leaf(entries) => {
             let sizes: Vec<usize> = entries.iter().map(Entry::encoded_len).collect();

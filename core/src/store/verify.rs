@@ -8,7 +8,7 @@
 
 use std::collections::HashSet;
 
-use super::page::{decode_extent, decode_node, Meta, Node, Value, META_PAGES, PAGE_SIZE};
+use super::page::{decode_extent, decode_node, Key, Meta, Node, Value, META_PAGES, PAGE_SIZE};
 use super::{read_free_list, read_meta, StoreError, PAGE_FILE};
 use crate::log::{LogDisk, LogFile};
 
@@ -35,8 +35,8 @@ impl VerifyReport {
 struct Visit {
     id: u64,
     depth: u32,
-    low: Option<Vec<u8>>,
-    high: Option<Vec<u8>>,
+    low: Option<Key>,
+    high: Option<Key>,
 }
 
 /// Verifies the page file of `shard` in `disk`.

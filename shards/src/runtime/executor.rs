@@ -13,6 +13,7 @@
 //! dropped before its completion leaves the buffer in the slot, asks the kernel to cancel,
 //! and the slot is freed only when the kernel has answered.
 
+use std::any::Any;
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
@@ -116,6 +117,8 @@ enum OpState {
 struct OpSlot {
     state: OpState,
     buffer: Option<Vec<u8>>,
+    /// Anything else the kernel may be using until the completion (disk buffers).
+    keep: Option<Box<dyn Any>>,
 }
 
 /// A slab: values at stable indexes, freed indexes reused.
@@ -196,11 +199,16 @@ fn with_core<R>(f: impl FnOnce(&Rc<Core>) -> R) -> R {
 
 impl Core {
     fn push_entry(&self, entry: &squeue::Entry) {
+        self.push_entries(std::slice::from_ref(entry));
+    }
+
+    /// Queues `entries` next to each other (a linked chain must not be split by a submit).
+    fn push_entries(&self, entries: &[squeue::Entry]) {
         let mut ring = self.ring.borrow_mut();
         loop {
             // SAFETY: every entry's buffers are owned by its op slot (or by the core, for the
             // wake read) until its completion has been reaped.
-            if unsafe { ring.submission().push(entry) }.is_ok() {
+            if unsafe { ring.submission().push_multiple(entries) }.is_ok() {
                 return;
             }
             // The queue is full: hand what is there to the kernel and try again.
@@ -410,10 +418,9 @@ impl Core {
         }
         let mut ops = self.ops.borrow_mut();
         for slot in ops.drain() {
-            if let Some(buffer) = slot.buffer {
-                if matches!(slot.state, OpState::Orphaned) {
-                    std::mem::forget(buffer);
-                }
+            if matches!(slot.state, OpState::Orphaned) {
+                std::mem::forget(slot.buffer);
+                std::mem::forget(slot.keep);
             }
         }
     }
@@ -633,6 +640,7 @@ impl Op {
                 let id = ops.insert(OpSlot {
                     state: OpState::Waiting(None),
                     buffer,
+                    keep: None,
                 });
                 let slot = ops.get_mut(id).expect("just inserted");
                 let entry = make(slot.buffer.as_mut()).user_data(id as u64);
@@ -642,6 +650,87 @@ impl Op {
             Op { id: Some(id) }
         })
     }
+}
+
+impl Op {
+    /// Queues `first` and then `second`, linked (the second starts once the first succeeded,
+    /// and is cancelled if it failed). `keep` stays with the first until it completes.
+    pub(crate) fn submit_linked(
+        keep: Box<dyn Any>,
+        first: squeue::Entry,
+        second: squeue::Entry,
+    ) -> (Op, Op) {
+        with_core(|core| {
+            let (a, b) = {
+                let mut ops = core.ops.borrow_mut();
+                let a = ops.insert(OpSlot {
+                    state: OpState::Waiting(None),
+                    buffer: None,
+                    keep: Some(keep),
+                });
+                let b = ops.insert(OpSlot {
+                    state: OpState::Waiting(None),
+                    buffer: None,
+                    keep: None,
+                });
+                (a, b)
+            };
+            core.push_entries(&[
+                first.flags(squeue::Flags::IO_LINK).user_data(a as u64),
+                second.user_data(b as u64),
+            ]);
+            (Op { id: Some(a) }, Op { id: Some(b) })
+        })
+    }
+
+    /// Queues `entry`, whose memory `keep` owns, and keeps it until the completion.
+    pub(crate) fn submit_keeping(keep: Box<dyn Any>, entry: squeue::Entry) -> Op {
+        with_core(|core| {
+            let id = core.ops.borrow_mut().insert(OpSlot {
+                state: OpState::Waiting(None),
+                buffer: None,
+                keep: Some(keep),
+            });
+            core.push_entry(&entry.user_data(id as u64));
+            Op { id: Some(id) }
+        })
+    }
+
+    /// Like awaiting the op, but also hands back what `submit_keeping` kept.
+    pub(crate) async fn finish_keeping(mut self) -> (i32, Option<Box<dyn Any>>) {
+        std::future::poll_fn(|cx| {
+            let id = self.id.expect("an Op is not polled after it completed");
+            let done = with_core(|core| {
+                let mut ops = core.ops.borrow_mut();
+                let slot = ops.get_mut(id).expect("a live op has a slot");
+                match &mut slot.state {
+                    OpState::Done(result) => {
+                        let result = *result;
+                        let slot = ops.remove(id).expect("a live op has a slot");
+                        Some((result, slot.keep))
+                    }
+                    OpState::Waiting(waker) => {
+                        *waker = Some(cx.waker().clone());
+                        None
+                    }
+                    OpState::Orphaned => unreachable!("a live op is not orphaned"),
+                }
+            });
+            match done {
+                Some(output) => {
+                    self.id = None;
+                    Poll::Ready(output)
+                }
+                None => Poll::Pending,
+            }
+        })
+        .await
+    }
+}
+
+/// Whether this thread runs an executor (whose ring can take disk operations).
+pub fn on_executor() -> bool {
+    CURRENT_ID.with(Cell::get) != 0
 }
 
 impl Future for Op {

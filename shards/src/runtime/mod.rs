@@ -1,8 +1,8 @@
 //! kvsd's runtime: pinned executor threads, each driven by one io_uring, with TCP, timers and
 //! cross-core channels on it.
 //!
-//! Architecture invariant: this module is the only one that talks to the ring for the network
-//! and for scheduling; everything else sees futures. (The log's disk I/O is in `log_io`.)
+//! Architecture invariant: this module is the only one that talks to the executor's ring;
+//! everything else sees futures. `log_io` puts the shard's file I/O on it through [`disk`].
 //!
 //! Why our own and not glommio: measured on our machines, a bare glommio TCP loop answered
 //! 56–70K requests/s unpipelined where a loop on one io_uring with every completion handled
@@ -11,6 +11,7 @@
 //! for the hot path: one system call per round of tasks. See docs/adr/0009-runtime.md.
 
 mod channel;
+pub mod disk;
 mod executor;
 mod net;
 

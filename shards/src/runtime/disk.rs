@@ -1,0 +1,83 @@
+//! File I/O on the executor's own ring: the shard's log appends, page writes and page reads
+//! are submitted with the network operations of the same round, and their completions wake
+//! the task directly — no hop to another thread and back.
+//!
+//! The buffer moves into the operation and stays with it until the kernel is done with it,
+//! even if the waiting future is dropped.
+
+use std::io;
+use std::os::fd::RawFd;
+
+use io_uring::{opcode, types};
+
+use super::executor::{fd, io_result, on_executor, Op};
+
+/// Whether the calling thread can use these functions (it runs an executor).
+pub fn available() -> bool {
+    on_executor()
+}
+
+/// Writes all of `buffer` at `pos`; with `sync`, then fdatasyncs the file (linked: the sync
+/// runs only after the write succeeded). Returns the bytes written.
+pub async fn write<B: AsRef<[u8]> + 'static>(
+    file: RawFd,
+    buffer: B,
+    pos: u64,
+    sync: bool,
+) -> io::Result<usize> {
+    // Boxed first: the bytes' address is taken where they will stay.
+    let buffer = Box::new(buffer);
+    let (ptr, len) = {
+        let bytes = (*buffer).as_ref();
+        (bytes.as_ptr(), bytes.len() as u32)
+    };
+    let write = opcode::Write::new(fd(file), ptr, len)
+        .offset(pos)
+        .build();
+    if !sync {
+        let (result, _) = Op::submit_keeping(buffer, write).finish_keeping().await;
+        return io_result(result);
+    }
+    let fsync = opcode::Fsync::new(fd(file))
+        .flags(types::FsyncFlags::DATASYNC)
+        .build();
+    let (write, fsync) = Op::submit_linked(buffer, write, fsync);
+    let (written, _) = write.finish_keeping().await;
+    let (synced, _) = fsync.await;
+    // The first failure is the cause: a sync after a failed write reports ECANCELED.
+    let written = io_result(written)?;
+    io_result(synced)?;
+    Ok(written)
+}
+
+/// Reads into `buffer` from `pos`; returns the bytes read and the buffer.
+pub async fn read<B: AsMut<[u8]> + 'static>(
+    file: RawFd,
+    buffer: B,
+    pos: u64,
+) -> (io::Result<usize>, B) {
+    let mut buffer = Box::new(buffer);
+    let (ptr, len) = {
+        let bytes = (*buffer).as_mut();
+        (bytes.as_mut_ptr(), bytes.len() as u32)
+    };
+    let read = opcode::Read::new(fd(file), ptr, len)
+        .offset(pos)
+        .build();
+    let (result, kept) = Op::submit_keeping(buffer, read).finish_keeping().await;
+    let buffer = kept
+        .and_then(|kept| kept.downcast::<B>().ok())
+        .expect("the buffer comes back");
+    (io_result(result), *buffer)
+}
+
+/// fdatasyncs `file`.
+pub async fn sync(file: RawFd) -> io::Result<()> {
+    let entry = opcode::Fsync::new(fd(file))
+        .flags(types::FsyncFlags::DATASYNC)
+        .build();
+    let (result, _) = Op::submit_keeping(Box::new(()), entry)
+        .finish_keeping()
+        .await;
+    io_result(result).map(|_| ())
+}
