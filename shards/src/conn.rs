@@ -75,6 +75,23 @@ impl Connection {
         self.finish_request();
     }
 
+    /// Like `respond_in_order`, with the reply encoded by `encode`: straight into the output
+    /// when it is next in line, which is nearly always.
+    pub fn respond_in_order_with(&self, sequence: u64, encode: impl FnOnce(&mut Vec<u8>)) {
+        if sequence == self.next_to_write.get() && self.early.borrow().is_empty() {
+            if !self.writer_done.get() {
+                encode(&mut self.out.borrow_mut());
+                self.wake_writer.notify();
+            }
+            self.next_to_write.set(sequence + 1);
+            self.finish_request();
+            return;
+        }
+        let mut reply = Vec::new();
+        encode(&mut reply);
+        self.respond_in_order(sequence, reply);
+    }
+
     /// Queues the reply of request `sequence`; it is written after every earlier one.
     pub fn respond_in_order(&self, sequence: u64, reply: Vec<u8>) {
         if sequence == self.next_to_write.get() {

@@ -65,40 +65,43 @@ fn error_line(out: &mut Vec<u8>, code: ErrorCode, message: &str) {
 /// Renders a single-shard reply.
 pub fn render(render: RespRender, reply: ShardReply, resp3: bool) -> Vec<u8> {
     let mut out = Vec::new();
+    render_into(&mut out, render, reply, resp3);
+    out
+}
+
+/// Appends the RESP reply for `reply` to `out`.
+pub fn render_into(out: &mut Vec<u8>, render: RespRender, reply: ShardReply, resp3: bool) {
     match (render, reply) {
-        (_, ShardReply::Error(code, message)) => error_line(&mut out, code, &message),
-        (RespRender::Get, ShardReply::Value(Some(v))) => resp::bulk(&mut out, &v.value),
-        (RespRender::Get, ShardReply::Value(None)) => null(&mut out, resp3),
+        (_, ShardReply::Error(code, message)) => error_line(out, code, &message),
+        (RespRender::Get, ShardReply::Value(Some(v))) => resp::bulk(out, &v.value),
+        (RespRender::Get, ShardReply::Value(None)) => null(out, resp3),
         (RespRender::Strlen, ShardReply::Value(v)) => {
-            resp::integer(&mut out, v.map_or(0, |v| v.value.len() as i64))
+            resp::integer(out, v.map_or(0, |v| v.value.len() as i64))
         }
         (RespRender::Set, ShardReply::Written(CommandResult::Written { .. })) => {
-            resp::simple(&mut out, "OK")
+            resp::simple(out, "OK")
         }
         (RespRender::SetConditional, ShardReply::Written(CommandResult::Written { .. })) => {
-            resp::simple(&mut out, "OK")
+            resp::simple(out, "OK")
         }
         (
             RespRender::SetConditional,
             ShardReply::Written(CommandResult::VersionMismatch { .. } | CommandResult::Skipped),
-        ) => null(&mut out, resp3),
+        ) => null(out, resp3),
         (RespRender::Integer, ShardReply::Written(CommandResult::Integer { value })) => {
-            resp::integer(&mut out, value)
+            resp::integer(out, value)
         }
         (_, ShardReply::Written(CommandResult::Refused { reason })) => {
-            resp::error(&mut out, &format!("ERR {reason}"))
+            resp::error(out, &format!("ERR {reason}"))
         }
         (RespRender::GetSet, ShardReply::Written(CommandResult::Replaced { previous })) => {
             match previous {
-                Some(value) => resp::bulk(&mut out, &value),
-                None => null(&mut out, resp3),
+                Some(value) => resp::bulk(out, &value),
+                None => null(out, resp3),
             }
         }
-        (render, other) => {
-            resp::error(&mut out, &format!("ERR internal: {render:?} got {other:?}"))
-        }
+        (render, other) => resp::error(out, &format!("ERR internal: {render:?} got {other:?}")),
     }
-    out
 }
 
 /// How the parts of a command split over shards are put back together.

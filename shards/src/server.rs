@@ -239,7 +239,9 @@ pub fn deliver(target: Target, reply: ShardReply) {
             sequence,
             render,
             resp3,
-        } => conn.respond_in_order(sequence, crate::resp_server::render(render, reply, resp3)),
+        } => conn.respond_in_order_with(sequence, |out| {
+            crate::resp_server::render_into(out, render, reply, resp3)
+        }),
         Target::RespPart { gather, part } => gather.add(part, reply),
     }
 }

@@ -133,13 +133,33 @@ pub fn error(out: &mut Vec<u8>, message: &str) {
 
 pub fn integer(out: &mut Vec<u8>, value: i64) {
     out.push(b':');
-    out.extend_from_slice(value.to_string().as_bytes());
+    decimal(out, value);
     out.extend_from_slice(b"\r\n");
 }
 
+/// Appends `value` in decimal, without allocating (replies are written on the hot path).
+fn decimal(out: &mut Vec<u8>, value: i64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut rest = value.unsigned_abs();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    if value < 0 {
+        out.push(b'-');
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
 pub fn bulk(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.reserve(bytes.len() + 16);
     out.push(b'$');
-    out.extend_from_slice(bytes.len().to_string().as_bytes());
+    decimal(out, bytes.len() as i64);
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(bytes);
     out.extend_from_slice(b"\r\n");
@@ -152,7 +172,7 @@ pub fn null(out: &mut Vec<u8>) {
 
 pub fn array_header(out: &mut Vec<u8>, len: usize) {
     out.push(b'*');
-    out.extend_from_slice(len.to_string().as_bytes());
+    decimal(out, len as i64);
     out.extend_from_slice(b"\r\n");
 }
 

@@ -14,6 +14,7 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
+use super::key::Key;
 use crate::state::Versioned;
 
 /// FNV-1a: keys are short, and SipHash's setup dominates for them.
@@ -57,7 +58,9 @@ impl Hasher for IdHasher {
 }
 
 pub type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
-type KeyMap = HashMap<Vec<u8>, Versioned, BuildHasherDefault<FnvHasher>>;
+/// Keys as the tree holds them: a short key sits in the table itself, so a probe compares
+/// bytes in the table instead of following a pointer to the key's allocation.
+type KeyMap = HashMap<Key, Versioned, BuildHasherDefault<FnvHasher>>;
 
 /// Values larger than this are not cached.
 pub const HOT_VALUE_MAX: usize = 1024;
@@ -98,7 +101,7 @@ impl HotCache {
             Some(value) => {
                 self.hits += 1;
                 let out = value.clone();
-                self.insert_young(key.to_vec(), value);
+                self.insert_young(Key::new(key), value);
                 Some(out)
             }
             None => {
@@ -108,7 +111,7 @@ impl HotCache {
         }
     }
 
-    fn insert_young(&mut self, key: Vec<u8>, value: Versioned) {
+    fn insert_young(&mut self, key: Key, value: Versioned) {
         if self.budget == 0 {
             return;
         }
@@ -129,7 +132,7 @@ impl HotCache {
             return;
         }
         self.old.remove(key);
-        self.insert_young(key.to_vec(), value.clone());
+        self.insert_young(Key::new(key), value.clone());
     }
 
     pub fn contains(&self, key: &[u8]) -> bool {

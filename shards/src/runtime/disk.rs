@@ -31,9 +31,7 @@ pub async fn write<B: AsRef<[u8]> + 'static>(
         let bytes = (*buffer).as_ref();
         (bytes.as_ptr(), bytes.len() as u32)
     };
-    let write = opcode::Write::new(fd(file), ptr, len)
-        .offset(pos)
-        .build();
+    let write = opcode::Write::new(fd(file), ptr, len).offset(pos).build();
     if !sync {
         let (result, _) = Op::submit_keeping(buffer, write).finish_keeping().await;
         return io_result(result);
@@ -61,9 +59,7 @@ pub async fn read<B: AsMut<[u8]> + 'static>(
         let bytes = (*buffer).as_mut();
         (bytes.as_mut_ptr(), bytes.len() as u32)
     };
-    let read = opcode::Read::new(fd(file), ptr, len)
-        .offset(pos)
-        .build();
+    let read = opcode::Read::new(fd(file), ptr, len).offset(pos).build();
     let (result, kept) = Op::submit_keeping(buffer, read).finish_keeping().await;
     let buffer = kept
         .and_then(|kept| kept.downcast::<B>().ok())
