@@ -135,8 +135,22 @@ impl HotCache {
         self.insert_young(Key::new(key), value.clone());
     }
 
-    pub fn contains(&self, key: &[u8]) -> bool {
-        self.young.contains_key(key) || self.old.contains_key(key)
+    /// Records a write of `key` if the cache holds the key (else there is nothing to keep in
+    /// step). One probe when the key is young, as a frequently written key is.
+    pub fn update(&mut self, key: &[u8], value: Versioned) {
+        if value.value.len() > HOT_VALUE_MAX {
+            self.remove(key);
+            return;
+        }
+        if let Some(slot) = self.young.get_mut(key) {
+            let before = cost(key, slot);
+            *slot = value;
+            self.young_bytes = self.young_bytes - before + cost(key, slot);
+            return;
+        }
+        if self.old.remove(key).is_some() {
+            self.insert_young(Key::new(key), value);
+        }
     }
 
     pub fn remove(&mut self, key: &[u8]) {
@@ -166,8 +180,12 @@ mod tests {
         assert_eq!(cache.get(b"a"), Some(v(1, "one")));
         cache.put(b"a", &v(2, "two"));
         assert_eq!(cache.get(b"a"), Some(v(2, "two")));
+        cache.update(b"a", v(3, "three"));
+        assert_eq!(cache.get(b"a"), Some(v(3, "three")));
         cache.remove(b"a");
         assert_eq!(cache.get(b"a"), None);
+        cache.update(b"a", v(4, "four"));
+        assert_eq!(cache.get(b"a"), None, "an update does not add a key");
         // Fill past the budget: old entries age out, recent ones stay.
         for i in 0..100u64 {
             cache.put(format!("k{i}").as_bytes(), &v(i, "v"));

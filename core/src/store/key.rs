@@ -114,9 +114,32 @@ impl PartialOrd for Key {
 }
 
 impl Ord for Key {
+    #[inline]
     fn cmp(&self, other: &Key) -> Ordering {
-        self.as_slice().cmp(other.as_slice())
+        match (self, other) {
+            // Inline bytes past the length are zero, so comparing the padded arrays and then
+            // the lengths orders like the slices do (a prefix pads with zeros, sorts equal
+            // that far, and is shorter). Three word compares instead of a call to memcmp:
+            // this comparison runs a dozen times per tree operation.
+            (Key::Inline(a_len, a), Key::Inline(b_len, b)) => {
+                words(a).cmp(&words(b)).then(a_len.cmp(b_len))
+            }
+            _ => self.as_slice().cmp(other.as_slice()),
+        }
     }
+}
+
+/// The inline bytes as big-endian words (the last one zero-padded), which order like the
+/// bytes.
+#[inline]
+fn words(bytes: &[u8; INLINE_KEY_MAX]) -> [u64; 3] {
+    let mut padded = [0u8; 24];
+    padded[..INLINE_KEY_MAX].copy_from_slice(bytes);
+    [
+        u64::from_be_bytes(padded[0..8].try_into().expect("8 bytes")),
+        u64::from_be_bytes(padded[8..16].try_into().expect("8 bytes")),
+        u64::from_be_bytes(padded[16..24].try_into().expect("8 bytes")),
+    ]
 }
 
 impl Hash for Key {
@@ -149,5 +172,34 @@ mod tests {
         assert!(Key::new(b"") < short);
         assert_eq!(Vec::from(long.clone()), vec![7; INLINE_KEY_MAX + 1]);
         assert_eq!(Key::from(b"abc".to_vec()), short);
+    }
+
+    #[test]
+    fn key_order_is_byte_order() {
+        let samples: Vec<Vec<u8>> = vec![
+            vec![],
+            vec![0],
+            vec![0, 0],
+            vec![0, 1],
+            vec![1],
+            b"ab".to_vec(),
+            b"ab\0".to_vec(),
+            b"ab\0\x01".to_vec(),
+            b"key:000000012345".to_vec(),
+            b"key:000000012346".to_vec(),
+            vec![0xff; INLINE_KEY_MAX],
+            vec![0xff; INLINE_KEY_MAX + 1],
+            vec![0; INLINE_KEY_MAX],
+            vec![0; INLINE_KEY_MAX + 1],
+        ];
+        for a in &samples {
+            for b in &samples {
+                assert_eq!(
+                    Key::from(a.clone()).cmp(&Key::from(b.clone())),
+                    a.cmp(b),
+                    "{a:?} vs {b:?}"
+                );
+            }
+        }
     }
 }

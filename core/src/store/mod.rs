@@ -856,14 +856,8 @@ impl<F: LogFile> PagedStore<F> {
         value: Vec<u8>,
     ) -> Result<(u64, Option<Entry>), StoreError> {
         let version = self.next_version();
-        // What the hot-key cache must say once the tree does.
-        let cached = {
-            let hot = self.hot.borrow();
-            (hot.contains(&key) && value.len() <= hot::HOT_VALUE_MAX).then(|| Versioned {
-                version,
-                value: value.clone(),
-            })
-        };
+        // What the hot-key cache must say once the tree does (if it holds the key then).
+        let cached = (value.len() <= hot::HOT_VALUE_MAX).then(|| value.clone());
         let stored = if needs_extent(&key, &value) {
             let pages = extent_pages(value.len());
             let (first, epoch) = {
@@ -903,7 +897,10 @@ impl<F: LogFile> PagedStore<F> {
             .await?;
         // No await since the insert: readers see the tree and the cache change together.
         match cached {
-            Some(value) => self.hot.borrow_mut().put(&key, &value),
+            Some(value) => self
+                .hot
+                .borrow_mut()
+                .update(&key, Versioned { version, value }),
             None => self.hot.borrow_mut().remove(&key),
         }
         let mut st = self.state.borrow_mut();

@@ -56,8 +56,8 @@ pub struct State {
     pub loads: u64,
 }
 
-fn child_index(keys: &[Key], key: &[u8]) -> usize {
-    keys.partition_point(|k| k.as_slice() <= key)
+fn child_index(keys: &[Key], key: &Key) -> usize {
+    keys.partition_point(|k| k <= key)
 }
 
 /// The split point of `sizes` that makes the larger half smallest; both halves non-empty.
@@ -326,13 +326,14 @@ impl State {
         if self.root == 0 {
             return Ok(None);
         }
+        let key = &Key::new(key);
         let mut id = self.root;
         loop {
             match self.node(id)? {
                 Node::Inner { keys, children } => id = children[child_index(keys, key)],
                 Node::Leaf(entries) => {
                     return Ok(entries
-                        .binary_search_by(|e| e.key.as_slice().cmp(key))
+                        .binary_search_by(|e| e.key.cmp(key))
                         .ok()
                         .map(|i| entries[i].clone()))
                 }
@@ -355,7 +356,7 @@ impl State {
         loop {
             match self.node(id)? {
                 Node::Inner { keys, children } => {
-                    let i = child_index(keys, start);
+                    let i = child_index(keys, &Key::new(start));
                     if i < keys.len() {
                         fence = Some(keys[i].to_vec());
                     }
@@ -371,7 +372,7 @@ impl State {
     }
 
     /// Root-to-leaf page ids and the child index taken at each inner level.
-    fn descend(&mut self, key: &[u8]) -> Result<(Vec<u64>, Vec<usize>), Miss> {
+    fn descend(&mut self, key: &Key) -> Result<(Vec<u64>, Vec<usize>), Miss> {
         let mut ids = vec![self.root];
         let mut slots = Vec::new();
         loop {
@@ -421,7 +422,7 @@ impl State {
         let leaf = *ids.last().expect("a leaf");
         let (found, after) = match self.node(leaf) {
             Ok(node @ Node::Leaf(entries)) => {
-                let found = entries.binary_search_by(|e| e.key.as_slice().cmp(&entry.key));
+                let found = entries.binary_search_by(|e| e.key.cmp(&entry.key));
                 let replaced = found.map_or(0, |i| entries[i].encoded_len());
                 (found, node_size(node) - replaced + entry.encoded_len())
             }
@@ -458,11 +459,12 @@ impl State {
         if self.root == 0 {
             return Ok(None);
         }
+        let key = &Key::new(key);
         let (ids, slots) = self.descend(key)?;
         let leaf = *ids.last().expect("a leaf");
         let (found, underflows) = match self.node(leaf)? {
             node @ Node::Leaf(entries) => {
-                let Ok(i) = entries.binary_search_by(|e| e.key.as_slice().cmp(key)) else {
+                let Ok(i) = entries.binary_search_by(|e| e.key.cmp(key)) else {
                     return Ok(None);
                 };
                 (

@@ -8,6 +8,12 @@ use clap::Parser;
 use kvs_shards::config::{Config, Flags};
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc instead of glibc's malloc: requests and replies allocate on the hot path, and
+/// with glibc malloc and free took a fifth of kvsd's CPU on pipelined SETs (perf, see
+/// docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let config = match Config::from_flags(Flags::parse()) {
         Ok(config) => config,
