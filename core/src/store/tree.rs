@@ -450,7 +450,7 @@ impl State {
             },
             Node::Inner { .. } => unreachable!("descend ends at a leaf"),
         };
-        self.fix_upwards(&path, &slots, lsn);
+        self.fix_upwards(&path, &slots, lsn, Some(after));
         Ok(old)
     }
 
@@ -484,7 +484,7 @@ impl State {
             Node::Leaf(entries) => entries.remove(found),
             Node::Inner { .. } => unreachable!(),
         };
-        self.fix_upwards(&path, &slots, lsn);
+        self.fix_upwards(&path, &slots, lsn, None);
         Ok(Some(old))
     }
 
@@ -509,13 +509,20 @@ impl State {
 
     /// Splits overfull and rebalances underfull nodes from the leaf up, then shrinks or
     /// grows the root.
-    fn fix_upwards(&mut self, path: &[u64], slots: &[usize], lsn: u64) {
+    /// `leaf_size`: the leaf's size when the caller knows it (it is the path's last node).
+    fn fix_upwards(&mut self, path: &[u64], slots: &[usize], lsn: u64, leaf_size: Option<usize>) {
         for level in (0..path.len()).rev() {
             let id = path[level];
             let Some(frame) = self.frames.get(&id) else {
                 continue; // merged into its left sibling below
             };
-            let size = node_size(&frame.node);
+            let size = match leaf_size {
+                Some(size) if level == path.len() - 1 => {
+                    debug_assert_eq!(size, node_size(&frame.node));
+                    size
+                }
+                _ => node_size(&frame.node),
+            };
             if (UNDERFLOW_BYTES..=PAGE_SIZE).contains(&size) || level == 0 && size <= PAGE_SIZE {
                 // Nothing to fix here, so nothing changed above (copy-on-write only
                 // repointed the parents): stop climbing.
