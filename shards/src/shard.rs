@@ -87,6 +87,8 @@ pub struct ShardInfo {
     pub cache_pages: u64,
     pub hot_cache_hits: u64,
     pub hot_cache_misses: u64,
+    /// Writes that went straight to the leaf the hot cache named.
+    pub hinted_writes: u64,
     pub cache_capacity_pages: u64,
     pub dirty_pages: u64,
     pub page_file_pages: u64,
@@ -320,6 +322,7 @@ impl<D: LogDisk + Clone> ShardCore<D> {
             cache_pages: store.cached_pages,
             hot_cache_hits: store.hot_hits,
             hot_cache_misses: store.hot_misses,
+            hinted_writes: store.hinted_writes,
             cache_capacity_pages: store.cache_capacity_pages,
             dirty_pages: store.dirty_pages,
             page_file_pages: store.page_count,

@@ -60,7 +60,24 @@ impl Hasher for IdHasher {
 pub type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
 /// Keys as the tree holds them: a short key sits in the table itself, so a probe compares
 /// bytes in the table instead of following a pointer to the key's allocation.
-type KeyMap = HashMap<Key, Versioned, BuildHasherDefault<FnvHasher>>;
+type KeyMap = HashMap<Key, Hot, BuildHasherDefault<FnvHasher>>;
+
+/// A cached value, and where the key was when it was cached: its leaf page (0: unknown) and
+/// its slot in the leaf. They are a hint for writes ([`super::tree::State::replace_in_leaf`]
+/// checks it): a write to a known key then skips the walk down the tree and the search in
+/// the leaf.
+struct Hot {
+    value: Versioned,
+    leaf: u64,
+    slot: u32,
+}
+
+/// Where the tree holds a key: leaf page and slot (a hint, checked before use).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Place {
+    pub leaf: u64,
+    pub slot: u32,
+}
 
 /// Values larger than this are not cached.
 pub const HOT_VALUE_MAX: usize = 1024;
@@ -76,8 +93,8 @@ pub struct HotCache {
     pub misses: u64,
 }
 
-fn cost(key: &[u8], value: &Versioned) -> usize {
-    key.len() + value.value.len() + ENTRY_OVERHEAD
+fn cost(key: &[u8], hot: &Hot) -> usize {
+    key.len() + hot.value.value.len() + ENTRY_OVERHEAD
 }
 
 impl HotCache {
@@ -93,15 +110,15 @@ impl HotCache {
     }
 
     pub fn get(&mut self, key: &[u8]) -> Option<Versioned> {
-        if let Some(value) = self.young.get(key) {
+        if let Some(hot) = self.young.get(key) {
             self.hits += 1;
-            return Some(value.clone());
+            return Some(hot.value.clone());
         }
         match self.old.remove(key) {
-            Some(value) => {
+            Some(hot) => {
                 self.hits += 1;
-                let out = value.clone();
-                self.insert_young(Key::new(key), value);
+                let out = hot.value.clone();
+                self.insert_young(Key::new(key), hot);
                 Some(out)
             }
             None => {
@@ -111,7 +128,37 @@ impl HotCache {
         }
     }
 
-    fn insert_young(&mut self, key: Key, value: Versioned) {
+    /// A write of a young key whose place is known, in one probe: `write` gets the place
+    /// and returns the key's place after the write, or None if it did not write. Then
+    /// `value` is recorded. Returns whether `write` wrote.
+    pub fn write_through(
+        &mut self,
+        key: &[u8],
+        value: Versioned,
+        write: impl FnOnce(Place) -> Option<Place>,
+    ) -> bool {
+        let Some(hot) = self.young.get_mut(key) else {
+            return false;
+        };
+        if hot.leaf == 0 {
+            return false;
+        }
+        let place = Place {
+            leaf: hot.leaf,
+            slot: hot.slot,
+        };
+        let Some(place) = write(place) else {
+            return false;
+        };
+        let before = cost(key, hot);
+        hot.value = value;
+        hot.leaf = place.leaf;
+        hot.slot = place.slot;
+        self.young_bytes = self.young_bytes - before + cost(key, hot);
+        true
+    }
+
+    fn insert_young(&mut self, key: Key, value: Hot) {
         if self.budget == 0 {
             return;
         }
@@ -125,31 +172,42 @@ impl HotCache {
         }
     }
 
-    /// Records what the tree now holds for `key` (a read's result or a write).
-    pub fn put(&mut self, key: &[u8], value: &Versioned) {
+    /// Records what the tree now holds for `key` (a read's result), found in page `leaf`.
+    pub fn put(&mut self, key: &[u8], value: &Versioned, place: Place) {
         if value.value.len() > HOT_VALUE_MAX {
             self.remove(key);
             return;
         }
         self.old.remove(key);
-        self.insert_young(Key::new(key), value.clone());
+        let hot = Hot {
+            value: value.clone(),
+            leaf: place.leaf,
+            slot: place.slot,
+        };
+        self.insert_young(Key::new(key), hot);
     }
 
     /// Records a write of `key` if the cache holds the key (else there is nothing to keep in
     /// step). One probe when the key is young, as a frequently written key is.
-    pub fn update(&mut self, key: &[u8], value: Versioned) {
+    /// `place`: where the tree now holds the key (leaf 0: unknown).
+    pub fn update(&mut self, key: &[u8], value: Versioned, place: Place) {
         if value.value.len() > HOT_VALUE_MAX {
             self.remove(key);
             return;
         }
+        let hot = Hot {
+            value,
+            leaf: place.leaf,
+            slot: place.slot,
+        };
         if let Some(slot) = self.young.get_mut(key) {
             let before = cost(key, slot);
-            *slot = value;
+            *slot = hot;
             self.young_bytes = self.young_bytes - before + cost(key, slot);
             return;
         }
         if self.old.remove(key).is_some() {
-            self.insert_young(Key::new(key), value);
+            self.insert_young(Key::new(key), hot);
         }
     }
 
@@ -176,19 +234,30 @@ mod tests {
     fn hits_misses_updates_and_generations() {
         let mut cache = HotCache::new(10 * (ENTRY_OVERHEAD + 8));
         assert_eq!(cache.get(b"a"), None);
-        cache.put(b"a", &v(1, "one"));
+        cache.put(b"a", &v(1, "one"), Place::default());
         assert_eq!(cache.get(b"a"), Some(v(1, "one")));
-        cache.put(b"a", &v(2, "two"));
+        cache.put(b"a", &v(2, "two"), Place::default());
         assert_eq!(cache.get(b"a"), Some(v(2, "two")));
-        cache.update(b"a", v(3, "three"));
+        let at = Place { leaf: 7, slot: 3 };
+        cache.update(b"a", v(3, "three"), at);
+        let mut seen = None;
+        assert!(cache.write_through(b"a", v(5, "five"), |place| {
+            seen = Some(place);
+            Some(Place { leaf: 7, slot: 4 })
+        }));
+        assert_eq!(seen, Some(at));
+        assert_eq!(cache.get(b"a"), Some(v(5, "five")));
+        assert!(!cache.write_through(b"a", v(6, "six"), |_| None));
+        assert_eq!(cache.get(b"a"), Some(v(5, "five")), "no write, no change");
+        cache.update(b"a", v(3, "three"), at);
         assert_eq!(cache.get(b"a"), Some(v(3, "three")));
         cache.remove(b"a");
         assert_eq!(cache.get(b"a"), None);
-        cache.update(b"a", v(4, "four"));
+        cache.update(b"a", v(4, "four"), at);
         assert_eq!(cache.get(b"a"), None, "an update does not add a key");
         // Fill past the budget: old entries age out, recent ones stay.
         for i in 0..100u64 {
-            cache.put(format!("k{i}").as_bytes(), &v(i, "v"));
+            cache.put(format!("k{i}").as_bytes(), &v(i, "v"), Place::default());
         }
         assert_eq!(cache.get(b"k99"), Some(v(99, "v")));
         assert_eq!(cache.get(b"k0"), None);
@@ -196,7 +265,7 @@ mod tests {
             version: 1,
             value: vec![0; HOT_VALUE_MAX + 1],
         };
-        cache.put(b"k99", &big);
+        cache.put(b"k99", &big, Place::default());
         assert_eq!(cache.get(b"k99"), None, "large values are not cached");
     }
 }

@@ -138,6 +138,8 @@ pub struct StoreStats {
     pub tree_height: u32,
     pub hot_hits: u64,
     pub hot_misses: u64,
+    /// Writes that went straight to the leaf the hot cache named, without a tree walk.
+    pub hinted_writes: u64,
 }
 
 /// What a sealed checkpoint will write.
@@ -489,6 +491,7 @@ impl<F: LogFile> PagedStore<F> {
             checkpoints: self.checkpoints.get(),
             hot_hits: self.hot.borrow().hits,
             hot_misses: self.hot.borrow().misses,
+            hinted_writes: self.state.borrow().hinted_writes,
             last_checkpoint_index: self.durable.get().map_or(0, |c| c.applied_index),
             tree_height: st.height,
         }
@@ -632,7 +635,8 @@ impl<F: LogFile> PagedStore<F> {
         if let Some(value) = hot.get(key) {
             return Some(Some(value));
         }
-        match self.state.borrow_mut().lookup(key) {
+        let mut st = self.state.borrow_mut();
+        match st.lookup(key) {
             Ok(None) => Some(None),
             Ok(Some(Entry {
                 version,
@@ -640,7 +644,7 @@ impl<F: LogFile> PagedStore<F> {
                 ..
             })) => {
                 let found = Versioned { version, value };
-                hot.put(key, &found);
+                hot.put(key, &found, st.last_place);
                 Some(Some(found))
             }
             Ok(Some(_)) | Err(Miss(_)) => None,
@@ -858,6 +862,50 @@ impl<F: LogFile> PagedStore<F> {
         let version = self.next_version();
         // What the hot-key cache must say once the tree does (if it holds the key then).
         let cached = (value.len() <= hot::HOT_VALUE_MAX).then(|| value.clone());
+        // A key the hot cache knows: write to the place it names, without walking the tree.
+        // No await on this path, so the cache and the tree change together.
+        let mut value = value;
+        if let Some(cached) = cached.as_ref().filter(|_| !needs_extent(&key, &value)) {
+            let mut pending = Some(Entry {
+                key: Key::new(&key),
+                version,
+                value: Value::Inline(value),
+            });
+            let mut replaced = None;
+            let fresh = Versioned {
+                version,
+                value: cached.clone(),
+            };
+            let mut st = self.state.borrow_mut();
+            self.hot.borrow_mut().write_through(&key, fresh, |place| {
+                let entry = pending.take().expect("one write");
+                match st.replace_in_leaf(place, entry, index) {
+                    Ok(old) => {
+                        replaced = Some(old);
+                        Some(st.last_place)
+                    }
+                    Err(entry) => {
+                        pending = Some(entry);
+                        None
+                    }
+                }
+            });
+            if let Some(old) = replaced {
+                if let Value::Extent { first, pages, .. } = old.value {
+                    st.free_extent(first, pages);
+                }
+                return Ok((version, Some(old)));
+            }
+            drop(st);
+            let Some(Entry {
+                value: Value::Inline(back),
+                ..
+            }) = pending
+            else {
+                unreachable!("an inline entry comes back inline")
+            };
+            value = back;
+        }
         let stored = if needs_extent(&key, &value) {
             let pages = extent_pages(value.len());
             let (first, epoch) = {
@@ -896,11 +944,12 @@ impl<F: LogFile> PagedStore<F> {
             })
             .await?;
         // No await since the insert: readers see the tree and the cache change together.
+        let place = self.state.borrow().last_place;
         match cached {
             Some(value) => self
                 .hot
                 .borrow_mut()
-                .update(&key, Versioned { version, value }),
+                .update(&key, Versioned { version, value }, place),
             None => self.hot.borrow_mut().remove(&key),
         }
         let mut st = self.state.borrow_mut();

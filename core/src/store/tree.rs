@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::hot::IdMap;
+use super::hot::{IdMap, Place};
 
 use super::page::{node_size, Entry, Key, Node, PAGE_SIZE, UNDERFLOW_BYTES};
 
@@ -54,6 +54,11 @@ pub struct State {
     pub key_count: u64,
     pub evictions: u64,
     pub loads: u64,
+    /// Where the last `lookup` found its key, or the last `insert` or `replace_in_leaf` put
+    /// its entry (leaf 0: not known), for the hot cache's hints.
+    pub last_place: Place,
+    /// Writes `replace_in_leaf` made.
+    pub hinted_writes: u64,
 }
 
 fn child_index(keys: &[Key], key: &Key) -> usize {
@@ -97,6 +102,8 @@ impl State {
             key_count: 0,
             evictions: 0,
             loads: 0,
+            last_place: Place::default(),
+            hinted_writes: 0,
         }
     }
 
@@ -332,13 +339,77 @@ impl State {
             match self.node(id)? {
                 Node::Inner { keys, children } => id = children[child_index(keys, key)],
                 Node::Leaf(entries) => {
-                    return Ok(entries
-                        .binary_search_by(|e| e.key.cmp(key))
-                        .ok()
-                        .map(|i| entries[i].clone()))
+                    let found = entries.binary_search_by(|e| e.key.cmp(key)).ok();
+                    let entry = found.map(|i| entries[i].clone());
+                    self.last_place = Place {
+                        leaf: found.map_or(0, |_| id),
+                        slot: found.unwrap_or(0) as u32,
+                    };
+                    return Ok(entry);
                 }
             }
         }
+    }
+
+    /// Replaces the entry for `entry.key` in the leaf `place` names, if that is a leaf of this
+    /// epoch holding the key and the new entry keeps it within its size bounds: then nothing
+    /// above the leaf changes, and the walk down the tree is not needed. The slot is tried
+    /// first, then the leaf is searched. Hands the entry back when any of that does not hold
+    /// (the caller then inserts the usual way).
+    ///
+    /// Why the checks suffice: keys are unique in the tree, and every resident page of the
+    /// current epoch is in the tree (a page freed in this epoch leaves the pool at once, see
+    /// `free_page`), so a current-epoch leaf that holds the key is the key's leaf.
+    pub fn replace_in_leaf(
+        &mut self,
+        place: Place,
+        entry: Entry,
+        lsn: u64,
+    ) -> Result<Entry, Entry> {
+        let leaf = place.leaf;
+        let epoch = self.epoch;
+        let Some(frame) = self.frames.get_mut(&leaf) else {
+            return Err(entry);
+        };
+        if frame.epoch != epoch {
+            return Err(entry);
+        }
+        let Node::Leaf(entries) = &mut frame.node else {
+            return Err(entry);
+        };
+        let slot = place.slot as usize;
+        let i = if entries.get(slot).is_some_and(|e| e.key == entry.key) {
+            slot
+        } else {
+            match entries.binary_search_by(|e| e.key.cmp(&entry.key)) {
+                Ok(i) => i,
+                Err(_) => return Err(entry),
+            }
+        };
+        let (old_len, new_len) = (entries[i].encoded_len(), entry.encoded_len());
+        if old_len != new_len {
+            let after = node_size(&frame.node) - old_len + new_len;
+            let root = leaf == self.root;
+            if after > PAGE_SIZE || after < UNDERFLOW_BYTES && !root {
+                return Err(entry);
+            }
+        }
+        let Node::Leaf(entries) = &mut frame.node else {
+            unreachable!("checked above");
+        };
+        let old = std::mem::replace(&mut entries[i], entry);
+        frame.lsn = lsn;
+        frame.referenced = true;
+        if !frame.dirty {
+            frame.dirty = true;
+            self.dirty += 1;
+        }
+        self.last_place = Place {
+            leaf,
+            slot: i as u32,
+        };
+        self.hinted_writes += 1;
+        Ok(old)
     }
 
     /// The entries of the leaf holding `start` from `start` on (at most `limit`), and the
@@ -415,6 +486,7 @@ impl State {
             self.height = 1;
             return Ok(None);
         }
+        let key = entry.key.clone();
         let (ids, slots) = match self.descend(&entry.key) {
             Ok(path) => path,
             Err(miss) => return Err((miss, entry)),
@@ -451,6 +523,17 @@ impl State {
             Node::Inner { .. } => unreachable!("descend ends at a leaf"),
         };
         self.fix_upwards(&path, &slots, lsn, Some(after));
+        // Where the entry ended up, for the hot cache: the leaf, unless it split or merged.
+        self.last_place = match self.frames.get(&leaf).map(|frame| &frame.node) {
+            Some(Node::Leaf(entries)) => match entries.binary_search_by(|e| e.key.cmp(&key)) {
+                Ok(slot) => Place {
+                    leaf,
+                    slot: slot as u32,
+                },
+                Err(_) => Place::default(),
+            },
+            _ => Place::default(),
+        };
         Ok(old)
     }
 

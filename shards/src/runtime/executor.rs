@@ -450,6 +450,7 @@ pub fn block_on<T: 'static>(future: impl Future<Output = T> + 'static) -> io::Re
         .setup_cqsize(RING_ENTRIES * 4)
         .setup_single_issuer()
         .setup_coop_taskrun()
+        .setup_defer_taskrun()
         .build(RING_ENTRIES)?;
     // SAFETY: plain eventfd creation; the result is checked.
     let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
