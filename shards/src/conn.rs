@@ -220,20 +220,10 @@ pub async fn fill(
         return false;
     }
     buffer.make_room(wanted);
-    let stopped = async {
-        ctx.stop.notified().await;
-        None
-    };
+    // A stopping node shuts the receiving side of every connection, which ends this
+    // receive (see `CoreContext::stop_connections`).
     let bytes = std::mem::take(&mut buffer.buf);
-    let end = buffer.end;
-    let read = async { Some(stream.recv(bytes, end).await) };
-    let Some((result, bytes)) = futures_lite::future::or(read, stopped).await else {
-        // Stopping: the receive was cancelled and its buffer stays with the ring until the
-        // kernel lets go of it. The connection ends here.
-        buffer.start = 0;
-        buffer.end = 0;
-        return false;
-    };
+    let (result, bytes) = stream.recv(bytes, buffer.end).await;
     buffer.buf = bytes;
     match result {
         Ok(0) => false,
@@ -283,6 +273,7 @@ where
     Fut: Future<Output = ()>,
 {
     let _ = stream.set_nodelay(true);
+    let registration = ctx.register_connection(&stream);
     let stream = Rc::new(stream);
     let conn = Rc::new(Connection::new());
     let writer = spawn_local(write_loop(Rc::clone(&stream), Rc::clone(&conn)));
@@ -301,6 +292,7 @@ where
     writer.await;
     // Dropping the last handle on the stream closes the socket. Replies still in flight
     // (when the peer left first) land in a connection nobody reads.
+    ctx.deregister_connection(registration);
     drop(stream);
     ctx.open_connections.fetch_sub(1, Ordering::SeqCst);
 }

@@ -2,18 +2,22 @@
 //! waiter. Nothing here is `Send`; cross-core traffic goes through channels instead.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
 /// Wakes all tasks waiting on it. A waiter that started waiting before a `notify` sees it
 /// even if it is polled only afterwards (generations, not flags).
+///
+/// Waiters are few (one task, or a connection's reader and writer), so they sit in a vector,
+/// whose memory is kept from one `notify` to the next: a notify-and-wait cycle, which every
+/// request goes through several times, allocates nothing.
 #[derive(Default)]
 pub struct Notify {
     generation: Cell<u64>,
     next_key: Cell<u64>,
-    waiters: RefCell<HashMap<u64, Waker>>,
+    waiters: RefCell<Vec<(u64, Waker)>>,
+    spare: RefCell<Vec<(u64, Waker)>>,
 }
 
 impl Notify {
@@ -23,10 +27,20 @@ impl Notify {
 
     pub fn notify(&self) {
         self.generation.set(self.generation.get() + 1);
-        let waiters = std::mem::take(&mut *self.waiters.borrow_mut());
-        for (_, waker) in waiters {
+        if self.waiters.borrow().is_empty() {
+            return;
+        }
+        // Swap in the spare vector so a waker that waits again while being woken finds
+        // room; then keep this one's memory as the next spare.
+        let mut waiters = {
+            let mut spare = std::mem::take(&mut *self.spare.borrow_mut());
+            std::mem::swap(&mut *self.waiters.borrow_mut(), &mut spare);
+            spare
+        };
+        for (_, waker) in waiters.drain(..) {
             waker.wake();
         }
+        *self.spare.borrow_mut() = waiters;
     }
 
     /// A future that completes at the next `notify` after this call.
@@ -61,10 +75,11 @@ impl Future for Notified<'_> {
                 key
             }
         };
-        self.notify
-            .waiters
-            .borrow_mut()
-            .insert(key, cx.waker().clone());
+        let mut waiters = self.notify.waiters.borrow_mut();
+        match waiters.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, waker)) => waker.clone_from(cx.waker()),
+            None => waiters.push((key, cx.waker().clone())),
+        }
         Poll::Pending
     }
 }
@@ -72,7 +87,10 @@ impl Future for Notified<'_> {
 impl Drop for Notified<'_> {
     fn drop(&mut self) {
         if let Some(key) = self.key {
-            self.notify.waiters.borrow_mut().remove(&key);
+            let mut waiters = self.notify.waiters.borrow_mut();
+            if let Some(at) = waiters.iter().position(|(k, _)| *k == key) {
+                waiters.swap_remove(at);
+            }
         }
     }
 }

@@ -405,8 +405,7 @@ async fn core_main(setup: CoreSetup) {
             while !stop.load(Ordering::SeqCst) {
                 wait(STOP_POLL).await;
             }
-            ctx.stopping.set(true);
-            ctx.stop.notify();
+            ctx.stop_connections();
             ctx.queue.notify.notify();
         })
         .detach();

@@ -100,6 +100,9 @@ pub struct CoreContext {
     pub stop: Notify,
     /// Open client connections on all cores.
     pub open_connections: Arc<AtomicUsize>,
+    /// This core's open connections, to shut their receiving side when the node stops.
+    connections: RefCell<HashMap<u64, std::os::fd::RawFd>>,
+    next_connection: Cell<u64>,
 }
 
 impl CoreContext {
@@ -122,6 +125,35 @@ impl CoreContext {
             stopping: Cell::new(false),
             stop: Notify::new(),
             open_connections,
+            connections: RefCell::new(HashMap::new()),
+            next_connection: Cell::new(0),
+        }
+    }
+
+    /// Records an open connection; its receive ends once the node stops.
+    pub fn register_connection(&self, stream: &TcpStream) -> u64 {
+        let id = self.next_connection.get();
+        self.next_connection.set(id + 1);
+        self.connections.borrow_mut().insert(id, stream.raw_fd());
+        if self.stopping.get() {
+            stream.shutdown_read();
+        }
+        id
+    }
+
+    /// Forgets a connection, before its socket closes.
+    pub fn deregister_connection(&self, id: u64) {
+        self.connections.borrow_mut().remove(&id);
+    }
+
+    /// Marks the node as stopping and ends every connection's receive: readers see the end
+    /// of their stream, answer what they accepted, and close.
+    pub fn stop_connections(&self) {
+        self.stopping.set(true);
+        self.stop.notify();
+        for &fd in self.connections.borrow().values() {
+            // SAFETY: a registered descriptor is open: it is deregistered before it closes.
+            unsafe { libc::shutdown(fd, libc::SHUT_RD) };
         }
     }
 

@@ -85,6 +85,16 @@ impl TcpStream {
         }
     }
 
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// Ends the receiving side: a receive in progress or to come returns 0 (end of stream).
+    pub fn shutdown_read(&self) {
+        // SAFETY: shutdown on a descriptor we own; a failure (not connected) needs nothing.
+        unsafe { libc::shutdown(self.fd.as_raw_fd(), libc::SHUT_RD) };
+    }
+
     /// Receives into `buffer[at..]`; returns the count (0: the peer closed) and the buffer.
     pub async fn recv(&self, buffer: Vec<u8>, at: usize) -> (io::Result<usize>, Vec<u8>) {
         assert!(at < buffer.len(), "room to receive into");
