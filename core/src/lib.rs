@@ -7,6 +7,8 @@
 //! - [`command`]: the commands a Raft entry carries and their encoding.
 //! - [`state`]: the state machine the log is applied to ([`state::StateMachine`]) and its
 //!   in-memory implementation.
+//! - [`store`]: the paged B+tree store a shard's state lives in.
+//! - [`doc`]: JSON documents and MongoDB query filters (parsing and matching).
 //!
 //! Architecture invariant: nothing here spawns a task, opens a socket or reads the clock.
 
@@ -14,6 +16,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod command;
+pub mod doc;
 pub mod join;
 pub mod limits;
 pub mod log;
