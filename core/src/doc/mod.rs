@@ -1,7 +1,15 @@
-//! JSON documents and MongoDB's query language, independent of storage: the document
-//! [`value::Value`] with MongoDB's type order, and [`query::Filter`], a parsed filter that
-//! matches documents with MongoDB's semantics. (Issue: JSON document collections; design in
-//! ADR 0008. Storage, indexes and the wire come on top of this.)
+//! JSON documents and MongoDB's query language, independent of storage:
+//!
+//! - [`value`]: the document [`value::Value`] (fields in order, integers apart from doubles)
+//!   and MongoDB's comparison order.
+//! - [`query`]: filters, parsed once and matched against documents with MongoDB's semantics.
+//! - [`update`]: replacement documents and update operators.
+//! - [`cursor`]: sort, skip, limit and projection over matched documents.
+//!
+//! (Issue: JSON document collections; design in ADR 0008. Storage, indexes, the wire and
+//! the CLI come on top of this.)
 
+pub mod cursor;
 pub mod query;
+pub mod update;
 pub mod value;

@@ -397,6 +397,11 @@ impl<'a> Reached<'a> {
         self.values.iter().any(|v| test(v)) || self.elements.iter().any(|v| test(v))
     }
 
+    /// Every value reached, then every element of the arrays among them.
+    pub fn values_and_elements(&self) -> impl Iterator<Item = &'a Value> + '_ {
+        self.values.iter().chain(self.elements.iter()).copied()
+    }
+
     fn exists(&self) -> bool {
         !self.values.is_empty()
     }
