@@ -2,6 +2,8 @@
 //!
 //! - [`value`]: the document [`value::Value`] (fields in order, integers apart from doubles)
 //!   and MongoDB's comparison order.
+//! - [`binary`]: the compact binary form documents are stored in.
+//! - [`index_key`]: values as index keys whose byte order is MongoDB's order.
 //! - [`query`]: filters, parsed once and matched against documents with MongoDB's semantics.
 //! - [`update`]: replacement documents and update operators.
 //! - [`cursor`]: sort, skip, limit and projection over matched documents.
@@ -9,7 +11,9 @@
 //! (Issue: JSON document collections; design in ADR 0008. Storage, indexes, the wire and
 //! the CLI come on top of this.)
 
+pub mod binary;
 pub mod cursor;
+pub mod index_key;
 pub mod query;
 pub mod update;
 pub mod value;

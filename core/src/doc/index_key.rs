@@ -1,0 +1,172 @@
+//! Index keys: values encoded so that comparing the bytes (memcmp) orders them exactly as
+//! MongoDB orders the values ([`super::value::compare`]). A secondary index is then an
+//! ordinary range of the shard's B+tree, and an index bound is a byte range.
+//!
+//! ```text
+//! key      = rank payload            rank: the type's place in MongoDB's order (1 byte, >= 1)
+//! null     = (nothing)
+//! number   = 8 bytes: the value as a double, sign-flipped so bytes order like numbers
+//!            (-0 as 0, every NaN as the smallest), then 2 bytes: how far an integer is
+//!            from that double (non-zero only for integers beyond 2^53), offset by 2^15
+//! string   = bytes with 0x00 written 0x00 0xFF, then 0x00 0x00 (a prefix sorts first)
+//! object   = per field: the value's rank, the name as a string, the value's payload; 0x00
+//! array    = per element: its key; then 0x00
+//! bool     = 0x00 or 0x01
+//! ```
+//!
+//! Equal values have equal keys (`1` and `1.0`), so an equality bound finds both. A
+//! descending field of a compound index has all its bytes inverted; every key is self-
+//! delimiting, so the components of a compound key never run into each other.
+
+use super::value::Value;
+
+fn put_string(out: &mut Vec<u8>, s: &[u8]) {
+    for &b in s {
+        out.push(b);
+        if b == 0 {
+            out.push(0xff);
+        }
+    }
+    out.extend_from_slice(&[0, 0]);
+}
+
+fn put_number(out: &mut Vec<u8>, value: &Value) {
+    let (double, offset) = match value {
+        Value::Int(n) => {
+            let d = *n as f64;
+            // The distance to the nearest double is below 2^11 for any i64.
+            let offset = i128::from(*n) - d as i128;
+            (d, offset as i16)
+        }
+        Value::Double(d) => (*d, 0),
+        _ => unreachable!("numbers only"),
+    };
+    let bits = if double.is_nan() {
+        0
+    } else {
+        let d = if double == 0.0 { 0.0 } else { double };
+        let bits = d.to_bits();
+        if bits >> 63 == 1 {
+            !bits
+        } else {
+            bits | 1 << 63
+        }
+    };
+    out.extend_from_slice(&bits.to_be_bytes());
+    out.extend_from_slice(&((offset as u16) ^ 0x8000).to_be_bytes());
+}
+
+fn put_payload(out: &mut Vec<u8>, value: &Value) {
+    match value {
+        Value::Null => {}
+        Value::Bool(b) => out.push(u8::from(*b)),
+        Value::Int(_) | Value::Double(_) => put_number(out, value),
+        Value::String(s) => put_string(out, s.as_bytes()),
+        Value::Array(items) => {
+            for item in items {
+                encode(item, out);
+            }
+            out.push(0);
+        }
+        Value::Object(fields) => {
+            for (name, value) in fields {
+                out.push(value.type_rank());
+                put_string(out, name.as_bytes());
+                put_payload(out, value);
+            }
+            out.push(0);
+        }
+    }
+}
+
+/// Appends the key of `value`.
+pub fn encode(value: &Value, out: &mut Vec<u8>) {
+    out.push(value.type_rank());
+    put_payload(out, value);
+}
+
+/// Appends the key of one component of a compound key, descending if asked.
+pub fn encode_component(value: &Value, descending: bool, out: &mut Vec<u8>) {
+    let from = out.len();
+    encode(value, out);
+    if descending {
+        for b in &mut out[from..] {
+            *b = !*b;
+        }
+    }
+}
+
+/// The key of `value`.
+pub fn key(value: &Value) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode(value, &mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::value::compare;
+    use super::*;
+    use proptest::prelude::*;
+
+    fn value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            prop_oneof![any::<i64>(), -3i64..3, (1i64 << 53) - 3..(1i64 << 53) + 3]
+                .prop_map(Value::Int),
+            prop_oneof![
+                any::<f64>(),
+                Just(0.0),
+                Just(-0.0),
+                Just(f64::NAN),
+                Just(f64::INFINITY),
+                Just(f64::NEG_INFINITY),
+                -3.0f64..3.0,
+                Just(9007199254740992.0)
+            ]
+            .prop_map(Value::Double),
+            prop_oneof!["[ab\\x00]{0,3}", ".{0,4}"].prop_map(Value::String),
+        ];
+        leaf.prop_recursive(3, 16, 3, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..3).prop_map(Value::Array),
+                prop::collection::vec(("[ab\\x00]{0,2}", inner), 0..3).prop_map(Value::Object),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4000))]
+        #[test]
+        fn key_order_is_mongodb_order(a in value(), b in value()) {
+            prop_assert_eq!(key(&a).cmp(&key(&b)), compare(&a, &b), "{} vs {}", a, b);
+        }
+
+        #[test]
+        fn compound_keys_order_component_by_component(
+            a in (value(), value()), b in (value(), value()), descending in any::<bool>()
+        ) {
+            let compound = |(x, y): &(Value, Value)| {
+                let mut out = Vec::new();
+                encode_component(x, false, &mut out);
+                encode_component(y, descending, &mut out);
+                out
+            };
+            let second = compare(&a.1, &b.1);
+            let expected = compare(&a.0, &b.0)
+                .then(if descending { second.reverse() } else { second });
+            prop_assert_eq!(compound(&a).cmp(&compound(&b)), expected);
+        }
+    }
+
+    #[test]
+    fn equal_numbers_have_equal_keys() {
+        assert_eq!(key(&Value::Int(1)), key(&Value::Double(1.0)));
+        assert_eq!(key(&Value::Double(-0.0)), key(&Value::Double(0.0)));
+        assert!(key(&Value::Int((1 << 53) + 1)) > key(&Value::Double(9007199254740992.0)));
+        assert!(key(&Value::Double(f64::NAN)) < key(&Value::Double(f64::NEG_INFINITY)));
+        assert!(key(&Value::Int(i64::MIN)) < key(&Value::Int(i64::MIN + 1)));
+        assert!(key(&Value::Int(i64::MAX - 1)) < key(&Value::Int(i64::MAX)));
+    }
+}
