@@ -274,6 +274,16 @@ impl Projection {
         }))
     }
 
+    /// An inclusion projection of `paths` (and of `_id` if `id`).
+    pub fn including(paths: &[String], id: bool) -> Result<Projection, QueryError> {
+        let mut tree = PathTree::default();
+        for path in paths {
+            tree.insert(&split_path("projection", path)?)
+                .map_err(|_| bad(format!("projection: {path:?} collides with another path")))?;
+        }
+        Ok(Projection::Include { paths: tree, id })
+    }
+
     /// The projected document.
     pub fn apply(&self, doc: &Value) -> Value {
         match self {

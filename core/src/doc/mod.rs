@@ -7,10 +7,12 @@
 //! - [`query`]: filters, parsed once and matched against documents with MongoDB's semantics.
 //! - [`update`]: replacement documents and update operators.
 //! - [`cursor`]: sort, skip, limit and projection over matched documents.
+//! - [`aggregate`]: the aggregation pipeline.
 //!
 //! (Issue: JSON document collections; design in ADR 0008. Storage, indexes, the wire and
 //! the CLI come on top of this.)
 
+pub mod aggregate;
 pub mod binary;
 pub mod cursor;
 pub mod index_key;

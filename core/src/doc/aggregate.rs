@@ -1,0 +1,529 @@
+//! The aggregation pipeline, run in memory over documents: `$match`, `$group` (with `$sum`,
+//! `$avg`, `$min`, `$max`, `$count`, `$first`, `$last`, `$push`), `$sort`, `$skip`,
+//! `$limit`, `$project`, `$unwind` and `$count`, with MongoDB's semantics.
+//!
+//! Expressions are what these stages compute with: a field path (`"$addr.city"`; through an
+//! array it gives the array of the elements' values), a literal, `{"$literal": v}`, or a
+//! document of expressions.
+
+use std::cmp::Ordering;
+
+use super::cursor::{Projection, Sort};
+use super::query::{Filter, QueryError};
+use super::value::{compare, Value};
+
+fn bad(message: impl Into<String>) -> QueryError {
+    QueryError(message.into())
+}
+
+/// An expression.
+#[derive(Debug, Clone)]
+pub enum Expr {
+    Path(Vec<String>),
+    Literal(Value),
+    Object(Vec<(String, Expr)>),
+}
+
+impl Expr {
+    pub fn parse(value: &Value) -> Result<Expr, QueryError> {
+        Ok(match value {
+            Value::String(s) if s.starts_with("$$") => {
+                return Err(bad(format!("variables ({s}) are not supported")))
+            }
+            Value::String(s) if s.starts_with('$') => {
+                let parts: Vec<String> = s[1..].split('.').map(str::to_string).collect();
+                if parts.iter().any(String::is_empty) {
+                    return Err(bad(format!("bad field path {s:?}")));
+                }
+                Expr::Path(parts)
+            }
+            Value::Object(fields) if fields.len() == 1 && fields[0].0 == "$literal" => {
+                Expr::Literal(fields[0].1.clone())
+            }
+            Value::Object(fields) => {
+                if let Some((op, _)) = fields.iter().find(|(k, _)| k.starts_with('$')) {
+                    return Err(bad(format!("expression operator {op} is not supported")));
+                }
+                Expr::Object(
+                    fields
+                        .iter()
+                        .map(|(k, v)| Ok((k.clone(), Expr::parse(v)?)))
+                        .collect::<Result<_, QueryError>>()?,
+                )
+            }
+            Value::Array(items) => Expr::Literal(Value::Array(
+                items
+                    .iter()
+                    .map(|i| match Expr::parse(i)? {
+                        Expr::Literal(v) => Ok(v),
+                        _ => Err(bad("arrays of expressions are not supported")),
+                    })
+                    .collect::<Result<_, QueryError>>()?,
+            )),
+            other => Expr::Literal(other.clone()),
+        })
+    }
+
+    /// The expression's value for `doc`; None when a path is missing.
+    pub fn eval(&self, doc: &Value) -> Option<Value> {
+        match self {
+            Expr::Path(parts) => path_value(doc, parts),
+            Expr::Literal(v) => Some(v.clone()),
+            Expr::Object(fields) => Some(Value::Object(
+                fields
+                    .iter()
+                    .filter_map(|(k, e)| e.eval(doc).map(|v| (k.clone(), v)))
+                    .collect(),
+            )),
+        }
+    }
+}
+
+fn path_value(value: &Value, parts: &[String]) -> Option<Value> {
+    let Some((first, rest)) = parts.split_first() else {
+        return Some(value.clone());
+    };
+    match value {
+        Value::Object(_) => path_value(value.get(first)?, rest),
+        Value::Array(items) => Some(Value::Array(
+            items
+                .iter()
+                .filter(|i| matches!(i, Value::Object(_) | Value::Array(_)))
+                .filter_map(|i| path_value(i, parts))
+                .collect(),
+        )),
+        _ => None,
+    }
+}
+
+/// A `$group` accumulator.
+#[derive(Debug, Clone)]
+pub enum Accumulator {
+    Sum(Expr),
+    Avg(Expr),
+    Min(Expr),
+    Max(Expr),
+    First(Expr),
+    Last(Expr),
+    Push(Expr),
+    Count,
+}
+
+impl Accumulator {
+    fn parse(field: &str, spec: &Value) -> Result<Accumulator, QueryError> {
+        let Value::Object(fields) = spec else {
+            return Err(bad(format!(
+                "$group: {field:?} takes an accumulator document"
+            )));
+        };
+        let [(op, arg)] = fields.as_slice() else {
+            return Err(bad(format!(
+                "$group: {field:?} takes exactly one accumulator"
+            )));
+        };
+        let expr = || Expr::parse(arg);
+        Ok(match op.as_str() {
+            "$sum" => Accumulator::Sum(expr()?),
+            "$avg" => Accumulator::Avg(expr()?),
+            "$min" => Accumulator::Min(expr()?),
+            "$max" => Accumulator::Max(expr()?),
+            "$first" => Accumulator::First(expr()?),
+            "$last" => Accumulator::Last(expr()?),
+            "$push" => Accumulator::Push(expr()?),
+            "$count" => Accumulator::Count,
+            other => return Err(bad(format!("$group: unknown accumulator {other}"))),
+        })
+    }
+}
+
+/// One pipeline stage.
+#[derive(Debug, Clone)]
+pub enum Stage {
+    Match(Filter),
+    Group {
+        id: Expr,
+        fields: Vec<(String, Accumulator)>,
+    },
+    Sort(Sort),
+    Skip(usize),
+    Limit(usize),
+    Project(Projection, Vec<(String, Expr)>),
+    Unwind {
+        path: Vec<String>,
+        keep_empty: bool,
+        index_field: Option<String>,
+    },
+    Count(String),
+}
+
+fn count_arg(stage: &str, v: &Value) -> Result<usize, QueryError> {
+    match v {
+        Value::Int(n) if *n >= 0 => Ok(*n as usize),
+        Value::Double(d) if *d >= 0.0 && d.fract() == 0.0 => Ok(*d as usize),
+        _ => Err(bad(format!(
+            "{stage} takes a non-negative integer, not {v}"
+        ))),
+    }
+}
+
+impl Stage {
+    fn parse(stage: &Value) -> Result<Stage, QueryError> {
+        let Value::Object(fields) = stage else {
+            return Err(bad(format!("a pipeline stage is a document, not {stage}")));
+        };
+        let [(name, arg)] = fields.as_slice() else {
+            return Err(bad("a pipeline stage has exactly one field"));
+        };
+        Ok(match name.as_str() {
+            "$match" => Stage::Match(Filter::parse(arg)?),
+            "$group" => {
+                let Value::Object(spec) = arg else {
+                    return Err(bad("$group takes a document"));
+                };
+                let id = spec
+                    .iter()
+                    .find(|(k, _)| k == "_id")
+                    .ok_or_else(|| bad("$group needs an _id"))?;
+                let id = Expr::parse(&id.1)?;
+                let fields = spec
+                    .iter()
+                    .filter(|(k, _)| k != "_id")
+                    .map(|(k, v)| {
+                        if k.contains('.') {
+                            return Err(bad(format!("$group: field {k:?} cannot contain '.'")));
+                        }
+                        Ok((k.clone(), Accumulator::parse(k, v)?))
+                    })
+                    .collect::<Result<_, QueryError>>()?;
+                Stage::Group { id, fields }
+            }
+            "$sort" => {
+                let sort = Sort::parse(arg)?;
+                if sort.is_empty() {
+                    return Err(bad("$sort takes at least one field"));
+                }
+                Stage::Sort(sort)
+            }
+            "$skip" => Stage::Skip(count_arg("$skip", arg)?),
+            "$limit" => match count_arg("$limit", arg)? {
+                0 => return Err(bad("$limit must be positive")),
+                n => Stage::Limit(n),
+            },
+            "$project" => {
+                let Value::Object(spec) = arg else {
+                    return Err(bad("$project takes a document"));
+                };
+                // Flags (1/0/true/false) project; anything else computes a field.
+                let is_flag =
+                    |v: &Value| matches!(v, Value::Bool(_) | Value::Int(_) | Value::Double(_));
+                let computed = spec
+                    .iter()
+                    .filter(|(_, v)| !is_flag(v))
+                    .map(|(k, v)| Ok((k.clone(), Expr::parse(v)?)))
+                    .collect::<Result<Vec<_>, QueryError>>()?;
+                let projection = if computed.is_empty() {
+                    Projection::parse(arg)?
+                        .ok_or_else(|| bad("$project takes at least one field"))?
+                } else {
+                    // Computing fields means inclusion: flags may only include (or drop _id).
+                    let mut id = true;
+                    let mut paths = Vec::new();
+                    for (k, v) in spec.iter().filter(|(_, v)| is_flag(v)) {
+                        let on = !matches!(v, Value::Bool(false)) && v.as_f64() != Some(0.0);
+                        if k == "_id" {
+                            id = on;
+                        } else if on {
+                            paths.push(k.clone());
+                        } else {
+                            return Err(bad(format!(
+                                "$project cannot exclude {k:?} while computing fields"
+                            )));
+                        }
+                    }
+                    Projection::including(&paths, id)?
+                };
+                Stage::Project(projection, computed)
+            }
+            "$unwind" => {
+                let (path, keep_empty, index_field) = match arg {
+                    Value::String(_) => (arg.clone(), false, None),
+                    Value::Object(_) => (
+                        arg.get("path")
+                            .cloned()
+                            .ok_or_else(|| bad("$unwind needs a path"))?,
+                        matches!(
+                            arg.get("preserveNullAndEmptyArrays"),
+                            Some(Value::Bool(true))
+                        ),
+                        match arg.get("includeArrayIndex") {
+                            Some(Value::String(s)) => Some(s.clone()),
+                            None => None,
+                            Some(_) => {
+                                return Err(bad("$unwind: includeArrayIndex takes a string"))
+                            }
+                        },
+                    ),
+                    _ => return Err(bad("$unwind takes a field path or a document")),
+                };
+                let Expr::Path(path) = Expr::parse(&path)? else {
+                    return Err(bad("$unwind takes a field path starting with '$'"));
+                };
+                Stage::Unwind {
+                    path,
+                    keep_empty,
+                    index_field,
+                }
+            }
+            "$count" => match arg {
+                Value::String(s) if !s.is_empty() && !s.starts_with('$') && !s.contains('.') => {
+                    Stage::Count(s.clone())
+                }
+                _ => return Err(bad("$count takes a field name")),
+            },
+            other => return Err(bad(format!("unknown pipeline stage {other}"))),
+        })
+    }
+}
+
+/// A parsed pipeline.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    pub stages: Vec<Stage>,
+}
+
+impl Pipeline {
+    pub fn parse(pipeline: &Value) -> Result<Pipeline, QueryError> {
+        let Value::Array(stages) = pipeline else {
+            return Err(bad("a pipeline is an array of stages"));
+        };
+        Ok(Pipeline {
+            stages: stages
+                .iter()
+                .enumerate()
+                .map(|(i, s)| Stage::parse(s).map_err(|e| bad(format!("stage {i}: {}", e.0))))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
+    /// Runs the pipeline over `docs`.
+    pub fn run(&self, docs: Vec<Value>) -> Vec<Value> {
+        self.stages
+            .iter()
+            .fold(docs, |docs, stage| run_stage(stage, docs))
+    }
+}
+
+fn set_field(doc: &mut Value, path: &str, value: Value) {
+    let mut at = doc;
+    let parts: Vec<&str> = path.split('.').collect();
+    for (i, part) in parts.iter().enumerate() {
+        let Value::Object(fields) = at else { return };
+        let idx = match fields.iter().position(|(k, _)| k == part) {
+            Some(idx) => idx,
+            None => {
+                fields.push((part.to_string(), Value::Object(Vec::new())));
+                fields.len() - 1
+            }
+        };
+        if i == parts.len() - 1 {
+            fields[idx].1 = value;
+            return;
+        }
+        at = &mut fields[idx].1;
+    }
+}
+
+fn run_stage(stage: &Stage, docs: Vec<Value>) -> Vec<Value> {
+    match stage {
+        Stage::Match(filter) => docs.into_iter().filter(|d| filter.matches(d)).collect(),
+        Stage::Sort(sort) => {
+            let mut docs = docs;
+            sort.sort(&mut docs);
+            docs
+        }
+        Stage::Skip(n) => docs.into_iter().skip(*n).collect(),
+        Stage::Limit(n) => docs.into_iter().take(*n).collect(),
+        Stage::Count(name) => vec![Value::Object(vec![(
+            name.clone(),
+            Value::Int(docs.len() as i64),
+        )])],
+        Stage::Project(projection, computed) => docs
+            .iter()
+            .map(|d| {
+                let mut out = projection.apply(d);
+                for (name, expr) in computed {
+                    if let Some(v) = expr.eval(d) {
+                        set_field(&mut out, name, v);
+                    }
+                }
+                out
+            })
+            .collect(),
+        Stage::Unwind {
+            path,
+            keep_empty,
+            index_field,
+        } => {
+            let mut out = Vec::new();
+            let dotted = path.join(".");
+            for doc in docs {
+                match path_value(&doc, path) {
+                    Some(Value::Array(items)) if !items.is_empty() => {
+                        for (i, item) in items.into_iter().enumerate() {
+                            let mut one = doc.clone();
+                            set_field(&mut one, &dotted, item);
+                            if let Some(name) = index_field {
+                                set_field(&mut one, name, Value::Int(i as i64));
+                            }
+                            out.push(one);
+                        }
+                    }
+                    Some(Value::Array(_)) | Some(Value::Null) | None => {
+                        if *keep_empty {
+                            let mut one = doc;
+                            if let Some(name) = index_field {
+                                set_field(&mut one, name, Value::Null);
+                            }
+                            out.push(one);
+                        }
+                    }
+                    // A non-array value is treated as a one-element array.
+                    Some(_) => {
+                        let mut one = doc;
+                        if let Some(name) = index_field {
+                            set_field(&mut one, name, Value::Null);
+                        }
+                        out.push(one);
+                    }
+                }
+            }
+            out
+        }
+        Stage::Group { id, fields } => group(docs, id, fields),
+    }
+}
+
+/// The running state of one accumulator.
+#[derive(Debug, Clone)]
+enum Acc {
+    Sum(Option<i64>, f64, bool),
+    Avg(f64, u64),
+    Best(Option<Value>),
+    First(Option<Value>),
+    Last(Value),
+    Push(Vec<Value>),
+    Count(i64),
+}
+
+fn start(accumulator: &Accumulator) -> Acc {
+    match accumulator {
+        Accumulator::Sum(_) => Acc::Sum(Some(0), 0.0, false),
+        Accumulator::Avg(_) => Acc::Avg(0.0, 0),
+        Accumulator::Min(_) | Accumulator::Max(_) => Acc::Best(None),
+        Accumulator::First(_) => Acc::First(None),
+        Accumulator::Last(_) => Acc::Last(Value::Null),
+        Accumulator::Push(_) => Acc::Push(Vec::new()),
+        Accumulator::Count => Acc::Count(0),
+    }
+}
+
+fn add(acc: &mut Acc, accumulator: &Accumulator, doc: &Value) {
+    match (acc, accumulator) {
+        (Acc::Sum(int, double, any_double), Accumulator::Sum(e)) => match e.eval(doc) {
+            Some(Value::Int(n)) => match int.and_then(|i| i.checked_add(n)) {
+                Some(sum) => *int = Some(sum),
+                None => {
+                    // Overflow: go on in doubles.
+                    *double += int.take().map_or(0.0, |i| i as f64) + n as f64;
+                    *any_double = true;
+                }
+            },
+            Some(Value::Double(d)) => {
+                *double += d;
+                *any_double = true;
+            }
+            _ => {}
+        },
+        (Acc::Avg(total, n), Accumulator::Avg(e)) => {
+            if let Some(x) = e.eval(doc).as_ref().and_then(Value::as_f64) {
+                *total += x;
+                *n += 1;
+            }
+        }
+        (Acc::Best(best), Accumulator::Min(e) | Accumulator::Max(e)) => {
+            let want = if matches!(accumulator, Accumulator::Min(_)) {
+                Ordering::Less
+            } else {
+                Ordering::Greater
+            };
+            match e.eval(doc) {
+                None | Some(Value::Null) => {}
+                Some(v) => {
+                    if best.as_ref().is_none_or(|b| compare(&v, b) == want) {
+                        *best = Some(v);
+                    }
+                }
+            }
+        }
+        (Acc::First(first), Accumulator::First(e)) => {
+            if first.is_none() {
+                *first = Some(e.eval(doc).unwrap_or(Value::Null));
+            }
+        }
+        (Acc::Last(last), Accumulator::Last(e)) => *last = e.eval(doc).unwrap_or(Value::Null),
+        (Acc::Push(items), Accumulator::Push(e)) => {
+            if let Some(v) = e.eval(doc) {
+                items.push(v);
+            }
+        }
+        (Acc::Count(n), Accumulator::Count) => *n += 1,
+        _ => unreachable!("each accumulator keeps its own state"),
+    }
+}
+
+fn finish(acc: Acc) -> Value {
+    match acc {
+        Acc::Sum(Some(i), _, false) => Value::Int(i),
+        Acc::Sum(int, d, _) => Value::Double(d + int.map_or(0.0, |i| i as f64)),
+        Acc::Avg(_, 0) => Value::Null,
+        Acc::Avg(total, n) => Value::Double(total / n as f64),
+        Acc::Best(best) => best.unwrap_or(Value::Null),
+        Acc::First(first) => first.unwrap_or(Value::Null),
+        Acc::Last(last) => last,
+        Acc::Push(items) => Value::Array(items),
+        Acc::Count(n) => Value::Int(n),
+    }
+}
+
+fn group(docs: Vec<Value>, id: &Expr, fields: &[(String, Accumulator)]) -> Vec<Value> {
+    // Groups in the order their first document came; found by key bytes.
+    let mut groups: Vec<(Value, Vec<Acc>)> = Vec::new();
+    let mut index: std::collections::HashMap<Vec<u8>, usize> = std::collections::HashMap::new();
+    for doc in &docs {
+        let key = id.eval(doc).unwrap_or(Value::Null);
+        let bytes = super::index_key::key(&key);
+        let at = *index.entry(bytes).or_insert_with(|| {
+            groups.push((key, fields.iter().map(|(_, a)| start(a)).collect()));
+            groups.len() - 1
+        });
+        for (acc, (_, accumulator)) in groups[at].1.iter_mut().zip(fields) {
+            add(acc, accumulator, doc);
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(key, accs)| {
+            let mut out = vec![("_id".to_string(), key)];
+            out.extend(
+                fields
+                    .iter()
+                    .zip(accs)
+                    .map(|((name, _), acc)| (name.clone(), finish(acc))),
+            );
+            Value::Object(out)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

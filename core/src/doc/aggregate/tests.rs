@@ -1,0 +1,180 @@
+//! Pipelines from MongoDB's documentation of each stage and accumulator, with the results
+//! it documents.
+
+use super::*;
+
+fn v(text: &str) -> Value {
+    Value::from_json(text).unwrap()
+}
+
+fn run(collection: &str, pipeline: &str) -> Vec<String> {
+    let docs = match v(collection) {
+        Value::Array(items) => items,
+        _ => panic!("an array"),
+    };
+    Pipeline::parse(&v(pipeline))
+        .unwrap()
+        .run(docs)
+        .iter()
+        .map(Value::to_string)
+        .collect()
+}
+
+fn error(pipeline: &str) -> String {
+    Pipeline::parse(&v(pipeline))
+        .expect_err("refused")
+        .to_string()
+}
+
+const SALES: &str = r#"[
+  {"_id": 1, "item": "abc", "price": 10, "quantity": 2},
+  {"_id": 2, "item": "jkl", "price": 20, "quantity": 1},
+  {"_id": 3, "item": "xyz", "price": 5, "quantity": 10},
+  {"_id": 4, "item": "xyz", "price": 5, "quantity": 20},
+  {"_id": 5, "item": "abc", "price": 10, "quantity": 10},
+  {"_id": 6, "item": "def", "price": 7.5, "quantity": 5},
+  {"_id": 7, "item": "def", "price": 7.5, "quantity": 10},
+  {"_id": 8, "item": "abc", "price": 10, "quantity": 5}
+]"#;
+
+#[test]
+fn group_with_accumulators() {
+    assert_eq!(
+        run(
+            SALES,
+            r#"[{"$group": {"_id": "$item", "count": {"$sum": 1}}}, {"$sort": {"_id": 1}}]"#
+        ),
+        [
+            r#"{"_id":"abc","count":3}"#,
+            r#"{"_id":"def","count":2}"#,
+            r#"{"_id":"jkl","count":1}"#,
+            r#"{"_id":"xyz","count":2}"#
+        ]
+    );
+    assert_eq!(
+        run(
+            SALES,
+            r#"[{"$group": {"_id": null, "n": {"$count": {}}, "q": {"$sum": "$quantity"}}}]"#
+        ),
+        [r#"{"_id":null,"n":8,"q":63}"#]
+    );
+    assert_eq!(
+        run(
+            SALES,
+            r#"[{"$group": {"_id": "$item", "avg": {"$avg": "$quantity"}, "min": {"$min": "$price"},
+                 "max": {"$max": "$quantity"}, "first": {"$first": "$_id"}, "last": {"$last": "$_id"},
+                 "ids": {"$push": "$_id"}}},
+                {"$match": {"_id": {"$in": ["def", "xyz"]}}}, {"$sort": {"_id": -1}}]"#
+        ),
+        [
+            r#"{"_id":"xyz","avg":15.0,"min":5,"max":20,"first":3,"last":4,"ids":[3,4]}"#,
+            r#"{"_id":"def","avg":7.5,"min":7.5,"max":10,"first":6,"last":7,"ids":[6,7]}"#
+        ]
+    );
+    // A compound group key, and $sum over doubles.
+    assert_eq!(
+        run(
+            SALES,
+            r#"[{"$match": {"item": "def"}},
+                {"$group": {"_id": {"item": "$item", "p": "$price"}, "total": {"$sum": "$price"}}}]"#
+        ),
+        [r#"{"_id":{"item":"def","p":7.5},"total":15.0}"#]
+    );
+}
+
+#[test]
+fn the_issues_example() {
+    let people = r#"[
+      {"_id": "p1", "name": "ann", "age": 31, "addr": {"city": "Oslo"}},
+      {"_id": "p2", "name": "bob", "age": 19, "addr": {"city": "Oslo"}},
+      {"_id": "p3", "name": "cid", "age": 40, "addr": {"city": "Lima"}},
+      {"_id": "p4", "name": "dee", "age": 52, "addr": {"city": "Oslo"}},
+      {"_id": "p5", "name": "eve", "age": 23}
+    ]"#;
+    assert_eq!(
+        run(
+            people,
+            r#"[{"$match": {"age": {"$gt": 20}}}, {"$group": {"_id": "$addr.city", "n": {"$sum": 1}}},
+                {"$sort": {"_id": 1}}]"#
+        ),
+        [
+            r#"{"_id":null,"n":1}"#,
+            r#"{"_id":"Lima","n":1}"#,
+            r#"{"_id":"Oslo","n":2}"#
+        ]
+    );
+}
+
+#[test]
+fn unwind_project_skip_limit_and_count() {
+    let c = r#"[{"_id": 1, "sizes": ["S", "M"]}, {"_id": 2, "sizes": []}, {"_id": 3, "sizes": null},
+                {"_id": 4}, {"_id": 5, "sizes": "L"}]"#;
+    assert_eq!(
+        run(c, r#"[{"$unwind": "$sizes"}]"#),
+        [
+            r#"{"_id":1,"sizes":"S"}"#,
+            r#"{"_id":1,"sizes":"M"}"#,
+            r#"{"_id":5,"sizes":"L"}"#
+        ]
+    );
+    assert_eq!(
+        run(
+            c,
+            r#"[{"$unwind": {"path": "$sizes", "preserveNullAndEmptyArrays": true, "includeArrayIndex": "i"}}]"#
+        ),
+        [
+            r#"{"_id":1,"sizes":"S","i":0}"#,
+            r#"{"_id":1,"sizes":"M","i":1}"#,
+            r#"{"_id":2,"sizes":[],"i":null}"#,
+            r#"{"_id":3,"sizes":null,"i":null}"#,
+            r#"{"_id":4,"i":null}"#,
+            r#"{"_id":5,"sizes":"L","i":null}"#
+        ]
+    );
+    assert_eq!(
+        run(
+            SALES,
+            r#"[{"$sort": {"quantity": -1}}, {"$skip": 1}, {"$limit": 2}, {"$project": {"item": 1, "q": "$quantity", "_id": 0}}]"#
+        ),
+        [r#"{"item":"xyz","q":10}"#, r#"{"item":"abc","q":10}"#]
+    );
+    assert_eq!(
+        run(
+            SALES,
+            r#"[{"$project": {"quantity": 0, "price": 0}}, {"$limit": 1}]"#
+        ),
+        [r#"{"_id":1,"item":"abc"}"#]
+    );
+    assert_eq!(
+        run(
+            SALES,
+            r#"[{"$match": {"quantity": {"$gte": 10}}}, {"$count": "big"}]"#
+        ),
+        [r#"{"big":4}"#]
+    );
+    assert_eq!(
+        run(
+            SALES,
+            r#"[{"$project": {"label": {"$literal": "$x"}, "pq": {"p": "$price", "q": "$quantity"}}}, {"$limit": 1}]"#
+        ),
+        [r#"{"_id":1,"label":"$x","pq":{"p":10,"q":2}}"#]
+    );
+}
+
+#[test]
+fn bad_pipelines_are_errors_that_name_the_stage() {
+    assert!(error(r#"[{"$foo": {}}]"#).contains("stage 0: unknown pipeline stage $foo"));
+    assert!(error(r#"[{"$match": {}}, {"$group": {"n": {"$sum": 1}}}]"#)
+        .contains("stage 1: $group needs an _id"));
+    assert!(error(r#"[{"$group": {"_id": null, "n": {"$median": 1}}}]"#)
+        .contains("unknown accumulator"));
+    assert!(error(r#"[{"$limit": 0}]"#).contains("positive"));
+    assert!(error(r#"[{"$skip": -1}]"#).contains("non-negative"));
+    assert!(error(r#"[{"$count": "$x"}]"#).contains("field name"));
+    assert!(error(r#"[{"$sort": {}}]"#).contains("at least one"));
+    assert!(error(r#"[{"$project": {"a": 0, "b": "$c"}}]"#).contains("cannot exclude"));
+    assert!(error(r#"[{"$unwind": "sizes"}]"#).contains("field path"));
+    assert!(error(r#"[{"$group": {"_id": {"$add": [1, 2]}}}]"#).contains("not supported"));
+    assert!(error(r#"{"$match": {}}"#).contains("array of stages"));
+    assert!(error(r#"[{"$match": {}, "$limit": 1}]"#).contains("exactly one field"));
+}
