@@ -739,15 +739,23 @@ impl<F: LogFile> PagedStore<F> {
             0
         };
         self.prefetch(&commands[skip.min(commands.len())..]).await?;
+        let mut extents = match self.write_extents(index, &commands, skip).await {
+            Ok(extents) => extents.into_iter(),
+            Err(e) => {
+                self.poisoned.set(true);
+                return Err(e);
+            }
+        };
         let mut results = Vec::with_capacity(commands.len());
         for (i, command) in commands.into_iter().enumerate() {
+            let written = extents.next().unwrap_or_default();
             if i < skip {
                 results.push(CommandResult::Skipped);
                 continue;
             }
             self.make_room_for_writes().await?;
             self.in_command.set(true);
-            let result = self.apply_command(index, command).await;
+            let result = self.apply_command(index, command, written).await;
             self.in_command.set(false);
             match result {
                 Ok(result) => results.push(result),
@@ -763,6 +771,76 @@ impl<F: LogFile> PagedStore<F> {
         st.applied_term = term;
         st.partial_commands = 0;
         Ok(results)
+    }
+
+    /// Writes the extents of a batch's unconditional puts (`Put`, `PutMany`) all at once;
+    /// returns, per command, the stored value of each of its pairs that got one. Each put
+    /// would otherwise wait for its own extent's page write in turn (measured: YCSB-A with
+    /// 4 KiB values ran at a third of the 1 KiB rate). The log holds the values, so a crash
+    /// before the entries are applied loses nothing: the extents are unreferenced and the
+    /// allocator, rebuilt from the checkpoint, has their pages free again.
+    async fn write_extents(
+        &self,
+        index: u64,
+        commands: &[Command],
+        skip: usize,
+    ) -> Result<Vec<Vec<Option<Value>>>, StoreError> {
+        let mut stored: Vec<Vec<Option<Value>>> = Vec::with_capacity(commands.len());
+        let mut writes = Vec::new();
+        for (i, command) in commands.iter().enumerate() {
+            let pairs: Vec<(&[u8], &[u8])> = match command {
+                _ if i < skip => Vec::new(),
+                Command::Put { key, value } => vec![(key, value)],
+                Command::PutMany { pairs } => pairs
+                    .iter()
+                    .map(|(k, v)| (k.as_slice(), v.as_slice()))
+                    .collect(),
+                _ => Vec::new(),
+            };
+            let mut of_command = Vec::with_capacity(pairs.len());
+            for (key, value) in pairs {
+                if !needs_extent(key, value) {
+                    of_command.push(None);
+                    continue;
+                }
+                let pages = extent_pages(value.len());
+                let (first, epoch) = {
+                    let mut st = self.state.borrow_mut();
+                    let first = st.alloc_extent(pages);
+                    st.reserved.insert(first, pages);
+                    (first, st.epoch)
+                };
+                let mut bytes = self.file.alloc(pages as usize * PAGE_SIZE);
+                encode_extent(value, first, index, epoch, bytes.as_mut());
+                writes.push((first, bytes));
+                of_command.push(Some(Value::Extent {
+                    first,
+                    pages,
+                    len: value.len() as u32,
+                    lsn: index,
+                }));
+            }
+            stored.push(of_command);
+        }
+        if writes.is_empty() {
+            return Ok(stored);
+        }
+        let page_count = self.state.borrow().page_count;
+        self.grow_to(page_count).await?;
+        // At most this many in flight, as for checkpoint writes.
+        const CHUNK: usize = 64;
+        let mut writes = writes.into_iter().peekable();
+        while writes.peek().is_some() {
+            let pending: Vec<_> = writes
+                .by_ref()
+                .take(CHUNK)
+                .map(|(first, bytes)| self.file.write_at(bytes, first * PAGE_SIZE as u64))
+                .collect();
+            for result in crate::join::join_all(pending).await {
+                result.map_err(|e| StoreError::io("write", &self.path, e))?;
+            }
+        }
+        Ok(stored)
     }
 
     /// Reads the pages the commands' keys lead to, many at once, so that applying them
@@ -859,6 +937,17 @@ impl<F: LogFile> PagedStore<F> {
         key: Vec<u8>,
         value: Vec<u8>,
     ) -> Result<(u64, Option<Entry>), StoreError> {
+        self.put_stored(index, key, value, None).await
+    }
+
+    /// Like `put`, with the value's extent already written when `stored` is given.
+    async fn put_stored(
+        &self,
+        index: u64,
+        key: Vec<u8>,
+        value: Vec<u8>,
+        stored: Option<Value>,
+    ) -> Result<(u64, Option<Entry>), StoreError> {
         let version = self.next_version();
         // What the hot-key cache must say once the tree does (if it holds the key then).
         let cached = (value.len() <= hot::HOT_VALUE_MAX).then(|| value.clone());
@@ -906,7 +995,13 @@ impl<F: LogFile> PagedStore<F> {
             };
             value = back;
         }
-        let stored = if needs_extent(&key, &value) {
+        let reserved_first = match &stored {
+            Some(Value::Extent { first, .. }) => Some(*first),
+            _ => None,
+        };
+        let stored = if let Some(stored) = stored {
+            stored
+        } else if needs_extent(&key, &value) {
             let pages = extent_pages(value.len());
             let (first, epoch) = {
                 let mut st = self.state.borrow_mut();
@@ -943,6 +1038,9 @@ impl<F: LogFile> PagedStore<F> {
                 })
             })
             .await?;
+        if let Some(first) = reserved_first {
+            self.state.borrow_mut().reserved.remove(&first);
+        }
         // No await since the insert: readers see the tree and the cache change together.
         let place = self.state.borrow().last_place;
         match cached {
@@ -987,14 +1085,18 @@ impl<F: LogFile> PagedStore<F> {
             .map(|(entry, value)| (entry.version, value)))
     }
 
+    /// `written`: the extents `write_extents` wrote for this command's pairs.
     async fn apply_command(
         &self,
         index: u64,
         command: Command,
+        written: Vec<Option<Value>>,
     ) -> Result<CommandResult, StoreError> {
+        let mut written = written.into_iter();
         Ok(match command {
             Command::Put { key, value } => {
-                let (version, _) = self.put(index, key, value).await?;
+                let stored = written.next().flatten();
+                let (version, _) = self.put_stored(index, key, value, stored).await?;
                 CommandResult::Written { version }
             }
             Command::Delete { key } => CommandResult::Deleted {
@@ -1026,7 +1128,8 @@ impl<F: LogFile> PagedStore<F> {
             Command::PutMany { pairs } => {
                 let mut versions = Vec::with_capacity(pairs.len());
                 for (key, value) in pairs {
-                    versions.push(self.put(index, key, value).await?.0);
+                    let stored = written.next().flatten();
+                    versions.push(self.put_stored(index, key, value, stored).await?.0);
                 }
                 CommandResult::WrittenMany { versions }
             }
@@ -1107,6 +1210,12 @@ impl<F: LogFile> PagedStore<F> {
         // is concerned; kept unused until a newer one is durable).
         let mut free_ids: Vec<u64> = st.free.iter().copied().collect();
         free_ids.extend(st.pending.values().flatten().copied());
+        let reserved: Vec<u64> = st
+            .reserved
+            .iter()
+            .flat_map(|(&first, &pages)| first..first + u64::from(pages))
+            .collect();
+        free_ids.extend(reserved);
         let mut free_pages = Vec::new();
         while free_pages.len() * FREE_IDS_PER_PAGE < free_ids.len() {
             let id = match st.free.pop_first() {

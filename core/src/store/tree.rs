@@ -59,6 +59,9 @@ pub struct State {
     pub last_place: Place,
     /// Writes `replace_in_leaf` made.
     pub hinted_writes: u64,
+    /// Extents written ahead for a batch's puts and not yet in the tree (first page →
+    /// pages). A checkpoint records them as free: after a crash nothing refers to them.
+    pub reserved: BTreeMap<u64, u32>,
 }
 
 fn child_index(keys: &[Key], key: &Key) -> usize {
@@ -104,6 +107,7 @@ impl State {
             loads: 0,
             last_place: Place::default(),
             hinted_writes: 0,
+            reserved: BTreeMap::new(),
         }
     }
 
