@@ -8,6 +8,7 @@
 //! - [`update`]: replacement documents and update operators.
 //! - [`cursor`]: sort, skip, limit and projection over matched documents.
 //! - [`aggregate`]: the aggregation pipeline.
+//! - [`plan`]: index keys of documents, and the index ranges a filter needs.
 //!
 //! (Issue: JSON document collections; design in ADR 0008. Storage, indexes, the wire and
 //! the CLI come on top of this.)
@@ -16,6 +17,7 @@ pub mod aggregate;
 pub mod binary;
 pub mod cursor;
 pub mod index_key;
+pub mod plan;
 pub mod query;
 pub mod update;
 pub mod value;

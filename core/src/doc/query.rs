@@ -402,6 +402,11 @@ impl<'a> Reached<'a> {
         self.values.iter().chain(self.elements.iter()).copied()
     }
 
+    /// Whether a document on the way lacked the next field (or nothing was reached).
+    pub fn is_missing(&self) -> bool {
+        self.missing
+    }
+
     fn exists(&self) -> bool {
         !self.values.is_empty()
     }
