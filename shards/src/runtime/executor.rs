@@ -184,7 +184,10 @@ struct Core {
     timers: RefCell<BTreeMap<(Instant, u64), Waker>>,
     next_timer: Cell<u64>,
     remote: Arc<Remote>,
-    wake_buffer: RefCell<Box<[u8; 8]>>,
+    /// Where the eventfd read lands. Leaked on purpose (8 bytes per executor): the read is
+    /// in flight until the ring is torn down, which the kernel finishes asynchronously, so
+    /// no moment after which freeing it would be safe is known.
+    wake_buffer: *mut [u8; 8],
 }
 
 fn with_core<R>(f: impl FnOnce(&Rc<Core>) -> R) -> R {
@@ -224,15 +227,13 @@ impl Core {
     }
 
     fn arm_wake(&self) {
-        let mut buffer = self.wake_buffer.borrow_mut();
         let entry = opcode::Read::new(
             types::Fd(self.remote.eventfd.as_raw_fd()),
-            buffer.as_mut_ptr(),
+            self.wake_buffer.cast::<u8>(),
             8,
         )
         .build()
         .user_data(WAKE_TAG);
-        drop(buffer);
         self.push_entry(&entry);
     }
 
@@ -472,7 +473,7 @@ pub fn block_on<T: 'static>(future: impl Future<Output = T> + 'static) -> io::Re
             woken: Mutex::new(Vec::new()),
             eventfd,
         }),
-        wake_buffer: RefCell::new(Box::new([0; 8])),
+        wake_buffer: Box::leak(Box::new([0u8; 8])),
     });
     CURRENT.with(|current| *current.borrow_mut() = Some(Rc::clone(&core)));
     CURRENT_ID.with(|id| id.set(executor_id));
