@@ -1197,7 +1197,15 @@ impl<F: LogFile> PagedStore<F> {
             return None;
         }
         let mut st = self.state.borrow_mut();
-        let seq = st.epoch;
+        // The meta page goes to slot seq % 2, which must not be the slot of the newest
+        // durable checkpoint (a torn meta write falls back to it). After a failed checkpoint
+        // the next epoch has that parity: skip one (epochs only need to grow).
+        let mut seq = st.epoch;
+        if let Some(durable) = self.durable.get() {
+            if seq % 2 == durable.seq % 2 {
+                seq += 1;
+            }
+        }
         let mut pages: Vec<u64> = st
             .frames
             .iter()
