@@ -38,6 +38,8 @@ const CROSS_CORE_CHANNEL_CAPACITY: usize = 16 * 1024;
 const RAFT_TICK: Duration = Duration::from_millis(100);
 /// How often an executor looks at the process-wide stop flag.
 const STOP_POLL: Duration = Duration::from_millis(20);
+/// How long a stopping node waits for clients to take their last replies.
+const STOP_GRACE: Duration = Duration::from_secs(5);
 /// How long start-up waits for a listen address that is still in use.
 const BIND_RETRY_FOR: Duration = Duration::from_secs(5);
 /// How often the checkpoint task looks at its triggers.
@@ -407,6 +409,16 @@ async fn core_main(setup: CoreSetup) {
             }
             ctx.stop_connections();
             ctx.queue.notify.notify();
+            // Connections whose peers do not read their replies would hold the stop up
+            // for ever: after a grace period, cut them.
+            wait(STOP_GRACE).await;
+            if ctx.open_connections.load(Ordering::SeqCst) > 0 {
+                tracing::warn!(
+                    core,
+                    "closing connections whose clients did not take their replies"
+                );
+                ctx.force_close_connections();
+            }
         })
         .detach();
     }

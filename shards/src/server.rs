@@ -146,6 +146,15 @@ impl CoreContext {
         self.connections.borrow_mut().remove(&id);
     }
 
+    /// Ends both directions of every connection still open: for peers that stopped reading
+    /// their replies, whose writers would otherwise wait for room for ever.
+    pub fn force_close_connections(&self) {
+        for &fd in self.connections.borrow().values() {
+            // SAFETY: a registered descriptor is open: it is deregistered before it closes.
+            unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+        }
+    }
+
     /// Marks the node as stopping and ends every connection's receive: readers see the end
     /// of their stream, answer what they accepted, and close.
     pub fn stop_connections(&self) {

@@ -381,3 +381,35 @@ fn a_pipeline_deeper_than_the_in_flight_limit_is_answered_in_full() {
         .all(|(_, r)| matches!(r, Response::Written { .. })));
     assert_eq!(replies.last().unwrap().0, count as u64 - 1);
 }
+
+/// A client that stops reading its replies must not hold a stopping node up for ever: once
+/// the grace period is over, kvsd cuts the connection and exits. (Found in review: the
+/// connection's writer waited for room in the socket, and the node for the connection.)
+#[test]
+fn a_client_that_does_not_read_cannot_block_a_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path(), 1);
+    server
+        .client()
+        .put(b"big", &vec![7u8; 1 << 20])
+        .expect("put the value");
+    // Ask for the 1 MiB value 64 times and never read: far more than the socket buffers
+    // hold, so kvsd's writer blocks.
+    let mut stream = TcpStream::connect(&server.addr).unwrap();
+    let mut frames = Vec::new();
+    for i in 0..64u64 {
+        Request::Get {
+            key: b"big".to_vec(),
+        }
+        .encode(i, &mut frames);
+    }
+    stream.write_all(&frames).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let (status, stderr) = server.terminate();
+    assert!(status.success(), "kvsd exits cleanly: {status:?}\n{stderr}");
+    assert!(
+        stderr.contains("closing connections whose clients did not take their replies"),
+        "{stderr}"
+    );
+    drop(stream);
+}

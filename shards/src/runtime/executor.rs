@@ -116,6 +116,8 @@ enum OpState {
 
 struct OpSlot {
     state: OpState,
+    /// The result is a new file descriptor (accept): closed if nobody takes it.
+    makes_fd: bool,
     buffer: Option<Vec<u8>>,
     /// Anything else the kernel may be using until the completion (disk buffers).
     keep: Option<Box<dyn Any>>,
@@ -267,7 +269,13 @@ impl Core {
                                 }
                             }
                             OpState::Orphaned => {
-                                ops.remove(id);
+                                if let Some(slot) = ops.remove(id) {
+                                    if slot.makes_fd && result >= 0 {
+                                        // SAFETY: the kernel made this descriptor for an
+                                        // operation nobody waits for; nothing else has it.
+                                        unsafe { libc::close(result) };
+                                    }
+                                }
                             }
                             OpState::Done(_) => {}
                         }
@@ -451,6 +459,10 @@ pub fn block_on<T: 'static>(future: impl Future<Output = T> + 'static) -> io::Re
         .setup_cqsize(RING_ENTRIES * 4)
         .setup_single_issuer()
         .setup_coop_taskrun()
+        // With DEFER_TASKRUN the kernel posts completions only when an enter asks for
+        // events; the TASKRUN flag tells `submit` when some are waiting, so a round with
+        // ready tasks still collects them (else a busy core could starve its own I/O).
+        .setup_taskrun_flag()
         .setup_defer_taskrun()
         .build(RING_ENTRIES)?;
     // SAFETY: plain eventfd creation; the result is checked.
@@ -636,11 +648,26 @@ impl Op {
         buffer: Option<Vec<u8>>,
         make: impl FnOnce(Option<&mut Vec<u8>>) -> squeue::Entry,
     ) -> Op {
+        Op::submit_with(buffer, false, make)
+    }
+
+    /// Like `submit`, for an operation whose result is a new file descriptor: if the
+    /// future is dropped before the completion, the descriptor is closed when it comes.
+    pub(crate) fn submit_fd(make: impl FnOnce() -> squeue::Entry) -> Op {
+        Op::submit_with(None, true, |_| make())
+    }
+
+    fn submit_with(
+        buffer: Option<Vec<u8>>,
+        makes_fd: bool,
+        make: impl FnOnce(Option<&mut Vec<u8>>) -> squeue::Entry,
+    ) -> Op {
         with_core(|core| {
             let (id, entry) = {
                 let mut ops = core.ops.borrow_mut();
                 let id = ops.insert(OpSlot {
                     state: OpState::Waiting(None),
+                    makes_fd,
                     buffer,
                     keep: None,
                 });
@@ -667,11 +694,13 @@ impl Op {
                 let mut ops = core.ops.borrow_mut();
                 let a = ops.insert(OpSlot {
                     state: OpState::Waiting(None),
+                    makes_fd: false,
                     buffer: None,
                     keep: Some(keep),
                 });
                 let b = ops.insert(OpSlot {
                     state: OpState::Waiting(None),
+                    makes_fd: false,
                     buffer: None,
                     keep: None,
                 });
@@ -690,6 +719,7 @@ impl Op {
         with_core(|core| {
             let id = core.ops.borrow_mut().insert(OpSlot {
                 state: OpState::Waiting(None),
+                makes_fd: false,
                 buffer: None,
                 keep: Some(keep),
             });

@@ -47,7 +47,7 @@ impl TcpListener {
     /// Waits for the next connection.
     pub async fn accept(&self) -> io::Result<TcpStream> {
         let raw = self.fd.as_raw_fd();
-        let (result, _) = Op::submit(None, |_| {
+        let (result, _) = Op::submit_fd(|| {
             opcode::Accept::new(fd(raw), std::ptr::null_mut(), std::ptr::null_mut())
                 .flags(libc::SOCK_CLOEXEC)
                 .build()
