@@ -8,9 +8,15 @@
 use std::io;
 use std::os::fd::RawFd;
 
-use io_uring::{opcode, types};
+use io_uring::{opcode, squeue, types};
 
 use super::executor::{fd, io_result, on_executor, Op};
+
+fn fdatasync(file: RawFd) -> squeue::Entry {
+    opcode::Fsync::new(fd(file))
+        .flags(types::FsyncFlags::DATASYNC)
+        .build()
+}
 
 /// Whether the calling thread can use these functions (it runs an executor).
 pub fn available() -> bool {
@@ -36,10 +42,7 @@ pub async fn write<B: AsRef<[u8]> + 'static>(
         let (result, _) = Op::submit_keeping(buffer, write).finish_keeping().await;
         return io_result(result);
     }
-    let fsync = opcode::Fsync::new(fd(file))
-        .flags(types::FsyncFlags::DATASYNC)
-        .build();
-    let (write, fsync) = Op::submit_linked(buffer, write, fsync);
+    let (write, fsync) = Op::submit_linked(buffer, write, fdatasync(file));
     let (written, _) = write.finish_keeping().await;
     let (synced, _) = fsync.await;
     // The first failure is the cause: a sync after a failed write reports ECANCELED.
@@ -69,11 +72,6 @@ pub async fn read<B: AsMut<[u8]> + 'static>(
 
 /// fdatasyncs `file`.
 pub async fn sync(file: RawFd) -> io::Result<()> {
-    let entry = opcode::Fsync::new(fd(file))
-        .flags(types::FsyncFlags::DATASYNC)
-        .build();
-    let (result, _) = Op::submit_keeping(Box::new(()), entry)
-        .finish_keeping()
-        .await;
+    let (result, _) = Op::submit(None, |_| fdatasync(file)).await;
     io_result(result).map(|_| ())
 }

@@ -640,6 +640,17 @@ pub(crate) struct Op {
     id: Option<usize>,
 }
 
+impl OpSlot {
+    fn new(buffer: Option<Vec<u8>>, keep: Option<Box<dyn Any>>, makes_fd: bool) -> OpSlot {
+        OpSlot {
+            state: OpState::Waiting(None),
+            makes_fd,
+            buffer,
+            keep,
+        }
+    }
+}
+
 impl Op {
     /// Queues `entry`, whose buffer (if any) is `buffer`, moved into the slot first so its
     /// address stays fixed while the kernel uses it. `make` builds the entry from the
@@ -648,29 +659,25 @@ impl Op {
         buffer: Option<Vec<u8>>,
         make: impl FnOnce(Option<&mut Vec<u8>>) -> squeue::Entry,
     ) -> Op {
-        Op::submit_with(buffer, false, make)
+        Op::submit_with(OpSlot::new(buffer, None, false), make)
     }
 
     /// Like `submit`, for an operation whose result is a new file descriptor: if the
     /// future is dropped before the completion, the descriptor is closed when it comes.
     pub(crate) fn submit_fd(make: impl FnOnce() -> squeue::Entry) -> Op {
-        Op::submit_with(None, true, |_| make())
+        Op::submit_with(OpSlot::new(None, None, true), |_| make())
     }
 
-    fn submit_with(
-        buffer: Option<Vec<u8>>,
-        makes_fd: bool,
-        make: impl FnOnce(Option<&mut Vec<u8>>) -> squeue::Entry,
-    ) -> Op {
+    /// Queues `entry`, whose memory `keep` owns, and keeps it until the completion.
+    pub(crate) fn submit_keeping(keep: Box<dyn Any>, entry: squeue::Entry) -> Op {
+        Op::submit_with(OpSlot::new(None, Some(keep), false), |_| entry)
+    }
+
+    fn submit_with(slot: OpSlot, make: impl FnOnce(Option<&mut Vec<u8>>) -> squeue::Entry) -> Op {
         with_core(|core| {
             let (id, entry) = {
                 let mut ops = core.ops.borrow_mut();
-                let id = ops.insert(OpSlot {
-                    state: OpState::Waiting(None),
-                    makes_fd,
-                    buffer,
-                    keep: None,
-                });
+                let id = ops.insert(slot);
                 let slot = ops.get_mut(id).expect("just inserted");
                 let entry = make(slot.buffer.as_mut()).user_data(id as u64);
                 (id, entry)
@@ -679,9 +686,7 @@ impl Op {
             Op { id: Some(id) }
         })
     }
-}
 
-impl Op {
     /// Queues `first` and then `second`, linked (the second starts once the first succeeded,
     /// and is cancelled if it failed). `keep` stays with the first until it completes.
     pub(crate) fn submit_linked(
@@ -692,18 +697,8 @@ impl Op {
         with_core(|core| {
             let (a, b) = {
                 let mut ops = core.ops.borrow_mut();
-                let a = ops.insert(OpSlot {
-                    state: OpState::Waiting(None),
-                    makes_fd: false,
-                    buffer: None,
-                    keep: Some(keep),
-                });
-                let b = ops.insert(OpSlot {
-                    state: OpState::Waiting(None),
-                    makes_fd: false,
-                    buffer: None,
-                    keep: None,
-                });
+                let a = ops.insert(OpSlot::new(None, Some(keep), false));
+                let b = ops.insert(OpSlot::new(None, None, false));
                 (a, b)
             };
             core.push_entries(&[
@@ -714,62 +709,8 @@ impl Op {
         })
     }
 
-    /// Queues `entry`, whose memory `keep` owns, and keeps it until the completion.
-    pub(crate) fn submit_keeping(keep: Box<dyn Any>, entry: squeue::Entry) -> Op {
-        with_core(|core| {
-            let id = core.ops.borrow_mut().insert(OpSlot {
-                state: OpState::Waiting(None),
-                makes_fd: false,
-                buffer: None,
-                keep: Some(keep),
-            });
-            core.push_entry(&entry.user_data(id as u64));
-            Op { id: Some(id) }
-        })
-    }
-
-    /// Like awaiting the op, but also hands back what `submit_keeping` kept.
-    pub(crate) async fn finish_keeping(mut self) -> (i32, Option<Box<dyn Any>>) {
-        std::future::poll_fn(|cx| {
-            let id = self.id.expect("an Op is not polled after it completed");
-            let done = with_core(|core| {
-                let mut ops = core.ops.borrow_mut();
-                let slot = ops.get_mut(id).expect("a live op has a slot");
-                match &mut slot.state {
-                    OpState::Done(result) => {
-                        let result = *result;
-                        let slot = ops.remove(id).expect("a live op has a slot");
-                        Some((result, slot.keep))
-                    }
-                    OpState::Waiting(waker) => {
-                        *waker = Some(cx.waker().clone());
-                        None
-                    }
-                    OpState::Orphaned => unreachable!("a live op is not orphaned"),
-                }
-            });
-            match done {
-                Some(output) => {
-                    self.id = None;
-                    Poll::Ready(output)
-                }
-                None => Poll::Pending,
-            }
-        })
-        .await
-    }
-}
-
-/// Whether this thread runs an executor (whose ring can take disk operations).
-pub fn on_executor() -> bool {
-    CURRENT_ID.with(Cell::get) != 0
-}
-
-impl Future for Op {
-    /// The completion's result and the buffer back.
-    type Output = (i32, Option<Vec<u8>>);
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+    /// The completion's result and the slot (with what it kept), once the kernel is done.
+    fn poll_done(&mut self, cx: &mut Context<'_>) -> Poll<(i32, OpSlot)> {
         let id = self.id.expect("an Op is not polled after it completed");
         let done = with_core(|core| {
             let mut ops = core.ops.borrow_mut();
@@ -777,8 +718,7 @@ impl Future for Op {
             match &mut slot.state {
                 OpState::Done(result) => {
                     let result = *result;
-                    let slot = ops.remove(id).expect("a live op has a slot");
-                    Some((result, slot.buffer))
+                    Some((result, ops.remove(id).expect("a live op has a slot")))
                 }
                 OpState::Waiting(waker) => {
                     match waker {
@@ -797,6 +737,27 @@ impl Future for Op {
             }
             None => Poll::Pending,
         }
+    }
+
+    /// Like awaiting the op, but also hands back what `submit_keeping` kept.
+    pub(crate) async fn finish_keeping(mut self) -> (i32, Option<Box<dyn Any>>) {
+        let (result, slot) = std::future::poll_fn(|cx| self.poll_done(cx)).await;
+        (result, slot.keep)
+    }
+}
+
+/// Whether this thread runs an executor (whose ring can take disk operations).
+pub fn on_executor() -> bool {
+    CURRENT_ID.with(Cell::get) != 0
+}
+
+impl Future for Op {
+    /// The completion's result and the buffer back.
+    type Output = (i32, Option<Vec<u8>>);
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.poll_done(cx)
+            .map(|(result, slot)| (result, slot.buffer))
     }
 }
 
