@@ -9,12 +9,8 @@
 use std::cmp::Ordering;
 
 use super::cursor::{Projection, Sort};
-use super::query::{Filter, QueryError};
+use super::query::{bad, split_path, Filter, QueryError};
 use super::value::{compare, Value};
-
-fn bad(message: impl Into<String>) -> QueryError {
-    QueryError(message.into())
-}
 
 /// An expression.
 #[derive(Debug, Clone)]
@@ -31,11 +27,7 @@ impl Expr {
                 return Err(bad(format!("variables ({s}) are not supported")))
             }
             Value::String(s) if s.starts_with('$') => {
-                let parts: Vec<String> = s[1..].split('.').map(str::to_string).collect();
-                if parts.iter().any(String::is_empty) {
-                    return Err(bad(format!("bad field path {s:?}")));
-                }
-                Expr::Path(parts)
+                Expr::Path(split_path("expression", &s[1..], true)?)
             }
             Value::Object(fields) if fields.len() == 1 && fields[0].0 == "$literal" => {
                 Expr::Literal(fields[0].1.clone())

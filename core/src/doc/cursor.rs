@@ -8,20 +8,8 @@
 
 use std::cmp::Ordering;
 
-use super::query::{reach, Filter, QueryError};
+use super::query::{bad, reach, split_path, Filter, QueryError};
 use super::value::{compare, Value};
-
-fn bad(message: impl Into<String>) -> QueryError {
-    QueryError(message.into())
-}
-
-fn split_path(what: &str, path: &str) -> Result<Vec<String>, QueryError> {
-    let parts: Vec<String> = path.split('.').map(str::to_string).collect();
-    if parts.iter().any(|p| p.is_empty() || p.starts_with('$')) {
-        return Err(bad(format!("{what}: bad field path {path:?}")));
-    }
-    Ok(parts)
-}
 
 /// A sort specification: fields with a direction each, most significant first.
 #[derive(Debug, Clone, Default)]
@@ -63,7 +51,7 @@ impl Sort {
                     )))
                 }
             };
-            keys.push((split_path("sort", path)?, ascending));
+            keys.push((split_path("sort", path, false)?, ascending));
         }
         Ok(Sort { keys })
     }
@@ -238,7 +226,7 @@ impl Projection {
                 Some(_) => {}
             }
             paths
-                .insert(&split_path("projection", path)?)
+                .insert(&split_path("projection", path, false)?)
                 .map_err(|_| bad(format!("projection: {path:?} collides with another path")))?;
         }
         Ok(Some(match include {
@@ -278,7 +266,7 @@ impl Projection {
     pub fn including(paths: &[String], id: bool) -> Result<Projection, QueryError> {
         let mut tree = PathTree::default();
         for path in paths {
-            tree.insert(&split_path("projection", path)?)
+            tree.insert(&split_path("projection", path, false)?)
                 .map_err(|_| bad(format!("projection: {path:?} collides with another path")))?;
         }
         Ok(Projection::Include { paths: tree, id })

@@ -26,8 +26,30 @@ use super::value::{compare, Value};
 #[error("bad query: {0}")]
 pub struct QueryError(pub String);
 
-fn bad(message: impl Into<String>) -> QueryError {
+pub(crate) fn bad(message: impl Into<String>) -> QueryError {
     QueryError(message.into())
+}
+
+/// The components of dotted field path `path`, for `what` (named in errors). An empty
+/// component is an error; so is one starting with '$' unless `dollar_ok` (a filter may name
+/// such a field; updates, sorts and projections may not).
+pub(crate) fn split_path(
+    what: &str,
+    path: &str,
+    dollar_ok: bool,
+) -> Result<Vec<String>, QueryError> {
+    let parts: Vec<String> = path.split('.').map(str::to_string).collect();
+    if parts.iter().any(String::is_empty) {
+        return Err(bad(format!(
+            "{what}: bad field path {path:?}: an empty component"
+        )));
+    }
+    if !dollar_ok && parts.iter().any(|p| p.starts_with('$')) {
+        return Err(bad(format!(
+            "{what}: bad field path {path:?}: a component starts with '$'"
+        )));
+    }
+    Ok(parts)
 }
 
 /// A parsed filter.
@@ -141,7 +163,7 @@ impl Filter {
                 }
                 "" => return Err(bad("an empty field name")),
                 path => Filter::Field {
-                    path: split_path(path)?,
+                    path: split_path("filter", path, true)?,
                     cond: Cond::parse(path, operand)?,
                 },
             });
@@ -165,14 +187,6 @@ impl Filter {
             }
         }
     }
-}
-
-fn split_path(path: &str) -> Result<Vec<String>, QueryError> {
-    let parts: Vec<String> = path.split('.').map(str::to_string).collect();
-    if parts.iter().any(String::is_empty) {
-        return Err(bad(format!("field path {path:?} has an empty component")));
-    }
-    Ok(parts)
 }
 
 /// Whether `operand` is an operator document (`{"$gt": 1}`), a plain value, or a mix.

@@ -9,12 +9,8 @@
 
 use std::cmp::Ordering;
 
-use super::query::{Cond, Filter, QueryError};
+use super::query::{bad, split_path, Cond, Filter, QueryError};
 use super::value::{compare, Value};
-
-fn bad(message: impl Into<String>) -> QueryError {
-    QueryError(message.into())
-}
 
 /// A parsed update.
 #[derive(Debug, Clone)]
@@ -72,14 +68,6 @@ impl Op {
     }
 }
 
-fn split_path(op: &str, path: &str) -> Result<Vec<String>, QueryError> {
-    let parts: Vec<String> = path.split('.').map(str::to_string).collect();
-    if parts.iter().any(|p| p.is_empty() || p.starts_with('$')) {
-        return Err(bad(format!("{op}: bad field path {path:?}")));
-    }
-    Ok(parts)
-}
-
 /// Whether one path is a prefix of the other (the same field, or one inside the other).
 fn overlaps(a: &[String], b: &[String]) -> bool {
     a.iter().zip(b).all(|(x, y)| x == y)
@@ -115,7 +103,7 @@ impl Update {
                 return Err(bad(format!("{name} takes a non-empty document")));
             }
             for (path, arg) in targets {
-                let parsed = split_path(name, path)?;
+                let parsed = split_path(name, path, false)?;
                 check_operand(op, path, arg)?;
                 let mut paths = vec![parsed.clone()];
                 if op == Op::Rename {
@@ -124,7 +112,7 @@ impl Update {
                             "$rename: the new name of {path:?} is a string"
                         )));
                     };
-                    let to = split_path(name, to)?;
+                    let to = split_path(name, to, false)?;
                     if overlaps(&parsed, &to) {
                         return Err(bad(format!("$rename: {path:?} and its new name overlap")));
                     }
