@@ -785,6 +785,16 @@ impl<F: LogFile> PagedStore<F> {
         commands: &[Command],
         skip: usize,
     ) -> Result<Vec<Vec<Option<Value>>>, StoreError> {
+        // Most batches have no large value: then allocate nothing per command (an empty
+        // result means "no extents", as the apply loop reads it).
+        let has_extent = commands.iter().skip(skip).any(|command| match command {
+            Command::Put { key, value } => needs_extent(key, value),
+            Command::PutMany { pairs } => pairs.iter().any(|(k, v)| needs_extent(k, v)),
+            _ => false,
+        });
+        if !has_extent {
+            return Ok(Vec::new());
+        }
         let mut stored: Vec<Vec<Option<Value>>> = Vec::with_capacity(commands.len());
         let mut writes = Vec::new();
         for (i, command) in commands.iter().enumerate() {
