@@ -15,9 +15,12 @@
 //!          | 6 key:bytes value:bytes                      APPEND
 //!          | 7 key:bytes value:bytes                      GET_AND_PUT (returns the old value)
 //!          | 8 key:bytes value:bytes                      PUT_IF_EXISTS
+//!          | 9 body:bytes                                 DOCUMENT (a `doc::command::DocCommand`)
 //! ```
+//!
+//! Keys here are the user's keys; the store places them in its key-value space.
 
-use crate::limits::{KEY_SIZE_MAX, VALUE_SIZE_MAX};
+use crate::limits::{DOC_COMMAND_SIZE_MAX, KEY_SIZE_MAX, VALUE_SIZE_MAX};
 
 /// One write to a shard's state.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,6 +62,10 @@ pub enum Command {
         key: Vec<u8>,
         value: Vec<u8>,
     },
+    /// A document write: a `doc::command::DocCommand` in its logged form.
+    Document {
+        body: Vec<u8>,
+    },
 }
 
 /// A batch entry that does not decode. Entries are checksummed, so this means a bug or a
@@ -87,6 +94,7 @@ impl Command {
             Command::Append { key, value }
             | Command::GetAndPut { key, value }
             | Command::PutIfExists { key, value } => 1 + 8 + key.len() + value.len(),
+            Command::Document { body } => 1 + 4 + body.len(),
         }
     }
 
@@ -148,6 +156,10 @@ impl Command {
                 out.push(8);
                 bytes(out, key);
                 bytes(out, value);
+            }
+            Command::Document { body } => {
+                out.push(9);
+                bytes(out, body);
             }
         }
     }
@@ -272,6 +284,9 @@ pub fn decode_batch(data: &[u8]) -> Result<Vec<Command>, BatchDecodeError> {
                 key: r.bytes(KEY_SIZE_MAX)?,
                 value: r.bytes(VALUE_SIZE_MAX)?,
             },
+            9 => Command::Document {
+                body: r.bytes(DOC_COMMAND_SIZE_MAX)?,
+            },
             other => return Err(BatchDecodeError(format!("unknown command tag {other}"))),
         });
     }
@@ -325,6 +340,9 @@ mod tests {
             Command::PutIfExists {
                 key: b"e".to_vec(),
                 value: b"v".to_vec(),
+            },
+            Command::Document {
+                body: b"\x07\x00".to_vec(),
             },
         ];
         let mut encoder = BatchEncoder::new();

@@ -12,6 +12,11 @@ pub const RECORD_PAYLOAD_SIZE_MAX: usize = 256 * 1024 * 1024;
 pub const KEY_SIZE_MAX: usize = 1024;
 /// Largest value, in bytes (same as the wire limit).
 pub const VALUE_SIZE_MAX: usize = 16 * 1024 * 1024;
+/// Largest key in a shard's B+tree: a key-value key with its space prefix, a document's
+/// collection id and `_id`, or an index entry (index id, index key, `_id`).
+pub const TREE_KEY_SIZE_MAX: usize = 1400;
+/// Largest logged document command (an insert of many documents, say): the frame limit.
+pub const DOC_COMMAND_SIZE_MAX: usize = 64 * 1024 * 1024;
 /// A proposal batch stops taking commands once its encoding reaches this size; one command
 /// larger than this still goes, alone.
 pub const BATCH_BYTES_MAX: usize = 8 * 1024 * 1024;
@@ -24,4 +29,6 @@ const _: () = assert!(LOG_BLOCK_SIZE.is_power_of_two() && LOG_BLOCK_SIZE.is_mult
 const _: () = assert!(SEGMENT_SIZE_TARGET.is_multiple_of(LOG_BLOCK_SIZE as u64));
 const _: () = assert!(KEY_SIZE_MAX + VALUE_SIZE_MAX < BATCH_BYTES_MAX * 4);
 const _: () = assert!(BATCH_BYTES_MAX < RECORD_PAYLOAD_SIZE_MAX);
+const _: () = assert!(DOC_COMMAND_SIZE_MAX < RECORD_PAYLOAD_SIZE_MAX);
+const _: () = assert!(KEY_SIZE_MAX + 8 < TREE_KEY_SIZE_MAX);
 const _: () = assert!(GROUP_BYTES_MAX < u32::MAX as usize);

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 
 use crate::command::{decode_batch, BatchDecodeError, Command};
+use crate::doc::command::DocErrorKind;
 
 /// What one command did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +43,15 @@ pub enum CommandResult {
     Skipped,
     WrittenMany {
         versions: Vec<u64>,
+    },
+    /// A document command's reply: a document in the `doc::binary` encoding.
+    Document {
+        reply: Vec<u8>,
+    },
+    /// A document command that was refused; nothing changed.
+    DocumentRefused {
+        kind: DocErrorKind,
+        message: String,
     },
 }
 
@@ -187,6 +197,11 @@ impl MemStore {
                     .map(|v| v.value);
                 CommandResult::Replaced { previous }
             }
+            // The model keeps key-value pairs only; documents live in the paged store.
+            Command::Document { .. } => CommandResult::DocumentRefused {
+                kind: DocErrorKind::BadRequest,
+                message: "the in-memory model holds no documents".into(),
+            },
             Command::PutIfExists { key, value } => {
                 if !self.map.contains_key(&key) {
                     return CommandResult::Skipped;

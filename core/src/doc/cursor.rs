@@ -56,6 +56,11 @@ impl Sort {
         Ok(Sort { keys })
     }
 
+    /// The sort's fields, most significant first, each with true when ascending.
+    pub fn fields(&self) -> &[(Vec<String>, bool)] {
+        &self.keys
+    }
+
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
     }

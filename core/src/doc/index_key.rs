@@ -103,6 +103,133 @@ pub fn key(value: &Value) -> Vec<u8> {
     out
 }
 
+/// Reads one value's key from the front of `bytes`; returns it and the bytes it took.
+/// Integers and doubles share keys, so a whole double comes back as an integer.
+fn decode_one(bytes: &[u8]) -> Option<(Value, usize)> {
+    let (&rank, rest) = bytes.split_first()?;
+    let (value, used) = decode_payload(rank, rest)?;
+    Some((value, used + 1))
+}
+
+fn decode_string(bytes: &[u8]) -> Option<(String, usize)> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    loop {
+        match (bytes.get(i)?, bytes.get(i + 1)) {
+            (0, Some(0)) => return Some((String::from_utf8(out).ok()?, i + 2)),
+            (0, Some(0xff)) => {
+                out.push(0);
+                i += 2;
+            }
+            (0, _) => return None,
+            (&b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+}
+
+fn decode_payload(rank: u8, bytes: &[u8]) -> Option<(Value, usize)> {
+    Some(match rank {
+        2 => (Value::Null, 0),
+        3 => {
+            let bits = u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?);
+            let offset = (u16::from_be_bytes(bytes.get(8..10)?.try_into().ok()?) ^ 0x8000) as i16;
+            let bits = if bits >> 63 == 1 { bits & !(1 << 63) } else { !bits };
+            let d = f64::from_bits(bits);
+            let whole = d.fract() == 0.0 && (-9.223372036854775808e18..9.3e18).contains(&d);
+            let int = whole
+                .then(|| i64::try_from(d as i128 + i128::from(offset)).ok())
+                .flatten();
+            let value = match int {
+                Some(n) => Value::Int(n),
+                None => Value::Double(d),
+            };
+            (value, 10)
+        }
+        4 => {
+            let (s, used) = decode_string(bytes)?;
+            (Value::String(s), used)
+        }
+        5 => {
+            let mut fields = Vec::new();
+            let mut at = 0;
+            loop {
+                let rank = *bytes.get(at)?;
+                at += 1;
+                if rank == 0 {
+                    break;
+                }
+                let (name, used) = decode_string(bytes.get(at..)?)?;
+                at += used;
+                let (value, used) = decode_payload(rank, bytes.get(at..)?)?;
+                at += used;
+                fields.push((name, value));
+            }
+            (Value::Object(fields), at)
+        }
+        6 => {
+            let mut items = Vec::new();
+            let mut at = 0;
+            loop {
+                if *bytes.get(at)? == 0 {
+                    at += 1;
+                    break;
+                }
+                let (value, used) = decode_one(bytes.get(at..)?)?;
+                at += used;
+                items.push(value);
+            }
+            (Value::Array(items), at)
+        }
+        8 => (Value::Bool(*bytes.first()? != 0), 1),
+        _ => return None,
+    })
+}
+
+/// The value whose key is exactly `bytes`, if it is one (for messages and `explain`).
+pub fn decode(bytes: &[u8]) -> Option<Value> {
+    match decode_one(bytes)? {
+        (value, used) if used == bytes.len() => Some(value),
+        _ => None,
+    }
+}
+
+/// Describes an index bound for `explain`: the value it starts at, or where in the type
+/// order it lies; a descending component is shown as its value too.
+pub fn describe_bound(bytes: &[u8]) -> String {
+    let inverted: Vec<u8> = bytes.iter().map(|b| !b).collect();
+    for (bytes, suffix) in [(bytes, ""), (inverted.as_slice(), " (descending)")] {
+        if let Some(value) = decode(bytes) {
+            return format!("{value}{suffix}");
+        }
+        if let Some((value, _)) = decode_one(bytes) {
+            return format!("{value} and beyond{suffix}");
+        }
+        if let [rank] = bytes {
+            if let Some(name) = rank_name(*rank) {
+                return format!("first {name}{suffix}");
+            }
+        }
+    }
+    format!("0x{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
+}
+
+fn rank_name(rank: u8) -> Option<&'static str> {
+    Some(match rank {
+        2 => "null",
+        3 => "number",
+        4 => "string",
+        5 => "object",
+        6 => "array",
+        7 => "binary",
+        8 => "bool",
+        9 => "date",
+        _ => return None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::value::compare;
@@ -141,6 +268,14 @@ mod tests {
         #[test]
         fn key_order_is_mongodb_order(a in value(), b in value()) {
             prop_assert_eq!(key(&a).cmp(&key(&b)), compare(&a, &b), "{} vs {}", a, b);
+        }
+
+        /// Decoding gives back a value equal to the original (1.0 may come back as 1).
+        #[test]
+        fn keys_decode_to_equal_values(a in value()) {
+            let back = decode(&key(&a));
+            prop_assert!(back.is_some(), "{} does not decode", a);
+            prop_assert_eq!(compare(&back.unwrap(), &a), std::cmp::Ordering::Equal);
         }
 
         #[test]

@@ -3,6 +3,7 @@
 //! - [`value`]: the document [`value::Value`] (fields in order, integers apart from doubles)
 //!   and MongoDB's comparison order.
 //! - [`binary`]: the compact binary form documents are stored in.
+//! - [`command`]: document writes as they are logged, and their errors.
 //! - [`index_key`]: values as index keys whose byte order is MongoDB's order.
 //! - [`query`]: filters, parsed once and matched against documents with MongoDB's semantics.
 //! - [`update`]: replacement documents and update operators.
@@ -15,6 +16,7 @@
 
 pub mod aggregate;
 pub mod binary;
+pub mod command;
 pub mod cursor;
 pub mod index_key;
 pub mod plan;

@@ -55,7 +55,9 @@ pub fn keys_of(doc: &Value, index: &IndexSpec) -> (Vec<Vec<u8>>, bool) {
     let mut multikey = false;
     for (path, descending) in &index.fields {
         let values = values_for(doc, path);
-        multikey |= values.len() > 1;
+        // An empty array counts too: its placeholder key does not sort where a sort puts
+        // the document (first), so the index cannot give that order.
+        multikey |= values.len() > 1 || matches!(values.as_slice(), [Value::Array(_)]);
         let mut next = Vec::with_capacity(keys.len() * values.len().max(1));
         for key in &keys {
             for value in &values {

@@ -7,6 +7,13 @@
 //! - [`page`]: the byte layout of every page.
 //! - [`tree`]: the B+tree and the pool (synchronous operations that report a missing page).
 //! - [`verify`]: the read-only checker behind `kvsd --verify`.
+//! - [`docs`]: document collections and their secondary indexes in the same tree.
+//!
+//! Key spaces: the first byte of every tree key names its space ([`SPACE_KV`],
+//! [`SPACE_DOC`], [`SPACE_INDEX`], [`SPACE_CATALOG`]). Key-value commands, reads and scans
+//! use the user's keys; the store adds and strips the prefix, so one tree holds both
+//! kinds of data and a document write changes its document and its index entries in one
+//! atomic apply (ADR 0008).
 //!
 //! Why shadow paging rather than in-place writes with full-page images: a checkpoint never
 //! overwrites a page the previous checkpoint uses, so a torn page write can only hit a page
@@ -20,6 +27,7 @@
 //! checkpoint's writes are the only awaits, so many reads can be in flight while writes and a
 //! checkpoint go on.
 
+pub mod docs;
 pub mod hot;
 pub mod key;
 pub mod page;
@@ -54,6 +62,46 @@ const PREFETCH_IN_FLIGHT: usize = 128;
 /// a hole) waits for an io_uring worker.
 const FILE_GROWTH_MIN: u64 = 1024 * 1024;
 const FILE_GROWTH_MAX: u64 = 64 * 1024 * 1024;
+
+/// The tree's key spaces: the first byte of every key.
+pub const SPACE_KV: u8 = 1;
+pub const SPACE_DOC: u8 = 2;
+pub const SPACE_INDEX: u8 = 3;
+pub const SPACE_CATALOG: u8 = 4;
+
+/// Calls `f` with the tree key of the key-value key `key` (on the stack when short).
+fn with_kv_key<T>(key: &[u8], f: impl FnOnce(&[u8]) -> T) -> T {
+    const SHORT: usize = 63;
+    if key.len() <= SHORT {
+        let mut buffer = [0u8; SHORT + 1];
+        buffer[0] = SPACE_KV;
+        buffer[1..=key.len()].copy_from_slice(key);
+        f(&buffer[..=key.len()])
+    } else {
+        let mut tree_key = Vec::with_capacity(key.len() + 1);
+        tree_key.push(SPACE_KV);
+        tree_key.extend_from_slice(key);
+        f(&tree_key)
+    }
+}
+
+/// Moves a key-value command's keys into the key-value space.
+fn into_tree_keys(command: &mut Command) {
+    fn prefix(key: &mut Vec<u8>) {
+        key.insert(0, SPACE_KV);
+    }
+    match command {
+        Command::Put { key, .. }
+        | Command::Delete { key }
+        | Command::Cas { key, .. }
+        | Command::Increment { key, .. }
+        | Command::Append { key, .. }
+        | Command::GetAndPut { key, .. }
+        | Command::PutIfExists { key, .. } => prefix(key),
+        Command::PutMany { pairs } => pairs.iter_mut().for_each(|(key, _)| prefix(key)),
+        Command::Document { .. } => {}
+    }
+}
 
 /// The page file's name in the shard's directory.
 pub const PAGE_FILE: &str = "pages.db";
@@ -230,6 +278,9 @@ pub struct PagedStore<F: LogFile> {
     grown: Signal,
     /// Page reads as of the last entry's prefetch, to see whether that entry missed.
     loads_at_last_apply: Cell<u64>,
+    /// The document catalogue, read from the tree on first use and kept in step by the
+    /// commands that change it.
+    catalog: RefCell<Option<docs::Catalog>>,
 }
 
 async fn read_bytes<F: LogFile>(
@@ -403,6 +454,7 @@ impl<F: LogFile> PagedStore<F> {
             grown: Signal::default(),
             // Differs from the pool's count: the first entry after opening prefetches.
             loads_at_last_apply: Cell::new(u64::MAX),
+            catalog: RefCell::new(None),
         })
     }
 
@@ -414,6 +466,7 @@ impl<F: LogFile> PagedStore<F> {
         self.state.borrow().applied_index
     }
 
+    /// Key-value pairs stored (documents and index entries are not counted).
     pub fn key_count(&self) -> u64 {
         self.state.borrow().key_count
     }
@@ -631,6 +684,10 @@ impl<F: LogFile> PagedStore<F> {
     /// Answers a point read from the pool alone: None when it needs the disk (a page that is
     /// not cached, or a value in an extent).
     pub fn try_get(&self, key: &[u8]) -> Option<Option<Versioned>> {
+        with_kv_key(key, |key| self.try_get_tree(key))
+    }
+
+    fn try_get_tree(&self, key: &[u8]) -> Option<Option<Versioned>> {
         let mut hot = self.hot.borrow_mut();
         if let Some(value) = hot.get(key) {
             return Some(Some(value));
@@ -652,6 +709,13 @@ impl<F: LogFile> PagedStore<F> {
     }
 
     pub async fn get(&self, key: &[u8]) -> Result<Option<Versioned>, StoreError> {
+        let mut tree_key = Vec::with_capacity(key.len() + 1);
+        tree_key.push(SPACE_KV);
+        tree_key.extend_from_slice(key);
+        self.get_tree(&tree_key).await
+    }
+
+    async fn get_tree(&self, key: &[u8]) -> Result<Option<Versioned>, StoreError> {
         if let Some(value) = self.hot.borrow_mut().get(key) {
             return Ok(Some(value));
         }
@@ -664,8 +728,32 @@ impl<F: LogFile> PagedStore<F> {
             }))
     }
 
-    /// Up to `limit` pairs with keys in `[start, end)`, in key order.
+    /// Up to `limit` key-value pairs with keys in `[start, end)`, in key order.
     pub async fn scan(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        let tree = |key: &[u8]| {
+            let mut k = Vec::with_capacity(key.len() + 1);
+            k.push(SPACE_KV);
+            k.extend_from_slice(key);
+            k
+        };
+        let end = match end {
+            Some(end) => tree(end),
+            None => vec![SPACE_KV + 1],
+        };
+        let mut pairs = self.scan_tree(&tree(start), Some(&end), limit).await?;
+        for (key, _) in &mut pairs {
+            key.remove(0);
+        }
+        Ok(pairs)
+    }
+
+    /// Up to `limit` entries of the tree with keys in `[start, end)`, in key order.
+    async fn scan_tree(
         &self,
         start: &[u8],
         end: Option<&[u8]>,
@@ -729,10 +817,11 @@ impl<F: LogFile> PagedStore<F> {
         if index <= applied {
             return Ok(Vec::new());
         }
-        let commands = decode_batch(batch).map_err(|e| StoreError::Apply {
+        let mut commands = decode_batch(batch).map_err(|e| StoreError::Apply {
             index,
             detail: e.to_string(),
         })?;
+        commands.iter_mut().for_each(into_tree_keys);
         let skip = if index == applied + 1 {
             partial as usize
         } else {
@@ -877,6 +966,7 @@ impl<F: LogFile> PagedStore<F> {
                 | Command::GetAndPut { key, .. }
                 | Command::PutIfExists { key, .. } => keys.push(key),
                 Command::PutMany { pairs } => keys.extend(pairs.iter().map(|(k, _)| k.as_slice())),
+                Command::Document { .. } => {}
             }
             if keys.len() >= room {
                 break;
@@ -1062,7 +1152,8 @@ impl<F: LogFile> PagedStore<F> {
         }
         let mut st = self.state.borrow_mut();
         match &old {
-            None => st.key_count += 1,
+            None if key[0] == SPACE_KV => st.key_count += 1,
+            None => {}
             Some(old) => {
                 if let Value::Extent { first, pages, .. } = old.value {
                     st.free_extent(first, pages);
@@ -1079,7 +1170,9 @@ impl<F: LogFile> PagedStore<F> {
         match old {
             None => Ok(false),
             Some(old) => {
-                st.key_count -= 1;
+                if key[0] == SPACE_KV {
+                    st.key_count -= 1;
+                }
                 if let Value::Extent { first, pages, .. } = old.value {
                     st.free_extent(first, pages);
                 }
@@ -1194,6 +1287,7 @@ impl<F: LogFile> PagedStore<F> {
                 let (version, _) = self.put(index, key, value).await?;
                 CommandResult::Written { version }
             }
+            Command::Document { body } => self.apply_document(index, &body).await?,
         })
     }
 

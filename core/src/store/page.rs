@@ -15,7 +15,7 @@
 //! Decoding never trusts the bytes: every length is checked, and a bad checksum, a wrong page
 //! id or a malformed body is a [`PageError`], not a panic.
 
-use crate::limits::KEY_SIZE_MAX;
+use crate::limits::TREE_KEY_SIZE_MAX;
 
 pub use super::key::Key;
 
@@ -31,9 +31,10 @@ pub const UNDERFLOW_BYTES: usize = PAGE_SIZE / 4;
 /// Extent data starts after the header and a 4-byte length.
 pub const EXTENT_DATA_OFFSET: usize = HEADER_SIZE + 4;
 const META_MAGIC: &[u8; 8] = b"KVSPAGE1";
-const FORMAT_VERSION: u32 = 1;
+/// 2: keys carry a space prefix (key-value pairs, documents, index entries, catalogue).
+const FORMAT_VERSION: u32 = 2;
 
-const _: () = assert!(KEY_SIZE_MAX + 64 < INLINE_ENTRY_MAX);
+const _: () = assert!(TREE_KEY_SIZE_MAX + 64 < INLINE_ENTRY_MAX);
 const _: () = assert!(HEADER_SIZE + 4 + 2 * (INLINE_ENTRY_MAX + 16) <= PAGE_SIZE);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

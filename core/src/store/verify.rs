@@ -5,11 +5,13 @@
 //! lie between the separators above it; that every leaf is at the tree's height; that every
 //! extent is intact and is the one its entry names; that no page is used twice, or both used
 //! and free; that no page is lost (neither used nor free); and that the key count matches.
+//! For documents, it checks that every document has exactly the index entries its indexed
+//! fields imply, and that no index entry lacks its document ([`super::docs`]).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use super::page::{decode_extent, decode_node, Key, Meta, Node, Value, META_PAGES, PAGE_SIZE};
-use super::{read_free_list, read_meta, StoreError, PAGE_FILE};
+use super::{read_free_list, read_meta, StoreError, PAGE_FILE, SPACE_CATALOG, SPACE_DOC, SPACE_INDEX, SPACE_KV};
 use crate::log::{LogDisk, LogFile};
 
 /// What a verification found.
@@ -18,7 +20,10 @@ pub struct VerifyReport {
     pub path: String,
     /// The checkpoint verified; None when the file has none yet (nothing to check).
     pub checkpoint: Option<Meta>,
+    /// Key-value pairs.
     pub keys: u64,
+    pub documents: u64,
+    pub index_entries: u64,
     pub leaf_pages: u64,
     pub inner_pages: u64,
     pub extent_pages: u64,
@@ -70,6 +75,9 @@ pub async fn verify<D: LogDisk>(disk: &D, shard: u32) -> Result<VerifyReport, St
             problems.push(format!("page {id} is used twice (again as {what})"));
         }
     };
+    let mut catalog: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    let mut documents: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    let mut index_entries: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
     let mut stack = Vec::new();
     if meta.root != 0 {
         stack.push(Visit {
@@ -111,7 +119,30 @@ pub async fn verify<D: LogDisk>(disk: &D, shard: u32) -> Result<VerifyReport, St
                     ));
                 }
                 for entry in entries {
-                    report.keys += 1;
+                    let space = entry.key.first().copied();
+                    if space == Some(SPACE_KV) {
+                        report.keys += 1;
+                    } else if !matches!(
+                        space,
+                        Some(SPACE_DOC | SPACE_INDEX | SPACE_CATALOG)
+                    ) {
+                        report.problems.push(format!(
+                            "leaf page {}: key {:?} in no known space",
+                            visit.id,
+                            String::from_utf8_lossy(&entry.key)
+                        ));
+                    }
+                    if let Value::Inline(value) = &entry.value {
+                        let record = (entry.key.to_vec(), value.clone());
+                        match space {
+                            Some(SPACE_DOC) => documents.push(record),
+                            Some(SPACE_INDEX) => {
+                                index_entries.insert(record.0, record.1);
+                            }
+                            Some(SPACE_CATALOG) => catalog.push(record),
+                            _ => {}
+                        }
+                    }
                     if !in_range(&entry.key) {
                         report.problems.push(format!(
                             "leaf page {}: key {:?} outside its parent's range",
@@ -134,11 +165,20 @@ pub async fn verify<D: LogDisk>(disk: &D, shard: u32) -> Result<VerifyReport, St
                             .read_at(first * PAGE_SIZE as u64, pages as usize * PAGE_SIZE)
                             .await
                         {
-                            Ok(bytes) => {
-                                if let Err(e) = decode_extent(&bytes, first, len, lsn) {
-                                    report.problems.push(e.to_string());
+                            Ok(bytes) => match decode_extent(&bytes, first, len, lsn) {
+                                Ok(value) => {
+                                    let record = (entry.key.to_vec(), value);
+                                    match space {
+                                        Some(SPACE_DOC) => documents.push(record),
+                                        Some(SPACE_INDEX) => {
+                                            index_entries.insert(record.0, record.1);
+                                        }
+                                        Some(SPACE_CATALOG) => catalog.push(record),
+                                        _ => {}
+                                    }
                                 }
-                            }
+                                Err(e) => report.problems.push(e.to_string()),
+                            },
                             Err(e) => report
                                 .problems
                                 .push(format!("extent {first}: read failed: {e}")),
@@ -177,6 +217,9 @@ pub async fn verify<D: LogDisk>(disk: &D, shard: u32) -> Result<VerifyReport, St
             }
         }
     }
+    report.documents = documents.len() as u64;
+    report.index_entries = index_entries.len() as u64;
+    super::docs::check_documents(catalog, documents, index_entries, &mut report.problems);
     if report.keys != meta.key_count {
         report.problems.push(format!(
             "the tree holds {} keys, the checkpoint says {}",
