@@ -6,12 +6,14 @@
 //! - [`shard`]: the shard service: batching (group commit), read ordering, replies.
 //! - [`conn`]: what every client connection shares: output, ordering, limits, shutdown.
 //! - [`server`]: native-protocol connections, routing of requests to shards, merging.
+//! - [`documents`]: document commands: the coordinator, and the shard side of their reads.
 //! - [`resp_server`]: the Redis-protocol (RESP2) listener for the key-value subset.
 //! - [`node`]: starting a node: data directory, executors, cross-core mesh, shutdown.
 //! - [`config`]: flags and the TOML config file.
 
 pub mod config;
 pub mod conn;
+pub mod documents;
 pub mod local;
 pub mod log_io;
 pub mod node;

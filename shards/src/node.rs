@@ -450,6 +450,11 @@ async fn core_main(setup: CoreSetup) {
         setup.checkpoint,
     ))
     .detach();
+    spawn_local(crate::documents::build_indexes(
+        Rc::clone(&ctx),
+        Rc::clone(&current_store),
+    ))
+    .detach();
     shard_loop(&ctx, shard, &tick_due, &current_store, &failed).await;
     for acceptor in acceptors {
         acceptor.await;

@@ -49,6 +49,8 @@ pub enum Target {
     },
     /// One part of a RESP command split over shards.
     RespPart { gather: Rc<RespGather>, part: usize },
+    /// A task on this core waiting for the reply (a document command's coordinator).
+    Task(Rc<crate::documents::ReplySlot>),
 }
 
 /// Where a shard sends a reply: to a target on its own core, or back to another core.
@@ -284,6 +286,7 @@ pub fn deliver(target: Target, reply: ShardReply) {
             crate::resp_server::render_into(out, render, reply, resp3)
         }),
         Target::RespPart { gather, part } => gather.add(part, reply),
+        Target::Task(slot) => slot.fill(reply),
     }
 }
 
@@ -467,7 +470,7 @@ pub(crate) fn split_by_shard<T>(items: Vec<T>, shard_of: impl Fn(&T) -> u32) -> 
 }
 
 /// Routes one decoded request.
-async fn dispatch(ctx: &CoreContext, conn: &Rc<Connection>, header: Header, request: Request) {
+async fn dispatch(ctx: &Rc<CoreContext>, conn: &Rc<Connection>, header: Header, request: Request) {
     let request_id = header.request_id;
     let opcode = header.opcode;
     let shard_of = |key: &[u8]| shard_for_key(key, ctx.shard_count);
@@ -578,6 +581,16 @@ async fn dispatch(ctx: &CoreContext, conn: &Rc<Connection>, header: Header, requ
                 .await;
             }
         }
+        Request::Document { command } => {
+            // A task of its own: a document command may take several rounds of shard
+            // requests, and the connection goes on meanwhile (replies match by id).
+            let (ctx, conn) = (Rc::clone(ctx), Rc::clone(conn));
+            crate::runtime::spawn_local(async move {
+                let response = crate::documents::handle(&ctx, &command).await;
+                respond(&conn, opcode, request_id, &response);
+            })
+            .detach();
+        }
         Request::Info => {
             let g = gather(
                 GatherKind::Info {
@@ -610,7 +623,7 @@ pub async fn serve_connection(ctx: Rc<CoreContext>, stream: TcpStream) {
 }
 
 /// Reads and dispatches requests until the peer leaves, framing is lost or the node stops.
-async fn read_loop(ctx: &CoreContext, stream: &TcpStream, conn: &Rc<Connection>) {
+async fn read_loop(ctx: &Rc<CoreContext>, stream: &TcpStream, conn: &Rc<Connection>) {
     let mut buffer = ReceiveBuffer::new();
     let mut wanted = FRAME_HEADER_SIZE;
     loop {

@@ -49,6 +49,8 @@ pub enum ShardOp {
     },
     Info,
     Write(Command),
+    /// A read of documents (see `documents`).
+    DocRead(crate::documents::DocRead),
 }
 
 impl ShardOp {
@@ -65,6 +67,8 @@ pub enum ShardReply {
     Scanned(Vec<(Vec<u8>, Vec<u8>)>),
     Written(CommandResult),
     Info(Box<ShardInfo>),
+    /// A document read's reply, in the binary document encoding.
+    Doc(Vec<u8>),
     Error(ErrorCode, String),
 }
 
@@ -143,6 +147,7 @@ pub async fn read_from<F: kvs_core::log::LogFile>(
                 Err(e) => failed(e),
             }
         }
+        ShardOp::DocRead(read) => crate::documents::read_docs(store, shard, read).await,
         ShardOp::Info | ShardOp::Write(_) => unreachable!("answered by the shard itself"),
     }
 }
@@ -273,7 +278,7 @@ impl<D: LogDisk + Clone> ShardCore<D> {
                 .map(|k| store.try_get(k))
                 .collect::<Option<Vec<_>>>()
                 .map(ShardReply::Values),
-            ShardOp::Scan { .. } => None,
+            ShardOp::Scan { .. } | ShardOp::DocRead(_) => None,
             ShardOp::Info => Some(ShardReply::Info(Box::new(self.info()))),
             ShardOp::Write(_) => unreachable!("writes are not reads"),
         }

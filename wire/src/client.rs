@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use crate::frame::{Decoded, FrameDecoder};
 use crate::limits::FRAME_HEADER_SIZE;
 use crate::message::{DecodeError, ErrorCode, Request, Response};
+use serde_json::{json, Value as JsonValue};
 
 /// Connection settings.
 #[derive(Debug, Clone)]
@@ -446,6 +447,182 @@ impl Client {
             Response::Info(json) => Ok(json),
             other => Err(Self::unexpected(other)),
         }
+    }
+
+    // ---- documents (`docs/documents.md`) ----
+
+    /// Runs a document command (such as `{"find": "people", "filter": {...}}`) and returns
+    /// its reply. Fields keep their order both ways.
+    pub fn document(&self, command: &JsonValue) -> Result<JsonValue, ClientError> {
+        let request = Request::Document {
+            command: command.to_string().into_bytes(),
+        };
+        match self.call(&request)? {
+            Response::Document(text) => serde_json::from_str(&text)
+                .map_err(|e| ClientError::Protocol(format!("document reply is not JSON: {e}"))),
+            other => Err(Self::unexpected(other)),
+        }
+    }
+
+    fn count_field(reply: &JsonValue, name: &str) -> Result<u64, ClientError> {
+        reply[name]
+            .as_u64()
+            .ok_or_else(|| ClientError::Protocol(format!("reply without {name}: {reply}")))
+    }
+
+    /// Inserts documents into `coll`; returns their `_id`s in order (generated for those
+    /// without one).
+    pub fn insert(&self, coll: &str, docs: &[JsonValue]) -> Result<Vec<JsonValue>, ClientError> {
+        let reply = self.document(&json!({"insert": coll, "documents": docs}))?;
+        match reply["insertedIds"].as_array() {
+            Some(ids) => Ok(ids.clone()),
+            None => Err(ClientError::Protocol(format!("insert reply {reply}"))),
+        }
+    }
+
+    /// Every document `query` selects, reading page after page. `query` holds the find
+    /// command's options: `filter`, `sort`, `skip`, `limit`, `projection`, `batchSize`.
+    pub fn find(&self, coll: &str, query: &JsonValue) -> Result<Vec<JsonValue>, ClientError> {
+        let mut out = Vec::new();
+        self.find_each(coll, query, |doc| {
+            out.push(doc);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Like [`Client::find`], handing each document to `each` as its page arrives.
+    pub fn find_each(
+        &self,
+        coll: &str,
+        query: &JsonValue,
+        mut each: impl FnMut(JsonValue) -> Result<(), ClientError>,
+    ) -> Result<(), ClientError> {
+        let mut command = json!({"find": coll});
+        if let (Some(fields), Some(options)) = (command.as_object_mut(), query.as_object()) {
+            for (k, v) in options {
+                fields.insert(k.clone(), v.clone());
+            }
+        }
+        loop {
+            let mut reply = self.document(&command)?;
+            let docs = match reply["documents"].take() {
+                JsonValue::Array(docs) => docs,
+                _ => return Err(ClientError::Protocol(format!("find reply {reply}"))),
+            };
+            for doc in docs {
+                each(doc)?;
+            }
+            match reply.get("cursor") {
+                Some(cursor) if !cursor.is_null() => command["cursor"] = cursor.clone(),
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    /// Counts the documents of `coll` the filter matches.
+    pub fn count(&self, coll: &str, filter: &JsonValue) -> Result<u64, ClientError> {
+        let reply = self.document(&json!({"count": coll, "filter": filter}))?;
+        Self::count_field(&reply, "count")
+    }
+
+    /// Updates the first (or, with `multi`, every) matching document; with `upsert`,
+    /// inserts one when none matches. Returns the reply: `matched`, `modified` and, after
+    /// an upsert, `upserted` (the new `_id`).
+    pub fn update(
+        &self,
+        coll: &str,
+        filter: &JsonValue,
+        update: &JsonValue,
+        upsert: bool,
+        multi: bool,
+    ) -> Result<JsonValue, ClientError> {
+        self.document(&json!({
+            "update": coll, "filter": filter, "u": update, "upsert": upsert, "multi": multi
+        }))
+    }
+
+    /// Deletes the first (or, with `multi`, every) matching document; returns how many.
+    pub fn remove(&self, coll: &str, filter: &JsonValue, multi: bool) -> Result<u64, ClientError> {
+        let reply = self.document(&json!({"delete": coll, "filter": filter, "multi": multi}))?;
+        Self::count_field(&reply, "deleted")
+    }
+
+    /// Runs an aggregation pipeline; returns its documents.
+    pub fn aggregate(
+        &self,
+        coll: &str,
+        pipeline: &JsonValue,
+    ) -> Result<Vec<JsonValue>, ClientError> {
+        let mut reply = self.document(&json!({"aggregate": coll, "pipeline": pipeline}))?;
+        match reply["documents"].take() {
+            JsonValue::Array(docs) => Ok(docs),
+            _ => Err(ClientError::Protocol(format!("aggregate reply {reply}"))),
+        }
+    }
+
+    /// Creates an index (`key` like `{"age": 1}`) and waits until it is built; returns
+    /// its name.
+    pub fn create_index(
+        &self,
+        coll: &str,
+        key: &JsonValue,
+        name: Option<&str>,
+        unique: bool,
+    ) -> Result<String, ClientError> {
+        let mut command = json!({"createIndex": coll, "key": key, "unique": unique});
+        if let Some(name) = name {
+            command["name"] = json!(name);
+        }
+        let reply = self.document(&command)?;
+        match reply["name"].as_str() {
+            Some(name) => Ok(name.to_string()),
+            None => Err(ClientError::Protocol(format!("createIndex reply {reply}"))),
+        }
+    }
+
+    pub fn drop_index(&self, coll: &str, name: &str) -> Result<(), ClientError> {
+        self.document(&json!({"dropIndex": coll, "name": name}))
+            .map(|_| ())
+    }
+
+    /// The indexes of `coll`, `_id_` first.
+    pub fn list_indexes(&self, coll: &str) -> Result<Vec<JsonValue>, ClientError> {
+        let mut reply = self.document(&json!({"listIndexes": coll}))?;
+        match reply["indexes"].take() {
+            JsonValue::Array(indexes) => Ok(indexes),
+            _ => Err(ClientError::Protocol(format!("listIndexes reply {reply}"))),
+        }
+    }
+
+    /// How each shard would run the query, and what it examined running it.
+    pub fn explain(&self, coll: &str, query: &JsonValue) -> Result<JsonValue, ClientError> {
+        let mut command = json!({"explain": coll});
+        if let (Some(fields), Some(options)) = (command.as_object_mut(), query.as_object()) {
+            for (k, v) in options {
+                fields.insert(k.clone(), v.clone());
+            }
+        }
+        self.document(&command)
+    }
+
+    pub fn collections(&self) -> Result<Vec<String>, ClientError> {
+        let reply = self.document(&json!({"listCollections": 1}))?;
+        Ok(reply["collections"]
+            .as_array()
+            .map(|names| {
+                names
+                    .iter()
+                    .filter_map(|n| n.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// Drops a collection; returns whether it existed.
+    pub fn drop_collection(&self, coll: &str) -> Result<bool, ClientError> {
+        let reply = self.document(&json!({"drop": coll}))?;
+        Ok(reply["dropped"].as_bool().unwrap_or(false))
     }
 }
 

@@ -8,6 +8,9 @@ pub const VALUE_SIZE_MAX: usize = 16 * 1024 * 1024;
 pub const BATCH_COUNT_MAX: usize = 10_000;
 /// Most pairs one SCAN reply may carry.
 pub const SCAN_LIMIT_MAX: u32 = 10_000;
+/// Largest document command or document reply (JSON text); a reply that would be larger
+/// is cut into cursor pages or refused with TOO_LARGE.
+pub const DOCUMENT_SIZE_MAX: usize = 48 * 1024 * 1024;
 /// Largest frame body. A body larger than this closes the connection after a TOO_LARGE reply.
 pub const FRAME_BODY_SIZE_MAX: usize = 64 * 1024 * 1024;
 /// Size of the fixed frame header.
@@ -18,3 +21,4 @@ pub const ERROR_MESSAGE_SIZE_MAX: usize = 4096;
 // One largest key and one largest value must fit in a frame, with room for their lengths.
 const _: () = assert!(KEY_SIZE_MAX + VALUE_SIZE_MAX + 64 <= FRAME_BODY_SIZE_MAX);
 const _: () = assert!(FRAME_BODY_SIZE_MAX <= u32::MAX as usize);
+const _: () = assert!(DOCUMENT_SIZE_MAX + 64 <= FRAME_BODY_SIZE_MAX);

@@ -6,7 +6,8 @@
 
 use crate::frame::{encode_frame, Header, FLAG_ERROR, FLAG_RESPONSE};
 use crate::limits::{
-    BATCH_COUNT_MAX, ERROR_MESSAGE_SIZE_MAX, KEY_SIZE_MAX, SCAN_LIMIT_MAX, VALUE_SIZE_MAX,
+    BATCH_COUNT_MAX, DOCUMENT_SIZE_MAX, ERROR_MESSAGE_SIZE_MAX, KEY_SIZE_MAX, SCAN_LIMIT_MAX,
+    VALUE_SIZE_MAX,
 };
 
 /// Operation codes. A reply carries the opcode of its request.
@@ -22,6 +23,8 @@ pub enum Opcode {
     MPut = 7,
     Scan = 8,
     Info = 9,
+    /// A document command: a JSON command document in, a JSON reply out.
+    Document = 10,
 }
 
 impl Opcode {
@@ -36,6 +39,7 @@ impl Opcode {
             7 => Opcode::MPut,
             8 => Opcode::Scan,
             9 => Opcode::Info,
+            10 => Opcode::Document,
             _ => return None,
         })
     }
@@ -57,6 +61,8 @@ pub enum ErrorCode {
     UnknownOpcode = 10,
     Checksum = 11,
     IoError = 12,
+    /// A write would give a unique index (or `_id`) a second document with one key.
+    DuplicateKey = 13,
 }
 
 impl ErrorCode {
@@ -73,6 +79,7 @@ impl ErrorCode {
             10 => ErrorCode::UnknownOpcode,
             11 => ErrorCode::Checksum,
             12 => ErrorCode::IoError,
+            13 => ErrorCode::DuplicateKey,
             // An unknown code from a newer server is still an error; report it as internal.
             _ => ErrorCode::Internal,
         }
@@ -92,6 +99,7 @@ impl ErrorCode {
             ErrorCode::UnknownOpcode => "UNKNOWN_OPCODE",
             ErrorCode::Checksum => "CHECKSUM",
             ErrorCode::IoError => "IO_ERROR",
+            ErrorCode::DuplicateKey => "DUPLICATE_KEY",
         }
     }
 }
@@ -136,6 +144,11 @@ pub enum Request {
         limit: u32,
     },
     Info,
+    /// A document command: JSON text such as `{"find": "people", "filter": {...}}`
+    /// (`docs/documents.md` lists the commands).
+    Document {
+        command: Vec<u8>,
+    },
 }
 
 /// A server reply. `Error` travels with the ERROR flag; the others are shaped by the opcode.
@@ -165,6 +178,8 @@ pub enum Response {
     },
     /// INFO: a JSON document.
     Info(String),
+    /// DOCUMENT: the command's reply, JSON text.
+    Document(String),
     Error {
         code: ErrorCode,
         message: String,
@@ -307,6 +322,7 @@ impl Request {
             Request::MPut { .. } => Opcode::MPut,
             Request::Scan { .. } => Opcode::Scan,
             Request::Info => Opcode::Info,
+            Request::Document { .. } => Opcode::Document,
         }
     }
 
@@ -329,6 +345,7 @@ impl Request {
         match self {
             Request::Ping | Request::Info => {}
             Request::Get { key } | Request::Delete { key } => put_bytes(out, key),
+            Request::Document { command } => put_bytes(out, command),
             Request::Put { key, value } => {
                 put_bytes(out, key);
                 put_bytes(out, value);
@@ -382,6 +399,9 @@ impl Request {
         let request = match opcode {
             Opcode::Ping => Request::Ping,
             Opcode::Info => Request::Info,
+            Opcode::Document => Request::Document {
+                command: r.bytes("document command", DOCUMENT_SIZE_MAX)?,
+            },
             Opcode::Get => Request::Get {
                 key: r.bytes("key", KEY_SIZE_MAX)?,
             },
@@ -498,7 +518,7 @@ impl Response {
                     None => out.push(0),
                 }
             }
-            Response::Info(json) => put_bytes(out, json.as_bytes()),
+            Response::Info(json) | Response::Document(json) => put_bytes(out, json.as_bytes()),
             Response::Error { code, message } => {
                 out.extend_from_slice(&(*code as u16).to_le_bytes());
                 put_bytes(out, message.as_bytes());
@@ -576,6 +596,13 @@ impl Response {
                     detail: e.to_string(),
                 })?)
             }
+            Opcode::Document => {
+                let json = r.bytes("document reply", DOCUMENT_SIZE_MAX)?;
+                Response::Document(String::from_utf8(json).map_err(|e| DecodeError::Invalid {
+                    what: "document reply",
+                    detail: e.to_string(),
+                })?)
+            }
         };
         r.finish()?;
         Ok(response)
@@ -625,6 +652,9 @@ mod tests {
                 end: None,
                 limit: 1,
             },
+            Request::Document {
+                command: br#"{"find": "people"}"#.to_vec(),
+            },
         ]
     }
 
@@ -661,6 +691,10 @@ mod tests {
                 },
             ),
             (Opcode::Info, Response::Info("{\"shards\":2}".into())),
+            (
+                Opcode::Document,
+                Response::Document("{\"documents\":[]}".into()),
+            ),
             (
                 Opcode::Get,
                 Response::error(ErrorCode::NotFound, "key not found"),

@@ -517,5 +517,200 @@ fn group(docs: Vec<Value>, id: &Expr, fields: &[(String, Accumulator)]) -> Vec<V
         .collect()
 }
 
+/// A `$group` stage, for running it in two steps across shards: each shard groups its own
+/// documents into partial states ([`GroupStage::partial`]), and the coordinator combines
+/// the shards' partials ([`GroupStage::combine`]) into what one `$group` over all the
+/// documents gives (for `$first`, `$last` and `$push`, shards come in shard order, as
+/// documents without a `$sort` come in no particular order).
+#[derive(Debug, Clone)]
+pub struct GroupStage {
+    id: Expr,
+    fields: Vec<(String, Accumulator)>,
+}
+
+impl GroupStage {
+    /// The stage, when `stage` is a `$group`.
+    pub fn parse(stage: &Value) -> Result<Option<GroupStage>, QueryError> {
+        Ok(match Stage::parse(stage)? {
+            Stage::Group { id, fields } => Some(GroupStage { id, fields }),
+            _ => None,
+        })
+    }
+
+    /// Groups `docs`; each group comes out as `{"_id": key, "p": [state, ...]}`.
+    pub fn partial(&self, docs: &[Value]) -> Vec<Value> {
+        let mut groups: Vec<(Value, Vec<Acc>)> = Vec::new();
+        let mut index: std::collections::HashMap<Vec<u8>, usize> = std::collections::HashMap::new();
+        for doc in docs {
+            let key = self.id.eval(doc).unwrap_or(Value::Null);
+            let bytes = super::index_key::key(&key);
+            let at = *index.entry(bytes).or_insert_with(|| {
+                groups.push((key, self.fields.iter().map(|(_, a)| start(a)).collect()));
+                groups.len() - 1
+            });
+            for (acc, (_, accumulator)) in groups[at].1.iter_mut().zip(&self.fields) {
+                add(acc, accumulator, doc);
+            }
+        }
+        groups
+            .into_iter()
+            .map(|(key, accs)| {
+                Value::Object(vec![
+                    ("_id".to_string(), key),
+                    (
+                        "p".to_string(),
+                        Value::Array(accs.into_iter().map(acc_to_value).collect()),
+                    ),
+                ])
+            })
+            .collect()
+    }
+
+    /// Combines the partial groups of every shard into the stage's output.
+    pub fn combine(&self, partials: &[Value]) -> Result<Vec<Value>, QueryError> {
+        let mut groups: Vec<(Value, Vec<Acc>)> = Vec::new();
+        let mut index: std::collections::HashMap<Vec<u8>, usize> = std::collections::HashMap::new();
+        for partial in partials {
+            let key = partial.get("_id").cloned().unwrap_or(Value::Null);
+            let Some(Value::Array(states)) = partial.get("p") else {
+                return Err(bad("a partial group without its states"));
+            };
+            if states.len() != self.fields.len() {
+                return Err(bad("a partial group of another stage"));
+            }
+            let states = states
+                .iter()
+                .zip(&self.fields)
+                .map(|(v, (_, a))| acc_from_value(v, a))
+                .collect::<Option<Vec<Acc>>>()
+                .ok_or_else(|| bad("a malformed partial group"))?;
+            let bytes = super::index_key::key(&key);
+            match index.get(&bytes) {
+                Some(&at) => {
+                    for ((acc, state), (_, accumulator)) in
+                        groups[at].1.iter_mut().zip(states).zip(&self.fields)
+                    {
+                        merge(acc, state, accumulator);
+                    }
+                }
+                None => {
+                    index.insert(bytes, groups.len());
+                    groups.push((key, states));
+                }
+            }
+        }
+        Ok(groups
+            .into_iter()
+            .map(|(key, accs)| {
+                let mut out = vec![("_id".to_string(), key)];
+                out.extend(
+                    self.fields
+                        .iter()
+                        .zip(accs)
+                        .map(|((name, _), acc)| (name.clone(), finish(acc))),
+                );
+                Value::Object(out)
+            })
+            .collect())
+    }
+}
+
+fn acc_to_value(acc: Acc) -> Value {
+    let some = |v: Option<Value>| Value::Array(v.into_iter().collect());
+    match acc {
+        Acc::Sum(int, double, any_double) => Value::Array(vec![
+            int.map_or(Value::Null, Value::Int),
+            Value::Double(double),
+            Value::Bool(any_double),
+        ]),
+        Acc::Avg(total, n) => Value::Array(vec![Value::Double(total), Value::Int(n as i64)]),
+        Acc::Best(best) => some(best),
+        Acc::First(first) => some(first),
+        Acc::Last(last) => some(Some(last)),
+        Acc::Push(items) => Value::Array(items),
+        Acc::Count(n) => Value::Int(n),
+    }
+}
+
+fn acc_from_value(v: &Value, accumulator: &Accumulator) -> Option<Acc> {
+    let one = |v: &Value| match v {
+        Value::Array(items) if items.len() <= 1 => Some(items.first().cloned()),
+        _ => None,
+    };
+    Some(match (accumulator, v) {
+        (Accumulator::Sum(_), Value::Array(p)) => match p.as_slice() {
+            [int, Value::Double(d), Value::Bool(b)] => {
+                let int = match int {
+                    Value::Null => None,
+                    Value::Int(n) => Some(*n),
+                    _ => return None,
+                };
+                Acc::Sum(int, *d, *b)
+            }
+            _ => return None,
+        },
+        (Accumulator::Avg(_), Value::Array(p)) => match p.as_slice() {
+            [Value::Double(t), Value::Int(n)] => Acc::Avg(*t, *n as u64),
+            _ => return None,
+        },
+        (Accumulator::Min(_) | Accumulator::Max(_), v) => Acc::Best(one(v)?),
+        (Accumulator::First(_), v) => Acc::First(one(v)?),
+        (Accumulator::Last(_), v) => Acc::Last(one(v)?.unwrap_or(Value::Null)),
+        (Accumulator::Push(_), Value::Array(items)) => Acc::Push(items.clone()),
+        (Accumulator::Count, Value::Int(n)) => Acc::Count(*n),
+        _ => return None,
+    })
+}
+
+/// Folds `other` (a later shard's state) into `acc`.
+fn merge(acc: &mut Acc, other: Acc, accumulator: &Accumulator) {
+    match (acc, other) {
+        (Acc::Sum(int, double, any_double), Acc::Sum(i2, d2, a2)) => {
+            *double += d2;
+            *any_double |= a2;
+            match (*int, i2) {
+                (Some(a), Some(b)) => match a.checked_add(b) {
+                    Some(sum) => *int = Some(sum),
+                    None => {
+                        *double += a as f64 + b as f64;
+                        *int = None;
+                        *any_double = true;
+                    }
+                },
+                (Some(a), None) => {
+                    *double += a as f64;
+                    *int = None;
+                }
+                (None, Some(b)) => *double += b as f64,
+                (None, None) => {}
+            }
+        }
+        (Acc::Avg(total, n), Acc::Avg(t2, n2)) => {
+            *total += t2;
+            *n += n2;
+        }
+        (Acc::Best(best), Acc::Best(Some(b2))) => {
+            let want = if matches!(accumulator, Accumulator::Min(_)) {
+                Ordering::Less
+            } else {
+                Ordering::Greater
+            };
+            if best.as_ref().is_none_or(|b| compare(&b2, b) == want) {
+                *best = Some(b2);
+            }
+        }
+        (Acc::Best(_), Acc::Best(None)) => {}
+        (Acc::First(first), Acc::First(f2)) => {
+            if first.is_none() {
+                *first = f2;
+            }
+        }
+        (Acc::Last(last), Acc::Last(l2)) => *last = l2,
+        (Acc::Push(items), Acc::Push(more)) => items.extend(more),
+        (Acc::Count(n), Acc::Count(m)) => *n += m,
+        _ => unreachable!("states of one accumulator"),
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -17,7 +17,10 @@ use super::value::Value;
 #[derive(Debug, Clone)]
 pub enum DocCommand {
     /// New documents, each with its `_id` (first field).
-    Insert { coll: String, docs: Vec<Value> },
+    Insert {
+        coll: String,
+        docs: Vec<Value>,
+    },
     /// Updates the first (or, with `multi`, every) document the filter matches. When none
     /// matches and `upsert` is given, inserts a document with that `_id` built from the
     /// filter's equality fields and the update.
@@ -53,7 +56,9 @@ pub enum DocCommand {
         name: String,
     },
     /// Removes the collection, its documents and its indexes.
-    Drop { coll: String },
+    Drop {
+        coll: String,
+    },
 }
 
 /// The kind of a refused document command. Nothing was changed.

@@ -136,7 +136,11 @@ fn decode_payload(rank: u8, bytes: &[u8]) -> Option<(Value, usize)> {
         3 => {
             let bits = u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?);
             let offset = (u16::from_be_bytes(bytes.get(8..10)?.try_into().ok()?) ^ 0x8000) as i16;
-            let bits = if bits >> 63 == 1 { bits & !(1 << 63) } else { !bits };
+            let bits = if bits >> 63 == 1 {
+                bits & !(1 << 63)
+            } else {
+                !bits
+            };
             let d = f64::from_bits(bits);
             let whole = d.fract() == 0.0 && (-9.223372036854775808e18..9.3e18).contains(&d);
             let int = whole
@@ -213,7 +217,10 @@ pub fn describe_bound(bytes: &[u8]) -> String {
             }
         }
     }
-    format!("0x{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
+    format!(
+        "0x{}",
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    )
 }
 
 fn rank_name(rank: u8) -> Option<&'static str> {

@@ -384,10 +384,7 @@ impl FindStats {
             Access::Index { name, ranges: r } => {
                 f.push(("stage".to_string(), s("IXSCAN")));
                 f.push(("index".to_string(), s(name)));
-                f.push((
-                    "bounds".to_string(),
-                    r.as_deref().map_or(s("all"), ranges),
-                ));
+                f.push(("bounds".to_string(), r.as_deref().map_or(s("all"), ranges)));
             }
         }
         f.push(("providesSort".to_string(), Value::Bool(self.ordered)));
@@ -462,6 +459,24 @@ fn set_path(doc: &mut Value, path: &[String], value: Value) {
         .find(|(k, _)| k == first)
         .expect("just added");
     set_path(child, rest, value);
+}
+
+/// The document an upsert inserts when nothing matched: the filter's equality fields,
+/// then the update (operators applied to it, or the replacement instead of it). Its `_id`
+/// is the filter's, if it names one, or `new_id`.
+pub fn upsert_document(filter: &Filter, update: &Update, new_id: Value) -> Result<Value, DocError> {
+    let mut doc = Value::Object(Vec::new());
+    let mut seeds = Vec::new();
+    equalities(filter, &mut seeds);
+    for (path, value) in seeds {
+        set_path(&mut doc, &path, value);
+    }
+    let id = doc.get("_id").cloned().unwrap_or(new_id);
+    match update {
+        Update::Replace(replacement) => doc = replacement.clone(),
+        Update::Operators(_) => update.apply(&mut doc)?,
+    }
+    Ok(id_first(doc, id))
 }
 
 /// Puts `_id` first, as MongoDB stores it.
@@ -540,11 +555,7 @@ impl<F: LogFile> PagedStore<F> {
             shard: self.shard,
             path: self.path.clone(),
             page: 0,
-            detail: format!(
-                "record {}: {}",
-                String::from_utf8_lossy(key),
-                detail.into()
-            ),
+            detail: format!("record {}: {}", String::from_utf8_lossy(key), detail.into()),
         }
     }
 
@@ -561,8 +572,7 @@ impl<F: LogFile> PagedStore<F> {
             next_id: 1,
         };
         for (key, bytes) in entries {
-            let value =
-                binary::from_bytes(&bytes).map_err(|e| self.corrupt_record(&key, e.0))?;
+            let value = binary::from_bytes(&bytes).map_err(|e| self.corrupt_record(&key, e.0))?;
             if key.len() == 1 {
                 catalog.next_id = value
                     .get("next")
@@ -926,13 +936,14 @@ impl<F: LogFile> PagedStore<F> {
                 name,
                 key,
                 unique,
-            } => self.doc_create_index(index, &coll, &name, key, unique).await,
+            } => {
+                self.doc_create_index(index, &coll, &name, key, unique)
+                    .await
+            }
             DocCommand::BuildIndex { coll, name, batch } => {
                 self.doc_build_index(index, &coll, &name, batch).await
             }
-            DocCommand::DropIndex { coll, name } => {
-                self.doc_drop_index(index, &coll, &name).await
-            }
+            DocCommand::DropIndex { coll, name } => self.doc_drop_index(index, &coll, &name).await,
             DocCommand::Drop { coll } => self.doc_drop(index, &coll).await,
         }
     }
@@ -1002,10 +1013,7 @@ impl<F: LogFile> PagedStore<F> {
         if catalog_changed {
             self.save_collection(index, &coll).await?;
         }
-        Ok(reply(vec![(
-            "inserted",
-            Value::Int(prepared.len() as i64),
-        )]))
+        Ok(reply(vec![("inserted", Value::Int(prepared.len() as i64))]))
     }
 
     /// Checks the unique indexes for a set of changes (new version, old version): no key
@@ -1096,22 +1104,11 @@ impl<F: LogFile> PagedStore<F> {
                     ("modified", Value::Int(0)),
                 ]));
             };
-            let mut doc = Value::Object(Vec::new());
-            let mut seeds = Vec::new();
-            equalities(filter, &mut seeds);
-            for (path, value) in seeds {
-                set_path(&mut doc, &path, value);
-            }
-            let id = doc.get("_id").cloned().unwrap_or(new_id);
-            match update {
-                Update::Replace(replacement) => doc = replacement.clone(),
-                Update::Operators(_) => {
-                    if let Err(e) = update.apply(&mut doc) {
-                        return Ok(Err(e.into()));
-                    }
-                }
-            }
-            let doc = id_first(doc, id.clone());
+            let doc = match upsert_document(filter, update, new_id) {
+                Ok(doc) => doc,
+                Err(e) => return Ok(Err(e)),
+            };
+            let id = id_of(&doc).clone();
             return Ok(match self.doc_insert(index, name, vec![doc]).await? {
                 Ok(_) => reply(vec![
                     ("matched", Value::Int(0)),
@@ -1521,7 +1518,9 @@ pub(super) fn check_documents(
         }
     }
     for (key, bytes) in documents {
-        let Some(coll_id) = key.get(1..5).map(|b| u32::from_be_bytes(b.try_into().unwrap()))
+        let Some(coll_id) = key
+            .get(1..5)
+            .map(|b| u32::from_be_bytes(b.try_into().unwrap()))
         else {
             problems.push(format!("document key {key:02x?} is too short"));
             continue;

@@ -3,6 +3,11 @@
 //! Three modes: a one-shot command (`kvs get KEY`), a batch mode when there is no command and
 //! stdin is not a terminal (one command a line, many requests in flight, one result line per
 //! command in input order), and an interactive shell with history when stdin is a terminal.
+//!
+//! Document commands (`insert`, `find`, `update`, ...) take JSON arguments. In batch and
+//! shell mode a JSON argument may contain spaces: a line is split into words and whole
+//! JSON values, and each command's result is one line (`find` and `aggregate`: a JSON
+//! array of the documents).
 
 use std::io::{BufRead, BufReader, IsTerminal, Write};
 use std::process::ExitCode;
@@ -64,6 +69,148 @@ enum Command {
     },
     /// Prints server information as JSON.
     Info,
+    /// Inserts a document, or an array of documents, into COLL; prints each `_id`.
+    Insert { coll: String, json: String },
+    /// Prints the documents of COLL that FILTER matches, one JSON document per line.
+    Find {
+        coll: String,
+        filter: Option<String>,
+        /// Sort document, such as '{"name": 1}'.
+        #[arg(long)]
+        sort: Option<String>,
+        #[arg(long)]
+        skip: Option<u64>,
+        #[arg(long)]
+        limit: Option<u64>,
+        /// Projection document, such as '{"name": 1, "_id": 0}'.
+        #[arg(long)]
+        projection: Option<String>,
+    },
+    /// Updates the first document FILTER matches (every one with --many); prints the counts.
+    Update {
+        coll: String,
+        filter: String,
+        update: String,
+        /// Insert a document when none matches.
+        #[arg(long)]
+        upsert: bool,
+        #[arg(long)]
+        many: bool,
+    },
+    /// Removes the documents FILTER matches (only the first with --one); prints the count.
+    Remove {
+        coll: String,
+        filter: String,
+        #[arg(long)]
+        one: bool,
+    },
+    /// Prints how many documents of COLL FILTER matches.
+    Count {
+        coll: String,
+        filter: Option<String>,
+    },
+    /// Runs an aggregation PIPELINE (a JSON array); prints one document per line.
+    Aggregate { coll: String, pipeline: String },
+    /// Creates, drops or lists indexes.
+    #[command(subcommand)]
+    Index(IndexAction),
+    /// Prints how each shard would run a query, and what it examined.
+    Explain {
+        coll: String,
+        filter: Option<String>,
+        #[arg(long)]
+        sort: Option<String>,
+        #[arg(long)]
+        limit: Option<u64>,
+    },
+    /// Lists the collections.
+    Collections,
+    /// Drops COLL with its documents and indexes.
+    Drop { coll: String },
+}
+
+#[derive(Subcommand, Debug, Clone, PartialEq)]
+enum IndexAction {
+    /// Creates an index on KEY (a field, 'a,-b' for a compound one with b descending, or a
+    /// JSON key document) and waits until it is built; prints its name.
+    Create {
+        coll: String,
+        key: String,
+        #[arg(long)]
+        unique: bool,
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Drops the index NAME of COLL.
+    Drop { coll: String, name: String },
+    /// Lists the indexes of COLL, one JSON document per line.
+    List { coll: String },
+}
+
+/// The command names that take JSON arguments.
+const DOCUMENT_COMMANDS: &[&str] = &[
+    "insert",
+    "find",
+    "update",
+    "remove",
+    "count",
+    "aggregate",
+    "index",
+    "explain",
+    "collections",
+    "drop",
+];
+
+/// Splits a line into words and whole JSON values (objects, arrays and strings may hold
+/// spaces).
+fn tokenize(line: &str) -> Result<Vec<String>, String> {
+    let mut tokens = Vec::new();
+    let mut rest = line.trim();
+    while !rest.is_empty() {
+        if rest.starts_with(['{', '[', '"']) {
+            let mut values =
+                serde_json::Deserializer::from_str(rest).into_iter::<serde_json::Value>();
+            match values.next() {
+                Some(Ok(_)) => {
+                    let end = values.byte_offset();
+                    tokens.push(rest[..end].to_string());
+                    rest = rest[end..].trim_start();
+                }
+                Some(Err(e)) => return Err(format!("malformed JSON: {e}")),
+                None => break,
+            }
+        } else {
+            let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+            tokens.push(rest[..end].to_string());
+            rest = rest[end..].trim_start();
+        }
+    }
+    Ok(tokens)
+}
+
+/// Parses a JSON argument.
+fn json_arg(what: &str, text: &str) -> Result<serde_json::Value, String> {
+    serde_json::from_str(text).map_err(|e| format!("{what} is not JSON: {e}"))
+}
+
+/// An index key argument: a JSON document, or fields separated by commas ('-' before a
+/// field: descending).
+fn index_key(text: &str) -> Result<serde_json::Value, String> {
+    if text.trim_start().starts_with('{') {
+        return json_arg("the index key", text);
+    }
+    let mut key = serde_json::Map::new();
+    for field in text.split(',').map(str::trim) {
+        let (name, direction) = match field.strip_prefix('-') {
+            Some(name) => (name, -1),
+            None => (field.strip_prefix('+').unwrap_or(field), 1),
+        };
+        if name.is_empty() {
+            return Err(format!("bad index key {text:?}"));
+        }
+        key.insert(name.to_string(), serde_json::json!(direction));
+    }
+    Ok(serde_json::Value::Object(key))
 }
 
 impl Command {
@@ -132,13 +279,136 @@ impl Command {
                 }
                 Ok(Command::Scan { start, end, limit })
             }
+            name if DOCUMENT_COMMANDS.contains(&name) => {
+                let mut argv = vec!["kvs".to_string()];
+                argv.extend(tokenize(line)?);
+                argv[1] = name.to_string();
+                match Cli::try_parse_from(argv) {
+                    Ok(Cli {
+                        command: Some(command),
+                        ..
+                    }) => Ok(command),
+                    Ok(_) => Err("empty command".into()),
+                    Err(e) => Err(e
+                        .to_string()
+                        .lines()
+                        .next()
+                        .unwrap_or("bad command")
+                        .trim_start_matches("error: ")
+                        .to_string()),
+                }
+            }
             "" => Err("empty command".into()),
             other => Err(format!("unknown command {other:?}")),
         }
     }
 
+    /// The document command (JSON) this command runs, if it is one.
+    fn document(&self) -> Result<Option<serde_json::Value>, String> {
+        use serde_json::json;
+        let optional = |what: &str, text: &Option<String>| match text {
+            Some(text) => json_arg(what, text),
+            None => Ok(json!({})),
+        };
+        Ok(Some(match self {
+            Command::Insert { coll, json } => {
+                let docs = match json_arg("the document", json)? {
+                    serde_json::Value::Array(docs) => docs,
+                    doc => vec![doc],
+                };
+                json!({"insert": coll, "documents": docs})
+            }
+            Command::Find {
+                coll,
+                filter,
+                sort,
+                skip,
+                limit,
+                projection,
+            } => {
+                let mut command = json!({"find": coll, "filter": optional("the filter", filter)?});
+                if let Some(sort) = sort {
+                    command["sort"] = json_arg("the sort", sort)?;
+                }
+                if let Some(skip) = skip {
+                    command["skip"] = json!(skip);
+                }
+                if let Some(limit) = limit {
+                    command["limit"] = json!(limit);
+                }
+                if let Some(projection) = projection {
+                    command["projection"] = json_arg("the projection", projection)?;
+                }
+                command
+            }
+            Command::Update {
+                coll,
+                filter,
+                update,
+                upsert,
+                many,
+            } => json!({
+                "update": coll,
+                "filter": json_arg("the filter", filter)?,
+                "u": json_arg("the update", update)?,
+                "upsert": upsert,
+                "multi": many,
+            }),
+            Command::Remove { coll, filter, one } => json!({
+                "delete": coll, "filter": json_arg("the filter", filter)?, "multi": !one
+            }),
+            Command::Count { coll, filter } => {
+                json!({"count": coll, "filter": optional("the filter", filter)?})
+            }
+            Command::Aggregate { coll, pipeline } => {
+                json!({"aggregate": coll, "pipeline": json_arg("the pipeline", pipeline)?})
+            }
+            Command::Explain {
+                coll,
+                filter,
+                sort,
+                limit,
+            } => {
+                let mut command =
+                    json!({"explain": coll, "filter": optional("the filter", filter)?});
+                if let Some(sort) = sort {
+                    command["sort"] = json_arg("the sort", sort)?;
+                }
+                if let Some(limit) = limit {
+                    command["limit"] = json!(limit);
+                }
+                command
+            }
+            Command::Index(IndexAction::Create {
+                coll,
+                key,
+                unique,
+                name,
+            }) => {
+                let mut command =
+                    json!({"createIndex": coll, "key": index_key(key)?, "unique": unique});
+                if let Some(name) = name {
+                    command["name"] = json!(name);
+                }
+                command
+            }
+            Command::Index(IndexAction::Drop { coll, name }) => {
+                json!({"dropIndex": coll, "name": name})
+            }
+            Command::Index(IndexAction::List { coll }) => json!({"listIndexes": coll}),
+            Command::Collections => json!({"listCollections": 1}),
+            Command::Drop { coll } => json!({"drop": coll}),
+            _ => return Ok(None),
+        }))
+    }
+
     /// The single request this command sends in batch or shell mode.
     fn request(&self) -> Result<Request, String> {
+        if let Some(command) = self.document()? {
+            return Ok(Request::Document {
+                command: command.to_string().into_bytes(),
+            });
+        }
         Ok(match self.clone() {
             Command::Ping => Request::Ping,
             Command::Info => Request::Info,
@@ -172,7 +442,116 @@ impl Command {
                     limit: limit as u32,
                 }
             }
+            _ => unreachable!("document commands are handled above"),
         })
+    }
+}
+
+/// The lines a document command's reply prints. `batch`: one line in all (a JSON array
+/// where one-shot mode prints one line per document). A find reply with a cursor reads
+/// the following pages first.
+fn document_lines(
+    client: &Client,
+    command: &serde_json::Value,
+    reply: serde_json::Value,
+    batch: bool,
+) -> Result<Vec<String>, ClientError> {
+    use serde_json::Value as J;
+    let name = command
+        .as_object()
+        .and_then(|o| o.keys().next())
+        .map_or("", String::as_str);
+    let lines_of = |items: Vec<J>| -> Vec<String> {
+        if batch {
+            vec![J::Array(items).to_string()]
+        } else {
+            items.iter().map(J::to_string).collect()
+        }
+    };
+    Ok(match name {
+        "find" => {
+            let mut docs = Vec::new();
+            let mut reply = reply;
+            let mut command = command.clone();
+            loop {
+                if let J::Array(page) = reply["documents"].take() {
+                    docs.extend(page);
+                }
+                match reply.get("cursor") {
+                    Some(cursor) if !cursor.is_null() => {
+                        command["cursor"] = cursor.clone();
+                        reply = client.document(&command)?;
+                    }
+                    _ => break,
+                }
+            }
+            lines_of(docs)
+        }
+        "aggregate" => {
+            let mut reply = reply;
+            match reply["documents"].take() {
+                J::Array(docs) => lines_of(docs),
+                _ => vec![reply.to_string()],
+            }
+        }
+        "insert" => {
+            let ids = reply["insertedIds"].as_array().cloned().unwrap_or_default();
+            if batch
+                && command["documents"]
+                    .as_array()
+                    .is_some_and(|d| d.len() == 1)
+            {
+                ids.iter().map(J::to_string).collect()
+            } else {
+                lines_of(ids)
+            }
+        }
+        "count" => vec![reply["count"].to_string()],
+        "createIndex" => vec![reply["name"].as_str().unwrap_or_default().to_string()],
+        "dropIndex" => vec!["OK".to_string()],
+        "listIndexes" => {
+            let mut reply = reply;
+            match reply["indexes"].take() {
+                J::Array(indexes) => lines_of(indexes),
+                _ => vec![reply.to_string()],
+            }
+        }
+        "listCollections" => {
+            let names = reply["collections"].as_array().cloned().unwrap_or_default();
+            if batch {
+                vec![J::Array(names).to_string()]
+            } else {
+                names
+                    .iter()
+                    .map(|n| n.as_str().unwrap_or_default().to_string())
+                    .collect()
+            }
+        }
+        "drop" => vec![if reply["dropped"].as_bool() == Some(true) {
+            "OK".to_string()
+        } else {
+            "(nil)".to_string()
+        }],
+        _ => vec![reply.to_string()],
+    })
+}
+
+/// The result line of a document command in batch mode.
+fn document_result_line(
+    client: &Client,
+    command: &serde_json::Value,
+    result: Result<Response, ClientError>,
+) -> String {
+    let reply = match result {
+        Ok(Response::Document(text)) => match serde_json::from_str(&text) {
+            Ok(reply) => reply,
+            Err(e) => return format!("ERR reply is not JSON: {e}"),
+        },
+        other => return result_line(other),
+    };
+    match document_lines(client, command, reply, true) {
+        Ok(lines) => lines.join(" "),
+        Err(e) => result_line(Err(e)),
     }
 }
 
@@ -204,18 +583,24 @@ fn result_line(result: Result<Response, ClientError>) -> String {
 
 enum Slot {
     Ready(String),
-    Waiting(Pending),
+    /// A reply to come; for a document command, the command (a find may read more pages).
+    Waiting(Pending, Option<serde_json::Value>),
 }
 
 /// Batch mode: reads commands from stdin, keeps many in flight, prints results in order.
 fn run_batch(client: &Client) -> ExitCode {
+    std::thread::scope(|scope| run_batch_in(client, scope))
+}
+
+fn run_batch_in<'s>(client: &'s Client, scope: &'s std::thread::Scope<'s, '_>) -> ExitCode {
     let (slots, receiver) = sync_channel::<Slot>(BATCH_IN_FLIGHT_MAX);
-    let printer = std::thread::spawn(move || print_results(receiver));
+    let printer = scope.spawn(move || print_results(receiver, client));
     let mut input = BufReader::with_capacity(256 * 1024, std::io::stdin().lock());
     let mut line = String::new();
     let mut requests = Vec::with_capacity(BATCH_WRITE_COUNT_MAX);
     // Where each request's result goes among the lines read since the last send.
     let mut order: Vec<Option<String>> = Vec::with_capacity(BATCH_WRITE_COUNT_MAX);
+    let mut documents: Vec<Option<serde_json::Value>> = Vec::with_capacity(BATCH_WRITE_COUNT_MAX);
     let mut input_error = None;
     loop {
         line.clear();
@@ -224,9 +609,12 @@ fn run_batch(client: &Client) -> ExitCode {
             Ok(0) => true,
             Ok(_) => {
                 if !line.trim().is_empty() {
-                    match Command::parse_line(&line).and_then(|c| c.request()) {
-                        Ok(request) => {
+                    let parsed =
+                        Command::parse_line(&line).and_then(|c| Ok((c.request()?, c.document()?)));
+                    match parsed {
+                        Ok((request, document)) => {
                             requests.push(request);
+                            documents.push(document);
                             order.push(None);
                         }
                         Err(message) => order.push(Some(format!("ERR {message}"))),
@@ -247,13 +635,14 @@ fn run_batch(client: &Client) -> ExitCode {
                 Err(e) => requests.iter().map(|_| Err(e.to_string())).collect(),
             }
             .into_iter();
+            let mut commands = documents.drain(..);
             for slot in order.drain(..) {
                 let slot = match slot {
                     Some(line) => Slot::Ready(line),
-                    None => match pendings.next() {
-                        Some(Ok(pending)) => Slot::Waiting(pending),
-                        Some(Err(e)) => Slot::Ready(format!("ERR {e}")),
-                        None => unreachable!("one pending per request"),
+                    None => match (pendings.next(), commands.next().flatten()) {
+                        (Some(Ok(pending)), command) => Slot::Waiting(pending, command),
+                        (Some(Err(e)), _) => Slot::Ready(format!("ERR {e}")),
+                        (None, _) => unreachable!("one pending per request"),
                     },
                 };
                 if slots.send(slot).is_err() {
@@ -281,7 +670,7 @@ fn run_batch(client: &Client) -> ExitCode {
 
 /// Prints each result as soon as it and all before it are known; flushes whenever the next
 /// result is not ready yet, so a reader sees every line without delay.
-fn print_results(slots: Receiver<Slot>) -> bool {
+fn print_results(slots: Receiver<Slot>, client: &Client) -> bool {
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout().lock());
     loop {
         let slot = match slots.try_recv() {
@@ -299,15 +688,21 @@ fn print_results(slots: Receiver<Slot>) -> bool {
         };
         let line = match slot {
             Slot::Ready(line) => line,
-            Slot::Waiting(mut pending) => match pending.try_wait() {
-                Some(result) => result_line(result),
-                None => {
-                    if out.flush().is_err() {
-                        return false;
+            Slot::Waiting(mut pending, command) => {
+                let result = match pending.try_wait() {
+                    Some(result) => result,
+                    None => {
+                        if out.flush().is_err() {
+                            return false;
+                        }
+                        pending.wait()
                     }
-                    result_line(pending.wait())
+                };
+                match &command {
+                    Some(command) => document_result_line(client, command, result),
+                    None => result_line(result),
                 }
-            },
+            }
         };
         if writeln!(out, "{line}").is_err() {
             return false;
@@ -364,6 +759,41 @@ fn run_one(client: &Client, command: &Command, out: &mut impl Write) -> Result<b
             }
             Ok(true)
         }
+        Command::Drop { .. } if command.document().is_ok() => {
+            let document = command
+                .document()
+                .ok()
+                .flatten()
+                .expect("a document command");
+            let dropped = client.document(&document)?["dropped"].as_bool() == Some(true);
+            if dropped {
+                writeln!(out, "OK").map_err(write_error)?;
+            }
+            Ok(dropped)
+        }
+        other if matches!(other.document(), Ok(Some(_))) => {
+            let document = other.document().ok().flatten().expect("a document command");
+            // A find prints page by page, so a large result streams.
+            if matches!(other, Command::Find { .. }) {
+                let query = {
+                    let mut q = document.clone();
+                    if let Some(fields) = q.as_object_mut() {
+                        fields.remove("find");
+                    }
+                    q
+                };
+                let coll = document["find"].as_str().unwrap_or_default().to_string();
+                client.find_each(&coll, &query, |doc| {
+                    writeln!(out, "{doc}").map_err(write_error)
+                })?;
+                return Ok(true);
+            }
+            let reply = client.document(&document)?;
+            for line in document_lines(client, &document, reply, false)? {
+                writeln!(out, "{line}").map_err(write_error)?;
+            }
+            Ok(true)
+        }
         other => {
             let request = other.request().map_err(|detail| {
                 ClientError::Invalid(kvs_wire::DecodeError::Invalid {
@@ -410,6 +840,12 @@ fn run_shell(client: &Client) -> ExitCode {
             "help" => {
                 println!("ping | get KEY | put KEY VALUE | del KEY | cas KEY VERSION VALUE");
                 println!("scan [--start K] [--end K] [--limit N] | info | quit");
+                println!("insert COLL JSON | find COLL [FILTER] [--sort J] [--skip N] [--limit N] [--projection J]");
+                println!(
+                    "update COLL FILTER UPDATE [--upsert] [--many] | remove COLL FILTER [--one]"
+                );
+                println!("count COLL [FILTER] | aggregate COLL PIPELINE | explain COLL FILTER");
+                println!("index create|drop|list COLL ... | collections | drop COLL");
                 continue;
             }
             _ => {}

@@ -178,3 +178,40 @@ fn bad_pipelines_are_errors_that_name_the_stage() {
     assert!(error(r#"{"$match": {}}"#).contains("array of stages"));
     assert!(error(r#"[{"$match": {}, "$limit": 1}]"#).contains("exactly one field"));
 }
+
+/// A `$group` split over "shards" and combined gives what one `$group` over all gives.
+#[test]
+fn a_group_split_over_shards_combines_to_the_whole() {
+    let docs: Vec<Value> = (0..40)
+        .map(|i| {
+            Value::from_json(&format!(
+                r#"{{"k": {}, "n": {}, "d": {}, "big": {}}}"#,
+                i % 3,
+                i,
+                f64::from(i) / 4.0,
+                if i % 7 == 0 { i64::MAX / 2 } else { 1 }
+            ))
+            .unwrap()
+        })
+        .collect();
+    let stage = Value::from_json(
+        r#"{"$group": {"_id": "$k", "s": {"$sum": "$n"}, "a": {"$avg": "$d"},
+            "lo": {"$min": "$n"}, "hi": {"$max": "$d"}, "c": {"$count": {}},
+            "f": {"$first": "$n"}, "l": {"$last": "$n"}, "p": {"$push": "$n"},
+            "big": {"$sum": "$big"}}}"#,
+    )
+    .unwrap();
+    let group = GroupStage::parse(&stage).unwrap().unwrap();
+    let whole = Pipeline::parse(&Value::Array(vec![stage]))
+        .unwrap()
+        .run(docs.clone());
+    for shards in 1..5 {
+        let mut partials = Vec::new();
+        for part in docs.chunks(docs.len().div_ceil(shards)) {
+            partials.extend(group.partial(part));
+        }
+        let combined = group.combine(&partials).unwrap();
+        let show = |v: &[Value]| v.iter().map(|d| d.to_string()).collect::<Vec<_>>();
+        assert_eq!(show(&combined), show(&whole), "{shards} shards");
+    }
+}

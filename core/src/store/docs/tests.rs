@@ -129,14 +129,24 @@ fn documents_are_inserted_found_updated_and_deleted() {
     let r = apply(
         &store,
         2,
-        update("people", r#"{"age": {"$exists": true}}"#, r#"{"$inc": {"age": 1}}"#, true),
+        update(
+            "people",
+            r#"{"age": {"$exists": true}}"#,
+            r#"{"$inc": {"age": 1}}"#,
+            true,
+        ),
     )
     .unwrap();
     assert_eq!(r.to_string(), r#"{"matched":2,"modified":2}"#);
     let r = apply(
         &store,
         3,
-        update("people", r#"{"_id": "p2"}"#, r#"{"$set": {"age": 18}}"#, false),
+        update(
+            "people",
+            r#"{"_id": "p2"}"#,
+            r#"{"$set": {"age": 18}}"#,
+            false,
+        ),
     )
     .unwrap();
     assert_eq!(
@@ -176,8 +186,18 @@ fn documents_are_inserted_found_updated_and_deleted() {
     )
     .unwrap();
     assert_eq!(r.to_string(), r#"{"deleted":3}"#);
-    assert_eq!(find(&store, "people", "{}", "{}"), vec![r#"{"_id":3,"name":"cy"}"#]);
-    let r = apply(&store, 6, DocCommand::Drop { coll: "people".into() }).unwrap();
+    assert_eq!(
+        find(&store, "people", "{}", "{}"),
+        vec![r#"{"_id":3,"name":"cy"}"#]
+    );
+    let r = apply(
+        &store,
+        6,
+        DocCommand::Drop {
+            coll: "people".into(),
+        },
+    )
+    .unwrap();
     assert_eq!(r.to_string(), r#"{"dropped":true}"#);
     assert!(find(&store, "people", "{}", "{}").is_empty());
     assert!(block_on(store.doc_collections()).unwrap().is_empty());
@@ -188,11 +208,19 @@ fn documents_are_inserted_found_updated_and_deleted() {
 fn a_refused_command_changes_nothing() {
     let disk = SimDisk::new();
     let store = open(&disk, 64);
-    apply(&store, 1, create_index("u", "email_1", r#"{"email": 1}"#, true)).unwrap();
+    apply(
+        &store,
+        1,
+        create_index("u", "email_1", r#"{"email": 1}"#, true),
+    )
+    .unwrap();
     apply(
         &store,
         2,
-        insert("u", &[r#"{"_id": 1, "email": "a"}"#, r#"{"_id": 2, "email": "b"}"#]),
+        insert(
+            "u",
+            &[r#"{"_id": 1, "email": "a"}"#, r#"{"_id": 2, "email": "b"}"#],
+        ),
     )
     .unwrap();
     let before = find(&store, "u", "{}", "{}");
@@ -204,7 +232,10 @@ fn a_refused_command_changes_nothing() {
         // A unique key held by another document.
         insert("u", &[r#"{"_id": 8, "email": "a"}"#]),
         // A unique key twice in one command.
-        insert("u", &[r#"{"_id": 8, "email": "q"}"#, r#"{"_id": 9, "email": "q"}"#]),
+        insert(
+            "u",
+            &[r#"{"_id": 8, "email": "q"}"#, r#"{"_id": 9, "email": "q"}"#],
+        ),
         // Two documents updated onto one key.
         update("u", "{}", r#"{"$set": {"email": "same"}}"#, true),
         // An update onto another document's key.
@@ -222,21 +253,23 @@ fn a_refused_command_changes_nothing() {
         let error = apply(&store, index, command).unwrap_err();
         index += 1;
         assert!(
-            matches!(error.kind, DocErrorKind::DuplicateKey | DocErrorKind::BadRequest),
+            matches!(
+                error.kind,
+                DocErrorKind::DuplicateKey | DocErrorKind::BadRequest
+            ),
             "{described}: {error:?}"
         );
-        assert_eq!(find(&store, "u", "{}", "{}"), before, "{described} changed nothing");
+        assert_eq!(
+            find(&store, "u", "{}", "{}"),
+            before,
+            "{described} changed nothing"
+        );
     }
     // A key nobody holds is fine.
     apply(
         &store,
         index,
-        update(
-            "u",
-            "{}",
-            r#"{"$set": {"email": "x"}}"#,
-            false,
-        ),
+        update("u", "{}", r#"{"$set": {"email": "x"}}"#, false),
     )
     .unwrap();
     assert_eq!(
@@ -262,9 +295,19 @@ fn planner_uses_id_ranges_and_indexes_and_explains() {
     let (unindexed, stats) = find_with_stats(&store, "p", r#"{"age": 7}"#);
     assert!(matches!(stats.access, Access::CollScan));
     assert_eq!(stats.docs_examined, 500);
-    apply(&store, 2, create_index("p", "age_1", r#"{"age": 1}"#, false)).unwrap();
+    apply(
+        &store,
+        2,
+        create_index("p", "age_1", r#"{"age": 1}"#, false),
+    )
+    .unwrap();
     let mut index = 3;
-    while !block_on(store.doc_collection("p")).unwrap().unwrap().indexes[0].ready {
+    while !block_on(store.doc_collection("p"))
+        .unwrap()
+        .unwrap()
+        .indexes[0]
+        .ready
+    {
         apply(
             &store,
             index,
@@ -306,7 +349,14 @@ fn a_unique_index_over_duplicates_fails_its_build_and_leaves_no_entries() {
     apply(
         &store,
         1,
-        insert("p", &[r#"{"_id": 1, "e": "x"}"#, r#"{"_id": 2, "e": "y"}"#, r#"{"_id": 3, "e": "x"}"#]),
+        insert(
+            "p",
+            &[
+                r#"{"_id": 1, "e": "x"}"#,
+                r#"{"_id": 2, "e": "y"}"#,
+                r#"{"_id": 3, "e": "x"}"#,
+            ],
+        ),
     )
     .unwrap();
     let r = apply(&store, 2, create_index("p", "e_1", r#"{"e": 1}"#, true)).unwrap();
@@ -341,7 +391,9 @@ fn random_command(rng: &mut SimRng) -> DocCommand {
                 a + 1
             ))
         } else {
-            json(&format!(r#"{{"_id": {id}, "a": {a}, "b": {b}, "pad": "{pad}"}}"#))
+            json(&format!(
+                r#"{{"_id": {id}, "a": {a}, "b": {b}, "pad": "{pad}"}}"#
+            ))
         }
     };
     match rng.below(5) {
@@ -398,7 +450,11 @@ fn crash_loop_with_documents_and_indexes() {
         let mut index = 0;
         let mut batches = vec![setup];
         for _ in 0..entries {
-            batches.push((0..1 + rng.below(8)).map(|_| random_command(&mut rng)).collect());
+            batches.push(
+                (0..1 + rng.below(8))
+                    .map(|_| random_command(&mut rng))
+                    .collect(),
+            );
         }
         for commands in batches {
             index += 1;
@@ -412,8 +468,7 @@ fn crash_loop_with_documents_and_indexes() {
                 break;
             }
             if rng.below(3) == 0
-                && block_on(store.checkpoint(None::<fn(usize) -> std::future::Ready<()>>))
-                    .is_err()
+                && block_on(store.checkpoint(None::<fn(usize) -> std::future::Ready<()>>)).is_err()
             {
                 break;
             }
@@ -426,7 +481,11 @@ fn crash_loop_with_documents_and_indexes() {
             block_on(store.apply(*index, 1, encoded)).unwrap();
         }
         assert_eq!(all_docs(&store), all_docs(&model), "seed {seed}");
-        for filter in [r#"{"a": 2}"#, r#"{"b": {"$lt": 10}}"#, r#"{"a": {"$in": [1, 4]}}"#] {
+        for filter in [
+            r#"{"a": 2}"#,
+            r#"{"b": {"$lt": 10}}"#,
+            r#"{"a": {"$in": [1, 4]}}"#,
+        ] {
             assert_eq!(
                 find(&store, "c", filter, r#"{"b": 1}"#),
                 find(&model, "c", filter, r#"{"b": 1}"#),
@@ -435,7 +494,10 @@ fn crash_loop_with_documents_and_indexes() {
         }
         assert_clean(&disk, &store);
     }
-    assert!(recovered_from_checkpoint > 40, "{recovered_from_checkpoint}");
+    assert!(
+        recovered_from_checkpoint > 40,
+        "{recovered_from_checkpoint}"
+    );
 }
 
 #[test]
@@ -512,7 +574,10 @@ fn filter_strategy() -> impl Strategy<Value = String> {
         0 | 1 => format!("{{{}}}", c.join("")),
         _ => format!(
             r#"{{"$and": [{}]}}"#,
-            c.iter().map(|c| format!("{{{c}}}")).collect::<Vec<_>>().join(", ")
+            c.iter()
+                .map(|c| format!("{{{c}}}"))
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     })
 }

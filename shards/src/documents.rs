@@ -1,0 +1,1416 @@
+//! Document commands: the coordinator that runs each on the shards, and the shard side of
+//! its reads.
+//!
+//! A DOCUMENT request carries a JSON command (`{"find": "people", "filter": {...}}`; the
+//! commands are in `docs/documents.md`). The connection's core parses it (a bad command is
+//! a BAD_REQUEST naming the part, before any shard sees it) and runs it as a task of its
+//! own, so the connection goes on with other requests:
+//!
+//! - A document lives on the shard `hash(collection, _id)` picks. A write or read whose
+//!   filter names one `_id` goes to that shard alone; others go to every shard.
+//! - Writes are [`DocCommand`]s in the shard's log, applied with their index entries in one
+//!   apply. `updateOne`/`deleteOne` over several shards ask them one after another until
+//!   one matches.
+//! - A find asks every shard for its first `skip + limit` documents in order (sort, then
+//!   `_id`), merges them, and cuts pages; a page that is not the last carries a cursor: the
+//!   last document's sort fields and `_id`, from which every shard resumes. No cursor
+//!   state lives on the server.
+//! - An aggregation runs its leading `$match` stages on every shard, and a `$group` right
+//!   after them as partial groups that the coordinator combines; the rest of the pipeline
+//!   runs on the coordinator.
+//! - Unique indexes are checked atomically by each shard for its own documents. Across
+//!   shards, the coordinator holds a per-collection lock while it asks the other shards
+//!   whether a new key is taken, then writes: writes to a collection with a unique index
+//!   are serialised on the node (see `docs/documents.md` for what that costs).
+//! - Index builds run in the background on each shard ([`build_indexes`]); `createIndex`
+//!   answers once every shard's index is ready.
+
+use std::cell::RefCell;
+use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU32, Ordering as AtomicOrdering};
+use std::sync::Mutex;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use kvs_core::command::Command;
+use kvs_core::doc::aggregate::{GroupStage, Pipeline};
+use kvs_core::doc::binary;
+use kvs_core::doc::command::{check_name, DocCommand, DocErrorKind};
+use kvs_core::doc::cursor::{Projection, Sort};
+use kvs_core::doc::index_key;
+use kvs_core::doc::plan::keys_of;
+use kvs_core::doc::query::{Cond, Filter};
+use kvs_core::doc::update::Update;
+use kvs_core::doc::value::{compare, Value};
+use kvs_core::log::LogFile;
+use kvs_core::state::CommandResult;
+use kvs_core::store::docs::{
+    default_index_name, order, parse_index_key, upsert_document, FindQuery,
+};
+use kvs_core::store::PagedStore;
+use kvs_wire::limits::DOCUMENT_SIZE_MAX;
+use kvs_wire::{shard_for_key, ErrorCode, Response};
+
+use crate::server::{CoreContext, Target};
+use crate::shard::{ShardOp, ShardReply};
+
+/// Documents one find page holds unless the command says otherwise.
+const BATCH_SIZE_DEFAULT: usize = 1000;
+/// JSON bytes of documents after which a find page is cut (the rest goes to the cursor).
+const PAGE_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// Documents one index build step indexes.
+const BUILD_BATCH: u32 = 512;
+
+/// A read a shard runs on its documents. Queries travel in the binary document encoding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DocRead {
+    /// `query`: `{"filter", "sort", "limit"?, "after"?}`.
+    Find {
+        coll: String,
+        query: Vec<u8>,
+        mode: FindMode,
+    },
+    /// The documents a filter matches, grouped in part when `group` (a `$group` stage) is
+    /// given.
+    Aggregate {
+        coll: String,
+        filter: Vec<u8>,
+        group: Option<Vec<u8>>,
+    },
+    Indexes {
+        coll: String,
+    },
+    Collections,
+    /// Whether another document holds one of `doc`'s keys in a unique index.
+    UniqueConflict {
+        coll: String,
+        doc: Vec<u8>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FindMode {
+    Documents,
+    Count,
+    Explain,
+}
+
+fn obj(fields: Vec<(&str, Value)>) -> Value {
+    Value::Object(
+        fields
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+    )
+}
+
+fn reply(value: &Value) -> ShardReply {
+    ShardReply::Doc(binary::to_bytes(value))
+}
+
+fn decode(bytes: &[u8]) -> Result<Value, ShardReply> {
+    binary::from_bytes(bytes).map_err(|e| ShardReply::Error(ErrorCode::BadRequest, e.0))
+}
+
+fn parse_query(query: &Value) -> Result<FindQuery, String> {
+    let filter = Filter::parse(query.get("filter").unwrap_or(&Value::Object(Vec::new())))
+        .map_err(|e| e.0)?;
+    let sort =
+        Sort::parse(query.get("sort").unwrap_or(&Value::Object(Vec::new()))).map_err(|e| e.0)?;
+    let limit = match query.get("limit") {
+        Some(Value::Int(n)) if *n >= 0 => Some(*n as usize),
+        _ => None,
+    };
+    Ok(FindQuery {
+        filter,
+        sort,
+        limit,
+        after: query.get("after").cloned(),
+    })
+}
+
+/// Runs a document read on one shard's store.
+pub async fn read_docs<F: LogFile>(
+    store: &PagedStore<F>,
+    shard: u32,
+    read: &DocRead,
+) -> ShardReply {
+    match read_docs_inner(store, shard, read).await {
+        Ok(reply) | Err(reply) => reply,
+    }
+}
+
+async fn read_docs_inner<F: LogFile>(
+    store: &PagedStore<F>,
+    shard: u32,
+    read: &DocRead,
+) -> Result<ShardReply, ShardReply> {
+    let failed = |e: kvs_core::store::StoreError| {
+        tracing::error!(shard, error = %e, "document read failed");
+        ShardReply::Error(ErrorCode::Internal, format!("shard {shard}: {e}"))
+    };
+    Ok(match read {
+        DocRead::Find { coll, query, mode } => {
+            let query = parse_query(&decode(query)?)
+                .map_err(|e| ShardReply::Error(ErrorCode::BadRequest, e))?;
+            let count_only = *mode == FindMode::Count;
+            let (docs, count, stats) = store
+                .doc_find(coll, &query, count_only)
+                .await
+                .map_err(failed)?;
+            reply(&match mode {
+                FindMode::Documents => obj(vec![("documents", Value::Array(docs))]),
+                FindMode::Count => obj(vec![("count", Value::Int(count as i64))]),
+                FindMode::Explain => {
+                    let mut plan = stats.describe(docs.len() as u64);
+                    if let Value::Object(fields) = &mut plan {
+                        fields.insert(0, ("shard".to_string(), Value::Int(i64::from(shard))));
+                    }
+                    plan
+                }
+            })
+        }
+        DocRead::Aggregate {
+            coll,
+            filter,
+            group,
+        } => {
+            let filter = Filter::parse(&decode(filter)?)
+                .map_err(|e| ShardReply::Error(ErrorCode::BadRequest, e.0))?;
+            let query = FindQuery {
+                filter,
+                sort: Sort::default(),
+                limit: None,
+                after: None,
+            };
+            let (docs, _, _) = store.doc_find(coll, &query, false).await.map_err(failed)?;
+            let docs = match group {
+                None => docs,
+                Some(stage) => {
+                    let stage = GroupStage::parse(&decode(stage)?)
+                        .ok()
+                        .flatten()
+                        .ok_or_else(|| {
+                            ShardReply::Error(ErrorCode::BadRequest, "not a $group".into())
+                        })?;
+                    stage.partial(&docs)
+                }
+            };
+            reply(&obj(vec![("documents", Value::Array(docs))]))
+        }
+        DocRead::Indexes { coll } => {
+            let found = store.doc_collection(coll).await.map_err(failed)?;
+            let (exists, indexes, failed_builds) = match found {
+                None => (false, Vec::new(), Vec::new()),
+                Some(c) => (
+                    true,
+                    c.indexes.iter().map(|i| i.describe()).collect(),
+                    c.failed
+                        .iter()
+                        .map(|(n, e)| {
+                            obj(vec![
+                                ("name", Value::String(n.clone())),
+                                ("error", Value::String(e.clone())),
+                            ])
+                        })
+                        .collect(),
+                ),
+            };
+            reply(&obj(vec![
+                ("exists", Value::Bool(exists)),
+                ("indexes", Value::Array(indexes)),
+                ("failed", Value::Array(failed_builds)),
+            ]))
+        }
+        DocRead::Collections => {
+            let names = store
+                .doc_collections()
+                .await
+                .map_err(failed)?
+                .into_iter()
+                .map(|c| Value::String(c.name))
+                .collect();
+            reply(&obj(vec![("collections", Value::Array(names))]))
+        }
+        DocRead::UniqueConflict { coll, doc } => {
+            let doc = decode(doc)?;
+            match store
+                .doc_unique_conflict(coll, &doc)
+                .await
+                .map_err(failed)?
+            {
+                Some(conflict) => reply(&obj(vec![("conflict", Value::String(conflict))])),
+                None => reply(&obj(vec![])),
+            }
+        }
+    })
+}
+
+// ---- waiting for shard replies in a task ----
+
+/// Where a shard's reply to a coordinator task lands.
+#[derive(Default)]
+pub struct ReplySlot {
+    reply: RefCell<Option<ShardReply>>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl ReplySlot {
+    pub fn fill(&self, reply: ShardReply) {
+        *self.reply.borrow_mut() = Some(reply);
+        if let Some(waker) = self.waker.borrow_mut().take() {
+            waker.wake();
+        }
+    }
+}
+
+struct WaitReply(Rc<ReplySlot>);
+
+impl Future for WaitReply {
+    type Output = ShardReply;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<ShardReply> {
+        match self.0.reply.borrow_mut().take() {
+            Some(reply) => Poll::Ready(reply),
+            None => {
+                *self.0.waker.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}
+
+/// Sends every op, then waits for all the replies (in the order of `ops`).
+async fn ask_all(ctx: &CoreContext, ops: Vec<(u32, ShardOp)>) -> Vec<ShardReply> {
+    let mut slots = Vec::with_capacity(ops.len());
+    for (shard, op) in ops {
+        let slot = Rc::new(ReplySlot::default());
+        ctx.send(shard, op, Target::Task(Rc::clone(&slot))).await;
+        slots.push(slot);
+    }
+    let mut replies = Vec::with_capacity(slots.len());
+    for slot in slots {
+        replies.push(WaitReply(slot).await);
+    }
+    replies
+}
+
+async fn ask(ctx: &CoreContext, shard: u32, op: ShardOp) -> ShardReply {
+    ask_all(ctx, vec![(shard, op)])
+        .await
+        .pop()
+        .expect("one reply")
+}
+
+// ---- the coordinator ----
+
+/// Why a document command failed.
+#[derive(Debug)]
+struct Fail {
+    code: ErrorCode,
+    message: String,
+}
+
+fn bad(message: impl Into<String>) -> Fail {
+    Fail {
+        code: ErrorCode::BadRequest,
+        message: message.into(),
+    }
+}
+
+type Out<T> = Result<T, Fail>;
+
+/// The reply document of a shard, or its error.
+fn doc_reply(reply: ShardReply) -> Out<Value> {
+    match reply {
+        ShardReply::Doc(bytes) => binary::from_bytes(&bytes).map_err(|e| Fail {
+            code: ErrorCode::Internal,
+            message: e.0,
+        }),
+        ShardReply::Written(CommandResult::Document { reply }) => binary::from_bytes(&reply)
+            .map_err(|e| Fail {
+                code: ErrorCode::Internal,
+                message: e.0,
+            }),
+        ShardReply::Written(CommandResult::DocumentRefused { kind, message }) => Err(Fail {
+            code: match kind {
+                DocErrorKind::BadRequest => ErrorCode::BadRequest,
+                DocErrorKind::DuplicateKey => ErrorCode::DuplicateKey,
+                DocErrorKind::TooLarge => ErrorCode::TooLarge,
+                DocErrorKind::NotFound => ErrorCode::NotFound,
+            },
+            message,
+        }),
+        ShardReply::Error(code, message) => Err(Fail { code, message }),
+        other => Err(Fail {
+            code: ErrorCode::Internal,
+            message: format!("unexpected shard reply {other:?}"),
+        }),
+    }
+}
+
+fn int_of(v: &Value, name: &str) -> i64 {
+    match v.get(name) {
+        Some(Value::Int(n)) => *n,
+        _ => 0,
+    }
+}
+
+fn docs_of(mut v: Value) -> Vec<Value> {
+    match &mut v {
+        Value::Object(fields) => match fields.iter_mut().find(|(k, _)| k == "documents") {
+            Some((_, Value::Array(docs))) => std::mem::take(docs),
+            _ => Vec::new(),
+        },
+        _ => Vec::new(),
+    }
+}
+
+/// Runs one DOCUMENT request.
+pub async fn handle(ctx: &Rc<CoreContext>, body: &[u8]) -> Response {
+    match run(ctx, body).await {
+        Ok(value) => {
+            let text = value.to_string();
+            if text.len() > DOCUMENT_SIZE_MAX {
+                return Response::error(
+                    ErrorCode::TooLarge,
+                    format!(
+                        "the reply of {} bytes exceeds the {DOCUMENT_SIZE_MAX}-byte limit",
+                        text.len()
+                    ),
+                );
+            }
+            Response::Document(text)
+        }
+        Err(fail) => Response::error(fail.code, fail.message),
+    }
+}
+
+/// The command's fields, checked against the ones it accepts.
+struct Args<'a> {
+    name: &'a str,
+    fields: &'a [(String, Value)],
+}
+
+impl<'a> Args<'a> {
+    fn new(command: &'a Value, allowed: &[&str]) -> Out<Args<'a>> {
+        let Value::Object(fields) = command else {
+            return Err(bad("a command is a document"));
+        };
+        let name = fields[0].0.as_str();
+        for (k, _) in &fields[1..] {
+            if !allowed.contains(&k.as_str()) {
+                return Err(bad(format!("{name}: unknown field {k:?}")));
+            }
+        }
+        Ok(Args { name, fields })
+    }
+
+    fn get(&self, name: &str) -> Option<&'a Value> {
+        self.fields.iter().find(|(k, _)| k == name).map(|(_, v)| v)
+    }
+
+    fn doc(&self, name: &str) -> Out<Value> {
+        match self.get(name) {
+            None => Ok(Value::Object(Vec::new())),
+            Some(v @ Value::Object(_)) => Ok(v.clone()),
+            Some(other) => Err(bad(format!(
+                "{}: {name} must be a document, not {other}",
+                self.name
+            ))),
+        }
+    }
+
+    fn flag(&self, name: &str) -> Out<bool> {
+        match self.get(name) {
+            None => Ok(false),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(other) => Err(bad(format!(
+                "{}: {name} must be true or false, not {other}",
+                self.name
+            ))),
+        }
+    }
+
+    fn count(&self, name: &str) -> Out<Option<usize>> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(Value::Int(n)) if *n >= 0 => Ok(Some(*n as usize)),
+            Some(Value::Double(d)) if *d >= 0.0 && d.fract() == 0.0 => Ok(Some(*d as usize)),
+            Some(other) => Err(bad(format!(
+                "{}: {name} must be a non-negative integer, not {other}",
+                self.name
+            ))),
+        }
+    }
+
+    /// The collection the command names.
+    fn coll(&self) -> Out<String> {
+        match &self.fields[0].1 {
+            Value::String(name) => {
+                check_name("collection", name).map_err(|e| bad(e.message))?;
+                Ok(name.clone())
+            }
+            other => Err(bad(format!(
+                "{} takes a collection name, not {other}",
+                self.name
+            ))),
+        }
+    }
+}
+
+async fn run(ctx: &Rc<CoreContext>, body: &[u8]) -> Out<Value> {
+    let text = std::str::from_utf8(body).map_err(|e| bad(format!("not UTF-8: {e}")))?;
+    let command = Value::from_json(text).map_err(|e| bad(e.0))?;
+    let name = match &command {
+        Value::Object(fields) if !fields.is_empty() => fields[0].0.clone(),
+        _ => return Err(bad("a command is a non-empty document")),
+    };
+    match name.as_str() {
+        "insert" => insert(ctx, &command).await,
+        "find" => find(ctx, &command).await,
+        "count" => count(ctx, &command).await,
+        "update" => update(ctx, &command).await,
+        "delete" => delete(ctx, &command).await,
+        "aggregate" => aggregate(ctx, &command).await,
+        "explain" => explain(ctx, &command).await,
+        "createIndex" => create_index(ctx, &command).await,
+        "dropIndex" => drop_index(ctx, &command).await,
+        "listIndexes" => list_indexes(ctx, &command).await,
+        "listCollections" => list_collections(ctx).await,
+        "drop" => drop_collection(ctx, &command).await,
+        other => Err(bad(format!("unknown document command {other:?}"))),
+    }
+}
+
+/// The shard a document with this `_id` lives on.
+fn shard_of(ctx: &CoreContext, coll: &str, id: &Value) -> u32 {
+    let mut key = coll.as_bytes().to_vec();
+    key.push(0);
+    index_key::encode(id, &mut key);
+    shard_for_key(&key, ctx.shard_count)
+}
+
+/// The one `_id` a filter pins, if it pins one (a top-level equality on a scalar).
+fn pinned_id(filter: &Filter) -> Option<Value> {
+    match filter {
+        Filter::Field { path, cond } if path.len() == 1 && path[0] == "_id" => match cond {
+            Cond::Eq(v) if !matches!(v, Value::Array(_) | Value::Object(_)) => Some(v.clone()),
+            Cond::Every(conds) => conds.iter().find_map(|c| match c {
+                Cond::Eq(v) if !matches!(v, Value::Array(_) | Value::Object(_)) => Some(v.clone()),
+                _ => None,
+            }),
+            _ => None,
+        },
+        Filter::And(parts) => parts.iter().find_map(pinned_id),
+        _ => None,
+    }
+}
+
+fn targets(ctx: &CoreContext, coll: &str, filter: &Filter) -> Vec<u32> {
+    match pinned_id(filter) {
+        Some(id) => vec![shard_of(ctx, coll, &id)],
+        None => (0..ctx.shard_count).collect(),
+    }
+}
+
+/// A new `_id`: 12 bytes as 24 hex digits, like a MongoDB ObjectId (seconds since the
+/// epoch, a per-process random part, a counter), so generated ids sort by creation time.
+fn new_id() -> Value {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    static PROCESS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let process = *PROCESS.get_or_init(|| {
+        let mut bytes = [0u8; 8];
+        let random = std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes));
+        if random.is_err() {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            bytes = (nanos ^ u64::from(std::process::id()) << 32).to_le_bytes();
+        }
+        u64::from_le_bytes(bytes)
+    });
+    let seconds = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as u32);
+    let count = COUNTER.fetch_add(1, AtomicOrdering::Relaxed);
+    Value::String(format!(
+        "{seconds:08x}{:010x}{:06x}",
+        process & 0xff_ffff_ffff,
+        count & 0xff_ffff
+    ))
+}
+
+/// Collections whose unique-index writes are in progress on this node (see the module
+/// documentation). A plain set: the lock is taken by polling, and is held only across
+/// one write's probe and apply.
+static WRITE_LOCKS: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+
+struct CollLock(String);
+
+impl Drop for CollLock {
+    fn drop(&mut self) {
+        WRITE_LOCKS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.0);
+    }
+}
+
+async fn lock_collection(coll: &str) -> CollLock {
+    loop {
+        if WRITE_LOCKS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(coll.to_string())
+        {
+            return CollLock(coll.to_string());
+        }
+        crate::runtime::wait(Duration::from_micros(200)).await;
+    }
+}
+
+/// The unique indexes of `coll` (index key documents), when the node has several shards
+/// (one shard checks its own keys atomically).
+async fn unique_keys(ctx: &CoreContext, coll: &str) -> Out<Vec<Value>> {
+    if ctx.shard_count == 1 {
+        return Ok(Vec::new());
+    }
+    let read = ShardOp::DocRead(DocRead::Indexes {
+        coll: coll.to_string(),
+    });
+    let reply = doc_reply(ask(ctx, ctx.core as u32, read).await)?;
+    let Some(Value::Array(indexes)) = reply.get("indexes") else {
+        return Ok(Vec::new());
+    };
+    Ok(indexes
+        .iter()
+        .filter(|i| i.get("unique") == Some(&Value::Bool(true)))
+        .filter_map(|i| i.get("key").cloned())
+        .collect())
+}
+
+/// Checks new versions of documents against the unique indexes of the other shards, and
+/// against each other (the shards check their own documents).
+async fn check_unique_across(
+    ctx: &CoreContext,
+    coll: &str,
+    uniques: &[Value],
+    docs: &[Value],
+) -> Out<()> {
+    for key in uniques {
+        let spec = parse_index_key(key).map_err(|e| bad(e.message))?;
+        let mut owners: HashMap<Vec<u8>, &Value> = HashMap::new();
+        for doc in docs {
+            let id = doc.get("_id").unwrap_or(&Value::Null);
+            for k in keys_of(doc, &spec).0 {
+                if let Some(other) = owners.insert(k, id) {
+                    if compare(other, id) != std::cmp::Ordering::Equal {
+                        return Err(Fail {
+                            code: ErrorCode::DuplicateKey,
+                            message: format!(
+                                "duplicate key in unique index {} of {coll}: _id {other} and _id {id}",
+                                default_index_name(key)
+                            ),
+                        });
+                    }
+                }
+            }
+        }
+    }
+    let mut ops = Vec::new();
+    for doc in docs {
+        let home = shard_of(ctx, coll, doc.get("_id").unwrap_or(&Value::Null));
+        for shard in (0..ctx.shard_count).filter(|s| *s != home) {
+            let read = DocRead::UniqueConflict {
+                coll: coll.to_string(),
+                doc: binary::to_bytes(doc),
+            };
+            ops.push((shard, ShardOp::DocRead(read)));
+        }
+    }
+    for reply in ask_all(ctx, ops).await {
+        if let Some(Value::String(conflict)) = doc_reply(reply)?.get("conflict") {
+            return Err(Fail {
+                code: ErrorCode::DuplicateKey,
+                message: conflict.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn write(command: &DocCommand) -> ShardOp {
+    ShardOp::Write(Command::Document {
+        body: command.encode(),
+    })
+}
+
+async fn insert(ctx: &CoreContext, command: &Value) -> Out<Value> {
+    let args = Args::new(command, &["documents"])?;
+    let coll = args.coll()?;
+    let Some(Value::Array(given)) = args.get("documents") else {
+        return Err(bad("insert: documents must be an array of documents"));
+    };
+    if given.is_empty() {
+        return Err(bad("insert: no documents"));
+    }
+    let mut docs = Vec::with_capacity(given.len());
+    for (i, doc) in given.iter().enumerate() {
+        let Value::Object(fields) = doc else {
+            return Err(bad(format!(
+                "insert: document {i} is not a document: {doc}"
+            )));
+        };
+        let id = match doc.get("_id") {
+            Some(Value::Array(_)) => {
+                return Err(bad(format!("insert: document {i}: _id cannot be an array")))
+            }
+            Some(id) => id.clone(),
+            None => new_id(),
+        };
+        let mut out = vec![("_id".to_string(), id)];
+        out.extend(fields.iter().filter(|(k, _)| k != "_id").cloned());
+        docs.push(Value::Object(out));
+    }
+    let ids: Vec<Value> = docs
+        .iter()
+        .map(|d| d.get("_id").cloned().unwrap_or(Value::Null))
+        .collect();
+    let uniques = unique_keys(ctx, &coll).await?;
+    let _lock = if uniques.is_empty() {
+        None
+    } else {
+        let lock = lock_collection(&coll).await;
+        check_unique_across(ctx, &coll, &uniques, &docs).await?;
+        Some(lock)
+    };
+    let mut by_shard: Vec<(u32, Vec<Value>)> = Vec::new();
+    for doc in docs {
+        let shard = shard_of(ctx, &coll, doc.get("_id").unwrap_or(&Value::Null));
+        match by_shard.iter_mut().find(|(s, _)| *s == shard) {
+            Some((_, docs)) => docs.push(doc),
+            None => by_shard.push((shard, vec![doc])),
+        }
+    }
+    let ops = by_shard
+        .into_iter()
+        .map(|(shard, docs)| {
+            let command = DocCommand::Insert {
+                coll: coll.clone(),
+                docs,
+            };
+            (shard, write(&command))
+        })
+        .collect();
+    let mut inserted = 0;
+    let mut failure = None;
+    for reply in ask_all(ctx, ops).await {
+        match doc_reply(reply) {
+            Ok(r) => inserted += int_of(&r, "inserted"),
+            Err(fail) => failure = failure.or(Some(fail)),
+        }
+    }
+    if let Some(mut fail) = failure {
+        if inserted > 0 {
+            fail.message = format!(
+                "{} ({inserted} documents bound for other shards were inserted)",
+                fail.message
+            );
+        }
+        return Err(fail);
+    }
+    Ok(obj(vec![
+        ("inserted", Value::Int(inserted)),
+        ("insertedIds", Value::Array(ids)),
+    ]))
+}
+
+/// The parts of a find-like command.
+struct FindArgs {
+    coll: String,
+    filter_value: Value,
+    filter: Filter,
+    sort_value: Value,
+    sort: Sort,
+    skip: usize,
+    limit: Option<usize>,
+    projection: Option<Projection>,
+    batch: usize,
+    cursor: Option<(Value, Option<usize>)>,
+}
+
+fn find_args(command: &Value, allowed: &[&str]) -> Out<FindArgs> {
+    let args = Args::new(command, allowed)?;
+    let coll = args.coll()?;
+    let filter_value = args.doc("filter")?;
+    let filter = Filter::parse(&filter_value).map_err(|e| bad(e.0))?;
+    let sort_value = args.doc("sort")?;
+    let sort = Sort::parse(&sort_value).map_err(|e| bad(e.0))?;
+    let projection = match args.get("projection") {
+        None => None,
+        Some(p) => Projection::parse(p).map_err(|e| bad(e.0))?,
+    };
+    // MongoDB reads a limit of 0 as no limit.
+    let limit = args.count("limit")?.filter(|l| *l > 0);
+    let batch = args
+        .count("batchSize")?
+        .filter(|b| *b > 0)
+        .unwrap_or(BATCH_SIZE_DEFAULT);
+    let cursor = match args.get("cursor") {
+        None | Some(Value::Null) => None,
+        Some(c) => {
+            let Some(after @ Value::Object(_)) = c.get("after") else {
+                return Err(bad(
+                    "find: a cursor is {\"after\": {...}, \"remaining\": n}",
+                ));
+            };
+            let remaining = match c.get("remaining") {
+                None | Some(Value::Null) => None,
+                Some(Value::Int(n)) if *n > 0 => Some(*n as usize),
+                Some(other) => return Err(bad(format!("find: bad cursor remaining {other}"))),
+            };
+            Some((after.clone(), remaining))
+        }
+    };
+    Ok(FindArgs {
+        coll,
+        filter_value,
+        filter,
+        sort_value,
+        sort,
+        skip: args.count("skip")?.unwrap_or(0),
+        limit,
+        projection,
+        batch,
+        cursor,
+    })
+}
+
+fn query_bytes(f: &FindArgs, limit: Option<usize>, after: Option<&Value>) -> Vec<u8> {
+    let mut fields = vec![
+        ("filter", f.filter_value.clone()),
+        ("sort", f.sort_value.clone()),
+    ];
+    if let Some(limit) = limit {
+        fields.push(("limit", Value::Int(limit.min(i64::MAX as usize) as i64)));
+    }
+    if let Some(after) = after {
+        fields.push(("after", after.clone()));
+    }
+    binary::to_bytes(&obj(fields))
+}
+
+async fn find(ctx: &CoreContext, command: &Value) -> Out<Value> {
+    let f = find_args(
+        command,
+        &[
+            "filter",
+            "sort",
+            "skip",
+            "limit",
+            "projection",
+            "batchSize",
+            "cursor",
+        ],
+    )?;
+    let (after, remaining, skip) = match &f.cursor {
+        Some((after, remaining)) => (Some(after), *remaining, 0),
+        None => (None, f.limit, f.skip),
+    };
+    let want = remaining.unwrap_or(usize::MAX).min(f.batch);
+    let per_shard = skip.saturating_add(want).saturating_add(1);
+    let query = query_bytes(&f, Some(per_shard), after);
+    let ops = targets(ctx, &f.coll, &f.filter)
+        .into_iter()
+        .map(|shard| {
+            let read = DocRead::Find {
+                coll: f.coll.clone(),
+                query: query.clone(),
+                mode: FindMode::Documents,
+            };
+            (shard, ShardOp::DocRead(read))
+        })
+        .collect();
+    let mut docs = Vec::new();
+    for reply in ask_all(ctx, ops).await {
+        docs.extend(docs_of(doc_reply(reply)?));
+    }
+    docs.sort_by(|a, b| order(&f.sort, a, b));
+    let available = docs.len().saturating_sub(skip);
+    let mut page = Vec::new();
+    let mut bytes = 0;
+    for doc in docs.into_iter().skip(skip).take(want) {
+        bytes += doc.to_string().len();
+        page.push(doc);
+        if bytes >= PAGE_BYTES_MAX {
+            break;
+        }
+    }
+    let more = available > page.len() && remaining.is_none_or(|r| r > page.len());
+    let cursor = match page.last() {
+        Some(last) if more => {
+            let paths: Vec<String> = f.sort.fields().iter().map(|(p, _)| p.join(".")).collect();
+            let token = Projection::including(&paths, true)
+                .map_err(|e| bad(e.0))?
+                .apply(last);
+            let left = remaining.map_or(Value::Null, |r| Value::Int((r - page.len()) as i64));
+            Some(obj(vec![("after", token), ("remaining", left)]))
+        }
+        _ => None,
+    };
+    let page = match &f.projection {
+        Some(p) => page.iter().map(|d| p.apply(d)).collect(),
+        None => page,
+    };
+    let mut out = vec![("documents", Value::Array(page))];
+    if let Some(cursor) = cursor {
+        out.push(("cursor", cursor));
+    }
+    Ok(obj(out))
+}
+
+async fn count(ctx: &CoreContext, command: &Value) -> Out<Value> {
+    let f = find_args(command, &["filter"])?;
+    let query = query_bytes(&f, None, None);
+    let ops = targets(ctx, &f.coll, &f.filter)
+        .into_iter()
+        .map(|shard| {
+            let read = DocRead::Find {
+                coll: f.coll.clone(),
+                query: query.clone(),
+                mode: FindMode::Count,
+            };
+            (shard, ShardOp::DocRead(read))
+        })
+        .collect();
+    let mut n = 0;
+    for reply in ask_all(ctx, ops).await {
+        n += int_of(&doc_reply(reply)?, "count");
+    }
+    Ok(obj(vec![("count", Value::Int(n))]))
+}
+
+async fn explain(ctx: &CoreContext, command: &Value) -> Out<Value> {
+    let f = find_args(command, &["filter", "sort", "skip", "limit"])?;
+    let limit = f.limit.map(|l| l.saturating_add(f.skip));
+    let query = query_bytes(&f, limit, None);
+    let shards = targets(ctx, &f.coll, &f.filter);
+    let ops = shards
+        .iter()
+        .map(|&shard| {
+            let read = DocRead::Find {
+                coll: f.coll.clone(),
+                query: query.clone(),
+                mode: FindMode::Explain,
+            };
+            (shard, ShardOp::DocRead(read))
+        })
+        .collect();
+    let mut plans = Vec::new();
+    let (mut keys, mut docs, mut returned) = (0, 0, 0);
+    for reply in ask_all(ctx, ops).await {
+        let plan = doc_reply(reply)?;
+        keys += int_of(&plan, "keysExamined");
+        docs += int_of(&plan, "docsExamined");
+        returned += int_of(&plan, "nReturned");
+        plans.push(plan);
+    }
+    Ok(obj(vec![
+        ("collection", Value::String(f.coll.clone())),
+        ("filter", f.filter_value.clone()),
+        (
+            "shardsAsked",
+            Value::Array(shards.iter().map(|&s| Value::Int(i64::from(s))).collect()),
+        ),
+        ("keysExamined", Value::Int(keys)),
+        ("docsExamined", Value::Int(docs)),
+        ("nReturned", Value::Int(returned)),
+        ("shards", Value::Array(plans)),
+    ]))
+}
+
+async fn update(ctx: &CoreContext, command: &Value) -> Out<Value> {
+    let args = Args::new(command, &["filter", "u", "upsert", "multi"])?;
+    let coll = args.coll()?;
+    let filter_value = args.doc("filter")?;
+    let filter = Filter::parse(&filter_value).map_err(|e| bad(e.0))?;
+    let Some(update_value) = args.get("u") else {
+        return Err(bad("update: no update document (field \"u\")"));
+    };
+    let parsed = Update::parse(update_value).map_err(|e| bad(e.0))?;
+    let (upsert, multi) = (args.flag("upsert")?, args.flag("multi")?);
+    if multi && matches!(parsed, Update::Replace(_)) {
+        return Err(bad(
+            "update: a replacement document updates one document; use operators with multi",
+        ));
+    }
+    let shards = targets(ctx, &coll, &filter);
+    let upsert_id = pinned_id(&filter).unwrap_or_else(new_id);
+    let uniques = unique_keys(ctx, &coll).await?;
+    let _lock = if uniques.is_empty() {
+        None
+    } else {
+        let lock = lock_collection(&coll).await;
+        // What the update would write, checked against the other shards' unique keys.
+        let query = binary::to_bytes(&obj(vec![
+            ("filter", filter_value.clone()),
+            ("limit", Value::Int(if multi { i64::MAX } else { 1 })),
+        ]));
+        let ops = shards
+            .iter()
+            .map(|&shard| {
+                let read = DocRead::Find {
+                    coll: coll.clone(),
+                    query: query.clone(),
+                    mode: FindMode::Documents,
+                };
+                (shard, ShardOp::DocRead(read))
+            })
+            .collect();
+        let mut matched = Vec::new();
+        for reply in ask_all(ctx, ops).await {
+            matched.extend(docs_of(doc_reply(reply)?));
+        }
+        if !multi {
+            matched.truncate(1);
+        }
+        let mut new_docs = Vec::with_capacity(matched.len());
+        for doc in matched {
+            let mut new = doc.clone();
+            parsed.apply(&mut new).map_err(|e| bad(e.0))?;
+            new_docs.push(new);
+        }
+        if new_docs.is_empty() && upsert {
+            let doc =
+                upsert_document(&filter, &parsed, upsert_id.clone()).map_err(|e| bad(e.message))?;
+            new_docs.push(doc);
+        }
+        check_unique_across(ctx, &coll, &uniques, &new_docs).await?;
+        Some(lock)
+    };
+    let command = |upsert: Option<Value>, multi: bool| {
+        write(&DocCommand::Update {
+            coll: coll.clone(),
+            filter: filter_value.clone(),
+            update: update_value.clone(),
+            multi,
+            upsert,
+        })
+    };
+    let (mut matched, mut modified) = (0, 0);
+    if multi {
+        let ops = shards.iter().map(|&s| (s, command(None, true))).collect();
+        for reply in ask_all(ctx, ops).await {
+            let r = doc_reply(reply)?;
+            matched += int_of(&r, "matched");
+            modified += int_of(&r, "modified");
+        }
+    } else {
+        for &shard in &shards {
+            let r = doc_reply(ask(ctx, shard, command(None, false)).await)?;
+            matched += int_of(&r, "matched");
+            modified += int_of(&r, "modified");
+            if matched > 0 {
+                break;
+            }
+        }
+    }
+    let mut out = vec![
+        ("matched", Value::Int(matched)),
+        ("modified", Value::Int(modified)),
+    ];
+    if matched == 0 && upsert {
+        let home = shard_of(ctx, &coll, &upsert_id);
+        let r = doc_reply(ask(ctx, home, command(Some(upsert_id), false)).await)?;
+        out = vec![
+            ("matched", Value::Int(int_of(&r, "matched"))),
+            ("modified", Value::Int(int_of(&r, "modified"))),
+        ];
+        if let Some(id) = r.get("upserted") {
+            out.push(("upserted", id.clone()));
+        }
+    }
+    Ok(obj(out))
+}
+
+async fn delete(ctx: &CoreContext, command: &Value) -> Out<Value> {
+    let args = Args::new(command, &["filter", "multi"])?;
+    let coll = args.coll()?;
+    let filter_value = args.doc("filter")?;
+    let filter = Filter::parse(&filter_value).map_err(|e| bad(e.0))?;
+    let multi = args.flag("multi")?;
+    let command = write(&DocCommand::Delete {
+        coll: coll.clone(),
+        filter: filter_value,
+        multi,
+    });
+    let shards = targets(ctx, &coll, &filter);
+    let mut deleted = 0;
+    if multi {
+        let ops = shards.iter().map(|&s| (s, command.clone())).collect();
+        for reply in ask_all(ctx, ops).await {
+            deleted += int_of(&doc_reply(reply)?, "deleted");
+        }
+    } else {
+        for shard in shards {
+            deleted += int_of(
+                &doc_reply(ask(ctx, shard, command.clone()).await)?,
+                "deleted",
+            );
+            if deleted > 0 {
+                break;
+            }
+        }
+    }
+    Ok(obj(vec![("deleted", Value::Int(deleted))]))
+}
+
+async fn aggregate(ctx: &CoreContext, command: &Value) -> Out<Value> {
+    let args = Args::new(command, &["pipeline"])?;
+    let coll = args.coll()?;
+    let Some(pipeline @ Value::Array(stages)) = args.get("pipeline") else {
+        return Err(bad("aggregate: pipeline must be an array of stages"));
+    };
+    // Parse it all first: a bad stage anywhere is a BAD_REQUEST before any work.
+    Pipeline::parse(pipeline).map_err(|e| bad(e.0))?;
+    let mut matches = Vec::new();
+    let mut rest = stages.as_slice();
+    while let Some((first, tail)) = rest.split_first() {
+        match first.get("$match") {
+            Some(filter) => {
+                matches.push(filter.clone());
+                rest = tail;
+            }
+            None => break,
+        }
+    }
+    let filter = match matches.len() {
+        0 => Value::Object(Vec::new()),
+        1 => matches.pop().expect("one"),
+        _ => obj(vec![("$and", Value::Array(matches))]),
+    };
+    let parsed_filter = Filter::parse(&filter).map_err(|e| bad(e.0))?;
+    let group = match rest.first() {
+        Some(stage) => GroupStage::parse(stage).map_err(|e| bad(e.0))?,
+        None => None,
+    };
+    let group_bytes = group.as_ref().map(|_| binary::to_bytes(&rest[0]));
+    if group.is_some() {
+        rest = &rest[1..];
+    }
+    let ops = targets(ctx, &coll, &parsed_filter)
+        .into_iter()
+        .map(|shard| {
+            let read = DocRead::Aggregate {
+                coll: coll.clone(),
+                filter: binary::to_bytes(&filter),
+                group: group_bytes.clone(),
+            };
+            (shard, ShardOp::DocRead(read))
+        })
+        .collect();
+    let mut docs = Vec::new();
+    for reply in ask_all(ctx, ops).await {
+        docs.extend(docs_of(doc_reply(reply)?));
+    }
+    if let Some(group) = group {
+        docs = group.combine(&docs).map_err(|e| Fail {
+            code: ErrorCode::Internal,
+            message: e.0,
+        })?;
+    } else {
+        // Without a $sort, documents come in _id order, as one shard would give them.
+        docs.sort_by(|a, b| order(&Sort::default(), a, b));
+    }
+    let rest = Pipeline::parse(&Value::Array(rest.to_vec())).map_err(|e| bad(e.0))?;
+    Ok(obj(vec![("documents", Value::Array(rest.run(docs)))]))
+}
+
+async fn create_index(ctx: &CoreContext, command: &Value) -> Out<Value> {
+    let args = Args::new(command, &["key", "name", "unique"])?;
+    let coll = args.coll()?;
+    let Some(key) = args.get("key") else {
+        return Err(bad("createIndex: no key document"));
+    };
+    parse_index_key(key).map_err(|e| bad(e.message))?;
+    let name = match args.get("name") {
+        None => default_index_name(key),
+        Some(Value::String(name)) => name.clone(),
+        Some(other) => return Err(bad(format!("createIndex: bad name {other}"))),
+    };
+    check_name("index", &name).map_err(|e| bad(e.message))?;
+    let unique = args.flag("unique")?;
+    let command = write(&DocCommand::CreateIndex {
+        coll: coll.clone(),
+        name: name.clone(),
+        key: key.clone(),
+        unique,
+    });
+    let all: Vec<u32> = (0..ctx.shard_count).collect();
+    let mut created = false;
+    for reply in ask_all(ctx, all.iter().map(|&s| (s, command.clone())).collect()).await {
+        created |= doc_reply(reply)?.get("created") == Some(&Value::Bool(true));
+    }
+    // Wait until every shard has built it (writes go on meanwhile).
+    loop {
+        let ops = all
+            .iter()
+            .map(|&s| {
+                let read = DocRead::Indexes { coll: coll.clone() };
+                (s, ShardOp::DocRead(read))
+            })
+            .collect();
+        let mut ready = true;
+        for reply in ask_all(ctx, ops).await {
+            let r = doc_reply(reply)?;
+            let find = |list: &str| match r.get(list) {
+                Some(Value::Array(items)) => items
+                    .iter()
+                    .find(|i| i.get("name") == Some(&Value::String(name.clone())))
+                    .cloned(),
+                _ => None,
+            };
+            match (find("indexes"), find("failed")) {
+                (Some(index), _) => {
+                    ready &= index.get("state") == Some(&Value::String("ready".into()))
+                }
+                (None, Some(failed)) => {
+                    // Drop what other shards built, so the index is gone everywhere.
+                    let drop = write(&DocCommand::DropIndex {
+                        coll: coll.clone(),
+                        name: name.clone(),
+                    });
+                    ask_all(ctx, all.iter().map(|&s| (s, drop.clone())).collect()).await;
+                    let reason = match failed.get("error") {
+                        Some(Value::String(e)) => e.clone(),
+                        _ => "index build failed".into(),
+                    };
+                    return Err(Fail {
+                        code: ErrorCode::DuplicateKey,
+                        message: format!("index {name} was not built: {reason}"),
+                    });
+                }
+                (None, None) => {
+                    return Err(Fail {
+                        code: ErrorCode::NotFound,
+                        message: format!("index {name} was dropped while it was being built"),
+                    })
+                }
+            }
+        }
+        if ready {
+            return Ok(obj(vec![
+                ("name", Value::String(name)),
+                ("created", Value::Bool(created)),
+            ]));
+        }
+        if ctx.stopping.get() {
+            return Err(Fail {
+                code: ErrorCode::ShuttingDown,
+                message: format!("index {name} is still building; the node is stopping"),
+            });
+        }
+        crate::runtime::wait(Duration::from_millis(10)).await;
+    }
+}
+
+async fn drop_index(ctx: &CoreContext, command: &Value) -> Out<Value> {
+    let args = Args::new(command, &["name"])?;
+    let coll = args.coll()?;
+    let Some(Value::String(name)) = args.get("name") else {
+        return Err(bad("dropIndex: name must be a string"));
+    };
+    let command = write(&DocCommand::DropIndex {
+        coll: coll.clone(),
+        name: name.clone(),
+    });
+    let mut dropped = false;
+    let mut failure = None;
+    for reply in ask_all(
+        ctx,
+        (0..ctx.shard_count).map(|s| (s, command.clone())).collect(),
+    )
+    .await
+    {
+        match doc_reply(reply) {
+            Ok(_) => dropped = true,
+            Err(fail) if fail.code == ErrorCode::NotFound => failure = Some(fail),
+            Err(fail) => return Err(fail),
+        }
+    }
+    match (dropped, failure) {
+        (false, Some(fail)) => Err(fail),
+        _ => Ok(obj(vec![("dropped", Value::Bool(true))])),
+    }
+}
+
+async fn list_indexes(ctx: &CoreContext, command: &Value) -> Out<Value> {
+    let args = Args::new(command, &[])?;
+    let coll = args.coll()?;
+    let ops = (0..ctx.shard_count)
+        .map(|s| {
+            let read = DocRead::Indexes { coll: coll.clone() };
+            (s, ShardOp::DocRead(read))
+        })
+        .collect();
+    let mut exists = false;
+    // By name: the definition, ready on every shard, multikey on any.
+    let mut merged: Vec<(String, Value, bool, bool)> = Vec::new();
+    for reply in ask_all(ctx, ops).await {
+        let r = doc_reply(reply)?;
+        exists |= r.get("exists") == Some(&Value::Bool(true));
+        let Some(Value::Array(indexes)) = r.get("indexes") else {
+            continue;
+        };
+        for index in indexes {
+            let Some(Value::String(name)) = index.get("name") else {
+                continue;
+            };
+            let ready = index.get("state") == Some(&Value::String("ready".into()));
+            let multikey = index.get("multikey") == Some(&Value::Bool(true));
+            match merged.iter_mut().find(|m| &m.0 == name) {
+                Some(m) => {
+                    m.2 &= ready;
+                    m.3 |= multikey;
+                }
+                None => merged.push((name.clone(), index.clone(), ready, multikey)),
+            }
+        }
+    }
+    if !exists {
+        return Err(Fail {
+            code: ErrorCode::NotFound,
+            message: format!("no collection {coll}"),
+        });
+    }
+    let mut out = vec![obj(vec![
+        ("name", Value::String("_id_".into())),
+        ("key", obj(vec![("_id", Value::Int(1))])),
+        ("unique", Value::Bool(true)),
+        ("state", Value::String("ready".into())),
+    ])];
+    for (name, index, ready, multikey) in merged {
+        out.push(obj(vec![
+            ("name", Value::String(name)),
+            ("key", index.get("key").cloned().unwrap_or(Value::Null)),
+            (
+                "unique",
+                index.get("unique").cloned().unwrap_or(Value::Bool(false)),
+            ),
+            ("multikey", Value::Bool(multikey)),
+            (
+                "state",
+                Value::String(if ready { "ready" } else { "building" }.into()),
+            ),
+        ]));
+    }
+    Ok(obj(vec![("indexes", Value::Array(out))]))
+}
+
+async fn list_collections(ctx: &CoreContext) -> Out<Value> {
+    let ops = (0..ctx.shard_count)
+        .map(|s| (s, ShardOp::DocRead(DocRead::Collections)))
+        .collect();
+    let mut names = BTreeSet::new();
+    for reply in ask_all(ctx, ops).await {
+        if let Some(Value::Array(found)) = doc_reply(reply)?.get("collections") {
+            for name in found {
+                if let Value::String(name) = name {
+                    names.insert(name.clone());
+                }
+            }
+        }
+    }
+    Ok(obj(vec![(
+        "collections",
+        Value::Array(names.into_iter().map(Value::String).collect()),
+    )]))
+}
+
+async fn drop_collection(ctx: &CoreContext, command: &Value) -> Out<Value> {
+    let args = Args::new(command, &[])?;
+    let coll = args.coll()?;
+    let command = write(&DocCommand::Drop { coll });
+    let mut dropped = false;
+    for reply in ask_all(
+        ctx,
+        (0..ctx.shard_count).map(|s| (s, command.clone())).collect(),
+    )
+    .await
+    {
+        dropped |= doc_reply(reply)?.get("dropped") == Some(&Value::Bool(true));
+    }
+    Ok(obj(vec![("dropped", Value::Bool(dropped))]))
+}
+
+/// Builds this core's shard's building indexes, a batch of documents per log entry, while
+/// writes go on: each step is an ordinary write through the shard's log.
+pub async fn build_indexes<F: LogFile>(
+    ctx: Rc<CoreContext>,
+    store: Rc<RefCell<Rc<PagedStore<F>>>>,
+) {
+    let shard = ctx.core as u32;
+    while !ctx.stopping.get() {
+        let current = Rc::clone(&store.borrow());
+        let building: Vec<(String, String)> = match current.doc_collections().await {
+            Ok(collections) => collections
+                .iter()
+                .flat_map(|c| {
+                    c.indexes
+                        .iter()
+                        .filter(|i| !i.ready)
+                        .map(|i| (c.name.clone(), i.name.clone()))
+                        .collect::<Vec<_>>()
+                })
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        drop(current);
+        if building.is_empty() {
+            crate::runtime::wait(Duration::from_millis(20)).await;
+            continue;
+        }
+        for (coll, name) in building {
+            let step = DocCommand::BuildIndex {
+                coll,
+                name,
+                batch: BUILD_BATCH,
+            };
+            if let Err(fail) = doc_reply(ask(&ctx, shard, write(&step)).await) {
+                tracing::debug!(shard, error = %fail.message, "index build step not applied");
+                crate::runtime::wait(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_ids_are_distinct_and_ordered_by_time() {
+        let ids: Vec<Value> = (0..1000).map(|_| new_id()).collect();
+        let mut set = std::collections::HashSet::new();
+        for id in &ids {
+            let Value::String(s) = id else { panic!() };
+            assert_eq!(s.len(), 24);
+            assert!(set.insert(s.clone()));
+        }
+    }
+
+    #[test]
+    fn a_filter_pins_a_shard_only_by_a_scalar_id_equality() {
+        let parse = |t: &str| Filter::parse(&Value::from_json(t).unwrap()).unwrap();
+        assert!(pinned_id(&parse(r#"{"_id": 5}"#)).is_some());
+        assert!(pinned_id(&parse(r#"{"_id": 5, "a": 1}"#)).is_some());
+        assert!(pinned_id(&parse(r#"{"_id": {"$eq": "x"}}"#)).is_some());
+        assert!(pinned_id(&parse(r#"{"_id": {"$gt": 5}}"#)).is_none());
+        assert!(pinned_id(&parse(r#"{"_id": [5]}"#)).is_none());
+        assert!(pinned_id(&parse(r#"{"$or": [{"_id": 5}, {"_id": 6}]}"#)).is_none());
+    }
+}
