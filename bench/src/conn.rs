@@ -21,6 +21,8 @@ pub enum WireOp {
     Get(Vec<u8>),
     Put(Vec<u8>, Vec<u8>),
     Scan(Vec<u8>, u32),
+    /// A document command (JSON).
+    Doc(Vec<u8>),
 }
 
 pub struct BenchConn {

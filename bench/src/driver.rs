@@ -16,7 +16,7 @@ use kvs_wire::{ErrorCode, Request, Response};
 
 use crate::conn::{Protocol, WireOp};
 use crate::report::SecondRecorder;
-use crate::workload::{key_name, OpKind, Rng};
+use crate::workload::{doc_command, key_name, OpKind, Rng};
 use crate::{histogram, ClientStats, Shared, SCAN_LENGTH_MAX};
 
 /// Longest an idle worker waits in epoll before looking at the clock again.
@@ -43,16 +43,19 @@ pub fn encode(
                         end: None,
                         limit: *limit,
                     },
+                    WireOp::Doc(command) => Request::Document {
+                        command: command.clone(),
+                    },
                 };
                 request.encode(first_id + i as u64, out);
             }
             Protocol::Resp => match op {
                 WireOp::Get(key) => resp::command(out, &[b"GET", key]),
                 WireOp::Put(key, value) => resp::command(out, &[b"SET", key, value]),
-                WireOp::Scan(..) => {
+                WireOp::Scan(..) | WireOp::Doc(..) => {
                     return Err(io::Error::new(
                         io::ErrorKind::Unsupported,
-                        "scans need --protocol native",
+                        "scans and documents need --protocol native",
                     ))
                 }
             },
@@ -269,15 +272,21 @@ fn start_window(
     let mut wire = Vec::with_capacity(n as usize);
     for k in 0..n {
         let kind = shared.pick_kind(&mut client.rng);
-        let key = key_name(shared.pick(kind, &mut client.rng));
+        let n = shared.pick(kind, &mut client.rng);
+        let key = key_name(n);
         let intended = match interval {
             Some(iv) => shared.start + iv.mul_f64((client.scheduled + k) as f64),
             None => Instant::now(),
         };
+        let workload = args.workload;
         wire.push(match kind {
+            _ if workload.documents() => {
+                WireOp::Doc(doc_command(workload, &args.field, n, args.value_size))
+            }
             OpKind::Read | OpKind::ReadModifyWrite => WireOp::Get(key.clone()),
             OpKind::Update | OpKind::Insert => WireOp::Put(key.clone(), shared.value.clone()),
             OpKind::Scan => WireOp::Scan(key.clone(), 1 + client.rng.below(SCAN_LENGTH_MAX) as u32),
+            OpKind::Find => unreachable!("finds are document operations"),
         });
         client.ops.push(Op {
             kind,

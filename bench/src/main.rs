@@ -26,12 +26,15 @@ use hdrhistogram::Histogram;
 
 use conn::{BenchConn, Protocol, WireOp};
 use report::{Report, Timeline};
-use workload::{key_name, Distribution, OpKind, Rng, Workload, Zipfian};
+use workload::{doc_json, key_name, Distribution, OpKind, Rng, Workload, Zipfian, DOC_COLLECTION};
 
 /// Longest scan a scan operation asks for (YCSB's default maximum scan length).
 pub(crate) const SCAN_LENGTH_MAX: u64 = 100;
 /// Pipeline depth of the load phase, whatever `--pipeline` says.
 const LOAD_PIPELINE: usize = 64;
+/// Documents the load phase inserts per request, and per round trip.
+const LOAD_DOCS_PER_INSERT: usize = 128;
+const LOAD_DOCS_PER_ROUND_TRIP: usize = 1024;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -70,6 +73,10 @@ struct Args {
     /// Key distribution (default: the workload's own).
     #[arg(long, value_enum)]
     distribution: Option<Distribution>,
+    /// The field the document finds query: `n` or `m` hold the same values, so indexing
+    /// one of them (`kvs index create bench n`) compares indexed and unindexed queries.
+    #[arg(long, default_value = "n")]
+    field: String,
     /// Skip the load phase (the keys are already there).
     #[arg(long)]
     no_load: bool,
@@ -212,16 +219,40 @@ fn load(args: &Args, value: &[u8]) -> anyhow::Result<(u64, Duration)> {
     let threads: Vec<_> = (0..clients)
         .map(|c| {
             let (addr, protocol, value) = (args.addr.clone(), args.protocol, value.to_vec());
+            let documents = args.workload.documents();
             let (from, to) = (c * per_client, ((c + 1) * per_client).min(args.records));
             std::thread::spawn(move || -> anyhow::Result<u64> {
                 let mut conn = BenchConn::connect(&addr, protocol)?;
                 let mut failed = 0;
                 let keys: Vec<u64> = (from..to).collect();
-                for chunk in keys.chunks(LOAD_PIPELINE) {
-                    let ops: Vec<WireOp> = chunk
-                        .iter()
-                        .map(|&k| WireOp::Put(key_name(k), value.clone()))
-                        .collect();
+                let step = if documents {
+                    LOAD_DOCS_PER_ROUND_TRIP
+                } else {
+                    LOAD_PIPELINE
+                };
+                for chunk in keys.chunks(step) {
+                    let ops: Vec<WireOp> = if documents {
+                        // Documents go in batches: one insert of many per request.
+                        chunk
+                            .chunks(LOAD_DOCS_PER_INSERT)
+                            .map(|docs| {
+                                let docs: Vec<String> =
+                                    docs.iter().map(|&k| doc_json(k, value.len())).collect();
+                                WireOp::Doc(
+                                    format!(
+                                        r#"{{"insert":"{DOC_COLLECTION}","documents":[{}]}}"#,
+                                        docs.join(",")
+                                    )
+                                    .into_bytes(),
+                                )
+                            })
+                            .collect()
+                    } else {
+                        chunk
+                            .iter()
+                            .map(|&k| WireOp::Put(key_name(k), value.clone()))
+                            .collect()
+                    };
                     failed += conn.round_trip(&ops)?.iter().filter(|ok| !**ok).count() as u64;
                 }
                 Ok(failed)
@@ -244,6 +275,12 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if args.clients == 0 || args.pipeline == 0 || args.records == 0 {
         bail!("--clients, --pipeline and --records must be at least 1");
+    }
+    if args.protocol == Protocol::Resp && args.workload.documents() {
+        bail!(
+            "workload {} works on documents: use --protocol native against kvsd",
+            args.workload.name()
+        );
     }
     if args.protocol == Protocol::Resp
         && args.workload.mix().iter().any(|(k, _)| *k == OpKind::Scan)

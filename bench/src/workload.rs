@@ -12,15 +12,18 @@ pub enum OpKind {
     Scan,
     /// Read a key, then write it (YCSB's read-modify-write); timed as one operation.
     ReadModifyWrite,
+    /// A document query (`find`).
+    Find,
 }
 
 impl OpKind {
-    pub const ALL: [OpKind; 5] = [
+    pub const ALL: [OpKind; 6] = [
         OpKind::Read,
         OpKind::Update,
         OpKind::Insert,
         OpKind::Scan,
         OpKind::ReadModifyWrite,
+        OpKind::Find,
     ];
 
     pub fn name(self) -> &'static str {
@@ -30,6 +33,7 @@ impl OpKind {
             OpKind::Insert => "insert",
             OpKind::Scan => "scan",
             OpKind::ReadModifyWrite => "read-modify-write",
+            OpKind::Find => "find",
         }
     }
 
@@ -60,6 +64,13 @@ pub enum Workload {
     RandomRead,
     /// 100% scans of 1–100 keys from random starts.
     Scan,
+    /// Documents: 100% inserts of new documents `{"_id": i, "n": i, "m": i, "pad": ...}`
+    /// into the collection `bench` (one document per request).
+    DocInsert,
+    /// Documents: 100% finds of one document by `--field` (`n` or `m`) equal to a random i.
+    DocPoint,
+    /// Documents: 100% finds of the 10 documents with `--field` in [i, i + 10).
+    DocRange,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -82,14 +93,26 @@ impl Workload {
             Workload::YcsbF => &[(Read, 50), (ReadModifyWrite, 50)],
             Workload::Write => &[(Update, 100)],
             Workload::Scan => &[(Scan, 100)],
+            Workload::DocInsert => &[(Insert, 100)],
+            Workload::DocPoint | Workload::DocRange => &[(Find, 100)],
         }
+    }
+
+    /// Whether the workload works on documents (loaded as documents, native protocol).
+    pub fn documents(self) -> bool {
+        matches!(
+            self,
+            Workload::DocInsert | Workload::DocPoint | Workload::DocRange
+        )
     }
 
     /// The key distribution YCSB specifies for this workload.
     pub fn default_distribution(self) -> Distribution {
         match self {
             Workload::YcsbD => Distribution::Latest,
-            Workload::RandomRead | Workload::Scan => Distribution::Uniform,
+            Workload::RandomRead | Workload::Scan | Workload::DocPoint | Workload::DocRange => {
+                Distribution::Uniform
+            }
             _ => Distribution::Zipfian,
         }
     }
@@ -183,6 +206,34 @@ impl Zipfian {
     pub fn next_scrambled(&self, rng: &mut Rng, items: u64) -> u64 {
         kvs_wire::key_hash(&self.next_rank(rng).to_le_bytes()) % items.max(1)
     }
+}
+
+/// The collection the document workloads use.
+pub const DOC_COLLECTION: &str = "bench";
+/// Documents one range query of `doc-range` selects.
+pub const DOC_RANGE: u64 = 10;
+
+/// Document `i` of the document workloads: `n` and `m` both hold `i` (index one of them
+/// to compare indexed and unindexed queries), `pad` fills it to about `size` bytes.
+pub fn doc_json(i: u64, size: usize) -> String {
+    format!(
+        r#"{{"_id":{i},"n":{i},"m":{i},"pad":"{}"}}"#,
+        "x".repeat(size.saturating_sub(40))
+    )
+}
+
+/// The JSON command of a document operation on document `i`.
+pub fn doc_command(workload: Workload, field: &str, i: u64, size: usize) -> Vec<u8> {
+    let c = DOC_COLLECTION;
+    match workload {
+        Workload::DocPoint => format!(r#"{{"find":"{c}","filter":{{"{field}":{i}}}}}"#),
+        Workload::DocRange => format!(
+            r#"{{"find":"{c}","filter":{{"{field}":{{"$gte":{i},"$lt":{}}}}}}}"#,
+            i + DOC_RANGE
+        ),
+        _ => format!(r#"{{"insert":"{c}","documents":[{}]}}"#, doc_json(i, size)),
+    }
+    .into_bytes()
 }
 
 /// The key names every workload uses: fixed width, so byte order is numeric order.

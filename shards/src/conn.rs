@@ -31,6 +31,9 @@ pub struct Connection {
     next_sequence: Cell<u64>,
     next_to_write: Cell<u64>,
     early: RefCell<BTreeMap<u64, Vec<u8>>>,
+    /// The connection's last document command: the next one waits for it, so a
+    /// connection's document commands run one after another, in the order sent.
+    pub document_tail: RefCell<Option<crate::runtime::JoinHandle<()>>>,
 }
 
 impl Connection {
@@ -45,6 +48,7 @@ impl Connection {
             next_sequence: Cell::new(0),
             next_to_write: Cell::new(0),
             early: RefCell::new(BTreeMap::new()),
+            document_tail: RefCell::new(None),
         }
     }
 

@@ -52,7 +52,7 @@ use kvs_core::store::docs::{
 };
 use kvs_core::store::PagedStore;
 use kvs_wire::limits::DOCUMENT_SIZE_MAX;
-use kvs_wire::{shard_for_key, ErrorCode, Response};
+use kvs_wire::{key_hash, ErrorCode, Response};
 
 use crate::server::{CoreContext, Target};
 use crate::shard::{ShardOp, ShardReply};
@@ -88,6 +88,11 @@ pub enum DocRead {
     UniqueConflict {
         coll: String,
         doc: Vec<u8>,
+    },
+    /// The entries of an index: its keys and their `_id` keys.
+    IndexKeys {
+        coll: String,
+        name: String,
     },
 }
 
@@ -234,6 +239,18 @@ async fn read_docs_inner<F: LogFile>(
                 .map(|c| Value::String(c.name))
                 .collect();
             reply(&obj(vec![("collections", Value::Array(names))]))
+        }
+        DocRead::IndexKeys { coll, name } => {
+            let hex = |b: &[u8]| Value::String(b.iter().map(|x| format!("{x:02x}")).collect());
+            let entries = store
+                .doc_index_keys(coll, name)
+                .await
+                .map_err(failed)?
+                .unwrap_or_default()
+                .iter()
+                .map(|(key, id)| Value::Array(vec![hex(key), hex(id)]))
+                .collect();
+            reply(&obj(vec![("entries", Value::Array(entries))]))
         }
         DocRead::UniqueConflict { coll, doc } => {
             let doc = decode(doc)?;
@@ -485,12 +502,25 @@ async fn run(ctx: &Rc<CoreContext>, body: &[u8]) -> Out<Value> {
     }
 }
 
-/// The shard a document with this `_id` lives on.
+/// The shard a document with this `_id` lives on: a hash of the collection and the
+/// `_id`'s key. FNV-1a alone keeps the parity of the bytes' low bits, and the keys of
+/// small integers share theirs, so every one of them would land on one shard of two: the
+/// hash is mixed (MurmurHash3's finaliser) before it picks.
 fn shard_of(ctx: &CoreContext, coll: &str, id: &Value) -> u32 {
+    shard_for_doc(coll, id, ctx.shard_count)
+}
+
+fn shard_for_doc(coll: &str, id: &Value, shard_count: u32) -> u32 {
     let mut key = coll.as_bytes().to_vec();
     key.push(0);
     index_key::encode(id, &mut key);
-    shard_for_key(&key, ctx.shard_count)
+    let mut h = key_hash(&key);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^= h >> 33;
+    (h % u64::from(shard_count)) as u32
 }
 
 /// The one `_id` a filter pins, if it pins one (a top-level equality on a scalar).
@@ -1203,6 +1233,19 @@ async fn create_index(ctx: &CoreContext, command: &Value) -> Out<Value> {
             }
         }
         if ready {
+            if unique && ctx.shard_count > 1 {
+                // Each shard built it over its own documents: look for one key on two
+                // shards, with writes held off meanwhile.
+                let _lock = lock_collection(&coll).await;
+                if let Err(fail) = keys_unique_across(ctx, &coll, &name).await {
+                    let drop = write(&DocCommand::DropIndex {
+                        coll: coll.clone(),
+                        name: name.clone(),
+                    });
+                    ask_all(ctx, all.iter().map(|&s| (s, drop.clone())).collect()).await;
+                    return Err(fail);
+                }
+            }
             return Ok(obj(vec![
                 ("name", Value::String(name)),
                 ("created", Value::Bool(created)),
@@ -1216,6 +1259,42 @@ async fn create_index(ctx: &CoreContext, command: &Value) -> Out<Value> {
         }
         crate::runtime::wait(Duration::from_millis(10)).await;
     }
+}
+
+/// Fails with DUPLICATE_KEY when two shards' entries of index `name` share a key.
+async fn keys_unique_across(ctx: &CoreContext, coll: &str, name: &str) -> Out<()> {
+    let ops = (0..ctx.shard_count)
+        .map(|s| {
+            let read = DocRead::IndexKeys {
+                coll: coll.to_string(),
+                name: name.to_string(),
+            };
+            (s, ShardOp::DocRead(read))
+        })
+        .collect();
+    let mut owners: HashMap<String, String> = HashMap::new();
+    for reply in ask_all(ctx, ops).await {
+        let Some(Value::Array(entries)) = doc_reply(reply)?.get("entries").cloned() else {
+            continue;
+        };
+        for entry in entries {
+            let Value::Array(pair) = entry else { continue };
+            let [Value::String(key), Value::String(id)] = pair.as_slice() else {
+                continue;
+            };
+            if let Some(other) = owners.insert(key.clone(), id.clone()) {
+                if other != *id {
+                    return Err(Fail {
+                        code: ErrorCode::DuplicateKey,
+                        message: format!(
+                            "index {name} was not built: two documents of {coll} share a key of the unique index"
+                        ),
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn drop_index(ctx: &CoreContext, command: &Value) -> Out<Value> {
@@ -1400,6 +1479,23 @@ mod tests {
             let Value::String(s) = id else { panic!() };
             assert_eq!(s.len(), 24);
             assert!(set.insert(s.clone()));
+        }
+    }
+
+    #[test]
+    fn documents_spread_evenly_over_shards() {
+        for shards in [2u32, 3, 4] {
+            let mut counts = vec![0u32; shards as usize];
+            for i in 0..10_000 {
+                counts[shard_for_doc("c", &Value::Int(i), shards) as usize] += 1;
+            }
+            let even = 10_000 / shards;
+            for count in &counts {
+                assert!(
+                    count.abs_diff(even) < even / 10,
+                    "{shards} shards: {counts:?}"
+                );
+            }
         }
     }
 

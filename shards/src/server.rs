@@ -583,13 +583,18 @@ async fn dispatch(ctx: &Rc<CoreContext>, conn: &Rc<Connection>, header: Header, 
         }
         Request::Document { command } => {
             // A task of its own: a document command may take several rounds of shard
-            // requests, and the connection goes on meanwhile (replies match by id).
-            let (ctx, conn) = (Rc::clone(ctx), Rc::clone(conn));
-            crate::runtime::spawn_local(async move {
-                let response = crate::documents::handle(&ctx, &command).await;
-                respond(&conn, opcode, request_id, &response);
-            })
-            .detach();
+            // requests, and the connection's key-value requests go on meanwhile. It
+            // starts once the connection's previous document command is answered.
+            let previous = conn.document_tail.borrow_mut().take();
+            let (task_ctx, task_conn) = (Rc::clone(ctx), Rc::clone(conn));
+            let task = crate::runtime::spawn_local(async move {
+                if let Some(previous) = previous {
+                    previous.await;
+                }
+                let response = crate::documents::handle(&task_ctx, &command).await;
+                respond(&task_conn, opcode, request_id, &response);
+            });
+            *conn.document_tail.borrow_mut() = Some(task);
         }
         Request::Info => {
             let g = gather(

@@ -142,7 +142,7 @@ fn decode_payload(rank: u8, bytes: &[u8]) -> Option<(Value, usize)> {
                 !bits
             };
             let d = f64::from_bits(bits);
-            let whole = d.fract() == 0.0 && (-9.223372036854775808e18..9.3e18).contains(&d);
+            let whole = d.fract() == 0.0 && (-9.223_372_036_854_776e18..9.3e18).contains(&d);
             let int = whole
                 .then(|| i64::try_from(d as i128 + i128::from(offset)).ok())
                 .flatten();

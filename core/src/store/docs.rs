@@ -1458,6 +1458,37 @@ impl<F: LogFile> PagedStore<F> {
         Ok(reply(vec![("dropped", Value::Bool(true))]))
     }
 
+    /// The entries of index `name` of `coll` as (index key, `_id` key), in index order;
+    /// None when there is no such index.
+    pub async fn doc_index_keys(
+        &self,
+        coll: &str,
+        name: &str,
+    ) -> Result<Option<Vec<(Vec<u8>, Vec<u8>)>>, StoreError> {
+        let Some(coll) = self.doc_collection(coll).await? else {
+            return Ok(None);
+        };
+        let Some(def) = coll.index(name) else {
+            return Ok(None);
+        };
+        let prefix = index_prefix(def.id);
+        let end = prefix_end(&prefix);
+        let mut out = Vec::new();
+        let mut from = prefix.clone();
+        loop {
+            let chunk = self.scan_tree(&from, Some(&end), SCAN_CHUNK * 4).await?;
+            let full = chunk.len() == SCAN_CHUNK * 4;
+            for (key, id_key) in chunk {
+                from = just_after(&key);
+                let index_key = key[prefix.len()..key.len() - id_key.len()].to_vec();
+                out.push((index_key, id_key));
+            }
+            if !full {
+                return Ok(Some(out));
+            }
+        }
+    }
+
     /// Whether any document other than `except` (an `_id` key) holds one of `keys`
     /// (index name, index key without `_id`) in a unique index of `coll`: the check a
     /// write on another shard asks for. Returns the first conflict's description.
@@ -1520,7 +1551,7 @@ pub(super) fn check_documents(
     for (key, bytes) in documents {
         let Some(coll_id) = key
             .get(1..5)
-            .map(|b| u32::from_be_bytes(b.try_into().unwrap()))
+            .and_then(|b| b.try_into().ok().map(u32::from_be_bytes))
         else {
             problems.push(format!("document key {key:02x?} is too short"));
             continue;
