@@ -70,12 +70,20 @@ impl Sort {
         let mut best: Option<&Value> = None;
         let mut candidates = 0;
         let mut empty_array = false;
-        for value in reached.values_and_elements() {
-            if let Value::Array(items) = value {
-                // An array is represented by its elements (offered separately).
+        // An array the path reaches is represented by its elements; an element that is an
+        // array is a candidate of its own (of type array).
+        let values = reached.values().iter().filter(|value| match value {
+            Value::Array(items) => {
                 empty_array |= items.is_empty();
-                continue;
+                false
             }
+            _ => true,
+        });
+        for value in values
+            .chain(reached.elements().iter())
+            .copied()
+            .collect::<Vec<_>>()
+        {
             candidates += 1;
             let better = match best {
                 None => true,

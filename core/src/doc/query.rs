@@ -416,9 +416,21 @@ impl<'a> Reached<'a> {
         self.values.iter().chain(self.elements.iter()).copied()
     }
 
-    /// Whether a document on the way lacked the next field (or nothing was reached).
+    /// Whether a document on the way lacked the next field, or a scalar stood where the
+    /// path needed a document. An array on the way whose elements hold no documents does
+    /// not make the field missing (MongoDB: `{"a.b": null}` does not match `{a: [1, 2]}`).
     pub fn is_missing(&self) -> bool {
         self.missing
+    }
+
+    /// The values at the end of the path.
+    pub fn values(&self) -> &[&'a Value] {
+        &self.values
+    }
+
+    /// The elements of the arrays among the values.
+    pub fn elements(&self) -> &[&'a Value] {
+        &self.elements
     }
 
     fn exists(&self) -> bool {
@@ -441,9 +453,6 @@ pub fn reach<'a>(doc: &'a Value, path: &[String]) -> Reached<'a> {
         missing: false,
     };
     walk(doc, path, &mut reached);
-    if reached.values.is_empty() {
-        reached.missing = true;
-    }
     reached
 }
 

@@ -143,3 +143,24 @@ fn bad_sorts_and_projections_are_errors() {
         .to_string()
         .contains("bad field path"));
 }
+
+/// An array element that is itself an array is a sort key of type array (after numbers,
+/// strings and documents), not elements to look into: only the field's own array is
+/// represented by its elements.
+#[test]
+fn nested_arrays_sort_as_arrays() {
+    let collection = docs(
+        r#"[
+      {"_id": 1, "a": [[], [0, 0]]},
+      {"_id": 2, "a": []},
+      {"_id": 3, "a": "s"},
+      {"_id": 4},
+      {"_id": 5, "a": [[5], 7]},
+      {"_id": 6, "a": {"x": 1}}
+    ]"#,
+    );
+    assert_eq!(
+        ids(&find(&collection, "{}", r#"{"a": 1}"#, 0, None)),
+        ["2", "4", "5", "3", "6", "1"]
+    );
+}

@@ -157,6 +157,10 @@ fn comparisons_stay_within_a_type_bracket() {
         ["string", "bool", "array"]
     );
     assert_eq!(found(&c, r#"{"a": {"$type": "array"}}"#), ["array"]);
+    // Booleans are not numbers, and $size counts arrays only (not a string's length).
+    assert_eq!(found(&c, r#"{"a": 1}"#), ["int"]);
+    assert_eq!(found(&c, r#"{"a": {"$size": 2}}"#), ["array"]);
+    assert_eq!(found(&c, r#"{"a": {"$size": 1}}"#), Vec::<String>::new());
 }
 
 #[test]
@@ -315,4 +319,67 @@ fn arbitrary_queries_and_documents_never_panic() {
             let _ = filter.matches(&doc);
         }
     });
+}
+
+/// `{"a.b": null}` and `{"a.b": {"$ne": null}}` over the documents of MongoDB's
+/// `null_query_semantics` test, with the results it asserts: a non-document `a`, a
+/// document without `b`, or an array with a document without `b` match; an array of
+/// scalars (or an empty array) does not, though no element has a `b`.
+#[test]
+fn dotted_null_matches_as_mongodb_does_through_arrays() {
+    let collection = docs(
+        r#"[
+      {"_id": "a_empty_subobject", "a": {}},
+      {"_id": "a_null", "a": null},
+      {"_id": "a_number", "a": 4},
+      {"_id": "a_subobject_b_not_null", "a": {"b": "hi"}},
+      {"_id": "a_subobject_b_null", "a": {"b": null}},
+      {"_id": "no_a"},
+      {"_id": "a_double_array", "a": [[]]},
+      {"_id": "a_empty_array", "a": []},
+      {"_id": "a_object_array_no_b_nulls", "a": [{"b": 1}, {"b": 3}, {"b": "string"}]},
+      {"_id": "a_object_array_some_b_nulls", "a": [{"b": null}, {"b": 3}, {"b": null}]},
+      {"_id": "a_object_array_some_b_missing", "a": [{"b": 3}, {}]},
+      {"_id": "a_value_array_all_nulls", "a": [null, null]},
+      {"_id": "a_value_array_no_nulls", "a": [1, "string", 4]},
+      {"_id": "a_value_array_with_null", "a": [1, "string", null, 4]}
+    ]"#,
+    );
+    assert_eq!(
+        found(&collection, r#"{"a.b": null}"#),
+        [
+            "a_empty_subobject",
+            "a_null",
+            "a_number",
+            "a_subobject_b_null",
+            "no_a",
+            "a_object_array_some_b_nulls",
+            "a_object_array_some_b_missing"
+        ]
+    );
+    assert_eq!(
+        found(&collection, r#"{"a.b": {"$ne": null}}"#),
+        [
+            "a_subobject_b_not_null",
+            "a_double_array",
+            "a_empty_array",
+            "a_object_array_no_b_nulls",
+            "a_value_array_all_nulls",
+            "a_value_array_no_nulls",
+            "a_value_array_with_null"
+        ]
+    );
+    assert_eq!(
+        found(&collection, r#"{"a": {"$nin": [null, []]}}"#),
+        [
+            "a_empty_subobject",
+            "a_number",
+            "a_subobject_b_not_null",
+            "a_subobject_b_null",
+            "a_object_array_no_b_nulls",
+            "a_object_array_some_b_nulls",
+            "a_object_array_some_b_missing",
+            "a_value_array_no_nulls"
+        ]
+    );
 }
