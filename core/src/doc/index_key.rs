@@ -193,9 +193,11 @@ fn decode_payload(rank: u8, bytes: &[u8]) -> Option<(Value, usize)> {
 }
 
 /// The value whose key is exactly `bytes`, if it is one (for messages and `explain`).
+/// Bytes that decode but are not the key a value encodes to (such as a range's end just
+/// past a key) are not one.
 pub fn decode(bytes: &[u8]) -> Option<Value> {
     match decode_one(bytes)? {
-        (value, used) if used == bytes.len() => Some(value),
+        (value, used) if used == bytes.len() && key(&value) == bytes => Some(value),
         _ => None,
     }
 }
@@ -208,8 +210,15 @@ pub fn describe_bound(bytes: &[u8]) -> String {
         if let Some(value) = decode(bytes) {
             return format!("{value}{suffix}");
         }
-        if let Some((value, _)) = decode_one(bytes) {
-            return format!("{value} and beyond{suffix}");
+        // The end of a range that includes a value: the first key past all its keys.
+        if let Some((&last, head)) = bytes.split_last() {
+            let mut before = head.to_vec();
+            before.push(last.wrapping_sub(1));
+            if last > 0 {
+                if let Some(value) = decode(&before) {
+                    return format!("after {value}{suffix}");
+                }
+            }
         }
         if let [rank] = bytes {
             if let Some(name) = rank_name(*rank) {

@@ -328,7 +328,10 @@ fn planner_uses_id_ranges_and_indexes_and_explains() {
     assert_eq!(stats.docs_examined, 10);
     let explained = stats.describe(10).to_string();
     assert!(explained.contains(r#""index":"age_1""#), "{explained}");
-    assert!(explained.contains(r#""bounds":[["7""#), "{explained}");
+    assert!(
+        explained.contains(r#""bounds":[["7","after 7"]]"#),
+        "{explained}"
+    );
     // A sort the index gives stops at the limit.
     let (docs, _, stats) = block_on(store.doc_find(
         "p",
