@@ -820,6 +820,21 @@ fn find_args(command: &Value, allowed: &[&str]) -> Out<FindArgs> {
     })
 }
 
+/// The same find read for each of `shards`.
+fn find_reads(coll: &str, shards: &[u32], query: &[u8], mode: FindMode) -> Vec<(u32, ShardOp)> {
+    shards
+        .iter()
+        .map(|&shard| {
+            let read = DocRead::Find {
+                coll: coll.to_string(),
+                query: query.to_vec(),
+                mode,
+            };
+            (shard, ShardOp::DocRead(read))
+        })
+        .collect()
+}
+
 fn query_bytes(f: &FindArgs, limit: Option<usize>, after: Option<&Value>) -> Vec<u8> {
     let mut fields = vec![
         ("filter", f.filter_value.clone()),
@@ -854,17 +869,8 @@ async fn find(ctx: &CoreContext, command: &Value) -> Out<Value> {
     let want = remaining.unwrap_or(usize::MAX).min(f.batch);
     let per_shard = skip.saturating_add(want).saturating_add(1);
     let query = query_bytes(&f, Some(per_shard), after);
-    let ops = targets(ctx, &f.coll, &f.filter)
-        .into_iter()
-        .map(|shard| {
-            let read = DocRead::Find {
-                coll: f.coll.clone(),
-                query: query.clone(),
-                mode: FindMode::Documents,
-            };
-            (shard, ShardOp::DocRead(read))
-        })
-        .collect();
+    let shards = targets(ctx, &f.coll, &f.filter);
+    let ops = find_reads(&f.coll, &shards, &query, FindMode::Documents);
     let mut docs = Vec::new();
     for reply in ask_all(ctx, ops).await {
         docs.extend(docs_of(doc_reply(reply)?));
@@ -906,17 +912,8 @@ async fn find(ctx: &CoreContext, command: &Value) -> Out<Value> {
 async fn count(ctx: &CoreContext, command: &Value) -> Out<Value> {
     let f = find_args(command, &["filter"])?;
     let query = query_bytes(&f, None, None);
-    let ops = targets(ctx, &f.coll, &f.filter)
-        .into_iter()
-        .map(|shard| {
-            let read = DocRead::Find {
-                coll: f.coll.clone(),
-                query: query.clone(),
-                mode: FindMode::Count,
-            };
-            (shard, ShardOp::DocRead(read))
-        })
-        .collect();
+    let shards = targets(ctx, &f.coll, &f.filter);
+    let ops = find_reads(&f.coll, &shards, &query, FindMode::Count);
     let mut n = 0;
     for reply in ask_all(ctx, ops).await {
         n += int_of(&doc_reply(reply)?, "count");
@@ -929,17 +926,7 @@ async fn explain(ctx: &CoreContext, command: &Value) -> Out<Value> {
     let limit = f.limit.map(|l| l.saturating_add(f.skip));
     let query = query_bytes(&f, limit, None);
     let shards = targets(ctx, &f.coll, &f.filter);
-    let ops = shards
-        .iter()
-        .map(|&shard| {
-            let read = DocRead::Find {
-                coll: f.coll.clone(),
-                query: query.clone(),
-                mode: FindMode::Explain,
-            };
-            (shard, ShardOp::DocRead(read))
-        })
-        .collect();
+    let ops = find_reads(&f.coll, &shards, &query, FindMode::Explain);
     let mut plans = Vec::new();
     let (mut keys, mut docs, mut returned) = (0, 0, 0);
     for reply in ask_all(ctx, ops).await {
@@ -990,17 +977,7 @@ async fn update(ctx: &CoreContext, command: &Value) -> Out<Value> {
             ("filter", filter_value.clone()),
             ("limit", Value::Int(if multi { i64::MAX } else { 1 })),
         ]));
-        let ops = shards
-            .iter()
-            .map(|&shard| {
-                let read = DocRead::Find {
-                    coll: coll.clone(),
-                    query: query.clone(),
-                    mode: FindMode::Documents,
-                };
-                (shard, ShardOp::DocRead(read))
-            })
-            .collect();
+        let ops = find_reads(&coll, &shards, &query, FindMode::Documents);
         let mut matched = Vec::new();
         for reply in ask_all(ctx, ops).await {
             matched.extend(docs_of(doc_reply(reply)?));

@@ -5,21 +5,7 @@ mod common;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use common::{kvs_binary, Server};
-
-fn kvs(server: &Server, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(kvs_binary())
-        .arg("--addr")
-        .arg(&server.addr)
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use common::{kvs, kvs_binary, Server};
 
 #[test]
 fn one_shot_commands() {

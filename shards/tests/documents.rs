@@ -11,23 +11,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{kvs_binary, kvsd_binary, Server};
+use common::{kvs, kvs_binary, verify_data_dir as verify, Server};
 use kvs_wire::ErrorCode;
 use serde_json::{json, Value as J};
-
-fn kvs(server: &Server, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(kvs_binary())
-        .arg("--addr")
-        .arg(&server.addr)
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 fn ok(server: &Server, args: &[&str]) -> String {
     let (code, out, err) = kvs(server, args);
@@ -39,18 +25,6 @@ fn lines(text: &str) -> Vec<J> {
     text.lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
-}
-
-fn verify(dir: &std::path::Path) -> (bool, String) {
-    let out = Command::new(kvsd_binary())
-        .args(["--verify", "--data-dir"])
-        .arg(dir)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
 }
 
 const PEOPLE: &[&str] = &[
@@ -633,4 +607,41 @@ fn kill9_during_indexed_document_writes_loses_nothing_and_indexes_agree() {
     let (clean, report) = verify(dir.path());
     assert!(clean, "{report}");
     assert!(report.contains("verify: clean"), "{report}");
+}
+
+#[test]
+fn large_documents_round_trip_and_oversized_ones_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), 2);
+    let client = server.client();
+    client
+        .create_index("big", &json!({"k": 1}), None, false)
+        .unwrap();
+    let big = json!({"_id": "big", "k": 1, "blob": "x".repeat(3 << 20), "list": (0..10_000).collect::<Vec<_>>()});
+    client.insert("big", std::slice::from_ref(&big)).unwrap();
+    assert_eq!(
+        client.find("big", &json!({"filter": {"k": 1}})).unwrap(),
+        vec![big.clone()]
+    );
+    let error = client
+        .insert(
+            "big",
+            &[json!({"_id": "huge", "blob": "y".repeat(17 << 20)})],
+        )
+        .unwrap_err();
+    assert_eq!(error.code(), Some(ErrorCode::TooLarge), "{error}");
+    // Updates that would grow a document past the limit are refused too.
+    let error = client
+        .update(
+            "big",
+            &json!({"_id": "big"}),
+            &json!({"$set": {"more": "z".repeat(14 << 20)}}),
+            false,
+            false,
+        )
+        .unwrap_err();
+    assert_eq!(error.code(), Some(ErrorCode::TooLarge), "{error}");
+    assert_eq!(client.count("big", &json!({})).unwrap(), 1);
+    client.remove("big", &json!({"_id": "big"}), false).unwrap();
+    assert_eq!(client.count("big", &json!({"k": 1})).unwrap(), 0);
 }

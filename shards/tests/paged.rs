@@ -5,12 +5,11 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{kvsd_binary, Server};
+use common::{verify_data_dir, Server};
 use kvs_wire::{Request, Response};
 
 /// A value derivable from its key's number, so any key can be checked alone.
@@ -20,18 +19,6 @@ fn value_for(n: u64) -> Vec<u8> {
 
 fn key_for(n: u64) -> Vec<u8> {
     format!("key-{n:08}").into_bytes()
-}
-
-fn verify_data_dir(dir: &std::path::Path) -> (bool, String) {
-    let out = Command::new(kvsd_binary())
-        .args(["--verify", "--data-dir"])
-        .arg(dir)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
 }
 
 /// Loads 1 KiB values in pipelined windows until stopped; records what was acknowledged.

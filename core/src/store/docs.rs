@@ -314,6 +314,25 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     vec![0xff; prefix.len() + 1]
 }
 
+/// Ranges of keys after `prefix` as ranges of tree keys.
+fn under(prefix: &[u8], ranges: &[KeyRange]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let with_prefix = |tail: &[u8]| {
+        let mut k = prefix.to_vec();
+        k.extend_from_slice(tail);
+        k
+    };
+    ranges
+        .iter()
+        .map(|(start, end)| {
+            let end = match end {
+                Some(end) => with_prefix(end),
+                None => prefix_end(prefix),
+            };
+            (with_prefix(start), end)
+        })
+        .collect()
+}
+
 /// The key just after `key` (no key lies between them).
 fn just_after(key: &[u8]) -> Vec<u8> {
     let mut k = key.to_vec();
@@ -767,22 +786,7 @@ impl<F: LogFile> PagedStore<F> {
         match access {
             Access::CollScan | Access::IdRanges(_) => {
                 let ranges: Vec<(Vec<u8>, Vec<u8>)> = match &access {
-                    Access::IdRanges(ranges) => ranges
-                        .iter()
-                        .map(|(start, end)| {
-                            let mut s = prefix.clone();
-                            s.extend_from_slice(start);
-                            let e = match end {
-                                Some(end) => {
-                                    let mut e = prefix.clone();
-                                    e.extend_from_slice(end);
-                                    e
-                                }
-                                None => docs_end.clone(),
-                            };
-                            (s, e)
-                        })
-                        .collect(),
+                    Access::IdRanges(ranges) => under(&prefix, ranges),
                     _ => {
                         // Natural order with a cursor: start just after its _id.
                         let start = match (&query.after, ordered) {
@@ -820,26 +824,28 @@ impl<F: LogFile> PagedStore<F> {
                 let iprefix = index_prefix(def.id);
                 let ranges: Vec<(Vec<u8>, Vec<u8>)> = match ranges {
                     None => vec![(iprefix.clone(), prefix_end(&iprefix))],
-                    Some(ranges) => ranges
-                        .iter()
-                        .map(|(start, end)| {
-                            let mut s = iprefix.clone();
-                            s.extend_from_slice(start);
-                            let e = match end {
-                                Some(end) => {
-                                    let mut e = iprefix.clone();
-                                    e.extend_from_slice(end);
-                                    e
-                                }
-                                None => prefix_end(&iprefix),
-                            };
-                            (s, e)
-                        })
-                        .collect(),
+                    Some(ranges) => under(&iprefix, &ranges),
+                };
+                // A cursor over an index that gives the order: start just after its
+                // entry instead of reading the pages before it again.
+                let seek = match (&query.after, ordered) {
+                    (Some(after), true) => match keys_of(after, &def.spec).0.as_slice() {
+                        [key] => Some(just_after(
+                            &def.entry_key(key, &index_key::key(id_of(after))),
+                        )),
+                        _ => None,
+                    },
+                    _ => None,
                 };
                 let mut seen: HashSet<Vec<u8>> = HashSet::new();
                 for (start, end) in ranges {
-                    let mut from = start;
+                    let mut from = match &seek {
+                        Some(seek) if *seek > start => seek.clone(),
+                        _ => start,
+                    };
+                    if from >= end {
+                        continue;
+                    }
                     loop {
                         let chunk = self.scan_tree(&from, Some(&end), SCAN_CHUNK).await?;
                         let full = chunk.len() == SCAN_CHUNK;
@@ -1398,16 +1404,27 @@ impl<F: LogFile> PagedStore<F> {
         at: usize,
         message: String,
     ) -> Result<Outcome, StoreError> {
-        let def = coll.indexes.remove(at);
-        let prefix = index_prefix(def.id);
-        self.delete_range(index, &prefix, &prefix_end(&prefix))
-            .await?;
-        coll.failed.push((def.name.clone(), message.clone()));
+        let def = self.remove_index(index, &mut coll, at).await?;
+        coll.failed.push((def.name, message.clone()));
         self.save_collection(index, &coll).await?;
         Ok(reply(vec![
             ("ready", Value::Bool(false)),
             ("failed", Value::String(message)),
         ]))
+    }
+
+    /// Takes index `at` out of `coll` and deletes its entries (the caller saves `coll`).
+    async fn remove_index(
+        &self,
+        index: u64,
+        coll: &mut Collection,
+        at: usize,
+    ) -> Result<IndexDef, StoreError> {
+        let def = coll.indexes.remove(at);
+        let prefix = index_prefix(def.id);
+        self.delete_range(index, &prefix, &prefix_end(&prefix))
+            .await?;
+        Ok(def)
     }
 
     async fn doc_drop_index(
@@ -1428,10 +1445,7 @@ impl<F: LogFile> PagedStore<F> {
                 "no index {index_name} on {name}"
             ))));
         };
-        let def = coll.indexes.remove(at);
-        let prefix = index_prefix(def.id);
-        self.delete_range(index, &prefix, &prefix_end(&prefix))
-            .await?;
+        self.remove_index(index, &mut coll, at).await?;
         self.save_collection(index, &coll).await?;
         Ok(reply(vec![("dropped", Value::Bool(true))]))
     }

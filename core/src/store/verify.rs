@@ -40,6 +40,28 @@ impl VerifyReport {
     }
 }
 
+/// The document-side records of a tree, gathered for checking documents against their
+/// indexes once the whole tree has been walked.
+#[derive(Default)]
+struct DocRecords {
+    catalog: Vec<(Vec<u8>, Vec<u8>)>,
+    documents: Vec<(Vec<u8>, Vec<u8>)>,
+    index_entries: HashMap<Vec<u8>, Vec<u8>>,
+}
+
+impl DocRecords {
+    fn add(&mut self, space: Option<u8>, key: &[u8], value: Vec<u8>) {
+        match space {
+            Some(SPACE_DOC) => self.documents.push((key.to_vec(), value)),
+            Some(SPACE_INDEX) => {
+                self.index_entries.insert(key.to_vec(), value);
+            }
+            Some(SPACE_CATALOG) => self.catalog.push((key.to_vec(), value)),
+            _ => {}
+        }
+    }
+}
+
 struct Visit {
     id: u64,
     depth: u32,
@@ -78,9 +100,7 @@ pub async fn verify<D: LogDisk>(disk: &D, shard: u32) -> Result<VerifyReport, St
             problems.push(format!("page {id} is used twice (again as {what})"));
         }
     };
-    let mut catalog: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-    let mut documents: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-    let mut index_entries: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+    let mut records = DocRecords::default();
     let mut stack = Vec::new();
     if meta.root != 0 {
         stack.push(Visit {
@@ -133,15 +153,7 @@ pub async fn verify<D: LogDisk>(disk: &D, shard: u32) -> Result<VerifyReport, St
                         ));
                     }
                     if let Value::Inline(value) = &entry.value {
-                        let record = (entry.key.to_vec(), value.clone());
-                        match space {
-                            Some(SPACE_DOC) => documents.push(record),
-                            Some(SPACE_INDEX) => {
-                                index_entries.insert(record.0, record.1);
-                            }
-                            Some(SPACE_CATALOG) => catalog.push(record),
-                            _ => {}
-                        }
+                        records.add(space, &entry.key, value.clone());
                     }
                     if !in_range(&entry.key) {
                         report.problems.push(format!(
@@ -166,17 +178,7 @@ pub async fn verify<D: LogDisk>(disk: &D, shard: u32) -> Result<VerifyReport, St
                             .await
                         {
                             Ok(bytes) => match decode_extent(&bytes, first, len, lsn) {
-                                Ok(value) => {
-                                    let record = (entry.key.to_vec(), value);
-                                    match space {
-                                        Some(SPACE_DOC) => documents.push(record),
-                                        Some(SPACE_INDEX) => {
-                                            index_entries.insert(record.0, record.1);
-                                        }
-                                        Some(SPACE_CATALOG) => catalog.push(record),
-                                        _ => {}
-                                    }
-                                }
+                                Ok(value) => records.add(space, &entry.key, value),
                                 Err(e) => report.problems.push(e.to_string()),
                             },
                             Err(e) => report
@@ -217,9 +219,14 @@ pub async fn verify<D: LogDisk>(disk: &D, shard: u32) -> Result<VerifyReport, St
             }
         }
     }
-    report.documents = documents.len() as u64;
-    report.index_entries = index_entries.len() as u64;
-    super::docs::check_documents(catalog, documents, index_entries, &mut report.problems);
+    report.documents = records.documents.len() as u64;
+    report.index_entries = records.index_entries.len() as u64;
+    super::docs::check_documents(
+        records.catalog,
+        records.documents,
+        records.index_entries,
+        &mut report.problems,
+    );
     if report.keys != meta.key_count {
         report.problems.push(format!(
             "the tree holds {} keys, the checkpoint says {}",

@@ -26,6 +26,34 @@ pub fn kvs_binary() -> PathBuf {
     path
 }
 
+/// Runs the `kvs` CLI against `server`: (exit code, stdout, stderr).
+pub fn kvs(server: &Server, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(kvs_binary())
+        .arg("--addr")
+        .arg(&server.addr)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `kvsd --verify` on a data directory: (clean, report).
+pub fn verify_data_dir(dir: &std::path::Path) -> (bool, String) {
+    let out = Command::new(kvsd_binary())
+        .args(["--verify", "--data-dir"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
 pub fn free_port() -> u16 {
     free_ports::<1>()[0]
 }

@@ -342,6 +342,13 @@ fn planner_uses_id_ranges_and_indexes_and_explains() {
     assert!(stats.ordered);
     assert_eq!(stats.docs_examined, 3);
     assert_eq!(docs[0].to_string(), r#"{"_id":45,"age":45,"city":"c3"}"#);
+    // The next page starts after the cursor's index entry, and reads only its documents.
+    let mut next = query(r#"{"age": {"$gte": 45}}"#, r#"{"age": 1}"#, Some(3));
+    next.after = Some(json(r#"{"_id": 145, "age": 45}"#));
+    let (docs, _, stats) = block_on(store.doc_find("p", &next, false)).unwrap();
+    let ids: Vec<String> = docs.iter().map(|d| id_of(d).to_string()).collect();
+    assert_eq!(ids, ["195", "245", "295"]);
+    assert_eq!(stats.keys_examined, 3);
     assert_clean(&disk, &store);
 }
 
