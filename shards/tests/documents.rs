@@ -607,6 +607,14 @@ fn kill9_during_indexed_document_writes_loses_nothing_and_indexes_agree() {
     let (clean, report) = verify(dir.path());
     assert!(clean, "{report}");
     assert!(report.contains("verify: clean"), "{report}");
+    // The same check through the CLI.
+    let out = Command::new(kvs_binary())
+        .args(["verify", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("verify: clean"));
 }
 
 #[test]

@@ -127,6 +127,12 @@ enum Command {
     Collections,
     /// Drops COLL with its documents and indexes.
     Drop { coll: String },
+    /// Checks a stopped node's data directory (pages, tree, free list, and documents
+    /// against their indexes) by running `kvsd --verify`; exit 0 clean, 1 problems found.
+    Verify {
+        #[arg(long, default_value = "./kvs-data")]
+        data_dir: String,
+    },
 }
 
 #[derive(Subcommand, Debug, Clone, PartialEq)]
@@ -441,6 +447,9 @@ impl Command {
                     end: end.map(String::into_bytes),
                     limit: limit as u32,
                 }
+            }
+            Command::Verify { .. } => {
+                return Err("verify checks a stopped node's files: run `kvs verify` alone".into())
             }
             _ => unreachable!("document commands are handled above"),
         })
@@ -868,8 +877,30 @@ fn run_shell(client: &Client) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// `kvs verify`: runs the `kvsd` next to this binary (or on PATH) with `--verify`.
+fn run_verify(data_dir: &str) -> ExitCode {
+    let beside = std::env::current_exe()
+        .ok()
+        .map(|exe| exe.with_file_name("kvsd"))
+        .filter(|path| path.exists());
+    let kvsd = beside.unwrap_or_else(|| "kvsd".into());
+    match std::process::Command::new(&kvsd)
+        .args(["--verify", "--data-dir", data_dir])
+        .status()
+    {
+        Ok(status) => ExitCode::from(status.code().unwrap_or(2).clamp(0, 255) as u8),
+        Err(e) => {
+            eprintln!("kvs: cannot run {}: {e}", kvsd.display());
+            ExitCode::from(2)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Verify { data_dir }) = &cli.command {
+        return run_verify(data_dir);
+    }
     let options = ClientOptions {
         request_timeout: Duration::from_secs(cli.timeout),
         ..ClientOptions::default()
