@@ -666,9 +666,14 @@ impl<F: LogFile> PagedStore<F> {
         }
     }
 
-    /// Reads a stored document.
+    /// Reads a stored document (from the pool and the hot cache when it can, which it
+    /// then fills, as a key-value GET does).
     async fn read_doc(&self, key: &[u8]) -> Result<Option<Value>, StoreError> {
-        match self.get_tree(key).await? {
+        let found = match self.try_get_tree(key) {
+            Some(found) => found,
+            None => self.get_tree(key).await?,
+        };
+        match found {
             None => Ok(None),
             Some(v) => binary::from_bytes(&v.value)
                 .map(Some)
@@ -1240,14 +1245,14 @@ impl<F: LogFile> PagedStore<F> {
         loop {
             // One leaf at a time; the fence is where the next leaf starts, and every key
             // before it in the range is gone once this leaf's are deleted.
-            let (entries, next) = self.run(|st| st.scan_leaf(&from, usize::MAX)).await?;
-            let total = entries.len();
+            let (entries, next) = self
+                .run(|st| st.scan_leaf(&from, Some(end), usize::MAX))
+                .await?;
             let keys: Vec<Vec<u8>> = entries
                 .into_iter()
                 .map(|e| Vec::<u8>::from(e.key))
-                .take_while(|k| k.as_slice() < end)
                 .collect();
-            let reached_end = keys.len() < total;
+            let reached_end = next.as_deref().is_some_and(|next| next >= end);
             for key in &keys {
                 self.delete(index, key).await?;
                 deleted += 1;

@@ -763,11 +763,8 @@ impl<F: LogFile> PagedStore<F> {
         let mut from = start.to_vec();
         while out.len() < limit {
             let want = limit - out.len();
-            let (entries, next) = self.run(|st| st.scan_leaf(&from, want)).await?;
+            let (entries, next) = self.run(|st| st.scan_leaf(&from, end, want)).await?;
             for entry in entries {
-                if end.is_some_and(|end| entry.key.as_slice() >= end) {
-                    return Ok(out);
-                }
                 let value = match self.value_of(&entry).await? {
                     Ok(value) => value,
                     // Rewritten while we read it: take the key's current value.
@@ -779,8 +776,9 @@ impl<F: LogFile> PagedStore<F> {
                 out.push((entry.key.into(), value));
             }
             match next {
-                Some(next) => from = next,
-                None => break,
+                // The next leaf starts at or past the end: nothing more is in range.
+                Some(next) if end.is_none_or(|end| next.as_slice() < end) => from = next,
+                _ => break,
             }
         }
         Ok(out)

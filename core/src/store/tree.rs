@@ -416,11 +416,12 @@ impl State {
         Ok(old)
     }
 
-    /// The entries of the leaf holding `start` from `start` on (at most `limit`), and the
-    /// first key of the next leaf, if there is one.
+    /// The entries of the leaf holding `start` from `start` on (at most `limit`, and only
+    /// those below `end`), and the first key of the next leaf, if there is one.
     pub fn scan_leaf(
         &mut self,
         start: &[u8],
+        end: Option<&[u8]>,
         limit: usize,
     ) -> Result<(Vec<Entry>, Option<Vec<u8>>), Miss> {
         if self.root == 0 {
@@ -439,7 +440,12 @@ impl State {
                 }
                 Node::Leaf(entries) => {
                     let from = entries.partition_point(|e| e.key.as_slice() < start);
-                    let out: Vec<Entry> = entries[from..].iter().take(limit).cloned().collect();
+                    let out: Vec<Entry> = entries[from..]
+                        .iter()
+                        .take(limit)
+                        .take_while(|e| end.is_none_or(|end| e.key.as_slice() < end))
+                        .cloned()
+                        .collect();
                     return Ok((out, fence));
                 }
             }
