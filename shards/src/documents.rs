@@ -48,7 +48,7 @@ use kvs_core::doc::value::{compare, Value};
 use kvs_core::log::LogFile;
 use kvs_core::state::CommandResult;
 use kvs_core::store::docs::{
-    default_index_name, order, parse_index_key, upsert_document, FindQuery,
+    default_index_name, order, parse_index_key, upsert_document, After, FindQuery,
 };
 use kvs_core::store::PagedStore;
 use kvs_wire::limits::DOCUMENT_SIZE_MAX;
@@ -129,11 +129,15 @@ fn parse_query(query: &Value) -> Result<FindQuery, String> {
         Some(Value::Int(n)) if *n >= 0 => Some(*n as usize),
         _ => None,
     };
+    let after = match query.get("after") {
+        Some(token) => Some(After::parse(&sort, token).map_err(|e| e.message)?),
+        None => None,
+    };
     Ok(FindQuery {
         filter,
         sort,
         limit,
-        after: query.get("after").cloned(),
+        after,
     })
 }
 
@@ -357,6 +361,8 @@ fn doc_reply(reply: ShardReply) -> Out<Value> {
                 DocErrorKind::DuplicateKey => ErrorCode::DuplicateKey,
                 DocErrorKind::TooLarge => ErrorCode::TooLarge,
                 DocErrorKind::NotFound => ErrorCode::NotFound,
+                // Handled by the writers (`asks_retry`); seen here only if one did not.
+                DocErrorKind::Retry => ErrorCode::Internal,
             },
             message,
         }),
@@ -523,13 +529,14 @@ fn shard_for_doc(coll: &str, id: &Value, shard_count: u32) -> u32 {
     (h % u64::from(shard_count)) as u32
 }
 
-/// The one `_id` a filter pins, if it pins one (a top-level equality on a scalar).
+/// The one `_id` a filter pins, if it pins one (a top-level equality on a value).
 fn pinned_id(filter: &Filter) -> Option<Value> {
     match filter {
+        // (An array never equals an `_id`, which cannot be one: such a filter pins nothing.)
         Filter::Field { path, cond } if path.len() == 1 && path[0] == "_id" => match cond {
-            Cond::Eq(v) if !matches!(v, Value::Array(_) | Value::Object(_)) => Some(v.clone()),
+            Cond::Eq(v) if !matches!(v, Value::Array(_)) => Some(v.clone()),
             Cond::Every(conds) => conds.iter().find_map(|c| match c {
-                Cond::Eq(v) if !matches!(v, Value::Array(_) | Value::Object(_)) => Some(v.clone()),
+                Cond::Eq(v) if !matches!(v, Value::Array(_)) => Some(v.clone()),
                 _ => None,
             }),
             _ => None,
@@ -603,24 +610,97 @@ async fn lock_collection(coll: &str) -> CollLock {
     }
 }
 
-/// The unique indexes of `coll` (index key documents), when the node has several shards
-/// (one shard checks its own keys atomically).
-async fn unique_keys(ctx: &CoreContext, coll: &str) -> Out<Vec<Value>> {
-    if ctx.shard_count == 1 {
-        return Ok(Vec::new());
+/// What a coordinator knows of a collection's unique indexes when it writes: on a node of
+/// several shards, their names and keys (read from its own core's shard). Its writes carry
+/// the names ([`DocCommand::Checked`]), so a shard that has a unique index the view lacks
+/// refuses them, and the coordinator looks again and retries.
+struct UniqueView {
+    /// None on a node of one shard: that shard checks every key itself, atomically.
+    names: Option<Vec<String>>,
+    keys: Vec<Value>,
+}
+
+impl UniqueView {
+    async fn read(ctx: &CoreContext, coll: &str) -> Out<UniqueView> {
+        if ctx.shard_count == 1 {
+            return Ok(UniqueView {
+                names: None,
+                keys: Vec::new(),
+            });
+        }
+        let read = ShardOp::DocRead(DocRead::Indexes {
+            coll: coll.to_string(),
+        });
+        let reply = doc_reply(ask(ctx, ctx.core as u32, read).await)?;
+        let mut names = Vec::new();
+        let mut keys = Vec::new();
+        if let Some(Value::Array(indexes)) = reply.get("indexes") {
+            for index in indexes {
+                if let (Some(Value::Bool(true)), Some(Value::String(name)), Some(key)) =
+                    (index.get("unique"), index.get("name"), index.get("key"))
+                {
+                    names.push(name.clone());
+                    keys.push(key.clone());
+                }
+            }
+        }
+        Ok(UniqueView {
+            names: Some(names),
+            keys,
+        })
     }
-    let read = ShardOp::DocRead(DocRead::Indexes {
-        coll: coll.to_string(),
-    });
-    let reply = doc_reply(ask(ctx, ctx.core as u32, read).await)?;
-    let Some(Value::Array(indexes)) = reply.get("indexes") else {
-        return Ok(Vec::new());
-    };
-    Ok(indexes
-        .iter()
-        .filter(|i| i.get("unique") == Some(&Value::Bool(true)))
-        .filter_map(|i| i.get("key").cloned())
-        .collect())
+
+    /// Holds the collection's write lock when there are unique indexes to check across
+    /// shards.
+    async fn lock(&self, coll: &str) -> Option<CollLock> {
+        if self.keys.is_empty() {
+            None
+        } else {
+            Some(lock_collection(coll).await)
+        }
+    }
+
+    /// The write to send: checked against this view on a node of several shards.
+    fn write(&self, command: DocCommand) -> ShardOp {
+        match &self.names {
+            None => write(&command),
+            Some(names) => write(&DocCommand::Checked {
+                coll: command.coll().to_string(),
+                unique: names.clone(),
+                command: Box::new(command),
+            }),
+        }
+    }
+}
+
+/// Whether a shard refused a write because the writer's view of the unique indexes was
+/// out of date.
+fn asks_retry(reply: &ShardReply) -> bool {
+    matches!(
+        reply,
+        ShardReply::Written(CommandResult::DocumentRefused {
+            kind: DocErrorKind::Retry,
+            ..
+        })
+    )
+}
+
+/// Tries a write this many times while shards ask for a retry (a unique index appeared).
+const WRITE_ATTEMPTS: usize = 10;
+
+fn unfinished(coll: &str) -> Fail {
+    Fail {
+        code: ErrorCode::Internal,
+        message: format!("the unique indexes of {coll} kept changing; the write did not finish"),
+    }
+}
+
+/// Adds what other shards did to a failure's message.
+fn with_done(mut fail: Fail, done: i64, what: &str) -> Fail {
+    if done > 0 {
+        fail.message = format!("{} ({done} documents {what} on other shards)", fail.message);
+    }
+    fail
 }
 
 /// Checks new versions of documents against the unique indexes of the other shards, and
@@ -710,48 +790,56 @@ async fn insert(ctx: &CoreContext, command: &Value) -> Out<Value> {
         .iter()
         .map(|d| d.get("_id").cloned().unwrap_or(Value::Null))
         .collect();
-    let uniques = unique_keys(ctx, &coll).await?;
-    let _lock = if uniques.is_empty() {
-        None
-    } else {
-        let lock = lock_collection(&coll).await;
-        check_unique_across(ctx, &coll, &uniques, &docs).await?;
-        Some(lock)
-    };
-    let mut by_shard: Vec<(u32, Vec<Value>)> = Vec::new();
+    let mut pending: Vec<(u32, Vec<Value>)> = Vec::new();
     for doc in docs {
         let shard = shard_of(ctx, &coll, doc.get("_id").unwrap_or(&Value::Null));
-        match by_shard.iter_mut().find(|(s, _)| *s == shard) {
+        match pending.iter_mut().find(|(s, _)| *s == shard) {
             Some((_, docs)) => docs.push(doc),
-            None => by_shard.push((shard, vec![doc])),
+            None => pending.push((shard, vec![doc])),
         }
     }
-    let ops = by_shard
-        .into_iter()
-        .map(|(shard, docs)| {
-            let command = DocCommand::Insert {
-                coll: coll.clone(),
-                docs,
-            };
-            (shard, write(&command))
-        })
-        .collect();
     let mut inserted = 0;
     let mut failure = None;
-    for reply in ask_all(ctx, ops).await {
-        match doc_reply(reply) {
-            Ok(r) => inserted += int_of(&r, "inserted"),
-            Err(fail) => failure = failure.or(Some(fail)),
+    for _ in 0..WRITE_ATTEMPTS {
+        let view = UniqueView::read(ctx, &coll).await?;
+        let _lock = view.lock(&coll).await;
+        if !view.keys.is_empty() {
+            let docs: Vec<Value> = pending.iter().flat_map(|(_, d)| d.clone()).collect();
+            if let Err(fail) = check_unique_across(ctx, &coll, &view.keys, &docs).await {
+                return Err(with_done(fail, inserted, "inserted"));
+            }
+        }
+        let ops = pending
+            .iter()
+            .map(|(shard, docs)| {
+                let command = DocCommand::Insert {
+                    coll: coll.clone(),
+                    docs: docs.clone(),
+                };
+                (*shard, view.write(command))
+            })
+            .collect();
+        let mut retry = Vec::new();
+        for (part, reply) in pending.into_iter().zip(ask_all(ctx, ops).await) {
+            if asks_retry(&reply) {
+                retry.push(part);
+                continue;
+            }
+            match doc_reply(reply) {
+                Ok(r) => inserted += int_of(&r, "inserted"),
+                Err(fail) => failure = failure.or(Some(fail)),
+            }
+        }
+        pending = retry;
+        if pending.is_empty() {
+            break;
         }
     }
-    if let Some(mut fail) = failure {
-        if inserted > 0 {
-            fail.message = format!(
-                "{} ({inserted} documents bound for other shards were inserted)",
-                fail.message
-            );
-        }
-        return Err(fail);
+    if !pending.is_empty() {
+        failure = failure.or(Some(unfinished(&coll)));
+    }
+    if let Some(fail) = failure {
+        return Err(with_done(fail, inserted, "inserted"));
     }
     Ok(obj(vec![
         ("inserted", Value::Int(inserted)),
@@ -793,11 +881,13 @@ fn find_args(command: &Value, allowed: &[&str]) -> Out<FindArgs> {
     let cursor = match args.get("cursor") {
         None | Some(Value::Null) => None,
         Some(c) => {
-            let Some(after @ Value::Object(_)) = c.get("after") else {
+            let Some(after) = c.get("after") else {
                 return Err(bad(
                     "find: a cursor is {\"after\": {...}, \"remaining\": n}",
                 ));
             };
+            // Checked here, so a damaged cursor is a BAD_REQUEST before any shard.
+            After::parse(&sort, after).map_err(|e| bad(format!("find: cursor: {}", e.message)))?;
             let remaining = match c.get("remaining") {
                 None | Some(Value::Null) => None,
                 Some(Value::Int(n)) if *n > 0 => Some(*n as usize),
@@ -889,10 +979,7 @@ async fn find(ctx: &CoreContext, command: &Value) -> Out<Value> {
     let more = available > page.len() && remaining.is_none_or(|r| r > page.len());
     let cursor = match page.last() {
         Some(last) if more => {
-            let paths: Vec<String> = f.sort.fields().iter().map(|(p, _)| p.join(".")).collect();
-            let token = Projection::including(&paths, true)
-                .map_err(|e| bad(e.0))?
-                .apply(last);
+            let token = After::token(&f.sort, last);
             let left = remaining.map_or(Value::Null, |r| Value::Int((r - page.len()) as i64));
             Some(obj(vec![("after", token), ("remaining", left)]))
         }
@@ -950,6 +1037,43 @@ async fn explain(ctx: &CoreContext, command: &Value) -> Out<Value> {
     ]))
 }
 
+/// An update command's parts.
+struct UpdateArgs {
+    coll: String,
+    filter_value: Value,
+    filter: Filter,
+    update_value: Value,
+    update: Update,
+    upsert: bool,
+}
+
+impl UpdateArgs {
+    fn command(&self, filter: &Value, multi: bool, upsert: Option<Value>) -> DocCommand {
+        DocCommand::Update {
+            coll: self.coll.clone(),
+            filter: filter.clone(),
+            update: self.update_value.clone(),
+            multi,
+            upsert,
+        }
+    }
+
+    /// The document an upsert would insert, and the shard it belongs to.
+    fn upsert_document(&self, ctx: &CoreContext) -> Out<(Value, u32)> {
+        let id = pinned_id(&self.filter).unwrap_or_else(new_id);
+        let doc = upsert_document(&self.filter, &self.update, id).map_err(|e| bad(e.message))?;
+        let home = shard_of(ctx, &self.coll, doc.get("_id").unwrap_or(&Value::Null));
+        Ok((doc, home))
+    }
+}
+
+fn counts(matched: i64, modified: i64) -> Vec<(&'static str, Value)> {
+    vec![
+        ("matched", Value::Int(matched)),
+        ("modified", Value::Int(modified)),
+    ]
+}
+
 async fn update(ctx: &CoreContext, command: &Value) -> Out<Value> {
     let args = Args::new(command, &["filter", "u", "upsert", "multi"])?;
     let coll = args.coll()?;
@@ -958,90 +1082,172 @@ async fn update(ctx: &CoreContext, command: &Value) -> Out<Value> {
     let Some(update_value) = args.get("u") else {
         return Err(bad("update: no update document (field \"u\")"));
     };
-    let parsed = Update::parse(update_value).map_err(|e| bad(e.0))?;
+    let update = Update::parse(update_value).map_err(|e| bad(e.0))?;
     let (upsert, multi) = (args.flag("upsert")?, args.flag("multi")?);
-    if multi && matches!(parsed, Update::Replace(_)) {
+    if multi && matches!(update, Update::Replace(_)) {
         return Err(bad(
             "update: a replacement document updates one document; use operators with multi",
         ));
     }
-    let shards = targets(ctx, &coll, &filter);
-    let upsert_id = pinned_id(&filter).unwrap_or_else(new_id);
-    let uniques = unique_keys(ctx, &coll).await?;
-    let _lock = if uniques.is_empty() {
-        None
-    } else {
-        let lock = lock_collection(&coll).await;
-        // What the update would write, checked against the other shards' unique keys.
-        let query = binary::to_bytes(&obj(vec![
-            ("filter", filter_value.clone()),
-            ("limit", Value::Int(if multi { i64::MAX } else { 1 })),
-        ]));
-        let ops = find_reads(&coll, &shards, &query, FindMode::Documents);
-        let mut matched = Vec::new();
-        for reply in ask_all(ctx, ops).await {
-            matched.extend(docs_of(doc_reply(reply)?));
-        }
-        if !multi {
-            matched.truncate(1);
-        }
-        let mut new_docs = Vec::with_capacity(matched.len());
-        for doc in matched {
-            let mut new = doc.clone();
-            parsed.apply(&mut new).map_err(|e| bad(e.0))?;
-            new_docs.push(new);
-        }
-        if new_docs.is_empty() && upsert {
-            let doc =
-                upsert_document(&filter, &parsed, upsert_id.clone()).map_err(|e| bad(e.message))?;
-            new_docs.push(doc);
-        }
-        check_unique_across(ctx, &coll, &uniques, &new_docs).await?;
-        Some(lock)
+    let u = UpdateArgs {
+        coll,
+        filter_value,
+        filter,
+        update_value: update_value.clone(),
+        update,
+        upsert,
     };
-    let command = |upsert: Option<Value>, multi: bool| {
-        write(&DocCommand::Update {
-            coll: coll.clone(),
-            filter: filter_value.clone(),
-            update: update_value.clone(),
-            multi,
-            upsert,
-        })
-    };
-    let (mut matched, mut modified) = (0, 0);
     if multi {
-        let ops = shards.iter().map(|&s| (s, command(None, true))).collect();
-        for reply in ask_all(ctx, ops).await {
-            let r = doc_reply(reply)?;
-            matched += int_of(&r, "matched");
-            modified += int_of(&r, "modified");
-        }
+        update_many(ctx, &u).await
     } else {
-        for &shard in &shards {
-            let r = doc_reply(ask(ctx, shard, command(None, false)).await)?;
-            matched += int_of(&r, "matched");
-            modified += int_of(&r, "modified");
-            if matched > 0 {
-                break;
+        update_one(ctx, &u).await
+    }
+}
+
+/// What an update would make of the documents it matches now (for the unique check).
+async fn updated_versions(
+    ctx: &CoreContext,
+    u: &UpdateArgs,
+    shards: &[u32],
+    limit: i64,
+) -> Out<(Vec<Value>, Vec<Value>)> {
+    let query = binary::to_bytes(&obj(vec![
+        ("filter", u.filter_value.clone()),
+        ("limit", Value::Int(limit)),
+    ]));
+    let mut matched = Vec::new();
+    let reads = find_reads(&u.coll, shards, &query, FindMode::Documents);
+    for reply in ask_all(ctx, reads).await {
+        matched.extend(docs_of(doc_reply(reply)?));
+    }
+    let mut new_docs = Vec::with_capacity(matched.len());
+    for doc in &matched {
+        let mut new = doc.clone();
+        u.update.apply(&mut new).map_err(|e| bad(e.0))?;
+        new_docs.push(new);
+    }
+    Ok((matched, new_docs))
+}
+
+/// `--many`: every shard at once; a shard that asks for a retry is checked and asked
+/// again, alone (the others' changes stand).
+async fn update_many(ctx: &CoreContext, u: &UpdateArgs) -> Out<Value> {
+    let mut pending = targets(ctx, &u.coll, &u.filter);
+    let (mut matched, mut modified) = (0, 0);
+    let mut failure = None;
+    for _ in 0..WRITE_ATTEMPTS {
+        let view = UniqueView::read(ctx, &u.coll).await?;
+        let _lock = view.lock(&u.coll).await;
+        if !view.keys.is_empty() {
+            let (_, new_docs) = updated_versions(ctx, u, &pending, i64::MAX).await?;
+            if let Err(fail) = check_unique_across(ctx, &u.coll, &view.keys, &new_docs).await {
+                return Err(with_done(fail, modified, "modified"));
             }
         }
+        let ops = pending
+            .iter()
+            .map(|&s| (s, view.write(u.command(&u.filter_value, true, None))))
+            .collect();
+        let mut retry = Vec::new();
+        for (shard, reply) in pending.into_iter().zip(ask_all(ctx, ops).await) {
+            if asks_retry(&reply) {
+                retry.push(shard);
+                continue;
+            }
+            match doc_reply(reply) {
+                Ok(r) => {
+                    matched += int_of(&r, "matched");
+                    modified += int_of(&r, "modified");
+                }
+                Err(fail) => failure = failure.or(Some(fail)),
+            }
+        }
+        pending = retry;
+        if pending.is_empty() {
+            break;
+        }
     }
-    let mut out = vec![
-        ("matched", Value::Int(matched)),
-        ("modified", Value::Int(modified)),
-    ];
-    if matched == 0 && upsert {
-        let home = shard_of(ctx, &coll, &upsert_id);
-        let r = doc_reply(ask(ctx, home, command(Some(upsert_id), false)).await)?;
-        out = vec![
-            ("matched", Value::Int(int_of(&r, "matched"))),
-            ("modified", Value::Int(int_of(&r, "modified"))),
-        ];
+    if !pending.is_empty() {
+        failure = failure.or(Some(unfinished(&u.coll)));
+    }
+    match failure {
+        Some(fail) => Err(with_done(fail, modified, "modified")),
+        None => Ok(obj(counts(matched, modified))),
+    }
+}
+
+/// One document: the shards one after another until one matches; with unique indexes to
+/// check across shards, the document checked is the one written (its `_id` joins the
+/// filter). No match and `upsert`: the new document goes to its own shard.
+async fn update_one(ctx: &CoreContext, u: &UpdateArgs) -> Out<Value> {
+    let shards = targets(ctx, &u.coll, &u.filter);
+    'attempt: for _ in 0..WRITE_ATTEMPTS {
+        let view = UniqueView::read(ctx, &u.coll).await?;
+        let _lock = view.lock(&u.coll).await;
+        if !view.keys.is_empty() {
+            let (matched, new_docs) = updated_versions(ctx, u, &shards, 1).await?;
+            if let Some(doc) = matched.first() {
+                check_unique_across(ctx, &u.coll, &view.keys, &new_docs[..1]).await?;
+                let id = doc.get("_id").cloned().unwrap_or(Value::Null);
+                let pinned = obj(vec![(
+                    "$and",
+                    Value::Array(vec![u.filter_value.clone(), obj(vec![("_id", id.clone())])]),
+                )]);
+                let home = shard_of(ctx, &u.coll, &id);
+                let reply = ask(ctx, home, view.write(u.command(&pinned, false, None))).await;
+                if asks_retry(&reply) {
+                    continue 'attempt;
+                }
+                let r = doc_reply(reply)?;
+                if int_of(&r, "matched") == 0 {
+                    // Changed or gone since it was read: look again.
+                    continue 'attempt;
+                }
+                return Ok(r);
+            }
+        } else {
+            for &shard in &shards {
+                let reply = ask(
+                    ctx,
+                    shard,
+                    view.write(u.command(&u.filter_value, false, None)),
+                )
+                .await;
+                if asks_retry(&reply) {
+                    // Nothing was changed yet: start again with a fresh view.
+                    continue 'attempt;
+                }
+                let r = doc_reply(reply)?;
+                if int_of(&r, "matched") > 0 {
+                    return Ok(r);
+                }
+            }
+        }
+        if !u.upsert {
+            return Ok(obj(counts(0, 0)));
+        }
+        let (doc, home) = u.upsert_document(ctx)?;
+        if !view.keys.is_empty() {
+            check_unique_across(ctx, &u.coll, &view.keys, std::slice::from_ref(&doc)).await?;
+        }
+        let id = doc.get("_id").cloned().unwrap_or(Value::Null);
+        let reply = ask(
+            ctx,
+            home,
+            view.write(u.command(&u.filter_value, false, Some(id))),
+        )
+        .await;
+        if asks_retry(&reply) {
+            continue 'attempt;
+        }
+        let r = doc_reply(reply)?;
+        let mut out = counts(int_of(&r, "matched"), int_of(&r, "modified"));
         if let Some(id) = r.get("upserted") {
             out.push(("upserted", id.clone()));
         }
+        return Ok(obj(out));
     }
-    Ok(obj(out))
+    Err(unfinished(&u.coll))
 }
 
 async fn delete(ctx: &CoreContext, command: &Value) -> Out<Value> {
@@ -1059,8 +1265,15 @@ async fn delete(ctx: &CoreContext, command: &Value) -> Out<Value> {
     let mut deleted = 0;
     if multi {
         let ops = shards.iter().map(|&s| (s, command.clone())).collect();
+        let mut failure = None;
         for reply in ask_all(ctx, ops).await {
-            deleted += int_of(&doc_reply(reply)?, "deleted");
+            match doc_reply(reply) {
+                Ok(r) => deleted += int_of(&r, "deleted"),
+                Err(fail) => failure = failure.or(Some(fail)),
+            }
+        }
+        if let Some(fail) = failure {
+            return Err(with_done(fail, deleted, "deleted"));
         }
     } else {
         for shard in shards {
@@ -1101,8 +1314,12 @@ async fn aggregate(ctx: &CoreContext, command: &Value) -> Out<Value> {
         _ => obj(vec![("$and", Value::Array(matches))]),
     };
     let parsed_filter = Filter::parse(&filter).map_err(|e| bad(e.0))?;
+    // A $group right after the $match stages runs in parts on the shards, unless its
+    // result depends on the order of the documents (which parts would change).
     let group = match rest.first() {
-        Some(stage) => GroupStage::parse(stage).map_err(|e| bad(e.0))?,
+        Some(stage) => GroupStage::parse(stage)
+            .map_err(|e| bad(e.0))?
+            .filter(|g| !g.order_sensitive()),
         None => None,
     };
     let group_bytes = group.as_ref().map(|_| binary::to_bytes(&rest[0]));

@@ -366,6 +366,48 @@ fn finds_page_through_cursors_in_order() {
         .map(|(_, i)| i)
         .collect();
     assert_eq!(ids(&page), expected);
+    // Sort paths a projection cannot carry (an array index; a path inside another), with
+    // and without an index that gives the order: every document exactly once, in order.
+    let arrays: Vec<J> = (0..500)
+        .map(|i| json!({"_id": i, "a": [i % 5, i], "o": {"b": i % 7}}))
+        .collect();
+    client.insert("arr", &arrays).unwrap();
+    for round in 0..2 {
+        let got = client
+            .find(
+                "arr",
+                &json!({"sort": {"a.0": 1, "_id": -1}, "batchSize": 37}),
+            )
+            .unwrap();
+        let mut want: Vec<(i64, i64)> = (0..500).map(|i| (i % 5, -i)).collect();
+        want.sort();
+        assert_eq!(
+            ids(&got),
+            want.iter().map(|(_, i)| -i).collect::<Vec<_>>(),
+            "round {round}"
+        );
+        let got = client
+            .find(
+                "arr",
+                &json!({"sort": {"o": 1, "o.b": -1}, "batchSize": 41}),
+            )
+            .unwrap();
+        let mut want: Vec<(i64, i64)> = (0..500).map(|i| (i % 7, i)).collect();
+        want.sort();
+        assert_eq!(
+            ids(&got),
+            want.iter().map(|(_, i)| *i).collect::<Vec<_>>(),
+            "round {round}"
+        );
+        client
+            .create_index("arr", &json!({"a.0": 1, "_id": -1}), None, false)
+            .unwrap();
+    }
+    // A damaged cursor is a BAD_REQUEST.
+    let error = client
+        .document(&json!({"find": "c", "cursor": {"after": {"keys": [1], "_id": 3}}}))
+        .unwrap_err();
+    assert_eq!(error.code(), Some(ErrorCode::BadRequest), "{error}");
     // One page at a time, by hand: the reply says where to continue.
     let first = client
         .document(&json!({"find": "c", "batchSize": 1000}))
@@ -652,4 +694,78 @@ fn large_documents_round_trip_and_oversized_ones_are_refused() {
     assert_eq!(client.count("big", &json!({})).unwrap(), 1);
     client.remove("big", &json!({"_id": "big"}), false).unwrap();
     assert_eq!(client.count("big", &json!({"k": 1})).unwrap(), 0);
+}
+
+#[test]
+fn writes_across_shards_land_where_they_belong_and_report_what_they_did() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), 2);
+    let client = server.client();
+    // An upsert whose filter names a document `_id` (or part of one) puts the document on
+    // the shard that `_id` belongs to: a later insert of that `_id` is a duplicate.
+    for i in 0..12 {
+        let r = client
+            .update(
+                "o",
+                &json!({"_id": {"a": i}}),
+                &json!({"$set": {"x": 1}}),
+                true,
+                false,
+            )
+            .unwrap();
+        assert_eq!(r["upserted"], json!({"a": i}));
+        let r = client
+            .update(
+                "o",
+                &json!({"_id.b": i}),
+                &json!({"$set": {"y": 1}}),
+                true,
+                false,
+            )
+            .unwrap();
+        assert_eq!(r["upserted"], json!({"b": i}));
+        for id in [json!({"a": i}), json!({"b": i})] {
+            let error = client.insert("o", &[json!({"_id": id})]).unwrap_err();
+            assert_eq!(error.code(), Some(ErrorCode::DuplicateKey), "{id}: {error}");
+            assert_eq!(
+                client
+                    .find("o", &json!({"filter": {"_id": id}}))
+                    .unwrap()
+                    .len(),
+                1
+            );
+        }
+    }
+    assert_eq!(client.count("o", &json!({})).unwrap(), 24);
+    // An update of many that fails on one shard says what the other shards did.
+    let docs: Vec<J> = (0..40).map(|i| json!({"_id": i, "n": i})).collect();
+    client.insert("m", &docs).unwrap();
+    client
+        .update(
+            "m",
+            &json!({"_id": 7}),
+            &json!({"$set": {"n": "text"}}),
+            false,
+            false,
+        )
+        .unwrap();
+    let error = client
+        .update("m", &json!({}), &json!({"$inc": {"n": 1}}), false, true)
+        .unwrap_err();
+    assert_eq!(error.code(), Some(ErrorCode::BadRequest));
+    assert!(
+        error.to_string().contains("modified on other shards"),
+        "{error}"
+    );
+    // $first, $last and $push see the documents in `_id` order, as one shard would give
+    // them, however many shards hold them.
+    let got = client
+        .aggregate(
+            "m",
+            &json!([{"$group": {"_id": null, "f": {"$first": "$_id"}, "l": {"$last": "$_id"}, "ids": {"$push": "$_id"}}}]),
+        )
+        .unwrap();
+    assert_eq!(got[0]["f"], 0);
+    assert_eq!(got[0]["l"], 39);
+    assert_eq!(got[0]["ids"], json!((0..40).collect::<Vec<_>>()));
 }

@@ -537,6 +537,17 @@ impl GroupStage {
         })
     }
 
+    /// Whether an accumulator depends on the order documents come in (`$first`, `$last`,
+    /// `$push`): then grouping in parts gives shard order, not the order of one scan.
+    pub fn order_sensitive(&self) -> bool {
+        self.fields.iter().any(|(_, a)| {
+            matches!(
+                a,
+                Accumulator::First(_) | Accumulator::Last(_) | Accumulator::Push(_)
+            )
+        })
+    }
+
     /// Groups `docs`; each group comes out as `{"_id": key, "p": [state, ...]}`.
     pub fn partial(&self, docs: &[Value]) -> Vec<Value> {
         let mut groups: Vec<(Value, Vec<Acc>)> = Vec::new();

@@ -59,6 +59,14 @@ pub enum DocCommand {
     Drop {
         coll: String,
     },
+    /// An insert or update whose coordinator checked the other shards for the keys of the
+    /// unique indexes named in `unique`: refused (to be retried) when the collection has
+    /// another unique index, which that check did not cover.
+    Checked {
+        coll: String,
+        unique: Vec<String>,
+        command: Box<DocCommand>,
+    },
 }
 
 /// The kind of a refused document command. Nothing was changed.
@@ -68,6 +76,8 @@ pub enum DocErrorKind {
     DuplicateKey,
     TooLarge,
     NotFound,
+    /// The coordinator's view of the unique indexes was out of date: check again, retry.
+    Retry,
 }
 
 /// A refused document command, with a message that names the offending part.
@@ -163,7 +173,8 @@ impl DocCommand {
             | DocCommand::CreateIndex { coll, .. }
             | DocCommand::BuildIndex { coll, .. }
             | DocCommand::DropIndex { coll, .. }
-            | DocCommand::Drop { coll } => coll,
+            | DocCommand::Drop { coll }
+            | DocCommand::Checked { coll, .. } => coll,
         }
     }
 
@@ -230,6 +241,19 @@ impl DocCommand {
                 put("op", string("drop"));
                 put("coll", string(coll));
             }
+            DocCommand::Checked {
+                coll,
+                unique,
+                command,
+            } => {
+                put("op", string("checked"));
+                put("coll", string(coll));
+                put(
+                    "unique",
+                    Value::Array(unique.iter().map(|n| string(n)).collect()),
+                );
+                put("command", command.to_value());
+            }
         }
         Value::Object(f)
     }
@@ -276,6 +300,33 @@ impl DocCommand {
                 name: text(doc, "name")?,
             },
             "drop" => DocCommand::Drop { coll },
+            "checked" => {
+                let Value::Array(names) = field(doc, "unique")? else {
+                    return Err(bad("unique must be an array of index names"));
+                };
+                let unique = names
+                    .iter()
+                    .map(|n| match n {
+                        Value::String(s) => Ok(s.clone()),
+                        other => Err(bad(format!("an index name, not {other}"))),
+                    })
+                    .collect::<Result<_, _>>()?;
+                let command = DocCommand::from_value(field(doc, "command")?)?;
+                if !matches!(
+                    command,
+                    DocCommand::Insert { .. } | DocCommand::Update { .. }
+                ) || command.coll() != coll
+                {
+                    return Err(bad(
+                        "a checked command is an insert or update of its collection",
+                    ));
+                }
+                DocCommand::Checked {
+                    coll,
+                    unique,
+                    command: Box::new(command),
+                }
+            }
             other => return Err(bad(format!("unknown document command {other:?}"))),
         })
     }
@@ -342,6 +393,14 @@ mod tests {
                 name: "a_1".into(),
             },
             DocCommand::Drop { coll: "p".into() },
+            DocCommand::Checked {
+                coll: "p".into(),
+                unique: vec!["a_1".into()],
+                command: Box::new(DocCommand::Insert {
+                    coll: "p".into(),
+                    docs: vec![json(r#"{"_id": 2}"#)],
+                }),
+            },
         ];
         for command in commands {
             let back = DocCommand::decode(&command.encode()).unwrap();

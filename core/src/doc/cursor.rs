@@ -19,7 +19,7 @@ pub struct Sort {
 
 /// One sort key of a document, as it compares.
 #[derive(Debug, Clone)]
-enum SortKey {
+pub enum SortKey {
     /// An empty array: before everything else.
     Empty,
     Value(Value),
@@ -105,6 +105,56 @@ impl Sort {
             None if empty_array && candidates == 0 => SortKey::Empty,
             None => SortKey::Value(Value::Null),
         }
+    }
+
+    /// Where `doc` stands in this order: its sort keys, for a cursor. Each key is written
+    /// `{"v": value}`, or `{"empty": true}` for an empty array.
+    pub fn position(&self, doc: &Value) -> Value {
+        Value::Array(
+            self.keys
+                .iter()
+                .map(|(path, ascending)| match Sort::key(doc, path, *ascending) {
+                    SortKey::Empty => Value::Object(vec![("empty".to_string(), Value::Bool(true))]),
+                    SortKey::Value(v) => Value::Object(vec![("v".to_string(), v)]),
+                })
+                .collect(),
+        )
+    }
+
+    /// Reads a position (from [`Sort::position`]) back, checking that it fits this sort.
+    pub fn parse_position(&self, position: &Value) -> Result<Vec<SortKey>, QueryError> {
+        let Value::Array(keys) = position else {
+            return Err(bad("a cursor position is an array of sort keys"));
+        };
+        if keys.len() != self.keys.len() {
+            return Err(bad(format!(
+                "a cursor position of {} keys for a sort of {}",
+                keys.len(),
+                self.keys.len()
+            )));
+        }
+        keys.iter()
+            .map(|key| match key {
+                Value::Object(f) => match f.as_slice() {
+                    [(name, Value::Bool(true))] if name == "empty" => Ok(SortKey::Empty),
+                    [(name, v)] if name == "v" => Ok(SortKey::Value(v.clone())),
+                    _ => Err(bad(format!("bad cursor sort key {key}"))),
+                },
+                _ => Err(bad(format!("bad cursor sort key {key}"))),
+            })
+            .collect()
+    }
+
+    /// Orders a document against a position.
+    pub fn compare_to(&self, doc: &Value, position: &[SortKey]) -> Ordering {
+        for ((path, ascending), key) in self.keys.iter().zip(position) {
+            let order = compare_keys(&Sort::key(doc, path, *ascending), key);
+            let order = if *ascending { order } else { order.reverse() };
+            if order != Ordering::Equal {
+                return order;
+            }
+        }
+        Ordering::Equal
     }
 
     /// Orders two documents.

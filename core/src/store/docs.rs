@@ -27,13 +27,13 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use super::{PagedStore, StoreError, SPACE_CATALOG, SPACE_DOC, SPACE_INDEX};
 use crate::doc::binary;
-use crate::doc::command::{check_name, DocCommand, DocError};
-use crate::doc::cursor::Sort;
+use crate::doc::command::{check_name, DocCommand, DocError, DocErrorKind};
+use crate::doc::cursor::{Sort, SortKey};
 use crate::doc::index_key;
 use crate::doc::plan::{index_bounds, keys_of, IndexSpec, KeyRange};
 use crate::doc::query::{split_path, Cond, Filter};
 use crate::doc::update::Update;
-use crate::doc::value::{compare, Value};
+use crate::doc::value::{compare, Value, DEPTH_MAX};
 use crate::limits::{TREE_KEY_SIZE_MAX, VALUE_SIZE_MAX};
 use crate::log::LogFile;
 use crate::state::CommandResult;
@@ -427,9 +427,46 @@ pub struct FindQuery {
     pub sort: Sort,
     /// At most this many documents (the first in order).
     pub limit: Option<usize>,
-    /// Only documents after this position: a document with the sort's fields and `_id`
-    /// of the last document already returned (a cursor).
-    pub after: Option<Value>,
+    /// Only documents after this position (a cursor): the sort keys and the `_id` of the
+    /// last document already returned.
+    pub after: Option<After>,
+}
+
+/// A cursor's position: the sort keys ([`Sort::position`]) and `_id` of a document.
+#[derive(Debug, Clone)]
+pub struct After {
+    pub keys: Vec<SortKey>,
+    pub id: Value,
+}
+
+impl After {
+    /// The position of `doc` in `sort`'s order, as a cursor carries it.
+    pub fn token(sort: &Sort, doc: &Value) -> Value {
+        Value::Object(vec![
+            ("keys".to_string(), sort.position(doc)),
+            ("_id".to_string(), id_of(doc).clone()),
+        ])
+    }
+
+    /// Reads a cursor's position back for `sort`.
+    pub fn parse(sort: &Sort, token: &Value) -> Result<After, DocError> {
+        let (Some(keys), Some(id)) = (token.get("keys"), token.get("_id")) else {
+            return Err(DocError::bad(format!(
+                "a cursor position is {{\"keys\": [...], \"_id\": ...}}, not {token}"
+            )));
+        };
+        Ok(After {
+            keys: sort.parse_position(keys)?,
+            id: id.clone(),
+        })
+    }
+
+    /// Whether `doc` comes after this position.
+    fn precedes(&self, sort: &Sort, doc: &Value) -> bool {
+        sort.compare_to(doc, &self.keys)
+            .then_with(|| compare(id_of(doc), &self.id))
+            == Ordering::Greater
+    }
 }
 
 /// Orders documents by the sort, then by `_id` (a total order, so cursors can resume).
@@ -526,6 +563,13 @@ fn prepare(coll: Option<&Collection>, doc: &Value) -> Result<Prepared, DocError>
     };
     if matches!(id, Value::Array(_)) {
         return Err(DocError::bad(format!("_id cannot be an array: {id}")));
+    }
+    // An update or an upsert's dotted paths can nest deeper than any JSON accepted: such
+    // a document could not be read back.
+    if doc.depth() > DEPTH_MAX {
+        return Err(DocError::bad(format!(
+            "document {id} would nest deeper than {DEPTH_MAX} levels"
+        )));
     }
     let id_key = index_key::key(id);
     if id_key.len() > ID_KEY_SIZE_MAX {
@@ -796,7 +840,7 @@ impl<F: LogFile> PagedStore<F> {
                         // Natural order with a cursor: start just after its _id.
                         let start = match (&query.after, ordered) {
                             (Some(after), true) => {
-                                just_after(&doc_key(coll.id, &index_key::key(id_of(after))))
+                                just_after(&doc_key(coll.id, &index_key::key(&after.id)))
                             }
                             _ => prefix.clone(),
                         };
@@ -834,12 +878,20 @@ impl<F: LogFile> PagedStore<F> {
                 // A cursor over an index that gives the order: start just after its
                 // entry instead of reading the pages before it again.
                 let seek = match (&query.after, ordered) {
-                    (Some(after), true) => match keys_of(after, &def.spec).0.as_slice() {
-                        [key] => Some(just_after(
-                            &def.entry_key(key, &index_key::key(id_of(after))),
-                        )),
-                        _ => None,
-                    },
+                    (Some(after), true) => {
+                        // The index's fields are the sort's: its key is the sort keys.
+                        let mut key = Vec::new();
+                        let mut exact = true;
+                        for (k, (_, descending)) in after.keys.iter().zip(&def.spec.fields) {
+                            match k {
+                                SortKey::Value(v) => {
+                                    index_key::encode_component(v, *descending, &mut key)
+                                }
+                                SortKey::Empty => exact = false,
+                            }
+                        }
+                        exact.then(|| just_after(&def.entry_key(&key, &index_key::key(&after.id))))
+                    }
                     _ => None,
                 };
                 let mut seen: HashSet<Vec<u8>> = HashSet::new();
@@ -914,7 +966,33 @@ impl<F: LogFile> PagedStore<F> {
         index: u64,
         command: DocCommand,
     ) -> Result<Outcome, StoreError> {
+        let command = match command {
+            DocCommand::Checked {
+                coll,
+                unique,
+                command,
+            } => {
+                if let Some(c) = self.doc_collection(&coll).await? {
+                    if let Some(def) = c
+                        .indexes
+                        .iter()
+                        .find(|d| d.unique && !unique.contains(&d.name))
+                    {
+                        return Ok(Err(DocError {
+                            kind: DocErrorKind::Retry,
+                            message: format!(
+                                "unique index {} of {coll} was not checked on the other shards",
+                                def.name
+                            ),
+                        }));
+                    }
+                }
+                *command
+            }
+            other => other,
+        };
         match command {
+            DocCommand::Checked { .. } => Ok(Err(DocError::bad("a checked command in another"))),
             DocCommand::Insert { coll, docs } => self.doc_insert(index, &coll, docs).await,
             DocCommand::Update {
                 coll,
@@ -1674,7 +1752,7 @@ impl Selected<'_> {
             return false;
         }
         if let Some(after) = &self.query.after {
-            if order(&self.query.sort, &doc, after) != Ordering::Greater {
+            if !after.precedes(&self.query.sort, &doc) {
                 return false;
             }
         }

@@ -247,6 +247,24 @@ fn a_refused_command_changes_nothing() {
         insert("u", &[r#"[1]"#]),
         insert("u", &[r#"{"_id": [1]}"#]),
     ];
+    let deep = (0..101).map(|_| "a").collect::<Vec<_>>().join(".");
+    let refused = refused.into_iter().chain([
+        // Deeper than 100 levels once the update or the upsert's seed is applied: the
+        // document could not be read back.
+        update(
+            "u",
+            r#"{"_id": 1}"#,
+            &format!(r#"{{"$set": {{"{deep}": 1}}}}"#),
+            false,
+        ),
+        DocCommand::Update {
+            coll: "u".into(),
+            filter: json(&format!(r#"{{"{deep}": 1}}"#)),
+            update: json(r#"{"$set": {"x": 1}}"#),
+            multi: false,
+            upsert: Some(json("77")),
+        },
+    ]);
     let mut index = 3;
     for command in refused {
         let described = command.to_value().to_string();
@@ -344,7 +362,8 @@ fn planner_uses_id_ranges_and_indexes_and_explains() {
     assert_eq!(docs[0].to_string(), r#"{"_id":45,"age":45,"city":"c3"}"#);
     // The next page starts after the cursor's index entry, and reads only its documents.
     let mut next = query(r#"{"age": {"$gte": 45}}"#, r#"{"age": 1}"#, Some(3));
-    next.after = Some(json(r#"{"_id": 145, "age": 45}"#));
+    let token = After::token(&next.sort, &json(r#"{"_id": 145, "age": 45}"#));
+    next.after = Some(After::parse(&next.sort, &token).unwrap());
     let (docs, _, stats) = block_on(store.doc_find("p", &next, false)).unwrap();
     let ids: Vec<String> = docs.iter().map(|d| id_of(d).to_string()).collect();
     assert_eq!(ids, ["195", "245", "295"]);
@@ -646,4 +665,29 @@ proptest! {
         }).unwrap();
         prop_assert!(report.is_clean(), "{:?}", report.problems);
     }
+}
+
+/// A write checked against an out-of-date list of unique indexes is refused, so that its
+/// coordinator checks the new index on the other shards and retries.
+#[test]
+fn a_write_checked_against_old_unique_indexes_is_refused_for_a_retry() {
+    let disk = SimDisk::new();
+    let store = open(&disk, 64);
+    apply(&store, 1, insert("c", &[r#"{"_id": 1, "e": "x"}"#])).unwrap();
+    apply(&store, 2, create_index("c", "e_1", r#"{"e": 1}"#, true)).unwrap();
+    let checked = |unique: &[&str]| DocCommand::Checked {
+        coll: "c".into(),
+        unique: unique.iter().map(|s| s.to_string()).collect(),
+        command: Box::new(insert("c", &[r#"{"_id": 2, "e": "y"}"#])),
+    };
+    let error = apply(&store, 3, checked(&[])).unwrap_err();
+    assert_eq!(error.kind, DocErrorKind::Retry);
+    assert_eq!(
+        find(&store, "c", "{}", "{}").len(),
+        1,
+        "nothing was written"
+    );
+    apply(&store, 4, checked(&["e_1"])).unwrap();
+    assert_eq!(find(&store, "c", "{}", "{}").len(), 2);
+    assert_clean(&disk, &store);
 }
