@@ -621,26 +621,46 @@ struct UniqueView {
 }
 
 impl UniqueView {
-    async fn read(ctx: &CoreContext, coll: &str) -> Out<UniqueView> {
+    /// The view for attempt `attempt` of a write: the first reads this core's shard (the
+    /// indexes are the same on every shard but while one is created or dropped); after a
+    /// shard asked for a retry, the union of every shard's, after a short pause.
+    async fn read(ctx: &CoreContext, coll: &str, attempt: usize) -> Out<UniqueView> {
         if ctx.shard_count == 1 {
             return Ok(UniqueView {
                 names: None,
                 keys: Vec::new(),
             });
         }
-        let read = ShardOp::DocRead(DocRead::Indexes {
-            coll: coll.to_string(),
-        });
-        let reply = doc_reply(ask(ctx, ctx.core as u32, read).await)?;
-        let mut names = Vec::new();
+        let shards: Vec<u32> = if attempt == 0 {
+            vec![ctx.core as u32]
+        } else {
+            crate::runtime::wait(Duration::from_millis(attempt as u64)).await;
+            (0..ctx.shard_count).collect()
+        };
+        let reads = shards
+            .iter()
+            .map(|&s| {
+                let read = DocRead::Indexes {
+                    coll: coll.to_string(),
+                };
+                (s, ShardOp::DocRead(read))
+            })
+            .collect();
+        let mut names: Vec<String> = Vec::new();
         let mut keys = Vec::new();
-        if let Some(Value::Array(indexes)) = reply.get("indexes") {
+        for reply in ask_all(ctx, reads).await {
+            let reply = doc_reply(reply)?;
+            let Some(Value::Array(indexes)) = reply.get("indexes") else {
+                continue;
+            };
             for index in indexes {
                 if let (Some(Value::Bool(true)), Some(Value::String(name)), Some(key)) =
                     (index.get("unique"), index.get("name"), index.get("key"))
                 {
-                    names.push(name.clone());
-                    keys.push(key.clone());
+                    if !names.contains(name) {
+                        names.push(name.clone());
+                        keys.push(key.clone());
+                    }
                 }
             }
         }
@@ -800,8 +820,8 @@ async fn insert(ctx: &CoreContext, command: &Value) -> Out<Value> {
     }
     let mut inserted = 0;
     let mut failure = None;
-    for _ in 0..WRITE_ATTEMPTS {
-        let view = UniqueView::read(ctx, &coll).await?;
+    for attempt in 0..WRITE_ATTEMPTS {
+        let view = UniqueView::read(ctx, &coll, attempt).await?;
         let _lock = view.lock(&coll).await;
         if !view.keys.is_empty() {
             let docs: Vec<Value> = pending.iter().flat_map(|(_, d)| d.clone()).collect();
@@ -1097,11 +1117,15 @@ async fn update(ctx: &CoreContext, command: &Value) -> Out<Value> {
         update,
         upsert,
     };
-    if multi {
-        update_many(ctx, &u).await
-    } else {
-        update_one(ctx, &u).await
+    if !multi {
+        return update_one(ctx, &u).await;
     }
+    let reply = update_many(ctx, &u).await?;
+    if u.upsert && int_of(&reply, "matched") == 0 {
+        // Nothing matched anywhere: the upsert inserts its one document.
+        return update_one(ctx, &u).await;
+    }
+    Ok(reply)
 }
 
 /// What an update would make of the documents it matches now (for the unique check).
@@ -1110,6 +1134,7 @@ async fn updated_versions(
     u: &UpdateArgs,
     shards: &[u32],
     limit: i64,
+    only_first: bool,
 ) -> Out<(Vec<Value>, Vec<Value>)> {
     let query = binary::to_bytes(&obj(vec![
         ("filter", u.filter_value.clone()),
@@ -1119,6 +1144,9 @@ async fn updated_versions(
     let reads = find_reads(&u.coll, shards, &query, FindMode::Documents);
     for reply in ask_all(ctx, reads).await {
         matched.extend(docs_of(doc_reply(reply)?));
+    }
+    if only_first {
+        matched.truncate(1);
     }
     let mut new_docs = Vec::with_capacity(matched.len());
     for doc in &matched {
@@ -1135,11 +1163,11 @@ async fn update_many(ctx: &CoreContext, u: &UpdateArgs) -> Out<Value> {
     let mut pending = targets(ctx, &u.coll, &u.filter);
     let (mut matched, mut modified) = (0, 0);
     let mut failure = None;
-    for _ in 0..WRITE_ATTEMPTS {
-        let view = UniqueView::read(ctx, &u.coll).await?;
+    for attempt in 0..WRITE_ATTEMPTS {
+        let view = UniqueView::read(ctx, &u.coll, attempt).await?;
         let _lock = view.lock(&u.coll).await;
         if !view.keys.is_empty() {
-            let (_, new_docs) = updated_versions(ctx, u, &pending, i64::MAX).await?;
+            let (_, new_docs) = updated_versions(ctx, u, &pending, i64::MAX, false).await?;
             if let Err(fail) = check_unique_across(ctx, &u.coll, &view.keys, &new_docs).await {
                 return Err(with_done(fail, modified, "modified"));
             }
@@ -1181,17 +1209,20 @@ async fn update_many(ctx: &CoreContext, u: &UpdateArgs) -> Out<Value> {
 /// filter). No match and `upsert`: the new document goes to its own shard.
 async fn update_one(ctx: &CoreContext, u: &UpdateArgs) -> Out<Value> {
     let shards = targets(ctx, &u.coll, &u.filter);
-    'attempt: for _ in 0..WRITE_ATTEMPTS {
-        let view = UniqueView::read(ctx, &u.coll).await?;
+    'attempt: for attempt in 0..WRITE_ATTEMPTS {
+        let view = UniqueView::read(ctx, &u.coll, attempt).await?;
         let _lock = view.lock(&u.coll).await;
         if !view.keys.is_empty() {
-            let (matched, new_docs) = updated_versions(ctx, u, &shards, 1).await?;
+            let (matched, new_docs) = updated_versions(ctx, u, &shards, 1, true).await?;
             if let Some(doc) = matched.first() {
                 check_unique_across(ctx, &u.coll, &view.keys, &new_docs[..1]).await?;
                 let id = doc.get("_id").cloned().unwrap_or(Value::Null);
                 let pinned = obj(vec![(
                     "$and",
-                    Value::Array(vec![u.filter_value.clone(), obj(vec![("_id", id.clone())])]),
+                    Value::Array(vec![
+                        u.filter_value.clone(),
+                        obj(vec![("_id", obj(vec![("$eq", id.clone())]))]),
+                    ]),
                 )]);
                 let home = shard_of(ctx, &u.coll, &id);
                 let reply = ask(ctx, home, view.write(u.command(&pinned, false, None))).await;
@@ -1375,10 +1406,29 @@ async fn create_index(ctx: &CoreContext, command: &Value) -> Out<Value> {
         unique,
     });
     let all: Vec<u32> = (0..ctx.shard_count).collect();
-    let mut created = false;
-    for reply in ask_all(ctx, all.iter().map(|&s| (s, command.clone())).collect()).await {
-        created |= doc_reply(reply)?.get("created") == Some(&Value::Bool(true));
+    let mut created_on = Vec::new();
+    let mut failure = None;
+    for (&shard, reply) in all
+        .iter()
+        .zip(ask_all(ctx, all.iter().map(|&s| (s, command.clone())).collect()).await)
+    {
+        match doc_reply(reply) {
+            Ok(r) if r.get("created") == Some(&Value::Bool(true)) => created_on.push(shard),
+            Ok(_) => {}
+            Err(fail) => failure = failure.or(Some(fail)),
+        }
     }
+    if let Some(fail) = failure {
+        // Refused somewhere (another index of that name, say): take back what this call
+        // created elsewhere, so no shard keeps an index the others lack.
+        let drop = write(&DocCommand::DropIndex {
+            coll: coll.clone(),
+            name: name.clone(),
+        });
+        ask_all(ctx, created_on.iter().map(|&s| (s, drop.clone())).collect()).await;
+        return Err(fail);
+    }
+    let created = !created_on.is_empty();
     // Wait until every shard has built it (writes go on meanwhile).
     loop {
         let ops = all

@@ -757,6 +757,45 @@ fn writes_across_shards_land_where_they_belong_and_report_what_they_did() {
         error.to_string().contains("modified on other shards"),
         "{error}"
     );
+    // With a unique index: an update of one document checks and writes the same one, so
+    // a document it does not write cannot fail it. Put a document the update would fail
+    // on first in shard 1 (`explain` names a filter's shard); the update must write shard
+    // 0's first document instead.
+    let docs: Vec<J> = (0..40).map(|i| json!({"_id": i, "n": i, "u": i})).collect();
+    client.insert("m2", &docs).unwrap();
+    client
+        .create_index("m2", &json!({"u": 1}), None, true)
+        .unwrap();
+    let on_shard_1 = (1..100)
+        .map(|i| -i)
+        .find(|id| {
+            let plan = client
+                .explain("m2", &json!({"filter": {"_id": id}}))
+                .unwrap();
+            plan["shardsAsked"] == json!([1])
+        })
+        .unwrap();
+    client
+        .insert("m2", &[json!({"_id": on_shard_1, "n": "text", "u": -1})])
+        .unwrap();
+    let r = client
+        .update("m2", &json!({}), &json!({"$inc": {"n": 1}}), false, false)
+        .unwrap();
+    assert_eq!(r["modified"], 1, "{r}");
+    // `_id`s that look like operators are values when an update pins its document.
+    client
+        .insert("m2", &[json!({"_id": {"$oid": "x"}, "n": 1, "u": 500})])
+        .unwrap();
+    let r = client
+        .update(
+            "m2",
+            &json!({"_id": {"$eq": {"$oid": "x"}}}),
+            &json!({"$set": {"u": 501}}),
+            false,
+            false,
+        )
+        .unwrap();
+    assert_eq!(r["modified"], 1, "{r}");
     // $first, $last and $push see the documents in `_id` order, as one shard would give
     // them, however many shards hold them.
     let got = client
@@ -768,4 +807,48 @@ fn writes_across_shards_land_where_they_belong_and_report_what_they_did() {
     assert_eq!(got[0]["f"], 0);
     assert_eq!(got[0]["l"], 39);
     assert_eq!(got[0]["ids"], json!((0..40).collect::<Vec<_>>()));
+}
+
+#[test]
+fn batch_mode_reads_whole_finds_before_later_writes_and_takes_quoted_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), 2);
+    let docs: Vec<J> = (0..2500).map(|i| json!({"_id": i})).collect();
+    server.client().insert("c", &docs).unwrap();
+    let mut child = Command::new(kvs_binary())
+        .arg("--addr")
+        .arg(&server.addr)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The find's result takes three pages; the remove after it must not cut it short.
+    let input = [
+        "find c {}",
+        "remove c {}",
+        r#"insert "my coll" {"_id": 1, "age": 5}"#,
+        r#"index create "my coll" -age"#,
+        r#"update u {"a": 1} {"$set": {"b": 2}} --upsert --many"#,
+        "collections",
+        r#"drop "my coll""#,
+    ]
+    .join("\n");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let got: Vec<&str> = text.lines().collect();
+    assert_eq!(got.len(), 7, "{text}");
+    let found: J = serde_json::from_str(got[0]).unwrap();
+    assert_eq!(found.as_array().unwrap().len(), 2500);
+    assert_eq!(got[1], r#"{"deleted":2500}"#);
+    assert_eq!(got[2], "1");
+    assert_eq!(got[3], "age_-1");
+    assert!(got[4].contains(r#""upserted""#), "{}", got[4]);
+    assert_eq!(got[5], r#"["c","my coll","u"]"#);
+    assert_eq!(got[6], "OK");
 }

@@ -124,7 +124,8 @@ impl From<QueryError> for DocError {
 /// Longest collection and index name, in bytes.
 pub const NAME_SIZE_MAX: usize = 120;
 
-/// Checks a collection or index name: 1 to [`NAME_SIZE_MAX`] bytes, no NUL, no leading `$`.
+/// Checks a collection or index name: 1 to [`NAME_SIZE_MAX`] bytes, no control characters
+/// (a name is printed on one line), no leading `$`.
 pub fn check_name(what: &str, name: &str) -> Result<(), DocError> {
     if name.is_empty() || name.len() > NAME_SIZE_MAX {
         return Err(DocError::bad(format!(
@@ -132,9 +133,9 @@ pub fn check_name(what: &str, name: &str) -> Result<(), DocError> {
             name.len()
         )));
     }
-    if name.contains('\0') || name.starts_with('$') {
+    if name.chars().any(char::is_control) || name.starts_with('$') {
         return Err(DocError::bad(format!(
-            "{what} name {name:?} must not contain NUL or start with '$'"
+            "{what} name {name:?} must not contain control characters or start with '$'"
         )));
     }
     Ok(())
@@ -413,7 +414,7 @@ mod tests {
     #[test]
     fn names_are_checked() {
         assert!(check_name("collection", "people").is_ok());
-        for bad in ["", "$x", "a\0b"] {
+        for bad in ["", "$x", "a\0b", "a\nb"] {
             assert_eq!(
                 check_name("collection", bad).unwrap_err().kind,
                 DocErrorKind::BadRequest

@@ -11,7 +11,7 @@
 
 use std::io::{BufRead, BufReader, IsTerminal, Write};
 use std::process::ExitCode;
-use std::sync::mpsc::{sync_channel, Receiver, TryRecvError};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
@@ -141,6 +141,7 @@ enum IndexAction {
     /// JSON key document) and waits until it is built; prints its name.
     Create {
         coll: String,
+        #[arg(allow_hyphen_values = true)]
         key: String,
         #[arg(long)]
         unique: bool,
@@ -177,9 +178,14 @@ fn tokenize(line: &str) -> Result<Vec<String>, String> {
             let mut values =
                 serde_json::Deserializer::from_str(rest).into_iter::<serde_json::Value>();
             match values.next() {
-                Some(Ok(_)) => {
+                Some(Ok(value)) => {
                     let end = values.byte_offset();
-                    tokens.push(rest[..end].to_string());
+                    // A quoted word is its text (`drop "my coll"`); objects and arrays
+                    // stay JSON text.
+                    tokens.push(match value {
+                        serde_json::Value::String(text) => text,
+                        _ => rest[..end].to_string(),
+                    });
                     rest = rest[end..].trim_start();
                 }
                 Some(Err(e)) => return Err(format!("malformed JSON: {e}")),
@@ -592,8 +598,9 @@ fn result_line(result: Result<Response, ClientError>) -> String {
 
 enum Slot {
     Ready(String),
-    /// A reply to come; for a document command, the command (a find may read more pages).
-    Waiting(Pending, Option<serde_json::Value>),
+    /// A reply to come; for a document command, the command (a find may read more pages),
+    /// and whom to tell once its line is printed (the reader waits after a find).
+    Waiting(Pending, Option<serde_json::Value>, Option<SyncSender<()>>),
 }
 
 /// Batch mode: reads commands from stdin, keeps many in flight, prints results in order.
@@ -610,6 +617,10 @@ fn run_batch_in<'s>(client: &'s Client, scope: &'s std::thread::Scope<'s, '_>) -
     // Where each request's result goes among the lines read since the last send.
     let mut order: Vec<Option<String>> = Vec::with_capacity(BATCH_WRITE_COUNT_MAX);
     let mut documents: Vec<Option<serde_json::Value>> = Vec::with_capacity(BATCH_WRITE_COUNT_MAX);
+    // A find whose result spans pages reads its later pages after its first: the lines
+    // after it wait until it is printed, so it never sees their writes.
+    let (printed_find, find_done) = sync_channel::<()>(1);
+    let mut after_find = false;
     let mut input_error = None;
     loop {
         line.clear();
@@ -622,6 +633,7 @@ fn run_batch_in<'s>(client: &'s Client, scope: &'s std::thread::Scope<'s, '_>) -
                         Command::parse_line(&line).and_then(|c| Ok((c.request()?, c.document()?)));
                     match parsed {
                         Ok((request, document)) => {
+                            after_find = document.as_ref().is_some_and(|d| d.get("find").is_some());
                             requests.push(request);
                             documents.push(document);
                             order.push(None);
@@ -638,18 +650,21 @@ fn run_batch_in<'s>(client: &'s Client, scope: &'s std::thread::Scope<'s, '_>) -
         };
         // Send what was gathered when input has no whole line waiting, or enough is gathered.
         let more_waiting = input.buffer().contains(&b'\n');
-        if at_end || !more_waiting || order.len() >= BATCH_WRITE_COUNT_MAX {
+        if at_end || !more_waiting || after_find || order.len() >= BATCH_WRITE_COUNT_MAX {
             let mut pendings = match client.submit_many(&requests) {
                 Ok(pendings) => pendings.into_iter().map(Ok).collect::<Vec<_>>(),
                 Err(e) => requests.iter().map(|_| Err(e.to_string())).collect(),
             }
             .into_iter();
             let mut commands = documents.drain(..);
-            for slot in order.drain(..) {
+            let last = order.len().saturating_sub(1);
+            for (at, slot) in order.drain(..).enumerate() {
+                // Only a find just read can be the last slot with `after_find` set.
+                let notify = (after_find && at == last).then(|| printed_find.clone());
                 let slot = match slot {
                     Some(line) => Slot::Ready(line),
                     None => match (pendings.next(), commands.next().flatten()) {
-                        (Some(Ok(pending)), command) => Slot::Waiting(pending, command),
+                        (Some(Ok(pending)), command) => Slot::Waiting(pending, command, notify),
                         (Some(Err(e)), _) => Slot::Ready(format!("ERR {e}")),
                         (None, _) => unreachable!("one pending per request"),
                     },
@@ -659,6 +674,13 @@ fn run_batch_in<'s>(client: &'s Client, scope: &'s std::thread::Scope<'s, '_>) -
                 }
             }
             requests.clear();
+            if after_find {
+                // Nothing more is sent until the find's last page is in.
+                if find_done.recv().is_err() {
+                    return ExitCode::FAILURE;
+                }
+                after_find = false;
+            }
         }
         if at_end {
             break;
@@ -697,7 +719,7 @@ fn print_results(slots: Receiver<Slot>, client: &Client) -> bool {
         };
         let line = match slot {
             Slot::Ready(line) => line,
-            Slot::Waiting(mut pending, command) => {
+            Slot::Waiting(mut pending, command, notify) => {
                 let result = match pending.try_wait() {
                     Some(result) => result,
                     None => {
@@ -707,10 +729,15 @@ fn print_results(slots: Receiver<Slot>, client: &Client) -> bool {
                         pending.wait()
                     }
                 };
-                match &command {
+                let line = match &command {
                     Some(command) => document_result_line(client, command, result),
                     None => result_line(result),
+                };
+                if let Some(notify) = notify {
+                    // All its pages are read: the reader may send the lines after it.
+                    let _ = notify.send(());
                 }
+                line
             }
         };
         if writeln!(out, "{line}").is_err() {
