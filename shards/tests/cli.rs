@@ -2,10 +2,7 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
-use common::{kvs, kvs_binary, Server};
+use common::{kvs, kvs_batch, Server};
 
 #[test]
 fn one_shot_commands() {
@@ -55,19 +52,9 @@ fn batch_mode_answers_one_line_per_command_in_order() {
     for i in 0..2000 {
         input.push_str(&format!("get key-{i}\n"));
     }
-    let mut child = Command::new(kvs_binary())
-        .arg("--addr")
-        .arg(&server.addr)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()).unwrap());
-    let out = child.wait_with_output().unwrap();
-    writer.join().unwrap();
-    assert!(out.status.success());
-    let lines: Vec<&str> = std::str::from_utf8(&out.stdout).unwrap().lines().collect();
+    let (success, out) = kvs_batch(&server, input);
+    assert!(success);
+    let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 4006);
     assert!(lines[..2000].iter().all(|l| *l == "OK"));
     assert_eq!(lines[2000], "value 7 with spaces");

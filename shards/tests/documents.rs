@@ -5,13 +5,12 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{kvs, kvs_binary, verify_data_dir as verify, Server};
+use common::{kvs, kvs_batch, kvs_binary, verify_data_dir as verify, Server};
 use kvs_wire::ErrorCode;
 use serde_json::{json, Value as J};
 
@@ -187,13 +186,6 @@ fn the_issue_examples_work_through_the_cli_on_two_shards() {
 fn batch_mode_prints_one_line_per_command() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), 2);
-    let mut child = Command::new(kvs_binary())
-        .arg("--addr")
-        .arg(&server.addr)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
     let input = [
         r#"insert c [{"_id": 1, "a": "x y"}, {"_id": 2, "a": "z"}, {"_id": 3, "a": "z"}]"#,
         r#"insert c {"_id": 4, "a": "w"}"#,
@@ -214,14 +206,7 @@ fn batch_mode_prints_one_line_per_command() {
         r#"get k"#,
     ]
     .join("\n");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let text = String::from_utf8(out.stdout).unwrap();
+    let (_, text) = kvs_batch(&server, input);
     let got: Vec<&str> = text.lines().collect();
     assert_eq!(got.len(), 17, "{text}");
     assert_eq!(got[0], "[1,2,3]");
@@ -815,13 +800,6 @@ fn batch_mode_reads_whole_finds_before_later_writes_and_takes_quoted_words() {
     let server = Server::start(dir.path(), 2);
     let docs: Vec<J> = (0..2500).map(|i| json!({"_id": i})).collect();
     server.client().insert("c", &docs).unwrap();
-    let mut child = Command::new(kvs_binary())
-        .arg("--addr")
-        .arg(&server.addr)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
     // The find's result takes three pages; the remove after it must not cut it short.
     let input = [
         "find c {}",
@@ -833,14 +811,7 @@ fn batch_mode_reads_whole_finds_before_later_writes_and_takes_quoted_words() {
         r#"drop "my coll""#,
     ]
     .join("\n");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let text = String::from_utf8(out.stdout).unwrap();
+    let (_, text) = kvs_batch(&server, input);
     let got: Vec<&str> = text.lines().collect();
     assert_eq!(got.len(), 7, "{text}");
     let found: J = serde_json::from_str(got[0]).unwrap();

@@ -41,6 +41,29 @@ pub fn kvs(server: &Server, args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// Runs the `kvs` CLI in batch mode against `server` with `input` on stdin (written from
+/// a thread, so a large input cannot block on a full pipe): (success, stdout).
+pub fn kvs_batch(server: &Server, input: String) -> (bool, String) {
+    let mut child = Command::new(kvs_binary())
+        .arg("--addr")
+        .arg(&server.addr)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        stdin.write_all(input.as_bytes()).unwrap()
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
 /// `kvsd --verify` on a data directory: (clean, report).
 pub fn verify_data_dir(dir: &std::path::Path) -> (bool, String) {
     let out = Command::new(kvsd_binary())
