@@ -581,32 +581,114 @@ fn new_id() -> Value {
     ))
 }
 
-/// Collections whose unique-index writes are in progress on this node (see the module
-/// documentation). A plain set: the lock is taken by polling, and is held only across
-/// one write's probe and apply.
-static WRITE_LOCKS: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+/// The node's write locks for collections with unique indexes (see the module
+/// documentation). An insert holds its collection *shared* and each unique key it adds:
+/// inserts of different keys go on together, since a new document's keys do not depend on
+/// any other document. An update (whose new keys depend on the documents it reads) and the
+/// cross-shard check of a new unique index hold the collection *exclusive*. Locks are taken
+/// by polling and held across one write's probe and apply; a waiting exclusive holder
+/// keeps new shared ones out, so it is not starved.
+#[derive(Default)]
+struct LockTable {
+    collections: HashMap<String, CollState>,
+    keys: BTreeSet<Vec<u8>>,
+}
 
-struct CollLock(String);
+#[derive(Default)]
+struct CollState {
+    shared: usize,
+    exclusive: bool,
+    exclusive_waiting: usize,
+}
+
+static WRITE_LOCKS: Mutex<Option<LockTable>> = Mutex::new(None);
+
+fn with_locks<T>(f: impl FnOnce(&mut LockTable) -> T) -> T {
+    let mut guard = WRITE_LOCKS.lock().unwrap_or_else(|e| e.into_inner());
+    f(guard.get_or_insert_with(LockTable::default))
+}
+
+/// A held lock; released when dropped.
+struct CollLock {
+    coll: String,
+    exclusive: bool,
+    keys: Vec<Vec<u8>>,
+}
 
 impl Drop for CollLock {
     fn drop(&mut self) {
-        WRITE_LOCKS
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.0);
+        with_locks(|t| {
+            for key in &self.keys {
+                t.keys.remove(key);
+            }
+            let state = t.collections.entry(self.coll.clone()).or_default();
+            if self.exclusive {
+                state.exclusive = false;
+            } else {
+                state.shared -= 1;
+            }
+            if state.shared == 0 && !state.exclusive && state.exclusive_waiting == 0 {
+                t.collections.remove(&self.coll);
+            }
+        });
     }
 }
 
-async fn lock_collection(coll: &str) -> CollLock {
+const LOCK_POLL: Duration = Duration::from_micros(50);
+
+/// Holds `coll` shared and every one of `keys` (unique keys, already prefixed by their
+/// index), for an insert.
+async fn lock_keys(coll: &str, keys: Vec<Vec<u8>>) -> CollLock {
     loop {
-        if WRITE_LOCKS
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(coll.to_string())
-        {
-            return CollLock(coll.to_string());
+        let taken = with_locks(|t| {
+            let state = t.collections.entry(coll.to_string()).or_default();
+            if state.exclusive || state.exclusive_waiting > 0 {
+                return false;
+            }
+            if keys.iter().any(|k| t.keys.contains(k)) {
+                return false;
+            }
+            state.shared += 1;
+            t.keys.extend(keys.iter().cloned());
+            true
+        });
+        if taken {
+            return CollLock {
+                coll: coll.to_string(),
+                exclusive: false,
+                keys,
+            };
         }
-        crate::runtime::wait(Duration::from_micros(200)).await;
+        crate::runtime::wait(LOCK_POLL).await;
+    }
+}
+
+/// Holds `coll` exclusive: no insert, update or index check of it goes on meanwhile.
+async fn lock_collection(coll: &str) -> CollLock {
+    with_locks(|t| {
+        t.collections
+            .entry(coll.to_string())
+            .or_default()
+            .exclusive_waiting += 1
+    });
+    loop {
+        let taken = with_locks(|t| {
+            let state = t.collections.entry(coll.to_string()).or_default();
+            if state.exclusive || state.shared > 0 {
+                return false;
+            }
+            state.exclusive = true;
+            state.exclusive_waiting -= 1;
+            true
+        });
+        if taken {
+            return CollLock {
+                coll: coll.to_string(),
+                exclusive: true,
+                keys: Vec::new(),
+            };
+        }
+        crate::runtime::wait(LOCK_POLL).await;
     }
 }
 
@@ -670,14 +752,42 @@ impl UniqueView {
         })
     }
 
-    /// Holds the collection's write lock when there are unique indexes to check across
-    /// shards.
+    /// Holds the collection exclusive (for an update) when there are unique indexes to
+    /// check across shards.
     async fn lock(&self, coll: &str) -> Option<CollLock> {
         if self.keys.is_empty() {
             None
         } else {
             Some(lock_collection(coll).await)
         }
+    }
+
+    /// For an insert of `docs`: holds the collection shared and the unique keys the
+    /// documents would take, when there are unique indexes to check across shards.
+    async fn lock_for_insert(&self, coll: &str, docs: &[Value]) -> Out<Option<CollLock>> {
+        if self.keys.is_empty() {
+            return Ok(None);
+        }
+        let mut keys = Vec::new();
+        for (i, key) in self.keys.iter().enumerate() {
+            let spec = parse_index_key(key).map_err(|e| bad(e.message))?;
+            for doc in docs {
+                for k in keys_of(doc, &spec).0 {
+                    // Tagged by collection and index name: views may list indexes in
+                    // different orders.
+                    let name = self.names.as_ref().and_then(|n| n.get(i));
+                    let mut tagged = coll.as_bytes().to_vec();
+                    tagged.push(0);
+                    tagged.extend_from_slice(name.map_or(&b""[..], |n| n.as_bytes()));
+                    tagged.push(0);
+                    tagged.extend_from_slice(&k);
+                    keys.push(tagged);
+                }
+            }
+        }
+        keys.sort();
+        keys.dedup();
+        Ok(Some(lock_keys(coll, keys).await))
     }
 
     /// The write to send: checked against this view on a node of several shards.
@@ -822,9 +932,9 @@ async fn insert(ctx: &CoreContext, command: &Value) -> Out<Value> {
     let mut failure = None;
     for attempt in 0..WRITE_ATTEMPTS {
         let view = UniqueView::read(ctx, &coll, attempt).await?;
-        let _lock = view.lock(&coll).await;
+        let docs: Vec<Value> = pending.iter().flat_map(|(_, d)| d.clone()).collect();
+        let _lock = view.lock_for_insert(&coll, &docs).await?;
         if !view.keys.is_empty() {
-            let docs: Vec<Value> = pending.iter().flat_map(|(_, d)| d.clone()).collect();
             if let Err(fail) = check_unique_across(ctx, &coll, &view.keys, &docs).await {
                 return Err(with_done(fail, inserted, "inserted"));
             }
