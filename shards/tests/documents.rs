@@ -823,3 +823,64 @@ fn batch_mode_reads_whole_finds_before_later_writes_and_takes_quoted_words() {
     assert_eq!(got[5], r#"["c","my coll","u"]"#);
     assert_eq!(got[6], "OK");
 }
+
+#[test]
+fn an_index_build_cut_by_kill9_resumes_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path(), 2);
+    let client = server.client();
+    for chunk in (0..200_000).collect::<Vec<i64>>().chunks(2000) {
+        let docs: Vec<J> = chunk
+            .iter()
+            .map(|&i| json!({"_id": i, "n": i % 5000, "m": i % 5000}))
+            .collect();
+        client.insert("c", &docs).unwrap();
+    }
+    // Start the build, and kill the node as soon as it is seen building.
+    let addr = server.addr.clone();
+    let creator = std::thread::spawn(move || {
+        let client = kvs_wire::Client::connect(&addr).unwrap();
+        client.create_index("c", &json!({"n": 1}), None, false)
+    });
+    let building = |client: &kvs_wire::Client| {
+        client
+            .list_indexes("c")
+            .is_ok_and(|list| list.get(1).is_some_and(|i| i["state"] == "building"))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !building(&client) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the index was never seen building"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    server.kill9();
+    assert!(creator.join().unwrap().is_err(), "the build was cut");
+    let server = Server::spawn(dir.path(), 2, &server.addr);
+    server.wait_ready();
+    let client = server.client();
+    // The same request again waits for the build, which went on from where it was.
+    assert_eq!(
+        client
+            .create_index("c", &json!({"n": 1}), None, false)
+            .unwrap(),
+        "n_1"
+    );
+    assert_eq!(client.list_indexes("c").unwrap()[1]["state"], "ready");
+    for filter in [json!({"n": 4321}), json!({"n": {"$lt": 40}})] {
+        let plan = client.explain("c", &json!({"filter": filter})).unwrap();
+        assert_eq!(plan["shards"][0]["stage"], "IXSCAN", "{plan}");
+        let m_filter: J =
+            serde_json::from_str(&filter.to_string().replace("\"n\"", "\"m\"")).unwrap();
+        assert_eq!(
+            client.find("c", &json!({"filter": filter})).unwrap(),
+            client.find("c", &json!({"filter": m_filter})).unwrap()
+        );
+    }
+    drop(client);
+    let mut server = server;
+    assert!(server.terminate().0.success());
+    let (clean, report) = verify(dir.path());
+    assert!(clean, "{report}");
+}
