@@ -719,15 +719,7 @@ impl UniqueView {
             crate::runtime::wait(Duration::from_millis(attempt as u64)).await;
             (0..ctx.shard_count).collect()
         };
-        let reads = shards
-            .iter()
-            .map(|&s| {
-                let read = DocRead::Indexes {
-                    coll: coll.to_string(),
-                };
-                (s, ShardOp::DocRead(read))
-            })
-            .collect();
+        let reads = index_reads(coll, shards);
         let mut names: Vec<String> = Vec::new();
         let mut keys = Vec::new();
         for reply in ask_all(ctx, reads).await {
@@ -1038,6 +1030,19 @@ fn find_args(command: &Value, allowed: &[&str]) -> Out<FindArgs> {
         batch,
         cursor,
     })
+}
+
+/// A read of `coll`'s index definitions for each of `shards`.
+fn index_reads(coll: &str, shards: impl IntoIterator<Item = u32>) -> Vec<(u32, ShardOp)> {
+    shards
+        .into_iter()
+        .map(|shard| {
+            let read = DocRead::Indexes {
+                coll: coll.to_string(),
+            };
+            (shard, ShardOp::DocRead(read))
+        })
+        .collect()
 }
 
 /// The same find read for each of `shards`.
@@ -1541,13 +1546,7 @@ async fn create_index(ctx: &CoreContext, command: &Value) -> Out<Value> {
     let created = !created_on.is_empty();
     // Wait until every shard has built it (writes go on meanwhile).
     loop {
-        let ops = all
-            .iter()
-            .map(|&s| {
-                let read = DocRead::Indexes { coll: coll.clone() };
-                (s, ShardOp::DocRead(read))
-            })
-            .collect();
+        let ops = index_reads(&coll, all.iter().copied());
         let mut ready = true;
         for reply in ask_all(ctx, ops).await {
             let r = doc_reply(reply)?;
@@ -1684,12 +1683,7 @@ async fn drop_index(ctx: &CoreContext, command: &Value) -> Out<Value> {
 async fn list_indexes(ctx: &CoreContext, command: &Value) -> Out<Value> {
     let args = Args::new(command, &[])?;
     let coll = args.coll()?;
-    let ops = (0..ctx.shard_count)
-        .map(|s| {
-            let read = DocRead::Indexes { coll: coll.clone() };
-            (s, ShardOp::DocRead(read))
-        })
-        .collect();
+    let ops = index_reads(&coll, 0..ctx.shard_count);
     let mut exists = false;
     // By name: the definition, ready on every shard, multikey on any.
     let mut merged: Vec<(String, Value, bool, bool)> = Vec::new();

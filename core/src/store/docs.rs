@@ -377,6 +377,16 @@ pub struct FindStats {
 }
 
 impl FindStats {
+    /// Before a read: nothing examined yet (a collection that does not exist stays so).
+    fn new() -> FindStats {
+        FindStats {
+            access: Access::CollScan,
+            ordered: true,
+            keys_examined: 0,
+            docs_examined: 0,
+        }
+    }
+
     /// The plan and its counts as a document.
     pub fn describe(&self, returned: u64) -> Value {
         let ranges = |r: &[KeyRange]| {
@@ -796,12 +806,7 @@ impl<F: LogFile> PagedStore<F> {
         query: &FindQuery,
         count_only: bool,
     ) -> Result<(Vec<Value>, u64, FindStats), StoreError> {
-        let mut stats = FindStats {
-            access: Access::CollScan,
-            ordered: true,
-            keys_examined: 0,
-            docs_examined: 0,
-        };
+        let mut stats = FindStats::new();
         let Some(coll) = self.doc_collection(coll).await? else {
             return Ok((Vec::new(), 0, stats));
         };
@@ -930,6 +935,24 @@ impl<F: LogFile> PagedStore<F> {
             }
         }
         Ok(selected.finish())
+    }
+
+    /// The documents of `coll` that `filter` matches, with their `_id` keys: the first
+    /// (in `_id` order), or every one with `multi`. What an update or a delete works on.
+    async fn matching(
+        &self,
+        coll: &Collection,
+        filter: &Filter,
+        multi: bool,
+    ) -> Result<Vec<(Vec<u8>, Value)>, StoreError> {
+        let query = FindQuery {
+            filter: filter.clone(),
+            sort: Sort::default(),
+            limit: if multi { None } else { Some(1) },
+            after: None,
+        };
+        let mut stats = FindStats::new();
+        Ok(self.select(coll, &query, false, &mut stats).await?.docs)
     }
 
     // ---- writes ----
@@ -1172,19 +1195,7 @@ impl<F: LogFile> PagedStore<F> {
         let existing = self.doc_collection(name).await?;
         let mut matched: Vec<(Vec<u8>, Value)> = Vec::new();
         if let Some(coll) = &existing {
-            let query = FindQuery {
-                filter: filter.clone(),
-                sort: Sort::default(),
-                limit: if multi { None } else { Some(1) },
-                after: None,
-            };
-            let mut stats = FindStats {
-                access: Access::CollScan,
-                ordered: true,
-                keys_examined: 0,
-                docs_examined: 0,
-            };
-            matched = self.select(coll, &query, false, &mut stats).await?.docs;
+            matched = self.matching(coll, filter, multi).await?;
         }
         if matched.is_empty() {
             let Some(new_id) = upsert else {
@@ -1278,19 +1289,7 @@ impl<F: LogFile> PagedStore<F> {
         let Some(coll) = self.doc_collection(name).await? else {
             return Ok(reply(vec![("deleted", Value::Int(0))]));
         };
-        let query = FindQuery {
-            filter: filter.clone(),
-            sort: Sort::default(),
-            limit: if multi { None } else { Some(1) },
-            after: None,
-        };
-        let mut stats = FindStats {
-            access: Access::CollScan,
-            ordered: true,
-            keys_examined: 0,
-            docs_examined: 0,
-        };
-        let matched = self.select(&coll, &query, false, &mut stats).await?.docs;
+        let matched = self.matching(&coll, filter, multi).await?;
         for (id_key, doc) in &matched {
             self.remove_doc(index, &coll, id_key, doc).await?;
         }
