@@ -75,7 +75,7 @@ pub fn keys_of(doc: &Value, index: &IndexSpec) -> (Vec<Vec<u8>>, bool) {
 
 /// The smallest byte string above every string that starts with `prefix`; None when there
 /// is none (all 0xFF).
-fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+pub(crate) fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
     let mut end = prefix.to_vec();
     while let Some(last) = end.pop() {
         if last < 0xff {

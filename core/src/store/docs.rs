@@ -302,16 +302,10 @@ fn catalog_key(name: &str) -> Vec<u8> {
     k
 }
 
-/// The smallest key above every key starting with `prefix`.
+/// The smallest key above every key starting with `prefix`. Every prefix here starts with
+/// its space's byte (never 0xFF), so there is one.
 fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0xff; prefix.len() + 1]
+    crate::doc::plan::prefix_end(prefix).expect("a key prefix starts with its space byte")
 }
 
 /// Ranges of keys after `prefix` as ranges of tree keys.

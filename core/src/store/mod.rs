@@ -69,6 +69,14 @@ pub const SPACE_DOC: u8 = 2;
 pub const SPACE_INDEX: u8 = 3;
 pub const SPACE_CATALOG: u8 = 4;
 
+/// The tree key of the key-value key `key`.
+fn kv_tree_key(key: &[u8]) -> Vec<u8> {
+    let mut tree_key = Vec::with_capacity(key.len() + 1);
+    tree_key.push(SPACE_KV);
+    tree_key.extend_from_slice(key);
+    tree_key
+}
+
 /// Calls `f` with the tree key of the key-value key `key` (on the stack when short).
 fn with_kv_key<T>(key: &[u8], f: impl FnOnce(&[u8]) -> T) -> T {
     const SHORT: usize = 63;
@@ -78,10 +86,7 @@ fn with_kv_key<T>(key: &[u8], f: impl FnOnce(&[u8]) -> T) -> T {
         buffer[1..=key.len()].copy_from_slice(key);
         f(&buffer[..=key.len()])
     } else {
-        let mut tree_key = Vec::with_capacity(key.len() + 1);
-        tree_key.push(SPACE_KV);
-        tree_key.extend_from_slice(key);
-        f(&tree_key)
+        f(&kv_tree_key(key))
     }
 }
 
@@ -709,10 +714,7 @@ impl<F: LogFile> PagedStore<F> {
     }
 
     pub async fn get(&self, key: &[u8]) -> Result<Option<Versioned>, StoreError> {
-        let mut tree_key = Vec::with_capacity(key.len() + 1);
-        tree_key.push(SPACE_KV);
-        tree_key.extend_from_slice(key);
-        self.get_tree(&tree_key).await
+        self.get_tree(&kv_tree_key(key)).await
     }
 
     async fn get_tree(&self, key: &[u8]) -> Result<Option<Versioned>, StoreError> {
@@ -735,17 +737,13 @@ impl<F: LogFile> PagedStore<F> {
         end: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
-        let tree = |key: &[u8]| {
-            let mut k = Vec::with_capacity(key.len() + 1);
-            k.push(SPACE_KV);
-            k.extend_from_slice(key);
-            k
-        };
         let end = match end {
-            Some(end) => tree(end),
+            Some(end) => kv_tree_key(end),
             None => vec![SPACE_KV + 1],
         };
-        let mut pairs = self.scan_tree(&tree(start), Some(&end), limit).await?;
+        let mut pairs = self
+            .scan_tree(&kv_tree_key(start), Some(&end), limit)
+            .await?;
         for (key, _) in &mut pairs {
             key.remove(0);
         }
