@@ -151,9 +151,14 @@ impl CoreContext {
     /// Ends both directions of every connection still open: for peers that stopped reading
     /// their replies, whose writers would otherwise wait for room for ever.
     pub fn force_close_connections(&self) {
+        self.shutdown_connections(libc::SHUT_RDWR);
+    }
+
+    /// `shutdown(2)` with `how` on every registered connection.
+    fn shutdown_connections(&self, how: libc::c_int) {
         for &fd in self.connections.borrow().values() {
             // SAFETY: a registered descriptor is open: it is deregistered before it closes.
-            unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+            unsafe { libc::shutdown(fd, how) };
         }
     }
 
@@ -162,10 +167,7 @@ impl CoreContext {
     pub fn stop_connections(&self) {
         self.stopping.set(true);
         self.stop.notify();
-        for &fd in self.connections.borrow().values() {
-            // SAFETY: a registered descriptor is open: it is deregistered before it closes.
-            unsafe { libc::shutdown(fd, libc::SHUT_RD) };
-        }
+        self.shutdown_connections(libc::SHUT_RD);
     }
 
     /// Sends `op` to `shard`; its reply will be delivered to `target` on this core.
