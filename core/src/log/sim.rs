@@ -38,6 +38,8 @@ struct State {
     writes: u64,
     /// (operation, countdown, raw os error): fails the countdown-th such operation from now.
     fault: Option<(FaultOn, u64, i32)>,
+    /// Reads give way to other tasks once before they complete, as a real disk's do.
+    yielding_reads: bool,
 }
 
 /// A shared handle on the simulated directory; clones see the same files.
@@ -84,6 +86,12 @@ impl SimDisk {
     /// Fails the `countdown`-th (1 = next) operation of kind `on` with `errno`.
     pub fn fail_after(&self, on: FaultOn, countdown: u64, errno: i32) {
         self.state.borrow_mut().fault = Some((on, countdown, errno));
+    }
+
+    /// Makes every read wait once (yield to other tasks) before it completes, so tests can
+    /// interleave operations that wait for the disk.
+    pub fn set_yielding_reads(&self, on: bool) {
+        self.state.borrow_mut().yielding_reads = on;
     }
 
     /// A power loss: unsynced data is lost; with `tear`, some unsynced blocks survive.
@@ -139,6 +147,24 @@ impl SimDisk {
             }
         }
         Ok(())
+    }
+}
+
+/// Pending once (waking itself at once), then ready: gives way to the other tasks.
+struct YieldOnce(bool);
+
+impl std::future::Future for YieldOnce {
+    type Output = ();
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        if self.0 {
+            return std::task::Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
     }
 }
 
@@ -229,6 +255,9 @@ impl LogFile for SimLogFile {
     }
 
     async fn read_at(&self, pos: u64, len: usize) -> io::Result<Vec<u8>> {
+        if self.disk.state.borrow().yielding_reads {
+            YieldOnce(false).await;
+        }
         self.with(|file| {
             let start = (pos as usize).min(file.current.len());
             let end = (start + len).min(file.current.len());

@@ -651,7 +651,9 @@ impl<F: LogFile> PagedStore<F> {
                 .ok_or_else(|| self.corrupt_record(&key, "bad collection definition"))?;
             catalog.collections.insert(coll.name.clone(), coll);
         }
-        *self.catalog.borrow_mut() = Some(catalog);
+        // Another load may have finished while this one waited for pages, and a command may
+        // have changed the catalogue since: the copy already in place is the newer one.
+        self.catalog.borrow_mut().get_or_insert(catalog);
         Ok(())
     }
 

@@ -691,3 +691,46 @@ fn a_write_checked_against_old_unique_indexes_is_refused_for_a_retry() {
     assert_eq!(find(&store, "c", "{}", "{}").len(), 2);
     assert_clean(&disk, &store);
 }
+
+/// A catalogue load that waited for the disk while a command created a collection must not
+/// put its older copy over the newer one: the new collection would vanish from the cache,
+/// and its next write would start it over with the id counter wound back.
+#[test]
+fn a_slow_catalogue_load_does_not_undo_a_newer_catalogue() {
+    let disk = SimDisk::new();
+    {
+        let store = open(&disk, 1024);
+        for i in 0..300 {
+            let coll = format!("c{i:03}");
+            apply(&store, i + 1, insert(&coll, &[r#"{"_id": 1}"#])).unwrap();
+        }
+        block_on(store.checkpoint(None::<fn(usize) -> std::future::Ready<()>>)).unwrap();
+    }
+    disk.set_yielding_reads(true);
+    let mut interleaved = 0;
+    for polls in 1.. {
+        // A cold store: the catalogue is on disk and every page read waits once.
+        let store = open(&disk, 1024);
+        let mut load = Box::pin(store.doc_collections());
+        let finished =
+            (0..polls).any(|_| block_on(futures_lite::future::poll_once(&mut load)).is_some());
+        if finished {
+            break;
+        }
+        // The load is part-way through the catalogue; a command creates a collection that
+        // sorts before where the load has got to.
+        apply(&store, 301, insert("c000a", &[r#"{"_id": 1}"#])).unwrap();
+        block_on(load).unwrap();
+        interleaved += 1;
+        assert!(
+            block_on(store.doc_collection("c000a")).unwrap().is_some(),
+            "the collection created after {polls} polls of a load is gone from the catalogue"
+        );
+        let names = block_on(store.doc_collections()).unwrap();
+        assert_eq!(names.len(), 301);
+    }
+    assert!(
+        interleaved > 3,
+        "the load finished within {interleaved} polls"
+    );
+}
