@@ -6,7 +6,6 @@ use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::rc::Rc;
-use std::sync::atomic::Ordering;
 
 use crate::local::Notify;
 use crate::runtime::{spawn_local, TcpStream};
@@ -298,5 +297,5 @@ where
     // (when the peer left first) land in a connection nobody reads.
     ctx.deregister_connection(registration);
     drop(stream);
-    ctx.open_connections.fetch_sub(1, Ordering::SeqCst);
+    ctx.connection_closed();
 }

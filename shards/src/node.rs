@@ -27,13 +27,15 @@ use kvs_core::store::{PagedStore, StoreConfig};
 use crate::config::Config;
 use crate::log_io::{DmaDisk, DmaLogFile};
 use crate::runtime::{
-    cross_core_channel, spawn_executor, spawn_local, wait, Receiver, Sender, TcpListener,
+    cross_core_channel, spawn_executor, spawn_local, wait, Receiver, Sender, TcpListener, TcpStream,
 };
 use crate::server::{serve_connection, CoreContext, RemoteReply, RemoteRequest, ShardQueue};
 use crate::shard::{read_from, ShardCore};
 
 /// Capacity of each cross-core channel, in messages.
 const CROSS_CORE_CHANNEL_CAPACITY: usize = 16 * 1024;
+/// Accepted connections that may wait for another core to take them.
+const HANDOFF_CHANNEL_CAPACITY: usize = 1024;
 /// Raft's tick: election and heartbeat timeouts are counted in these.
 const RAFT_TICK: Duration = Duration::from_millis(100);
 /// How often an executor looks at the process-wide stop flag.
@@ -146,14 +148,18 @@ struct CoreSetup {
     shard_dir: PathBuf,
     store: StoreConfig,
     checkpoint: CheckpointPolicy,
-    listen: SocketAddr,
-    resp_listen: Option<SocketAddr>,
+    listener: TcpListener,
+    resp_listener: Option<TcpListener>,
     request_senders: Vec<Option<Sender<RemoteRequest>>>,
     request_receivers: Vec<Receiver<RemoteRequest>>,
     reply_senders: Vec<Option<Sender<RemoteReply>>>,
     reply_receivers: Vec<Receiver<RemoteReply>>,
+    /// Accepted connections handed to every other core, and this core's receivers of them.
+    handoff_senders: Vec<Option<Sender<Handoff>>>,
+    handoff_receivers: Vec<Receiver<Handoff>>,
     stop: Arc<AtomicBool>,
     open_connections: Arc<AtomicUsize>,
+    core_connections: Arc<Vec<AtomicUsize>>,
     ready: mpsc::Sender<Result<(), String>>,
 }
 
@@ -208,16 +214,15 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     let _lock = lock_data_dir(&config.data_dir)?;
     let shard_count = shard_count_for(&config.data_dir, config.shards)?;
 
-    // Each executor binds its own listener with SO_REUSEPORT. Bind once here without it, so
-    // that an address in use is an error instead of a silently shared port.
-    // Both probes are held at once, so the two listeners cannot end up on one port (with
-    // SO_REUSEPORT they would silently share it and split connections between protocols).
+    // Each address is bound once, here, and every executor accepts on a duplicate of that
+    // socket: the port is this process's alone (see `runtime::net::TcpListener`). Both are
+    // bound before either is used, so the two listeners cannot end up on one port.
     // After a kill -9 the old process's io_uring may hold its listening socket for a moment
     // after the process is gone (the ring is torn down asynchronously): retry briefly.
-    let probe = |addr: SocketAddr| {
+    let bind = |addr: SocketAddr| {
         let deadline = std::time::Instant::now() + BIND_RETRY_FOR;
         loop {
-            match std::net::TcpListener::bind(addr) {
+            match TcpListener::bind(addr) {
                 Err(e)
                     if e.kind() == std::io::ErrorKind::AddrInUse
                         && std::time::Instant::now() < deadline =>
@@ -234,18 +239,26 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
             config.listen
         );
     }
-    let native_probe = probe(config.listen)?;
-    let resp_probe = config.resp_listen.map(probe).transpose()?;
-    let listen = native_probe.local_addr()?;
-    let resp_listen = resp_probe.as_ref().map(|p| p.local_addr()).transpose()?;
-    drop((native_probe, resp_probe));
+    let native_listener = bind(config.listen)?;
+    let resp_listener = config.resp_listen.map(bind).transpose()?;
+    let listen = native_listener.local_addr()?;
+    let resp_listen = resp_listener.as_ref().map(|l| l.local_addr()).transpose()?;
 
     let n = shard_count as usize;
     let cpus = allowed_cpus();
     let open_connections = Arc::new(AtomicUsize::new(0));
+    let core_connections = Arc::new((0..n).map(|_| AtomicUsize::new(0)).collect::<Vec<_>>());
     let (ready_sender, ready) = mpsc::channel();
+    // Every core gets a handle on each listening socket; the last takes the originals.
+    let mut core_listeners = Vec::with_capacity(n);
+    for _ in 1..n {
+        let resp = resp_listener.as_ref().map(TcpListener::try_clone);
+        core_listeners.push((native_listener.try_clone()?, resp.transpose()?));
+    }
+    core_listeners.push((native_listener, resp_listener));
     let mut setups: Vec<CoreSetup> = (0..n)
-        .map(|core| CoreSetup {
+        .zip(core_listeners)
+        .map(|(core, (listener, resp_listener))| CoreSetup {
             core,
             shard_count,
             cpu: if cpus.is_empty() {
@@ -260,14 +273,17 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
                 log_size: config.checkpoint_log_size,
                 rate: config.checkpoint_rate,
             },
-            listen,
-            resp_listen,
+            listener,
+            resp_listener,
             request_senders: (0..n).map(|_| None).collect(),
             request_receivers: Vec::new(),
             reply_senders: (0..n).map(|_| None).collect(),
             reply_receivers: Vec::new(),
+            handoff_senders: (0..n).map(|_| None).collect(),
+            handoff_receivers: Vec::new(),
             stop: Arc::clone(&stop),
             open_connections: Arc::clone(&open_connections),
+            core_connections: Arc::clone(&core_connections),
             ready: ready_sender.clone(),
         })
         .collect();
@@ -281,6 +297,9 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
                 let (sender, receiver) = cross_core_channel(CROSS_CORE_CHANNEL_CAPACITY);
                 setups[to].reply_senders[from] = Some(sender);
                 setups[from].reply_receivers.push(receiver);
+                let (sender, receiver) = cross_core_channel(HANDOFF_CHANNEL_CAPACITY);
+                setups[from].handoff_senders[to] = Some(sender);
+                setups[to].handoff_receivers.push(receiver);
             }
         }
     }
@@ -343,6 +362,7 @@ async fn core_main(setup: CoreSetup) {
         setup.request_senders,
         setup.reply_senders,
         Arc::clone(&setup.open_connections),
+        Arc::clone(&setup.core_connections),
     ));
     for receiver in setup.request_receivers {
         let queue = Rc::clone(&queue);
@@ -384,21 +404,26 @@ async fn core_main(setup: CoreSetup) {
         .detach();
     }
 
-    let mut listeners = Vec::new();
-    for (addr, protocol) in [
-        (Some(setup.listen), Protocol::Native),
-        (setup.resp_listen, Protocol::Resp),
-    ] {
-        let Some(addr) = addr else { continue };
-        match TcpListener::bind(addr) {
-            Ok(listener) => listeners.push((listener, protocol)),
-            Err(e) => {
-                let _ = setup
-                    .ready
-                    .send(Err(format!("cannot listen on {addr}: {e}")));
-                return;
+    for receiver in setup.handoff_receivers {
+        let ctx = Rc::clone(&ctx);
+        spawn_local(async move {
+            let mut batch = Vec::new();
+            loop {
+                receiver.recv_all(&mut batch).await;
+                if batch.is_empty() {
+                    break;
+                }
+                for handoff in batch.drain(..) {
+                    serve(&ctx, handoff);
+                }
             }
-        }
+        })
+        .detach();
+    }
+    let handoff_senders = Rc::new(setup.handoff_senders);
+    let mut listeners = vec![(setup.listener, Protocol::Native)];
+    if let Some(listener) = setup.resp_listener {
+        listeners.push((listener, Protocol::Resp));
     }
     {
         let ctx = Rc::clone(&ctx);
@@ -436,7 +461,10 @@ async fn core_main(setup: CoreSetup) {
     }
     let acceptors: Vec<_> = listeners
         .into_iter()
-        .map(|(listener, protocol)| spawn_local(accept_loop(Rc::clone(&ctx), listener, protocol)))
+        .map(|(listener, protocol)| {
+            let senders = Rc::clone(&handoff_senders);
+            spawn_local(accept_loop(Rc::clone(&ctx), senders, listener, protocol))
+        })
         .collect();
     let _ = setup.ready.send(Ok(()));
     tracing::debug!(core, "shard serving");
@@ -489,7 +517,52 @@ enum Protocol {
     Resp,
 }
 
-async fn accept_loop(ctx: Rc<CoreContext>, listener: TcpListener, protocol: Protocol) {
+/// An accepted connection on its way to the core that serves it.
+struct Handoff {
+    stream: TcpStream,
+    protocol: Protocol,
+}
+
+/// Serves a connection this core was chosen for (counted in already); one that arrives
+/// while the node stops is closed instead.
+fn serve(ctx: &Rc<CoreContext>, handoff: Handoff) {
+    if ctx.stopping.get() {
+        drop(handoff.stream);
+        ctx.connection_closed();
+        return;
+    }
+    let ctx = Rc::clone(ctx);
+    match handoff.protocol {
+        Protocol::Native => spawn_local(serve_connection(ctx, handoff.stream)).detach(),
+        Protocol::Resp => {
+            spawn_local(crate::resp_server::serve_connection(ctx, handoff.stream)).detach()
+        }
+    }
+}
+
+/// The core that should serve the next connection: the one with the fewest, this one when
+/// it has no more than any other (no hop across cores).
+fn least_loaded_core(ctx: &CoreContext) -> usize {
+    let counts = &ctx.core_connections;
+    let mut best = ctx.core;
+    let mut fewest = counts[best].load(Ordering::SeqCst);
+    for (core, count) in counts.iter().enumerate() {
+        let count = count.load(Ordering::SeqCst);
+        if count < fewest {
+            (best, fewest) = (core, count);
+        }
+    }
+    best
+}
+
+/// Accepts connections on this core's handle of a listening socket (every core waits on the
+/// same socket) and spreads them: each goes to the core serving the fewest.
+async fn accept_loop(
+    ctx: Rc<CoreContext>,
+    handoff_senders: Rc<Vec<Option<Sender<Handoff>>>>,
+    listener: TcpListener,
+    protocol: Protocol,
+) {
     loop {
         let stopped = async {
             ctx.stop.notified().await;
@@ -501,13 +574,20 @@ async fn accept_loop(ctx: Rc<CoreContext>, listener: TcpListener, protocol: Prot
             None => break,
             Some(Ok(stream)) => {
                 ctx.open_connections.fetch_add(1, Ordering::SeqCst);
-                let ctx = Rc::clone(&ctx);
-                match protocol {
-                    Protocol::Native => spawn_local(serve_connection(ctx, stream)).detach(),
-                    Protocol::Resp => {
-                        spawn_local(crate::resp_server::serve_connection(ctx, stream)).detach()
+                let core = least_loaded_core(&ctx);
+                ctx.core_connections[core].fetch_add(1, Ordering::SeqCst);
+                let handoff = Handoff { stream, protocol };
+                match handoff_senders.get(core).and_then(Option::as_ref) {
+                    None => serve(&ctx, handoff),
+                    Some(sender) => {
+                        if let Err(handoff) = sender.send(handoff).await {
+                            // That core has stopped: serve here instead.
+                            ctx.core_connections[core].fetch_sub(1, Ordering::SeqCst);
+                            ctx.core_connections[ctx.core].fetch_add(1, Ordering::SeqCst);
+                            serve(&ctx, handoff);
+                        }
                     }
-                };
+                }
             }
             Some(Err(error)) => {
                 // Out of file descriptors, say: back off instead of spinning.

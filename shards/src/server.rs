@@ -1,7 +1,7 @@
 //! Client connections: frames in, requests routed to shards, replies out.
 //!
-//! Each core accepts connections (the kernel spreads them over the cores' listeners with
-//! SO_REUSEPORT). A connection has a reader, which decodes frames and routes each request to
+//! Every core accepts on the node's one listening socket and hands each connection to the
+//! core serving the fewest (see `node::accept_loop`). A connection has a reader, which decodes frames and routes each request to
 //! the shard that owns its key — the local shard's queue directly, another core's shard over
 //! a cross-core channel — and a writer, which sends replies as they complete, matched by
 //! request id. Requests that touch several shards (MGET, MPUT, SCAN, INFO) are split, and a
@@ -102,6 +102,9 @@ pub struct CoreContext {
     pub stop: Notify,
     /// Open client connections on all cores.
     pub open_connections: Arc<AtomicUsize>,
+    /// Open client connections per core (counted from when a core is chosen to serve one),
+    /// by which accepted connections are spread over the cores.
+    pub core_connections: Arc<Vec<AtomicUsize>>,
     /// This core's open connections, to shut their receiving side when the node stops.
     connections: RefCell<HashMap<u64, std::os::fd::RawFd>>,
     next_connection: Cell<u64>,
@@ -115,6 +118,7 @@ impl CoreContext {
         request_senders: Vec<Option<Sender<RemoteRequest>>>,
         reply_senders: Vec<Option<Sender<RemoteReply>>>,
         open_connections: Arc<AtomicUsize>,
+        core_connections: Arc<Vec<AtomicUsize>>,
     ) -> CoreContext {
         CoreContext {
             core,
@@ -127,6 +131,7 @@ impl CoreContext {
             stopping: Cell::new(false),
             stop: Notify::new(),
             open_connections,
+            core_connections,
             connections: RefCell::new(HashMap::new()),
             next_connection: Cell::new(0),
         }
@@ -141,6 +146,13 @@ impl CoreContext {
             stream.shutdown_read();
         }
         id
+    }
+
+    /// Counts out a connection this core served (or was handed and did not serve).
+    pub fn connection_closed(&self) {
+        self.core_connections[self.core].fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        self.open_connections
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Forgets a connection, before its socket closes.
@@ -308,6 +320,8 @@ enum GatherKind {
     },
     Info {
         shard_count: u32,
+        /// Open connections per core when the request arrived.
+        connections: Vec<usize>,
     },
 }
 
@@ -393,7 +407,10 @@ impl Gather {
                 Ok((pairs, next)) => Response::Scanned { pairs, next },
                 Err(reply) => unexpected(&reply),
             },
-            GatherKind::Info { shard_count } => {
+            GatherKind::Info {
+                shard_count,
+                connections,
+            } => {
                 let mut shards: Vec<ShardInfo> = Vec::new();
                 for reply in parts {
                     let ShardReply::Info(info) = reply else {
@@ -406,6 +423,8 @@ impl Gather {
                     "shards": shard_count,
                     "keys": shards.iter().map(|s| s.keys).sum::<u64>(),
                     "log_size_bytes": shards.iter().map(|s| s.log_size_bytes).sum::<u64>(),
+                    "connections": connections.iter().sum::<usize>(),
+                    "core_connections": connections,
                     "shard": shards,
                 });
                 Response::Info(info.to_string())
@@ -602,6 +621,11 @@ async fn dispatch(ctx: &Rc<CoreContext>, conn: &Rc<Connection>, header: Header, 
             let g = gather(
                 GatherKind::Info {
                     shard_count: ctx.shard_count,
+                    connections: ctx
+                        .core_connections
+                        .iter()
+                        .map(|c| c.load(std::sync::atomic::Ordering::SeqCst))
+                        .collect(),
                 },
                 ctx.shard_count as usize,
             );

@@ -224,3 +224,31 @@ fn two_servers_cannot_share_a_data_directory() {
         "stderr: {stderr}"
     );
 }
+
+/// A port is one kvsd's alone: another process can neither take a share of its connections
+/// (by binding the port with SO_REUSEPORT, as a second kvsd on the port once could) nor start
+/// a second kvsd on it. Connections that reached another process would read and write
+/// another node's data.
+#[test]
+fn a_listening_port_belongs_to_one_process() {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), 2);
+    let addr: std::net::SocketAddr = server.addr.parse().unwrap();
+
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
+    socket.set_reuse_address(true).unwrap();
+    socket.set_reuse_port(true).unwrap();
+    let shared = socket.bind(&addr.into()).and_then(|()| socket.listen(16));
+    assert!(
+        shared.is_err(),
+        "another socket joined kvsd's port {addr} with SO_REUSEPORT"
+    );
+
+    let other = tempfile::tempdir().unwrap();
+    let mut second = Server::spawn(other.path(), 1, &server.addr);
+    let (status, stderr) = second.wait_exit();
+    assert!(!status.success());
+    assert!(stderr.contains("cannot listen"), "stderr: {stderr}");
+    server.client().ping().unwrap();
+}

@@ -413,3 +413,33 @@ fn a_client_that_does_not_read_cannot_block_a_stop() {
     );
     drop(stream);
 }
+
+/// Connections are spread evenly over the cores (each core serves the connections it is
+/// handed; they all accept on one socket), and INFO counts them per core.
+#[test]
+fn connections_are_spread_evenly_over_the_cores() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), 2);
+    let clients: Vec<kvs_wire::Client> = (0..21).map(|_| server.client()).collect();
+    for client in &clients {
+        client.ping().unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let counts = loop {
+        let info: serde_json::Value = serde_json::from_str(&clients[0].info().unwrap()).unwrap();
+        let counts: Vec<u64> = info["core_connections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_u64().unwrap())
+            .collect();
+        // The readiness probe's connection may still be closing.
+        if info["connections"] == 21 || std::time::Instant::now() > deadline {
+            assert_eq!(info["connections"], 21, "{info}");
+            break counts;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(counts.len(), 2);
+    assert!(counts[0].abs_diff(counts[1]) <= 1, "per core: {counts:?}");
+}

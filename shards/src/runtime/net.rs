@@ -15,22 +15,32 @@ use super::executor::{fd, io_result, Op};
 /// Connections waiting to be accepted, per listener.
 const LISTEN_BACKLOG: i32 = 1024;
 
-/// A listening socket. Every executor binds its own with SO_REUSEPORT, and the kernel spreads
-/// new connections over them.
+/// A listening socket. The node binds each address once and every executor accepts on its own
+/// duplicate of the descriptor: one socket, one accept queue, so the port is this process's
+/// alone. (With SO_REUSEPORT, any other process of the same user could bind the port too and
+/// silently take a share of the connections.)
 pub struct TcpListener {
     fd: OwnedFd,
 }
 
 impl TcpListener {
+    /// Binds and listens on `addr`. SO_REUSEADDR lets a restart bind while connections of
+    /// the previous process linger in TIME_WAIT; it does not let two listeners share a port.
     pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
         let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
         socket.set_reuse_address(true)?;
-        socket.set_reuse_port(true)?;
         socket.bind(&addr.into())?;
         socket.listen(LISTEN_BACKLOG)?;
         // SAFETY: into_raw_fd hands over a descriptor we own.
         let fd = unsafe { OwnedFd::from_raw_fd(socket.into_raw_fd()) };
         Ok(TcpListener { fd })
+    }
+
+    /// Another handle on the same socket (a duplicated descriptor), for another executor.
+    pub fn try_clone(&self) -> io::Result<TcpListener> {
+        Ok(TcpListener {
+            fd: self.fd.try_clone()?,
+        })
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
