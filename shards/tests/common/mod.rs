@@ -182,7 +182,11 @@ impl Server {
         }
     }
 
+    /// Waits until this process says it is ready (its own log line, so never another node
+    /// that answers on the same address) and then answers a ping.
     pub fn wait_ready(&self) {
+        let listen = self.ready_address("listen=");
+        assert_eq!(listen, self.addr, "kvsd listens elsewhere than asked");
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok(client) = Client::connect(&self.addr) {
