@@ -658,6 +658,18 @@ fn large_documents_round_trip_and_oversized_ones_are_refused() {
         client.find("big", &json!({"filter": {"k": 1}})).unwrap(),
         vec![big.clone()]
     );
+    // The largest document there may be: 16 MiB in its stored encoding.
+    let largest = json!({"_id": "largest", "k": 2, "blob": "w".repeat((16 << 20) - 64)});
+    client
+        .insert("big", std::slice::from_ref(&largest))
+        .unwrap();
+    assert_eq!(
+        client.find("big", &json!({"filter": {"k": 2}})).unwrap(),
+        vec![largest]
+    );
+    client
+        .remove("big", &json!({"_id": "largest"}), false)
+        .unwrap();
     let error = client
         .insert(
             "big",
