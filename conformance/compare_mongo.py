@@ -143,6 +143,29 @@ PIPELINES = [
     [{"$group": {"_id": {"s": "$s", "a": "$a"}, "n": {"$sum": 1}}}],
     [{"$unwind": {"path": "$a", "preserveNullAndEmptyArrays": True}}, {"$match": {"_id": {"$lt": 30}}},
      {"$project": {"a": 1}}],
+    # Expressions.
+    [{"$match": {"_id": {"$gt": 10}}},
+     {"$project": {"n": 1, "twice": {"$multiply": ["$n", 2]}, "plus": {"$add": ["$n", 10, 0.5]},
+                   "half": {"$divide": ["$n", 4]}, "m": {"$mod": ["$n", 7]},
+                   "neg": {"$subtract": [0, "$n"]}, "abs": {"$abs": {"$subtract": [25, "$n"]}},
+                   "up": {"$ceil": {"$divide": ["$n", 4]}}, "down": {"$floor": {"$divide": ["$n", 4]}}}}],
+    [{"$match": {"_id": {"$gt": 10}}},
+     {"$project": {"big": {"$gt": ["$n", 25]}, "e": {"$eq": ["$n", 25]},
+                   "band": {"$cond": [{"$gte": ["$n", 25]}, "high", "low"]},
+                   "band2": {"$cond": {"if": {"$lt": ["$n", 10]}, "then": "small", "else": "$s"}},
+                   "name": {"$ifNull": ["$name", "anon"]}}}],
+    [{"$match": {"_id": {"$gt": 10}}},
+     {"$group": {"_id": {"$cond": [{"$gte": ["$n", 25]}, "high", "low"]},
+                 "total": {"$sum": {"$multiply": ["$n", 2]}}, "count": {"$sum": 1},
+                 "top": {"$max": {"$add": ["$n", 1]}}}}],
+    [{"$match": {"_id": {"$gt": 10}}},
+     {"$project": {"label": {"$concat": ["$s", "-", "$s"]}, "up": {"$toUpper": "$s"},
+                   "low": {"$toLower": "$s"}}}],
+    [{"$match": {"tags": {"$type": "array"}}},
+     {"$project": {"k": {"$size": "$tags"}, "first": {"$arrayElemAt": ["$tags", 0]},
+                   "last": {"$arrayElemAt": ["$tags", -1]}, "hasA": {"$in": ["a", "$tags"]}}}],
+    [{"$project": {"both": {"$and": ["$age", "$name"]}, "either": {"$or": ["$score", "$tags"]},
+                   "no": {"$not": ["$score"]}, "ne": {"$ne": ["$name", "ann"]}}}],
 ]
 
 # Where mongomock is known to differ from MongoDB, the reference is corrected by one of
@@ -202,6 +225,18 @@ def _mul_reference(mongo, docs, case):
 
 
 REWRITES = {
+    # mongomock leaves out an expression's field when a path in it is missing, and takes
+    # missing as true in $not. MongoDB's $and, $or and $not evaluate "null, 0, and
+    # undefined values" as false ("$and (aggregation)" documentation), so a missing value
+    # may be replaced by null there; so may it in $ne against a string. mongomock's
+    # {"$not": [null]} is false where MongoDB's is true ("$not (aggregation)"), so the
+    # reference takes the $cond that means the same.
+    'aggregate [{"$project":{"both":{"$and":["$age","$name"]},"either":{"$or":["$score","$tags"]},"no":{"$not":["$score"]},"ne":{"$ne":["$name","ann"]}}}]':
+        lambda mongo, docs, case: list(mongo.aggregate([{"$project": {
+            "both": {"$and": [{"$ifNull": ["$age", None]}, {"$ifNull": ["$name", None]}]},
+            "either": {"$or": [{"$ifNull": ["$score", None]}, {"$ifNull": ["$tags", None]}]},
+            "no": {"$cond": [{"$ifNull": ["$score", None]}, False, True]},
+            "ne": {"$ne": [{"$ifNull": ["$name", None]}, "ann"]}}}])),
     # $type with an array of types: the $or of each ("$type" documentation); type null:
     # present and null (mongomock implements neither).
     'find {"age":{"$type":["bool","null"]}}':

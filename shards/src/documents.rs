@@ -205,7 +205,9 @@ async fn read_docs_inner<F: LogFile>(
                         .ok_or_else(|| {
                             ShardReply::Error(ErrorCode::BadRequest, "not a $group".into())
                         })?;
-                    stage.partial(&docs)
+                    stage
+                        .partial(&docs)
+                        .map_err(|e| ShardReply::Error(ErrorCode::BadRequest, e.0))?
                 }
             };
             reply(&obj(vec![("documents", Value::Array(docs))]))
@@ -1497,7 +1499,8 @@ async fn aggregate(ctx: &CoreContext, command: &Value) -> Out<Value> {
         docs.sort_by(|a, b| order(&Sort::default(), a, b));
     }
     let rest = Pipeline::parse(&Value::Array(rest.to_vec())).map_err(|e| bad(e.0))?;
-    Ok(obj(vec![("documents", Value::Array(rest.run(docs)))]))
+    let docs = rest.run(docs).map_err(|e| bad(e.0))?;
+    Ok(obj(vec![("documents", Value::Array(docs))]))
 }
 
 async fn create_index(ctx: &CoreContext, command: &Value) -> Out<Value> {

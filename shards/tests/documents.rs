@@ -272,6 +272,21 @@ fn bad_requests_name_the_offending_part_and_keep_the_connection() {
             json!({"aggregate": "c", "pipeline": [{"$group": {"n": {"$sum": 1}}}]}),
             "_id",
         ),
+        (
+            json!({"aggregate": "c", "pipeline": [{"$project": {"x": {"$frob": "$a"}}}]}),
+            "$frob",
+        ),
+        // Expressions that fail on the data: on the coordinator ($project) and on the
+        // shards (a $group's partial groups).
+        (
+            json!({"aggregate": "c", "pipeline": [{"$project": {"x": {"$add": ["$a", "s"]}}}]}),
+            "$add only supports numbers",
+        ),
+        (
+            json!({"aggregate": "c",
+                   "pipeline": [{"$group": {"_id": null, "t": {"$sum": {"$divide": ["$a", 0]}}}}]}),
+            "$divide by zero",
+        ),
         (json!({"createIndex": "c", "key": {"a": "up"}}), "a"),
         (
             json!({"find": "c", "filter": {"a": {"$regex": "(?<=x)"}}}),

@@ -2,91 +2,19 @@
 //! `$avg`, `$min`, `$max`, `$count`, `$first`, `$last`, `$push`), `$sort`, `$skip`,
 //! `$limit`, `$project`, `$unwind` and `$count`, with MongoDB's semantics.
 //!
-//! Expressions are what these stages compute with: a field path (`"$addr.city"`; through an
-//! array it gives the array of the elements' values), a literal, `{"$literal": v}`, or a
-//! document of expressions.
+//! Expressions are what these stages compute with (see [`expr`]): field paths, literals,
+//! arrays and documents of expressions, and operators such as `$add`, `$cond` or `$concat`.
 
 use std::cmp::Ordering;
 
 use super::cursor::{Projection, Sort};
-use super::query::{bad, split_path, Filter, QueryError};
+use super::query::{bad, Filter, QueryError};
 use super::value::{compare, Value};
 
-/// An expression.
-#[derive(Debug, Clone)]
-pub enum Expr {
-    Path(Vec<String>),
-    Literal(Value),
-    Object(Vec<(String, Expr)>),
-}
+pub mod expr;
 
-impl Expr {
-    pub fn parse(value: &Value) -> Result<Expr, QueryError> {
-        Ok(match value {
-            Value::String(s) if s.starts_with("$$") => {
-                return Err(bad(format!("variables ({s}) are not supported")))
-            }
-            Value::String(s) if s.starts_with('$') => {
-                Expr::Path(split_path("expression", &s[1..], true)?)
-            }
-            Value::Object(fields) if fields.len() == 1 && fields[0].0 == "$literal" => {
-                Expr::Literal(fields[0].1.clone())
-            }
-            Value::Object(fields) => {
-                if let Some((op, _)) = fields.iter().find(|(k, _)| k.starts_with('$')) {
-                    return Err(bad(format!("expression operator {op} is not supported")));
-                }
-                Expr::Object(
-                    fields
-                        .iter()
-                        .map(|(k, v)| Ok((k.clone(), Expr::parse(v)?)))
-                        .collect::<Result<_, QueryError>>()?,
-                )
-            }
-            Value::Array(items) => Expr::Literal(Value::Array(
-                items
-                    .iter()
-                    .map(|i| match Expr::parse(i)? {
-                        Expr::Literal(v) => Ok(v),
-                        _ => Err(bad("arrays of expressions are not supported")),
-                    })
-                    .collect::<Result<_, QueryError>>()?,
-            )),
-            other => Expr::Literal(other.clone()),
-        })
-    }
-
-    /// The expression's value for `doc`; None when a path is missing.
-    pub fn eval(&self, doc: &Value) -> Option<Value> {
-        match self {
-            Expr::Path(parts) => path_value(doc, parts),
-            Expr::Literal(v) => Some(v.clone()),
-            Expr::Object(fields) => Some(Value::Object(
-                fields
-                    .iter()
-                    .filter_map(|(k, e)| e.eval(doc).map(|v| (k.clone(), v)))
-                    .collect(),
-            )),
-        }
-    }
-}
-
-fn path_value(value: &Value, parts: &[String]) -> Option<Value> {
-    let Some((first, rest)) = parts.split_first() else {
-        return Some(value.clone());
-    };
-    match value {
-        Value::Object(_) => path_value(value.get(first)?, rest),
-        Value::Array(items) => Some(Value::Array(
-            items
-                .iter()
-                .filter(|i| matches!(i, Value::Object(_) | Value::Array(_)))
-                .filter_map(|i| path_value(i, parts))
-                .collect(),
-        )),
-        _ => None,
-    }
-}
+use expr::path_value;
+pub use expr::Expr;
 
 /// A `$group` accumulator.
 #[derive(Debug, Clone)]
@@ -297,11 +225,12 @@ impl Pipeline {
         })
     }
 
-    /// Runs the pipeline over `docs`.
-    pub fn run(&self, docs: Vec<Value>) -> Vec<Value> {
+    /// Runs the pipeline over `docs`. Fails when an expression meets a value it cannot take
+    /// (`{"$add": ["a", 1]}`, a division by zero).
+    pub fn run(&self, docs: Vec<Value>) -> Result<Vec<Value>, QueryError> {
         self.stages
             .iter()
-            .fold(docs, |docs, stage| run_stage(stage, docs))
+            .try_fold(docs, |docs, stage| run_stage(stage, docs))
     }
 }
 
@@ -325,8 +254,8 @@ fn set_field(doc: &mut Value, path: &str, value: Value) {
     }
 }
 
-fn run_stage(stage: &Stage, docs: Vec<Value>) -> Vec<Value> {
-    match stage {
+fn run_stage(stage: &Stage, docs: Vec<Value>) -> Result<Vec<Value>, QueryError> {
+    Ok(match stage {
         Stage::Match(filter) => docs.into_iter().filter(|d| filter.matches(d)).collect(),
         Stage::Sort(sort) => {
             let mut docs = docs;
@@ -344,13 +273,13 @@ fn run_stage(stage: &Stage, docs: Vec<Value>) -> Vec<Value> {
             .map(|d| {
                 let mut out = projection.apply(d);
                 for (name, expr) in computed {
-                    if let Some(v) = expr.eval(d) {
+                    if let Some(v) = expr.eval(d)? {
                         set_field(&mut out, name, v);
                     }
                 }
-                out
+                Ok(out)
             })
-            .collect(),
+            .collect::<Result<_, QueryError>>()?,
         Stage::Unwind {
             path,
             keep_empty,
@@ -391,8 +320,20 @@ fn run_stage(stage: &Stage, docs: Vec<Value>) -> Vec<Value> {
             }
             out
         }
-        Stage::Group { id, fields } => group(docs, id, fields),
-    }
+        Stage::Group { id, fields } => group(&docs, id, fields)?
+            .into_iter()
+            .map(|(key, accs)| {
+                let mut out = vec![("_id".to_string(), key)];
+                out.extend(
+                    fields
+                        .iter()
+                        .zip(accs)
+                        .map(|((name, _), acc)| (name.clone(), finish(acc))),
+                );
+                Value::Object(out)
+            })
+            .collect(),
+    })
 }
 
 /// The running state of one accumulator.
@@ -419,9 +360,9 @@ fn start(accumulator: &Accumulator) -> Acc {
     }
 }
 
-fn add(acc: &mut Acc, accumulator: &Accumulator, doc: &Value) {
+fn add(acc: &mut Acc, accumulator: &Accumulator, doc: &Value) -> Result<(), QueryError> {
     match (acc, accumulator) {
-        (Acc::Sum(int, double, any_double), Accumulator::Sum(e)) => match e.eval(doc) {
+        (Acc::Sum(int, double, any_double), Accumulator::Sum(e)) => match e.eval(doc)? {
             Some(Value::Int(n)) => match int.and_then(|i| i.checked_add(n)) {
                 Some(sum) => *int = Some(sum),
                 None => {
@@ -437,7 +378,7 @@ fn add(acc: &mut Acc, accumulator: &Accumulator, doc: &Value) {
             _ => {}
         },
         (Acc::Avg(total, n), Accumulator::Avg(e)) => {
-            if let Some(x) = e.eval(doc).as_ref().and_then(Value::as_f64) {
+            if let Some(x) = e.eval(doc)?.as_ref().and_then(Value::as_f64) {
                 *total += x;
                 *n += 1;
             }
@@ -448,7 +389,7 @@ fn add(acc: &mut Acc, accumulator: &Accumulator, doc: &Value) {
             } else {
                 Ordering::Greater
             };
-            match e.eval(doc) {
+            match e.eval(doc)? {
                 None | Some(Value::Null) => {}
                 Some(v) => {
                     if best.as_ref().is_none_or(|b| compare(&v, b) == want) {
@@ -459,18 +400,19 @@ fn add(acc: &mut Acc, accumulator: &Accumulator, doc: &Value) {
         }
         (Acc::First(first), Accumulator::First(e)) => {
             if first.is_none() {
-                *first = Some(e.eval(doc).unwrap_or(Value::Null));
+                *first = Some(e.eval(doc)?.unwrap_or(Value::Null));
             }
         }
-        (Acc::Last(last), Accumulator::Last(e)) => *last = e.eval(doc).unwrap_or(Value::Null),
+        (Acc::Last(last), Accumulator::Last(e)) => *last = e.eval(doc)?.unwrap_or(Value::Null),
         (Acc::Push(items), Accumulator::Push(e)) => {
-            if let Some(v) = e.eval(doc) {
+            if let Some(v) = e.eval(doc)? {
                 items.push(v);
             }
         }
         (Acc::Count(n), Accumulator::Count) => *n += 1,
         _ => unreachable!("each accumulator keeps its own state"),
     }
+    Ok(())
 }
 
 fn finish(acc: Acc) -> Value {
@@ -487,34 +429,28 @@ fn finish(acc: Acc) -> Value {
     }
 }
 
-fn group(docs: Vec<Value>, id: &Expr, fields: &[(String, Accumulator)]) -> Vec<Value> {
-    // Groups in the order their first document came; found by key bytes.
+/// Groups `docs` by `id`, in the order each group's first document came: each group's key
+/// and its accumulators' states.
+fn group(
+    docs: &[Value],
+    id: &Expr,
+    fields: &[(String, Accumulator)],
+) -> Result<Vec<(Value, Vec<Acc>)>, QueryError> {
     let mut groups: Vec<(Value, Vec<Acc>)> = Vec::new();
+    // Found by the key's bytes.
     let mut index: std::collections::HashMap<Vec<u8>, usize> = std::collections::HashMap::new();
-    for doc in &docs {
-        let key = id.eval(doc).unwrap_or(Value::Null);
+    for doc in docs {
+        let key = id.eval(doc)?.unwrap_or(Value::Null);
         let bytes = super::index_key::key(&key);
         let at = *index.entry(bytes).or_insert_with(|| {
             groups.push((key, fields.iter().map(|(_, a)| start(a)).collect()));
             groups.len() - 1
         });
         for (acc, (_, accumulator)) in groups[at].1.iter_mut().zip(fields) {
-            add(acc, accumulator, doc);
+            add(acc, accumulator, doc)?;
         }
     }
-    groups
-        .into_iter()
-        .map(|(key, accs)| {
-            let mut out = vec![("_id".to_string(), key)];
-            out.extend(
-                fields
-                    .iter()
-                    .zip(accs)
-                    .map(|((name, _), acc)| (name.clone(), finish(acc))),
-            );
-            Value::Object(out)
-        })
-        .collect()
+    Ok(groups)
 }
 
 /// A `$group` stage, for running it in two steps across shards: each shard groups its own
@@ -549,21 +485,9 @@ impl GroupStage {
     }
 
     /// Groups `docs`; each group comes out as `{"_id": key, "p": [state, ...]}`.
-    pub fn partial(&self, docs: &[Value]) -> Vec<Value> {
-        let mut groups: Vec<(Value, Vec<Acc>)> = Vec::new();
-        let mut index: std::collections::HashMap<Vec<u8>, usize> = std::collections::HashMap::new();
-        for doc in docs {
-            let key = self.id.eval(doc).unwrap_or(Value::Null);
-            let bytes = super::index_key::key(&key);
-            let at = *index.entry(bytes).or_insert_with(|| {
-                groups.push((key, self.fields.iter().map(|(_, a)| start(a)).collect()));
-                groups.len() - 1
-            });
-            for (acc, (_, accumulator)) in groups[at].1.iter_mut().zip(&self.fields) {
-                add(acc, accumulator, doc);
-            }
-        }
-        groups
+    pub fn partial(&self, docs: &[Value]) -> Result<Vec<Value>, QueryError> {
+        let groups = group(docs, &self.id, &self.fields)?;
+        Ok(groups
             .into_iter()
             .map(|(key, accs)| {
                 Value::Object(vec![
@@ -574,7 +498,7 @@ impl GroupStage {
                     ),
                 ])
             })
-            .collect()
+            .collect())
     }
 
     /// Combines the partial groups of every shard into the stage's output.

@@ -15,6 +15,7 @@ fn run(collection: &str, pipeline: &str) -> Vec<String> {
     Pipeline::parse(&v(pipeline))
         .unwrap()
         .run(docs)
+        .unwrap()
         .iter()
         .map(Value::to_string)
         .collect()
@@ -174,7 +175,15 @@ fn bad_pipelines_are_errors_that_name_the_stage() {
     assert!(error(r#"[{"$sort": {}}]"#).contains("at least one"));
     assert!(error(r#"[{"$project": {"a": 0, "b": "$c"}}]"#).contains("cannot exclude"));
     assert!(error(r#"[{"$unwind": "sizes"}]"#).contains("field path"));
-    assert!(error(r#"[{"$group": {"_id": {"$add": [1, 2]}}}]"#).contains("not supported"));
+    assert!(error(r#"[{"$group": {"_id": {"$dateToString": {}}}}]"#)
+        .contains("unknown expression operator $dateToString"));
+    assert!(error(r#"[{"$project": {"a": {"$subtract": [1]}}}]"#)
+        .contains("$subtract takes exactly 2 arguments, not 1"));
+    assert!(error(r#"[{"$project": {"a": {"$add": [1], "b": 2}}}]"#).contains("only field"));
+    assert!(
+        error(r#"[{"$project": {"a": {"$cond": {"if": true, "then": 1}}}}]"#)
+            .contains("$cond needs \"else\"")
+    );
     assert!(error(r#"{"$match": {}}"#).contains("array of stages"));
     assert!(error(r#"[{"$match": {}, "$limit": 1}]"#).contains("exactly one field"));
 }
@@ -198,20 +207,182 @@ fn a_group_split_over_shards_combines_to_the_whole() {
         r#"{"$group": {"_id": "$k", "s": {"$sum": "$n"}, "a": {"$avg": "$d"},
             "lo": {"$min": "$n"}, "hi": {"$max": "$d"}, "c": {"$count": {}},
             "f": {"$first": "$n"}, "l": {"$last": "$n"}, "p": {"$push": "$n"},
-            "big": {"$sum": "$big"}}}"#,
+            "big": {"$sum": "$big"}, "x": {"$sum": {"$multiply": ["$n", "$d"]}},
+            "y": {"$max": {"$cond": [{"$gt": ["$n", 20]}, "$d", null]}}}}"#,
     )
     .unwrap();
     let group = GroupStage::parse(&stage).unwrap().unwrap();
     let whole = Pipeline::parse(&Value::Array(vec![stage]))
         .unwrap()
-        .run(docs.clone());
+        .run(docs.clone())
+        .unwrap();
     for shards in 1..5 {
         let mut partials = Vec::new();
         for part in docs.chunks(docs.len().div_ceil(shards)) {
-            partials.extend(group.partial(part));
+            partials.extend(group.partial(part).unwrap());
         }
         let combined = group.combine(&partials).unwrap();
         let show = |v: &[Value]| v.iter().map(|d| d.to_string()).collect::<Vec<_>>();
         assert_eq!(show(&combined), show(&whole), "{shards} shards");
     }
+}
+
+fn run_err(collection: &str, pipeline: &str) -> String {
+    let docs = match v(collection) {
+        Value::Array(items) => items,
+        _ => panic!("an array"),
+    };
+    Pipeline::parse(&v(pipeline))
+        .unwrap()
+        .run(docs)
+        .expect_err("the pipeline fails")
+        .to_string()
+}
+
+/// Expression operators, with the examples and results of MongoDB's documentation of each.
+#[test]
+fn arithmetic_expressions() {
+    let sales = r#"[{"_id": 1, "item": "abc", "price": 10, "fee": 2, "quantity": 2},
+                    {"_id": 2, "item": "jkl", "price": 20.5, "fee": 1, "quantity": 1},
+                    {"_id": 3, "item": "xyz", "price": 5, "quantity": 10}]"#;
+    assert_eq!(
+        run(
+            sales,
+            r#"[{"$project": {"item": 1, "total": {"$add": ["$price", "$fee"]},
+                "cost": {"$multiply": ["$price", "$quantity"]},
+                "net": {"$subtract": ["$price", "$fee"]}}}]"#
+        ),
+        [
+            r#"{"_id":1,"item":"abc","total":12,"cost":20,"net":8}"#,
+            r#"{"_id":2,"item":"jkl","total":21.5,"cost":20.5,"net":19.5}"#,
+            r#"{"_id":3,"item":"xyz","total":null,"cost":50,"net":null}"#,
+        ]
+    );
+    let work = r#"[{"_id": 1, "hours": 80, "tasks": 7, "start": 9.25, "end": -2.8}]"#;
+    assert_eq!(
+        run(
+            work,
+            r#"[{"$project": {"_id": 0, "days": {"$divide": ["$hours", 8]},
+                "rest": {"$mod": ["$hours", "$tasks"]},
+                "up": {"$ceil": "$start"}, "down": {"$floor": "$end"},
+                "swing": {"$abs": {"$subtract": ["$end", "$start"]}}}}]"#
+        ),
+        [r#"{"days":10.0,"rest":3,"up":10.0,"down":-3.0,"swing":12.05}"#]
+    );
+    // Integers that overflow go on as doubles.
+    assert_eq!(
+        run(
+            r#"[{"_id": 1, "n": 9223372036854775807}]"#,
+            r#"[{"$project": {"_id": 0, "m": {"$add": ["$n", 1]}, "k": {"$add": ["$n", 0]}}}]"#
+        ),
+        [r#"{"m":9223372036854776000,"k":9223372036854775807}"#]
+    );
+    assert!(
+        run_err(sales, r#"[{"$project": {"x": {"$add": ["$item", 1]}}}]"#)
+            .contains("$add only supports numbers, not string")
+    );
+    assert!(run_err(
+        sales,
+        r#"[{"$project": {"x": {"$divide": ["$price", 0]}}}]"#
+    )
+    .contains("$divide by zero"));
+    assert!(
+        run_err(sales, r#"[{"$project": {"x": {"$mod": ["$price", 0]}}}]"#)
+            .contains("$mod by zero")
+    );
+    // Expressions in $group.
+    assert_eq!(
+        run(
+            sales,
+            r#"[{"$group": {"_id": {"$gt": ["$price", 6]},
+                "revenue": {"$sum": {"$multiply": ["$price", "$quantity"]}}}},
+                {"$sort": {"_id": 1}}]"#
+        ),
+        [
+            r#"{"_id":false,"revenue":50}"#,
+            r#"{"_id":true,"revenue":40.5}"#
+        ]
+    );
+}
+
+#[test]
+fn comparison_boolean_and_conditional_expressions() {
+    let inventory = r#"[{"_id": 1, "item": "abc1", "qty": 300, "description": "product 1"},
+                        {"_id": 2, "item": "abc2", "qty": 200, "description": null},
+                        {"_id": 3, "item": "xyz1", "qty": 250}]"#;
+    assert_eq!(
+        run(
+            inventory,
+            r#"[{"$project": {"cmp": {"$cmp": ["$qty", 250]}, "eq": {"$eq": ["$qty", 250]},
+                "ne": {"$ne": ["$qty", 250]}, "gt": {"$gt": ["$qty", 250]},
+                "lte": {"$lte": ["$qty", 250]},
+                "discount": {"$cond": {"if": {"$gte": ["$qty", 250]}, "then": 30, "else": 20}},
+                "also": {"$cond": [{"$lt": ["$qty", 250]}, "low", "high"]},
+                "description": {"$ifNull": ["$description", "Unspecified"]}}}]"#
+        ),
+        [
+            r#"{"_id":1,"cmp":1,"eq":false,"ne":true,"gt":true,"lte":false,"discount":30,"also":"high","description":"product 1"}"#,
+            r#"{"_id":2,"cmp":-1,"eq":false,"ne":true,"gt":false,"lte":true,"discount":20,"also":"low","description":"Unspecified"}"#,
+            r#"{"_id":3,"cmp":0,"eq":true,"ne":false,"gt":false,"lte":true,"discount":30,"also":"high","description":"Unspecified"}"#,
+        ]
+    );
+    // A missing value is not null: it sorts below it.
+    assert_eq!(
+        run(
+            inventory,
+            r#"[{"$project": {"_id": 0, "isNull": {"$eq": ["$description", null]},
+                "nullOrMissing": {"$lte": ["$description", null]},
+                "t": {"$type": "$description"}}}]"#
+        ),
+        [
+            r#"{"isNull":false,"nullOrMissing":false,"t":"string"}"#,
+            r#"{"isNull":true,"nullOrMissing":true,"t":"null"}"#,
+            r#"{"isNull":false,"nullOrMissing":true,"t":"missing"}"#,
+        ]
+    );
+    // Truth: false, null, missing and 0 are false; everything else, [] and "" too, true.
+    assert_eq!(
+        run(
+            r#"[{"_id": 1, "z": 0, "e": [], "s": ""}]"#,
+            r#"[{"$project": {"_id": 0, "a": {"$and": [1, "$e", "$s"]},
+                "b": {"$and": [1, "$z"]}, "c": {"$or": ["$gone", null, "$z"]},
+                "d": {"$or": [false, "$e"]}, "n": {"$not": ["$gone"]}, "t": {"$and": []}}}]"#
+        ),
+        [r#"{"a":true,"b":false,"c":false,"d":true,"n":true,"t":true}"#]
+    );
+}
+
+#[test]
+fn string_and_array_expressions() {
+    let items = r#"[{"_id": 1, "item": "ABC1", "description": "Product 1", "colors": ["blue", "black"]},
+                    {"_id": 2, "item": "abc2", "description": null, "colors": []},
+                    {"_id": 3, "item": "café", "description": "x", "colors": ["red"]}]"#;
+    assert_eq!(
+        run(
+            items,
+            r#"[{"$project": {"_id": 0, "label": {"$concat": ["$item", " - ", "$description"]},
+                "lower": {"$toLower": "$item"}, "upper": {"$toUpper": "$description"},
+                "len": {"$strLenCP": "$item"}, "head": {"$substrCP": ["$item", 0, 3]},
+                "n": {"$size": "$colors"}, "first": {"$arrayElemAt": ["$colors", 0]},
+                "last": {"$arrayElemAt": ["$colors", -1]},
+                "red": {"$in": ["red", "$colors"]}, "pair": ["$item", "$gone"]}}]"#
+        ),
+        [
+            r#"{"label":"ABC1 - Product 1","lower":"abc1","upper":"PRODUCT 1","len":4,"head":"ABC","n":2,"first":"blue","last":"black","red":false,"pair":["ABC1",null]}"#,
+            r#"{"label":null,"lower":"abc2","upper":"","len":4,"head":"abc","n":0,"red":false,"pair":["abc2",null]}"#,
+            r#"{"label":"café - x","lower":"café","upper":"X","len":4,"head":"caf","n":1,"first":"red","last":"red","red":true,"pair":["café",null]}"#,
+        ]
+    );
+    assert!(
+        run_err(items, r#"[{"$project": {"n": {"$size": "$item"}}}]"#)
+            .contains("$size only supports an array, not string")
+    );
+    assert!(run_err(items, r#"[{"$project": {"n": {"$size": "$gone"}}}]"#).contains("missing"));
+    assert!(
+        run_err(items, r#"[{"$project": {"n": {"$concat": ["$item", 1]}}}]"#)
+            .contains("$concat only supports strings, not int")
+    );
+    assert!(
+        run_err(items, r#"[{"$project": {"n": {"$in": ["a", "$item"]}}}]"#).contains("an array")
+    );
 }
