@@ -366,59 +366,24 @@ async fn core_main(setup: CoreSetup) {
     ));
     for receiver in setup.request_receivers {
         let queue = Rc::clone(&queue);
-        spawn_local(async move {
-            let mut batch = Vec::new();
-            loop {
-                receiver.recv_all(&mut batch).await;
-                if batch.is_empty() {
-                    break;
-                }
-                for request in batch.drain(..) {
-                    let reply = crate::server::ReplyTo::Remote {
-                        core: request.from,
-                        token: request.token,
-                    };
-                    queue.push(crate::shard::ShardRequest {
-                        op: request.op,
-                        reply,
-                    });
-                }
-            }
-        })
-        .detach();
+        on_each(receiver, move |request: RemoteRequest| {
+            let reply = crate::server::ReplyTo::Remote {
+                core: request.from,
+                token: request.token,
+            };
+            queue.push(crate::shard::ShardRequest {
+                op: request.op,
+                reply,
+            });
+        });
     }
     for receiver in setup.reply_receivers {
         let ctx = Rc::clone(&ctx);
-        spawn_local(async move {
-            let mut batch = Vec::new();
-            loop {
-                receiver.recv_all(&mut batch).await;
-                if batch.is_empty() {
-                    break;
-                }
-                for reply in batch.drain(..) {
-                    ctx.deliver_remote(reply);
-                }
-            }
-        })
-        .detach();
+        on_each(receiver, move |reply| ctx.deliver_remote(reply));
     }
-
     for receiver in setup.handoff_receivers {
         let ctx = Rc::clone(&ctx);
-        spawn_local(async move {
-            let mut batch = Vec::new();
-            loop {
-                receiver.recv_all(&mut batch).await;
-                if batch.is_empty() {
-                    break;
-                }
-                for handoff in batch.drain(..) {
-                    serve(&ctx, handoff);
-                }
-            }
-        })
-        .detach();
+        on_each(receiver, move |handoff| serve(&ctx, handoff));
     }
     let handoff_senders = Rc::new(setup.handoff_senders);
     let mut listeners = vec![(setup.listener, Protocol::Native)];
@@ -515,6 +480,23 @@ async fn open_shard(setup: &CoreSetup) -> Result<ShardCore<DmaDisk>, String> {
 enum Protocol {
     Native,
     Resp,
+}
+
+/// Runs `each` on every message another core sends over `receiver`, until that core is gone.
+fn on_each<T: 'static>(receiver: Receiver<T>, mut each: impl FnMut(T) + 'static) {
+    spawn_local(async move {
+        let mut batch = Vec::new();
+        loop {
+            receiver.recv_all(&mut batch).await;
+            if batch.is_empty() {
+                break;
+            }
+            for item in batch.drain(..) {
+                each(item);
+            }
+        }
+    })
+    .detach();
 }
 
 /// An accepted connection on its way to the core that serves it.

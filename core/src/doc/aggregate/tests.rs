@@ -7,14 +7,16 @@ fn v(text: &str) -> Value {
     Value::from_json(text).unwrap()
 }
 
-fn run(collection: &str, pipeline: &str) -> Vec<String> {
-    let docs = match v(collection) {
-        Value::Array(items) => items,
-        _ => panic!("an array"),
+/// Runs `pipeline` over the documents of `collection` (a JSON array).
+fn try_run(collection: &str, pipeline: &str) -> Result<Vec<Value>, QueryError> {
+    let Value::Array(docs) = v(collection) else {
+        panic!("an array")
     };
-    Pipeline::parse(&v(pipeline))
-        .unwrap()
-        .run(docs)
+    Pipeline::parse(&v(pipeline)).unwrap().run(docs)
+}
+
+fn run(collection: &str, pipeline: &str) -> Vec<String> {
+    try_run(collection, pipeline)
         .unwrap()
         .iter()
         .map(Value::to_string)
@@ -228,13 +230,7 @@ fn a_group_split_over_shards_combines_to_the_whole() {
 }
 
 fn run_err(collection: &str, pipeline: &str) -> String {
-    let docs = match v(collection) {
-        Value::Array(items) => items,
-        _ => panic!("an array"),
-    };
-    Pipeline::parse(&v(pipeline))
-        .unwrap()
-        .run(docs)
+    try_run(collection, pipeline)
         .expect_err("the pipeline fails")
         .to_string()
 }
