@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
@@ -25,6 +25,7 @@ use kvs_core::store::page::PAGE_SIZE;
 use kvs_core::store::{PagedStore, StoreConfig};
 
 use crate::config::Config;
+use crate::conn::{ConnectionCounts, ConnectionSlot};
 use crate::log_io::{DmaDisk, DmaLogFile};
 use crate::runtime::{
     cross_core_channel, spawn_executor, spawn_local, wait, Receiver, Sender, TcpListener, TcpStream,
@@ -158,8 +159,7 @@ struct CoreSetup {
     handoff_senders: Vec<Option<Sender<Handoff>>>,
     handoff_receivers: Vec<Receiver<Handoff>>,
     stop: Arc<AtomicBool>,
-    open_connections: Arc<AtomicUsize>,
-    core_connections: Arc<Vec<AtomicUsize>>,
+    connection_counts: Arc<ConnectionCounts>,
     ready: mpsc::Sender<Result<(), String>>,
 }
 
@@ -246,8 +246,7 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
 
     let n = shard_count as usize;
     let cpus = allowed_cpus();
-    let open_connections = Arc::new(AtomicUsize::new(0));
-    let core_connections = Arc::new((0..n).map(|_| AtomicUsize::new(0)).collect::<Vec<_>>());
+    let connection_counts = Arc::new(ConnectionCounts::new(n));
     let (ready_sender, ready) = mpsc::channel();
     // Every core gets a handle on each listening socket; the last takes the originals.
     let mut core_listeners = Vec::with_capacity(n);
@@ -282,8 +281,7 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
             handoff_senders: (0..n).map(|_| None).collect(),
             handoff_receivers: Vec::new(),
             stop: Arc::clone(&stop),
-            open_connections: Arc::clone(&open_connections),
-            core_connections: Arc::clone(&core_connections),
+            connection_counts: Arc::clone(&connection_counts),
             ready: ready_sender.clone(),
         })
         .collect();
@@ -361,8 +359,7 @@ async fn core_main(setup: CoreSetup) {
         Rc::clone(&queue),
         setup.request_senders,
         setup.reply_senders,
-        Arc::clone(&setup.open_connections),
-        Arc::clone(&setup.core_connections),
+        Arc::clone(&setup.connection_counts),
     ));
     for receiver in setup.request_receivers {
         let queue = Rc::clone(&queue);
@@ -397,12 +394,15 @@ async fn core_main(setup: CoreSetup) {
             while !stop.load(Ordering::SeqCst) {
                 wait(STOP_POLL).await;
             }
+            // Other cores stop handing this one connections (a few may still be on their
+            // way: they are closed unserved).
+            ctx.connection_counts.set_serving(core, false);
             ctx.stop_connections();
             ctx.queue.notify.notify();
             // Connections whose peers do not read their replies would hold the stop up
             // for ever: after a grace period, cut them.
             wait(STOP_GRACE).await;
-            if ctx.open_connections.load(Ordering::SeqCst) > 0 {
+            if ctx.connection_counts.open() > 0 {
                 tracing::warn!(
                     core,
                     "closing connections whose clients did not take their replies"
@@ -424,6 +424,8 @@ async fn core_main(setup: CoreSetup) {
         })
         .detach();
     }
+    // Other cores hand this one connections from now on: it has recovered and takes them.
+    ctx.connection_counts.set_serving(core, true);
     let acceptors: Vec<_> = listeners
         .into_iter()
         .map(|(listener, protocol)| {
@@ -452,6 +454,7 @@ async fn core_main(setup: CoreSetup) {
     for acceptor in acceptors {
         acceptor.await;
     }
+    ctx.connection_counts.set_serving(core, false);
     tracing::info!(core, "shard stopped");
 }
 
@@ -503,38 +506,28 @@ fn on_each<T: 'static>(receiver: Receiver<T>, mut each: impl FnMut(T) + 'static)
 struct Handoff {
     stream: TcpStream,
     protocol: Protocol,
+    /// Counted on the core it goes to; dropping it (with the stream) counts it out.
+    slot: ConnectionSlot,
 }
 
-/// Serves a connection this core was chosen for (counted in already); one that arrives
-/// while the node stops is closed instead.
+/// Serves a connection this core was chosen for; one that arrives while the node stops is
+/// closed instead (dropped, with its slot).
 fn serve(ctx: &Rc<CoreContext>, handoff: Handoff) {
     if ctx.stopping.get() {
-        drop(handoff.stream);
-        ctx.connection_closed();
         return;
     }
     let ctx = Rc::clone(ctx);
-    match handoff.protocol {
-        Protocol::Native => spawn_local(serve_connection(ctx, handoff.stream)).detach(),
+    let Handoff {
+        stream,
+        protocol,
+        slot,
+    } = handoff;
+    match protocol {
+        Protocol::Native => spawn_local(serve_connection(ctx, stream, slot)).detach(),
         Protocol::Resp => {
-            spawn_local(crate::resp_server::serve_connection(ctx, handoff.stream)).detach()
+            spawn_local(crate::resp_server::serve_connection(ctx, stream, slot)).detach()
         }
     }
-}
-
-/// The core that should serve the next connection: the one with the fewest, this one when
-/// it has no more than any other (no hop across cores).
-fn least_loaded_core(ctx: &CoreContext) -> usize {
-    let counts = &ctx.core_connections;
-    let mut best = ctx.core;
-    let mut fewest = counts[best].load(Ordering::SeqCst);
-    for (core, count) in counts.iter().enumerate() {
-        let count = count.load(Ordering::SeqCst);
-        if count < fewest {
-            (best, fewest) = (core, count);
-        }
-    }
-    best
 }
 
 /// Accepts connections on this core's handle of a listening socket (every core waits on the
@@ -555,17 +548,20 @@ async fn accept_loop(
         match accepted {
             None => break,
             Some(Ok(stream)) => {
-                ctx.open_connections.fetch_add(1, Ordering::SeqCst);
-                let core = least_loaded_core(&ctx);
-                ctx.core_connections[core].fetch_add(1, Ordering::SeqCst);
-                let handoff = Handoff { stream, protocol };
+                let counts = &ctx.connection_counts;
+                let core = counts.least_loaded(ctx.core);
+                let slot = ConnectionSlot::new(counts, core);
+                let handoff = Handoff {
+                    stream,
+                    protocol,
+                    slot,
+                };
                 match handoff_senders.get(core).and_then(Option::as_ref) {
                     None => serve(&ctx, handoff),
                     Some(sender) => {
-                        if let Err(handoff) = sender.send(handoff).await {
+                        if let Err(mut handoff) = sender.send(handoff).await {
                             // That core has stopped: serve here instead.
-                            ctx.core_connections[core].fetch_sub(1, Ordering::SeqCst);
-                            ctx.core_connections[ctx.core].fetch_add(1, Ordering::SeqCst);
+                            handoff.slot.move_to(ctx.core);
                             serve(&ctx, handoff);
                         }
                     }
@@ -608,7 +604,7 @@ async fn shard_loop(
         }
         let requests: Vec<_> = ctx.queue.items.borrow_mut().drain(..).collect();
         if requests.is_empty() {
-            if ctx.stopping.get() && ctx.open_connections.load(Ordering::SeqCst) == 0 {
+            if ctx.stopping.get() && ctx.connection_counts.open() == 0 {
                 break;
             }
             let woken = ctx.queue.notify.notified();

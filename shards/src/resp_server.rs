@@ -825,8 +825,8 @@ async fn execute(
 }
 
 /// Serves one RESP connection.
-pub async fn serve_connection(ctx: Rc<CoreContext>, stream: TcpStream) {
-    conn::drive(ctx, stream, |ctx, stream, conn| async move {
+pub async fn serve_connection(ctx: Rc<CoreContext>, stream: TcpStream, slot: conn::ConnectionSlot) {
+    conn::drive(ctx, stream, slot, |ctx, stream, conn| async move {
         read_loop(&ctx, &stream, &conn).await
     })
     .await;

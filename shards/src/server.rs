@@ -14,7 +14,6 @@
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
-use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 use kvs_core::command::Command;
@@ -23,7 +22,9 @@ use kvs_wire::frame::{frame_len, Decoded, FrameDecoder, FrameError, Header};
 use kvs_wire::limits::{FRAME_BODY_SIZE_MAX, FRAME_HEADER_SIZE};
 use kvs_wire::{shard_for_key, ErrorCode, Opcode, Request, Response};
 
-use crate::conn::{self, Connection, ReceiveBuffer, CONNECTION_IN_FLIGHT_MAX};
+use crate::conn::{
+    self, Connection, ConnectionCounts, ConnectionSlot, ReceiveBuffer, CONNECTION_IN_FLIGHT_MAX,
+};
 use crate::local::Notify;
 use crate::resp_server::{RespGather, RespRender};
 use crate::runtime::{Sender, TcpStream};
@@ -100,11 +101,8 @@ pub struct CoreContext {
     /// Set when the node is shutting down; `stop` is notified then.
     pub stopping: Cell<bool>,
     pub stop: Notify,
-    /// Open client connections on all cores.
-    pub open_connections: Arc<AtomicUsize>,
-    /// Open client connections per core (counted from when a core is chosen to serve one),
-    /// by which accepted connections are spread over the cores.
-    pub core_connections: Arc<Vec<AtomicUsize>>,
+    /// Client connections of all cores, by which accepted ones are spread over the cores.
+    pub connection_counts: Arc<ConnectionCounts>,
     /// This core's open connections, to shut their receiving side when the node stops.
     connections: RefCell<HashMap<u64, std::os::fd::RawFd>>,
     next_connection: Cell<u64>,
@@ -117,8 +115,7 @@ impl CoreContext {
         queue: Rc<ShardQueue>,
         request_senders: Vec<Option<Sender<RemoteRequest>>>,
         reply_senders: Vec<Option<Sender<RemoteReply>>>,
-        open_connections: Arc<AtomicUsize>,
-        core_connections: Arc<Vec<AtomicUsize>>,
+        connection_counts: Arc<ConnectionCounts>,
     ) -> CoreContext {
         CoreContext {
             core,
@@ -130,8 +127,7 @@ impl CoreContext {
             next_token: Cell::new(1),
             stopping: Cell::new(false),
             stop: Notify::new(),
-            open_connections,
-            core_connections,
+            connection_counts,
             connections: RefCell::new(HashMap::new()),
             next_connection: Cell::new(0),
         }
@@ -146,13 +142,6 @@ impl CoreContext {
             stream.shutdown_read();
         }
         id
-    }
-
-    /// Counts out a connection this core served (or was handed and did not serve).
-    pub fn connection_closed(&self) {
-        self.core_connections[self.core].fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-        self.open_connections
-            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Forgets a connection, before its socket closes.
@@ -621,11 +610,7 @@ async fn dispatch(ctx: &Rc<CoreContext>, conn: &Rc<Connection>, header: Header, 
             let g = gather(
                 GatherKind::Info {
                     shard_count: ctx.shard_count,
-                    connections: ctx
-                        .core_connections
-                        .iter()
-                        .map(|c| c.load(std::sync::atomic::Ordering::SeqCst))
-                        .collect(),
+                    connections: ctx.connection_counts.per_core(),
                 },
                 ctx.shard_count as usize,
             );
@@ -646,8 +631,8 @@ async fn dispatch(ctx: &Rc<CoreContext>, conn: &Rc<Connection>, header: Header, 
 
 /// Serves one native-protocol connection until the client leaves, the stream breaks or the
 /// node stops.
-pub async fn serve_connection(ctx: Rc<CoreContext>, stream: TcpStream) {
-    conn::drive(ctx, stream, |ctx, stream, conn| async move {
+pub async fn serve_connection(ctx: Rc<CoreContext>, stream: TcpStream, slot: ConnectionSlot) {
+    conn::drive(ctx, stream, slot, |ctx, stream, conn| async move {
         read_loop(&ctx, &stream, &conn).await
     })
     .await;
