@@ -266,9 +266,21 @@ fn is_nullish(value: &Option<Value>) -> bool {
     matches!(value, None | Some(Value::Null))
 }
 
+/// The operand that does not fit, shown up to this many characters.
+const SHOWN_OPERAND_MAX: usize = 100;
+
 fn type_error(op: &str, what: &str, value: &Value) -> QueryError {
+    let mut shown = value.to_string();
+    if shown.len() > SHOWN_OPERAND_MAX {
+        let cut = (0..=SHOWN_OPERAND_MAX)
+            .rev()
+            .find(|i| shown.is_char_boundary(*i))
+            .unwrap_or(0);
+        shown.truncate(cut);
+        shown.push_str("...");
+    }
     bad(format!(
-        "{op} only supports {what}, not {} ({value})",
+        "{op} only supports {what}, not {} ({shown})",
         value.type_name()
     ))
 }
@@ -413,13 +425,14 @@ fn eval_op(op: Op, args: &[Expr], doc: &Value) -> Result<Option<Value>, QueryErr
         Op::ToLower | Op::ToUpper => {
             return match &values[0] {
                 None | Some(Value::Null) => Ok(Some(Value::String(String::new()))),
+                // ASCII letters only, as MongoDB's (its case mapping is defined for ASCII).
                 Some(Value::String(s)) => Ok(Some(Value::String(if op == Op::ToLower {
-                    s.to_lowercase()
+                    s.to_ascii_lowercase()
                 } else {
-                    s.to_uppercase()
+                    s.to_ascii_uppercase()
                 }))),
                 Some(other) => Err(type_error(name, "strings", other)),
-            }
+            };
         }
         Op::StrLenCP => {
             return match &values[0] {
@@ -452,13 +465,13 @@ fn eval_op(op: Op, args: &[Expr], doc: &Value) -> Result<Option<Value>, QueryErr
             let (Some(array), Some(index)) = (&values[0], &values[1]) else {
                 return Ok(Some(Value::Null));
             };
-            let items = match array {
-                Value::Null => return Ok(Some(Value::Null)),
-                Value::Array(items) => items,
-                other => return Err(type_error(name, "an array first", other)),
+            if matches!(array, Value::Null) || matches!(index, Value::Null) {
+                return Ok(Some(Value::Null));
+            }
+            let Value::Array(items) = array else {
+                return Err(type_error(name, "an array first", array));
             };
             let at = match index {
-                Value::Null => return Ok(Some(Value::Null)),
                 Value::Int(n) => *n,
                 Value::Double(d) if d.fract() == 0.0 => *d as i64,
                 other => return Err(type_error(name, "an integer index", other)),
@@ -468,9 +481,20 @@ fn eval_op(op: Op, args: &[Expr], doc: &Value) -> Result<Option<Value>, QueryErr
         }
         _ => {}
     }
-    // Arithmetic and $concat: null or missing anywhere gives null.
-    if values.iter().any(is_nullish) {
-        return Ok(Some(Value::Null));
+    // Arithmetic and $concat: null or missing gives null. The operators of any number of
+    // arguments take them in order (`{"$add": ["a", null]}` fails on "a", `[null, "a"]` is
+    // null); the others look for null first.
+    for v in &values {
+        match v {
+            None | Some(Value::Null) => return Ok(Some(Value::Null)),
+            Some(Value::String(_)) if op == Op::Concat => {}
+            Some(Value::Int(_) | Value::Double(_)) if op != Op::Concat => {}
+            Some(other) if matches!(op, Op::Add | Op::Multiply) => {
+                return Err(type_error(name, "numbers", other))
+            }
+            Some(other) if op == Op::Concat => return Err(type_error(name, "strings", other)),
+            Some(_) => {}
+        }
     }
     let values: Vec<Value> = values.into_iter().map(|v| v.expect("present")).collect();
     let nums = || {
@@ -511,9 +535,10 @@ fn eval_op(op: Op, args: &[Expr], doc: &Value) -> Result<Option<Value>, QueryErr
             n[0].combine(n[1], i64::checked_rem, |x, y| x % y).value()
         }
         Op::Abs => match Num::of(name, &values[0])? {
-            Num::Int(n) => n
-                .checked_abs()
-                .map_or(Value::Double((n as f64).abs()), Value::Int),
+            Num::Int(n) => Value::Int(
+                n.checked_abs()
+                    .ok_or_else(|| bad(format!("$abs of {n} does not fit a long")))?,
+            ),
             Num::Double(d) => Value::Double(d.abs()),
         },
         Op::Ceil | Op::Floor => match Num::of(name, &values[0])? {

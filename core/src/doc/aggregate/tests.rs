@@ -382,3 +382,42 @@ fn string_and_array_expressions() {
         run_err(items, r#"[{"$project": {"n": {"$in": ["a", "$item"]}}}]"#).contains("an array")
     );
 }
+
+/// Where MongoDB checks types against nulls, case mapping, limits and long operands.
+#[test]
+fn expression_edge_cases() {
+    let sales = r#"[{"_id": 1, "item": "abc", "price": 10}]"#;
+    // Arguments are taken in order: a wrong type before a null fails, after one it does not.
+    assert!(
+        run_err(sales, r#"[{"$project": {"x": {"$add": ["$item", null]}}}]"#)
+            .contains("$add only supports numbers")
+    );
+    assert_eq!(
+        run(
+            sales,
+            r#"[{"$project": {"_id": 0, "x": {"$add": [null, "$item"]},
+                "y": {"$subtract": ["$item", null]}, "e": {"$arrayElemAt": ["$item", null]}}}]"#
+        ),
+        [r#"{"x":null,"y":null,"e":null}"#]
+    );
+    assert!(run_err(
+        r#"[{"n": -9223372036854775808}]"#,
+        r#"[{"$project": {"x": {"$abs": "$n"}}}]"#
+    )
+    .contains("does not fit"));
+    // Case changes are ASCII only, as MongoDB's.
+    assert_eq!(
+        run(
+            r#"[{"_id": 1, "s": "Straße Über"}]"#,
+            r#"[{"$project": {"_id": 0, "u": {"$toUpper": "$s"}, "l": {"$toLower": "$s"}}}]"#
+        ),
+        [r#"{"u":"STRAßE ÜBER","l":"straße Über"}"#]
+    );
+    // An operand in a message is cut short.
+    let long = format!(r#"[{{"s": "{}"}}]"#, "é".repeat(10_000));
+    let message = run_err(&long, r#"[{"$project": {"x": {"$size": "$s"}}}]"#);
+    assert!(
+        message.len() < 300 && message.ends_with("...)"),
+        "{message}"
+    );
+}
