@@ -143,6 +143,8 @@ PIPELINES = [
     [{"$group": {"_id": {"s": "$s", "a": "$a"}, "n": {"$sum": 1}}}],
     [{"$unwind": {"path": "$a", "preserveNullAndEmptyArrays": True}}, {"$match": {"_id": {"$lt": 30}}},
      {"$project": {"a": 1}}],
+    [{"$project": {"addr": {"city": 1}, "name": 1}}],
+    [{"$project": {"items": {"qty": 0}, "addr": {"zip": 0}, "a": 0, "b": 0}}],
     # Expressions.
     [{"$match": {"_id": {"$gt": 10}}},
      {"$project": {"n": 1, "twice": {"$multiply": ["$n", 2]}, "plus": {"$add": ["$n", 10, 0.5]},
@@ -225,6 +227,13 @@ def _mul_reference(mongo, docs, case):
 
 
 REWRITES = {
+    # MongoDB's $project takes an embedded document of flags as those flags on dotted
+    # paths ("$project (aggregation)": `contact: { address: { country: 1 } }` is
+    # `"contact.address.country": 1`); mongomock takes it as a literal, or refuses it.
+    'aggregate [{"$project":{"addr":{"city":1},"name":1}}]':
+        lambda mongo, docs, case: list(mongo.aggregate([{"$project": {"addr.city": 1, "name": 1}}])),
+    'aggregate [{"$project":{"items":{"qty":0},"addr":{"zip":0},"a":0,"b":0}}]':
+        lambda mongo, docs, case: list(mongo.aggregate([{"$project": {"items.qty": 0, "addr.zip": 0, "a": 0, "b": 0}}])),
     # mongomock leaves out an expression's field when a path in it is missing, and takes
     # missing as true in $not. MongoDB's $and, $or and $not evaluate "null, 0, and
     # undefined values" as false ("$and (aggregation)" documentation), so a missing value

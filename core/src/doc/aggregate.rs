@@ -76,6 +76,33 @@ pub enum Stage {
     Count(String),
 }
 
+/// Lists a `$project` document's fields with nested specifications spelled as dotted
+/// paths; a document that is an expression (an operator, `$literal`) stays whole.
+fn flatten_projection(
+    prefix: &str,
+    spec: &Value,
+    out: &mut Vec<(String, Value)>,
+) -> Result<(), QueryError> {
+    let Value::Object(fields) = spec else {
+        unreachable!("called on documents")
+    };
+    for (k, v) in fields {
+        let path = format!("{prefix}{k}");
+        match v {
+            Value::Object(inner) if inner.is_empty() => {
+                return Err(bad(format!(
+                    "$project: an empty document is not a valid value for {path:?}"
+                )))
+            }
+            Value::Object(inner) if !inner[0].0.starts_with('$') => {
+                flatten_projection(&format!("{path}."), v, out)?
+            }
+            _ => out.push((path, v.clone())),
+        }
+    }
+    Ok(())
+}
+
 fn count_arg(stage: &str, v: &Value) -> Result<usize, QueryError> {
     match v {
         Value::Int(n) if *n >= 0 => Ok(*n as usize),
@@ -130,9 +157,13 @@ impl Stage {
                 n => Stage::Limit(n),
             },
             "$project" => {
-                let Value::Object(spec) = arg else {
+                let Value::Object(_) = arg else {
                     return Err(bad("$project takes a document"));
                 };
+                // `{"a": {"b": 1, "c": "$x"}}` is `{"a.b": 1, "a.c": "$x"}`, as in MongoDB.
+                let mut spec = Vec::new();
+                flatten_projection("", arg, &mut spec)?;
+                let arg = &Value::Object(spec.clone());
                 // Flags (1/0/true/false) project; anything else computes a field.
                 let is_flag =
                     |v: &Value| matches!(v, Value::Bool(_) | Value::Int(_) | Value::Double(_));

@@ -421,3 +421,38 @@ fn expression_edge_cases() {
         "{message}"
     );
 }
+
+/// `$project` with embedded documents: `{"stop": {"title": 1}}` is `{"stop.title": 1}`
+/// ("$project (aggregation)": include or exclude fields of embedded documents).
+#[test]
+fn project_takes_embedded_specifications_as_dotted_paths() {
+    let bookmarks = r#"[{"_id": 1, "user": "1234", "stop": {"title": "book1", "author": "xyz", "page": 32}},
+                        {"_id": 2, "user": "7890", "stop": [{"title": "book2", "author": "abc", "page": 5},
+                                                            {"title": "book3", "author": "ijk", "page": 100}]}]"#;
+    let dotted = run(bookmarks, r#"[{"$project": {"stop.title": 1}}]"#);
+    assert_eq!(
+        dotted,
+        [
+            r#"{"_id":1,"stop":{"title":"book1"}}"#,
+            r#"{"_id":2,"stop":[{"title":"book2"},{"title":"book3"}]}"#,
+        ]
+    );
+    assert_eq!(
+        run(bookmarks, r#"[{"$project": {"stop": {"title": 1}}}]"#),
+        dotted
+    );
+    let excluded = run(
+        bookmarks,
+        r#"[{"$project": {"stop": {"author": 0, "page": 0}, "user": 0}}]"#,
+    );
+    assert_eq!(excluded, dotted);
+    // Computed fields nest the same way, beside inclusions.
+    assert_eq!(
+        run(
+            bookmarks,
+            r#"[{"$match": {"_id": 1}}, {"$project": {"stop": {"title": 1, "next": {"$add": ["$stop.page", 1]}}}}]"#
+        ),
+        [r#"{"_id":1,"stop":{"title":"book1","next":33}}"#]
+    );
+    assert!(error(r#"[{"$project": {"stop": {}}}]"#).contains("empty document"));
+}
