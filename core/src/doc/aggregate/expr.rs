@@ -532,7 +532,15 @@ fn eval_op(op: Op, args: &[Expr], doc: &Value) -> Result<Option<Value>, QueryErr
             if n[1].f64() == 0.0 {
                 return Err(bad("$mod by zero"));
             }
-            n[0].combine(n[1], i64::checked_rem, |x, y| x % y).value()
+            // As MongoDB's: a double result when the dividend is a double or the divisor a
+            // fractional one; an integer otherwise (a whole double divisor counts as one).
+            match (n[0], n[1]) {
+                (Num::Int(a), Num::Int(b)) => Value::Int(a.checked_rem(b).unwrap_or(0)),
+                (Num::Int(a), Num::Double(b)) if b.fract() == 0.0 && b.abs() < 9.2e18 => {
+                    Value::Int(a.checked_rem(b as i64).unwrap_or(0))
+                }
+                (a, b) => Value::Double(a.f64() % b.f64()),
+            }
         }
         Op::Abs => match Num::of(name, &values[0])? {
             Num::Int(n) => Value::Int(

@@ -456,3 +456,19 @@ fn project_takes_embedded_specifications_as_dotted_paths() {
     );
     assert!(error(r#"[{"$project": {"stop": {}}}]"#).contains("empty document"));
 }
+
+/// `$mod`'s result type, as MongoDB's own tests have it (jstests/aggregation/expressions/
+/// expression_mod.js): a whole double divisor keeps an integer dividend's remainder an
+/// integer.
+#[test]
+fn mod_keeps_integers_unless_a_double_needs_a_fraction() {
+    assert_eq!(
+        run(
+            r#"[{"_id": 1}]"#,
+            r#"[{"$project": {"_id": 0, "a": {"$mod": [10, 3.0]}, "b": {"$mod": [10.5, 3]},
+                "c": {"$mod": [10, 2.5]}, "d": {"$mod": [-7, 2]}, "e": {"$mod": [10, 3]},
+                "f": {"$mod": [-9223372036854775808, -1]}}}]"#
+        ),
+        [r#"{"a":1,"b":1.5,"c":0.0,"d":-1,"e":1,"f":0}"#]
+    );
+}
