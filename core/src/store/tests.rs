@@ -13,7 +13,7 @@ use crate::log::sim::{FaultOn, SimDisk, SimRng};
 type Store = PagedStore<crate::log::sim::SimLogFile>;
 type Model = BTreeMap<Vec<u8>, Vec<u8>>;
 
-fn open(disk: &SimDisk, cache_pages: usize) -> Store {
+pub(super) fn open(disk: &SimDisk, cache_pages: usize) -> Store {
     // A small hot-key cache, so the model tests also check that it never disagrees with
     // the tree.
     let config = StoreConfig {
@@ -30,6 +30,46 @@ fn open_with_hot_cache(disk: &SimDisk, cache_pages: usize) -> Store {
         hot_cache_bytes: 1 << 20,
     };
     block_on(PagedStore::open(disk, 0, config)).unwrap()
+}
+
+/// Runs a store into a power loss: applies `entries` as log entries 1, 2, ... with a write
+/// fault armed at entry `crash_at` and checkpoints taken at random, until a write fails;
+/// then the disk loses what was not synced (tearing writes). Returns how many entries
+/// reached the log, which is written before an entry is applied: the failed one included.
+pub(super) fn apply_until_crash(
+    disk: &SimDisk,
+    store: Store,
+    rng: &mut SimRng,
+    crash_at: u64,
+    entries: &[Vec<u8>],
+) -> usize {
+    let mut logged = 0;
+    for (index, encoded) in (1..).zip(entries) {
+        logged += 1;
+        if index == crash_at {
+            // Crash in the middle of this entry's writes or of a checkpoint.
+            disk.fail_after(FaultOn::Write, 1 + rng.below(20), 5);
+        }
+        if block_on(store.apply(index, 1, encoded)).is_err() {
+            break;
+        }
+        if rng.below(3) == 0
+            && block_on(store.checkpoint(None::<fn(usize) -> std::future::Ready<()>>)).is_err()
+        {
+            break;
+        }
+    }
+    drop(store);
+    disk.crash(Some(rng));
+    logged
+}
+
+/// Applies the first `logged` of `entries` (log entries 1, 2, ...) to a recovered store: what
+/// recovery does with the log after the checkpoint.
+pub(super) fn replay(store: &Store, entries: &[Vec<u8>], logged: usize) {
+    for (index, encoded) in (1..).zip(&entries[..logged]) {
+        block_on(store.apply(index, 1, encoded)).unwrap();
+    }
 }
 
 fn batch(commands: &[Command]) -> Vec<u8> {
@@ -334,57 +374,41 @@ fn crash_recovery_loop() {
         let mut rng = SimRng::new(seed);
         let disk = SimDisk::new();
         let store = open(&disk, 8 + rng.below(24) as usize);
-        let mut log: Vec<(u64, Vec<u8>)> = Vec::new();
-        let mut model = Model::new();
         let entries = 5 + rng.below(40);
         let crash_at = rng.below(entries);
-        for index in 1..=entries {
-            let commands: Vec<Command> = (0..1 + rng.below(30))
-                .map(|_| {
-                    let k = rng.below(500);
-                    if rng.below(4) == 0 {
-                        Command::Delete { key: key(k, 24) }
-                    } else {
-                        let len = if rng.below(10) == 0 {
-                            2000 + rng.below(9000)
+        let batches: Vec<Vec<Command>> = (1..=entries)
+            .map(|index| {
+                (0..1 + rng.below(30))
+                    .map(|_| {
+                        let k = rng.below(500);
+                        if rng.below(4) == 0 {
+                            Command::Delete { key: key(k, 24) }
                         } else {
-                            rng.below(300)
-                        };
-                        Command::Put {
-                            key: key(k, 24),
-                            value: value(k + index, len as usize),
+                            let len = if rng.below(10) == 0 {
+                                2000 + rng.below(9000)
+                            } else {
+                                rng.below(300)
+                            };
+                            Command::Put {
+                                key: key(k, 24),
+                                value: value(k + index, len as usize),
+                            }
                         }
-                    }
-                })
-                .collect();
-            let encoded = batch(&commands);
-            // The entry is in the (durable) log before it is applied.
-            log.push((index, encoded.clone()));
-            for c in &commands {
-                apply_to_model(&mut model, c);
-            }
-            if index == crash_at {
-                // Crash in the middle of this entry's writes or of a checkpoint.
-                disk.fail_after(FaultOn::Write, 1 + rng.below(20), 5);
-            }
-            let applied = block_on(store.apply(index, 1, &encoded));
-            if applied.is_err() {
-                break;
-            }
-            if rng.below(3) == 0
-                && block_on(store.checkpoint(None::<fn(usize) -> std::future::Ready<()>>)).is_err()
-            {
-                break;
-            }
+                    })
+                    .collect()
+            })
+            .collect();
+        let encoded: Vec<Vec<u8>> = batches.iter().map(|c| batch(c)).collect();
+        let logged = apply_until_crash(&disk, store, &mut rng, crash_at, &encoded);
+        // Every entry in the (durable) log counts, applied before the crash or not.
+        let mut model = Model::new();
+        for c in batches[..logged].iter().flatten() {
+            apply_to_model(&mut model, c);
         }
-        drop(store);
-        disk.crash(Some(&mut rng));
         let store = open(&disk, 32);
         from_checkpoint += u32::from(store.applied_index() > 0);
         mid_entry += u32::from(store.state.borrow().partial_commands > 0);
-        for (index, entry) in &log {
-            block_on(store.apply(*index, 1, entry)).unwrap();
-        }
+        replay(&store, &encoded, logged);
         assert_matches(&store, &model);
         checkpoint(&store);
         let report = block_on(verify(&disk, 0)).unwrap();

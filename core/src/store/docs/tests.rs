@@ -4,22 +4,14 @@
 use futures_lite::future::block_on;
 use proptest::prelude::*;
 
+use super::super::tests::{apply_until_crash, open, replay};
 use super::super::verify::verify;
-use super::super::StoreConfig;
 use super::*;
 use crate::command::{BatchEncoder, Command};
 use crate::doc::command::DocErrorKind;
-use crate::log::sim::{FaultOn, SimDisk, SimRng};
+use crate::log::sim::{SimDisk, SimRng};
 
 type Store = PagedStore<crate::log::sim::SimLogFile>;
-
-fn open(disk: &SimDisk, cache_pages: usize) -> Store {
-    let config = StoreConfig {
-        cache_pages,
-        hot_cache_bytes: 16 * 1024,
-    };
-    block_on(PagedStore::open(disk, 0, config)).unwrap()
-}
 
 fn json(text: &str) -> Value {
     Value::from_json(text).unwrap()
@@ -469,14 +461,12 @@ fn crash_loop_with_documents_and_indexes() {
         let store = open(&disk, 12 + rng.below(24) as usize);
         let model_disk = SimDisk::new();
         let model = open(&model_disk, 256);
-        let mut log: Vec<(u64, Vec<u8>)> = Vec::new();
         let setup = vec![
             create_index("c", "a_1", r#"{"a": 1}"#, false),
             create_index("c", "b_1", r#"{"b": 1}"#, true),
         ];
         let entries = 10 + rng.below(40);
         let crash_at = 2 + rng.below(entries);
-        let mut index = 0;
         let mut batches = vec![setup];
         for _ in 0..entries {
             batches.push(
@@ -485,30 +475,13 @@ fn crash_loop_with_documents_and_indexes() {
                     .collect(),
             );
         }
-        for commands in batches {
-            index += 1;
-            let encoded = entry(&commands);
-            log.push((index, encoded.clone()));
-            block_on(model.apply(index, 1, &encoded)).unwrap();
-            if index == crash_at {
-                disk.fail_after(FaultOn::Write, 1 + rng.below(20), 5);
-            }
-            if block_on(store.apply(index, 1, &encoded)).is_err() {
-                break;
-            }
-            if rng.below(3) == 0
-                && block_on(store.checkpoint(None::<fn(usize) -> std::future::Ready<()>>)).is_err()
-            {
-                break;
-            }
-        }
-        drop(store);
-        disk.crash(Some(&mut rng));
+        let encoded: Vec<Vec<u8>> = batches.iter().map(|c| entry(c)).collect();
+        let logged = apply_until_crash(&disk, store, &mut rng, crash_at, &encoded);
+        // The model never crashed: it holds every entry that reached the log.
+        replay(&model, &encoded, logged);
         let store = open(&disk, 32);
         recovered_from_checkpoint += u32::from(store.applied_index() > 0);
-        for (index, encoded) in &log {
-            block_on(store.apply(*index, 1, encoded)).unwrap();
-        }
+        replay(&store, &encoded, logged);
         assert_eq!(all_docs(&store), all_docs(&model), "seed {seed}");
         for filter in [
             r#"{"a": 2}"#,
