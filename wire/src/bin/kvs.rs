@@ -483,6 +483,11 @@ fn document_lines(
             items.iter().map(J::to_string).collect()
         }
     };
+    // The reply's array `field`, as `lines_of` prints it; the reply itself when it has none.
+    let array_lines = |mut reply: J, field: &str| match reply[field].take() {
+        J::Array(items) => lines_of(items),
+        _ => vec![reply.to_string()],
+    };
     Ok(match name {
         "find" => {
             let mut docs = Vec::new();
@@ -502,13 +507,7 @@ fn document_lines(
             }
             lines_of(docs)
         }
-        "aggregate" => {
-            let mut reply = reply;
-            match reply["documents"].take() {
-                J::Array(docs) => lines_of(docs),
-                _ => vec![reply.to_string()],
-            }
-        }
+        "aggregate" => array_lines(reply, "documents"),
         "insert" => {
             let ids = reply["insertedIds"].as_array().cloned().unwrap_or_default();
             if batch
@@ -524,13 +523,7 @@ fn document_lines(
         "count" => vec![reply["count"].to_string()],
         "createIndex" => vec![reply["name"].as_str().unwrap_or_default().to_string()],
         "dropIndex" => vec!["OK".to_string()],
-        "listIndexes" => {
-            let mut reply = reply;
-            match reply["indexes"].take() {
-                J::Array(indexes) => lines_of(indexes),
-                _ => vec![reply.to_string()],
-            }
-        }
+        "listIndexes" => array_lines(reply, "indexes"),
         "listCollections" => {
             let names = reply["collections"].as_array().cloned().unwrap_or_default();
             if batch {
