@@ -351,19 +351,7 @@ fn run_stage(stage: &Stage, docs: Vec<Value>) -> Result<Vec<Value>, QueryError> 
             }
             out
         }
-        Stage::Group { id, fields } => group(&docs, id, fields)?
-            .into_iter()
-            .map(|(key, accs)| {
-                let mut out = vec![("_id".to_string(), key)];
-                out.extend(
-                    fields
-                        .iter()
-                        .zip(accs)
-                        .map(|((name, _), acc)| (name.clone(), finish(acc))),
-                );
-                Value::Object(out)
-            })
-            .collect(),
+        Stage::Group { id, fields } => group_documents(group(&docs, id, fields)?, fields),
     })
 }
 
@@ -484,6 +472,23 @@ fn group(
     Ok(groups)
 }
 
+/// The documents `$group` emits: each group's key as `_id`, then its accumulators' results.
+fn group_documents(groups: Vec<(Value, Vec<Acc>)>, fields: &[(String, Accumulator)]) -> Vec<Value> {
+    groups
+        .into_iter()
+        .map(|(key, accs)| {
+            let mut out = vec![("_id".to_string(), key)];
+            out.extend(
+                fields
+                    .iter()
+                    .zip(accs)
+                    .map(|((name, _), acc)| (name.clone(), finish(acc))),
+            );
+            Value::Object(out)
+        })
+        .collect()
+}
+
 /// A `$group` stage, for running it in two steps across shards: each shard groups its own
 /// documents into partial states ([`GroupStage::partial`]), and the coordinator combines
 /// the shards' partials ([`GroupStage::combine`]) into what one `$group` over all the
@@ -565,19 +570,7 @@ impl GroupStage {
                 }
             }
         }
-        Ok(groups
-            .into_iter()
-            .map(|(key, accs)| {
-                let mut out = vec![("_id".to_string(), key)];
-                out.extend(
-                    self.fields
-                        .iter()
-                        .zip(accs)
-                        .map(|((name, _), acc)| (name.clone(), finish(acc))),
-                );
-                Value::Object(out)
-            })
-            .collect())
+        Ok(group_documents(groups, &self.fields))
     }
 }
 
