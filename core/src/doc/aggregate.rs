@@ -163,7 +163,6 @@ impl Stage {
                 // `{"a": {"b": 1, "c": "$x"}}` is `{"a.b": 1, "a.c": "$x"}`, as in MongoDB.
                 let mut spec = Vec::new();
                 flatten_projection("", arg, &mut spec)?;
-                let arg = &Value::Object(spec.clone());
                 // Flags (1/0/true/false) project; anything else computes a field.
                 let is_flag =
                     |v: &Value| matches!(v, Value::Bool(_) | Value::Int(_) | Value::Double(_));
@@ -173,7 +172,7 @@ impl Stage {
                     .map(|(k, v)| Ok((k.clone(), Expr::parse(v)?)))
                     .collect::<Result<Vec<_>, QueryError>>()?;
                 let projection = if computed.is_empty() {
-                    Projection::parse(arg)?
+                    Projection::parse(&Value::Object(spec))?
                         .ok_or_else(|| bad("$project takes at least one field"))?
                 } else {
                     // Computing fields means inclusion: flags may only include (or drop _id).
