@@ -95,9 +95,13 @@ const OPS: [(&str, Op, Arity); 29] = [
     ("$type", Op::Type, Arity::Exactly(1)),
 ];
 
-/// The names of the operators, for messages and documentation.
-pub fn operator_names() -> impl Iterator<Item = &'static str> {
-    OPS.iter().map(|(name, _, _)| *name)
+impl Op {
+    /// The operator's name, for messages (looked up only when one is made).
+    fn name(self) -> &'static str {
+        OPS.iter()
+            .find(|(_, o, _)| *o == self)
+            .map_or("?", |(n, _, _)| *n)
+    }
 }
 
 impl Expr {
@@ -293,11 +297,11 @@ enum Num {
 }
 
 impl Num {
-    fn of(op: &str, value: &Value) -> Result<Num, QueryError> {
+    fn of(op: Op, value: &Value) -> Result<Num, QueryError> {
         match value {
             Value::Int(n) => Ok(Num::Int(*n)),
             Value::Double(d) => Ok(Num::Double(*d)),
-            other => Err(type_error(op, "numbers", other)),
+            other => Err(type_error(op.name(), "numbers", other)),
         }
     }
 
@@ -334,10 +338,6 @@ impl Num {
 }
 
 fn eval_op(op: Op, args: &[Expr], doc: &Value) -> Result<Option<Value>, QueryError> {
-    let name = OPS
-        .iter()
-        .find(|(_, o, _)| *o == op)
-        .map_or("?", |(n, _, _)| *n);
     // Operators that do not evaluate every argument up front.
     match op {
         Op::And => {
@@ -398,15 +398,16 @@ fn eval_op(op: Op, args: &[Expr], doc: &Value) -> Result<Option<Value>, QueryErr
         }
         Op::Not => return Ok(Some(Value::Bool(!truthy(&values[0])))),
         Op::Type => {
-            let name = values[0].as_ref().map_or("missing", Value::type_name);
-            return Ok(Some(Value::String(name.to_string())));
+            let type_name = values[0].as_ref().map_or("missing", Value::type_name);
+            return Ok(Some(Value::String(type_name.to_string())));
         }
         Op::Size => {
             return match &values[0] {
                 Some(Value::Array(items)) => Ok(Some(Value::Int(items.len() as i64))),
-                Some(other) => Err(type_error(name, "an array", other)),
+                Some(other) => Err(type_error(op.name(), "an array", other)),
                 None => Err(bad(format!(
-                    "{name} needs an array, and the value is missing"
+                    "{} needs an array, and the value is missing",
+                    op.name()
                 ))),
             }
         }
@@ -431,15 +432,16 @@ fn eval_op(op: Op, args: &[Expr], doc: &Value) -> Result<Option<Value>, QueryErr
                 } else {
                     s.to_ascii_uppercase()
                 }))),
-                Some(other) => Err(type_error(name, "strings", other)),
+                Some(other) => Err(type_error(op.name(), "strings", other)),
             };
         }
         Op::StrLenCP => {
             return match &values[0] {
                 Some(Value::String(s)) => Ok(Some(Value::Int(s.chars().count() as i64))),
-                Some(other) => Err(type_error(name, "strings", other)),
+                Some(other) => Err(type_error(op.name(), "strings", other)),
                 None => Err(bad(format!(
-                    "{name} needs a string, and the value is missing"
+                    "{} needs a string, and the value is missing",
+                    op.name()
                 ))),
             }
         }
@@ -447,14 +449,15 @@ fn eval_op(op: Op, args: &[Expr], doc: &Value) -> Result<Option<Value>, QueryErr
             let Some(Value::String(s)) = &values[0] else {
                 return match &values[0] {
                     None | Some(Value::Null) => Ok(Some(Value::String(String::new()))),
-                    Some(other) => Err(type_error(name, "strings", other)),
+                    Some(other) => Err(type_error(op.name(), "strings", other)),
                 };
             };
             let index = |v: &Option<Value>, what: &str| match v {
                 Some(Value::Int(n)) if *n >= 0 => Ok(*n as usize),
                 Some(Value::Double(d)) if *d >= 0.0 && d.fract() == 0.0 => Ok(*d as usize),
                 _ => Err(bad(format!(
-                    "{name}: the {what} must be a non-negative integer"
+                    "{}: the {what} must be a non-negative integer",
+                    op.name()
                 ))),
             };
             let (start, count) = (index(&values[1], "start")?, index(&values[2], "count")?);
@@ -469,12 +472,12 @@ fn eval_op(op: Op, args: &[Expr], doc: &Value) -> Result<Option<Value>, QueryErr
                 return Ok(Some(Value::Null));
             }
             let Value::Array(items) = array else {
-                return Err(type_error(name, "an array first", array));
+                return Err(type_error(op.name(), "an array first", array));
             };
             let at = match index {
                 Value::Int(n) => *n,
                 Value::Double(d) if d.fract() == 0.0 => *d as i64,
-                other => return Err(type_error(name, "an integer index", other)),
+                other => return Err(type_error(op.name(), "an integer index", other)),
             };
             let at = if at < 0 { items.len() as i64 + at } else { at };
             return Ok(usize::try_from(at).ok().and_then(|i| items.get(i)).cloned());
@@ -490,9 +493,9 @@ fn eval_op(op: Op, args: &[Expr], doc: &Value) -> Result<Option<Value>, QueryErr
             Some(Value::String(_)) if op == Op::Concat => {}
             Some(Value::Int(_) | Value::Double(_)) if op != Op::Concat => {}
             Some(other) if matches!(op, Op::Add | Op::Multiply) => {
-                return Err(type_error(name, "numbers", other))
+                return Err(type_error(op.name(), "numbers", other))
             }
-            Some(other) if op == Op::Concat => return Err(type_error(name, "strings", other)),
+            Some(other) if op == Op::Concat => return Err(type_error(op.name(), "strings", other)),
             Some(_) => {}
         }
     }
@@ -500,7 +503,7 @@ fn eval_op(op: Op, args: &[Expr], doc: &Value) -> Result<Option<Value>, QueryErr
     let nums = || {
         values
             .iter()
-            .map(|v| Num::of(name, v))
+            .map(|v| Num::of(op, v))
             .collect::<Result<Vec<Num>, QueryError>>()
     };
     let result = match op {
@@ -542,14 +545,14 @@ fn eval_op(op: Op, args: &[Expr], doc: &Value) -> Result<Option<Value>, QueryErr
                 (a, b) => Value::Double(a.f64() % b.f64()),
             }
         }
-        Op::Abs => match Num::of(name, &values[0])? {
+        Op::Abs => match Num::of(op, &values[0])? {
             Num::Int(n) => Value::Int(
                 n.checked_abs()
                     .ok_or_else(|| bad(format!("$abs of {n} does not fit a long")))?,
             ),
             Num::Double(d) => Value::Double(d.abs()),
         },
-        Op::Ceil | Op::Floor => match Num::of(name, &values[0])? {
+        Op::Ceil | Op::Floor => match Num::of(op, &values[0])? {
             Num::Int(n) => Value::Int(n),
             Num::Double(d) => Value::Double(if op == Op::Ceil { d.ceil() } else { d.floor() }),
         },
@@ -558,7 +561,7 @@ fn eval_op(op: Op, args: &[Expr], doc: &Value) -> Result<Option<Value>, QueryErr
             for v in &values {
                 match v {
                     Value::String(s) => out.push_str(s),
-                    other => return Err(type_error(name, "strings", other)),
+                    other => return Err(type_error(op.name(), "strings", other)),
                 }
             }
             Value::String(out)
