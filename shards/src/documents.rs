@@ -1831,6 +1831,15 @@ mod tests {
             assert_eq!(s.len(), 24);
             assert!(set.insert(s.clone()));
         }
+        // Seconds lead, then the process, then a counter: ids made one after another in a
+        // process sort in the order they were made.
+        for pair in ids.windows(2) {
+            let (Value::String(a), Value::String(b)) = (&pair[0], &pair[1]) else {
+                panic!("ids are strings")
+            };
+            assert!(a < b, "{a} was made before {b} but sorts after it");
+            assert!(a[..8] <= b[..8], "the time prefix never goes back");
+        }
     }
 
     #[test]
