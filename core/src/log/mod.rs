@@ -11,8 +11,9 @@
 //!   only after it was synced), so the damage is corruption: recovery stops with an error that
 //!   names the file and offset, and nothing is silently skipped.
 //!
-//! Formats are in [`format`]; the disk is reached through [`LogDisk`], implemented with
-//! glommio DMA files in `kvsd` and by [`sim::SimDisk`] in tests.
+//! Formats are in [`format`]; the disk is reached through [`LogDisk`], implemented in `kvsd`
+//! by `DmaDisk` (`shards/src/log_io.rs`: O_DIRECT files whose I/O goes on the executor's own
+//! io_uring, or on an I/O thread off an executor) and by [`sim::SimDisk`] in tests.
 
 pub mod format;
 pub mod sim;

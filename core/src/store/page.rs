@@ -151,8 +151,10 @@ pub enum Value {
     },
 }
 
-/// A leaf entry. Entries sort by key, then by version, newest first: today a key has one
-/// version; MVCC will keep several, and they will sort together under their key.
+/// A leaf entry. Entries sort by key alone, and a key has one entry: `version` is the key's
+/// current version (from the shard's counter, what CAS compares), and a write replaces the
+/// entry. No older versions are kept, so there are no snapshot reads; MVCC is future work
+/// (transactions), and would need the tree to order and search by version too.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     pub key: Key,

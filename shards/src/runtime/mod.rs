@@ -8,7 +8,8 @@
 //! 56–70K requests/s unpipelined where a loop on one io_uring with every completion handled
 //! per `io_uring_enter` answered 104–108K (the client's ceiling). kvsd needs only a small
 //! part of a runtime — tasks, timers, accept/recv/send, channels — so that part is here, shaped
-//! for the hot path: one system call per round of tasks. See docs/adr/0009-runtime.md.
+//! for the hot path: one system call per round of tasks. See
+//! docs/adr/0009-own-runtime-on-io-uring.md.
 
 mod channel;
 pub mod disk;
