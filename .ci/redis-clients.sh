@@ -63,5 +63,10 @@ for protocol in (3, 2):
     assert r.get("py:p499") == b"499"
     assert len(list(r.scan_iter(match="py:p*", count=100))) == 500
     assert r.dbsize() >= 500
+    # Pipelined commands take effect in the order sent: these are Redis's own answers.
+    pipe = r.pipeline(transaction=False)
+    pipe.set("py:a", 1).get("py:a").incr("py:a").get("py:a").delete("py:a").get("py:a")
+    got = pipe.execute()
+    assert got == [True, b"1", 2, b"2", 1, None], got
 print("redis-py (RESP3 and RESP2): ok")
 PY

@@ -98,14 +98,41 @@ impl Drop for ConnectionSlot {
 
 /// Requests one connection may have in flight; the reader stops reading past this.
 pub const CONNECTION_IN_FLIGHT_MAX: usize = 1024;
-/// Size of a connection's receive buffer to begin with.
-const RECEIVE_BUFFER_INITIAL_BYTES: usize = 64 * 1024;
+/// Size of a connection's receive buffer while it holds no partial request: what an idle
+/// connection costs. It grows (doubling) only as the bytes of a larger request arrive, and
+/// goes back to this size once that request is used.
+const RECEIVE_BUFFER_IDLE_BYTES: usize = 2 * 1024;
+/// A receive buffer that a burst filled grows up to this for the bursts that follow.
+const RECEIVE_BUFFER_BURST_BYTES: usize = 64 * 1024;
+/// Unsent output at which a connection's reader stops taking requests until the client reads
+/// (as Redis's client-output-buffer-limit soft limit): a client that pipelines reads and
+/// never takes the replies holds at most this plus the replies of what it already sent.
+pub const OUTPUT_PAUSE_BYTES: usize = 1024 * 1024;
+/// Unsent output at which a connection is closed: one that goes past it has stopped reading
+/// while replies as large as this are already on their way to it.
+pub const OUTPUT_HARD_LIMIT_BYTES: usize = 256 * 1024 * 1024;
+/// A writer keeps a send buffer this large for its next replies; a larger one is given back
+/// when the connection goes quiet.
+const SEND_BUFFER_KEPT_BYTES: usize = 64 * 1024;
+/// The reply size a connection's reader assumes before its first reply.
+const REPLY_BYTES_ASSUMED: usize = 16 * 1024;
+const _: () = assert!(OUTPUT_PAUSE_BYTES < OUTPUT_HARD_LIMIT_BYTES);
+const _: () = assert!(RECEIVE_BUFFER_IDLE_BYTES >= kvs_wire::limits::FRAME_HEADER_SIZE);
 
 /// The output side of a client connection, shared by everything that answers it.
 pub struct Connection {
     out: RefCell<Vec<u8>>,
+    /// Bytes the writer has taken from `out` and not yet sent.
+    sending: Cell<usize>,
+    /// The socket, to cut a connection whose output went past the hard limit. Set while the
+    /// socket is open: `drive` sets it, and the writer is done before the socket closes.
+    fd: Cell<Option<std::os::fd::RawFd>>,
     wake_writer: Notify,
     in_flight: Cell<usize>,
+    /// The size of this connection's recent replies (it rises at once, falls slowly): the
+    /// reader lets only as many requests be in flight as their replies fit under the pause
+    /// limit, so a pipeline of reads of a large value cannot pile up unbounded output.
+    reply_bytes_recent: Cell<usize>,
     wake_reader: Notify,
     /// The writer gave up (the peer is gone) or was told to finish.
     writer_done: Cell<bool>,
@@ -115,6 +142,9 @@ pub struct Connection {
     next_sequence: Cell<u64>,
     next_to_write: Cell<u64>,
     early: RefCell<BTreeMap<u64, Vec<u8>>>,
+    /// Names the connection as the origin of its requests, whose order shards keep
+    /// (see `shard::Origin`): unique in the node, set when the connection is registered.
+    origin: Cell<crate::shard::Origin>,
     /// The connection's last document command: the next one waits for it, so a
     /// connection's document commands run one after another, in the order sent.
     pub document_tail: RefCell<Option<crate::runtime::JoinHandle<()>>>,
@@ -123,17 +153,26 @@ pub struct Connection {
 impl Connection {
     pub fn new() -> Connection {
         Connection {
-            out: RefCell::new(Vec::with_capacity(16 * 1024)),
+            out: RefCell::new(Vec::new()),
+            sending: Cell::new(0),
+            fd: Cell::new(None),
             wake_writer: Notify::new(),
             in_flight: Cell::new(0),
+            // Until the first reply says otherwise, replies are taken to be large.
+            reply_bytes_recent: Cell::new(REPLY_BYTES_ASSUMED),
             wake_reader: Notify::new(),
             writer_done: Cell::new(false),
             finishing: Cell::new(false),
             next_sequence: Cell::new(0),
             next_to_write: Cell::new(0),
             early: RefCell::new(BTreeMap::new()),
+            origin: Cell::new(crate::shard::NO_ORIGIN),
             document_tail: RefCell::new(None),
         }
+    }
+
+    pub fn origin(&self) -> crate::shard::Origin {
+        self.origin.get()
     }
 
     /// Counts a request in; every request is answered exactly once with `respond_with` or
@@ -154,11 +193,61 @@ impl Connection {
         self.in_flight.get()
     }
 
+    /// Output queued or being sent, not yet taken by the kernel.
+    pub fn unsent_bytes(&self) -> usize {
+        self.out.borrow().len() + self.sending.get()
+    }
+
+    /// Whether the reader may take another request: fewer than the in-flight limit are
+    /// unanswered, and the client has taken its replies down to the pause limit.
+    pub fn may_take_request(&self) -> bool {
+        let in_flight = self.in_flight.get();
+        if in_flight >= CONNECTION_IN_FLIGHT_MAX {
+            return false;
+        }
+        let expected = in_flight.saturating_mul(self.reply_bytes_recent.get());
+        self.unsent_bytes().saturating_add(expected) < OUTPUT_PAUSE_BYTES
+    }
+
+    /// Wakes the writer for new output, or cuts the connection when its unsent output went
+    /// past the hard limit: its client has not read while replies piled up. `reply_bytes`
+    /// is the size of the reply just added.
+    fn output_added(&self, out: &mut Vec<u8>, reply_bytes: usize) {
+        let recent = self.reply_bytes_recent.get();
+        self.reply_bytes_recent.set(if reply_bytes >= recent {
+            reply_bytes
+        } else {
+            recent - (recent - reply_bytes) / 16
+        });
+        let unsent = out.len() + self.sending.get();
+        if unsent <= OUTPUT_HARD_LIMIT_BYTES {
+            self.wake_writer.notify();
+            return;
+        }
+        tracing::warn!(
+            unsent_bytes = unsent,
+            limit_bytes = OUTPUT_HARD_LIMIT_BYTES,
+            "closing a connection whose client does not read its replies"
+        );
+        *out = Vec::new();
+        self.writer_done.set(true);
+        if let Some(fd) = self.fd.take() {
+            // SAFETY: `fd` is set only while the socket is open (see the field). Shutting
+            // both directions ends the reader's receive and the writer's send.
+            unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+        }
+        self.wake_writer.notify();
+        self.wake_reader.notify();
+    }
+
     /// Queues the reply to one request; `encode` appends it to the output.
     pub fn respond_with(&self, encode: impl FnOnce(&mut Vec<u8>)) {
         if !self.writer_done.get() {
-            encode(&mut self.out.borrow_mut());
-            self.wake_writer.notify();
+            let mut out = self.out.borrow_mut();
+            let before = out.len();
+            encode(&mut out);
+            let reply_bytes = out.len() - before;
+            self.output_added(&mut out, reply_bytes);
         }
         self.finish_request();
     }
@@ -168,8 +257,11 @@ impl Connection {
     pub fn respond_in_order_with(&self, sequence: u64, encode: impl FnOnce(&mut Vec<u8>)) {
         if sequence == self.next_to_write.get() && self.early.borrow().is_empty() {
             if !self.writer_done.get() {
-                encode(&mut self.out.borrow_mut());
-                self.wake_writer.notify();
+                let mut out = self.out.borrow_mut();
+                let before = out.len();
+                encode(&mut out);
+                let reply_bytes = out.len() - before;
+                self.output_added(&mut out, reply_bytes);
             }
             self.next_to_write.set(sequence + 1);
             self.finish_request();
@@ -195,7 +287,7 @@ impl Connection {
             if self.writer_done.get() {
                 out.clear();
             } else {
-                self.wake_writer.notify();
+                self.output_added(&mut out, reply.len());
             }
         } else {
             self.early.borrow_mut().insert(sequence, reply);
@@ -225,14 +317,18 @@ pub struct ReceiveBuffer {
     buf: Vec<u8>,
     start: usize,
     end: usize,
+    /// The last receive filled all the room it had: the client sends in bursts, and the
+    /// buffer is kept (and grown) for the next one instead of shrunk to the idle size.
+    filled: bool,
 }
 
 impl ReceiveBuffer {
     pub fn new() -> ReceiveBuffer {
         ReceiveBuffer {
-            buf: vec![0; RECEIVE_BUFFER_INITIAL_BYTES],
+            buf: Vec::new(),
             start: 0,
             end: 0,
+            filled: false,
         }
     }
 
@@ -246,26 +342,29 @@ impl ReceiveBuffer {
         self.start += n;
     }
 
-    /// Makes room to read into at `end`: moves the unread bytes to the front and grows the
-    /// buffer to hold at least `wanted` bytes.
+    /// Makes room to read into at `end`: moves the unread bytes to the front, and grows the
+    /// buffer (doubling) when it is full and a request of `wanted` bytes is not yet whole.
+    /// The buffer grows as bytes arrive, never by what a header declares: a peer that
+    /// announces a large body and sends nothing costs no more than an idle connection.
     fn make_room(&mut self, wanted: usize) {
         if self.start > 0 {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
             self.start = 0;
         }
-        if self.buf.len() < wanted {
-            self.buf.resize(wanted, 0);
+        if self.end == 0 && self.filled && self.buf.len() < RECEIVE_BUFFER_BURST_BYTES {
+            // The last receive took all it could: receive the next burst whole.
+            let grown = (self.buf.len() * 2).max(RECEIVE_BUFFER_IDLE_BYTES);
+            self.buf = vec![0; grown.min(RECEIVE_BUFFER_BURST_BYTES)];
+        } else if self.end == 0 && !self.filled && self.buf.len() != RECEIVE_BUFFER_IDLE_BYTES {
+            // Nothing is pending and the traffic is small: give back what a large request
+            // or a burst grew the buffer to.
+            self.buf = vec![0; RECEIVE_BUFFER_IDLE_BYTES];
         } else if self.end == self.buf.len() {
-            self.buf.resize(self.buf.len() * 2, 0);
-        } else if self.buf.len() > RECEIVE_BUFFER_INITIAL_BYTES
-            && self.end < RECEIVE_BUFFER_INITIAL_BYTES
-            && wanted <= RECEIVE_BUFFER_INITIAL_BYTES
-        {
-            // Give back the memory of a large request once it is handled.
-            self.buf.truncate(RECEIVE_BUFFER_INITIAL_BYTES);
-            self.buf.shrink_to_fit();
+            let grown = (self.buf.len() * 2).min(wanted.max(self.end + 1));
+            self.buf.resize(grown.max(self.end + 1), 0);
         }
+        debug_assert!(self.end < self.buf.len(), "room to receive into");
     }
 }
 
@@ -282,12 +381,12 @@ pub async fn wait_for_room(ctx: &CoreContext, conn: &Connection) -> bool {
         if ctx.stopping.get() || conn.writer_done.get() {
             return false;
         }
-        if conn.in_flight.get() < CONNECTION_IN_FLIGHT_MAX {
+        if conn.may_take_request() {
             break;
         }
         let woken = conn.wake_reader.notified();
         let stopped = ctx.stop.notified();
-        if conn.in_flight.get() >= CONNECTION_IN_FLIGHT_MAX && !ctx.stopping.get() {
+        if !conn.may_take_request() && !ctx.stopping.get() && !conn.writer_done.get() {
             futures_lite::future::or(woken, stopped).await;
         }
     }
@@ -317,6 +416,7 @@ pub async fn fill(
         Ok(0) => false,
         Ok(n) => {
             buffer.end += n;
+            buffer.filled = buffer.end == buffer.buf.len();
             true
         }
         Err(error) => {
@@ -329,18 +429,29 @@ pub async fn fill(
 }
 
 async fn write_loop(stream: Rc<TcpStream>, conn: Rc<Connection>) {
-    let mut spare = Vec::with_capacity(16 * 1024);
+    let mut spare = Vec::new();
     loop {
         let woken = conn.wake_writer.notified();
+        if conn.writer_done.get() {
+            break;
+        }
         if conn.out.borrow().is_empty() {
             if conn.finishing.get() {
                 break;
+            }
+            // Quiet: keep no large buffer while nothing is sent.
+            if spare.capacity() > SEND_BUFFER_KEPT_BYTES {
+                spare = Vec::new();
             }
             woken.await;
             continue;
         }
         let data = std::mem::replace(&mut *conn.out.borrow_mut(), std::mem::take(&mut spare));
+        conn.sending.set(data.len());
         let (result, data) = stream.send_all(data).await;
+        conn.sending.set(0);
+        // The reader may be waiting for the client to take its replies.
+        conn.wake_reader.notify();
         if let Err(error) = result {
             tracing::debug!(%error, "connection write failed");
             break;
@@ -349,7 +460,8 @@ async fn write_loop(stream: Rc<TcpStream>, conn: Rc<Connection>) {
         spare.clear();
     }
     conn.writer_done.set(true);
-    conn.out.borrow_mut().clear();
+    conn.fd.set(None);
+    *conn.out.borrow_mut() = Vec::new();
     conn.wake_reader.notify();
 }
 
@@ -365,6 +477,10 @@ where
     let registration = ctx.register_connection(&stream);
     let stream = Rc::new(stream);
     let conn = Rc::new(Connection::new());
+    conn.fd.set(Some(stream.raw_fd()));
+    // Core and registration together name the connection in the node; never NO_ORIGIN.
+    conn.origin
+        .set(((ctx.core as u64 + 1) << 48) | (registration & ((1 << 48) - 1)));
     let writer = spawn_local(write_loop(Rc::clone(&stream), Rc::clone(&conn)));
     read(Rc::clone(&ctx), Rc::clone(&stream), Rc::clone(&conn)).await;
     // Answer everything already accepted before closing, so no acknowledged write goes
@@ -389,6 +505,83 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Receives `bytes` into the buffer as `fill` would.
+    fn arrive(buffer: &mut ReceiveBuffer, wanted: usize, bytes: &[u8]) -> usize {
+        buffer.make_room(wanted);
+        let n = bytes.len().min(buffer.buf.len() - buffer.end);
+        buffer.buf[buffer.end..buffer.end + n].copy_from_slice(&bytes[..n]);
+        buffer.end += n;
+        buffer.filled = buffer.end == buffer.buf.len();
+        n
+    }
+
+    #[test]
+    fn a_receive_buffer_grows_as_bytes_arrive_not_as_a_header_declares() {
+        let mut buffer = ReceiveBuffer::new();
+        assert_eq!(buffer.buf.capacity(), 0, "nothing before the first receive");
+        // A header that announces a 64 MiB body: the buffer stays small until bytes come.
+        arrive(&mut buffer, 64 << 20, &[7; 100]);
+        assert_eq!(buffer.buf.len(), RECEIVE_BUFFER_IDLE_BYTES);
+        // The body arrives: the buffer doubles as it fills, never past what arrived by 2x.
+        let body = vec![1u8; 300_000];
+        let mut sent = 0;
+        while sent < body.len() {
+            sent += arrive(&mut buffer, 64 << 20, &body[sent..]);
+            assert!(buffer.buf.len() <= 2 * (buffer.end + RECEIVE_BUFFER_IDLE_BYTES));
+        }
+        assert_eq!(buffer.data().len(), 300_100);
+        // Used up: the next receive gets the idle size back.
+        buffer.consume(300_100);
+        buffer.filled = false;
+        buffer.make_room(24);
+        assert_eq!(buffer.buf.len(), RECEIVE_BUFFER_IDLE_BYTES);
+    }
+
+    #[test]
+    fn replies_in_flight_are_bounded_by_their_size() {
+        let conn = Connection::new();
+        // Large replies: few requests may be in flight.
+        let mut taken = 0;
+        while conn.may_take_request() {
+            conn.start_request();
+            taken += 1;
+        }
+        assert_eq!(taken, OUTPUT_PAUSE_BYTES / REPLY_BYTES_ASSUMED);
+        for _ in 0..taken {
+            conn.respond_with(|out| out.extend_from_slice(&[0; 100_000]));
+        }
+        assert!(
+            !conn.may_take_request(),
+            "the client has not taken its replies"
+        );
+        conn.out.borrow_mut().clear(); // as if the writer sent them
+        assert!(conn.reply_bytes_recent.get() >= 100_000);
+        assert!(conn.may_take_request());
+        for _ in 0..20 {
+            conn.start_request();
+        }
+        assert!(
+            !conn.may_take_request(),
+            "20 replies of 100 KB are past the pause limit"
+        );
+        // Small replies: the estimate comes down and the in-flight limit is the count.
+        for _ in 0..20 {
+            conn.respond_with(|out| out.extend_from_slice(b"+OK"));
+        }
+        for _ in 0..200 {
+            conn.start_request();
+            conn.respond_with(|out| out.extend_from_slice(b"+OK"));
+        }
+        conn.out.borrow_mut().clear();
+        assert!(conn.reply_bytes_recent.get() < 100);
+        for _ in 0..CONNECTION_IN_FLIGHT_MAX - 1 {
+            conn.start_request();
+        }
+        assert!(conn.may_take_request());
+        conn.start_request();
+        assert!(!conn.may_take_request());
+    }
 
     #[test]
     fn connections_go_to_the_serving_core_with_the_fewest_and_every_slot_counts_out() {

@@ -30,8 +30,10 @@ use crate::log_io::{DmaDisk, DmaLogFile};
 use crate::runtime::{
     cross_core_channel, spawn_executor, spawn_local, wait, Receiver, Sender, TcpListener, TcpStream,
 };
-use crate::server::{serve_connection, CoreContext, RemoteReply, RemoteRequest, ShardQueue};
-use crate::shard::{read_from, ShardCore};
+use crate::server::{
+    serve_connection, CoreContext, RemoteReply, RemoteRequest, ReplyTo, ShardQueue,
+};
+use crate::shard::{read_from, reads_not_waiting, try_read_from, Origin, ShardCore, ShardRequest};
 
 /// Capacity of each cross-core channel, in messages.
 const CROSS_CORE_CHANNEL_CAPACITY: usize = 16 * 1024;
@@ -371,6 +373,7 @@ async fn core_main(setup: CoreSetup) {
             queue.push(crate::shard::ShardRequest {
                 op: request.op,
                 reply,
+                origin: request.origin,
             });
         });
     }
@@ -618,27 +621,36 @@ async fn shard_loop(
             }
             continue;
         }
-        let round = shard.process(requests).await;
+        let round = shard.take(requests);
         failed.set(shard.failed());
-        // Reads that need the disk wait for their pages in tasks of their own, so the shard
-        // goes on with the next round meanwhile.
-        for request in round.deferred {
-            let store = Rc::clone(&current_store.borrow());
-            let ctx = Rc::clone(ctx);
-            spawn_local(async move {
-                let reply = read_from(&store, ctx.core as u32, &request.op).await;
-                ctx.reply(request.reply, reply).await;
-            })
-            .detach();
-        }
-        let (replies, leftover) = (round.replies, round.leftover);
-        if !leftover.is_empty() {
+        if !round.leftover.is_empty() {
             let mut items = ctx.queue.items.borrow_mut();
-            for request in leftover.into_iter().rev() {
+            for request in round.leftover.into_iter().rev() {
                 items.push_front(request);
             }
         }
-        for (to, reply) in replies {
+        // Reads that need the disk wait for their pages in tasks of their own, so the shard
+        // goes on meanwhile.
+        for request in round.deferred {
+            read_in_task(ctx, &current_store.borrow(), request);
+        }
+        for (to, reply) in round.replies {
+            ctx.reply(to, reply).await;
+        }
+        let Some(batch) = round.batch else {
+            continue;
+        };
+        // While the batch is made durable and applied, the reads that arrive are answered
+        // (those whose connection has no write in flight).
+        let committing = batch.origins().to_vec();
+        let store = Rc::clone(&current_store.borrow());
+        let written = futures_lite::future::or(shard.commit(batch), async {
+            answer_reads_meanwhile(ctx, &store, &committing).await;
+            unreachable!("answering reads goes on until the commit is done")
+        })
+        .await;
+        failed.set(shard.failed());
+        for (to, reply) in written {
             ctx.reply(to, reply).await;
         }
     }
@@ -652,6 +664,38 @@ async fn shard_loop(
             Ok(_) => shard.trim_log().await,
             Err(error) => tracing::warn!(core = ctx.core, %error, "final checkpoint failed"),
         }
+    }
+}
+
+/// Answers a read in a task of its own, from the disk if need be.
+fn read_in_task(ctx: &Rc<CoreContext>, store: &Rc<Store>, request: ShardRequest<ReplyTo>) {
+    let store = Rc::clone(store);
+    let ctx = Rc::clone(ctx);
+    spawn_local(async move {
+        let reply = read_from(&store, ctx.core as u32, &request.op).await;
+        ctx.reply(request.reply, reply).await;
+    })
+    .detach();
+}
+
+/// Answers, as they arrive, the queued reads that need not wait for the batch whose writers'
+/// origins are `committing` (see `shard::reads_not_waiting`). Never returns: the shard loop
+/// drops it once the batch is applied. A read is answered only between two commands of the
+/// batch's apply, never in the middle of one (a multi-key write is never seen half done).
+async fn answer_reads_meanwhile(ctx: &Rc<CoreContext>, store: &Rc<Store>, committing: &[Origin]) {
+    loop {
+        let woken = ctx.queue.notify.notified();
+        if !store.is_applying_command() {
+            let reads = reads_not_waiting(&mut ctx.queue.items.borrow_mut(), committing);
+            for request in reads {
+                match try_read_from(store, &request.op) {
+                    // Delivered without waiting: this future may be dropped at any await.
+                    Some(reply) => ctx.reply_now(request.reply, reply),
+                    None => read_in_task(ctx, store, request),
+                }
+            }
+        }
+        woken.await;
     }
 }
 

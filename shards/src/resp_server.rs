@@ -21,7 +21,7 @@ use kvs_wire::limits::{KEY_SIZE_MAX, SCAN_LIMIT_MAX, VALUE_SIZE_MAX};
 use kvs_wire::resp::{self, Parsed};
 use kvs_wire::{shard_for_key, ErrorCode};
 
-use crate::conn::{self, Connection, ReceiveBuffer, CONNECTION_IN_FLIGHT_MAX};
+use crate::conn::{self, Connection, ReceiveBuffer};
 use crate::runtime::TcpStream;
 use crate::server::{merge_scan, split_by_shard, CoreContext, Parts, Target};
 use crate::shard::{ShardInfo, ShardOp, ShardReply};
@@ -139,6 +139,10 @@ pub struct RespGather {
 }
 
 impl RespGather {
+    pub(crate) fn origin(&self) -> crate::shard::Origin {
+        self.conn.origin()
+    }
+
     fn new(
         conn: &Rc<Connection>,
         sequence: u64,
@@ -837,7 +841,7 @@ async fn read_loop(ctx: &CoreContext, stream: &TcpStream, conn: &Rc<Connection>)
     let mut buffer = ReceiveBuffer::new();
     loop {
         let mut need_bytes = false;
-        while conn.in_flight() < CONNECTION_IN_FLIGHT_MAX {
+        while conn.may_take_request() {
             match resp::parse_command(buffer.data()) {
                 Ok(Parsed::Command { args, len }) => {
                     buffer.consume(len);

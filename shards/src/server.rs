@@ -22,13 +22,11 @@ use kvs_wire::frame::{frame_len, Decoded, FrameDecoder, FrameError, Header};
 use kvs_wire::limits::{FRAME_BODY_SIZE_MAX, FRAME_HEADER_SIZE};
 use kvs_wire::{shard_for_key, ErrorCode, Opcode, Request, Response};
 
-use crate::conn::{
-    self, Connection, ConnectionCounts, ConnectionSlot, ReceiveBuffer, CONNECTION_IN_FLIGHT_MAX,
-};
+use crate::conn::{self, Connection, ConnectionCounts, ConnectionSlot, ReceiveBuffer};
 use crate::local::Notify;
 use crate::resp_server::{RespGather, RespRender};
 use crate::runtime::{Sender, TcpStream};
-use crate::shard::{ShardInfo, ShardOp, ShardReply, ShardRequest};
+use crate::shard::{Origin, ShardInfo, ShardOp, ShardReply, ShardRequest, NO_ORIGIN};
 
 /// Where a shard's reply goes on the core that asked.
 pub enum Target {
@@ -54,6 +52,18 @@ pub enum Target {
     Task(Rc<crate::documents::ReplySlot>),
 }
 
+impl Target {
+    /// The origin whose order the request keeps: the connection it came from.
+    fn origin(&self) -> Origin {
+        match self {
+            Target::Connection { conn, .. } | Target::Resp { conn, .. } => conn.origin(),
+            Target::Part { gather, .. } => gather.conn.origin(),
+            Target::RespPart { gather, .. } => gather.origin(),
+            Target::Task(_) => NO_ORIGIN,
+        }
+    }
+}
+
 /// Where a shard sends a reply: to a target on its own core, or back to another core.
 pub enum ReplyTo {
     Local(Target),
@@ -65,6 +75,7 @@ pub struct RemoteRequest {
     pub op: ShardOp,
     pub token: u64,
     pub from: usize,
+    pub origin: Origin,
 }
 
 /// A reply going back to the core that sent the request.
@@ -174,10 +185,12 @@ impl CoreContext {
     /// Sends `op` to `shard`; its reply will be delivered to `target` on this core.
     pub(crate) async fn send(&self, shard: u32, op: ShardOp, target: Target) {
         let shard = shard as usize;
+        let origin = target.origin();
         if shard == self.core {
             self.queue.push(ShardRequest {
                 op,
                 reply: ReplyTo::Local(target),
+                origin,
             });
             return;
         }
@@ -191,6 +204,7 @@ impl CoreContext {
             op,
             token,
             from: self.core,
+            origin,
         };
         if sender.send(request).await.is_err() {
             // The other core is gone (only during shutdown): answer here instead.
@@ -209,6 +223,27 @@ impl CoreContext {
         match target {
             Some(target) => deliver(target, reply.reply),
             None => tracing::error!(token = reply.token, "reply for an unknown token"),
+        }
+    }
+
+    /// Like `reply`, without waiting: a reply to another core whose channel is full goes in
+    /// a task of its own.
+    pub fn reply_now(self: &Rc<Self>, to: ReplyTo, reply: ShardReply) {
+        match to {
+            ReplyTo::Local(target) => deliver(target, reply),
+            ReplyTo::Remote { core, token } => {
+                let sender = self.reply_senders[core]
+                    .as_ref()
+                    .expect("a sender to every other core");
+                if let Err(reply) = sender.try_send(RemoteReply { token, reply }) {
+                    let ctx = Rc::clone(self);
+                    crate::runtime::spawn_local(async move {
+                        ctx.reply(ReplyTo::Remote { core, token }, reply.reply)
+                            .await;
+                    })
+                    .detach();
+                }
+            }
         }
     }
 
@@ -645,7 +680,7 @@ async fn read_loop(ctx: &Rc<CoreContext>, stream: &TcpStream, conn: &Rc<Connecti
     loop {
         // Handle every whole frame in the buffer, while the in-flight limit allows.
         let mut need_bytes = false;
-        while conn.in_flight() < CONNECTION_IN_FLIGHT_MAX {
+        while conn.may_take_request() {
             match FrameDecoder.decode(buffer.data()) {
                 Ok(Decoded::Frame { header, len }) => {
                     let body = &buffer.data()[FRAME_HEADER_SIZE..len];

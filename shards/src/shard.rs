@@ -1,10 +1,18 @@
 //! The shard service: turns a stream of requests into Raft proposals and replies.
 //!
-//! [`ShardCore::process`] takes every request that queued up while the previous batch was
-//! being made durable, answers the reads that come before the first write at once, puts all
-//! the writes into one batch entry (group commit: one proposal, one commit group, one
-//! fdatasync), waits for it to be durable and applied, and then answers the writes and the
-//! reads that came after them. It is sans-runtime; `node` runs it on an executor of `runtime`.
+//! [`ShardCore::take`] takes every request that queued up since the last round. Reads are
+//! answered at once from the applied state, which holds only durable entries; the writes go
+//! into one batch entry (group commit: one proposal, one commit group, one fdatasync), which
+//! [`ShardCore::commit`] makes durable and applies before answering its writers. While a
+//! batch commits, the shard loop keeps answering the reads that arrive
+//! ([`reads_not_waiting`]). It is sans-runtime; `node` runs it on an executor of `runtime`.
+//!
+//! Order: requests of one origin (a client connection) take effect in the order sent, as
+//! with Redis. A read whose origin has a write in the batch being formed ends the batch: it
+//! and everything after it wait for the next round, so the read sees exactly the writes its
+//! connection sent before it. Reads of other origins never wait for a batch: its writes are
+//! not acknowledged yet, so they are concurrent with those reads, which may see the state
+//! before them.
 //!
 //! A read the buffer pool can answer is answered in the round. A read that needs the disk is
 //! handed back as *deferred*: the caller runs it in a task of its own ([`read_from`]), so it
@@ -13,11 +21,6 @@
 //! A shard whose log or page file failed refuses writes (DISK_FULL, IO_ERROR) and keeps
 //! serving reads; [`ShardCore::try_reopen`] then reopens it from disk, as a restart would,
 //! and it takes writes again once the disk works (space was freed, say).
-//!
-//! Read semantics: a read sees every write acknowledged before it was sent. A read that
-//! arrives behind writes in the same round is answered after those writes are applied, so it
-//! may also see writes that were in flight with it (which linearizability allows: they were
-//! concurrent).
 
 use kvs_core::command::{BatchEncoder, Command};
 use kvs_core::join::join_all;
@@ -32,6 +35,12 @@ use crate::peer::{Peer, PeerError, PeerStatus};
 
 /// Reads of one round in flight at once.
 pub const READS_IN_FLIGHT: usize = 128;
+
+/// Who sent a request: requests of one origin take effect in the order they were sent. A
+/// client connection is an origin; [`NO_ORIGIN`] is for senders that wait for each reply
+/// before they send the next request (document coordinators), which need no ordering.
+pub type Origin = u64;
+pub const NO_ORIGIN: Origin = 0;
 
 /// What a shard is asked to do. Multi-key requests are split by shard before they get here.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,12 +60,6 @@ pub enum ShardOp {
     Write(Command),
     /// A read of documents (see `documents`).
     DocRead(crate::documents::DocRead),
-}
-
-impl ShardOp {
-    fn is_write(&self) -> bool {
-        matches!(self, ShardOp::Write(_))
-    }
 }
 
 /// A shard's answer.
@@ -105,13 +108,87 @@ pub struct ShardInfo {
     pub failed: Option<String>,
 }
 
-/// What a round produced: replies ready now, requests past the batch limits (they go first
-/// next round), and reads that need the disk.
+/// What a round produced: replies ready now, requests that wait for the next round (past
+/// the batch limits, or reads that must see the batch), reads that need the disk, and the
+/// batch of writes to commit.
 #[derive(Debug)]
 pub struct Round<R> {
     pub replies: Vec<(R, ShardReply)>,
     pub leftover: Vec<ShardRequest<R>>,
     pub deferred: Vec<ShardRequest<R>>,
+    pub batch: Option<Batch<R>>,
+}
+
+/// The writes of one round, to be proposed as one entry.
+#[derive(Debug)]
+pub struct Batch<R> {
+    encoder: BatchEncoder,
+    writers: Vec<R>,
+    /// The origins with a write in the batch, sorted, each once.
+    origins: Vec<Origin>,
+}
+
+impl<R> Batch<R> {
+    /// Whether requests of `origin` must wait for this batch to be applied.
+    pub fn orders(&self, origin: Origin) -> bool {
+        origin != NO_ORIGIN && self.origins.binary_search(&origin).is_ok()
+    }
+
+    pub fn origins(&self) -> &[Origin] {
+        &self.origins
+    }
+}
+
+/// Answers a read from the pool alone, or None when it needs the disk (or, for INFO, the
+/// shard itself).
+pub fn try_read_from<F: kvs_core::log::LogFile>(
+    store: &kvs_core::store::PagedStore<F>,
+    op: &ShardOp,
+) -> Option<ShardReply> {
+    match op {
+        ShardOp::Get { key } => store.try_get(key).map(ShardReply::Value),
+        ShardOp::MGet { keys } => keys
+            .iter()
+            .map(|k| store.try_get(k))
+            .collect::<Option<Vec<_>>>()
+            .map(ShardReply::Values),
+        ShardOp::Scan { .. } | ShardOp::DocRead(_) | ShardOp::Info => None,
+        ShardOp::Write(_) => unreachable!("writes are not reads"),
+    }
+}
+
+/// Takes out of `queue` the reads that may be answered while a batch whose writes come from
+/// `committing` is being made durable: reads whose origin has no write in that batch and
+/// none earlier in the queue. Everything else stays in the queue, in order. INFO waits for
+/// the shard.
+pub fn reads_not_waiting<R>(
+    queue: &mut std::collections::VecDeque<ShardRequest<R>>,
+    committing: &[Origin],
+) -> Vec<ShardRequest<R>> {
+    let mut writing: Vec<Origin> = Vec::new();
+    let mut taken = Vec::new();
+    let mut kept = std::collections::VecDeque::with_capacity(queue.len());
+    for request in queue.drain(..) {
+        let origin = request.origin;
+        let waits = match request.op {
+            ShardOp::Write(_) => {
+                writing.push(origin);
+                true
+            }
+            ShardOp::Info => true,
+            _ => {
+                origin != NO_ORIGIN
+                    && (committing.binary_search(&origin).is_ok() || writing.contains(&origin))
+            }
+        };
+        if waits {
+            kept.push_back(request);
+        } else {
+            taken.push(request);
+        }
+    }
+    *queue = kept;
+    taken
 }
 
 /// Answers a read from `store`, reading pages as needed (many at once for an MGET).
@@ -157,6 +234,7 @@ pub async fn read_from<F: kvs_core::log::LogFile>(
 pub struct ShardRequest<R> {
     pub op: ShardOp,
     pub reply: R,
+    pub origin: Origin,
 }
 
 /// A shard: its peer plus the bookkeeping of the request path.
@@ -270,17 +348,9 @@ impl<D: LogDisk + Clone> ShardCore<D> {
 
     /// Answers a read from the pool alone, or None when it needs the disk.
     fn try_read(&self, op: &ShardOp) -> Option<ShardReply> {
-        let store = self.peer.store();
         match op {
-            ShardOp::Get { key } => store.try_get(key).map(ShardReply::Value),
-            ShardOp::MGet { keys } => keys
-                .iter()
-                .map(|k| store.try_get(k))
-                .collect::<Option<Vec<_>>>()
-                .map(ShardReply::Values),
-            ShardOp::Scan { .. } | ShardOp::DocRead(_) => None,
             ShardOp::Info => Some(ShardReply::Info(Box::new(self.info()))),
-            ShardOp::Write(_) => unreachable!("writes are not reads"),
+            op => try_read_from(self.peer.store(), op),
         }
     }
 
@@ -289,21 +359,6 @@ impl<D: LogDisk + Clone> ShardCore<D> {
         match self.try_read(op) {
             Some(reply) => reply,
             None => read_from(self.peer.store(), self.shard, op).await,
-        }
-    }
-
-    /// Answers the reads the pool can; hands back the others.
-    fn read_cached<R>(
-        &self,
-        reads: Vec<ShardRequest<R>>,
-        replies: &mut Vec<(R, ShardReply)>,
-        deferred: &mut Vec<ShardRequest<R>>,
-    ) {
-        for request in reads {
-            match self.try_read(&request.op) {
-                Some(reply) => replies.push((request.reply, reply)),
-                None => deferred.push(request),
-            }
         }
     }
 
@@ -344,24 +399,30 @@ impl<D: LogDisk + Clone> ShardCore<D> {
         }
     }
 
-    /// Handles one round of requests (see the module documentation).
-    pub async fn process<R>(&mut self, requests: Vec<ShardRequest<R>>) -> Round<R> {
+    /// Takes one round of requests (see the module documentation): answers the reads it
+    /// can, defers those that need the disk, and gathers the writes into a batch.
+    pub fn take<R>(&mut self, requests: Vec<ShardRequest<R>>) -> Round<R> {
         let mut replies = Vec::with_capacity(requests.len());
         let mut requests = requests.into_iter();
-        let mut before_writes: Vec<ShardRequest<R>> = Vec::new();
-        let mut after_writes: Vec<ShardRequest<R>> = Vec::new();
         let mut writers: Vec<R> = Vec::new();
-        let mut batch = BatchEncoder::new();
+        let mut origins: Vec<Origin> = Vec::new();
+        let mut encoder = BatchEncoder::new();
         let mut leftover = Vec::new();
+        let mut deferred = Vec::new();
         for request in requests.by_ref() {
-            if !request.op.is_write() {
-                if writers.is_empty() {
-                    before_writes.push(request);
-                } else {
-                    after_writes.push(request);
+            let ShardOp::Write(command) = &request.op else {
+                if request.origin != NO_ORIGIN && origins.contains(&request.origin) {
+                    // It must see its connection's write in this batch, and not the writes
+                    // sent after it: it waits for the next round, and so does the rest.
+                    leftover.push(request);
+                    break;
+                }
+                match self.try_read(&request.op) {
+                    Some(reply) => replies.push((request.reply, reply)),
+                    None => deferred.push(request),
                 }
                 continue;
-            }
+            };
             if let Some((code, message)) = &self.failed {
                 replies.push((request.reply, ShardReply::Error(*code, message.clone())));
                 continue;
@@ -378,51 +439,74 @@ impl<D: LogDisk + Clone> ShardCore<D> {
                 replies.push((request.reply, ShardReply::Error(code, message)));
                 continue;
             }
-            let ShardOp::Write(command) = &request.op else {
-                unreachable!()
-            };
-            let full = batch.count() as usize >= BATCH_COMMANDS_MAX
-                || batch.count() > 0 && batch.len_bytes() + command.encoded_len() > BATCH_BYTES_MAX;
+            let full = encoder.count() as usize >= BATCH_COMMANDS_MAX
+                || encoder.count() > 0
+                    && encoder.len_bytes() + command.encoded_len() > BATCH_BYTES_MAX;
             if full {
                 leftover.push(request);
                 break;
             }
-            batch.push(command);
+            encoder.push(command);
             writers.push(request.reply);
-        }
-        leftover.extend(requests);
-        let mut deferred = Vec::new();
-        self.read_cached(before_writes, &mut replies, &mut deferred);
-
-        if !writers.is_empty() {
-            match self.commit(batch).await {
-                Ok(results) => {
-                    self.writes_applied += results.len() as u64;
-                    for (reply, result) in writers.into_iter().zip(results) {
-                        replies.push((reply, ShardReply::Written(result)));
-                    }
-                }
-                Err(error) => {
-                    let code = error_code_of(&error);
-                    let message = format!("shard {}: {error}", self.shard);
-                    tracing::error!(shard = self.shard, %error, "write path failed; shard is read-only until restart");
-                    self.failed = Some((code, message.clone()));
-                    for reply in writers {
-                        replies.push((reply, ShardReply::Error(code, message.clone())));
-                    }
-                }
+            if request.origin != NO_ORIGIN && !origins.contains(&request.origin) {
+                origins.push(request.origin);
             }
         }
-        self.read_cached(after_writes, &mut replies, &mut deferred);
+        leftover.extend(requests);
+        origins.sort_unstable();
+        let batch = (!writers.is_empty()).then_some(Batch {
+            encoder,
+            writers,
+            origins,
+        });
         Round {
             replies,
             leftover,
             deferred,
+            batch,
         }
     }
 
+    /// Makes a batch durable and applies it; returns its writers' replies.
+    pub async fn commit<R>(&mut self, batch: Batch<R>) -> Vec<(R, ShardReply)> {
+        let Batch {
+            encoder, writers, ..
+        } = batch;
+        match self.commit_entry(encoder).await {
+            Ok(results) => {
+                self.writes_applied += results.len() as u64;
+                writers
+                    .into_iter()
+                    .zip(results)
+                    .map(|(reply, result)| (reply, ShardReply::Written(result)))
+                    .collect()
+            }
+            Err(error) => {
+                let code = error_code_of(&error);
+                let message = format!("shard {}: {error}", self.shard);
+                tracing::error!(shard = self.shard, %error, "write path failed; shard is read-only until restart");
+                self.failed = Some((code, message.clone()));
+                writers
+                    .into_iter()
+                    .map(|reply| (reply, ShardReply::Error(code, message.clone())))
+                    .collect()
+            }
+        }
+    }
+
+    /// Takes a round and commits its batch: [`ShardCore::take`] then [`ShardCore::commit`],
+    /// for callers that need not answer reads meanwhile.
+    pub async fn process<R>(&mut self, requests: Vec<ShardRequest<R>>) -> Round<R> {
+        let mut round = self.take(requests);
+        if let Some(batch) = round.batch.take() {
+            let written = self.commit(batch).await;
+            round.replies.extend(written);
+        }
+        round
+    }
+
     /// Proposes one batch and waits until it is durable and applied; returns its results.
-    async fn commit(&mut self, batch: BatchEncoder) -> Result<Vec<CommandResult>, PeerError> {
+    async fn commit_entry(&mut self, batch: BatchEncoder) -> Result<Vec<CommandResult>, PeerError> {
         let count = batch.count() as usize;
         let index = self.peer.propose(batch.finish())?;
         let applied = self.peer.handle_ready().await?;
@@ -482,6 +566,7 @@ mod tests {
                 value: vec![i as u8; 10],
             }),
             reply: i,
+            origin: NO_ORIGIN,
         }
     }
 
@@ -491,6 +576,7 @@ mod tests {
                 key: format!("k{i}").into_bytes(),
             },
             reply,
+            origin: NO_ORIGIN,
         }
     }
 
@@ -513,23 +599,75 @@ mod tests {
         assert_eq!(shard.info().log_groups_written, 2); // the election's group, then this one
     }
 
+    fn from(origin: Origin, mut request: ShardRequest<usize>) -> ShardRequest<usize> {
+        request.origin = origin;
+        request
+    }
+
+    fn reply_to(replies: &Replies, id: usize) -> ShardReply {
+        replies
+            .iter()
+            .find(|(r, _)| *r == id)
+            .map(|(_, reply)| reply.clone())
+            .unwrap_or_else(|| panic!("no reply to {id}"))
+    }
+
     #[test]
-    fn reads_before_writes_see_the_old_state_and_after_them_the_new() {
+    fn a_read_sees_exactly_the_writes_its_connection_sent_before_it() {
         let disk = SimDisk::new();
         let mut shard = block_on(ShardCore::open(disk, 0, CONFIG)).unwrap();
-        let (replies, _) = round(&mut shard, vec![get(1, 100), put(1), get(1, 101)]);
-        let by_reply = |id| {
-            replies
-                .iter()
-                .find(|(r, _)| *r == id)
-                .map(|(_, reply)| reply.clone())
-                .unwrap()
-        };
-        assert_eq!(by_reply(100), ShardReply::Value(None));
+        // Connection 7 pipelines get, put, get, put, get of one key; connection 8 reads it
+        // behind the first put.
+        let requests = vec![
+            from(7, get(1, 100)),
+            from(7, put(1)),
+            from(8, get(1, 200)),
+            from(7, get(1, 101)),
+            from(7, put(1)),
+            from(7, get(1, 102)),
+        ];
+        let round1 = block_on(shard.process(requests));
+        let replies = round1.replies;
+        assert_eq!(reply_to(&replies, 100), ShardReply::Value(None));
+        // Another connection's read is answered at once, without the unacknowledged put.
+        assert_eq!(reply_to(&replies, 200), ShardReply::Value(None));
+        // Connection 7's read after its put waits for the next round, with all after it.
+        let waiting: Vec<usize> = round1.leftover.iter().map(|r| r.reply).collect();
+        assert_eq!(waiting, [101, 1, 102]);
+        let (replies, leftover) = round(&mut shard, round1.leftover);
         assert!(matches!(
-            by_reply(101),
+            reply_to(&replies, 101),
             ShardReply::Value(Some(Versioned { version: 1, .. }))
         ));
+        assert_eq!(leftover.iter().map(|r| r.reply).collect::<Vec<_>>(), [102]);
+        let (replies, _) = round(&mut shard, leftover);
+        assert!(matches!(
+            reply_to(&replies, 102),
+            ShardReply::Value(Some(Versioned { version: 2, .. }))
+        ));
+    }
+
+    #[test]
+    fn reads_answered_during_a_commit_skip_connections_with_writes_in_flight() {
+        let mut queue: std::collections::VecDeque<ShardRequest<usize>> = [
+            from(1, get(1, 10)),         // its connection has a write in the batch: waits
+            from(2, get(1, 20)),         // answered now
+            from(2, put(2)),             // a write: waits, and so do its connection's reads
+            from(2, get(2, 21)),         // waits behind its connection's put
+            from(3, get(1, 30)),         // answered now
+            from(NO_ORIGIN, get(1, 40)), // no order to keep: answered now
+        ]
+        .into_iter()
+        .collect();
+        let taken = reads_not_waiting(&mut queue, &[1]);
+        assert_eq!(
+            taken.iter().map(|r| r.reply).collect::<Vec<_>>(),
+            [20, 30, 40]
+        );
+        assert_eq!(
+            queue.iter().map(|r| r.reply).collect::<Vec<_>>(),
+            [10, 2, 21]
+        );
     }
 
     #[test]

@@ -76,3 +76,30 @@ fn batch_mode_answers_one_line_per_command_in_order() {
         assert_eq!(lines[2006 + i], expected);
     }
 }
+
+#[test]
+fn batch_mode_reads_see_exactly_the_writes_sent_before_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), 2);
+    // Batch mode pipelines every line: a read must see the lines before it, not after.
+    let mut input = String::new();
+    for i in 0..300 {
+        input.push_str(&format!(
+            "put k{} {i}\nget k{}\ndel k{}\nget k{}\n",
+            i % 5,
+            i % 5,
+            i % 5,
+            i % 5
+        ));
+    }
+    let (_, out) = kvs_batch(&server, input);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 1200);
+    for (i, chunk) in lines.chunks(4).enumerate() {
+        assert_eq!(
+            chunk,
+            ["OK", &i.to_string(), "OK", "(nil)"],
+            "command group {i}"
+        );
+    }
+}

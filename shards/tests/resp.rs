@@ -81,6 +81,43 @@ fn ok() -> Reply {
 }
 
 #[test]
+fn pipelined_commands_take_effect_in_the_order_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = RespServer::start(dir.path(), 2);
+    let mut c = RespClient::connect(&server.resp_addr).unwrap();
+    // Redis answers this pipeline with OK, "1", 2, "2", 1, nil: each read sees exactly the
+    // writes sent before it on its connection. Many rounds, so some land mid-commit.
+    for round in 0..200 {
+        let key = format!("p{}", round % 7);
+        let key = key.as_bytes();
+        let commands: [&[&[u8]]; 6] = [
+            &[b"SET", key, b"1"],
+            &[b"GET", key],
+            &[b"INCR", key],
+            &[b"GET", key],
+            &[b"DEL", key],
+            &[b"GET", key],
+        ];
+        for command in commands {
+            c.send(command);
+        }
+        let replies: Vec<Reply> = (0..6).map(|_| c.read()).collect();
+        assert_eq!(
+            replies,
+            [
+                ok(),
+                bulk("1"),
+                Reply::Integer(2),
+                bulk("2"),
+                Reply::Integer(1),
+                Reply::Bulk(None)
+            ],
+            "round {round}"
+        );
+    }
+}
+
+#[test]
 fn the_key_value_commands() {
     let dir = tempfile::tempdir().unwrap();
     let server = RespServer::start(dir.path(), 2);

@@ -81,6 +81,24 @@ impl<T> Sender<T> {
     }
 }
 
+impl<T> Sender<T> {
+    /// Sends `value` if the channel has room; gives it back if it is full or the receiver
+    /// is gone.
+    pub fn try_send(&self, value: T) -> Result<(), T> {
+        let mut inner = self.shared.lock();
+        if inner.receiver_gone || inner.queue.len() >= self.shared.capacity {
+            return Err(value);
+        }
+        inner.queue.push_back(value);
+        let waiting = inner.receiver_waiting.take();
+        drop(inner);
+        if let Some(waker) = waiting {
+            waker.wake();
+        }
+        Ok(())
+    }
+}
+
 impl<T> Drop for Sender<T> {
     fn drop(&mut self) {
         let mut inner = self.shared.lock();

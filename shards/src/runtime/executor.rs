@@ -558,17 +558,44 @@ pub fn spawn_local<T: 'static>(future: impl Future<Output = T> + 'static) -> Joi
         value: RefCell::new(None),
         waiter: RefCell::new(None),
     });
-    let task_state = Rc::clone(&state);
-    with_core(|core| {
-        core.spawn(Box::pin(async move {
-            let value = future.await;
-            *task_state.value.borrow_mut() = Some(value);
-            if let Some(waker) = task_state.waiter.borrow_mut().take() {
-                waker.wake();
-            }
-        }))
-    });
+    let task = Joined {
+        future,
+        state: Rc::clone(&state),
+    };
+    with_core(|core| core.spawn(Box::pin(task)));
     JoinHandle { state }
+}
+
+/// A task's future with the slot its value goes to. A plain struct rather than an `async`
+/// block around the future: such a block holds the future twice over (before and while it
+/// is awaited), which doubled the memory of every task (a connection's reader took 2.7 KiB
+/// instead of 1.4).
+struct Joined<F: Future> {
+    future: F,
+    state: Rc<JoinState<F::Output>>,
+}
+
+impl<F: Future> Future for Joined<F> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        // SAFETY: `future` is structurally pinned: it is never moved out of `self`, and
+        // `Joined` has no Drop of its own and is not Unpin unless `F` is.
+        let (future, state) = unsafe {
+            let this = self.get_unchecked_mut();
+            (Pin::new_unchecked(&mut this.future), &this.state)
+        };
+        match future.poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(value) => {
+                *state.value.borrow_mut() = Some(value);
+                if let Some(waker) = state.waiter.borrow_mut().take() {
+                    waker.wake();
+                }
+                Poll::Ready(())
+            }
+        }
+    }
 }
 
 /// Completes once, after `duration`.
