@@ -90,6 +90,8 @@ pub struct ShardInfo {
     pub log_groups_written: u64,
     pub log_records_written: u64,
     pub log_syncs: u64,
+    /// Commit-group fdatasyncs the ring saw complete: never fewer than the groups written.
+    pub log_synced_writes_completed: u64,
     pub writes_applied: u64,
     pub cache_pages: u64,
     pub hot_cache_hits: u64,
@@ -378,6 +380,7 @@ impl<D: LogDisk + Clone> ShardCore<D> {
             log_groups_written: status.log.groups,
             log_records_written: status.log.records,
             log_syncs: status.log.syncs,
+            log_synced_writes_completed: status.log.synced_writes_completed,
             writes_applied: self.writes_applied,
             cache_pages: store.cached_pages,
             hot_cache_hits: store.hot_hits,

@@ -252,3 +252,32 @@ fn a_listening_port_belongs_to_one_process() {
     assert!(stderr.contains("cannot listen"), "stderr: {stderr}");
     server.client().ping().unwrap();
 }
+
+/// The production write path (not the simulator) syncs every commit group: the ring counts
+/// the linked fdatasyncs it saw complete, and there are never fewer than the groups the log
+/// wrote (and acknowledged). Remove the sync from the commit and this fails — as does the
+/// log's own check, which stops the shard.
+#[test]
+fn every_acknowledged_commit_group_was_fdatasynced_on_the_ring() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), 2);
+    let client = server.client();
+    for i in 0..300 {
+        client
+            .put(format!("k{i}").as_bytes(), b"durable")
+            .expect("an acknowledged put");
+    }
+    let info: serde_json::Value = serde_json::from_str(&client.info().unwrap()).unwrap();
+    let mut groups = 0;
+    for shard in info["shard"].as_array().unwrap() {
+        let written = shard["log_groups_written"].as_u64().unwrap();
+        let synced = shard["log_synced_writes_completed"].as_u64().unwrap();
+        assert!(
+            synced >= written,
+            "shard {}: {written} commit groups written, {synced} syncs completed on the ring",
+            shard["shard"]
+        );
+        groups += written;
+    }
+    assert!(groups >= 300, "300 sequential puts took {groups} groups");
+}

@@ -41,6 +41,13 @@ pub trait LogDisk {
     async fn sync_dir(&self) -> io::Result<()>;
     /// A printable path for `name`, for error messages.
     fn path_of(&self, name: &str) -> String;
+    /// How many write-and-fdatasync commits (`LogFile::write_at_synced`) the disk layer saw
+    /// complete, counted where the sync's completion arrives — not by the log, which only
+    /// believes it synced. None where the disk cannot tell. The log checks that it moves on
+    /// with every group, so no group is acknowledged without a completed fdatasync.
+    fn synced_writes_completed(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// One open segment file. Writes are aligned to LOG_BLOCK_SIZE in offset and length.
@@ -122,6 +129,9 @@ pub struct LogStats {
     pub size_bytes: u64,
     /// Segment files.
     pub segments: u64,
+    /// Commit-group syncs the disk layer saw complete (0 where it cannot tell); see
+    /// [`LogDisk::synced_writes_completed`].
+    pub synced_writes_completed: u64,
 }
 
 /// What recovery found.
@@ -486,11 +496,22 @@ impl<D: LogDisk> Log<D> {
         let path = self.disk.path_of(&active.name);
         let mut buffer = active.file.alloc(size);
         encode_group(buffer.as_mut(), self.next_sequence, records);
+        let synced_before = self.disk.synced_writes_completed();
         active
             .file
             .write_at_synced(buffer, active.end)
             .await
             .map_err(|e| LogError::io("write and fdatasync", path, e))?;
+        if let (Some(before), Some(after)) = (synced_before, self.disk.synced_writes_completed())
+        {
+            // One group in flight per shard (see the module documentation): this group's
+            // sync is the one that completed.
+            assert!(
+                after > before,
+                "commit group {} returned without a completed fdatasync",
+                self.next_sequence
+            );
+        }
         active.end += size as u64;
         if let Some(segment) = self.segments.last_mut() {
             segment.size = active.end;
@@ -536,7 +557,10 @@ impl<D: LogDisk> Log<D> {
     }
 
     pub fn stats(&self) -> LogStats {
-        self.stats
+        LogStats {
+            synced_writes_completed: self.disk.synced_writes_completed().unwrap_or(0),
+            ..self.stats
+        }
     }
 }
 

@@ -221,6 +221,10 @@ impl LogDisk for SimDisk {
     fn path_of(&self, name: &str) -> String {
         format!("sim:/{name}")
     }
+
+    fn synced_writes_completed(&self) -> Option<u64> {
+        Some(self.syncs())
+    }
 }
 
 impl LogFile for SimLogFile {

@@ -5,6 +5,7 @@
 //! The buffer moves into the operation and stays with it until the kernel is done with it,
 //! even if the waiting future is dropped.
 
+use std::cell::Cell;
 use std::io;
 use std::os::fd::RawFd;
 
@@ -16,6 +17,18 @@ fn fdatasync(file: RawFd) -> squeue::Entry {
     opcode::Fsync::new(fd(file))
         .flags(types::FsyncFlags::DATASYNC)
         .build()
+}
+
+thread_local! {
+    /// Linked write + fdatasync operations whose sync completed successfully on this
+    /// executor's ring.
+    static SYNCED_WRITES: Cell<u64> = const { Cell::new(0) };
+}
+
+/// How many linked write + fdatasync operations completed on this thread's ring: counted
+/// from the sync's own completion, so a commit that skipped the sync cannot be counted.
+pub fn synced_writes_completed() -> u64 {
+    SYNCED_WRITES.with(Cell::get)
 }
 
 /// Whether the calling thread can use these functions (it runs an executor).
@@ -48,6 +61,7 @@ pub async fn write<B: AsRef<[u8]> + 'static>(
     // The first failure is the cause: a sync after a failed write reports ECANCELED.
     let written = io_result(written)?;
     io_result(synced)?;
+    SYNCED_WRITES.with(|count| count.set(count.get() + 1));
     Ok(written)
 }
 
