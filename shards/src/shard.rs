@@ -269,6 +269,21 @@ fn error_code_of(error: &PeerError) -> ErrorCode {
     }
 }
 
+/// The code a writer gets when committing its batch failed with `error`. A failure before
+/// anything could be durable (the proposal was refused, the write found no space) surely
+/// failed; one on the commit's write or fdatasync (the group may have reached the disk) or
+/// while applying an entry that is already durable has an unknown outcome: a restart
+/// recovers whatever the log holds.
+fn commit_error_code(error: &PeerError) -> ErrorCode {
+    match error {
+        PeerError::NotLeader
+        | PeerError::Log(LogError::DiskFull { .. } | LogError::TooLarge(_)) => error_code_of(error),
+        PeerError::Log(_) | PeerError::Store(_) | PeerError::Apply { .. } | PeerError::Raft(_) => {
+            ErrorCode::OutcomeUnknown
+        }
+    }
+}
+
 impl<D: LogDisk + Clone> ShardCore<D> {
     /// Opens the shard's store and log, recovers, and applies the log after the checkpoint.
     pub async fn open(disk: D, shard: u32, config: StoreConfig) -> Result<ShardCore<D>, PeerError> {
@@ -485,10 +500,16 @@ impl<D: LogDisk + Clone> ShardCore<D> {
                     .collect()
             }
             Err(error) => {
-                let code = error_code_of(&error);
                 let message = format!("shard {}: {error}", self.shard);
                 tracing::error!(shard = self.shard, %error, "write path failed; shard is read-only until restart");
-                self.failed = Some((code, message.clone()));
+                self.failed = Some((error_code_of(&error), message.clone()));
+                let code = commit_error_code(&error);
+                let message = match code {
+                    ErrorCode::OutcomeUnknown => format!(
+                        "outcome unknown: {message} (the write may be durable; it is settled when the shard reopens)"
+                    ),
+                    _ => message,
+                };
                 writers
                     .into_iter()
                     .map(|reply| (reply, ShardReply::Error(code, message.clone())))
@@ -721,6 +742,51 @@ mod tests {
         // Nothing acknowledged is lost, and the failed writes never appear.
         let shard = block_on(ShardCore::open(disk, 0, CONFIG)).unwrap();
         assert_eq!(shard.info().keys, 1);
+    }
+
+    #[test]
+    fn an_io_error_while_applying_a_durable_write_is_outcome_unknown() {
+        let disk = SimDisk::new();
+        let mut shard = block_on(ShardCore::open(disk.clone(), 0, CONFIG)).unwrap();
+        // A tree many times the 64-page cache (1000-byte values: a few per leaf),
+        // checkpointed so its pages can be evicted.
+        let big_put = |i: usize| {
+            let mut request = put(i);
+            if let ShardOp::Write(Command::Put { value, .. }) = &mut request.op {
+                *value = vec![i as u8; 1000];
+            }
+            request
+        };
+        for r in 0..20 {
+            round(&mut shard, (r * 100..r * 100 + 100).map(big_put).collect());
+        }
+        block_on(
+            shard
+                .store()
+                .checkpoint(None::<fn(usize) -> std::future::Ready<()>>),
+        )
+        .unwrap();
+        round(&mut shard, (2000..2400).map(put).collect());
+        // The next page read fails: applying a put to a key whose leaf left the cache.
+        // Puts spread over the old keys: some leaf must be read back.
+        let reads_before = shard.info().page_reads;
+        disk.fail_after(FaultOn::Read, 1, 5);
+        let (replies, _) = round(&mut shard, (0..2000).step_by(40).map(put).collect());
+        assert!(shard.info().page_reads >= reads_before, "{replies:?}");
+        for (_, reply) in &replies {
+            let ShardReply::Error(code, message) = reply else {
+                panic!("the batch cannot have succeeded: {reply:?}");
+            };
+            assert_eq!(*code, ErrorCode::OutcomeUnknown, "{message}");
+        }
+        assert!(shard.failed());
+        // The entry was durable: reopening applies it.
+        assert!(block_on(shard.try_reopen()));
+        let (replies, _) = round(&mut shard, vec![get(1960, 1)]);
+        assert!(
+            matches!(&replies[0].1, ShardReply::Value(Some(v)) if v.version > 2400),
+            "{replies:?}"
+        );
     }
 
     #[test]

@@ -63,6 +63,10 @@ pub enum ErrorCode {
     IoError = 12,
     /// A write would give a unique index (or `_id`) a second document with one key.
     DuplicateKey = 13,
+    /// The write may or may not have taken effect: it failed after it could have become
+    /// durable (an I/O error on its fdatasync, or while applying an entry that is in the
+    /// log). Read the key to learn which; retrying blindly may apply it twice.
+    OutcomeUnknown = 14,
 }
 
 impl ErrorCode {
@@ -80,6 +84,7 @@ impl ErrorCode {
             11 => ErrorCode::Checksum,
             12 => ErrorCode::IoError,
             13 => ErrorCode::DuplicateKey,
+            14 => ErrorCode::OutcomeUnknown,
             // An unknown code from a newer server is still an error; report it as internal.
             _ => ErrorCode::Internal,
         }
@@ -100,6 +105,7 @@ impl ErrorCode {
             ErrorCode::Checksum => "CHECKSUM",
             ErrorCode::IoError => "IO_ERROR",
             ErrorCode::DuplicateKey => "DUPLICATE_KEY",
+            ErrorCode::OutcomeUnknown => "OUTCOME_UNKNOWN",
         }
     }
 }

@@ -502,8 +502,7 @@ impl<D: LogDisk> Log<D> {
             .write_at_synced(buffer, active.end)
             .await
             .map_err(|e| LogError::io("write and fdatasync", path, e))?;
-        if let (Some(before), Some(after)) = (synced_before, self.disk.synced_writes_completed())
-        {
+        if let (Some(before), Some(after)) = (synced_before, self.disk.synced_writes_completed()) {
             // One group in flight per shard (see the module documentation): this group's
             // sync is the one that completed.
             assert!(

@@ -28,6 +28,7 @@ struct SimFile {
 pub enum FaultOn {
     Write,
     Sync,
+    Read,
 }
 
 #[derive(Debug, Default)]
@@ -262,6 +263,7 @@ impl LogFile for SimLogFile {
         if self.disk.state.borrow().yielding_reads {
             YieldOnce(false).await;
         }
+        self.disk.check_fault(FaultOn::Read)?;
         self.with(|file| {
             let start = (pos as usize).min(file.current.len());
             let end = (start + len).min(file.current.len());
