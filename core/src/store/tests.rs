@@ -7,8 +7,9 @@ use proptest::prelude::*;
 
 use super::verify::verify;
 use super::*;
-use crate::command::BatchEncoder;
+use crate::command::{BatchEncoder, Command};
 use crate::log::sim::{FaultOn, SimDisk, SimRng};
+use crate::state::CommandResult;
 
 type Store = PagedStore<crate::log::sim::SimLogFile>;
 type Model = BTreeMap<Vec<u8>, Vec<u8>>;

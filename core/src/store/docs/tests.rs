@@ -6,9 +6,13 @@ use proptest::prelude::*;
 
 use super::super::tests::{apply_until_crash, open, replay};
 use super::super::verify::verify;
+use super::keys::{doc_key, id_of};
 use super::*;
 use crate::command::{BatchEncoder, Command};
 use crate::doc::command::DocErrorKind;
+use crate::doc::cursor::Sort;
+use crate::doc::index_key;
+use crate::doc::value::Value;
 use crate::log::sim::{SimDisk, SimRng};
 
 type Store = PagedStore<crate::log::sim::SimLogFile>;

@@ -1,0 +1,255 @@
+//! Reads: running a tree operation, with the page reads it misses, until it completes, and
+//! the point reads and scans of key-value pairs built on it. Writes and document commands
+//! reach the tree through `run` too, so page loading lives in one place below them.
+
+use super::page::{decode_extent, decode_node, Entry, Value, PAGE_SIZE};
+use super::tree::{Miss, State};
+use super::{page, read_bytes, PagedStore, StoreError, SPACE_KV};
+use crate::log::LogFile;
+use crate::state::Versioned;
+
+/// The tree key of the key-value key `key`.
+fn kv_tree_key(key: &[u8]) -> Vec<u8> {
+    let mut tree_key = Vec::with_capacity(key.len() + 1);
+    tree_key.push(SPACE_KV);
+    tree_key.extend_from_slice(key);
+    tree_key
+}
+
+/// Calls `f` with the tree key of the key-value key `key` (on the stack when short).
+fn with_kv_key<T>(key: &[u8], f: impl FnOnce(&[u8]) -> T) -> T {
+    const SHORT: usize = 63;
+    if key.len() <= SHORT {
+        let mut buffer = [0u8; SHORT + 1];
+        buffer[0] = SPACE_KV;
+        buffer[1..=key.len()].copy_from_slice(key);
+        f(&buffer[..=key.len()])
+    } else {
+        f(&kv_tree_key(key))
+    }
+}
+
+impl<F: LogFile> PagedStore<F> {
+    fn corrupt(&self, e: page::PageError) -> StoreError {
+        StoreError::Corrupt {
+            shard: self.shard,
+            path: self.path.clone(),
+            page: e.page,
+            detail: e.detail,
+        }
+    }
+
+    /// Reads page `id` into the pool.
+    async fn load(&self, id: u64) -> Result<(), StoreError> {
+        {
+            let mut st = self.state.borrow_mut();
+            if id < page::META_PAGES || id >= st.page_count {
+                return Err(StoreError::Corrupt {
+                    shard: self.shard,
+                    path: self.path.clone(),
+                    page: id,
+                    detail: format!("reference outside the file ({} pages)", st.page_count),
+                });
+            }
+            st.loading.entry(id).or_insert((0, false)).0 += 1;
+        }
+        let read = read_bytes(&self.file, &self.path, id * PAGE_SIZE as u64, PAGE_SIZE).await;
+        let mut st = self.state.borrow_mut();
+        let stale = match st.loading.get_mut(&id) {
+            Some(entry) => {
+                entry.0 -= 1;
+                let stale = entry.1;
+                if entry.0 == 0 {
+                    st.loading.remove(&id);
+                }
+                stale
+            }
+            None => true,
+        };
+        let bytes = read?;
+        st.loads += 1;
+        if stale || st.frames.contains_key(&id) {
+            return Ok(());
+        }
+        let (node, header) = decode_node(&bytes, id).map_err(|e| self.corrupt(e))?;
+        st.insert_loaded(id, node, header.lsn, header.epoch);
+        Ok(())
+    }
+
+    /// Runs a tree operation, loading what it misses, until it completes. Pages it loaded
+    /// stay pinned until then, so each retry gets further.
+    pub(super) async fn run<T>(
+        &self,
+        mut op: impl FnMut(&mut State) -> Result<T, Miss>,
+    ) -> Result<T, StoreError> {
+        let mut pinned: Vec<u64> = Vec::new();
+        let result = loop {
+            let attempt = op(&mut self.state.borrow_mut());
+            match attempt {
+                Ok(value) => break Ok(value),
+                Err(Miss(id)) => {
+                    if let Err(e) = self.load(id).await {
+                        break Err(e);
+                    }
+                    if self.state.borrow_mut().pin(id) {
+                        pinned.push(id);
+                    }
+                }
+            }
+        };
+        let mut st = self.state.borrow_mut();
+        for id in pinned {
+            st.unpin(id);
+        }
+        // Copies and splits add pages without evicting (nothing may move under a running
+        // operation): trim back to the budget now.
+        st.make_room();
+        result
+    }
+
+    /// The value an entry holds, reading its extent if it has one.
+    async fn value_of(
+        &self,
+        entry: &Entry,
+    ) -> Result<Result<Vec<u8>, page::PageError>, StoreError> {
+        match &entry.value {
+            Value::Inline(v) => Ok(Ok(v.clone())),
+            Value::Extent {
+                first,
+                pages,
+                len,
+                lsn,
+            } => {
+                let bytes = read_bytes(
+                    &self.file,
+                    &self.path,
+                    first * PAGE_SIZE as u64,
+                    *pages as usize * PAGE_SIZE,
+                )
+                .await?;
+                Ok(decode_extent(&bytes, *first, *len, *lsn))
+            }
+        }
+    }
+
+    /// Looks `key` up and reads its value. An extent rewritten while it was being read (its
+    /// key was overwritten meanwhile) is looked up again.
+    pub(super) async fn lookup_value(
+        &self,
+        key: &[u8],
+    ) -> Result<Option<(Entry, Vec<u8>)>, StoreError> {
+        let mut last_error = None;
+        for _ in 0..3 {
+            let Some(entry) = self.run(|st| st.lookup(key)).await? else {
+                return Ok(None);
+            };
+            match self.value_of(&entry).await? {
+                Ok(value) => return Ok(Some((entry, value))),
+                Err(e) => last_error = Some(e),
+            }
+        }
+        Err(self.corrupt(last_error.expect("three failed attempts")))
+    }
+
+    /// Whether a command is being applied and waits (for a page, or for room in the cache)
+    /// part-way: a read now could see it half done.
+    pub fn is_applying_command(&self) -> bool {
+        self.in_command.get()
+    }
+
+    /// Answers a point read from the pool alone: None when it needs the disk (a page that is
+    /// not cached, or a value in an extent).
+    pub fn try_get(&self, key: &[u8]) -> Option<Option<Versioned>> {
+        with_kv_key(key, |key| self.try_get_tree(key))
+    }
+
+    pub(super) fn try_get_tree(&self, key: &[u8]) -> Option<Option<Versioned>> {
+        let mut hot = self.hot.borrow_mut();
+        if let Some(value) = hot.get(key) {
+            return Some(Some(value));
+        }
+        let mut st = self.state.borrow_mut();
+        match st.lookup(key) {
+            Ok(None) => Some(None),
+            Ok(Some(Entry {
+                version,
+                value: Value::Inline(value),
+                ..
+            })) => {
+                let found = Versioned { version, value };
+                hot.put(key, &found, st.last_place);
+                Some(Some(found))
+            }
+            Ok(Some(_)) | Err(Miss(_)) => None,
+        }
+    }
+
+    pub async fn get(&self, key: &[u8]) -> Result<Option<Versioned>, StoreError> {
+        self.get_tree(&kv_tree_key(key)).await
+    }
+
+    pub(super) async fn get_tree(&self, key: &[u8]) -> Result<Option<Versioned>, StoreError> {
+        if let Some(value) = self.hot.borrow_mut().get(key) {
+            return Ok(Some(value));
+        }
+        Ok(self
+            .lookup_value(key)
+            .await?
+            .map(|(entry, value)| Versioned {
+                version: entry.version,
+                value,
+            }))
+    }
+
+    /// Up to `limit` key-value pairs with keys in `[start, end)`, in key order.
+    pub async fn scan(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        let end = match end {
+            Some(end) => kv_tree_key(end),
+            None => vec![SPACE_KV + 1],
+        };
+        let mut pairs = self
+            .scan_tree(&kv_tree_key(start), Some(&end), limit)
+            .await?;
+        for (key, _) in &mut pairs {
+            key.remove(0);
+        }
+        Ok(pairs)
+    }
+
+    /// Up to `limit` entries of the tree with keys in `[start, end)`, in key order.
+    pub(super) async fn scan_tree(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        let mut out = Vec::new();
+        let mut from = start.to_vec();
+        while out.len() < limit {
+            let want = limit - out.len();
+            let (entries, next) = self.run(|st| st.scan_leaf(&from, end, want)).await?;
+            for entry in entries {
+                let value = match self.value_of(&entry).await? {
+                    Ok(value) => value,
+                    // Rewritten while we read it: take the key's current value.
+                    Err(_) => match self.lookup_value(&entry.key).await? {
+                        Some((_, value)) => value,
+                        None => continue,
+                    },
+                };
+                out.push((entry.key.into(), value));
+            }
+            match next {
+                // The next leaf starts at or past the end: nothing more is in range.
+                Some(next) if end.is_none_or(|end| next.as_slice() < end) => from = next,
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+}

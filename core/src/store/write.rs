@@ -1,0 +1,176 @@
+//! Changes to one key of the tree: the primitives key-value and document commands are made
+//! of. Each keeps the hot-key cache, the key count and the extents' pages in step with the
+//! tree, so neither a reader nor the next checkpoint sees them disagree.
+
+use super::page::{encode_extent, extent_pages, Entry, Key, Value, PAGE_SIZE};
+use super::tree::needs_extent;
+use super::{hot, PagedStore, StoreError, SPACE_KV};
+use crate::log::LogFile;
+use crate::state::Versioned;
+
+impl<F: LogFile> PagedStore<F> {
+    fn next_version(&self) -> u64 {
+        let mut st = self.state.borrow_mut();
+        st.last_version += 1;
+        st.last_version
+    }
+
+    /// Stores `value` under `key` with a new version; returns the version and the value it
+    /// replaced (read only when `want_previous`).
+    pub(super) async fn put(
+        &self,
+        index: u64,
+        key: Vec<u8>,
+        value: Vec<u8>,
+    ) -> Result<(u64, Option<Entry>), StoreError> {
+        self.put_stored(index, key, value, None).await
+    }
+
+    /// Like `put`, with the value's extent already written when `stored` is given.
+    pub(super) async fn put_stored(
+        &self,
+        index: u64,
+        key: Vec<u8>,
+        value: Vec<u8>,
+        stored: Option<Value>,
+    ) -> Result<(u64, Option<Entry>), StoreError> {
+        let version = self.next_version();
+        // What the hot-key cache must say once the tree does (if it holds the key then).
+        let cached = (value.len() <= hot::HOT_VALUE_MAX).then(|| value.clone());
+        // A key the hot cache knows: write to the place it names, without walking the tree.
+        // No await on this path, so the cache and the tree change together.
+        let mut value = value;
+        if let Some(cached) = cached.as_ref().filter(|_| !needs_extent(&key, &value)) {
+            let mut pending = Some(Entry {
+                key: Key::new(&key),
+                version,
+                value: Value::Inline(value),
+            });
+            let mut replaced = None;
+            let fresh = Versioned {
+                version,
+                value: cached.clone(),
+            };
+            let mut st = self.state.borrow_mut();
+            self.hot.borrow_mut().write_through(&key, fresh, |place| {
+                let entry = pending.take().expect("one write");
+                match st.replace_in_leaf(place, entry, index) {
+                    Ok(old) => {
+                        replaced = Some(old);
+                        Some(st.last_place)
+                    }
+                    Err(entry) => {
+                        pending = Some(entry);
+                        None
+                    }
+                }
+            });
+            if let Some(old) = replaced {
+                if let Value::Extent { first, pages, .. } = old.value {
+                    st.free_extent(first, pages);
+                }
+                return Ok((version, Some(old)));
+            }
+            drop(st);
+            let Some(Entry {
+                value: Value::Inline(back),
+                ..
+            }) = pending
+            else {
+                unreachable!("an inline entry comes back inline")
+            };
+            value = back;
+        }
+        let reserved_first = match &stored {
+            Some(Value::Extent { first, .. }) => Some(*first),
+            _ => None,
+        };
+        let stored = if let Some(stored) = stored {
+            stored
+        } else if needs_extent(&key, &value) {
+            let pages = extent_pages(value.len());
+            let (first, epoch) = {
+                let mut st = self.state.borrow_mut();
+                (st.alloc_extent(pages), st.epoch)
+            };
+            let page_count = self.state.borrow().page_count;
+            self.grow_to(page_count).await?;
+            let mut bytes = self.file.alloc(pages as usize * PAGE_SIZE);
+            encode_extent(&value, first, index, epoch, bytes.as_mut());
+            self.file
+                .write_at(bytes, first * PAGE_SIZE as u64)
+                .await
+                .map_err(|e| StoreError::io("write", &self.path, e))?;
+            Value::Extent {
+                first,
+                pages,
+                len: value.len() as u32,
+                lsn: index,
+            }
+        } else {
+            Value::Inline(value)
+        };
+        let mut slot = Some(Entry {
+            key: Key::new(&key),
+            version,
+            value: stored,
+        });
+        let old = self
+            .run(|st| {
+                let entry = slot.take().expect("an entry until it is inserted");
+                st.insert(entry, index).map_err(|(miss, entry)| {
+                    slot = Some(entry);
+                    miss
+                })
+            })
+            .await?;
+        if let Some(first) = reserved_first {
+            self.state.borrow_mut().reserved.remove(&first);
+        }
+        // No await since the insert: readers see the tree and the cache change together.
+        let place = self.state.borrow().last_place;
+        match cached {
+            Some(value) => self
+                .hot
+                .borrow_mut()
+                .update(&key, Versioned { version, value }, place),
+            None => self.hot.borrow_mut().remove(&key),
+        }
+        let mut st = self.state.borrow_mut();
+        match &old {
+            None if key[0] == SPACE_KV => st.key_count += 1,
+            None => {}
+            Some(old) => {
+                if let Value::Extent { first, pages, .. } = old.value {
+                    st.free_extent(first, pages);
+                }
+            }
+        }
+        Ok((version, old))
+    }
+
+    pub(super) async fn delete(&self, index: u64, key: &[u8]) -> Result<bool, StoreError> {
+        let old = self.run(|st| st.remove(key, index)).await?;
+        self.hot.borrow_mut().remove(key);
+        let mut st = self.state.borrow_mut();
+        match old {
+            None => Ok(false),
+            Some(old) => {
+                if key[0] == SPACE_KV {
+                    st.key_count -= 1;
+                }
+                if let Value::Extent { first, pages, .. } = old.value {
+                    st.free_extent(first, pages);
+                }
+                Ok(true)
+            }
+        }
+    }
+
+    pub(super) async fn current(&self, key: &[u8]) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        Ok(self
+            .lookup_value(key)
+            .await?
+            .map(|(entry, value)| (entry.version, value)))
+    }
+}
