@@ -2,99 +2,19 @@
 //! its writer task, the in-flight limit, replies put back in request order when the protocol
 //! needs it, the receive buffer, and the orderly end of a connection.
 
+use crate::local::Notify;
+use crate::route::{CoreContext, Deliver};
+use crate::runtime::{spawn_local, TcpStream};
+use crate::shard::ShardReply;
+use crate::spread::ConnectionSlot;
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
 
-use crate::local::Notify;
-use crate::runtime::{spawn_local, TcpStream};
-use crate::server::CoreContext;
-
-/// The node's client connections, counted across its cores.
-pub struct ConnectionCounts {
-    open: AtomicUsize,
-    per_core: Vec<AtomicUsize>,
-    /// Which cores take connections: set once a core serves, cleared when it stops.
-    serving: Vec<AtomicBool>,
-}
-
-impl ConnectionCounts {
-    pub fn new(cores: usize) -> ConnectionCounts {
-        ConnectionCounts {
-            open: AtomicUsize::new(0),
-            per_core: (0..cores).map(|_| AtomicUsize::new(0)).collect(),
-            serving: (0..cores).map(|_| AtomicBool::new(false)).collect(),
-        }
-    }
-
-    /// Open connections on all cores (including those on their way to a core).
-    pub fn open(&self) -> usize {
-        self.open.load(Ordering::SeqCst)
-    }
-
-    /// Open connections per core.
-    pub fn per_core(&self) -> Vec<usize> {
-        self.per_core
-            .iter()
-            .map(|c| c.load(Ordering::SeqCst))
-            .collect()
-    }
-
-    pub fn set_serving(&self, core: usize, serving: bool) {
-        self.serving[core].store(serving, Ordering::SeqCst);
-    }
-
-    /// The core that should serve a connection `own` accepted: the serving core with the
-    /// fewest connections, `own` when none has fewer (no hop across cores).
-    pub fn least_loaded(&self, own: usize) -> usize {
-        let mut best = own;
-        let mut fewest = self.per_core[own].load(Ordering::SeqCst);
-        for (core, count) in self.per_core.iter().enumerate() {
-            let count = count.load(Ordering::SeqCst);
-            if count < fewest && self.serving[core].load(Ordering::SeqCst) {
-                (best, fewest) = (core, count);
-            }
-        }
-        best
-    }
-}
-
-/// One connection, counted in (on the node and on the core that is to serve it) from when
-/// it is accepted; dropping the slot counts it out, however the connection ends: served
-/// and closed, refused by a stopping core, or dropped unserved with the queue of a core
-/// that stopped.
-pub struct ConnectionSlot {
-    counts: Arc<ConnectionCounts>,
-    core: usize,
-}
-
-impl ConnectionSlot {
-    pub fn new(counts: &Arc<ConnectionCounts>, core: usize) -> ConnectionSlot {
-        counts.open.fetch_add(1, Ordering::SeqCst);
-        counts.per_core[core].fetch_add(1, Ordering::SeqCst);
-        ConnectionSlot {
-            counts: Arc::clone(counts),
-            core,
-        }
-    }
-
-    /// Counts the connection on `core` instead.
-    pub fn move_to(&mut self, core: usize) {
-        self.counts.per_core[core].fetch_add(1, Ordering::SeqCst);
-        self.counts.per_core[self.core].fetch_sub(1, Ordering::SeqCst);
-        self.core = core;
-    }
-}
-
-impl Drop for ConnectionSlot {
-    fn drop(&mut self) {
-        self.counts.per_core[self.core].fetch_sub(1, Ordering::SeqCst);
-        self.counts.open.fetch_sub(1, Ordering::SeqCst);
-    }
-}
+/// How a protocol encodes a shard's reply on a connection: the target's tag and aux say to
+/// which request (a request id and opcode, a sequence number and rendering).
+pub type ReplyEncoder = fn(&Connection, u64, u32, ShardReply);
 
 /// Requests one connection may have in flight; the reader stops reading past this.
 pub const CONNECTION_IN_FLIGHT_MAX: usize = 1024;
@@ -121,6 +41,7 @@ const _: () = assert!(RECEIVE_BUFFER_IDLE_BYTES >= kvs_wire::limits::FRAME_HEADE
 
 /// The output side of a client connection, shared by everything that answers it.
 pub struct Connection {
+    encode_reply: ReplyEncoder,
     out: RefCell<Vec<u8>>,
     /// Bytes the writer has taken from `out` and not yet sent.
     sending: Cell<usize>,
@@ -150,9 +71,16 @@ pub struct Connection {
     pub document_tail: RefCell<Option<crate::runtime::JoinHandle<()>>>,
 }
 
+impl Deliver for Connection {
+    fn deliver(self: Rc<Self>, tag: u64, aux: u32, reply: ShardReply) {
+        (self.encode_reply)(&self, tag, aux, reply);
+    }
+}
+
 impl Connection {
-    pub fn new() -> Connection {
+    pub fn new(encode_reply: ReplyEncoder) -> Connection {
         Connection {
+            encode_reply,
             out: RefCell::new(Vec::new()),
             sending: Cell::new(0),
             fd: Cell::new(None),
@@ -303,12 +231,6 @@ impl Connection {
     /// Whether the writer has stopped (the peer is gone).
     pub fn writer_done(&self) -> bool {
         self.writer_done.get()
-    }
-}
-
-impl Default for Connection {
-    fn default() -> Self {
-        Connection::new()
     }
 }
 
@@ -468,15 +390,20 @@ async fn write_loop(stream: Rc<TcpStream>, conn: Rc<Connection>) {
 /// Runs a connection: starts its writer, runs `read` (the protocol's reader) until it
 /// returns, answers everything already accepted, then closes. The connection counts as
 /// open until then (`slot`).
-pub async fn drive<F, Fut>(ctx: Rc<CoreContext>, stream: TcpStream, slot: ConnectionSlot, read: F)
-where
+pub async fn drive<F, Fut>(
+    ctx: Rc<CoreContext>,
+    stream: TcpStream,
+    slot: ConnectionSlot,
+    encode_reply: ReplyEncoder,
+    read: F,
+) where
     F: FnOnce(Rc<CoreContext>, Rc<TcpStream>, Rc<Connection>) -> Fut,
     Fut: Future<Output = ()>,
 {
     let _ = stream.set_nodelay(true);
     let registration = ctx.register_connection(&stream);
     let stream = Rc::new(stream);
-    let conn = Rc::new(Connection::new());
+    let conn = Rc::new(Connection::new(encode_reply));
     conn.fd.set(Some(stream.raw_fd()));
     // Core and registration together name the connection in the node; never NO_ORIGIN.
     conn.origin
@@ -540,7 +467,7 @@ mod tests {
 
     #[test]
     fn replies_in_flight_are_bounded_by_their_size() {
-        let conn = Connection::new();
+        let conn = Connection::new(|_, _, _, _| {});
         // Large replies: few requests may be in flight.
         let mut taken = 0;
         while conn.may_take_request() {
@@ -581,35 +508,5 @@ mod tests {
         assert!(conn.may_take_request());
         conn.start_request();
         assert!(!conn.may_take_request());
-    }
-
-    #[test]
-    fn connections_go_to_the_serving_core_with_the_fewest_and_every_slot_counts_out() {
-        let counts = Arc::new(ConnectionCounts::new(3));
-        counts.set_serving(0, true);
-        // Core 2 still recovers: never chosen, however few it has.
-        counts.set_serving(1, true);
-        let mut slots: Vec<ConnectionSlot> = Vec::new();
-        for _ in 0..6 {
-            let core = counts.least_loaded(0);
-            slots.push(ConnectionSlot::new(&counts, core));
-        }
-        assert_eq!(counts.per_core(), [3, 3, 0]);
-        assert_eq!(counts.open(), 6);
-        // A tie keeps the connection on the core that accepted it.
-        assert_eq!(counts.least_loaded(1), 1);
-        counts.set_serving(2, true);
-        assert_eq!(counts.least_loaded(0), 2);
-        // A connection handed back (its core stopped) is counted where it is served.
-        slots[0].move_to(2);
-        assert_eq!(counts.per_core(), [2, 3, 1]);
-        // However a connection ends (closed, or dropped unserved with a stopped core's
-        // queue), dropping its slot counts it out exactly once.
-        let queue: Vec<ConnectionSlot> = slots.drain(3..).collect();
-        drop(queue);
-        assert_eq!(counts.open(), 3);
-        drop(slots);
-        assert_eq!(counts.per_core(), [0, 0, 0]);
-        assert_eq!(counts.open(), 0);
     }
 }

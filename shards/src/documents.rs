@@ -1,5 +1,5 @@
-//! Document commands: the coordinator that runs each on the shards, and the shard side of
-//! its reads.
+//! Document commands: the coordinator that runs each on the shards (the shard side of its
+//! reads is `doc_reads`).
 //!
 //! A DOCUMENT request carries a JSON command (`{"find": "people", "filter": {...}}`; the
 //! commands are in `docs/documents.md`). The connection's core parses it (a bad command is
@@ -47,15 +47,14 @@ use kvs_core::doc::update::Update;
 use kvs_core::doc::value::{compare, Value};
 use kvs_core::log::LogFile;
 use kvs_core::state::CommandResult;
-use kvs_core::store::docs::{
-    default_index_name, order, parse_index_key, upsert_document, After, FindQuery,
-};
+use kvs_core::store::docs::{default_index_name, order, parse_index_key, upsert_document, After};
 use kvs_core::store::PagedStore;
 use kvs_wire::limits::DOCUMENT_SIZE_MAX;
 use kvs_wire::{key_hash, ErrorCode, Response};
 
-use crate::server::{CoreContext, Target};
-use crate::shard::{ShardOp, ShardReply};
+use crate::doc_reads::{obj, DocRead, FindMode};
+use crate::route::{CoreContext, Deliver, Target};
+use crate::shard::{ShardOp, ShardReply, NO_ORIGIN};
 
 /// Documents one find page holds unless the command says otherwise.
 const BATCH_SIZE_DEFAULT: usize = 1000;
@@ -64,221 +63,17 @@ const PAGE_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// Documents one index build step indexes.
 const BUILD_BATCH: u32 = 512;
 
-/// A read a shard runs on its documents. Queries travel in the binary document encoding.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DocRead {
-    /// `query`: `{"filter", "sort", "limit"?, "after"?}`.
-    Find {
-        coll: String,
-        query: Vec<u8>,
-        mode: FindMode,
-    },
-    /// The documents a filter matches, grouped in part when `group` (a `$group` stage) is
-    /// given.
-    Aggregate {
-        coll: String,
-        filter: Vec<u8>,
-        group: Option<Vec<u8>>,
-    },
-    Indexes {
-        coll: String,
-    },
-    Collections,
-    /// Whether another document holds one of `doc`'s keys in a unique index.
-    UniqueConflict {
-        coll: String,
-        doc: Vec<u8>,
-    },
-    /// The entries of an index: its keys and their `_id` keys.
-    IndexKeys {
-        coll: String,
-        name: String,
-    },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FindMode {
-    Documents,
-    Count,
-    Explain,
-}
-
-fn obj(fields: Vec<(&str, Value)>) -> Value {
-    Value::Object(
-        fields
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect(),
-    )
-}
-
-fn reply(value: &Value) -> ShardReply {
-    ShardReply::Doc(binary::to_bytes(value))
-}
-
-fn decode(bytes: &[u8]) -> Result<Value, ShardReply> {
-    binary::from_bytes(bytes).map_err(|e| ShardReply::Error(ErrorCode::BadRequest, e.0))
-}
-
-fn parse_query(query: &Value) -> Result<FindQuery, String> {
-    let filter = Filter::parse(query.get("filter").unwrap_or(&Value::Object(Vec::new())))
-        .map_err(|e| e.0)?;
-    let sort =
-        Sort::parse(query.get("sort").unwrap_or(&Value::Object(Vec::new()))).map_err(|e| e.0)?;
-    let limit = match query.get("limit") {
-        Some(Value::Int(n)) if *n >= 0 => Some(*n as usize),
-        _ => None,
-    };
-    let after = match query.get("after") {
-        Some(token) => Some(After::parse(&sort, token).map_err(|e| e.message)?),
-        None => None,
-    };
-    Ok(FindQuery {
-        filter,
-        sort,
-        limit,
-        after,
-    })
-}
-
-/// Runs a document read on one shard's store.
-pub async fn read_docs<F: LogFile>(
-    store: &PagedStore<F>,
-    shard: u32,
-    read: &DocRead,
-) -> ShardReply {
-    match read_docs_inner(store, shard, read).await {
-        Ok(reply) | Err(reply) => reply,
-    }
-}
-
-async fn read_docs_inner<F: LogFile>(
-    store: &PagedStore<F>,
-    shard: u32,
-    read: &DocRead,
-) -> Result<ShardReply, ShardReply> {
-    let failed = |e: kvs_core::store::StoreError| {
-        tracing::error!(shard, error = %e, "document read failed");
-        ShardReply::Error(ErrorCode::Internal, format!("shard {shard}: {e}"))
-    };
-    Ok(match read {
-        DocRead::Find { coll, query, mode } => {
-            let query = parse_query(&decode(query)?)
-                .map_err(|e| ShardReply::Error(ErrorCode::BadRequest, e))?;
-            let count_only = *mode == FindMode::Count;
-            let (docs, count, stats) = store
-                .doc_find(coll, &query, count_only)
-                .await
-                .map_err(failed)?;
-            reply(&match mode {
-                FindMode::Documents => obj(vec![("documents", Value::Array(docs))]),
-                FindMode::Count => obj(vec![("count", Value::Int(count as i64))]),
-                FindMode::Explain => {
-                    let mut plan = stats.describe(docs.len() as u64);
-                    if let Value::Object(fields) = &mut plan {
-                        fields.insert(0, ("shard".to_string(), Value::Int(i64::from(shard))));
-                    }
-                    plan
-                }
-            })
-        }
-        DocRead::Aggregate {
-            coll,
-            filter,
-            group,
-        } => {
-            let filter = Filter::parse(&decode(filter)?)
-                .map_err(|e| ShardReply::Error(ErrorCode::BadRequest, e.0))?;
-            let query = FindQuery {
-                filter,
-                sort: Sort::default(),
-                limit: None,
-                after: None,
-            };
-            let (docs, _, _) = store.doc_find(coll, &query, false).await.map_err(failed)?;
-            let docs = match group {
-                None => docs,
-                Some(stage) => {
-                    let stage = GroupStage::parse(&decode(stage)?)
-                        .ok()
-                        .flatten()
-                        .ok_or_else(|| {
-                            ShardReply::Error(ErrorCode::BadRequest, "not a $group".into())
-                        })?;
-                    stage
-                        .partial(&docs)
-                        .map_err(|e| ShardReply::Error(ErrorCode::BadRequest, e.0))?
-                }
-            };
-            reply(&obj(vec![("documents", Value::Array(docs))]))
-        }
-        DocRead::Indexes { coll } => {
-            let found = store.doc_collection(coll).await.map_err(failed)?;
-            let (exists, indexes, failed_builds) = match found {
-                None => (false, Vec::new(), Vec::new()),
-                Some(c) => (
-                    true,
-                    c.indexes.iter().map(|i| i.describe()).collect(),
-                    c.failed
-                        .iter()
-                        .map(|(n, e)| {
-                            obj(vec![
-                                ("name", Value::String(n.clone())),
-                                ("error", Value::String(e.clone())),
-                            ])
-                        })
-                        .collect(),
-                ),
-            };
-            reply(&obj(vec![
-                ("exists", Value::Bool(exists)),
-                ("indexes", Value::Array(indexes)),
-                ("failed", Value::Array(failed_builds)),
-            ]))
-        }
-        DocRead::Collections => {
-            let names = store
-                .doc_collections()
-                .await
-                .map_err(failed)?
-                .into_iter()
-                .map(|c| Value::String(c.name))
-                .collect();
-            reply(&obj(vec![("collections", Value::Array(names))]))
-        }
-        DocRead::IndexKeys { coll, name } => {
-            let hex = |b: &[u8]| Value::String(b.iter().map(|x| format!("{x:02x}")).collect());
-            let entries = store
-                .doc_index_keys(coll, name)
-                .await
-                .map_err(failed)?
-                .unwrap_or_default()
-                .iter()
-                .map(|(key, id)| Value::Array(vec![hex(key), hex(id)]))
-                .collect();
-            reply(&obj(vec![("entries", Value::Array(entries))]))
-        }
-        DocRead::UniqueConflict { coll, doc } => {
-            let doc = decode(doc)?;
-            match store
-                .doc_unique_conflict(coll, &doc)
-                .await
-                .map_err(failed)?
-            {
-                Some(conflict) => reply(&obj(vec![("conflict", Value::String(conflict))])),
-                None => reply(&obj(vec![])),
-            }
-        }
-    })
-}
-
-// ---- waiting for shard replies in a task ----
-
 /// Where a shard's reply to a coordinator task lands.
 #[derive(Default)]
 pub struct ReplySlot {
     reply: RefCell<Option<ShardReply>>,
     waker: RefCell<Option<Waker>>,
+}
+
+impl Deliver for ReplySlot {
+    fn deliver(self: Rc<Self>, _: u64, _: u32, reply: ShardReply) {
+        self.fill(reply);
+    }
 }
 
 impl ReplySlot {
@@ -310,7 +105,12 @@ async fn ask_all(ctx: &CoreContext, ops: Vec<(u32, ShardOp)>) -> Vec<ShardReply>
     let mut slots = Vec::with_capacity(ops.len());
     for (shard, op) in ops {
         let slot = Rc::new(ReplySlot::default());
-        ctx.send(shard, op, Target::Task(Rc::clone(&slot))).await;
+        ctx.send(
+            shard,
+            op,
+            Target::new(Rc::clone(&slot) as Rc<dyn Deliver>, 0, 0, NO_ORIGIN),
+        )
+        .await;
         slots.push(slot);
     }
     let mut replies = Vec::with_capacity(slots.len());

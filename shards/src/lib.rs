@@ -13,6 +13,7 @@
 
 pub mod config;
 pub mod conn;
+pub mod doc_reads;
 pub mod documents;
 pub mod local;
 pub mod log_io;
@@ -20,6 +21,8 @@ pub mod node;
 pub mod peer;
 pub mod raft_logger;
 pub mod resp_server;
+pub mod route;
 pub mod runtime;
 pub mod server;
 pub mod shard;
+pub mod spread;

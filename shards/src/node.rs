@@ -25,15 +25,14 @@ use kvs_core::store::page::PAGE_SIZE;
 use kvs_core::store::{PagedStore, StoreConfig};
 
 use crate::config::Config;
-use crate::conn::{ConnectionCounts, ConnectionSlot};
 use crate::log_io::{DmaDisk, DmaLogFile};
+use crate::route::{CoreContext, RemoteReply, RemoteRequest, ReplyTo, ShardQueue};
 use crate::runtime::{
     cross_core_channel, spawn_executor, spawn_local, wait, Receiver, Sender, TcpListener, TcpStream,
 };
-use crate::server::{
-    serve_connection, CoreContext, RemoteReply, RemoteRequest, ReplyTo, ShardQueue,
-};
+use crate::server::serve_connection;
 use crate::shard::{read_from, reads_not_waiting, try_read_from, Origin, ShardCore, ShardRequest};
+use crate::spread::{ConnectionCounts, ConnectionSlot};
 
 /// Capacity of each cross-core channel, in messages.
 const CROSS_CORE_CHANNEL_CAPACITY: usize = 16 * 1024;
@@ -366,7 +365,7 @@ async fn core_main(setup: CoreSetup) {
     for receiver in setup.request_receivers {
         let queue = Rc::clone(&queue);
         on_each(receiver, move |request: RemoteRequest| {
-            let reply = crate::server::ReplyTo::Remote {
+            let reply = ReplyTo::Remote {
                 core: request.from,
                 token: request.token,
             };

@@ -22,9 +22,10 @@ use kvs_wire::resp::{self, Parsed};
 use kvs_wire::{shard_for_key, ErrorCode};
 
 use crate::conn::{self, Connection, ReceiveBuffer};
+use crate::route::{merge_scan, split_by_shard, CoreContext, Deliver, Parts, Target};
 use crate::runtime::TcpStream;
-use crate::server::{merge_scan, split_by_shard, CoreContext, Parts, Target};
 use crate::shard::{ShardInfo, ShardOp, ShardReply};
+use crate::spread::ConnectionSlot;
 
 /// Open SCAN cursors one connection may hold; the oldest is forgotten past this.
 const SCAN_CURSORS_MAX: usize = 1024;
@@ -33,6 +34,7 @@ const SCAN_COUNT_DEFAULT: u32 = 10;
 
 /// How a single-shard reply becomes a RESP reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 pub enum RespRender {
     /// GET: the value or a null bulk string.
     Get,
@@ -46,6 +48,37 @@ pub enum RespRender {
     Integer,
     /// GETSET: the previous value or a null bulk string.
     GetSet,
+}
+
+impl RespRender {
+    const ALL: [RespRender; 6] = [
+        RespRender::Get,
+        RespRender::Strlen,
+        RespRender::Set,
+        RespRender::SetConditional,
+        RespRender::Integer,
+        RespRender::GetSet,
+    ];
+
+    /// A target's aux for a single-shard reply: the rendering, and whether the connection
+    /// speaks RESP3.
+    fn aux(self, resp3: bool) -> u32 {
+        u32::from(self as u8) | u32::from(resp3) << 8
+    }
+
+    fn from_aux(aux: u32) -> (RespRender, bool) {
+        let render = Self::ALL[(aux & 0xff) as usize];
+        debug_assert_eq!(render.aux(false), aux & 0xff);
+        (render, aux >> 8 != 0)
+    }
+}
+
+/// Encodes a shard's reply to one RESP command on its connection (`Connection`'s reply
+/// encoder for this protocol): the tag is the command's sequence number, in whose place the
+/// reply is written.
+fn encode_reply(conn: &Connection, sequence: u64, aux: u32, reply: ShardReply) {
+    let (render, resp3) = RespRender::from_aux(aux);
+    conn.respond_in_order_with(sequence, |out| render_into(out, render, reply, resp3));
 }
 
 /// A missing value: the null bulk string in RESP2, the null type in RESP3.
@@ -138,11 +171,14 @@ pub struct RespGather {
     parts: Parts,
 }
 
-impl RespGather {
-    pub(crate) fn origin(&self) -> crate::shard::Origin {
-        self.conn.origin()
+impl Deliver for RespGather {
+    /// The tag is the part.
+    fn deliver(self: Rc<Self>, part: u64, _: u32, reply: ShardReply) {
+        self.add(part as usize, reply);
     }
+}
 
+impl RespGather {
     fn new(
         conn: &Rc<Connection>,
         sequence: u64,
@@ -444,21 +480,21 @@ async fn execute(
     let argc = args.len();
     let shard_of = |key: &[u8]| shard_for_key(key, ctx.shard_count);
     let resp3 = session.resp3.get();
-    let single = |render| Target::Resp {
-        conn: Rc::clone(conn),
-        sequence,
-        render,
-        resp3,
+    let origin = conn.origin();
+    let single = |render: RespRender| {
+        Target::new(
+            Rc::clone(conn) as Rc<dyn Deliver>,
+            sequence,
+            render.aux(resp3),
+            origin,
+        )
     };
     let all_shards = |kind| {
         let g = RespGather::new(conn, sequence, resp3, kind, ctx.shard_count as usize);
         (0..ctx.shard_count).map(move |shard| {
             (
                 shard,
-                Target::RespPart {
-                    gather: Rc::clone(&g),
-                    part: shard as usize,
-                },
+                Target::new(Rc::clone(&g) as Rc<dyn Deliver>, shard.into(), 0, origin),
             )
         })
     };
@@ -688,10 +724,8 @@ async fn execute(
                 let g = RespGather::new(conn, sequence, resp3, RespGatherKind::Deleted, args.len());
                 for (part, key) in args.into_iter().enumerate() {
                     let shard = shard_of(&key);
-                    let target = Target::RespPart {
-                        gather: Rc::clone(&g),
-                        part,
-                    };
+                    let target =
+                        Target::new(Rc::clone(&g) as Rc<dyn Deliver>, part as u64, 0, origin);
                     ctx.send(shard, ShardOp::Write(Command::Delete { key }), target)
                         .await;
                 }
@@ -713,10 +747,8 @@ async fn execute(
                 };
                 let g = RespGather::new(conn, sequence, resp3, kind, parts.len());
                 for (part, (shard, _, keys)) in parts.into_iter().enumerate() {
-                    let target = Target::RespPart {
-                        gather: Rc::clone(&g),
-                        part,
-                    };
+                    let target =
+                        Target::new(Rc::clone(&g) as Rc<dyn Deliver>, part as u64, 0, origin);
                     ctx.send(shard, ShardOp::MGet { keys }, target).await;
                 }
                 return After::Continue;
@@ -737,10 +769,8 @@ async fn execute(
                     let g =
                         RespGather::new(conn, sequence, resp3, RespGatherKind::MSet, parts.len());
                     for (part, (shard, _, pairs)) in parts.into_iter().enumerate() {
-                        let target = Target::RespPart {
-                            gather: Rc::clone(&g),
-                            part,
-                        };
+                        let target =
+                            Target::new(Rc::clone(&g) as Rc<dyn Deliver>, part as u64, 0, origin);
                         ctx.send(shard, ShardOp::Write(Command::PutMany { pairs }), target)
                             .await;
                     }
@@ -829,10 +859,14 @@ async fn execute(
 }
 
 /// Serves one RESP connection.
-pub async fn serve_connection(ctx: Rc<CoreContext>, stream: TcpStream, slot: conn::ConnectionSlot) {
-    conn::drive(ctx, stream, slot, |ctx, stream, conn| async move {
-        read_loop(&ctx, &stream, &conn).await
-    })
+pub async fn serve_connection(ctx: Rc<CoreContext>, stream: TcpStream, slot: ConnectionSlot) {
+    conn::drive(
+        ctx,
+        stream,
+        slot,
+        encode_reply,
+        |ctx, stream, conn| async move { read_loop(&ctx, &stream, &conn).await },
+    )
     .await;
 }
 

@@ -59,7 +59,7 @@ pub enum ShardOp {
     Info,
     Write(Command),
     /// A read of documents (see `documents`).
-    DocRead(crate::documents::DocRead),
+    DocRead(crate::doc_reads::DocRead),
 }
 
 /// A shard's answer.
@@ -226,7 +226,10 @@ pub async fn read_from<F: kvs_core::log::LogFile>(
                 Err(e) => failed(e),
             }
         }
-        ShardOp::DocRead(read) => crate::documents::read_docs(store, shard, read).await,
+        ShardOp::DocRead(read) => match crate::doc_reads::read_docs(store, shard, read).await {
+            Ok(document) => ShardReply::Doc(document),
+            Err((code, message)) => ShardReply::Error(code, message),
+        },
         ShardOp::Info | ShardOp::Write(_) => unreachable!("answered by the shard itself"),
     }
 }

@@ -1,0 +1,330 @@
+//! Routing between a core's connections and the shards: the core's context (its shard's
+//! queue, the channels to every other core, the tokens that bring replies back), where a
+//! shard's reply goes ([`Target`], [`ReplyTo`]), and the helpers that split a request over
+//! shards and merge the parts.
+//!
+//! A [`Target`] names what receives a reply through the [`Deliver`] trait, so a protocol (the
+//! native one, RESP, a document coordinator) adds its own receivers without this module, or
+//! any other protocol, knowing it.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use kvs_wire::ErrorCode;
+
+use crate::local::Notify;
+use crate::runtime::{Sender, TcpStream};
+use crate::shard::{Origin, ShardOp, ShardReply, ShardRequest};
+use crate::spread::ConnectionCounts;
+
+/// Something on this core that takes shard replies: a connection (which encodes them in its
+/// protocol), the gathering of a split request, a task waiting for a reply. `tag` and `aux`
+/// are what the receiver put in its [`Target`] (a request id, a sequence number, a part).
+pub trait Deliver {
+    fn deliver(self: Rc<Self>, tag: u64, aux: u32, reply: ShardReply);
+}
+
+/// Where a shard's reply goes on the core that asked.
+pub struct Target {
+    to: Rc<dyn Deliver>,
+    tag: u64,
+    aux: u32,
+    /// The origin whose order the request keeps (see `shard::Origin`).
+    pub origin: Origin,
+}
+
+impl Target {
+    pub fn new(to: Rc<dyn Deliver>, tag: u64, aux: u32, origin: Origin) -> Target {
+        Target {
+            to,
+            tag,
+            aux,
+            origin,
+        }
+    }
+
+    /// Hands the reply to its receiver.
+    pub fn deliver(self, reply: ShardReply) {
+        self.to.deliver(self.tag, self.aux, reply);
+    }
+}
+
+/// Where a shard sends a reply: to a target on its own core, or back to another core.
+pub enum ReplyTo {
+    Local(Target),
+    Remote { core: usize, token: u64 },
+}
+
+/// A request from another core's connection.
+pub struct RemoteRequest {
+    pub op: ShardOp,
+    pub token: u64,
+    pub from: usize,
+    pub origin: Origin,
+}
+
+/// A reply going back to the core that sent the request.
+pub struct RemoteReply {
+    pub token: u64,
+    pub reply: ShardReply,
+}
+
+/// The local shard's inbox.
+#[derive(Default)]
+pub struct ShardQueue {
+    pub items: RefCell<VecDeque<ShardRequest<ReplyTo>>>,
+    pub notify: Notify,
+}
+
+impl ShardQueue {
+    pub fn push(&self, request: ShardRequest<ReplyTo>) {
+        self.items.borrow_mut().push_back(request);
+        self.notify.notify();
+    }
+}
+
+/// What the connections of one core share.
+pub struct CoreContext {
+    pub core: usize,
+    pub shard_count: u32,
+    pub queue: Rc<ShardQueue>,
+    /// Request senders to every other core's shard, indexed by core (None for this core).
+    pub request_senders: Vec<Option<Sender<RemoteRequest>>>,
+    /// Reply senders back to every other core.
+    pub reply_senders: Vec<Option<Sender<RemoteReply>>>,
+    tokens: RefCell<HashMap<u64, Target>>,
+    next_token: Cell<u64>,
+    /// Set when the node is shutting down; `stop` is notified then.
+    pub stopping: Cell<bool>,
+    pub stop: Notify,
+    /// Client connections of all cores, by which accepted ones are spread over the cores.
+    pub connection_counts: Arc<ConnectionCounts>,
+    /// This core's open connections, to shut their receiving side when the node stops.
+    connections: RefCell<HashMap<u64, std::os::fd::RawFd>>,
+    next_connection: Cell<u64>,
+}
+
+impl CoreContext {
+    pub fn new(
+        core: usize,
+        shard_count: u32,
+        queue: Rc<ShardQueue>,
+        request_senders: Vec<Option<Sender<RemoteRequest>>>,
+        reply_senders: Vec<Option<Sender<RemoteReply>>>,
+        connection_counts: Arc<ConnectionCounts>,
+    ) -> CoreContext {
+        CoreContext {
+            core,
+            shard_count,
+            queue,
+            request_senders,
+            reply_senders,
+            tokens: RefCell::new(HashMap::new()),
+            next_token: Cell::new(1),
+            stopping: Cell::new(false),
+            stop: Notify::new(),
+            connection_counts,
+            connections: RefCell::new(HashMap::new()),
+            next_connection: Cell::new(0),
+        }
+    }
+
+    /// Records an open connection; its receive ends once the node stops.
+    pub fn register_connection(&self, stream: &TcpStream) -> u64 {
+        let id = self.next_connection.get();
+        self.next_connection.set(id + 1);
+        self.connections.borrow_mut().insert(id, stream.raw_fd());
+        if self.stopping.get() {
+            stream.shutdown_read();
+        }
+        id
+    }
+
+    /// Forgets a connection, before its socket closes.
+    pub fn deregister_connection(&self, id: u64) {
+        self.connections.borrow_mut().remove(&id);
+    }
+
+    /// Ends both directions of every connection still open: for peers that stopped reading
+    /// their replies, whose writers would otherwise wait for room for ever.
+    pub fn force_close_connections(&self) {
+        self.shutdown_connections(libc::SHUT_RDWR);
+    }
+
+    /// `shutdown(2)` with `how` on every registered connection.
+    fn shutdown_connections(&self, how: libc::c_int) {
+        for &fd in self.connections.borrow().values() {
+            // SAFETY: a registered descriptor is open: it is deregistered before it closes.
+            unsafe { libc::shutdown(fd, how) };
+        }
+    }
+
+    /// Marks the node as stopping and ends every connection's receive: readers see the end
+    /// of their stream, answer what they accepted, and close.
+    pub fn stop_connections(&self) {
+        self.stopping.set(true);
+        self.stop.notify();
+        self.shutdown_connections(libc::SHUT_RD);
+    }
+
+    /// Sends `op` to `shard`; its reply will be delivered to `target` on this core.
+    pub(crate) async fn send(&self, shard: u32, op: ShardOp, target: Target) {
+        let shard = shard as usize;
+        let origin = target.origin;
+        if shard == self.core {
+            self.queue.push(ShardRequest {
+                op,
+                reply: ReplyTo::Local(target),
+                origin,
+            });
+            return;
+        }
+        let token = self.next_token.get();
+        self.next_token.set(token + 1);
+        self.tokens.borrow_mut().insert(token, target);
+        let sender = self.request_senders[shard]
+            .as_ref()
+            .expect("a sender to every other core");
+        let request = RemoteRequest {
+            op,
+            token,
+            from: self.core,
+            origin,
+        };
+        if sender.send(request).await.is_err() {
+            // The other core is gone (only during shutdown): answer here instead.
+            if let Some(target) = self.tokens.borrow_mut().remove(&token) {
+                target.deliver(ShardReply::Error(
+                    ErrorCode::ShuttingDown,
+                    "shard is shutting down".into(),
+                ));
+            }
+        }
+    }
+
+    /// Delivers a reply that came back from another core.
+    pub fn deliver_remote(&self, reply: RemoteReply) {
+        let target = self.tokens.borrow_mut().remove(&reply.token);
+        match target {
+            Some(target) => target.deliver(reply.reply),
+            None => tracing::error!(token = reply.token, "reply for an unknown token"),
+        }
+    }
+
+    /// Like `reply`, without waiting: a reply to another core whose channel is full goes in
+    /// a task of its own.
+    pub fn reply_now(self: &Rc<Self>, to: ReplyTo, reply: ShardReply) {
+        match to {
+            ReplyTo::Local(target) => target.deliver(reply),
+            ReplyTo::Remote { core, token } => {
+                let sender = self.reply_senders[core]
+                    .as_ref()
+                    .expect("a sender to every other core");
+                if let Err(reply) = sender.try_send(RemoteReply { token, reply }) {
+                    let ctx = Rc::clone(self);
+                    crate::runtime::spawn_local(async move {
+                        ctx.reply(ReplyTo::Remote { core, token }, reply.reply)
+                            .await;
+                    })
+                    .detach();
+                }
+            }
+        }
+    }
+
+    /// Sends a reply produced by this core's shard to where it belongs.
+    pub async fn reply(&self, to: ReplyTo, reply: ShardReply) {
+        match to {
+            ReplyTo::Local(target) => target.deliver(reply),
+            ReplyTo::Remote { core, token } => {
+                let sender = self.reply_senders[core]
+                    .as_ref()
+                    .expect("a sender to every other core");
+                // A full channel makes this wait for room: replies are never dropped.
+                if sender.send(RemoteReply { token, reply }).await.is_err() {
+                    tracing::warn!(core, "reply to a core that has stopped");
+                }
+            }
+        }
+    }
+}
+
+/// The replies of a request's parts as they arrive, one per shard it was split over.
+pub(crate) struct Parts {
+    replies: RefCell<Vec<Option<ShardReply>>>,
+    remaining: Cell<usize>,
+}
+
+impl Parts {
+    pub(crate) fn new(count: usize) -> Parts {
+        Parts {
+            replies: RefCell::new((0..count).map(|_| None).collect()),
+            remaining: Cell::new(count),
+        }
+    }
+
+    /// Stores one part's reply; returns all of them, in part order, once the last arrived.
+    pub(crate) fn add(&self, part: usize, reply: ShardReply) -> Option<Vec<ShardReply>> {
+        self.replies.borrow_mut()[part] = Some(reply);
+        self.remaining.set(self.remaining.get() - 1);
+        (self.remaining.get() == 0).then(|| {
+            self.replies
+                .borrow_mut()
+                .drain(..)
+                .map(|p| p.expect("every part arrived"))
+                .collect()
+        })
+    }
+}
+
+/// A merged SCAN page: pairs in key order, and where to continue when there may be more.
+pub(crate) type ScanPage = (Vec<(Vec<u8>, Vec<u8>)>, Option<Vec<u8>>);
+
+/// Merges the shards' SCAN replies into one page of at most `limit` pairs. Each shard sent its
+/// first `limit` keys from the start key, so the merged first `limit` are exact. Returns the
+/// offending reply if a part is not a SCAN reply.
+pub(crate) fn merge_scan(parts: Vec<ShardReply>, limit: u32) -> Result<ScanPage, ShardReply> {
+    let limit = limit as usize;
+    let mut more = false;
+    let mut pairs = Vec::new();
+    for reply in parts {
+        let ShardReply::Scanned(found) = reply else {
+            return Err(reply);
+        };
+        // A shard that filled the limit may hold more.
+        more |= found.len() >= limit;
+        pairs.extend(found);
+    }
+    pairs.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    more |= pairs.len() > limit;
+    pairs.truncate(limit);
+    let next = match pairs.last() {
+        Some((key, _)) if more => {
+            let mut next = key.clone();
+            next.push(0);
+            Some(next)
+        }
+        _ => None,
+    };
+    Ok((pairs, next))
+}
+
+/// Items of a multi-key request grouped by shard: (shard, positions in the request, items).
+pub(crate) type ShardParts<T> = Vec<(u32, Vec<usize>, Vec<T>)>;
+
+pub(crate) fn split_by_shard<T>(items: Vec<T>, shard_of: impl Fn(&T) -> u32) -> ShardParts<T> {
+    let mut parts: ShardParts<T> = Vec::new();
+    for (at, item) in items.into_iter().enumerate() {
+        let shard = shard_of(&item);
+        match parts.iter_mut().find(|(s, _, _)| *s == shard) {
+            Some((_, positions, items)) => {
+                positions.push(at);
+                items.push(item);
+            }
+            None => parts.push((shard, vec![at], vec![item])),
+        }
+    }
+    parts
+}
