@@ -16,6 +16,7 @@ pub mod conn;
 pub mod doc_reads;
 pub mod documents;
 pub mod local;
+pub mod locks;
 pub mod log_io;
 pub mod node;
 pub mod peer;

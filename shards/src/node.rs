@@ -31,7 +31,11 @@ use crate::runtime::{
     cross_core_channel, spawn_executor, spawn_local, wait, Receiver, Sender, TcpListener, TcpStream,
 };
 use crate::server::serve_connection;
-use crate::shard::{read_from, reads_not_waiting, try_read_from, Origin, ShardCore, ShardRequest};
+use crate::locks::LockTable;
+use crate::shard::{
+    read_from, reads_not_waiting, try_read_from, Origin, ShardCore, ShardOp, ShardReply,
+    ShardRequest,
+};
 use crate::spread::{ConnectionCounts, ConnectionSlot};
 
 /// Capacity of each cross-core channel, in messages.
@@ -590,6 +594,7 @@ async fn shard_loop(
     failed: &Cell<bool>,
 ) {
     let mut last_reopen = Instant::now();
+    let mut locks: LockTable<ReplyTo> = LockTable::default();
     loop {
         if tick_due.replace(false) {
             shard.tick();
@@ -620,6 +625,7 @@ async fn shard_loop(
             }
             continue;
         }
+        let requests = handle_locks(ctx, &mut locks, requests);
         let round = shard.take(requests);
         failed.set(shard.failed());
         if !round.leftover.is_empty() {
@@ -664,6 +670,37 @@ async fn shard_loop(
             Err(error) => tracing::warn!(core = ctx.core, %error, "final checkpoint failed"),
         }
     }
+}
+
+/// Takes the lock requests out of `requests` and runs them on the shard's lock table: a
+/// grant or a release is answered at once, and a release answers the waiters it unblocks.
+/// Returns the other requests, in order.
+fn handle_locks(
+    ctx: &Rc<CoreContext>,
+    locks: &mut LockTable<ReplyTo>,
+    requests: Vec<ShardRequest<ReplyTo>>,
+) -> Vec<ShardRequest<ReplyTo>> {
+    if !requests.iter().any(|r| r.op.is_lock()) {
+        return requests;
+    }
+    let mut rest = Vec::with_capacity(requests.len());
+    for request in requests {
+        match request.op {
+            ShardOp::Lock(lock) => {
+                if let Some(granted) = locks.acquire(lock, request.reply) {
+                    ctx.reply_now(granted, ShardReply::Locked);
+                }
+            }
+            ShardOp::Unlock(lock) => {
+                for granted in locks.release(&lock) {
+                    ctx.reply_now(granted, ShardReply::Locked);
+                }
+                ctx.reply_now(request.reply, ShardReply::Locked);
+            }
+            _ => rest.push(request),
+        }
+    }
+    rest
 }
 
 /// Answers a read in a task of its own, from the disk if need be.

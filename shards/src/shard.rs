@@ -60,6 +60,17 @@ pub enum ShardOp {
     Write(Command),
     /// A read of documents (see `documents`).
     DocRead(crate::doc_reads::DocRead),
+    /// Takes a collection's write lock (see `locks`): answered with `Locked` once granted.
+    Lock(crate::locks::LockRequest),
+    /// Releases a lock `Lock` granted; answered with `Locked` at once.
+    Unlock(crate::locks::LockRequest),
+}
+
+impl ShardOp {
+    /// Lock requests are handled by the shard loop's lock table, not by the store.
+    pub fn is_lock(&self) -> bool {
+        matches!(self, ShardOp::Lock(_) | ShardOp::Unlock(_))
+    }
 }
 
 /// A shard's answer.
@@ -72,6 +83,8 @@ pub enum ShardReply {
     Info(Box<ShardInfo>),
     /// A document read's reply, in the binary document encoding.
     Doc(Vec<u8>),
+    /// A lock was granted (or released).
+    Locked,
     Error(ErrorCode, String),
 }
 
@@ -156,6 +169,7 @@ pub fn try_read_from<F: kvs_core::log::LogFile>(
             .map(ShardReply::Values),
         ShardOp::Scan { .. } | ShardOp::DocRead(_) | ShardOp::Info => None,
         ShardOp::Write(_) => unreachable!("writes are not reads"),
+        ShardOp::Lock(_) | ShardOp::Unlock(_) => unreachable!("locks are not reads"),
     }
 }
 
@@ -177,7 +191,7 @@ pub fn reads_not_waiting<R>(
                 writing.push(origin);
                 true
             }
-            ShardOp::Info => true,
+            ShardOp::Info | ShardOp::Lock(_) | ShardOp::Unlock(_) => true,
             _ => {
                 origin != NO_ORIGIN
                     && (committing.binary_search(&origin).is_ok() || writing.contains(&origin))
@@ -230,7 +244,9 @@ pub async fn read_from<F: kvs_core::log::LogFile>(
             Ok(document) => ShardReply::Doc(document),
             Err((code, message)) => ShardReply::Error(code, message),
         },
-        ShardOp::Info | ShardOp::Write(_) => unreachable!("answered by the shard itself"),
+        ShardOp::Info | ShardOp::Write(_) | ShardOp::Lock(_) | ShardOp::Unlock(_) => {
+            unreachable!("answered by the shard itself")
+        }
     }
 }
 
@@ -431,6 +447,14 @@ impl<D: LogDisk + Clone> ShardCore<D> {
         let mut leftover = Vec::new();
         let mut deferred = Vec::new();
         for request in requests.by_ref() {
+            if request.op.is_lock() {
+                let message = "a lock request reached the store, not the lock table";
+                replies.push((
+                    request.reply,
+                    ShardReply::Error(ErrorCode::Internal, message.into()),
+                ));
+                continue;
+            }
             let ShardOp::Write(command) = &request.op else {
                 if request.origin != NO_ORIGIN && origins.contains(&request.origin) {
                     // It must see its connection's write in this batch, and not the writes
