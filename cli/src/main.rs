@@ -3,21 +3,25 @@
 //! Three modes: a one-shot command (`kvs get KEY`), a batch mode when there is no command and
 //! stdin is not a terminal (one command a line, many requests in flight, one result line per
 //! command in input order), and an interactive shell with history when stdin is a terminal.
-//!
-//! Document commands (`insert`, `find`, `update`, ...) take JSON arguments. In batch and
-//! shell mode a JSON argument may contain spaces: a line is split into words and whole
-//! JSON values, and each command's result is one line (`find` and `aggregate`: a JSON
-//! array of the documents).
+//! All three parse commands with one grammar (`grammar.rs`, `parse.rs`).
+
+mod grammar;
+mod help;
+mod parse;
+mod words;
 
 use std::io::{BufRead, BufReader, IsTerminal, Write};
 use std::process::ExitCode;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
 use kvs_wire::client::Pending;
 use kvs_wire::limits::SCAN_LIMIT_MAX;
 use kvs_wire::{Client, ClientError, ClientOptions, ErrorCode, Request, Response};
+use serde_json::json;
+
+use crate::grammar::Command;
+use crate::parse::{Action, ParseError};
 
 /// Requests the batch mode keeps in flight at most.
 const BATCH_IN_FLIGHT_MAX: usize = 4096;
@@ -26,440 +30,141 @@ const BATCH_WRITE_COUNT_MAX: usize = 256;
 /// Pairs one SCAN line of batch or shell mode asks for unless told otherwise.
 const SCAN_LIMIT_DEFAULT: u32 = 100;
 
-#[derive(Parser)]
-#[command(name = "kvs", version, about = "Command-line client for kvsd")]
-struct Cli {
-    /// Address of kvsd.
-    #[arg(long, default_value = "127.0.0.1:7070", global = true)]
-    addr: String,
-    /// Seconds to wait for a reply.
-    #[arg(long, default_value_t = 30, global = true)]
-    timeout: u64,
-    #[command(subcommand)]
-    command: Option<Command>,
-}
-
-#[derive(Subcommand, Debug, Clone, PartialEq)]
-enum Command {
-    /// Checks the server answers.
-    Ping,
-    /// Prints the value of KEY (exit code 1 when it does not exist).
-    Get { key: String },
-    /// Stores VALUE under KEY; prints OK once the write is durable.
-    Put { key: String, value: String },
-    /// Deletes KEY (exit code 1 when it did not exist).
-    Del { key: String },
-    /// Writes VALUE only if KEY's version is VERSION (0: KEY must not exist); prints the new version.
-    Cas {
-        key: String,
-        version: u64,
-        value: String,
-    },
-    /// Lists pairs in key order, one KEY<TAB>VALUE line each.
-    Scan {
-        /// First key (inclusive).
-        #[arg(long)]
-        start: Option<String>,
-        /// End key (exclusive).
-        #[arg(long)]
-        end: Option<String>,
-        /// Most pairs to print (all when absent).
-        #[arg(long)]
-        limit: Option<u64>,
-    },
-    /// Prints server information as JSON.
-    Info,
-    /// Inserts a document, or an array of documents, into COLL; prints each `_id`.
-    Insert { coll: String, json: String },
-    /// Prints the documents of COLL that FILTER matches, one JSON document per line.
-    Find {
-        coll: String,
-        filter: Option<String>,
-        /// Sort document, such as '{"name": 1}'.
-        #[arg(long)]
-        sort: Option<String>,
-        #[arg(long)]
-        skip: Option<u64>,
-        #[arg(long)]
-        limit: Option<u64>,
-        /// Projection document, such as '{"name": 1, "_id": 0}'.
-        #[arg(long)]
-        projection: Option<String>,
-    },
-    /// Updates the first document FILTER matches (every one with --many); prints the counts.
-    Update {
-        coll: String,
-        filter: String,
-        update: String,
-        /// Insert a document when none matches.
-        #[arg(long)]
-        upsert: bool,
-        #[arg(long)]
-        many: bool,
-    },
-    /// Removes the documents FILTER matches (only the first with --one); prints the count.
-    Remove {
-        coll: String,
-        filter: String,
-        #[arg(long)]
-        one: bool,
-    },
-    /// Prints how many documents of COLL FILTER matches.
-    Count {
-        coll: String,
-        filter: Option<String>,
-    },
-    /// Runs an aggregation PIPELINE (a JSON array); prints one document per line.
-    Aggregate { coll: String, pipeline: String },
-    /// Creates, drops or lists indexes.
-    #[command(subcommand)]
-    Index(IndexAction),
-    /// Prints how each shard would run a query, and what it examined.
-    Explain {
-        coll: String,
-        filter: Option<String>,
-        #[arg(long)]
-        sort: Option<String>,
-        #[arg(long)]
-        limit: Option<u64>,
-    },
-    /// Lists the collections.
-    Collections,
-    /// Drops COLL with its documents and indexes.
-    Drop { coll: String },
-    /// Checks a stopped node's data directory (pages, tree, free list, and documents
-    /// against their indexes) by running `kvsd --verify`; exit 0 clean, 1 problems found.
-    Verify {
-        #[arg(long, default_value = "./kvs-data")]
-        data_dir: String,
-    },
-}
-
-#[derive(Subcommand, Debug, Clone, PartialEq)]
-enum IndexAction {
-    /// Creates an index on KEY (a field, 'a,-b' for a compound one with b descending, or a
-    /// JSON key document) and waits until it is built; prints its name.
-    Create {
-        coll: String,
-        #[arg(allow_hyphen_values = true)]
-        key: String,
-        #[arg(long)]
-        unique: bool,
-        #[arg(long)]
-        name: Option<String>,
-    },
-    /// Drops the index NAME of COLL.
-    Drop { coll: String, name: String },
-    /// Lists the indexes of COLL, one JSON document per line.
-    List { coll: String },
-}
-
-/// The command names that take JSON arguments.
-const DOCUMENT_COMMANDS: &[&str] = &[
-    "insert",
-    "find",
-    "update",
-    "remove",
-    "count",
-    "aggregate",
-    "index",
-    "explain",
-    "collections",
-    "drop",
-];
-
-/// Splits a line into words and whole JSON values (objects, arrays and strings may hold
-/// spaces).
-fn tokenize(line: &str) -> Result<Vec<String>, String> {
-    let mut tokens = Vec::new();
-    let mut rest = line.trim();
-    while !rest.is_empty() {
-        if rest.starts_with(['{', '[', '"']) {
-            let mut values =
-                serde_json::Deserializer::from_str(rest).into_iter::<serde_json::Value>();
-            match values.next() {
-                Some(Ok(value)) => {
-                    let end = values.byte_offset();
-                    // A quoted word is its text (`drop "my coll"`); objects and arrays
-                    // stay JSON text.
-                    tokens.push(match value {
-                        serde_json::Value::String(text) => text,
-                        _ => rest[..end].to_string(),
-                    });
-                    rest = rest[end..].trim_start();
-                }
-                Some(Err(e)) => return Err(format!("malformed JSON: {e}")),
-                None => break,
-            }
-        } else {
-            let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
-            tokens.push(rest[..end].to_string());
-            rest = rest[end..].trim_start();
+/// The document command (JSON) `command` runs, if it is one.
+fn document(command: &Command) -> Option<serde_json::Value> {
+    let filter = |filter: &Option<serde_json::Value>| filter.clone().unwrap_or_else(|| json!({}));
+    Some(match command {
+        Command::Insert { coll, documents } => {
+            let docs = match documents {
+                serde_json::Value::Array(docs) => docs.clone(),
+                doc => vec![doc.clone()],
+            };
+            json!({"insert": coll, "documents": docs})
         }
-    }
-    Ok(tokens)
+        Command::Find {
+            coll,
+            filter: find_filter,
+            sort,
+            skip,
+            limit,
+            projection,
+        } => {
+            let mut command = json!({"find": coll, "filter": filter(find_filter)});
+            if let Some(sort) = sort {
+                command["sort"] = sort.clone();
+            }
+            if let Some(skip) = skip {
+                command["skip"] = json!(skip);
+            }
+            if let Some(limit) = limit {
+                command["limit"] = json!(limit);
+            }
+            if let Some(projection) = projection {
+                command["projection"] = projection.clone();
+            }
+            command
+        }
+        Command::Update {
+            coll,
+            filter,
+            update,
+            upsert,
+            many,
+        } => json!({
+            "update": coll,
+            "filter": filter,
+            "u": update,
+            "upsert": upsert,
+            "multi": many,
+        }),
+        Command::Remove { coll, filter, one } => json!({
+            "delete": coll, "filter": filter, "multi": !one
+        }),
+        Command::Count {
+            coll,
+            filter: count_filter,
+        } => json!({"count": coll, "filter": filter(count_filter)}),
+        Command::Aggregate { coll, pipeline } => json!({"aggregate": coll, "pipeline": pipeline}),
+        Command::Explain {
+            coll,
+            filter: explain_filter,
+            sort,
+            limit,
+        } => {
+            let mut command = json!({"explain": coll, "filter": filter(explain_filter)});
+            if let Some(sort) = sort {
+                command["sort"] = sort.clone();
+            }
+            if let Some(limit) = limit {
+                command["limit"] = json!(limit);
+            }
+            command
+        }
+        Command::IndexCreate {
+            coll,
+            key,
+            unique,
+            name,
+        } => {
+            let mut command = json!({"createIndex": coll, "key": key, "unique": unique});
+            if let Some(name) = name {
+                command["name"] = json!(name);
+            }
+            command
+        }
+        Command::IndexDrop { coll, name } => json!({"dropIndex": coll, "name": name}),
+        Command::IndexList { coll } => json!({"listIndexes": coll}),
+        Command::Collections => json!({"listCollections": 1}),
+        Command::Drop { coll } => json!({"drop": coll}),
+        _ => return None,
+    })
 }
 
-/// Parses a JSON argument.
-fn json_arg(what: &str, text: &str) -> Result<serde_json::Value, String> {
-    serde_json::from_str(text).map_err(|e| format!("{what} is not JSON: {e}"))
-}
-
-/// An index key argument: a JSON document, or fields separated by commas ('-' before a
-/// field: descending).
-fn index_key(text: &str) -> Result<serde_json::Value, String> {
-    if text.trim_start().starts_with('{') {
-        return json_arg("the index key", text);
+/// The single request `command` sends in batch or shell mode.
+fn request(command: &Command) -> Result<Request, String> {
+    if let Some(command) = document(command) {
+        return Ok(Request::Document {
+            command: command.to_string().into_bytes(),
+        });
     }
-    let mut key = serde_json::Map::new();
-    for field in text.split(',').map(str::trim) {
-        let (name, direction) = match field.strip_prefix('-') {
-            Some(name) => (name, -1),
-            None => (field.strip_prefix('+').unwrap_or(field), 1),
-        };
-        if name.is_empty() {
-            return Err(format!("bad index key {text:?}"));
+    Ok(match command.clone() {
+        Command::Ping => Request::Ping,
+        Command::Info => Request::Info,
+        Command::Get { key } => Request::Get {
+            key: key.into_bytes(),
+        },
+        Command::Del { key } => Request::Delete {
+            key: key.into_bytes(),
+        },
+        Command::Put { key, value } => Request::Put {
+            key: key.into_bytes(),
+            value: value.into_bytes(),
+        },
+        Command::Cas {
+            key,
+            version,
+            value,
+        } => Request::Cas {
+            key: key.into_bytes(),
+            expected_version: version,
+            value: Some(value.into_bytes()),
+        },
+        Command::Scan { start, end, limit } => {
+            let limit = limit.unwrap_or(u64::from(SCAN_LIMIT_DEFAULT));
+            if limit == 0 || limit > u64::from(SCAN_LIMIT_MAX) {
+                return Err(format!("scan limit must be in 1..={SCAN_LIMIT_MAX}"));
+            }
+            Request::Scan {
+                start: start.unwrap_or_default().into_bytes(),
+                end: end.map(String::into_bytes),
+                limit: limit as u32,
+            }
         }
-        key.insert(name.to_string(), serde_json::json!(direction));
-    }
-    Ok(serde_json::Value::Object(key))
-}
-
-impl Command {
-    /// Parses one line of batch or shell input. The last argument is the rest of the line, so
-    /// values may contain spaces.
-    fn parse_line(line: &str) -> Result<Command, String> {
-        let line = line.trim_start();
-        let (name, rest) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
-        let one_arg = |rest: &str, usage: &str| {
-            let arg = rest.trim_end_matches(['\r', '\n']);
-            if arg.is_empty() {
-                Err(format!("usage: {usage}"))
-            } else {
-                Ok(arg.to_string())
-            }
-        };
-        let key_and_rest = |rest: &str, usage: &str| {
-            let rest = rest.trim_start();
-            match rest.split_once(char::is_whitespace) {
-                Some((key, value)) if !key.is_empty() => Ok((
-                    key.to_string(),
-                    value.trim_end_matches(['\r', '\n']).to_string(),
-                )),
-                _ => Err(format!("usage: {usage}")),
-            }
-        };
-        match name.to_ascii_lowercase().as_str() {
-            "ping" => Ok(Command::Ping),
-            "info" => Ok(Command::Info),
-            "get" => Ok(Command::Get {
-                key: one_arg(rest.trim(), "get KEY")?,
-            }),
-            "del" => Ok(Command::Del {
-                key: one_arg(rest.trim(), "del KEY")?,
-            }),
-            "put" => {
-                let (key, value) = key_and_rest(rest, "put KEY VALUE")?;
-                Ok(Command::Put { key, value })
-            }
-            "cas" => {
-                let usage = "cas KEY VERSION VALUE";
-                let (key, rest) = key_and_rest(rest, usage)?;
-                let (version, value) = key_and_rest(&rest, usage)?;
-                let version = version
-                    .parse()
-                    .map_err(|_| format!("bad version {version:?}"))?;
-                Ok(Command::Cas {
-                    key,
-                    version,
-                    value,
-                })
-            }
-            "scan" => {
-                let mut words = rest.split_whitespace();
-                let (mut start, mut end, mut limit) = (None, None, None);
-                while let Some(flag) = words.next() {
-                    let value = words.next().ok_or(format!("{flag} needs a value"))?;
-                    match flag {
-                        "--start" => start = Some(value.to_string()),
-                        "--end" => end = Some(value.to_string()),
-                        "--limit" => {
-                            limit = Some(value.parse().map_err(|_| format!("bad limit {value:?}"))?)
-                        }
-                        other => return Err(format!("unknown scan option {other}")),
-                    }
-                }
-                Ok(Command::Scan { start, end, limit })
-            }
-            name if DOCUMENT_COMMANDS.contains(&name) => {
-                let mut argv = vec!["kvs".to_string()];
-                argv.extend(tokenize(line)?);
-                argv[1] = name.to_string();
-                match Cli::try_parse_from(argv) {
-                    Ok(Cli {
-                        command: Some(command),
-                        ..
-                    }) => Ok(command),
-                    Ok(_) => Err("empty command".into()),
-                    Err(e) => Err(e
-                        .to_string()
-                        .lines()
-                        .next()
-                        .unwrap_or("bad command")
-                        .trim_start_matches("error: ")
-                        .to_string()),
-                }
-            }
-            "" => Err("empty command".into()),
-            other => Err(format!("unknown command {other:?}")),
+        Command::Verify { .. } => {
+            return Err("verify checks a stopped node's files: run `kvs verify` alone".into())
         }
-    }
-
-    /// The document command (JSON) this command runs, if it is one.
-    fn document(&self) -> Result<Option<serde_json::Value>, String> {
-        use serde_json::json;
-        let optional = |what: &str, text: &Option<String>| match text {
-            Some(text) => json_arg(what, text),
-            None => Ok(json!({})),
-        };
-        Ok(Some(match self {
-            Command::Insert { coll, json } => {
-                let docs = match json_arg("the document", json)? {
-                    serde_json::Value::Array(docs) => docs,
-                    doc => vec![doc],
-                };
-                json!({"insert": coll, "documents": docs})
-            }
-            Command::Find {
-                coll,
-                filter,
-                sort,
-                skip,
-                limit,
-                projection,
-            } => {
-                let mut command = json!({"find": coll, "filter": optional("the filter", filter)?});
-                if let Some(sort) = sort {
-                    command["sort"] = json_arg("the sort", sort)?;
-                }
-                if let Some(skip) = skip {
-                    command["skip"] = json!(skip);
-                }
-                if let Some(limit) = limit {
-                    command["limit"] = json!(limit);
-                }
-                if let Some(projection) = projection {
-                    command["projection"] = json_arg("the projection", projection)?;
-                }
-                command
-            }
-            Command::Update {
-                coll,
-                filter,
-                update,
-                upsert,
-                many,
-            } => json!({
-                "update": coll,
-                "filter": json_arg("the filter", filter)?,
-                "u": json_arg("the update", update)?,
-                "upsert": upsert,
-                "multi": many,
-            }),
-            Command::Remove { coll, filter, one } => json!({
-                "delete": coll, "filter": json_arg("the filter", filter)?, "multi": !one
-            }),
-            Command::Count { coll, filter } => {
-                json!({"count": coll, "filter": optional("the filter", filter)?})
-            }
-            Command::Aggregate { coll, pipeline } => {
-                json!({"aggregate": coll, "pipeline": json_arg("the pipeline", pipeline)?})
-            }
-            Command::Explain {
-                coll,
-                filter,
-                sort,
-                limit,
-            } => {
-                let mut command =
-                    json!({"explain": coll, "filter": optional("the filter", filter)?});
-                if let Some(sort) = sort {
-                    command["sort"] = json_arg("the sort", sort)?;
-                }
-                if let Some(limit) = limit {
-                    command["limit"] = json!(limit);
-                }
-                command
-            }
-            Command::Index(IndexAction::Create {
-                coll,
-                key,
-                unique,
-                name,
-            }) => {
-                let mut command =
-                    json!({"createIndex": coll, "key": index_key(key)?, "unique": unique});
-                if let Some(name) = name {
-                    command["name"] = json!(name);
-                }
-                command
-            }
-            Command::Index(IndexAction::Drop { coll, name }) => {
-                json!({"dropIndex": coll, "name": name})
-            }
-            Command::Index(IndexAction::List { coll }) => json!({"listIndexes": coll}),
-            Command::Collections => json!({"listCollections": 1}),
-            Command::Drop { coll } => json!({"drop": coll}),
-            _ => return Ok(None),
-        }))
-    }
-
-    /// The single request this command sends in batch or shell mode.
-    fn request(&self) -> Result<Request, String> {
-        if let Some(command) = self.document()? {
-            return Ok(Request::Document {
-                command: command.to_string().into_bytes(),
-            });
-        }
-        Ok(match self.clone() {
-            Command::Ping => Request::Ping,
-            Command::Info => Request::Info,
-            Command::Get { key } => Request::Get {
-                key: key.into_bytes(),
-            },
-            Command::Del { key } => Request::Delete {
-                key: key.into_bytes(),
-            },
-            Command::Put { key, value } => Request::Put {
-                key: key.into_bytes(),
-                value: value.into_bytes(),
-            },
-            Command::Cas {
-                key,
-                version,
-                value,
-            } => Request::Cas {
-                key: key.into_bytes(),
-                expected_version: version,
-                value: Some(value.into_bytes()),
-            },
-            Command::Scan { start, end, limit } => {
-                let limit = limit.unwrap_or(u64::from(SCAN_LIMIT_DEFAULT));
-                if limit == 0 || limit > u64::from(SCAN_LIMIT_MAX) {
-                    return Err(format!("scan limit must be in 1..={SCAN_LIMIT_MAX}"));
-                }
-                Request::Scan {
-                    start: start.unwrap_or_default().into_bytes(),
-                    end: end.map(String::into_bytes),
-                    limit: limit as u32,
-                }
-            }
-            Command::Verify { .. } => {
-                return Err("verify checks a stopped node's files: run `kvs verify` alone".into())
-            }
-            _ => unreachable!("document commands are handled above"),
-        })
-    }
+        _ => unreachable!("document commands are handled above"),
+    })
 }
 
 /// The lines a document command's reply prints. `batch`: one line in all (a JSON array
@@ -622,8 +327,9 @@ fn run_batch_in<'s>(client: &'s Client, scope: &'s std::thread::Scope<'s, '_>) -
             Ok(0) => true,
             Ok(_) => {
                 if !line.trim().is_empty() {
-                    let parsed =
-                        Command::parse_line(&line).and_then(|c| Ok((c.request()?, c.document()?)));
+                    let parsed = parse::parse_line(&line)
+                        .map_err(|e| e.to_string())
+                        .and_then(|c| Ok((request(&c)?, document(&c))));
                     match parsed {
                         Ok((request, document)) => {
                             after_find = document.as_ref().is_some_and(|d| d.get("find").is_some());
@@ -788,20 +494,16 @@ fn run_one(client: &Client, command: &Command, out: &mut impl Write) -> Result<b
             }
             Ok(true)
         }
-        Command::Drop { .. } if command.document().is_ok() => {
-            let document = command
-                .document()
-                .ok()
-                .flatten()
-                .expect("a document command");
+        Command::Drop { .. } => {
+            let document = document(command).expect("a document command");
             let dropped = client.document(&document)?["dropped"].as_bool() == Some(true);
             if dropped {
                 writeln!(out, "OK").map_err(write_error)?;
             }
             Ok(dropped)
         }
-        other if matches!(other.document(), Ok(Some(_))) => {
-            let document = other.document().ok().flatten().expect("a document command");
+        other if document(other).is_some() => {
+            let document = document(other).expect("a document command");
             // A find prints page by page, so a large result streams.
             if matches!(other, Command::Find { .. }) {
                 let query = {
@@ -824,7 +526,7 @@ fn run_one(client: &Client, command: &Command, out: &mut impl Write) -> Result<b
             Ok(true)
         }
         other => {
-            let request = other.request().map_err(|detail| {
+            let request = request(other).map_err(|detail| {
                 ClientError::Invalid(kvs_wire::DecodeError::Invalid {
                     what: "command",
                     detail,
@@ -866,20 +568,19 @@ fn run_shell(client: &Client) -> ExitCode {
         let _ = editor.add_history_entry(trimmed);
         match trimmed {
             "quit" | "exit" => break,
-            "help" => {
-                println!("ping | get KEY | put KEY VALUE | del KEY | cas KEY VERSION VALUE");
-                println!("scan [--start K] [--end K] [--limit N] | info | quit");
-                println!("insert COLL JSON | find COLL [FILTER] [--sort J] [--skip N] [--limit N] [--projection J]");
-                println!(
-                    "update COLL FILTER UPDATE [--upsert] [--many] | remove COLL FILTER [--one]"
-                );
-                println!("count COLL [FILTER] | aggregate COLL PIPELINE | explain COLL FILTER");
-                println!("index create|drop|list COLL ... | collections | drop COLL");
-                continue;
-            }
             _ => {}
         }
-        match Command::parse_line(trimmed) {
+        if let Some(topic) = trimmed
+            .strip_prefix("help")
+            .filter(|t| t.is_empty() || t.starts_with(' '))
+        {
+            match help::help(topic, "") {
+                Ok(text) => print!("{text}"),
+                Err(message) => println!("ERR {message}"),
+            }
+            continue;
+        }
+        match parse::parse_line(&line) {
             Ok(command) => {
                 let mut out = std::io::stdout().lock();
                 match run_one(client, &command, &mut out) {
@@ -888,7 +589,12 @@ fn run_shell(client: &Client) -> ExitCode {
                     Err(e) => println!("ERR {e}"),
                 }
             }
-            Err(message) => println!("ERR {message}"),
+            Err(ParseError::Help(topic)) => {
+                if let Ok(text) = help::help(&topic, "") {
+                    print!("{text}");
+                }
+            }
+            Err(e) => println!("ERR {e}"),
         }
     }
     if let Some(path) = &history {
@@ -917,22 +623,50 @@ fn run_verify(data_dir: &str) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    if let Some(Command::Verify { data_dir }) = &cli.command {
-        return run_verify(data_dir);
+    let mut args = Vec::new();
+    for (at, arg) in std::env::args_os().skip(1).enumerate() {
+        match arg.into_string() {
+            Ok(arg) => args.push(arg),
+            Err(arg) => {
+                eprintln!("kvs: argument {} is not UTF-8: {arg:?}", at + 1);
+                return ExitCode::from(2);
+            }
+        }
     }
+    let invocation = match parse::parse_args(args) {
+        Ok(invocation) => invocation,
+        Err(e) => return usage_error(&e),
+    };
+    let command = match invocation.action {
+        Action::Help(topic) => {
+            return match help::help(&topic, "kvs ") {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(message) => usage_error(&ParseError::Unknown(message)),
+            }
+        }
+        Action::Version => {
+            println!("kvs {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Action::Run(Command::Verify { data_dir }) => return run_verify(&data_dir),
+        Action::Run(command) => Some(command),
+        Action::Commands => None,
+    };
     let options = ClientOptions {
-        request_timeout: Duration::from_secs(cli.timeout),
+        request_timeout: Duration::from_secs(invocation.timeout_secs),
         ..ClientOptions::default()
     };
-    let client = match Client::connect_with(&cli.addr, options) {
+    let client = match Client::connect_with(&invocation.addr, options) {
         Ok(client) => client,
         Err(e) => {
             eprintln!("kvs: {e}");
             return ExitCode::from(2);
         }
     };
-    match &cli.command {
+    match &command {
         None if std::io::stdin().is_terminal() => run_shell(&client),
         None => run_batch(&client),
         Some(command) => {
@@ -952,47 +686,31 @@ fn main() -> ExitCode {
     }
 }
 
+/// A command line that is not a command: exit code 2, with the usage.
+fn usage_error(error: &ParseError) -> ExitCode {
+    match error {
+        ParseError::Usage {
+            problem: Some(problem),
+            usage,
+        } => eprintln!("kvs: {problem}\nusage: {}", with_kvs(usage)),
+        ParseError::Usage { usage, .. } => eprintln!("usage: {}", with_kvs(usage)),
+        other => eprintln!("kvs: {other}\n'kvs --help' lists the commands"),
+    }
+    ExitCode::from(2)
+}
+
+/// A command's usage as typed on the command line.
+fn with_kvs(usage: &str) -> String {
+    if usage.starts_with("kvs ") {
+        usage.to_string()
+    } else {
+        format!("kvs {}", usage.replace(" | ", " | kvs "))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn lines_parse_with_values_as_the_rest() {
-        assert_eq!(
-            Command::parse_line("put k hello world\n").unwrap(),
-            Command::Put {
-                key: "k".into(),
-                value: "hello world".into()
-            }
-        );
-        assert_eq!(
-            Command::parse_line("GET k").unwrap(),
-            Command::Get { key: "k".into() }
-        );
-        assert_eq!(
-            Command::parse_line("scan --start a --limit 5").unwrap(),
-            Command::Scan {
-                start: Some("a".into()),
-                end: None,
-                limit: Some(5)
-            }
-        );
-        assert_eq!(
-            Command::parse_line("cas k 3 v 2").unwrap(),
-            Command::Cas {
-                key: "k".into(),
-                version: 3,
-                value: "v 2".into()
-            }
-        );
-        assert!(Command::parse_line("put k").is_err());
-        assert!(Command::parse_line("frobnicate").is_err());
-        assert!(Command::parse_line("scan --limit x").is_err());
-        assert!(Command::parse_line("scan --limit 0")
-            .unwrap()
-            .request()
-            .is_err());
-    }
 
     #[test]
     fn result_lines() {
