@@ -15,12 +15,14 @@ pub fn kvsd_binary() -> &'static str {
     env!("CARGO_BIN_EXE_kvsd")
 }
 
-/// The `kvs` CLI, built next to kvsd by `cargo test --workspace`.
+/// The `kvs` CLI (crate `kvs-cli`), built next to kvsd by `cargo test --workspace`. A test
+/// cannot ask cargo for another package's binary, so it is looked for beside kvsd.
 pub fn kvs_binary() -> PathBuf {
     let path = Path::new(kvsd_binary()).with_file_name("kvs");
     assert!(
         path.exists(),
-        "{} is missing: run the workspace tests (cargo test --workspace)",
+        "{} is missing: run the workspace tests (cargo test --workspace), or build it first \
+         (cargo build -p kvs-cli)",
         path.display()
     );
     path

@@ -1,0 +1,139 @@
+//! `kvs`: the command-line client for kvsd. This file picks the mode: a one-shot command
+//! (`kvs get KEY`), batch mode when there is no command and stdin is not a terminal, or the
+//! interactive shell on a terminal; every mode parses with `parse` and runs with
+//! `execute`, so a command means the same in each.
+
+mod batch;
+mod execute;
+mod grammar;
+mod help;
+mod output;
+mod parse;
+mod shell;
+mod words;
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use kvs_wire::{Client, ClientOptions};
+
+use crate::execute::Status;
+use crate::grammar::Command;
+use crate::output::{error_line, Lines, MISSING};
+use crate::parse::{Action, ParseError};
+
+fn main() -> ExitCode {
+    let mut args = Vec::new();
+    for (at, arg) in std::env::args_os().skip(1).enumerate() {
+        match arg.into_string() {
+            Ok(arg) => args.push(arg),
+            Err(arg) => {
+                eprintln!("kvs: argument {} is not UTF-8: {arg:?}", at + 1);
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let invocation = match parse::parse_args(args) {
+        Ok(invocation) => invocation,
+        Err(e) => return usage_error(&e),
+    };
+    let command = match invocation.action {
+        Action::Help(topic) => {
+            return match help::help(&topic, "kvs ") {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(message) => usage_error(&ParseError::Unknown(message)),
+            }
+        }
+        Action::Version => {
+            println!("kvs {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Action::Run(Command::Verify { data_dir }) => return run_verify(&data_dir),
+        Action::Run(command) => Some(command),
+        Action::Commands => None,
+    };
+    let options = ClientOptions {
+        request_timeout: Duration::from_secs(invocation.timeout_secs),
+        ..ClientOptions::default()
+    };
+    let client = match Client::connect_with(&invocation.addr, options) {
+        Ok(client) => client,
+        Err(e) => {
+            eprintln!("kvs: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match command {
+        Some(command) => run_one(&client, command),
+        None if std::io::stdin().is_terminal() => shell::run(&client),
+        None => batch::run(&client),
+    }
+}
+
+/// A command line that is not a command: exit code 2, with the usage.
+fn usage_error(error: &ParseError) -> ExitCode {
+    match error {
+        ParseError::Usage {
+            problem: Some(problem),
+            usage,
+        } => eprintln!("kvs: {problem}\nusage: {}", with_kvs(usage)),
+        ParseError::Usage { usage, .. } => eprintln!("usage: {}", with_kvs(usage)),
+        other => eprintln!("kvs: {other}\n'kvs --help' lists the commands"),
+    }
+    ExitCode::from(2)
+}
+
+/// A command's usage as typed on the command line.
+fn with_kvs(usage: &str) -> String {
+    if usage.starts_with("kvs ") {
+        usage.to_string()
+    } else {
+        format!("kvs {}", usage.replace(" | ", " | kvs "))
+    }
+}
+
+/// Runs one command: its results on stdout; exit code 0 when done, 1 and `(nil)` on stderr
+/// when what it asked for does not exist, 2 and `ERR ...` on stderr when it failed.
+fn run_one(client: &Client, command: Command) -> ExitCode {
+    let mut out = Lines(std::io::BufWriter::new(std::io::stdout().lock()));
+    let result = execute::run(client, command, &mut out);
+    let flushed = out.0.flush();
+    match (result, flushed) {
+        (Err(e), _) => {
+            eprintln!("{}", error_line(&e));
+            ExitCode::from(2)
+        }
+        (Ok(_), Err(e)) => {
+            eprintln!("{}", error_line(&execute::Failure::Output(e)));
+            ExitCode::from(2)
+        }
+        (Ok(Status::Done), Ok(())) => ExitCode::SUCCESS,
+        (Ok(Status::Missing), Ok(())) => {
+            eprintln!("{MISSING}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `kvs verify`: runs the `kvsd` next to this binary (or on PATH) with `--verify`.
+fn run_verify(data_dir: &str) -> ExitCode {
+    let beside = std::env::current_exe()
+        .ok()
+        .map(|exe| exe.with_file_name("kvsd"))
+        .filter(|path| path.exists());
+    let kvsd = beside.unwrap_or_else(|| "kvsd".into());
+    match std::process::Command::new(&kvsd)
+        .args(["--verify", "--data-dir", data_dir])
+        .status()
+    {
+        Ok(status) => ExitCode::from(status.code().unwrap_or(2).clamp(0, 255) as u8),
+        Err(e) => {
+            eprintln!("kvs: cannot run {}: {e}", kvsd.display());
+            ExitCode::from(2)
+        }
+    }
+}
