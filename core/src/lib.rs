@@ -17,7 +17,6 @@
 
 pub mod command;
 pub mod doc;
-pub mod join;
 pub mod limits;
 pub mod log;
 pub mod state;

@@ -25,13 +25,13 @@ use kvs_core::store::page::PAGE_SIZE;
 use kvs_core::store::{PagedStore, StoreConfig};
 
 use crate::config::Config;
+use crate::locks::LockTable;
 use crate::log_io::{DmaDisk, DmaLogFile};
 use crate::route::{CoreContext, RemoteReply, RemoteRequest, ReplyTo, ShardQueue};
 use crate::runtime::{
     cross_core_channel, spawn_executor, spawn_local, wait, Receiver, Sender, TcpListener, TcpStream,
 };
 use crate::server::serve_connection;
-use crate::locks::LockTable;
 use crate::shard::{
     read_from, reads_not_waiting, try_read_from, Origin, ShardCore, ShardOp, ShardReply,
     ShardRequest,
@@ -176,8 +176,7 @@ pub fn verify(config: &Config) -> anyhow::Result<bool> {
     let mut clean = true;
     for shard in 0..shard_count {
         let dir = config.data_dir.join(format!("shard-{shard:03}"));
-        let disk =
-            DmaDisk::new(&dir, shard).with_context(|| format!("cannot open {}", dir.display()))?;
+        let disk = DmaDisk::new(&dir).with_context(|| format!("cannot open {}", dir.display()))?;
         let report = futures_lite::future::block_on(kvs_core::store::verify::verify(&disk, shard))
             .with_context(|| format!("cannot verify shard {shard}"))?;
         match &report.checkpoint {
@@ -465,7 +464,7 @@ async fn core_main(setup: CoreSetup) {
 }
 
 async fn open_shard(setup: &CoreSetup) -> Result<ShardCore<DmaDisk>, String> {
-    let disk = DmaDisk::new(&setup.shard_dir, setup.core as u32)
+    let disk = DmaDisk::new(&setup.shard_dir)
         .map_err(|e| format!("cannot create {}: {e}", setup.shard_dir.display()))?;
     let started = std::time::Instant::now();
     let shard = ShardCore::open(disk, setup.core as u32, setup.store)

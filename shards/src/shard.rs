@@ -22,8 +22,8 @@
 //! serving reads; [`ShardCore::try_reopen`] then reopens it from disk, as a restart would,
 //! and it takes writes again once the disk works (space was freed, say).
 
+use futures_util::future::join_all;
 use kvs_core::command::{BatchEncoder, Command};
-use kvs_core::join::join_all;
 use kvs_core::limits::{BATCH_BYTES_MAX, BATCH_COMMANDS_MAX};
 use kvs_core::log::{LogDisk, LogError};
 use kvs_core::state::{CommandResult, Versioned};
@@ -225,7 +225,7 @@ pub async fn read_from<F: kvs_core::log::LogFile>(
         ShardOp::MGet { keys } => {
             let mut values = Vec::with_capacity(keys.len());
             for chunk in keys.chunks(READS_IN_FLIGHT) {
-                for value in join_all(chunk.iter().map(|k| store.get(k)).collect()).await {
+                for value in join_all(chunk.iter().map(|k| store.get(k))).await {
                     match value {
                         Ok(value) => values.push(value),
                         Err(e) => return failed(e),

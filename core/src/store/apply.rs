@@ -178,7 +178,7 @@ impl<F: LogFile> PagedStore<F> {
                 .take(CHUNK)
                 .map(|(first, bytes)| self.file.write_at(bytes, first * PAGE_SIZE as u64))
                 .collect();
-            for result in crate::join::join_all(pending).await {
+            for result in futures_util::future::join_all(pending).await {
                 result.map_err(|e| StoreError::io("write", &self.path, e))?;
             }
         }
@@ -223,9 +223,8 @@ impl<F: LogFile> PagedStore<F> {
         for chunk in keys.chunks(PREFETCH_IN_FLIGHT) {
             let lookups = chunk
                 .iter()
-                .map(|key| self.run(move |st| st.lookup(key).map(|_| ())))
-                .collect();
-            for result in crate::join::join_all(lookups).await {
+                .map(|key| self.run(move |st| st.lookup(key).map(|_| ())));
+            for result in futures_util::future::join_all(lookups).await {
                 result?;
             }
         }

@@ -259,7 +259,7 @@ impl<F: LogFile> PagedStore<F> {
                 });
             }
             written += writes.len();
-            for result in crate::join::join_all(writes).await {
+            for result in futures_util::future::join_all(writes).await {
                 result?;
             }
             self.checkpoint_done.notify();
