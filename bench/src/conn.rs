@@ -1,11 +1,16 @@
 //! A blocking benchmark connection for the load phase: sends a window of operations in one
 //! write and reads their replies, over kvs's native protocol or RESP (so Redis and kvsd are
-//! driven by the same code). The run itself uses `driver`'s event loop.
+//! driven by the same code). The run itself uses `driver`'s event loop; both encode requests
+//! and parse replies with [`encode`] and [`parse_reply`], kept here beside the types they read.
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 
 use clap::ValueEnum;
+use kvs_wire::frame::{Decoded, FrameDecoder};
+use kvs_wire::limits::FRAME_HEADER_SIZE;
+use kvs_wire::resp::{self, Reply};
+use kvs_wire::{ErrorCode, Request, Response};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Protocol {
@@ -23,6 +28,76 @@ pub enum WireOp {
     Scan(Vec<u8>, u32),
     /// A document command (JSON).
     Doc(Vec<u8>),
+}
+
+/// Appends `ops` to `out` in `protocol`, numbering native requests from `first_id`.
+pub fn encode(
+    protocol: Protocol,
+    ops: &[WireOp],
+    first_id: u64,
+    out: &mut Vec<u8>,
+) -> io::Result<()> {
+    for (i, op) in ops.iter().enumerate() {
+        match protocol {
+            Protocol::Native => {
+                let request = match op {
+                    WireOp::Get(key) => Request::Get { key: key.clone() },
+                    WireOp::Put(key, value) => Request::Put {
+                        key: key.clone(),
+                        value: value.clone(),
+                    },
+                    WireOp::Scan(start, limit) => Request::Scan {
+                        start: start.clone(),
+                        end: None,
+                        limit: *limit,
+                    },
+                    WireOp::Doc(command) => Request::Document {
+                        command: command.clone(),
+                    },
+                };
+                request.encode(first_id + i as u64, out);
+            }
+            Protocol::Resp => match op {
+                WireOp::Get(key) => resp::command(out, &[b"GET", key]),
+                WireOp::Put(key, value) => resp::command(out, &[b"SET", key, value]),
+                WireOp::Scan(..) | WireOp::Doc(..) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::Unsupported,
+                        "scans and documents need --protocol native",
+                    ))
+                }
+            },
+        }
+    }
+    Ok(())
+}
+
+/// Parses one reply at the front of `buf`: (request id for native replies, success, length).
+pub fn parse_reply(
+    protocol: Protocol,
+    buf: &[u8],
+) -> io::Result<Option<(Option<u64>, bool, usize)>> {
+    let invalid = |e: String| io::Error::new(io::ErrorKind::InvalidData, e);
+    match protocol {
+        Protocol::Native => match FrameDecoder
+            .decode(buf)
+            .map_err(|e| invalid(e.to_string()))?
+        {
+            Decoded::Frame { header, len } => {
+                let ok = match Response::decode(&header, &buf[FRAME_HEADER_SIZE..len]) {
+                    // A missing key is an answer, not a failure.
+                    Ok(Response::Error { code, .. }) => code == ErrorCode::NotFound,
+                    Ok(_) => true,
+                    Err(_) => false,
+                };
+                Ok(Some((Some(header.request_id), ok, len)))
+            }
+            Decoded::Incomplete { .. } => Ok(None),
+        },
+        Protocol::Resp => Ok(resp::parse_reply(buf)
+            .map_err(|e| invalid(e.to_string()))?
+            .map(|(reply, len)| (None, !matches!(reply, Reply::Error(_)), len))),
+    }
 }
 
 pub struct BenchConn {
@@ -50,7 +125,7 @@ impl BenchConn {
     pub fn round_trip(&mut self, ops: &[WireOp]) -> io::Result<Vec<bool>> {
         self.out.clear();
         let first_id = self.next_id;
-        crate::driver::encode(self.protocol, ops, first_id, &mut self.out)?;
+        encode(self.protocol, ops, first_id, &mut self.out)?;
         self.next_id += ops.len() as u64;
         self.stream.write_all(&self.out)?;
         let mut outcomes: Vec<Option<bool>> = vec![None; ops.len()];
@@ -66,9 +141,7 @@ impl BenchConn {
             }
             self.buf.extend_from_slice(&chunk[..n]);
             let mut used = 0;
-            while let Some((id, ok, len)) =
-                crate::driver::parse_reply(self.protocol, &self.buf[used..])?
-            {
+            while let Some((id, ok, len)) = parse_reply(self.protocol, &self.buf[used..])? {
                 // Native replies may come out of order (shards answer independently); RESP's
                 // come in order.
                 let index = match id {

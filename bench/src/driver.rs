@@ -9,88 +9,13 @@ use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use kvs_wire::frame::{Decoded, FrameDecoder};
-use kvs_wire::limits::FRAME_HEADER_SIZE;
-use kvs_wire::resp::{self, Reply};
-use kvs_wire::{ErrorCode, Request, Response};
-
-use crate::conn::{Protocol, WireOp};
+use crate::conn::{encode, parse_reply, Protocol, WireOp};
 use crate::report::SecondRecorder;
 use crate::workload::{doc_command, key_name, OpKind, Rng};
 use crate::{histogram, ClientStats, Shared, SCAN_LENGTH_MAX};
 
 /// Longest an idle worker waits in epoll before looking at the clock again.
 const POLL_INTERVAL: Duration = Duration::from_millis(10);
-
-/// Appends `ops` to `out` in `protocol`, numbering native requests from `first_id`.
-pub fn encode(
-    protocol: Protocol,
-    ops: &[WireOp],
-    first_id: u64,
-    out: &mut Vec<u8>,
-) -> io::Result<()> {
-    for (i, op) in ops.iter().enumerate() {
-        match protocol {
-            Protocol::Native => {
-                let request = match op {
-                    WireOp::Get(key) => Request::Get { key: key.clone() },
-                    WireOp::Put(key, value) => Request::Put {
-                        key: key.clone(),
-                        value: value.clone(),
-                    },
-                    WireOp::Scan(start, limit) => Request::Scan {
-                        start: start.clone(),
-                        end: None,
-                        limit: *limit,
-                    },
-                    WireOp::Doc(command) => Request::Document {
-                        command: command.clone(),
-                    },
-                };
-                request.encode(first_id + i as u64, out);
-            }
-            Protocol::Resp => match op {
-                WireOp::Get(key) => resp::command(out, &[b"GET", key]),
-                WireOp::Put(key, value) => resp::command(out, &[b"SET", key, value]),
-                WireOp::Scan(..) | WireOp::Doc(..) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::Unsupported,
-                        "scans and documents need --protocol native",
-                    ))
-                }
-            },
-        }
-    }
-    Ok(())
-}
-
-/// Parses one reply at the front of `buf`: (request id for native replies, success, length).
-pub fn parse_reply(
-    protocol: Protocol,
-    buf: &[u8],
-) -> io::Result<Option<(Option<u64>, bool, usize)>> {
-    let invalid = |e: String| io::Error::new(io::ErrorKind::InvalidData, e);
-    match protocol {
-        Protocol::Native => match FrameDecoder
-            .decode(buf)
-            .map_err(|e| invalid(e.to_string()))?
-        {
-            Decoded::Frame { header, len } => {
-                let ok = match Response::decode(&header, &buf[FRAME_HEADER_SIZE..len]) {
-                    // A missing key is an answer, not a failure.
-                    Ok(Response::Error { code, .. }) => code == ErrorCode::NotFound,
-                    Ok(_) => true,
-                    Err(_) => false,
-                };
-                Ok(Some((Some(header.request_id), ok, len)))
-            }
-            Decoded::Incomplete { .. } => Ok(None),
-        },
-        Protocol::Resp => Ok(resp::parse_reply(buf)
-            .map_err(|e| invalid(e.to_string()))?
-            .map(|(reply, len)| (None, !matches!(reply, Reply::Error(_)), len))),
-    }
-}
 
 struct Op {
     kind: OpKind,
