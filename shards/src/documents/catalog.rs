@@ -3,6 +3,7 @@
 //! listIndexes, listCollections and drop.
 
 use std::collections::BTreeSet;
+use std::rc::Rc;
 use std::time::Duration;
 
 use kvs_core::doc::command::{check_name, DocCommand};
@@ -18,7 +19,7 @@ use crate::documents::unique::keys_unique_across;
 use crate::route::CoreContext;
 use crate::shard::ShardOp;
 
-pub(super) async fn create_index(ctx: &CoreContext, command: &Value) -> Out<Value> {
+pub(super) async fn create_index(ctx: &Rc<CoreContext>, command: &Value) -> Out<Value> {
     let args = Args::new(command, &["key", "name", "unique"])?;
     let coll = args.coll()?;
     let Some(key) = args.get("key") else {
@@ -107,7 +108,7 @@ pub(super) async fn create_index(ctx: &CoreContext, command: &Value) -> Out<Valu
             if unique && ctx.shard_count > 1 {
                 // Each shard built it over its own documents: look for one key on two
                 // shards, with writes held off meanwhile.
-                let _lock = lock_collection(&coll).await;
+                let _lock = lock_collection(ctx, &coll).await?;
                 if let Err(fail) = keys_unique_across(ctx, &coll, &name).await {
                     let drop = write(&DocCommand::DropIndex {
                         coll: coll.clone(),

@@ -3,6 +3,7 @@
 //! keys against the other shards, and the retries when a shard's indexes changed meanwhile.
 
 use std::collections::HashMap;
+use std::rc::Rc;
 use std::time::Duration;
 
 use kvs_core::doc::binary;
@@ -75,11 +76,11 @@ impl UniqueView {
 
     /// Holds the collection exclusive (for an update) when there are unique indexes to
     /// check across shards.
-    pub(super) async fn lock(&self, coll: &str) -> Option<CollLock> {
+    pub(super) async fn lock(&self, ctx: &Rc<CoreContext>, coll: &str) -> Out<Option<CollLock>> {
         if self.keys.is_empty() {
-            None
+            Ok(None)
         } else {
-            Some(lock_collection(coll).await)
+            lock_collection(ctx, coll).await.map(Some)
         }
     }
 
@@ -87,6 +88,7 @@ impl UniqueView {
     /// documents would take, when there are unique indexes to check across shards.
     pub(super) async fn lock_for_insert(
         &self,
+        ctx: &Rc<CoreContext>,
         coll: &str,
         docs: &[Value],
     ) -> Out<Option<CollLock>> {
@@ -112,7 +114,7 @@ impl UniqueView {
         }
         keys.sort();
         keys.dedup();
-        Ok(Some(lock_keys(coll, keys).await))
+        lock_keys(ctx, coll, keys).await.map(Some)
     }
 
     /// The write to send: checked against this view on a node of several shards.

@@ -2,6 +2,8 @@
 //! documents or filter place it on, with the cross-shard unique checks and retries of
 //! `unique` around it.
 
+use std::rc::Rc;
+
 use kvs_core::doc::binary;
 use kvs_core::doc::command::DocCommand;
 use kvs_core::doc::query::Filter;
@@ -28,7 +30,7 @@ fn with_done(mut fail: Fail, done: i64, what: &str) -> Fail {
     fail
 }
 
-pub(super) async fn insert(ctx: &CoreContext, command: &Value) -> Out<Value> {
+pub(super) async fn insert(ctx: &Rc<CoreContext>, command: &Value) -> Out<Value> {
     let args = Args::new(command, &["documents"])?;
     let coll = args.coll()?;
     let Some(Value::Array(given)) = args.get("documents") else {
@@ -72,7 +74,7 @@ pub(super) async fn insert(ctx: &CoreContext, command: &Value) -> Out<Value> {
     for attempt in 0..WRITE_ATTEMPTS {
         let view = UniqueView::read(ctx, &coll, attempt).await?;
         let docs: Vec<Value> = pending.iter().flat_map(|(_, d)| d.clone()).collect();
-        let _lock = view.lock_for_insert(&coll, &docs).await?;
+        let _lock = view.lock_for_insert(ctx, &coll, &docs).await?;
         if !view.keys.is_empty() {
             if let Err(fail) = check_unique_across(ctx, &coll, &view.keys, &docs).await {
                 return Err(with_done(fail, inserted, "inserted"));
@@ -153,7 +155,7 @@ fn counts(matched: i64, modified: i64) -> Vec<(&'static str, Value)> {
     ]
 }
 
-pub(super) async fn update(ctx: &CoreContext, command: &Value) -> Out<Value> {
+pub(super) async fn update(ctx: &Rc<CoreContext>, command: &Value) -> Out<Value> {
     let args = Args::new(command, &["filter", "u", "upsert", "multi"])?;
     let coll = args.coll()?;
     let filter_value = args.doc("filter")?;
@@ -218,13 +220,13 @@ async fn updated_versions(
 
 /// `--many`: every shard at once; a shard that asks for a retry is checked and asked
 /// again, alone (the others' changes stand).
-async fn update_many(ctx: &CoreContext, u: &UpdateArgs) -> Out<Value> {
+async fn update_many(ctx: &Rc<CoreContext>, u: &UpdateArgs) -> Out<Value> {
     let mut pending = targets(ctx, &u.coll, &u.filter);
     let (mut matched, mut modified) = (0, 0);
     let mut failure = None;
     for attempt in 0..WRITE_ATTEMPTS {
         let view = UniqueView::read(ctx, &u.coll, attempt).await?;
-        let _lock = view.lock(&u.coll).await;
+        let _lock = view.lock(ctx, &u.coll).await?;
         if !view.keys.is_empty() {
             let (_, new_docs) = updated_versions(ctx, u, &pending, i64::MAX, false).await?;
             if let Err(fail) = check_unique_across(ctx, &u.coll, &view.keys, &new_docs).await {
@@ -266,11 +268,11 @@ async fn update_many(ctx: &CoreContext, u: &UpdateArgs) -> Out<Value> {
 /// One document: the shards one after another until one matches; with unique indexes to
 /// check across shards, the document checked is the one written (its `_id` joins the
 /// filter). No match and `upsert`: the new document goes to its own shard.
-async fn update_one(ctx: &CoreContext, u: &UpdateArgs) -> Out<Value> {
+async fn update_one(ctx: &Rc<CoreContext>, u: &UpdateArgs) -> Out<Value> {
     let shards = targets(ctx, &u.coll, &u.filter);
     'attempt: for attempt in 0..WRITE_ATTEMPTS {
         let view = UniqueView::read(ctx, &u.coll, attempt).await?;
-        let _lock = view.lock(&u.coll).await;
+        let _lock = view.lock(ctx, &u.coll).await?;
         if !view.keys.is_empty() {
             let (matched, new_docs) = updated_versions(ctx, u, &shards, 1, true).await?;
             if let Some(doc) = matched.first() {
