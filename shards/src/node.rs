@@ -33,8 +33,7 @@ use crate::runtime::{
 };
 use crate::server::serve_connection;
 use crate::shard::{
-    read_from, reads_not_waiting, try_read_from, Origin, ShardCore, ShardOp, ShardReply,
-    ShardRequest,
+    read_from, try_read_from, Origin, ReadsMeanwhile, ShardCore, ShardOp, ShardReply, ShardRequest,
 };
 use crate::spread::{ConnectionCounts, ConnectionSlot};
 
@@ -714,14 +713,15 @@ fn read_in_task(ctx: &Rc<CoreContext>, store: &Rc<Store>, request: ShardRequest<
 }
 
 /// Answers, as they arrive, the queued reads that need not wait for the batch whose writers'
-/// origins are `committing` (see `shard::reads_not_waiting`). Never returns: the shard loop
+/// origins are `committing` (see `shard::ReadsMeanwhile`). Never returns: the shard loop
 /// drops it once the batch is applied. A read is answered only between two commands of the
 /// batch's apply, never in the middle of one (a multi-key write is never seen half done).
 async fn answer_reads_meanwhile(ctx: &Rc<CoreContext>, store: &Rc<Store>, committing: &[Origin]) {
+    let mut meanwhile = ReadsMeanwhile::new(committing);
     loop {
         let woken = ctx.queue.notify.notified();
         if !store.is_applying_command() {
-            let reads = reads_not_waiting(&mut ctx.queue.items.borrow_mut(), committing);
+            let reads = meanwhile.take(&mut ctx.queue.items.borrow_mut());
             for request in reads {
                 match try_read_from(store, &request.op) {
                     // Delivered without waiting: this future may be dropped at any await.

@@ -5,7 +5,7 @@
 //! into one batch entry (group commit: one proposal, one commit group, one fdatasync), which
 //! [`ShardCore::commit`] makes durable and applies before answering its writers. While a
 //! batch commits, the shard loop keeps answering the reads that arrive
-//! ([`reads_not_waiting`]). It is sans-runtime; `node` runs it on an executor of `runtime`.
+//! ([`ReadsMeanwhile`]). It is sans-runtime; `node` runs it on an executor of `runtime`.
 //!
 //! Order: requests of one origin (a client connection) take effect in the order sent, as
 //! with Redis. A read whose origin has a write in the batch being formed ends the batch: it
@@ -173,38 +173,81 @@ pub fn try_read_from<F: kvs_core::log::LogFile>(
     }
 }
 
-/// Takes out of `queue` the reads that may be answered while a batch whose writes come from
-/// `committing` is being made durable: reads whose origin has no write in that batch and
-/// none earlier in the queue. Everything else stays in the queue, in order. INFO waits for
-/// the shard.
-pub fn reads_not_waiting<R>(
-    queue: &mut std::collections::VecDeque<ShardRequest<R>>,
-    committing: &[Origin],
-) -> Vec<ShardRequest<R>> {
-    let mut writing: Vec<Origin> = Vec::new();
-    let mut taken = Vec::new();
-    let mut kept = std::collections::VecDeque::with_capacity(queue.len());
-    for request in queue.drain(..) {
-        let origin = request.origin;
-        let waits = match request.op {
+/// Picks out of the shard's queue, while a batch is being made durable and applied, the
+/// reads that may be answered meanwhile: reads whose origin has no write in that batch
+/// (`committing`) and none earlier in the queue. Everything else stays in the queue, in order;
+/// INFO and lock requests wait for the shard. The queue only grows at its back while a batch
+/// commits, so each call looks only at the requests that arrived since the last one (a
+/// rescan of the whole queue on every arrival cost O(n^2) per commit: SET at pipeline 16 lost
+/// a quarter of its throughput).
+pub struct ReadsMeanwhile {
+    committing: Vec<Origin>,
+    /// Origins with a write in the part of the queue already looked at.
+    writing: Vec<Origin>,
+    /// How much of the queue was looked at: all of it waits.
+    scanned: usize,
+}
+
+impl ReadsMeanwhile {
+    pub fn new(committing: &[Origin]) -> ReadsMeanwhile {
+        ReadsMeanwhile {
+            committing: committing.to_vec(),
+            writing: Vec::new(),
+            scanned: 0,
+        }
+    }
+
+    fn waits(&mut self, op: &ShardOp, origin: Origin) -> bool {
+        match op {
             ShardOp::Write(_) => {
-                writing.push(origin);
+                if !self.writing.contains(&origin) {
+                    self.writing.push(origin);
+                }
                 true
             }
             ShardOp::Info | ShardOp::Lock(_) | ShardOp::Unlock(_) => true,
             _ => {
                 origin != NO_ORIGIN
-                    && (committing.binary_search(&origin).is_ok() || writing.contains(&origin))
+                    && (self.committing.binary_search(&origin).is_ok()
+                        || self.writing.contains(&origin))
             }
-        };
-        if waits {
-            kept.push_back(request);
-        } else {
-            taken.push(request);
         }
     }
-    *queue = kept;
-    taken
+
+    /// Takes the reads that may be answered now out of `queue`.
+    pub fn take<R>(
+        &mut self,
+        queue: &mut std::collections::VecDeque<ShardRequest<R>>,
+    ) -> Vec<ShardRequest<R>> {
+        assert!(
+            self.scanned <= queue.len(),
+            "the queue only grows while a batch commits"
+        );
+        let mut answerable = Vec::new();
+        for at in self.scanned..queue.len() {
+            let request = &queue[at];
+            if !self.waits(&request.op, request.origin) {
+                answerable.push(at);
+            }
+        }
+        if answerable.is_empty() {
+            self.scanned = queue.len();
+            return Vec::new();
+        }
+        let tail: Vec<ShardRequest<R>> = queue.drain(self.scanned..).collect();
+        let mut taken = Vec::with_capacity(answerable.len());
+        let mut next = answerable.iter().peekable();
+        for (offset, request) in tail.into_iter().enumerate() {
+            if next.peek().is_some_and(|&&at| at == self.scanned + offset) {
+                next.next();
+                taken.push(request);
+            } else {
+                queue.push_back(request);
+            }
+        }
+        self.scanned = queue.len();
+        taken
+    }
 }
 
 /// Answers a read from `store`, reading pages as needed (many at once for an MGET).
@@ -710,7 +753,8 @@ mod tests {
         ]
         .into_iter()
         .collect();
-        let taken = reads_not_waiting(&mut queue, &[1]);
+        let mut meanwhile = ReadsMeanwhile::new(&[1]);
+        let taken = meanwhile.take(&mut queue);
         assert_eq!(
             taken.iter().map(|r| r.reply).collect::<Vec<_>>(),
             [20, 30, 40]
@@ -719,6 +763,17 @@ mod tests {
             queue.iter().map(|r| r.reply).collect::<Vec<_>>(),
             [10, 2, 21]
         );
+        // Later arrivals: only they are looked at, with what came before still in force.
+        queue.push_back(from(2, get(2, 22))); // behind its connection's queued put
+        queue.push_back(from(4, get(2, 50)));
+        queue.push_back(from(1, get(2, 11))); // its connection's write is still committing
+        let taken = meanwhile.take(&mut queue);
+        assert_eq!(taken.iter().map(|r| r.reply).collect::<Vec<_>>(), [50]);
+        assert_eq!(
+            queue.iter().map(|r| r.reply).collect::<Vec<_>>(),
+            [10, 2, 21, 22, 11]
+        );
+        assert!(meanwhile.take(&mut queue).is_empty());
     }
 
     #[test]
