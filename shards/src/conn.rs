@@ -239,9 +239,12 @@ pub struct ReceiveBuffer {
     buf: Vec<u8>,
     start: usize,
     end: usize,
-    /// The last receive filled all the room it had: the client sends in bursts, and the
-    /// buffer is kept (and grown) for the next one instead of shrunk to the idle size.
+    /// The last receive filled all the room it had: the client sends more at once than the
+    /// buffer holds, and it doubles (up to the burst size) for the next receive.
     filled: bool,
+    /// Bytes the last receive brought: while they are few, an empty buffer goes back to the
+    /// idle size; while they are many (a pipelining client), it keeps its size.
+    last_received: usize,
 }
 
 impl ReceiveBuffer {
@@ -251,6 +254,7 @@ impl ReceiveBuffer {
             start: 0,
             end: 0,
             filled: false,
+            last_received: 0,
         }
     }
 
@@ -274,15 +278,21 @@ impl ReceiveBuffer {
             self.end -= self.start;
             self.start = 0;
         }
-        if self.end == 0 && self.filled && self.buf.len() < RECEIVE_BUFFER_BURST_BYTES {
-            // The last receive took all it could: receive the next burst whole.
-            let grown = (self.buf.len() * 2).max(RECEIVE_BUFFER_IDLE_BYTES);
-            self.buf = vec![0; grown.min(RECEIVE_BUFFER_BURST_BYTES)];
-        } else if self.end == 0 && !self.filled && self.buf.len() != RECEIVE_BUFFER_IDLE_BYTES {
+        if self.buf.is_empty() {
+            self.buf = vec![0; RECEIVE_BUFFER_IDLE_BYTES];
+        } else if self.filled && self.buf.len() < RECEIVE_BUFFER_BURST_BYTES {
+            // The last receive took all the room it had: take the next burst whole.
+            let grown = (self.buf.len() * 2).min(RECEIVE_BUFFER_BURST_BYTES);
+            self.buf.resize(grown, 0);
+        } else if self.end == 0
+            && self.last_received < RECEIVE_BUFFER_IDLE_BYTES / 2
+            && self.buf.len() > RECEIVE_BUFFER_IDLE_BYTES
+        {
             // Nothing is pending and the traffic is small: give back what a large request
             // or a burst grew the buffer to.
             self.buf = vec![0; RECEIVE_BUFFER_IDLE_BYTES];
-        } else if self.end == self.buf.len() {
+        }
+        if self.end == self.buf.len() {
             let grown = (self.buf.len() * 2).min(wanted.max(self.end + 1));
             self.buf.resize(grown.max(self.end + 1), 0);
         }
@@ -339,6 +349,7 @@ pub async fn fill(
         Ok(n) => {
             buffer.end += n;
             buffer.filled = buffer.end == buffer.buf.len();
+            buffer.last_received = n;
             true
         }
         Err(error) => {
@@ -440,6 +451,7 @@ mod tests {
         buffer.buf[buffer.end..buffer.end + n].copy_from_slice(&bytes[..n]);
         buffer.end += n;
         buffer.filled = buffer.end == buffer.buf.len();
+        buffer.last_received = n;
         n
     }
 
@@ -461,6 +473,7 @@ mod tests {
         // Used up: the next receive gets the idle size back.
         buffer.consume(300_100);
         buffer.filled = false;
+        buffer.last_received = 10;
         buffer.make_room(24);
         assert_eq!(buffer.buf.len(), RECEIVE_BUFFER_IDLE_BYTES);
     }

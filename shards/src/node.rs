@@ -719,7 +719,7 @@ fn read_in_task(ctx: &Rc<CoreContext>, store: &Rc<Store>, request: ShardRequest<
 async fn answer_reads_meanwhile(ctx: &Rc<CoreContext>, store: &Rc<Store>, committing: &[Origin]) {
     let mut meanwhile = ReadsMeanwhile::new(committing);
     loop {
-        let woken = ctx.queue.notify.notified();
+        let woken = ctx.queue.read_arrived.notified();
         if !store.is_applying_command() {
             let reads = meanwhile.take(&mut ctx.queue.items.borrow_mut());
             for request in reads {

@@ -75,13 +75,22 @@ pub struct RemoteReply {
 #[derive(Default)]
 pub struct ShardQueue {
     pub items: RefCell<VecDeque<ShardRequest<ReplyTo>>>,
+    /// Notified on every request.
     pub notify: Notify,
+    /// Notified on every request that is not a write: what the shard loop waits for while a
+    /// batch commits (it answers reads meanwhile; writes wait for the next round anyway, so
+    /// waking the loop for each of them only cost CPU).
+    pub read_arrived: Notify,
 }
 
 impl ShardQueue {
     pub fn push(&self, request: ShardRequest<ReplyTo>) {
+        let write = matches!(request.op, ShardOp::Write(_));
         self.items.borrow_mut().push_back(request);
         self.notify.notify();
+        if !write {
+            self.read_arrived.notify();
+        }
     }
 }
 

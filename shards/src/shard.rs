@@ -224,8 +224,8 @@ impl ReadsMeanwhile {
             "the queue only grows while a batch commits"
         );
         let mut answerable = Vec::new();
-        for at in self.scanned..queue.len() {
-            let request = &queue[at];
+        let scanned = self.scanned;
+        for (at, request) in queue.iter().enumerate().skip(scanned) {
             if !self.waits(&request.op, request.origin) {
                 answerable.push(at);
             }
@@ -536,12 +536,15 @@ impl<D: LogDisk + Clone> ShardCore<D> {
             }
             encoder.push(command);
             writers.push(request.reply);
-            if request.origin != NO_ORIGIN && !origins.contains(&request.origin) {
+            // Sorted and made unique once the batch is formed: a lookup per write cost a
+            // scan of every origin so far.
+            if request.origin != NO_ORIGIN && origins.last() != Some(&request.origin) {
                 origins.push(request.origin);
             }
         }
         leftover.extend(requests);
         origins.sort_unstable();
+        origins.dedup();
         let batch = (!writers.is_empty()).then_some(Batch {
             encoder,
             writers,
