@@ -60,6 +60,11 @@ pub async fn write<B: AsRef<[u8]> + 'static>(
     let (synced, _) = fsync.await;
     // The first failure is the cause: a sync after a failed write reports ECANCELED.
     let written = io_result(written)?;
+    if written < len as usize {
+        // A short write breaks the link too (the sync is cancelled): the caller reports
+        // the short write (a direct write stops short only when the disk is full).
+        return Ok(written);
+    }
     io_result(synced)?;
     SYNCED_WRITES.with(|count| count.set(count.get() + 1));
     Ok(written)
