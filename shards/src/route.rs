@@ -225,38 +225,42 @@ impl CoreContext {
     /// Like `reply`, without waiting: a reply to another core whose channel is full goes in
     /// a task of its own.
     pub fn reply_now(self: &Rc<Self>, to: ReplyTo, reply: ShardReply) {
-        match to {
-            ReplyTo::Local(target) => target.deliver(reply),
-            ReplyTo::Remote { core, token } => {
-                let sender = self.reply_senders[core]
-                    .as_ref()
-                    .expect("a sender to every other core");
-                if let Err(reply) = sender.try_send(RemoteReply { token, reply }) {
-                    let ctx = Rc::clone(self);
-                    crate::runtime::spawn_local(async move {
-                        ctx.reply(ReplyTo::Remote { core, token }, reply.reply)
-                            .await;
-                    })
-                    .detach();
-                }
-            }
+        let (core, token) = match to {
+            ReplyTo::Local(target) => return target.deliver(reply),
+            ReplyTo::Remote { core, token } => (core, token),
+        };
+        if let Err(back) = self
+            .reply_sender(core)
+            .try_send(RemoteReply { token, reply })
+        {
+            let ctx = Rc::clone(self);
+            crate::runtime::spawn_local(async move {
+                ctx.reply(ReplyTo::Remote { core, token }, back.reply).await;
+            })
+            .detach();
         }
     }
 
     /// Sends a reply produced by this core's shard to where it belongs.
     pub async fn reply(&self, to: ReplyTo, reply: ShardReply) {
-        match to {
-            ReplyTo::Local(target) => target.deliver(reply),
-            ReplyTo::Remote { core, token } => {
-                let sender = self.reply_senders[core]
-                    .as_ref()
-                    .expect("a sender to every other core");
-                // A full channel makes this wait for room: replies are never dropped.
-                if sender.send(RemoteReply { token, reply }).await.is_err() {
-                    tracing::warn!(core, "reply to a core that has stopped");
-                }
-            }
+        let (core, token) = match to {
+            ReplyTo::Local(target) => return target.deliver(reply),
+            ReplyTo::Remote { core, token } => (core, token),
+        };
+        // A full channel makes this wait for room: replies are never dropped.
+        let sent = self
+            .reply_sender(core)
+            .send(RemoteReply { token, reply })
+            .await;
+        if sent.is_err() {
+            tracing::warn!(core, "reply to a core that has stopped");
         }
+    }
+
+    fn reply_sender(&self, core: usize) -> &Sender<RemoteReply> {
+        self.reply_senders[core]
+            .as_ref()
+            .expect("a sender to every other core")
     }
 }
 
