@@ -592,8 +592,9 @@ impl<D: LogDisk + Clone> ShardCore<D> {
     }
 
     /// Takes a round and commits its batch: [`ShardCore::take`] then [`ShardCore::commit`],
-    /// for callers that need not answer reads meanwhile.
-    pub async fn process<R>(&mut self, requests: Vec<ShardRequest<R>>) -> Round<R> {
+    /// as the tests drive a shard (the shard loop answers reads meanwhile instead).
+    #[cfg(test)]
+    async fn process<R>(&mut self, requests: Vec<ShardRequest<R>>) -> Round<R> {
         let mut round = self.take(requests);
         if let Some(batch) = round.batch.take() {
             let written = self.commit(batch).await;
