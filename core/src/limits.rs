@@ -32,3 +32,7 @@ const _: () = assert!(BATCH_BYTES_MAX < RECORD_PAYLOAD_SIZE_MAX);
 const _: () = assert!(DOC_COMMAND_SIZE_MAX < RECORD_PAYLOAD_SIZE_MAX);
 const _: () = assert!(KEY_SIZE_MAX + 8 < TREE_KEY_SIZE_MAX);
 const _: () = assert!(GROUP_BYTES_MAX < u32::MAX as usize);
+/// Commit groups a shard's log may have in flight at once (written, not yet known durable).
+/// The next group's write starts while earlier ones sync; replies still go out in log order.
+/// Recorded in each segment's header, since recovery depends on it (see `log`).
+pub const GROUPS_IN_FLIGHT_MAX: u32 = 4;

@@ -20,6 +20,7 @@ pub mod locks;
 pub mod log_io;
 pub mod node;
 pub mod peer;
+pub mod pending;
 pub mod raft_logger;
 pub mod resp_server;
 pub mod route;

@@ -18,9 +18,11 @@ use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::time::Instant;
 
 use anyhow::{bail, Context as _};
+use kvs_core::log::GroupWritten;
 use kvs_core::store::page::PAGE_SIZE;
 use kvs_core::store::{PagedStore, StoreConfig};
 
@@ -29,11 +31,12 @@ use crate::locks::LockTable;
 use crate::log_io::{DmaDisk, DmaLogFile};
 use crate::route::{CoreContext, RemoteReply, RemoteRequest, ReplyTo, ShardQueue};
 use crate::runtime::{
-    cross_core_channel, spawn_executor, spawn_local, wait, Receiver, Sender, TcpListener, TcpStream,
+    cross_core_channel, spawn_executor, spawn_local, wait, JoinHandle, Receiver, Sender,
+    TcpListener, TcpStream,
 };
 use crate::server::serve_connection;
 use crate::shard::{
-    read_from, try_read_from, Origin, ReadsMeanwhile, ShardCore, ShardOp, ShardReply, ShardRequest,
+    read_from, Output, ReadsMeanwhile, ShardCore, ShardOp, ShardReply, ShardRequest,
 };
 use crate::spread::{ConnectionCounts, ConnectionSlot};
 
@@ -424,6 +427,7 @@ async fn core_main(setup: CoreSetup) {
                 wait(RAFT_TICK).await;
                 tick_due.set(true);
                 ctx.queue.notify.notify();
+                ctx.queue.read_arrived.notify();
             }
         })
         .detach();
@@ -462,7 +466,7 @@ async fn core_main(setup: CoreSetup) {
     tracing::info!(core, "shard stopped");
 }
 
-async fn open_shard(setup: &CoreSetup) -> Result<ShardCore<DmaDisk>, String> {
+async fn open_shard(setup: &CoreSetup) -> Result<ShardCore<DmaDisk, ReplyTo>, String> {
     let disk = DmaDisk::new(&setup.shard_dir)
         .map_err(|e| format!("cannot create {}: {e}", setup.shard_dir.display()))?;
     let started = std::time::Instant::now();
@@ -583,78 +587,131 @@ async fn accept_loop(
     }
 }
 
-/// Drives the shard: each round takes every queued request (group commit), then replies.
+/// Drives the shard (see `shard`): an event loop over arriving requests, completed group
+/// writes and Raft ticks, with no step that waits for the disk. Each pass begins Raft's ready
+/// work while the log has room (the group's write and fdatasync run as a task; the committed
+/// entries are applied and their writers answered), then takes the queued requests: all of
+/// them while the log has room for another group, else only the reads that need not wait.
 async fn shard_loop(
     ctx: &Rc<CoreContext>,
-    mut shard: ShardCore<DmaDisk>,
+    mut shard: ShardCore<DmaDisk, ReplyTo>,
     tick_due: &Cell<bool>,
     current_store: &RefCell<Rc<Store>>,
     failed: &Cell<bool>,
 ) {
     let mut last_reopen = Instant::now();
     let mut locks: LockTable<ReplyTo> = LockTable::default();
+    // Group writes in flight, oldest first: reported to the shard in this order.
+    let mut in_flight: VecDeque<JoinHandle<GroupWritten>> = VecDeque::new();
+    let mut meanwhile: Option<ReadsMeanwhile> = None;
     loop {
         if tick_due.replace(false) {
             shard.tick();
-            shard.handle_ready().await;
             shard.trim_log().await;
-            failed.set(shard.failed());
-            if shard.failed() && last_reopen.elapsed() >= REOPEN_INTERVAL {
+            if shard.failed() && in_flight.is_empty() && last_reopen.elapsed() >= REOPEN_INTERVAL {
                 last_reopen = Instant::now();
                 if shard.try_reopen().await {
                     *current_store.borrow_mut() = Rc::clone(shard.store());
-                    failed.set(false);
                 }
             }
         }
-        let requests: Vec<_> = ctx.queue.items.borrow_mut().drain(..).collect();
-        if requests.is_empty() {
-            if ctx.stopping.get() && ctx.connection_counts.open() == 0 {
+        // Groups already written, in log order (a busy loop must not wait to see them).
+        while let Some(oldest) = in_flight.front_mut() {
+            let Some(written) = futures_lite::future::poll_once(oldest).await else {
                 break;
+            };
+            in_flight.pop_front();
+            group_written(ctx, current_store, &mut shard, &mut in_flight, written).await;
+        }
+        while shard.can_begin_ready() {
+            let (write, begun) = shard.begin_ready().await;
+            if let Some(write) = write {
+                in_flight.push_back(spawn_local(write.write()));
             }
-            let woken = ctx.queue.notify.notified();
-            if ctx.queue.items.borrow().is_empty() && !tick_due.get() {
-                if ctx.stopping.get() {
-                    // Other cores' connections may still send work: look again shortly.
-                    futures_lite::future::or(woken, wait(STOP_POLL)).await;
-                } else {
-                    woken.await;
+            deliver(ctx, current_store, begun).await;
+            let applied = shard.apply_committed().await;
+            deliver(ctx, current_store, applied).await;
+        }
+        failed.set(shard.failed());
+        let takes_writes = shard.takes_writes();
+        let requests: Vec<_> = if takes_writes {
+            meanwhile = None;
+            ctx.queue.items.borrow_mut().drain(..).collect()
+        } else {
+            meanwhile
+                .get_or_insert_with(ReadsMeanwhile::default)
+                .take(&mut ctx.queue.items.borrow_mut())
+        };
+        if !requests.is_empty() {
+            let requests = handle_locks(ctx, &mut locks, requests);
+            let mut round = shard.take(requests);
+            if !round.leftover.is_empty() {
+                let mut items = ctx.queue.items.borrow_mut();
+                for request in round.leftover.drain(..).rev() {
+                    items.push_front(request);
                 }
             }
-            continue;
-        }
-        let requests = handle_locks(ctx, &mut locks, requests);
-        let round = shard.take(requests);
-        failed.set(shard.failed());
-        if !round.leftover.is_empty() {
-            let mut items = ctx.queue.items.borrow_mut();
-            for request in round.leftover.into_iter().rev() {
-                items.push_front(request);
+            let refused = round.batch.take().map(|batch| shard.propose(batch));
+            deliver(
+                ctx,
+                current_store,
+                Output {
+                    replies: round.replies,
+                    deferred: round.deferred,
+                },
+            )
+            .await;
+            if let Some(refused) = refused {
+                deliver(ctx, current_store, refused).await;
             }
-        }
-        // Reads that need the disk wait for their pages in tasks of their own, so the shard
-        // goes on meanwhile.
-        for request in round.deferred {
-            read_in_task(ctx, &current_store.borrow(), request);
-        }
-        for (to, reply) in round.replies {
-            ctx.reply(to, reply).await;
-        }
-        let Some(batch) = round.batch else {
             continue;
+        }
+        if ctx.stopping.get()
+            && ctx.connection_counts.open() == 0
+            && in_flight.is_empty()
+            && shard.is_idle()
+            && ctx.queue.items.borrow().is_empty()
+        {
+            break;
+        }
+        // Wait for a request (only a read while writes wait for room), a group's write, or a
+        // tick.
+        let arrived = if takes_writes {
+            ctx.queue.notify.notified()
+        } else {
+            ctx.queue.read_arrived.notified()
         };
-        // While the batch is made durable and applied, the reads that arrive are answered
-        // (those whose connection has no write in flight).
-        let committing = batch.origins().to_vec();
-        let store = Rc::clone(&current_store.borrow());
-        let written = futures_lite::future::or(shard.commit(batch), async {
-            answer_reads_meanwhile(ctx, &store, &committing).await;
-            unreachable!("answering reads goes on until the commit is done")
-        })
-        .await;
-        failed.set(shard.failed());
-        for (to, reply) in written {
-            ctx.reply(to, reply).await;
+        let idle = if takes_writes {
+            ctx.queue.items.borrow().is_empty()
+        } else {
+            !meanwhile
+                .as_ref()
+                .is_some_and(|m| m.has_unscanned(&ctx.queue.items.borrow()))
+        };
+        if !idle || tick_due.get() {
+            continue;
+        }
+        let written = match in_flight.front_mut() {
+            Some(oldest) => {
+                let request = async {
+                    arrived.await;
+                    None
+                };
+                futures_lite::future::or(async { Some(oldest.await) }, request).await
+            }
+            None if ctx.stopping.get() => {
+                // Other cores' connections may still send work: look again shortly.
+                futures_lite::future::or(arrived, wait(STOP_POLL)).await;
+                None
+            }
+            None => {
+                arrived.await;
+                None
+            }
+        };
+        if let Some(written) = written {
+            in_flight.pop_front();
+            group_written(ctx, current_store, &mut shard, &mut in_flight, written).await;
         }
     }
     // A checkpoint on the way out makes the next start-up quick.
@@ -667,6 +724,39 @@ async fn shard_loop(
             Ok(_) => shard.trim_log().await,
             Err(error) => tracing::warn!(core = ctx.core, %error, "final checkpoint failed"),
         }
+    }
+}
+
+/// Reports the oldest group's write to the shard. If the write path failed, the failed
+/// peer's later groups are waited for (their outcome no longer matters) before the shard may
+/// reopen its log.
+async fn group_written(
+    ctx: &Rc<CoreContext>,
+    current_store: &RefCell<Rc<Store>>,
+    shard: &mut ShardCore<DmaDisk, ReplyTo>,
+    in_flight: &mut VecDeque<JoinHandle<GroupWritten>>,
+    written: GroupWritten,
+) {
+    let out = shard.group_written(written);
+    deliver(ctx, current_store, out).await;
+    if shard.failed() {
+        while let Some(oldest) = in_flight.pop_front() {
+            let _ = oldest.await;
+        }
+    }
+}
+
+/// Sends a step's replies, and starts its deferred reads in tasks of their own.
+async fn deliver(
+    ctx: &Rc<CoreContext>,
+    current_store: &RefCell<Rc<Store>>,
+    output: Output<ReplyTo>,
+) {
+    for request in output.deferred {
+        read_in_task(ctx, &current_store.borrow(), request);
+    }
+    for (to, reply) in output.replies {
+        ctx.reply(to, reply).await;
     }
 }
 
@@ -710,28 +800,6 @@ fn read_in_task(ctx: &Rc<CoreContext>, store: &Rc<Store>, request: ShardRequest<
         ctx.reply(request.reply, reply).await;
     })
     .detach();
-}
-
-/// Answers, as they arrive, the queued reads that need not wait for the batch whose writers'
-/// origins are `committing` (see `shard::ReadsMeanwhile`). Never returns: the shard loop
-/// drops it once the batch is applied. A read is answered only between two commands of the
-/// batch's apply, never in the middle of one (a multi-key write is never seen half done).
-async fn answer_reads_meanwhile(ctx: &Rc<CoreContext>, store: &Rc<Store>, committing: &[Origin]) {
-    let mut meanwhile = ReadsMeanwhile::new(committing);
-    loop {
-        let woken = ctx.queue.read_arrived.notified();
-        if !store.is_applying_command() {
-            let reads = meanwhile.take(&mut ctx.queue.items.borrow_mut());
-            for request in reads {
-                match try_read_from(store, &request.op) {
-                    // Delivered without waiting: this future may be dropped at any await.
-                    Some(reply) => ctx.reply_now(request.reply, reply),
-                    None => read_in_task(ctx, store, request),
-                }
-            }
-        }
-        woken.await;
-    }
 }
 
 /// Checkpoints the shard's store in the background: when dirty pages fill half the cache,

@@ -2,19 +2,29 @@
 //! log), and the paged store the log is applied to.
 //!
 //! The peer is sans-runtime: it is generic over the disk ([`LogDisk`]) and knows nothing of
-//! executors, sockets or clocks. The shard loop drives it: `propose` a batch, then
-//! `handle_ready` persists the new entries (one commit group: one write, one fdatasync),
-//! advances Raft and applies what is committed. A write is acknowledged only from the
-//! [`Applied`] results `handle_ready` returns, that is after it is durable and applied.
+//! executors, sockets or clocks. Raft's ready work is pipelined (raft-rs's asynchronous
+//! ready): [`Peer::begin_ready`] takes a `Ready`, appends its entries to Raft's in-memory
+//! storage, and hands back the log group that persists them ([`GroupWrite`]) together with the
+//! entries already committed, to apply; the caller runs the write (as a task, say) while it
+//! applies and begins further readies, and reports each write back in log order
+//! ([`Peer::group_written`]), which tells Raft the entries are persisted. On a single voter an
+//! entry commits once it is persisted; in a cluster, once a majority has it. Raft hands out an
+//! entry to apply only once it is both committed and persisted here, so the applied state
+//! holds only durable entries, and writes are acknowledged from apply.
+//!
+//! A hard state is written only when its term or vote changes (with the entries of the same
+//! ready): a commit index alone is recoverable from the log and the leader, so it rides along
+//! with the next term or vote change rather than costing a group of its own.
 //!
 //! Start-up: the store loads its newest checkpoint (log index C); Raft's storage starts from
 //! a snapshot at C, and only the log after C is applied. Once a newer checkpoint is durable,
 //! the log segments it covers are deleted: the checkpoint is the Raft log's compaction point.
 
+use std::collections::VecDeque;
 use std::rc::Rc;
 
 use kvs_core::log::format::{Record, RecordKind};
-use kvs_core::log::{Log, LogDisk, LogError, LogStats};
+use kvs_core::log::{GroupWrite, GroupWritten, Log, LogDisk, LogError, LogStats};
 use kvs_core::state::CommandResult;
 use kvs_core::store::{PagedStore, StoreConfig, StoreError};
 use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Snapshot};
@@ -68,6 +78,26 @@ pub struct Peer<D: LogDisk> {
     /// Once leader, the index of its first entry: the shard serves when that is applied, so a
     /// restarted shard answers nothing before its whole log is applied.
     serving_from: Option<u64>,
+    /// Readies advanced but not yet known persisted, oldest first.
+    unpersisted: VecDeque<Unpersisted>,
+    /// The term and vote last written to the log.
+    written_term_vote: (u64, u64),
+}
+
+/// A ready handed to the log: its number, and the sequence of the group persisting it (None
+/// when it had nothing to persist; it counts as persisted once every ready before it is).
+#[derive(Debug)]
+struct Unpersisted {
+    number: u64,
+    group: Option<u64>,
+    written: bool,
+}
+
+/// The work of one begun ready: the log group to run, if it has anything to persist, and the
+/// committed entries to apply (with [`Peer::apply`]), in order, before those of later readies.
+pub struct ReadyWork<F: kvs_core::log::LogFile> {
+    pub write: Option<GroupWrite<F>>,
+    pub committed: Vec<Entry>,
 }
 
 fn entry_type_byte(entry_type: EntryType) -> u8 {
@@ -181,7 +211,7 @@ impl<D: LogDisk> Peer<D> {
                 core.apply_snapshot(snapshot)?;
             }
             core.append(&entries)?;
-            core.set_hardstate(hard_state);
+            core.set_hardstate(hard_state.clone());
         }
         drop(entries);
         let config = Config {
@@ -196,6 +226,7 @@ impl<D: LogDisk> Peer<D> {
             ..Config::default()
         };
         config.validate()?;
+        let written_term_vote = (hard_state.term, hard_state.vote);
         let mut node = RawNode::new(&config, storage, &raft_logger(shard))?;
         node.campaign()?;
         Ok(Peer {
@@ -204,6 +235,8 @@ impl<D: LogDisk> Peer<D> {
             store,
             log_trimmed_through: checkpoint,
             serving_from: None,
+            unpersisted: VecDeque::new(),
+            written_term_vote,
         })
     }
 
@@ -217,13 +250,16 @@ impl<D: LogDisk> Peer<D> {
         self.node.raft.state == StateRole::Leader
     }
 
-    /// Proposes a batch entry; returns its index. Only a leader proposes.
-    pub fn propose(&mut self, batch: Vec<u8>) -> Result<u64, PeerError> {
+    /// Proposes a batch entry; returns its index and term. Only a leader proposes.
+    pub fn propose(&mut self, batch: Vec<u8>) -> Result<(u64, u64), PeerError> {
         if !self.is_leader() {
             return Err(PeerError::NotLeader);
         }
+        let last_before = self.node.raft.raft_log.last_index();
         self.node.propose(Vec::new(), batch)?;
-        Ok(self.node.raft.raft_log.last_index())
+        let index = self.node.raft.raft_log.last_index();
+        assert_eq!(index, last_before + 1, "a proposal is one entry");
+        Ok((index, self.node.raft.term))
     }
 
     pub fn tick(&mut self) {
@@ -245,45 +281,133 @@ impl<D: LogDisk> Peer<D> {
         }
     }
 
-    /// Persists, advances and applies until Raft has nothing more ready. Returns the results
-    /// of the applied entries that carried commands.
-    pub async fn handle_ready(&mut self) -> Result<Vec<Applied>, PeerError> {
-        let mut applied = Vec::new();
-        while self.node.has_ready() {
-            let mut ready = self.node.ready();
-            // Entries committed before this Ready were persisted earlier: apply them first.
-            self.apply(ready.take_committed_entries(), &mut applied)
-                .await?;
-            let entries = ready.take_entries();
-            let hard_state = ready.hs().cloned();
-            self.persist(&entries, hard_state.as_ref()).await?;
-            if !entries.is_empty() {
-                self.node.mut_store().wl().append(&entries)?;
-            }
-            if let Some(hard_state) = hard_state {
-                self.node.mut_store().wl().set_hardstate(hard_state);
-            }
-            let mut light = self.node.advance(ready);
-            if let Some(commit) = light.commit_index() {
-                self.node.mut_store().wl().mut_hard_state().commit = commit;
-            }
-            self.apply(light.take_committed_entries(), &mut applied)
-                .await?;
-            self.node.advance_apply();
+    /// Whether a ready may be begun now: Raft has one, and the log has room for its group.
+    pub fn can_begin_ready(&self) -> bool {
+        self.node.has_ready() && self.log.has_room_for_group()
+    }
+
+    /// Whether the log has room for another group in flight (so a proposal made now is
+    /// persisted without waiting for earlier groups).
+    pub fn has_room_for_group(&self) -> bool {
+        self.log.has_room_for_group()
+    }
+
+    /// Groups written and not yet reported.
+    pub fn groups_in_flight(&self) -> usize {
+        self.log.groups_in_flight()
+    }
+
+    /// Begins Raft's next ready (see the module documentation). Call when
+    /// [`Peer::can_begin_ready`]; a full log segment is rolled over first.
+    pub async fn begin_ready(&mut self) -> Result<ReadyWork<D::File>, PeerError> {
+        assert!(self.can_begin_ready(), "a ready begun without room for it");
+        self.log.make_room().await?;
+        let mut ready = self.node.ready();
+        if !ready.snapshot().is_empty() {
+            // A single voter never receives a snapshot; a cluster's followers will.
+            return Err(PeerError::Apply {
+                index: ready.snapshot().get_metadata().index,
+                detail: "a Raft snapshot arrived, which this node cannot install yet".into(),
+            });
         }
+        let committed = ready.take_committed_entries();
+        let entries = ready.take_entries();
+        let hard_state = ready.hs().cloned();
+        let term_vote = hard_state
+            .as_ref()
+            .map(|hs| (hs.term, hs.vote))
+            .filter(|&tv| tv != self.written_term_vote);
+        let write = self.persist(
+            &entries,
+            hard_state.as_ref().filter(|_| term_vote.is_some()),
+        )?;
+        if !entries.is_empty() {
+            self.node.mut_store().wl().append(&entries)?;
+        }
+        if let Some(hard_state) = hard_state {
+            self.node.mut_store().wl().set_hardstate(hard_state);
+        }
+        if let Some((term, vote)) = term_vote {
+            self.written_term_vote = (term, vote);
+            self.store.set_raft_state(term, vote);
+        }
+        let number = ready.number();
+        self.node.advance_append_async(ready);
+        self.unpersisted.push_back(Unpersisted {
+            number,
+            group: write.as_ref().map(GroupWrite::sequence),
+            written: false,
+        });
+        self.settle();
         if self.serving_from.is_none() && self.is_leader() {
             self.serving_from = Some(self.node.raft.raft_log.last_index());
         }
-        self.compact()?;
+        Ok(ReadyWork { write, committed })
+    }
+
+    /// Takes the outcome of the oldest group in flight. Ok: its ready, and every one before
+    /// it, is persisted, which Raft learns here (on a single voter, its entries commit).
+    pub fn group_written(&mut self, written: GroupWritten) -> Result<(), PeerError> {
+        let sequence = written.sequence;
+        self.log.group_written(written)?;
+        let ready = self
+            .unpersisted
+            .iter_mut()
+            .find(|u| u.group.is_some_and(|g| g == sequence))
+            .expect("a written group belongs to a ready");
+        ready.written = true;
+        self.settle();
+        Ok(())
+    }
+
+    /// Tells Raft which readies are persisted: those at the front of the queue that were
+    /// written or had nothing to write.
+    fn settle(&mut self) {
+        let mut persisted = None;
+        while let Some(front) = self.unpersisted.front() {
+            if front.group.is_some() && !front.written {
+                break;
+            }
+            persisted = Some(front.number);
+            self.unpersisted.pop_front();
+        }
+        if let Some(number) = persisted {
+            self.node.on_persist_ready(number);
+        }
+    }
+
+    /// Persists, advances and applies until Raft has nothing more ready, one group at a time
+    /// (start-up, ticks and tests; the shard loop pipelines instead). Returns the results of
+    /// the applied entries that carried commands.
+    pub async fn handle_ready(&mut self) -> Result<Vec<Applied>, PeerError> {
+        assert_eq!(
+            self.groups_in_flight(),
+            0,
+            "handle_ready with groups in flight"
+        );
+        let mut applied = Vec::new();
+        while self.node.has_ready() {
+            let work = self.begin_ready().await?;
+            if let Some(write) = work.write {
+                let written = write.write().await;
+                self.group_written(written)?;
+            }
+            for entry in work.committed {
+                if let Some(done) = self.apply(entry).await? {
+                    applied.push(done);
+                }
+            }
+        }
         Ok(applied)
     }
 
-    /// Writes the entries and hard state of one Ready as one commit group.
-    async fn persist(
+    /// Begins the log group for the entries and hard state of one ready (None: nothing to
+    /// persist).
+    fn persist(
         &mut self,
         entries: &[Entry],
         hard_state: Option<&HardState>,
-    ) -> Result<(), PeerError> {
+    ) -> Result<Option<GroupWrite<D::File>>, PeerError> {
         let vote_bytes = hard_state.map(|hs| hs.vote.to_le_bytes());
         let mut records: Vec<Record<'_>> = entries
             .iter()
@@ -305,37 +429,49 @@ impl<D: LogDisk> Peer<D> {
             });
         }
         let before = self.log.stats().size_bytes;
-        self.log.append(&records).await?;
+        let write = self.log.begin_append(&records)?;
         self.store
             .note_log_appended(self.log.stats().size_bytes.saturating_sub(before));
-        if let Some(hs) = hard_state {
-            self.store.set_raft_state(hs.term, hs.vote);
-        }
-        Ok(())
+        Ok(write)
     }
 
-    async fn apply(
-        &mut self,
-        entries: Vec<Entry>,
-        applied: &mut Vec<Applied>,
-    ) -> Result<(), PeerError> {
-        for entry in entries {
-            if entry.get_entry_type() != EntryType::EntryNormal || entry.data.is_empty() {
-                // Leader no-ops (and, later, configuration changes) carry no commands.
-                self.store.skip(entry.index, entry.term);
-                continue;
-            }
+    /// Applies one committed entry; returns its results if it carried commands. Entries are
+    /// applied in index order, each only once it is committed and persisted here.
+    pub async fn apply(&mut self, entry: Entry) -> Result<Option<Applied>, PeerError> {
+        let raft_log = &self.node.raft.raft_log;
+        assert_eq!(
+            entry.index,
+            self.store.applied_index() + 1,
+            "entries are applied in order, each once"
+        );
+        // applied <= persisted <= last index, and applied <= committed.
+        assert!(
+            entry.index <= raft_log.persisted
+                && raft_log.persisted <= raft_log.last_index()
+                && entry.index <= raft_log.committed,
+            "entry {} applied before it is persisted ({}) and committed ({})",
+            entry.index,
+            raft_log.persisted,
+            raft_log.committed
+        );
+        let done = if entry.get_entry_type() != EntryType::EntryNormal || entry.data.is_empty() {
+            // Leader no-ops (and, later, configuration changes) carry no commands.
+            self.store.skip(entry.index, entry.term);
+            None
+        } else {
             let results = self
                 .store
                 .apply(entry.index, entry.term, &entry.data)
                 .await?;
-            applied.push(Applied {
+            Some(Applied {
                 index: entry.index,
                 term: entry.term,
                 results,
-            });
-        }
-        Ok(())
+            })
+        };
+        self.node.advance_apply_to(entry.index);
+        self.compact()?;
+        Ok(done)
     }
 
     /// Drops applied entries from Raft's in-memory log (a group of one has no follower to

@@ -3,35 +3,45 @@
 //! [`ShardCore::take`] takes every request that queued up since the last round. Reads are
 //! answered at once from the applied state, which holds only durable entries; the writes go
 //! into one batch entry (group commit: one proposal, one commit group, one fdatasync), which
-//! [`ShardCore::commit`] makes durable and applies before answering its writers. While a
-//! batch commits, the shard loop keeps answering the reads that arrive
-//! ([`ReadsMeanwhile`]). It is sans-runtime; `node` runs it on an executor of `runtime`.
+//! [`ShardCore::propose`] hands to Raft and records in the table of pending proposals
+//! (`pending`). The shard loop then begins Raft's ready ([`ShardCore::begin_ready`]): the
+//! log group is written in a task of its own while the shard goes on taking requests, up to
+//! `GROUPS_IN_FLIGHT_MAX` groups at once. As groups are reported durable, in log order
+//! ([`ShardCore::group_written`]), their entries commit and are applied
+//! ([`ShardCore::apply_committed`]), and the writers are answered from apply, in log order.
+//! While the log has no room for another group, the loop takes only reads
+//! ([`ReadsMeanwhile`]); the writes queue up into the next, larger batch. It is sans-runtime;
+//! `node` runs it on an executor of `runtime`.
 //!
 //! Order: requests of one origin (a client connection) take effect in the order sent, as
-//! with Redis. A read whose origin has a write in the batch being formed ends the batch: it
-//! and everything after it wait for the next round, so the read sees exactly the writes its
-//! connection sent before it. Reads of other origins never wait for a batch: its writes are
-//! not acknowledged yet, so they are concurrent with those reads, which may see the state
-//! before them.
+//! with Redis. A read whose origin has a write not yet applied is attached to the entry with
+//! that origin's newest write and answered right after it is applied, before the next entry
+//! is; a write of an origin with a read waiting on the batch being formed starts the next
+//! batch. So a read sees exactly the writes its connection sent before it. Reads of other
+//! origins never wait for a batch: its writes are not acknowledged yet, so they are
+//! concurrent with those reads, which may see the state before them.
 //!
 //! A read the buffer pool can answer is answered in the round. A read that needs the disk is
 //! handed back as *deferred*: the caller runs it in a task of its own ([`read_from`]), so it
 //! waits for its pages while the shard goes on with other rounds.
 //!
 //! A shard whose log or page file failed refuses writes (DISK_FULL, IO_ERROR) and keeps
-//! serving reads; [`ShardCore::try_reopen`] then reopens it from disk, as a restart would,
-//! and it takes writes again once the disk works (space was freed, say).
+//! serving reads; its pending writers learn the outcome is unknown. [`ShardCore::try_reopen`]
+//! then reopens it from disk, as a restart would, and it takes writes again once the disk
+//! works (space was freed, say).
 
 use futures_util::future::join_all;
 use kvs_core::command::{BatchEncoder, Command};
 use kvs_core::limits::{BATCH_BYTES_MAX, BATCH_COMMANDS_MAX};
-use kvs_core::log::{LogDisk, LogError};
+use kvs_core::log::{GroupWrite, GroupWritten, LogDisk, LogError};
 use kvs_core::state::{CommandResult, Versioned};
 use kvs_core::store::{StoreConfig, StoreError};
 use kvs_wire::ErrorCode;
 use serde::Serialize;
 
 use crate::peer::{Peer, PeerError, PeerStatus};
+use crate::pending::{Pending, Proposal};
+use raft::eraftpb::Entry;
 
 /// Reads of one round in flight at once.
 pub const READS_IN_FLIGHT: usize = 128;
@@ -105,6 +115,8 @@ pub struct ShardInfo {
     pub log_syncs: u64,
     /// Commit-group fdatasyncs the ring saw complete: never fewer than the groups written.
     pub log_synced_writes_completed: u64,
+    /// Commit groups written and not yet known durable.
+    pub log_groups_in_flight: u64,
     pub writes_applied: u64,
     pub cache_pages: u64,
     pub hot_cache_hits: u64,
@@ -141,6 +153,8 @@ pub struct Batch<R> {
     writers: Vec<R>,
     /// The origins with a write in the batch, sorted, each once.
     origins: Vec<Origin>,
+    /// Reads of those origins that arrived after their writes: answered once it is applied.
+    reads: Vec<ShardRequest<R>>,
 }
 
 impl<R> Batch<R> {
@@ -173,15 +187,15 @@ pub fn try_read_from<F: kvs_core::log::LogFile>(
     }
 }
 
-/// Picks out of the shard's queue, while a batch is being made durable and applied, the
-/// reads that may be answered meanwhile: reads whose origin has no write in that batch
-/// (`committing`) and none earlier in the queue. Everything else stays in the queue, in order;
-/// INFO and lock requests wait for the shard. The queue only grows at its back while a batch
-/// commits, so each call looks only at the requests that arrived since the last one (a
-/// rescan of the whole queue on every arrival cost O(n^2) per commit: SET at pipeline 16 lost
-/// a quarter of its throughput).
+/// Picks out of the shard's queue, while the log has no room for another group (writes wait
+/// for the next batch), the reads that may be taken meanwhile: reads whose origin has no
+/// write earlier in the queue. They go to [`ShardCore::take`], which attaches those of
+/// origins with writes still pending. Everything else stays in the queue, in order; INFO and
+/// lock requests wait for the next round. The queue only grows at its back meanwhile, so each
+/// call looks only at the requests that arrived since the last one (a rescan of the whole
+/// queue on every arrival cost O(n^2): SET at pipeline 16 lost a quarter of its throughput).
+#[derive(Debug, Default)]
 pub struct ReadsMeanwhile {
-    committing: Vec<Origin>,
     /// Origins with a write in the part of the queue already looked at.
     writing: Vec<Origin>,
     /// How much of the queue was looked at: all of it waits.
@@ -189,14 +203,6 @@ pub struct ReadsMeanwhile {
 }
 
 impl ReadsMeanwhile {
-    pub fn new(committing: &[Origin]) -> ReadsMeanwhile {
-        ReadsMeanwhile {
-            committing: committing.to_vec(),
-            writing: Vec::new(),
-            scanned: 0,
-        }
-    }
-
     fn waits(&mut self, op: &ShardOp, origin: Origin) -> bool {
         match op {
             ShardOp::Write(_) => {
@@ -206,12 +212,13 @@ impl ReadsMeanwhile {
                 true
             }
             ShardOp::Info | ShardOp::Lock(_) | ShardOp::Unlock(_) => true,
-            _ => {
-                origin != NO_ORIGIN
-                    && (self.committing.binary_search(&origin).is_ok()
-                        || self.writing.contains(&origin))
-            }
+            _ => origin != NO_ORIGIN && self.writing.contains(&origin),
         }
+    }
+
+    /// Whether requests arrived in `queue` since the last look.
+    pub fn has_unscanned<R>(&self, queue: &std::collections::VecDeque<ShardRequest<R>>) -> bool {
+        queue.len() > self.scanned
     }
 
     /// Takes the reads that may be answered now out of `queue`.
@@ -221,7 +228,7 @@ impl ReadsMeanwhile {
     ) -> Vec<ShardRequest<R>> {
         assert!(
             self.scanned <= queue.len(),
-            "the queue only grows while a batch commits"
+            "the queue only grows while writes wait"
         );
         let mut answerable = Vec::new();
         let scanned = self.scanned;
@@ -301,8 +308,9 @@ pub struct ShardRequest<R> {
     pub origin: Origin,
 }
 
-/// A shard: its peer plus the bookkeeping of the request path.
-pub struct ShardCore<D: LogDisk + Clone> {
+/// A shard: its peer, the pending proposals, and the bookkeeping of the request path. `R`
+/// is where a reply goes.
+pub struct ShardCore<D: LogDisk + Clone, R> {
     shard: u32,
     disk: D,
     config: StoreConfig,
@@ -310,6 +318,37 @@ pub struct ShardCore<D: LogDisk + Clone> {
     /// Set when the log failed: the shard then refuses writes and keeps serving reads.
     failed: Option<(ErrorCode, String)>,
     writes_applied: u64,
+    pending: Pending<R>,
+    /// Committed entries handed out by the last begun ready, to apply next.
+    to_apply: Vec<Entry>,
+}
+
+/// Replies a step produced, and reads to answer in tasks of their own (they need the disk,
+/// and nothing orders them against what the shard does next).
+#[derive(Debug)]
+pub struct Output<R> {
+    pub replies: Vec<(R, ShardReply)>,
+    pub deferred: Vec<ShardRequest<R>>,
+}
+
+impl<R> Default for Output<R> {
+    fn default() -> Self {
+        Output {
+            replies: Vec::new(),
+            deferred: Vec::new(),
+        }
+    }
+}
+
+impl<R> Output<R> {
+    pub fn is_empty(&self) -> bool {
+        self.replies.is_empty() && self.deferred.is_empty()
+    }
+
+    fn extend(&mut self, other: Output<R>) {
+        self.replies.extend(other.replies);
+        self.deferred.extend(other.deferred);
+    }
 }
 
 fn store_error_code(error: &StoreError) -> ErrorCode {
@@ -346,9 +385,13 @@ fn commit_error_code(error: &PeerError) -> ErrorCode {
     }
 }
 
-impl<D: LogDisk + Clone> ShardCore<D> {
+impl<D: LogDisk + Clone, R> ShardCore<D, R> {
     /// Opens the shard's store and log, recovers, and applies the log after the checkpoint.
-    pub async fn open(disk: D, shard: u32, config: StoreConfig) -> Result<ShardCore<D>, PeerError> {
+    pub async fn open(
+        disk: D,
+        shard: u32,
+        config: StoreConfig,
+    ) -> Result<ShardCore<D, R>, PeerError> {
         let peer = Self::open_peer(disk.clone(), shard, config).await?;
         Ok(ShardCore {
             shard,
@@ -357,6 +400,8 @@ impl<D: LogDisk + Clone> ShardCore<D> {
             peer,
             failed: None,
             writes_applied: 0,
+            pending: Pending::default(),
+            to_apply: Vec::new(),
         })
     }
 
@@ -385,11 +430,16 @@ impl<D: LogDisk + Clone> ShardCore<D> {
 
     /// Reopens a failed shard from disk, as a restart would: what was acknowledged is in the
     /// log, and the in-memory state is rebuilt from the checkpoint and the log. Returns
-    /// whether the shard takes writes again; on failure it stays read-only.
+    /// whether the shard takes writes again; on failure it stays read-only. The caller waits
+    /// for the failed peer's group writes first.
     pub async fn try_reopen(&mut self) -> bool {
         if self.failed.is_none() {
             return true;
         }
+        assert!(
+            self.pending.is_empty(),
+            "a failed shard answered its proposals"
+        );
         // The old store's checkpoint must not write while the new store owns the file.
         self.peer.store().wait_idle().await;
         match Self::open_peer(self.disk.clone(), self.shard, self.config).await {
@@ -397,6 +447,7 @@ impl<D: LogDisk + Clone> ShardCore<D> {
                 tracing::info!(shard = self.shard, "shard reopened; it takes writes again");
                 self.peer = peer;
                 self.failed = None;
+                self.to_apply.clear();
                 true
             }
             Err(error) => {
@@ -458,6 +509,7 @@ impl<D: LogDisk + Clone> ShardCore<D> {
             log_records_written: status.log.records,
             log_syncs: status.log.syncs,
             log_synced_writes_completed: status.log.synced_writes_completed,
+            log_groups_in_flight: self.peer.groups_in_flight() as u64,
             writes_applied: self.writes_applied,
             cache_pages: store.cached_pages,
             hot_cache_hits: store.hot_hits,
@@ -479,9 +531,18 @@ impl<D: LogDisk + Clone> ShardCore<D> {
         }
     }
 
+    /// Whether a write proposed now would be persisted at once: the log has room for another
+    /// group in flight (or the shard failed, and writes are refused at once anyway). When it
+    /// has not, the caller takes only reads (see [`ReadsMeanwhile`]), and the writes queue up
+    /// into the next batch.
+    pub fn takes_writes(&self) -> bool {
+        self.failed.is_some() || self.peer.has_room_for_group()
+    }
+
     /// Takes one round of requests (see the module documentation): answers the reads it
-    /// can, defers those that need the disk, and gathers the writes into a batch.
-    pub fn take<R>(&mut self, requests: Vec<ShardRequest<R>>) -> Round<R> {
+    /// can, defers those that need the disk, attaches to pending entries the reads that must
+    /// see them, and gathers the writes into a batch.
+    pub fn take(&mut self, requests: Vec<ShardRequest<R>>) -> Round<R> {
         let mut replies = Vec::with_capacity(requests.len());
         let mut requests = requests.into_iter();
         let mut writers: Vec<R> = Vec::new();
@@ -489,6 +550,7 @@ impl<D: LogDisk + Clone> ShardCore<D> {
         let mut encoder = BatchEncoder::new();
         let mut leftover = Vec::new();
         let mut deferred = Vec::new();
+        let mut reads: Vec<ShardRequest<R>> = Vec::new();
         for request in requests.by_ref() {
             if request.op.is_lock() {
                 let message = "a lock request reached the store, not the lock table";
@@ -500,10 +562,14 @@ impl<D: LogDisk + Clone> ShardCore<D> {
             }
             let ShardOp::Write(command) = &request.op else {
                 if request.origin != NO_ORIGIN && origins.contains(&request.origin) {
-                    // It must see its connection's write in this batch, and not the writes
-                    // sent after it: it waits for the next round, and so does the rest.
-                    leftover.push(request);
-                    break;
+                    // It must see its connection's write in this batch: answered once the
+                    // batch is applied.
+                    reads.push(request);
+                    continue;
+                }
+                if let Some(index) = self.pending.newest_unapplied(request.origin) {
+                    self.pending.attach(index, request);
+                    continue;
                 }
                 match self.try_read(&request.op) {
                     Some(reply) => replies.push((request.reply, reply)),
@@ -530,7 +596,10 @@ impl<D: LogDisk + Clone> ShardCore<D> {
             let full = encoder.count() as usize >= BATCH_COMMANDS_MAX
                 || encoder.count() > 0
                     && encoder.len_bytes() + command.encoded_len() > BATCH_BYTES_MAX;
-            if full {
+            // A read of its connection waits for this batch: the write must not be in it.
+            let after_own_read = request.origin != NO_ORIGIN
+                && reads.iter().any(|read| read.origin == request.origin);
+            if full || after_own_read {
                 leftover.push(request);
                 break;
             }
@@ -549,6 +618,7 @@ impl<D: LogDisk + Clone> ShardCore<D> {
             encoder,
             writers,
             origins,
+            reads,
         });
         Round {
             replies,
@@ -558,387 +628,202 @@ impl<D: LogDisk + Clone> ShardCore<D> {
         }
     }
 
-    /// Makes a batch durable and applies it; returns its writers' replies.
-    pub async fn commit<R>(&mut self, batch: Batch<R>) -> Vec<(R, ShardReply)> {
+    /// Proposes a batch as one entry. Its writers are answered when it is applied
+    /// ([`ShardCore::apply_committed`]); what this returns are the answers of a proposal
+    /// that surely failed (not the leader, say).
+    pub fn propose(&mut self, batch: Batch<R>) -> Output<R> {
         let Batch {
-            encoder, writers, ..
+            encoder,
+            writers,
+            origins,
+            reads,
         } = batch;
-        match self.commit_entry(encoder).await {
-            Ok(results) => {
-                self.writes_applied += results.len() as u64;
-                writers
-                    .into_iter()
-                    .zip(results)
-                    .map(|(reply, result)| (reply, ShardReply::Written(result)))
-                    .collect()
+        let count = encoder.count() as usize;
+        assert_eq!(count, writers.len(), "one writer per command");
+        match self.peer.propose(encoder.finish()) {
+            Ok((index, term)) => {
+                self.pending.add(Proposal {
+                    index,
+                    term,
+                    writers,
+                    origins,
+                    reads,
+                });
+                Output::default()
             }
             Err(error) => {
+                let code = error_code_of(&error);
                 let message = format!("shard {}: {error}", self.shard);
-                tracing::error!(shard = self.shard, %error, "write path failed; shard is read-only until restart");
-                self.failed = Some((error_code_of(&error), message.clone()));
-                let code = commit_error_code(&error);
-                let message = match code {
-                    ErrorCode::OutcomeUnknown => format!(
-                        "outcome unknown: {message} (the write may be durable; it is settled when the shard reopens)"
-                    ),
-                    _ => message,
-                };
-                writers
-                    .into_iter()
-                    .map(|reply| (reply, ShardReply::Error(code, message.clone())))
-                    .collect()
+                Output {
+                    replies: writers
+                        .into_iter()
+                        .map(|to| (to, ShardReply::Error(code, message.clone())))
+                        .collect(),
+                    deferred: reads,
+                }
             }
         }
     }
 
-    /// Takes a round and commits its batch: [`ShardCore::take`] then [`ShardCore::commit`],
-    /// as the tests drive a shard (the shard loop answers reads meanwhile instead).
+    /// Whether Raft has ready work and the log room for it.
+    pub fn can_begin_ready(&self) -> bool {
+        self.failed.is_none() && self.peer.can_begin_ready()
+    }
+
+    /// Begins Raft's next ready: returns the log group to write (run it, then report it to
+    /// [`ShardCore::group_written`], in log order), and keeps the committed entries for
+    /// [`ShardCore::apply_committed`], which the caller runs next.
+    pub async fn begin_ready(&mut self) -> (Option<GroupWrite<D::File>>, Output<R>) {
+        assert!(
+            self.to_apply.is_empty(),
+            "committed entries are applied before the next ready"
+        );
+        match self.peer.begin_ready().await {
+            Ok(work) => {
+                self.to_apply = work.committed;
+                (work.write, Output::default())
+            }
+            Err(error) => (None, self.fail(error)),
+        }
+    }
+
+    /// Takes the outcome of the oldest group in flight.
+    pub fn group_written(&mut self, written: GroupWritten) -> Output<R> {
+        if self.failed.is_some() {
+            // The groups of a failed peer are waited for, and their outcome ignored: the
+            // reopened shard recovers whatever reached the disk.
+            return Output::default();
+        }
+        match self.peer.group_written(written) {
+            Ok(()) => Output::default(),
+            Err(error) => self.fail(error),
+        }
+    }
+
+    /// Applies the committed entries of the last begun ready, in order. After each entry,
+    /// its writers are answered and then the reads attached to it, from the disk if need be,
+    /// before the next entry is applied.
+    pub async fn apply_committed(&mut self) -> Output<R> {
+        let mut output = Output::default();
+        for entry in std::mem::take(&mut self.to_apply) {
+            if self.failed.is_some() {
+                break;
+            }
+            let (index, term) = (entry.index, entry.term);
+            let mut results = match self.peer.apply(entry).await {
+                Ok(applied) => applied.map(|a| a.results),
+                Err(error) => {
+                    output.extend(self.fail(error));
+                    break;
+                }
+            };
+            for proposal in self.pending.take_through(index) {
+                let ours = proposal.index == index && proposal.term == term;
+                if ours {
+                    let results = results.take().unwrap_or_default();
+                    assert_eq!(
+                        results.len(),
+                        proposal.writers.len(),
+                        "one result per command of entry {index}"
+                    );
+                    self.writes_applied += results.len() as u64;
+                    output.replies.extend(
+                        proposal
+                            .writers
+                            .into_iter()
+                            .zip(results)
+                            .map(|(to, result)| (to, ShardReply::Written(result))),
+                    );
+                } else {
+                    // Another leader's entry took its place.
+                    let message = format!(
+                        "outcome unknown: shard {}: entry {} of term {} was replaced \
+                         (leadership changed)",
+                        self.shard, proposal.index, proposal.term
+                    );
+                    output
+                        .replies
+                        .extend(proposal.writers.into_iter().map(|to| {
+                            (
+                                to,
+                                ShardReply::Error(ErrorCode::OutcomeUnknown, message.clone()),
+                            )
+                        }));
+                }
+                for read in proposal.reads {
+                    let reply = self.read(&read.op).await;
+                    output.replies.push((read.reply, reply));
+                }
+            }
+        }
+        output
+    }
+
+    /// Whether nothing is pending: no proposal waits to be applied.
+    pub fn is_idle(&self) -> bool {
+        self.pending.is_empty() && self.to_apply.is_empty()
+    }
+
+    /// The write path failed: the shard refuses writes from now on (until reopened) and
+    /// every pending writer learns its outcome is unknown (its entry may be durable), or that
+    /// it surely failed where nothing can have reached the disk.
+    fn fail(&mut self, error: PeerError) -> Output<R> {
+        let message = format!("shard {}: {error}", self.shard);
+        tracing::error!(shard = self.shard, %error, "write path failed; shard is read-only until it reopens");
+        self.failed = Some((error_code_of(&error), message.clone()));
+        self.to_apply.clear();
+        let code = commit_error_code(&error);
+        let message = match code {
+            ErrorCode::OutcomeUnknown => format!(
+                "outcome unknown: {message} (the write may be durable; it is settled when the shard reopens)"
+            ),
+            _ => message,
+        };
+        let mut output = Output::default();
+        for proposal in self.pending.take_all() {
+            output.replies.extend(
+                proposal
+                    .writers
+                    .into_iter()
+                    .map(|to| (to, ShardReply::Error(code, message.clone()))),
+            );
+            output.deferred.extend(proposal.reads);
+        }
+        output
+    }
+
+    /// Drives the shard until nothing is pending, one group at a time, and returns every
+    /// answer: how tests run a shard without an executor (the shard loop pipelines groups).
+    pub async fn settle(&mut self) -> Output<R> {
+        let mut output = Output::default();
+        while self.can_begin_ready() {
+            let (write, begun) = self.begin_ready().await;
+            output.extend(begun);
+            output.extend(self.apply_committed().await);
+            if let Some(write) = write {
+                let written = write.write().await;
+                output.extend(self.group_written(written));
+            }
+        }
+        output
+    }
+
+    /// Takes a round, proposes its batch and settles: how the tests drive a shard.
     #[cfg(test)]
-    async fn process<R>(&mut self, requests: Vec<ShardRequest<R>>) -> Round<R> {
+    async fn process(&mut self, requests: Vec<ShardRequest<R>>) -> Round<R> {
         let mut round = self.take(requests);
         if let Some(batch) = round.batch.take() {
-            let written = self.commit(batch).await;
-            round.replies.extend(written);
+            let refused = self.propose(batch);
+            round.replies.extend(refused.replies);
+            round.deferred.extend(refused.deferred);
         }
+        let settled = self.settle().await;
+        round.replies.extend(settled.replies);
+        round.deferred.extend(settled.deferred);
         round
-    }
-
-    /// Proposes one batch and waits until it is durable and applied; returns its results.
-    async fn commit_entry(&mut self, batch: BatchEncoder) -> Result<Vec<CommandResult>, PeerError> {
-        let count = batch.count() as usize;
-        let index = self.peer.propose(batch.finish())?;
-        let applied = self.peer.handle_ready().await?;
-        let ours = applied
-            .into_iter()
-            .find(|a| a.index == index)
-            .ok_or_else(|| PeerError::Apply {
-                index,
-                detail: "proposed entry was not applied in the same round".into(),
-            })?;
-        assert_eq!(ours.results.len(), count, "one result per command");
-        Ok(ours.results)
-    }
-
-    /// Runs Raft's pending work (after a tick, say) without new proposals.
-    pub async fn handle_ready(&mut self) {
-        if self.failed.is_some() {
-            return;
-        }
-        if let Err(error) = self.peer.handle_ready().await {
-            tracing::error!(shard = self.shard, %error, "raft ready failed; shard is read-only until restart");
-            self.failed = Some((error_code_of(&error), error.to_string()));
-        }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use futures_lite::future::block_on;
-    use kvs_core::log::sim::{FaultOn, SimDisk};
-
-    const CONFIG: StoreConfig = StoreConfig {
-        cache_pages: 64,
-        hot_cache_bytes: 64 * 1024,
-    };
-
-    type Replies = Vec<(usize, ShardReply)>;
-
-    /// A round, with its deferred reads answered too.
-    fn round(
-        shard: &mut ShardCore<SimDisk>,
-        requests: Vec<ShardRequest<usize>>,
-    ) -> (Replies, Vec<ShardRequest<usize>>) {
-        let done = block_on(shard.process(requests));
-        let mut replies = done.replies;
-        for request in done.deferred {
-            replies.push((request.reply, block_on(shard.read(&request.op))));
-        }
-        (replies, done.leftover)
-    }
-
-    fn put(i: usize) -> ShardRequest<usize> {
-        ShardRequest {
-            op: ShardOp::Write(Command::Put {
-                key: format!("k{i}").into_bytes(),
-                value: vec![i as u8; 10],
-            }),
-            reply: i,
-            origin: NO_ORIGIN,
-        }
-    }
-
-    fn get(i: usize, reply: usize) -> ShardRequest<usize> {
-        ShardRequest {
-            op: ShardOp::Get {
-                key: format!("k{i}").into_bytes(),
-            },
-            reply,
-            origin: NO_ORIGIN,
-        }
-    }
-
-    #[test]
-    fn a_round_of_writes_is_one_group_and_one_fsync() {
-        let disk = SimDisk::new();
-        let mut shard = block_on(ShardCore::open(disk.clone(), 0, CONFIG)).unwrap();
-        let syncs = disk.syncs();
-        let (replies, leftover) = round(&mut shard, (0..1000).map(put).collect());
-        assert!(leftover.is_empty());
-        assert_eq!(replies.len(), 1000);
-        assert!(replies
-            .iter()
-            .all(|(_, r)| matches!(r, ShardReply::Written(CommandResult::Written { .. }))));
-        assert_eq!(
-            disk.syncs() - syncs,
-            1,
-            "1000 writes in one round share one fdatasync"
-        );
-        assert_eq!(shard.info().log_groups_written, 2); // the election's group, then this one
-    }
-
-    fn from(origin: Origin, mut request: ShardRequest<usize>) -> ShardRequest<usize> {
-        request.origin = origin;
-        request
-    }
-
-    fn reply_to(replies: &Replies, id: usize) -> ShardReply {
-        replies
-            .iter()
-            .find(|(r, _)| *r == id)
-            .map(|(_, reply)| reply.clone())
-            .unwrap_or_else(|| panic!("no reply to {id}"))
-    }
-
-    #[test]
-    fn a_read_sees_exactly_the_writes_its_connection_sent_before_it() {
-        let disk = SimDisk::new();
-        let mut shard = block_on(ShardCore::open(disk, 0, CONFIG)).unwrap();
-        // Connection 7 pipelines get, put, get, put, get of one key; connection 8 reads it
-        // behind the first put.
-        let requests = vec![
-            from(7, get(1, 100)),
-            from(7, put(1)),
-            from(8, get(1, 200)),
-            from(7, get(1, 101)),
-            from(7, put(1)),
-            from(7, get(1, 102)),
-        ];
-        let round1 = block_on(shard.process(requests));
-        let replies = round1.replies;
-        assert_eq!(reply_to(&replies, 100), ShardReply::Value(None));
-        // Another connection's read is answered at once, without the unacknowledged put.
-        assert_eq!(reply_to(&replies, 200), ShardReply::Value(None));
-        // Connection 7's read after its put waits for the next round, with all after it.
-        let waiting: Vec<usize> = round1.leftover.iter().map(|r| r.reply).collect();
-        assert_eq!(waiting, [101, 1, 102]);
-        let (replies, leftover) = round(&mut shard, round1.leftover);
-        assert!(matches!(
-            reply_to(&replies, 101),
-            ShardReply::Value(Some(Versioned { version: 1, .. }))
-        ));
-        assert_eq!(leftover.iter().map(|r| r.reply).collect::<Vec<_>>(), [102]);
-        let (replies, _) = round(&mut shard, leftover);
-        assert!(matches!(
-            reply_to(&replies, 102),
-            ShardReply::Value(Some(Versioned { version: 2, .. }))
-        ));
-    }
-
-    #[test]
-    fn reads_answered_during_a_commit_skip_connections_with_writes_in_flight() {
-        let mut queue: std::collections::VecDeque<ShardRequest<usize>> = [
-            from(1, get(1, 10)),         // its connection has a write in the batch: waits
-            from(2, get(1, 20)),         // answered now
-            from(2, put(2)),             // a write: waits, and so do its connection's reads
-            from(2, get(2, 21)),         // waits behind its connection's put
-            from(3, get(1, 30)),         // answered now
-            from(NO_ORIGIN, get(1, 40)), // no order to keep: answered now
-        ]
-        .into_iter()
-        .collect();
-        let mut meanwhile = ReadsMeanwhile::new(&[1]);
-        let taken = meanwhile.take(&mut queue);
-        assert_eq!(
-            taken.iter().map(|r| r.reply).collect::<Vec<_>>(),
-            [20, 30, 40]
-        );
-        assert_eq!(
-            queue.iter().map(|r| r.reply).collect::<Vec<_>>(),
-            [10, 2, 21]
-        );
-        // Later arrivals: only they are looked at, with what came before still in force.
-        queue.push_back(from(2, get(2, 22))); // behind its connection's queued put
-        queue.push_back(from(4, get(2, 50)));
-        queue.push_back(from(1, get(2, 11))); // its connection's write is still committing
-        let taken = meanwhile.take(&mut queue);
-        assert_eq!(taken.iter().map(|r| r.reply).collect::<Vec<_>>(), [50]);
-        assert_eq!(
-            queue.iter().map(|r| r.reply).collect::<Vec<_>>(),
-            [10, 2, 21, 22, 11]
-        );
-        assert!(meanwhile.take(&mut queue).is_empty());
-    }
-
-    #[test]
-    fn state_is_rebuilt_from_the_log() {
-        let disk = SimDisk::new();
-        let mut shard = block_on(ShardCore::open(disk.clone(), 0, CONFIG)).unwrap();
-        for r in 0..5 {
-            round(&mut shard, (r * 10..r * 10 + 10).map(put).collect());
-        }
-        drop(shard);
-        disk.crash(None);
-        let mut shard = block_on(ShardCore::open(disk, 0, CONFIG)).unwrap();
-        assert_eq!(shard.info().keys, 50);
-        let (replies, _) = round(&mut shard, vec![get(42, 0)]);
-        assert_eq!(
-            replies[0].1,
-            ShardReply::Value(Some(Versioned {
-                version: 43,
-                value: vec![42; 10]
-            }))
-        );
-        // Versions keep counting from where they were.
-        let (replies, _) = round(&mut shard, vec![put(7)]);
-        assert_eq!(
-            replies[0].1,
-            ShardReply::Written(CommandResult::Written { version: 51 })
-        );
-    }
-
-    #[test]
-    fn a_full_disk_fails_writes_with_disk_full_and_reads_go_on() {
-        let disk = SimDisk::new();
-        let mut shard = block_on(ShardCore::open(disk.clone(), 0, CONFIG)).unwrap();
-        round(&mut shard, vec![put(1)]);
-        disk.fail_after(FaultOn::Write, 1, 28);
-        let (replies, _) = round(&mut shard, vec![put(2)]);
-        assert!(matches!(
-            replies[0].1,
-            ShardReply::Error(ErrorCode::DiskFull, _)
-        ));
-        let (replies, _) = round(&mut shard, vec![put(3), get(1, 9)]);
-        assert!(matches!(
-            replies[0].1,
-            ShardReply::Error(ErrorCode::DiskFull, _)
-        ));
-        assert!(matches!(replies[1].1, ShardReply::Value(Some(_))));
-        drop(shard);
-        // Nothing acknowledged is lost, and the failed writes never appear.
-        let shard = block_on(ShardCore::open(disk, 0, CONFIG)).unwrap();
-        assert_eq!(shard.info().keys, 1);
-    }
-
-    #[test]
-    fn an_io_error_while_applying_a_durable_write_is_outcome_unknown() {
-        let disk = SimDisk::new();
-        let mut shard = block_on(ShardCore::open(disk.clone(), 0, CONFIG)).unwrap();
-        // A tree many times the 64-page cache (1000-byte values: a few per leaf),
-        // checkpointed so its pages can be evicted.
-        let big_put = |i: usize| {
-            let mut request = put(i);
-            if let ShardOp::Write(Command::Put { value, .. }) = &mut request.op {
-                *value = vec![i as u8; 1000];
-            }
-            request
-        };
-        for r in 0..20 {
-            round(&mut shard, (r * 100..r * 100 + 100).map(big_put).collect());
-        }
-        block_on(
-            shard
-                .store()
-                .checkpoint(None::<fn(usize) -> std::future::Ready<()>>),
-        )
-        .unwrap();
-        round(&mut shard, (2000..2400).map(put).collect());
-        // The next page read fails: applying a put to a key whose leaf left the cache.
-        // Puts spread over the old keys: some leaf must be read back.
-        let reads_before = shard.info().page_reads;
-        disk.fail_after(FaultOn::Read, 1, 5);
-        let (replies, _) = round(&mut shard, (0..2000).step_by(40).map(put).collect());
-        assert!(shard.info().page_reads >= reads_before, "{replies:?}");
-        for (_, reply) in &replies {
-            let ShardReply::Error(code, message) = reply else {
-                panic!("the batch cannot have succeeded: {reply:?}");
-            };
-            assert_eq!(*code, ErrorCode::OutcomeUnknown, "{message}");
-        }
-        assert!(shard.failed());
-        // The entry was durable: reopening applies it.
-        assert!(block_on(shard.try_reopen()));
-        let (replies, _) = round(&mut shard, vec![get(1960, 1)]);
-        assert!(
-            matches!(&replies[0].1, ShardReply::Value(Some(v)) if v.version > 2400),
-            "{replies:?}"
-        );
-    }
-
-    #[test]
-    fn a_full_disk_heals_once_space_is_freed() {
-        let disk = SimDisk::new();
-        let mut shard = block_on(ShardCore::open(disk.clone(), 0, CONFIG)).unwrap();
-        round(&mut shard, vec![put(1)]);
-        disk.fail_after(FaultOn::Write, 1, 28);
-        let (replies, _) = round(&mut shard, vec![put(2)]);
-        assert!(matches!(
-            replies[0].1,
-            ShardReply::Error(ErrorCode::DiskFull, _)
-        ));
-        assert!(shard.failed());
-        // The injected ENOSPC was one write: space is back, and the shard reopens in place.
-        assert!(block_on(shard.try_reopen()));
-        let (replies, _) = round(&mut shard, vec![put(3), get(1, 10), get(2, 11)]);
-        assert!(matches!(
-            replies.iter().find(|(r, _)| *r == 3).unwrap().1,
-            ShardReply::Written(_)
-        ));
-        assert!(matches!(
-            replies.iter().find(|(r, _)| *r == 10).unwrap().1,
-            ShardReply::Value(Some(_))
-        ));
-        // The refused write never appears.
-        assert_eq!(
-            replies.iter().find(|(r, _)| *r == 11).unwrap().1,
-            ShardReply::Value(None)
-        );
-        assert_eq!(shard.info().keys, 2);
-    }
-
-    #[test]
-    fn restart_starts_from_the_checkpoint_and_applies_only_the_log_after_it() {
-        let disk = SimDisk::new();
-        let mut shard = block_on(ShardCore::open(disk.clone(), 0, CONFIG)).unwrap();
-        for r in 0..5 {
-            round(&mut shard, (r * 100..r * 100 + 100).map(put).collect());
-        }
-        let done = block_on(
-            shard
-                .store()
-                .checkpoint(None::<fn(usize) -> std::future::Ready<()>>),
-        )
-        .unwrap()
-        .unwrap();
-        round(&mut shard, (500..600).map(put).collect());
-        drop(shard);
-        disk.crash(None);
-        let mut shard = block_on(ShardCore::open(disk, 0, CONFIG)).unwrap();
-        let info = shard.info();
-        assert_eq!(info.keys, 600);
-        assert!(
-            info.checkpoint_index >= done.applied_index,
-            "recovery started from the checkpoint"
-        );
-        let (replies, _) = round(&mut shard, vec![get(42, 0), get(555, 1)]);
-        assert!(replies
-            .iter()
-            .all(|(_, r)| matches!(r, ShardReply::Value(Some(_)))));
-        // Versions keep counting across the checkpoint.
-        let (replies, _) = round(&mut shard, vec![put(7)]);
-        assert_eq!(
-            replies[0].1,
-            ShardReply::Written(CommandResult::Written { version: 601 })
-        );
-    }
-}
+#[path = "shard_tests.rs"]
+mod tests;

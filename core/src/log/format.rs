@@ -32,7 +32,7 @@
 use crate::limits::{LOG_BLOCK_SIZE, RECORD_PAYLOAD_SIZE_MAX};
 
 pub const SEGMENT_MAGIC: [u8; 8] = *b"KVSLOG\0\x01";
-pub const SEGMENT_FORMAT_VERSION: u32 = 1;
+pub const SEGMENT_FORMAT_VERSION: u32 = 2;
 pub const SEGMENT_HEADER_SIZE: usize = LOG_BLOCK_SIZE;
 pub const GROUP_MAGIC: [u8; 4] = *b"KVSG";
 pub const GROUP_HEADER_SIZE: usize = 32;
@@ -86,14 +86,25 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(v)
 }
 
-/// Writes a segment header into the first block of `out` (which must be zeroed).
-pub fn encode_segment_header(out: &mut [u8], shard: u32, first_sequence: u64) {
+/// Writes a segment header into the first block of `out` (which must be zeroed). `window` is
+/// how many commit groups may be in flight at once while the segment is written; recovery
+/// needs it (see the log's module documentation).
+///
+/// Version 2 layout: magic (8), version (4), shard (4), first sequence (8), window (4),
+/// CRC-32C of the bytes before it (4). Version 1 had no window (one group in flight) and its
+/// CRC at 24.
+pub fn encode_segment_header(out: &mut [u8], shard: u32, first_sequence: u64, window: u32) {
+    assert!(
+        window >= 1,
+        "at least one group is in flight to write anything"
+    );
     out[0..8].copy_from_slice(&SEGMENT_MAGIC);
     out[8..12].copy_from_slice(&SEGMENT_FORMAT_VERSION.to_le_bytes());
     out[12..16].copy_from_slice(&shard.to_le_bytes());
     out[16..24].copy_from_slice(&first_sequence.to_le_bytes());
-    let crc = crc32c::crc32c(&out[0..24]);
-    out[24..28].copy_from_slice(&crc.to_le_bytes());
+    out[24..28].copy_from_slice(&window.to_le_bytes());
+    let crc = crc32c::crc32c(&out[0..28]);
+    out[28..32].copy_from_slice(&crc.to_le_bytes());
 }
 
 /// A checked segment header.
@@ -101,27 +112,37 @@ pub fn encode_segment_header(out: &mut [u8], shard: u32, first_sequence: u64) {
 pub struct SegmentHeader {
     pub shard: u32,
     pub first_sequence: u64,
+    /// Commit groups that may have been in flight at once in this segment.
+    pub window: u32,
 }
 
 pub fn decode_segment_header(block: &[u8]) -> Result<SegmentHeader, String> {
-    if block.len() < 28 {
+    if block.len() < 32 {
         return Err(format!("segment header is {} bytes long", block.len()));
     }
     if block[0..8] != SEGMENT_MAGIC {
         return Err("bad segment magic".into());
     }
-    if crc32c::crc32c(&block[0..24]) != u32_at(block, 24) {
+    let version = u32_at(block, 8);
+    let (window, crc_at) = match version {
+        1 => (1, 24),
+        2 => (u32_at(block, 24), 28),
+        _ => {
+            return Err(format!(
+                "segment format version {version}, this build reads 1 and 2"
+            ))
+        }
+    };
+    if crc32c::crc32c(&block[0..crc_at]) != u32_at(block, crc_at) {
         return Err("segment header checksum mismatch".into());
     }
-    let version = u32_at(block, 8);
-    if version != SEGMENT_FORMAT_VERSION {
-        return Err(format!(
-            "segment format version {version}, this build reads 1"
-        ));
+    if window == 0 {
+        return Err("segment header has a window of 0 groups".into());
     }
     Ok(SegmentHeader {
         shard: u32_at(block, 12),
         first_sequence: u64_at(block, 16),
+        window,
     })
 }
 
@@ -332,15 +353,42 @@ mod tests {
     #[test]
     fn segment_header_round_trip() {
         let mut block = vec![0; SEGMENT_HEADER_SIZE];
-        encode_segment_header(&mut block, 3, 77);
+        encode_segment_header(&mut block, 3, 77, 4);
         assert_eq!(
             decode_segment_header(&block).unwrap(),
             SegmentHeader {
                 shard: 3,
-                first_sequence: 77
+                first_sequence: 77,
+                window: 4,
             }
         );
         block[17] ^= 1;
         assert!(decode_segment_header(&block).is_err());
+        block[17] ^= 1;
+        block[25] ^= 1;
+        assert!(
+            decode_segment_header(&block).is_err(),
+            "the window is checked"
+        );
+    }
+
+    #[test]
+    fn version_1_segments_are_read_with_a_window_of_one() {
+        // As the previous build wrote them: no window, the CRC at 24.
+        let mut block = vec![0; SEGMENT_HEADER_SIZE];
+        block[0..8].copy_from_slice(&SEGMENT_MAGIC);
+        block[8..12].copy_from_slice(&1u32.to_le_bytes());
+        block[12..16].copy_from_slice(&5u32.to_le_bytes());
+        block[16..24].copy_from_slice(&9u64.to_le_bytes());
+        let crc = crc32c::crc32c(&block[0..24]);
+        block[24..28].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(
+            decode_segment_header(&block).unwrap(),
+            SegmentHeader {
+                shard: 5,
+                first_sequence: 9,
+                window: 1,
+            }
+        );
     }
 }

@@ -1,24 +1,33 @@
 //! The shard's write-ahead log, which is also its Raft log.
 //!
 //! Appends are made in *commit groups*: every record ready at one moment (the Raft entries
-//! and hard state of one `Ready`) goes out in a single aligned direct-I/O write followed by a
-//! single fdatasync. Only one group is in flight at a time, so a group is written only after
-//! every group before it is durable. Recovery relies on that order:
+//! and hard state of one `Ready`) goes out in a single aligned direct-I/O write linked to a
+//! single fdatasync. Up to W groups (the segment's *window*, [`GROUPS_IN_FLIGHT_MAX`] for new
+//! segments) are in flight at once: [`Log::begin_append`] places and encodes a group and hands
+//! back its write ([`GroupWrite`]) to run as a task, so group N+1's write may start while
+//! group N syncs. Completions are taken in log order ([`Log::group_written`]): a group counts
+//! as durable only once it and every group before it are, and group N+W is begun only after
+//! group N is durable. A segment roll-over waits until no group is in flight, so closed
+//! segments hold only durable groups. Recovery relies on that order:
 //!
-//! - a damaged group with no valid group after it is the torn tail of a crash: the write was
-//!   never acknowledged, so it is cut off and the log goes on from there;
-//! - a damaged group followed by a valid one was durable once (the later group was written
-//!   only after it was synced), so the damage is corruption: recovery stops with an error that
-//!   names the file and offset, and nothing is silently skipped.
+//! - a damaged group N followed by nothing valid, or only by valid groups below N+W, is the
+//!   torn tail of a crash: none of them was acknowledged (acknowledgements follow log order),
+//!   so they are cut off and zeroed and the log goes on from N;
+//! - a damaged group followed by a valid group N+W or later was durable once (that group was
+//!   begun only after it was synced), so the damage is corruption: recovery stops with an
+//!   error that names the file and offset, and nothing is silently skipped. So is damage in a
+//!   closed segment.
 //!
 //! Formats are in [`format`]; the disk is reached through [`LogDisk`], implemented in `kvsd`
 //! by `DmaDisk` (`shards/src/log_io.rs`: O_DIRECT files whose I/O goes on the executor's own
-//! io_uring, or on an I/O thread off an executor) and by [`sim::SimDisk`] in tests.
+//! io_uring, or plain system calls off an executor) and by [`sim::SimDisk`] in tests.
 
 pub mod format;
 pub mod sim;
 
+use std::collections::VecDeque;
 use std::io;
+use std::rc::Rc;
 
 use format::{
     align_up, decode_group_header, decode_records, decode_segment_header, encode_group,
@@ -26,7 +35,7 @@ use format::{
     SEGMENT_HEADER_SIZE,
 };
 
-use crate::limits::{GROUP_BYTES_MAX, LOG_BLOCK_SIZE, SEGMENT_SIZE_TARGET};
+use crate::limits::{GROUPS_IN_FLIGHT_MAX, GROUP_BYTES_MAX, LOG_BLOCK_SIZE, SEGMENT_SIZE_TARGET};
 
 /// A directory of segment files.
 #[allow(async_fn_in_trait)] // Shards are single-threaded: no Send bounds are wanted.
@@ -151,10 +160,60 @@ struct Segment {
 }
 
 struct Active<F> {
-    file: F,
+    /// Shared with the writes of the groups in flight.
+    file: Rc<F>,
     name: String,
     /// Where the next group goes.
     end: u64,
+    /// Groups that may be in flight at once in this segment (its header says so).
+    window: u32,
+}
+
+/// One commit group's write and fdatasync, begun by [`Log::begin_append`]: run it (as a task
+/// of its own, say) and hand what it returns to [`Log::group_written`], in log order.
+pub struct GroupWrite<F: LogFile> {
+    file: Rc<F>,
+    buffer: F::Buffer,
+    pos: u64,
+    sequence: u64,
+    path: String,
+}
+
+/// What a [`GroupWrite`] did.
+#[derive(Debug)]
+pub struct GroupWritten {
+    pub sequence: u64,
+    pub result: Result<(), LogError>,
+}
+
+impl<F: LogFile> GroupWrite<F> {
+    pub fn sequence(&self) -> u64 {
+        self.sequence
+    }
+
+    /// Writes the group and fdatasyncs it. Owns all it needs, so it may outlive a borrow of
+    /// the log.
+    pub async fn write(self) -> GroupWritten {
+        let GroupWrite {
+            file,
+            buffer,
+            pos,
+            sequence,
+            path,
+        } = self;
+        let result = file
+            .write_at_synced(buffer, pos)
+            .await
+            .map_err(|e| LogError::io("write and fdatasync", path, e));
+        GroupWritten { sequence, result }
+    }
+}
+
+/// A group begun and not yet known durable.
+#[derive(Debug, Clone, Copy)]
+struct InFlight {
+    sequence: u64,
+    records: usize,
 }
 
 /// The log of one shard. See the module documentation.
@@ -166,6 +225,11 @@ pub struct Log<D: LogDisk> {
     next_sequence: u64,
     stats: LogStats,
     segment_size_target: u64,
+    /// Groups begun and not yet written, oldest first.
+    in_flight: VecDeque<InFlight>,
+    /// The disk's count of completed synced writes at open: since then it must grow by at
+    /// least one per group written.
+    synced_at_open: Option<u64>,
 }
 
 /// Bytes of zeros written per call while preallocating.
@@ -239,6 +303,8 @@ impl<D: LogDisk> Log<D> {
             next_sequence: 1,
             stats: LogStats::default(),
             segment_size_target,
+            in_flight: VecDeque::new(),
+            synced_at_open: None,
         };
         let mut recovered = Recovered::default();
         let count = names.len();
@@ -248,6 +314,7 @@ impl<D: LogDisk> Log<D> {
                 .await?;
         }
         log.refresh_size_stats();
+        log.synced_at_open = log.disk.synced_writes_completed();
         Ok((log, recovered))
     }
 
@@ -337,10 +404,16 @@ impl<D: LogDisk> Log<D> {
                 Err(detail) => {
                     // A clean end of the log looks like an all-zero group header.
                     let clean_end = bytes[at..].iter().take(GROUP_HEADER_SIZE).all(|&b| b == 0);
-                    if let Some(later) = self.find_later_group(&bytes, at) {
+                    if let Some((later, sequence)) =
+                        self.find_durable_later_group(&bytes, at, header.window)
+                    {
                         return Err(corrupt(
                             at as u64,
-                            format!("{detail}; a valid group follows at offset {later}"),
+                            format!(
+                                "{detail}; a valid group {sequence} follows at offset {later}, \
+                                 beyond the segment's window of {} groups in flight",
+                                header.window
+                            ),
                         ));
                     }
                     if !last && !clean_end {
@@ -373,9 +446,10 @@ impl<D: LogDisk> Log<D> {
         });
         if last {
             self.active = Some(Active {
-                file,
+                file: Rc::new(file),
                 name: name.to_string(),
                 end,
+                window: header.window,
             });
         }
         Ok(())
@@ -401,13 +475,24 @@ impl<D: LogDisk> Log<D> {
         Ok((records, at + header.size_on_disk()))
     }
 
-    /// The offset of a checksum-valid group with a later sequence after `at`, if any.
-    fn find_later_group(&self, bytes: &[u8], at: usize) -> Option<usize> {
+    /// The offset and sequence of a checksum-valid group after `at` that must have been
+    /// written only after the group expected at `at` (sequence `next_sequence`) was durable:
+    /// its sequence is `next_sequence + window` or later (or it repeats `next_sequence`). Valid
+    /// groups between the two were in flight with the damaged one: a torn tail, not damage.
+    fn find_durable_later_group(
+        &self,
+        bytes: &[u8],
+        at: usize,
+        window: u32,
+    ) -> Option<(usize, u64)> {
         let mut block = align_up(at + 1);
         while block + GROUP_HEADER_SIZE <= bytes.len() {
             if let Some(header) = decode_group_header(&bytes[block..]) {
                 let records_start = block + GROUP_HEADER_SIZE;
+                let in_window = header.sequence > self.next_sequence
+                    && header.sequence < self.next_sequence + u64::from(window);
                 if header.sequence >= self.next_sequence
+                    && !in_window
                     && records_start + header.records_len <= bytes.len()
                     && decode_records(
                         &header,
@@ -415,7 +500,7 @@ impl<D: LogDisk> Log<D> {
                     )
                     .is_ok()
                 {
-                    return Some(block);
+                    return Some((block, header.sequence));
                 }
             }
             block += LOG_BLOCK_SIZE;
@@ -438,7 +523,12 @@ impl<D: LogDisk> Log<D> {
             .map_err(|e| LogError::io("create", path.clone(), e))?;
         let mut buffer = file.alloc(SEGMENT_HEADER_SIZE);
         buffer.as_mut().fill(0);
-        encode_segment_header(buffer.as_mut(), self.shard, self.next_sequence);
+        encode_segment_header(
+            buffer.as_mut(),
+            self.shard,
+            self.next_sequence,
+            GROUPS_IN_FLIGHT_MAX,
+        );
         file.write_at(buffer, 0)
             .await
             .map_err(|e| LogError::io("write", path.clone(), e))?;
@@ -463,55 +553,105 @@ impl<D: LogDisk> Log<D> {
             last_index: 0,
         });
         self.active = Some(Active {
-            file,
+            file: Rc::new(file),
             name,
             end: SEGMENT_HEADER_SIZE as u64,
+            window: GROUPS_IN_FLIGHT_MAX,
         });
         self.refresh_size_stats();
         Ok(())
     }
 
-    /// Appends `records` as one commit group: one write, one fdatasync. When this returns Ok,
-    /// the records are durable. On error nothing may be assumed durable, and the log should
-    /// be reopened before further use (the shard stops taking writes).
+    /// Appends `records` as one commit group and waits until it is durable: [`Log::make_room`],
+    /// [`Log::begin_append`], the write, [`Log::group_written`]. No other group may be in
+    /// flight. On error nothing may be assumed durable, and the log should be reopened before
+    /// further use (the shard stops taking writes).
     pub async fn append(&mut self, records: &[Record<'_>]) -> Result<(), LogError> {
-        if records.is_empty() {
+        assert!(
+            self.in_flight.is_empty(),
+            "append waits for its own group only"
+        );
+        self.make_room().await?;
+        let Some(write) = self.begin_append(records)? else {
             return Ok(());
+        };
+        let written = write.write().await;
+        self.group_written(written)
+    }
+
+    /// Whether a group may be begun now: fewer than the active segment's window are in
+    /// flight, and none is when the segment is full (a roll-over waits for them).
+    pub fn has_room_for_group(&self) -> bool {
+        match &self.active {
+            None => self.in_flight.is_empty(),
+            Some(active) => {
+                self.in_flight.len() < active.window as usize
+                    && (active.end < self.segment_size_target || self.in_flight.is_empty())
+            }
         }
-        let size = group_size_on_disk(records);
-        if size > GROUP_BYTES_MAX {
-            return Err(LogError::TooLarge(size));
-        }
+    }
+
+    /// Groups begun and not yet written.
+    pub fn groups_in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// Starts a new segment if the active one is full (or there is none). Only with no group
+    /// in flight, so that closed segments hold only durable groups.
+    pub async fn make_room(&mut self) -> Result<(), LogError> {
         let needs_segment = match &self.active {
             None => true,
             Some(active) => active.end >= self.segment_size_target,
         };
         if needs_segment {
+            assert!(
+                self.in_flight.is_empty(),
+                "a segment roll-over with {} groups in flight",
+                self.in_flight.len()
+            );
             self.start_segment().await?;
         }
+        Ok(())
+    }
+
+    /// Places and encodes `records` as the next commit group and returns its write, to be
+    /// run and then reported to [`Log::group_written`]. None for no records. The caller
+    /// checks [`Log::has_room_for_group`] and calls [`Log::make_room`] first.
+    pub fn begin_append(
+        &mut self,
+        records: &[Record<'_>],
+    ) -> Result<Option<GroupWrite<D::File>>, LogError> {
+        if records.is_empty() {
+            return Ok(None);
+        }
+        let size = group_size_on_disk(records);
+        if size > GROUP_BYTES_MAX {
+            return Err(LogError::TooLarge(size));
+        }
+        assert!(self.has_room_for_group(), "a group begun without room");
         let active = self
             .active
             .as_mut()
-            .expect("a segment is active after start_segment");
-        let path = self.disk.path_of(&active.name);
+            .expect("make_room starts a segment before a group is begun");
+        assert!(
+            active.end < self.segment_size_target,
+            "make_room rolls a full segment over"
+        );
         let mut buffer = active.file.alloc(size);
         encode_group(buffer.as_mut(), self.next_sequence, records);
-        let synced_before = self.disk.synced_writes_completed();
-        active
-            .file
-            .write_at_synced(buffer, active.end)
-            .await
-            .map_err(|e| LogError::io("write and fdatasync", path, e))?;
-        if let (Some(before), Some(after)) = (synced_before, self.disk.synced_writes_completed()) {
-            // One group in flight per shard (see the module documentation): this group's
-            // sync is the one that completed.
-            assert!(
-                after > before,
-                "commit group {} returned without a completed fdatasync",
-                self.next_sequence
-            );
-        }
+        let write = GroupWrite {
+            file: Rc::clone(&active.file),
+            buffer,
+            pos: active.end,
+            sequence: self.next_sequence,
+            path: self.disk.path_of(&active.name),
+        };
+        let end_before = active.end;
         active.end += size as u64;
+        assert!(
+            active.end > end_before,
+            "the log's write position only grows"
+        );
         if let Some(segment) = self.segments.last_mut() {
             segment.size = active.end;
             segment.last_index = records
@@ -520,11 +660,42 @@ impl<D: LogDisk> Log<D> {
                 .map(|r| r.index)
                 .fold(segment.last_index, u64::max);
         }
+        self.in_flight.push_back(InFlight {
+            sequence: self.next_sequence,
+            records: records.len(),
+        });
         self.next_sequence += 1;
-        self.stats.groups += 1;
-        self.stats.records += records.len() as u64;
-        self.stats.syncs += 1;
         self.stats.size_bytes += size as u64;
+        Ok(Some(write))
+    }
+
+    /// Takes the outcome of the oldest group in flight (groups are reported in log order).
+    /// Ok means it, and so every group before it, is durable.
+    pub fn group_written(&mut self, written: GroupWritten) -> Result<(), LogError> {
+        let oldest = self
+            .in_flight
+            .pop_front()
+            .expect("a group was written that was never begun");
+        assert_eq!(
+            oldest.sequence, written.sequence,
+            "groups are reported in log order"
+        );
+        written.result?;
+        self.stats.groups += 1;
+        self.stats.records += oldest.records as u64;
+        self.stats.syncs += 1;
+        if let (Some(at_open), Some(now)) =
+            (self.synced_at_open, self.disk.synced_writes_completed())
+        {
+            assert!(
+                now - at_open >= self.stats.groups,
+                "commit group {} reported durable, but the disk saw only {} synced writes \
+                 complete for {} groups",
+                written.sequence,
+                now - at_open,
+                self.stats.groups
+            );
+        }
         Ok(())
     }
 

@@ -115,7 +115,8 @@ fn torn_tail_is_truncated_and_reported() {
 fn corruption_before_the_tail_is_an_error_naming_file_and_offset() {
     let disk = SimDisk::new();
     let (mut log, _) = open(&disk).unwrap();
-    append_groups(&mut log, 1, 3, 1, 100);
+    // Group 5 is begun only after group 1 is durable (a window of 4 groups in flight).
+    append_groups(&mut log, 1, 5, 1, 100);
     drop(log);
     disk.with_file(&segment_name(1), |bytes| bytes[4096 + 40] ^= 0xFF);
     match open(&disk) {
@@ -126,13 +127,92 @@ fn corruption_before_the_tail_is_an_error_naming_file_and_offset() {
         }) => {
             assert!(path.ends_with(&segment_name(1)), "{path}");
             assert_eq!(offset, 4096);
-            assert!(detail.contains("valid group follows"), "{detail}");
+            assert!(detail.contains("valid group 5 follows"), "{detail}");
         }
         other => panic!(
             "expected corruption, got {:?}",
             other.map(|(_, r)| r.records.len())
         ),
     }
+}
+
+/// Groups in flight with a damaged one may have landed without it: they were never
+/// acknowledged (acknowledgements follow log order), so they are a torn tail, not corruption.
+#[test]
+fn valid_groups_within_the_window_after_a_tear_are_a_torn_tail() {
+    let disk = SimDisk::new();
+    let (mut log, _) = open(&disk).unwrap();
+    append_groups(&mut log, 1, 2, 1, 100);
+    // Groups 3, 4 and 5 in flight at once; 4 and 5 land, 3 never does.
+    let payloads: Vec<Vec<u8>> = (3..=5).map(|i| payload(i, 100)).collect();
+    let writes: Vec<_> = (3..=5u64)
+        .map(|i| {
+            let records = [entry(i, &payloads[(i - 3) as usize])];
+            log.begin_append(&records).unwrap().expect("a group")
+        })
+        .collect();
+    assert!(
+        log.has_room_for_group(),
+        "a window of 4 has room for a fourth"
+    );
+    let mut writes = writes.into_iter();
+    let third = writes.next().unwrap();
+    for write in writes {
+        assert!(block_on(write.write()).result.is_ok());
+    }
+    drop(third);
+    drop(log);
+    disk.crash(None);
+    let (mut log, recovered) = open(&disk).unwrap();
+    assert_eq!(indexes(&recovered.records), vec![1, 2]);
+    let (_, offset) = recovered.truncated.expect("the tear is reported");
+    assert_eq!(offset, 4096 + 2 * 4096);
+    // The log goes on from group 3, and the zeroed space after it reads as a clean end.
+    append_groups(&mut log, 3, 1, 1, 10);
+    drop(log);
+    let (_, recovered) = open(&disk).unwrap();
+    assert_eq!(indexes(&recovered.records), vec![1, 2, 3]);
+    assert!(recovered.truncated.is_none());
+}
+
+#[test]
+fn groups_are_reported_durable_in_log_order_and_the_window_is_kept() {
+    let disk = SimDisk::new();
+    let (mut log, _) = open(&disk).unwrap();
+    let payloads: Vec<Vec<u8>> = (1..=4).map(|i| payload(i, 10)).collect();
+    let mut writes = Vec::new();
+    for i in 1..=4u64 {
+        assert!(log.has_room_for_group());
+        let records = [entry(i, &payloads[(i - 1) as usize])];
+        block_on(log.make_room()).unwrap();
+        writes.push(log.begin_append(&records).unwrap().unwrap());
+    }
+    assert!(
+        !log.has_room_for_group(),
+        "four groups fill a window of four"
+    );
+    assert_eq!(log.groups_in_flight(), 4);
+    let written: Vec<_> = writes.into_iter().map(|w| block_on(w.write())).collect();
+    for w in written {
+        log.group_written(w).unwrap();
+    }
+    assert_eq!(log.groups_in_flight(), 0);
+    assert_eq!(log.stats().groups, 4);
+    drop(log);
+    let (_, recovered) = open(&disk).unwrap();
+    assert_eq!(indexes(&recovered.records), vec![1, 2, 3, 4]);
+}
+
+#[test]
+#[should_panic(expected = "log order")]
+fn a_group_reported_out_of_order_is_caught() {
+    let disk = SimDisk::new();
+    let (mut log, _) = open(&disk).unwrap();
+    block_on(log.make_room()).unwrap();
+    let first = log.begin_append(&[entry(1, b"a")]).unwrap().unwrap();
+    let second = log.begin_append(&[entry(2, b"b")]).unwrap().unwrap();
+    drop(first);
+    let _ = log.group_written(block_on(second.write()));
 }
 
 #[test]

@@ -1,0 +1,172 @@
+//! The shard's table of pending proposals: writes proposed to Raft and not yet applied, keyed
+//! by their entry's (term, index), with the reads that must be answered right after them.
+//!
+//! Writers are answered when their entry is applied, never before (the applied state holds
+//! only durable entries). A read whose connection (origin) has a write not yet applied is
+//! *attached* to the entry holding that connection's newest such write: it is answered right
+//! after that entry is applied and before the next one is, so it sees exactly the writes its
+//! connection sent before it. An entry applied with another term than proposed was replaced
+//! by a new leader's: its writers learn that the outcome is unknown.
+//!
+//! Sans-IO: plain data, no store and no runtime; `shard` drives it.
+
+use std::collections::{HashMap, VecDeque};
+
+use crate::shard::{Origin, ShardRequest, NO_ORIGIN};
+
+/// One proposed entry's waiters.
+#[derive(Debug)]
+pub struct Proposal<R> {
+    pub index: u64,
+    pub term: u64,
+    /// One per command of the entry, in order.
+    pub writers: Vec<R>,
+    /// The origins with a write in the entry, sorted, each once.
+    pub origins: Vec<Origin>,
+    /// Reads to answer right after the entry is applied, in arrival order.
+    pub reads: Vec<ShardRequest<R>>,
+}
+
+/// Proposals in index order, and which origins have writes among them.
+#[derive(Debug)]
+pub struct Pending<R> {
+    proposals: VecDeque<Proposal<R>>,
+    /// For each origin with a write not yet applied: the index of its newest such write.
+    unapplied: HashMap<Origin, u64>,
+}
+
+impl<R> Default for Pending<R> {
+    fn default() -> Self {
+        Pending {
+            proposals: VecDeque::new(),
+            unapplied: HashMap::new(),
+        }
+    }
+}
+
+impl<R> Pending<R> {
+    pub fn is_empty(&self) -> bool {
+        self.proposals.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.proposals.len()
+    }
+
+    /// The index of `origin`'s newest write not yet applied, if it has one.
+    pub fn newest_unapplied(&self, origin: Origin) -> Option<u64> {
+        if origin == NO_ORIGIN {
+            return None;
+        }
+        self.unapplied.get(&origin).copied()
+    }
+
+    /// Records a proposal. Indexes only grow.
+    pub fn add(&mut self, proposal: Proposal<R>) {
+        if let Some(last) = self.proposals.back() {
+            assert!(
+                proposal.index > last.index,
+                "proposal {} after {}",
+                proposal.index,
+                last.index
+            );
+        }
+        assert!(!proposal.writers.is_empty(), "a proposal has writers");
+        for &origin in &proposal.origins {
+            if origin != NO_ORIGIN {
+                self.unapplied.insert(origin, proposal.index);
+            }
+        }
+        self.proposals.push_back(proposal);
+    }
+
+    /// Attaches a read to the proposal at `index` (which its origin's newest write is in).
+    pub fn attach(&mut self, index: u64, read: ShardRequest<R>) {
+        let at = self
+            .proposals
+            .binary_search_by_key(&index, |p| p.index)
+            .unwrap_or_else(|_| panic!("a read attached to entry {index}, which is not pending"));
+        self.proposals[at].reads.push(read);
+    }
+
+    /// Takes the proposals at or below `index` (entry `index` was applied), oldest first, and
+    /// forgets the origins whose newest write was among them.
+    pub fn take_through(&mut self, index: u64) -> Vec<Proposal<R>> {
+        let count = self
+            .proposals
+            .iter()
+            .take_while(|p| p.index <= index)
+            .count();
+        let taken: Vec<Proposal<R>> = self.proposals.drain(..count).collect();
+        for proposal in &taken {
+            for origin in &proposal.origins {
+                if self.unapplied.get(origin) == Some(&proposal.index) {
+                    self.unapplied.remove(origin);
+                }
+            }
+        }
+        taken
+    }
+
+    /// Takes every proposal (the shard failed: none will be applied by this peer).
+    pub fn take_all(&mut self) -> Vec<Proposal<R>> {
+        self.unapplied.clear();
+        self.proposals.drain(..).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shard::ShardOp;
+
+    fn proposal(index: u64, origins: &[Origin]) -> Proposal<u32> {
+        Proposal {
+            index,
+            term: 1,
+            writers: vec![index as u32],
+            origins: origins.to_vec(),
+            reads: Vec::new(),
+        }
+    }
+
+    fn read(origin: Origin, reply: u32) -> ShardRequest<u32> {
+        ShardRequest {
+            op: ShardOp::Get { key: b"k".to_vec() },
+            reply,
+            origin,
+        }
+    }
+
+    #[test]
+    fn an_origin_is_unapplied_until_its_newest_write_is_applied() {
+        let mut pending = Pending::default();
+        pending.add(proposal(5, &[1, 2]));
+        pending.add(proposal(6, &[2]));
+        assert_eq!(pending.newest_unapplied(1), Some(5));
+        assert_eq!(pending.newest_unapplied(2), Some(6));
+        assert_eq!(pending.newest_unapplied(3), None);
+        assert_eq!(pending.newest_unapplied(NO_ORIGIN), None);
+        pending.attach(6, read(2, 20));
+        let applied = pending.take_through(5);
+        assert_eq!(applied.len(), 1);
+        assert_eq!(pending.newest_unapplied(1), None);
+        assert_eq!(
+            pending.newest_unapplied(2),
+            Some(6),
+            "its write in 6 is not applied"
+        );
+        let applied = pending.take_through(6);
+        assert_eq!(applied[0].reads[0].reply, 20);
+        assert_eq!(pending.newest_unapplied(2), None);
+        assert!(pending.is_empty());
+    }
+
+    #[test]
+    #[should_panic(expected = "proposal 4 after 5")]
+    fn indexes_only_grow() {
+        let mut pending = Pending::default();
+        pending.add(proposal(5, &[1]));
+        pending.add(proposal(4, &[1]));
+    }
+}

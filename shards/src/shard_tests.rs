@@ -1,0 +1,370 @@
+//! Tests of the shard service on the simulated disk.
+
+use super::*;
+use futures_lite::future::block_on;
+use kvs_core::log::sim::{FaultOn, SimDisk};
+
+const CONFIG: StoreConfig = StoreConfig {
+    cache_pages: 64,
+    hot_cache_bytes: 64 * 1024,
+};
+
+type Replies = Vec<(usize, ShardReply)>;
+
+/// A round, with its deferred reads answered too.
+fn round(
+    shard: &mut ShardCore<SimDisk, usize>,
+    requests: Vec<ShardRequest<usize>>,
+) -> (Replies, Vec<ShardRequest<usize>>) {
+    let done = block_on(shard.process(requests));
+    let mut replies = done.replies;
+    for request in done.deferred {
+        replies.push((request.reply, block_on(shard.read(&request.op))));
+    }
+    (replies, done.leftover)
+}
+
+fn put(i: usize) -> ShardRequest<usize> {
+    ShardRequest {
+        op: ShardOp::Write(Command::Put {
+            key: format!("k{i}").into_bytes(),
+            value: vec![i as u8; 10],
+        }),
+        reply: i,
+        origin: NO_ORIGIN,
+    }
+}
+
+fn get(i: usize, reply: usize) -> ShardRequest<usize> {
+    ShardRequest {
+        op: ShardOp::Get {
+            key: format!("k{i}").into_bytes(),
+        },
+        reply,
+        origin: NO_ORIGIN,
+    }
+}
+
+#[test]
+fn a_round_of_writes_is_one_group_and_one_fsync() {
+    let disk = SimDisk::new();
+    let mut shard = block_on(ShardCore::<_, usize>::open(disk.clone(), 0, CONFIG)).unwrap();
+    let syncs = disk.syncs();
+    let (replies, leftover) = round(&mut shard, (0..1000).map(put).collect());
+    assert!(leftover.is_empty());
+    assert_eq!(replies.len(), 1000);
+    assert!(replies
+        .iter()
+        .all(|(_, r)| matches!(r, ShardReply::Written(CommandResult::Written { .. }))));
+    assert_eq!(
+        disk.syncs() - syncs,
+        1,
+        "1000 writes in one round share one fdatasync"
+    );
+    assert_eq!(shard.info().log_groups_written, 2); // the election's group, then this one
+}
+
+fn from(origin: Origin, mut request: ShardRequest<usize>) -> ShardRequest<usize> {
+    request.origin = origin;
+    request
+}
+
+impl Round<usize> {
+    /// Proposes the round's batch, if any; returns the answers of a refused proposal.
+    fn propose_into(&mut self, shard: &mut ShardCore<SimDisk, usize>) -> Output<usize> {
+        match self.batch.take() {
+            Some(batch) => shard.propose(batch),
+            None => Output::default(),
+        }
+    }
+}
+
+fn reply_to(replies: &Replies, id: usize) -> ShardReply {
+    replies
+        .iter()
+        .find(|(r, _)| *r == id)
+        .map(|(_, reply)| reply.clone())
+        .unwrap_or_else(|| panic!("no reply to {id}"))
+}
+
+#[test]
+fn a_read_sees_exactly_the_writes_its_connection_sent_before_it() {
+    let disk = SimDisk::new();
+    let mut shard = block_on(ShardCore::<_, usize>::open(disk, 0, CONFIG)).unwrap();
+    // Connection 7 pipelines get, put, get, put, get of one key; connection 8 reads it
+    // behind the first put.
+    let requests = vec![
+        from(7, get(1, 100)),
+        from(7, put(1)),
+        from(8, get(1, 200)),
+        from(7, get(1, 101)),
+        from(7, put(1)),
+        from(7, get(1, 102)),
+    ];
+    let mut round1 = shard.take(requests);
+    let replies = std::mem::take(&mut round1.replies);
+    assert_eq!(reply_to(&replies, 100), ShardReply::Value(None));
+    // Another connection's read is answered at once, without the unacknowledged put.
+    assert_eq!(reply_to(&replies, 200), ShardReply::Value(None));
+    // Connection 7's read after its put waits for the batch; its second put starts the next
+    // batch, and the read after that waits for it in turn.
+    assert_eq!(replies.len(), 2);
+    let waiting: Vec<usize> = round1.leftover.iter().map(|r| r.reply).collect();
+    assert_eq!(waiting, [1, 102]);
+    assert!(round1.propose_into(&mut shard).is_empty());
+    let round2 = shard.take(round1.leftover);
+    assert!(round2.leftover.is_empty() && round2.replies.is_empty());
+    let mut round2 = round2;
+    assert!(round2.propose_into(&mut shard).is_empty());
+    // Two entries pending at once; each read is answered right after its entry is applied.
+    let settled = block_on(shard.settle());
+    let order: Vec<usize> = settled.replies.iter().map(|(to, _)| *to).collect();
+    assert_eq!(
+        order,
+        [1, 101, 1, 102],
+        "writers, then the reads attached to them"
+    );
+    assert!(matches!(
+        reply_to(&settled.replies, 101),
+        ShardReply::Value(Some(Versioned { version: 1, .. }))
+    ));
+    assert!(matches!(
+        reply_to(&settled.replies, 102),
+        ShardReply::Value(Some(Versioned { version: 2, .. }))
+    ));
+}
+
+#[test]
+fn several_groups_are_in_flight_and_writers_are_answered_in_log_order() {
+    let disk = SimDisk::new();
+    let mut shard = block_on(ShardCore::<_, usize>::open(disk.clone(), 0, CONFIG)).unwrap();
+    let mut writes = Vec::new();
+    for i in 0..4 {
+        assert!(shard.takes_writes(), "room for group {i}");
+        let mut round = shard.take(vec![put(i)]);
+        assert!(round.propose_into(&mut shard).is_empty());
+        assert!(shard.can_begin_ready());
+        let (write, begun) = block_on(shard.begin_ready());
+        assert!(begun.is_empty());
+        writes.push(write.expect("a group for the entry"));
+        assert!(
+            block_on(shard.apply_committed()).is_empty(),
+            "nothing is durable yet"
+        );
+    }
+    assert!(!shard.takes_writes(), "four groups fill the window");
+    assert_eq!(shard.info().log_groups_in_flight, 4);
+    // A read of another connection is answered meanwhile, without the unacknowledged puts.
+    let round = shard.take(vec![get(0, 50)]);
+    assert_eq!(round.replies, vec![(50, ShardReply::Value(None))]);
+    // The writes complete in any order; they are reported in log order, and each report
+    // lets the next entry commit and be applied.
+    let mut written: Vec<_> = writes.into_iter().map(|w| block_on(w.write())).collect();
+    let mut answered = Vec::new();
+    for w in written.drain(..) {
+        assert!(shard.group_written(w).is_empty());
+        while shard.can_begin_ready() {
+            let (write, _) = block_on(shard.begin_ready());
+            assert!(write.is_none(), "a commit alone writes no group");
+            let out = block_on(shard.apply_committed());
+            answered.extend(out.replies.into_iter().map(|(to, _)| to));
+        }
+    }
+    assert_eq!(answered, [0, 1, 2, 3]);
+    assert!(shard.is_idle());
+    assert_eq!(shard.info().log_groups_in_flight, 0);
+}
+
+#[test]
+fn reads_taken_while_writes_wait_skip_connections_with_writes_queued() {
+    let mut queue: std::collections::VecDeque<ShardRequest<usize>> = [
+        from(2, get(1, 20)),         // taken
+        from(2, put(2)),             // a write: waits, and so do its connection's reads
+        from(2, get(2, 21)),         // waits behind its connection's put
+        from(3, get(1, 30)),         // taken
+        from(NO_ORIGIN, get(1, 40)), // no order to keep: taken
+    ]
+    .into_iter()
+    .collect();
+    let mut meanwhile = ReadsMeanwhile::default();
+    let taken = meanwhile.take(&mut queue);
+    assert_eq!(
+        taken.iter().map(|r| r.reply).collect::<Vec<_>>(),
+        [20, 30, 40]
+    );
+    assert_eq!(queue.iter().map(|r| r.reply).collect::<Vec<_>>(), [2, 21]);
+    // Later arrivals: only they are looked at, with what came before still in force.
+    queue.push_back(from(2, get(2, 22))); // behind its connection's queued put
+    queue.push_back(from(4, get(2, 50)));
+    assert!(meanwhile.has_unscanned(&queue));
+    let taken = meanwhile.take(&mut queue);
+    assert_eq!(taken.iter().map(|r| r.reply).collect::<Vec<_>>(), [50]);
+    assert_eq!(
+        queue.iter().map(|r| r.reply).collect::<Vec<_>>(),
+        [2, 21, 22]
+    );
+    assert!(!meanwhile.has_unscanned(&queue));
+    assert!(meanwhile.take(&mut queue).is_empty());
+}
+
+#[test]
+fn state_is_rebuilt_from_the_log() {
+    let disk = SimDisk::new();
+    let mut shard = block_on(ShardCore::<_, usize>::open(disk.clone(), 0, CONFIG)).unwrap();
+    for r in 0..5 {
+        round(&mut shard, (r * 10..r * 10 + 10).map(put).collect());
+    }
+    drop(shard);
+    disk.crash(None);
+    let mut shard = block_on(ShardCore::<_, usize>::open(disk, 0, CONFIG)).unwrap();
+    assert_eq!(shard.info().keys, 50);
+    let (replies, _) = round(&mut shard, vec![get(42, 0)]);
+    assert_eq!(
+        replies[0].1,
+        ShardReply::Value(Some(Versioned {
+            version: 43,
+            value: vec![42; 10]
+        }))
+    );
+    // Versions keep counting from where they were.
+    let (replies, _) = round(&mut shard, vec![put(7)]);
+    assert_eq!(
+        replies[0].1,
+        ShardReply::Written(CommandResult::Written { version: 51 })
+    );
+}
+
+#[test]
+fn a_full_disk_fails_writes_with_disk_full_and_reads_go_on() {
+    let disk = SimDisk::new();
+    let mut shard = block_on(ShardCore::<_, usize>::open(disk.clone(), 0, CONFIG)).unwrap();
+    round(&mut shard, vec![put(1)]);
+    disk.fail_after(FaultOn::Write, 1, 28);
+    let (replies, _) = round(&mut shard, vec![put(2)]);
+    assert!(matches!(
+        replies[0].1,
+        ShardReply::Error(ErrorCode::DiskFull, _)
+    ));
+    let (replies, _) = round(&mut shard, vec![put(3), get(1, 9)]);
+    assert!(matches!(
+        replies[0].1,
+        ShardReply::Error(ErrorCode::DiskFull, _)
+    ));
+    assert!(matches!(replies[1].1, ShardReply::Value(Some(_))));
+    drop(shard);
+    // Nothing acknowledged is lost, and the failed writes never appear.
+    let shard = block_on(ShardCore::<_, usize>::open(disk, 0, CONFIG)).unwrap();
+    assert_eq!(shard.info().keys, 1);
+}
+
+#[test]
+fn an_io_error_while_applying_a_durable_write_is_outcome_unknown() {
+    let disk = SimDisk::new();
+    let mut shard = block_on(ShardCore::<_, usize>::open(disk.clone(), 0, CONFIG)).unwrap();
+    // A tree many times the 64-page cache (1000-byte values: a few per leaf),
+    // checkpointed so its pages can be evicted.
+    let big_put = |i: usize| {
+        let mut request = put(i);
+        if let ShardOp::Write(Command::Put { value, .. }) = &mut request.op {
+            *value = vec![i as u8; 1000];
+        }
+        request
+    };
+    for r in 0..20 {
+        round(&mut shard, (r * 100..r * 100 + 100).map(big_put).collect());
+    }
+    block_on(
+        shard
+            .store()
+            .checkpoint(None::<fn(usize) -> std::future::Ready<()>>),
+    )
+    .unwrap();
+    round(&mut shard, (2000..2400).map(put).collect());
+    // The next page read fails: applying a put to a key whose leaf left the cache.
+    // Puts spread over the old keys: some leaf must be read back.
+    let reads_before = shard.info().page_reads;
+    disk.fail_after(FaultOn::Read, 1, 5);
+    let (replies, _) = round(&mut shard, (0..2000).step_by(40).map(put).collect());
+    assert!(shard.info().page_reads >= reads_before, "{replies:?}");
+    for (_, reply) in &replies {
+        let ShardReply::Error(code, message) = reply else {
+            panic!("the batch cannot have succeeded: {reply:?}");
+        };
+        assert_eq!(*code, ErrorCode::OutcomeUnknown, "{message}");
+    }
+    assert!(shard.failed());
+    // The entry was durable: reopening applies it.
+    assert!(block_on(shard.try_reopen()));
+    let (replies, _) = round(&mut shard, vec![get(1960, 1)]);
+    assert!(
+        matches!(&replies[0].1, ShardReply::Value(Some(v)) if v.version > 2400),
+        "{replies:?}"
+    );
+}
+
+#[test]
+fn a_full_disk_heals_once_space_is_freed() {
+    let disk = SimDisk::new();
+    let mut shard = block_on(ShardCore::<_, usize>::open(disk.clone(), 0, CONFIG)).unwrap();
+    round(&mut shard, vec![put(1)]);
+    disk.fail_after(FaultOn::Write, 1, 28);
+    let (replies, _) = round(&mut shard, vec![put(2)]);
+    assert!(matches!(
+        replies[0].1,
+        ShardReply::Error(ErrorCode::DiskFull, _)
+    ));
+    assert!(shard.failed());
+    // The injected ENOSPC was one write: space is back, and the shard reopens in place.
+    assert!(block_on(shard.try_reopen()));
+    let (replies, _) = round(&mut shard, vec![put(3), get(1, 10), get(2, 11)]);
+    assert!(matches!(
+        replies.iter().find(|(r, _)| *r == 3).unwrap().1,
+        ShardReply::Written(_)
+    ));
+    assert!(matches!(
+        replies.iter().find(|(r, _)| *r == 10).unwrap().1,
+        ShardReply::Value(Some(_))
+    ));
+    // The refused write never appears.
+    assert_eq!(
+        replies.iter().find(|(r, _)| *r == 11).unwrap().1,
+        ShardReply::Value(None)
+    );
+    assert_eq!(shard.info().keys, 2);
+}
+
+#[test]
+fn restart_starts_from_the_checkpoint_and_applies_only_the_log_after_it() {
+    let disk = SimDisk::new();
+    let mut shard = block_on(ShardCore::<_, usize>::open(disk.clone(), 0, CONFIG)).unwrap();
+    for r in 0..5 {
+        round(&mut shard, (r * 100..r * 100 + 100).map(put).collect());
+    }
+    let done = block_on(
+        shard
+            .store()
+            .checkpoint(None::<fn(usize) -> std::future::Ready<()>>),
+    )
+    .unwrap()
+    .unwrap();
+    round(&mut shard, (500..600).map(put).collect());
+    drop(shard);
+    disk.crash(None);
+    let mut shard = block_on(ShardCore::<_, usize>::open(disk, 0, CONFIG)).unwrap();
+    let info = shard.info();
+    assert_eq!(info.keys, 600);
+    assert!(
+        info.checkpoint_index >= done.applied_index,
+        "recovery started from the checkpoint"
+    );
+    let (replies, _) = round(&mut shard, vec![get(42, 0), get(555, 1)]);
+    assert!(replies
+        .iter()
+        .all(|(_, r)| matches!(r, ShardReply::Value(Some(_)))));
+    // Versions keep counting across the checkpoint.
+    let (replies, _) = round(&mut shard, vec![put(7)]);
+    assert_eq!(
+        replies[0].1,
+        ShardReply::Written(CommandResult::Written { version: 601 })
+    );
+}
