@@ -36,7 +36,7 @@ use crate::runtime::{
 };
 use crate::server::serve_connection;
 use crate::shard::{
-    read_from, Output, ReadsMeanwhile, ShardCore, ShardOp, ShardReply, ShardRequest,
+    read_from, DiskReads, Output, ReadsMeanwhile, ShardCore, ShardOp, ShardReply, ShardRequest,
 };
 use crate::spread::{ConnectionCounts, ConnectionSlot};
 
@@ -604,6 +604,9 @@ async fn shard_loop(
     // Group writes in flight, oldest first: reported to the shard in this order.
     let mut in_flight: VecDeque<JoinHandle<GroupWritten>> = VecDeque::new();
     let mut meanwhile: Option<ReadsMeanwhile> = None;
+    let disk_reads = shard.disk_reads();
+    // The queue's front waits for a read from the disk: look again when woken.
+    let mut blocked = false;
     loop {
         if tick_due.replace(false) {
             shard.tick();
@@ -628,13 +631,15 @@ async fn shard_loop(
             if let Some(write) = write {
                 in_flight.push_back(spawn_local(write.write()));
             }
-            deliver(ctx, current_store, begun).await;
+            deliver(ctx, current_store, &disk_reads, begun).await;
             let applied = shard.apply_committed().await;
-            deliver(ctx, current_store, applied).await;
+            deliver(ctx, current_store, &disk_reads, applied).await;
         }
         failed.set(shard.failed());
-        let takes_writes = shard.takes_writes();
-        let requests: Vec<_> = if takes_writes {
+        let takes_writes = shard.takes_writes(ctx.queue.items.borrow().len());
+        let requests: Vec<_> = if takes_writes && blocked {
+            Vec::new()
+        } else if takes_writes {
             meanwhile = None;
             ctx.queue.items.borrow_mut().drain(..).collect()
         } else {
@@ -645,6 +650,7 @@ async fn shard_loop(
         if !requests.is_empty() {
             let requests = handle_locks(ctx, &mut locks, requests);
             let mut round = shard.take(requests);
+            blocked = round.blocked;
             if !round.leftover.is_empty() {
                 let mut items = ctx.queue.items.borrow_mut();
                 for request in round.leftover.drain(..).rev() {
@@ -655,6 +661,7 @@ async fn shard_loop(
             deliver(
                 ctx,
                 current_store,
+                &disk_reads,
                 Output {
                     replies: round.replies,
                     deferred: round.deferred,
@@ -662,7 +669,7 @@ async fn shard_loop(
             )
             .await;
             if let Some(refused) = refused {
-                deliver(ctx, current_store, refused).await;
+                deliver(ctx, current_store, &disk_reads, refused).await;
             }
             continue;
         }
@@ -682,7 +689,7 @@ async fn shard_loop(
             ctx.queue.read_arrived.notified()
         };
         let idle = if takes_writes {
-            ctx.queue.items.borrow().is_empty()
+            blocked || ctx.queue.items.borrow().is_empty()
         } else {
             !meanwhile
                 .as_ref()
@@ -709,6 +716,9 @@ async fn shard_loop(
                 None
             }
         };
+        // Whatever woke the loop (an arrival, a finished disk read, a group), the queue's
+        // front is worth another look.
+        blocked = false;
         if let Some(written) = written {
             in_flight.pop_front();
             group_written(ctx, current_store, &mut shard, &mut in_flight, written).await;
@@ -738,7 +748,7 @@ async fn group_written(
     written: GroupWritten,
 ) {
     let out = shard.group_written(written);
-    deliver(ctx, current_store, out).await;
+    deliver(ctx, current_store, &shard.disk_reads(), out).await;
     if shard.failed() {
         while let Some(oldest) = in_flight.pop_front() {
             let _ = oldest.await;
@@ -750,10 +760,11 @@ async fn group_written(
 async fn deliver(
     ctx: &Rc<CoreContext>,
     current_store: &RefCell<Rc<Store>>,
+    disk_reads: &DiskReads,
     output: Output<ReplyTo>,
 ) {
     for request in output.deferred {
-        read_in_task(ctx, &current_store.borrow(), request);
+        read_in_task(ctx, &current_store.borrow(), disk_reads, request);
     }
     for (to, reply) in output.replies {
         ctx.reply(to, reply).await;
@@ -791,12 +802,22 @@ fn handle_locks(
     rest
 }
 
-/// Answers a read in a task of its own, from the disk if need be.
-fn read_in_task(ctx: &Rc<CoreContext>, store: &Rc<Store>, request: ShardRequest<ReplyTo>) {
+/// Answers a read in a task of its own, from the disk if need be; then
+/// Reports it finished to `disk_reads` (the shard counted it) and wakes the shard loop, whose
+/// connection's next write may be waiting for it.
+fn read_in_task(
+    ctx: &Rc<CoreContext>,
+    store: &Rc<Store>,
+    disk_reads: &DiskReads,
+    request: ShardRequest<ReplyTo>,
+) {
     let store = Rc::clone(store);
     let ctx = Rc::clone(ctx);
+    let disk_reads = disk_reads.clone();
     spawn_local(async move {
         let reply = read_from(&store, ctx.core as u32, &request.op).await;
+        disk_reads.finish(request.origin);
+        ctx.queue.notify.notify();
         ctx.reply(request.reply, reply).await;
     })
     .detach();

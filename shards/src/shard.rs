@@ -5,13 +5,14 @@
 //! into one batch entry (group commit: one proposal, one commit group, one fdatasync), which
 //! [`ShardCore::propose`] hands to Raft and records in the table of pending proposals
 //! (`pending`). The shard loop then begins Raft's ready ([`ShardCore::begin_ready`]): the
-//! log group is written in a task of its own while the shard goes on taking requests, up to
-//! `GROUPS_IN_FLIGHT_MAX` groups at once. As groups are reported durable, in log order
-//! ([`ShardCore::group_written`]), their entries commit and are applied
-//! ([`ShardCore::apply_committed`]), and the writers are answered from apply, in log order.
-//! While the log has no room for another group, the loop takes only reads
-//! ([`ReadsMeanwhile`]); the writes queue up into the next, larger batch. It is sans-runtime;
-//! `node` runs it on an executor of `runtime`.
+//! log group is written in a task of its own while the shard goes on taking requests. As
+//! groups are reported durable, in log order ([`ShardCore::group_written`]), their entries
+//! commit and are applied ([`ShardCore::apply_committed`]), and the writers are answered from
+//! apply, in log order. While a group is in flight, the loop takes only reads
+//! ([`ReadsMeanwhile`]) and the writes queue up into the next batch, unless more wait than a
+//! batch holds: then further groups start at once, up to the log's window
+//! (`GROUPS_IN_FLIGHT_MAX`; see [`ShardCore::takes_writes`]). It is sans-runtime; `node` runs
+//! it on an executor of `runtime`.
 //!
 //! Order: requests of one origin (a client connection) take effect in the order sent, as
 //! with Redis. A read whose origin has a write not yet applied is attached to the entry with
@@ -142,7 +143,12 @@ pub struct ShardInfo {
 pub struct Round<R> {
     pub replies: Vec<(R, ShardReply)>,
     pub leftover: Vec<ShardRequest<R>>,
+    /// Reads that need the disk, to run in tasks of their own; each is counted in
+    /// [`ShardCore::disk_reads`] until the caller reports it finished.
     pub deferred: Vec<ShardRequest<R>>,
+    /// The leftover starts with a write whose connection has a read from the disk in
+    /// flight: taking the queue again gets nowhere until that read finishes.
+    pub blocked: bool,
     pub batch: Option<Batch<R>>,
 }
 
@@ -300,6 +306,40 @@ pub async fn read_from<F: kvs_core::log::LogFile>(
     }
 }
 
+/// The origins with reads from the disk in flight (in tasks of their own, outside the
+/// shard). A write of such an origin waits until they finish: the read must not see a write
+/// its connection sent after it. Shared between the shard, which counts each deferred read
+/// it hands out, and whoever runs the reads, who reports each one finished.
+#[derive(Debug, Default, Clone)]
+pub struct DiskReads(std::rc::Rc<std::cell::RefCell<std::collections::HashMap<Origin, u32>>>);
+
+impl DiskReads {
+    fn start(&self, origin: Origin) {
+        if origin != NO_ORIGIN {
+            *self.0.borrow_mut().entry(origin).or_default() += 1;
+        }
+    }
+
+    /// A read of `origin` handed out as deferred has been answered.
+    pub fn finish(&self, origin: Origin) {
+        if origin == NO_ORIGIN {
+            return;
+        }
+        let mut reads = self.0.borrow_mut();
+        let count = reads
+            .get_mut(&origin)
+            .expect("a finished disk read was started");
+        *count -= 1;
+        if *count == 0 {
+            reads.remove(&origin);
+        }
+    }
+
+    fn has(&self, origin: Origin) -> bool {
+        origin != NO_ORIGIN && self.0.borrow().contains_key(&origin)
+    }
+}
+
 /// A request with where its reply goes; `R` is the server's reply address.
 #[derive(Debug)]
 pub struct ShardRequest<R> {
@@ -321,6 +361,7 @@ pub struct ShardCore<D: LogDisk + Clone, R> {
     pending: Pending<R>,
     /// Committed entries handed out by the last begun ready, to apply next.
     to_apply: Vec<Entry>,
+    disk_reads: DiskReads,
 }
 
 /// Replies a step produced, and reads to answer in tasks of their own (they need the disk,
@@ -402,6 +443,7 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
             writes_applied: 0,
             pending: Pending::default(),
             to_apply: Vec::new(),
+            disk_reads: DiskReads::default(),
         })
     }
 
@@ -531,12 +573,24 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
         }
     }
 
-    /// Whether a write proposed now would be persisted at once: the log has room for another
-    /// group in flight (or the shard failed, and writes are refused at once anyway). When it
-    /// has not, the caller takes only reads (see [`ReadsMeanwhile`]), and the writes queue up
-    /// into the next batch.
-    pub fn takes_writes(&self) -> bool {
-        self.failed.is_some() || self.peer.has_room_for_group()
+    /// The count of deferred reads in flight, for whoever runs them to report each finished.
+    pub fn disk_reads(&self) -> DiskReads {
+        self.disk_reads.clone()
+    }
+
+    /// Whether to take writes now, with `queued` requests waiting. Yes when no group is in
+    /// flight (the batch then holds everything that queued while the last group synced: group
+    /// commit). While one is, a further group starts only when more requests wait than one
+    /// batch can hold and the log has room (its window): then the disk, not the batching, is
+    /// the limit, and the next group's write overlaps the sync. Starting a group for every
+    /// arrival instead cost a fifth of SET throughput at pipeline 1 (more, smaller groups:
+    /// an fdatasync each; docs/benchmarks.md). A failed shard takes writes (to refuse them).
+    /// When this says no, the caller takes only reads (see [`ReadsMeanwhile`]), and the writes
+    /// queue up into the next batch.
+    pub fn takes_writes(&self, queued: usize) -> bool {
+        self.failed.is_some()
+            || self.peer.has_room_for_group()
+                && (self.peer.groups_in_flight() == 0 || queued > BATCH_COMMANDS_MAX)
     }
 
     /// Takes one round of requests (see the module documentation): answers the reads it
@@ -551,6 +605,7 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
         let mut leftover = Vec::new();
         let mut deferred = Vec::new();
         let mut reads: Vec<ShardRequest<R>> = Vec::new();
+        let mut blocked = false;
         for request in requests.by_ref() {
             if request.op.is_lock() {
                 let message = "a lock request reached the store, not the lock table";
@@ -599,7 +654,12 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
             // A read of its connection waits for this batch: the write must not be in it.
             let after_own_read = request.origin != NO_ORIGIN
                 && reads.iter().any(|read| read.origin == request.origin);
-            if full || after_own_read {
+            // A read of its connection is reading the disk: the write waits until it is done.
+            let after_own_disk_read = request.origin != NO_ORIGIN
+                && (self.disk_reads.has(request.origin)
+                    || deferred.iter().any(|read| read.origin == request.origin));
+            if full || after_own_read || after_own_disk_read {
+                blocked = after_own_disk_read;
                 leftover.push(request);
                 break;
             }
@@ -612,6 +672,9 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
             }
         }
         leftover.extend(requests);
+        for read in &deferred {
+            self.disk_reads.start(read.origin);
+        }
         origins.sort_unstable();
         origins.dedup();
         let batch = (!writers.is_empty()).then_some(Batch {
@@ -624,6 +687,7 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
             replies,
             leftover,
             deferred,
+            blocked,
             batch,
         }
     }
@@ -654,6 +718,9 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
             Err(error) => {
                 let code = error_code_of(&error);
                 let message = format!("shard {}: {error}", self.shard);
+                for read in &reads {
+                    self.disk_reads.start(read.origin);
+                }
                 Output {
                     replies: writers
                         .into_iter()
@@ -787,6 +854,9 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
                     .into_iter()
                     .map(|to| (to, ShardReply::Error(code, message.clone()))),
             );
+            for read in &proposal.reads {
+                self.disk_reads.start(read.origin);
+            }
             output.deferred.extend(proposal.reads);
         }
         output

@@ -20,6 +20,7 @@ fn round(
     let mut replies = done.replies;
     for request in done.deferred {
         replies.push((request.reply, block_on(shard.read(&request.op))));
+        shard.disk_reads().finish(request.origin);
     }
     (replies, done.leftover)
 }
@@ -139,8 +140,15 @@ fn several_groups_are_in_flight_and_writers_are_answered_in_log_order() {
     let disk = SimDisk::new();
     let mut shard = block_on(ShardCore::<_, usize>::open(disk.clone(), 0, CONFIG)).unwrap();
     let mut writes = Vec::new();
+    assert!(shard.takes_writes(0));
     for i in 0..4 {
-        assert!(shard.takes_writes(), "room for group {i}");
+        let more_than_a_batch = BATCH_COMMANDS_MAX + 1;
+        assert!(shard.takes_writes(more_than_a_batch), "room for group {i}");
+        assert_eq!(
+            shard.takes_writes(1),
+            i == 0,
+            "a small batch waits for the group in flight"
+        );
         let mut round = shard.take(vec![put(i)]);
         assert!(round.propose_into(&mut shard).is_empty());
         assert!(shard.can_begin_ready());
@@ -152,7 +160,10 @@ fn several_groups_are_in_flight_and_writers_are_answered_in_log_order() {
             "nothing is durable yet"
         );
     }
-    assert!(!shard.takes_writes(), "four groups fill the window");
+    assert!(
+        !shard.takes_writes(BATCH_COMMANDS_MAX + 1),
+        "four groups fill the window"
+    );
     assert_eq!(shard.info().log_groups_in_flight, 4);
     // A read of another connection is answered meanwhile, without the unacknowledged puts.
     let round = shard.take(vec![get(0, 50)]);
@@ -367,4 +378,51 @@ fn restart_starts_from_the_checkpoint_and_applies_only_the_log_after_it() {
         replies[0].1,
         ShardReply::Written(CommandResult::Written { version: 601 })
     );
+}
+
+#[test]
+fn a_write_waits_for_its_connections_read_from_the_disk() {
+    let disk = SimDisk::new();
+    let mut shard = block_on(ShardCore::<_, usize>::open(disk, 0, CONFIG)).unwrap();
+    // A tree many times the 64-page cache, checkpointed so its pages can be evicted.
+    let big_put = |i: usize| {
+        let mut request = put(i);
+        if let ShardOp::Write(Command::Put { value, .. }) = &mut request.op {
+            *value = vec![i as u8; 1000];
+        }
+        request
+    };
+    for r in 0..20 {
+        round(&mut shard, (r * 100..r * 100 + 100).map(big_put).collect());
+    }
+    block_on(
+        shard
+            .store()
+            .checkpoint(None::<fn(usize) -> std::future::Ready<()>>),
+    )
+    .unwrap();
+    let cold = (0..2000)
+        .find(|&i| shard.store().try_get(format!("k{i}").as_bytes()).is_none())
+        .expect("some key's leaf is not cached");
+    // Connection 7 pipelines a read of the cold key, then a write to it.
+    let mut taken = shard.take(vec![from(7, get(cold, 100)), from(7, put(cold))]);
+    assert_eq!(taken.deferred.len(), 1, "the read needs the disk");
+    assert!(taken.batch.is_none(), "the write waits for the read");
+    assert_eq!(taken.leftover.len(), 1);
+    assert!(taken.blocked);
+    assert!(!shard.takes_writes(0) || shard.take(vec![from(7, put(cold))]).blocked);
+    // Another connection's write is not held up.
+    let other = shard.take(vec![from(8, put(5000))]);
+    assert!(other.batch.is_some());
+    // The read, run now, sees the value from before the write; then the write may go.
+    let read = taken.deferred.pop().unwrap();
+    let reply = block_on(shard.read(&read.op));
+    shard.disk_reads().finish(read.origin);
+    assert!(
+        matches!(&reply, ShardReply::Value(Some(v)) if v.value == vec![cold as u8; 1000]),
+        "{reply:?}"
+    );
+    let mut next = shard.take(taken.leftover);
+    assert!(next.batch.is_some() && !next.blocked);
+    assert!(next.propose_into(&mut shard).is_empty());
 }
