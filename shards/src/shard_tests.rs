@@ -268,12 +268,10 @@ fn a_full_disk_fails_writes_with_disk_full_and_reads_go_on() {
     assert_eq!(shard.info().keys, 1);
 }
 
-#[test]
-fn an_io_error_while_applying_a_durable_write_is_outcome_unknown() {
-    let disk = SimDisk::new();
+/// A shard whose tree is many times its 64-page cache (keys k0..k1999, 1000-byte values: a
+/// few per leaf), checkpointed so its pages can be evicted.
+fn larger_than_the_cache(disk: &SimDisk) -> ShardCore<SimDisk, usize> {
     let mut shard = block_on(ShardCore::<_, usize>::open(disk.clone(), 0, CONFIG)).unwrap();
-    // A tree many times the 64-page cache (1000-byte values: a few per leaf),
-    // checkpointed so its pages can be evicted.
     let big_put = |i: usize| {
         let mut request = put(i);
         if let ShardOp::Write(Command::Put { value, .. }) = &mut request.op {
@@ -290,6 +288,13 @@ fn an_io_error_while_applying_a_durable_write_is_outcome_unknown() {
             .checkpoint(None::<fn(usize) -> std::future::Ready<()>>),
     )
     .unwrap();
+    shard
+}
+
+#[test]
+fn an_io_error_while_applying_a_durable_write_is_outcome_unknown() {
+    let disk = SimDisk::new();
+    let mut shard = larger_than_the_cache(&disk);
     round(&mut shard, (2000..2400).map(put).collect());
     // The next page read fails: applying a put to a key whose leaf left the cache.
     // Puts spread over the old keys: some leaf must be read back.
@@ -383,24 +388,7 @@ fn restart_starts_from_the_checkpoint_and_applies_only_the_log_after_it() {
 #[test]
 fn a_write_waits_for_its_connections_read_from_the_disk() {
     let disk = SimDisk::new();
-    let mut shard = block_on(ShardCore::<_, usize>::open(disk, 0, CONFIG)).unwrap();
-    // A tree many times the 64-page cache, checkpointed so its pages can be evicted.
-    let big_put = |i: usize| {
-        let mut request = put(i);
-        if let ShardOp::Write(Command::Put { value, .. }) = &mut request.op {
-            *value = vec![i as u8; 1000];
-        }
-        request
-    };
-    for r in 0..20 {
-        round(&mut shard, (r * 100..r * 100 + 100).map(big_put).collect());
-    }
-    block_on(
-        shard
-            .store()
-            .checkpoint(None::<fn(usize) -> std::future::Ready<()>>),
-    )
-    .unwrap();
+    let mut shard = larger_than_the_cache(&disk);
     let cold = (0..2000)
         .find(|&i| shard.store().try_get(format!("k{i}").as_bytes()).is_none())
         .expect("some key's leaf is not cached");
