@@ -15,6 +15,7 @@ pub mod config;
 pub mod conn;
 pub mod doc_reads;
 pub mod documents;
+pub mod driver;
 pub mod local;
 pub mod locks;
 pub mod log_io;

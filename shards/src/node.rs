@@ -27,7 +27,7 @@ use kvs_core::store::page::PAGE_SIZE;
 use kvs_core::store::{PagedStore, StoreConfig};
 
 use crate::config::Config;
-use crate::locks::LockTable;
+use crate::driver::{CheckpointPolicy, ShardDriver, Wake, REOPEN_INTERVAL};
 use crate::log_io::{DmaDisk, DmaLogFile};
 use crate::route::{CoreContext, RemoteReply, RemoteRequest, ReplyTo, ShardQueue};
 use crate::runtime::{
@@ -35,9 +35,7 @@ use crate::runtime::{
     TcpListener, TcpStream,
 };
 use crate::server::serve_connection;
-use crate::shard::{
-    read_from, DiskReads, Output, ReadsMeanwhile, ShardCore, ShardOp, ShardReply, ShardRequest,
-};
+use crate::shard::{read_from, DiskReads, Output, ShardCore, ShardRequest};
 use crate::spread::{ConnectionCounts, ConnectionSlot};
 
 /// Capacity of each cross-core channel, in messages.
@@ -54,17 +52,6 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 const BIND_RETRY_FOR: Duration = Duration::from_secs(5);
 /// How often the checkpoint task looks at its triggers.
 const CHECKPOINT_POLL: Duration = Duration::from_millis(50);
-/// How often a failed shard tries to reopen.
-const REOPEN_INTERVAL: Duration = Duration::from_secs(1);
-
-/// When and how fast a shard checkpoints.
-#[derive(Debug, Clone, Copy)]
-struct CheckpointPolicy {
-    interval: Duration,
-    log_size: u64,
-    /// Bytes per second.
-    rate: u64,
-}
 
 type Store = PagedStore<DmaLogFile>;
 
@@ -587,36 +574,24 @@ async fn accept_loop(
     }
 }
 
-/// Drives the shard (see `shard`): an event loop over arriving requests, completed group
-/// writes and Raft ticks, with no step that waits for the disk. Each pass begins Raft's ready
-/// work while the log has room (the group's write and fdatasync run as a task; the committed
-/// entries are applied and their writers answered), then takes the queued requests: all of
-/// them while the log has room for another group, else only the reads that need not wait.
+/// Drives the shard: an event loop over arriving requests, completed group writes and Raft
+/// ticks, with no step that waits for the disk; the decisions are `driver::ShardDriver`'s.
+/// Group writes run as tasks of their own and are reported in log order.
 async fn shard_loop(
     ctx: &Rc<CoreContext>,
-    mut shard: ShardCore<DmaDisk, ReplyTo>,
+    shard: ShardCore<DmaDisk, ReplyTo>,
     tick_due: &Cell<bool>,
     current_store: &RefCell<Rc<Store>>,
     failed: &Cell<bool>,
 ) {
-    let mut last_reopen = Instant::now();
-    let mut locks: LockTable<ReplyTo> = LockTable::default();
-    // Group writes in flight, oldest first: reported to the shard in this order.
-    let mut in_flight: VecDeque<JoinHandle<GroupWritten>> = VecDeque::new();
-    let mut meanwhile: Option<ReadsMeanwhile> = None;
+    let started = Instant::now();
     let disk_reads = shard.disk_reads();
-    // The queue's front waits for a read from the disk: look again when woken.
-    let mut blocked = false;
+    let mut driver = ShardDriver::new(shard);
+    // Group writes in flight, oldest first: reported to the driver in this order.
+    let mut in_flight: VecDeque<JoinHandle<GroupWritten>> = VecDeque::new();
     loop {
-        if tick_due.replace(false) {
-            shard.tick();
-            shard.trim_log().await;
-            if shard.failed() && in_flight.is_empty() && last_reopen.elapsed() >= REOPEN_INTERVAL {
-                last_reopen = Instant::now();
-                if shard.try_reopen().await {
-                    *current_store.borrow_mut() = Rc::clone(shard.store());
-                }
-            }
+        if tick_due.replace(false) && driver.tick(started.elapsed()).await {
+            *current_store.borrow_mut() = Rc::clone(driver.shard().store());
         }
         // Groups already written, in log order (a busy loop must not wait to see them).
         while let Some(oldest) = in_flight.front_mut() {
@@ -624,78 +599,34 @@ async fn shard_loop(
                 break;
             };
             in_flight.pop_front();
-            group_written(ctx, current_store, &mut shard, &mut in_flight, written).await;
+            group_written(ctx, current_store, &mut driver, &mut in_flight, written).await;
         }
-        while shard.can_begin_ready() {
-            let (write, begun) = shard.begin_ready().await;
-            if let Some(write) = write {
-                in_flight.push_back(spawn_local(write.write()));
-            }
-            deliver(ctx, current_store, &disk_reads, begun).await;
-            let applied = shard.apply_committed().await;
-            deliver(ctx, current_store, &disk_reads, applied).await;
+        let ready = driver.run_ready().await;
+        for write in ready.writes {
+            in_flight.push_back(spawn_local(write.write()));
         }
-        failed.set(shard.failed());
-        let takes_writes = shard.takes_writes(ctx.queue.items.borrow().len());
-        let requests: Vec<_> = if takes_writes && blocked {
-            Vec::new()
-        } else if takes_writes {
-            meanwhile = None;
-            ctx.queue.items.borrow_mut().drain(..).collect()
-        } else {
-            meanwhile
-                .get_or_insert_with(ReadsMeanwhile::default)
-                .take(&mut ctx.queue.items.borrow_mut())
-        };
-        if !requests.is_empty() {
-            let requests = handle_locks(ctx, &mut locks, requests);
-            let mut round = shard.take(requests);
-            blocked = round.blocked;
-            if !round.leftover.is_empty() {
-                let mut items = ctx.queue.items.borrow_mut();
-                for request in round.leftover.drain(..).rev() {
-                    items.push_front(request);
-                }
-            }
-            let refused = round.batch.take().map(|batch| shard.propose(batch));
-            deliver(
-                ctx,
-                current_store,
-                &disk_reads,
-                Output {
-                    replies: round.replies,
-                    deferred: round.deferred,
-                },
-            )
-            .await;
-            if let Some(refused) = refused {
-                deliver(ctx, current_store, &disk_reads, refused).await;
-            }
+        deliver(ctx, current_store, &disk_reads, ready.output).await;
+        // The queue is shared with this core's connections: borrowed only while nothing waits.
+        let taken = driver.take_requests(&mut ctx.queue.items.borrow_mut());
+        deliver(ctx, current_store, &disk_reads, taken.output).await;
+        failed.set(driver.shard().failed());
+        if taken.took {
             continue;
         }
         if ctx.stopping.get()
             && ctx.connection_counts.open() == 0
-            && in_flight.is_empty()
-            && shard.is_idle()
+            && driver.is_idle()
             && ctx.queue.items.borrow().is_empty()
         {
             break;
         }
-        // Wait for a request (only a read while writes wait for room), a group's write, or a
-        // tick.
-        let arrived = if takes_writes {
-            ctx.queue.notify.notified()
-        } else {
-            ctx.queue.read_arrived.notified()
+        // Wait for a request (only a read while writes wait for the group in flight), a
+        // group's write, or a tick.
+        let arrived = match driver.wake() {
+            Wake::AnyRequest => ctx.queue.notify.notified(),
+            Wake::Read => ctx.queue.read_arrived.notified(),
         };
-        let idle = if takes_writes {
-            blocked || ctx.queue.items.borrow().is_empty()
-        } else {
-            !meanwhile
-                .as_ref()
-                .is_some_and(|m| m.has_unscanned(&ctx.queue.items.borrow()))
-        };
-        if !idle || tick_due.get() {
+        if driver.has_work(&ctx.queue.items.borrow()) || tick_due.get() {
             continue;
         }
         let written = match in_flight.front_mut() {
@@ -716,15 +647,14 @@ async fn shard_loop(
                 None
             }
         };
-        // Whatever woke the loop (an arrival, a finished disk read, a group), the queue's
-        // front is worth another look.
-        blocked = false;
+        driver.woken();
         if let Some(written) = written {
             in_flight.pop_front();
-            group_written(ctx, current_store, &mut shard, &mut in_flight, written).await;
+            group_written(ctx, current_store, &mut driver, &mut in_flight, written).await;
         }
     }
     // A checkpoint on the way out makes the next start-up quick.
+    let shard = driver.shard_mut();
     if !shard.failed() {
         match shard
             .store()
@@ -737,21 +667,22 @@ async fn shard_loop(
     }
 }
 
-/// Reports the oldest group's write to the shard. If the write path failed, the failed
+/// Reports the oldest group's write to the driver. If the write path failed, the failed
 /// peer's later groups are waited for (their outcome no longer matters) before the shard may
 /// reopen its log.
 async fn group_written(
     ctx: &Rc<CoreContext>,
     current_store: &RefCell<Rc<Store>>,
-    shard: &mut ShardCore<DmaDisk, ReplyTo>,
+    driver: &mut ShardDriver<DmaDisk, ReplyTo>,
     in_flight: &mut VecDeque<JoinHandle<GroupWritten>>,
     written: GroupWritten,
 ) {
-    let out = shard.group_written(written);
-    deliver(ctx, current_store, &shard.disk_reads(), out).await;
-    if shard.failed() {
+    let out = driver.written(written);
+    deliver(ctx, current_store, &driver.shard().disk_reads(), out).await;
+    if driver.shard().failed() {
         while let Some(oldest) = in_flight.pop_front() {
-            let _ = oldest.await;
+            let written = oldest.await;
+            let _ = driver.written(written);
         }
     }
 }
@@ -769,37 +700,6 @@ async fn deliver(
     for (to, reply) in output.replies {
         ctx.reply(to, reply).await;
     }
-}
-
-/// Takes the lock requests out of `requests` and runs them on the shard's lock table: a
-/// grant or a release is answered at once, and a release answers the waiters it unblocks.
-/// Returns the other requests, in order.
-fn handle_locks(
-    ctx: &Rc<CoreContext>,
-    locks: &mut LockTable<ReplyTo>,
-    requests: Vec<ShardRequest<ReplyTo>>,
-) -> Vec<ShardRequest<ReplyTo>> {
-    if !requests.iter().any(|r| r.op.is_lock()) {
-        return requests;
-    }
-    let mut rest = Vec::with_capacity(requests.len());
-    for request in requests {
-        match request.op {
-            ShardOp::Lock(lock) => {
-                if let Some(granted) = locks.acquire(lock, request.reply) {
-                    ctx.reply_now(granted, ShardReply::Locked);
-                }
-            }
-            ShardOp::Unlock(lock) => {
-                for granted in locks.release(&lock) {
-                    ctx.reply_now(granted, ShardReply::Locked);
-                }
-                ctx.reply_now(request.reply, ShardReply::Locked);
-            }
-            _ => rest.push(request),
-        }
-    }
-    rest
 }
 
 /// Answers a read in a task of its own, from the disk if need be; then
@@ -839,11 +739,7 @@ async fn checkpoint_loop(
             continue;
         }
         let store = Rc::clone(&current_store.borrow());
-        let due = store.dirty_pressure()
-            || store.write_refusal().is_some()
-            || store.log_since_checkpoint() >= policy.log_size
-            || last.elapsed() >= policy.interval && store.has_changes();
-        if !due {
+        if !policy.due(&store, last.elapsed()) {
             continue;
         }
         let Some(plan) = store.seal() else {

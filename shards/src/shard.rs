@@ -362,6 +362,8 @@ pub struct ShardCore<D: LogDisk + Clone, R> {
     /// Committed entries handed out by the last begun ready, to apply next.
     to_apply: Vec<Entry>,
     disk_reads: DiskReads,
+    /// More queued requests than this start a further group while one is in flight.
+    pipeline_when_queued: usize,
 }
 
 /// Replies a step produced, and reads to answer in tasks of their own (they need the disk,
@@ -386,7 +388,7 @@ impl<R> Output<R> {
         self.replies.is_empty() && self.deferred.is_empty()
     }
 
-    fn extend(&mut self, other: Output<R>) {
+    pub fn extend(&mut self, other: Output<R>) {
         self.replies.extend(other.replies);
         self.deferred.extend(other.deferred);
     }
@@ -444,6 +446,7 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
             pending: Pending::default(),
             to_apply: Vec::new(),
             disk_reads: DiskReads::default(),
+            pipeline_when_queued: BATCH_COMMANDS_MAX,
         })
     }
 
@@ -581,7 +584,8 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
     /// Whether to take writes now, with `queued` requests waiting. Yes when no group is in
     /// flight (the batch then holds everything that queued while the last group synced: group
     /// commit). While one is, a further group starts only when more requests wait than one
-    /// batch can hold and the log has room (its window): then the disk, not the batching, is
+    /// batch can hold (see [`ShardCore::set_pipeline_when_queued`]) and the log has room (its
+    /// window): then the disk, not the batching, is
     /// the limit, and the next group's write overlaps the sync. Starting a group for every
     /// arrival instead cost a fifth of SET throughput at pipeline 1 (more, smaller groups:
     /// an fdatasync each; docs/benchmarks.md). A failed shard takes writes (to refuse them).
@@ -590,7 +594,14 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
     pub fn takes_writes(&self, queued: usize) -> bool {
         self.failed.is_some()
             || self.peer.has_room_for_group()
-                && (self.peer.groups_in_flight() == 0 || queued > BATCH_COMMANDS_MAX)
+                && (self.peer.groups_in_flight() == 0 || queued > self.pipeline_when_queued)
+    }
+
+    /// Sets how many queued requests start a further group while one is in flight (by
+    /// default, more than one batch holds). Simulations lower it to reach every schedule the
+    /// log's window allows.
+    pub fn set_pipeline_when_queued(&mut self, queued: usize) {
+        self.pipeline_when_queued = queued;
     }
 
     /// Takes one round of requests (see the module documentation): answers the reads it

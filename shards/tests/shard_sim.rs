@@ -1,9 +1,11 @@
-//! A deterministic simulation of one shard's pipelined write path: the real `ShardCore`
-//! (peer, Raft, log, paged store) on the simulated disk, driven by a seeded scheduler that
-//! interleaves arriving requests from several connections, groups begun, written in any
-//! order and reported in log order, reads from the disk finishing late, checkpoints, Raft
-//! ticks, failed writes and power losses that tear unsynced blocks. Every seed is replayable:
-//! a failure names it.
+//! A deterministic simulation of one shard's pipelined write path: the shard loop's own
+//! decisions (`driver::ShardDriver`, as `node` runs it) over the real `ShardCore` (peer, Raft,
+//! log, paged store) on the simulated disk, with a simulated clock. A seeded scheduler
+//! interleaves arriving requests from several connections, passes of the loop, group writes
+//! landing in any order and reported in log order, reads from the disk finishing late, ticks
+//! (with the reopen of a failed shard), checkpoints when the checkpoint policy says so,
+//! failed writes and power losses that tear unsynced blocks. Every seed is replayable: a
+//! failure names it.
 //!
 //! Checked on every run:
 //! - a connection's read sees its own earlier writes and none of its later ones (it may see
@@ -19,7 +21,8 @@ use kvs_core::log::sim::{FaultOn, SimDisk, SimRng};
 use kvs_core::log::{GroupWrite, GroupWritten};
 use kvs_core::state::CommandResult;
 use kvs_core::store::StoreConfig;
-use kvs_shards::shard::{Origin, ReadsMeanwhile, ShardCore, ShardOp, ShardReply, ShardRequest};
+use kvs_shards::driver::{CheckpointPolicy, ShardDriver};
+use kvs_shards::shard::{Origin, ShardCore, ShardOp, ShardReply, ShardRequest};
 
 const CONFIG: StoreConfig = StoreConfig {
     cache_pages: 24,
@@ -45,7 +48,12 @@ type PutsSent = Vec<(u64, Vec<u8>)>;
 struct World {
     rng: SimRng,
     disk: Disk,
-    shard: ShardCore<Disk, Tag>,
+    driver: ShardDriver<Disk, Tag>,
+    /// The simulated clock, and when the last checkpoint was.
+    now: std::time::Duration,
+    last_checkpoint: std::time::Duration,
+    /// Queued requests that start a further group while one is in flight (per seed).
+    pipeline_when_queued: usize,
     /// Requests sent and not yet taken by the shard.
     queue: VecDeque<ShardRequest<Tag>>,
     /// Group writes begun and not yet run, and the outcomes of those run, by sequence.
@@ -105,10 +113,16 @@ impl World {
                 .checkpoint(None::<fn(usize) -> std::future::Ready<()>>),
         )
         .expect("checkpoint");
+        let mut rng = SimRng::new(seed);
+        let pipeline_when_queued = rng.below(6) as usize;
+        shard.set_pipeline_when_queued(pipeline_when_queued);
         World {
-            rng: SimRng::new(seed),
+            rng,
             disk,
-            shard,
+            driver: ShardDriver::new(shard),
+            now: std::time::Duration::ZERO,
+            last_checkpoint: std::time::Duration::ZERO,
+            pipeline_when_queued,
             queue: VecDeque::new(),
             unrun: Vec::new(),
             landed: HashMap::new(),
@@ -139,6 +153,7 @@ impl World {
                 reply: (BACKGROUND, seq),
                 origin: BACKGROUND,
             });
+            self.driver.woken();
             return;
         }
         let origin = 1 + self.rng.below(ORIGINS);
@@ -169,37 +184,20 @@ impl World {
             reply: (origin, seq),
             origin,
         });
+        // An arrival wakes the loop.
+        self.driver.woken();
     }
 
-    fn take(&mut self) {
-        // Half the time as if more waited than a batch holds: groups then start while others
-        // are in flight, up to the log's window (the policy is about speed; order and
-        // durability must hold for any schedule within the window).
-        let queued = if self.rng.below(2) == 0 {
-            usize::MAX
-        } else {
-            self.queue.len()
-        };
-        let requests: Vec<_> = if self.shard.takes_writes(queued) {
-            self.queue.drain(..).collect()
-        } else {
-            ReadsMeanwhile::default().take(&mut self.queue)
-        };
-        if requests.is_empty() {
-            return;
+    /// One pass of the shard loop.
+    fn pass(&mut self) {
+        let ready = block_on(self.driver.run_ready());
+        for write in ready.writes {
+            self.in_flight.push_back(write.sequence());
+            self.unrun.push(write);
         }
-        let mut round = self.shard.take(requests);
-        for request in round.leftover.drain(..).rev() {
-            self.queue.push_front(request);
-        }
-        for (to, reply) in std::mem::take(&mut round.replies) {
-            self.check_reply(to, reply);
-        }
-        self.deferred.append(&mut round.deferred);
-        if let Some(batch) = round.batch.take() {
-            let refused = self.shard.propose(batch);
-            self.output(refused);
-        }
+        self.output(ready.output);
+        let taken = self.driver.take_requests(&mut self.queue);
+        self.output(taken.output);
     }
 
     fn output(&mut self, output: kvs_shards::shard::Output<Tag>) {
@@ -207,19 +205,6 @@ impl World {
             self.check_reply(to, reply);
         }
         self.deferred.extend(output.deferred);
-    }
-
-    fn begin(&mut self) {
-        while self.shard.can_begin_ready() {
-            let (write, begun) = block_on(self.shard.begin_ready());
-            self.output(begun);
-            if let Some(write) = write {
-                self.in_flight.push_back(write.sequence());
-                self.unrun.push(write);
-            }
-            let applied = block_on(self.shard.apply_committed());
-            self.output(applied);
-        }
     }
 
     /// Runs one begun write, any of them: writes land in any order.
@@ -242,7 +227,9 @@ impl World {
             return;
         };
         self.in_flight.pop_front();
-        let output = self.shard.group_written(written);
+        // A completed write wakes the loop.
+        self.driver.woken();
+        let output = self.driver.written(written);
         self.output(output);
     }
 
@@ -252,8 +239,10 @@ impl World {
         }
         let at = self.rng.below(self.deferred.len() as u64) as usize;
         let read = self.deferred.remove(at);
-        let reply = block_on(self.shard.read(&read.op));
-        self.shard.disk_reads().finish(read.origin);
+        let reply = block_on(self.driver.shard().read(&read.op));
+        self.driver.shard().disk_reads().finish(read.origin);
+        // A finished disk read wakes the loop (a write of its connection may wait for it).
+        self.driver.woken();
         self.check_reply(read.reply, reply);
     }
 
@@ -352,13 +341,18 @@ impl World {
     fn crash_and_reopen(&mut self) {
         // The old shard goes first (a stand-in on a disk of its own takes its place).
         let stand_in = block_on(ShardCore::open(SimDisk::new(), 0, CONFIG)).expect("open");
-        drop(std::mem::replace(&mut self.shard, stand_in));
+        drop(std::mem::replace(
+            &mut self.driver,
+            ShardDriver::new(stand_in),
+        ));
         self.unrun.clear();
         self.landed.clear();
         self.in_flight.clear();
         self.disk.crash(Some(&mut self.rng));
-        self.shard = block_on(ShardCore::open(self.disk.clone(), 0, CONFIG))
+        let mut shard = block_on(ShardCore::open(self.disk.clone(), 0, CONFIG))
             .unwrap_or_else(|e| panic!("reopening after a power loss: {e}"));
+        shard.set_pipeline_when_queued(self.pipeline_when_queued);
+        self.driver = ShardDriver::new(shard);
         // Requests in flight are lost with their connections.
         self.queue.clear();
         self.deferred.clear();
@@ -368,7 +362,7 @@ impl World {
             let Some(&acked) = self.acked.get(&k) else {
                 continue;
             };
-            let reply = block_on(self.shard.read(&ShardOp::Get { key: key(k) }));
+            let reply = block_on(self.driver.shard().read(&ShardOp::Get { key: key(k) }));
             let ShardReply::Value(Some(found)) = reply else {
                 panic!("key {k}: acknowledged version {acked} lost: {reply:?}");
             };
@@ -384,23 +378,46 @@ impl World {
         self.disk.fail_after(FaultOn::Write, 1, 5);
     }
 
-    fn reopen_if_failed(&mut self) {
-        if self.shard.failed() && self.in_flight.is_empty() && self.unrun.is_empty() {
-            block_on(self.shard.try_reopen());
+    /// Time passes; the loop ticks (a failed shard retries reopening after a second).
+    fn tick(&mut self) {
+        self.now += std::time::Duration::from_millis(100 + self.rng.below(400));
+        block_on(self.driver.tick(self.now));
+    }
+
+    /// The checkpoint task looks at its triggers, with the clock as it is.
+    fn maybe_checkpoint(&mut self) {
+        let policy = CheckpointPolicy {
+            interval: std::time::Duration::from_secs(5),
+            log_size: 256 * 1024,
+            rate: u64::MAX,
+        };
+        if self.driver.shard().failed() {
+            return;
+        }
+        let store = std::rc::Rc::clone(self.driver.shard().store());
+        if policy.due(&store, self.now.saturating_sub(self.last_checkpoint)) {
+            let _ = block_on(store.checkpoint(None::<fn(usize) -> std::future::Ready<()>>));
+            self.last_checkpoint = self.now;
         }
     }
 
-    /// Drains a failed shard's writes (their outcome no longer matters) so it may reopen.
+    /// A failed shard's writes run to the end (their outcome no longer matters), as the
+    /// shard loop waits for them before the shard may reopen.
     fn drain_if_failed(&mut self) {
-        if !self.shard.failed() {
+        if !self.driver.shard().failed() {
             return;
         }
-        for write in self.unrun.drain(..) {
-            let written = block_on(write.write());
-            let _ = self.shard.group_written(written);
+        let mut unrun: Vec<_> = self.unrun.drain(..).collect();
+        unrun.sort_by_key(|w| w.sequence());
+        for write in unrun {
+            self.landed
+                .insert(write.sequence(), block_on(write.write()));
         }
-        self.landed.clear();
-        self.in_flight.clear();
+        while let Some(oldest) = self.in_flight.pop_front() {
+            let written = self.landed.remove(&oldest).expect("every write ran");
+            let output = self.driver.written(written);
+            self.output(output);
+        }
     }
 }
 
@@ -429,21 +446,14 @@ fn run(seed: u64, steps: u32) -> u64 {
     for _ in 0..steps {
         match world.rng.below(100) {
             0..=29 => world.send(),
-            30..=44 => world.take(),
-            45..=59 => world.begin(),
+            30..=59 => world.pass(),
             60..=72 => world.land(),
             73..=85 => world.report(),
             86..=93 => world.read_one(),
-            94 => world.shard.tick(),
-            95 => {
-                let store = std::rc::Rc::clone(world.shard.store());
-                let _ = block_on(store.checkpoint(None::<fn(usize) -> std::future::Ready<()>>));
-            }
+            94 => world.tick(),
+            95 => world.maybe_checkpoint(),
             96 if world.rng.below(4) == 0 => world.fail_a_write(),
-            97 => {
-                world.drain_if_failed();
-                world.reopen_if_failed();
-            }
+            97 => world.drain_if_failed(),
             98 if world.rng.below(3) == 0 => world.crash_and_reopen(),
             _ => {}
         }
