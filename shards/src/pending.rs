@@ -8,15 +8,18 @@
 //! connection sent before it. An entry applied with another term than proposed was replaced
 //! by a new leader's: its writers learn that the outcome is unknown.
 //!
-//! Sans-IO: plain data, no store and no runtime; `shard` drives it.
+//! Sans-IO: plain data, no store and no runtime; `shard` drives it. Generic over the writers'
+//! reply address `R` and the attached reads `Q`; origins are the shard's (`shard::Origin`),
+//! and an origin that keeps no order (`shard::NO_ORIGIN`) is never recorded.
 
 use std::collections::{HashMap, VecDeque};
 
-use crate::shard::{Origin, ShardRequest, NO_ORIGIN};
+/// A request's origin, as `shard::Origin`.
+type Origin = u64;
 
 /// One proposed entry's waiters.
 #[derive(Debug)]
-pub struct Proposal<R> {
+pub struct Proposal<R, Q> {
     pub index: u64,
     pub term: u64,
     /// One per command of the entry, in order.
@@ -24,18 +27,18 @@ pub struct Proposal<R> {
     /// The origins with a write in the entry, sorted, each once.
     pub origins: Vec<Origin>,
     /// Reads to answer right after the entry is applied, in arrival order.
-    pub reads: Vec<ShardRequest<R>>,
+    pub reads: Vec<Q>,
 }
 
 /// Proposals in index order, and which origins have writes among them.
 #[derive(Debug)]
-pub struct Pending<R> {
-    proposals: VecDeque<Proposal<R>>,
+pub struct Pending<R, Q> {
+    proposals: VecDeque<Proposal<R, Q>>,
     /// For each origin with a write not yet applied: the index of its newest such write.
     unapplied: HashMap<Origin, u64>,
 }
 
-impl<R> Default for Pending<R> {
+impl<R, Q> Default for Pending<R, Q> {
     fn default() -> Self {
         Pending {
             proposals: VecDeque::new(),
@@ -44,7 +47,7 @@ impl<R> Default for Pending<R> {
     }
 }
 
-impl<R> Pending<R> {
+impl<R, Q> Pending<R, Q> {
     pub fn is_empty(&self) -> bool {
         self.proposals.is_empty()
     }
@@ -55,14 +58,11 @@ impl<R> Pending<R> {
 
     /// The index of `origin`'s newest write not yet applied, if it has one.
     pub fn newest_unapplied(&self, origin: Origin) -> Option<u64> {
-        if origin == NO_ORIGIN {
-            return None;
-        }
         self.unapplied.get(&origin).copied()
     }
 
     /// Records a proposal. Indexes only grow.
-    pub fn add(&mut self, proposal: Proposal<R>) {
+    pub fn add(&mut self, proposal: Proposal<R, Q>) {
         if let Some(last) = self.proposals.back() {
             assert!(
                 proposal.index > last.index,
@@ -73,15 +73,13 @@ impl<R> Pending<R> {
         }
         assert!(!proposal.writers.is_empty(), "a proposal has writers");
         for &origin in &proposal.origins {
-            if origin != NO_ORIGIN {
-                self.unapplied.insert(origin, proposal.index);
-            }
+            self.unapplied.insert(origin, proposal.index);
         }
         self.proposals.push_back(proposal);
     }
 
     /// Attaches a read to the proposal at `index` (which its origin's newest write is in).
-    pub fn attach(&mut self, index: u64, read: ShardRequest<R>) {
+    pub fn attach(&mut self, index: u64, read: Q) {
         let at = self
             .proposals
             .binary_search_by_key(&index, |p| p.index)
@@ -91,13 +89,13 @@ impl<R> Pending<R> {
 
     /// Takes the proposals at or below `index` (entry `index` was applied), oldest first, and
     /// forgets the origins whose newest write was among them.
-    pub fn take_through(&mut self, index: u64) -> Vec<Proposal<R>> {
+    pub fn take_through(&mut self, index: u64) -> Vec<Proposal<R, Q>> {
         let count = self
             .proposals
             .iter()
             .take_while(|p| p.index <= index)
             .count();
-        let taken: Vec<Proposal<R>> = self.proposals.drain(..count).collect();
+        let taken: Vec<Proposal<R, Q>> = self.proposals.drain(..count).collect();
         for proposal in &taken {
             for origin in &proposal.origins {
                 if self.unapplied.get(origin) == Some(&proposal.index) {
@@ -109,7 +107,7 @@ impl<R> Pending<R> {
     }
 
     /// Takes every proposal (the shard failed: none will be applied by this peer).
-    pub fn take_all(&mut self) -> Vec<Proposal<R>> {
+    pub fn take_all(&mut self) -> Vec<Proposal<R, Q>> {
         self.unapplied.clear();
         self.proposals.drain(..).collect()
     }
@@ -118,9 +116,11 @@ impl<R> Pending<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::shard::ShardOp;
 
-    fn proposal(index: u64, origins: &[Origin]) -> Proposal<u32> {
+    /// A read: its origin and reply address.
+    type Read = (Origin, u32);
+
+    fn proposal(index: u64, origins: &[Origin]) -> Proposal<u32, Read> {
         Proposal {
             index,
             term: 1,
@@ -130,23 +130,18 @@ mod tests {
         }
     }
 
-    fn read(origin: Origin, reply: u32) -> ShardRequest<u32> {
-        ShardRequest {
-            op: ShardOp::Get { key: b"k".to_vec() },
-            reply,
-            origin,
-        }
+    fn read(origin: Origin, reply: u32) -> Read {
+        (origin, reply)
     }
 
     #[test]
     fn an_origin_is_unapplied_until_its_newest_write_is_applied() {
-        let mut pending = Pending::default();
+        let mut pending: Pending<u32, Read> = Pending::default();
         pending.add(proposal(5, &[1, 2]));
         pending.add(proposal(6, &[2]));
         assert_eq!(pending.newest_unapplied(1), Some(5));
         assert_eq!(pending.newest_unapplied(2), Some(6));
         assert_eq!(pending.newest_unapplied(3), None);
-        assert_eq!(pending.newest_unapplied(NO_ORIGIN), None);
         pending.attach(6, read(2, 20));
         let applied = pending.take_through(5);
         assert_eq!(applied.len(), 1);
@@ -157,7 +152,7 @@ mod tests {
             "its write in 6 is not applied"
         );
         let applied = pending.take_through(6);
-        assert_eq!(applied[0].reads[0].reply, 20);
+        assert_eq!(applied[0].reads[0], (2, 20));
         assert_eq!(pending.newest_unapplied(2), None);
         assert!(pending.is_empty());
     }
@@ -165,7 +160,7 @@ mod tests {
     #[test]
     #[should_panic(expected = "proposal 4 after 5")]
     fn indexes_only_grow() {
-        let mut pending = Pending::default();
+        let mut pending: Pending<u32, Read> = Pending::default();
         pending.add(proposal(5, &[1]));
         pending.add(proposal(4, &[1]));
     }

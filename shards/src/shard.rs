@@ -358,7 +358,7 @@ pub struct ShardCore<D: LogDisk + Clone, R> {
     /// Set when the log failed: the shard then refuses writes and keeps serving reads.
     failed: Option<(ErrorCode, String)>,
     writes_applied: u64,
-    pending: Pending<R>,
+    pending: Pending<R, ShardRequest<R>>,
     /// Committed entries handed out by the last begun ready, to apply next.
     to_apply: Vec<Entry>,
     disk_reads: DiskReads,
@@ -633,7 +633,10 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
                     reads.push(request);
                     continue;
                 }
-                if let Some(index) = self.pending.newest_unapplied(request.origin) {
+                let pending = (request.origin != NO_ORIGIN)
+                    .then(|| self.pending.newest_unapplied(request.origin))
+                    .flatten();
+                if let Some(index) = pending {
                     self.pending.attach(index, request);
                     continue;
                 }
@@ -715,6 +718,10 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
         } = batch;
         let count = encoder.count() as usize;
         assert_eq!(count, writers.len(), "one writer per command");
+        assert!(
+            !origins.contains(&NO_ORIGIN),
+            "origins that keep no order are not recorded"
+        );
         match self.peer.propose(encoder.finish()) {
             Ok((index, term)) => {
                 self.pending.add(Proposal {
