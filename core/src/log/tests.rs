@@ -358,3 +358,34 @@ fn segments_wholly_before_a_checkpoint_are_removed() {
     );
     assert_eq!(recovered.records.last().unwrap().index, 82);
 }
+
+/// A log written before the window existed (version 1 segments) is recovered with a window
+/// of one group, and appended to one group at a time until its next segment.
+#[test]
+fn a_version_1_segment_is_read_and_kept_to_one_group_in_flight() {
+    let disk = SimDisk::new();
+    let (mut log, _) = open(&disk).unwrap();
+    append_groups(&mut log, 1, 3, 1, 100);
+    drop(log);
+    // Rewrite the header as the previous build wrote it: version 1, no window, CRC at 24.
+    disk.with_file(&segment_name(1), |bytes| {
+        bytes[8..12].copy_from_slice(&1u32.to_le_bytes());
+        let crc = crc32c::crc32c(&bytes[0..24]);
+        bytes[24..28].copy_from_slice(&crc.to_le_bytes());
+        bytes[28..32].fill(0);
+    });
+    let (mut log, recovered) = open(&disk).unwrap();
+    assert_eq!(indexes(&recovered.records), vec![1, 2, 3]);
+    block_on(log.make_room()).unwrap();
+    let payload = payload(4, 10);
+    let write = log.begin_append(&[entry(4, &payload)]).unwrap().unwrap();
+    assert!(
+        !log.has_room_for_group(),
+        "a version 1 segment allows one group in flight"
+    );
+    log.group_written(block_on(write.write())).unwrap();
+    assert!(log.has_room_for_group());
+    drop(log);
+    let (_, recovered) = open(&disk).unwrap();
+    assert_eq!(indexes(&recovered.records), vec![1, 2, 3, 4]);
+}
