@@ -292,6 +292,12 @@ impl<D: LogDisk> Peer<D> {
         self.log.has_room_for_group()
     }
 
+    /// The last entry known durable here (its group and every earlier one were reported
+    /// written).
+    pub fn persisted_index(&self) -> u64 {
+        self.node.raft.raft_log.persisted
+    }
+
     /// Groups written and not yet reported.
     pub fn groups_in_flight(&self) -> usize {
         self.log.groups_in_flight()

@@ -850,9 +850,14 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
     }
 
     /// The write path failed: the shard refuses writes from now on (until reopened) and
-    /// every pending writer learns its outcome is unknown (its entry may be durable), or that
-    /// it surely failed where nothing can have reached the disk.
+    /// every pending writer learns its outcome. A proposal whose entry is already durable
+    /// (committed, not yet applied: later groups' failures can overtake its apply) has an
+    /// unknown outcome, never "failed": reopening applies it. The others get the error's
+    /// code: unknown where the failed write or sync may have reached the disk, surely failed
+    /// where it cannot (no space for the write, too large); a group after a failed one is
+    /// cut off at recovery even if it landed (see the log's window rule).
     fn fail(&mut self, error: PeerError) -> Output<R> {
+        let durable_through = self.peer.persisted_index();
         let message = format!("shard {}: {error}", self.shard);
         tracing::error!(shard = self.shard, %error, "write path failed; shard is read-only until it reopens");
         self.failed = Some((error_code_of(&error), message.clone()));
@@ -864,8 +869,18 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
             ),
             _ => message,
         };
+        let durable_message = format!(
+            "outcome unknown: shard {}: the write is durable but the shard failed before \
+             applying it ({error}); it is applied when the shard reopens",
+            self.shard
+        );
         let mut output = Output::default();
         for proposal in self.pending.take_all() {
+            let (code, message) = if proposal.index <= durable_through {
+                (ErrorCode::OutcomeUnknown, &durable_message)
+            } else {
+                (code, &message)
+            };
             output.replies.extend(
                 proposal
                     .writers

@@ -414,3 +414,49 @@ fn a_write_waits_for_its_connections_read_from_the_disk() {
     assert!(next.batch.is_some() && !next.blocked);
     assert!(next.propose_into(&mut shard).is_empty());
 }
+
+/// An entry that is durable and committed but not yet applied when the write path fails
+/// (a later group's write failed) is not "surely failed": its writers learn the outcome is
+/// unknown (reopening applies it), while a proposal no group holds surely failed.
+#[test]
+fn a_failure_never_calls_a_durable_write_failed() {
+    let disk = SimDisk::new();
+    let mut shard = block_on(ShardCore::<_, usize>::open(disk.clone(), 0, CONFIG)).unwrap();
+    shard.set_pipeline_when_queued(0);
+    let mut begin = |shard: &mut ShardCore<SimDisk, usize>, i: usize| {
+        let mut round = shard.take(vec![put(i)]);
+        assert!(round.propose_into(shard).is_empty());
+        let (write, _) = block_on(shard.begin_ready());
+        assert!(block_on(shard.apply_committed()).is_empty());
+        write.expect("a group")
+    };
+    let first = begin(&mut shard, 1);
+    let second = begin(&mut shard, 2);
+    // A third proposal that no group holds yet.
+    let mut third = shard.take(vec![put(3)]);
+    assert!(third.propose_into(&mut shard).is_empty());
+    let first = block_on(first.write());
+    disk.fail_after(FaultOn::Write, 1, 28);
+    let second = block_on(second.write());
+    assert!(second.result.is_err());
+    // The first group is durable and its entry commits; the second failed.
+    assert!(shard.group_written(first).is_empty());
+    let failed = shard.group_written(second);
+    assert_eq!(failed.replies.len(), 3);
+    for (to, reply) in &failed.replies {
+        let ShardReply::Error(code, _) = reply else {
+            panic!("{to}: {reply:?}");
+        };
+        let expected = match to {
+            1 => ErrorCode::OutcomeUnknown, // durable: reopening applies it
+            2 => ErrorCode::DiskFull,       // its write failed: recovery cuts it
+            _ => ErrorCode::DiskFull,       // never written
+        };
+        assert_eq!(*code, expected, "writer {to}");
+    }
+    assert!(block_on(shard.try_reopen()));
+    let (replies, _) = round(&mut shard, vec![get(1, 10), get(2, 11), get(3, 12)]);
+    assert!(matches!(reply_to(&replies, 10), ShardReply::Value(Some(_))));
+    assert_eq!(reply_to(&replies, 11), ShardReply::Value(None));
+    assert_eq!(reply_to(&replies, 12), ShardReply::Value(None));
+}
