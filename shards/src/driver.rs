@@ -80,8 +80,9 @@ pub struct ShardDriver<D: LogDisk + Clone, R> {
     locks: LockTable<R>,
     /// While writes wait: the reads-only view of the queue (it remembers what it looked at).
     meanwhile: Option<ReadsMeanwhile>,
-    /// The queue's front waits for a read from the disk: nothing to take until woken.
-    blocked: bool,
+    /// The queue's front is a write of this origin, waiting for the origin's read from the
+    /// disk: nothing to take until that read finishes.
+    blocked_on: Option<crate::shard::Origin>,
     /// Whether the last pass took writes (what a wait should wake for).
     took_writes: bool,
     /// Group writes handed out and not yet reported.
@@ -95,7 +96,7 @@ impl<D: LogDisk + Clone, R> ShardDriver<D, R> {
             shard,
             locks: LockTable::default(),
             meanwhile: None,
-            blocked: false,
+            blocked_on: None,
             took_writes: true,
             writes_in_flight: 0,
             last_reopen: None,
@@ -154,7 +155,7 @@ impl<D: LogDisk + Clone, R> ShardDriver<D, R> {
     pub fn take_requests(&mut self, queue: &mut VecDeque<ShardRequest<R>>) -> Taken<R> {
         let mut output = Output::default();
         self.took_writes = self.shard.takes_writes(queue.len());
-        let requests: Vec<_> = if self.took_writes && self.blocked {
+        let requests: Vec<_> = if self.took_writes && self.is_blocked() {
             Vec::new()
         } else if self.took_writes {
             self.meanwhile = None;
@@ -168,7 +169,7 @@ impl<D: LogDisk + Clone, R> ShardDriver<D, R> {
         if took {
             let requests = self.handle_locks(requests, &mut output);
             let mut round = self.shard.take(requests);
-            self.blocked = round.blocked;
+            self.blocked_on = round.blocked_on;
             for request in round.leftover.drain(..).rev() {
                 queue.push_front(request);
             }
@@ -203,7 +204,7 @@ impl<D: LogDisk + Clone, R> ShardDriver<D, R> {
     /// Whether the queue holds something the next pass would take without a wake-up.
     pub fn has_work(&self, queue: &VecDeque<ShardRequest<R>>) -> bool {
         if self.took_writes {
-            !self.blocked && !queue.is_empty()
+            !self.is_blocked() && !queue.is_empty()
         } else {
             self.meanwhile
                 .as_ref()
@@ -214,7 +215,15 @@ impl<D: LogDisk + Clone, R> ShardDriver<D, R> {
     /// The loop was woken (an arrival, a finished disk read, a group): the queue's front is
     /// worth another look.
     pub fn woken(&mut self) {
-        self.blocked = false;
+        self.blocked_on = None;
+    }
+
+    /// Whether the queue's front still waits for its connection's read from the disk. Asked
+    /// of the reads themselves, not left to a wake-up, which the loop misses if the read
+    /// finishes while it is busy elsewhere (the queue would then sit until the next tick).
+    fn is_blocked(&self) -> bool {
+        self.blocked_on
+            .is_some_and(|origin| self.shard.disk_reads().has(origin))
     }
 
     /// Whether the shard may stop: nothing pending and no group write running.

@@ -146,9 +146,9 @@ pub struct Round<R> {
     /// Reads that need the disk, to run in tasks of their own; each is counted in
     /// [`ShardCore::disk_reads`] until the caller reports it finished.
     pub deferred: Vec<ShardRequest<R>>,
-    /// The leftover starts with a write whose connection has a read from the disk in
+    /// The leftover starts with a write of this origin, which has a read from the disk in
     /// flight: taking the queue again gets nowhere until that read finishes.
-    pub blocked: bool,
+    pub blocked_on: Option<Origin>,
     pub batch: Option<Batch<R>>,
 }
 
@@ -335,7 +335,8 @@ impl DiskReads {
         }
     }
 
-    fn has(&self, origin: Origin) -> bool {
+    /// Whether `origin` has a read from the disk in flight.
+    pub fn has(&self, origin: Origin) -> bool {
         origin != NO_ORIGIN && self.0.borrow().contains_key(&origin)
     }
 }
@@ -616,7 +617,7 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
         let mut leftover = Vec::new();
         let mut deferred = Vec::new();
         let mut reads: Vec<ShardRequest<R>> = Vec::new();
-        let mut blocked = false;
+        let mut blocked_on = None;
         for request in requests.by_ref() {
             if request.op.is_lock() {
                 let message = "a lock request reached the store, not the lock table";
@@ -673,7 +674,7 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
                 && (self.disk_reads.has(request.origin)
                     || deferred.iter().any(|read| read.origin == request.origin));
             if full || after_own_read || after_own_disk_read {
-                blocked = after_own_disk_read;
+                blocked_on = after_own_disk_read.then_some(request.origin);
                 leftover.push(request);
                 break;
             }
@@ -701,7 +702,7 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
             replies,
             leftover,
             deferred,
-            blocked,
+            blocked_on,
             batch,
         }
     }

@@ -397,8 +397,8 @@ fn a_write_waits_for_its_connections_read_from_the_disk() {
     assert_eq!(taken.deferred.len(), 1, "the read needs the disk");
     assert!(taken.batch.is_none(), "the write waits for the read");
     assert_eq!(taken.leftover.len(), 1);
-    assert!(taken.blocked);
-    assert!(!shard.takes_writes(0) || shard.take(vec![from(7, put(cold))]).blocked);
+    assert_eq!(taken.blocked_on, Some(7));
+    assert!(!shard.takes_writes(0) || shard.take(vec![from(7, put(cold))]).blocked_on.is_some());
     // Another connection's write is not held up.
     let other = shard.take(vec![from(8, put(5000))]);
     assert!(other.batch.is_some());
@@ -411,7 +411,7 @@ fn a_write_waits_for_its_connections_read_from_the_disk() {
         "{reply:?}"
     );
     let mut next = shard.take(taken.leftover);
-    assert!(next.batch.is_some() && !next.blocked);
+    assert!(next.batch.is_some() && next.blocked_on.is_none());
     assert!(next.propose_into(&mut shard).is_empty());
 }
 
@@ -459,4 +459,29 @@ fn a_failure_never_calls_a_durable_write_failed() {
     assert!(matches!(reply_to(&replies, 10), ShardReply::Value(Some(_))));
     assert_eq!(reply_to(&replies, 11), ShardReply::Value(None));
     assert_eq!(reply_to(&replies, 12), ShardReply::Value(None));
+}
+
+/// A write held behind its connection's disk read goes as soon as the read finishes, even
+/// if the loop missed the wake-up (the read finished while the loop was busy elsewhere).
+#[test]
+fn a_write_behind_a_disk_read_goes_once_the_read_finishes_without_a_wake_up() {
+    let disk = SimDisk::new();
+    let shard = larger_than_the_cache(&disk);
+    let cold = (0..2000)
+        .find(|&i| shard.store().try_get(format!("k{i}").as_bytes()).is_none())
+        .expect("some key's leaf is not cached");
+    let mut driver = crate::driver::ShardDriver::new(shard);
+    let mut queue: std::collections::VecDeque<_> =
+        [from(7, get(cold, 100)), from(7, put(cold))].into();
+    let taken = driver.take_requests(&mut queue);
+    assert_eq!(taken.output.deferred.len(), 1, "the read needs the disk");
+    assert_eq!(queue.len(), 1, "the write waits for it");
+    assert!(!driver.has_work(&queue));
+    driver.shard().disk_reads().finish(7);
+    assert!(
+        driver.has_work(&queue),
+        "the finished read unblocks the write"
+    );
+    let taken = driver.take_requests(&mut queue);
+    assert!(taken.took && queue.is_empty());
 }
