@@ -423,7 +423,7 @@ fn a_failure_never_calls_a_durable_write_failed() {
     let disk = SimDisk::new();
     let mut shard = block_on(ShardCore::<_, usize>::open(disk.clone(), 0, CONFIG)).unwrap();
     shard.set_pipeline_when_queued(0);
-    let mut begin = |shard: &mut ShardCore<SimDisk, usize>, i: usize| {
+    let begin = |shard: &mut ShardCore<SimDisk, usize>, i: usize| {
         let mut round = shard.take(vec![put(i)]);
         assert!(round.propose_into(shard).is_empty());
         let (write, _) = block_on(shard.begin_ready());
