@@ -152,8 +152,11 @@ pub fn group_size_on_disk(records: &[Record<'_>]) -> usize {
 }
 
 /// Encodes one group into `out`, whose length is `group_size_on_disk(records)`. Every byte of
-/// `out` is written, padding included, so `out` may hold anything before.
-pub fn encode_group(out: &mut [u8], sequence: u64, records: &[Record<'_>]) {
+/// `out` is written, padding included, so `out` may hold anything before. `in_flight_before`
+/// is how many earlier groups were not yet known durable when this one was begun (so every
+/// group up to `sequence - 1 - in_flight_before` was): recovery uses it to tell damage to a
+/// durable group from a torn write.
+pub fn encode_group(out: &mut [u8], sequence: u64, in_flight_before: u32, records: &[Record<'_>]) {
     let mut at = GROUP_HEADER_SIZE;
     for record in records {
         assert!(
@@ -182,7 +185,7 @@ pub fn encode_group(out: &mut [u8], sequence: u64, records: &[Record<'_>]) {
     let records_crc = crc32c::crc32c(&out[GROUP_HEADER_SIZE..at]);
     out[20..24].copy_from_slice(&records_crc.to_le_bytes());
     out[24..28].copy_from_slice(&(records.len() as u32).to_le_bytes());
-    out[28..32].copy_from_slice(&0u32.to_le_bytes());
+    out[28..32].copy_from_slice(&in_flight_before.to_le_bytes());
     let header_crc = crc32c::crc32c(&out[8..32]);
     out[4..8].copy_from_slice(&header_crc.to_le_bytes());
 }
@@ -194,6 +197,18 @@ pub struct GroupHeader {
     pub records_len: usize,
     pub records_crc: u32,
     pub record_count: u32,
+    /// Earlier groups not yet known durable when this one was begun (0 in logs written one
+    /// group at a time, including every version 1 segment).
+    pub in_flight_before: u32,
+}
+
+impl GroupHeader {
+    /// The last group that was durable when this one was begun.
+    pub fn durable_through(&self) -> u64 {
+        self.sequence
+            .saturating_sub(1)
+            .saturating_sub(u64::from(self.in_flight_before))
+    }
 }
 
 impl GroupHeader {
@@ -207,7 +222,7 @@ pub fn decode_group_header(bytes: &[u8]) -> Option<GroupHeader> {
     if bytes.len() < GROUP_HEADER_SIZE || bytes[0..4] != GROUP_MAGIC {
         return None;
     }
-    if crc32c::crc32c(&bytes[8..32]) != u32_at(bytes, 4) || u32_at(bytes, 28) != 0 {
+    if crc32c::crc32c(&bytes[8..32]) != u32_at(bytes, 4) {
         return None;
     }
     Some(GroupHeader {
@@ -215,6 +230,7 @@ pub fn decode_group_header(bytes: &[u8]) -> Option<GroupHeader> {
         records_len: u32_at(bytes, 16) as usize,
         records_crc: u32_at(bytes, 20),
         record_count: u32_at(bytes, 24),
+        in_flight_before: u32_at(bytes, 28),
     })
 }
 
@@ -307,9 +323,11 @@ mod tests {
         ];
         let mut out = vec![0xAA; group_size_on_disk(&records)];
         assert_eq!(out.len(), LOG_BLOCK_SIZE);
-        encode_group(&mut out, 9, &records);
+        encode_group(&mut out, 9, 2, &records);
         let header = decode_group_header(&out).unwrap();
         assert_eq!(header.sequence, 9);
+        assert_eq!(header.in_flight_before, 2);
+        assert_eq!(header.durable_through(), 6);
         let decoded = decode_records(
             &header,
             &out[GROUP_HEADER_SIZE..GROUP_HEADER_SIZE + header.records_len],
@@ -333,7 +351,7 @@ mod tests {
             payload: b"x",
         }];
         let mut out = vec![0; group_size_on_disk(&records)];
-        encode_group(&mut out, 1, &records);
+        encode_group(&mut out, 1, 0, &records);
         let used = GROUP_HEADER_SIZE + records[0].encoded_len();
         for i in 0..used * 8 {
             let mut damaged = out.clone();

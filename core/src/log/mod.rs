@@ -411,7 +411,7 @@ impl<D: LogDisk> Log<D> {
                             at as u64,
                             format!(
                                 "{detail}; a valid group {sequence} follows at offset {later}, \
-                                 beyond the segment's window of {} groups in flight",
+                                 begun after this one was durable (window: {} groups in flight)",
                                 header.window
                             ),
                         ));
@@ -477,8 +477,10 @@ impl<D: LogDisk> Log<D> {
 
     /// The offset and sequence of a checksum-valid group after `at` that must have been
     /// written only after the group expected at `at` (sequence `next_sequence`) was durable:
-    /// its sequence is `next_sequence + window` or later (or it repeats `next_sequence`). Valid
-    /// groups between the two were in flight with the damaged one: a torn tail, not damage.
+    /// its sequence is `next_sequence + window` or later (or it repeats `next_sequence`), or
+    /// its header says every group up to `next_sequence` was durable when it was begun (an
+    /// idle log writes one group at a time, so this catches damage to any of its last
+    /// groups). Other valid groups after it were in flight with the damaged one: a torn tail.
     fn find_durable_later_group(
         &self,
         bytes: &[u8],
@@ -490,7 +492,8 @@ impl<D: LogDisk> Log<D> {
             if let Some(header) = decode_group_header(&bytes[block..]) {
                 let records_start = block + GROUP_HEADER_SIZE;
                 let in_window = header.sequence > self.next_sequence
-                    && header.sequence < self.next_sequence + u64::from(window);
+                    && header.sequence < self.next_sequence + u64::from(window)
+                    && header.durable_through() < self.next_sequence;
                 if header.sequence >= self.next_sequence
                     && !in_window
                     && records_start + header.records_len <= bytes.len()
@@ -638,7 +641,15 @@ impl<D: LogDisk> Log<D> {
             "make_room rolls a full segment over"
         );
         let mut buffer = active.file.alloc(size);
-        encode_group(buffer.as_mut(), self.next_sequence, records);
+        // Every group before the ones still in flight is durable: recovery can then tell
+        // damage to those from a torn write.
+        let in_flight_before = u32::try_from(self.in_flight.len()).expect("a small window");
+        encode_group(
+            buffer.as_mut(),
+            self.next_sequence,
+            in_flight_before,
+            records,
+        );
         let write = GroupWrite {
             file: Rc::clone(&active.file),
             buffer,

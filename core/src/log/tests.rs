@@ -115,8 +115,7 @@ fn torn_tail_is_truncated_and_reported() {
 fn corruption_before_the_tail_is_an_error_naming_file_and_offset() {
     let disk = SimDisk::new();
     let (mut log, _) = open(&disk).unwrap();
-    // Group 5 is begun only after group 1 is durable (a window of 4 groups in flight).
-    append_groups(&mut log, 1, 5, 1, 100);
+    append_groups(&mut log, 1, 3, 1, 100);
     drop(log);
     disk.with_file(&segment_name(1), |bytes| bytes[4096 + 40] ^= 0xFF);
     match open(&disk) {
@@ -127,7 +126,8 @@ fn corruption_before_the_tail_is_an_error_naming_file_and_offset() {
         }) => {
             assert!(path.ends_with(&segment_name(1)), "{path}");
             assert_eq!(offset, 4096);
-            assert!(detail.contains("valid group 5 follows"), "{detail}");
+            // Group 2 was begun after group 1 was durable (its header says so).
+            assert!(detail.contains("valid group 2 follows"), "{detail}");
         }
         other => panic!(
             "expected corruption, got {:?}",
@@ -388,4 +388,27 @@ fn a_version_1_segment_is_read_and_kept_to_one_group_in_flight() {
     drop(log);
     let (_, recovered) = open(&disk).unwrap();
     assert_eq!(indexes(&recovered.records), vec![1, 2, 3, 4]);
+}
+
+/// Groups written one at a time (an idle or lightly loaded shard) say so in their headers:
+/// damage to one of the last groups, followed by valid ones within the window, is corruption
+/// of acknowledged data, not a torn tail to cut silently.
+#[test]
+fn damage_to_a_group_a_later_group_knew_durable_is_corruption() {
+    let disk = SimDisk::new();
+    let (mut log, _) = open(&disk).unwrap();
+    append_groups(&mut log, 1, 3, 1, 100);
+    drop(log);
+    // Bit rot in group 2's records; group 3 was begun after group 2 was durable.
+    disk.with_file(&segment_name(1), |bytes| bytes[4096 + 4096 + 40] ^= 0x10);
+    match open(&disk) {
+        Err(LogError::Corrupt { offset, detail, .. }) => {
+            assert_eq!(offset, 4096 + 4096);
+            assert!(detail.contains("valid group 3 follows"), "{detail}");
+        }
+        other => panic!(
+            "expected corruption, got {:?}",
+            other.map(|(_, r)| indexes(&r.records))
+        ),
+    }
 }
