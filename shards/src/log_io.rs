@@ -154,7 +154,7 @@ impl LogDisk for DmaDisk {
 }
 
 impl DmaLogFile {
-    async fn write(&self, buffer: AlignedBuffer, pos: u64, sync: bool) -> io::Result<()> {
+    async fn write(&self, buffer: AlignedBuffer, pos: u64, sync: disk::Sync) -> io::Result<()> {
         let fd = self.file.as_raw_fd();
         if disk::available() {
             let len = buffer.as_ref().len();
@@ -163,7 +163,7 @@ impl DmaLogFile {
         }
         let written = self.file.write_at(buffer.as_ref(), pos)?;
         check_written(written, buffer.as_ref().len(), pos)?;
-        if sync {
+        if sync != disk::Sync::No {
             self.file.sync_data()?;
         }
         Ok(())
@@ -178,11 +178,11 @@ impl LogFile for DmaLogFile {
     }
 
     async fn write_at(&self, buffer: AlignedBuffer, pos: u64) -> io::Result<()> {
-        self.write(buffer, pos, true).await
+        self.write(buffer, pos, disk::Sync::Yes).await
     }
 
     async fn write_at_synced(&self, buffer: AlignedBuffer, pos: u64) -> io::Result<()> {
-        self.write(buffer, pos, true).await
+        self.write(buffer, pos, disk::Sync::CommitGroup).await
     }
 
     async fn read_at(&self, pos: u64, len: usize) -> io::Result<Vec<u8>> {

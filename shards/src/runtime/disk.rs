@@ -20,15 +20,27 @@ fn fdatasync(file: RawFd) -> squeue::Entry {
 }
 
 thread_local! {
-    /// Linked write + fdatasync operations whose sync completed successfully on this
-    /// executor's ring.
-    static SYNCED_WRITES: Cell<u64> = const { Cell::new(0) };
+    /// Commit-group writes whose linked fdatasync completed successfully on this executor's
+    /// ring (page writes, synced too, are not counted: they would hide a group's missing sync).
+    static SYNCED_GROUPS: Cell<u64> = const { Cell::new(0) };
 }
 
-/// How many linked write + fdatasync operations completed on this thread's ring: counted
-/// from the sync's own completion, so a commit that skipped the sync cannot be counted.
+/// How many commit-group writes ([`Sync::CommitGroup`]) completed their fdatasync on this
+/// thread's ring: counted from the sync's own completion, so a commit that skipped the sync
+/// cannot be counted.
 pub fn synced_writes_completed() -> u64 {
-    SYNCED_WRITES.with(Cell::get)
+    SYNCED_GROUPS.with(Cell::get)
+}
+
+/// What follows a write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sync {
+    /// Nothing: the data may sit in the device's cache.
+    No,
+    /// A linked fdatasync.
+    Yes,
+    /// A linked fdatasync, counted in [`synced_writes_completed`]: a log commit group.
+    CommitGroup,
 }
 
 /// Whether the calling thread can use these functions (it runs an executor).
@@ -36,13 +48,13 @@ pub fn available() -> bool {
     on_executor()
 }
 
-/// Writes all of `buffer` at `pos`; with `sync`, then fdatasyncs the file (linked: the sync
-/// runs only after the write succeeded). Returns the bytes written.
+/// Writes all of `buffer` at `pos`; unless `sync` is [`Sync::No`], then fdatasyncs the file
+/// (linked: the sync runs only after the write succeeded). Returns the bytes written.
 pub async fn write<B: AsRef<[u8]> + 'static>(
     file: RawFd,
     buffer: B,
     pos: u64,
-    sync: bool,
+    sync: Sync,
 ) -> io::Result<usize> {
     // Boxed first: the bytes' address is taken where they will stay.
     let buffer = Box::new(buffer);
@@ -51,7 +63,7 @@ pub async fn write<B: AsRef<[u8]> + 'static>(
         (bytes.as_ptr(), bytes.len() as u32)
     };
     let write = opcode::Write::new(fd(file), ptr, len).offset(pos).build();
-    if !sync {
+    if sync == Sync::No {
         let (result, _) = Op::submit_keeping(buffer, write).finish_keeping().await;
         return io_result(result);
     }
@@ -66,7 +78,9 @@ pub async fn write<B: AsRef<[u8]> + 'static>(
         return Ok(written);
     }
     io_result(synced)?;
-    SYNCED_WRITES.with(|count| count.set(count.get() + 1));
+    if sync == Sync::CommitGroup {
+        SYNCED_GROUPS.with(|count| count.set(count.get() + 1));
+    }
     Ok(written)
 }
 
