@@ -291,6 +291,13 @@ fn larger_than_the_cache(disk: &SimDisk) -> ShardCore<SimDisk, usize> {
     shard
 }
 
+/// A key of [`larger_than_the_cache`] whose leaf is not in the cache.
+fn cold_key(shard: &ShardCore<SimDisk, usize>) -> usize {
+    (0..2000)
+        .find(|&i| shard.store().try_get(format!("k{i}").as_bytes()).is_none())
+        .expect("some key's leaf is not cached")
+}
+
 #[test]
 fn an_io_error_while_applying_a_durable_write_is_outcome_unknown() {
     let disk = SimDisk::new();
@@ -389,9 +396,7 @@ fn restart_starts_from_the_checkpoint_and_applies_only_the_log_after_it() {
 fn a_write_waits_for_its_connections_read_from_the_disk() {
     let disk = SimDisk::new();
     let mut shard = larger_than_the_cache(&disk);
-    let cold = (0..2000)
-        .find(|&i| shard.store().try_get(format!("k{i}").as_bytes()).is_none())
-        .expect("some key's leaf is not cached");
+    let cold = cold_key(&shard);
     // Connection 7 pipelines a read of the cold key, then a write to it.
     let mut taken = shard.take(vec![from(7, get(cold, 100)), from(7, put(cold))]);
     assert_eq!(taken.deferred.len(), 1, "the read needs the disk");
@@ -467,9 +472,7 @@ fn a_failure_never_calls_a_durable_write_failed() {
 fn a_write_behind_a_disk_read_goes_once_the_read_finishes_without_a_wake_up() {
     let disk = SimDisk::new();
     let shard = larger_than_the_cache(&disk);
-    let cold = (0..2000)
-        .find(|&i| shard.store().try_get(format!("k{i}").as_bytes()).is_none())
-        .expect("some key's leaf is not cached");
+    let cold = cold_key(&shard);
     let mut driver = crate::driver::ShardDriver::new(shard);
     let mut queue: std::collections::VecDeque<_> =
         [from(7, get(cold, 100)), from(7, put(cold))].into();
