@@ -68,5 +68,15 @@ for protocol in (3, 2):
     pipe.set("py:a", 1).get("py:a").incr("py:a").get("py:a").delete("py:a").get("py:a")
     got = pipe.execute()
     assert got == [True, b"1", 2, b"2", 1, None], got
+    # A transactional pipeline (MULTI ... EXEC) is refused as a whole: an error, nothing run.
+    pipe = r.pipeline(transaction=True)
+    pipe.set(f"py:tx{protocol}", 1).incr(f"py:txn{protocol}")
+    try:
+        pipe.execute()
+        raise AssertionError("a transactional pipeline was accepted")
+    except redis.exceptions.ResponseError as e:
+        assert "MULTI" in str(e), e
+    assert r.get(f"py:tx{protocol}") is None and r.get(f"py:txn{protocol}") is None
+    assert r.ping()
 print("redis-py (RESP3 and RESP2): ok")
 PY

@@ -408,6 +408,9 @@ pub struct Session {
     next_cursor: Cell<u64>,
     /// Set by HELLO 3: the client speaks RESP3.
     resp3: Cell<bool>,
+    /// Set by MULTI, which kvs refuses: until EXEC or DISCARD nothing the client sends runs
+    /// (a client that queued a transaction must not see half of it applied).
+    in_refused_multi: Cell<bool>,
 }
 
 impl Session {
@@ -467,6 +470,47 @@ fn check_sizes(keys: &[&Vec<u8>], values: &[&Vec<u8>]) -> Result<(), String> {
     Ok(())
 }
 
+/// MULTI, EXEC and DISCARD, and what a connection sends between them: kvs has no
+/// transactions on this listener yet, so MULTI is refused, and every command after it is
+/// refused (not run) until EXEC (answered EXECABORT) or DISCARD ends it. Returns whether it
+/// answered the command.
+fn refuse_transaction(session: &Session, name: &str, out: &mut Vec<u8>) -> bool {
+    let in_multi = session.in_refused_multi.get();
+    match name {
+        "multi" if in_multi => resp::error(out, "ERR MULTI calls can not be nested"),
+        "multi" => {
+            session.in_refused_multi.set(true);
+            resp::error(
+                out,
+                "ERR MULTI is not supported by kvs: nothing sent on this connection runs until \
+                 EXEC or DISCARD",
+            );
+        }
+        "exec" if in_multi => {
+            session.in_refused_multi.set(false);
+            resp::error(
+                out,
+                "EXECABORT Transaction discarded: MULTI is not supported by kvs, nothing was run",
+            );
+        }
+        "discard" if in_multi => {
+            session.in_refused_multi.set(false);
+            resp::simple(out, "OK");
+        }
+        "exec" => resp::error(out, "ERR EXEC without MULTI"),
+        "discard" => resp::error(out, "ERR DISCARD without MULTI"),
+        _ if in_multi => resp::error(
+            out,
+            &format!(
+                "ERR '{}' not run: MULTI is not supported by kvs; send DISCARD or EXEC",
+                name.chars().take(64).collect::<String>()
+            ),
+        ),
+        _ => return false,
+    }
+    true
+}
+
 /// Runs one command. Every path answers the command exactly once, in order.
 async fn execute(
     ctx: &CoreContext,
@@ -478,6 +522,10 @@ async fn execute(
     let mut out = Vec::new();
     let name = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
     let argc = args.len();
+    if refuse_transaction(session, &name, &mut out) {
+        conn.respond_in_order(sequence, out);
+        return After::Continue;
+    }
     let shard_of = |key: &[u8]| shard_for_key(key, ctx.shard_count);
     let resp3 = session.resp3.get();
     let origin = conn.origin();
@@ -916,71 +964,5 @@ async fn read_loop(ctx: &CoreContext, stream: &TcpStream, conn: &Rc<Connection>)
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn glob_patterns() {
-        assert!(glob_match(b"*", b"anything"));
-        assert!(glob_match(b"user:*", b"user:42"));
-        assert!(!glob_match(b"user:*", b"usr:42"));
-        assert!(glob_match(b"h?llo", b"hello"));
-        assert!(glob_match(b"h[ae]llo", b"hallo"));
-        assert!(!glob_match(b"h[ae]llo", b"hillo"));
-        assert!(glob_match(b"h[^e]llo", b"hallo"));
-        assert!(!glob_match(b"h[^e]llo", b"hello"));
-        assert!(glob_match(b"h[a-c]llo", b"hbllo"));
-        assert!(glob_match(b"a\\*b", b"a*b"));
-        assert!(!glob_match(b"a\\*b", b"axb"));
-        assert!(glob_match(b"*a*b*", b"xxaxxbxx"));
-        assert!(!glob_match(b"*a*b", b"xxaxxbxxc"));
-        assert!(glob_match(b"", b""));
-        assert!(!glob_match(b"", b"x"));
-    }
-
-    #[test]
-    fn scan_cursors_are_small_numbers_used_once() {
-        let session = Session::default();
-        let cursor = session.remember(b"next".to_vec());
-        assert!(cursor > 0);
-        assert_eq!(session.resume(0), Some(vec![]));
-        assert_eq!(session.resume(cursor), Some(b"next".to_vec()));
-        assert_eq!(session.resume(cursor), None);
-    }
-
-    #[test]
-    fn renders() {
-        use kvs_core::state::Versioned;
-        let get = render(
-            RespRender::Get,
-            ShardReply::Value(Some(Versioned {
-                version: 1,
-                value: b"v".to_vec(),
-            })),
-            false,
-        );
-        assert_eq!(get, b"$1\r\nv\r\n");
-        assert_eq!(
-            render(RespRender::Get, ShardReply::Value(None), false),
-            b"$-1\r\n"
-        );
-        assert_eq!(
-            render(RespRender::Strlen, ShardReply::Value(None), false),
-            b":0\r\n"
-        );
-        let skipped = render(
-            RespRender::SetConditional,
-            ShardReply::Written(CommandResult::Skipped),
-            true,
-        );
-        assert_eq!(skipped, b"_\r\n", "RESP3 null");
-        let refused = render(
-            RespRender::Integer,
-            ShardReply::Written(CommandResult::Refused {
-                reason: "no".into(),
-            }),
-            false,
-        );
-        assert_eq!(refused, b"-ERR no\r\n");
-    }
-}
+#[path = "resp_server_tests.rs"]
+mod tests;

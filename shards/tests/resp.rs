@@ -301,3 +301,48 @@ fn the_two_listeners_cannot_share_an_address() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// MULTI is not supported yet: it is refused, and nothing sent after it on that connection
+/// runs until EXEC or DISCARD (a transactional redis-py pipeline must not half-apply).
+#[test]
+fn a_refused_multi_applies_nothing_until_exec_or_discard() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = RespServer::start(dir.path(), 2);
+    let mut c = RespClient::connect(&server.resp_addr).unwrap();
+    // What redis-py's pipeline(transaction=True) sends, all at once.
+    let commands: [&[&[u8]]; 5] = [
+        &[b"MULTI"],
+        &[b"SET", b"t1", b"1"],
+        &[b"INCR", b"t2"],
+        &[b"EXEC"],
+        &[b"GET", b"t1"],
+    ];
+    for command in commands {
+        c.send(command);
+    }
+    let replies: Vec<Reply> = (0..5).map(|_| c.read()).collect();
+    assert!(
+        matches!(&replies[0], Reply::Error(e) if e.contains("MULTI")),
+        "{replies:?}"
+    );
+    assert!(matches!(&replies[1], Reply::Error(_)), "{replies:?}");
+    assert!(matches!(&replies[2], Reply::Error(_)), "{replies:?}");
+    assert!(
+        matches!(&replies[3], Reply::Error(e) if e.starts_with("EXECABORT")),
+        "{replies:?}"
+    );
+    assert_eq!(
+        replies[4],
+        Reply::Bulk(None),
+        "nothing after MULTI was applied"
+    );
+    // DISCARD ends the refused transaction too; commands run again after it.
+    assert!(matches!(c.call(&[b"MULTI"]), Reply::Error(_)));
+    assert!(matches!(c.call(&[b"SET", b"t1", b"x"]), Reply::Error(_)));
+    assert_eq!(c.call(&[b"DISCARD"]), ok());
+    assert_eq!(c.call(&[b"SET", b"t1", b"2"]), ok());
+    assert_eq!(c.call(&[b"GET", b"t1"]), bulk("2"));
+    // Without MULTI, EXEC and DISCARD are errors, as in Redis.
+    assert!(matches!(c.call(&[b"EXEC"]), Reply::Error(e) if e.contains("without MULTI")));
+    assert!(matches!(c.call(&[b"DISCARD"]), Reply::Error(e) if e.contains("without MULTI")));
+}
