@@ -35,6 +35,9 @@ expect "" get greeting
 expect OK mset a 1 b 2 c 3
 expect $'1\n\n3' mget a nope c
 [[ $(redis-cli -p "$port" --scan | sort | tr '\n' ' ') == "a b c " ]] || { echo "redis-cli --scan lists the wrong keys"; exit 1; }
+# --bigkeys walks the keys with SCAN, asks TYPE and STRLEN, and reports the biggest string.
+bigkeys=$(redis-cli -p "$port" --bigkeys 2>&1)
+grep -q "Biggest string found" <<<"$bigkeys" || { echo "redis-cli --bigkeys failed:"; echo "$bigkeys"; exit 1; }
 echo "redis-cli: ok"
 
 # -q prints progress lines and then one final "requests per second" line per test.

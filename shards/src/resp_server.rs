@@ -48,16 +48,19 @@ pub enum RespRender {
     Integer,
     /// GETSET: the previous value or a null bulk string.
     GetSet,
+    /// TYPE: `string` for a key that exists (kvs keeps strings only), `none` otherwise.
+    Type,
 }
 
 impl RespRender {
-    const ALL: [RespRender; 6] = [
+    const ALL: [RespRender; 7] = [
         RespRender::Get,
         RespRender::Strlen,
         RespRender::Set,
         RespRender::SetConditional,
         RespRender::Integer,
         RespRender::GetSet,
+        RespRender::Type,
     ];
 
     /// A target's aux for a single-shard reply: the rendering, and whether the connection
@@ -110,6 +113,9 @@ pub fn render_into(out: &mut Vec<u8>, render: RespRender, reply: ShardReply, res
         (RespRender::Get, ShardReply::Value(None)) => null(out, resp3),
         (RespRender::Strlen, ShardReply::Value(v)) => {
             resp::integer(out, v.map_or(0, |v| v.value.len() as i64))
+        }
+        (RespRender::Type, ShardReply::Value(v)) => {
+            resp::simple(out, if v.is_some() { "string" } else { "none" })
         }
         (RespRender::Set, ShardReply::Written(CommandResult::Written { .. })) => {
             resp::simple(out, "OK")
@@ -643,14 +649,14 @@ async fn execute(
                 "ERR CONFIG is not supported by kvs except CONFIG GET",
             ),
         },
-        "get" | "strlen" if argc == 2 => {
+        "get" | "strlen" | "type" if argc == 2 => {
             if let Err(e) = sizes(&[&args[0]], &[]) {
                 resp::error(&mut out, &e);
             } else {
-                let render = if name == "get" {
-                    RespRender::Get
-                } else {
-                    RespRender::Strlen
+                let render = match name.as_str() {
+                    "get" => RespRender::Get,
+                    "strlen" => RespRender::Strlen,
+                    _ => RespRender::Type,
                 };
                 let key = args.into_iter().next().unwrap_or_default();
                 ctx.send(shard_of(&key), ShardOp::Get { key }, single(render))
@@ -880,10 +886,9 @@ async fn execute(
                 }
             }
         }
-        "get" | "strlen" | "set" | "getset" | "append" | "incr" | "decr" | "incrby" | "decrby"
-        | "del" | "exists" | "mget" | "mset" | "dbsize" | "info" | "scan" | "echo" | "select" => {
-            wrong_arity(&mut out, &name)
-        }
+        "get" | "strlen" | "type" | "set" | "getset" | "append" | "incr" | "decr" | "incrby"
+        | "decrby" | "del" | "exists" | "mget" | "mset" | "dbsize" | "info" | "scan" | "echo"
+        | "select" => wrong_arity(&mut out, &name),
         _ => {
             let mut shown = String::new();
             for arg in args.iter().take(3) {

@@ -346,3 +346,15 @@ fn a_refused_multi_applies_nothing_until_exec_or_discard() {
     assert!(matches!(c.call(&[b"EXEC"]), Reply::Error(e) if e.contains("without MULTI")));
     assert!(matches!(c.call(&[b"DISCARD"]), Reply::Error(e) if e.contains("without MULTI")));
 }
+
+/// TYPE, as redis-cli --bigkeys uses it: kvs keeps strings only.
+#[test]
+fn type_names_strings_and_missing_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = RespServer::start(dir.path(), 2);
+    let mut c = RespClient::connect(&server.resp_addr).unwrap();
+    assert_eq!(c.call(&[b"SET", b"ty", b"v"]), ok());
+    assert_eq!(c.call(&[b"TYPE", b"ty"]), Reply::Simple("string".into()));
+    assert_eq!(c.call(&[b"TYPE", b"nothing"]), Reply::Simple("none".into()));
+    assert!(matches!(c.call(&[b"TYPE"]), Reply::Error(e) if e.contains("wrong number")));
+}
