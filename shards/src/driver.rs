@@ -111,11 +111,6 @@ impl<D: LogDisk + Clone, R> ShardDriver<D, R> {
         &mut self.shard
     }
 
-    /// Group writes handed out and not yet reported.
-    pub fn writes_in_flight(&self) -> usize {
-        self.writes_in_flight
-    }
-
     /// A Raft tick at `now` (any monotonic clock): also deletes log segments a checkpoint
     /// covers, and retries a failed shard once every [`REOPEN_INTERVAL`], when none of its
     /// group writes is still running. Returns whether the shard was reopened (its store is a

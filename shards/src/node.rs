@@ -702,9 +702,9 @@ async fn deliver(
     }
 }
 
-/// Answers a read in a task of its own, from the disk if need be; then
-/// Reports it finished to `disk_reads` (the shard counted it) and wakes the shard loop, whose
-/// connection's next write may be waiting for it.
+/// Answers a read in a task of its own, from the disk if need be; then reports it finished to
+/// `disk_reads` (the shard counted it) and wakes the shard loop, whose connection's next write
+/// may be waiting for it.
 fn read_in_task(
     ctx: &Rc<CoreContext>,
     store: &Rc<Store>,

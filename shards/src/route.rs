@@ -222,25 +222,6 @@ impl CoreContext {
         }
     }
 
-    /// Like `reply`, without waiting: a reply to another core whose channel is full goes in
-    /// a task of its own.
-    pub fn reply_now(self: &Rc<Self>, to: ReplyTo, reply: ShardReply) {
-        let (core, token) = match to {
-            ReplyTo::Local(target) => return target.deliver(reply),
-            ReplyTo::Remote { core, token } => (core, token),
-        };
-        if let Err(back) = self
-            .reply_sender(core)
-            .try_send(RemoteReply { token, reply })
-        {
-            let ctx = Rc::clone(self);
-            crate::runtime::spawn_local(async move {
-                ctx.reply(ReplyTo::Remote { core, token }, back.reply).await;
-            })
-            .detach();
-        }
-    }
-
     /// Sends a reply produced by this core's shard to where it belongs.
     pub async fn reply(&self, to: ReplyTo, reply: ShardReply) {
         let (core, token) = match to {

@@ -163,17 +163,6 @@ pub struct Batch<R> {
     reads: Vec<ShardRequest<R>>,
 }
 
-impl<R> Batch<R> {
-    /// Whether requests of `origin` must wait for this batch to be applied.
-    pub fn orders(&self, origin: Origin) -> bool {
-        origin != NO_ORIGIN && self.origins.binary_search(&origin).is_ok()
-    }
-
-    pub fn origins(&self) -> &[Origin] {
-        &self.origins
-    }
-}
-
 /// Answers a read from the pool alone, or None when it needs the disk (or, for INFO, the
 /// shard itself).
 pub fn try_read_from<F: kvs_core::log::LogFile>(
@@ -586,10 +575,10 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
     /// flight (the batch then holds everything that queued while the last group synced: group
     /// commit). While one is, a further group starts only when more requests wait than one
     /// batch can hold (see [`ShardCore::set_pipeline_when_queued`]) and the log has room (its
-    /// window): then the disk, not the batching, is
-    /// the limit, and the next group's write overlaps the sync. Starting a group for every
-    /// arrival instead cost a fifth of SET throughput at pipeline 1 (more, smaller groups:
-    /// an fdatasync each; docs/benchmarks.md). A failed shard takes writes (to refuse them).
+    /// window): then the disk, not the batching, is the limit, and the next group's write
+    /// overlaps the sync. Starting a group for every arrival instead cost a quarter of SET
+    /// throughput at pipeline 1 (more, smaller groups: an fdatasync each;
+    /// docs/benchmarks.md). A failed shard takes writes (to refuse them).
     /// When this says no, the caller takes only reads (see [`ReadsMeanwhile`]), and the writes
     /// queue up into the next batch.
     pub fn takes_writes(&self, queued: usize) -> bool {

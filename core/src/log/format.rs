@@ -209,9 +209,7 @@ impl GroupHeader {
             .saturating_sub(1)
             .saturating_sub(u64::from(self.in_flight_before))
     }
-}
 
-impl GroupHeader {
     pub fn size_on_disk(&self) -> usize {
         align_up(GROUP_HEADER_SIZE + self.records_len)
     }

@@ -10,13 +10,15 @@
 //! group N is durable. A segment roll-over waits until no group is in flight, so closed
 //! segments hold only durable groups. Recovery relies on that order:
 //!
-//! - a damaged group N followed by nothing valid, or only by valid groups below N+W, is the
-//!   torn tail of a crash: none of them was acknowledged (acknowledgements follow log order),
-//!   so they are cut off and zeroed and the log goes on from N;
-//! - a damaged group followed by a valid group N+W or later was durable once (that group was
-//!   begun only after it was synced), so the damage is corruption: recovery stops with an
-//!   error that names the file and offset, and nothing is silently skipped. So is damage in a
-//!   closed segment.
+//! - a damaged group N followed by nothing valid, or only by valid groups below N+W that were
+//!   begun while N was in flight, is the torn tail of a crash: none of them was acknowledged
+//!   (acknowledgements follow log order), so they are cut off and zeroed and the log goes on
+//!   from N;
+//! - a damaged group followed by a valid group N+W or later, or by one whose header says N
+//!   was durable when it was begun (each group records how many groups were in flight before
+//!   it), was durable once, so the damage is corruption: recovery stops with an error that
+//!   names the file and offset, and nothing is silently skipped. So is damage in a closed
+//!   segment.
 //!
 //! Formats are in [`format`]; the disk is reached through [`LogDisk`], implemented in `kvsd`
 //! by `DmaDisk` (`shards/src/log_io.rs`: O_DIRECT files whose I/O goes on the executor's own
