@@ -90,7 +90,6 @@ pub struct Peer<D: LogDisk> {
 struct Unpersisted {
     number: u64,
     group: Option<u64>,
-    written: bool,
 }
 
 /// The work of one begun ready: the log group to run, if it has anything to persist, and the
@@ -342,9 +341,8 @@ impl<D: LogDisk> Peer<D> {
         self.unpersisted.push_back(Unpersisted {
             number,
             group: write.as_ref().map(GroupWrite::sequence),
-            written: false,
         });
-        self.settle();
+        self.settle(None);
         if self.serving_from.is_none() && self.is_leader() {
             self.serving_from = Some(self.node.raft.raft_log.last_index());
         }
@@ -356,22 +354,20 @@ impl<D: LogDisk> Peer<D> {
     pub fn group_written(&mut self, written: GroupWritten) -> Result<(), PeerError> {
         let sequence = written.sequence;
         self.log.group_written(written)?;
-        let ready = self
-            .unpersisted
-            .iter_mut()
-            .find(|u| u.group.is_some_and(|g| g == sequence))
-            .expect("a written group belongs to a ready");
-        ready.written = true;
-        self.settle();
+        self.settle(Some(sequence));
         Ok(())
     }
 
-    /// Tells Raft which readies are persisted: those at the front of the queue that were
-    /// written or had nothing to write.
-    fn settle(&mut self) {
+    /// Tells Raft which readies are persisted: those at the front of the queue that had
+    /// nothing to write or whose group is at or before `written_through`, the group just
+    /// reported (groups are reported in log order, so every earlier one was too).
+    fn settle(&mut self, written_through: Option<u64>) {
         let mut persisted = None;
         while let Some(front) = self.unpersisted.front() {
-            if front.group.is_some() && !front.written {
+            if front
+                .group
+                .is_some_and(|group| written_through.is_none_or(|through| group > through))
+            {
                 break;
             }
             persisted = Some(front.number);
