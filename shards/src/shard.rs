@@ -303,9 +303,11 @@ pub async fn read_from<F: kvs_core::log::LogFile>(
 pub struct DiskReads(std::rc::Rc<std::cell::RefCell<std::collections::HashMap<Origin, u32>>>);
 
 impl DiskReads {
-    fn start(&self, origin: Origin) {
-        if origin != NO_ORIGIN {
-            *self.0.borrow_mut().entry(origin).or_default() += 1;
+    /// Counts `reads` as handed out to run on their own (each is reported with `finish`).
+    fn hand_out<R>(&self, reads: &[ShardRequest<R>]) {
+        let mut counts = self.0.borrow_mut();
+        for read in reads.iter().filter(|read| read.origin != NO_ORIGIN) {
+            *counts.entry(read.origin).or_default() += 1;
         }
     }
 
@@ -676,9 +678,7 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
             }
         }
         leftover.extend(requests);
-        for read in &deferred {
-            self.disk_reads.start(read.origin);
-        }
+        self.disk_reads.hand_out(&deferred);
         origins.sort_unstable();
         origins.dedup();
         let batch = (!writers.is_empty()).then_some(Batch {
@@ -726,9 +726,7 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
             Err(error) => {
                 let code = error_code_of(&error);
                 let message = format!("shard {}: {error}", self.shard);
-                for read in &reads {
-                    self.disk_reads.start(read.origin);
-                }
+                self.disk_reads.hand_out(&reads);
                 Output {
                     replies: writers
                         .into_iter()
@@ -877,9 +875,7 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
                     .into_iter()
                     .map(|to| (to, ShardReply::Error(code, message.clone()))),
             );
-            for read in &proposal.reads {
-                self.disk_reads.start(read.origin);
-            }
+            self.disk_reads.hand_out(&proposal.reads);
             output.deferred.extend(proposal.reads);
         }
         output
