@@ -78,8 +78,8 @@ pub struct ShardQueue {
     /// Notified on every request.
     pub notify: Notify,
     /// Notified on every request that is not a write: what the shard loop waits for while a
-    /// batch commits (it answers reads meanwhile; writes wait for the next round anyway, so
-    /// waking the loop for each of them only cost CPU).
+    /// commit group is in flight (it takes only reads then; writes wait for the next batch
+    /// anyway, so waking the loop for each of them only cost CPU).
     pub read_arrived: Notify,
 }
 
