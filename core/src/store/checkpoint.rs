@@ -156,6 +156,7 @@ impl<F: LogFile> PagedStore<F> {
             raft_vote,
         };
         st.epoch = seq + 1;
+        st.moved.clear();
         let next_epoch = st.epoch;
         st.pending
             .entry(next_epoch)

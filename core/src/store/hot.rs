@@ -134,32 +134,32 @@ impl HotCache {
 
     /// A write of a young key whose place is known, in one probe: `write` gets the place
     /// and returns the key's place after the write, or None if it did not write. Then
-    /// `value` is recorded. Returns whether `write` wrote.
+    /// `value` is recorded. Hands `value` back when `write` did not write (or was not called).
     pub fn write_through(
         &mut self,
         key: &[u8],
         value: Versioned,
         write: impl FnOnce(Place) -> Option<Place>,
-    ) -> bool {
+    ) -> Result<(), Versioned> {
         let Some(hot) = self.young.get_mut(key) else {
-            return false;
+            return Err(value);
         };
         if hot.leaf == 0 {
-            return false;
+            return Err(value);
         }
         let place = Place {
             leaf: hot.leaf,
             slot: hot.slot,
         };
         let Some(place) = write(place) else {
-            return false;
+            return Err(value);
         };
         let before = cost(key, hot);
         hot.value = value;
         hot.leaf = place.leaf;
         hot.slot = place.slot;
         self.young_bytes = self.young_bytes - before + cost(key, hot);
-        true
+        Ok(())
     }
 
     fn insert_young(&mut self, key: Key, value: Hot) {
@@ -191,9 +191,11 @@ impl HotCache {
         self.insert_young(Key::new(key), hot);
     }
 
-    /// Records a write of `key` if the cache holds the key (else there is nothing to keep in
-    /// step). One probe when the key is young, as a frequently written key is.
-    /// `place`: where the tree now holds the key (leaf 0: unknown).
+    /// Records a write of `key`: the tree now holds `value` at `place` (leaf 0: unknown).
+    /// A written key is cached as a read one is (write-allocate), so the next write of it
+    /// finds its place here and skips the walk down the tree: for SETs at pipeline 16 that
+    /// walk and its key comparisons were a quarter of kvsd's CPU while only read keys were
+    /// cached (docs/benchmarks.md, 2026-12-04, third session).
     pub fn update(&mut self, key: &[u8], value: Versioned, place: Place) {
         if value.value.len() > HOT_VALUE_MAX {
             self.remove(key);
@@ -210,9 +212,8 @@ impl HotCache {
             self.young_bytes = self.young_bytes - before + cost(key, slot);
             return;
         }
-        if self.old.remove(key).is_some() {
-            self.insert_young(Key::new(key), hot);
-        }
+        self.old.remove(key);
+        self.insert_young(Key::new(key), hot);
     }
 
     pub fn remove(&mut self, key: &[u8]) {
@@ -245,20 +246,31 @@ mod tests {
         let at = Place { leaf: 7, slot: 3 };
         cache.update(b"a", v(3, "three"), at);
         let mut seen = None;
-        assert!(cache.write_through(b"a", v(5, "five"), |place| {
-            seen = Some(place);
-            Some(Place { leaf: 7, slot: 4 })
-        }));
+        assert_eq!(
+            cache.write_through(b"a", v(5, "five"), |place| {
+                seen = Some(place);
+                Some(Place { leaf: 7, slot: 4 })
+            }),
+            Ok(())
+        );
         assert_eq!(seen, Some(at));
         assert_eq!(cache.get(b"a"), Some(v(5, "five")));
-        assert!(!cache.write_through(b"a", v(6, "six"), |_| None));
+        assert_eq!(
+            cache.write_through(b"a", v(6, "six"), |_| None),
+            Err(v(6, "six")),
+            "the value comes back when nothing was written"
+        );
         assert_eq!(cache.get(b"a"), Some(v(5, "five")), "no write, no change");
         cache.update(b"a", v(3, "three"), at);
         assert_eq!(cache.get(b"a"), Some(v(3, "three")));
         cache.remove(b"a");
         assert_eq!(cache.get(b"a"), None);
         cache.update(b"a", v(4, "four"), at);
-        assert_eq!(cache.get(b"a"), None, "an update does not add a key");
+        assert_eq!(
+            cache.get(b"a"),
+            Some(v(4, "four")),
+            "a written key is cached"
+        );
         // Fill past the budget: old entries age out, recent ones stay.
         for i in 0..100u64 {
             cache.put(format!("k{i}").as_bytes(), &v(i, "v"), Place::default());

@@ -642,6 +642,37 @@ fn writes_through_leaf_hints_follow_splits_merges_and_checkpoints() {
     assert_matches(&store, &model);
 }
 
+/// Written keys are cached with their leaf, and after a checkpoint seals the leaf only the
+/// first write walks the tree to copy it: the others follow the copy.
+#[test]
+fn after_a_checkpoint_one_write_per_leaf_walks_the_tree() {
+    let disk = SimDisk::new();
+    let store = open_with_hot_cache(&disk, 64);
+    // Twenty keys of 100-byte values: one leaf.
+    block_on(store.apply(1, 1, &batch(&puts(0..20, 100)))).unwrap();
+    assert_eq!(store.stats().tree_height, 1);
+    let before = store.stats().hinted_writes;
+    block_on(store.apply(2, 1, &batch(&puts(0..20, 100)))).unwrap();
+    assert_eq!(
+        store.stats().hinted_writes - before,
+        20,
+        "written keys are cached with their place"
+    );
+    checkpoint(&store).unwrap();
+    let before = store.stats().hinted_writes;
+    block_on(store.apply(3, 1, &batch(&puts(0..20, 100)))).unwrap();
+    assert_eq!(
+        store.stats().hinted_writes - before,
+        19,
+        "the first write copies the sealed leaf, the rest follow it"
+    );
+    let mut model = Model::new();
+    for command in puts(0..20, 100) {
+        apply_to_model(&mut model, &command);
+    }
+    assert_matches(&store, &model);
+}
+
 /// A command is durable in the log before it is applied, so a back-pressure checkpoint that
 /// fails for lack of space must not fail it: the store goes over its budget, asks the shard
 /// to refuse new writes, and lifts that once a checkpoint succeeds.

@@ -35,24 +35,26 @@ impl<F: LogFile> PagedStore<F> {
         stored: Option<Value>,
     ) -> Result<(u64, Option<Entry>), StoreError> {
         let version = self.next_version();
-        // What the hot-key cache must say once the tree does (if it holds the key then).
-        let cached = (value.len() <= hot::HOT_VALUE_MAX).then(|| value.clone());
+        // What the hot-key cache must say once the tree does (if it holds the key then):
+        // one copy of the value, moved into the cache, handed back if the write takes the
+        // usual path.
+        let mut cached = None;
+        let mut value = value;
         // A key the hot cache knows: write to the place it names, without walking the tree.
         // No await on this path, so the cache and the tree change together.
-        let mut value = value;
-        if let Some(cached) = cached.as_ref().filter(|_| !needs_extent(&key, &value)) {
+        if value.len() <= hot::HOT_VALUE_MAX && !needs_extent(&key, &value) {
+            let fresh = Versioned {
+                version,
+                value: value.clone(),
+            };
             let mut pending = Some(Entry {
                 key: Key::new(&key),
                 version,
                 value: Value::Inline(value),
             });
             let mut replaced = None;
-            let fresh = Versioned {
-                version,
-                value: cached.clone(),
-            };
             let mut st = self.state.borrow_mut();
-            self.hot.borrow_mut().write_through(&key, fresh, |place| {
+            let wrote = self.hot.borrow_mut().write_through(&key, fresh, |place| {
                 let entry = pending.take().expect("one write");
                 match st.replace_in_leaf(place, entry, index) {
                     Ok(old) => {
@@ -65,11 +67,15 @@ impl<F: LogFile> PagedStore<F> {
                     }
                 }
             });
-            if let Some(old) = replaced {
-                if let Value::Extent { first, pages, .. } = old.value {
-                    st.free_extent(first, pages);
+            match wrote {
+                Ok(()) => {
+                    let old = replaced.expect("a write through the cache replaced an entry");
+                    if let Value::Extent { first, pages, .. } = old.value {
+                        st.free_extent(first, pages);
+                    }
+                    return Ok((version, Some(old)));
                 }
-                return Ok((version, Some(old)));
+                Err(fresh) => cached = Some(fresh.value),
             }
             drop(st);
             let Some(Entry {
@@ -80,6 +86,8 @@ impl<F: LogFile> PagedStore<F> {
                 unreachable!("an inline entry comes back inline")
             };
             value = back;
+        } else if value.len() <= hot::HOT_VALUE_MAX {
+            cached = Some(value.clone());
         }
         let reserved_first = match &stored {
             Some(Value::Extent { first, .. }) => Some(*first),
