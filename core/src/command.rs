@@ -228,6 +228,19 @@ impl<'a> Reader<'a> {
         }
         Ok(self.take(len)?.to_vec())
     }
+    /// A key, with room for one more byte: the paged store puts a keyspace byte in front of
+    /// each key it applies, and without the room that was a second allocation and a copy.
+    fn key(&mut self) -> Result<Vec<u8>, BatchDecodeError> {
+        let len = self.u32()? as usize;
+        if len > KEY_SIZE_MAX {
+            return Err(BatchDecodeError(format!(
+                "field of {len} bytes over the {KEY_SIZE_MAX} limit"
+            )));
+        }
+        let mut key = Vec::with_capacity(len + 1);
+        key.extend_from_slice(self.take(len)?);
+        Ok(key)
+    }
 }
 
 /// Decodes a batch entry's data into its commands.
@@ -240,14 +253,14 @@ pub fn decode_batch(data: &[u8]) -> Result<Vec<Command>, BatchDecodeError> {
         let tag = r.take(1)?[0];
         commands.push(match tag {
             1 => Command::Put {
-                key: r.bytes(KEY_SIZE_MAX)?,
+                key: r.key()?,
                 value: r.bytes(VALUE_SIZE_MAX)?,
             },
             2 => Command::Delete {
-                key: r.bytes(KEY_SIZE_MAX)?,
+                key: r.key()?,
             },
             3 => {
-                let key = r.bytes(KEY_SIZE_MAX)?;
+                let key = r.key()?;
                 let expected_version = r.u64()?;
                 let value = match r.take(1)?[0] {
                     0 => None,
@@ -264,24 +277,24 @@ pub fn decode_batch(data: &[u8]) -> Result<Vec<Command>, BatchDecodeError> {
                 let n = r.u32()? as usize;
                 let mut pairs = Vec::with_capacity(n.min(data.len() / 8));
                 for _ in 0..n {
-                    pairs.push((r.bytes(KEY_SIZE_MAX)?, r.bytes(VALUE_SIZE_MAX)?));
+                    pairs.push((r.key()?, r.bytes(VALUE_SIZE_MAX)?));
                 }
                 Command::PutMany { pairs }
             }
             5 => Command::Increment {
-                key: r.bytes(KEY_SIZE_MAX)?,
+                key: r.key()?,
                 delta: r.u64()? as i64,
             },
             6 => Command::Append {
-                key: r.bytes(KEY_SIZE_MAX)?,
+                key: r.key()?,
                 value: r.bytes(VALUE_SIZE_MAX)?,
             },
             7 => Command::GetAndPut {
-                key: r.bytes(KEY_SIZE_MAX)?,
+                key: r.key()?,
                 value: r.bytes(VALUE_SIZE_MAX)?,
             },
             8 => Command::PutIfExists {
-                key: r.bytes(KEY_SIZE_MAX)?,
+                key: r.key()?,
                 value: r.bytes(VALUE_SIZE_MAX)?,
             },
             9 => Command::Document {
