@@ -18,40 +18,44 @@ pub const SHARD_COUNT_MAX: u32 = 256;
     about = "kvs server: a durable, sharded key-value store"
 )]
 pub struct Flags {
-    /// Directory for the node's data.
+    /// Directory for the node's data. Default: kvs-data (in the working directory).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// Address for the native protocol.
+    /// Address for the native protocol. Default: 127.0.0.1:7070.
     #[arg(long)]
     pub listen: Option<String>,
     /// Number of shards (one pinned executor each); fixed when the data directory is created.
+    /// Default: one per CPU kvsd may run on, or what the data directory was created with.
     #[arg(long)]
     pub shards: Option<u32>,
-    /// Address for the Redis protocol (RESP2) listener; off unless given.
+    /// Address for the Redis protocol listener (RESP2, and RESP3 after HELLO 3). Default: off.
     #[arg(long)]
     pub resp_listen: Option<String>,
     /// TOML file with any of the settings above.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Log filter: error, warn, info, debug, trace, or a tracing filter directive.
+    /// Log filter: error, warn, info, debug, trace, or a tracing filter directive. Default:
+    /// info.
     #[arg(long)]
     pub log_level: Option<String>,
     /// Page cache budget for the whole node, split evenly between shards (e.g. 64MiB, 2GiB).
     /// Default: a quarter of the machine's memory.
     #[arg(long)]
     pub cache_size: Option<String>,
-    /// Longest time between checkpoints while there are changes, in seconds.
+    /// Longest time between checkpoints while there are changes, in seconds. Default: 60.
     #[arg(long)]
     pub checkpoint_interval: Option<u64>,
-    /// A shard checkpoints once this much log was written since its last one (e.g. 64MiB).
+    /// A shard checkpoints once this much log was written since its last one. Default:
+    /// 64MiB.
     #[arg(long)]
     pub checkpoint_log_size: Option<String>,
-    /// Page write rate of a background checkpoint, per shard per second (e.g. 256MiB).
-    /// Checkpoints forced by a full cache run at full speed.
+    /// Page write rate of a background checkpoint, per shard per second. Checkpoints forced
+    /// by a full cache run at full speed. Default: 256MiB.
     #[arg(long)]
     pub checkpoint_rate: Option<String>,
-    /// Check every shard's page file (pages, tree invariants, free list) and exit: 0 when
-    /// clean, 1 when problems were found. Changes nothing; kvsd must not be running.
+    /// Check the data directory (shard directories, every shard's log as start-up would
+    /// recover it, page files, tree invariants, free list) and exit: 0 when clean, 1 when
+    /// problems were found, 2 when it cannot run. Changes nothing; kvsd must not be running.
     #[arg(long)]
     pub verify: bool,
 }

@@ -13,6 +13,7 @@
 
 pub mod config;
 pub mod conn;
+pub mod data_dir;
 pub mod doc_reads;
 pub mod documents;
 pub mod driver;

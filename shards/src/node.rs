@@ -1,19 +1,12 @@
 //! Starting and stopping a node: the data directory, one pinned executor per shard, the
 //! cross-core channel mesh, the shard loops and the listeners.
 //!
-//! Data directory layout:
-//! ```text
-//! DATA_DIR/NODE         "format 1" and "shards N": fixed when the directory is created
-//! DATA_DIR/LOCK         flock'ed by the running kvsd, so two never share a directory
-//! DATA_DIR/shard-NNN/   one directory per shard: its log segments and its page file
-//! ```
+//! The data directory's layout and checks are in `data_dir.rs`.
 
-use std::fs::File;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
@@ -27,6 +20,7 @@ use kvs_core::store::page::PAGE_SIZE;
 use kvs_core::store::{PagedStore, StoreConfig};
 
 use crate::config::Config;
+use crate::data_dir::{allowed_cpus, DataDir};
 use crate::driver::{CheckpointPolicy, ShardDriver, Wake, REOPEN_INTERVAL};
 use crate::log_io::{DmaDisk, DmaLogFile};
 use crate::route::{CoreContext, RemoteReply, RemoteRequest, ReplyTo, ShardQueue};
@@ -55,86 +49,6 @@ const CHECKPOINT_POLL: Duration = Duration::from_millis(50);
 
 type Store = PagedStore<DmaLogFile>;
 
-/// The CPUs this process may run on.
-fn allowed_cpus() -> Vec<usize> {
-    // SAFETY: sched_getaffinity writes at most size_of::<cpu_set_t>() bytes into `set`.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
-            return (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect();
-        }
-        (0..libc::CPU_SETSIZE as usize)
-            .filter(|&cpu| libc::CPU_ISSET(cpu, &set))
-            .collect()
-    }
-}
-
-/// Holds the data directory's lock for as long as it lives.
-pub struct DataDirLock(#[allow(dead_code)] File);
-
-fn lock_data_dir(dir: &Path) -> anyhow::Result<DataDirLock> {
-    let path = dir.join("LOCK");
-    let file = File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
-    // SAFETY: flock on a file descriptor we own.
-    let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if locked != 0 {
-        bail!("data directory {} is in use by another kvsd", dir.display());
-    }
-    Ok(DataDirLock(file))
-}
-
-/// Reads or creates DATA_DIR/NODE and returns the shard count to run with.
-fn shard_count_for(dir: &Path, requested: Option<u32>) -> anyhow::Result<u32> {
-    let path = dir.join("NODE");
-    match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            let mut format = None;
-            let mut shards = None;
-            for line in text.lines() {
-                match line.split_once(' ') {
-                    Some(("format", v)) => format = v.trim().parse::<u32>().ok(),
-                    Some(("shards", v)) => shards = v.trim().parse::<u32>().ok(),
-                    _ => {}
-                }
-            }
-            if format != Some(1) {
-                bail!(
-                    "{}: unknown data format (this kvsd reads format 1)",
-                    path.display()
-                );
-            }
-            let Some(shards) = shards.filter(|&n| n > 0) else {
-                bail!("{}: no valid shard count", path.display());
-            };
-            if let Some(requested) = requested.filter(|&n| n != shards) {
-                bail!(
-                    "data directory {} was created with {shards} shards; it cannot be opened with {requested} \
-                     (a key's shard depends on the count)",
-                    dir.display()
-                );
-            }
-            Ok(shards)
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let shards = requested.unwrap_or_else(|| allowed_cpus().len().max(1) as u32);
-            let temporary = dir.join("NODE.tmp");
-            let write = || -> std::io::Result<()> {
-                let file = File::create(&temporary)?;
-                std::io::Write::write_all(
-                    &mut &file,
-                    format!("format 1\nshards {shards}\n").as_bytes(),
-                )?;
-                file.sync_all()?;
-                std::fs::rename(&temporary, &path)?;
-                File::open(dir)?.sync_all()
-            };
-            write().with_context(|| format!("cannot write {}", path.display()))?;
-            Ok(shards)
-        }
-        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
-    }
-}
-
 /// Everything one core needs, moved into its executor.
 struct CoreSetup {
     core: usize,
@@ -155,58 +69,17 @@ struct CoreSetup {
     stop: Arc<AtomicBool>,
     connection_counts: Arc<ConnectionCounts>,
     ready: mpsc::Sender<Result<(), String>>,
+    /// Whether to serve, once every shard has opened ([`START_SERVE`]), or to stop because
+    /// one failed to ([`START_ABORT`]): a node never serves some shards while others failed.
+    start: Arc<AtomicU8>,
 }
 
-/// `kvsd --verify`: checks every shard's page file; returns whether all are clean. Holds the
-/// data directory's lock, so it never runs beside a kvsd using the directory.
-pub fn verify(config: &Config) -> anyhow::Result<bool> {
-    let _lock = lock_data_dir(&config.data_dir)?;
-    let shard_count = shard_count_for(&config.data_dir, None)?;
-    let mut clean = true;
-    for shard in 0..shard_count {
-        let dir = config.data_dir.join(format!("shard-{shard:03}"));
-        let disk = DmaDisk::new(&dir).with_context(|| format!("cannot open {}", dir.display()))?;
-        let report = futures_lite::future::block_on(kvs_core::store::verify::verify(&disk, shard))
-            .with_context(|| format!("cannot verify shard {shard}"))?;
-        match &report.checkpoint {
-            None => println!("shard {shard}: {}: no checkpoint yet (nothing to check)", report.path),
-            Some(meta) => println!(
-                "shard {shard}: {}: checkpoint {} at log index {}: {} keys, tree height {}, {} leaf + {} inner + {} extent pages, {} free of {}",
-                report.path,
-                meta.seq,
-                meta.applied_index,
-                report.keys,
-                meta.height,
-                report.leaf_pages,
-                report.inner_pages,
-                report.extent_pages,
-                report.free_pages,
-                meta.page_count,
-            ),
-        }
-        for problem in &report.problems {
-            println!("shard {shard}: PROBLEM: {problem}");
-        }
-        clean &= report.is_clean();
-    }
-    println!(
-        "{}",
-        if clean {
-            "verify: clean"
-        } else {
-            "verify: problems found"
-        }
-    );
-    Ok(clean)
-}
+const START_WAIT: u8 = 0;
+const START_SERVE: u8 = 1;
+const START_ABORT: u8 = 2;
 
 /// Runs a node until `stop` is set; returns once every shard has stopped.
 pub fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
-    let _lock = lock_data_dir(&config.data_dir)?;
-    let shard_count = shard_count_for(&config.data_dir, config.shards)?;
-
     // Each address is bound once, here, and every executor accepts on a duplicate of that
     // socket: the port is this process's alone (see `runtime::net::TcpListener`). Both are
     // bound before either is used, so the two listeners cannot end up on one port.
@@ -236,11 +109,15 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     let resp_listener = config.resp_listen.map(bind).transpose()?;
     let listen = native_listener.local_addr()?;
     let resp_listen = resp_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+    // Only now the data directory: a start that cannot listen leaves nothing behind.
+    let data_dir = DataDir::open(&config.data_dir, config.shards)?;
+    let shard_count = data_dir.shards;
 
     let n = shard_count as usize;
     let cpus = allowed_cpus();
     let connection_counts = Arc::new(ConnectionCounts::new(n));
     let (ready_sender, ready) = mpsc::channel();
+    let start = Arc::new(AtomicU8::new(START_WAIT));
     // Every core gets a handle on each listening socket; the last takes the originals.
     let mut core_listeners = Vec::with_capacity(n);
     for _ in 1..n {
@@ -258,7 +135,7 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
             } else {
                 Some(cpus[core % cpus.len()])
             },
-            shard_dir: config.data_dir.join(format!("shard-{core:03}")),
+            shard_dir: data_dir.shard_dir(core as u32),
             store: StoreConfig::from_bytes(config.cache_per_shard(shard_count)),
             checkpoint: CheckpointPolicy {
                 interval: config.checkpoint_interval,
@@ -276,6 +153,7 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
             stop: Arc::clone(&stop),
             connection_counts: Arc::clone(&connection_counts),
             ready: ready_sender.clone(),
+            start: Arc::clone(&start),
         })
         .collect();
     drop(ready_sender);
@@ -317,8 +195,11 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         }
     }
     if failure.is_some() {
+        // No shard has served: every core waits for all of them to open.
+        start.store(START_ABORT, Ordering::SeqCst);
         stop.store(true, Ordering::SeqCst);
     } else {
+        start.store(START_SERVE, Ordering::SeqCst);
         let resp = resp_listen.map_or_else(|| "off".to_string(), |a| a.to_string());
         let cache_mib = config.cache_per_shard(shard_count) >> 20;
         tracing::info!(%listen, %resp, shards = shard_count, cache_mib_per_shard = cache_mib, data_dir = %config.data_dir.display(), "kvsd is ready");
@@ -421,6 +302,18 @@ async fn core_main(setup: CoreSetup) {
     }
     // Other cores hand this one connections from now on: it has recovered and takes them.
     ctx.connection_counts.set_serving(core, true);
+    // No core accepts until every shard has opened.
+    let _ = setup.ready.send(Ok(()));
+    loop {
+        match setup.start.load(Ordering::SeqCst) {
+            START_WAIT => wait(STOP_POLL).await,
+            START_SERVE => break,
+            _ => {
+                ctx.connection_counts.set_serving(core, false);
+                return;
+            }
+        }
+    }
     let acceptors: Vec<_> = listeners
         .into_iter()
         .map(|(listener, protocol)| {
@@ -428,7 +321,6 @@ async fn core_main(setup: CoreSetup) {
             spawn_local(accept_loop(Rc::clone(&ctx), senders, listener, protocol))
         })
         .collect();
-    let _ = setup.ready.send(Ok(()));
     tracing::debug!(core, "shard serving");
 
     let current_store = Rc::new(RefCell::new(Rc::clone(shard.store())));
@@ -534,6 +426,10 @@ async fn accept_loop(
     protocol: Protocol,
 ) {
     loop {
+        // A stop that came before this loop first waited has notified no one.
+        if ctx.stopping.get() {
+            break;
+        }
         let stopped = async {
             ctx.stop.notified().await;
             None

@@ -128,8 +128,28 @@ impl<D: LogDisk> Peer<D> {
                 shard,
                 path,
                 offset,
-                "torn log tail cut off (an unacknowledged write)"
+                "torn log tail cut off (a write a crash interrupted, never acknowledged)"
             );
+        }
+        for path in &recovered.removed {
+            tracing::info!(
+                shard,
+                path,
+                "log segment left over from an interrupted trim or roll-over removed (it held no commit group)"
+            );
+        }
+        if recovered.manifest_created {
+            tracing::info!(shard, "log manifest written for a log that had none");
+        }
+        if recovered.segments == 0 && checkpoint > 0 {
+            return Err(PeerError::Log(LogError::Damaged {
+                path: log.path(),
+                detail: format!(
+                    "the log is missing: the page file holds a checkpoint at entry {checkpoint}, \
+                     so the log held segments, and the writes acknowledged since that checkpoint \
+                     would be lost"
+                ),
+            }));
         }
         let storage = MemStorage::new_with_conf_state(ConfState::from((vec![NODE_ID], vec![])));
         let mut entries: Vec<Entry> = Vec::new();

@@ -25,6 +25,7 @@
 //! io_uring, or plain system calls off an executor) and by [`sim::SimDisk`] in tests.
 
 pub mod format;
+pub mod manifest;
 pub mod sim;
 
 use std::collections::VecDeque;
@@ -36,6 +37,8 @@ use format::{
     encode_segment_header, group_size_on_disk, OwnedRecord, Record, RecordKind, GROUP_HEADER_SIZE,
     SEGMENT_HEADER_SIZE,
 };
+
+use manifest::{Listed, Manifest, MANIFEST_NAME, SLOT_SIZE};
 
 use crate::limits::{GROUPS_IN_FLIGHT_MAX, GROUP_BYTES_MAX, LOG_BLOCK_SIZE, SEGMENT_SIZE_TARGET};
 
@@ -103,6 +106,10 @@ pub enum LogError {
         offset: u64,
         detail: String,
     },
+    /// A piece of the log is missing or cut short: opening it anyway would lose
+    /// acknowledged writes.
+    #[error("log damaged: {path}: {detail}")]
+    Damaged { path: String, detail: String },
     #[error("log commit group of {0} bytes exceeds the limit")]
     TooLarge(usize),
 }
@@ -152,10 +159,23 @@ pub struct Recovered {
     pub records: Vec<OwnedRecord>,
     /// Where a torn tail was cut off, if one was: (path, offset).
     pub truncated: Option<(String, u64)>,
+    /// Segments removed: leftovers of a trim, or of a roll-over a crash cut short, none of
+    /// them holding a commit group.
+    pub removed: Vec<String>,
+    /// The directory had segments but no manifest (an older kvs wrote it): one was written
+    /// from what recovery found.
+    pub manifest_created: bool,
+    /// Segments recovered, and the highest entry index in them (0: none).
+    pub segments: usize,
+    pub last_index: u64,
 }
 
 struct Segment {
     name: String,
+    /// Its first group's sequence (its name says the same).
+    first_sequence: u64,
+    /// The size it was made (preallocated) to, as the manifest lists it.
+    made: u64,
     size: u64,
     /// The highest entry index in the segment (0 if it holds none).
     last_index: u64,
@@ -232,6 +252,12 @@ pub struct Log<D: LogDisk> {
     /// The disk's count of completed synced writes at open: since then it must grow by at
     /// least one per group written.
     synced_at_open: Option<u64>,
+    /// The manifest as last written or read, and its file once open.
+    manifest: Option<Manifest>,
+    manifest_file: Option<D::File>,
+    /// Recovering for `verify`: nothing on disk changes; what start-up would change is
+    /// reported in [`Recovered`] instead.
+    dry_run: bool,
 }
 
 /// Bytes of zeros written per call while preallocating.
@@ -286,13 +312,32 @@ impl<D: LogDisk> Log<D> {
         shard: u32,
         segment_size_target: u64,
     ) -> Result<(Log<D>, Recovered), LogError> {
+        Log::recover(disk, shard, segment_size_target, false).await
+    }
+
+    /// Checks the log as [`Log::open`] would recover it, changing nothing: an error is what
+    /// would stop start-up; `truncated` and `removed` in what it returns are what start-up
+    /// would cut off or delete.
+    pub async fn verify(disk: D, shard: u32) -> Result<Recovered, LogError> {
+        let (_, recovered) = Log::recover(disk, shard, SEGMENT_SIZE_TARGET, true).await?;
+        Ok(recovered)
+    }
+
+    async fn recover(
+        disk: D,
+        shard: u32,
+        segment_size_target: u64,
+        dry_run: bool,
+    ) -> Result<(Log<D>, Recovered), LogError> {
         assert!(
             segment_size_target.is_multiple_of(LOG_BLOCK_SIZE as u64) && segment_size_target > 0
         );
-        let mut names: Vec<(u64, String)> = disk
+        let listing = disk
             .list()
             .await
-            .map_err(|e| LogError::io("list", disk.path_of(""), e))?
+            .map_err(|e| LogError::io("list", disk.path_of(""), e))?;
+        let has_manifest = listing.iter().any(|name| name == MANIFEST_NAME);
+        let mut names: Vec<(u64, String)> = listing
             .into_iter()
             .filter_map(|name| parse_segment_name(&name).map(|seq| (seq, name)))
             .collect();
@@ -307,24 +352,232 @@ impl<D: LogDisk> Log<D> {
             segment_size_target,
             in_flight: VecDeque::new(),
             synced_at_open: None,
+            manifest: None,
+            manifest_file: None,
+            dry_run,
         };
         let mut recovered = Recovered::default();
+        if has_manifest {
+            log.read_manifest().await?;
+        }
+        let listed: Vec<Listed> = log
+            .manifest
+            .as_ref()
+            .map_or_else(Vec::new, |m| m.segments.clone());
+        if log.manifest.is_some() {
+            names = log
+                .check_against_manifest(names, &listed, &mut recovered)
+                .await?;
+        } else if !names.is_empty() {
+            recovered.manifest_created = true;
+        }
         let count = names.len();
         for (i, (first_sequence, name)) in names.into_iter().enumerate() {
             let last = i + 1 == count;
-            log.recover_segment(&name, first_sequence, last, &mut recovered)
+            let made = listed
+                .iter()
+                .find(|l| l.first_sequence == first_sequence)
+                .map(|l| l.size);
+            log.recover_segment(&name, first_sequence, last, made, &mut recovered)
                 .await?;
+        }
+        recovered.segments = log.segments.len();
+        recovered.last_index = log.segments.iter().map(|s| s.last_index).max().unwrap_or(0);
+        let listing_now: Vec<Listed> = log.listing();
+        if !log.dry_run && !log.segments.is_empty() && listing_now != listed {
+            log.write_manifest(listing_now).await?;
         }
         log.refresh_size_stats();
         log.synced_at_open = log.disk.synced_writes_completed();
         Ok((log, recovered))
     }
 
+    /// Reads the manifest. A file never written (all zeros: a crash while it was first
+    /// created) counts as none; one with no valid slot is damage.
+    async fn read_manifest(&mut self) -> Result<(), LogError> {
+        let path = self.disk.path_of(MANIFEST_NAME);
+        let file = self
+            .disk
+            .open(MANIFEST_NAME, false)
+            .await
+            .map_err(|e| LogError::io("open", path.clone(), e))?;
+        let size = file
+            .size()
+            .await
+            .map_err(|e| LogError::io("stat", path.clone(), e))?;
+        let bytes = file
+            .read_at(0, (size as usize).min(2 * SLOT_SIZE))
+            .await
+            .map_err(|e| LogError::io("read", path.clone(), e))?;
+        if bytes.iter().all(|&b| b == 0) {
+            self.manifest_file = Some(file);
+            return Ok(());
+        }
+        let manifest = Manifest::decode_file(&bytes).map_err(|detail| LogError::Damaged {
+            path: path.clone(),
+            detail: format!(
+                "the log's manifest is unreadable ({detail}): which segments the log should \
+                 hold is unknown"
+            ),
+        })?;
+        if manifest.shard != self.shard {
+            return Err(LogError::Damaged {
+                path,
+                detail: format!(
+                    "the manifest belongs to shard {}, not {}",
+                    manifest.shard, self.shard
+                ),
+            });
+        }
+        self.manifest = Some(manifest);
+        self.manifest_file = Some(file);
+        Ok(())
+    }
+
+    /// Holds the segment files found against the manifest's list: a listed segment that is
+    /// missing is damage; an unlisted one older than the listed ones is a leftover of a trim
+    /// (the manifest dropped it before it was deleted), and one newer is a leftover of a
+    /// roll-over cut short (created, never listed, so never written to): both are removed.
+    /// Returns the segments to recover.
+    async fn check_against_manifest(
+        &mut self,
+        names: Vec<(u64, String)>,
+        listed: &[Listed],
+        recovered: &mut Recovered,
+    ) -> Result<Vec<(u64, String)>, LogError> {
+        for l in listed {
+            if !names.iter().any(|(seq, _)| *seq == l.first_sequence) {
+                let name = segment_name(l.first_sequence);
+                return Err(LogError::Damaged {
+                    path: self.disk.path_of(&name),
+                    detail: format!(
+                        "this log segment is missing (log.manifest lists it): the commit groups \
+                         from {} on that it held, writes that were acknowledged, would be lost",
+                        l.first_sequence
+                    ),
+                });
+            }
+        }
+        let (first, last) = match (listed.first(), listed.last()) {
+            (Some(first), Some(last)) => (first.first_sequence, last.first_sequence),
+            _ => (u64::MAX, 0),
+        };
+        let mut keep = Vec::with_capacity(names.len());
+        for (seq, name) in names {
+            if listed.iter().any(|l| l.first_sequence == seq) {
+                keep.push((seq, name));
+                continue;
+            }
+            let path = self.disk.path_of(&name);
+            if seq > last && !listed.is_empty() || listed.is_empty() {
+                // Never listed, so never given a group: it must hold nothing but its header.
+                let file = self
+                    .disk
+                    .open(&name, false)
+                    .await
+                    .map_err(|e| LogError::io("open", path.clone(), e))?;
+                let size = file
+                    .size()
+                    .await
+                    .map_err(|e| LogError::io("stat", path.clone(), e))?;
+                let bytes = file
+                    .read_at(0, size as usize)
+                    .await
+                    .map_err(|e| LogError::io("read", path.clone(), e))?;
+                if !bytes.iter().skip(SEGMENT_HEADER_SIZE).all(|&b| b == 0) {
+                    return Err(LogError::Damaged {
+                        path,
+                        detail: "this segment holds data but log.manifest does not list it".into(),
+                    });
+                }
+            } else if seq > first {
+                return Err(LogError::Damaged {
+                    path,
+                    detail: "this segment lies between segments log.manifest lists, \
+                             but is not listed itself"
+                        .into(),
+                });
+            }
+            self.remove_file(&name).await?;
+            recovered.removed.push(path);
+        }
+        Ok(keep)
+    }
+
+    /// Removes `name` and makes that durable (when verifying: nothing).
+    async fn remove_file(&mut self, name: &str) -> Result<(), LogError> {
+        if self.dry_run {
+            return Ok(());
+        }
+        let path = self.disk.path_of(name);
+        self.disk
+            .remove(name)
+            .await
+            .map_err(|e| LogError::io("remove", path.clone(), e))?;
+        self.disk
+            .sync_dir()
+            .await
+            .map_err(|e| LogError::io("sync dir", path, e))
+    }
+
+    /// The segments as the manifest lists them.
+    fn listing(&self) -> Vec<Listed> {
+        self.segments
+            .iter()
+            .map(|s| Listed {
+                first_sequence: s.first_sequence,
+                size: s.made,
+            })
+            .collect()
+    }
+
+    /// Writes `segments` as the manifest, durably, into the slot not holding the current one.
+    async fn write_manifest(&mut self, segments: Vec<Listed>) -> Result<(), LogError> {
+        assert!(!self.dry_run, "verifying changes nothing");
+        let path = self.disk.path_of(MANIFEST_NAME);
+        let created = self.manifest_file.is_none();
+        if created {
+            let file = self
+                .disk
+                .open(MANIFEST_NAME, true)
+                .await
+                .map_err(|e| LogError::io("create", path.clone(), e))?;
+            self.manifest_file = Some(file);
+        }
+        let previous = self.manifest.as_ref().map_or(0, |m| m.sequence);
+        let manifest = Manifest {
+            sequence: previous + 1,
+            shard: self.shard,
+            segments,
+        };
+        let file = self.manifest_file.as_ref().expect("opened above");
+        let mut buffer = file.alloc(SLOT_SIZE);
+        manifest.encode(buffer.as_mut());
+        let offset = (manifest.sequence % 2) * SLOT_SIZE as u64;
+        file.write_at(buffer, offset)
+            .await
+            .map_err(|e| LogError::io("write", path.clone(), e))?;
+        file.sync()
+            .await
+            .map_err(|e| LogError::io("fdatasync", path.clone(), e))?;
+        if created {
+            self.disk
+                .sync_dir()
+                .await
+                .map_err(|e| LogError::io("sync dir", path, e))?;
+        }
+        self.manifest = Some(manifest);
+        Ok(())
+    }
+
+    /// Recovers one segment; `made`: the size the manifest says it was made to (None: not
+    /// listed, as in a log an older kvs wrote).
     async fn recover_segment(
         &mut self,
         name: &str,
         first_sequence: u64,
         last: bool,
+        made: Option<u64>,
         recovered: &mut Recovered,
     ) -> Result<(), LogError> {
         let path = self.disk.path_of(name);
@@ -337,6 +590,16 @@ impl<D: LogDisk> Log<D> {
             .size()
             .await
             .map_err(|e| LogError::io("stat", path.clone(), e))?;
+        if let Some(made) = made.filter(|&made| size < made) {
+            return Err(LogError::Damaged {
+                path,
+                detail: format!(
+                    "this log segment is {size} bytes, but it was made {made} bytes long: it \
+                     has been cut short, and the acknowledged writes in the part cut off would \
+                     be lost"
+                ),
+            });
+        }
         let bytes = file
             .read_at(0, size as usize)
             .await
@@ -352,17 +615,15 @@ impl<D: LogDisk> Log<D> {
             // A crash while creating the newest segment leaves it without a durable header
             // and without any group (groups are written only after the header is synced):
             // nothing acknowledged is in it.
-            Err(_) if last && bytes.iter().skip(SEGMENT_HEADER_SIZE).all(|&b| b == 0) => {
+            // (A listed segment had its header synced before it was listed.)
+            Err(_)
+                if last
+                    && made.is_none()
+                    && bytes.iter().skip(SEGMENT_HEADER_SIZE).all(|&b| b == 0) =>
+            {
                 drop(file);
-                self.disk
-                    .remove(name)
-                    .await
-                    .map_err(|e| LogError::io("remove", path.clone(), e))?;
-                self.disk
-                    .sync_dir()
-                    .await
-                    .map_err(|e| LogError::io("sync dir", path.clone(), e))?;
-                recovered.truncated = Some((path, 0));
+                self.remove_file(name).await?;
+                recovered.removed.push(path);
                 return Ok(());
             }
             Err(detail) => return Err(corrupt(0, detail)),
@@ -425,6 +686,10 @@ impl<D: LogDisk> Log<D> {
                     // block never landed while later ones did): zero them too, or a later
                     // group could stop short of them and leave them to look like damage.
                     if last && !bytes[at..].iter().all(|&b| b == 0) {
+                        recovered.truncated = Some((path.clone(), at as u64));
+                        if self.dry_run {
+                            break;
+                        }
                         // Cut the torn group off, then restore the zeroed space after it.
                         file.truncate(at as u64)
                             .await
@@ -434,7 +699,6 @@ impl<D: LogDisk> Log<D> {
                         file.sync()
                             .await
                             .map_err(|e| LogError::io("fdatasync", path.clone(), e))?;
-                        recovered.truncated = Some((path.clone(), at as u64));
                     }
                     break;
                 }
@@ -443,6 +707,8 @@ impl<D: LogDisk> Log<D> {
         let end = (at as u64).min(size).max(SEGMENT_HEADER_SIZE as u64);
         self.segments.push(Segment {
             name: name.to_string(),
+            first_sequence,
+            made: made.unwrap_or(size),
             size: end,
             last_index,
         });
@@ -554,9 +820,14 @@ impl<D: LogDisk> Log<D> {
         self.stats.syncs += 1;
         self.segments.push(Segment {
             name: name.clone(),
+            first_sequence: self.next_sequence,
+            made: self.segment_size_target,
             size: SEGMENT_HEADER_SIZE as u64,
             last_index: 0,
         });
+        // Listed before any group goes into it: the manifest never lists less than the log
+        // holds.
+        self.write_manifest(self.listing()).await?;
         self.active = Some(Active {
             file: Rc::new(file),
             name,
@@ -723,6 +994,9 @@ impl<D: LogDisk> Log<D> {
         if doomed == 0 {
             return Ok(0);
         }
+        // Unlisted before deleted: a crash between leaves files recovery knows to remove.
+        let listing = self.listing().split_off(doomed);
+        self.write_manifest(listing).await?;
         for segment in &self.segments[..doomed] {
             let path = self.disk.path_of(&segment.name);
             self.disk
@@ -737,6 +1011,11 @@ impl<D: LogDisk> Log<D> {
             .map_err(|e| LogError::io("sync dir", self.disk.path_of(""), e))?;
         self.refresh_size_stats();
         Ok(doomed)
+    }
+
+    /// The log's directory, for messages.
+    pub fn path(&self) -> String {
+        self.disk.path_of("")
     }
 
     pub fn stats(&self) -> LogStats {

@@ -43,6 +43,10 @@ struct State {
     yielding_reads: bool,
 }
 
+/// The files of a [`SimDisk`] at one moment.
+#[derive(Debug, Clone)]
+pub struct SimFiles(BTreeMap<String, SimFile>, BTreeSet<String>);
+
 /// A shared handle on the simulated directory; clones see the same files.
 #[derive(Debug, Clone, Default)]
 pub struct SimDisk {
@@ -120,6 +124,18 @@ impl SimDisk {
             file.synced_len = len;
         }
         state.fault = None;
+    }
+
+    /// A copy of every file, to put back with [`SimDisk::restore_files`].
+    pub fn clone_files(&self) -> SimFiles {
+        let state = self.state.borrow();
+        SimFiles(state.files.clone(), state.durable_names.clone())
+    }
+
+    pub fn restore_files(&self, files: SimFiles) {
+        let mut state = self.state.borrow_mut();
+        state.files = files.0;
+        state.durable_names = files.1;
     }
 
     /// Direct access to a file's bytes, to damage them in tests.

@@ -114,7 +114,7 @@ fn main() -> ExitCode {
         .init();
 
     if config.verify {
-        return match kvs_shards::node::verify(&config) {
+        return match kvs_shards::data_dir::verify(&config.data_dir) {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => ExitCode::from(1),
             Err(e) => {
