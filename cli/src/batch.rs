@@ -18,9 +18,22 @@ const BATCH_IN_FLIGHT_MAX: usize = 4096;
 /// Requests the batch mode sends in one write at most.
 const BATCH_WRITE_COUNT_MAX: usize = 256;
 
+/// A result line, and whether it reports a failure (an `ERR` line; a value that happens to
+/// start with "ERR" is not one).
+struct Line {
+    text: String,
+    failed: bool,
+}
+
+impl Line {
+    fn failed(text: String) -> Line {
+        Line { text, failed: true }
+    }
+}
+
 /// The result line of one input line, or what it waits for.
 enum Slot {
-    Ready(String),
+    Ready(Line),
     /// A reply to come, how to read it, and whom to tell once its line is printed (the
     /// reader waits after a command that reads pages).
     Waiting(Pending, Reply, Option<SyncSender<()>>),
@@ -29,13 +42,14 @@ enum Slot {
 /// A line read since the last send: its result already, or the reading of a request
 /// being gathered.
 enum Entry {
-    Ready(String),
+    Ready(Line),
     Sent(Reply),
 }
 
 /// Reads commands from stdin, keeps many in flight, prints results in order. The exit code
-/// is 0 once every line is read and answered (errors included), 2 when stdin cannot be
-/// read.
+/// is 0 when every line was answered and none failed (`(nil)` is an answer), 2 when any
+/// line failed (its `ERR` line says which) or stdin could not be read, 1 when stdout went
+/// away.
 pub fn run(client: &Client) -> ExitCode {
     std::thread::scope(|scope| run_in(client, scope))
 }
@@ -61,9 +75,10 @@ fn run_in<'s>(client: &'s Client, scope: &'s std::thread::Scope<'s, '_>) -> Exit
             Ok(_) => {
                 if !line.trim().is_empty() {
                     match parse::parse_line(&line)
-                        .map_err(|e| error_line(&e))
-                        .and_then(|command| execute::prepare(command).map_err(|e| error_line(&e)))
-                    {
+                        .map_err(|e| Line::failed(error_line(&e)))
+                        .and_then(|command| {
+                            execute::prepare(command).map_err(|e| Line::failed(error_line(&e)))
+                        }) {
                         Ok(Prepared {
                             request: Some(request),
                             reply,
@@ -91,7 +106,10 @@ fn run_in<'s>(client: &'s Client, scope: &'s std::thread::Scope<'s, '_>) -> Exit
         if at_end || !more_waiting || after_pages || entries.len() >= BATCH_WRITE_COUNT_MAX {
             let mut pendings = match client.submit_many(&requests) {
                 Ok(pendings) => pendings.into_iter().map(Ok).collect::<Vec<_>>(),
-                Err(e) => requests.iter().map(|_| Err(error_line(&e))).collect(),
+                Err(e) => requests
+                    .iter()
+                    .map(|_| Err(Line::failed(error_line(&e))))
+                    .collect(),
             }
             .into_iter();
             let last = entries.len().saturating_sub(1);
@@ -124,15 +142,15 @@ fn run_in<'s>(client: &'s Client, scope: &'s std::thread::Scope<'s, '_>) -> Exit
         }
     }
     drop(slots);
-    let printed = printer.join().unwrap_or(false);
+    let printed = printer.join().unwrap_or(None);
     if let Some(e) = input_error {
         eprintln!("kvs: reading stdin: {e}");
         return ExitCode::from(2);
     }
-    if printed {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
+    match printed {
+        Some(false) => ExitCode::SUCCESS,
+        Some(true) => ExitCode::from(2),
+        None => ExitCode::FAILURE,
     }
 }
 
@@ -141,25 +159,33 @@ fn result_line(
     client: &Client,
     reply: Reply,
     response: Option<Result<Response, ClientError>>,
-) -> String {
+) -> Line {
     let mut out = OneLine::default();
     match execute::finish(client, reply, response, &mut out) {
-        Ok(Status::Done) => out.into_line(),
-        Ok(Status::Missing) => MISSING.to_string(),
-        Err(e) => error_line(&e),
+        Ok(Status::Done) => Line {
+            text: out.into_line(),
+            failed: false,
+        },
+        Ok(Status::Missing) => Line {
+            text: MISSING.to_string(),
+            failed: false,
+        },
+        Err(e) => Line::failed(error_line(&e)),
     }
 }
 
 /// Prints each result as soon as it and all before it are known; flushes whenever the next
-/// result is not ready yet, so a reader sees every line without delay.
-fn print_results(slots: Receiver<Slot>, client: &Client) -> bool {
+/// result is not ready yet, so a reader sees every line without delay. Returns whether any
+/// line failed, or None when stdout could not be written.
+fn print_results(slots: Receiver<Slot>, client: &Client) -> Option<bool> {
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout().lock());
+    let mut any_failed = false;
     loop {
         let slot = match slots.try_recv() {
             Ok(slot) => slot,
             Err(TryRecvError::Empty) => {
                 if out.flush().is_err() {
-                    return false;
+                    return None;
                 }
                 match slots.recv() {
                     Ok(slot) => slot,
@@ -175,7 +201,7 @@ fn print_results(slots: Receiver<Slot>, client: &Client) -> bool {
                     Some(response) => response,
                     None => {
                         if out.flush().is_err() {
-                            return false;
+                            return None;
                         }
                         pending.wait()
                     }
@@ -188,9 +214,10 @@ fn print_results(slots: Receiver<Slot>, client: &Client) -> bool {
                 line
             }
         };
-        if writeln!(out, "{line}").is_err() {
-            return false;
+        any_failed |= line.failed;
+        if writeln!(out, "{}", line.text).is_err() {
+            return None;
         }
     }
-    out.flush().is_ok()
+    out.flush().ok().map(|()| any_failed)
 }

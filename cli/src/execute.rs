@@ -58,8 +58,10 @@ impl From<io::Error> for Failure {
 pub enum Reply {
     Pong,
     Info,
-    /// `get`: the value, or missing.
-    Value,
+    /// `get`: the value (after its version and a tab, when `version`), or missing.
+    Value {
+        version: bool,
+    },
     /// `put`: OK.
     Written,
     /// `cas`: the new version.
@@ -119,11 +121,11 @@ pub fn prepare(command: Command) -> Result<Prepared, Failure> {
     let (request, reply) = match command {
         Command::Ping => (Request::Ping, Reply::Pong),
         Command::Info => (Request::Info, Reply::Info),
-        Command::Get { key } => (
+        Command::Get { key, version } => (
             Request::Get {
                 key: key.into_bytes(),
             },
-            Reply::Value,
+            Reply::Value { version },
         ),
         Command::Put { key, value } => (
             Request::Put {
@@ -289,7 +291,14 @@ pub fn finish(
         return Ok(Status::Done);
     };
     match reply {
-        Reply::Value => match response {
+        Reply::Value {
+            version: with_version,
+        } => match response {
+            Ok(Response::Value { value, version }) if with_version => {
+                let mut line = format!("{version}\t").into_bytes();
+                line.extend_from_slice(&value);
+                out.value(&line)?
+            }
             Ok(Response::Value { value, .. }) => out.value(&value)?,
             Err(ClientError::Server {
                 code: ErrorCode::NotFound,

@@ -16,6 +16,8 @@ pub enum Command {
     Ping,
     Get {
         key: String,
+        /// Print the key's version before its value (for `cas`).
+        version: bool,
     },
     Put {
         key: String,
@@ -181,10 +183,20 @@ pub const COMMANDS: &[Spec] = &[
     Spec {
         name: "get",
         args: &["KEY"],
-        options: &[],
-        split: Split::Rest { before: 0 },
+        options: &[switch(
+            "--version",
+            "print VERSION<TAB>VALUE: the version is what cas expects",
+        )],
+        split: Split::Key {
+            switches: &["--version"],
+        },
         about: "Prints the value of KEY; a missing key prints (nil) (one-shot: on stderr, exit code 1).",
-        build: |m| Ok(Command::Get { key: m.arg(0) }),
+        build: |m| {
+            Ok(Command::Get {
+                version: m.switch("--version"),
+                key: m.arg(0),
+            })
+        },
     },
     Spec {
         name: "put",

@@ -259,9 +259,16 @@ pub fn parse_args(args: Vec<String>) -> Result<Invocation, ParseError> {
         },
     };
     let timeout_secs = match timeout {
-        Some(text) => text
-            .parse()
-            .map_err(|_| problem(format!("bad timeout {text:?}")))?,
+        Some(text) => match text.parse::<u64>() {
+            Ok(0) => {
+                return Err(problem(
+                    "--timeout must be at least 1 second (0 would give up before any reply)"
+                        .to_string(),
+                ))
+            }
+            Ok(secs) => secs,
+            Err(_) => return Err(problem(format!("bad timeout {text:?}"))),
+        },
         None => TIMEOUT_SECS_DEFAULT,
     };
     Ok(Invocation {
@@ -295,7 +302,10 @@ mod tests {
         );
         assert_eq!(
             parse_line("GET k").unwrap(),
-            Command::Get { key: "k".into() }
+            Command::Get {
+                key: "k".into(),
+                version: false
+            }
         );
         assert_eq!(
             parse_line("scan --start a --limit 5").unwrap(),
@@ -324,7 +334,15 @@ mod tests {
         assert_eq!(
             parse_line("get --help").unwrap(),
             Command::Get {
-                key: "--help".into()
+                key: "--help".into(),
+                version: false
+            }
+        );
+        assert_eq!(
+            parse_line("get --version k").unwrap(),
+            Command::Get {
+                key: "k".into(),
+                version: true
             }
         );
     }
@@ -439,7 +457,7 @@ mod tests {
     fn a_line_and_the_same_arguments_are_refused_alike() {
         let cases: &[(&str, &[&str], &str)] = &[
             ("put k", &["put", "k"], "usage: put KEY VALUE"),
-            ("get", &["get"], "usage: get KEY"),
+            ("get", &["get"], "usage: get KEY [--version]"),
             ("cas k x v", &["cas", "k", "x", "v"], "bad version \"x\""),
             (
                 "ping extra",
@@ -554,7 +572,10 @@ mod tests {
             Invocation {
                 addr: "h:1".into(),
                 timeout_secs: 5,
-                action: Action::Run(Command::Get { key: "k".into() })
+                action: Action::Run(Command::Get {
+                    key: "k".into(),
+                    version: false
+                })
             }
         );
         let invocation = args(&["put", "k", "--addr=h:2", "v"]).unwrap();
@@ -581,6 +602,10 @@ mod tests {
             args(&["--timeout", "x", "ping"]).unwrap_err().to_string(),
             "bad timeout \"x\""
         );
+        assert!(args(&["--timeout", "0", "put", "a", "3"])
+            .unwrap_err()
+            .to_string()
+            .contains("at least 1 second"));
         assert_eq!(
             args(&["ping", "--addr"]).unwrap_err().to_string(),
             "--addr needs a value"

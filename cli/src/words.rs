@@ -41,6 +41,10 @@ pub enum Split {
     /// from just after the whitespace character that ends them (a value); as the only word
     /// it is trimmed (a key).
     Rest { before: usize },
+    /// A key, as the rest of the line trimmed (literal), after any of `switches` at its
+    /// start. The one exception to "a key is literal": a key that itself begins with one of
+    /// the switches and a space is read with `--` in one-shot mode.
+    Key { switches: &'static [&'static str] },
 }
 
 /// The first word of `text` and what follows it (from the whitespace that ends the word).
@@ -56,6 +60,21 @@ pub fn split(text: &str, how: Split) -> Result<Vec<Word>, String> {
         Split::Whitespace => Ok(text.split_whitespace().map(Word::plain).collect()),
         Split::Json => split_json(text),
         Split::Rest { before } => Ok(split_rest(text, before)),
+        Split::Key { switches } => {
+            let mut words = Vec::new();
+            let mut rest = text;
+            loop {
+                let (word, after) = next_word(rest);
+                if !after.is_empty() && switches.contains(&word) {
+                    words.push(Word::plain(word));
+                    rest = after;
+                } else {
+                    break;
+                }
+            }
+            words.extend(split_rest(rest, 0));
+            Ok(words)
+        }
     }
 }
 
@@ -144,6 +163,21 @@ mod tests {
         assert_eq!(texts(split("  a key ", get).unwrap()), ["a key"]);
         assert!(split("  ", get).unwrap().is_empty());
         assert!(split(" --k -- v", put).unwrap().iter().all(|w| w.literal));
+        let get = Split::Key {
+            switches: &["--version"],
+        };
+        assert_eq!(
+            split(" --version  a key", get).unwrap(),
+            [Word::plain("--version"), Word::literal("a key")]
+        );
+        assert_eq!(
+            split("--version", get).unwrap(),
+            [Word::literal("--version")]
+        );
+        assert_eq!(
+            split("--versions x", get).unwrap(),
+            [Word::literal("--versions x")]
+        );
     }
 
     #[test]

@@ -256,9 +256,7 @@ pub fn decode_batch(data: &[u8]) -> Result<Vec<Command>, BatchDecodeError> {
                 key: r.key()?,
                 value: r.bytes(VALUE_SIZE_MAX)?,
             },
-            2 => Command::Delete {
-                key: r.key()?,
-            },
+            2 => Command::Delete { key: r.key()? },
             3 => {
                 let key = r.key()?;
                 let expected_version = r.u64()?;

@@ -53,7 +53,7 @@ fn batch_mode_answers_one_line_per_command_in_order() {
         input.push_str(&format!("get key-{i}\n"));
     }
     let (success, out) = kvs_batch(&server, input);
-    assert!(success);
+    assert!(!success, "a failed line (frobnicate) fails the batch");
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 4006);
     assert!(lines[..2000].iter().all(|l| *l == "OK"));
@@ -102,4 +102,78 @@ fn batch_mode_reads_see_exactly_the_writes_sent_before_them() {
             "command group {i}"
         );
     }
+}
+
+#[test]
+fn exit_codes_and_timeouts_tell_the_truth() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), 1);
+    // A timeout of 0 is refused before anything is sent.
+    let (code, out, err) = kvs(&server, &["--timeout", "0", "put", "a", "3"]);
+    assert_eq!((code, out.as_str()), (2, ""));
+    assert!(err.contains("at least 1 second"), "{err}");
+    assert_eq!(kvs(&server, &["get", "a"]).0, 1, "nothing was written");
+    // Errors go to stderr with exit code 2.
+    let long_key = "k".repeat(1025);
+    let (code, out, err) = kvs(&server, &["put", &long_key, "v"]);
+    assert_eq!((code, out.as_str()), (2, ""));
+    assert!(err.contains("1024-byte limit"), "{err}");
+    // A batch whose lines all succeed (a missing key is an answer) exits 0.
+    let (success, out) = kvs_batch(&server, "put a 1\nget nothing\nget a\n".into());
+    assert!(success, "{out}");
+    assert_eq!(out, "OK\n(nil)\n1\n");
+    // One that does not exits non-zero, still with one line per command.
+    let (success, out) = kvs_batch(&server, format!("put {long_key} v\nget a\n"));
+    assert!(!success);
+    assert_eq!(out.lines().count(), 2);
+    // A value that starts with "ERR" is not a failure.
+    let (success, _) = kvs_batch(&server, "put e ERR not an error\nget e\n".into());
+    assert!(success);
+}
+
+#[test]
+fn a_server_that_never_answers_fails_ping_within_the_timeout() {
+    // A listener that accepts and never replies: a hung server.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let _keep = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    for command in [&["ping"][..], &["info"], &["put", "a", "1"]] {
+        let out = std::process::Command::new(common::kvs_binary())
+            .args(["--addr", &addr, "--timeout", "1"])
+            .args(command)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{command:?}: {err}");
+        assert!(out.stdout.is_empty(), "{command:?}");
+        assert!(err.contains("no reply within 1s"), "{command:?}: {err}");
+        assert!(err.contains("outcome is unknown"), "{command:?}: {err}");
+    }
+}
+
+#[test]
+fn get_version_feeds_cas() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), 1);
+    assert_eq!(kvs(&server, &["put", "k", "-starts-with-a-dash"]).0, 0);
+    let (code, out, _) = kvs(&server, &["get", "--version", "k"]);
+    assert_eq!(code, 0);
+    let (version, value) = out.trim_end().split_once('\t').unwrap();
+    assert_eq!(value, "-starts-with-a-dash");
+    assert_eq!(kvs(&server, &["cas", "k", version, "next"]).0, 0);
+    assert_eq!(
+        kvs(&server, &["cas", "k", version, "again"]).0,
+        2,
+        "stale version"
+    );
+    assert_eq!(kvs(&server, &["get", "k"]).1, "next\n");
+    // The same in batch mode: one line, VERSION<TAB>VALUE.
+    let (success, out) = kvs_batch(&server, "get --version k\n".into());
+    assert!(success);
+    assert!(out.trim_end().ends_with("\tnext"), "{out}");
 }

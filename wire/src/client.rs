@@ -52,7 +52,7 @@ pub enum ClientError {
     },
     #[error("{code}: {message}")]
     Server { code: ErrorCode, message: String },
-    #[error("no reply within {0:?}")]
+    #[error("no reply within {0:?}: the outcome is unknown (the request may have taken effect)")]
     Timeout(Duration),
     #[error("connection lost: {0}")]
     Disconnected(String),
