@@ -38,6 +38,19 @@ expect $'1\n\n3' mget a nope c
 # --bigkeys walks the keys with SCAN, asks TYPE and STRLEN, and reports the biggest string.
 bigkeys=$(redis-cli -p "$port" --bigkeys 2>&1)
 grep -q "Biggest string found" <<<"$bigkeys" || { echo "redis-cli --bigkeys failed:"; echo "$bigkeys"; exit 1; }
+# --memkeys asks MEMORY USAGE of each key.
+memkeys=$(redis-cli -p "$port" --memkeys 2>&1)
+grep -qE "^3 strings with [1-9][0-9]* bytes" <<<"$memkeys" || { echo "redis-cli --memkeys failed:"; echo "$memkeys"; exit 1; }
+# --stat reads INFO's fields every second: every column must be a number (a missing field
+# prints as -9223372036854775808).
+stat=$(timeout 3 stdbuf -o0 redis-cli -p "$port" --stat 2>&1 || true)
+sed -n 3p <<<"$stat" | grep -qE '^3 +[0-9.]+[KMG]?B? +[0-9]+ +0 +[0-9]+ ' && ! grep -q -- '-9223372036854775808' <<<"$stat" ||
+  { echo "redis-cli --stat failed:"; echo "$stat"; exit 1; }
+[[ $(redis-cli -p "$port" info keyspace | head -1 | tr -d '\r') == "# Keyspace" ]] || { echo "INFO keyspace gave other sections"; exit 1; }
+expect 1 setnx fresh 1
+expect 0 setnx fresh 2
+expect 1 unlink fresh
+expect $'a\nb\nc' keys '*'
 echo "redis-cli: ok"
 
 # -q prints progress lines and then one final "requests per second" line per test.
@@ -80,6 +93,22 @@ for protocol in (3, 2):
     except redis.exceptions.ResponseError as e:
         assert "MULTI" in str(e), e
     assert r.get(f"py:tx{protocol}") is None and r.get(f"py:txn{protocol}") is None
+    assert r.ping()
+    # A scan continued on other connections of a pool, and a type filter.
+    cursor, seen = 0, set()
+    while True:
+        cursor, keys = redis.Redis(port=port, protocol=protocol).scan(cursor, match="py:p*", count=50)
+        seen.update(keys)
+        if cursor == 0:
+            break
+    assert len(seen) == 500, len(seen)
+    assert list(r.scan_iter(_type="hash")) == []
+    # A value over the limit: an error naming it, and the connection goes on.
+    try:
+        r.set("py:big", b"x" * (16 * 1024 * 1024 + 1))
+        raise AssertionError("a 16 MiB + 1 value was accepted")
+    except redis.exceptions.ResponseError as e:
+        assert "16 MiB" in str(e), e
     assert r.ping()
 print("redis-py (RESP3 and RESP2): ok")
 PY

@@ -11,6 +11,7 @@
 //! - [`node`]: starting a node: data directory, executors, cross-core mesh, shutdown.
 //! - [`config`]: flags and the TOML config file.
 
+pub mod ask;
 pub mod config;
 pub mod conn;
 pub mod data_dir;
@@ -24,6 +25,8 @@ pub mod node;
 pub mod peer;
 pub mod pending;
 pub mod raft_logger;
+pub mod resp_keyspace;
+pub mod resp_reply;
 pub mod resp_server;
 pub mod route;
 pub mod runtime;

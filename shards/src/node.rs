@@ -23,6 +23,7 @@ use crate::config::Config;
 use crate::data_dir::{allowed_cpus, DataDir};
 use crate::driver::{CheckpointPolicy, ShardDriver, Wake, REOPEN_INTERVAL};
 use crate::log_io::{DmaDisk, DmaLogFile};
+use crate::resp_keyspace::ScanCursors;
 use crate::route::{CoreContext, RemoteReply, RemoteRequest, ReplyTo, ShardQueue};
 use crate::runtime::{
     cross_core_channel, spawn_executor, spawn_local, wait, JoinHandle, Receiver, Sender,
@@ -68,6 +69,7 @@ struct CoreSetup {
     handoff_receivers: Vec<Receiver<Handoff>>,
     stop: Arc<AtomicBool>,
     connection_counts: Arc<ConnectionCounts>,
+    scan_cursors: Arc<ScanCursors>,
     ready: mpsc::Sender<Result<(), String>>,
     /// Whether to serve, once every shard has opened ([`START_SERVE`]), or to stop because
     /// one failed to ([`START_ABORT`]): a node never serves some shards while others failed.
@@ -116,6 +118,11 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     let n = shard_count as usize;
     let cpus = allowed_cpus();
     let connection_counts = Arc::new(ConnectionCounts::new(n));
+    let scan_cursors = Arc::new(ScanCursors::new(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_secs()),
+    ));
     let (ready_sender, ready) = mpsc::channel();
     let start = Arc::new(AtomicU8::new(START_WAIT));
     // Every core gets a handle on each listening socket; the last takes the originals.
@@ -152,6 +159,7 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
             handoff_receivers: Vec::new(),
             stop: Arc::clone(&stop),
             connection_counts: Arc::clone(&connection_counts),
+            scan_cursors: Arc::clone(&scan_cursors),
             ready: ready_sender.clone(),
             start: Arc::clone(&start),
         })
@@ -234,6 +242,7 @@ async fn core_main(setup: CoreSetup) {
         setup.request_senders,
         setup.reply_senders,
         Arc::clone(&setup.connection_counts),
+        Arc::clone(&setup.scan_cursors),
     ));
     for receiver in setup.request_receivers {
         let queue = Rc::clone(&queue);

@@ -1,444 +1,46 @@
-//! The Redis-protocol (RESP2) listener: the key-value subset of Redis on top of the same
-//! shards, with the same durability (a SET is answered after its log record is fdatasync'ed
-//! and applied).
+//! The Redis-protocol (RESP2, and RESP3 after HELLO 3) listener: the key-value subset of
+//! Redis on top of the same shards, with the same durability (a SET is answered after its
+//! log record is fdatasync'ed and applied).
 //!
 //! Supported: PING, ECHO, GET, SET (with NX or XX; EX/PX/EXAT/PXAT are refused because kvs
-//! has no key expiry), DEL, EXISTS, MGET, MSET, INCR, DECR, INCRBY, DECRBY, APPEND, STRLEN,
-//! GETSET, DBSIZE, SCAN (cursor, MATCH, COUNT), INFO, COMMAND, QUIT, plus SELECT 0 and the
-//! CLIENT and CONFIG GET calls client libraries make when they connect. Anything else gets a
-//! Redis-style `-ERR unknown command`.
+//! has no key expiry), SETNX, DEL, UNLINK, EXISTS, MGET, MSET, INCR, DECR, INCRBY, DECRBY,
+//! APPEND, STRLEN, GETSET, TYPE, DBSIZE, SCAN (cursor, MATCH, COUNT, TYPE), KEYS, FLUSHDB,
+//! FLUSHALL, MEMORY USAGE, INFO (with sections), COMMAND, QUIT, plus SELECT 0 and the CLIENT
+//! and CONFIG GET calls client libraries make when they connect. Anything else gets a
+//! Redis-style `-ERR unknown command`. Replies are rendered in `resp_reply.rs`; the
+//! whole-keyspace commands and INFO's text are in `resp_keyspace.rs`.
 //!
 //! Redis clients expect replies in command order, so every command takes a sequence number
 //! and replies that finish early wait for the ones before them (`Connection::respond_in_order`).
 
-use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::cell::Cell;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use kvs_core::command::Command;
-use kvs_core::state::CommandResult;
-use kvs_wire::limits::{KEY_SIZE_MAX, SCAN_LIMIT_MAX, VALUE_SIZE_MAX};
+use kvs_wire::limits::{bytes_limit, KEY_SIZE_MAX, SCAN_LIMIT_MAX, VALUE_SIZE_MAX};
 use kvs_wire::resp::{self, Parsed};
-use kvs_wire::{shard_for_key, ErrorCode};
+use kvs_wire::shard_for_key;
 
 use crate::conn::{self, Connection, ReceiveBuffer};
-use crate::route::{merge_scan, split_by_shard, CoreContext, Deliver, Parts, Target};
+use crate::resp_keyspace::{delete_all, glob_match, matching_keys, NodeFigures};
+use crate::resp_reply::{encode_reply, null, RespGather, RespGatherKind, RespRender};
+use crate::route::{split_by_shard, CoreContext, Deliver, Target};
 use crate::runtime::TcpStream;
-use crate::shard::{ShardInfo, ShardOp, ShardReply};
+use crate::shard::ShardOp;
 use crate::spread::ConnectionSlot;
 
-/// Open SCAN cursors one connection may hold; the oldest is forgotten past this.
-const SCAN_CURSORS_MAX: usize = 1024;
 /// SCAN's COUNT when none is given (Redis's default).
 const SCAN_COUNT_DEFAULT: u32 = 10;
 
-/// How a single-shard reply becomes a RESP reply.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum RespRender {
-    /// GET: the value or a null bulk string.
-    Get,
-    /// STRLEN: the value's length, 0 when missing.
-    Strlen,
-    /// SET: +OK.
-    Set,
-    /// SET NX / SET XX: +OK, or a null bulk string when the condition failed.
-    SetConditional,
-    /// INCR family and APPEND: an integer.
-    Integer,
-    /// GETSET: the previous value or a null bulk string.
-    GetSet,
-    /// TYPE: `string` for a key that exists (kvs keeps strings only), `none` otherwise.
-    Type,
-}
-
-impl RespRender {
-    const ALL: [RespRender; 7] = [
-        RespRender::Get,
-        RespRender::Strlen,
-        RespRender::Set,
-        RespRender::SetConditional,
-        RespRender::Integer,
-        RespRender::GetSet,
-        RespRender::Type,
-    ];
-
-    /// A target's aux for a single-shard reply: the rendering, and whether the connection
-    /// speaks RESP3.
-    fn aux(self, resp3: bool) -> u32 {
-        u32::from(self as u8) | u32::from(resp3) << 8
-    }
-
-    fn from_aux(aux: u32) -> (RespRender, bool) {
-        let render = Self::ALL[(aux & 0xff) as usize];
-        debug_assert_eq!(render.aux(false), aux & 0xff);
-        (render, aux >> 8 != 0)
-    }
-}
-
-/// Encodes a shard's reply to one RESP command on its connection (`Connection`'s reply
-/// encoder for this protocol): the tag is the command's sequence number, in whose place the
-/// reply is written.
-fn encode_reply(conn: &Connection, sequence: u64, aux: u32, reply: ShardReply) {
-    let (render, resp3) = RespRender::from_aux(aux);
-    conn.respond_in_order_with(sequence, |out| render_into(out, render, reply, resp3));
-}
-
-/// A missing value: the null bulk string in RESP2, the null type in RESP3.
-fn null(out: &mut Vec<u8>, resp3: bool) {
-    if resp3 {
-        out.extend_from_slice(b"_\r\n");
-    } else {
-        resp::null(out);
-    }
-}
-
-/// A shard's typed error as a Redis error line: `-ERR DISK_FULL: ...`.
-fn error_line(out: &mut Vec<u8>, code: ErrorCode, message: &str) {
-    resp::error(out, &format!("ERR {code}: {message}"));
-}
-
-/// Renders a single-shard reply.
-pub fn render(render: RespRender, reply: ShardReply, resp3: bool) -> Vec<u8> {
-    let mut out = Vec::new();
-    render_into(&mut out, render, reply, resp3);
-    out
-}
-
-/// Appends the RESP reply for `reply` to `out`.
-pub fn render_into(out: &mut Vec<u8>, render: RespRender, reply: ShardReply, resp3: bool) {
-    match (render, reply) {
-        (_, ShardReply::Error(code, message)) => error_line(out, code, &message),
-        (RespRender::Get, ShardReply::Value(Some(v))) => resp::bulk(out, &v.value),
-        (RespRender::Get, ShardReply::Value(None)) => null(out, resp3),
-        (RespRender::Strlen, ShardReply::Value(v)) => {
-            resp::integer(out, v.map_or(0, |v| v.value.len() as i64))
-        }
-        (RespRender::Type, ShardReply::Value(v)) => {
-            resp::simple(out, if v.is_some() { "string" } else { "none" })
-        }
-        (RespRender::Set, ShardReply::Written(CommandResult::Written { .. })) => {
-            resp::simple(out, "OK")
-        }
-        (RespRender::SetConditional, ShardReply::Written(CommandResult::Written { .. })) => {
-            resp::simple(out, "OK")
-        }
-        (
-            RespRender::SetConditional,
-            ShardReply::Written(CommandResult::VersionMismatch { .. } | CommandResult::Skipped),
-        ) => null(out, resp3),
-        (RespRender::Integer, ShardReply::Written(CommandResult::Integer { value })) => {
-            resp::integer(out, value)
-        }
-        (_, ShardReply::Written(CommandResult::Refused { reason })) => {
-            resp::error(out, &format!("ERR {reason}"))
-        }
-        (RespRender::GetSet, ShardReply::Written(CommandResult::Replaced { previous })) => {
-            match previous {
-                Some(value) => resp::bulk(out, &value),
-                None => null(out, resp3),
-            }
-        }
-        (render, other) => resp::error(out, &format!("ERR internal: {render:?} got {other:?}")),
-    }
-}
-
-/// How the parts of a command split over shards are put back together.
-pub enum RespGatherKind {
-    /// DEL: how many keys existed.
-    Deleted,
-    /// EXISTS: how many of the keys (counted with repeats) exist.
-    Exists,
-    /// MGET: values in request order; positions[part] are the places of that part's keys.
-    MGet {
-        positions: Vec<Vec<usize>>,
-        total: usize,
-    },
-    /// MSET: +OK.
-    MSet,
-    /// DBSIZE: keys over all shards.
-    DbSize,
-    /// INFO: a Redis-style info text.
-    Info,
-    /// SCAN: a page of keys and the next cursor.
-    Scan {
-        session: Rc<Session>,
-        count: u32,
-        pattern: Option<Vec<u8>>,
-    },
-}
-
-/// Collects the parts of a RESP command split over shards and answers once all are in.
-pub struct RespGather {
-    conn: Rc<Connection>,
-    sequence: u64,
-    resp3: bool,
-    kind: RespGatherKind,
-    parts: Parts,
-}
-
-impl Deliver for RespGather {
-    /// The tag is the part.
-    fn deliver(self: Rc<Self>, part: u64, _: u32, reply: ShardReply) {
-        self.add(part as usize, reply);
-    }
-}
-
-impl RespGather {
-    fn new(
-        conn: &Rc<Connection>,
-        sequence: u64,
-        resp3: bool,
-        kind: RespGatherKind,
-        parts: usize,
-    ) -> Rc<RespGather> {
-        Rc::new(RespGather {
-            conn: Rc::clone(conn),
-            sequence,
-            resp3,
-            kind,
-            parts: Parts::new(parts),
-        })
-    }
-
-    pub fn add(&self, part: usize, reply: ShardReply) {
-        if let Some(parts) = self.parts.add(part, reply) {
-            let mut out = Vec::new();
-            self.combine(parts, &mut out);
-            self.conn.respond_in_order(self.sequence, out);
-        }
-    }
-
-    fn combine(&self, parts: Vec<ShardReply>, out: &mut Vec<u8>) {
-        if let Some(ShardReply::Error(code, message)) =
-            parts.iter().find(|p| matches!(p, ShardReply::Error(..)))
-        {
-            return error_line(out, *code, message);
-        }
-        let unexpected = |out: &mut Vec<u8>, reply: &ShardReply| {
-            resp::error(
-                out,
-                &format!("ERR internal: unexpected shard reply {reply:?}"),
-            )
-        };
-        match &self.kind {
-            RespGatherKind::Deleted => {
-                let mut count = 0;
-                for reply in &parts {
-                    match reply {
-                        ShardReply::Written(CommandResult::Deleted { existed }) => {
-                            count += i64::from(*existed)
-                        }
-                        other => return unexpected(out, other),
-                    }
-                }
-                resp::integer(out, count);
-            }
-            RespGatherKind::Exists => {
-                let mut count = 0;
-                for reply in &parts {
-                    match reply {
-                        ShardReply::Values(values) => {
-                            count += values.iter().filter(|v| v.is_some()).count() as i64
-                        }
-                        other => return unexpected(out, other),
-                    }
-                }
-                resp::integer(out, count);
-            }
-            RespGatherKind::MGet { positions, total } => {
-                let mut values: Vec<Option<Vec<u8>>> = vec![None; *total];
-                for (part, reply) in parts.into_iter().enumerate() {
-                    let ShardReply::Values(found) = reply else {
-                        return unexpected(out, &reply);
-                    };
-                    for (&at, value) in positions[part].iter().zip(found) {
-                        values[at] = value.map(|v| v.value);
-                    }
-                }
-                resp::array_header(out, values.len());
-                for value in values {
-                    match value {
-                        Some(value) => resp::bulk(out, &value),
-                        None => null(out, self.resp3),
-                    }
-                }
-            }
-            RespGatherKind::MSet => {
-                for reply in &parts {
-                    if !matches!(
-                        reply,
-                        ShardReply::Written(CommandResult::WrittenMany { .. })
-                    ) {
-                        return unexpected(out, reply);
-                    }
-                }
-                resp::simple(out, "OK");
-            }
-            RespGatherKind::DbSize | RespGatherKind::Info => {
-                let mut shards: Vec<ShardInfo> = Vec::new();
-                for reply in parts {
-                    let ShardReply::Info(info) = reply else {
-                        return unexpected(out, &reply);
-                    };
-                    shards.push(*info);
-                }
-                let keys: u64 = shards.iter().map(|s| s.keys).sum();
-                if matches!(self.kind, RespGatherKind::DbSize) {
-                    return resp::integer(out, keys as i64);
-                }
-                resp::bulk(out, info_text(&shards, keys).as_bytes());
-            }
-            RespGatherKind::Scan {
-                session,
-                count,
-                pattern,
-            } => {
-                let (pairs, next) = match merge_scan(parts, *count) {
-                    Ok(page) => page,
-                    Err(reply) => return unexpected(out, &reply),
-                };
-                let cursor = match next {
-                    Some(next) => session.remember(next),
-                    None => 0,
-                };
-                let keys: Vec<&Vec<u8>> = pairs
-                    .iter()
-                    .map(|(k, _)| k)
-                    .filter(|k| pattern.as_ref().is_none_or(|p| glob_match(p, k)))
-                    .collect();
-                resp::array_header(out, 2);
-                resp::bulk(out, cursor.to_string().as_bytes());
-                resp::array_header(out, keys.len());
-                for key in keys {
-                    resp::bulk(out, key);
-                }
-            }
-        }
-    }
-}
-
-fn info_text(shards: &[ShardInfo], keys: u64) -> String {
-    let mut text = String::new();
-    text.push_str("# Server\r\n");
-    text.push_str("redis_version:7.0.0\r\n");
-    text.push_str(&format!("kvs_version:{}\r\n", env!("CARGO_PKG_VERSION")));
-    text.push_str("redis_mode:standalone\r\n");
-    text.push_str(&format!("kvs_shards:{}\r\n", shards.len()));
-    text.push_str("\r\n# Persistence\r\n");
-    text.push_str("aof_enabled:1\r\n");
-    text.push_str("kvs_durability:fdatasync-before-ack\r\n");
-    let log_bytes: u64 = shards.iter().map(|s| s.log_size_bytes).sum();
-    text.push_str(&format!("kvs_log_size_bytes:{log_bytes}\r\n"));
-    text.push_str("\r\n# Keyspace\r\n");
-    text.push_str(&format!("db0:keys={keys},expires=0,avg_ttl=0\r\n"));
-    for shard in shards {
-        text.push_str(&format!(
-            "kvs_shard{}:keys={},last_index={},applied_index={},log_syncs={}\r\n",
-            shard.shard, shard.keys, shard.last_index, shard.applied_index, shard.log_syncs
-        ));
-    }
-    text
-}
-
-/// Redis's glob patterns for SCAN MATCH: `*`, `?`, `[abc]`, `[a-z]`, `[^x]`, `\x`.
-pub fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
-    let (mut p, mut t) = (0, 0);
-    // Where to resume after the last `*`: (pattern index after it, text index it matched up to).
-    let mut star: Option<(usize, usize)> = None;
-    while t < text.len() {
-        let step = match pattern.get(p) {
-            Some(b'*') => {
-                star = Some((p + 1, t));
-                p += 1;
-                continue;
-            }
-            Some(b'?') => Some(p + 1),
-            Some(b'[') => match_class(pattern, p, text[t]),
-            Some(b'\\') if p + 1 < pattern.len() => (pattern[p + 1] == text[t]).then_some(p + 2),
-            Some(&c) => (c == text[t]).then_some(p + 1),
-            None => None,
-        };
-        match step {
-            Some(next) => {
-                p = next;
-                t += 1;
-            }
-            None => match star {
-                Some((after, matched)) => {
-                    p = after;
-                    t = matched + 1;
-                    star = Some((after, matched + 1));
-                }
-                None => return false,
-            },
-        }
-    }
-    pattern[p.min(pattern.len())..].iter().all(|&c| c == b'*')
-}
-
-/// Matches `c` against the class starting at `pattern[at] == b'['`; returns the index after
-/// the class when it matches.
-fn match_class(pattern: &[u8], at: usize, c: u8) -> Option<usize> {
-    let mut i = at + 1;
-    let negate = pattern.get(i) == Some(&b'^');
-    if negate {
-        i += 1;
-    }
-    let mut matched = false;
-    while i < pattern.len() && pattern[i] != b']' {
-        if pattern[i] == b'\\' && i + 1 < pattern.len() {
-            matched |= pattern[i + 1] == c;
-            i += 2;
-        } else if i + 2 < pattern.len() && pattern[i + 1] == b'-' && pattern[i + 2] != b']' {
-            let (low, high) = (
-                pattern[i].min(pattern[i + 2]),
-                pattern[i].max(pattern[i + 2]),
-            );
-            matched |= (low..=high).contains(&c);
-            i += 3;
-        } else {
-            matched |= pattern[i] == c;
-            i += 1;
-        }
-    }
-    // An unterminated class matches like Redis does: up to the end of the pattern.
-    (matched != negate).then_some((i + 1).min(pattern.len()))
-}
-
-/// Per-connection state: SCAN cursors (Redis clients expect decimal cursors, so kvs hands out
-/// small numbers standing for continuation keys).
+/// Per-connection state.
 #[derive(Default)]
 pub struct Session {
-    cursors: RefCell<HashMap<u64, Vec<u8>>>,
-    next_cursor: Cell<u64>,
     /// Set by HELLO 3: the client speaks RESP3.
     resp3: Cell<bool>,
     /// Set by MULTI, which kvs refuses: until EXEC or DISCARD nothing the client sends runs
     /// (a client that queued a transaction must not see half of it applied).
     in_refused_multi: Cell<bool>,
-}
-
-impl Session {
-    fn remember(&self, next_key: Vec<u8>) -> u64 {
-        let cursor = self.next_cursor.get().max(1);
-        self.next_cursor.set(cursor + 1);
-        let mut cursors = self.cursors.borrow_mut();
-        if cursors.len() >= SCAN_CURSORS_MAX {
-            if let Some(&oldest) = cursors.keys().min() {
-                cursors.remove(&oldest);
-            }
-        }
-        cursors.insert(cursor, next_key);
-        cursor
-    }
-
-    fn resume(&self, cursor: u64) -> Option<Vec<u8>> {
-        if cursor == 0 {
-            return Some(Vec::new());
-        }
-        self.cursors.borrow_mut().remove(&cursor)
-    }
 }
 
 /// What the reader does after a command.
@@ -463,14 +65,16 @@ fn parse_i64(arg: &[u8]) -> Option<i64> {
 fn check_sizes(keys: &[&Vec<u8>], values: &[&Vec<u8>]) -> Result<(), String> {
     if let Some(key) = keys.iter().find(|k| k.len() > KEY_SIZE_MAX) {
         return Err(format!(
-            "ERR key of {} bytes exceeds the {KEY_SIZE_MAX}-byte limit",
-            key.len()
+            "ERR key of {} bytes exceeds the {} limit",
+            key.len(),
+            bytes_limit(KEY_SIZE_MAX)
         ));
     }
     if let Some(value) = values.iter().find(|v| v.len() > VALUE_SIZE_MAX) {
         return Err(format!(
-            "ERR value of {} bytes exceeds the {VALUE_SIZE_MAX}-byte limit",
-            value.len()
+            "ERR value of {} bytes exceeds the {} limit",
+            value.len(),
+            bytes_limit(VALUE_SIZE_MAX)
         ));
     }
     Ok(())
@@ -529,6 +133,14 @@ fn lowercase_on_stack<'a>(name: &[u8], buffer: &'a mut [u8; 16]) -> Option<&'a s
     std::str::from_utf8(out).ok()
 }
 
+/// The process's resident memory, for INFO's used_memory (0 if /proc cannot tell).
+fn resident_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|statm| statm.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * 4096)
+}
+
 /// Runs one command. Every path answers the command exactly once, in order.
 async fn execute(
     ctx: &CoreContext,
@@ -537,6 +149,7 @@ async fn execute(
     args: Vec<Vec<u8>>,
 ) -> After {
     let sequence = conn.start_ordered_request();
+    ctx.connection_counts.count_command(ctx.core);
     let mut out = Vec::new();
     let mut short = [0u8; 16];
     let long;
@@ -684,6 +297,24 @@ async fn execute(
                 return After::Continue;
             }
         }
+        "memory"
+            if argc >= 3
+                && args[0].eq_ignore_ascii_case(b"usage")
+                && (argc == 3 || argc == 5 && args[2].eq_ignore_ascii_case(b"samples")) =>
+        {
+            let key = args.into_iter().nth(1).unwrap_or_default();
+            if let Err(e) = sizes(&[&key], &[]) {
+                resp::error(&mut out, &e);
+            } else {
+                ctx.send(
+                    shard_of(&key),
+                    ShardOp::Get { key },
+                    single(RespRender::MemoryUsage),
+                )
+                .await;
+                return After::Continue;
+            }
+        }
         "set" if argc >= 3 => {
             let mut nx = false;
             let mut xx = false;
@@ -750,6 +381,23 @@ async fn execute(
                 }
             }
         }
+        "setnx" if argc == 3 => match sizes(&[&args[0]], &[&args[1]]) {
+            Err(e) => resp::error(&mut out, &e),
+            Ok(()) => {
+                let mut args = args.into_iter();
+                let key = args.next().unwrap_or_default();
+                let value = args.next().unwrap_or_default();
+                let shard = shard_of(&key);
+                let command = Command::Cas {
+                    key,
+                    expected_version: 0,
+                    value: Some(value),
+                };
+                ctx.send(shard, ShardOp::Write(command), single(RespRender::SetNx))
+                    .await;
+                return After::Continue;
+            }
+        },
         "getset" | "append" if argc == 3 => match sizes(&[&args[0]], &[&args[1]]) {
             Err(e) => resp::error(&mut out, &e),
             Ok(()) => {
@@ -792,7 +440,8 @@ async fn execute(
                 }
             }
         }
-        "del" if argc >= 2 => match sizes(&args.iter().collect::<Vec<_>>(), &[]) {
+        // UNLINK frees memory in the background in Redis; here it is DEL.
+        "del" | "unlink" if argc >= 2 => match sizes(&args.iter().collect::<Vec<_>>(), &[]) {
             Err(e) => resp::error(&mut out, &e),
             Ok(()) => {
                 let g = RespGather::new(conn, sequence, resp3, RespGatherKind::Deleted, args.len());
@@ -852,14 +501,53 @@ async fn execute(
                 }
             }
         }
+        "keys" if argc == 2 => match matching_keys(ctx, origin, &args[0]).await {
+            Ok(keys) => {
+                resp::array_header(&mut out, keys.len());
+                for key in keys {
+                    resp::bulk(&mut out, &key);
+                }
+            }
+            Err(message) => resp::error(&mut out, &message),
+        },
+        // ASYNC and SYNC are accepted; the deletes are done before the reply either way.
+        "flushdb" | "flushall"
+            if argc == 1
+                || argc == 2
+                    && (args[0].eq_ignore_ascii_case(b"async")
+                        || args[0].eq_ignore_ascii_case(b"sync")) =>
+        {
+            match delete_all(ctx, origin).await {
+                Ok(_) => resp::simple(&mut out, "OK"),
+                Err(message) => resp::error(&mut out, &message),
+            }
+        }
+        "expire" | "pexpire" | "expireat" | "pexpireat" | "ttl" | "pttl" | "persist" | "setex"
+        | "psetex" | "getex" => resp::error(
+            &mut out,
+            &format!(
+                "ERR '{name}' is not supported: kvs has no key expiry yet (docs/resp.md, ADR 0014)"
+            ),
+        ),
         "dbsize" if argc == 1 => {
             for (shard, target) in all_shards(RespGatherKind::DbSize) {
                 ctx.send(shard, ShardOp::Info, target).await;
             }
             return After::Continue;
         }
-        "info" if argc <= 2 => {
-            for (shard, target) in all_shards(RespGatherKind::Info) {
+        "info" => {
+            let counts = &ctx.connection_counts;
+            let node = NodeFigures {
+                connected_clients: counts.open() as u64,
+                connections_received: counts.received(),
+                commands_processed: counts.commands(),
+                used_memory: resident_bytes(),
+            };
+            let sections = args
+                .iter()
+                .map(|a| String::from_utf8_lossy(a).to_ascii_lowercase())
+                .collect();
+            for (shard, target) in all_shards(RespGatherKind::Info { sections, node }) {
                 ctx.send(shard, ShardOp::Info, target).await;
             }
             return After::Continue;
@@ -868,6 +556,7 @@ async fn execute(
             let mut count = SCAN_COUNT_DEFAULT;
             let mut pattern = None;
             let mut problem = None;
+            let (mut typed, mut strings) = (false, false);
             let mut options = args[1..].iter();
             while let Some(option) = options.next() {
                 match (option.to_ascii_lowercase().as_slice(), options.next()) {
@@ -876,21 +565,29 @@ async fn execute(
                         Some(n) if n >= 1 => count = n.min(i64::from(SCAN_LIMIT_MAX)) as u32,
                         _ => problem = Some("ERR value is not an integer or out of range"),
                     },
-                    (b"type", Some(t)) if t.eq_ignore_ascii_case(b"string") => {}
-                    (b"type", Some(_)) => problem = Some("ERR kvs stores only strings"),
+                    (b"type", Some(t)) => strings |= t.eq_ignore_ascii_case(b"string"),
                     _ => problem = Some("ERR syntax error"),
                 }
+                if option.eq_ignore_ascii_case(b"type") {
+                    typed = true;
+                }
             }
-            let start = std::str::from_utf8(&args[0])
+            let cursor = std::str::from_utf8(&args[0])
                 .ok()
-                .and_then(|c| c.parse::<u64>().ok())
-                .and_then(|c| session.resume(c));
-            match (problem, start) {
+                .and_then(|c| c.parse::<u64>().ok());
+            match (problem, cursor) {
                 (Some(message), _) => resp::error(&mut out, message),
                 (None, None) => resp::error(&mut out, "ERR invalid cursor"),
-                (None, Some(start)) => {
+                // Only strings are stored: a scan for another type finds nothing.
+                (None, Some(_)) if typed && !strings => {
+                    resp::array_header(&mut out, 2);
+                    resp::bulk(&mut out, b"0");
+                    resp::array_header(&mut out, 0);
+                }
+                (None, Some(cursor)) => {
+                    let start = ctx.scan_cursors.resume(cursor);
                     let kind = RespGatherKind::Scan {
-                        session: Rc::clone(session),
+                        cursors: Arc::clone(&ctx.scan_cursors),
                         count,
                         pattern,
                     };
@@ -907,8 +604,8 @@ async fn execute(
             }
         }
         "get" | "strlen" | "type" | "set" | "getset" | "append" | "incr" | "decr" | "incrby"
-        | "decrby" | "del" | "exists" | "mget" | "mset" | "dbsize" | "info" | "scan" | "echo"
-        | "select" => wrong_arity(&mut out, name),
+        | "decrby" | "del" | "exists" | "mget" | "mset" | "dbsize" | "scan" | "echo" | "select"
+        | "setnx" | "unlink" | "keys" | "flushdb" | "flushall" => wrong_arity(&mut out, name),
         _ => {
             let mut shown = String::new();
             for arg in args.iter().take(3) {
@@ -946,10 +643,46 @@ pub async fn serve_connection(ctx: Rc<CoreContext>, stream: TcpStream, slot: Con
 async fn read_loop(ctx: &CoreContext, stream: &TcpStream, conn: &Rc<Connection>) {
     let session = Rc::new(Session::default());
     let mut buffer = ReceiveBuffer::new();
+    // The rest of a command refused for a bulk string over the limit, being read past.
+    let mut discarding: Option<resp::Discard> = None;
     loop {
         let mut need_bytes = false;
         while conn.may_take_request() {
+            if let Some(discard) = discarding.as_mut() {
+                match discard.advance(buffer.data()) {
+                    Ok((skipped, done)) => {
+                        buffer.consume(skipped);
+                        if !done {
+                            need_bytes = true;
+                            break;
+                        }
+                        discarding = None;
+                    }
+                    Err(error) => {
+                        tracing::debug!(%error, "closing a RESP connection after a protocol error");
+                        return;
+                    }
+                }
+            }
             match resp::parse_command(buffer.data()) {
+                Ok(Parsed::TooLarge {
+                    len,
+                    consumed,
+                    discard,
+                }) => {
+                    buffer.consume(consumed);
+                    discarding = Some(discard);
+                    let sequence = conn.start_ordered_request();
+                    let mut out = Vec::new();
+                    resp::error(
+                        &mut out,
+                        &format!(
+                            "ERR argument of {len} bytes exceeds the {} limit",
+                            bytes_limit(VALUE_SIZE_MAX)
+                        ),
+                    );
+                    conn.respond_in_order(sequence, out);
+                }
                 Ok(Parsed::Command { args, len }) => {
                     buffer.consume(len);
                     if args.is_empty() {

@@ -1,6 +1,9 @@
 //! Tests of the RESP listener's rendering and helpers.
 
 use super::*;
+use crate::resp_reply::render;
+use crate::shard::ShardReply;
+use kvs_core::state::CommandResult;
 
 #[test]
 fn glob_patterns() {
@@ -22,13 +25,31 @@ fn glob_patterns() {
 }
 
 #[test]
-fn scan_cursors_are_small_numbers_used_once() {
-    let session = Session::default();
-    let cursor = session.remember(b"next".to_vec());
+fn scan_cursors_are_the_nodes_and_an_unknown_one_starts_over() {
+    use crate::resp_keyspace::{ScanCursors, SCAN_CURSORS_MAX};
+    let cursors = ScanCursors::new(7);
+    let cursor = cursors.remember(b"next".to_vec());
     assert!(cursor > 0);
-    assert_eq!(session.resume(0), Some(vec![]));
-    assert_eq!(session.resume(cursor), Some(b"next".to_vec()));
-    assert_eq!(session.resume(cursor), None);
+    assert_eq!(cursors.resume(0), Vec::<u8>::new());
+    assert_eq!(cursors.resume(cursor), b"next".to_vec());
+    assert_eq!(
+        cursors.resume(cursor),
+        b"next".to_vec(),
+        "a page may be asked again"
+    );
+    assert_eq!(
+        cursors.resume(cursor + 999),
+        Vec::<u8>::new(),
+        "unknown: start over"
+    );
+    for i in 0..SCAN_CURSORS_MAX {
+        cursors.remember(format!("k{i}").into_bytes());
+    }
+    assert_eq!(
+        cursors.resume(cursor),
+        Vec::<u8>::new(),
+        "the oldest is forgotten"
+    );
 }
 
 #[test]

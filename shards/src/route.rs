@@ -110,6 +110,8 @@ pub struct CoreContext {
     pub stop: Notify,
     /// Client connections of all cores, by which accepted ones are spread over the cores.
     pub connection_counts: Arc<ConnectionCounts>,
+    /// The node's RESP SCAN cursors, valid on any connection.
+    pub scan_cursors: Arc<crate::resp_keyspace::ScanCursors>,
     /// This core's open connections, to shut their receiving side when the node stops.
     connections: RefCell<HashMap<u64, std::os::fd::RawFd>>,
     next_connection: Cell<u64>,
@@ -123,6 +125,7 @@ impl CoreContext {
         request_senders: Vec<Option<Sender<RemoteRequest>>>,
         reply_senders: Vec<Option<Sender<RemoteReply>>>,
         connection_counts: Arc<ConnectionCounts>,
+        scan_cursors: Arc<crate::resp_keyspace::ScanCursors>,
     ) -> CoreContext {
         CoreContext {
             core,
@@ -135,6 +138,7 @@ impl CoreContext {
             stopping: Cell::new(false),
             stop: Notify::new(),
             connection_counts,
+            scan_cursors,
             connections: RefCell::new(HashMap::new()),
             next_connection: Cell::new(0),
         }

@@ -189,6 +189,7 @@ fn unexpected(reply: &ShardReply) -> Response {
 
 /// Routes one decoded request.
 async fn dispatch(ctx: &Rc<CoreContext>, conn: &Rc<Connection>, header: Header, request: Request) {
+    ctx.connection_counts.count_command(ctx.core);
     let request_id = header.request_id;
     let opcode = header.opcode;
     let shard_of = |key: &[u8]| shard_for_key(key, ctx.shard_count);

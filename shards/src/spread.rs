@@ -1,8 +1,8 @@
 //! The node's client connections counted per core, so each accepted connection goes to the
 //! serving core with the fewest (see `node::accept_loop`), and counted out exactly once
-//! however it ends.
+//! however it ends; and the commands they sent, for INFO.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// The node's client connections, counted across its cores.
@@ -11,7 +11,15 @@ pub struct ConnectionCounts {
     per_core: Vec<AtomicUsize>,
     /// Which cores take connections: set once a core serves, cleared when it stops.
     serving: Vec<AtomicBool>,
+    /// Connections accepted since start.
+    received: AtomicU64,
+    /// Commands each core's connections sent: each core writes only its own, on a cache
+    /// line of its own, so counting costs no sharing between cores.
+    commands: Vec<PerCore>,
 }
+
+#[repr(align(64))]
+struct PerCore(AtomicU64);
 
 impl ConnectionCounts {
     pub fn new(cores: usize) -> ConnectionCounts {
@@ -19,7 +27,27 @@ impl ConnectionCounts {
             open: AtomicUsize::new(0),
             per_core: (0..cores).map(|_| AtomicUsize::new(0)).collect(),
             serving: (0..cores).map(|_| AtomicBool::new(false)).collect(),
+            received: AtomicU64::new(0),
+            commands: (0..cores).map(|_| PerCore(AtomicU64::new(0))).collect(),
         }
+    }
+
+    /// Counts a command a connection of `core` sent.
+    pub fn count_command(&self, core: usize) {
+        self.commands[core].0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Commands processed on all cores.
+    pub fn commands(&self) -> u64 {
+        self.commands
+            .iter()
+            .map(|c| c.0.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Connections accepted since start.
+    pub fn received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
     }
 
     /// Open connections on all cores (including those on their way to a core).
@@ -65,6 +93,7 @@ pub struct ConnectionSlot {
 
 impl ConnectionSlot {
     pub fn new(counts: &Arc<ConnectionCounts>, core: usize) -> ConnectionSlot {
+        counts.received.fetch_add(1, Ordering::Relaxed);
         counts.open.fetch_add(1, Ordering::SeqCst);
         counts.per_core[core].fetch_add(1, Ordering::SeqCst);
         ConnectionSlot {

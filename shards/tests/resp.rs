@@ -194,7 +194,8 @@ fn the_key_value_commands() {
         panic!()
     };
     assert_eq!(page[1], Reply::Array(Some(vec![bulk("k3")])));
-    assert!(matches!(c.call(&[b"SCAN", b"999"]), Reply::Error(e) if e.contains("invalid cursor")));
+    // An unknown cursor starts over (Redis never refuses a cursor).
+    assert!(matches!(c.call(&[b"SCAN", b"999"]), Reply::Array(Some(_))));
     let Reply::Bulk(Some(info)) = c.call(&[b"INFO"]) else {
         panic!()
     };
@@ -202,7 +203,9 @@ fn the_key_value_commands() {
     assert!(
         matches!(c.call(&[b"GET"]), Reply::Error(e) if e.contains("wrong number of arguments"))
     );
-    assert!(matches!(c.call(&[b"FLUSHALL"]), Reply::Error(e) if e.contains("unknown command")));
+    assert!(
+        matches!(c.call(&[b"HGETALL", b"h"]), Reply::Error(e) if e.contains("unknown command"))
+    );
     assert!(matches!(c.call(&[b"HELLO", b"4"]), Reply::Error(e) if e.starts_with("NOPROTO")));
     assert_eq!(c.call(&[b"QUIT"]), ok());
 }
@@ -357,4 +360,153 @@ fn type_names_strings_and_missing_keys() {
     assert_eq!(c.call(&[b"TYPE", b"ty"]), Reply::Simple("string".into()));
     assert_eq!(c.call(&[b"TYPE", b"nothing"]), Reply::Simple("none".into()));
     assert!(matches!(c.call(&[b"TYPE"]), Reply::Error(e) if e.contains("wrong number")));
+}
+
+fn text_of(reply: Reply) -> String {
+    match reply {
+        Reply::Bulk(Some(bytes)) => String::from_utf8(bytes).unwrap(),
+        other => panic!("expected a bulk string, got {other:?}"),
+    }
+}
+
+/// (cursor, keys) of a SCAN reply.
+fn scan_page(reply: Reply) -> (u64, Vec<String>) {
+    let Reply::Array(Some(parts)) = reply else {
+        panic!("expected a SCAN reply, got {reply:?}")
+    };
+    let mut parts = parts.into_iter();
+    let cursor = text_of(parts.next().unwrap()).parse().unwrap();
+    let Some(Reply::Array(Some(keys))) = parts.next() else {
+        panic!("no key array")
+    };
+    (cursor, keys.into_iter().map(text_of).collect())
+}
+
+#[test]
+fn info_sections_and_the_fields_redis_cli_stat_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = RespServer::start(dir.path(), 2);
+    let mut client = RespClient::connect(&server.resp_addr).unwrap();
+    client.call(&[b"SET", b"a", b"1"]);
+    let keyspace = text_of(client.call(&[b"INFO", b"keyspace"]));
+    assert!(keyspace.starts_with("# Keyspace\r\n"), "{keyspace}");
+    assert!(keyspace.contains("db0:keys=1,"), "{keyspace}");
+    assert!(
+        !keyspace.contains("# Server"),
+        "only the section asked for: {keyspace}"
+    );
+    let all = text_of(client.call(&[b"INFO"]));
+    for field in [
+        "connected_clients:",
+        "blocked_clients:0",
+        "used_memory:",
+        "total_commands_processed:",
+        "total_connections_received:",
+        "loading:0",
+    ] {
+        assert!(all.contains(field), "{field} missing from:\n{all}");
+    }
+    let commands = |info: &str| -> u64 {
+        let at = info.find("total_commands_processed:").unwrap() + 25;
+        info[at..].split("\r\n").next().unwrap().parse().unwrap()
+    };
+    let before = commands(&all);
+    client.call(&[b"GET", b"a"]);
+    let after = commands(&text_of(client.call(&[b"INFO", b"stats"])));
+    assert_eq!(after, before + 2, "the GET and the INFO were counted");
+}
+
+#[test]
+fn scan_cursors_outlive_their_connection_and_never_fail() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = RespServer::start(dir.path(), 2);
+    let mut client = RespClient::connect(&server.resp_addr).unwrap();
+    for i in 0..50 {
+        client.call(&[b"SET", format!("k{i:02}").as_bytes(), b"v"]);
+    }
+    // Each page on a new connection, as a client pool may do.
+    let mut seen = std::collections::BTreeSet::new();
+    let mut cursor = 0u64;
+    loop {
+        let mut fresh = RespClient::connect(&server.resp_addr).unwrap();
+        let (next, keys) =
+            scan_page(fresh.call(&[b"SCAN", cursor.to_string().as_bytes(), b"COUNT", b"7"]));
+        seen.extend(keys);
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    assert_eq!(seen.len(), 50);
+    // A cursor the node does not know starts over instead of failing.
+    let (_, keys) = scan_page(client.call(&[b"SCAN", b"123456789", b"COUNT", b"5"]));
+    assert_eq!(keys, ["k00", "k01", "k02", "k03", "k04"]);
+    // Only strings are stored: a scan for hashes finds none, for strings all.
+    assert_eq!(
+        scan_page(client.call(&[b"SCAN", b"0", b"TYPE", b"hash"])),
+        (0, vec![])
+    );
+    let (_, keys) = scan_page(client.call(&[b"SCAN", b"0", b"TYPE", b"string", b"COUNT", b"100"]));
+    assert_eq!(keys.len(), 50);
+    assert!(matches!(
+        client.call(&[b"SCAN", b"not-a-number"]),
+        Reply::Error(e) if e.contains("invalid cursor")
+    ));
+}
+
+#[test]
+fn setnx_unlink_keys_flushdb_and_no_expiry() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = RespServer::start(dir.path(), 2);
+    let mut client = RespClient::connect(&server.resp_addr).unwrap();
+    assert_eq!(client.call(&[b"SETNX", b"a", b"1"]), Reply::Integer(1));
+    assert_eq!(client.call(&[b"SETNX", b"a", b"2"]), Reply::Integer(0));
+    assert_eq!(client.call(&[b"GET", b"a"]), bulk("1"));
+    for key in ["user:1", "user:2", "user:10", "item:1"] {
+        client.call(&[b"SET", key.as_bytes(), b"x"]);
+    }
+    let Reply::Array(Some(keys)) = client.call(&[b"KEYS", b"user:?"]) else {
+        panic!()
+    };
+    let keys: Vec<String> = keys.into_iter().map(text_of).collect();
+    assert_eq!(keys, ["user:1", "user:2"]);
+    assert_eq!(
+        client.call(&[b"UNLINK", b"user:1", b"user:2", b"nope"]),
+        Reply::Integer(2)
+    );
+    // KEYS sees a write sent just before it on the connection.
+    client.send(&[b"SET", b"user:3", b"x"]);
+    client.send(&[b"KEYS", b"user:*"]);
+    assert_eq!(client.read(), ok());
+    let Reply::Array(Some(keys)) = client.read() else {
+        panic!()
+    };
+    assert_eq!(keys.len(), 2, "user:10 and user:3");
+    assert!(matches!(
+        client.call(&[b"EXPIRE", b"a", b"10"]),
+        Reply::Error(e) if e.contains("no key expiry")
+    ));
+    assert_eq!(client.call(&[b"FLUSHDB"]), ok());
+    assert_eq!(client.call(&[b"DBSIZE"]), Reply::Integer(0));
+    assert_eq!(client.call(&[b"GET", b"a"]), Reply::Bulk(None));
+}
+
+#[test]
+fn a_value_over_the_limit_is_refused_by_name_and_the_connection_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = RespServer::start(dir.path(), 1);
+    let mut client = RespClient::connect(&server.resp_addr).unwrap();
+    let value = vec![b'x'; 16 * 1024 * 1024 + 1];
+    client.send(&[b"SET", b"big", &value]);
+    client.send(&[b"SET", b"small", b"1"]);
+    match client.read() {
+        Reply::Error(e) => {
+            assert!(e.contains("16777217 bytes"), "{e}");
+            assert!(e.contains("16777216-byte (16 MiB) limit"), "{e}");
+        }
+        other => panic!("expected an error, got {other:?}"),
+    }
+    assert_eq!(client.read(), ok());
+    assert_eq!(client.call(&[b"GET", b"small"]), bulk("1"));
+    assert_eq!(client.call(&[b"GET", b"big"]), Reply::Bulk(None));
 }

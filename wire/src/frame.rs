@@ -45,7 +45,7 @@ pub enum FrameError {
     #[error("unsupported protocol version {0} (this side speaks 1)")]
     BadVersion(u8),
     /// The body is larger than FRAME_BODY_SIZE_MAX: the connection must close.
-    #[error("frame body of {len} bytes exceeds the {max}-byte limit")]
+    #[error("frame body of {len} bytes exceeds the {} limit", crate::limits::bytes_limit(*max))]
     TooLarge {
         request_id: u64,
         len: u64,

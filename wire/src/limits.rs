@@ -18,7 +18,30 @@ pub const FRAME_HEADER_SIZE: usize = 24;
 /// Longest error message the server sends; longer ones are cut.
 pub const ERROR_MESSAGE_SIZE_MAX: usize = 4096;
 
+/// A byte limit as messages give it: `1024-byte`, or `16777216-byte (16 MiB)` when it is a
+/// whole number of KiB or MiB, so a reader need not count digits.
+pub fn bytes_limit(max: usize) -> String {
+    const MIB: usize = 1024 * 1024;
+    if max >= MIB && max.is_multiple_of(MIB) {
+        format!("{max}-byte ({} MiB)", max / MIB)
+    } else if max >= 64 * 1024 && max.is_multiple_of(1024) {
+        format!("{max}-byte ({} KiB)", max / 1024)
+    } else {
+        format!("{max}-byte")
+    }
+}
+
 // One largest key and one largest value must fit in a frame, with room for their lengths.
 const _: () = assert!(KEY_SIZE_MAX + VALUE_SIZE_MAX + 64 <= FRAME_BODY_SIZE_MAX);
 const _: () = assert!(FRAME_BODY_SIZE_MAX <= u32::MAX as usize);
 const _: () = assert!(DOCUMENT_SIZE_MAX + 64 <= FRAME_BODY_SIZE_MAX);
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn byte_limits_name_their_unit() {
+        assert_eq!(super::bytes_limit(1024), "1024-byte");
+        assert_eq!(super::bytes_limit(16 << 20), "16777216-byte (16 MiB)");
+        assert_eq!(super::bytes_limit(64 << 10), "65536-byte (64 KiB)");
+    }
+}

@@ -216,10 +216,16 @@ pub enum DecodeError {
     Truncated(&'static str),
     #[error("{extra} unexpected bytes after the message")]
     TrailingBytes { extra: usize },
-    #[error("{what} of {len} bytes exceeds the {max}-byte limit")]
+    #[error("{what} of {len} bytes exceeds the {} limit", crate::limits::bytes_limit(*max))]
     TooLarge {
         what: &'static str,
         len: usize,
+        max: usize,
+    },
+    #[error("{what} of {count} exceeds the limit of {max}")]
+    TooMany {
+        what: &'static str,
+        count: usize,
         max: usize,
     },
     #[error("{what}: {detail}")]
@@ -230,7 +236,7 @@ impl DecodeError {
     pub fn code(&self) -> ErrorCode {
         match self {
             DecodeError::UnknownOpcode(_) => ErrorCode::UnknownOpcode,
-            DecodeError::TooLarge { .. } => ErrorCode::TooLarge,
+            DecodeError::TooLarge { .. } | DecodeError::TooMany { .. } => ErrorCode::TooLarge,
             _ => ErrorCode::BadRequest,
         }
     }
@@ -277,11 +283,7 @@ impl<'a> Reader<'a> {
     fn count(&mut self, what: &'static str, max: usize) -> Result<usize, DecodeError> {
         let count = self.u32(what)? as usize;
         if count > max {
-            return Err(DecodeError::TooLarge {
-                what,
-                len: count,
-                max,
-            });
+            return Err(DecodeError::TooMany { what, count, max });
         }
         Ok(count)
     }

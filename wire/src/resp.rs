@@ -13,6 +13,9 @@ pub const RESP_ARGUMENTS_MAX: usize = 1024 * 1024;
 pub const RESP_BULK_SIZE_MAX: usize = VALUE_SIZE_MAX;
 /// Longest inline command line or `*`/`$` header line.
 pub const RESP_LINE_SIZE_MAX: usize = KEY_SIZE_MAX + 1024;
+/// Longest bulk string that is read past (and refused with an error naming the limit)
+/// rather than ending the connection: Redis's own bulk limit (`proto-max-bulk-len`).
+pub const RESP_DISCARD_SIZE_MAX: usize = 512 * 1024 * 1024;
 
 /// What the front of a buffer holds.
 #[derive(Debug, PartialEq, Eq)]
@@ -21,6 +24,65 @@ pub enum Parsed {
     Incomplete,
     /// A whole command of `len` bytes; `args` is empty for a blank inline line.
     Command { args: Vec<Vec<u8>>, len: usize },
+    /// A command with a bulk string of `len` bytes, over [`RESP_BULK_SIZE_MAX`]: the first
+    /// `consumed` bytes of the buffer are its start; `discard` skips the rest as it arrives.
+    /// The client is told the limit, and the connection goes on: a client still writing the
+    /// value would otherwise see a broken pipe, not the reason.
+    TooLarge {
+        len: usize,
+        consumed: usize,
+        discard: Discard,
+    },
+}
+
+/// The rest of a command being skipped: the unread bytes of its current bulk string
+/// (CRLF included), then `args_left` more bulk strings, header and all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Discard {
+    bulk_left: usize,
+    args_left: usize,
+}
+
+impl Discard {
+    /// Skips what it can of `buf`; returns the bytes skipped and whether the command is
+    /// over. An error is a stream that is not RESP.
+    pub fn advance(&mut self, buf: &[u8]) -> Result<(usize, bool), RespError> {
+        let mut at = 0;
+        loop {
+            let take = self.bulk_left.min(buf.len() - at);
+            at += take;
+            self.bulk_left -= take;
+            if self.bulk_left > 0 {
+                return Ok((at, false));
+            }
+            if self.args_left == 0 {
+                return Ok((at, true));
+            }
+            if at >= buf.len() {
+                return Ok((at, false));
+            }
+            if buf[at] != b'$' {
+                return Err(RespError(format!(
+                    "expected '$', got '{}'",
+                    buf[at] as char
+                )));
+            }
+            let Some(end) = find_line(buf, at)? else {
+                return Ok((at, false));
+            };
+            let header = buf
+                .get(at + 1..end)
+                .and_then(|line| line.strip_suffix(b"\r"))
+                .ok_or_else(|| RespError("expected CRLF".into()))?;
+            let len = parse_number(header, "bulk length")?;
+            if !(0..=RESP_DISCARD_SIZE_MAX as i64).contains(&len) {
+                return Err(RespError("invalid bulk length".into()));
+            }
+            at = end + 1;
+            self.bulk_left = len as usize + 2;
+            self.args_left -= 1;
+        }
+    }
 }
 
 /// The stream is not valid RESP: reply with the error and close the connection.
@@ -77,7 +139,7 @@ pub fn parse_command(buf: &[u8]) -> Result<Parsed, RespError> {
     let count = count.max(0) as usize;
     let mut at = end + 1;
     let mut args = Vec::with_capacity(count.min(1024));
-    for _ in 0..count {
+    for arg in 0..count {
         if at >= buf.len() {
             return Ok(Parsed::Incomplete);
         }
@@ -95,6 +157,16 @@ pub fn parse_command(buf: &[u8]) -> Result<Parsed, RespError> {
             .and_then(|line| line.strip_suffix(b"\r"))
             .ok_or_else(|| RespError("expected CRLF".into()))?;
         let len = parse_number(header, "bulk length")?;
+        if len > RESP_BULK_SIZE_MAX as i64 && len <= RESP_DISCARD_SIZE_MAX as i64 {
+            return Ok(Parsed::TooLarge {
+                len: len as usize,
+                consumed: end + 1,
+                discard: Discard {
+                    bulk_left: len as usize + 2,
+                    args_left: count - arg - 1,
+                },
+            });
+        }
         if !(0..=RESP_BULK_SIZE_MAX as i64).contains(&len) {
             return Err(RespError("invalid bulk length".into()));
         }
@@ -303,6 +375,45 @@ mod tests {
         assert!(parse_command(b"*1\r\n$99999999999\r\n").is_err());
         assert!(parse_command(b"*1\r\n$1\r\nab\r\n").is_err());
         assert!(parse_command(&vec![b'a'; RESP_LINE_SIZE_MAX + 1]).is_err());
+    }
+
+    #[test]
+    fn a_bulk_over_the_limit_is_skipped_to_the_next_command() {
+        let big = RESP_BULK_SIZE_MAX + 1;
+        let mut stream = format!("*4\r\n$3\r\nSET\r\n$1\r\nk\r\n${big}\r\n").into_bytes();
+        let head = stream.len();
+        stream.resize(head + big, b'x');
+        stream.extend_from_slice(b"\r\n$2\r\nEX\r\n");
+        let end_of_command = stream.len();
+        command(&mut stream, &[b"PING"]);
+        let Parsed::TooLarge {
+            len,
+            consumed,
+            mut discard,
+        } = parse_command(&stream).unwrap()
+        else {
+            panic!("expected TooLarge")
+        };
+        assert_eq!((len, consumed), (big, head));
+        // Fed in pieces, as a socket delivers it.
+        let mut at = consumed;
+        loop {
+            let piece = &stream[at..(at + 100_003).min(stream.len())];
+            let (skipped, done) = discard.advance(piece).unwrap();
+            at += skipped;
+            if done {
+                break;
+            }
+            assert!(skipped > 0 || piece.is_empty(), "progress at {at}");
+        }
+        assert_eq!(at, end_of_command);
+        assert!(matches!(
+            parse_command(&stream[at..]),
+            Ok(Parsed::Command { ref args, .. }) if args == &[b"PING".to_vec()]
+        ));
+        // Beyond what is read past, the stream is refused as before.
+        let huge = format!("*1\r\n${}\r\n", RESP_DISCARD_SIZE_MAX + 1);
+        assert!(parse_command(huge.as_bytes()).is_err());
     }
 
     #[test]

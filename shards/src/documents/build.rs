@@ -10,7 +10,7 @@ use kvs_core::doc::command::DocCommand;
 use kvs_core::log::LogFile;
 use kvs_core::store::PagedStore;
 
-use crate::documents::ask::ask;
+use crate::ask::ask;
 use crate::documents::common::{doc_reply, write};
 use crate::route::CoreContext;
 

@@ -11,8 +11,8 @@ use kvs_core::doc::value::Value;
 use kvs_core::store::docs::{default_index_name, parse_index_key};
 use kvs_wire::ErrorCode;
 
+use crate::ask::ask_all;
 use crate::doc_reads::{obj, DocRead};
-use crate::documents::ask::ask_all;
 use crate::documents::common::{bad, doc_reply, index_reads, write, Args, Fail, Out};
 use crate::documents::locks::lock_collection;
 use crate::documents::unique::keys_unique_across;

@@ -8,7 +8,7 @@ use std::rc::Rc;
 
 use kvs_wire::{shard_for_key, ErrorCode};
 
-use crate::documents::ask::ask;
+use crate::ask::ask;
 use crate::documents::common::{Fail, Out};
 use crate::locks::LockRequest;
 use crate::route::CoreContext;

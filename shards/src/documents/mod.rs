@@ -33,7 +33,6 @@
 //!
 //! [`DocCommand`]: kvs_core::doc::command::DocCommand
 
-mod ask;
 mod build;
 mod catalog;
 mod common;
@@ -49,7 +48,7 @@ use kvs_core::doc::value::Value;
 use kvs_wire::limits::DOCUMENT_SIZE_MAX;
 use kvs_wire::{ErrorCode, Response};
 
-pub use crate::documents::ask::ReplySlot;
+pub use crate::ask::ReplySlot;
 pub use crate::documents::build::build_indexes;
 use crate::documents::catalog::{
     create_index, drop_collection, drop_index, list_collections, list_indexes,

@@ -10,8 +10,8 @@ use kvs_core::doc::value::Value;
 use kvs_core::store::docs::{order, After};
 use kvs_wire::ErrorCode;
 
+use crate::ask::ask_all;
 use crate::doc_reads::{obj, DocRead, FindMode};
-use crate::documents::ask::ask_all;
 use crate::documents::common::{bad, doc_reply, docs_of, find_reads, int_of, Args, Fail, Out};
 use crate::documents::placement::targets;
 use crate::route::CoreContext;

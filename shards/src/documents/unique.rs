@@ -14,8 +14,8 @@ use kvs_core::state::CommandResult;
 use kvs_core::store::docs::{default_index_name, parse_index_key};
 use kvs_wire::ErrorCode;
 
+use crate::ask::ask_all;
 use crate::doc_reads::DocRead;
-use crate::documents::ask::ask_all;
 use crate::documents::common::{bad, doc_reply, index_reads, write, Fail, Out};
 use crate::documents::locks::{lock_collection, lock_keys, CollLock};
 use crate::documents::placement::shard_of;

@@ -11,8 +11,8 @@ use kvs_core::doc::update::Update;
 use kvs_core::doc::value::Value;
 use kvs_core::store::docs::upsert_document;
 
+use crate::ask::{ask, ask_all};
 use crate::doc_reads::{obj, FindMode};
-use crate::documents::ask::{ask, ask_all};
 use crate::documents::common::{
     bad, doc_reply, docs_of, find_reads, int_of, write, Args, Fail, Out,
 };

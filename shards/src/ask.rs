@@ -1,6 +1,7 @@
 //! The transport from a coordinator task to the shards: each op goes out through
 //! `CoreContext::send` with a [`ReplySlot`] as the target of its reply, and the task waits on
-//! the slots. Every document command reaches the shards through here and nowhere else.
+//! the slots. Every document command reaches the shards through here and nowhere else, and
+//! so do the RESP commands that walk the whole keyspace (KEYS, FLUSHDB).
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -9,7 +10,7 @@ use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 
 use crate::route::{CoreContext, Deliver, Target};
-use crate::shard::{ShardOp, ShardReply, NO_ORIGIN};
+use crate::shard::{Origin, ShardOp, ShardReply, NO_ORIGIN};
 
 /// Where a shard's reply to a coordinator task lands.
 #[derive(Default)]
@@ -49,14 +50,24 @@ impl Future for WaitReply {
 }
 
 /// Sends every op, then waits for all the replies (in the order of `ops`).
-pub(super) async fn ask_all(ctx: &CoreContext, ops: Vec<(u32, ShardOp)>) -> Vec<ShardReply> {
+pub(crate) async fn ask_all(ctx: &CoreContext, ops: Vec<(u32, ShardOp)>) -> Vec<ShardReply> {
+    ask_all_from(ctx, NO_ORIGIN, ops).await
+}
+
+/// Like [`ask_all`], for a connection's request: `origin` orders the ops after the writes
+/// the connection sent before (a read sees them).
+pub(crate) async fn ask_all_from(
+    ctx: &CoreContext,
+    origin: Origin,
+    ops: Vec<(u32, ShardOp)>,
+) -> Vec<ShardReply> {
     let mut slots = Vec::with_capacity(ops.len());
     for (shard, op) in ops {
         let slot = Rc::new(ReplySlot::default());
         ctx.send(
             shard,
             op,
-            Target::new(Rc::clone(&slot) as Rc<dyn Deliver>, 0, 0, NO_ORIGIN),
+            Target::new(Rc::clone(&slot) as Rc<dyn Deliver>, 0, 0, origin),
         )
         .await;
         slots.push(slot);
@@ -68,7 +79,7 @@ pub(super) async fn ask_all(ctx: &CoreContext, ops: Vec<(u32, ShardOp)>) -> Vec<
     replies
 }
 
-pub(super) async fn ask(ctx: &CoreContext, shard: u32, op: ShardOp) -> ShardReply {
+pub(crate) async fn ask(ctx: &CoreContext, shard: u32, op: ShardOp) -> ShardReply {
     ask_all(ctx, vec![(shard, op)])
         .await
         .pop()
