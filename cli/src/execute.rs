@@ -263,6 +263,11 @@ pub fn prepare(command: Command) -> Result<Prepared, Failure> {
                 "verify checks a stopped node's files: run `kvs verify` alone",
             ))
         }
+        Command::Dump { .. } | Command::Load { .. } => {
+            return Err(Failure::Refused(
+                "dump and load stream whole files: run `kvs dump` or `kvs load` alone",
+            ))
+        }
     };
     Ok(Prepared {
         request: Some(request),

@@ -98,6 +98,14 @@ pub enum Command {
     Verify {
         data_dir: String,
     },
+    /// `dump --to FILE`: everything the node holds, to a file.
+    Dump {
+        to: String,
+    },
+    /// `load FILE`: a dump into the node.
+    Load {
+        from: String,
+    },
 }
 
 /// One row of the grammar.
@@ -454,6 +462,29 @@ pub const COMMANDS: &[Spec] = &[
                     .unwrap_or_else(|| DATA_DIR_DEFAULT.to_string()),
             })
         },
+    },
+    Spec {
+        name: "dump",
+        args: &[],
+        options: &[opt("--to", "FILE", "the file to write (required)")],
+        split: Split::Whitespace,
+        about: "Writes every key-value pair, collection, document and index definition the \
+                node holds to FILE: binary-safe, checksummed, streamed (docs/dump-format.md). \
+                Only as a one-shot command.",
+        build: |m| match m.option("--to") {
+            Some(to) => Ok(Command::Dump { to }),
+            None => Err("dump needs --to FILE".into()),
+        },
+    },
+    Spec {
+        name: "load",
+        args: &["FILE"],
+        options: &[],
+        split: Split::Whitespace,
+        about: "Loads a dump into the node, whatever its shard count: pairs overwrite keys it \
+                has; collections, documents and indexes are created. Only as a one-shot \
+                command.",
+        build: |m| Ok(Command::Load { from: m.arg(0) }),
     },
 ];
 

@@ -4,6 +4,7 @@
 //! `execute`, so a command means the same in each.
 
 mod batch;
+mod dump;
 mod execute;
 mod grammar;
 mod help;
@@ -68,9 +69,22 @@ fn main() -> ExitCode {
         }
     };
     match command {
+        Some(Command::Dump { to }) => finish(dump::dump(&client, &to)),
+        Some(Command::Load { from }) => finish(dump::load(&client, &from)),
         Some(command) => run_one(&client, command),
         None if std::io::stdin().is_terminal() => shell::run(&client),
         None => batch::run(&client),
+    }
+}
+
+/// The end of a dump or load: its summary is already on stderr; an error goes there too.
+fn finish(result: Result<dump::Counts, dump::DumpError>) -> ExitCode {
+    match result {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kvs: {e}");
+            ExitCode::from(2)
+        }
     }
 }
 

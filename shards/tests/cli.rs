@@ -177,3 +177,96 @@ fn get_version_feeds_cas() {
     assert!(success);
     assert!(out.trim_end().ends_with("\tnext"), "{out}");
 }
+
+/// Every pair of a node, as the client reads it.
+fn all_pairs(client: &kvs_wire::Client) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut start = Vec::new();
+    loop {
+        let (pairs, next) = client.scan(&start, None, 500).unwrap();
+        out.extend(pairs);
+        match next {
+            Some(next) => start = next,
+            None => return out,
+        }
+    }
+}
+
+#[test]
+fn dump_and_load_carry_arbitrary_bytes_and_documents_to_another_shard_count() {
+    use serde_json::json;
+    let from_dir = tempfile::tempdir().unwrap();
+    let from = Server::start(from_dir.path(), 2);
+    let client = from.client();
+    // Keys and values a line-based dump would lose: newlines, tabs, spaces, every byte.
+    let mut expected = Vec::new();
+    for i in 0..300u32 {
+        let mut key = format!("k {i}\t\n").into_bytes();
+        key.push((i % 256) as u8);
+        let value: Vec<u8> = (0..(i * 7 % 3000)).map(|j| (j * 31 + i) as u8).collect();
+        client.put(&key, &value).unwrap();
+        expected.push((key, value));
+    }
+    client.put(b"", b"empty key").unwrap();
+    client.put(b"big", &vec![0xAB; 3 << 20]).unwrap();
+    let docs: Vec<_> = (0..120)
+        .map(|i| json!({"_id": i, "name": format!("n{i}"), "tags": ["a", i % 3], "nested": {"x": i as f64 / 2.0}}))
+        .collect();
+    client.insert("people", &docs).unwrap();
+    client
+        .create_index("people", &json!({"name": 1}), None, true)
+        .unwrap();
+    client
+        .insert("other", &[json!({"_id": "only", "v": null})])
+        .unwrap();
+    let dump = from_dir.path().join("all.kvsdump");
+    let dump = dump.to_str().unwrap();
+    let (code, _, err) = kvs(&from, &["dump", "--to", dump]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("dumped 302 pairs, 121 documents in 2 collections, 1 indexes"),
+        "{err}"
+    );
+
+    let to_dir = tempfile::tempdir().unwrap();
+    let to = Server::start(to_dir.path(), 3);
+    let (code, _, err) = kvs(&to, &["load", dump]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("loaded 302 pairs"), "{err}");
+    let target = to.client();
+    assert_eq!(all_pairs(&target), all_pairs(&client));
+    for (key, value) in &expected {
+        assert_eq!(target.get(key).unwrap().as_ref(), Some(value));
+    }
+    assert_eq!(target.collections().unwrap(), client.collections().unwrap());
+    let sorted = json!({"sort": {"_id": 1}});
+    assert_eq!(
+        target.find("people", &sorted).unwrap(),
+        client.find("people", &sorted).unwrap()
+    );
+    assert_eq!(
+        target.find("other", &json!({})).unwrap(),
+        [json!({"_id": "only", "v": null})]
+    );
+    assert_eq!(
+        target.list_indexes("people").unwrap(),
+        client.list_indexes("people").unwrap()
+    );
+    // The unique index came along and holds.
+    assert!(target.insert("people", &[json!({"name": "n1"})]).is_err());
+
+    // A damaged or cut dump stops the load, saying where.
+    let mut bytes = std::fs::read(dump).unwrap();
+    let damaged = to_dir.path().join("damaged.kvsdump");
+    bytes[100] ^= 1;
+    std::fs::write(&damaged, &bytes).unwrap();
+    let (code, _, err) = kvs(&to, &["load", damaged.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(err.contains("checksum"), "{err}");
+    bytes[100] ^= 1;
+    bytes.truncate(1000);
+    std::fs::write(&damaged, &bytes).unwrap();
+    let (code, _, err) = kvs(&to, &["load", damaged.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(err.contains("cut short"), "{err}");
+}
