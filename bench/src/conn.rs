@@ -72,11 +72,12 @@ pub fn encode(
     Ok(())
 }
 
-/// Parses one reply at the front of `buf`: (request id for native replies, success, length).
+/// Parses one reply at the front of `buf`: (request id for native replies, why it failed if
+/// it did, length).
 pub fn parse_reply(
     protocol: Protocol,
     buf: &[u8],
-) -> io::Result<Option<(Option<u64>, bool, usize)>> {
+) -> io::Result<Option<(Option<u64>, Option<String>, usize)>> {
     let invalid = |e: String| io::Error::new(io::ErrorKind::InvalidData, e);
     match protocol {
         Protocol::Native => match FrameDecoder
@@ -84,19 +85,26 @@ pub fn parse_reply(
             .map_err(|e| invalid(e.to_string()))?
         {
             Decoded::Frame { header, len } => {
-                let ok = match Response::decode(&header, &buf[FRAME_HEADER_SIZE..len]) {
+                let failure = match Response::decode(&header, &buf[FRAME_HEADER_SIZE..len]) {
                     // A missing key is an answer, not a failure.
-                    Ok(Response::Error { code, .. }) => code == ErrorCode::NotFound,
-                    Ok(_) => true,
-                    Err(_) => false,
+                    Ok(Response::Error { code, .. }) if code == ErrorCode::NotFound => None,
+                    Ok(Response::Error { code, message }) => Some(format!("{code}: {message}")),
+                    Ok(_) => None,
+                    Err(e) => Some(format!("undecodable reply: {e}")),
                 };
-                Ok(Some((Some(header.request_id), ok, len)))
+                Ok(Some((Some(header.request_id), failure, len)))
             }
             Decoded::Incomplete { .. } => Ok(None),
         },
         Protocol::Resp => Ok(resp::parse_reply(buf)
             .map_err(|e| invalid(e.to_string()))?
-            .map(|(reply, len)| (None, !matches!(reply, Reply::Error(_)), len))),
+            .map(|(reply, len)| {
+                let failure = match reply {
+                    Reply::Error(e) => Some(e),
+                    _ => None,
+                };
+                (None, failure, len)
+            })),
     }
 }
 
@@ -110,7 +118,8 @@ pub struct BenchConn {
 
 impl BenchConn {
     pub fn connect(addr: &str, protocol: Protocol) -> io::Result<BenchConn> {
-        let stream = TcpStream::connect(addr)?;
+        let stream = TcpStream::connect(addr)
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot connect to {addr}: {e}")))?;
         stream.set_nodelay(true)?;
         Ok(BenchConn {
             stream,
@@ -121,14 +130,15 @@ impl BenchConn {
         })
     }
 
-    /// Sends `ops` in one write and waits for every reply; returns whether each succeeded.
-    pub fn round_trip(&mut self, ops: &[WireOp]) -> io::Result<Vec<bool>> {
+    /// Sends `ops` in one write and waits for every reply; returns why each failed, if it
+    /// did.
+    pub fn round_trip(&mut self, ops: &[WireOp]) -> io::Result<Vec<Option<String>>> {
         self.out.clear();
         let first_id = self.next_id;
         encode(self.protocol, ops, first_id, &mut self.out)?;
         self.next_id += ops.len() as u64;
         self.stream.write_all(&self.out)?;
-        let mut outcomes: Vec<Option<bool>> = vec![None; ops.len()];
+        let mut outcomes: Vec<Option<Option<String>>> = vec![None; ops.len()];
         let mut done = 0;
         let mut chunk = [0u8; 64 * 1024];
         while done < ops.len() {
@@ -141,7 +151,7 @@ impl BenchConn {
             }
             self.buf.extend_from_slice(&chunk[..n]);
             let mut used = 0;
-            while let Some((id, ok, len)) = parse_reply(self.protocol, &self.buf[used..])? {
+            while let Some((id, failure, len)) = parse_reply(self.protocol, &self.buf[used..])? {
                 // Native replies may come out of order (shards answer independently); RESP's
                 // come in order.
                 let index = match id {
@@ -154,7 +164,7 @@ impl BenchConn {
                 .ok_or_else(|| {
                     io::Error::new(io::ErrorKind::InvalidData, "reply to an unknown request")
                 })?;
-                outcomes[index] = Some(ok);
+                outcomes[index] = Some(failure);
                 done += 1;
                 used += len;
             }

@@ -9,6 +9,8 @@ use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
+
 use crate::conn::{encode, parse_reply, Protocol, WireOp};
 use crate::report::SecondRecorder;
 use crate::workload::{doc_command, key_name, OpKind, Rng};
@@ -93,11 +95,15 @@ fn drive(shared: &Shared, indexes: &[u64], epoll: i32) -> anyhow::Result<ClientS
     let mut stats = ClientStats {
         latency: OpKind::ALL.iter().map(|_| histogram()).collect(),
         errors: 0,
+        first_error: None,
+        failed_clients: 0,
+        first_client_failure: None,
     };
     let mut second = SecondRecorder::new(&shared.timeline, shared.start);
     let mut clients = Vec::with_capacity(indexes.len());
     for (i, &index) in indexes.iter().enumerate() {
-        let stream = TcpStream::connect(&args.addr)?;
+        let stream = TcpStream::connect(&args.addr)
+            .with_context(|| format!("cannot connect to {}", args.addr))?;
         stream.set_nodelay(true)?;
         stream.set_nonblocking(true)?;
         epoll_set(epoll, stream.as_raw_fd(), i, false, true)?;
@@ -160,11 +166,17 @@ fn drive(shared: &Shared, indexes: &[u64], epoll: i32) -> anyhow::Result<ClientS
         for event in &events[..ready as usize] {
             let i = event.u64 as usize;
             let client = &mut clients[i];
-            if event.events & libc::EPOLLOUT as u32 != 0 {
-                flush(client, i, epoll)?;
+            if client.phase == Phase::Done {
+                continue;
             }
-            if event.events & (libc::EPOLLIN | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0 {
-                receive(
+            let mut result = Ok(());
+            if event.events & libc::EPOLLOUT as u32 != 0 {
+                result = flush(client, i, epoll).map_err(anyhow::Error::from);
+            }
+            if result.is_ok()
+                && event.events & (libc::EPOLLIN | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0
+            {
+                result = receive(
                     shared,
                     client,
                     i,
@@ -172,7 +184,25 @@ fn drive(shared: &Shared, indexes: &[u64], epoll: i32) -> anyhow::Result<ClientS
                     &mut chunk,
                     &mut stats,
                     &mut second,
-                )?;
+                );
+            }
+            // A connection that broke leaves the run; the others go on, and the report
+            // says how many broke and why.
+            if let Err(error) = result {
+                stats.failed_clients += 1;
+                stats
+                    .first_client_failure
+                    .get_or_insert_with(|| format!("{error:#}"));
+                client.phase = Phase::Done;
+                // SAFETY: removing a registered fd from our epoll set.
+                unsafe {
+                    libc::epoll_ctl(
+                        epoll,
+                        libc::EPOLL_CTL_DEL,
+                        client.stream.as_raw_fd(),
+                        std::ptr::null_mut(),
+                    )
+                };
             }
         }
     }
@@ -292,7 +322,11 @@ fn receive(
     }
     let at = Instant::now();
     let mut used = 0;
-    while let Some((id, ok, len)) = parse_reply(shared.args.protocol, &client.input[used..])? {
+    while let Some((id, failure, len)) = parse_reply(shared.args.protocol, &client.input[used..])? {
+        let ok = failure.is_none();
+        if let Some(failure) = failure {
+            stats.first_error.get_or_insert(failure);
+        }
         used += len;
         let target = match id {
             Some(id) => client.in_flight.remove(&id),

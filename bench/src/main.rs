@@ -114,6 +114,11 @@ pub(crate) struct Shared {
 pub(crate) struct ClientStats {
     latency: Vec<Histogram<u64>>,
     errors: u64,
+    /// Why the first failed operation failed.
+    first_error: Option<String>,
+    /// Connections that broke (the run went on without them), and why the first did.
+    failed_clients: u64,
+    first_client_failure: Option<String>,
 }
 
 pub(crate) fn histogram() -> Histogram<u64> {
@@ -221,9 +226,10 @@ fn load(args: &Args, value: &[u8]) -> anyhow::Result<(u64, Duration)> {
             let (addr, protocol, value) = (args.addr.clone(), args.protocol, value.to_vec());
             let documents = args.workload.documents();
             let (from, to) = (c * per_client, ((c + 1) * per_client).min(args.records));
-            std::thread::spawn(move || -> anyhow::Result<u64> {
+            std::thread::spawn(move || -> anyhow::Result<(u64, Option<String>)> {
                 let mut conn = BenchConn::connect(&addr, protocol)?;
                 let mut failed = 0;
+                let mut first: Option<String> = None;
                 let keys: Vec<u64> = (from..to).collect();
                 let step = if documents {
                     LOAD_DOCS_PER_ROUND_TRIP
@@ -253,20 +259,30 @@ fn load(args: &Args, value: &[u8]) -> anyhow::Result<(u64, Duration)> {
                             .map(|&k| WireOp::Put(key_name(k), value.clone()))
                             .collect()
                     };
-                    failed += conn.round_trip(&ops)?.iter().filter(|ok| !**ok).count() as u64;
+                    for failure in conn.round_trip(&ops)?.into_iter().flatten() {
+                        failed += 1;
+                        first.get_or_insert(failure);
+                    }
                 }
-                Ok(failed)
+                Ok((failed, first))
             })
         })
         .collect();
     let mut failed = 0;
+    let mut first = None;
     for thread in threads {
-        failed += thread
+        let (n, why) = thread
             .join()
-            .map_err(|_| anyhow::anyhow!("a load thread panicked"))??;
+            .map_err(|_| anyhow::anyhow!("a load thread panicked"))?
+            .context("the load phase failed")?;
+        failed += n;
+        first = first.or(why);
     }
     if failed > 0 {
-        bail!("{failed} inserts failed during the load phase");
+        bail!(
+            "{failed} inserts failed during the load phase; the first: {}",
+            first.unwrap_or_default()
+        );
     }
     Ok((args.records, started.elapsed()))
 }
@@ -352,6 +368,9 @@ fn main() -> anyhow::Result<()> {
         .then(|| report::progress(&shared.args, Arc::clone(&shared)));
     let mut latency: Vec<Histogram<u64>> = OpKind::ALL.iter().map(|_| histogram()).collect();
     let mut errors = 0;
+    let mut first_error = None;
+    let mut failed_clients = 0;
+    let mut first_client_failure = None;
     let mut failure = None;
     for thread in threads {
         match thread
@@ -363,6 +382,9 @@ fn main() -> anyhow::Result<()> {
                     total.add(part).context("merging histograms")?;
                 }
                 errors += stats.errors;
+                first_error = first_error.or(stats.first_error);
+                failed_clients += stats.failed_clients;
+                first_client_failure = first_client_failure.or(stats.first_client_failure);
             }
             Err(e) => {
                 failure.get_or_insert(e);
@@ -396,8 +418,19 @@ fn main() -> anyhow::Result<()> {
         std::fs::write(path, report.svg())
             .with_context(|| format!("writing {}", path.display()))?;
     }
+    if failed_clients > 0 {
+        bail!(
+            "{failed_clients} of {} connections broke and the run went on without them; the \
+             first: {}",
+            shared.args.clients,
+            first_client_failure.unwrap_or_default()
+        );
+    }
     if errors > 0 {
-        bail!("{errors} operations failed");
+        bail!(
+            "{errors} operations failed; the first: {}",
+            first_error.unwrap_or_default()
+        );
     }
     Ok(())
 }

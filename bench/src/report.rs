@@ -182,7 +182,12 @@ impl Report {
             100.0 * self.cpu_seconds / secs / self.cpus.max(1) as f64,
             self.cpus.max(1)
         );
-        let per_second: Vec<String> = self.timeline.iter().map(|h| h.len().to_string()).collect();
+        // A last, partial second is shown at its rate, so the run does not seem to fall off.
+        let per_second: Vec<String> = self
+            .throughput_per_second()
+            .iter()
+            .map(|r| format!("{r:.0}"))
+            .collect();
         let _ = writeln!(out, "ops per second: {}", per_second.join(" "));
         out
     }
@@ -226,12 +231,36 @@ impl Report {
         })
     }
 
-    /// Two panels: throughput per second, and p50/p99/p999 latency per second.
+    /// Throughput per second of the run: a last, partial second counts at its rate (and is
+    /// left out when shorter than a fifth of a second: too few operations to be a rate).
+    fn throughput_per_second(&self) -> Vec<f64> {
+        let elapsed = self.elapsed.as_secs_f64();
+        let mut rates: Vec<f64> = self
+            .timeline
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                let span = (elapsed - i as f64).clamp(0.0, 1.0);
+                if span > 0.0 {
+                    h.len() as f64 / span
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        if self.timeline.len() as f64 > elapsed.floor() && elapsed.fract() < 0.2 {
+            rates.truncate(elapsed.floor().max(1.0) as usize);
+        }
+        rates
+    }
+
+    /// Two panels over the seconds of the run: throughput (linear), and latency p50, p99,
+    /// p999 and max (logarithmic, so p50 is not flattened under the tail).
     pub fn svg(&self) -> String {
-        let (width, height, left, right) = (900.0, 560.0, 80.0, 20.0);
-        let panel = |top: f64| (top, top + 190.0);
-        let seconds = self.timeline.len().max(1);
-        let x = |i: usize| left + (width - left - right) * (i as f64 + 0.5) / seconds as f64;
+        let (width, height, left, right) = (900.0, 600.0, 80.0, 20.0);
+        let ops = self.throughput_per_second();
+        let seconds = ops.len().max(1);
+        let x = |i: f64| left + (width - left - right) * i / seconds as f64;
         let mut svg = String::new();
         let _ = write!(
             svg,
@@ -243,40 +272,66 @@ impl Report {
             r#"<text x="{left}" y="20" font-size="13">{}</text>"#,
             escape(&self.title)
         );
+        let time_ticks = nice_step(seconds as f64, 10.0);
         let draw_panel = |svg: &mut String,
                           (top, bottom): (f64, f64),
                           label: &str,
+                          scale: Scale,
                           series: &[(&str, &str, Vec<f64>)]| {
             let max = series
                 .iter()
                 .flat_map(|(_, _, v)| v.iter().copied())
                 .fold(0.0f64, f64::max)
                 .max(1.0);
-            let y = |v: f64| bottom - (bottom - top) * v / max;
+            let (ticks, top_value): (Vec<f64>, f64) = match scale {
+                Scale::Linear => {
+                    let step = nice_step(max, 5.0);
+                    let top_value = (max / step).ceil() * step;
+                    let n = (top_value / step).round() as usize;
+                    ((0..=n).map(|k| k as f64 * step).collect(), top_value)
+                }
+                Scale::Log => {
+                    let decades = max.log10().ceil().max(1.0) as i32;
+                    (
+                        (0..=decades).map(|d| 10f64.powi(d)).collect(),
+                        10f64.powi(decades),
+                    )
+                }
+            };
+            let y = |v: f64| match scale {
+                Scale::Linear => bottom - (bottom - top) * v / top_value,
+                Scale::Log => bottom - (bottom - top) * v.max(1.0).log10() / top_value.log10(),
+            };
             let _ = write!(
                 svg,
-                r#"<line x1="{left}" y1="{bottom}" x2="{}" y2="{bottom}" stroke="black"/>"#,
+                r#"<line x1="{left}" y1="{bottom}" x2="{}" y2="{bottom}" stroke="black"/><line x1="{left}" y1="{top}" x2="{left}" y2="{bottom}" stroke="black"/>"#,
                 width - right
             );
-            let _ = write!(
-                svg,
-                r#"<line x1="{left}" y1="{top}" x2="{left}" y2="{bottom}" stroke="black"/>"#
-            );
-            for tick in 0..=4 {
-                let value = max * tick as f64 / 4.0;
+            for value in ticks {
                 let _ = write!(
                     svg,
-                    r##"<line x1="{left}" y1="{0}" x2="{1}" y2="{0}" stroke="#ddd"/>"##,
+                    r##"<line x1="{left}" y1="{0:.1}" x2="{1}" y2="{0:.1}" stroke="#ddd"/><text x="{2}" y="{3:.1}" text-anchor="end">{4}</text>"##,
                     y(value),
-                    width - right
-                );
-                let _ = write!(
-                    svg,
-                    r#"<text x="{}" y="{}" text-anchor="end">{:.0}</text>"#,
+                    width - right,
                     left - 6.0,
                     y(value) + 4.0,
-                    value
+                    match scale {
+                        Scale::Linear => count_label(value),
+                        Scale::Log => micros_label(value),
+                    }
                 );
+            }
+            let mut t = 0.0;
+            while t <= seconds as f64 + 1e-9 {
+                let _ = write!(
+                    svg,
+                    r#"<line x1="{0:.1}" y1="{bottom}" x2="{0:.1}" y2="{1}" stroke="black"/><text x="{0:.1}" y="{2}" text-anchor="middle">{3}</text>"#,
+                    x(t),
+                    bottom + 4.0,
+                    bottom + 16.0,
+                    t
+                );
+                t += time_ticks;
             }
             let _ = write!(
                 svg,
@@ -288,14 +343,14 @@ impl Report {
                 let points: Vec<String> = values
                     .iter()
                     .enumerate()
-                    .map(|(s, v)| format!("{:.1},{:.1}", x(s), y(*v)))
+                    .map(|(s, v)| format!("{:.1},{:.1}", x(s as f64 + 0.5), y(*v)))
                     .collect();
                 let _ = write!(
                     svg,
                     r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
                     points.join(" ")
                 );
-                let legend_x = width - right - 110.0 * (series.len() - i) as f64;
+                let legend_x = width - right - 80.0 * (series.len() - i) as f64;
                 let _ = write!(
                     svg,
                     r#"<text x="{legend_x}" y="{}" fill="{color}">{name}</text>"#,
@@ -303,38 +358,91 @@ impl Report {
                 );
             }
         };
-        let ops: Vec<f64> = self.timeline.iter().map(|h| h.len() as f64).collect();
         draw_panel(
             &mut svg,
-            panel(50.0),
+            (50.0, 250.0),
             "throughput (ops/s)",
-            &[("ops/s", "#1f77b4", ops)],
+            Scale::Linear,
+            &[("ops/s", "#1f77b4", ops.clone())],
         );
-        let quantile = |q: f64| {
+        let per_second = |f: &dyn Fn(&Histogram<u64>) -> u64| {
             self.timeline
                 .iter()
-                .map(|h| h.value_at_quantile(q) as f64)
+                .take(seconds)
+                .map(|h| f(h) as f64)
                 .collect::<Vec<_>>()
         };
         draw_panel(
             &mut svg,
-            panel(320.0),
-            "latency (µs) per second",
+            (320.0, 540.0),
+            "latency per second (log scale)",
+            Scale::Log,
             &[
-                ("p50", "#2ca02c", quantile(0.5)),
-                ("p99", "#ff7f0e", quantile(0.99)),
-                ("p999", "#d62728", quantile(0.999)),
+                ("p50", "#2ca02c", per_second(&|h| h.value_at_quantile(0.5))),
+                ("p99", "#ff7f0e", per_second(&|h| h.value_at_quantile(0.99))),
+                (
+                    "p999",
+                    "#d62728",
+                    per_second(&|h| h.value_at_quantile(0.999)),
+                ),
+                ("max", "#7f7f7f", per_second(&|h| h.max())),
             ],
         );
         let _ = write!(
             svg,
-            r#"<text x="{}" y="{}" text-anchor="middle">seconds since start ({seconds} s)</text>"#,
+            r#"<text x="{}" y="{}" text-anchor="middle">seconds since start ({:.1} s)</text>"#,
             (width + left) / 2.0,
-            height - 12.0
+            height - 12.0,
+            self.elapsed.as_secs_f64()
         );
         svg.push_str("</svg>\n");
         svg
     }
+}
+
+#[derive(Clone, Copy)]
+enum Scale {
+    Linear,
+    Log,
+}
+
+/// A round step (1, 2 or 5 times a power of ten) that cuts `range` into about `ticks`.
+fn nice_step(range: f64, ticks: f64) -> f64 {
+    let raw = (range / ticks).max(1e-9);
+    let power = 10f64.powf(raw.log10().floor());
+    let step = [1.0, 2.0, 5.0, 10.0]
+        .into_iter()
+        .map(|m| m * power)
+        .find(|&s| s >= raw)
+        .unwrap_or(10.0 * power);
+    step.max(if range >= 1.0 { 1.0 } else { step })
+}
+
+/// 0, 500, 12K, 1.5M.
+fn count_label(v: f64) -> String {
+    if v >= 1e6 {
+        format!("{}M", trim(v / 1e6))
+    } else if v >= 1e3 {
+        format!("{}K", trim(v / 1e3))
+    } else {
+        trim(v)
+    }
+}
+
+/// 1 µs, 100 µs, 1 ms, 10 s.
+fn micros_label(v: f64) -> String {
+    if v >= 1e6 {
+        format!("{} s", trim(v / 1e6))
+    } else if v >= 1e3 {
+        format!("{} ms", trim(v / 1e3))
+    } else {
+        format!("{} µs", trim(v))
+    }
+}
+
+fn trim(v: f64) -> String {
+    let text = format!("{v:.1}");
+    text.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
 fn escape(text: &str) -> String {
@@ -374,4 +482,20 @@ pub fn progress(args: &Args, shared: Arc<Shared>) -> std::thread::JoinHandle<()>
         }
         bar.finish_and_clear();
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ticks_are_round_and_labels_short() {
+        assert_eq!(nice_step(37.0, 10.0), 5.0);
+        assert_eq!(nice_step(120_000.0, 5.0), 50_000.0);
+        assert_eq!(nice_step(3.0, 10.0), 1.0, "whole seconds at least");
+        assert_eq!(count_label(150_000.0), "150K");
+        assert_eq!(count_label(1_500_000.0), "1.5M");
+        assert_eq!(micros_label(1000.0), "1 ms");
+        assert_eq!(micros_label(10.0), "10 µs");
+    }
 }
