@@ -72,12 +72,11 @@ pub fn encode(
     Ok(())
 }
 
-/// Parses one reply at the front of `buf`: (request id for native replies, why it failed if
-/// it did, length).
-pub fn parse_reply(
-    protocol: Protocol,
-    buf: &[u8],
-) -> io::Result<Option<(Option<u64>, Option<String>, usize)>> {
+/// One reply: the request id (native replies), why it failed if it did, its length.
+pub type ParsedReply = (Option<u64>, Option<String>, usize);
+
+/// Parses one reply at the front of `buf`.
+pub fn parse_reply(protocol: Protocol, buf: &[u8]) -> io::Result<Option<ParsedReply>> {
     let invalid = |e: String| io::Error::new(io::ErrorKind::InvalidData, e);
     match protocol {
         Protocol::Native => match FrameDecoder
@@ -87,7 +86,10 @@ pub fn parse_reply(
             Decoded::Frame { header, len } => {
                 let failure = match Response::decode(&header, &buf[FRAME_HEADER_SIZE..len]) {
                     // A missing key is an answer, not a failure.
-                    Ok(Response::Error { code, .. }) if code == ErrorCode::NotFound => None,
+                    Ok(Response::Error {
+                        code: ErrorCode::NotFound,
+                        ..
+                    }) => None,
                     Ok(Response::Error { code, message }) => Some(format!("{code}: {message}")),
                     Ok(_) => None,
                     Err(e) => Some(format!("undecodable reply: {e}")),
