@@ -270,3 +270,33 @@ fn dump_and_load_carry_arbitrary_bytes_and_documents_to_another_shard_count() {
     assert_eq!(code, 2);
     assert!(err.contains("cut short"), "{err}");
 }
+
+#[test]
+fn kvsd_help_gives_defaults_and_scan_limits_agree_across_modes() {
+    let out = std::process::Command::new(common::kvsd_binary())
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for wanted in [
+        "Default: kvs-data",
+        "Default: 127.0.0.1:7070",
+        "RESP2, and RESP3",
+        "Default: 60",
+        "Default: 64MiB",
+        "Default: 256MiB",
+        "Default: info",
+    ] {
+        assert!(help.contains(wanted), "{wanted:?} missing from kvsd --help:\n{help}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), 2);
+    for i in 0..10 {
+        kvs(&server, &["put", &format!("s{i}"), "v"]);
+    }
+    let (_, one_shot, _) = kvs(&server, &["scan", "--limit", "4"]);
+    assert_eq!(one_shot.lines().count(), 4);
+    let (_, batch) = kvs_batch(&server, "scan --limit 4\n".into());
+    let pairs: serde_json::Value = serde_json::from_str(batch.trim()).unwrap();
+    assert_eq!(pairs.as_array().unwrap().len(), 4);
+}
