@@ -113,7 +113,12 @@ fn unknown_outcomes_may_apply_late_or_never() {
     // Never observed: fine.
     assert!(check(&[unknown_put("x", 0), get(None, 5, 6)]).is_ok());
     // Observed long after the client gave up: fine (it may take effect any time).
-    assert!(check(&[unknown_put("x", 0), get(None, 5, 6), get(Some("x"), 100, 101)]).is_ok());
+    assert!(check(&[
+        unknown_put("x", 0),
+        get(None, 5, 6),
+        get(Some("x"), 100, 101)
+    ])
+    .is_ok());
     // But once seen, it cannot be unseen without a later write.
     assert!(check(&[unknown_put("x", 0), get(Some("x"), 5, 6), get(None, 7, 8)]).is_err());
     // And it cannot take effect before it was invoked.
@@ -190,7 +195,9 @@ proptest! {
 fn long_concurrent_histories_are_checked() {
     let mut seed = 7u64;
     let mut next = move |n: u64| {
-        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (seed >> 33) % n
     };
     let mut state: Option<Vec<u8>> = None;

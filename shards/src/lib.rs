@@ -12,6 +12,7 @@
 //! - [`config`]: flags and the TOML config file.
 
 pub mod ask;
+pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod data_dir;

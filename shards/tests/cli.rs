@@ -287,7 +287,10 @@ fn kvsd_help_gives_defaults_and_scan_limits_agree_across_modes() {
         "Default: 256MiB",
         "Default: info",
     ] {
-        assert!(help.contains(wanted), "{wanted:?} missing from kvsd --help:\n{help}");
+        assert!(
+            help.contains(wanted),
+            "{wanted:?} missing from kvsd --help:\n{help}"
+        );
     }
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), 2);
