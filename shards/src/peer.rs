@@ -27,14 +27,49 @@ use kvs_core::log::format::{Record, RecordKind};
 use kvs_core::log::{GroupWrite, GroupWritten, Log, LogDisk, LogError, LogStats};
 use kvs_core::state::CommandResult;
 use kvs_core::store::{PagedStore, StoreConfig, StoreError};
-use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Snapshot};
+use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Message, Snapshot};
 use raft::storage::MemStorage;
 use raft::{Config, RawNode, StateRole, Storage};
 
 use crate::raft_logger::raft_logger;
 
-/// The Raft id of this node in every group; a single node is a group of one.
+/// The Raft id of a single node's peers: a single node is a group of one.
 pub const NODE_ID: u64 = 1;
+
+/// Entries a follower keeps in memory behind its applied index, for the followers it would
+/// have to catch up if it became leader. Interim: Raft's storage will read old entries back
+/// from the log's segments (issue 13), and a follower too far behind will get a snapshot.
+const FOLLOWER_KEEP_ENTRIES: u64 = 16 * 1024;
+
+/// Who this peer is in its group, the group's voters, and its election timeout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Membership {
+    pub id: u64,
+    pub voters: Vec<u64>,
+    /// The election timeout in ticks is drawn from `[min, max)` after each reset. raft-rs
+    /// draws with the thread's random generator; the simulator gives each peer a range of
+    /// one (and peers different ones) so that a run is replayable from its seed.
+    pub election_ticks: (usize, usize),
+}
+
+/// Ticks of the election timeout: from 10 up to twice that, as Raft's paper suggests.
+pub const ELECTION_TICKS: (usize, usize) = (10, 20);
+
+impl Membership {
+    /// A single node: a group of one.
+    pub fn single() -> Membership {
+        Membership::of(NODE_ID, vec![NODE_ID])
+    }
+
+    /// Member `id` of a group of `voters`, with the default election timeout.
+    pub fn of(id: u64, voters: Vec<u64>) -> Membership {
+        Membership {
+            id,
+            voters,
+            election_ticks: ELECTION_TICKS,
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum PeerError {
@@ -48,6 +83,8 @@ pub enum PeerError {
     Apply { index: u64, detail: String },
     #[error("not the leader of this shard")]
     NotLeader,
+    #[error("a Raft message for peer {to} reached peer {id}")]
+    Misrouted { to: u64, id: u64 },
 }
 
 /// The results of one applied entry.
@@ -82,6 +119,9 @@ pub struct Peer<D: LogDisk> {
     unpersisted: VecDeque<Unpersisted>,
     /// The term and vote last written to the log.
     written_term_vote: (u64, u64),
+    membership: Membership,
+    /// Messages to send to other peers, in order: taken by [`Peer::take_messages`].
+    outbox: Vec<Message>,
 }
 
 /// A ready handed to the log: its number, and the sequence of the group persisting it (None
@@ -90,6 +130,9 @@ pub struct Peer<D: LogDisk> {
 struct Unpersisted {
     number: u64,
     group: Option<u64>,
+    /// Messages that may go out only once this ready is persisted (votes, append
+    /// responses): a peer never promises what its disk does not hold yet.
+    after_persisted: Vec<Message>,
 }
 
 /// The work of one begun ready: the log group to run, if it has anything to persist, and the
@@ -120,6 +163,21 @@ impl<D: LogDisk> Peer<D> {
     /// Loads the store's checkpoint, recovers the log after it, rebuilds Raft's state and
     /// starts an election, which a group of one wins at once.
     pub async fn open(disk: D, shard: u32, config: StoreConfig) -> Result<Peer<D>, PeerError> {
+        Peer::open_member(disk, shard, config, Membership::single()).await
+    }
+
+    /// Like [`Peer::open`], as the member `membership.id` of a group of `membership.voters`.
+    /// A group of one campaigns at once; a larger one waits for its election timeout.
+    pub async fn open_member(
+        disk: D,
+        shard: u32,
+        config: StoreConfig,
+        membership: Membership,
+    ) -> Result<Peer<D>, PeerError> {
+        assert!(
+            membership.voters.contains(&membership.id),
+            "a peer is one of its group's voters"
+        );
         let store = Rc::new(PagedStore::open(&disk, shard, config).await?);
         let checkpoint = store.applied_index();
         let (log, recovered) = Log::open(disk, shard).await?;
@@ -151,7 +209,8 @@ impl<D: LogDisk> Peer<D> {
                 ),
             }));
         }
-        let storage = MemStorage::new_with_conf_state(ConfState::from((vec![NODE_ID], vec![])));
+        let storage =
+            MemStorage::new_with_conf_state(ConfState::from((membership.voters.clone(), vec![])));
         let mut entries: Vec<Entry> = Vec::new();
         let mut hard_state = HardState::default();
         for record in recovered.records {
@@ -226,7 +285,7 @@ impl<D: LogDisk> Peer<D> {
                     .durable_checkpoint()
                     .map_or(0, |c| c.applied_term)
                     .max(1);
-                metadata.set_conf_state(ConfState::from((vec![NODE_ID], vec![])));
+                metadata.set_conf_state(ConfState::from((membership.voters.clone(), vec![])));
                 core.apply_snapshot(snapshot)?;
             }
             core.append(&entries)?;
@@ -234,8 +293,10 @@ impl<D: LogDisk> Peer<D> {
         }
         drop(entries);
         let config = Config {
-            id: NODE_ID,
-            election_tick: 10,
+            id: membership.id,
+            election_tick: membership.election_ticks.0,
+            min_election_tick: membership.election_ticks.0,
+            max_election_tick: membership.election_ticks.1,
             heartbeat_tick: 1,
             applied: checkpoint,
             max_size_per_msg: 1024 * 1024,
@@ -247,7 +308,9 @@ impl<D: LogDisk> Peer<D> {
         config.validate()?;
         let written_term_vote = (hard_state.term, hard_state.vote);
         let mut node = RawNode::new(&config, storage, &raft_logger(shard))?;
-        node.campaign()?;
+        if membership.voters.len() == 1 {
+            node.campaign()?;
+        }
         Ok(Peer {
             node,
             log,
@@ -256,6 +319,8 @@ impl<D: LogDisk> Peer<D> {
             serving_from: None,
             unpersisted: VecDeque::new(),
             written_term_vote,
+            membership,
+            outbox: Vec::new(),
         })
     }
 
@@ -283,6 +348,52 @@ impl<D: LogDisk> Peer<D> {
 
     pub fn tick(&mut self) {
         self.node.tick();
+    }
+
+    /// Takes a message from another peer of the group.
+    pub fn step(&mut self, message: Message) -> Result<(), PeerError> {
+        if message.to != self.membership.id {
+            return Err(PeerError::Misrouted {
+                to: message.to,
+                id: self.membership.id,
+            });
+        }
+        if self.is_stale_rejection(&message) {
+            return Ok(());
+        }
+        self.node.step(message)?;
+        Ok(())
+    }
+
+    /// A rejected append for an index the follower is known to hold is stale (a delayed or
+    /// repeated reply from before the follower caught up). raft-rs 0.7 acts on it in probe
+    /// state and moves the follower's next index to or below what it holds, then sends a
+    /// snapshot if those entries were compacted (found by the cluster simulator; etcd's raft
+    /// bounds the next index by the match for the same reason). Such a reply is dropped.
+    fn is_stale_rejection(&self, message: &Message) -> bool {
+        message.get_msg_type() == raft::eraftpb::MessageType::MsgAppendResponse
+            && message.reject
+            && self.is_leader()
+            && self
+                .node
+                .raft
+                .prs()
+                .get(message.from)
+                .is_some_and(|progress| message.index <= progress.matched)
+    }
+
+    /// The messages for other peers that may go out now, in the order Raft made them.
+    pub fn take_messages(&mut self) -> Vec<Message> {
+        std::mem::take(&mut self.outbox)
+    }
+
+    /// The group's leader as this peer knows it (None while there is none).
+    pub fn leader(&self) -> Option<u64> {
+        Some(self.node.raft.leader_id).filter(|&id| id != raft::INVALID_ID)
+    }
+
+    pub fn id(&self) -> u64 {
+        self.membership.id
     }
 
     pub fn store(&self) -> &Rc<PagedStore<D::File>> {
@@ -337,6 +448,10 @@ impl<D: LogDisk> Peer<D> {
         }
         let committed = ready.take_committed_entries();
         let entries = ready.take_entries();
+        // A leader's appends go out before its own write (Raft thesis 10.2.1): one fsync
+        // latency on the path, not two. Replies wait for this ready to be persisted.
+        self.outbox.extend(ready.take_messages());
+        let after_persisted = ready.take_persisted_messages();
         let hard_state = ready.hs().cloned();
         let term_vote = hard_state
             .as_ref()
@@ -361,6 +476,7 @@ impl<D: LogDisk> Peer<D> {
         self.unpersisted.push_back(Unpersisted {
             number,
             group: write.as_ref().map(GroupWrite::sequence),
+            after_persisted,
         });
         self.settle(None);
         if self.serving_from.is_none() && self.is_leader() {
@@ -391,7 +507,11 @@ impl<D: LogDisk> Peer<D> {
                 break;
             }
             persisted = Some(front.number);
-            self.unpersisted.pop_front();
+            let settled = self
+                .unpersisted
+                .pop_front()
+                .expect("the front was just seen");
+            self.outbox.extend(settled.after_persisted);
         }
         if let Some(number) = persisted {
             self.node.on_persist_ready(number);
@@ -496,10 +616,30 @@ impl<D: LogDisk> Peer<D> {
         Ok(done)
     }
 
-    /// Drops applied entries from Raft's in-memory log (a group of one has no follower to
-    /// catch up), and deletes the log segments the newest durable checkpoint covers.
+    /// Drops applied entries from Raft's in-memory log: all of them in a group of one; in a
+    /// larger group, a leader keeps what its slowest follower still needs, and a follower
+    /// keeps [`FOLLOWER_KEEP_ENTRIES`].
     fn compact(&mut self) -> Result<(), PeerError> {
-        let applied = self.store.applied_index();
+        let mut applied = self.store.applied_index();
+        if self.membership.voters.len() > 1 {
+            if self.is_leader() {
+                // What a follower may be sent next starts after the entry before `next_idx`,
+                // whose term the append names. raft-rs 0.7 can set `next_idx` at or below
+                // `matched` when a stale rejection arrives in probe state (found by the
+                // cluster simulator, seed 2), so both bound what is kept.
+                let slowest = self
+                    .node
+                    .raft
+                    .prs()
+                    .iter()
+                    .map(|(_, progress)| progress.matched.min(progress.next_idx.saturating_sub(1)))
+                    .min()
+                    .unwrap_or(0);
+                applied = applied.min(slowest);
+            } else {
+                applied = applied.saturating_sub(FOLLOWER_KEEP_ENTRIES);
+            }
+        }
         let store = self.node.mut_store();
         if applied > store.first_index()? {
             store.wl().compact(applied)?;

@@ -414,9 +414,11 @@ fn commit_error_code(error: &PeerError) -> ErrorCode {
     match error {
         PeerError::NotLeader
         | PeerError::Log(LogError::DiskFull { .. } | LogError::TooLarge(_)) => error_code_of(error),
-        PeerError::Log(_) | PeerError::Store(_) | PeerError::Apply { .. } | PeerError::Raft(_) => {
-            ErrorCode::OutcomeUnknown
-        }
+        PeerError::Log(_)
+        | PeerError::Store(_)
+        | PeerError::Apply { .. }
+        | PeerError::Raft(_)
+        | PeerError::Misrouted { .. } => ErrorCode::OutcomeUnknown,
     }
 }
 
