@@ -77,19 +77,28 @@ impl std::fmt::Display for Violation {
             "the operations on key {:?} are not linearizable:",
             String::from_utf8_lossy(&self.key)
         )?;
+        let text = |v: &Option<Vec<u8>>| match v {
+            Some(v) => format!("{:?}", String::from_utf8_lossy(v)),
+            None => "nil".to_string(),
+        };
         for e in &self.events {
-            writeln!(
-                f,
-                "  [{} .. {}] {:?} -> {:?}",
-                e.invoked,
-                if e.outcome == Outcome::Unknown {
-                    "?".to_string()
-                } else {
-                    e.returned.to_string()
-                },
-                e.op,
-                e.outcome
-            )?;
+            let op = match &e.op {
+                Op::Put(v) => format!("put {}", text(&Some(v.clone()))),
+                Op::Get => "get".to_string(),
+                Op::Delete => "delete".to_string(),
+                Op::Cas { expected, new } => format!("cas {} -> {}", text(expected), text(new)),
+            };
+            let outcome = match &e.outcome {
+                Outcome::Done => "ok".to_string(),
+                Outcome::Value(v) => text(v),
+                Outcome::Flag(b) => b.to_string(),
+                Outcome::Unknown => "unknown".to_string(),
+            };
+            let returned = match e.outcome {
+                Outcome::Unknown => "?".to_string(),
+                _ => e.returned.to_string(),
+            };
+            writeln!(f, "  [{} .. {returned}] {op} -> {outcome}", e.invoked)?;
         }
         Ok(())
     }

@@ -122,6 +122,9 @@ pub struct Peer<D: LogDisk> {
     membership: Membership,
     /// Messages to send to other peers, in order: taken by [`Peer::take_messages`].
     outbox: Vec<Message>,
+    /// Reads whose index the leader confirmed (ReadIndex): taken by
+    /// [`Peer::take_read_states`].
+    read_states: Vec<raft::ReadState>,
 }
 
 /// A ready handed to the log: its number, and the sequence of the group persisting it (None
@@ -321,6 +324,7 @@ impl<D: LogDisk> Peer<D> {
             written_term_vote,
             membership,
             outbox: Vec::new(),
+            read_states: Vec::new(),
         })
     }
 
@@ -387,6 +391,20 @@ impl<D: LogDisk> Peer<D> {
         std::mem::take(&mut self.outbox)
     }
 
+    /// Asks for a linearizable read (Raft's ReadIndex): once a quorum confirms this peer
+    /// still leads, [`Peer::take_read_states`] gives the commit index then, with `context`.
+    /// A read answered from the store once it has applied that index sees every write
+    /// acknowledged before the read began, even from a leader that was paused and deposed
+    /// meanwhile (it then never gets the confirmation). Only a leader confirms reads.
+    pub fn read_index(&mut self, context: Vec<u8>) {
+        self.node.read_index(context);
+    }
+
+    /// Reads confirmed since the last call: (index to apply first, context).
+    pub fn take_read_states(&mut self) -> Vec<raft::ReadState> {
+        std::mem::take(&mut self.read_states)
+    }
+
     /// The group's leader as this peer knows it (None while there is none).
     pub fn leader(&self) -> Option<u64> {
         Some(self.node.raft.leader_id).filter(|&id| id != raft::INVALID_ID)
@@ -451,6 +469,7 @@ impl<D: LogDisk> Peer<D> {
         // A leader's appends go out before its own write (Raft thesis 10.2.1): one fsync
         // latency on the path, not two. Replies wait for this ready to be persisted.
         self.outbox.extend(ready.take_messages());
+        self.read_states.extend(ready.take_read_states());
         let after_persisted = ready.take_persisted_messages();
         let hard_state = ready.hs().cloned();
         let term_vote = hard_state

@@ -9,8 +9,11 @@
 //! Checked on every run:
 //! - election safety: at most one leader per term;
 //! - state machine safety: every index is applied with the same entry on every node;
-//! - a write acknowledged (applied, with the term it was proposed in, by the node that
-//!   proposed it) is in every node's store once the network heals and the group catches up.
+//! - once the network heals and the group catches up, every node holds the same value for
+//!   every key, and a final read of each is part of the history checked below (so a lost
+//!   acknowledged write fails it);
+//! - the history the clients saw (writes, and reads through ReadIndex) is linearizable
+//!   (`kvs-lincheck`); a write whose node went down has an unknown outcome.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -19,6 +22,7 @@ use kvs_core::command::{BatchEncoder, Command};
 use kvs_core::log::sim::{SimDisk, SimLogFile, SimRng};
 use kvs_core::log::GroupWrite;
 use kvs_core::store::StoreConfig;
+use kvs_lincheck::{Event, Op, Outcome};
 use kvs_shards::peer::{Membership, Peer};
 use raft::eraftpb::Message;
 
@@ -27,6 +31,8 @@ const CONFIG: StoreConfig = StoreConfig {
     hot_cache_bytes: 4 * 1024,
 };
 const NODES: u64 = 3;
+/// Keys the clients write and read: few, so reads and writes of a key overlap often.
+const KEYS: u64 = 4;
 const STEPS: usize = 3000;
 
 struct Node {
@@ -35,8 +41,13 @@ struct Node {
     peer: Option<Peer<SimDisk>>,
     /// Group writes begun and not yet run, oldest first.
     writes: VecDeque<GroupWrite<SimLogFile>>,
-    /// Proposals this node made and has not applied yet: index → (term, key, value).
-    proposed: HashMap<u64, (u64, Vec<u8>, Vec<u8>)>,
+    /// Proposals this node made and has not applied yet: index → (term, key, value, when
+    /// the client sent it).
+    proposed: HashMap<u64, (u64, Vec<u8>, Vec<u8>, u64)>,
+    /// Reads asked for (ReadIndex) and not yet confirmed: context → (key, when sent).
+    reads_asked: HashMap<u64, (Vec<u8>, u64)>,
+    /// Reads confirmed, waiting for the store to apply their index: (index, key, sent).
+    reads_confirmed: Vec<(u64, Vec<u8>, u64)>,
 }
 
 struct InFlight {
@@ -58,7 +69,11 @@ struct World {
     /// Every applied index: the entry's term and data.
     applied: HashMap<u64, (u64, Vec<u8>)>,
     acknowledged: Vec<(Vec<u8>, Vec<u8>)>,
-    next_key: u64,
+    next_value: u64,
+    /// What the clients saw, for the linearizability check; and its clock (one tick per
+    /// event, so an answer always follows every call made before it).
+    history: Vec<Event>,
+    clock: u64,
 }
 
 /// Each node's election timeout is fixed, and differs from the others' (raft-rs would draw
@@ -84,6 +99,8 @@ impl World {
                     peer: Some(peer),
                     writes: VecDeque::new(),
                     proposed: HashMap::new(),
+                    reads_asked: HashMap::new(),
+                    reads_confirmed: Vec::new(),
                 }
             })
             .collect();
@@ -98,8 +115,15 @@ impl World {
             leaders: HashMap::new(),
             applied: HashMap::new(),
             acknowledged: Vec::new(),
-            next_key: 0,
+            next_value: 0,
+            history: Vec::new(),
+            clock: 0,
         }
+    }
+
+    fn time(&mut self) -> u64 {
+        self.clock += 1;
+        self.clock
     }
 
     fn node(&mut self, id: u64) -> &mut Node {
@@ -124,12 +148,28 @@ impl World {
             let work = block_on(peer.begin_ready())
                 .unwrap_or_else(|e| panic!("seed {seed}: node {id} begins a ready: {e}"));
             node.writes.extend(work.write);
+            for read in peer.take_read_states() {
+                let context = u64::from_le_bytes(read.request_ctx[..8].try_into().unwrap());
+                if let Some((key, sent)) = node.reads_asked.remove(&context) {
+                    node.reads_confirmed.push((read.index, key, sent));
+                }
+            }
             for entry in work.committed {
                 let (index, term, data) = (entry.index, entry.term, entry.data.to_vec());
                 block_on(peer.apply(entry))
                     .unwrap_or_else(|e| panic!("seed {seed}: node {id} applies {index}: {e}"));
-                if let Some((proposed_term, key, value)) = node.proposed.remove(&index) {
+                if let Some((proposed_term, key, value, sent)) = node.proposed.remove(&index) {
+                    // Another entry at the index: the write surely failed, and is not in the
+                    // history at all.
                     if proposed_term == term {
+                        self.clock += 1;
+                        self.history.push(Event {
+                            key: key.clone(),
+                            op: Op::Put(value.clone()),
+                            outcome: Outcome::Done,
+                            invoked: sent,
+                            returned: self.clock,
+                        });
                         self.acknowledged.push((key, value));
                     }
                 }
@@ -140,6 +180,33 @@ impl World {
                     "seed {seed}: index {index} applied with two different entries"
                 );
             }
+        }
+    }
+
+    /// Answers the reads whose index the node has applied, from its store.
+    fn answer_reads(&mut self, id: u64) {
+        let node = &mut self.nodes[(id - 1) as usize];
+        let Some(peer) = node.peer.as_ref() else {
+            return;
+        };
+        let applied = peer.status().applied_index;
+        let (ready, waiting): (Vec<_>, Vec<_>) = node
+            .reads_confirmed
+            .drain(..)
+            .partition(|(index, _, _)| *index <= applied);
+        node.reads_confirmed = waiting;
+        for (_, key, sent) in ready {
+            let value = block_on(peer.store().get(&key))
+                .expect("a read")
+                .map(|v| v.value);
+            self.clock += 1;
+            self.history.push(Event {
+                key,
+                op: Op::Get,
+                outcome: Outcome::Value(value),
+                invoked: sent,
+                returned: self.clock,
+            });
         }
     }
 
@@ -202,9 +269,10 @@ impl World {
     }
 
     fn propose(&mut self, id: u64) {
-        let key = format!("key-{}", self.next_key).into_bytes();
-        let value = format!("value-{}-{}", self.next_key, self.seed).into_bytes();
-        let node = self.node(id);
+        let key = format!("key-{}", self.rng.below(KEYS)).into_bytes();
+        let value = format!("value-{}", self.next_value).into_bytes();
+        let sent = self.time();
+        let node = &mut self.nodes[(id - 1) as usize];
         let Some(peer) = node.peer.as_mut() else {
             return;
         };
@@ -217,17 +285,50 @@ impl World {
             value: value.clone(),
         });
         if let Ok((index, term)) = peer.propose(batch.finish()) {
-            node.proposed.insert(index, (term, key, value));
-            self.next_key += 1;
+            node.proposed.insert(index, (term, key, value, sent));
+            self.next_value += 1;
         }
+    }
+
+    /// A linearizable read of a key, asked of a leader.
+    fn read(&mut self, id: u64) {
+        let key = format!("key-{}", self.rng.below(KEYS)).into_bytes();
+        let sent = self.time();
+        let context = self.clock;
+        let node = &mut self.nodes[(id - 1) as usize];
+        let Some(peer) = node.peer.as_mut() else {
+            return;
+        };
+        if !peer.is_leader() {
+            return;
+        }
+        peer.read_index(context.to_le_bytes().to_vec());
+        node.reads_asked.insert(context, (key, sent));
+    }
+
+    /// Writes still in flight when their node went down (or the run ended): their outcome
+    /// is unknown to the client.
+    fn give_up_writes(&mut self, id: u64) {
+        let node = &mut self.nodes[(id - 1) as usize];
+        for (_, (_, key, value, sent)) in node.proposed.drain() {
+            self.history.push(Event {
+                key,
+                op: Op::Put(value),
+                outcome: Outcome::Unknown,
+                invoked: sent,
+                returned: 0,
+            });
+        }
+        node.reads_asked.clear();
+        node.reads_confirmed.clear();
     }
 
     /// A power loss: unsynced blocks are torn, the node's state is rebuilt from its disk.
     fn crash(&mut self, id: u64) {
+        self.give_up_writes(id);
         let node = &mut self.nodes[(id - 1) as usize];
         node.peer = None;
         node.writes.clear();
-        node.proposed.clear(); // outcome unknown: never counted as acknowledged
         node.disk.crash(Some(&mut self.rng));
     }
 
@@ -277,7 +378,10 @@ impl World {
                     }
                 }
             }
-            60..=399 => self.drive(id),
+            60..=399 => {
+                self.drive(id);
+                self.answer_reads(id);
+            }
             400..=599 => self.write_one(id),
             // Every message due, in a random order (they may overtake each other).
             600..=849 => {
@@ -285,7 +389,8 @@ impl World {
                     self.deliver_one();
                 }
             }
-            850..=989 => self.propose(id),
+            850..=929 => self.propose(id),
+            930..=989 => self.read(id),
             990..=991 if self.faults => {
                 let until = self.now + 50 + self.rng.below(300);
                 self.isolated = Some((id, until));
@@ -317,45 +422,75 @@ impl World {
                     self.write_one(id);
                 }
                 self.drive(id);
+                self.answer_reads(id);
             }
             self.send();
             while self.network.iter().any(|m| m.deliver_at <= self.now) {
                 self.deliver_one();
             }
             self.check_leaders();
-            let applied: Vec<u64> = self
+            // Settled: a leader, and every node has applied everything the leader holds
+            // (its own term's entries included, so all earlier ones are committed).
+            let leader_last = self
                 .nodes
                 .iter()
-                .map(|n| n.peer.as_ref().map_or(0, |p| p.status().applied_index))
-                .collect();
-            let leader = self
-                .nodes
-                .iter()
-                .any(|n| n.peer.as_ref().is_some_and(Peer::is_leader));
-            if leader
-                && applied.iter().all(|&a| a == applied[0] && a > 0)
-                && self.network.is_empty()
-            {
+                .filter_map(|n| n.peer.as_ref().filter(|p| p.is_leader()))
+                .map(|p| p.status().last_index)
+                .next();
+            let settled = leader_last.is_some_and(|last| {
+                self.nodes.iter().all(|n| {
+                    n.peer
+                        .as_ref()
+                        .is_some_and(|p| p.status().applied_index == last)
+                })
+            });
+            if settled && self.network.is_empty() {
                 return;
             }
         }
         panic!("seed {}: the group did not settle", self.seed);
     }
 
-    fn check_acknowledged(&self) {
-        for node in &self.nodes {
-            let peer = node.peer.as_ref().expect("every node is up after settling");
-            for (key, value) in &self.acknowledged {
-                let got = block_on(peer.store().get(key)).expect("a read");
-                assert_eq!(
-                    got.map(|v| v.value).as_ref(),
-                    Some(value),
-                    "seed {}: node {} lost acknowledged write {:?}",
-                    self.seed,
-                    peer.id(),
-                    String::from_utf8_lossy(key)
-                );
-            }
+    fn check_history(&mut self) {
+        for id in 1..=NODES {
+            self.give_up_writes(id);
+        }
+        if let Err(violation) = kvs_lincheck::check(&self.history) {
+            panic!("seed {}: {violation}", self.seed);
+        }
+    }
+
+    /// Every node holds the same value for every key, and that value is read once more at
+    /// the end: the linearizability check then shows no acknowledged write was lost (the
+    /// final read must see the last write of some valid order).
+    fn check_final_state(&mut self) {
+        for k in 0..KEYS {
+            let key = format!("key-{k}").into_bytes();
+            let values: Vec<Option<Vec<u8>>> = self
+                .nodes
+                .iter()
+                .map(|node| {
+                    let peer = node.peer.as_ref().expect("every node is up after settling");
+                    block_on(peer.store().get(&key))
+                        .expect("a read")
+                        .map(|v| v.value)
+                })
+                .collect();
+            assert!(
+                values.iter().all(|v| *v == values[0]),
+                "seed {}: the nodes disagree on {:?}: {values:?}",
+                self.seed,
+                String::from_utf8_lossy(&key)
+            );
+            let invoked = self.time();
+            let returned = self.time();
+            self.history.push(Event {
+                key,
+                op: Op::Get,
+                outcome: Outcome::Value(values[0].clone()),
+                invoked,
+                returned,
+            });
         }
     }
 }
@@ -366,7 +501,7 @@ fn a_three_node_group_keeps_every_acknowledged_write_through_faults() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(30);
-    let mut acknowledged = 0;
+    let (mut acknowledged, mut reads) = (0, 0);
     // KVS_CLUSTER_SIM_SEED=N replays seed N alone.
     let only: Option<u64> = std::env::var("KVS_CLUSTER_SIM_SEED")
         .ok()
@@ -382,7 +517,9 @@ fn a_three_node_group_keeps_every_acknowledged_write_through_faults() {
             world.step();
         }
         world.settle();
-        world.check_acknowledged();
+        world.check_final_state();
+        world.check_history();
+        reads += world.history.iter().filter(|e| e.op == Op::Get).count();
         acknowledged += world.acknowledged.len();
         assert!(
             world.leaders.len() > 1 || !world.acknowledged.is_empty(),
@@ -390,7 +527,7 @@ fn a_three_node_group_keeps_every_acknowledged_write_through_faults() {
         );
     }
     assert!(
-        acknowledged > runs * 10,
-        "writes were acknowledged: {acknowledged}"
+        acknowledged > runs * 10 && reads > runs * 5,
+        "writes were acknowledged ({acknowledged}) and reads answered ({reads})"
     );
 }
