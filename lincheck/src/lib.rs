@@ -212,14 +212,6 @@ fn check_key(events: &[&Event]) -> bool {
             entries[next].prev = prev;
         }
     };
-    // Relinks in the reverse order of unlinking.
-    let relink = |entries: &mut Vec<Entry>, at: usize| {
-        let (prev, next) = (entries[at].prev, entries[at].next);
-        entries[prev].next = at;
-        if next != NONE {
-            entries[next].prev = at;
-        }
-    };
 
     let words = n.div_ceil(64).max(1);
     let mut linearized = vec![0u64; words];
@@ -246,14 +238,16 @@ fn check_key(events: &[&Event]) -> bool {
                 return true;
             }
             // Something else is left: backtrack.
-            match stack.pop() {
+            match backtrack(
+                &mut entries,
+                &mut stack,
+                &mut state,
+                &mut linearized,
+                &call_at,
+                &return_at,
+            ) {
+                Some(next) => at = next,
                 None => return false,
-                Some((op, before)) => {
-                    at = undo(&mut entries, &relink, &call_at, &return_at, op);
-                    state = before;
-                    linearized[op / 64] &= !(1 << (op % 64));
-                    at = entries[at].next;
-                }
             }
             continue;
         }
@@ -277,33 +271,49 @@ fn check_key(events: &[&Event]) -> bool {
             at = entry.next;
         } else {
             // A response whose operation is not placed: something before must move.
-            match stack.pop() {
+            match backtrack(
+                &mut entries,
+                &mut stack,
+                &mut state,
+                &mut linearized,
+                &call_at,
+                &return_at,
+            ) {
+                Some(next) => at = next,
                 None => return false,
-                Some((op, before)) => {
-                    at = undo(&mut entries, &relink, &call_at, &return_at, op);
-                    state = before;
-                    linearized[op / 64] &= !(1 << (op % 64));
-                    at = entries[at].next;
-                }
             }
         }
     }
 }
 
-/// Puts `op`'s entries back in the list; returns its call's position (the search goes on
-/// after it).
-fn undo(
-    entries: &mut Vec<Entry>,
-    relink: &impl Fn(&mut Vec<Entry>, usize),
+/// Puts an unlinked entry back (in the reverse order of unlinking).
+fn relink(entries: &mut [Entry], at: usize) {
+    let (prev, next) = (entries[at].prev, entries[at].next);
+    entries[prev].next = at;
+    if next != NONE {
+        entries[next].prev = at;
+    }
+}
+
+/// Takes back the operation linearized last: its entries return to the list, the state and
+/// the set go back to before it. Returns where the search goes on (after its call), or None
+/// when nothing is left to take back (no order works).
+fn backtrack(
+    entries: &mut [Entry],
+    stack: &mut Vec<(usize, Option<Vec<u8>>)>,
+    state: &mut Option<Vec<u8>>,
+    linearized: &mut [u64],
     call_at: &[usize],
     return_at: &[usize],
-    op: usize,
-) -> usize {
+) -> Option<usize> {
+    let (op, before) = stack.pop()?;
     if return_at[op] != NONE {
         relink(entries, return_at[op]);
     }
     relink(entries, call_at[op]);
-    call_at[op]
+    *state = before;
+    linearized[op / 64] &= !(1 << (op % 64));
+    Some(entries[call_at[op]].next)
 }
 
 #[cfg(test)]

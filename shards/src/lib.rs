@@ -31,6 +31,7 @@ pub mod resp_reply;
 pub mod resp_server;
 pub mod route;
 pub mod runtime;
+pub mod scan_cursors;
 pub mod server;
 pub mod shard;
 pub mod spread;

@@ -23,12 +23,12 @@ use crate::config::Config;
 use crate::data_dir::{allowed_cpus, DataDir};
 use crate::driver::{CheckpointPolicy, ShardDriver, Wake, REOPEN_INTERVAL};
 use crate::log_io::{DmaDisk, DmaLogFile};
-use crate::resp_keyspace::ScanCursors;
 use crate::route::{CoreContext, RemoteReply, RemoteRequest, ReplyTo, ShardQueue};
 use crate::runtime::{
     cross_core_channel, spawn_executor, spawn_local, wait, JoinHandle, Receiver, Sender,
     TcpListener, TcpStream,
 };
+use crate::scan_cursors::ScanCursors;
 use crate::server::serve_connection;
 use crate::shard::{read_from, DiskReads, Output, ShardCore, ShardRequest};
 use crate::spread::{ConnectionCounts, ConnectionSlot};

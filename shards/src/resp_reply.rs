@@ -10,8 +10,9 @@ use kvs_wire::resp;
 use kvs_wire::ErrorCode;
 
 use crate::conn::Connection;
-use crate::resp_keyspace::{glob_match, info_text, NodeFigures, ScanCursors};
+use crate::resp_keyspace::{glob_match, info_text, NodeFigures};
 use crate::route::{merge_scan, Deliver, Parts};
+use crate::scan_cursors::ScanCursors;
 use crate::shard::{ShardInfo, ShardReply};
 
 /// How a single-shard reply becomes a RESP reply.

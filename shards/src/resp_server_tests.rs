@@ -26,7 +26,7 @@ fn glob_patterns() {
 
 #[test]
 fn scan_cursors_are_the_nodes_and_an_unknown_one_starts_over() {
-    use crate::resp_keyspace::{ScanCursors, SCAN_CURSORS_MAX};
+    use crate::scan_cursors::{ScanCursors, SCAN_CURSORS_MAX};
     let cursors = ScanCursors::new(7);
     let cursor = cursors.remember(b"next".to_vec());
     assert!(cursor > 0);

@@ -111,7 +111,7 @@ pub struct CoreContext {
     /// Client connections of all cores, by which accepted ones are spread over the cores.
     pub connection_counts: Arc<ConnectionCounts>,
     /// The node's RESP SCAN cursors, valid on any connection.
-    pub scan_cursors: Arc<crate::resp_keyspace::ScanCursors>,
+    pub scan_cursors: Arc<crate::scan_cursors::ScanCursors>,
     /// This core's open connections, to shut their receiving side when the node stops.
     connections: RefCell<HashMap<u64, std::os::fd::RawFd>>,
     next_connection: Cell<u64>,
@@ -125,7 +125,7 @@ impl CoreContext {
         request_senders: Vec<Option<Sender<RemoteRequest>>>,
         reply_senders: Vec<Option<Sender<RemoteReply>>>,
         connection_counts: Arc<ConnectionCounts>,
-        scan_cursors: Arc<crate::resp_keyspace::ScanCursors>,
+        scan_cursors: Arc<crate::scan_cursors::ScanCursors>,
     ) -> CoreContext {
         CoreContext {
             core,
