@@ -1,27 +1,87 @@
 //! kvs-bench against a real kvsd: its errors name their cause, and a run that loses its
 //! connections still reports what it measured.
 
-mod common;
-
-use std::path::PathBuf;
-use std::process::Command;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::Server;
-
 fn bench_binary() -> PathBuf {
-    let path = std::path::Path::new(common::kvsd_binary()).with_file_name("kvs-bench");
+    PathBuf::from(env!("CARGO_BIN_EXE_kvs-bench"))
+}
+
+/// kvsd, built beside kvs-bench by the workspace's tests (its own package's tests build it).
+fn kvsd_binary() -> PathBuf {
+    let path = bench_binary().with_file_name("kvsd");
     assert!(
         path.exists(),
-        "{} is missing: build the workspace",
+        "{} is missing: run the workspace tests (cargo test --workspace)",
         path.display()
     );
     path
 }
 
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A kvsd of one shard on a port the kernel picked; killed when dropped.
+struct Server {
+    child: Option<Child>,
+    addr: String,
+}
+
+impl Server {
+    fn start(dir: &Path) -> Server {
+        let mut child = Command::new(kvsd_binary())
+            .args([
+                "--data-dir",
+                dir.to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .args(["--shards", "1", "--log-level", "info"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut addr = None;
+        for line in stderr.lines() {
+            let line = line.unwrap();
+            if let Some(at) = line.find("listen=") {
+                let rest = &line[at + "listen=".len()..];
+                addr = Some(rest.split_whitespace().next().unwrap().to_string());
+                break;
+            }
+        }
+        Server {
+            child: Some(child),
+            addr: addr.expect("kvsd said where it listens"),
+        }
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
 #[test]
 fn a_refused_connection_names_the_address() {
-    let port = common::free_port();
+    let port = free_port();
     let out = Command::new(bench_binary())
         .args([
             "--addr",
@@ -44,7 +104,7 @@ fn a_refused_connection_names_the_address() {
 #[test]
 fn a_failed_load_says_why() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), 1);
+    let server = Server::start(dir.path());
     let out = Command::new(bench_binary())
         .args([
             "--addr",
@@ -78,7 +138,7 @@ fn a_failed_load_says_why() {
 #[test]
 fn a_run_that_loses_its_server_still_reports_what_it_measured() {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = Server::start(dir.path(), 1);
+    let mut server = Server::start(dir.path());
     let json = dir.path().join("r.json");
     let child = Command::new(bench_binary())
         .args([
