@@ -2,7 +2,7 @@
 //!
 //! Each file keeps what reads see and what would survive a power loss. `crash` throws away
 //! everything not made durable by `sync` (and files whose creation was not made durable by
-//! `sync_dir`); with tearing, a random subset of the unsynced blocks survives instead, as a
+//! `sync_dir`, and brings back files whose removal was not); with tearing, a random subset of the unsynced blocks survives instead, as a
 //! real disk may persist some sectors of an interrupted write and not others. Faults (EIO,
 //! ENOSPC) can be armed to hit the n-th write or sync from now.
 
@@ -29,12 +29,17 @@ pub enum FaultOn {
     Write,
     Sync,
     Read,
+    /// Making the directory's creations and removals durable.
+    SyncDir,
 }
 
 #[derive(Debug, Default)]
 struct State {
     files: BTreeMap<String, SimFile>,
     durable_names: BTreeSet<String>,
+    /// Files removed since the directory was last synced, whose names were durable: a
+    /// power loss brings them back (with what of them was synced), as a real directory may.
+    removed_unsynced: BTreeMap<String, SimFile>,
     syncs: u64,
     writes: u64,
     /// (operation, countdown, raw os error): fails the countdown-th such operation from now.
@@ -104,6 +109,10 @@ impl SimDisk {
         let mut state = self.state.borrow_mut();
         let durable_names = state.durable_names.clone();
         state.files.retain(|name, _| durable_names.contains(name));
+        let removed = std::mem::take(&mut state.removed_unsynced);
+        for (name, file) in removed {
+            state.files.entry(name).or_insert(file);
+        }
         let mut rng = tear;
         for file in state.files.values_mut() {
             let mut len = file.synced_len;
@@ -136,6 +145,7 @@ impl SimDisk {
         let mut state = self.state.borrow_mut();
         state.files = files.0;
         state.durable_names = files.1;
+        state.removed_unsynced.clear();
     }
 
     /// Direct access to a file's bytes, to damage them in tests.
@@ -225,13 +235,20 @@ impl LogDisk for SimDisk {
     }
 
     async fn remove(&self, name: &str) -> io::Result<()> {
-        self.state.borrow_mut().files.remove(name);
+        let mut state = self.state.borrow_mut();
+        if let Some(file) = state.files.remove(name) {
+            if state.durable_names.contains(name) {
+                state.removed_unsynced.insert(name.to_string(), file);
+            }
+        }
         Ok(())
     }
 
     async fn sync_dir(&self) -> io::Result<()> {
+        self.check_fault(FaultOn::SyncDir)?;
         let mut state = self.state.borrow_mut();
         state.durable_names = state.files.keys().cloned().collect();
+        state.removed_unsynced.clear();
         Ok(())
     }
 

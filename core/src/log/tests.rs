@@ -543,11 +543,12 @@ fn verify_agrees_with_open_and_changes_nothing() {
     assert!(matches!(open(&disk), Err(LogError::Corrupt { .. })));
 }
 
-/// Trims and roll-overs under crashes (with torn writes and a failed sync): the manifest
-/// never lists less than the log holds, so every open succeeds and keeps every acknowledged
-/// entry past the trim point.
+/// Trims and roll-overs under crashes (with torn writes, a failed sync, removals a power loss
+/// undoes): the manifest never lists less than the log holds, so every open succeeds and
+/// keeps every acknowledged entry past the trim point.
 #[test]
 fn crash_loop_with_trims_keeps_every_acknowledged_entry() {
+    let mut leftovers = 0;
     for seed in 0..300u64 {
         let mut rng = SimRng::new(seed);
         let disk = SimDisk::new();
@@ -557,6 +558,7 @@ fn crash_loop_with_trims_keeps_every_acknowledged_entry() {
             let (mut log, recovered) =
                 block_on(Log::open_with_segment_size(disk.clone(), 0, 16 * 1024))
                     .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+            leftovers += recovered.removed.len();
             let got = indexes(&recovered.records);
             let kept: Vec<u64> = acked.iter().copied().filter(|&i| i > trimmed).collect();
             let got_kept: Vec<u64> = got.iter().copied().filter(|&i| i > trimmed).collect();
@@ -576,8 +578,11 @@ fn crash_loop_with_trims_keeps_every_acknowledged_entry() {
                 let through = rng.below(next);
                 // A failed sync may stop the trim at any step; what it did must be safe.
                 // (Entries up to `through` are in a checkpoint: they need not survive.)
-                if rng.below(3) == 0 {
-                    disk.fail_after(FaultOn::Sync, 1, 5);
+                match rng.below(6) {
+                    0 | 1 => disk.fail_after(FaultOn::Sync, 1, 5),
+                    // The removals may not be durable: a power loss brings files back.
+                    2 => disk.fail_after(FaultOn::SyncDir, 1, 5),
+                    _ => {}
                 }
                 let _ = block_on(log.remove_through(through));
                 trimmed = trimmed.max(through);
@@ -586,4 +591,8 @@ fn crash_loop_with_trims_keeps_every_acknowledged_entry() {
             disk.crash(Some(&mut rng));
         }
     }
+    assert!(
+        leftovers > 0,
+        "some runs left segments for recovery to remove"
+    );
 }
