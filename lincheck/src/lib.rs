@@ -224,35 +224,25 @@ fn check_key(events: &[&Event]) -> bool {
         if entries[0].next == NONE {
             return true; // every operation placed
         }
-        if at == NONE {
-            // Only calls of unknown operations are left and none could be placed here:
-            // place them at the end, where they change nothing anyone saw.
+        // Whether the operations placed so far cannot be followed from here: a response
+        // whose operation is not placed, or the end of the list with something left that
+        // must be placed before it.
+        let stuck = if at == NONE {
+            // Calls of unknown operations may be placed at the end, where they change
+            // nothing anyone saw.
             let mut rest = entries[0].next;
-            while rest != NONE {
-                if !entries[rest].call || events[entries[rest].op].outcome != Outcome::Unknown {
-                    break;
-                }
+            while rest != NONE
+                && entries[rest].call
+                && events[entries[rest].op].outcome == Outcome::Unknown
+            {
                 rest = entries[rest].next;
             }
             if rest == NONE {
                 return true;
             }
-            // Something else is left: backtrack.
-            match backtrack(
-                &mut entries,
-                &mut stack,
-                &mut state,
-                &mut linearized,
-                &call_at,
-                &return_at,
-            ) {
-                Some(next) => at = next,
-                None => return false,
-            }
-            continue;
-        }
-        let entry = entries[at];
-        if entry.call {
+            true
+        } else if entries[at].call {
+            let entry = entries[at];
             let event = events[entry.op];
             if let Some(next_state) = step(&state, &event.op, &event.outcome) {
                 let mut marked = linearized.clone();
@@ -269,8 +259,11 @@ fn check_key(events: &[&Event]) -> bool {
                 }
             }
             at = entry.next;
+            false
         } else {
-            // A response whose operation is not placed: something before must move.
+            true
+        };
+        if stuck {
             match backtrack(
                 &mut entries,
                 &mut stack,

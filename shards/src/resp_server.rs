@@ -381,34 +381,24 @@ async fn execute(
                 }
             }
         }
-        "setnx" if argc == 3 => match sizes(&[&args[0]], &[&args[1]]) {
+        "setnx" | "getset" | "append" if argc == 3 => match sizes(&[&args[0]], &[&args[1]]) {
             Err(e) => resp::error(&mut out, &e),
             Ok(()) => {
                 let mut args = args.into_iter();
                 let key = args.next().unwrap_or_default();
                 let value = args.next().unwrap_or_default();
                 let shard = shard_of(&key);
-                let command = Command::Cas {
-                    key,
-                    expected_version: 0,
-                    value: Some(value),
-                };
-                ctx.send(shard, ShardOp::Write(command), single(RespRender::SetNx))
-                    .await;
-                return After::Continue;
-            }
-        },
-        "getset" | "append" if argc == 3 => match sizes(&[&args[0]], &[&args[1]]) {
-            Err(e) => resp::error(&mut out, &e),
-            Ok(()) => {
-                let mut args = args.into_iter();
-                let key = args.next().unwrap_or_default();
-                let value = args.next().unwrap_or_default();
-                let shard = shard_of(&key);
-                let (command, render) = if name == "getset" {
-                    (Command::GetAndPut { key, value }, RespRender::GetSet)
-                } else {
-                    (Command::Append { key, value }, RespRender::Integer)
+                let (command, render) = match name {
+                    "setnx" => (
+                        Command::Cas {
+                            key,
+                            expected_version: 0,
+                            value: Some(value),
+                        },
+                        RespRender::SetNx,
+                    ),
+                    "getset" => (Command::GetAndPut { key, value }, RespRender::GetSet),
+                    _ => (Command::Append { key, value }, RespRender::Integer),
                 };
                 ctx.send(shard, ShardOp::Write(command), single(render))
                     .await;
@@ -628,6 +618,16 @@ async fn execute(
     After::Continue
 }
 
+/// Answers input that is not RESP (in a command, or in the rest of one being read past)
+/// with the error; the caller then closes the connection.
+fn refuse_stream(conn: &Connection, error: &resp::RespError) {
+    let sequence = conn.start_ordered_request();
+    let mut out = Vec::new();
+    resp::error(&mut out, &format!("ERR {error}"));
+    conn.respond_in_order(sequence, out);
+    tracing::debug!(%error, "closing a RESP connection after a protocol error");
+}
+
 /// Serves one RESP connection.
 pub async fn serve_connection(ctx: Rc<CoreContext>, stream: TcpStream, slot: ConnectionSlot) {
     conn::drive(
@@ -658,10 +658,7 @@ async fn read_loop(ctx: &CoreContext, stream: &TcpStream, conn: &Rc<Connection>)
                         }
                         discarding = None;
                     }
-                    Err(error) => {
-                        tracing::debug!(%error, "closing a RESP connection after a protocol error");
-                        return;
-                    }
+                    Err(error) => return refuse_stream(conn, &error),
                 }
             }
             match resp::parse_command(buffer.data()) {
@@ -696,14 +693,7 @@ async fn read_loop(ctx: &CoreContext, stream: &TcpStream, conn: &Rc<Connection>)
                     need_bytes = true;
                     break;
                 }
-                Err(error) => {
-                    let sequence = conn.start_ordered_request();
-                    let mut out = Vec::new();
-                    resp::error(&mut out, &format!("ERR {error}"));
-                    conn.respond_in_order(sequence, out);
-                    tracing::debug!(%error, "closing a RESP connection after a protocol error");
-                    return;
-                }
+                Err(error) => return refuse_stream(conn, &error),
             }
         }
         // At the in-flight limit, whole commands may still wait in the buffer: read no more

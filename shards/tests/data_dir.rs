@@ -6,7 +6,7 @@
 mod common;
 
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use common::{verify_data_dir, Server};
@@ -26,16 +26,6 @@ fn crashed_dir(keys: usize) -> tempfile::TempDir {
     drop(client);
     server.kill9();
     dir
-}
-
-fn segments(shard_dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<_> = std::fs::read_dir(shard_dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "log"))
-        .collect();
-    files.sort();
-    files
 }
 
 /// Starts kvsd on `dir` with `shards` and expects it to refuse; returns its stderr. Checks
@@ -69,7 +59,9 @@ fn a_deleted_log_segment_stops_startup_and_verify() {
     let dir = crashed_dir(300);
     let (clean, report) = verify_data_dir(dir.path());
     assert!(clean, "{report}");
-    let segment = segments(&dir.path().join("shard-000")).pop().unwrap();
+    let segment = common::segment_files(&dir.path().join("shard-000"))
+        .pop()
+        .unwrap();
     std::fs::remove_file(&segment).unwrap();
     let stderr = refused(dir.path(), 2);
     assert!(stderr.contains(&segment.display().to_string()), "{stderr}");
@@ -81,7 +73,9 @@ fn a_deleted_log_segment_stops_startup_and_verify() {
 fn a_truncated_log_stops_startup_wherever_it_is_cut() {
     for cut in [4096 * 3, 0, 4096 * 2 + 1000] {
         let dir = crashed_dir(300);
-        let segment = segments(&dir.path().join("shard-000")).pop().unwrap();
+        let segment = common::segment_files(&dir.path().join("shard-000"))
+            .pop()
+            .unwrap();
         let file = std::fs::OpenOptions::new()
             .write(true)
             .open(&segment)
@@ -132,7 +126,9 @@ fn a_deleted_node_file_is_not_rewritten_with_another_shard_count() {
 #[test]
 fn a_corrupt_log_record_fails_verify_as_it_fails_startup() {
     let dir = crashed_dir(300);
-    let segment = segments(&dir.path().join("shard-000")).pop().unwrap();
+    let segment = common::segment_files(&dir.path().join("shard-000"))
+        .pop()
+        .unwrap();
     let mut bytes = std::fs::read(&segment).unwrap();
     bytes[4096 + 60] ^= 0xFF; // the first group, with many after it
     std::fs::write(&segment, &bytes).unwrap();

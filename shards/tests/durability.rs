@@ -131,16 +131,6 @@ fn sigterm_finishes_in_flight_work_and_loses_nothing() {
     verify_all(&server, &acked);
 }
 
-fn segment_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut files: Vec<_> = std::fs::read_dir(dir.join("shard-000"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "log"))
-        .collect();
-    files.sort();
-    files
-}
-
 #[test]
 fn torn_tail_is_cut_and_the_rest_served() {
     let dir = tempfile::tempdir().unwrap();
@@ -153,7 +143,9 @@ fn torn_tail_is_cut_and_the_rest_served() {
     assert!(server.terminate().0.success());
     // A crash in the middle of writing a group: where the next group would go (the first
     // all-zero block of the preallocated segment) lies a header promising more than is there.
-    let segment = segment_files(dir.path()).pop().unwrap();
+    let segment = common::segment_files(&dir.path().join("shard-000"))
+        .pop()
+        .unwrap();
     let mut bytes = std::fs::read(&segment).unwrap();
     let end = (4096..bytes.len())
         .step_by(4096)
@@ -187,7 +179,9 @@ fn corruption_before_the_tail_stops_startup_naming_file_and_offset() {
     }
     drop(client);
     assert!(server.terminate().0.success());
-    let segment = segment_files(dir.path()).pop().unwrap();
+    let segment = common::segment_files(&dir.path().join("shard-000"))
+        .pop()
+        .unwrap();
     let mut bytes = std::fs::read(&segment).unwrap();
     bytes[4096 + 50] ^= 0xFF; // inside the first group, with many groups after it
     std::fs::write(&segment, &bytes).unwrap();

@@ -166,7 +166,7 @@ impl<D: LogDisk> Log<D> {
                 continue;
             }
             let path = self.disk.path_of(&name);
-            if seq > last && !listed.is_empty() || listed.is_empty() {
+            if listed.is_empty() || seq > last {
                 // Never listed, so never given a group: it must hold nothing but its header.
                 let (file, size, _) = self.open_existing(&name).await?;
                 let bytes = file

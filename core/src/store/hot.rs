@@ -178,17 +178,7 @@ impl HotCache {
 
     /// Records what the tree now holds for `key` (a read's result), found in page `leaf`.
     pub fn put(&mut self, key: &[u8], value: &Versioned, place: Place) {
-        if value.value.len() > HOT_VALUE_MAX {
-            self.remove(key);
-            return;
-        }
-        self.old.remove(key);
-        let hot = Hot {
-            value: value.clone(),
-            leaf: place.leaf,
-            slot: place.slot,
-        };
-        self.insert_young(Key::new(key), hot);
+        self.update(key, value.clone(), place);
     }
 
     /// Records a write of `key`: the tree now holds `value` at `place` (leaf 0: unknown).

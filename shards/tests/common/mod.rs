@@ -256,3 +256,14 @@ impl Drop for Server {
         }
     }
 }
+
+/// A shard directory's log segments, oldest first.
+pub fn segment_files(shard_dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(shard_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    files.sort();
+    files
+}
