@@ -58,6 +58,25 @@ pub struct Flags {
     /// problems were found, 2 when it cannot run. Changes nothing; kvsd must not be running.
     #[arg(long)]
     pub verify: bool,
+    /// This node's id in the cluster (a number from --initial-cluster). Default: 1.
+    #[arg(long)]
+    pub node_id: Option<u64>,
+    /// Address for the other nodes' links (the peer protocol). Required with
+    /// --initial-cluster; default: off (a node of one).
+    #[arg(long)]
+    pub peer_listen: Option<String>,
+    /// The cluster's members as ID=HOST:PORT of each node's --peer-listen, comma-separated
+    /// (3 or 5 nodes). Used when the data directory is created; ignored, with a log line,
+    /// once it belongs to a cluster. Default: none (a node of one).
+    #[arg(long)]
+    pub initial_cluster: Option<String>,
+    /// A follower that hears no leader for this long (randomised up to twice it) starts an
+    /// election, e.g. 500ms or 1s. Default: 500ms.
+    #[arg(long)]
+    pub election_timeout: Option<String>,
+    /// How often a leader sends heartbeats (Raft's tick), e.g. 50ms. Default: 50ms.
+    #[arg(long)]
+    pub heartbeat_interval: Option<String>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -72,6 +91,95 @@ struct FileConfig {
     checkpoint_interval: Option<u64>,
     checkpoint_log_size: Option<String>,
     checkpoint_rate: Option<String>,
+    node_id: Option<u64>,
+    peer_listen: Option<String>,
+    initial_cluster: Option<String>,
+    election_timeout: Option<String>,
+    heartbeat_interval: Option<String>,
+}
+
+/// What makes a node one of a cluster: its id, where it listens for peers, and the members
+/// the cluster starts with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    pub node_id: u64,
+    pub peer_listen: SocketAddr,
+    /// Each member's id and peer address, sorted by id.
+    pub members: Vec<(u64, SocketAddr)>,
+}
+
+impl ClusterConfig {
+    /// The member list as `--initial-cluster` spells it (sorted by id): the text the
+    /// cluster id is derived from, so nodes given the same members agree on it.
+    pub fn members_text(&self) -> String {
+        members_text(&self.members)
+    }
+}
+
+/// `ID=ADDR,...` of `members`.
+pub fn members_text(members: &[(u64, SocketAddr)]) -> String {
+    members
+        .iter()
+        .map(|(id, addr)| format!("{id}={addr}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Most voters a group has.
+pub const CLUSTER_NODES_MAX: usize = 7;
+
+/// Parses `--initial-cluster`: `ID=HOST:PORT` items, comma-separated, ids unique and
+/// positive, addresses unique.
+pub fn parse_members(text: &str) -> Result<Vec<(u64, SocketAddr)>, String> {
+    let mut members = Vec::new();
+    for item in text.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let (id, addr) = item
+            .split_once('=')
+            .ok_or_else(|| format!("{item:?} is not ID=HOST:PORT"))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .ok()
+            .filter(|&id| id > 0)
+            .ok_or_else(|| format!("{id:?} is not a node id (a positive number)"))?;
+        let addr: SocketAddr = addr
+            .trim()
+            .parse()
+            .map_err(|_| format!("{addr:?} is not HOST:PORT (an IP address and a port)"))?;
+        if members.iter().any(|&(other, _)| other == id) {
+            return Err(format!("node id {id} is listed twice"));
+        }
+        if members.iter().any(|&(_, other)| other == addr) {
+            return Err(format!("address {addr} is listed twice"));
+        }
+        members.push((id, addr));
+    }
+    if members.is_empty() {
+        return Err("no members".into());
+    }
+    if members.len() > CLUSTER_NODES_MAX {
+        return Err(format!(
+            "{} members; at most {CLUSTER_NODES_MAX}",
+            members.len()
+        ));
+    }
+    members.sort_unstable();
+    Ok(members)
+}
+
+/// Parses a duration such as `500ms`, `2s` or `1.5s` (a bare number is milliseconds).
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let (number, scale) = if let Some(n) = text.strip_suffix("ms") {
+        (n, 1e-3)
+    } else if let Some(n) = text.strip_suffix('s') {
+        (n, 1.0)
+    } else {
+        (text, 1e-3)
+    };
+    let value: f64 = number.trim().parse().ok()?;
+    (value.is_finite() && value > 0.0 && value * scale < 3600.0)
+        .then(|| Duration::from_secs_f64(value * scale))
 }
 
 /// The settings kvsd runs with.
@@ -90,6 +198,10 @@ pub struct Config {
     pub checkpoint_log_size: u64,
     pub checkpoint_rate: u64,
     pub verify: bool,
+    /// Set with --initial-cluster: this node is one of a cluster.
+    pub cluster: Option<ClusterConfig>,
+    pub election_timeout: Duration,
+    pub heartbeat_interval: Duration,
 }
 
 /// Smallest page cache per shard, in bytes.
@@ -150,6 +262,10 @@ pub enum ConfigError {
     Shards(u32),
     #[error("bad --{0} {1:?}: expected a size such as 64MiB or 2GiB")]
     Size(&'static str, String),
+    #[error("bad --{0} {1:?}: expected a duration such as 500ms or 2s")]
+    Duration(&'static str, String),
+    #[error("bad --initial-cluster: {0}")]
+    Cluster(String),
 }
 
 impl Config {
@@ -205,7 +321,36 @@ impl Config {
                 .unwrap_or(60)
                 .max(1),
         );
+        let duration = |name: &'static str, text: Option<String>, default: Duration| match text {
+            None => Ok(default),
+            Some(text) => parse_duration(&text).ok_or(ConfigError::Duration(name, text)),
+        };
+        let election_timeout = duration(
+            "election-timeout",
+            flags.election_timeout.or(file.election_timeout),
+            Duration::from_millis(500),
+        )?;
+        let heartbeat_interval = duration(
+            "heartbeat-interval",
+            flags.heartbeat_interval.or(file.heartbeat_interval),
+            Duration::from_millis(50),
+        )?;
+        if election_timeout < heartbeat_interval * 3 {
+            return Err(ConfigError::Cluster(format!(
+                "--election-timeout ({election_timeout:?}) must be at least three heartbeat \
+                 intervals ({heartbeat_interval:?}): followers would start elections while \
+                 the leader is alive"
+            )));
+        }
+        let cluster = Config::cluster(
+            flags.node_id.or(file.node_id),
+            flags.peer_listen.or(file.peer_listen),
+            flags.initial_cluster.or(file.initial_cluster),
+        )?;
         Ok(Config {
+            cluster,
+            election_timeout,
+            heartbeat_interval,
             cache_size,
             checkpoint_interval,
             checkpoint_log_size,
@@ -223,6 +368,49 @@ impl Config {
                 .or(file.log_level)
                 .unwrap_or_else(|| "info".into()),
         })
+    }
+
+    /// The cluster settings: all of them or none (a node of one).
+    fn cluster(
+        node_id: Option<u64>,
+        peer_listen: Option<String>,
+        initial_cluster: Option<String>,
+    ) -> Result<Option<ClusterConfig>, ConfigError> {
+        let Some(initial_cluster) = initial_cluster else {
+            if peer_listen.is_some() || node_id.is_some_and(|id| id != 1) {
+                return Err(ConfigError::Cluster(
+                    "--node-id and --peer-listen need --initial-cluster (the members)".into(),
+                ));
+            }
+            return Ok(None);
+        };
+        let members = parse_members(&initial_cluster).map_err(ConfigError::Cluster)?;
+        let node_id = node_id.ok_or_else(|| {
+            ConfigError::Cluster("--node-id is required with --initial-cluster".into())
+        })?;
+        let Some(&(_, listed)) = members.iter().find(|&&(id, _)| id == node_id) else {
+            return Err(ConfigError::Cluster(format!(
+                "--node-id {node_id} is not one of its members"
+            )));
+        };
+        if members.len() < 3 || members.len() % 2 == 0 {
+            return Err(ConfigError::Cluster(format!(
+                "{} members: a cluster has 3, 5 or 7 nodes (an odd number, so a majority \
+                 survives a failure)",
+                members.len()
+            )));
+        }
+        let peer_listen = match peer_listen {
+            None => listed,
+            Some(text) => text
+                .parse()
+                .map_err(|_| ConfigError::Listen(text.clone()))?,
+        };
+        Ok(Some(ClusterConfig {
+            node_id,
+            peer_listen,
+            members,
+        }))
     }
 
     fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
@@ -313,5 +501,65 @@ mod tests {
             Err(ConfigError::Shards(0))
         ));
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn cluster_flags() {
+        let flags = |id: Option<u64>, peer: Option<&str>, members: Option<&str>| Flags {
+            node_id: id,
+            peer_listen: peer.map(Into::into),
+            initial_cluster: members.map(Into::into),
+            ..Flags::default()
+        };
+        let three = "3=127.0.0.1:7103, 1=127.0.0.1:7101,2=127.0.0.1:7102";
+        let config = Config::from_flags(flags(Some(2), None, Some(three))).unwrap();
+        let cluster = config.cluster.unwrap();
+        assert_eq!(cluster.node_id, 2);
+        assert_eq!(cluster.peer_listen, "127.0.0.1:7102".parse().unwrap());
+        assert_eq!(
+            cluster.members_text(),
+            "1=127.0.0.1:7101,2=127.0.0.1:7102,3=127.0.0.1:7103"
+        );
+        assert_eq!(config.election_timeout, Duration::from_millis(500));
+        assert_eq!(config.heartbeat_interval, Duration::from_millis(50));
+        let refused = [
+            flags(None, None, Some(three)),
+            flags(Some(4), None, Some(three)),
+            flags(Some(1), None, Some("1=127.0.0.1:1,2=127.0.0.1:2")),
+            flags(
+                Some(1),
+                None,
+                Some("1=127.0.0.1:1,1=127.0.0.1:2,3=127.0.0.1:3"),
+            ),
+            flags(
+                Some(1),
+                None,
+                Some("1=127.0.0.1:1,2=127.0.0.1:1,3=127.0.0.1:3"),
+            ),
+            flags(
+                Some(1),
+                None,
+                Some("1=localhost:1,2=127.0.0.1:2,3=127.0.0.1:3"),
+            ),
+            flags(
+                Some(1),
+                None,
+                Some("0=127.0.0.1:1,2=127.0.0.1:2,3=127.0.0.1:3"),
+            ),
+            flags(Some(1), Some("127.0.0.1:7101"), None),
+        ];
+        for flags in refused {
+            let text = format!("{flags:?}");
+            assert!(Config::from_flags(flags).is_err(), "{text}");
+        }
+        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("20"), Some(Duration::from_millis(20)));
+        assert_eq!(parse_duration("0ms"), None);
+        assert_eq!(parse_duration("soon"), None);
+        assert!(Config::from_flags(Flags {
+            heartbeat_interval: Some("400ms".into()),
+            ..Flags::default()
+        })
+        .is_err());
     }
 }

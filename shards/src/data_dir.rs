@@ -2,8 +2,10 @@
 //! and `kvsd --verify`.
 //!
 //! ```text
-//! DATA_DIR/NODE                    "format 1" and "shards N": written last when the directory
-//!                                  is created, so its presence means every shard directory was
+//! DATA_DIR/NODE                    "format 1" and "shards N" (and, for a node of a cluster,
+//!                                  "cluster ID", "node ID", "members ID=ADDR,..."): written
+//!                                  last when the directory is created, so its presence
+//!                                  means every shard directory was
 //! DATA_DIR/LOCK                    flock'ed by the running kvsd, so two never share a directory
 //! DATA_DIR/shard-NNN/              one per shard, N of them:
 //!     NNNNNNNNNNNNNNNNNNNN.log     log segments, named by their first commit group
@@ -26,6 +28,7 @@ use anyhow::{bail, Context as _};
 use kvs_core::log::format::RecordKind;
 use kvs_core::log::{Log, LogError, Recovered};
 
+use crate::config::{members_text, parse_members, ClusterConfig};
 use crate::log_io::DmaDisk;
 
 /// The CPUs this process may run on.
@@ -42,22 +45,61 @@ pub fn allowed_cpus() -> Vec<usize> {
     }
 }
 
-/// An open data directory: its shard count, and its lock, held for as long as this lives.
+/// An open data directory: its shard count, the cluster it belongs to, and its lock, held
+/// for as long as this lives.
 pub struct DataDir {
     pub path: PathBuf,
     pub shards: u32,
+    /// None for a node of one.
+    pub cluster: Option<ClusterIdentity>,
     _lock: File,
+}
+
+/// The cluster a data directory belongs to, fixed when it was created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterIdentity {
+    pub cluster_id: u64,
+    pub node_id: u64,
+    pub members: Vec<(u64, std::net::SocketAddr)>,
+}
+
+/// A cluster's id: FNV-1a-64 of its initial member list, so that nodes given the same
+/// `--initial-cluster` agree on it without talking (etcd derives its cluster id from the
+/// initial members in the same way).
+pub fn cluster_id_of(members: &[(u64, std::net::SocketAddr)]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in members_text(members).bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash.max(1)
+}
+
+/// What NODE records.
+struct NodeFile {
+    shards: u32,
+    cluster: Option<ClusterIdentity>,
 }
 
 impl DataDir {
     /// Opens the data directory for a node, creating it when new with `requested` shards (or
-    /// one per allowed CPU). Refuses a directory whose pieces do not add up.
-    pub fn open(path: &Path, requested: Option<u32>) -> anyhow::Result<DataDir> {
+    /// one per allowed CPU) and, for a node of a cluster, the cluster's identity. Refuses a
+    /// directory whose pieces do not add up, one of another cluster or node, and a single
+    /// node's directory asked to join a cluster.
+    pub fn open(
+        path: &Path,
+        requested: Option<u32>,
+        cluster: Option<&ClusterConfig>,
+    ) -> anyhow::Result<DataDir> {
         std::fs::create_dir_all(path)
             .with_context(|| format!("cannot create data directory {}", path.display()))?;
         let lock = lock(path)?;
-        let shards = match read_node(path)? {
-            Some(shards) => {
+        let (shards, identity) = match read_node(path)? {
+            Some(NodeFile {
+                shards,
+                cluster: recorded,
+            }) => {
+                check_identity(path, recorded.as_ref(), cluster)?;
                 if let Some(requested) = requested.filter(|&n| n != shards) {
                     bail!(
                         "data directory {} was created with {shards} shards; it cannot be opened \
@@ -67,23 +109,76 @@ impl DataDir {
                     );
                 }
                 check_shard_dirs(path, shards)?;
-                shards
+                (shards, recorded)
             }
             None => {
                 let shards = requested.unwrap_or_else(|| allowed_cpus().len().max(1) as u32);
-                create(path, shards)?;
-                shards
+                let identity = cluster.map(|c| ClusterIdentity {
+                    cluster_id: cluster_id_of(&c.members),
+                    node_id: c.node_id,
+                    members: c.members.clone(),
+                });
+                create(path, shards, identity.as_ref())?;
+                (shards, identity)
             }
         };
         Ok(DataDir {
             path: path.to_path_buf(),
             shards,
+            cluster: identity,
             _lock: lock,
         })
     }
 
     pub fn shard_dir(&self, shard: u32) -> PathBuf {
         shard_dir(&self.path, shard)
+    }
+}
+
+/// Whether a directory that exists may start with the flags given: a cluster's directory
+/// keeps its identity (a different `--initial-cluster` is ignored, with a log line; a
+/// different `--node-id` is refused), and a single node's directory does not join a cluster.
+fn check_identity(
+    path: &Path,
+    recorded: Option<&ClusterIdentity>,
+    asked: Option<&ClusterConfig>,
+) -> anyhow::Result<()> {
+    match (recorded, asked) {
+        (None, None) => Ok(()),
+        (None, Some(_)) => bail!(
+            "data directory {} holds a single node's data; it cannot join a cluster (its log \
+             was written by a group of one). Start the cluster on empty data directories and \
+             move the data with `kvs dump` and `kvs load` (docs/cluster.md)",
+            path.display()
+        ),
+        (Some(recorded), None) => {
+            tracing::info!(
+                node_id = recorded.node_id,
+                members = %members_text(&recorded.members),
+                "data directory belongs to a cluster: starting as its member"
+            );
+            Ok(())
+        }
+        (Some(recorded), Some(asked)) => {
+            if asked.node_id != recorded.node_id {
+                bail!(
+                    "data directory {} belongs to node {} of cluster {:016x}, not node {}: \
+                     check --node-id and --data-dir",
+                    path.display(),
+                    recorded.node_id,
+                    recorded.cluster_id,
+                    asked.node_id
+                );
+            }
+            if asked.members != recorded.members {
+                tracing::info!(
+                    given = %asked.members_text(),
+                    recorded = %members_text(&recorded.members),
+                    "--initial-cluster ignored: the data directory already belongs to a cluster"
+                );
+            }
+            Ok(())
+        }
     }
 }
 
@@ -102,9 +197,9 @@ fn lock(dir: &Path) -> anyhow::Result<File> {
     Ok(file)
 }
 
-/// The shard count NODE records, or None when there is no NODE and no shard directory holds
-/// anything (a new directory, or one whose creation a crash cut short before NODE).
-fn read_node(dir: &Path) -> anyhow::Result<Option<u32>> {
+/// What NODE records, or None when there is no NODE and no shard directory holds anything
+/// (a new directory, or one whose creation a crash cut short before NODE).
+fn read_node(dir: &Path) -> anyhow::Result<Option<NodeFile>> {
     let path = dir.join("NODE");
     let text = match std::fs::read_to_string(&path) {
         Ok(text) => text,
@@ -138,10 +233,14 @@ fn read_node(dir: &Path) -> anyhow::Result<Option<u32>> {
     };
     let mut format = None;
     let mut shards = None;
+    let (mut cluster_id, mut node_id, mut members) = (None, None, None);
     for line in text.lines() {
         match line.split_once(' ') {
             Some(("format", v)) => format = v.trim().parse::<u32>().ok(),
             Some(("shards", v)) => shards = v.trim().parse::<u32>().ok(),
+            Some(("cluster", v)) => cluster_id = Some(u64::from_str_radix(v.trim(), 16).ok()),
+            Some(("node", v)) => node_id = Some(v.trim().parse::<u64>().ok()),
+            Some(("members", v)) => members = Some(parse_members(v.trim()).ok()),
             _ => {}
         }
     }
@@ -151,10 +250,26 @@ fn read_node(dir: &Path) -> anyhow::Result<Option<u32>> {
             path.display()
         );
     }
-    match shards.filter(|&n| n > 0) {
-        Some(shards) => Ok(Some(shards)),
-        None => bail!("{}: no valid shard count", path.display()),
-    }
+    let Some(shards) = shards.filter(|&n| n > 0) else {
+        bail!("{}: no valid shard count", path.display());
+    };
+    let cluster = match (cluster_id, node_id, members) {
+        (None, None, None) => None,
+        (Some(Some(cluster_id)), Some(Some(node_id)), Some(Some(members)))
+            if members.iter().any(|&(id, _)| id == node_id) =>
+        {
+            Some(ClusterIdentity {
+                cluster_id,
+                node_id,
+                members,
+            })
+        }
+        _ => bail!(
+            "{}: the cluster, node and members lines are incomplete or malformed",
+            path.display()
+        ),
+    };
+    Ok(Some(NodeFile { shards, cluster }))
 }
 
 /// The `shard-NNN` directories in `dir`, by shard number.
@@ -201,7 +316,7 @@ fn check_shard_dirs(dir: &Path, shards: u32) -> anyhow::Result<()> {
 
 /// Creates a new data directory's shard directories, then NODE (written whole and synced,
 /// last: a directory with NODE has all its shard directories).
-fn create(dir: &Path, shards: u32) -> anyhow::Result<()> {
+fn create(dir: &Path, shards: u32, cluster: Option<&ClusterIdentity>) -> anyhow::Result<()> {
     for shard in 0..shards {
         let path = shard_dir(dir, shard);
         std::fs::create_dir_all(&path)
@@ -211,10 +326,16 @@ fn create(dir: &Path, shards: u32) -> anyhow::Result<()> {
     let temporary = dir.join("NODE.tmp");
     let write = || -> std::io::Result<()> {
         let file = File::create(&temporary)?;
-        std::io::Write::write_all(
-            &mut &file,
-            format!("format 1\nshards {shards}\n").as_bytes(),
-        )?;
+        let mut text = format!("format 1\nshards {shards}\n");
+        if let Some(cluster) = cluster {
+            text.push_str(&format!(
+                "cluster {:016x}\nnode {}\nmembers {}\n",
+                cluster.cluster_id,
+                cluster.node_id,
+                members_text(&cluster.members)
+            ));
+        }
+        std::io::Write::write_all(&mut &file, text.as_bytes())?;
         file.sync_all()?;
         std::fs::rename(&temporary, &path)?;
         File::open(dir)?.sync_all()
@@ -231,7 +352,7 @@ pub fn verify(path: &Path) -> anyhow::Result<bool> {
     }
     let _lock = lock(path)?;
     let shards = match read_node(path) {
-        Ok(Some(shards)) => shards,
+        Ok(Some(node)) => node.shards,
         Ok(None) => bail!("{} holds no kvs data (no NODE file)", path.display()),
         Err(problem) => {
             println!("PROBLEM: {problem:#}");

@@ -88,6 +88,9 @@ pub struct ShardDriver<D: LogDisk + Clone, R> {
     /// Group writes handed out and not yet reported.
     writes_in_flight: usize,
     last_reopen: Option<Duration>,
+    /// What a tick settled (reads a deposed leader refuses), handed out by the next
+    /// [`ShardDriver::run_ready`].
+    settled_on_tick: Output<R>,
 }
 
 impl<D: LogDisk + Clone, R> ShardDriver<D, R> {
@@ -100,6 +103,7 @@ impl<D: LogDisk + Clone, R> ShardDriver<D, R> {
             took_writes: true,
             writes_in_flight: 0,
             last_reopen: None,
+            settled_on_tick: Output::default(),
         }
     }
 
@@ -117,6 +121,9 @@ impl<D: LogDisk + Clone, R> ShardDriver<D, R> {
     /// new one).
     pub async fn tick(&mut self, now: Duration) -> bool {
         self.shard.tick();
+        // Leadership may have changed (check-quorum stepped down): reads wait no longer.
+        let settled = self.shard.after_raft();
+        self.settled_on_tick.extend(settled);
         self.shard.trim_log().await;
         let retry = self.shard.failed()
             && self.writes_in_flight == 0
@@ -132,7 +139,7 @@ impl<D: LogDisk + Clone, R> ShardDriver<D, R> {
 
     /// Begins Raft's ready work while the log has room, and applies what is committed.
     pub async fn run_ready(&mut self) -> ReadyRun<R, D::File> {
-        let mut output = Output::default();
+        let mut output = std::mem::take(&mut self.settled_on_tick);
         let mut writes = Vec::new();
         while self.shard.can_begin_ready() {
             let (write, begun) = self.shard.begin_ready().await;
@@ -173,8 +180,22 @@ impl<D: LogDisk + Clone, R> ShardDriver<D, R> {
             if let Some(batch) = round.batch.take() {
                 output.extend(self.shard.propose(batch));
             }
+            // A cluster's leader asks Raft to confirm the reads it took.
+            output.extend(self.shard.after_raft());
         }
         Taken { output, took }
+    }
+
+    /// Takes Raft messages from the group's other members; returns what they settled (reads
+    /// confirmed or refused).
+    pub fn step(
+        &mut self,
+        messages: impl IntoIterator<Item = raft::eraftpb::Message>,
+    ) -> Output<R> {
+        for message in messages {
+            self.shard.step(message);
+        }
+        self.shard.after_raft()
     }
 
     /// Takes the outcome of the oldest group write handed out.

@@ -26,6 +26,7 @@ pub mod node;
 pub mod peer;
 pub mod pending;
 pub mod raft_logger;
+pub mod read_index;
 pub mod resp_keyspace;
 pub mod resp_reply;
 pub mod resp_server;

@@ -19,10 +19,13 @@ use kvs_core::log::GroupWritten;
 use kvs_core::store::page::PAGE_SIZE;
 use kvs_core::store::{PagedStore, StoreConfig};
 
+use crate::cluster::codec::PeerFrame;
+use crate::cluster::transport::{answer_hello, Links, LocalNode};
 use crate::config::Config;
 use crate::data_dir::{allowed_cpus, DataDir};
 use crate::driver::{CheckpointPolicy, ShardDriver, Wake, REOPEN_INTERVAL};
 use crate::log_io::{DmaDisk, DmaLogFile};
+use crate::peer::Membership;
 use crate::route::{CoreContext, RemoteReply, RemoteRequest, ReplyTo, ShardQueue};
 use crate::runtime::{
     cross_core_channel, spawn_executor, spawn_local, wait, JoinHandle, Receiver, Sender,
@@ -37,8 +40,6 @@ use crate::spread::{ConnectionCounts, ConnectionSlot};
 const CROSS_CORE_CHANNEL_CAPACITY: usize = 16 * 1024;
 /// Accepted connections that may wait for another core to take them.
 const HANDOFF_CHANNEL_CAPACITY: usize = 1024;
-/// Raft's tick: election and heartbeat timeouts are counted in these.
-const RAFT_TICK: Duration = Duration::from_millis(100);
 /// How often an executor looks at the process-wide stop flag.
 const STOP_POLL: Duration = Duration::from_millis(20);
 /// How long a stopping node waits for clients to take their last replies.
@@ -74,6 +75,51 @@ struct CoreSetup {
     /// Whether to serve, once every shard has opened ([`START_SERVE`]), or to stop because
     /// one failed to ([`START_ABORT`]): a node never serves some shards while others failed.
     start: Arc<AtomicU8>,
+    /// Raft's tick (the heartbeat interval): election timeouts are counted in these.
+    tick: Duration,
+    membership: Membership,
+    /// Set for a node of a cluster.
+    cluster: Option<CoreCluster>,
+}
+
+/// A core's part of the cluster: who this node is, the members, the peer listener, and the
+/// links other cores accepted for this one.
+struct CoreCluster {
+    local: LocalNode,
+    members: Vec<(u64, SocketAddr)>,
+    peer_listener: TcpListener,
+    handoff_senders: Vec<Option<Sender<PeerHandoff>>>,
+    handoff_receivers: Vec<Receiver<PeerHandoff>>,
+    leaders: Arc<LeaderWatch>,
+}
+
+/// A peer link accepted and greeted by one core, on its way to the core it is for.
+struct PeerHandoff {
+    stream: TcpStream,
+    hello: PeerFrame,
+    buffer: Vec<u8>,
+    filled: usize,
+}
+
+/// Which local shards know their group's leader; says `ready` once all do.
+struct LeaderWatch {
+    known: Vec<std::sync::atomic::AtomicBool>,
+    announced: AtomicBool,
+}
+
+impl LeaderWatch {
+    fn set(&self, core: usize, knows: bool) {
+        self.known[core].store(knows, Ordering::SeqCst);
+        if knows
+            && self.known.iter().all(|k| k.load(Ordering::SeqCst))
+            && !self.announced.swap(true, Ordering::SeqCst)
+        {
+            tracing::info!(
+                shards = self.known.len(),
+                "ready: every local shard knows its leader"
+            );
+        }
+    }
 }
 
 const START_WAIT: u8 = 0;
@@ -109,13 +155,82 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     }
     let native_listener = bind(config.listen)?;
     let resp_listener = config.resp_listen.map(bind).transpose()?;
+    let mut peer_listener = config
+        .cluster
+        .as_ref()
+        .map(|c| bind(c.peer_listen))
+        .transpose()?;
     let listen = native_listener.local_addr()?;
     let resp_listen = resp_listener.as_ref().map(|l| l.local_addr()).transpose()?;
     // Only now the data directory: a start that cannot listen leaves nothing behind.
-    let data_dir = DataDir::open(&config.data_dir, config.shards)?;
+    let data_dir = DataDir::open(&config.data_dir, config.shards, config.cluster.as_ref())?;
     let shard_count = data_dir.shards;
-
     let n = shard_count as usize;
+    // Election timeout in ticks, drawn from [t, 2t) after each reset.
+    let ticks = (config.election_timeout.as_millis() / config.heartbeat_interval.as_millis().max(1))
+        .max(3) as usize;
+    let membership = match &data_dir.cluster {
+        None => Membership::single(),
+        Some(identity) => {
+            if peer_listener.is_none() {
+                // Restarted without --initial-cluster: listen where the members list it.
+                let (_, addr) = identity
+                    .members
+                    .iter()
+                    .find(|(id, _)| *id == identity.node_id)
+                    .expect("a data directory's node is one of its members");
+                peer_listener = Some(bind(*addr)?);
+            }
+            Membership {
+                id: identity.node_id,
+                voters: identity.members.iter().map(|(id, _)| *id).collect(),
+                election_ticks: (ticks, 2 * ticks),
+            }
+        }
+    };
+    let leaders = Arc::new(LeaderWatch {
+        known: (0..n).map(|_| AtomicBool::new(false)).collect(),
+        announced: AtomicBool::new(false),
+    });
+    let mut core_clusters: Vec<Option<CoreCluster>> = Vec::with_capacity(n);
+    for _ in 0..n {
+        let cluster = match (&data_dir.cluster, &peer_listener) {
+            (Some(identity), Some(listener)) => Some(CoreCluster {
+                local: LocalNode {
+                    cluster_id: identity.cluster_id,
+                    node_id: identity.node_id,
+                    shard_count,
+                    client_addr: listen.to_string(),
+                    resp_addr: resp_listen.map(|a| a.to_string()).unwrap_or_default(),
+                },
+                members: identity.members.clone(),
+                peer_listener: listener.try_clone()?,
+                handoff_senders: (0..n).map(|_| None).collect(),
+                handoff_receivers: Vec::new(),
+                leaders: Arc::clone(&leaders),
+            }),
+            _ => None,
+        };
+        core_clusters.push(cluster);
+    }
+    drop(peer_listener);
+    for from in 0..n {
+        for to in 0..n {
+            if from != to && core_clusters[from].is_some() {
+                let (sender, receiver) = cross_core_channel(HANDOFF_CHANNEL_CAPACITY);
+                core_clusters[from]
+                    .as_mut()
+                    .expect("checked")
+                    .handoff_senders[to] = Some(sender);
+                core_clusters[to]
+                    .as_mut()
+                    .expect("every core")
+                    .handoff_receivers
+                    .push(receiver);
+            }
+        }
+    }
+
     let cpus = allowed_cpus();
     let connection_counts = Arc::new(ConnectionCounts::new(n));
     let scan_cursors = Arc::new(ScanCursors::new(
@@ -134,7 +249,11 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     core_listeners.push((native_listener, resp_listener));
     let mut setups: Vec<CoreSetup> = (0..n)
         .zip(core_listeners)
-        .map(|(core, (listener, resp_listener))| CoreSetup {
+        .zip(core_clusters)
+        .map(|((core, (listener, resp_listener)), cluster)| CoreSetup {
+            tick: config.heartbeat_interval,
+            membership: membership.clone(),
+            cluster,
             core,
             shard_count,
             cpu: if cpus.is_empty() {
@@ -266,6 +385,32 @@ async fn core_main(setup: CoreSetup) {
         let ctx = Rc::clone(&ctx);
         on_each(receiver, move |handoff| serve(&ctx, handoff));
     }
+    let cluster = setup.cluster.map(|cluster| {
+        let wake = Rc::clone(&queue);
+        let links = Rc::new(Links::new(
+            core as u32,
+            cluster.local,
+            &cluster.members,
+            Box::new(move || {
+                wake.notify.notify();
+                wake.read_arrived.notify();
+            }),
+        ));
+        for receiver in cluster.handoff_receivers {
+            let links = Rc::clone(&links);
+            on_each(receiver, move |link: PeerHandoff| {
+                let serve = Rc::clone(&links).serve_incoming(
+                    link.stream,
+                    link.hello,
+                    link.buffer,
+                    link.filled,
+                );
+                spawn_local(serve).detach();
+            });
+        }
+        let senders = Rc::new(cluster.handoff_senders);
+        (links, cluster.peer_listener, senders, cluster.leaders)
+    });
     let handoff_senders = Rc::new(setup.handoff_senders);
     let mut listeners = vec![(setup.listener, Protocol::Native)];
     if let Some(listener) = setup.resp_listener {
@@ -298,10 +443,11 @@ async fn core_main(setup: CoreSetup) {
     }
     let tick_due = Rc::new(std::cell::Cell::new(false));
     {
+        let tick = setup.tick;
         let (ctx, tick_due) = (Rc::clone(&ctx), Rc::clone(&tick_due));
         spawn_local(async move {
             while !ctx.stopping.get() {
-                wait(RAFT_TICK).await;
+                wait(tick).await;
                 tick_due.set(true);
                 ctx.queue.notify.notify();
                 ctx.queue.read_arrived.notify();
@@ -331,6 +477,16 @@ async fn core_main(setup: CoreSetup) {
         })
         .collect();
     tracing::debug!(core, "shard serving");
+    let peer_acceptor = cluster.as_ref().map(|(links, listener, senders, _)| {
+        links.start();
+        let listener = listener.try_clone().expect("a peer listener handle");
+        spawn_local(peer_accept_loop(
+            Rc::clone(&ctx),
+            Rc::clone(links),
+            listener,
+            Rc::clone(senders),
+        ))
+    });
 
     let current_store = Rc::new(RefCell::new(Rc::clone(shard.store())));
     let failed = Rc::new(Cell::new(false));
@@ -346,8 +502,17 @@ async fn core_main(setup: CoreSetup) {
         Rc::clone(&current_store),
     ))
     .detach();
-    shard_loop(&ctx, shard, &tick_due, &current_store, &failed).await;
+    let links = cluster
+        .as_ref()
+        .map(|(links, _, _, leaders)| (links, &**leaders));
+    shard_loop(&ctx, shard, &tick_due, &current_store, &failed, links).await;
     for acceptor in acceptors {
+        acceptor.await;
+    }
+    if let Some((links, ..)) = &cluster {
+        links.stop();
+    }
+    if let Some(acceptor) = peer_acceptor {
         acceptor.await;
     }
     ctx.connection_counts.set_serving(core, false);
@@ -358,9 +523,14 @@ async fn open_shard(setup: &CoreSetup) -> Result<ShardCore<DmaDisk, ReplyTo>, St
     let disk = DmaDisk::new(&setup.shard_dir)
         .map_err(|e| format!("cannot create {}: {e}", setup.shard_dir.display()))?;
     let started = std::time::Instant::now();
-    let shard = ShardCore::open(disk, setup.core as u32, setup.store)
-        .await
-        .map_err(|e| format!("shard {} cannot start: {e}", setup.core))?;
+    let shard = ShardCore::open_member(
+        disk,
+        setup.core as u32,
+        setup.store,
+        setup.membership.clone(),
+    )
+    .await
+    .map_err(|e| format!("shard {} cannot start: {e}", setup.core))?;
     let info = shard.info();
     tracing::info!(
         shard = setup.core,
@@ -479,6 +649,57 @@ async fn accept_loop(
     }
 }
 
+/// Accepts links from other nodes on this core's handle of the peer listener, greets them,
+/// and hands each to the core it is for.
+async fn peer_accept_loop(
+    ctx: Rc<CoreContext>,
+    links: Rc<Links>,
+    listener: TcpListener,
+    senders: Rc<Vec<Option<Sender<PeerHandoff>>>>,
+) {
+    loop {
+        if ctx.stopping.get() {
+            break;
+        }
+        let stopped = async {
+            ctx.stop.notified().await;
+            None
+        };
+        let accepted =
+            futures_lite::future::or(async { Some(listener.accept().await) }, stopped).await;
+        let stream = match accepted {
+            None => break,
+            Some(Ok(stream)) => stream,
+            Some(Err(error)) => {
+                tracing::warn!(%error, "peer accept failed");
+                wait(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let (links, senders) = (Rc::clone(&links), Rc::clone(&senders));
+        spawn_local(async move {
+            let _ = stream.set_nodelay(true);
+            let Some((hello, core, buffer, filled)) = answer_hello(&links, &stream).await else {
+                return;
+            };
+            match senders.get(core as usize).and_then(Option::as_ref) {
+                None => spawn_local(links.serve_incoming(stream, hello, buffer, filled)).detach(),
+                Some(sender) => {
+                    let link = PeerHandoff {
+                        stream,
+                        hello,
+                        buffer,
+                        filled,
+                    };
+                    // A core that has stopped drops the link; its caller dials again.
+                    let _ = sender.send(link).await;
+                }
+            }
+        })
+        .detach();
+    }
+}
+
 /// Drives the shard: an event loop over arriving requests, completed group writes and Raft
 /// ticks, with no step that waits for the disk; the decisions are `driver::ShardDriver`'s.
 /// Group writes run as tasks of their own and are reported in log order.
@@ -488,8 +709,10 @@ async fn shard_loop(
     tick_due: &Cell<bool>,
     current_store: &RefCell<Rc<Store>>,
     failed: &Cell<bool>,
+    links: Option<(&Rc<Links>, &LeaderWatch)>,
 ) {
     let started = Instant::now();
+    let mut knew_leader = false;
     let disk_reads = shard.disk_reads();
     let mut driver = ShardDriver::new(shard);
     // Group writes in flight, oldest first: reported to the driver in this order.
@@ -497,6 +720,16 @@ async fn shard_loop(
     loop {
         if tick_due.replace(false) && driver.tick(started.elapsed()).await {
             *current_store.borrow_mut() = Rc::clone(driver.shard().store());
+        }
+        if let Some((links, _)) = links {
+            for (node, addr) in links.take_learned() {
+                driver.shard_mut().set_node_addr(node, addr);
+            }
+            let inbox = links.take_inbox();
+            if !inbox.is_empty() {
+                let out = driver.step(inbox);
+                deliver(ctx, current_store, &disk_reads, out).await;
+            }
         }
         // Groups already written, in log order (a busy loop must not wait to see them).
         while let Some(oldest) = in_flight.front_mut() {
@@ -509,6 +742,19 @@ async fn shard_loop(
         let ready = driver.run_ready().await;
         for write in ready.writes {
             in_flight.push_back(spawn_local(write.write()));
+        }
+        if let Some((links, leaders)) = links {
+            // A leader's appends leave before its own write completes; a follower's replies
+            // once what they answer is persisted (the peer holds them until then).
+            let group = u64::from(ctx.core as u32);
+            for message in driver.shard_mut().take_messages() {
+                links.send(group, message);
+            }
+            let knows = driver.shard().leader().is_some();
+            if knows != knew_leader {
+                knew_leader = knows;
+                leaders.set(ctx.core, knows);
+            }
         }
         deliver(ctx, current_store, &disk_reads, ready.output).await;
         // The queue is shared with this core's connections: borrowed only while nothing waits.
@@ -531,7 +777,10 @@ async fn shard_loop(
             Wake::AnyRequest => ctx.queue.notify.notified(),
             Wake::Read => ctx.queue.read_arrived.notified(),
         };
-        if driver.has_work(&ctx.queue.items.borrow()) || tick_due.get() {
+        if driver.has_work(&ctx.queue.items.borrow())
+            || tick_due.get()
+            || links.is_some_and(|(links, _)| links.has_inbox())
+        {
             continue;
         }
         let written = match in_flight.front_mut() {

@@ -112,9 +112,11 @@ pub struct Peer<D: LogDisk> {
     store: Rc<PagedStore<D::File>>,
     /// The log is deleted up to here (the newest durable checkpoint it was trimmed to).
     log_trimmed_through: u64,
-    /// Once leader, the index of its first entry: the shard serves when that is applied, so a
-    /// restarted shard answers nothing before its whole log is applied.
-    serving_from: Option<u64>,
+    /// Once leader, the term it leads and the index of its first entry of that term: the
+    /// shard serves when that is applied, so a restarted shard answers nothing before its
+    /// whole log is applied, and a leader asks Raft to confirm reads (ReadIndex) only once it
+    /// has committed an entry of its term (raft-rs drops the request before).
+    serving_from: Option<(u64, u64)>,
     /// Readies advanced but not yet known persisted, oldest first.
     unpersisted: VecDeque<Unpersisted>,
     /// The term and vote last written to the log.
@@ -330,7 +332,8 @@ impl<D: LogDisk> Peer<D> {
 
     /// Whether the shard may serve: it leads and has applied everything from before.
     pub fn is_serving(&self) -> bool {
-        matches!(self.serving_from, Some(index) if self.store.applied_index() >= index)
+        matches!(self.serving_from, Some((term, index))
+            if term == self.node.raft.term && self.store.applied_index() >= index)
             && self.node.raft.state == StateRole::Leader
     }
 
@@ -498,8 +501,9 @@ impl<D: LogDisk> Peer<D> {
             after_persisted,
         });
         self.settle(None);
-        if self.serving_from.is_none() && self.is_leader() {
-            self.serving_from = Some(self.node.raft.raft_log.last_index());
+        let term = self.node.raft.term;
+        if self.is_leader() && self.serving_from.is_none_or(|(led, _)| led != term) {
+            self.serving_from = Some((term, self.node.raft.raft_log.last_index()));
         }
         Ok(ReadyWork { write, committed })
     }

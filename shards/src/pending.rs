@@ -61,7 +61,7 @@ impl<R, Q> Pending<R, Q> {
         self.unapplied.get(&origin).copied()
     }
 
-    /// Records a proposal. Indexes only grow.
+    /// Records a proposal. Indexes only grow (see [`Pending::take_from`]).
     pub fn add(&mut self, proposal: Proposal<R, Q>) {
         if let Some(last) = self.proposals.back() {
             assert!(
@@ -100,6 +100,27 @@ impl<R, Q> Pending<R, Q> {
             for origin in &proposal.origins {
                 if self.unapplied.get(origin) == Some(&proposal.index) {
                     self.unapplied.remove(origin);
+                }
+            }
+        }
+        taken
+    }
+
+    /// Takes the proposals at or after `index`: a new proposal got that index, so this
+    /// peer's log no longer holds theirs (another leader's entries replaced them while this
+    /// one did not lead).
+    pub fn take_from(&mut self, index: u64) -> Vec<Proposal<R, Q>> {
+        let keep = self
+            .proposals
+            .iter()
+            .take_while(|p| p.index < index)
+            .count();
+        let taken: Vec<Proposal<R, Q>> = self.proposals.drain(keep..).collect();
+        if !taken.is_empty() {
+            self.unapplied.clear();
+            for proposal in &self.proposals {
+                for &origin in &proposal.origins {
+                    self.unapplied.insert(origin, proposal.index);
                 }
             }
         }
@@ -163,5 +184,21 @@ mod tests {
         let mut pending: Pending<u32, Read> = Pending::default();
         pending.add(proposal(5, &[1]));
         pending.add(proposal(4, &[1]));
+    }
+
+    #[test]
+    fn proposals_a_new_leader_replaced_are_taken_from_their_index() {
+        let mut pending: Pending<u32, Read> = Pending::default();
+        pending.add(proposal(5, &[1]));
+        pending.add(proposal(6, &[1, 2]));
+        pending.add(proposal(7, &[2]));
+        let replaced = pending.take_from(6);
+        assert_eq!(replaced.iter().map(|p| p.index).collect::<Vec<_>>(), [6, 7]);
+        assert_eq!(pending.newest_unapplied(1), Some(5));
+        assert_eq!(pending.newest_unapplied(2), None);
+        pending.add(proposal(6, &[2]));
+        assert_eq!(pending.newest_unapplied(2), Some(6));
+        assert!(pending.take_from(9).is_empty());
+        assert_eq!(pending.len(), 2);
     }
 }

@@ -40,9 +40,10 @@ use kvs_core::store::{StoreConfig, StoreError};
 use kvs_wire::ErrorCode;
 use serde::Serialize;
 
-use crate::peer::{Peer, PeerError, PeerStatus};
+use crate::peer::{Membership, Peer, PeerError, PeerStatus};
 use crate::pending::{Pending, Proposal};
-use raft::eraftpb::Entry;
+use crate::read_index::ReadIndexQueue;
+use raft::eraftpb::{Entry, Message};
 
 /// Reads of one round in flight at once.
 pub const READS_IN_FLIGHT: usize = 128;
@@ -356,6 +357,11 @@ pub struct ShardCore<D: LogDisk + Clone, R> {
     disk_reads: DiskReads,
     /// More queued requests than this start a further group while one is in flight.
     pipeline_when_queued: usize,
+    membership: Membership,
+    /// Reads a cluster's leader holds until Raft confirms them (ReadIndex).
+    reads: ReadIndexQueue<ShardRequest<R>>,
+    /// Where the other nodes serve clients, for the hint in NOT_LEADER.
+    node_addrs: std::collections::HashMap<u64, String>,
 }
 
 /// Replies a step produced, and reads to answer in tasks of their own (they need the disk,
@@ -429,8 +435,24 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
         shard: u32,
         config: StoreConfig,
     ) -> Result<ShardCore<D, R>, PeerError> {
-        let peer = Self::open_peer(disk.clone(), shard, config).await?;
+        ShardCore::open_member(disk, shard, config, Membership::single()).await
+    }
+
+    /// Like [`ShardCore::open`], as one member of a replicated group. It then answers
+    /// requests only while it leads: reads once Raft confirmed its leadership (ReadIndex),
+    /// and NOT_LEADER (naming the leader) or NO_QUORUM (no leader known) otherwise, before
+    /// anything is proposed.
+    pub async fn open_member(
+        disk: D,
+        shard: u32,
+        config: StoreConfig,
+        membership: Membership,
+    ) -> Result<ShardCore<D, R>, PeerError> {
+        let peer = Self::open_peer(disk.clone(), shard, config, &membership).await?;
         Ok(ShardCore {
+            membership,
+            reads: ReadIndexQueue::default(),
+            node_addrs: std::collections::HashMap::new(),
             shard,
             disk,
             config,
@@ -444,12 +466,18 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
         })
     }
 
-    async fn open_peer(disk: D, shard: u32, config: StoreConfig) -> Result<Peer<D>, PeerError> {
-        let mut peer = Peer::open(disk, shard, config).await?;
+    async fn open_peer(
+        disk: D,
+        shard: u32,
+        config: StoreConfig,
+        membership: &Membership,
+    ) -> Result<Peer<D>, PeerError> {
+        let mut peer = Peer::open_member(disk, shard, config, membership.clone()).await?;
         // A group of one elects itself; the first Ready persists the new term and the
-        // leader's no-op, and applies the recovered log.
+        // leader's no-op, and applies the recovered log. A larger group's member applies
+        // what its log holds as committed and waits for an election.
         peer.handle_ready().await?;
-        if !peer.is_serving() {
+        if membership.voters.len() == 1 && !peer.is_serving() {
             return Err(PeerError::Apply {
                 index: 0,
                 detail: "a single-voter group did not lead after its first Ready".into(),
@@ -481,7 +509,7 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
         );
         // The old store's checkpoint must not write while the new store owns the file.
         self.peer.store().wait_idle().await;
-        match Self::open_peer(self.disk.clone(), self.shard, self.config).await {
+        match Self::open_peer(self.disk.clone(), self.shard, self.config, &self.membership).await {
             Ok(peer) => {
                 tracing::info!(shard = self.shard, "shard reopened; it takes writes again");
                 self.peer = peer;
@@ -509,6 +537,98 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
 
     pub fn tick(&mut self) {
         self.peer.tick();
+    }
+
+    /// Whether this shard is one member of a replicated group.
+    pub fn is_replicated(&self) -> bool {
+        self.membership.voters.len() > 1
+    }
+
+    /// The group's leader as this member knows it.
+    pub fn leader(&self) -> Option<u64> {
+        self.peer.leader()
+    }
+
+    /// Takes a Raft message from another member; one that does not fit (meant for another
+    /// node) is dropped with a log line.
+    pub fn step(&mut self, message: Message) {
+        if let Err(error) = self.peer.step(message) {
+            tracing::debug!(shard = self.shard, %error, "raft message dropped");
+        }
+    }
+
+    /// The Raft messages to send now, in order.
+    pub fn take_messages(&mut self) -> Vec<Message> {
+        self.peer.take_messages()
+    }
+
+    /// Records where node `node` serves clients, for NOT_LEADER hints.
+    pub fn set_node_addr(&mut self, node: u64, addr: String) {
+        self.node_addrs.insert(node, addr);
+    }
+
+    /// The answer to a request this member cannot serve because it does not lead: surely
+    /// not applied (nothing was proposed), so the client may send it elsewhere.
+    fn not_leader(&self) -> ShardReply {
+        match self.peer.leader().filter(|&id| id != self.peer.id()) {
+            Some(leader) => {
+                let at = self
+                    .node_addrs
+                    .get(&leader)
+                    .map(|addr| format!(" at {addr}"))
+                    .unwrap_or_default();
+                ShardReply::Error(
+                    ErrorCode::NotLeader,
+                    format!(
+                        "shard {}: this node does not lead it; the leader is node {leader}{at}",
+                        self.shard
+                    ),
+                )
+            }
+            None => ShardReply::Error(
+                ErrorCode::NoQuorum,
+                format!(
+                    "shard {}: no leader (an election is under way, or this node cannot reach \
+                     a majority of the cluster); nothing was done",
+                    self.shard
+                ),
+            ),
+        }
+    }
+
+    /// After Raft stepped, ticked or applied: confirms held reads (ReadIndex), answers those
+    /// whose index is applied, fails those a deposed leader will never confirm, and asks
+    /// for the ones gathered since.
+    pub fn after_raft(&mut self) -> Output<R> {
+        let mut output = Output::default();
+        if !self.is_replicated() {
+            return output;
+        }
+        for state in self.peer.take_read_states() {
+            self.reads.confirm(&state.request_ctx, state.index);
+        }
+        if !self.peer.is_leader() && self.reads.has_unconfirmed() {
+            for read in self.reads.take_unconfirmed() {
+                self.disk_reads.finish(read.origin);
+                output.replies.push((read.reply, self.not_leader()));
+            }
+        }
+        if self.peer.is_serving() {
+            if let Some(context) = self.reads.ask() {
+                self.peer.read_index(context);
+            }
+        }
+        for read in self.reads.take_applied(self.peer.store().applied_index()) {
+            match self.try_read(&read.op) {
+                Some(reply) => {
+                    self.disk_reads.finish(read.origin);
+                    output.replies.push((read.reply, reply));
+                }
+                // Already counted in `disk_reads`: whoever runs it reports it finished.
+                None => output.deferred.push(read),
+            }
+        }
+        output
     }
 
     pub fn status(&self) -> PeerStatus {
@@ -634,6 +754,17 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
                     self.pending.attach(index, request);
                     continue;
                 }
+                if self.is_replicated() && request.op != ShardOp::Info {
+                    if self.peer.is_leader() {
+                        // Answered once Raft confirms this node still leads; counted with
+                        // the disk reads so that its connection's next write waits for it.
+                        self.disk_reads.hand_out(std::slice::from_ref(&request));
+                        self.reads.gather(request);
+                    } else {
+                        replies.push((request.reply, self.not_leader()));
+                    }
+                    continue;
+                }
                 match self.try_read(&request.op) {
                     Some(reply) => replies.push((request.reply, reply)),
                     None => deferred.push(request),
@@ -642,6 +773,10 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
             };
             if let Some((code, message)) = &self.failed {
                 replies.push((request.reply, ShardReply::Error(*code, message.clone())));
+                continue;
+            }
+            if self.is_replicated() && !self.peer.is_leader() {
+                replies.push((request.reply, self.not_leader()));
                 continue;
             }
             // Dirty pages cannot be written out: take no new writes until a checkpoint
@@ -716,6 +851,12 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
         );
         match self.peer.propose(encoder.finish()) {
             Ok((index, term)) => {
+                // Proposals of an earlier term at this index or after it are gone from this
+                // peer's log: another leader's entries replaced them.
+                let mut output = Output::default();
+                for replaced in self.pending.take_from(index) {
+                    output.extend(self.replaced(replaced));
+                }
                 self.pending.add(Proposal {
                     index,
                     term,
@@ -723,7 +864,7 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
                     origins,
                     reads,
                 });
-                Output::default()
+                output
             }
             Err(error) => {
                 let code = error_code_of(&error);
@@ -809,27 +950,40 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
                             .zip(results)
                             .map(|(to, result)| (to, ShardReply::Written(result))),
                     );
+                    for read in proposal.reads {
+                        let reply = self.read(&read.op).await;
+                        output.replies.push((read.reply, reply));
+                    }
                 } else {
                     // Another leader's entry took its place.
-                    let message = format!(
-                        "outcome unknown: shard {}: entry {} of term {} was replaced \
-                         (leadership changed)",
-                        self.shard, proposal.index, proposal.term
-                    );
-                    output
-                        .replies
-                        .extend(proposal.writers.into_iter().map(|to| {
-                            (
-                                to,
-                                ShardReply::Error(ErrorCode::OutcomeUnknown, message.clone()),
-                            )
-                        }));
-                }
-                for read in proposal.reads {
-                    let reply = self.read(&read.op).await;
-                    output.replies.push((read.reply, reply));
+                    output.extend(self.replaced(proposal));
                 }
             }
+        }
+        output.extend(self.after_raft());
+        output
+    }
+
+    /// The answers of a proposal another leader's entry replaced in this peer's log: its
+    /// writers' outcome is unknown (the entry may survive on another node that becomes
+    /// leader), and its reads are refused, since this peer's state at that index says
+    /// nothing about writes the new leader acknowledged meanwhile.
+    fn replaced(&self, proposal: Proposal<R, ShardRequest<R>>) -> Output<R> {
+        let message = format!(
+            "outcome unknown: shard {}: entry {} of term {} was replaced (leadership changed)",
+            self.shard, proposal.index, proposal.term
+        );
+        let mut output = Output::default();
+        output
+            .replies
+            .extend(proposal.writers.into_iter().map(|to| {
+                (
+                    to,
+                    ShardReply::Error(ErrorCode::OutcomeUnknown, message.clone()),
+                )
+            }));
+        for read in proposal.reads {
+            output.replies.push((read.reply, self.not_leader()));
         }
         output
     }

@@ -40,6 +40,13 @@ pub enum PeerFrame {
         cluster_id: u64,
         node_id: u64,
         shard_count: u32,
+        /// The calling core: the link carries the messages of the groups that core hosts,
+        /// and the answering node hands it to its own core of that index.
+        core: u32,
+        /// Where the caller serves clients, for leader hints: its native address and its
+        /// RESP address (empty when it has none).
+        client_addr: String,
+        resp_addr: String,
     },
     /// The answer to a hello that was accepted: who answered.
     Welcome { node_id: u64 },
@@ -82,10 +89,16 @@ pub fn encode_frame(frame: &PeerFrame, out: &mut Vec<u8>) {
             cluster_id,
             node_id,
             shard_count,
+            core,
+            client_addr,
+            resp_addr,
         } => {
             put_u64(out, *cluster_id);
             put_u64(out, *node_id);
             out.extend_from_slice(&shard_count.to_le_bytes());
+            out.extend_from_slice(&core.to_le_bytes());
+            put_bytes(out, client_addr.as_bytes());
+            put_bytes(out, resp_addr.as_bytes());
         }
         PeerFrame::Welcome { node_id } => put_u64(out, *node_id),
         PeerFrame::Refused { reason } => put_bytes(out, reason.as_bytes()),
@@ -132,6 +145,9 @@ pub fn decode_frame(buf: &[u8]) -> Result<Option<(PeerFrame, usize)>, PeerDecode
             cluster_id: r.u64()?,
             node_id: r.u64()?,
             shard_count: r.u32()?,
+            core: r.u32()?,
+            client_addr: String::from_utf8_lossy(r.bytes()?).into_owned(),
+            resp_addr: String::from_utf8_lossy(r.bytes()?).into_owned(),
         },
         2 => PeerFrame::Welcome { node_id: r.u64()? },
         3 => PeerFrame::Refused {

@@ -53,6 +53,9 @@ fn every_frame_kind_round_trips() {
             cluster_id: 0xC1,
             node_id: 3,
             shard_count: 2,
+            core: 1,
+            client_addr: "127.0.0.1:7003".into(),
+            resp_addr: String::new(),
         },
         PeerFrame::Welcome { node_id: 1 },
         PeerFrame::Refused {

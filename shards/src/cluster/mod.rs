@@ -1,4 +1,6 @@
-//! What makes a node one of a cluster (issue 13; ADR 0015): so far the peer protocol's
-//! frames and the encoding of Raft messages in them.
+//! What makes a node one of a cluster (issue 13; ADR 0015): the peer protocol's frames and
+//! the encoding of Raft messages in them (`codec`), and the links between nodes that carry
+//! them (`transport`).
 
 pub mod codec;
+pub mod transport;

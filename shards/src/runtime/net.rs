@@ -76,6 +76,21 @@ pub struct TcpStream {
 }
 
 impl TcpStream {
+    /// Connects to `addr` on the executor's ring. The socket address lives in the op's slot
+    /// until the completion, so a dropped future (a timeout) leaves the kernel nothing freed.
+    pub async fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_cloexec(true)?;
+        // SAFETY: into_raw_fd hands over a descriptor we own.
+        let owned = unsafe { OwnedFd::from_raw_fd(socket.into_raw_fd()) };
+        let address = Box::new(socket2::SockAddr::from(addr));
+        let (pointer, length) = (address.as_ptr(), address.len());
+        let entry = opcode::Connect::new(fd(owned.as_raw_fd()), pointer, length).build();
+        let (result, _) = Op::submit_keeping(address, entry).finish_keeping().await;
+        io_result(result)?;
+        Ok(TcpStream { fd: owned })
+    }
+
     pub fn set_nodelay(&self, nodelay: bool) -> io::Result<()> {
         let value: libc::c_int = nodelay.into();
         // SAFETY: setsockopt reads size_of::<c_int>() bytes from a live value.

@@ -1,0 +1,470 @@
+//! The links between nodes (ADR 0015), one core's side of them: core i of each node dials
+//! core i of every other node, so a shard's Raft traffic goes from its core to the same core
+//! elsewhere without a hop between cores.
+//!
+//! A link is one-way. The dialing core sends a hello (cluster id, node id, shard count, its
+//! core, where it serves clients), reads the answer (welcome, or refused with a reason), and
+//! from then on only sends: each round's messages for that node in one frame. The answering
+//! node checks the hello, hands the link to its core of the same index, and from then on
+//! only reads, putting each message into that core's inbox for the shard loop. Messages from
+//! B to A travel on B's own link to A. A link that fails is dialled again with a growing
+//! pause (backoff); messages queued for a node that does not take them are bounded, and the
+//! newest beyond the bound are dropped: Raft resends what a peer did not acknowledge.
+
+use std::cell::{Cell, RefCell};
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use raft::eraftpb::Message;
+
+use super::codec::{decode_frame, encode_frame, PeerFrame, PEER_BODY_SIZE_MAX, PEER_HEADER_SIZE};
+use crate::local::Notify;
+use crate::runtime::{spawn_local, wait, TcpStream};
+
+/// Messages queued for one node beyond which new ones are dropped.
+const QUEUE_MAX: usize = 16 * 1024;
+/// First pause before dialling a failed link again, and the longest.
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// How long a dial, or the hello's answer, may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+/// A frame is cut after messages of about this many bytes (a round's appends to a node that
+/// fell behind can be many).
+const FRAME_BYTES_TARGET: usize = 8 << 20;
+/// The receive buffer a link starts with.
+const RECEIVE_BUFFER: usize = 64 * 1024;
+
+/// Who this node is, as its hellos say.
+#[derive(Debug, Clone)]
+pub struct LocalNode {
+    pub cluster_id: u64,
+    pub node_id: u64,
+    pub shard_count: u32,
+    pub client_addr: String,
+    /// Empty when the node has no RESP listener.
+    pub resp_addr: String,
+}
+
+/// Another node, as one core sees it.
+pub struct PeerNode {
+    pub id: u64,
+    pub peer_addr: SocketAddr,
+    /// Where it serves clients, from its hello (None until it has called).
+    pub client_addr: RefCell<Option<String>>,
+    pub resp_addr: RefCell<Option<String>>,
+    /// When a frame from it last arrived on this core.
+    pub last_heard: Cell<Option<Instant>>,
+    /// Whether this core's link to it is up.
+    pub connected: Cell<bool>,
+    /// Messages dropped because its queue was full.
+    pub dropped: Cell<u64>,
+    queue: RefCell<Vec<(u64, Message)>>,
+    queued: Notify,
+}
+
+/// One core's links: to every other node, and the inbox of what they sent it.
+pub struct Links {
+    pub core: u32,
+    pub local: LocalNode,
+    pub peers: Vec<Rc<PeerNode>>,
+    inbox: RefCell<Vec<Message>>,
+    /// Wakes the shard loop: a message arrived.
+    wake: Box<dyn Fn()>,
+    /// Addresses learned from hellos and not yet taken by the shard loop.
+    learned: RefCell<Vec<(u64, String)>>,
+    stopping: Cell<bool>,
+    stopped: Notify,
+}
+
+/// Why a hello is refused (also sent back to the caller).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Refusal(pub String);
+
+impl Links {
+    pub fn new(
+        core: u32,
+        local: LocalNode,
+        members: &[(u64, SocketAddr)],
+        wake: Box<dyn Fn()>,
+    ) -> Links {
+        let peers = members
+            .iter()
+            .filter(|(id, _)| *id != local.node_id)
+            .map(|&(id, peer_addr)| {
+                Rc::new(PeerNode {
+                    id,
+                    peer_addr,
+                    client_addr: RefCell::new(None),
+                    resp_addr: RefCell::new(None),
+                    last_heard: Cell::new(None),
+                    connected: Cell::new(false),
+                    dropped: Cell::new(0),
+                    queue: RefCell::new(Vec::new()),
+                    queued: Notify::new(),
+                })
+            })
+            .collect();
+        Links {
+            core,
+            local,
+            peers,
+            inbox: RefCell::new(Vec::new()),
+            wake,
+            learned: RefCell::new(Vec::new()),
+            stopping: Cell::new(false),
+            stopped: Notify::new(),
+        }
+    }
+
+    fn peer(&self, id: u64) -> Option<&Rc<PeerNode>> {
+        self.peers.iter().find(|p| p.id == id)
+    }
+
+    /// Queues `message` (of group `group`) for its node.
+    pub fn send(&self, group: u64, message: Message) {
+        let Some(peer) = self.peer(message.to) else {
+            tracing::warn!(
+                to = message.to,
+                "raft message for a node that is not a member"
+            );
+            return;
+        };
+        let mut queue = peer.queue.borrow_mut();
+        if queue.len() >= QUEUE_MAX {
+            peer.dropped.set(peer.dropped.get() + 1);
+            return;
+        }
+        queue.push((group, message));
+        drop(queue);
+        peer.queued.notify();
+    }
+
+    /// The messages that arrived since the last call, in arrival order.
+    pub fn take_inbox(&self) -> Vec<Message> {
+        std::mem::take(&mut *self.inbox.borrow_mut())
+    }
+
+    pub fn has_inbox(&self) -> bool {
+        !self.inbox.borrow().is_empty()
+    }
+
+    /// Client addresses learned since the last call: (node, native address).
+    pub fn take_learned(&self) -> Vec<(u64, String)> {
+        std::mem::take(&mut *self.learned.borrow_mut())
+    }
+
+    /// Ends every link task of this core.
+    pub fn stop(&self) {
+        self.stopping.set(true);
+        self.stopped.notify();
+        for peer in &self.peers {
+            peer.queued.notify();
+        }
+    }
+
+    /// Starts dialling every other node.
+    pub fn start(self: &Rc<Self>) {
+        for peer in &self.peers {
+            spawn_local(dial_loop(Rc::clone(self), Rc::clone(peer))).detach();
+        }
+    }
+
+    /// Checks a caller's hello against this node: the same cluster and shard count, a
+    /// member other than this node, a core this node has.
+    pub fn check_hello(&self, hello: &PeerFrame) -> Result<(u64, u32), Refusal> {
+        let PeerFrame::Hello {
+            cluster_id,
+            node_id,
+            shard_count,
+            core,
+            ..
+        } = hello
+        else {
+            return Err(Refusal("the first frame is not a hello".into()));
+        };
+        if *cluster_id != self.local.cluster_id {
+            return Err(Refusal(format!(
+                "node {node_id} is of cluster {cluster_id:016x}; this node is of {:016x}",
+                self.local.cluster_id
+            )));
+        }
+        if *node_id == self.local.node_id || self.peer(*node_id).is_none() {
+            return Err(Refusal(format!(
+                "node {node_id} is not another member of this cluster"
+            )));
+        }
+        if *shard_count != self.local.shard_count || *core >= *shard_count {
+            return Err(Refusal(format!(
+                "node {node_id} has {shard_count} shards (core {core}); this node has {}",
+                self.local.shard_count
+            )));
+        }
+        Ok((*node_id, *core))
+    }
+
+    /// Reads what a node that called this core sends, into the inbox, until the link ends.
+    pub async fn serve_incoming(
+        self: Rc<Self>,
+        stream: TcpStream,
+        hello: PeerFrame,
+        mut buffer: Vec<u8>,
+        mut filled: usize,
+    ) {
+        let PeerFrame::Hello {
+            node_id,
+            client_addr,
+            resp_addr,
+            ..
+        } = hello
+        else {
+            return;
+        };
+        let Some(peer) = self.peer(node_id).cloned() else {
+            return;
+        };
+        *peer.client_addr.borrow_mut() = Some(client_addr.clone());
+        *peer.resp_addr.borrow_mut() = (!resp_addr.is_empty()).then_some(resp_addr);
+        self.learned.borrow_mut().push((node_id, client_addr));
+        peer.last_heard.set(Some(Instant::now()));
+        (self.wake)();
+        loop {
+            let stopped = async {
+                self.stopped.notified().await;
+                Err(io::Error::other("stopping"))
+            };
+            if self.stopping.get() {
+                break;
+            }
+            let frame =
+                futures_lite::future::or(read_frame(&stream, &mut buffer, &mut filled), stopped)
+                    .await;
+            let messages = match frame {
+                Ok(PeerFrame::Raft(messages)) => messages,
+                Ok(other) => {
+                    tracing::warn!(node = node_id, ?other, "unexpected peer frame; link closed");
+                    break;
+                }
+                Err(error) => {
+                    tracing::debug!(node = node_id, %error, "incoming peer link ended");
+                    break;
+                }
+            };
+            peer.last_heard.set(Some(Instant::now()));
+            let mut inbox = self.inbox.borrow_mut();
+            for (group, message) in messages {
+                if group != u64::from(self.core) || message.to != self.local.node_id {
+                    tracing::warn!(
+                        node = node_id,
+                        group,
+                        to = message.to,
+                        core = self.core,
+                        "raft message for a group or node not here dropped"
+                    );
+                    continue;
+                }
+                inbox.push(message);
+            }
+            drop(inbox);
+            (self.wake)();
+        }
+    }
+}
+
+/// Answers a node that called this one: reads its hello, checks it, and sends a welcome
+/// (returned with the hello, the core it is for, and the bytes read after it) or a refusal
+/// (logged; None).
+pub async fn answer_hello(
+    links: &Links,
+    stream: &TcpStream,
+) -> Option<(PeerFrame, u32, Vec<u8>, usize)> {
+    let mut buffer = vec![0; 4096];
+    let mut filled = 0;
+    let hello = match with_timeout(
+        HANDSHAKE_TIMEOUT,
+        read_frame(stream, &mut buffer, &mut filled),
+    )
+    .await
+    {
+        Ok(hello) => hello,
+        Err(error) => {
+            tracing::warn!(%error, "peer link closed before its hello");
+            return None;
+        }
+    };
+    let mut out = Vec::new();
+    let core = match links.check_hello(&hello) {
+        Ok((_, core)) => {
+            encode_frame(
+                &PeerFrame::Welcome {
+                    node_id: links.local.node_id,
+                },
+                &mut out,
+            );
+            Some(core)
+        }
+        Err(Refusal(reason)) => {
+            tracing::warn!(%reason, "peer link refused");
+            encode_frame(&PeerFrame::Refused { reason }, &mut out);
+            None
+        }
+    };
+    with_timeout(HANDSHAKE_TIMEOUT, async { stream.send_all(out).await.0 })
+        .await
+        .ok()?;
+    Some((hello, core?, buffer, filled))
+}
+
+/// Reads the next frame from `stream` into `buffer` (holding `filled` bytes already).
+pub async fn read_frame(
+    stream: &TcpStream,
+    buffer: &mut Vec<u8>,
+    filled: &mut usize,
+) -> io::Result<PeerFrame> {
+    loop {
+        match decode_frame(&buffer[..*filled]) {
+            Ok(Some((frame, len))) => {
+                buffer.copy_within(len..*filled, 0);
+                *filled -= len;
+                return Ok(frame);
+            }
+            Ok(None) => {}
+            Err(error) => return Err(io::Error::new(io::ErrorKind::InvalidData, error)),
+        }
+        if *filled == buffer.len() {
+            let grown = (buffer.len() * 2)
+                .max(RECEIVE_BUFFER)
+                .min(PEER_HEADER_SIZE + PEER_BODY_SIZE_MAX);
+            buffer.resize(grown, 0);
+        }
+        let (result, back) = stream.recv(std::mem::take(buffer), *filled).await;
+        *buffer = back;
+        match result? {
+            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+            n => *filled += n,
+        }
+    }
+}
+
+/// Runs `future`, failing with TimedOut after `limit`.
+pub async fn with_timeout<T>(
+    limit: Duration,
+    future: impl std::future::Future<Output = io::Result<T>>,
+) -> io::Result<T> {
+    futures_lite::future::or(future, async {
+        wait(limit).await;
+        Err(io::ErrorKind::TimedOut.into())
+    })
+    .await
+}
+
+/// Keeps this core's link to `peer` up: dials, greets, sends what is queued; on failure,
+/// waits (doubling up to [`BACKOFF_MAX`]) and dials again.
+async fn dial_loop(links: Rc<Links>, peer: Rc<PeerNode>) {
+    let mut backoff = BACKOFF_MIN;
+    let mut last_error = String::new();
+    while !links.stopping.get() {
+        match with_timeout(HANDSHAKE_TIMEOUT, greet(&links, &peer)).await {
+            Ok(stream) => {
+                tracing::info!(node = peer.id, addr = %peer.peer_addr, core = links.core, "peer link up");
+                last_error.clear();
+                backoff = BACKOFF_MIN;
+                peer.connected.set(true);
+                let error = send_loop(&links, &peer, &stream).await;
+                peer.connected.set(false);
+                if !links.stopping.get() {
+                    tracing::info!(node = peer.id, core = links.core, %error, "peer link down");
+                }
+            }
+            Err(error) => {
+                // Said once per kind of failure, not once per dial.
+                let text = error.to_string();
+                if text != last_error {
+                    tracing::info!(node = peer.id, addr = %peer.peer_addr, core = links.core, error = %text, "cannot reach peer; retrying");
+                    last_error = text;
+                }
+            }
+        }
+        let stopped = links.stopped.notified();
+        if links.stopping.get() {
+            break;
+        }
+        futures_lite::future::or(wait(backoff), stopped).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// Dials `peer` and exchanges hello and welcome.
+async fn greet(links: &Links, peer: &PeerNode) -> io::Result<TcpStream> {
+    let stream = TcpStream::connect(peer.peer_addr).await?;
+    stream.set_nodelay(true)?;
+    let local = &links.local;
+    let mut out = Vec::new();
+    encode_frame(
+        &PeerFrame::Hello {
+            cluster_id: local.cluster_id,
+            node_id: local.node_id,
+            shard_count: local.shard_count,
+            core: links.core,
+            client_addr: local.client_addr.clone(),
+            resp_addr: local.resp_addr.clone(),
+        },
+        &mut out,
+    );
+    let (sent, _) = stream.send_all(out).await;
+    sent?;
+    let mut buffer = vec![0; 4096];
+    let mut filled = 0;
+    match read_frame(&stream, &mut buffer, &mut filled).await? {
+        PeerFrame::Welcome { node_id } if node_id == peer.id => Ok(stream),
+        PeerFrame::Welcome { node_id } => Err(io::Error::other(format!(
+            "{} answered as node {node_id}, not {}",
+            peer.peer_addr, peer.id
+        ))),
+        PeerFrame::Refused { reason } => Err(io::Error::other(format!("refused: {reason}"))),
+        other => Err(io::Error::other(format!("unexpected answer {other:?}"))),
+    }
+}
+
+/// Sends what is queued for `peer`, a frame per round, until the link fails or the node
+/// stops; returns why it ended.
+async fn send_loop(links: &Links, peer: &PeerNode, stream: &TcpStream) -> io::Error {
+    let mut out = Vec::new();
+    let mut batch = Vec::new();
+    loop {
+        let queued = peer.queued.notified();
+        if links.stopping.get() {
+            return io::Error::other("stopping");
+        }
+        std::mem::swap(&mut batch, &mut *peer.queue.borrow_mut());
+        if batch.is_empty() {
+            queued.await;
+            continue;
+        }
+        out.clear();
+        let mut frame = Vec::new();
+        let mut bytes = 0;
+        for (group, message) in batch.drain(..) {
+            bytes += 64
+                + message
+                    .entries
+                    .iter()
+                    .map(|e| e.data.len() + 32)
+                    .sum::<usize>();
+            frame.push((group, message));
+            if bytes >= FRAME_BYTES_TARGET {
+                encode_frame(&PeerFrame::Raft(std::mem::take(&mut frame)), &mut out);
+                bytes = 0;
+            }
+        }
+        if !frame.is_empty() {
+            encode_frame(&PeerFrame::Raft(frame), &mut out);
+        }
+        let (sent, back) = stream.send_all(std::mem::take(&mut out)).await;
+        out = back;
+        if let Err(error) = sent {
+            return error;
+        }
+    }
+}
