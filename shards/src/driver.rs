@@ -177,6 +177,7 @@ impl<D: LogDisk + Clone, R> ShardDriver<D, R> {
             }
             output.replies.append(&mut round.replies);
             output.deferred.append(&mut round.deferred);
+            output.forwards.append(&mut round.forwards);
             if let Some(batch) = round.batch.take() {
                 output.extend(self.shard.propose(batch));
             }

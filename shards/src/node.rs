@@ -20,6 +20,7 @@ use kvs_core::store::page::PAGE_SIZE;
 use kvs_core::store::{PagedStore, StoreConfig};
 
 use crate::cluster::codec::PeerFrame;
+use crate::cluster::forwarding::Forwarding;
 use crate::cluster::transport::{answer_hello, Links, LocalNode};
 use crate::config::Config;
 use crate::data_dir::{allowed_cpus, DataDir};
@@ -90,6 +91,14 @@ struct CoreCluster {
     peer_listener: TcpListener,
     handoff_senders: Vec<Option<Sender<PeerHandoff>>>,
     handoff_receivers: Vec<Receiver<PeerHandoff>>,
+    leaders: Arc<LeaderWatch>,
+}
+
+/// A core's side of the cluster while it serves: its links, its forwarded requests, and the
+/// node's watch of which shards know their leader.
+struct CoreLinks {
+    links: Rc<Links>,
+    forwarding: Forwarding,
     leaders: Arc<LeaderWatch>,
 }
 
@@ -409,7 +418,18 @@ async fn core_main(setup: CoreSetup) {
             });
         }
         let senders = Rc::new(cluster.handoff_senders);
-        (links, cluster.peer_listener, senders, cluster.leaders)
+        let answers = Rc::clone(&links);
+        let answer = move |node, id, reply| answers.answer(node, id, reply);
+        if ctx.peer_answers.set(Box::new(answer)).is_err() {
+            unreachable!("a core's answers are set once");
+        }
+        let members: Vec<u64> = cluster.members.iter().map(|(id, _)| *id).collect();
+        let core_links = CoreLinks {
+            forwarding: Forwarding::new(Rc::clone(&links), &members),
+            links,
+            leaders: cluster.leaders,
+        };
+        (core_links, cluster.peer_listener, senders)
     });
     let handoff_senders = Rc::new(setup.handoff_senders);
     let mut listeners = vec![(setup.listener, Protocol::Native)];
@@ -477,7 +497,8 @@ async fn core_main(setup: CoreSetup) {
         })
         .collect();
     tracing::debug!(core, "shard serving");
-    let peer_acceptor = cluster.as_ref().map(|(links, listener, senders, _)| {
+    let peer_acceptor = cluster.as_ref().map(|(core_links, listener, senders)| {
+        let links = &core_links.links;
         links.start();
         let listener = listener.try_clone().expect("a peer listener handle");
         spawn_local(peer_accept_loop(
@@ -502,15 +523,15 @@ async fn core_main(setup: CoreSetup) {
         Rc::clone(&current_store),
     ))
     .detach();
-    let links = cluster
-        .as_ref()
-        .map(|(links, _, _, leaders)| (links, &**leaders));
-    shard_loop(&ctx, shard, &tick_due, &current_store, &failed, links).await;
+    let mut shard = shard;
+    shard.set_forwarding(cluster.is_some());
+    let core_links = cluster.as_ref().map(|(core_links, _, _)| core_links);
+    shard_loop(&ctx, shard, &tick_due, &current_store, &failed, core_links).await;
     for acceptor in acceptors {
         acceptor.await;
     }
-    if let Some((links, ..)) = &cluster {
-        links.stop();
+    if let Some((core_links, ..)) = &cluster {
+        core_links.links.stop();
     }
     if let Some(acceptor) = peer_acceptor {
         acceptor.await;
@@ -709,8 +730,9 @@ async fn shard_loop(
     tick_due: &Cell<bool>,
     current_store: &RefCell<Rc<Store>>,
     failed: &Cell<bool>,
-    links: Option<(&Rc<Links>, &LeaderWatch)>,
+    cluster: Option<&CoreLinks>,
 ) {
+    let forwarding = cluster.map(|c| &c.forwarding);
     let started = Instant::now();
     let mut knew_leader = false;
     let disk_reads = shard.disk_reads();
@@ -721,14 +743,26 @@ async fn shard_loop(
         if tick_due.replace(false) && driver.tick(started.elapsed()).await {
             *current_store.borrow_mut() = Rc::clone(driver.shard().store());
         }
-        if let Some((links, _)) = links {
+        if let Some(cluster) = cluster {
+            let links = &cluster.links;
             for (node, addr) in links.take_learned() {
                 driver.shard_mut().set_node_addr(node, addr);
             }
             let inbox = links.take_inbox();
             if !inbox.is_empty() {
                 let out = driver.step(inbox);
-                deliver(ctx, current_store, &disk_reads, out).await;
+                deliver(ctx, current_store, &disk_reads, out, forwarding).await;
+            }
+            let requests = cluster.forwarding.take_requests();
+            if !requests.is_empty() {
+                ctx.queue.items.borrow_mut().extend(requests);
+            }
+            let mut answers = cluster.forwarding.take_answers();
+            if tick_due.get() {
+                answers.extend(cluster.forwarding.expire(Instant::now()));
+            }
+            for (to, reply) in answers {
+                ctx.reply(to, reply).await;
             }
         }
         // Groups already written, in log order (a busy loop must not wait to see them).
@@ -737,13 +771,21 @@ async fn shard_loop(
                 break;
             };
             in_flight.pop_front();
-            group_written(ctx, current_store, &mut driver, &mut in_flight, written).await;
+            group_written(
+                ctx,
+                current_store,
+                &mut driver,
+                &mut in_flight,
+                written,
+                forwarding,
+            )
+            .await;
         }
         let ready = driver.run_ready().await;
         for write in ready.writes {
             in_flight.push_back(spawn_local(write.write()));
         }
-        if let Some((links, leaders)) = links {
+        if let Some(CoreLinks { links, leaders, .. }) = cluster {
             // A leader's appends leave before its own write completes; a follower's replies
             // once what they answer is persisted (the peer holds them until then).
             let group = u64::from(ctx.core as u32);
@@ -756,10 +798,10 @@ async fn shard_loop(
                 leaders.set(ctx.core, knows);
             }
         }
-        deliver(ctx, current_store, &disk_reads, ready.output).await;
+        deliver(ctx, current_store, &disk_reads, ready.output, forwarding).await;
         // The queue is shared with this core's connections: borrowed only while nothing waits.
         let taken = driver.take_requests(&mut ctx.queue.items.borrow_mut());
-        deliver(ctx, current_store, &disk_reads, taken.output).await;
+        deliver(ctx, current_store, &disk_reads, taken.output, forwarding).await;
         failed.set(driver.shard().failed());
         if taken.took {
             continue;
@@ -779,7 +821,7 @@ async fn shard_loop(
         };
         if driver.has_work(&ctx.queue.items.borrow())
             || tick_due.get()
-            || links.is_some_and(|(links, _)| links.has_inbox())
+            || cluster.is_some_and(|c| c.links.has_inbox())
         {
             continue;
         }
@@ -804,7 +846,15 @@ async fn shard_loop(
         driver.woken();
         if let Some(written) = written {
             in_flight.pop_front();
-            group_written(ctx, current_store, &mut driver, &mut in_flight, written).await;
+            group_written(
+                ctx,
+                current_store,
+                &mut driver,
+                &mut in_flight,
+                written,
+                forwarding,
+            )
+            .await;
         }
     }
     // A checkpoint on the way out makes the next start-up quick.
@@ -830,9 +880,17 @@ async fn group_written(
     driver: &mut ShardDriver<DmaDisk, ReplyTo>,
     in_flight: &mut VecDeque<JoinHandle<GroupWritten>>,
     written: GroupWritten,
+    forwarding: Option<&Forwarding>,
 ) {
     let out = driver.written(written);
-    deliver(ctx, current_store, &driver.shard().disk_reads(), out).await;
+    deliver(
+        ctx,
+        current_store,
+        &driver.shard().disk_reads(),
+        out,
+        forwarding,
+    )
+    .await;
     if driver.shard().failed() {
         while let Some(oldest) = in_flight.pop_front() {
             let written = oldest.await;
@@ -847,12 +905,19 @@ async fn deliver(
     current_store: &RefCell<Rc<Store>>,
     disk_reads: &DiskReads,
     output: Output<ReplyTo>,
+    forwarding: Option<&Forwarding>,
 ) {
     for request in output.deferred {
         read_in_task(ctx, &current_store.borrow(), disk_reads, request);
     }
     for (to, reply) in output.replies {
         ctx.reply(to, reply).await;
+    }
+    for (node, request) in output.forwards {
+        let forwarding = forwarding.expect("only a node of a cluster forwards");
+        if let Some((to, reply)) = forwarding.send(node, request) {
+            ctx.reply(to, reply).await;
+        }
     }
 }
 

@@ -89,7 +89,13 @@ pub(crate) fn null(out: &mut Vec<u8>, resp3: bool) {
 
 /// A shard's typed error as a Redis error line: `-ERR DISK_FULL: ...`.
 pub(crate) fn error_line(out: &mut Vec<u8>, code: ErrorCode, message: &str) {
-    resp::error(out, &format!("ERR {code}: {message}"));
+    // A cluster's two errors a client must tell apart get prefixes of their own, as Redis
+    // gives MOVED or BUSY theirs: NOQUORUM surely did nothing; TIMEOUT may have.
+    match code {
+        ErrorCode::NoQuorum => resp::error(out, &format!("NOQUORUM {message}")),
+        ErrorCode::Timeout => resp::error(out, &format!("TIMEOUT {message}")),
+        _ => resp::error(out, &format!("ERR {code}: {message}")),
+    }
 }
 
 /// Renders a single-shard reply.

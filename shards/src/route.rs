@@ -54,7 +54,16 @@ impl Target {
 /// Where a shard sends a reply: to a target on its own core, or back to another core.
 pub enum ReplyTo {
     Local(Target),
-    Remote { core: usize, token: u64 },
+    Remote {
+        core: usize,
+        token: u64,
+    },
+    /// A request another node forwarded to this core's shard: the answer goes back over the
+    /// peer link to that node, which matches it by `id`.
+    Peer {
+        node: u64,
+        id: u64,
+    },
 }
 
 /// A request from another core's connection.
@@ -115,6 +124,9 @@ pub struct CoreContext {
     /// This core's open connections, to shut their receiving side when the node stops.
     connections: RefCell<HashMap<u64, std::os::fd::RawFd>>,
     next_connection: Cell<u64>,
+    /// Sends an answer to a forwarded request back to its node (set on a node of a
+    /// cluster).
+    pub peer_answers: std::cell::OnceCell<Box<dyn Fn(u64, u64, ShardReply)>>,
 }
 
 impl CoreContext {
@@ -141,6 +153,7 @@ impl CoreContext {
             scan_cursors,
             connections: RefCell::new(HashMap::new()),
             next_connection: Cell::new(0),
+            peer_answers: std::cell::OnceCell::new(),
         }
     }
 
@@ -231,6 +244,13 @@ impl CoreContext {
         let (core, token) = match to {
             ReplyTo::Local(target) => return target.deliver(reply),
             ReplyTo::Remote { core, token } => (core, token),
+            ReplyTo::Peer { node, id } => {
+                let answer = self
+                    .peer_answers
+                    .get()
+                    .expect("only a node of a cluster takes forwarded requests");
+                return answer(node, id, reply);
+            }
         };
         // A full channel makes this wait for room: replies are never dropped.
         let sent = self

@@ -53,6 +53,9 @@ pub const READS_IN_FLIGHT: usize = 128;
 /// before they send the next request (document coordinators), which need no ordering.
 pub type Origin = u64;
 pub const NO_ORIGIN: Origin = 0;
+/// Set in the origin of a request another node forwarded here: it is never forwarded again
+/// (a leader that lost its leadership meanwhile answers NOT_LEADER instead).
+pub const FORWARDED_ORIGIN: Origin = 1 << 63;
 
 /// What a shard is asked to do. Multi-key requests are split by shard before they get here.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,6 +85,12 @@ impl ShardOp {
     /// Lock requests are handled by the shard loop's lock table, not by the store.
     pub fn is_lock(&self) -> bool {
         matches!(self, ShardOp::Lock(_) | ShardOp::Unlock(_))
+    }
+
+    /// Whether a member that does not lead may forward it to the leader: lock requests
+    /// belong to the node whose coordinator asked, and INFO is about the node asked.
+    pub fn is_forwardable(&self) -> bool {
+        !matches!(self, ShardOp::Info | ShardOp::Lock(_) | ShardOp::Unlock(_))
     }
 }
 
@@ -151,6 +160,8 @@ pub struct Round<R> {
     /// flight: taking the queue again gets nowhere until that read finishes.
     pub blocked_on: Option<Origin>,
     pub batch: Option<Batch<R>>,
+    /// Requests for the group's leader on another node: (node, request).
+    pub forwards: Vec<(u64, ShardRequest<R>)>,
 }
 
 /// The writes of one round, to be proposed as one entry.
@@ -362,6 +373,8 @@ pub struct ShardCore<D: LogDisk + Clone, R> {
     reads: ReadIndexQueue<ShardRequest<R>>,
     /// Where the other nodes serve clients, for the hint in NOT_LEADER.
     node_addrs: std::collections::HashMap<u64, String>,
+    /// Whether requests for a leader elsewhere are forwarded to it.
+    forwarding: bool,
 }
 
 /// Replies a step produced, and reads to answer in tasks of their own (they need the disk,
@@ -370,6 +383,8 @@ pub struct ShardCore<D: LogDisk + Clone, R> {
 pub struct Output<R> {
     pub replies: Vec<(R, ShardReply)>,
     pub deferred: Vec<ShardRequest<R>>,
+    /// Requests to forward to the group's leader: (node, request).
+    pub forwards: Vec<(u64, ShardRequest<R>)>,
 }
 
 impl<R> Default for Output<R> {
@@ -377,18 +392,20 @@ impl<R> Default for Output<R> {
         Output {
             replies: Vec::new(),
             deferred: Vec::new(),
+            forwards: Vec::new(),
         }
     }
 }
 
 impl<R> Output<R> {
     pub fn is_empty(&self) -> bool {
-        self.replies.is_empty() && self.deferred.is_empty()
+        self.replies.is_empty() && self.deferred.is_empty() && self.forwards.is_empty()
     }
 
     pub fn extend(&mut self, other: Output<R>) {
         self.replies.extend(other.replies);
         self.deferred.extend(other.deferred);
+        self.forwards.extend(other.forwards);
     }
 }
 
@@ -453,6 +470,7 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
             membership,
             reads: ReadIndexQueue::default(),
             node_addrs: std::collections::HashMap::new(),
+            forwarding: false,
             shard,
             disk,
             config,
@@ -565,6 +583,24 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
     /// Records where node `node` serves clients, for NOT_LEADER hints.
     pub fn set_node_addr(&mut self, node: u64, addr: String) {
         self.node_addrs.insert(node, addr);
+    }
+
+    /// The node to forward `request` to: the leader, when this member knows one on another
+    /// node, and the request came from a client of this node and may be forwarded.
+    fn forward_to(&self, request: &ShardRequest<R>) -> Option<u64> {
+        if !self.forwarding
+            || request.origin & FORWARDED_ORIGIN != 0
+            || !request.op.is_forwardable()
+        {
+            return None;
+        }
+        self.peer.leader().filter(|&id| id != self.peer.id())
+    }
+
+    /// Whether requests for a leader elsewhere are forwarded to it (the node runs peer
+    /// links) rather than answered NOT_LEADER.
+    pub fn set_forwarding(&mut self, forwarding: bool) {
+        self.forwarding = forwarding;
     }
 
     /// The answer to a request this member cannot serve because it does not lead: surely
@@ -731,6 +767,7 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
         let mut deferred = Vec::new();
         let mut reads: Vec<ShardRequest<R>> = Vec::new();
         let mut blocked_on = None;
+        let mut forwards = Vec::new();
         for request in requests.by_ref() {
             if request.op.is_lock() {
                 let message = "a lock request reached the store, not the lock table";
@@ -760,6 +797,8 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
                         // the disk reads so that its connection's next write waits for it.
                         self.disk_reads.hand_out(std::slice::from_ref(&request));
                         self.reads.gather(request);
+                    } else if let Some(leader) = self.forward_to(&request) {
+                        forwards.push((leader, request));
                     } else {
                         replies.push((request.reply, self.not_leader()));
                     }
@@ -776,7 +815,10 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
                 continue;
             }
             if self.is_replicated() && !self.peer.is_leader() {
-                replies.push((request.reply, self.not_leader()));
+                match self.forward_to(&request) {
+                    Some(leader) => forwards.push((leader, request)),
+                    None => replies.push((request.reply, self.not_leader())),
+                }
                 continue;
             }
             // Dirty pages cannot be written out: take no new writes until a checkpoint
@@ -830,6 +872,7 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
             deferred,
             blocked_on,
             batch,
+            forwards,
         }
     }
 
@@ -876,6 +919,7 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
                         .map(|to| (to, ShardReply::Error(code, message.clone())))
                         .collect(),
                     deferred: reads,
+                    forwards: Vec::new(),
                 }
             }
         }

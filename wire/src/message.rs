@@ -67,6 +67,9 @@ pub enum ErrorCode {
     /// durable (an I/O error on its fdatasync, or while applying an entry that is in the
     /// log). Read the key to learn which; retrying blindly may apply it twice.
     OutcomeUnknown = 14,
+    /// The request went on (to the shard's leader, or into the Raft log) and no answer came
+    /// in time: like OUTCOME_UNKNOWN, it may or may not have taken effect.
+    Timeout = 15,
 }
 
 impl ErrorCode {
@@ -85,6 +88,7 @@ impl ErrorCode {
             12 => ErrorCode::IoError,
             13 => ErrorCode::DuplicateKey,
             14 => ErrorCode::OutcomeUnknown,
+            15 => ErrorCode::Timeout,
             // An unknown code from a newer server is still an error; report it as internal.
             _ => ErrorCode::Internal,
         }
@@ -106,6 +110,7 @@ impl ErrorCode {
             ErrorCode::IoError => "IO_ERROR",
             ErrorCode::DuplicateKey => "DUPLICATE_KEY",
             ErrorCode::OutcomeUnknown => "OUTCOME_UNKNOWN",
+            ErrorCode::Timeout => "TIMEOUT",
         }
     }
 }

@@ -9,7 +9,8 @@
 //! |--------|----------------------------------------------------|
 //! | 0..4   | magic `KVSP`                                       |
 //! | 4      | protocol version (1)                               |
-//! | 5      | kind: 1 hello, 2 welcome, 3 refused, 4 raft batch  |
+//! | 5      | kind: 1 hello, 2 welcome, 3 refused, 4 raft batch, |
+//! |        | 5 forwarded requests, 6 their answers              |
 //! | 6..8   | zero                                               |
 //! | 8..12  | body length (at most [`PEER_BODY_SIZE_MAX`])       |
 //! | 12..16 | CRC32C of the body                                 |
@@ -20,6 +21,9 @@
 //! or an error, never a panic (property-tested).
 
 use bytes::Bytes;
+
+use super::forward::{decode_answer, decode_forwarded, encode_answer, encode_forwarded, Forwarded};
+use crate::shard::ShardReply;
 use protobuf::{RepeatedField, SingularPtrField};
 use raft::eraftpb::{
     ConfState, Entry, EntryType, Message, MessageType, Snapshot, SnapshotMetadata,
@@ -54,6 +58,10 @@ pub enum PeerFrame {
     Refused { reason: String },
     /// Raft messages, each for a group.
     Raft(Vec<(u64, Message)>),
+    /// Requests forwarded to the shard's leader (`forward.rs`).
+    Forward(Vec<Forwarded>),
+    /// Their answers, by the forwarding core's id.
+    Answers(Vec<(u64, ShardReply)>),
 }
 
 /// Why bytes are not a frame.
@@ -81,6 +89,8 @@ pub fn encode_frame(frame: &PeerFrame, out: &mut Vec<u8>) {
         PeerFrame::Welcome { .. } => 2,
         PeerFrame::Refused { .. } => 3,
         PeerFrame::Raft(_) => 4,
+        PeerFrame::Forward(_) => 5,
+        PeerFrame::Answers(_) => 6,
     });
     out.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
     let body = out.len();
@@ -107,6 +117,18 @@ pub fn encode_frame(frame: &PeerFrame, out: &mut Vec<u8>) {
             for (group, message) in messages {
                 put_u64(out, *group);
                 encode_message(message, out);
+            }
+        }
+        PeerFrame::Forward(requests) => {
+            out.extend_from_slice(&(requests.len() as u32).to_le_bytes());
+            for request in requests {
+                encode_forwarded(request, out);
+            }
+        }
+        PeerFrame::Answers(answers) => {
+            out.extend_from_slice(&(answers.len() as u32).to_le_bytes());
+            for (id, reply) in answers {
+                encode_answer(*id, reply, out);
             }
         }
     }
@@ -162,6 +184,20 @@ pub fn decode_frame(buf: &[u8]) -> Result<Option<(PeerFrame, usize)>, PeerDecode
             }
             PeerFrame::Raft(messages)
         }
+        5 => {
+            let count = r.count(17)?;
+            let requests = (0..count)
+                .map(|_| decode_forwarded(&mut r))
+                .collect::<Result<_, _>>()?;
+            PeerFrame::Forward(requests)
+        }
+        6 => {
+            let count = r.count(9)?;
+            let answers = (0..count)
+                .map(|_| decode_answer(&mut r))
+                .collect::<Result<_, _>>()?;
+            PeerFrame::Answers(answers)
+        }
         kind => return Err(malformed(format!("unknown frame kind {kind}"))),
     };
     if r.at != body.len() {
@@ -173,15 +209,15 @@ pub fn decode_frame(buf: &[u8]) -> Result<Option<(PeerFrame, usize)>, PeerDecode
     Ok(Some((frame, PEER_HEADER_SIZE + len)))
 }
 
-fn malformed(detail: String) -> PeerDecodeError {
+pub(super) fn malformed(detail: String) -> PeerDecodeError {
     PeerDecodeError::Malformed(detail)
 }
 
-fn put_u64(out: &mut Vec<u8>, v: u64) {
+pub(super) fn put_u64(out: &mut Vec<u8>, v: u64) {
     out.extend_from_slice(&v.to_le_bytes());
 }
 
-fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+pub(super) fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
     out.extend_from_slice(bytes);
 }
@@ -240,13 +276,13 @@ pub fn encode_message(m: &Message, out: &mut Vec<u8>) {
     }
 }
 
-struct Reader<'a> {
-    bytes: &'a [u8],
-    at: usize,
+pub(super) struct Reader<'a> {
+    pub(super) bytes: &'a [u8],
+    pub(super) at: usize,
 }
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], PeerDecodeError> {
+    pub(super) fn take(&mut self, n: usize) -> Result<&'a [u8], PeerDecodeError> {
         let end = self
             .at
             .checked_add(n)
@@ -256,29 +292,29 @@ impl<'a> Reader<'a> {
         self.at = end;
         Ok(out)
     }
-    fn u8(&mut self) -> Result<u8, PeerDecodeError> {
+    pub(super) fn u8(&mut self) -> Result<u8, PeerDecodeError> {
         Ok(self.take(1)?[0])
     }
-    fn flag(&mut self) -> Result<bool, PeerDecodeError> {
+    pub(super) fn flag(&mut self) -> Result<bool, PeerDecodeError> {
         match self.u8()? {
             0 => Ok(false),
             1 => Ok(true),
             other => Err(malformed(format!("flag {other}"))),
         }
     }
-    fn u32(&mut self) -> Result<u32, PeerDecodeError> {
+    pub(super) fn u32(&mut self) -> Result<u32, PeerDecodeError> {
         Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4")))
     }
-    fn u64(&mut self) -> Result<u64, PeerDecodeError> {
+    pub(super) fn u64(&mut self) -> Result<u64, PeerDecodeError> {
         Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8")))
     }
-    fn bytes(&mut self) -> Result<&'a [u8], PeerDecodeError> {
+    pub(super) fn bytes(&mut self) -> Result<&'a [u8], PeerDecodeError> {
         let len = self.u32()? as usize;
         self.take(len)
     }
     /// A count of items each at least `item` bytes long: bounded by what is left, so a lie
     /// cannot make us allocate.
-    fn count(&mut self, item: usize) -> Result<usize, PeerDecodeError> {
+    pub(super) fn count(&mut self, item: usize) -> Result<usize, PeerDecodeError> {
         let n = self.u32()? as usize;
         if n.saturating_mul(item) > self.bytes.len() - self.at {
             return Err(malformed(format!(

@@ -62,6 +62,8 @@ fn every_frame_kind_round_trips() {
             reason: "another cluster".into(),
         },
         PeerFrame::Raft(vec![(0, sample_message()), (9, Message::default())]),
+        PeerFrame::Forward(sample_forwards()),
+        PeerFrame::Answers(sample_answers()),
     ];
     let mut stream = Vec::new();
     for frame in &frames {
@@ -200,8 +202,115 @@ proptest! {
     }
 
     #[test]
-    fn any_bytes_decode_without_panicking(kind in 0u8..6, body in proptest::collection::vec(any::<u8>(), 0..512)) {
+    fn any_bytes_decode_without_panicking(kind in 0u8..8, body in proptest::collection::vec(any::<u8>(), 0..512)) {
         let _ = decode_frame(&framed(kind, &body));
         let _ = decode_frame(&body);
     }
+}
+
+fn sample_forwards() -> Vec<Forwarded> {
+    use crate::doc_reads::{DocRead, FindMode};
+    use crate::shard::ShardOp;
+    use kvs_core::command::Command;
+    let ops = vec![
+        ShardOp::Get { key: b"k".to_vec() },
+        ShardOp::MGet {
+            keys: vec![b"a".to_vec(), Vec::new()],
+        },
+        ShardOp::Scan {
+            start: b"a".to_vec(),
+            end: Some(b"z".to_vec()),
+            limit: 10,
+        },
+        ShardOp::Scan {
+            start: Vec::new(),
+            end: None,
+            limit: 0,
+        },
+        ShardOp::Write(Command::Put {
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+        }),
+        ShardOp::Write(Command::Cas {
+            key: b"k".to_vec(),
+            expected_version: 3,
+            value: None,
+        }),
+        ShardOp::Write(Command::PutMany {
+            pairs: vec![(b"a".to_vec(), b"1".to_vec())],
+        }),
+        ShardOp::DocRead(DocRead::Find {
+            coll: "users".into(),
+            query: b"{}".to_vec(),
+            mode: FindMode::Explain,
+        }),
+        ShardOp::DocRead(DocRead::Aggregate {
+            coll: "c".into(),
+            filter: b"f".to_vec(),
+            group: Some(b"g".to_vec()),
+        }),
+        ShardOp::DocRead(DocRead::Indexes { coll: "c".into() }),
+        ShardOp::DocRead(DocRead::Collections),
+        ShardOp::DocRead(DocRead::UniqueConflict {
+            coll: "c".into(),
+            doc: b"d".to_vec(),
+        }),
+        ShardOp::DocRead(DocRead::IndexKeys {
+            coll: "c".into(),
+            name: "i".into(),
+        }),
+    ];
+    ops.into_iter()
+        .enumerate()
+        .map(|(i, op)| Forwarded {
+            id: i as u64,
+            origin: u64::MAX - i as u64,
+            op,
+        })
+        .collect()
+}
+
+fn sample_answers() -> Vec<(u64, ShardReply)> {
+    use kvs_core::doc::command::DocErrorKind;
+    use kvs_core::state::{CommandResult, Versioned};
+    let v = Versioned {
+        version: 9,
+        value: b"x".to_vec(),
+    };
+    let replies = vec![
+        ShardReply::Value(None),
+        ShardReply::Value(Some(v.clone())),
+        ShardReply::Values(vec![None, Some(v)]),
+        ShardReply::Scanned(vec![(b"k".to_vec(), b"v".to_vec())]),
+        ShardReply::Doc(b"doc".to_vec()),
+        ShardReply::Locked,
+        ShardReply::Error(kvs_wire::ErrorCode::NotLeader, "elsewhere".into()),
+        ShardReply::Written(CommandResult::Written { version: 1 }),
+        ShardReply::Written(CommandResult::Deleted { existed: true }),
+        ShardReply::Written(CommandResult::VersionMismatch { current: 2 }),
+        ShardReply::Written(CommandResult::Refused {
+            reason: "no".into(),
+        }),
+        ShardReply::Written(CommandResult::Integer { value: -5 }),
+        ShardReply::Written(CommandResult::Replaced { previous: None }),
+        ShardReply::Written(CommandResult::Replaced {
+            previous: Some(b"p".to_vec()),
+        }),
+        ShardReply::Written(CommandResult::Skipped),
+        ShardReply::Written(CommandResult::WrittenMany {
+            versions: vec![1, 2],
+        }),
+        ShardReply::Written(CommandResult::Document {
+            reply: b"r".to_vec(),
+        }),
+        ShardReply::Written(CommandResult::DocumentRefused {
+            kind: DocErrorKind::DuplicateKey,
+            message: "dup".into(),
+        }),
+    ];
+    replies
+        .into_iter()
+        .enumerate()
+        .map(|(i, reply)| (i as u64 * 7, reply))
+        .collect()
 }

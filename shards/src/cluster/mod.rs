@@ -3,4 +3,6 @@
 //! them (`transport`).
 
 pub mod codec;
+pub mod forward;
+pub mod forwarding;
 pub mod transport;

@@ -20,8 +20,10 @@ use std::time::{Duration, Instant};
 use raft::eraftpb::Message;
 
 use super::codec::{decode_frame, encode_frame, PeerFrame, PEER_BODY_SIZE_MAX, PEER_HEADER_SIZE};
+use super::forward::{answer_len, forwarded_len, Forwarded};
 use crate::local::Notify;
 use crate::runtime::{spawn_local, wait, TcpStream};
+use crate::shard::ShardReply;
 
 /// Messages queued for one node beyond which new ones are dropped.
 const QUEUE_MAX: usize = 16 * 1024;
@@ -60,8 +62,22 @@ pub struct PeerNode {
     pub connected: Cell<bool>,
     /// Messages dropped because its queue was full.
     pub dropped: Cell<u64>,
-    queue: RefCell<Vec<(u64, Message)>>,
+    queue: RefCell<Outgoing>,
     queued: Notify,
+}
+
+/// What waits to go to one node.
+#[derive(Default)]
+struct Outgoing {
+    raft: Vec<(u64, Message)>,
+    forwards: Vec<Forwarded>,
+    answers: Vec<(u64, ShardReply)>,
+}
+
+impl Outgoing {
+    fn is_empty(&self) -> bool {
+        self.raft.is_empty() && self.forwards.is_empty() && self.answers.is_empty()
+    }
 }
 
 /// One core's links: to every other node, and the inbox of what they sent it.
@@ -70,6 +86,10 @@ pub struct Links {
     pub local: LocalNode,
     pub peers: Vec<Rc<PeerNode>>,
     inbox: RefCell<Vec<Message>>,
+    /// Requests other nodes forwarded to this core's shard: (node, request).
+    requests: RefCell<Vec<(u64, Forwarded)>>,
+    /// Answers to the requests this core forwarded.
+    answers: RefCell<Vec<(u64, ShardReply)>>,
     /// Wakes the shard loop: a message arrived.
     wake: Box<dyn Fn()>,
     /// Addresses learned from hellos and not yet taken by the shard loop.
@@ -101,7 +121,7 @@ impl Links {
                     last_heard: Cell::new(None),
                     connected: Cell::new(false),
                     dropped: Cell::new(0),
-                    queue: RefCell::new(Vec::new()),
+                    queue: RefCell::new(Outgoing::default()),
                     queued: Notify::new(),
                 })
             })
@@ -111,6 +131,8 @@ impl Links {
             local,
             peers,
             inbox: RefCell::new(Vec::new()),
+            requests: RefCell::new(Vec::new()),
+            answers: RefCell::new(Vec::new()),
             wake,
             learned: RefCell::new(Vec::new()),
             stopping: Cell::new(false),
@@ -132,22 +154,67 @@ impl Links {
             return;
         };
         let mut queue = peer.queue.borrow_mut();
-        if queue.len() >= QUEUE_MAX {
+        if queue.raft.len() >= QUEUE_MAX {
             peer.dropped.set(peer.dropped.get() + 1);
             return;
         }
-        queue.push((group, message));
+        queue.raft.push((group, message));
         drop(queue);
         peer.queued.notify();
     }
 
-    /// The messages that arrived since the last call, in arrival order.
+    /// Queues a request for node `node`, which leads its shard; hands it back when that
+    /// node's queue is full (it has not taken what was sent for a while).
+    pub fn forward(&self, node: u64, request: Forwarded) -> Result<(), Forwarded> {
+        let Some(peer) = self.peer(node) else {
+            return Err(request);
+        };
+        let mut queue = peer.queue.borrow_mut();
+        if queue.forwards.len() >= QUEUE_MAX {
+            return Err(request);
+        }
+        queue.forwards.push(request);
+        drop(queue);
+        peer.queued.notify();
+        Ok(())
+    }
+
+    /// Queues the answer to request `id` that node `node` forwarded here.
+    pub fn answer(&self, node: u64, id: u64, reply: ShardReply) {
+        // A frame's body is bounded: an answer that would not fit says so instead.
+        let reply = if answer_len(&reply) > PEER_BODY_SIZE_MAX - 4096 {
+            ShardReply::Error(
+                kvs_wire::ErrorCode::TooLarge,
+                "the answer is too large to forward; ask the shard's leader directly".into(),
+            )
+        } else {
+            reply
+        };
+        if let Some(peer) = self.peer(node) {
+            peer.queue.borrow_mut().answers.push((id, reply));
+            peer.queued.notify();
+        }
+    }
+
+    /// The Raft messages that arrived since the last call, in arrival order.
     pub fn take_inbox(&self) -> Vec<Message> {
         std::mem::take(&mut *self.inbox.borrow_mut())
     }
 
+    /// The requests forwarded here since the last call: (node, request), in arrival order.
+    pub fn take_requests(&self) -> Vec<(u64, Forwarded)> {
+        std::mem::take(&mut *self.requests.borrow_mut())
+    }
+
+    /// The answers to this core's forwarded requests since the last call.
+    pub fn take_answers(&self) -> Vec<(u64, ShardReply)> {
+        std::mem::take(&mut *self.answers.borrow_mut())
+    }
+
     pub fn has_inbox(&self) -> bool {
         !self.inbox.borrow().is_empty()
+            || !self.requests.borrow().is_empty()
+            || !self.answers.borrow().is_empty()
     }
 
     /// Client addresses learned since the last call: (node, native address).
@@ -242,6 +309,20 @@ impl Links {
                     .await;
             let messages = match frame {
                 Ok(PeerFrame::Raft(messages)) => messages,
+                Ok(PeerFrame::Forward(requests)) => {
+                    peer.last_heard.set(Some(Instant::now()));
+                    let mut inbox = self.requests.borrow_mut();
+                    inbox.extend(requests.into_iter().map(|r| (node_id, r)));
+                    drop(inbox);
+                    (self.wake)();
+                    continue;
+                }
+                Ok(PeerFrame::Answers(answers)) => {
+                    peer.last_heard.set(Some(Instant::now()));
+                    self.answers.borrow_mut().extend(answers);
+                    (self.wake)();
+                    continue;
+                }
                 Ok(other) => {
                     tracing::warn!(node = node_id, ?other, "unexpected peer frame; link closed");
                     break;
@@ -427,11 +508,32 @@ async fn greet(links: &Links, peer: &PeerNode) -> io::Result<TcpStream> {
     }
 }
 
+/// Cuts `items` into runs of about [`FRAME_BYTES_TARGET`] bytes by `len`, each well under
+/// a frame's limit (a single item is bounded by the value and batch limits).
+fn cut<T>(items: Vec<T>, len: impl Fn(&T) -> usize) -> Vec<Vec<T>> {
+    let mut runs = Vec::new();
+    let mut run = Vec::new();
+    let mut bytes = 0;
+    for item in items {
+        let size = len(&item);
+        if !run.is_empty() && bytes + size > FRAME_BYTES_TARGET {
+            runs.push(std::mem::take(&mut run));
+            bytes = 0;
+        }
+        bytes += size;
+        run.push(item);
+    }
+    if !run.is_empty() {
+        runs.push(run);
+    }
+    runs
+}
+
 /// Sends what is queued for `peer`, a frame per round, until the link fails or the node
 /// stops; returns why it ended.
 async fn send_loop(links: &Links, peer: &PeerNode, stream: &TcpStream) -> io::Error {
     let mut out = Vec::new();
-    let mut batch = Vec::new();
+    let mut batch = Outgoing::default();
     loop {
         let queued = peer.queued.notified();
         if links.stopping.get() {
@@ -443,9 +545,17 @@ async fn send_loop(links: &Links, peer: &PeerNode, stream: &TcpStream) -> io::Er
             continue;
         }
         out.clear();
+        for answers in cut(std::mem::take(&mut batch.answers), |(_, reply)| {
+            answer_len(reply)
+        }) {
+            encode_frame(&PeerFrame::Answers(answers), &mut out);
+        }
+        for forwards in cut(std::mem::take(&mut batch.forwards), forwarded_len) {
+            encode_frame(&PeerFrame::Forward(forwards), &mut out);
+        }
         let mut frame = Vec::new();
         let mut bytes = 0;
-        for (group, message) in batch.drain(..) {
+        for (group, message) in batch.raft.drain(..) {
             bytes += 64
                 + message
                     .entries

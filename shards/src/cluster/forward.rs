@@ -1,0 +1,429 @@
+//! Requests forwarded to a shard's leader and their answers, as the peer protocol carries
+//! them (ADR 0016). A node that does not lead a shard sends the request, as the shard
+//! would run it, over its link to the leader; the leader runs it like one of its own and
+//! sends the answer back, which goes out through the node the client used.
+//!
+//! Encoding (integers little-endian, byte strings as a u32 length and the bytes): a
+//! forwarded request is its id (the forwarding core's, to match the answer), the origin that
+//! orders it, and the shard op; an answer is the id and the shard's reply. Decoding is total
+//! (property-tested in `codec_tests.rs`).
+
+use kvs_core::command::{decode_batch, BatchEncoder};
+use kvs_core::doc::command::DocErrorKind;
+use kvs_core::state::{CommandResult, Versioned};
+use kvs_wire::ErrorCode;
+
+use super::codec::{malformed, put_bytes, put_u64, PeerDecodeError, Reader};
+use crate::doc_reads::{DocRead, FindMode};
+use crate::shard::{ShardOp, ShardReply};
+
+/// A request on its way to the shard's leader.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Forwarded {
+    pub id: u64,
+    pub origin: u64,
+    pub op: ShardOp,
+}
+
+/// Whether a shard op may be forwarded: lock requests belong to the node whose
+/// coordinator asked, and INFO is about the node asked.
+pub fn forwardable(op: &ShardOp) -> bool {
+    !matches!(op, ShardOp::Info | ShardOp::Lock(_) | ShardOp::Unlock(_))
+}
+
+/// About how many bytes a request takes encoded (at least its payload), for cutting frames.
+pub fn forwarded_len(request: &Forwarded) -> usize {
+    32 + match &request.op {
+        ShardOp::Get { key } => key.len(),
+        ShardOp::MGet { keys } => keys.iter().map(|k| k.len() + 4).sum(),
+        ShardOp::Scan { start, end, .. } => start.len() + end.as_ref().map_or(0, Vec::len),
+        ShardOp::Write(command) => command.encoded_len() + 8,
+        ShardOp::DocRead(read) => match read {
+            DocRead::Find { coll, query, .. } => coll.len() + query.len(),
+            DocRead::Aggregate {
+                coll,
+                filter,
+                group,
+            } => coll.len() + filter.len() + group.as_ref().map_or(0, Vec::len),
+            DocRead::Indexes { coll } => coll.len(),
+            DocRead::Collections => 0,
+            DocRead::UniqueConflict { coll, doc } => coll.len() + doc.len(),
+            DocRead::IndexKeys { coll, name } => coll.len() + name.len(),
+        },
+        ShardOp::Info | ShardOp::Lock(_) | ShardOp::Unlock(_) => 0,
+    }
+}
+
+/// About how many bytes an answer takes encoded (at least its payload).
+pub fn answer_len(reply: &ShardReply) -> usize {
+    let versioned = |v: &Option<Versioned>| 13 + v.as_ref().map_or(0, |v| v.value.len());
+    32 + match reply {
+        ShardReply::Value(value) => versioned(value),
+        ShardReply::Values(values) => values.iter().map(versioned).sum(),
+        ShardReply::Scanned(pairs) => pairs.iter().map(|(k, v)| k.len() + v.len() + 8).sum(),
+        ShardReply::Doc(doc) => doc.len(),
+        ShardReply::Written(result) => match result {
+            CommandResult::Refused { reason } => reason.len(),
+            CommandResult::Replaced { previous } => previous.as_ref().map_or(0, Vec::len),
+            CommandResult::WrittenMany { versions } => versions.len() * 8,
+            CommandResult::Document { reply } => reply.len(),
+            CommandResult::DocumentRefused { message, .. } => message.len(),
+            _ => 16,
+        },
+        ShardReply::Error(_, message) => message.len(),
+        ShardReply::Locked | ShardReply::Info(_) => 0,
+    }
+}
+
+pub(super) fn encode_forwarded(request: &Forwarded, out: &mut Vec<u8>) {
+    put_u64(out, request.id);
+    put_u64(out, request.origin);
+    match &request.op {
+        ShardOp::Get { key } => {
+            out.push(1);
+            put_bytes(out, key);
+        }
+        ShardOp::MGet { keys } => {
+            out.push(2);
+            out.extend_from_slice(&(keys.len() as u32).to_le_bytes());
+            for key in keys {
+                put_bytes(out, key);
+            }
+        }
+        ShardOp::Scan { start, end, limit } => {
+            out.push(3);
+            put_bytes(out, start);
+            put_option(out, end.as_deref());
+            out.extend_from_slice(&limit.to_le_bytes());
+        }
+        ShardOp::Write(command) => {
+            out.push(4);
+            let mut batch = BatchEncoder::new();
+            batch.push(command);
+            put_bytes(out, &batch.finish());
+        }
+        ShardOp::DocRead(read) => {
+            out.push(5);
+            encode_doc_read(read, out);
+        }
+        ShardOp::Info | ShardOp::Lock(_) | ShardOp::Unlock(_) => {
+            unreachable!("only forwardable ops are forwarded")
+        }
+    }
+}
+
+pub(super) fn decode_forwarded(r: &mut Reader<'_>) -> Result<Forwarded, PeerDecodeError> {
+    let id = r.u64()?;
+    let origin = r.u64()?;
+    let op = match r.u8()? {
+        1 => ShardOp::Get {
+            key: r.bytes()?.to_vec(),
+        },
+        2 => {
+            let count = r.count(4)?;
+            let keys = (0..count)
+                .map(|_| r.bytes().map(<[u8]>::to_vec))
+                .collect::<Result<_, _>>()?;
+            ShardOp::MGet { keys }
+        }
+        3 => ShardOp::Scan {
+            start: r.bytes()?.to_vec(),
+            end: get_option(r)?,
+            limit: r.u32()?,
+        },
+        4 => {
+            let mut commands =
+                decode_batch(r.bytes()?).map_err(|e| malformed(format!("forwarded write: {e}")))?;
+            if commands.len() != 1 {
+                return Err(malformed(format!(
+                    "a forwarded write of {} commands",
+                    commands.len()
+                )));
+            }
+            ShardOp::Write(commands.pop().expect("one command"))
+        }
+        5 => ShardOp::DocRead(decode_doc_read(r)?),
+        tag => return Err(malformed(format!("unknown forwarded op {tag}"))),
+    };
+    Ok(Forwarded { id, origin, op })
+}
+
+fn encode_doc_read(read: &DocRead, out: &mut Vec<u8>) {
+    match read {
+        DocRead::Find { coll, query, mode } => {
+            out.push(1);
+            put_bytes(out, coll.as_bytes());
+            put_bytes(out, query);
+            out.push(match mode {
+                FindMode::Documents => 0,
+                FindMode::Count => 1,
+                FindMode::Explain => 2,
+            });
+        }
+        DocRead::Aggregate {
+            coll,
+            filter,
+            group,
+        } => {
+            out.push(2);
+            put_bytes(out, coll.as_bytes());
+            put_bytes(out, filter);
+            put_option(out, group.as_deref());
+        }
+        DocRead::Indexes { coll } => {
+            out.push(3);
+            put_bytes(out, coll.as_bytes());
+        }
+        DocRead::Collections => out.push(4),
+        DocRead::UniqueConflict { coll, doc } => {
+            out.push(5);
+            put_bytes(out, coll.as_bytes());
+            put_bytes(out, doc);
+        }
+        DocRead::IndexKeys { coll, name } => {
+            out.push(6);
+            put_bytes(out, coll.as_bytes());
+            put_bytes(out, name.as_bytes());
+        }
+    }
+}
+
+fn decode_doc_read(r: &mut Reader<'_>) -> Result<DocRead, PeerDecodeError> {
+    Ok(match r.u8()? {
+        1 => DocRead::Find {
+            coll: text(r)?,
+            query: r.bytes()?.to_vec(),
+            mode: match r.u8()? {
+                0 => FindMode::Documents,
+                1 => FindMode::Count,
+                2 => FindMode::Explain,
+                mode => return Err(malformed(format!("find mode {mode}"))),
+            },
+        },
+        2 => DocRead::Aggregate {
+            coll: text(r)?,
+            filter: r.bytes()?.to_vec(),
+            group: get_option(r)?,
+        },
+        3 => DocRead::Indexes { coll: text(r)? },
+        4 => DocRead::Collections,
+        5 => DocRead::UniqueConflict {
+            coll: text(r)?,
+            doc: r.bytes()?.to_vec(),
+        },
+        6 => DocRead::IndexKeys {
+            coll: text(r)?,
+            name: text(r)?,
+        },
+        tag => return Err(malformed(format!("unknown document read {tag}"))),
+    })
+}
+
+pub(super) fn encode_answer(id: u64, reply: &ShardReply, out: &mut Vec<u8>) {
+    put_u64(out, id);
+    match reply {
+        ShardReply::Value(value) => {
+            out.push(1);
+            put_versioned(out, value.as_ref());
+        }
+        ShardReply::Values(values) => {
+            out.push(2);
+            out.extend_from_slice(&(values.len() as u32).to_le_bytes());
+            for value in values {
+                put_versioned(out, value.as_ref());
+            }
+        }
+        ShardReply::Scanned(pairs) => {
+            out.push(3);
+            out.extend_from_slice(&(pairs.len() as u32).to_le_bytes());
+            for (key, value) in pairs {
+                put_bytes(out, key);
+                put_bytes(out, value);
+            }
+        }
+        ShardReply::Written(result) => {
+            out.push(4);
+            encode_result(result, out);
+        }
+        ShardReply::Doc(doc) => {
+            out.push(5);
+            put_bytes(out, doc);
+        }
+        ShardReply::Locked => out.push(6),
+        ShardReply::Error(code, message) => {
+            out.push(7);
+            out.extend_from_slice(&(*code as u16).to_le_bytes());
+            put_bytes(out, message.as_bytes());
+        }
+        ShardReply::Info(_) => {
+            // INFO is never forwarded (see `forwardable`); say so rather than fail.
+            out.push(7);
+            out.extend_from_slice(&(ErrorCode::Internal as u16).to_le_bytes());
+            put_bytes(out, b"INFO is not forwarded");
+        }
+    }
+}
+
+pub(super) fn decode_answer(r: &mut Reader<'_>) -> Result<(u64, ShardReply), PeerDecodeError> {
+    let id = r.u64()?;
+    let reply = match r.u8()? {
+        1 => ShardReply::Value(get_versioned(r)?),
+        2 => {
+            let count = r.count(1)?;
+            ShardReply::Values(
+                (0..count)
+                    .map(|_| get_versioned(r))
+                    .collect::<Result<_, _>>()?,
+            )
+        }
+        3 => {
+            let count = r.count(8)?;
+            let pairs = (0..count)
+                .map(|_| Ok((r.bytes()?.to_vec(), r.bytes()?.to_vec())))
+                .collect::<Result<_, PeerDecodeError>>()?;
+            ShardReply::Scanned(pairs)
+        }
+        4 => ShardReply::Written(decode_result(r)?),
+        5 => ShardReply::Doc(r.bytes()?.to_vec()),
+        6 => ShardReply::Locked,
+        7 => {
+            let code = u16::from_le_bytes(r.take(2)?.try_into().expect("2 bytes"));
+            ShardReply::Error(ErrorCode::from_u16(code), text(r)?)
+        }
+        tag => return Err(malformed(format!("unknown answer {tag}"))),
+    };
+    Ok((id, reply))
+}
+
+fn encode_result(result: &CommandResult, out: &mut Vec<u8>) {
+    match result {
+        CommandResult::Written { version } => {
+            out.push(1);
+            put_u64(out, *version);
+        }
+        CommandResult::Deleted { existed } => {
+            out.push(2);
+            out.push(u8::from(*existed));
+        }
+        CommandResult::VersionMismatch { current } => {
+            out.push(3);
+            put_u64(out, *current);
+        }
+        CommandResult::Refused { reason } => {
+            out.push(4);
+            put_bytes(out, reason.as_bytes());
+        }
+        CommandResult::Integer { value } => {
+            out.push(5);
+            put_u64(out, *value as u64);
+        }
+        CommandResult::Replaced { previous } => {
+            out.push(6);
+            put_option(out, previous.as_deref());
+        }
+        CommandResult::Skipped => out.push(7),
+        CommandResult::WrittenMany { versions } => {
+            out.push(8);
+            out.extend_from_slice(&(versions.len() as u32).to_le_bytes());
+            for version in versions {
+                put_u64(out, *version);
+            }
+        }
+        CommandResult::Document { reply } => {
+            out.push(9);
+            put_bytes(out, reply);
+        }
+        CommandResult::DocumentRefused { kind, message } => {
+            out.push(10);
+            out.push(match kind {
+                DocErrorKind::BadRequest => 0,
+                DocErrorKind::DuplicateKey => 1,
+                DocErrorKind::TooLarge => 2,
+                DocErrorKind::NotFound => 3,
+                DocErrorKind::Retry => 4,
+            });
+            put_bytes(out, message.as_bytes());
+        }
+    }
+}
+
+fn decode_result(r: &mut Reader<'_>) -> Result<CommandResult, PeerDecodeError> {
+    Ok(match r.u8()? {
+        1 => CommandResult::Written { version: r.u64()? },
+        2 => CommandResult::Deleted { existed: r.flag()? },
+        3 => CommandResult::VersionMismatch { current: r.u64()? },
+        4 => CommandResult::Refused { reason: text(r)? },
+        5 => CommandResult::Integer {
+            value: r.u64()? as i64,
+        },
+        6 => CommandResult::Replaced {
+            previous: get_option(r)?,
+        },
+        7 => CommandResult::Skipped,
+        8 => {
+            let count = r.count(8)?;
+            CommandResult::WrittenMany {
+                versions: (0..count).map(|_| r.u64()).collect::<Result<_, _>>()?,
+            }
+        }
+        9 => CommandResult::Document {
+            reply: r.bytes()?.to_vec(),
+        },
+        10 => CommandResult::DocumentRefused {
+            kind: match r.u8()? {
+                0 => DocErrorKind::BadRequest,
+                1 => DocErrorKind::DuplicateKey,
+                2 => DocErrorKind::TooLarge,
+                3 => DocErrorKind::NotFound,
+                4 => DocErrorKind::Retry,
+                kind => return Err(malformed(format!("document error kind {kind}"))),
+            },
+            message: text(r)?,
+        },
+        tag => return Err(malformed(format!("unknown command result {tag}"))),
+    })
+}
+
+fn put_option(out: &mut Vec<u8>, bytes: Option<&[u8]>) {
+    match bytes {
+        None => out.push(0),
+        Some(bytes) => {
+            out.push(1);
+            put_bytes(out, bytes);
+        }
+    }
+}
+
+fn get_option(r: &mut Reader<'_>) -> Result<Option<Vec<u8>>, PeerDecodeError> {
+    Ok(if r.flag()? {
+        Some(r.bytes()?.to_vec())
+    } else {
+        None
+    })
+}
+
+fn put_versioned(out: &mut Vec<u8>, value: Option<&Versioned>) {
+    match value {
+        None => out.push(0),
+        Some(v) => {
+            out.push(1);
+            put_u64(out, v.version);
+            put_bytes(out, &v.value);
+        }
+    }
+}
+
+fn get_versioned(r: &mut Reader<'_>) -> Result<Option<Versioned>, PeerDecodeError> {
+    Ok(if r.flag()? {
+        Some(Versioned {
+            version: r.u64()?,
+            value: r.bytes()?.to_vec(),
+        })
+    } else {
+        None
+    })
+}
+
+fn text(r: &mut Reader<'_>) -> Result<String, PeerDecodeError> {
+    String::from_utf8(r.bytes()?.to_vec()).map_err(|_| malformed("text is not UTF-8".into()))
+}

@@ -1,0 +1,159 @@
+//! One core's forwarded requests (ADR 0016): those its shard sent to the group's leader on
+//! another node, waiting for their answers, and those other nodes sent to its shard.
+//!
+//! A request sent on waits for its answer for at most [`FORWARD_TIMEOUT`]; then its client
+//! gets TIMEOUT (a write's outcome is unknown: the leader may have applied it). A request
+//! that arrives from another node is queued for this core's shard with an origin of its own
+//! (the forwarding node's member number and the client connection's origin, marked as
+//! forwarded), so the requests of one connection keep their order, and a forwarded request
+//! is never forwarded again.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use kvs_wire::ErrorCode;
+
+use super::forward::Forwarded;
+use super::transport::Links;
+use crate::route::ReplyTo;
+use crate::shard::{ShardOp, ShardReply, ShardRequest, FORWARDED_ORIGIN};
+
+/// How long a forwarded request waits for its answer.
+pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Bits of a forwarded origin below the forwarding node's member number.
+const ORIGIN_BITS: u32 = 57;
+
+struct Waiting {
+    reply: ReplyTo,
+    since: Instant,
+    node: u64,
+    write: bool,
+}
+
+pub struct Forwarding {
+    links: Rc<Links>,
+    /// Each member's number (its place among the members, from 1), for origins.
+    member_number: HashMap<u64, u64>,
+    waiting: RefCell<HashMap<u64, Waiting>>,
+    next_id: Cell<u64>,
+}
+
+impl Forwarding {
+    pub fn new(links: Rc<Links>, members: &[u64]) -> Forwarding {
+        assert!(members.len() < 64, "member numbers fit in six bits");
+        let member_number = members
+            .iter()
+            .enumerate()
+            .map(|(i, &id)| (id, i as u64 + 1))
+            .collect();
+        Forwarding {
+            links,
+            member_number,
+            waiting: RefCell::new(HashMap::new()),
+            next_id: Cell::new(1),
+        }
+    }
+
+    /// Sends `request` to node `node`, which leads its shard. Returns the answer to give at
+    /// once when it cannot be sent (that node's queue is full): surely not done.
+    pub fn send(&self, node: u64, request: ShardRequest<ReplyTo>) -> Option<(ReplyTo, ShardReply)> {
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        let write = matches!(request.op, ShardOp::Write(_));
+        let forwarded = Forwarded {
+            id,
+            origin: request.origin,
+            op: request.op,
+        };
+        match self.links.forward(node, forwarded) {
+            Ok(()) => {
+                self.waiting.borrow_mut().insert(
+                    id,
+                    Waiting {
+                        reply: request.reply,
+                        since: Instant::now(),
+                        node,
+                        write,
+                    },
+                );
+                None
+            }
+            Err(_) => Some((
+                request.reply,
+                ShardReply::Error(
+                    ErrorCode::NoQuorum,
+                    format!(
+                        "the shard's leader, node {node}, is not taking requests from this \
+                         node (its queue is full); nothing was done"
+                    ),
+                ),
+            )),
+        }
+    }
+
+    /// The answers that came back, with where each goes.
+    pub fn take_answers(&self) -> Vec<(ReplyTo, ShardReply)> {
+        let answers = self.links.take_answers();
+        let mut waiting = self.waiting.borrow_mut();
+        answers
+            .into_iter()
+            .filter_map(|(id, reply)| match waiting.remove(&id) {
+                Some(w) => Some((w.reply, reply)),
+                // Answered already with TIMEOUT: the client has moved on.
+                None => None,
+            })
+            .collect()
+    }
+
+    /// The requests other nodes forwarded here, as this core's shard takes them.
+    pub fn take_requests(&self) -> Vec<ShardRequest<ReplyTo>> {
+        self.links
+            .take_requests()
+            .into_iter()
+            .map(|(node, request)| {
+                let number = self.member_number.get(&node).copied().unwrap_or(63);
+                ShardRequest {
+                    op: request.op,
+                    reply: ReplyTo::Peer {
+                        node,
+                        id: request.id,
+                    },
+                    origin: FORWARDED_ORIGIN
+                        | (number << ORIGIN_BITS)
+                        | (request.origin & ((1 << ORIGIN_BITS) - 1)),
+                }
+            })
+            .collect()
+    }
+
+    /// The requests that waited too long for their answers: TIMEOUT (unknown outcome for a
+    /// write), and forgotten.
+    pub fn expire(&self, now: Instant) -> Vec<(ReplyTo, ShardReply)> {
+        let mut waiting = self.waiting.borrow_mut();
+        let expired: Vec<u64> = waiting
+            .iter()
+            .filter(|(_, w)| now.duration_since(w.since) >= FORWARD_TIMEOUT)
+            .map(|(&id, _)| id)
+            .collect();
+        expired
+            .into_iter()
+            .filter_map(|id| waiting.remove(&id))
+            .map(|w| {
+                let effect = if w.write {
+                    "the write may or may not have been applied"
+                } else {
+                    "nothing was changed"
+                };
+                let message = format!(
+                    "forwarded to node {}, the shard's leader, and no answer came within {}s; {effect}",
+                    w.node,
+                    FORWARD_TIMEOUT.as_secs()
+                );
+                (w.reply, ShardReply::Error(ErrorCode::Timeout, message))
+            })
+            .collect()
+    }
+}
