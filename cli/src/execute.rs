@@ -58,6 +58,8 @@ impl From<io::Error> for Failure {
 pub enum Reply {
     Pong,
     Info,
+    /// `cluster status`: INFO made into the cluster's picture.
+    ClusterStatus,
     /// `get`: the value (after its version and a tab, when `version`), or missing.
     Value {
         version: bool,
@@ -121,6 +123,7 @@ pub fn prepare(command: Command) -> Result<Prepared, Failure> {
     let (request, reply) = match command {
         Command::Ping => (Request::Ping, Reply::Pong),
         Command::Info => (Request::Info, Reply::Info),
+        Command::ClusterStatus => (Request::Info, Reply::ClusterStatus),
         Command::Get { key, version } => (
             Request::Get {
                 key: key.into_bytes(),
@@ -317,6 +320,14 @@ pub fn finish(
         },
         Reply::Info => match response? {
             Response::Info(info) => out.line(&info.replace('\n', " "))?,
+            other => return Err(unexpected(other)),
+        },
+        Reply::ClusterStatus => match response? {
+            Response::Info(info) => {
+                let status = crate::cluster::status_from_info(&info)
+                    .map_err(|e| Failure::Client(ClientError::Protocol(e)))?;
+                out.line(&status)?
+            }
             other => return Err(unexpected(other)),
         },
         Reply::Written => match response? {

@@ -14,6 +14,7 @@ pub const DATA_DIR_DEFAULT: &str = "./kvs-data";
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
     Ping,
+    ClusterStatus,
     Get {
         key: String,
         /// Print the key's version before its value (for `cas`).
@@ -269,6 +270,16 @@ pub const COMMANDS: &[Spec] = &[
         about: "Prints server information as JSON: version, shards, per-shard keys, log size, \
                 last index.",
         build: |_| Ok(Command::Info),
+    },
+    Spec {
+        name: "cluster status",
+        args: &[],
+        options: &[],
+        split: Split::Whitespace,
+        about: "Prints the cluster as this node sees it, as JSON: its id, every node (addresses, \
+                reachable, last heard) and every shard (leader or null, term, commit index, \
+                replicas).",
+        build: |_| Ok(Command::ClusterStatus),
     },
     Spec {
         name: "insert",

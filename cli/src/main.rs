@@ -4,6 +4,7 @@
 //! `execute`, so a command means the same in each.
 
 mod batch;
+mod cluster;
 mod dump;
 mod execute;
 mod grammar;

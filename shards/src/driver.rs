@@ -27,6 +27,9 @@ use crate::shard::{Output, ReadsMeanwhile, ShardCore, ShardOp, ShardReply, Shard
 
 /// How long a failed shard waits between attempts to reopen.
 pub const REOPEN_INTERVAL: Duration = Duration::from_secs(1);
+/// How often a leader looks whether its group prefers another member as leader (and, after
+/// a failover, hands leadership back once the preferred member caught up).
+pub const PLACEMENT_INTERVAL: Duration = Duration::from_secs(2);
 
 /// What running Raft's ready work produced.
 pub struct ReadyRun<R, F: LogFile> {
@@ -88,6 +91,8 @@ pub struct ShardDriver<D: LogDisk + Clone, R> {
     /// Group writes handed out and not yet reported.
     writes_in_flight: usize,
     last_reopen: Option<Duration>,
+    /// When leader placement was last looked at.
+    last_placement: Option<Duration>,
     /// What a tick settled (reads a deposed leader refuses), handed out by the next
     /// [`ShardDriver::run_ready`].
     settled_on_tick: Output<R>,
@@ -103,6 +108,7 @@ impl<D: LogDisk + Clone, R> ShardDriver<D, R> {
             took_writes: true,
             writes_in_flight: 0,
             last_reopen: None,
+            last_placement: None,
             settled_on_tick: Output::default(),
         }
     }
@@ -121,6 +127,13 @@ impl<D: LogDisk + Clone, R> ShardDriver<D, R> {
     /// new one).
     pub async fn tick(&mut self, now: Duration) -> bool {
         self.shard.tick();
+        if self
+            .last_placement
+            .is_none_or(|last| now.saturating_sub(last) >= PLACEMENT_INTERVAL)
+        {
+            self.last_placement = Some(now);
+            self.shard.place_leader();
+        }
         // Leadership may have changed (check-quorum stepped down): reads wait no longer.
         let settled = self.shard.after_raft();
         self.settled_on_tick.extend(settled);

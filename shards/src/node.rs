@@ -211,6 +211,7 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
                     shard_count,
                     client_addr: listen.to_string(),
                     resp_addr: resp_listen.map(|a| a.to_string()).unwrap_or_default(),
+                    peer_addr: listener.local_addr()?.to_string(),
                 },
                 members: identity.members.clone(),
                 peer_listener: listener.try_clone()?,
@@ -740,7 +741,8 @@ async fn shard_loop(
     // Group writes in flight, oldest first: reported to the driver in this order.
     let mut in_flight: VecDeque<JoinHandle<GroupWritten>> = VecDeque::new();
     loop {
-        if tick_due.replace(false) && driver.tick(started.elapsed()).await {
+        let ticked = tick_due.replace(false);
+        if ticked && driver.tick(started.elapsed()).await {
             *current_store.borrow_mut() = Rc::clone(driver.shard().store());
         }
         if let Some(cluster) = cluster {
@@ -758,8 +760,10 @@ async fn shard_loop(
                 ctx.queue.items.borrow_mut().extend(requests);
             }
             let mut answers = cluster.forwarding.take_answers();
-            if tick_due.get() {
+            if ticked {
                 answers.extend(cluster.forwarding.expire(Instant::now()));
+                let (cluster_id, nodes) = links.view();
+                driver.shard_mut().set_cluster_view(cluster_id, nodes);
             }
             for (to, reply) in answers {
                 ctx.reply(to, reply).await;

@@ -347,7 +347,11 @@ impl<D: LogDisk> Peer<D> {
             return Err(PeerError::NotLeader);
         }
         let last_before = self.node.raft.raft_log.last_index();
-        self.node.propose(Vec::new(), batch)?;
+        match self.node.propose(Vec::new(), batch) {
+            // A leader handing its leadership over takes no proposals: nothing was appended.
+            Err(raft::Error::ProposalDropped) => return Err(PeerError::NotLeader),
+            result => result?,
+        }
         let index = self.node.raft.raft_log.last_index();
         assert_eq!(index, last_before + 1, "a proposal is one entry");
         Ok((index, self.node.raft.term))
@@ -408,6 +412,22 @@ impl<D: LogDisk> Peer<D> {
         std::mem::take(&mut self.read_states)
     }
 
+    /// Whether member `id` holds every entry this leader has and was heard from lately.
+    pub fn is_caught_up(&self, id: u64) -> bool {
+        self.is_leader()
+            && self.node.raft.prs().get(id).is_some_and(|progress| {
+                progress.recent_active && progress.matched == self.node.raft.raft_log.last_index()
+            })
+    }
+
+    /// Hands this leader's leadership to member `to` (raft-rs's leader transfer: `to` is
+    /// brought up to date and told to campaign at once; proposals are refused meanwhile).
+    pub fn transfer_leader(&mut self, to: u64) {
+        if self.is_leader() && to != self.membership.id {
+            self.node.transfer_leader(to);
+        }
+    }
+
     /// The group's leader as this peer knows it (None while there is none).
     pub fn leader(&self) -> Option<u64> {
         Some(self.node.raft.leader_id).filter(|&id| id != raft::INVALID_ID)
@@ -415,6 +435,34 @@ impl<D: LogDisk> Peer<D> {
 
     pub fn id(&self) -> u64 {
         self.membership.id
+    }
+
+    /// Each voter of the group as this member sees it: (node, match index, role). A leader
+    /// knows every follower's match index; a follower only its own.
+    pub fn replicas(&self) -> Vec<(u64, Option<u64>, &'static str)> {
+        let leader = self.leader();
+        self.membership
+            .voters
+            .iter()
+            .map(|&id| {
+                let role = if leader == Some(id) {
+                    "leader"
+                } else if id == self.membership.id && self.node.raft.state != StateRole::Follower
+                {
+                    "candidate"
+                } else {
+                    "follower"
+                };
+                let matched = if self.is_leader() {
+                    self.node.raft.prs().get(id).map(|p| p.matched)
+                } else if id == self.membership.id {
+                    Some(self.persisted_index())
+                } else {
+                    None
+                };
+                (id, matched, role)
+            })
+            .collect()
     }
 
     pub fn store(&self) -> &Rc<PagedStore<D::File>> {

@@ -144,6 +144,41 @@ pub struct ShardInfo {
     pub checkpoints: u64,
     pub checkpoint_index: u64,
     pub failed: Option<String>,
+    /// The shard's group, on a node of a cluster.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ShardClusterInfo>,
+}
+
+/// A replicated shard's group, as this node sees it (`kvs cluster status`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ShardClusterInfo {
+    pub cluster_id: String,
+    pub node_id: u64,
+    /// None while the group has no leader this node knows of.
+    pub leader: Option<u64>,
+    pub replicas: Vec<ReplicaInfo>,
+    pub nodes: Vec<NodeView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReplicaInfo {
+    pub node: u64,
+    /// Known on the leader for every replica, elsewhere only for this node's own.
+    pub match_index: Option<u64>,
+    pub role: String,
+}
+
+/// A member node as this node's core sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NodeView {
+    pub id: u64,
+    /// Its native and RESP addresses (known once it called this node).
+    pub addr: Option<String>,
+    pub peer_addr: String,
+    pub resp_addr: Option<String>,
+    pub reachable: bool,
+    /// Since a frame from it last arrived (None: never).
+    pub last_heard_ms: Option<u64>,
 }
 
 /// What a round produced: replies ready now, requests that wait for the next round (past
@@ -375,6 +410,8 @@ pub struct ShardCore<D: LogDisk + Clone, R> {
     node_addrs: std::collections::HashMap<u64, String>,
     /// Whether requests for a leader elsewhere are forwarded to it.
     forwarding: bool,
+    /// The cluster's id and its nodes as this core last saw them, for INFO.
+    cluster_view: Option<(String, Vec<NodeView>)>,
 }
 
 /// Replies a step produced, and reads to answer in tasks of their own (they need the disk,
@@ -471,6 +508,7 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
             reads: ReadIndexQueue::default(),
             node_addrs: std::collections::HashMap::new(),
             forwarding: false,
+            cluster_view: None,
             shard,
             disk,
             config,
@@ -557,6 +595,39 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
         self.peer.tick();
     }
 
+    /// The member this shard's group prefers as leader: the shard's number, modulo the
+    /// member count, picks one of the voters in id order, so the leaders of a node's
+    /// shards spread over every node and writes use every node's cores (ADR 0016).
+    pub fn preferred_leader(&self) -> u64 {
+        let mut voters = self.membership.voters.clone();
+        voters.sort_unstable();
+        voters[self.shard as usize % voters.len()]
+    }
+
+    /// Moves leadership to the preferred member when this member leads instead, serves,
+    /// and the preferred one is caught up and heard from.
+    pub fn place_leader(&mut self) {
+        let preferred = self.preferred_leader();
+        if self.is_replicated()
+            && preferred != self.peer.id()
+            && self.peer.is_serving()
+            && self.peer.is_caught_up(preferred)
+        {
+            tracing::info!(shard = self.shard, to = preferred, "handing leadership to its preferred node");
+            self.peer.transfer_leader(preferred);
+        }
+    }
+
+    /// Hands leadership to member `to` (`kvs cluster transfer-leader`); false when this
+    /// member does not lead or `to` is not a member.
+    pub fn transfer_leader(&mut self, to: u64) -> bool {
+        if !self.peer.is_leader() || !self.membership.voters.contains(&to) {
+            return false;
+        }
+        self.peer.transfer_leader(to);
+        true
+    }
+
     /// Whether this shard is one member of a replicated group.
     pub fn is_replicated(&self) -> bool {
         self.membership.voters.len() > 1
@@ -578,6 +649,11 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
     /// The Raft messages to send now, in order.
     pub fn take_messages(&mut self) -> Vec<Message> {
         self.peer.take_messages()
+    }
+
+    /// Records the cluster's id and its nodes as this core sees them, for INFO.
+    pub fn set_cluster_view(&mut self, cluster_id: String, nodes: Vec<NodeView>) {
+        self.cluster_view = Some((cluster_id, nodes));
     }
 
     /// Records where node `node` serves clients, for NOT_LEADER hints.
@@ -723,6 +799,22 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
                 .failed
                 .as_ref()
                 .map(|(code, message)| format!("{code}: {message}")),
+            cluster: self.cluster_view.as_ref().map(|(cluster_id, nodes)| ShardClusterInfo {
+                cluster_id: cluster_id.clone(),
+                node_id: self.peer.id(),
+                leader: self.peer.leader(),
+                replicas: self
+                    .peer
+                    .replicas()
+                    .into_iter()
+                    .map(|(node, match_index, role)| ReplicaInfo {
+                        node,
+                        match_index,
+                        role: role.into(),
+                    })
+                    .collect(),
+                nodes: nodes.clone(),
+            }),
         }
     }
 

@@ -23,7 +23,7 @@ use super::codec::{decode_frame, encode_frame, PeerFrame, PEER_BODY_SIZE_MAX, PE
 use super::forward::{answer_len, forwarded_len, Forwarded};
 use crate::local::Notify;
 use crate::runtime::{spawn_local, wait, TcpStream};
-use crate::shard::ShardReply;
+use crate::shard::{NodeView, ShardReply};
 
 /// Messages queued for one node beyond which new ones are dropped.
 const QUEUE_MAX: usize = 16 * 1024;
@@ -35,6 +35,10 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 /// A frame is cut after messages of about this many bytes (a round's appends to a node that
 /// fell behind can be many).
 const FRAME_BYTES_TARGET: usize = 8 << 20;
+/// A link that sent nothing for this long sends an empty frame, so the other node hears
+/// from this one (`cluster status`'s last heard) even when none of its groups has anything
+/// to say to that node (followers of the same leader, say).
+const KEEPALIVE: Duration = Duration::from_millis(250);
 /// The receive buffer a link starts with.
 const RECEIVE_BUFFER: usize = 64 * 1024;
 
@@ -47,6 +51,7 @@ pub struct LocalNode {
     pub client_addr: String,
     /// Empty when the node has no RESP listener.
     pub resp_addr: String,
+    pub peer_addr: String,
 }
 
 /// Another node, as one core sees it.
@@ -220,6 +225,32 @@ impl Links {
     /// Client addresses learned since the last call: (node, native address).
     pub fn take_learned(&self) -> Vec<(u64, String)> {
         std::mem::take(&mut *self.learned.borrow_mut())
+    }
+
+    /// The cluster's id and every member as this core sees it, this node first.
+    pub fn view(&self) -> (String, Vec<NodeView>) {
+        let now = Instant::now();
+        let local = &self.local;
+        let mut nodes = vec![NodeView {
+            id: local.node_id,
+            addr: Some(local.client_addr.clone()),
+            peer_addr: local.peer_addr.clone(),
+            resp_addr: (!local.resp_addr.is_empty()).then(|| local.resp_addr.clone()),
+            reachable: true,
+            last_heard_ms: Some(0),
+        }];
+        nodes.extend(self.peers.iter().map(|peer| NodeView {
+            id: peer.id,
+            addr: peer.client_addr.borrow().clone(),
+            peer_addr: peer.peer_addr.to_string(),
+            resp_addr: peer.resp_addr.borrow().clone(),
+            reachable: peer.connected.get(),
+            last_heard_ms: peer
+                .last_heard
+                .get()
+                .map(|at| now.duration_since(at).as_millis() as u64),
+        }));
+        (format!("{:016x}", local.cluster_id), nodes)
     }
 
     /// Ends every link task of this core.
@@ -540,11 +571,24 @@ async fn send_loop(links: &Links, peer: &PeerNode, stream: &TcpStream) -> io::Er
             return io::Error::other("stopping");
         }
         std::mem::swap(&mut batch, &mut *peer.queue.borrow_mut());
-        if batch.is_empty() {
-            queued.await;
-            continue;
-        }
         out.clear();
+        if batch.is_empty() {
+            let idle = futures_lite::future::or(
+                async {
+                    queued.await;
+                    false
+                },
+                async {
+                    wait(KEEPALIVE).await;
+                    true
+                },
+            )
+            .await;
+            if !idle {
+                continue;
+            }
+            encode_frame(&PeerFrame::Raft(Vec::new()), &mut out);
+        }
         for answers in cut(std::mem::take(&mut batch.answers), |(_, reply)| {
             answer_len(reply)
         }) {
