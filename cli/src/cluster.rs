@@ -37,7 +37,10 @@ pub fn status_from_info(info: &str) -> Result<String, String> {
             .flatten()
         {
             let id = node.get("id").cloned().unwrap_or(Value::Null);
-            let seen = node.get("reachable").and_then(Value::as_bool).unwrap_or(false);
+            let seen = node
+                .get("reachable")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
             let heard = node.get("last_heard_ms").and_then(Value::as_u64);
             match nodes.iter_mut().find(|n| n.get("id") == Some(&id)) {
                 Some(known) => {
@@ -52,7 +55,8 @@ pub fn status_from_info(info: &str) -> Result<String, String> {
                     known.insert("last_heard_ms".into(), json!(latest));
                     for field in ["addr", "resp_addr"] {
                         if known.get(field).is_none_or(Value::is_null) {
-                            known.insert(field.into(), node.get(field).cloned().unwrap_or_default());
+                            known
+                                .insert(field.into(), node.get(field).cloned().unwrap_or_default());
                         }
                     }
                 }
@@ -115,7 +119,8 @@ mod tests {
             shard(0, json!(1), json!([node(1, true, Some(0)), node(2, false, None), node(3, true, Some(40))])),
             shard(1, Value::Null, json!([node(1, true, Some(0)), node(2, true, Some(15)), node(3, true, Some(12))])),
         ]});
-        let status: Value = serde_json::from_str(&status_from_info(&info.to_string()).unwrap()).unwrap();
+        let status: Value =
+            serde_json::from_str(&status_from_info(&info.to_string()).unwrap()).unwrap();
         assert_eq!(status["cluster_id"], "00ab");
         assert_eq!(status["nodes"].as_array().unwrap().len(), 3);
         assert_eq!(status["nodes"][1]["reachable"], true);
@@ -124,8 +129,10 @@ mod tests {
         assert_eq!(status["shards"][0]["leader"], 1);
         assert_eq!(status["shards"][1]["leader"], Value::Null);
 
-        let single = json!({"shard": [{"shard": 0, "term": 1, "commit_index": 4, "last_index": 4}]});
-        let status: Value = serde_json::from_str(&status_from_info(&single.to_string()).unwrap()).unwrap();
+        let single =
+            json!({"shard": [{"shard": 0, "term": 1, "commit_index": 4, "last_index": 4}]});
+        let status: Value =
+            serde_json::from_str(&status_from_info(&single.to_string()).unwrap()).unwrap();
         assert_eq!(status["cluster_id"], Value::Null);
         assert_eq!(status["shards"][0]["leader"], 1);
         assert!(status_from_info("not json").is_err());

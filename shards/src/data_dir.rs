@@ -171,7 +171,7 @@ fn check_identity(
                 );
             }
             if asked.members != recorded.members {
-                tracing::info!(
+                tracing::warn!(
                     given = %asked.members_text(),
                     recorded = %members_text(&recorded.members),
                     "--initial-cluster ignored: the data directory already belongs to a cluster"

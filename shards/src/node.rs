@@ -760,6 +760,7 @@ async fn shard_loop(
                 ctx.queue.items.borrow_mut().extend(requests);
             }
             let mut answers = cluster.forwarding.take_answers();
+            answers.extend(cluster.forwarding.fail_unreachable());
             if ticked {
                 answers.extend(cluster.forwarding.expire(Instant::now()));
                 let (cluster_id, nodes) = links.view();

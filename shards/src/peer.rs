@@ -447,8 +447,7 @@ impl<D: LogDisk> Peer<D> {
             .map(|&id| {
                 let role = if leader == Some(id) {
                     "leader"
-                } else if id == self.membership.id && self.node.raft.state != StateRole::Follower
-                {
+                } else if id == self.membership.id && self.node.raft.state != StateRole::Follower {
                     "candidate"
                 } else {
                     "follower"

@@ -613,7 +613,11 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
             && self.peer.is_serving()
             && self.peer.is_caught_up(preferred)
         {
-            tracing::info!(shard = self.shard, to = preferred, "handing leadership to its preferred node");
+            tracing::info!(
+                shard = self.shard,
+                to = preferred,
+                "handing leadership to its preferred node"
+            );
             self.peer.transfer_leader(preferred);
         }
     }
@@ -799,22 +803,25 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
                 .failed
                 .as_ref()
                 .map(|(code, message)| format!("{code}: {message}")),
-            cluster: self.cluster_view.as_ref().map(|(cluster_id, nodes)| ShardClusterInfo {
-                cluster_id: cluster_id.clone(),
-                node_id: self.peer.id(),
-                leader: self.peer.leader(),
-                replicas: self
-                    .peer
-                    .replicas()
-                    .into_iter()
-                    .map(|(node, match_index, role)| ReplicaInfo {
-                        node,
-                        match_index,
-                        role: role.into(),
-                    })
-                    .collect(),
-                nodes: nodes.clone(),
-            }),
+            cluster: self
+                .cluster_view
+                .as_ref()
+                .map(|(cluster_id, nodes)| ShardClusterInfo {
+                    cluster_id: cluster_id.clone(),
+                    node_id: self.peer.id(),
+                    leader: self.peer.leader(),
+                    replicas: self
+                        .peer
+                        .replicas()
+                        .into_iter()
+                        .map(|(node, match_index, role)| ReplicaInfo {
+                            node,
+                            match_index,
+                            role: role.into(),
+                        })
+                        .collect(),
+                    nodes: nodes.clone(),
+                }),
         }
     }
 

@@ -60,6 +60,15 @@ impl Forwarding {
     /// Sends `request` to node `node`, which leads its shard. Returns the answer to give at
     /// once when it cannot be sent (that node's queue is full): surely not done.
     pub fn send(&self, node: u64, request: ShardRequest<ReplyTo>) -> Option<(ReplyTo, ShardReply)> {
+        if !self.links.is_connected(node) {
+            let message = format!(
+                "the shard's leader, node {node}, is unreachable from this node; nothing was done"
+            );
+            return Some((
+                request.reply,
+                ShardReply::Error(ErrorCode::NoQuorum, message),
+            ));
+        }
         let id = self.next_id.get();
         self.next_id.set(id + 1);
         let write = matches!(request.op, ShardOp::Write(_));
@@ -129,6 +138,33 @@ impl Forwarding {
             .collect()
     }
 
+    /// The requests sent to nodes whose link went down: TIMEOUT (unknown outcome for a
+    /// write: it may have arrived), and forgotten.
+    pub fn fail_unreachable(&self) -> Vec<(ReplyTo, ShardReply)> {
+        let down = self.links.take_went_down();
+        if down.is_empty() {
+            return Vec::new();
+        }
+        let mut waiting = self.waiting.borrow_mut();
+        let lost: Vec<u64> = waiting
+            .iter()
+            .filter(|(_, w)| down.contains(&w.node))
+            .map(|(&id, _)| id)
+            .collect();
+        lost.into_iter()
+            .filter_map(|id| waiting.remove(&id))
+            .map(|w| {
+                let message = format!(
+                    "forwarded to node {}, the shard's leader, whose link went down before it \
+                     answered; {}",
+                    w.node,
+                    outcome(w.write)
+                );
+                (w.reply, ShardReply::Error(ErrorCode::Timeout, message))
+            })
+            .collect()
+    }
+
     /// The requests that waited too long for their answers: TIMEOUT (unknown outcome for a
     /// write), and forgotten.
     pub fn expire(&self, now: Instant) -> Vec<(ReplyTo, ShardReply)> {
@@ -142,18 +178,22 @@ impl Forwarding {
             .into_iter()
             .filter_map(|id| waiting.remove(&id))
             .map(|w| {
-                let effect = if w.write {
-                    "the write may or may not have been applied"
-                } else {
-                    "nothing was changed"
-                };
                 let message = format!(
-                    "forwarded to node {}, the shard's leader, and no answer came within {}s; {effect}",
+                    "forwarded to node {}, the shard's leader, and no answer came within {}s; {}",
                     w.node,
-                    FORWARD_TIMEOUT.as_secs()
+                    FORWARD_TIMEOUT.as_secs(),
+                    outcome(w.write)
                 );
                 (w.reply, ShardReply::Error(ErrorCode::Timeout, message))
             })
             .collect()
+    }
+}
+
+fn outcome(write: bool) -> &'static str {
+    if write {
+        "the write may or may not have been applied"
+    } else {
+        "nothing was changed"
     }
 }

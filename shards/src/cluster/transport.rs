@@ -99,6 +99,8 @@ pub struct Links {
     wake: Box<dyn Fn()>,
     /// Addresses learned from hellos and not yet taken by the shard loop.
     learned: RefCell<Vec<(u64, String)>>,
+    /// Nodes whose link went down since the shard loop last looked.
+    went_down: RefCell<Vec<u64>>,
     stopping: Cell<bool>,
     stopped: Notify,
 }
@@ -140,6 +142,7 @@ impl Links {
             answers: RefCell::new(Vec::new()),
             wake,
             learned: RefCell::new(Vec::new()),
+            went_down: RefCell::new(Vec::new()),
             stopping: Cell::new(false),
             stopped: Notify::new(),
         }
@@ -222,6 +225,16 @@ impl Links {
             || !self.answers.borrow().is_empty()
     }
 
+    /// Whether this core's link to `node` is up.
+    pub fn is_connected(&self, node: u64) -> bool {
+        self.peer(node).is_some_and(|p| p.connected.get())
+    }
+
+    /// The nodes whose link went down since the last call.
+    pub fn take_went_down(&self) -> Vec<u64> {
+        std::mem::take(&mut *self.went_down.borrow_mut())
+    }
+
     /// Client addresses learned since the last call: (node, native address).
     pub fn take_learned(&self) -> Vec<(u64, String)> {
         std::mem::take(&mut *self.learned.borrow_mut())
@@ -239,16 +252,18 @@ impl Links {
             reachable: true,
             last_heard_ms: Some(0),
         }];
-        nodes.extend(self.peers.iter().map(|peer| NodeView {
-            id: peer.id,
-            addr: peer.client_addr.borrow().clone(),
-            peer_addr: peer.peer_addr.to_string(),
-            resp_addr: peer.resp_addr.borrow().clone(),
-            reachable: peer.connected.get(),
-            last_heard_ms: peer
-                .last_heard
-                .get()
-                .map(|at| now.duration_since(at).as_millis() as u64),
+        nodes.extend(self.peers.iter().map(|peer| {
+            NodeView {
+                id: peer.id,
+                addr: peer.client_addr.borrow().clone(),
+                peer_addr: peer.peer_addr.to_string(),
+                resp_addr: peer.resp_addr.borrow().clone(),
+                reachable: peer.connected.get(),
+                last_heard_ms: peer
+                    .last_heard
+                    .get()
+                    .map(|at| now.duration_since(at).as_millis() as u64),
+            }
         }));
         (format!("{:016x}", local.cluster_id), nodes)
     }
@@ -485,6 +500,11 @@ async fn dial_loop(links: Rc<Links>, peer: Rc<PeerNode>) {
                 peer.connected.set(true);
                 let error = send_loop(&links, &peer, &stream).await;
                 peer.connected.set(false);
+                // What was queued for it is dropped (Raft resends; forwarded requests are
+                // answered by the shard loop, told here).
+                *peer.queue.borrow_mut() = Outgoing::default();
+                links.went_down.borrow_mut().push(peer.id);
+                (links.wake)();
                 if !links.stopping.get() {
                     tracing::info!(node = peer.id, core = links.core, %error, "peer link down");
                 }

@@ -205,6 +205,11 @@ impl Server {
         }
     }
 
+    /// What kvsd wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
     pub fn client(&self) -> Client {
         Client::connect(&self.addr).expect("connect to kvsd")
     }
