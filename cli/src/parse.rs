@@ -197,7 +197,7 @@ pub struct Invocation {
 }
 
 /// The usage of `kvs` itself.
-pub const USAGE: &str = "kvs [--addr HOST:PORT] [--timeout SECS] [COMMAND]";
+pub const USAGE: &str = "kvs [--addr HOST:PORT[,HOST:PORT...]] [--timeout SECS] [COMMAND]";
 
 /// Parses a command line (without the program's name). `--addr` and `--timeout` may come
 /// anywhere before a `--`; `--help` and `--version` before the command, and `kvs help

@@ -35,4 +35,5 @@ pub mod runtime;
 pub mod scan_cursors;
 pub mod server;
 pub mod shard;
+pub mod shard_ops;
 pub mod spread;

@@ -19,9 +19,11 @@ use kvs_core::log::GroupWritten;
 use kvs_core::store::page::PAGE_SIZE;
 use kvs_core::store::{PagedStore, StoreConfig};
 
-use crate::cluster::codec::PeerFrame;
 use crate::cluster::forwarding::Forwarding;
-use crate::cluster::transport::{answer_hello, Links, LocalNode};
+use crate::cluster::node_links::{
+    peer_accept_loop, CoreCluster, CoreLinks, LeaderWatch, PeerHandoff,
+};
+use crate::cluster::transport::{Links, LocalNode};
 use crate::config::Config;
 use crate::data_dir::{allowed_cpus, DataDir};
 use crate::driver::{CheckpointPolicy, ShardDriver, Wake, REOPEN_INTERVAL};
@@ -81,54 +83,6 @@ struct CoreSetup {
     membership: Membership,
     /// Set for a node of a cluster.
     cluster: Option<CoreCluster>,
-}
-
-/// A core's part of the cluster: who this node is, the members, the peer listener, and the
-/// links other cores accepted for this one.
-struct CoreCluster {
-    local: LocalNode,
-    members: Vec<(u64, SocketAddr)>,
-    peer_listener: TcpListener,
-    handoff_senders: Vec<Option<Sender<PeerHandoff>>>,
-    handoff_receivers: Vec<Receiver<PeerHandoff>>,
-    leaders: Arc<LeaderWatch>,
-}
-
-/// A core's side of the cluster while it serves: its links, its forwarded requests, and the
-/// node's watch of which shards know their leader.
-struct CoreLinks {
-    links: Rc<Links>,
-    forwarding: Forwarding,
-    leaders: Arc<LeaderWatch>,
-}
-
-/// A peer link accepted and greeted by one core, on its way to the core it is for.
-struct PeerHandoff {
-    stream: TcpStream,
-    hello: PeerFrame,
-    buffer: Vec<u8>,
-    filled: usize,
-}
-
-/// Which local shards know their group's leader; says `ready` once all do.
-struct LeaderWatch {
-    known: Vec<std::sync::atomic::AtomicBool>,
-    announced: AtomicBool,
-}
-
-impl LeaderWatch {
-    fn set(&self, core: usize, knows: bool) {
-        self.known[core].store(knows, Ordering::SeqCst);
-        if knows
-            && self.known.iter().all(|k| k.load(Ordering::SeqCst))
-            && !self.announced.swap(true, Ordering::SeqCst)
-        {
-            tracing::info!(
-                shards = self.known.len(),
-                "ready: every local shard knows its leader"
-            );
-        }
-    }
 }
 
 const START_WAIT: u8 = 0;
@@ -668,57 +622,6 @@ async fn accept_loop(
         if ctx.stopping.get() {
             break;
         }
-    }
-}
-
-/// Accepts links from other nodes on this core's handle of the peer listener, greets them,
-/// and hands each to the core it is for.
-async fn peer_accept_loop(
-    ctx: Rc<CoreContext>,
-    links: Rc<Links>,
-    listener: TcpListener,
-    senders: Rc<Vec<Option<Sender<PeerHandoff>>>>,
-) {
-    loop {
-        if ctx.stopping.get() {
-            break;
-        }
-        let stopped = async {
-            ctx.stop.notified().await;
-            None
-        };
-        let accepted =
-            futures_lite::future::or(async { Some(listener.accept().await) }, stopped).await;
-        let stream = match accepted {
-            None => break,
-            Some(Ok(stream)) => stream,
-            Some(Err(error)) => {
-                tracing::warn!(%error, "peer accept failed");
-                wait(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let (links, senders) = (Rc::clone(&links), Rc::clone(&senders));
-        spawn_local(async move {
-            let _ = stream.set_nodelay(true);
-            let Some((hello, core, buffer, filled)) = answer_hello(&links, &stream).await else {
-                return;
-            };
-            match senders.get(core as usize).and_then(Option::as_ref) {
-                None => spawn_local(links.serve_incoming(stream, hello, buffer, filled)).detach(),
-                Some(sender) => {
-                    let link = PeerHandoff {
-                        stream,
-                        hello,
-                        buffer,
-                        filled,
-                    };
-                    // A core that has stopped drops the link; its caller dials again.
-                    let _ = sender.send(link).await;
-                }
-            }
-        })
-        .detach();
     }
 }
 

@@ -66,6 +66,9 @@ pub enum ReplyTo {
     },
 }
 
+/// Sends the answer to a forwarded request back to its node: (node, request id, answer).
+pub type PeerAnswers = Box<dyn Fn(u64, u64, ShardReply)>;
+
 /// A request from another core's connection.
 pub struct RemoteRequest {
     pub op: ShardOp,
@@ -126,7 +129,7 @@ pub struct CoreContext {
     next_connection: Cell<u64>,
     /// Sends an answer to a forwarded request back to its node (set on a node of a
     /// cluster).
-    pub peer_answers: std::cell::OnceCell<Box<dyn Fn(u64, u64, ShardReply)>>,
+    pub peer_answers: std::cell::OnceCell<PeerAnswers>,
 }
 
 impl CoreContext {

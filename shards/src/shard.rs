@@ -32,154 +32,24 @@
 //! works (space was freed, say).
 
 use futures_util::future::join_all;
-use kvs_core::command::{BatchEncoder, Command};
+use kvs_core::command::BatchEncoder;
 use kvs_core::limits::{BATCH_BYTES_MAX, BATCH_COMMANDS_MAX};
 use kvs_core::log::{GroupWrite, GroupWritten, LogDisk, LogError};
-use kvs_core::state::{CommandResult, Versioned};
 use kvs_core::store::{StoreConfig, StoreError};
 use kvs_wire::ErrorCode;
-use serde::Serialize;
 
-use crate::peer::{Membership, Peer, PeerError, PeerStatus};
+use crate::peer::{Membership, Peer, PeerError};
 use crate::pending::{Pending, Proposal};
 use crate::read_index::ReadIndexQueue;
-use raft::eraftpb::{Entry, Message};
+use raft::eraftpb::Entry;
+
+pub use crate::shard_ops::{
+    NodeView, Origin, ReplicaInfo, ShardClusterInfo, ShardInfo, ShardOp, ShardReply, ShardRequest,
+    FORWARDED_ORIGIN, NO_ORIGIN,
+};
 
 /// Reads of one round in flight at once.
 pub const READS_IN_FLIGHT: usize = 128;
-
-/// Who sent a request: requests of one origin take effect in the order they were sent. A
-/// client connection is an origin; [`NO_ORIGIN`] is for senders that wait for each reply
-/// before they send the next request (document coordinators), which need no ordering.
-pub type Origin = u64;
-pub const NO_ORIGIN: Origin = 0;
-/// Set in the origin of a request another node forwarded here: it is never forwarded again
-/// (a leader that lost its leadership meanwhile answers NOT_LEADER instead).
-pub const FORWARDED_ORIGIN: Origin = 1 << 63;
-
-/// What a shard is asked to do. Multi-key requests are split by shard before they get here.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ShardOp {
-    Get {
-        key: Vec<u8>,
-    },
-    MGet {
-        keys: Vec<Vec<u8>>,
-    },
-    Scan {
-        start: Vec<u8>,
-        end: Option<Vec<u8>>,
-        limit: u32,
-    },
-    Info,
-    Write(Command),
-    /// A read of documents (see `documents`).
-    DocRead(crate::doc_reads::DocRead),
-    /// Takes a collection's write lock (see `locks`): answered with `Locked` once granted.
-    Lock(crate::locks::LockRequest),
-    /// Releases a lock `Lock` granted; answered with `Locked` at once.
-    Unlock(crate::locks::LockRequest),
-}
-
-impl ShardOp {
-    /// Lock requests are handled by the shard loop's lock table, not by the store.
-    pub fn is_lock(&self) -> bool {
-        matches!(self, ShardOp::Lock(_) | ShardOp::Unlock(_))
-    }
-
-    /// Whether a member that does not lead may forward it to the leader: lock requests
-    /// belong to the node whose coordinator asked, and INFO is about the node asked.
-    pub fn is_forwardable(&self) -> bool {
-        !matches!(self, ShardOp::Info | ShardOp::Lock(_) | ShardOp::Unlock(_))
-    }
-}
-
-/// A shard's answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ShardReply {
-    Value(Option<Versioned>),
-    Values(Vec<Option<Versioned>>),
-    Scanned(Vec<(Vec<u8>, Vec<u8>)>),
-    Written(CommandResult),
-    Info(Box<ShardInfo>),
-    /// A document read's reply, in the binary document encoding.
-    Doc(Vec<u8>),
-    /// A lock was granted (or released).
-    Locked,
-    Error(ErrorCode, String),
-}
-
-/// One shard's part of INFO.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ShardInfo {
-    pub shard: u32,
-    pub keys: u64,
-    pub term: u64,
-    pub last_index: u64,
-    pub commit_index: u64,
-    pub applied_index: u64,
-    pub leader: bool,
-    pub log_size_bytes: u64,
-    pub log_segments: u64,
-    pub log_groups_written: u64,
-    pub log_records_written: u64,
-    pub log_syncs: u64,
-    /// Commit-group fdatasyncs the ring saw complete: never fewer than the groups written.
-    pub log_synced_writes_completed: u64,
-    /// Commit groups written and not yet known durable.
-    pub log_groups_in_flight: u64,
-    pub writes_applied: u64,
-    pub cache_pages: u64,
-    pub hot_cache_hits: u64,
-    pub hot_cache_misses: u64,
-    /// Writes that went straight to the leaf the hot cache named.
-    pub hinted_writes: u64,
-    pub cache_capacity_pages: u64,
-    pub dirty_pages: u64,
-    pub page_file_pages: u64,
-    pub free_pages: u64,
-    pub page_reads: u64,
-    pub evictions: u64,
-    pub tree_height: u32,
-    pub checkpoints: u64,
-    pub checkpoint_index: u64,
-    pub failed: Option<String>,
-    /// The shard's group, on a node of a cluster.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cluster: Option<ShardClusterInfo>,
-}
-
-/// A replicated shard's group, as this node sees it (`kvs cluster status`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ShardClusterInfo {
-    pub cluster_id: String,
-    pub node_id: u64,
-    /// None while the group has no leader this node knows of.
-    pub leader: Option<u64>,
-    pub replicas: Vec<ReplicaInfo>,
-    pub nodes: Vec<NodeView>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ReplicaInfo {
-    pub node: u64,
-    /// Known on the leader for every replica, elsewhere only for this node's own.
-    pub match_index: Option<u64>,
-    pub role: String,
-}
-
-/// A member node as this node's core sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct NodeView {
-    pub id: u64,
-    /// Its native and RESP addresses (known once it called this node).
-    pub addr: Option<String>,
-    pub peer_addr: String,
-    pub resp_addr: Option<String>,
-    pub reachable: bool,
-    /// Since a frame from it last arrived (None: never).
-    pub last_heard_ms: Option<u64>,
-}
 
 /// What a round produced: replies ready now, requests that wait for the next round (past
 /// the batch limits, or reads that must see the batch), reads that need the disk, and the
@@ -377,14 +247,6 @@ impl DiskReads {
     pub fn has(&self, origin: Origin) -> bool {
         origin != NO_ORIGIN && self.0.borrow().contains_key(&origin)
     }
-}
-
-/// A request with where its reply goes; `R` is the server's reply address.
-#[derive(Debug)]
-pub struct ShardRequest<R> {
-    pub op: ShardOp,
-    pub reply: R,
-    pub origin: Origin,
 }
 
 /// A shard: its peer, the pending proposals, and the bookkeeping of the request path. `R`
@@ -593,162 +455,6 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
 
     pub fn tick(&mut self) {
         self.peer.tick();
-    }
-
-    /// The member this shard's group prefers as leader: the shard's number, modulo the
-    /// member count, picks one of the voters in id order, so the leaders of a node's
-    /// shards spread over every node and writes use every node's cores (ADR 0016).
-    pub fn preferred_leader(&self) -> u64 {
-        let mut voters = self.membership.voters.clone();
-        voters.sort_unstable();
-        voters[self.shard as usize % voters.len()]
-    }
-
-    /// Moves leadership to the preferred member when this member leads instead, serves,
-    /// and the preferred one is caught up and heard from.
-    pub fn place_leader(&mut self) {
-        let preferred = self.preferred_leader();
-        if self.is_replicated()
-            && preferred != self.peer.id()
-            && self.peer.is_serving()
-            && self.peer.is_caught_up(preferred)
-        {
-            tracing::info!(
-                shard = self.shard,
-                to = preferred,
-                "handing leadership to its preferred node"
-            );
-            self.peer.transfer_leader(preferred);
-        }
-    }
-
-    /// Hands leadership to member `to` (`kvs cluster transfer-leader`); false when this
-    /// member does not lead or `to` is not a member.
-    pub fn transfer_leader(&mut self, to: u64) -> bool {
-        if !self.peer.is_leader() || !self.membership.voters.contains(&to) {
-            return false;
-        }
-        self.peer.transfer_leader(to);
-        true
-    }
-
-    /// Whether this shard is one member of a replicated group.
-    pub fn is_replicated(&self) -> bool {
-        self.membership.voters.len() > 1
-    }
-
-    /// The group's leader as this member knows it.
-    pub fn leader(&self) -> Option<u64> {
-        self.peer.leader()
-    }
-
-    /// Takes a Raft message from another member; one that does not fit (meant for another
-    /// node) is dropped with a log line.
-    pub fn step(&mut self, message: Message) {
-        if let Err(error) = self.peer.step(message) {
-            tracing::debug!(shard = self.shard, %error, "raft message dropped");
-        }
-    }
-
-    /// The Raft messages to send now, in order.
-    pub fn take_messages(&mut self) -> Vec<Message> {
-        self.peer.take_messages()
-    }
-
-    /// Records the cluster's id and its nodes as this core sees them, for INFO.
-    pub fn set_cluster_view(&mut self, cluster_id: String, nodes: Vec<NodeView>) {
-        self.cluster_view = Some((cluster_id, nodes));
-    }
-
-    /// Records where node `node` serves clients, for NOT_LEADER hints.
-    pub fn set_node_addr(&mut self, node: u64, addr: String) {
-        self.node_addrs.insert(node, addr);
-    }
-
-    /// The node to forward `request` to: the leader, when this member knows one on another
-    /// node, and the request came from a client of this node and may be forwarded.
-    fn forward_to(&self, request: &ShardRequest<R>) -> Option<u64> {
-        if !self.forwarding
-            || request.origin & FORWARDED_ORIGIN != 0
-            || !request.op.is_forwardable()
-        {
-            return None;
-        }
-        self.peer.leader().filter(|&id| id != self.peer.id())
-    }
-
-    /// Whether requests for a leader elsewhere are forwarded to it (the node runs peer
-    /// links) rather than answered NOT_LEADER.
-    pub fn set_forwarding(&mut self, forwarding: bool) {
-        self.forwarding = forwarding;
-    }
-
-    /// The answer to a request this member cannot serve because it does not lead: surely
-    /// not applied (nothing was proposed), so the client may send it elsewhere.
-    fn not_leader(&self) -> ShardReply {
-        match self.peer.leader().filter(|&id| id != self.peer.id()) {
-            Some(leader) => {
-                let at = self
-                    .node_addrs
-                    .get(&leader)
-                    .map(|addr| format!(" at {addr}"))
-                    .unwrap_or_default();
-                ShardReply::Error(
-                    ErrorCode::NotLeader,
-                    format!(
-                        "shard {}: this node does not lead it; the leader is node {leader}{at}",
-                        self.shard
-                    ),
-                )
-            }
-            None => ShardReply::Error(
-                ErrorCode::NoQuorum,
-                format!(
-                    "shard {}: no leader (an election is under way, or this node cannot reach \
-                     a majority of the cluster); nothing was done",
-                    self.shard
-                ),
-            ),
-        }
-    }
-
-    /// After Raft stepped, ticked or applied: confirms held reads (ReadIndex), answers those
-    /// whose index is applied, fails those a deposed leader will never confirm, and asks
-    /// for the ones gathered since.
-    pub fn after_raft(&mut self) -> Output<R> {
-        let mut output = Output::default();
-        if !self.is_replicated() {
-            return output;
-        }
-        for state in self.peer.take_read_states() {
-            self.reads.confirm(&state.request_ctx, state.index);
-        }
-        if !self.peer.is_leader() && self.reads.has_unconfirmed() {
-            for read in self.reads.take_unconfirmed() {
-                self.disk_reads.finish(read.origin);
-                output.replies.push((read.reply, self.not_leader()));
-            }
-        }
-        if self.peer.is_serving() {
-            if let Some(context) = self.reads.ask() {
-                self.peer.read_index(context);
-            }
-        }
-        for read in self.reads.take_applied(self.peer.store().applied_index()) {
-            match self.try_read(&read.op) {
-                Some(reply) => {
-                    self.disk_reads.finish(read.origin);
-                    output.replies.push((read.reply, reply));
-                }
-                // Already counted in `disk_reads`: whoever runs it reports it finished.
-                None => output.deferred.push(read),
-            }
-        }
-        output
-    }
-
-    pub fn status(&self) -> PeerStatus {
-        self.peer.status()
     }
 
     /// Answers a read from the pool alone, or None when it needs the disk.
@@ -1211,6 +917,9 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
         round
     }
 }
+
+#[path = "shard_replicated.rs"]
+mod replicated;
 
 #[cfg(test)]
 #[path = "shard_tests.rs"]

@@ -2,7 +2,9 @@
 
 use super::*;
 use futures_lite::future::block_on;
+use kvs_core::command::Command;
 use kvs_core::log::sim::{FaultOn, SimDisk};
+use kvs_core::state::{CommandResult, Versioned};
 
 const CONFIG: StoreConfig = StoreConfig {
     cache_pages: 64,

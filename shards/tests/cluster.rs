@@ -183,7 +183,7 @@ fn run_clients(
                     rng ^= rng >> 7;
                     rng ^= rng << 17;
                     let key = format!("k{}", rng % 4).into_bytes();
-                    let write = (rng >> 8) % 2 == 0;
+                    let write = (rng >> 8).is_multiple_of(2);
                     let invoked = now(start);
                     let event = if write {
                         seq += 1;

@@ -8,6 +8,12 @@
 //! When the connection breaks, every request in flight fails with
 //! [`ClientError::Disconnected`] (a write may or may not have been applied, since it may have
 //! reached the server) and the next request reconnects, at most once per `reconnect_backoff`.
+//!
+//! The address may list several nodes of a cluster, comma-separated (`A,B,C`): the client
+//! connects to the first that answers and, when its node goes away, to the next. Any node
+//! takes any request (it forwards to the shard's leader). A request refused with NO_QUORUM
+//! or NOT_LEADER was surely not applied (docs/cluster.md), so [`Client::call`] sends it again
+//! after a short pause while the cluster elects a leader, up to the request timeout.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -232,11 +238,20 @@ impl Pending {
 struct State {
     connection: Option<Arc<Connection>>,
     last_failure: Option<Instant>,
+    /// The address in `Client::addrs` to try first.
+    current: usize,
 }
+
+/// The first pause before a request refused with NO_QUORUM or NOT_LEADER is sent again; it
+/// doubles up to [`RETRY_PAUSE_MAX`].
+const RETRY_PAUSE: Duration = Duration::from_millis(20);
+const RETRY_PAUSE_MAX: Duration = Duration::from_millis(320);
 
 /// A connection to one kvsd. See the module documentation.
 pub struct Client {
     addr: String,
+    /// The nodes `addr` lists.
+    addrs: Vec<String>,
     options: ClientOptions,
     state: Mutex<State>,
     next_request_id: AtomicU64,
@@ -249,16 +264,48 @@ impl Client {
     }
 
     pub fn connect_with(addr: &str, options: ClientOptions) -> Result<Client, ClientError> {
-        let connection = Connection::open(addr, &options)?;
+        let addrs: Vec<String> = addr
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(String::from)
+            .collect();
+        if addrs.is_empty() {
+            return Err(ClientError::Connect {
+                addr: addr.to_string(),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address"),
+            });
+        }
+        let (connection, current) = Client::open_any(&addrs, 0, &options)?;
         Ok(Client {
             addr: addr.to_string(),
+            addrs,
             options,
             state: Mutex::new(State {
                 connection: Some(connection),
                 last_failure: None,
+                current,
             }),
             next_request_id: AtomicU64::new(1),
         })
+    }
+
+    /// Connects to the first of `addrs`, from `first` on and around, that takes the
+    /// connection; returns it and its place.
+    fn open_any(
+        addrs: &[String],
+        first: usize,
+        options: &ClientOptions,
+    ) -> Result<(Arc<Connection>, usize), ClientError> {
+        let mut last_error = None;
+        for step in 0..addrs.len() {
+            let at = (first + step) % addrs.len();
+            match Connection::open(&addrs[at], options) {
+                Ok(connection) => return Ok((connection, at)),
+                Err(e) => last_error = Some(e),
+            }
+        }
+        Err(last_error.expect("at least one address was tried"))
     }
 
     pub fn addr(&self) -> &str {
@@ -281,10 +328,13 @@ impl Client {
                 ));
             }
         }
-        match Connection::open(&self.addr, &self.options) {
-            Ok(connection) => {
+        // The node that went away is tried last.
+        let first = (state.current + 1) % self.addrs.len();
+        match Client::open_any(&self.addrs, first, &self.options) {
+            Ok((connection, at)) => {
                 state.connection = Some(Arc::clone(&connection));
                 state.last_failure = None;
+                state.current = at;
                 Ok(connection)
             }
             Err(e) => {
@@ -333,9 +383,24 @@ impl Client {
         Ok(pendings.remove(0))
     }
 
-    /// Sends a request and waits for its reply.
+    /// Sends a request and waits for its reply. A refusal that surely did nothing while a
+    /// cluster has no leader for the shard (NO_QUORUM, NOT_LEADER) is retried after a
+    /// pause, until the request timeout has passed.
     pub fn call(&self, request: &Request) -> Result<Response, ClientError> {
-        self.submit(request)?.wait()
+        let started = Instant::now();
+        let mut pause = RETRY_PAUSE;
+        loop {
+            match self.submit(request)?.wait() {
+                Err(ClientError::Server {
+                    code: ErrorCode::NoQuorum | ErrorCode::NotLeader,
+                    ..
+                }) if started.elapsed() + pause < self.options.request_timeout => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(RETRY_PAUSE_MAX);
+                }
+                result => return result,
+            }
+        }
     }
 
     fn unexpected(response: Response) -> ClientError {

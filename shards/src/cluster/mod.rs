@@ -5,4 +5,5 @@
 pub mod codec;
 pub mod forward;
 pub mod forwarding;
+pub mod node_links;
 pub mod transport;

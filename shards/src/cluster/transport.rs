@@ -460,9 +460,8 @@ pub async fn read_frame(
             Err(error) => return Err(io::Error::new(io::ErrorKind::InvalidData, error)),
         }
         if *filled == buffer.len() {
-            let grown = (buffer.len() * 2)
-                .max(RECEIVE_BUFFER)
-                .min(PEER_HEADER_SIZE + PEER_BODY_SIZE_MAX);
+            let grown =
+                (buffer.len() * 2).clamp(RECEIVE_BUFFER, PEER_HEADER_SIZE + PEER_BODY_SIZE_MAX);
             buffer.resize(grown, 0);
         }
         let (result, back) = stream.recv(std::mem::take(buffer), *filled).await;

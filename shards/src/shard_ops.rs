@@ -1,0 +1,149 @@
+//! What a shard is asked and what it answers: the requests that reach a shard (split by
+//! shard already), their origins, the replies, and INFO's per-shard figures. Plain data,
+//! shared by the shard (`shard`), the routing (`route`), the servers and the peer codec.
+
+use kvs_core::command::Command;
+use kvs_core::state::{CommandResult, Versioned};
+use kvs_wire::ErrorCode;
+use serde::Serialize;
+
+/// Who sent a request: requests of one origin take effect in the order they were sent. A
+/// client connection is an origin; [`NO_ORIGIN`] is for senders that wait for each reply
+/// before they send the next request (document coordinators), which need no ordering.
+pub type Origin = u64;
+pub const NO_ORIGIN: Origin = 0;
+/// Set in the origin of a request another node forwarded here: it is never forwarded again
+/// (a leader that lost its leadership meanwhile answers NOT_LEADER instead).
+pub const FORWARDED_ORIGIN: Origin = 1 << 63;
+
+/// What a shard is asked to do. Multi-key requests are split by shard before they get here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShardOp {
+    Get {
+        key: Vec<u8>,
+    },
+    MGet {
+        keys: Vec<Vec<u8>>,
+    },
+    Scan {
+        start: Vec<u8>,
+        end: Option<Vec<u8>>,
+        limit: u32,
+    },
+    Info,
+    Write(Command),
+    /// A read of documents (see `documents`).
+    DocRead(crate::doc_reads::DocRead),
+    /// Takes a collection's write lock (see `locks`): answered with `Locked` once granted.
+    Lock(crate::locks::LockRequest),
+    /// Releases a lock `Lock` granted; answered with `Locked` at once.
+    Unlock(crate::locks::LockRequest),
+}
+
+impl ShardOp {
+    /// Lock requests are handled by the shard loop's lock table, not by the store.
+    pub fn is_lock(&self) -> bool {
+        matches!(self, ShardOp::Lock(_) | ShardOp::Unlock(_))
+    }
+
+    /// Whether a member that does not lead may forward it to the leader: lock requests
+    /// belong to the node whose coordinator asked, and INFO is about the node asked.
+    pub fn is_forwardable(&self) -> bool {
+        !matches!(self, ShardOp::Info | ShardOp::Lock(_) | ShardOp::Unlock(_))
+    }
+}
+
+/// A shard's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShardReply {
+    Value(Option<Versioned>),
+    Values(Vec<Option<Versioned>>),
+    Scanned(Vec<(Vec<u8>, Vec<u8>)>),
+    Written(CommandResult),
+    Info(Box<ShardInfo>),
+    /// A document read's reply, in the binary document encoding.
+    Doc(Vec<u8>),
+    /// A lock was granted (or released).
+    Locked,
+    Error(ErrorCode, String),
+}
+
+/// One shard's part of INFO.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ShardInfo {
+    pub shard: u32,
+    pub keys: u64,
+    pub term: u64,
+    pub last_index: u64,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    pub leader: bool,
+    pub log_size_bytes: u64,
+    pub log_segments: u64,
+    pub log_groups_written: u64,
+    pub log_records_written: u64,
+    pub log_syncs: u64,
+    /// Commit-group fdatasyncs the ring saw complete: never fewer than the groups written.
+    pub log_synced_writes_completed: u64,
+    /// Commit groups written and not yet known durable.
+    pub log_groups_in_flight: u64,
+    pub writes_applied: u64,
+    pub cache_pages: u64,
+    pub hot_cache_hits: u64,
+    pub hot_cache_misses: u64,
+    /// Writes that went straight to the leaf the hot cache named.
+    pub hinted_writes: u64,
+    pub cache_capacity_pages: u64,
+    pub dirty_pages: u64,
+    pub page_file_pages: u64,
+    pub free_pages: u64,
+    pub page_reads: u64,
+    pub evictions: u64,
+    pub tree_height: u32,
+    pub checkpoints: u64,
+    pub checkpoint_index: u64,
+    pub failed: Option<String>,
+    /// The shard's group, on a node of a cluster.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ShardClusterInfo>,
+}
+
+/// A replicated shard's group, as this node sees it (`kvs cluster status`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ShardClusterInfo {
+    pub cluster_id: String,
+    pub node_id: u64,
+    /// None while the group has no leader this node knows of.
+    pub leader: Option<u64>,
+    pub replicas: Vec<ReplicaInfo>,
+    pub nodes: Vec<NodeView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReplicaInfo {
+    pub node: u64,
+    /// Known on the leader for every replica, elsewhere only for this node's own.
+    pub match_index: Option<u64>,
+    pub role: String,
+}
+
+/// A member node as this node's core sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NodeView {
+    pub id: u64,
+    /// Its native and RESP addresses (known once it called this node).
+    pub addr: Option<String>,
+    pub peer_addr: String,
+    pub resp_addr: Option<String>,
+    pub reachable: bool,
+    /// Since a frame from it last arrived (None: never).
+    pub last_heard_ms: Option<u64>,
+}
+
+/// A request with where its reply goes; `R` is the server's reply address.
+#[derive(Debug)]
+pub struct ShardRequest<R> {
+    pub op: ShardOp,
+    pub reply: R,
+    pub origin: Origin,
+}

@@ -1,0 +1,170 @@
+//! The shard as one member of a replicated group (ADR 0015, 0016): leadership, Raft
+//! messages in and out, NOT_LEADER and NO_QUORUM answers, forwarding to the leader, reads
+//! confirmed with ReadIndex, and the leader's preferred place. A child of `shard`, so it
+//! sees the shard's fields.
+
+use kvs_core::log::LogDisk;
+use kvs_wire::ErrorCode;
+use raft::eraftpb::Message;
+
+use crate::peer::PeerStatus;
+
+use super::{NodeView, Output, ShardCore, ShardReply, ShardRequest, FORWARDED_ORIGIN};
+
+impl<D: LogDisk + Clone, R> ShardCore<D, R> {
+    /// The member this shard's group prefers as leader: the shard's number, modulo the
+    /// member count, picks one of the voters in id order, so the leaders of a node's
+    /// shards spread over every node and writes use every node's cores (ADR 0016).
+    pub fn preferred_leader(&self) -> u64 {
+        let mut voters = self.membership.voters.clone();
+        voters.sort_unstable();
+        voters[self.shard as usize % voters.len()]
+    }
+
+    /// Moves leadership to the preferred member when this member leads instead, serves,
+    /// and the preferred one is caught up and heard from.
+    pub fn place_leader(&mut self) {
+        let preferred = self.preferred_leader();
+        if self.is_replicated()
+            && preferred != self.peer.id()
+            && self.peer.is_serving()
+            && self.peer.is_caught_up(preferred)
+        {
+            tracing::info!(
+                shard = self.shard,
+                to = preferred,
+                "handing leadership to its preferred node"
+            );
+            self.peer.transfer_leader(preferred);
+        }
+    }
+
+    /// Hands leadership to member `to` (`kvs cluster transfer-leader`); false when this
+    /// member does not lead or `to` is not a member.
+    pub fn transfer_leader(&mut self, to: u64) -> bool {
+        if !self.peer.is_leader() || !self.membership.voters.contains(&to) {
+            return false;
+        }
+        self.peer.transfer_leader(to);
+        true
+    }
+
+    /// Whether this shard is one member of a replicated group.
+    pub fn is_replicated(&self) -> bool {
+        self.membership.voters.len() > 1
+    }
+
+    /// The group's leader as this member knows it.
+    pub fn leader(&self) -> Option<u64> {
+        self.peer.leader()
+    }
+
+    /// Takes a Raft message from another member; one that does not fit (meant for another
+    /// node) is dropped with a log line.
+    pub fn step(&mut self, message: Message) {
+        if let Err(error) = self.peer.step(message) {
+            tracing::debug!(shard = self.shard, %error, "raft message dropped");
+        }
+    }
+
+    /// The Raft messages to send now, in order.
+    pub fn take_messages(&mut self) -> Vec<Message> {
+        self.peer.take_messages()
+    }
+
+    /// Records the cluster's id and its nodes as this core sees them, for INFO.
+    pub fn set_cluster_view(&mut self, cluster_id: String, nodes: Vec<NodeView>) {
+        self.cluster_view = Some((cluster_id, nodes));
+    }
+
+    /// Records where node `node` serves clients, for NOT_LEADER hints.
+    pub fn set_node_addr(&mut self, node: u64, addr: String) {
+        self.node_addrs.insert(node, addr);
+    }
+
+    /// The node to forward `request` to: the leader, when this member knows one on another
+    /// node, and the request came from a client of this node and may be forwarded.
+    pub(super) fn forward_to(&self, request: &ShardRequest<R>) -> Option<u64> {
+        if !self.forwarding
+            || request.origin & FORWARDED_ORIGIN != 0
+            || !request.op.is_forwardable()
+        {
+            return None;
+        }
+        self.peer.leader().filter(|&id| id != self.peer.id())
+    }
+
+    /// Whether requests for a leader elsewhere are forwarded to it (the node runs peer
+    /// links) rather than answered NOT_LEADER.
+    pub fn set_forwarding(&mut self, forwarding: bool) {
+        self.forwarding = forwarding;
+    }
+
+    /// The answer to a request this member cannot serve because it does not lead: surely
+    /// not applied (nothing was proposed), so the client may send it elsewhere.
+    pub(super) fn not_leader(&self) -> ShardReply {
+        match self.peer.leader().filter(|&id| id != self.peer.id()) {
+            Some(leader) => {
+                let at = self
+                    .node_addrs
+                    .get(&leader)
+                    .map(|addr| format!(" at {addr}"))
+                    .unwrap_or_default();
+                ShardReply::Error(
+                    ErrorCode::NotLeader,
+                    format!(
+                        "shard {}: this node does not lead it; the leader is node {leader}{at}",
+                        self.shard
+                    ),
+                )
+            }
+            None => ShardReply::Error(
+                ErrorCode::NoQuorum,
+                format!(
+                    "shard {}: no leader (an election is under way, or this node cannot reach \
+                     a majority of the cluster); nothing was done",
+                    self.shard
+                ),
+            ),
+        }
+    }
+
+    /// After Raft stepped, ticked or applied: confirms held reads (ReadIndex), answers those
+    /// whose index is applied, fails those a deposed leader will never confirm, and asks
+    /// for the ones gathered since.
+    pub fn after_raft(&mut self) -> Output<R> {
+        let mut output = Output::default();
+        if !self.is_replicated() {
+            return output;
+        }
+        for state in self.peer.take_read_states() {
+            self.reads.confirm(&state.request_ctx, state.index);
+        }
+        if !self.peer.is_leader() && self.reads.has_unconfirmed() {
+            for read in self.reads.take_unconfirmed() {
+                self.disk_reads.finish(read.origin);
+                output.replies.push((read.reply, self.not_leader()));
+            }
+        }
+        if self.peer.is_serving() {
+            if let Some(context) = self.reads.ask() {
+                self.peer.read_index(context);
+            }
+        }
+        for read in self.reads.take_applied(self.peer.store().applied_index()) {
+            match self.try_read(&read.op) {
+                Some(reply) => {
+                    self.disk_reads.finish(read.origin);
+                    output.replies.push((read.reply, reply));
+                }
+                // Already counted in `disk_reads`: whoever runs it reports it finished.
+                None => output.deferred.push(read),
+            }
+        }
+        output
+    }
+
+    pub fn status(&self) -> PeerStatus {
+        self.peer.status()
+    }
+}
