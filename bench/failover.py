@@ -119,6 +119,7 @@ def main():
     key = next(k for k in (f"failover-{n}".encode() for n in range(1000))
                if fnv1a(k) % a.shards == 0)
     times = []
+    keep = [False]
     try:
         for i in range(3):
             start(i)
@@ -127,7 +128,9 @@ def main():
             leader = None
             while leader is None:
                 if time.time() > deadline:
-                    sys.exit("the cluster did not settle; logs in " + work)
+                    keep[0] = True
+                    views = [status(i) for i in range(3)]
+                    sys.exit(f"the cluster did not settle; logs in {work}; status: {views}")
                 time.sleep(0.2)
                 leader = settled()
             victim = leader - 1
@@ -158,7 +161,8 @@ def main():
             if proc is not None and proc.poll() is None:
                 proc.kill()
                 proc.wait()
-        shutil.rmtree(work, ignore_errors=True)
+        if not keep[0]:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -102,8 +102,9 @@ fn drive(shared: &Shared, indexes: &[u64], epoll: i32) -> anyhow::Result<ClientS
     let mut second = SecondRecorder::new(&shared.timeline, shared.start);
     let mut clients = Vec::with_capacity(indexes.len());
     for (i, &index) in indexes.iter().enumerate() {
-        let stream = TcpStream::connect(&args.addr)
-            .with_context(|| format!("cannot connect to {}", args.addr))?;
+        let addr = crate::nth_addr(&args.addr, index as usize);
+        let stream =
+            TcpStream::connect(addr).with_context(|| format!("cannot connect to {addr}"))?;
         stream.set_nodelay(true)?;
         stream.set_nonblocking(true)?;
         epoll_set(epoll, stream.as_raw_fd(), i, false, true)?;

@@ -43,6 +43,8 @@ const LOAD_DOCS_PER_ROUND_TRIP: usize = 1024;
     version
 )]
 struct Args {
+    /// The server, or several nodes of a cluster, comma-separated: connection i goes to
+    /// the i-th modulo their count.
     #[arg(long, default_value = "127.0.0.1:7070")]
     addr: String,
     #[arg(long, value_enum, default_value = "native")]
@@ -223,7 +225,8 @@ fn load(args: &Args, value: &[u8]) -> anyhow::Result<(u64, Duration)> {
     let per_client = args.records.div_ceil(clients);
     let threads: Vec<_> = (0..clients)
         .map(|c| {
-            let (addr, protocol, value) = (args.addr.clone(), args.protocol, value.to_vec());
+            let addr = nth_addr(&args.addr, c as usize).to_string();
+            let (protocol, value) = (args.protocol, value.to_vec());
             let documents = args.workload.documents();
             let (from, to) = (c * per_client, ((c + 1) * per_client).min(args.records));
             std::thread::spawn(move || -> anyhow::Result<(u64, Option<String>)> {
@@ -433,4 +436,10 @@ fn main() -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The address connection `index` uses: `--addr` lists one or several, comma-separated.
+pub fn nth_addr(addrs: &str, index: usize) -> &str {
+    let count = addrs.split(',').count();
+    addrs.split(',').nth(index % count).unwrap_or(addrs).trim()
 }

@@ -42,6 +42,7 @@ pub fn status_from_info(info: &str) -> Result<String, String> {
                 .and_then(Value::as_bool)
                 .unwrap_or(false);
             let heard = node.get("last_heard_ms").and_then(Value::as_u64);
+            let sent = node.get("bytes_sent").and_then(Value::as_u64).unwrap_or(0);
             match nodes.iter_mut().find(|n| n.get("id") == Some(&id)) {
                 Some(known) => {
                     if seen {
@@ -53,6 +54,8 @@ pub fn status_from_info(info: &str) -> Result<String, String> {
                         (a, b) => a.or(b),
                     };
                     known.insert("last_heard_ms".into(), json!(latest));
+                    let total = known.get("bytes_sent").and_then(Value::as_u64).unwrap_or(0);
+                    known.insert("bytes_sent".into(), json!(total + sent));
                     for field in ["addr", "resp_addr"] {
                         if known.get(field).is_none_or(Value::is_null) {
                             known
@@ -68,6 +71,7 @@ pub fn status_from_info(info: &str) -> Result<String, String> {
                     }
                     row.insert("reachable".into(), Value::Bool(seen));
                     row.insert("last_heard_ms".into(), json!(heard));
+                    row.insert("bytes_sent".into(), json!(sent));
                     nodes.push(row);
                 }
             }
@@ -88,6 +92,7 @@ pub fn status_from_info(info: &str) -> Result<String, String> {
             ("resp_addr".to_string(), Value::Null),
             ("reachable".to_string(), Value::Bool(true)),
             ("last_heard_ms".to_string(), json!(0)),
+            ("bytes_sent".to_string(), json!(0)),
         ]));
     }
     nodes.sort_by_key(|n| n.get("id").and_then(Value::as_u64));

@@ -138,6 +138,9 @@ pub struct NodeView {
     pub reachable: bool,
     /// Since a frame from it last arrived (None: never).
     pub last_heard_ms: Option<u64>,
+    /// Bytes this core's link has sent it (its shard's Raft traffic, forwarded requests and
+    /// answers, keepalives).
+    pub bytes_sent: u64,
 }
 
 /// A request with where its reply goes; `R` is the server's reply address.

@@ -67,6 +67,8 @@ pub struct PeerNode {
     pub connected: Cell<bool>,
     /// Messages dropped because its queue was full.
     pub dropped: Cell<u64>,
+    /// Bytes this core's link sent it.
+    pub bytes_sent: Cell<u64>,
     queue: RefCell<Outgoing>,
     queued: Notify,
 }
@@ -128,6 +130,7 @@ impl Links {
                     last_heard: Cell::new(None),
                     connected: Cell::new(false),
                     dropped: Cell::new(0),
+                    bytes_sent: Cell::new(0),
                     queue: RefCell::new(Outgoing::default()),
                     queued: Notify::new(),
                 })
@@ -251,6 +254,7 @@ impl Links {
             resp_addr: (!local.resp_addr.is_empty()).then(|| local.resp_addr.clone()),
             reachable: true,
             last_heard_ms: Some(0),
+            bytes_sent: 0,
         }];
         nodes.extend(self.peers.iter().map(|peer| {
             NodeView {
@@ -263,6 +267,7 @@ impl Links {
                     .last_heard
                     .get()
                     .map(|at| now.duration_since(at).as_millis() as u64),
+                bytes_sent: peer.bytes_sent.get(),
             }
         }));
         (format!("{:016x}", local.cluster_id), nodes)
@@ -639,5 +644,6 @@ async fn send_loop(links: &Links, peer: &PeerNode, stream: &TcpStream) -> io::Er
         if let Err(error) = sent {
             return error;
         }
+        peer.bytes_sent.set(peer.bytes_sent.get() + out.len() as u64);
     }
 }
