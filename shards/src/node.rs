@@ -638,7 +638,7 @@ async fn shard_loop(
 ) {
     let forwarding = cluster.map(|c| &c.forwarding);
     let started = Instant::now();
-    let mut knew_leader = false;
+    let mut last_leader: Option<u64> = None;
     let disk_reads = shard.disk_reads();
     let mut driver = ShardDriver::new(shard);
     // Group writes in flight, oldest first: reported to the driver in this order.
@@ -700,10 +700,15 @@ async fn shard_loop(
             for message in driver.shard_mut().take_messages() {
                 links.send(group, message);
             }
-            let knows = driver.shard().leader().is_some();
-            if knows != knew_leader {
-                knew_leader = knows;
-                leaders.set(ctx.core, knows);
+            let leader = driver.shard().leader();
+            if leader != last_leader {
+                if let Some(old) = last_leader {
+                    for (to, reply) in forwarding.map_or_else(Vec::new, |f| f.leader_changed(old)) {
+                        ctx.reply(to, reply).await;
+                    }
+                }
+                last_leader = leader;
+                leaders.set(ctx.core, leader.is_some());
             }
         }
         deliver(ctx, current_store, &disk_reads, ready.output, forwarding).await;

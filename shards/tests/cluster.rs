@@ -8,233 +8,14 @@ mod common;
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{free_ports, kvsd_binary, Server};
+use common::cluster::{now, run_clients, strs, Cluster};
+use common::{kvsd_binary, Server};
 use kvs_lincheck::{Event, Op, Outcome};
-use kvs_wire::{Client, ClientError, ClientOptions, ErrorCode};
-
-/// A cluster of kvsd processes, each with its own data directory under one scratch dir.
-struct Cluster {
-    nodes: Vec<Option<Server>>,
-    addrs: Vec<String>,
-    resp_addrs: Vec<String>,
-    peer_addrs: Vec<String>,
-    dir: tempfile::TempDir,
-    shards: u32,
-}
-
-impl Cluster {
-    fn start(size: usize, shards: u32) -> Cluster {
-        let ports: Vec<u16> = free_ports::<15>().to_vec();
-        let addr = |i: usize| format!("127.0.0.1:{}", ports[i]);
-        let mut cluster = Cluster {
-            nodes: Vec::new(),
-            addrs: (0..size).map(addr).collect(),
-            resp_addrs: (0..size).map(|i| addr(5 + i)).collect(),
-            peer_addrs: (0..size).map(|i| addr(10 + i)).collect(),
-            dir: tempfile::tempdir().unwrap(),
-            shards,
-        };
-        for i in 0..size {
-            let server = cluster.spawn(i, &[]);
-            cluster.nodes.push(Some(server));
-        }
-        for node in cluster.nodes.iter().flatten() {
-            node.wait_ready();
-        }
-        cluster
-    }
-
-    fn members(&self) -> String {
-        self.peer_addrs
-            .iter()
-            .enumerate()
-            .map(|(i, addr)| format!("{}={addr}", i + 1))
-            .collect::<Vec<_>>()
-            .join(",")
-    }
-
-    fn data_dir(&self, i: usize) -> PathBuf {
-        self.dir.path().join(format!("node{}", i + 1))
-    }
-
-    /// Starts node `i` (0-based; its id is i + 1) with the cluster's flags and `extra`.
-    fn spawn(&self, i: usize, extra: &[&str]) -> Server {
-        let id = (i + 1).to_string();
-        let members = self.members();
-        let mut flags = vec![
-            "--node-id",
-            &id,
-            "--peer-listen",
-            &self.peer_addrs[i],
-            "--resp-listen",
-            &self.resp_addrs[i],
-            "--initial-cluster",
-            &members,
-        ];
-        flags.extend_from_slice(extra);
-        Server::spawn_with(&self.data_dir(i), self.shards, &self.addrs[i], &flags)
-    }
-
-    fn restart(&mut self, i: usize) {
-        let server = self.spawn(i, &[]);
-        server.wait_ready();
-        self.nodes[i] = Some(server);
-    }
-
-    fn kill9(&mut self, i: usize) {
-        self.nodes[i].take().expect("the node runs").kill9();
-    }
-
-    /// Each shard's leader as node `i` sees it, with its INFO.
-    fn shards_seen_by(&self, i: usize) -> Option<Vec<serde_json::Value>> {
-        let client = Client::connect(&self.addrs[i]).ok()?;
-        let info: serde_json::Value = serde_json::from_str(&client.info().ok()?).ok()?;
-        Some(info["shard"].as_array()?.clone())
-    }
-
-    /// Waits until every running node knows a leader for every shard, and they agree;
-    /// returns the leaders by shard.
-    fn wait_for_leaders(&self) -> Vec<u64> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let mut agreed: Option<Vec<u64>> = None;
-            let mut ok = true;
-            for i in (0..self.nodes.len()).filter(|&i| self.nodes[i].is_some()) {
-                let leaders: Option<Vec<u64>> = self.shards_seen_by(i).and_then(|shards| {
-                    shards
-                        .iter()
-                        .map(|s| s["cluster"]["leader"].as_u64())
-                        .collect()
-                });
-                match (leaders, &agreed) {
-                    (Some(l), None) => agreed = Some(l),
-                    (Some(l), Some(a)) if &l == a => {}
-                    _ => ok = false,
-                }
-            }
-            if ok {
-                if let Some(leaders) = agreed {
-                    return leaders;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the nodes did not agree on leaders"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-fn strs(v: &[String]) -> Vec<&str> {
-    v.iter().map(String::as_str).collect()
-}
-
-/// Nanoseconds since the test's clock started: the time every client records.
-fn now(start: Instant) -> u64 {
-    start.elapsed().as_nanos() as u64
-}
-
-/// Runs clients against the nodes (each client on one node, moving on when it is down)
-/// until `stop`; every operation they saw goes into `history`.
-fn run_clients(
-    addrs: Vec<String>,
-    clients: usize,
-    start: Instant,
-    stop: Arc<AtomicBool>,
-    history: Arc<Mutex<Vec<Event>>>,
-    acknowledged: Arc<AtomicU64>,
-) -> Vec<std::thread::JoinHandle<()>> {
-    (0..clients)
-        .map(|c| {
-            let (addrs, stop, history, acknowledged) = (
-                addrs.clone(),
-                Arc::clone(&stop),
-                Arc::clone(&history),
-                Arc::clone(&acknowledged),
-            );
-            std::thread::spawn(move || {
-                let options = ClientOptions {
-                    connect_timeout: Duration::from_millis(500),
-                    request_timeout: Duration::from_secs(3),
-                    reconnect_backoff: Duration::from_millis(50),
-                };
-                let mut node = c % addrs.len();
-                let mut client: Option<Client> = None;
-                let mut seq = 0u64;
-                let mut rng = 0x9e37_79b9_7f4a_7c15u64 ^ (c as u64 + 1);
-                while !stop.load(Ordering::SeqCst) {
-                    let Some(conn) = client.as_ref() else {
-                        match Client::connect_with(&addrs[node], options.clone()) {
-                            Ok(conn) => client = Some(conn),
-                            Err(_) => {
-                                node = (node + 1) % addrs.len();
-                                std::thread::sleep(Duration::from_millis(20));
-                            }
-                        }
-                        continue;
-                    };
-                    rng ^= rng << 13;
-                    rng ^= rng >> 7;
-                    rng ^= rng << 17;
-                    let key = format!("k{}", rng % 4).into_bytes();
-                    let write = (rng >> 8).is_multiple_of(2);
-                    let invoked = now(start);
-                    let event = if write {
-                        seq += 1;
-                        let value = format!("c{c}-{seq}").into_bytes();
-                        let result = conn.put(&key, &value);
-                        let outcome = match &result {
-                            Ok(_) => {
-                                acknowledged.fetch_add(1, Ordering::SeqCst);
-                                Some(Outcome::Done)
-                            }
-                            // Surely not done: left out of the history.
-                            Err(ClientError::Server {
-                                code: ErrorCode::NotLeader | ErrorCode::NoQuorum,
-                                ..
-                            })
-                            | Err(ClientError::Connect { .. }) => None,
-                            Err(_) => Some(Outcome::Unknown),
-                        };
-                        outcome.map(|outcome| Event {
-                            key,
-                            op: Op::Put(value),
-                            outcome,
-                            invoked,
-                            returned: now(start),
-                        })
-                    } else {
-                        match conn.get(&key) {
-                            Ok(value) => Some(Event {
-                                key,
-                                op: Op::Get,
-                                outcome: Outcome::Value(value),
-                                invoked,
-                                returned: now(start),
-                            }),
-                            Err(_) => None,
-                        }
-                    };
-                    let failed = event.as_ref().is_none_or(|e| e.outcome == Outcome::Unknown);
-                    if let Some(event) = event {
-                        history.lock().unwrap().push(event);
-                    }
-                    if failed {
-                        // The node may be down: try the next one.
-                        client = None;
-                        node = (node + 1) % addrs.len();
-                    }
-                }
-            })
-        })
-        .collect()
-}
+use kvs_wire::{Client, ClientError, ErrorCode};
 
 /// The walk-through's heart and the failover: writes through every node, kill -9 of a
 /// shard's leader, writes continue, the node returns and catches up, and the history of it
@@ -298,6 +79,7 @@ fn three_nodes_replicate_fail_over_and_stay_linearizable() {
         Arc::clone(&stop),
         Arc::clone(&history),
         Arc::clone(&acknowledged),
+        Duration::from_secs(3),
     );
     std::thread::sleep(Duration::from_millis(1500));
     let victim = cluster.wait_for_leaders()[0] as usize - 1;
@@ -437,4 +219,125 @@ fn a_data_directory_keeps_its_cluster() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("single node's data"), "{stderr}");
+}
+
+/// A leader paused with SIGSTOP while the others elect a new one and take writes must not
+/// answer a read from its old state once it resumes: the read, sent to it while it was
+/// paused, sees the write the new leader acknowledged. Clients run throughout, and the whole
+/// history is checked.
+#[test]
+fn a_paused_leader_does_not_answer_from_its_old_state() {
+    let cluster = Cluster::start(3, 1);
+    let leader = cluster.wait_for_leaders()[0] as usize - 1;
+    let start = Instant::now();
+    let history = Arc::new(Mutex::new(Vec::new()));
+    let record = |event: Event| history.lock().unwrap().push(event);
+    let key = b"k0".to_vec();
+    let old = Client::connect(&cluster.addrs[leader]).unwrap();
+    let invoked = now(start);
+    old.put(&key, b"before").unwrap();
+    record(Event {
+        key: key.clone(),
+        op: Op::Put(b"before".to_vec()),
+        outcome: Outcome::Done,
+        invoked,
+        returned: now(start),
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let acknowledged = Arc::new(AtomicU64::new(0));
+    let others: Vec<String> = (0..3)
+        .filter(|&i| i != leader)
+        .map(|i| cluster.addrs[i].clone())
+        .collect();
+    let clients = run_clients(
+        others.clone(),
+        4,
+        start,
+        Arc::clone(&stop),
+        Arc::clone(&history),
+        Arc::clone(&acknowledged),
+        Duration::from_secs(3),
+    );
+
+    let pid = cluster.nodes[leader].as_ref().unwrap().pid().to_string();
+    let signal = |name: &str| {
+        let status = std::process::Command::new("kill")
+            .args([name, &pid])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    signal("-STOP");
+    // The others elect a leader and take a write (the client retries NO_QUORUM meanwhile).
+    // A write forwarded to the paused leader before the others noticed has an unknown
+    // outcome (TIMEOUT); it is sent again until one is acknowledged.
+    let fresh = Client::connect(&others[0]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let invoked = now(start);
+        let result = fresh.put(&key, b"after");
+        let outcome = match &result {
+            Ok(_) => Outcome::Done,
+            Err(ClientError::Server {
+                code: ErrorCode::Timeout | ErrorCode::OutcomeUnknown,
+                ..
+            })
+            | Err(ClientError::Timeout(_)) => Outcome::Unknown,
+            Err(error) => panic!("the write failed: {error}"),
+        };
+        record(Event {
+            key: key.clone(),
+            op: Op::Put(b"after".to_vec()),
+            outcome: outcome.clone(),
+            invoked,
+            returned: now(start),
+        });
+        if outcome == Outcome::Done {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no write was acknowledged");
+    }
+    // A read sent to the paused leader, which resumes with its old state in memory.
+    let invoked = now(start);
+    let pending = old
+        .submit(&kvs_wire::Request::Get { key: key.clone() })
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    signal("-CONT");
+    let seen = match pending.wait() {
+        Ok(kvs_wire::Response::Value { value, .. }) => Some(Some(value)),
+        Err(ClientError::Server {
+            code: ErrorCode::NotFound,
+            ..
+        }) => Some(None),
+        // Refused (it no longer leads): nothing was read, which is allowed.
+        Err(_) => None,
+        Ok(other) => panic!("a GET answered {other:?}"),
+    };
+    if let Some(value) = seen.clone() {
+        record(Event {
+            key: key.clone(),
+            op: Op::Get,
+            outcome: Outcome::Value(value),
+            invoked,
+            returned: now(start),
+        });
+    }
+    // Once resumed it answers again, through the new leader.
+    let again = old.get(&key).unwrap();
+    assert!(again.is_some());
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::SeqCst);
+    for client in clients {
+        client.join().unwrap();
+    }
+    assert_ne!(
+        seen,
+        Some(Some(b"before".to_vec())),
+        "the resumed leader answered from its old state"
+    );
+    let history = history.lock().unwrap().clone();
+    if let Err(violation) = kvs_lincheck::check(&history) {
+        panic!("not linearizable: {violation:?}");
+    }
 }

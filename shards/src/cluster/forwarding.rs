@@ -138,25 +138,36 @@ impl Forwarding {
             .collect()
     }
 
+    /// The requests sent to a node that no longer leads this core's shard (another was
+    /// elected: it was paused or cut off, and may never answer): TIMEOUT at once (a write
+    /// may still be committed, if the old leader replicated it before the election), and
+    /// forgotten.
+    pub fn leader_changed(&self, old: u64) -> Vec<(ReplyTo, ShardReply)> {
+        self.fail_waiting(&[old], "which no longer leads it")
+    }
+
     /// The requests sent to nodes whose link went down: TIMEOUT (unknown outcome for a
     /// write: it may have arrived), and forgotten.
     pub fn fail_unreachable(&self) -> Vec<(ReplyTo, ShardReply)> {
         let down = self.links.take_went_down();
-        if down.is_empty() {
+        self.fail_waiting(&down, "whose link went down before it answered")
+    }
+
+    fn fail_waiting(&self, nodes: &[u64], why: &str) -> Vec<(ReplyTo, ShardReply)> {
+        if nodes.is_empty() {
             return Vec::new();
         }
         let mut waiting = self.waiting.borrow_mut();
         let lost: Vec<u64> = waiting
             .iter()
-            .filter(|(_, w)| down.contains(&w.node))
+            .filter(|(_, w)| nodes.contains(&w.node))
             .map(|(&id, _)| id)
             .collect();
         lost.into_iter()
             .filter_map(|id| waiting.remove(&id))
             .map(|w| {
                 let message = format!(
-                    "forwarded to node {}, the shard's leader, whose link went down before it \
-                     answered; {}",
+                    "forwarded to node {}, the shard's leader then, {why}; {}",
                     w.node,
                     outcome(w.write)
                 );

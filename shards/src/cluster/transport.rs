@@ -533,7 +533,15 @@ async fn dial_loop(links: Rc<Links>, peer: Rc<PeerNode>) {
 
 /// Dials `peer` and exchanges hello and welcome.
 async fn greet(links: &Links, peer: &PeerNode) -> io::Result<TcpStream> {
-    let stream = TcpStream::connect(peer.peer_addr).await?;
+    // From this node's peer address, unless it listens on every address.
+    let local = links
+        .local
+        .peer_addr
+        .parse::<SocketAddr>()
+        .ok()
+        .map(|a| a.ip())
+        .filter(|ip| !ip.is_unspecified() && ip.is_ipv4() == peer.peer_addr.is_ipv4());
+    let stream = TcpStream::connect_from(local, peer.peer_addr).await?;
     stream.set_nodelay(true)?;
     let local = &links.local;
     let mut out = Vec::new();
@@ -644,6 +652,7 @@ async fn send_loop(links: &Links, peer: &PeerNode, stream: &TcpStream) -> io::Er
         if let Err(error) = sent {
             return error;
         }
-        peer.bytes_sent.set(peer.bytes_sent.get() + out.len() as u64);
+        peer.bytes_sent
+            .set(peer.bytes_sent.get() + out.len() as u64);
     }
 }

@@ -79,8 +79,21 @@ impl TcpStream {
     /// Connects to `addr` on the executor's ring. The socket address lives in the op's slot
     /// until the completion, so a dropped future (a timeout) leaves the kernel nothing freed.
     pub async fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
+        TcpStream::connect_from(None, addr).await
+    }
+
+    /// Like [`TcpStream::connect`], from `local` (an address of this host, any port) when
+    /// given: a node's links leave from its peer address, so that rules on addresses (a
+    /// firewall, a test's partition) see which node is talking.
+    pub async fn connect_from(
+        local: Option<std::net::IpAddr>,
+        addr: SocketAddr,
+    ) -> io::Result<TcpStream> {
         let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
         socket.set_cloexec(true)?;
+        if let Some(ip) = local {
+            socket.bind(&SocketAddr::new(ip, 0).into())?;
+        }
         // SAFETY: into_raw_fd hands over a descriptor we own.
         let owned = unsafe { OwnedFd::from_raw_fd(socket.into_raw_fd()) };
         let address = Box::new(socket2::SockAddr::from(addr));

@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::io::Read;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

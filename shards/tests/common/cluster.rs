@@ -1,0 +1,244 @@
+//! A cluster of real kvsd processes on loopback for the cluster tests, and concurrent
+//! clients that record what they saw for the linearizability checker.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::{free_ports, Server};
+use kvs_lincheck::{Event, Op, Outcome};
+use kvs_wire::{Client, ClientError, ClientOptions, ErrorCode};
+
+/// A cluster of kvsd processes, each with its own data directory under one scratch dir.
+pub struct Cluster {
+    pub nodes: Vec<Option<Server>>,
+    pub addrs: Vec<String>,
+    pub resp_addrs: Vec<String>,
+    pub peer_addrs: Vec<String>,
+    pub dir: tempfile::TempDir,
+    pub shards: u32,
+}
+
+impl Cluster {
+    pub fn start(size: usize, shards: u32) -> Cluster {
+        Cluster::start_on(size, shards, false)
+    }
+
+    /// Like `start`; with `own_peer_ips`, node i's peer address is on 127.0.1.(i + 1), so
+    /// that firewall rules on addresses can cut the links between two nodes while their
+    /// clients (on 127.0.0.1) still reach them.
+    pub fn start_on(size: usize, shards: u32, own_peer_ips: bool) -> Cluster {
+        let ports: Vec<u16> = free_ports::<15>().to_vec();
+        let addr = |i: usize| {
+            if own_peer_ips && i >= 10 {
+                format!("127.0.1.{}:{}", i - 9, ports[i])
+            } else {
+                format!("127.0.0.1:{}", ports[i])
+            }
+        };
+        let mut cluster = Cluster {
+            nodes: Vec::new(),
+            addrs: (0..size).map(addr).collect(),
+            resp_addrs: (0..size).map(|i| addr(5 + i)).collect(),
+            peer_addrs: (0..size).map(|i| addr(10 + i)).collect(),
+            dir: tempfile::tempdir().unwrap(),
+            shards,
+        };
+        for i in 0..size {
+            let server = cluster.spawn(i, &[]);
+            cluster.nodes.push(Some(server));
+        }
+        for node in cluster.nodes.iter().flatten() {
+            node.wait_ready();
+        }
+        cluster
+    }
+
+    pub fn members(&self) -> String {
+        self.peer_addrs
+            .iter()
+            .enumerate()
+            .map(|(i, addr)| format!("{}={addr}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn data_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("node{}", i + 1))
+    }
+
+    /// Starts node `i` (0-based; its id is i + 1) with the cluster's flags and `extra`.
+    pub fn spawn(&self, i: usize, extra: &[&str]) -> Server {
+        let id = (i + 1).to_string();
+        let members = self.members();
+        let mut flags = vec![
+            "--node-id",
+            &id,
+            "--peer-listen",
+            &self.peer_addrs[i],
+            "--resp-listen",
+            &self.resp_addrs[i],
+            "--initial-cluster",
+            &members,
+        ];
+        flags.extend_from_slice(extra);
+        Server::spawn_with(&self.data_dir(i), self.shards, &self.addrs[i], &flags)
+    }
+
+    pub fn restart(&mut self, i: usize) {
+        let server = self.spawn(i, &[]);
+        server.wait_ready();
+        self.nodes[i] = Some(server);
+    }
+
+    pub fn kill9(&mut self, i: usize) {
+        self.nodes[i].take().expect("the node runs").kill9();
+    }
+
+    /// Each shard's leader as node `i` sees it, with its INFO.
+    pub fn shards_seen_by(&self, i: usize) -> Option<Vec<serde_json::Value>> {
+        let client = Client::connect(&self.addrs[i]).ok()?;
+        let info: serde_json::Value = serde_json::from_str(&client.info().ok()?).ok()?;
+        Some(info["shard"].as_array()?.clone())
+    }
+
+    /// Waits until every running node knows a leader for every shard, and they agree;
+    /// returns the leaders by shard.
+    pub fn wait_for_leaders(&self) -> Vec<u64> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut agreed: Option<Vec<u64>> = None;
+            let mut ok = true;
+            for i in (0..self.nodes.len()).filter(|&i| self.nodes[i].is_some()) {
+                let leaders: Option<Vec<u64>> = self.shards_seen_by(i).and_then(|shards| {
+                    shards
+                        .iter()
+                        .map(|s| s["cluster"]["leader"].as_u64())
+                        .collect()
+                });
+                match (leaders, &agreed) {
+                    (Some(l), None) => agreed = Some(l),
+                    (Some(l), Some(a)) if &l == a => {}
+                    _ => ok = false,
+                }
+            }
+            if ok {
+                if let Some(leaders) = agreed {
+                    return leaders;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the nodes did not agree on leaders"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+pub fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// Nanoseconds since the test's clock started: the time every client records.
+pub fn now(start: Instant) -> u64 {
+    start.elapsed().as_nanos() as u64
+}
+
+/// Runs clients against the nodes (each client on one node, moving on when it is down)
+/// until `stop`; every operation they saw goes into `history`.
+pub fn run_clients(
+    addrs: Vec<String>,
+    clients: usize,
+    start: Instant,
+    stop: Arc<AtomicBool>,
+    history: Arc<Mutex<Vec<Event>>>,
+    acknowledged: Arc<AtomicU64>,
+    request_timeout: Duration,
+) -> Vec<std::thread::JoinHandle<()>> {
+    (0..clients)
+        .map(|c| {
+            let (addrs, stop, history, acknowledged) = (
+                addrs.clone(),
+                Arc::clone(&stop),
+                Arc::clone(&history),
+                Arc::clone(&acknowledged),
+            );
+            std::thread::spawn(move || {
+                let options = ClientOptions {
+                    connect_timeout: Duration::from_millis(500),
+                    request_timeout,
+                    reconnect_backoff: Duration::from_millis(50),
+                };
+                let mut node = c % addrs.len();
+                let mut client: Option<Client> = None;
+                let mut seq = 0u64;
+                let mut rng = 0x9e37_79b9_7f4a_7c15u64 ^ (c as u64 + 1);
+                while !stop.load(Ordering::SeqCst) {
+                    let Some(conn) = client.as_ref() else {
+                        match Client::connect_with(&addrs[node], options.clone()) {
+                            Ok(conn) => client = Some(conn),
+                            Err(_) => {
+                                node = (node + 1) % addrs.len();
+                                std::thread::sleep(Duration::from_millis(20));
+                            }
+                        }
+                        continue;
+                    };
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    let key = format!("k{}", rng % 4).into_bytes();
+                    let write = (rng >> 8).is_multiple_of(2);
+                    let invoked = now(start);
+                    let event = if write {
+                        seq += 1;
+                        let value = format!("c{c}-{seq}").into_bytes();
+                        let result = conn.put(&key, &value);
+                        let outcome = match &result {
+                            Ok(_) => {
+                                acknowledged.fetch_add(1, Ordering::SeqCst);
+                                Some(Outcome::Done)
+                            }
+                            // Surely not done: left out of the history.
+                            Err(ClientError::Server {
+                                code: ErrorCode::NotLeader | ErrorCode::NoQuorum,
+                                ..
+                            })
+                            | Err(ClientError::Connect { .. }) => None,
+                            Err(_) => Some(Outcome::Unknown),
+                        };
+                        outcome.map(|outcome| Event {
+                            key,
+                            op: Op::Put(value),
+                            outcome,
+                            invoked,
+                            returned: now(start),
+                        })
+                    } else {
+                        match conn.get(&key) {
+                            Ok(value) => Some(Event {
+                                key,
+                                op: Op::Get,
+                                outcome: Outcome::Value(value),
+                                invoked,
+                                returned: now(start),
+                            }),
+                            Err(_) => None,
+                        }
+                    };
+                    let failed = event.as_ref().is_none_or(|e| e.outcome == Outcome::Unknown);
+                    if let Some(event) = event {
+                        history.lock().unwrap().push(event);
+                    }
+                    if failed {
+                        // The node may be down: try the next one.
+                        client = None;
+                        node = (node + 1) % addrs.len();
+                    }
+                }
+            })
+        })
+        .collect()
+}
