@@ -77,6 +77,11 @@ pub struct Flags {
     /// How often a leader sends heartbeats (Raft's tick), e.g. 50ms. Default: 50ms.
     #[arg(long)]
     pub heartbeat_interval: Option<String>,
+    /// Reads in a cluster: `linearizable` (the shard's leader answers once a majority
+    /// confirmed it still leads) or `stale` (any node answers from its own replica, which
+    /// may lag behind writes already acknowledged). Default: linearizable.
+    #[arg(long)]
+    pub read_consistency: Option<String>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -96,6 +101,7 @@ struct FileConfig {
     initial_cluster: Option<String>,
     election_timeout: Option<String>,
     heartbeat_interval: Option<String>,
+    read_consistency: Option<String>,
 }
 
 /// What makes a node one of a cluster: its id, where it listens for peers, and the members
@@ -202,6 +208,8 @@ pub struct Config {
     pub cluster: Option<ClusterConfig>,
     pub election_timeout: Duration,
     pub heartbeat_interval: Duration,
+    /// `--read-consistency stale`: any node answers reads from its own replica.
+    pub stale_reads: bool,
 }
 
 /// Smallest page cache per shard, in bytes.
@@ -266,6 +274,8 @@ pub enum ConfigError {
     Duration(&'static str, String),
     #[error("bad --initial-cluster: {0}")]
     Cluster(String),
+    #[error("bad --read-consistency {0:?}: expected linearizable or stale")]
+    ReadConsistency(String),
 }
 
 impl Config {
@@ -347,7 +357,13 @@ impl Config {
             flags.peer_listen.or(file.peer_listen),
             flags.initial_cluster.or(file.initial_cluster),
         )?;
+        let stale_reads = match flags.read_consistency.or(file.read_consistency).as_deref() {
+            None | Some("linearizable") => false,
+            Some("stale") => true,
+            Some(other) => return Err(ConfigError::ReadConsistency(other.into())),
+        };
         Ok(Config {
+            stale_reads,
             cluster,
             election_timeout,
             heartbeat_interval,
@@ -522,6 +538,17 @@ mod tests {
         );
         assert_eq!(config.election_timeout, Duration::from_millis(500));
         assert_eq!(config.heartbeat_interval, Duration::from_millis(50));
+        assert!(!config.stale_reads);
+        let stale = Flags {
+            read_consistency: Some("stale".into()),
+            ..Flags::default()
+        };
+        assert!(Config::from_flags(stale).unwrap().stale_reads);
+        let wrong = Flags {
+            read_consistency: Some("eventual".into()),
+            ..Flags::default()
+        };
+        assert!(Config::from_flags(wrong).is_err());
         let refused = [
             flags(None, None, Some(three)),
             flags(Some(4), None, Some(three)),

@@ -83,6 +83,8 @@ struct CoreSetup {
     membership: Membership,
     /// Set for a node of a cluster.
     cluster: Option<CoreCluster>,
+    /// `--read-consistency stale`.
+    stale_reads: bool,
 }
 
 const START_WAIT: u8 = 0;
@@ -216,6 +218,7 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         .zip(core_clusters)
         .map(|((core, (listener, resp_listener)), cluster)| CoreSetup {
             tick: config.heartbeat_interval,
+            stale_reads: config.stale_reads,
             membership: membership.clone(),
             cluster,
             core,
@@ -480,6 +483,7 @@ async fn core_main(setup: CoreSetup) {
     .detach();
     let mut shard = shard;
     shard.set_forwarding(cluster.is_some());
+    shard.set_stale_reads(setup.stale_reads);
     let core_links = cluster.as_ref().map(|(core_links, _, _)| core_links);
     shard_loop(&ctx, shard, &tick_due, &current_store, &failed, core_links).await;
     for acceptor in acceptors {

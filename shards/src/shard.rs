@@ -276,6 +276,8 @@ pub struct ShardCore<D: LogDisk + Clone, R> {
     node_addrs: std::collections::HashMap<u64, String>,
     /// Whether requests for a leader elsewhere are forwarded to it.
     forwarding: bool,
+    /// `--read-consistency stale`: reads are answered from this member's own state.
+    stale_reads: bool,
     /// The cluster's id and its nodes as this core last saw them, for INFO.
     cluster_view: Option<(String, Vec<NodeView>)>,
 }
@@ -374,6 +376,7 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
             reads: ReadIndexQueue::default(),
             node_addrs: std::collections::HashMap::new(),
             forwarding: false,
+            stale_reads: false,
             cluster_view: None,
             shard,
             disk,
@@ -612,7 +615,7 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
                     self.pending.attach(index, request);
                     continue;
                 }
-                if self.is_replicated() && request.op != ShardOp::Info {
+                if self.is_replicated() && request.op != ShardOp::Info && !self.stale_reads {
                     if self.peer.is_leader() {
                         // Answered once Raft confirms this node still leads; counted with
                         // the disk reads so that its connection's next write waits for it.

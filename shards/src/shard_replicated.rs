@@ -94,6 +94,12 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
         self.peer.leader().filter(|&id| id != self.peer.id())
     }
 
+    /// Whether reads are answered from this member's own state, leader or not
+    /// (`--read-consistency stale`): they may miss writes already acknowledged elsewhere.
+    pub fn set_stale_reads(&mut self, stale: bool) {
+        self.stale_reads = stale;
+    }
+
     /// Whether requests for a leader elsewhere are forwarded to it (the node runs peer
     /// links) rather than answered NOT_LEADER.
     pub fn set_forwarding(&mut self, forwarding: bool) {

@@ -22,9 +22,19 @@ use kvs_wire::{Client, ClientError, ErrorCode};
 /// all is linearizable.
 #[test]
 fn three_nodes_replicate_fail_over_and_stay_linearizable() {
-    let mut cluster = Cluster::start(3, 2);
+    replicate_fail_over_and_stay_linearizable(3);
+}
+
+/// The same with five nodes: a majority is three, and shard 0's leader is one of five.
+#[test]
+fn five_nodes_replicate_fail_over_and_stay_linearizable() {
+    replicate_fail_over_and_stay_linearizable(5);
+}
+
+fn replicate_fail_over_and_stay_linearizable(size: usize) {
+    let mut cluster = Cluster::start(size, 2);
     let leaders = cluster.wait_for_leaders();
-    // Leaders spread: shard i prefers node (i mod 3) + 1, which takes over once caught up.
+    // Leaders spread: shard i prefers node (i mod n) + 1, which takes over once caught up.
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut leaders_now = leaders;
     while leaders_now != vec![1, 2] {
@@ -42,14 +52,14 @@ fn three_nodes_replicate_fail_over_and_stay_linearizable() {
         for shard_key in ["a", "b", "c", "d"] {
             let value = format!("from node {}", i + 1);
             client.put(shard_key.as_bytes(), value.as_bytes()).unwrap();
-            let read = Client::connect(&cluster.addrs[(i + 1) % 3]).unwrap();
+            let read = Client::connect(&cluster.addrs[(i + 1) % size]).unwrap();
             assert_eq!(
                 read.get(shard_key.as_bytes()).unwrap(),
                 Some(value.into_bytes())
             );
         }
     }
-    let mut resp = std::net::TcpStream::connect(&cluster.resp_addrs[2]).unwrap();
+    let mut resp = std::net::TcpStream::connect(&cluster.resp_addrs[size - 1]).unwrap();
     resp.write_all(
         b"*3\r\n$3\r\nSET\r\n$4\r\nuser\r\n$5\r\nalice\r\n*2\r\n$3\r\nGET\r\n$4\r\nuser\r\n",
     )
@@ -340,4 +350,60 @@ fn a_paused_leader_does_not_answer_from_its_old_state() {
     if let Err(violation) = kvs_lincheck::check(&history) {
         panic!("not linearizable: {violation:?}");
     }
+}
+
+/// `--read-consistency stale`: a node that cannot reach a majority (the two others are
+/// paused) still answers reads from its own replica, while a write there is refused with
+/// NO_QUORUM (surely not done).
+#[test]
+fn stale_reads_are_answered_without_a_majority() {
+    let cluster = Cluster::start_with(3, 1, false, &["--read-consistency", "stale"]);
+    let leaders = cluster.wait_for_leaders();
+    let client = Client::connect(&cluster.addrs[leaders[0] as usize - 1]).unwrap();
+    client.put(b"k", b"v").unwrap();
+    let alone = (leaders[0] as usize) % 3; // a node other than the leader
+    let reader = Client::connect(&cluster.addrs[alone]).unwrap();
+    // Replicated to every node soon after it was acknowledged.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while reader.get(b"k").unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the follower never applied the write"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let paused: Vec<String> = (0..3)
+        .filter(|&i| i != alone)
+        .map(|i| cluster.nodes[i].as_ref().unwrap().pid().to_string())
+        .collect();
+    let signal = |name: &str| {
+        for pid in &paused {
+            assert!(std::process::Command::new("kill")
+                .args([name, pid])
+                .status()
+                .unwrap()
+                .success());
+        }
+    };
+    signal("-STOP");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(reader.get(b"k").unwrap(), Some(b"v".to_vec()));
+    let refused = reader
+        .submit(&kvs_wire::Request::Put {
+            key: b"k".to_vec(),
+            value: b"w".to_vec(),
+        })
+        .unwrap()
+        .wait();
+    signal("-CONT");
+    assert!(
+        matches!(
+            refused,
+            Err(ClientError::Server {
+                code: ErrorCode::NoQuorum,
+                ..
+            })
+        ),
+        "a write without a majority answered {refused:?}"
+    );
 }

@@ -18,6 +18,8 @@ pub struct Cluster {
     pub peer_addrs: Vec<String>,
     pub dir: tempfile::TempDir,
     pub shards: u32,
+    /// Flags every node gets.
+    pub extra: Vec<String>,
 }
 
 impl Cluster {
@@ -29,6 +31,11 @@ impl Cluster {
     /// that firewall rules on addresses can cut the links between two nodes while their
     /// clients (on 127.0.0.1) still reach them.
     pub fn start_on(size: usize, shards: u32, own_peer_ips: bool) -> Cluster {
+        Cluster::start_with(size, shards, own_peer_ips, &[])
+    }
+
+    /// Like `start_on`, with more flags for every node (kept for restarts).
+    pub fn start_with(size: usize, shards: u32, own_peer_ips: bool, extra: &[&str]) -> Cluster {
         let ports: Vec<u16> = free_ports::<15>().to_vec();
         let addr = |i: usize| {
             if own_peer_ips && i >= 10 {
@@ -44,6 +51,7 @@ impl Cluster {
             peer_addrs: (0..size).map(|i| addr(10 + i)).collect(),
             dir: tempfile::tempdir().unwrap(),
             shards,
+            extra: extra.iter().map(|f| f.to_string()).collect(),
         };
         for i in 0..size {
             let server = cluster.spawn(i, &[]);
@@ -82,6 +90,7 @@ impl Cluster {
             "--initial-cluster",
             &members,
         ];
+        flags.extend(self.extra.iter().map(String::as_str));
         flags.extend_from_slice(extra);
         Server::spawn_with(&self.data_dir(i), self.shards, &self.addrs[i], &flags)
     }
