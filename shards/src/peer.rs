@@ -412,12 +412,17 @@ impl<D: LogDisk> Peer<D> {
         std::mem::take(&mut self.read_states)
     }
 
-    /// Whether member `id` holds every entry this leader has and was heard from lately.
+    /// Whether member `id` holds every entry this leader has. (Not whether it is alive:
+    /// raft-rs's `recent_active` is cleared at every check-quorum, and a check made on a
+    /// fixed period can keep landing right after one, so the caller asks the links.)
     pub fn is_caught_up(&self, id: u64) -> bool {
         self.is_leader()
-            && self.node.raft.prs().get(id).is_some_and(|progress| {
-                progress.recent_active && progress.matched == self.node.raft.raft_log.last_index()
-            })
+            && self
+                .node
+                .raft
+                .prs()
+                .get(id)
+                .is_some_and(|progress| progress.matched == self.node.raft.raft_log.last_index())
     }
 
     /// Hands this leader's leadership to member `to` (raft-rs's leader transfer: `to` is

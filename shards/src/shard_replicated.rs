@@ -11,6 +11,10 @@ use crate::peer::PeerStatus;
 
 use super::{NodeView, Output, ShardCore, ShardReply, ShardRequest, FORWARDED_ORIGIN};
 
+/// A member heard from within this many milliseconds counts as alive for leader placement
+/// (links send at least a keepalive every 250 ms).
+const HEARD_LATELY_MS: u64 = 1000;
+
 impl<D: LogDisk + Clone, R> ShardCore<D, R> {
     /// The member this shard's group prefers as leader: the shard's number, modulo the
     /// member count, picks one of the voters in id order, so the leaders of a node's
@@ -29,6 +33,7 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
             && preferred != self.peer.id()
             && self.peer.is_serving()
             && self.peer.is_caught_up(preferred)
+            && self.heard_lately(preferred)
         {
             tracing::info!(
                 shard = self.shard,
@@ -37,6 +42,18 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
             );
             self.peer.transfer_leader(preferred);
         }
+    }
+
+    /// Whether this node's links to `node` are up and brought a frame from it within the
+    /// last election timeout or so (as of the last tick's view of the links).
+    fn heard_lately(&self, node: u64) -> bool {
+        self.cluster_view.as_ref().is_some_and(|(_, nodes)| {
+            nodes.iter().any(|n| {
+                n.id == node
+                    && n.reachable
+                    && n.last_heard_ms.is_some_and(|ms| ms <= HEARD_LATELY_MS)
+            })
+        })
     }
 
     /// Hands leadership to member `to` (`kvs cluster transfer-leader`); false when this
