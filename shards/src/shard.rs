@@ -278,6 +278,8 @@ pub struct ShardCore<D: LogDisk + Clone, R> {
     forwarding: bool,
     /// `--read-consistency stale`: reads are answered from this member's own state.
     stale_reads: bool,
+    /// Requests forwarded to the leader elsewhere, for INFO.
+    forwarded: u64,
     /// The cluster's id and its nodes as this core last saw them, for INFO.
     cluster_view: Option<(String, Vec<NodeView>)>,
 }
@@ -377,6 +379,7 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
             node_addrs: std::collections::HashMap::new(),
             forwarding: false,
             stale_reads: false,
+            forwarded: 0,
             cluster_view: None,
             shard,
             disk,
@@ -523,6 +526,7 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
                     cluster_id: cluster_id.clone(),
                     node_id: self.peer.id(),
                     leader: self.peer.leader(),
+                    forwarded: self.forwarded,
                     replicas: self
                         .peer
                         .replicas()
@@ -622,6 +626,7 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
                         self.disk_reads.hand_out(std::slice::from_ref(&request));
                         self.reads.gather(request);
                     } else if let Some(leader) = self.forward_to(&request) {
+                        self.forwarded += 1;
                         forwards.push((leader, request));
                     } else {
                         replies.push((request.reply, self.not_leader()));
@@ -640,7 +645,10 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
             }
             if self.is_replicated() && !self.peer.is_leader() {
                 match self.forward_to(&request) {
-                    Some(leader) => forwards.push((leader, request)),
+                    Some(leader) => {
+                        self.forwarded += 1;
+                        forwards.push((leader, request));
+                    }
                     None => replies.push((request.reply, self.not_leader())),
                 }
                 continue;

@@ -115,6 +115,8 @@ pub struct ShardClusterInfo {
     pub node_id: u64,
     /// None while the group has no leader this node knows of.
     pub leader: Option<u64>,
+    /// Requests this node's shard forwarded to its leader elsewhere since it started.
+    pub forwarded: u64,
     pub replicas: Vec<ReplicaInfo>,
     pub nodes: Vec<NodeView>,
 }

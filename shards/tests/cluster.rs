@@ -33,18 +33,8 @@ fn five_nodes_replicate_fail_over_and_stay_linearizable() {
 
 fn replicate_fail_over_and_stay_linearizable(size: usize) {
     let mut cluster = Cluster::start(size, 2);
-    let leaders = cluster.wait_for_leaders();
     // Leaders spread: shard i prefers node (i mod n) + 1, which takes over once caught up.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut leaders_now = leaders;
-    while leaders_now != vec![1, 2] {
-        assert!(
-            Instant::now() < deadline,
-            "leaders did not move to their preferred nodes: {leaders_now:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-        leaders_now = cluster.wait_for_leaders();
-    }
+    cluster.wait_for_preferred_leaders();
 
     // Any node takes any request, on either protocol: forwarded to the shard's leader.
     for (i, addr) in cluster.addrs.iter().enumerate() {
@@ -406,4 +396,41 @@ fn stale_reads_are_answered_without_a_majority() {
         ),
         "a write without a majority answered {refused:?}"
     );
+}
+
+/// Given the cluster's nodes, the client sends each key straight to its shard's leader: a
+/// hundred writes and reads through it are not forwarded by any node. Through one node
+/// only, the same requests are forwarded whenever that node does not lead the key's shard.
+#[test]
+fn the_cluster_aware_client_sends_each_key_to_its_leader() {
+    let cluster = Cluster::start(3, 2);
+    cluster.wait_for_preferred_leaders();
+    let forwarded = || -> u64 {
+        (0..3)
+            .map(|i| {
+                cluster
+                    .shards_seen_by(i)
+                    .unwrap()
+                    .iter()
+                    .map(|s| s["cluster"]["forwarded"].as_u64().unwrap())
+                    .sum::<u64>()
+            })
+            .sum()
+    };
+    let all = cluster.addrs.join(",");
+    let client = Client::connect(&all).unwrap();
+    let before = forwarded();
+    for i in 0..100 {
+        let key = format!("key{i}");
+        client.put(key.as_bytes(), b"v").unwrap();
+        assert_eq!(client.get(key.as_bytes()).unwrap(), Some(b"v".to_vec()));
+    }
+    assert_eq!(forwarded(), before, "the client's requests were forwarded");
+    // Through the third node alone (it leads neither shard), every request is forwarded.
+    let one = Client::connect(&cluster.addrs[2]).unwrap();
+    let before = forwarded();
+    for i in 0..10 {
+        one.put(format!("key{i}").as_bytes(), b"w").unwrap();
+    }
+    assert_eq!(forwarded() - before, 10);
 }

@@ -11,9 +11,13 @@
 //!
 //! The address may list several nodes of a cluster, comma-separated (`A,B,C`): the client
 //! connects to the first that answers and, when its node goes away, to the next. Any node
-//! takes any request (it forwards to the shard's leader). A request refused with NO_QUORUM
-//! or NOT_LEADER was surely not applied (docs/cluster.md), so [`Client::call`] sends it again
-//! after a short pause while the cluster elects a leader, up to the request timeout.
+//! takes any request (it forwards to the shard's leader), but the client saves that hop:
+//! it learns each shard's leader from INFO (`routes`) and sends a single-key request
+//! (get, put, delete, cas) through [`Client::call`] straight to its leader, on a connection
+//! of its own to that node. A request refused with NO_QUORUM or NOT_LEADER was surely not
+//! applied (docs/cluster.md), so `call` learns the leaders again and sends it again after a
+//! short pause while the cluster elects a leader, up to the request timeout. Pipelined
+//! requests (`submit`, `submit_many`) all go on the main connection, in order.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -26,6 +30,7 @@ use std::time::{Duration, Instant};
 use crate::frame::{Decoded, FrameDecoder};
 use crate::limits::FRAME_HEADER_SIZE;
 use crate::message::{DecodeError, ErrorCode, Request, Response};
+use crate::routes::Routes;
 use serde_json::{json, Value as JsonValue};
 
 /// Connection settings.
@@ -246,6 +251,20 @@ struct State {
 /// doubles up to [`RETRY_PAUSE_MAX`].
 const RETRY_PAUSE: Duration = Duration::from_millis(20);
 const RETRY_PAUSE_MAX: Duration = Duration::from_millis(320);
+/// Least time between two lookups of the leaders (INFO), after one was found stale.
+const ROUTES_REFRESH_MIN: Duration = Duration::from_millis(100);
+/// How often a client without routes (INFO gave none, or their node went away) asks again.
+const ROUTES_RETRY: Duration = Duration::from_secs(1);
+
+/// A cluster's leaders as last learned, and connections to the nodes that lead.
+#[derive(Default)]
+struct Routing {
+    routes: Option<Routes>,
+    /// When the routes were last looked up; None: look them up before the next request.
+    looked_up: Option<Instant>,
+    /// Connections to leaders other than the main connection's node, by address.
+    connections: HashMap<String, Arc<Connection>>,
+}
 
 /// A connection to one kvsd. See the module documentation.
 pub struct Client {
@@ -255,6 +274,8 @@ pub struct Client {
     options: ClientOptions,
     state: Mutex<State>,
     next_request_id: AtomicU64,
+    /// Set when `addrs` lists several nodes: single-key requests go to their leaders.
+    routing: Option<Mutex<Routing>>,
 }
 
 impl Client {
@@ -277,6 +298,7 @@ impl Client {
             });
         }
         let (connection, current) = Client::open_any(&addrs, 0, &options)?;
+        let routing = (addrs.len() > 1).then(|| Mutex::new(Routing::default()));
         Ok(Client {
             addr: addr.to_string(),
             addrs,
@@ -287,6 +309,7 @@ impl Client {
                 current,
             }),
             next_request_id: AtomicU64::new(1),
+            routing,
         })
     }
 
@@ -346,10 +369,18 @@ impl Client {
 
     /// Sends every request in one write and returns their pending replies in order.
     pub fn submit_many(&self, requests: &[Request]) -> Result<Vec<Pending>, ClientError> {
+        let connection = self.connection()?;
+        self.submit_on(connection, requests)
+    }
+
+    fn submit_on(
+        &self,
+        connection: Arc<Connection>,
+        requests: &[Request],
+    ) -> Result<Vec<Pending>, ClientError> {
         for request in requests {
             request.validate()?;
         }
-        let connection = self.connection()?;
         let mut bytes = Vec::new();
         let mut pendings = Vec::with_capacity(requests.len());
         {
@@ -390,16 +421,111 @@ impl Client {
         let started = Instant::now();
         let mut pause = RETRY_PAUSE;
         loop {
-            match self.submit(request)?.wait() {
+            let result = match self.leader_connection(request) {
+                Some((addr, connection)) => {
+                    let result = self
+                        .submit_on(connection, std::slice::from_ref(request))
+                        .and_then(|mut pendings| pendings.remove(0).wait());
+                    if matches!(
+                        result,
+                        Err(ClientError::Disconnected(_) | ClientError::Connect { .. })
+                    ) {
+                        // That node went away: the next request asks the main connection.
+                        self.forget_leaders(Some(&addr));
+                    }
+                    result
+                }
+                None => self.submit(request)?.wait(),
+            };
+            match result {
                 Err(ClientError::Server {
                     code: ErrorCode::NoQuorum | ErrorCode::NotLeader,
                     ..
                 }) if started.elapsed() + pause < self.options.request_timeout => {
+                    self.forget_leaders(None);
                     std::thread::sleep(pause);
                     pause = (pause * 2).min(RETRY_PAUSE_MAX);
                 }
                 result => return result,
             }
+        }
+    }
+
+    /// The connection to the leader of `request`'s shard, when this client routes (it was
+    /// given several nodes), the request names one key, and the leader is known and is not
+    /// the main connection's node.
+    fn leader_connection(&self, request: &Request) -> Option<(String, Arc<Connection>)> {
+        let routing = self.routing.as_ref()?;
+        let key = match request {
+            Request::Get { key }
+            | Request::Put { key, .. }
+            | Request::Delete { key }
+            | Request::Cas { key, .. } => key,
+            _ => return None,
+        };
+        let stale = {
+            let routing = lock(routing);
+            match routing.looked_up {
+                None => true,
+                // No routes (a node went away, or INFO had none): look again, not often.
+                Some(at) => routing.routes.is_none() && at.elapsed() >= ROUTES_RETRY,
+            }
+        };
+        if stale {
+            // Learned outside the routing lock: INFO is a request of its own.
+            let routes = match self.submit(&Request::Info).and_then(Pending::wait) {
+                Ok(Response::Info(info)) => Routes::from_info(&info),
+                _ => None,
+            };
+            let mut routing = lock(routing);
+            routing.routes = routes;
+            routing.looked_up = Some(Instant::now());
+        }
+        let main = {
+            let state = lock(&self.state);
+            self.addrs[state.current].clone()
+        };
+        let mut routing = lock(routing);
+        let addr = routing.routes.as_ref()?.leader_for(key)?.to_string();
+        if addr == main {
+            return None;
+        }
+        if let Some(connection) = routing.connections.get(&addr) {
+            if !connection.broken.load(Ordering::SeqCst) {
+                return Some((addr, Arc::clone(connection)));
+            }
+        }
+        match Connection::open(&addr, &self.options) {
+            Ok(connection) => {
+                routing
+                    .connections
+                    .insert(addr.clone(), Arc::clone(&connection));
+                Some((addr, connection))
+            }
+            Err(_) => {
+                // Unreachable from here: the main connection forwards instead.
+                routing.connections.remove(&addr);
+                None
+            }
+        }
+    }
+
+    /// Marks the leaders stale (they are looked up again, at most every
+    /// [`ROUTES_REFRESH_MIN`]) and drops the connection to `addr`, when given.
+    fn forget_leaders(&self, addr: Option<&str>) {
+        let Some(routing) = self.routing.as_ref() else {
+            return;
+        };
+        let mut routing = lock(routing);
+        if let Some(addr) = addr {
+            routing.connections.remove(addr);
+            routing.routes = None;
+        }
+        if routing
+            .looked_up
+            .is_some_and(|at| at.elapsed() >= ROUTES_REFRESH_MIN)
+        {
+            routing.looked_up = None;
         }
     }
 

@@ -27,6 +27,7 @@ pub mod frame;
 pub mod limits;
 pub mod message;
 pub mod resp;
+pub mod routes;
 
 pub use client::{Client, ClientError, ClientOptions};
 pub use frame::{Frame, FrameDecoder, FrameError, Header};

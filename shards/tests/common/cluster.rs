@@ -112,6 +112,25 @@ impl Cluster {
         Some(info["shard"].as_array()?.clone())
     }
 
+    /// Waits until every shard is led by its preferred node (shard i by node (i mod n) + 1,
+    /// where leadership moves once elections settle).
+    pub fn wait_for_preferred_leaders(&self) {
+        let size = self.addrs.len() as u64;
+        let preferred: Vec<u64> = (0..u64::from(self.shards)).map(|s| s % size + 1).collect();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let leaders = self.wait_for_leaders();
+            if leaders == preferred {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "leaders did not move to their preferred nodes: {leaders:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Waits until every running node knows a leader for every shard, and they agree;
     /// returns the leaders by shard.
     pub fn wait_for_leaders(&self) -> Vec<u64> {
