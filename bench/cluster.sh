@@ -5,7 +5,8 @@
 #
 # Usage: bench/cluster.sh [SECONDS] [CLIENTS]   (defaults 10 and 64; release binaries in
 # target/release). All processes share the machine's cores: kvsd pins shard i of every node
-# to the i-th allowed CPU, kvs-bench's threads float.
+# to the i-th allowed CPU, kvs-bench's threads float. Given the three nodes, kvs-bench sends
+# each connection to one shard's leader (learned from INFO), as a cluster-aware client does.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-10}

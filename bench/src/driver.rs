@@ -41,6 +41,8 @@ enum Phase {
 
 struct Client {
     index: u64,
+    /// The shard whose leader this connection talks to, when routing (see `--addr`).
+    shard: Option<u32>,
     stream: TcpStream,
     rng: Rng,
     out: Vec<u8>,
@@ -102,7 +104,16 @@ fn drive(shared: &Shared, indexes: &[u64], epoll: i32) -> anyhow::Result<ClientS
     let mut second = SecondRecorder::new(&shared.timeline, shared.start);
     let mut clients = Vec::with_capacity(indexes.len());
     for (i, &index) in indexes.iter().enumerate() {
-        let addr = crate::nth_addr(&args.addr, index as usize);
+        let shard = shared
+            .routes
+            .as_ref()
+            .map(|routes| (index % u64::from(routes.shard_count)) as u32);
+        let addr = match (&shared.routes, shard) {
+            (Some(routes), Some(shard)) => routes.leaders[shard as usize]
+                .as_deref()
+                .expect("routes are used only when every leader is known"),
+            _ => crate::nth_addr(&args.addr, index as usize),
+        };
         let stream =
             TcpStream::connect(addr).with_context(|| format!("cannot connect to {addr}"))?;
         stream.set_nodelay(true)?;
@@ -110,6 +121,7 @@ fn drive(shared: &Shared, indexes: &[u64], epoll: i32) -> anyhow::Result<ClientS
         epoll_set(epoll, stream.as_raw_fd(), i, false, true)?;
         clients.push(Client {
             index,
+            shard,
             stream,
             rng: Rng::new(args.seed.wrapping_add(index.wrapping_mul(0x9E37_79B9))),
             out: Vec::with_capacity(16 * 1024),
@@ -228,7 +240,18 @@ fn start_window(
     let mut wire = Vec::with_capacity(n as usize);
     for k in 0..n {
         let kind = shared.pick_kind(&mut client.rng);
-        let n = shared.pick(kind, &mut client.rng);
+        let mut n = shared.pick(kind, &mut client.rng);
+        if let (Some(shard), Some(routes)) = (client.shard, &shared.routes) {
+            // Only this connection's shard's keys (a few draws; inserts take the next key).
+            for _ in 0..64 {
+                if kind == OpKind::Insert
+                    || kvs_wire::shard_for_key(&key_name(n), routes.shard_count) == shard
+                {
+                    break;
+                }
+                n = shared.pick(kind, &mut client.rng);
+            }
+        }
         let key = key_name(n);
         let intended = match interval {
             Some(iv) => shared.start + iv.mul_f64((client.scheduled + k) as f64),

@@ -43,8 +43,11 @@ const LOAD_DOCS_PER_ROUND_TRIP: usize = 1024;
     version
 )]
 struct Args {
-    /// The server, or several nodes of a cluster, comma-separated: connection i goes to
-    /// the i-th modulo their count.
+    /// The server, or several nodes of a cluster, comma-separated. With several, the
+    /// native protocol's connections each serve one shard and go to its leader (learned
+    /// from INFO), drawing only that shard's keys, as a cluster-aware client sends each key
+    /// to its leader (inserts and document workloads excepted); otherwise connection i goes
+    /// to the i-th address modulo their count.
     #[arg(long, default_value = "127.0.0.1:7070")]
     addr: String,
     #[arg(long, value_enum, default_value = "native")]
@@ -110,6 +113,8 @@ pub(crate) struct Shared {
     timeline: Timeline,
     completed: AtomicU64,
     start: Instant,
+    /// A cluster's leaders by shard, when connections go to them (see `--addr`).
+    routes: Option<kvs_wire::routes::Routes>,
 }
 
 /// Per-thread results.
@@ -326,8 +331,16 @@ fn main() -> anyhow::Result<()> {
         (None, Some(ops)) => ops,
         (None, None) => 100_000,
     };
+    let routes = leader_routes(&args);
+    if let Some(routes) = &routes {
+        eprintln!(
+            "routing each connection to one shard's leader: {:?}",
+            routes.leaders
+        );
+    }
     let start = Instant::now();
     let shared = Arc::new(Shared {
+        routes,
         distribution: args
             .distribution
             .unwrap_or(args.workload.default_distribution()),
@@ -442,4 +455,15 @@ fn main() -> anyhow::Result<()> {
 pub fn nth_addr(addrs: &str, index: usize) -> &str {
     let count = addrs.split(',').count();
     addrs.split(',').nth(index % count).unwrap_or(addrs).trim()
+}
+
+/// A cluster's leaders, when `--addr` lists several nodes, the protocol is native and the
+/// workload draws existing keys, and every shard's leader is known.
+fn leader_routes(args: &Args) -> Option<kvs_wire::routes::Routes> {
+    if !args.addr.contains(',') || args.protocol != Protocol::Native || args.workload.documents() {
+        return None;
+    }
+    let client = kvs_wire::Client::connect(nth_addr(&args.addr, 0)).ok()?;
+    let routes = kvs_wire::routes::Routes::from_info(&client.info().ok()?)?;
+    routes.leaders.iter().all(Option::is_some).then_some(routes)
 }
