@@ -134,12 +134,20 @@ resp=("${cluster_ports[@]:3:3}")
 for p in "${resp[@]}"; do
   for _ in $(seq 200); do redis-cli -p "$p" ping >/dev/null 2>&1 && break; sleep 0.1; done
 done
-# Until every shard has a leader, requests answer -NOQUORUM: wait for the cluster's status.
-for _ in $(seq 100); do
-  target/release/kvs --addr "127.0.0.1:${cluster_ports[0]}" cluster status |
-    python3 -c 'import json,sys; sys.exit(any(s["leader"] is None for s in json.load(sys.stdin)["shards"]))' && break
+# Until every shard has a leader, requests answer -NOQUORUM (redis-cli does not retry): wait
+# until each shard is led by its preferred node (shard i by node i+1), where leadership moves
+# once the first elections settle, and every node agrees.
+settled=0
+for _ in $(seq 200); do
+  views=""
+  for n in 0 1 2; do
+    views+=$(target/release/kvs --addr "127.0.0.1:${cluster_ports[$n]}" --timeout 2 cluster status |
+      python3 -c 'import json,sys; print([s["leader"] for s in json.load(sys.stdin)["shards"]])' 2>/dev/null)
+  done
+  [[ $views == "[1, 2][1, 2][1, 2]" ]] && { settled=1; break; }
   sleep 0.1
 done
+[[ $settled == 1 ]] || { echo "the cluster's leaders did not settle: $views"; exit 1; }
 port=${resp[0]}; expect OK set user:1 alice
 port=${resp[1]}; expect alice get user:1
 port=${resp[2]}; expect alice get user:1

@@ -609,6 +609,7 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
                 if request.origin != NO_ORIGIN && origins.contains(&request.origin) {
                     // It must see its connection's write in this batch: answered once the
                     // batch is applied.
+                    self.count_held_read(&request);
                     reads.push(request);
                     continue;
                 }
@@ -616,6 +617,7 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
                     .then(|| self.pending.newest_unapplied(request.origin))
                     .flatten();
                 if let Some(index) = pending {
+                    self.count_held_read(&request);
                     self.pending.attach(index, request);
                     continue;
                 }
@@ -744,15 +746,15 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
             Err(error) => {
                 let code = error_code_of(&error);
                 let message = format!("shard {}: {error}", self.shard);
-                self.disk_reads.hand_out(&reads);
-                Output {
+                let mut output = Output {
                     replies: writers
                         .into_iter()
                         .map(|to| (to, ShardReply::Error(code, message.clone())))
                         .collect(),
-                    deferred: reads,
-                    forwards: Vec::new(),
-                }
+                    ..Output::default()
+                };
+                output.extend(self.reads_without_their_write(reads));
+                output
             }
         }
     }
@@ -826,6 +828,10 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
                             .zip(results)
                             .map(|(to, result)| (to, ShardReply::Written(result))),
                     );
+                    if self.is_replicated() {
+                        output.extend(self.confirm_after_write(proposal.reads));
+                        continue;
+                    }
                     for read in proposal.reads {
                         let reply = self.read(&read.op).await;
                         output.replies.push((read.reply, reply));
@@ -859,6 +865,8 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
                 )
             }));
         for read in proposal.reads {
+            // Counted when attached (see `count_held_read`).
+            self.disk_reads.finish(read.origin);
             output.replies.push((read.reply, self.not_leader()));
         }
         output
@@ -907,7 +915,10 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
                     .into_iter()
                     .map(|to| (to, ShardReply::Error(code, message.clone()))),
             );
-            self.disk_reads.hand_out(&proposal.reads);
+            // A replicated shard counted them when it attached them.
+            if !self.is_replicated() {
+                self.disk_reads.hand_out(&proposal.reads);
+            }
             output.deferred.extend(proposal.reads);
         }
         output

@@ -190,4 +190,48 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
     pub fn status(&self) -> PeerStatus {
         self.peer.status()
     }
+
+    /// Counts a read held for its connection's write (attached to a pending proposal) as a
+    /// read in flight, on a replicated shard: it is answered only once Raft confirms the
+    /// leadership after its write applied (`confirm_after_write`), and its connection's
+    /// later writes wait for it meanwhile, so it sees exactly the writes sent before it.
+    pub(super) fn count_held_read(&self, read: &ShardRequest<R>) {
+        if self.is_replicated() {
+            self.disk_reads.hand_out(std::slice::from_ref(read));
+        }
+    }
+
+    /// The reads held for a proposal that was applied, on a replicated shard: answered
+    /// once Raft confirms this member still leads (ReadIndex), never from this state
+    /// alone — a leader deposed meanwhile (paused, cut off) would miss writes the new leader
+    /// acknowledged before the read was sent. Refused when it no longer leads.
+    pub(super) fn confirm_after_write(&mut self, reads: Vec<ShardRequest<R>>) -> Output<R> {
+        let mut output = Output::default();
+        for read in reads {
+            if self.peer.is_leader() {
+                self.reads.gather(read);
+            } else {
+                self.disk_reads.finish(read.origin);
+                output.replies.push((read.reply, self.not_leader()));
+            }
+        }
+        output
+    }
+
+    /// The reads held for a write whose proposal was refused (nothing was proposed): on a
+    /// single node they are answered from the store (run in tasks of their own); on a
+    /// replicated shard, which no longer leads, refused.
+    pub(super) fn reads_without_their_write(&self, reads: Vec<ShardRequest<R>>) -> Output<R> {
+        let mut output = Output::default();
+        if self.is_replicated() {
+            for read in reads {
+                self.disk_reads.finish(read.origin);
+                output.replies.push((read.reply, self.not_leader()));
+            }
+        } else {
+            self.disk_reads.hand_out(&reads);
+            output.deferred = reads;
+        }
+        output
+    }
 }

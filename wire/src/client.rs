@@ -483,6 +483,16 @@ impl Client {
         }
         let main = {
             let state = lock(&self.state);
+            // Requests submitted on the main connection and not answered yet come first: a
+            // request sent elsewhere could overtake them.
+            if let Some(connection) = &state.connection {
+                if lock(&connection.pending)
+                    .as_ref()
+                    .is_some_and(|pending| !pending.is_empty())
+                {
+                    return None;
+                }
+            }
             self.addrs[state.current].clone()
         };
         let mut routing = lock(routing);
@@ -503,8 +513,11 @@ impl Client {
                 Some((addr, connection))
             }
             Err(_) => {
-                // Unreachable from here: the main connection forwards instead.
+                // Unreachable from here (the address it advertises may not be one this
+                // client can reach): the main connection forwards instead, and the routes
+                // are looked up again only after a pause, not on every request.
                 routing.connections.remove(&addr);
+                routing.routes = None;
                 None
             }
         }

@@ -40,6 +40,11 @@ impl Routes {
                     .as_str()
                     .map(String::from)
             });
+            // A node listening on every address (0.0.0.0) advertises no address to dial.
+            let addr = addr.filter(|a| {
+                a.parse::<std::net::SocketAddr>()
+                    .map_or(true, |sa| !sa.ip().is_unspecified())
+            });
             leaders.push(addr);
         }
         Some(Routes {

@@ -53,7 +53,9 @@ impl Forwarding {
             links,
             member_number,
             waiting: RefCell::new(HashMap::new()),
-            next_id: Cell::new(1),
+            // Ids unique to this run of the node: a node that restarts while another still
+            // holds answers for its forwarded requests must not take them for its new ones.
+            next_id: Cell::new(run_id() << 32),
         }
     }
 
@@ -207,4 +209,17 @@ fn outcome(write: bool) -> &'static str {
     } else {
         "nothing was changed"
     }
+}
+
+/// A number for this run of the process (its start time in nanoseconds, folded into 31
+/// bits), so forwarded request ids of two runs do not meet.
+fn run_id() -> u64 {
+    use std::sync::OnceLock;
+    static RUN: OnceLock<u64> = OnceLock::new();
+    *RUN.get_or_init(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64);
+        (nanos ^ (nanos >> 31) ^ u64::from(std::process::id())) & 0x7fff_ffff
+    })
 }

@@ -401,6 +401,12 @@ impl Links {
             drop(inbox);
             (self.wake)();
         }
+        // The answers to what this core forwarded to that node travel on this link: those
+        // not in yet will not come (that node drops what it queued for a failed link).
+        if !self.stopping.get() {
+            self.went_down.borrow_mut().push(node_id);
+            (self.wake)();
+        }
     }
 }
 
