@@ -67,12 +67,7 @@ pub struct ClusterIdentity {
 /// `--initial-cluster` agree on it without talking (etcd derives its cluster id from the
 /// initial members in the same way).
 pub fn cluster_id_of(members: &[(u64, std::net::SocketAddr)]) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in members_text(members).bytes() {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    hash.max(1)
+    kvs_wire::key_hash(members_text(members).as_bytes()).max(1)
 }
 
 /// What NODE records.

@@ -585,17 +585,7 @@ async fn accept_loop(
     protocol: Protocol,
 ) {
     loop {
-        // A stop that came before this loop first waited has notified no one.
-        if ctx.stopping.get() {
-            break;
-        }
-        let stopped = async {
-            ctx.stop.notified().await;
-            None
-        };
-        let accepted =
-            futures_lite::future::or(async { Some(listener.accept().await) }, stopped).await;
-        match accepted {
+        match ctx.accept_unless_stopping(&listener).await {
             None => break,
             Some(Ok(stream)) => {
                 let counts = &ctx.connection_counts;
@@ -622,9 +612,6 @@ async fn accept_loop(
                 tracing::warn!(%error, "accept failed");
                 wait(Duration::from_millis(50)).await;
             }
-        }
-        if ctx.stopping.get() {
-            break;
         }
     }
 }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use kvs_wire::ErrorCode;
 
 use crate::local::Notify;
-use crate::runtime::{Sender, TcpStream};
+use crate::runtime::{Sender, TcpListener, TcpStream};
 use crate::shard::{Origin, ShardOp, ShardReply, ShardRequest};
 use crate::spread::ConnectionCounts;
 
@@ -188,6 +188,22 @@ impl CoreContext {
             // SAFETY: a registered descriptor is open: it is deregistered before it closes.
             unsafe { libc::shutdown(fd, how) };
         }
+    }
+
+    /// The next connection on `listener`, or None once the node stops (also when it stopped
+    /// before this was called: a stop that came earlier has notified no one).
+    pub async fn accept_unless_stopping(
+        &self,
+        listener: &TcpListener,
+    ) -> Option<std::io::Result<TcpStream>> {
+        if self.stopping.get() {
+            return None;
+        }
+        let stopped = async {
+            self.stop.notified().await;
+            None
+        };
+        futures_lite::future::or(async { Some(listener.accept().await) }, stopped).await
     }
 
     /// Marks the node as stopping and ends every connection's receive: readers see the end

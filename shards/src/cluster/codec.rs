@@ -175,29 +175,9 @@ pub fn decode_frame(buf: &[u8]) -> Result<Option<(PeerFrame, usize)>, PeerDecode
         3 => PeerFrame::Refused {
             reason: String::from_utf8_lossy(r.bytes()?).into_owned(),
         },
-        4 => {
-            let count = r.count(8)?;
-            let mut messages = Vec::with_capacity(count);
-            for _ in 0..count {
-                let group = r.u64()?;
-                messages.push((group, decode_message(&mut r)?));
-            }
-            PeerFrame::Raft(messages)
-        }
-        5 => {
-            let count = r.count(17)?;
-            let requests = (0..count)
-                .map(|_| decode_forwarded(&mut r))
-                .collect::<Result<_, _>>()?;
-            PeerFrame::Forward(requests)
-        }
-        6 => {
-            let count = r.count(9)?;
-            let answers = (0..count)
-                .map(|_| decode_answer(&mut r))
-                .collect::<Result<_, _>>()?;
-            PeerFrame::Answers(answers)
-        }
+        4 => PeerFrame::Raft(r.list(8, |r| Ok((r.u64()?, decode_message(r)?)))?),
+        5 => PeerFrame::Forward(r.list(17, decode_forwarded)?),
+        6 => PeerFrame::Answers(r.list(9, decode_answer)?),
         kind => return Err(malformed(format!("unknown frame kind {kind}"))),
     };
     if r.at != body.len() {
@@ -323,9 +303,17 @@ impl<'a> Reader<'a> {
         }
         Ok(n)
     }
+    /// A count (see [`Reader::count`]) and that many items, each read by `each`.
+    pub(super) fn list<T>(
+        &mut self,
+        item: usize,
+        mut each: impl FnMut(&mut Self) -> Result<T, PeerDecodeError>,
+    ) -> Result<Vec<T>, PeerDecodeError> {
+        let n = self.count(item)?;
+        (0..n).map(|_| each(self)).collect()
+    }
     fn ids(&mut self) -> Result<Vec<u64>, PeerDecodeError> {
-        let n = self.count(8)?;
-        (0..n).map(|_| self.u64()).collect()
+        self.list(8, Reader::u64)
     }
 }
 

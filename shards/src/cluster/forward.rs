@@ -25,12 +25,6 @@ pub struct Forwarded {
     pub op: ShardOp,
 }
 
-/// Whether a shard op may be forwarded: lock requests belong to the node whose
-/// coordinator asked, and INFO is about the node asked.
-pub fn forwardable(op: &ShardOp) -> bool {
-    !matches!(op, ShardOp::Info | ShardOp::Lock(_) | ShardOp::Unlock(_))
-}
-
 /// About how many bytes a request takes encoded (at least its payload), for cutting frames.
 pub fn forwarded_len(request: &Forwarded) -> usize {
     32 + match &request.op {
@@ -107,7 +101,7 @@ pub(super) fn encode_forwarded(request: &Forwarded, out: &mut Vec<u8>) {
             encode_doc_read(read, out);
         }
         ShardOp::Info | ShardOp::Lock(_) | ShardOp::Unlock(_) => {
-            unreachable!("only forwardable ops are forwarded")
+            unreachable!("only forwardable ops are forwarded (ShardOp::is_forwardable)")
         }
     }
 }
@@ -119,13 +113,9 @@ pub(super) fn decode_forwarded(r: &mut Reader<'_>) -> Result<Forwarded, PeerDeco
         1 => ShardOp::Get {
             key: r.bytes()?.to_vec(),
         },
-        2 => {
-            let count = r.count(4)?;
-            let keys = (0..count)
-                .map(|_| r.bytes().map(<[u8]>::to_vec))
-                .collect::<Result<_, _>>()?;
-            ShardOp::MGet { keys }
-        }
+        2 => ShardOp::MGet {
+            keys: r.list(4, |r| r.bytes().map(<[u8]>::to_vec))?,
+        },
         3 => ShardOp::Scan {
             start: r.bytes()?.to_vec(),
             end: get_option(r)?,
@@ -268,21 +258,8 @@ pub(super) fn decode_answer(r: &mut Reader<'_>) -> Result<(u64, ShardReply), Pee
     let id = r.u64()?;
     let reply = match r.u8()? {
         1 => ShardReply::Value(get_versioned(r)?),
-        2 => {
-            let count = r.count(1)?;
-            ShardReply::Values(
-                (0..count)
-                    .map(|_| get_versioned(r))
-                    .collect::<Result<_, _>>()?,
-            )
-        }
-        3 => {
-            let count = r.count(8)?;
-            let pairs = (0..count)
-                .map(|_| Ok((r.bytes()?.to_vec(), r.bytes()?.to_vec())))
-                .collect::<Result<_, PeerDecodeError>>()?;
-            ShardReply::Scanned(pairs)
-        }
+        2 => ShardReply::Values(r.list(1, get_versioned)?),
+        3 => ShardReply::Scanned(r.list(8, |r| Ok((r.bytes()?.to_vec(), r.bytes()?.to_vec())))?),
         4 => ShardReply::Written(decode_result(r)?),
         5 => ShardReply::Doc(r.bytes()?.to_vec()),
         6 => ShardReply::Locked,
@@ -360,12 +337,9 @@ fn decode_result(r: &mut Reader<'_>) -> Result<CommandResult, PeerDecodeError> {
             previous: get_option(r)?,
         },
         7 => CommandResult::Skipped,
-        8 => {
-            let count = r.count(8)?;
-            CommandResult::WrittenMany {
-                versions: (0..count).map(|_| r.u64()).collect::<Result<_, _>>()?,
-            }
-        }
+        8 => CommandResult::WrittenMany {
+            versions: r.list(8, Reader::u64)?,
+        },
         9 => CommandResult::Document {
             reply: r.bytes()?.to_vec(),
         },

@@ -72,16 +72,7 @@ pub async fn peer_accept_loop(
     senders: Rc<Vec<Option<Sender<PeerHandoff>>>>,
 ) {
     loop {
-        if ctx.stopping.get() {
-            break;
-        }
-        let stopped = async {
-            ctx.stop.notified().await;
-            None
-        };
-        let accepted =
-            futures_lite::future::or(async { Some(listener.accept().await) }, stopped).await;
-        let stream = match accepted {
+        let stream = match ctx.accept_unless_stopping(&listener).await {
             None => break,
             Some(Ok(stream)) => stream,
             Some(Err(error)) => {

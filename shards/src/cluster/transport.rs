@@ -65,8 +65,6 @@ pub struct PeerNode {
     pub last_heard: Cell<Option<Instant>>,
     /// Whether this core's link to it is up.
     pub connected: Cell<bool>,
-    /// Messages dropped because its queue was full.
-    pub dropped: Cell<u64>,
     /// Bytes this core's link sent it.
     pub bytes_sent: Cell<u64>,
     queue: RefCell<Outgoing>,
@@ -129,7 +127,6 @@ impl Links {
                     resp_addr: RefCell::new(None),
                     last_heard: Cell::new(None),
                     connected: Cell::new(false),
-                    dropped: Cell::new(0),
                     bytes_sent: Cell::new(0),
                     queue: RefCell::new(Outgoing::default()),
                     queued: Notify::new(),
@@ -166,7 +163,6 @@ impl Links {
         };
         let mut queue = peer.queue.borrow_mut();
         if queue.raft.len() >= QUEUE_MAX {
-            peer.dropped.set(peer.dropped.get() + 1);
             return;
         }
         queue.raft.push((group, message));
@@ -290,8 +286,8 @@ impl Links {
     }
 
     /// Checks a caller's hello against this node: the same cluster and shard count, a
-    /// member other than this node, a core this node has.
-    pub fn check_hello(&self, hello: &PeerFrame) -> Result<(u64, u32), Refusal> {
+    /// member other than this node, a core this node has. Returns the core the link is for.
+    pub fn check_hello(&self, hello: &PeerFrame) -> Result<u32, Refusal> {
         let PeerFrame::Hello {
             cluster_id,
             node_id,
@@ -319,7 +315,7 @@ impl Links {
                 self.local.shard_count
             )));
         }
-        Ok((*node_id, *core))
+        Ok(*core)
     }
 
     /// Reads what a node that called this core sends, into the inbox, until the link ends.
@@ -433,7 +429,7 @@ pub async fn answer_hello(
     };
     let mut out = Vec::new();
     let core = match links.check_hello(&hello) {
-        Ok((_, core)) => {
+        Ok(core) => {
             encode_frame(
                 &PeerFrame::Welcome {
                     node_id: links.local.node_id,
