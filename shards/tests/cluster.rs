@@ -6,13 +6,10 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::cluster::{now, run_clients, strs, Cluster};
+use common::cluster::{check_linearizable, now, read_finals, strs, Clients, Cluster};
 use common::{kvsd_binary, Server};
 use kvs_lincheck::{Event, Op, Outcome};
 use kvs_wire::{Client, ClientError, ErrorCode};
@@ -69,31 +66,17 @@ fn replicate_fail_over_and_stay_linearizable(size: usize) {
 
     // Concurrent clients through the kill -9 of shard 0's leader and its return.
     let start = Instant::now();
-    let stop = Arc::new(AtomicBool::new(false));
-    let history = Arc::new(Mutex::new(Vec::new()));
-    let acknowledged = Arc::new(AtomicU64::new(0));
-    let clients = run_clients(
-        cluster.addrs.clone(),
-        6,
-        start,
-        Arc::clone(&stop),
-        Arc::clone(&history),
-        Arc::clone(&acknowledged),
-        Duration::from_secs(3),
-    );
+    let clients = Clients::run(start, &cluster.addrs, 6, Duration::from_secs(3));
     std::thread::sleep(Duration::from_millis(1500));
     let victim = cluster.wait_for_leaders()[0] as usize - 1;
     cluster.kill9(victim);
     let killed_at = now(start);
-    let before_kill = acknowledged.load(Ordering::SeqCst);
+    let before_kill = clients.acknowledged();
     std::thread::sleep(Duration::from_secs(3));
-    let during = acknowledged.load(Ordering::SeqCst) - before_kill;
+    let during = clients.acknowledged() - before_kill;
     cluster.restart(victim);
     std::thread::sleep(Duration::from_secs(2));
-    stop.store(true, Ordering::SeqCst);
-    for client in clients {
-        client.join().unwrap();
-    }
+    let mut history = clients.stop();
     assert!(
         before_kill > 20,
         "few writes before the kill: {before_kill}"
@@ -103,8 +86,6 @@ fn replicate_fail_over_and_stay_linearizable(size: usize) {
         "writes did not go on after the leader's kill: {during}"
     );
     let after_kill = history
-        .lock()
-        .unwrap()
         .iter()
         .filter(|e| e.invoked > killed_at && e.outcome == Outcome::Done)
         .count();
@@ -112,58 +93,9 @@ fn replicate_fail_over_and_stay_linearizable(size: usize) {
 
     // Every node, the restarted one included, catches up and reads the same final values;
     // those reads join the history, so a lost acknowledged write fails the check.
-    let leaders = cluster.wait_for_leaders();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let leader_commit: Vec<u64> = (0..cluster.shards as usize)
-            .map(|s| {
-                let shards = cluster.shards_seen_by(leaders[s] as usize - 1).unwrap();
-                shards[s]["commit_index"].as_u64().unwrap()
-            })
-            .collect();
-        let victim_applied: Vec<u64> = cluster
-            .shards_seen_by(victim)
-            .unwrap()
-            .iter()
-            .map(|s| s["applied_index"].as_u64().unwrap())
-            .collect();
-        if victim_applied
-            .iter()
-            .zip(&leader_commit)
-            .all(|(applied, commit)| applied >= commit)
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the restarted node did not catch up: applied {victim_applied:?}, leaders' commit {leader_commit:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let mut history = history.lock().unwrap().clone();
-    let mut finals: HashMap<Vec<u8>, Option<Vec<u8>>> = HashMap::new();
-    for addr in &cluster.addrs {
-        let client = Client::connect(addr).unwrap();
-        for k in 0..4 {
-            let key = format!("k{k}").into_bytes();
-            let invoked = now(start);
-            let value = client.get(&key).unwrap();
-            if let Some(seen) = finals.get(&key) {
-                assert_eq!(seen, &value, "nodes disagree on {key:?}");
-            }
-            finals.insert(key.clone(), value.clone());
-            history.push(Event {
-                key,
-                op: Op::Get,
-                outcome: Outcome::Value(value),
-                invoked,
-                returned: now(start),
-            });
-        }
-    }
-    if let Err(violation) = kvs_lincheck::check(&history) {
-        panic!("not linearizable: {violation:?}");
-    }
+    cluster.wait_caught_up(victim);
+    read_finals(&cluster, start, &mut history);
+    check_linearizable(&history);
 }
 
 /// A cluster's data directory keeps its identity: another --node-id is refused, another
@@ -230,34 +162,23 @@ fn a_paused_leader_does_not_answer_from_its_old_state() {
     let cluster = Cluster::start(3, 1);
     let leader = cluster.wait_for_leaders()[0] as usize - 1;
     let start = Instant::now();
-    let history = Arc::new(Mutex::new(Vec::new()));
-    let record = |event: Event| history.lock().unwrap().push(event);
+    let mut history = Vec::new();
     let key = b"k0".to_vec();
     let old = Client::connect(&cluster.addrs[leader]).unwrap();
     let invoked = now(start);
     old.put(&key, b"before").unwrap();
-    record(Event {
+    history.push(Event {
         key: key.clone(),
         op: Op::Put(b"before".to_vec()),
         outcome: Outcome::Done,
         invoked,
         returned: now(start),
     });
-    let stop = Arc::new(AtomicBool::new(false));
-    let acknowledged = Arc::new(AtomicU64::new(0));
     let others: Vec<String> = (0..3)
         .filter(|&i| i != leader)
         .map(|i| cluster.addrs[i].clone())
         .collect();
-    let clients = run_clients(
-        others.clone(),
-        4,
-        start,
-        Arc::clone(&stop),
-        Arc::clone(&history),
-        Arc::clone(&acknowledged),
-        Duration::from_secs(3),
-    );
+    let clients = Clients::run(start, &others, 4, Duration::from_secs(3));
 
     let pid = cluster.nodes[leader].as_ref().unwrap().pid().to_string();
     let signal = |name: &str| {
@@ -285,7 +206,7 @@ fn a_paused_leader_does_not_answer_from_its_old_state() {
             | Err(ClientError::Timeout(_)) => Outcome::Unknown,
             Err(error) => panic!("the write failed: {error}"),
         };
-        record(Event {
+        clients.record(Event {
             key: key.clone(),
             op: Op::Put(b"after".to_vec()),
             outcome: outcome.clone(),
@@ -315,7 +236,7 @@ fn a_paused_leader_does_not_answer_from_its_old_state() {
         Ok(other) => panic!("a GET answered {other:?}"),
     };
     if let Some(value) = seen.clone() {
-        record(Event {
+        clients.record(Event {
             key: key.clone(),
             op: Op::Get,
             outcome: Outcome::Value(value),
@@ -327,19 +248,13 @@ fn a_paused_leader_does_not_answer_from_its_old_state() {
     let again = old.get(&key).unwrap();
     assert!(again.is_some());
     std::thread::sleep(Duration::from_millis(500));
-    stop.store(true, Ordering::SeqCst);
-    for client in clients {
-        client.join().unwrap();
-    }
+    history.extend(clients.stop());
     assert_ne!(
         seen,
         Some(Some(b"before".to_vec())),
         "the resumed leader answered from its old state"
     );
-    let history = history.lock().unwrap().clone();
-    if let Err(violation) = kvs_lincheck::check(&history) {
-        panic!("not linearizable: {violation:?}");
-    }
+    check_linearizable(&history);
 }
 
 /// `--read-consistency stale`: a node that cannot reach a majority (the two others are

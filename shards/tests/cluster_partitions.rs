@@ -11,12 +11,9 @@
 mod common;
 
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::cluster::{now, run_clients, Cluster};
-use kvs_lincheck::{Event, Op, Outcome};
+use common::cluster::{check_linearizable, read_finals, Clients, Cluster};
 use kvs_wire::{Client, ClientError, ClientOptions, ErrorCode, Request};
 
 /// The iptables rules a test added, removed when it ends (even by a panic).
@@ -69,18 +66,7 @@ fn an_isolated_leader_steps_down_and_the_majority_goes_on() {
     let leader = cluster.wait_for_leaders()[0] as usize - 1;
     let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
     let start = Instant::now();
-    let stop = Arc::new(AtomicBool::new(false));
-    let history = Arc::new(Mutex::new(Vec::new()));
-    let acknowledged = Arc::new(AtomicU64::new(0));
-    let clients = run_clients(
-        cluster.addrs.clone(),
-        6,
-        start,
-        Arc::clone(&stop),
-        Arc::clone(&history),
-        Arc::clone(&acknowledged),
-        Duration::from_secs(1),
-    );
+    let clients = Clients::run(start, &cluster.addrs, 6, Duration::from_secs(1));
     std::thread::sleep(Duration::from_millis(1000));
 
     let isolated_ip = peer_ip(&cluster, leader);
@@ -89,7 +75,7 @@ fn an_isolated_leader_steps_down_and_the_majority_goes_on() {
         &isolated_ip,
         &other_ips.iter().map(String::as_str).collect::<Vec<_>>(),
     );
-    let cut_at = acknowledged.load(Ordering::SeqCst);
+    let cut_at = clients.acknowledged();
     // Past an election timeout the isolated leader has stepped down (check-quorum): a write
     // sent to it is refused as surely not done, within the request timeout.
     std::thread::sleep(Duration::from_millis(4000));
@@ -118,7 +104,7 @@ fn an_isolated_leader_steps_down_and_the_majority_goes_on() {
     );
     assert!(asked.elapsed() < Duration::from_secs(5));
     // The majority took writes meanwhile.
-    let during = acknowledged.load(Ordering::SeqCst) - cut_at;
+    let during = clients.acknowledged() - cut_at;
     assert!(
         during > 10,
         "the majority took {during} writes while cut off"
@@ -130,49 +116,12 @@ fn an_isolated_leader_steps_down_and_the_majority_goes_on() {
 
     partition.heal();
     std::thread::sleep(Duration::from_secs(2));
-    stop.store(true, Ordering::SeqCst);
-    for client in clients {
-        client.join().unwrap();
-    }
+    let mut history = clients.stop();
     cluster.wait_for_leaders();
-    let mut history = history.lock().unwrap().clone();
     // Every node reads the same final values once healed (through the leader).
-    for addr in &cluster.addrs {
-        let client = Client::connect(addr).unwrap();
-        for k in 0..4 {
-            let key = format!("k{k}").into_bytes();
-            let invoked = now(start);
-            let value = client.get(&key).unwrap();
-            history.push(Event {
-                key,
-                op: Op::Get,
-                outcome: Outcome::Value(value),
-                invoked,
-                returned: now(start),
-            });
-        }
-    }
-    if let Err(violation) = kvs_lincheck::check(&history) {
-        panic!("not linearizable: {violation:?}");
-    }
+    read_finals(&cluster, start, &mut history);
+    check_linearizable(&history);
     // The healed node caught up: it applied what the leader committed.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let leader_now = cluster.wait_for_leaders()[0] as usize - 1;
-        let commit = cluster.shards_seen_by(leader_now).unwrap()[0]["commit_index"]
-            .as_u64()
-            .unwrap();
-        let applied = cluster.shards_seen_by(leader).unwrap()[0]["applied_index"]
-            .as_u64()
-            .unwrap();
-        if applied >= commit {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the healed node did not catch up"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    cluster.wait_caught_up(leader);
     cluster.kill9(leader);
 }

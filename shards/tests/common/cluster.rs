@@ -131,6 +131,36 @@ impl Cluster {
         }
     }
 
+    /// Waits until node `i` has applied what each shard's leader has committed (it caught up
+    /// after a restart or a partition).
+    pub fn wait_caught_up(&self, i: usize) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let leaders = self.wait_for_leaders();
+            let leader_commit: Vec<u64> = (0..self.shards as usize)
+                .map(|s| {
+                    let shards = self.shards_seen_by(leaders[s] as usize - 1).unwrap();
+                    shards[s]["commit_index"].as_u64().unwrap()
+                })
+                .collect();
+            let applied: Vec<u64> = self
+                .shards_seen_by(i)
+                .unwrap()
+                .iter()
+                .map(|s| s["applied_index"].as_u64().unwrap())
+                .collect();
+            if applied.iter().zip(&leader_commit).all(|(a, c)| a >= c) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {} did not catch up: applied {applied:?}, leaders' commit {leader_commit:?}",
+                i + 1
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Waits until every running node knows a leader for every shard, and they agree;
     /// returns the leaders by shard.
     pub fn wait_for_leaders(&self) -> Vec<u64> {
@@ -174,9 +204,103 @@ pub fn now(start: Instant) -> u64 {
     start.elapsed().as_nanos() as u64
 }
 
+/// The keys the clients work on: `k0` .. `k{KEYS - 1}`.
+pub const KEYS: u64 = 4;
+
+/// Concurrent clients against a cluster's nodes, and the history of what they saw (times on
+/// the clock of `start`).
+pub struct Clients {
+    pub start: Instant,
+    stop: Arc<AtomicBool>,
+    history: Arc<Mutex<Vec<Event>>>,
+    acknowledged: Arc<AtomicU64>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Clients {
+    /// Starts `count` clients on `addrs` (see `run_clients`).
+    pub fn run(start: Instant, addrs: &[String], count: usize, timeout: Duration) -> Clients {
+        let stop = Arc::new(AtomicBool::new(false));
+        let history = Arc::new(Mutex::new(Vec::new()));
+        let acknowledged = Arc::new(AtomicU64::new(0));
+        let threads = run_clients(
+            addrs.to_vec(),
+            count,
+            start,
+            Arc::clone(&stop),
+            Arc::clone(&history),
+            Arc::clone(&acknowledged),
+            timeout,
+        );
+        Clients {
+            start,
+            stop,
+            history,
+            acknowledged,
+            threads,
+        }
+    }
+
+    /// Writes acknowledged so far.
+    pub fn acknowledged(&self) -> u64 {
+        self.acknowledged.load(Ordering::SeqCst)
+    }
+
+    /// Adds an operation another client (the test itself) saw.
+    pub fn record(&self, event: Event) {
+        self.history.lock().unwrap().push(event);
+    }
+
+    /// Stops the clients and returns the history.
+    pub fn stop(self) -> Vec<Event> {
+        self.stop.store(true, Ordering::SeqCst);
+        for thread in self.threads {
+            thread.join().unwrap();
+        }
+        let history = self.history.lock().unwrap().clone();
+        history
+    }
+}
+
+/// Reads every client key through every running node into `history` (on `start`'s clock);
+/// the nodes must agree. Joined to the clients' history, a lost acknowledged write fails
+/// the check.
+pub fn read_finals(cluster: &Cluster, start: Instant, history: &mut Vec<Event>) {
+    let mut finals: std::collections::HashMap<Vec<u8>, Option<Vec<u8>>> = Default::default();
+    for (i, addr) in cluster.addrs.iter().enumerate() {
+        if cluster.nodes[i].is_none() {
+            continue;
+        }
+        let client = Client::connect(addr).unwrap();
+        for k in 0..KEYS {
+            let key = format!("k{k}").into_bytes();
+            let invoked = now(start);
+            let value = client.get(&key).unwrap();
+            if let Some(seen) = finals.get(&key) {
+                assert_eq!(seen, &value, "nodes disagree on {key:?}");
+            }
+            finals.insert(key.clone(), value.clone());
+            history.push(Event {
+                key,
+                op: Op::Get,
+                outcome: Outcome::Value(value),
+                invoked,
+                returned: now(start),
+            });
+        }
+    }
+}
+
+/// Panics, showing the key's operations, unless `history` is linearizable.
+pub fn check_linearizable(history: &[Event]) {
+    if let Err(violation) = kvs_lincheck::check(history) {
+        panic!("not linearizable: {violation:?}");
+    }
+}
+
 /// Runs clients against the nodes (each client on one node, moving on when it is down)
 /// until `stop`; every operation they saw goes into `history`.
-pub fn run_clients(
+fn run_clients(
     addrs: Vec<String>,
     clients: usize,
     start: Instant,
@@ -217,7 +341,7 @@ pub fn run_clients(
                     rng ^= rng << 13;
                     rng ^= rng >> 7;
                     rng ^= rng << 17;
-                    let key = format!("k{}", rng % 4).into_bytes();
+                    let key = format!("k{}", rng % KEYS).into_bytes();
                     let write = (rng >> 8).is_multiple_of(2);
                     let invoked = now(start);
                     let event = if write {
