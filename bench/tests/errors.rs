@@ -29,6 +29,19 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// Runs kvs-bench to its end: whether it succeeded, and its stderr.
+fn run_bench(args: &[&str]) -> (bool, String) {
+    let out = Command::new(bench_binary())
+        .args(args)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// A kvsd of one shard on a port the kernel picked; killed when dropped.
 struct Server {
     child: Option<Child>,
@@ -82,19 +95,17 @@ impl Drop for Server {
 #[test]
 fn a_refused_connection_names_the_address() {
     let port = free_port();
-    let out = Command::new(bench_binary())
-        .args([
-            "--addr",
-            &format!("127.0.0.1:{port}"),
-            "--workload",
-            "random-read",
-        ])
-        .args(["--no-load", "--duration", "1"])
-        .env("RUST_BACKTRACE", "0")
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let addr = format!("127.0.0.1:{port}");
+    let (ok, err) = run_bench(&[
+        "--addr",
+        &addr,
+        "--workload",
+        "random-read",
+        "--no-load",
+        "--duration",
+        "1",
+    ]);
+    assert!(!ok);
     assert!(
         err.contains(&format!("cannot connect to 127.0.0.1:{port}")),
         "{err}"
@@ -105,28 +116,21 @@ fn a_refused_connection_names_the_address() {
 fn a_failed_load_says_why() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path());
-    let out = Command::new(bench_binary())
-        .args([
-            "--addr",
-            &server.addr,
-            "--workload",
-            "write",
-            "--records",
-            "2",
-        ])
-        .args([
-            "--value-size",
-            "17000000",
-            "--clients",
-            "1",
-            "--duration",
-            "1",
-        ])
-        .env("RUST_BACKTRACE", "0")
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let (ok, err) = run_bench(&[
+        "--addr",
+        &server.addr,
+        "--workload",
+        "write",
+        "--records",
+        "2",
+        "--value-size",
+        "17000000",
+        "--clients",
+        "1",
+        "--duration",
+        "1",
+    ]);
+    assert!(!ok);
     assert!(
         err.contains("2 inserts failed during the load phase"),
         "{err}"
