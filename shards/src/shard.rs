@@ -38,7 +38,7 @@ use kvs_core::log::{GroupWrite, GroupWritten, LogDisk, LogError};
 use kvs_core::store::{StoreConfig, StoreError};
 use kvs_wire::ErrorCode;
 
-use crate::peer::{Membership, Peer, PeerError};
+use crate::peer::{Membership, Peer, PeerError, PeerStatus};
 use crate::pending::{Pending, Proposal};
 use crate::read_index::ReadIndexQueue;
 use raft::eraftpb::Entry;
@@ -465,6 +465,10 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
 
     pub fn tick(&mut self) {
         self.peer.tick();
+    }
+
+    pub fn status(&self) -> PeerStatus {
+        self.peer.status()
     }
 
     /// Answers a read from the pool alone, or None when it needs the disk.

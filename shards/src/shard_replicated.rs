@@ -7,8 +7,6 @@ use kvs_core::log::LogDisk;
 use kvs_wire::ErrorCode;
 use raft::eraftpb::Message;
 
-use crate::peer::PeerStatus;
-
 use super::{NodeView, Output, ShardCore, ShardReply, ShardRequest, FORWARDED_ORIGIN};
 
 /// A member heard from within this many milliseconds counts as alive for leader placement
@@ -54,16 +52,6 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
                     && n.last_heard_ms.is_some_and(|ms| ms <= HEARD_LATELY_MS)
             })
         })
-    }
-
-    /// Hands leadership to member `to` (`kvs cluster transfer-leader`); false when this
-    /// member does not lead or `to` is not a member.
-    pub fn transfer_leader(&mut self, to: u64) -> bool {
-        if !self.peer.is_leader() || !self.membership.voters.contains(&to) {
-            return false;
-        }
-        self.peer.transfer_leader(to);
-        true
     }
 
     /// Whether this shard is one member of a replicated group.
@@ -185,10 +173,6 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
             }
         }
         output
-    }
-
-    pub fn status(&self) -> PeerStatus {
-        self.peer.status()
     }
 
     /// Counts a read held for its connection's write (attached to a pending proposal) as a
