@@ -82,6 +82,10 @@ pub struct Flags {
     /// may lag behind writes already acknowledged). Default: linearizable.
     #[arg(long)]
     pub read_consistency: Option<String>,
+    /// Bytes per second a leader sends a snapshot (its checkpoint) to a follower too far
+    /// behind for the log, per transfer, e.g. 64MiB or 1GiB. Default: 64MiB.
+    #[arg(long)]
+    pub snapshot_rate: Option<String>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -102,6 +106,7 @@ struct FileConfig {
     election_timeout: Option<String>,
     heartbeat_interval: Option<String>,
     read_consistency: Option<String>,
+    snapshot_rate: Option<String>,
 }
 
 /// What makes a node one of a cluster: its id, where it listens for peers, and the members
@@ -210,6 +215,8 @@ pub struct Config {
     pub heartbeat_interval: Duration,
     /// `--read-consistency stale`: any node answers reads from its own replica.
     pub stale_reads: bool,
+    /// `--snapshot-rate`: bytes per second of a snapshot transfer.
+    pub snapshot_rate: u64,
 }
 
 /// Smallest page cache per shard, in bytes.
@@ -324,6 +331,11 @@ impl Config {
             flags.checkpoint_rate.or(file.checkpoint_rate),
             256 << 20,
         )?;
+        let snapshot_rate = size(
+            "snapshot-rate",
+            flags.snapshot_rate.or(file.snapshot_rate),
+            64 << 20,
+        )?;
         let checkpoint_interval = Duration::from_secs(
             flags
                 .checkpoint_interval
@@ -364,6 +376,7 @@ impl Config {
         };
         Ok(Config {
             stale_reads,
+            snapshot_rate,
             cluster,
             election_timeout,
             heartbeat_interval,

@@ -135,6 +135,10 @@ impl LogDisk for DmaDisk {
         std::fs::remove_file(self.dir.join(name))
     }
 
+    async fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        std::fs::rename(self.dir.join(from), self.dir.join(to))
+    }
+
     async fn sync_dir(&self) -> io::Result<()> {
         let dir = File::open(&self.dir)?;
         if disk::available() {

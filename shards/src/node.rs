@@ -23,6 +23,7 @@ use crate::cluster::forwarding::Forwarding;
 use crate::cluster::node_links::{
     peer_accept_loop, CoreCluster, CoreLinks, LeaderWatch, PeerHandoff,
 };
+use crate::cluster::snapshot_send::SnapshotTransfers;
 use crate::cluster::transport::{Links, LocalNode};
 use crate::config::Config;
 use crate::data_dir::{allowed_cpus, DataDir};
@@ -147,9 +148,11 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
                 peer_listener = Some(bind(*addr)?);
             }
             Membership {
-                id: identity.node_id,
-                voters: identity.members.iter().map(|(id, _)| *id).collect(),
                 election_ticks: (ticks, 2 * ticks),
+                ..Membership::of(
+                    identity.node_id,
+                    identity.members.iter().map(|(id, _)| *id).collect(),
+                )
             }
         }
     };
@@ -174,6 +177,7 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
                 handoff_senders: (0..n).map(|_| None).collect(),
                 handoff_receivers: Vec::new(),
                 leaders: Arc::clone(&leaders),
+                snapshot_rate: config.snapshot_rate,
             }),
             _ => None,
         };
@@ -386,6 +390,7 @@ async fn core_main(setup: CoreSetup) {
             forwarding: Forwarding::new(Rc::clone(&links), &members),
             links,
             leaders: cluster.leaders,
+            snapshots: Rc::new(SnapshotTransfers::new(cluster.snapshot_rate)),
         };
         (core_links, cluster.peer_listener, senders)
     });
@@ -644,6 +649,12 @@ async fn shard_loop(
             for (node, addr) in links.take_learned() {
                 driver.shard_mut().set_node_addr(node, addr);
             }
+            for (from, chunk) in links.take_snapshot_chunks() {
+                driver.shard_mut().receive_snapshot_chunk(from, chunk).await;
+            }
+            for (to, whole) in cluster.snapshots.take_ended() {
+                driver.shard_mut().snapshot_ended(to, whole);
+            }
             let inbox = links.take_inbox();
             if !inbox.is_empty() {
                 let out = driver.step(inbox);
@@ -684,12 +695,27 @@ async fn shard_loop(
         for write in ready.writes {
             in_flight.push_back(spawn_local(write.write()));
         }
-        if let Some(CoreLinks { links, leaders, .. }) = cluster {
+        if !Rc::ptr_eq(&current_store.borrow(), driver.shard().store()) {
+            // A snapshot was installed: the shard has a new store.
+            *current_store.borrow_mut() = Rc::clone(driver.shard().store());
+        }
+        if let Some(CoreLinks {
+            links,
+            leaders,
+            snapshots,
+            ..
+        }) = cluster
+        {
             // A leader's appends leave before its own write completes; a follower's replies
             // once what they answer is persisted (the peer holds them until then).
             let group = u64::from(ctx.core as u32);
             for message in driver.shard_mut().take_messages() {
-                links.send(group, message);
+                if message.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot {
+                    // Its checkpoint goes first, in chunks (ADR 0017).
+                    snapshots.start(links, group, driver.shard().store(), message);
+                } else {
+                    links.send(group, message);
+                }
             }
             let leader = driver.shard().leader();
             if leader != last_leader {

@@ -19,6 +19,13 @@
 //! Start-up: the store loads its newest checkpoint (log index C); Raft's storage starts from
 //! a snapshot at C, and only the log after C is applied. Once a newer checkpoint is durable,
 //! the log segments it covers are deleted: the checkpoint is the Raft log's compaction point.
+//!
+//! Snapshots (ADR 0017, `snapshot.rs`): a follower that needs entries from before the
+//! leader's compaction point gets the leader's durable checkpoint. It stages the pages it is
+//! sent, and when Raft hands it the snapshot in a ready, [`Peer::begin_ready`] renames the
+//! staged file over the page file and opens the store again: its state jumps to the
+//! checkpoint, and the log entries before it are ignored from then on (recovery skips
+//! entries at or before the page file's checkpoint).
 
 use std::collections::VecDeque;
 use std::rc::Rc;
@@ -26,20 +33,23 @@ use std::rc::Rc;
 use kvs_core::log::format::{Record, RecordKind};
 use kvs_core::log::{GroupWrite, GroupWritten, Log, LogDisk, LogError, LogStats};
 use kvs_core::state::CommandResult;
+use kvs_core::store::snapshot::remove_staging;
 use kvs_core::store::{PagedStore, StoreConfig, StoreError};
+use raft::eraftpb::MessageType;
 use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Message, Snapshot};
 use raft::storage::MemStorage;
-use raft::{Config, RawNode, StateRole, Storage};
+use raft::{Config, RawNode, SnapshotStatus, StateRole, Storage};
 
+use crate::peer_storage::PeerStorage;
 use crate::raft_logger::raft_logger;
+use crate::snapshot::{Receiving, SnapshotChunk};
 
 /// The Raft id of a single node's peers: a single node is a group of one.
 pub const NODE_ID: u64 = 1;
 
-/// Entries a follower keeps in memory behind its applied index, for the followers it would
-/// have to catch up if it became leader. Interim: Raft's storage will read old entries back
-/// from the log's segments (issue 13), and a follower too far behind will get a snapshot.
-const FOLLOWER_KEEP_ENTRIES: u64 = 16 * 1024;
+/// Entries a peer keeps in memory behind its applied index (and before its durable
+/// checkpoint) for followers that are behind: a follower further behind gets a snapshot.
+const ENTRIES_KEPT_BEHIND: u64 = 16 * 1024;
 
 /// Who this peer is in its group, the group's voters, and its election timeout.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +60,9 @@ pub struct Membership {
     /// draws with the thread's random generator; the simulator gives each peer a range of
     /// one (and peers different ones) so that a run is replayable from its seed.
     pub election_ticks: (usize, usize),
+    /// Entries kept in memory before the durable checkpoint for followers that are behind
+    /// ([`ENTRIES_KEPT_BEHIND`]; the simulator keeps few, so that snapshots happen).
+    pub entries_kept_behind: u64,
 }
 
 /// Ticks of the election timeout: from 10 up to twice that, as Raft's paper suggests.
@@ -67,6 +80,7 @@ impl Membership {
             id,
             voters,
             election_ticks: ELECTION_TICKS,
+            entries_kept_behind: ENTRIES_KEPT_BEHIND,
         }
     }
 }
@@ -107,9 +121,15 @@ pub struct PeerStatus {
 }
 
 pub struct Peer<D: LogDisk> {
-    node: RawNode<MemStorage>,
+    node: RawNode<PeerStorage>,
     log: Log<D>,
     store: Rc<PagedStore<D::File>>,
+    shard: u32,
+    config: StoreConfig,
+    /// A snapshot being received from the leader.
+    receiving: Option<Receiving<D::File>>,
+    /// Snapshots installed since the peer opened.
+    snapshots_installed: u64,
     /// The log is deleted up to here (the newest durable checkpoint it was trimmed to).
     log_trimmed_through: u64,
     /// Once leader, the term it leads and the index of its first entry of that term: the
@@ -183,6 +203,12 @@ impl<D: LogDisk> Peer<D> {
             membership.voters.contains(&membership.id),
             "a peer is one of its group's voters"
         );
+        if remove_staging(&disk).await? {
+            tracing::info!(
+                shard,
+                "a snapshot left half received by a stop or crash was removed"
+            );
+        }
         let store = Rc::new(PagedStore::open(&disk, shard, config).await?);
         let checkpoint = store.applied_index();
         let (log, recovered) = Log::open(disk, shard).await?;
@@ -214,12 +240,17 @@ impl<D: LogDisk> Peer<D> {
                 ),
             }));
         }
-        let storage =
-            MemStorage::new_with_conf_state(ConfState::from((membership.voters.clone(), vec![])));
+        let storage = PeerStorage::new(MemStorage::new_with_conf_state(ConfState::from((
+            membership.voters.clone(),
+            vec![],
+        ))));
         let mut entries: Vec<Entry> = Vec::new();
         let mut hard_state = HardState::default();
         for record in recovered.records {
             match record.kind {
+                // Entries up to the checkpoint are in the store already (and after a
+                // snapshot, the log may hold older entries the checkpoint jumped past).
+                RecordKind::Entry if record.index <= checkpoint => {}
                 RecordKind::Entry => {
                     let entry_type =
                         entry_type_from(record.entry_type).ok_or_else(|| PeerError::Apply {
@@ -259,8 +290,6 @@ impl<D: LogDisk> Peer<D> {
                 }
             }
         }
-        // Entries up to the checkpoint are in the store already.
-        entries.retain(|e| e.index > checkpoint);
         if let Some(first) = entries.first().map(|e| e.index) {
             if first > checkpoint + 1 {
                 return Err(PeerError::Apply {
@@ -281,23 +310,25 @@ impl<D: LogDisk> Peer<D> {
         let last_index = entries.last().map_or(checkpoint, |e| e.index);
         hard_state.commit = hard_state.commit.max(checkpoint).min(last_index);
         {
-            let mut core = storage.wl();
+            let mut core = storage.mem.wl();
             if checkpoint > 0 {
-                let mut snapshot = Snapshot::default();
-                let metadata = snapshot.mut_metadata();
-                metadata.index = checkpoint;
-                metadata.term = store
+                let term = store
                     .durable_checkpoint()
                     .map_or(0, |c| c.applied_term)
                     .max(1);
+                let mut snapshot = Snapshot::default();
+                let metadata = snapshot.mut_metadata();
+                metadata.index = checkpoint;
+                metadata.term = term;
                 metadata.set_conf_state(ConfState::from((membership.voters.clone(), vec![])));
                 core.apply_snapshot(snapshot)?;
+                storage.set_snapshot_at(checkpoint, term);
             }
             core.append(&entries)?;
             core.set_hardstate(hard_state.clone());
         }
         drop(entries);
-        let config = Config {
+        let raft_config = Config {
             id: membership.id,
             election_tick: membership.election_ticks.0,
             min_election_tick: membership.election_ticks.0,
@@ -310,9 +341,9 @@ impl<D: LogDisk> Peer<D> {
             pre_vote: true,
             ..Config::default()
         };
-        config.validate()?;
+        raft_config.validate()?;
         let written_term_vote = (hard_state.term, hard_state.vote);
-        let mut node = RawNode::new(&config, storage, &raft_logger(shard))?;
+        let mut node = RawNode::new(&raft_config, storage, &raft_logger(shard))?;
         if membership.voters.len() == 1 {
             node.campaign()?;
         }
@@ -320,6 +351,10 @@ impl<D: LogDisk> Peer<D> {
             node,
             log,
             store,
+            shard,
+            config,
+            receiving: None,
+            snapshots_installed: 0,
             log_trimmed_through: checkpoint,
             serving_from: None,
             unpersisted: VecDeque::new(),
@@ -358,7 +393,29 @@ impl<D: LogDisk> Peer<D> {
     }
 
     pub fn tick(&mut self) {
+        // Until an installed snapshot's ready is persisted, Raft's applied index is behind
+        // its storage's first entry, and a campaign (which reads the entries after the
+        // applied index) would ask for compacted ones: the election clock waits the one
+        // group write this takes.
+        if self.raft_applied_behind() {
+            return;
+        }
         self.node.tick();
+    }
+
+    /// Whether Raft's applied index is still behind the store's (a snapshot was installed
+    /// and its ready is not persisted yet); moves it up when it may.
+    fn raft_applied_behind(&mut self) -> bool {
+        let applied = self.store.applied_index();
+        let raft_log = &self.node.raft.raft_log;
+        if raft_log.applied >= applied {
+            return false;
+        }
+        if applied <= raft_log.persisted && applied <= raft_log.committed {
+            self.node.advance_apply_to(applied);
+            return false;
+        }
+        true
     }
 
     /// Takes a message from another peer of the group.
@@ -372,8 +429,101 @@ impl<D: LogDisk> Peer<D> {
         if self.is_stale_rejection(&message) {
             return Ok(());
         }
+        match message.get_msg_type() {
+            // A leader handing over leadership tells this peer to campaign at once: not
+            // while a snapshot's ready is unpersisted (see `tick`). The leader tries again.
+            MessageType::MsgTimeoutNow if self.raft_applied_behind() => return Ok(()),
+            MessageType::MsgSnapshot if !self.may_take_snapshot(&message) => {
+                // Its pages did not all arrive (a chunk was lost, or the link broke): the
+                // leader hears so and starts again.
+                let metadata = message.get_snapshot().get_metadata();
+                tracing::warn!(
+                    shard = self.shard,
+                    from = message.from,
+                    index = metadata.index,
+                    "snapshot refused: its pages are not all here"
+                );
+                let mut refusal = Message::default();
+                refusal.set_msg_type(MessageType::MsgSnapStatus);
+                refusal.from = self.membership.id;
+                refusal.to = message.from;
+                refusal.term = message.term;
+                refusal.reject = true;
+                self.outbox.push(refusal);
+                return Ok(());
+            }
+            // A follower's word that a snapshot did not arrive (raft-rs takes this report
+            // only from its own node, so it is given as one).
+            MessageType::MsgSnapStatus => {
+                if message.reject && self.is_leader() {
+                    self.report_snapshot_failure(message.from);
+                }
+                return Ok(());
+            }
+            _ => {}
+        }
         self.node.step(message)?;
         Ok(())
+    }
+
+    /// Whether a `MsgSnapshot` may be stepped into Raft: the staged image is of its position,
+    /// complete, or Raft will ignore the snapshot anyway (this peer has committed past it).
+    fn may_take_snapshot(&self, message: &Message) -> bool {
+        let metadata = message.get_snapshot().get_metadata();
+        metadata.index <= self.node.raft.raft_log.committed
+            || self
+                .receiving
+                .as_ref()
+                .is_some_and(|r| r.from == message.from && r.holds(metadata.index, metadata.term))
+    }
+
+    /// Takes a chunk of a snapshot node `from` is sending (see `snapshot.rs`). A chunk that
+    /// does not fit drops the transfer (logged); the leader starts again when its
+    /// `MsgSnapshot` is refused.
+    pub async fn receive_snapshot_chunk(&mut self, from: u64, chunk: SnapshotChunk) {
+        let (number, index, last) = (chunk.number, chunk.index, chunk.last);
+        let current = self.receiving.take();
+        match Receiving::take(self.log.disk(), self.shard, current, from, chunk).await {
+            Ok(receiving) => {
+                if number == 0 {
+                    tracing::info!(
+                        shard = self.shard,
+                        from,
+                        index,
+                        pages = receiving.staging.total,
+                        "receiving a snapshot"
+                    );
+                }
+                if last {
+                    tracing::info!(shard = self.shard, from, index, "snapshot received");
+                }
+                self.receiving = Some(receiving);
+            }
+            Err(reason) => {
+                tracing::warn!(shard = self.shard, from, index, %reason, "snapshot chunk dropped")
+            }
+        }
+    }
+
+    /// Tells Raft a snapshot sent to `to` did not arrive: it probes `to` again (and sends a
+    /// new snapshot if it still needs one). Nothing happens unless one was in flight.
+    pub fn report_snapshot_failure(&mut self, to: u64) {
+        if self.is_leader() {
+            self.node.report_snapshot(to, SnapshotStatus::Failure);
+        }
+    }
+
+    /// Tells Raft a snapshot went out to `to` whole: it probes `to` from the snapshot on
+    /// (raft-rs waits for this report; a follower's answer to the snapshot alone may be
+    /// lost). A follower that did not install it refuses the probe and gets another.
+    pub fn report_snapshot_sent(&mut self, to: u64) {
+        if self.is_leader() {
+            self.node.report_snapshot(to, SnapshotStatus::Finish);
+        }
+    }
+
+    pub fn snapshots_installed(&self) -> u64 {
+        self.snapshots_installed
     }
 
     /// A rejected append for an index the follower is known to hold is stale (a delayed or
@@ -513,13 +663,11 @@ impl<D: LogDisk> Peer<D> {
         self.log.make_room().await?;
         let mut ready = self.node.ready();
         if !ready.snapshot().is_empty() {
-            // A single voter never receives a snapshot; a cluster's followers will.
-            return Err(PeerError::Apply {
-                index: ready.snapshot().get_metadata().index,
-                detail: "a Raft snapshot arrived, which this node cannot install yet".into(),
-            });
+            self.install_snapshot(ready.snapshot().clone()).await?;
         }
-        let committed = ready.take_committed_entries();
+        let mut committed = ready.take_committed_entries();
+        // After a snapshot, nothing at or before it is applied again.
+        committed.retain(|entry| entry.index > self.store.applied_index());
         let entries = ready.take_entries();
         // A leader's appends go out before its own write (Raft thesis 10.2.1): one fsync
         // latency on the path, not two. Replies wait for this ready to be persisted.
@@ -536,10 +684,10 @@ impl<D: LogDisk> Peer<D> {
             hard_state.as_ref().filter(|_| term_vote.is_some()),
         )?;
         if !entries.is_empty() {
-            self.node.mut_store().wl().append(&entries)?;
+            self.node.store().append(&entries)?;
         }
         if let Some(hard_state) = hard_state {
-            self.node.mut_store().wl().set_hardstate(hard_state);
+            self.node.store().set_hardstate(hard_state);
         }
         if let Some((term, vote)) = term_vote {
             self.written_term_vote = (term, vote);
@@ -558,6 +706,48 @@ impl<D: LogDisk> Peer<D> {
             self.serving_from = Some((term, self.node.raft.raft_log.last_index()));
         }
         Ok(ReadyWork { write, committed })
+    }
+
+    /// Installs the snapshot Raft handed over (its image is staged: only a complete one is
+    /// stepped into Raft): the staged file replaces the page file, the store is opened
+    /// again, and Raft's storage restarts at the snapshot.
+    async fn install_snapshot(&mut self, snapshot: Snapshot) -> Result<(), PeerError> {
+        let metadata = snapshot.get_metadata();
+        let (index, term) = (metadata.index, metadata.term);
+        let receiving = self
+            .receiving
+            .take()
+            .filter(|r| r.holds(index, term))
+            .unwrap_or_else(|| {
+                panic!("Raft took snapshot {index}/{term} without its image staged")
+            });
+        assert!(
+            index > self.store.applied_index(),
+            "a snapshot at {index} behind the applied {}",
+            self.store.applied_index()
+        );
+        let old = Rc::clone(&self.store);
+        old.retire().await;
+        receiving.staging.install(self.log.disk()).await?;
+        let store = Rc::new(PagedStore::open(self.log.disk(), self.shard, self.config).await?);
+        assert_eq!(
+            store.applied_index(),
+            index,
+            "the installed page file holds the snapshot's checkpoint"
+        );
+        let (written_term, written_vote) = self.written_term_vote;
+        store.set_raft_state(written_term, written_vote);
+        self.store = store;
+        self.node.store().mem.wl().apply_snapshot(snapshot)?;
+        self.node.store().set_snapshot_at(index, term);
+        self.snapshots_installed += 1;
+        tracing::info!(
+            shard = self.shard,
+            index,
+            term,
+            "snapshot installed: the store is at the leader's checkpoint"
+        );
+        Ok(())
     }
 
     /// Takes the outcome of the oldest group in flight. Ok: its ready, and every one before
@@ -590,6 +780,7 @@ impl<D: LogDisk> Peer<D> {
         }
         if let Some(number) = persisted {
             self.node.on_persist_ready(number);
+            self.raft_applied_behind();
         }
     }
 
@@ -691,12 +882,23 @@ impl<D: LogDisk> Peer<D> {
         Ok(done)
     }
 
-    /// Drops applied entries from Raft's in-memory log: all of them in a group of one; in a
-    /// larger group, a leader keeps what its slowest follower still needs, and a follower
-    /// keeps [`FOLLOWER_KEEP_ENTRIES`].
+    /// Drops applied entries from Raft's in-memory log: all of them in a group of one. In a
+    /// larger group, a peer keeps every entry after its durable checkpoint (a follower that
+    /// needs an earlier one gets a snapshot at that checkpoint), and before it, up to
+    /// [`ENTRIES_KEPT_BEHIND`] behind its applied index (a leader: only as far back as its
+    /// slowest follower needs).
     fn compact(&mut self) -> Result<(), PeerError> {
         let mut applied = self.store.applied_index();
         if self.membership.voters.len() > 1 {
+            let checkpoint = self.store.durable_checkpoint();
+            if let Some(c) = checkpoint {
+                if c.applied_index > self.node.store().snapshot_at().0 {
+                    self.node
+                        .store()
+                        .set_snapshot_at(c.applied_index, c.applied_term);
+                }
+            }
+            let behind = applied.saturating_sub(self.membership.entries_kept_behind);
             if self.is_leader() {
                 // What a follower may be sent next starts after the entry before `next_idx`,
                 // whose term the append names. raft-rs 0.7 can set `next_idx` at or below
@@ -710,14 +912,15 @@ impl<D: LogDisk> Peer<D> {
                     .map(|(_, progress)| progress.matched.min(progress.next_idx.saturating_sub(1)))
                     .min()
                     .unwrap_or(0);
-                applied = applied.min(slowest);
+                applied = applied.min(slowest.max(behind));
             } else {
-                applied = applied.saturating_sub(FOLLOWER_KEEP_ENTRIES);
+                applied = behind;
             }
+            applied = applied.min(checkpoint.map_or(0, |c| c.applied_index));
         }
-        let store = self.node.mut_store();
+        let store = self.node.store();
         if applied > store.first_index()? {
-            store.wl().compact(applied)?;
+            store.mem.wl().compact(applied)?;
         }
         Ok(())
     }

@@ -280,6 +280,8 @@ pub struct ShardCore<D: LogDisk + Clone, R> {
     stale_reads: bool,
     /// Requests forwarded to the leader elsewhere, for INFO.
     forwarded: u64,
+    /// Snapshots sent whole to followers, for INFO.
+    snapshots_sent: u64,
     /// The cluster's id and its nodes as this core last saw them, for INFO.
     cluster_view: Option<(String, Vec<NodeView>)>,
 }
@@ -380,6 +382,7 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
             forwarding: false,
             stale_reads: false,
             forwarded: 0,
+            snapshots_sent: 0,
             cluster_view: None,
             shard,
             disk,
@@ -531,6 +534,8 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
                     node_id: self.peer.id(),
                     leader: self.peer.leader(),
                     forwarded: self.forwarded,
+                    snapshots_sent: self.snapshots_sent,
+                    snapshots_installed: self.peer.snapshots_installed(),
                     replicas: self
                         .peer
                         .replicas()
@@ -776,10 +781,20 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
             self.to_apply.is_empty(),
             "committed entries are applied before the next ready"
         );
+        let applied_before = self.peer.store().applied_index();
         match self.peer.begin_ready().await {
             Ok(work) => {
                 self.to_apply = work.committed;
-                (work.write, Output::default())
+                let mut output = Output::default();
+                let applied = self.peer.store().applied_index();
+                if applied > applied_before {
+                    // A snapshot was installed: the entries it jumped past are not applied
+                    // here, so proposals among them have an unknown outcome.
+                    for proposal in self.pending.take_through(applied) {
+                        output.extend(self.replaced(proposal));
+                    }
+                }
+                (work.write, output)
             }
             Err(error) => (None, self.fail(error)),
         }

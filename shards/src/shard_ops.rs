@@ -117,6 +117,10 @@ pub struct ShardClusterInfo {
     pub leader: Option<u64>,
     /// Requests this node's shard forwarded to its leader elsewhere since it started.
     pub forwarded: u64,
+    /// Snapshots this node's shard sent whole to followers, and installed from a leader,
+    /// since it started.
+    pub snapshots_sent: u64,
+    pub snapshots_installed: u64,
     pub replicas: Vec<ReplicaInfo>,
     pub nodes: Vec<NodeView>,
 }

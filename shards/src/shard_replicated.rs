@@ -7,6 +7,8 @@ use kvs_core::log::LogDisk;
 use kvs_wire::ErrorCode;
 use raft::eraftpb::Message;
 
+use crate::snapshot::SnapshotChunk;
+
 use super::{NodeView, Output, ShardCore, ShardReply, ShardRequest, FORWARDED_ORIGIN};
 
 /// A member heard from within this many milliseconds counts as alive for leader placement
@@ -69,6 +71,21 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
     pub fn step(&mut self, message: Message) {
         if let Err(error) = self.peer.step(message) {
             tracing::debug!(shard = self.shard, %error, "raft message dropped");
+        }
+    }
+
+    /// Takes a chunk of a snapshot the leader `from` is sending.
+    pub async fn receive_snapshot_chunk(&mut self, from: u64, chunk: SnapshotChunk) {
+        self.peer.receive_snapshot_chunk(from, chunk).await;
+    }
+
+    /// A snapshot this leader sent `to` went out whole, or broke off.
+    pub fn snapshot_ended(&mut self, to: u64, whole: bool) {
+        if whole {
+            self.snapshots_sent += 1;
+            self.peer.report_snapshot_sent(to);
+        } else {
+            self.peer.report_snapshot_failure(to);
         }
     }
 

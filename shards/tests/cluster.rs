@@ -349,3 +349,79 @@ fn the_cluster_aware_client_sends_each_key_to_its_leader() {
     }
     assert_eq!(forwarded() - before, 10);
 }
+
+/// A follower that was down while the others checkpointed and deleted the log it needed is
+/// caught up by a snapshot (the leader's checkpoint, streamed in chunks), then follows the
+/// log again, survives kill -9 after the install, and holds every acknowledged write: read
+/// from it alone, with stale reads, once the others are paused.
+#[test]
+fn a_follower_gone_long_catches_up_from_a_snapshot() {
+    let mut cluster = Cluster::start_with(
+        3,
+        1,
+        false,
+        &["--read-consistency", "stale", "--checkpoint-interval", "1"],
+    );
+    cluster.wait_for_preferred_leaders(); // shard 0 on node 1: node 3 follows
+    cluster.kill9(2);
+    let value = |i: usize| format!("value-{i}-{}", "x".repeat(200)).into_bytes();
+    let put_all = |cluster: &Cluster, keys: std::ops::Range<usize>| {
+        let client = Client::connect(&cluster.addrs[0]).unwrap();
+        for i in keys {
+            client.put(format!("k{i}").as_bytes(), &value(i)).unwrap();
+        }
+    };
+    put_all(&cluster, 0..2000);
+    // Checkpoints (every second) delete the log; restarted, the others keep in memory only
+    // the entries after their checkpoints, so node 3 cannot be sent what it missed.
+    std::thread::sleep(Duration::from_millis(2500));
+    for i in [0, 1] {
+        cluster.kill9(i);
+        cluster.restart(i);
+    }
+    cluster.wait_for_leaders();
+    cluster.restart(2);
+    cluster.wait_caught_up(2);
+    let installed = |cluster: &Cluster| -> u64 {
+        cluster.shards_seen_by(2).unwrap()[0]["cluster"]["snapshots_installed"]
+            .as_u64()
+            .unwrap()
+    };
+    assert!(
+        installed(&cluster) >= 1,
+        "node 3 caught up without a snapshot"
+    );
+    // After the snapshot it follows the log, and a crash keeps what it installed.
+    put_all(&cluster, 2000..2100);
+    cluster.wait_caught_up(2);
+    cluster.kill9(2);
+    cluster.restart(2);
+    cluster.wait_caught_up(2);
+    let paused: Vec<String> = [0, 1]
+        .iter()
+        .map(|&i| cluster.nodes[i].as_ref().unwrap().pid().to_string())
+        .collect();
+    for pid in &paused {
+        assert!(std::process::Command::new("kill")
+            .args(["-STOP", pid])
+            .status()
+            .unwrap()
+            .success());
+    }
+    let reader = Client::connect(&cluster.addrs[2]).unwrap();
+    let missing: Vec<usize> = (0..2100)
+        .filter(|&i| reader.get(format!("k{i}").as_bytes()).unwrap() != Some(value(i)))
+        .collect();
+    for pid in &paused {
+        std::process::Command::new("kill")
+            .args(["-CONT", pid])
+            .status()
+            .unwrap();
+    }
+    assert!(
+        missing.is_empty(),
+        "node 3 lacks {} acknowledged writes, e.g. k{}",
+        missing.len(),
+        missing[0]
+    );
+}

@@ -14,6 +14,11 @@
 //!   acknowledged write fails it);
 //! - the history the clients saw (writes, and reads through ReadIndex) is linearizable
 //!   (`kvs-lincheck`); a write whose node went down has an unknown outcome.
+//!
+//! Nodes checkpoint and trim their logs at random, and keep few entries before their
+//! checkpoint, so a follower that was cut off or down is often caught up by a snapshot:
+//! the leader's checkpoint, sent through the same network in chunks (the transfer may be
+//! lost, or lose a chunk, and is then started again).
 
 use std::collections::{HashMap, VecDeque};
 
@@ -24,7 +29,8 @@ use kvs_core::log::GroupWrite;
 use kvs_core::store::StoreConfig;
 use kvs_lincheck::{Event, Op, Outcome};
 use kvs_shards::peer::{Membership, Peer};
-use raft::eraftpb::Message;
+use kvs_shards::snapshot::{name_checkpoint, SnapshotChunk, SnapshotSender};
+use raft::eraftpb::{Message, MessageType};
 
 const CONFIG: StoreConfig = StoreConfig {
     cache_pages: 64,
@@ -52,6 +58,8 @@ struct Node {
 
 struct InFlight {
     deliver_at: u64,
+    /// A snapshot's chunks travel ahead of its `MsgSnapshot`, in order, on the same link.
+    chunks: Vec<SnapshotChunk>,
     message: Message,
 }
 
@@ -74,6 +82,8 @@ struct World {
     /// event, so an answer always follows every call made before it).
     history: Vec<Event>,
     clock: u64,
+    /// Snapshots installed (a follower's applied index jumped).
+    snapshots: usize,
 }
 
 /// Each node's election timeout is fixed, and differs from the others' (raft-rs would draw
@@ -84,6 +94,7 @@ fn membership(id: u64) -> Membership {
         id,
         voters: (1..=NODES).collect(),
         election_ticks: (ticks, ticks + 1),
+        entries_kept_behind: 8,
     }
 }
 
@@ -118,6 +129,7 @@ impl World {
             next_value: 0,
             history: Vec::new(),
             clock: 0,
+            snapshots: 0,
         }
     }
 
@@ -145,8 +157,12 @@ impl World {
             if !peer.can_begin_ready() {
                 return;
             }
+            let applied_before = peer.status().applied_index;
             let work = block_on(peer.begin_ready())
                 .unwrap_or_else(|e| panic!("seed {seed}: node {id} begins a ready: {e}"));
+            if peer.status().applied_index > applied_before {
+                self.snapshots += 1;
+            }
             node.writes.extend(work.write);
             for read in peer.take_read_states() {
                 let context = u64::from_le_bytes(read.request_ctx[..8].try_into().unwrap());
@@ -222,14 +238,66 @@ impl World {
             .unwrap_or_else(|e| panic!("seed {seed}: node {id} group written: {e}"));
     }
 
+    /// A checkpoint, and the log it covers deleted.
+    fn checkpoint(&mut self, id: u64) {
+        let seed = self.seed;
+        let Some(peer) = self.node(id).peer.as_mut() else {
+            return;
+        };
+        block_on(
+            peer.store()
+                .checkpoint(None::<fn(usize) -> std::future::Ready<()>>),
+        )
+        .unwrap_or_else(|e| panic!("seed {seed}: node {id} checkpoints: {e}"));
+        block_on(peer.trim_log()).unwrap_or_else(|e| panic!("seed {seed}: node {id} trims: {e}"));
+    }
+
+    /// The chunks of the leader's checkpoint for a `MsgSnapshot`, which is made to name it.
+    fn snapshot_chunks(&mut self, from: u64, message: &mut Message) -> Vec<SnapshotChunk> {
+        let seed = self.seed;
+        let peer = self
+            .node(from)
+            .peer
+            .as_ref()
+            .expect("a node that sends is up");
+        let mut sender = block_on(SnapshotSender::start(peer.store()))
+            .unwrap_or_else(|e| panic!("seed {seed}: node {from} reads its checkpoint: {e}"))
+            .expect("raft asks for a snapshot only once there is a checkpoint");
+        let (index, term) = sender.position();
+        name_checkpoint(message, index, term);
+        let mut chunks = Vec::new();
+        while let Some(chunk) = block_on(sender.next_chunk())
+            .unwrap_or_else(|e| panic!("seed {seed}: node {from} reads its checkpoint: {e}"))
+        {
+            chunks.push(chunk);
+        }
+        chunks
+    }
+
     /// Moves each node's outgoing messages into the network.
     fn send(&mut self) {
         for i in 0..self.nodes.len() {
             let Some(peer) = self.nodes[i].peer.as_mut() else {
                 continue;
             };
-            for message in peer.take_messages() {
+            for mut message in peer.take_messages() {
+                let mut chunks = Vec::new();
+                if message.get_msg_type() == MessageType::MsgSnapshot {
+                    chunks = self.snapshot_chunks(i as u64 + 1, &mut message);
+                    if self.faults && chunks.len() > 1 && self.rng.below(4) == 0 {
+                        // A chunk lost: the follower refuses the snapshot.
+                        let lost = 1 + self.rng.below(chunks.len() as u64 - 1);
+                        chunks.remove(lost as usize);
+                    }
+                }
                 if self.faults && self.rng.below(20) == 0 {
+                    if !chunks.is_empty() {
+                        // The link broke under the transfer: the leader hears of it.
+                        let to = message.to;
+                        if let Some(peer) = self.nodes[i].peer.as_mut() {
+                            peer.report_snapshot_failure(to);
+                        }
+                    }
                     continue; // dropped
                 }
                 let copies = if self.faults && self.rng.below(50) == 0 {
@@ -241,6 +309,7 @@ impl World {
                     let delay = if self.faults { self.rng.below(6) } else { 1 };
                     self.network.push(InFlight {
                         deliver_at: self.now + delay,
+                        chunks: chunks.clone(),
                         message: message.clone(),
                     });
                 }
@@ -257,12 +326,31 @@ impl World {
             return;
         }
         let pick = due[self.rng.below(due.len() as u64) as usize];
-        let InFlight { message, .. } = self.network.swap_remove(pick);
-        if self.cut_off(message.from, message.to) {
+        let InFlight {
+            message, chunks, ..
+        } = self.network.swap_remove(pick);
+        let (seed, to, from) = (self.seed, message.to, message.from);
+        if self.cut_off(from, to) || self.node(to).peer.is_none() {
+            if !chunks.is_empty() {
+                // The transfer's link broke: the leader hears of it.
+                if let Some(peer) = self.node(from).peer.as_mut() {
+                    peer.report_snapshot_failure(to);
+                }
+            }
             return;
         }
-        let (seed, to) = (self.seed, message.to);
         if let Some(peer) = self.node(to).peer.as_mut() {
+            let snapshot = !chunks.is_empty();
+            for chunk in chunks {
+                block_on(peer.receive_snapshot_chunk(from, chunk));
+            }
+            if snapshot {
+                // The transfer went out whole: the leader reports it.
+                if let Some(sender) = self.node(from).peer.as_mut() {
+                    sender.report_snapshot_sent(to);
+                }
+            }
+            let peer = self.node(to).peer.as_mut().expect("up");
             peer.step(message)
                 .unwrap_or_else(|e| panic!("seed {seed}: node {to} steps a message: {e}"));
         }
@@ -389,7 +477,8 @@ impl World {
                     self.deliver_one();
                 }
             }
-            850..=929 => self.propose(id),
+            850..=919 => self.propose(id),
+            920..=929 => self.checkpoint(id),
             930..=989 => self.read(id),
             990..=991 if self.faults => {
                 let until = self.now + 50 + self.rng.below(300);
@@ -448,7 +537,19 @@ impl World {
                 return;
             }
         }
-        panic!("seed {}: the group did not settle", self.seed);
+        let states: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| match n.peer.as_ref() {
+                Some(p) => format!("{:?} {:?}", p.status(), p.replicas()),
+                None => "down".into(),
+            })
+            .collect();
+        panic!(
+            "seed {}: the group did not settle: {states:#?} ({} in flight)",
+            self.seed,
+            self.network.len()
+        );
     }
 
     fn check_history(&mut self) {
@@ -501,7 +602,7 @@ fn a_three_node_group_keeps_every_acknowledged_write_through_faults() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(30);
-    let (mut acknowledged, mut reads) = (0, 0);
+    let (mut acknowledged, mut reads, mut snapshots) = (0, 0, 0);
     // KVS_CLUSTER_SIM_SEED=N replays seed N alone.
     let only: Option<u64> = std::env::var("KVS_CLUSTER_SIM_SEED")
         .ok()
@@ -521,6 +622,7 @@ fn a_three_node_group_keeps_every_acknowledged_write_through_faults() {
         world.check_history();
         reads += world.history.iter().filter(|e| e.op == Op::Get).count();
         acknowledged += world.acknowledged.len();
+        snapshots += world.snapshots;
         assert!(
             world.leaders.len() > 1 || !world.acknowledged.is_empty(),
             "seed {seed}: nothing happened"
@@ -529,5 +631,9 @@ fn a_three_node_group_keeps_every_acknowledged_write_through_faults() {
     assert!(
         acknowledged > runs * 10 && reads > runs * 5,
         "writes were acknowledged ({acknowledged}) and reads answered ({reads})"
+    );
+    assert!(
+        runs < 10 || snapshots >= runs / 3,
+        "followers were caught up by snapshots ({snapshots} in {runs} runs)"
     );
 }

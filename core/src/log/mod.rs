@@ -51,6 +51,9 @@ pub trait LogDisk {
     /// Opens a file for reading and writing, creating it when `create`.
     async fn open(&self, name: &str, create: bool) -> io::Result<Self::File>;
     async fn remove(&self, name: &str) -> io::Result<()>;
+    /// Renames `from` to `to`, replacing `to` atomically (durable once `sync_dir` returns).
+    /// Files already open under `to` keep what they had (as POSIX handles do, or fail).
+    async fn rename(&self, from: &str, to: &str) -> io::Result<()>;
     /// Makes creations and removals in the directory durable.
     async fn sync_dir(&self) -> io::Result<()>;
     /// A printable path for `name`, for error messages.
@@ -585,6 +588,11 @@ impl<D: LogDisk> Log<D> {
     }
 
     /// The log's directory, for messages.
+    /// The directory the log (and its shard's other files) live in.
+    pub fn disk(&self) -> &D {
+        &self.disk
+    }
+
     pub fn path(&self) -> String {
         self.disk.path_of("")
     }

@@ -16,6 +16,9 @@ use crate::limits::LOG_BLOCK_SIZE;
 
 #[derive(Debug, Default, Clone)]
 struct SimFile {
+    /// Which file this is: a handle opened on a name that was since replaced by a rename
+    /// sees the file gone (NotFound) rather than the new one's bytes.
+    id: u64,
     current: Vec<u8>,
     /// Length at the last sync.
     synced_len: usize,
@@ -42,6 +45,8 @@ struct State {
     removed_unsynced: BTreeMap<String, SimFile>,
     syncs: u64,
     writes: u64,
+    /// The id the next created file gets.
+    next_id: u64,
     /// (operation, countdown, raw os error): fails the countdown-th such operation from now.
     fault: Option<(FaultOn, u64, i32)>,
     /// Reads give way to other tasks once before they complete, as a real disk's do.
@@ -200,6 +205,7 @@ impl std::future::Future for YieldOnce {
 pub struct SimLogFile {
     disk: SimDisk,
     name: String,
+    id: u64,
 }
 
 impl SimLogFile {
@@ -208,6 +214,7 @@ impl SimLogFile {
         let file = state
             .files
             .get_mut(&self.name)
+            .filter(|file| file.id == self.id)
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, self.name.clone()))?;
         Ok(f(file))
     }
@@ -226,11 +233,20 @@ impl LogDisk for SimDisk {
             if !create {
                 return Err(io::Error::new(io::ErrorKind::NotFound, name.to_string()));
             }
-            state.files.insert(name.to_string(), SimFile::default());
+            state.next_id += 1;
+            let id = state.next_id;
+            state.files.insert(
+                name.to_string(),
+                SimFile {
+                    id,
+                    ..SimFile::default()
+                },
+            );
         }
         Ok(SimLogFile {
             disk: self.clone(),
             name: name.to_string(),
+            id: state.files[name].id,
         })
     }
 
@@ -241,6 +257,24 @@ impl LogDisk for SimDisk {
                 state.removed_unsynced.insert(name.to_string(), file);
             }
         }
+        Ok(())
+    }
+
+    async fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        let mut state = self.state.borrow_mut();
+        let file = state
+            .files
+            .remove(from)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, from.to_string()))?;
+        if state.durable_names.contains(from) {
+            // Until the directory is synced, a power loss may bring the old name back.
+            state
+                .removed_unsynced
+                .insert(from.to_string(), file.clone());
+        }
+        // A power loss before the directory is synced keeps either name's file: this disk
+        // keeps the new one under `to` (a rename is atomic; either outcome is allowed).
+        state.files.insert(to.to_string(), file);
         Ok(())
     }
 

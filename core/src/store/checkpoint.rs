@@ -194,7 +194,9 @@ impl<F: LogFile> PagedStore<F> {
         result?;
         *self.checkpoint_failure.borrow_mut() = None;
         let seq = plan.meta.seq;
-        {
+        // While a snapshot reads the durable checkpoint's pages, none is released: they
+        // stay pending, and the first checkpoint after the last pin goes releases them all.
+        if !self.is_pinned() {
             let mut st = self.state.borrow_mut();
             let released: Vec<u64> = st.pending.range(..=seq).map(|(&e, _)| e).collect();
             for epoch in released {

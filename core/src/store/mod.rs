@@ -14,6 +14,7 @@
 //! - `checkpoint`: checkpoints, their policy signals and back-pressure.
 //! - `apply`: applying the log's batch entries.
 //! - [`verify`]: the read-only checker behind `kvsd --verify`.
+//! - [`snapshot`]: copying a durable checkpoint to another node (Raft snapshots).
 //!
 //! Key spaces: the first byte of every tree key names its space ([`SPACE_KV`],
 //! [`SPACE_DOC`], [`SPACE_INDEX`], [`SPACE_CATALOG`]). Key-value commands, reads and scans
@@ -40,6 +41,7 @@ pub mod hot;
 pub mod key;
 pub mod page;
 mod read;
+pub mod snapshot;
 pub mod tree;
 pub mod verify;
 mod write;
@@ -236,6 +238,9 @@ pub struct PagedStore<F: LogFile> {
     /// The document catalogue, read from the tree on first use and kept in step by the
     /// commands that change it.
     catalog: RefCell<Option<docs::Catalog>>,
+    /// Snapshots being read out of the durable checkpoint: while any is, no page is
+    /// released for reuse ([`snapshot`]).
+    snapshot_pins: Cell<u32>,
 }
 
 async fn read_bytes<F: LogFile>(
@@ -410,6 +415,7 @@ impl<F: LogFile> PagedStore<F> {
             // Differs from the pool's count: the first entry after opening prefetches.
             loads_at_last_apply: Cell::new(u64::MAX),
             catalog: RefCell::new(None),
+            snapshot_pins: Cell::new(0),
         })
     }
 

@@ -30,7 +30,7 @@ fn with_kv_key<T>(key: &[u8], f: impl FnOnce(&[u8]) -> T) -> T {
 }
 
 impl<F: LogFile> PagedStore<F> {
-    fn corrupt(&self, e: page::PageError) -> StoreError {
+    pub(super) fn corrupt(&self, e: page::PageError) -> StoreError {
         StoreError::Corrupt {
             shard: self.shard,
             path: self.path.clone(),

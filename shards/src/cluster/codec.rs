@@ -24,6 +24,7 @@ use bytes::Bytes;
 
 use super::forward::{decode_answer, decode_forwarded, encode_answer, encode_forwarded, Forwarded};
 use crate::shard::ShardReply;
+use crate::snapshot::SnapshotChunk;
 use protobuf::{RepeatedField, SingularPtrField};
 use raft::eraftpb::{
     ConfState, Entry, EntryType, Message, MessageType, Snapshot, SnapshotMetadata,
@@ -62,6 +63,8 @@ pub enum PeerFrame {
     Forward(Vec<Forwarded>),
     /// Their answers, by the forwarding core's id.
     Answers(Vec<(u64, ShardReply)>),
+    /// Chunks of snapshots (`snapshot.rs`), each for a group.
+    Snapshot(Vec<(u64, SnapshotChunk)>),
 }
 
 /// Why bytes are not a frame.
@@ -91,6 +94,7 @@ pub fn encode_frame(frame: &PeerFrame, out: &mut Vec<u8>) {
         PeerFrame::Raft(_) => 4,
         PeerFrame::Forward(_) => 5,
         PeerFrame::Answers(_) => 6,
+        PeerFrame::Snapshot(_) => 7,
     });
     out.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
     let body = out.len();
@@ -129,6 +133,13 @@ pub fn encode_frame(frame: &PeerFrame, out: &mut Vec<u8>) {
             out.extend_from_slice(&(answers.len() as u32).to_le_bytes());
             for (id, reply) in answers {
                 encode_answer(*id, reply, out);
+            }
+        }
+        PeerFrame::Snapshot(chunks) => {
+            out.extend_from_slice(&(chunks.len() as u32).to_le_bytes());
+            for (group, chunk) in chunks {
+                put_u64(out, *group);
+                encode_chunk(chunk, out);
             }
         }
     }
@@ -178,6 +189,7 @@ pub fn decode_frame(buf: &[u8]) -> Result<Option<(PeerFrame, usize)>, PeerDecode
         4 => PeerFrame::Raft(r.list(8, |r| Ok((r.u64()?, decode_message(r)?)))?),
         5 => PeerFrame::Forward(r.list(17, decode_forwarded)?),
         6 => PeerFrame::Answers(r.list(9, decode_answer)?),
+        7 => PeerFrame::Snapshot(r.list(57, |r| Ok((r.u64()?, decode_chunk(r)?)))?),
         kind => return Err(malformed(format!("unknown frame kind {kind}"))),
     };
     if r.at != body.len() {
@@ -187,6 +199,37 @@ pub fn decode_frame(buf: &[u8]) -> Result<Option<(PeerFrame, usize)>, PeerDecode
         )));
     }
     Ok(Some((frame, PEER_HEADER_SIZE + len)))
+}
+
+fn encode_chunk(chunk: &SnapshotChunk, out: &mut Vec<u8>) {
+    put_u64(out, chunk.index);
+    put_u64(out, chunk.term);
+    out.extend_from_slice(&chunk.number.to_le_bytes());
+    put_bytes(out, &chunk.meta);
+    put_u64(out, chunk.total_pages);
+    put_u64(out, chunk.first);
+    put_bytes(out, &chunk.pages);
+    out.extend_from_slice(&chunk.crc.to_le_bytes());
+    out.push(u8::from(chunk.last));
+}
+
+/// Decodes a chunk; its checksum is checked by the receiving peer (`snapshot.rs`).
+fn decode_chunk(r: &mut Reader<'_>) -> Result<SnapshotChunk, PeerDecodeError> {
+    Ok(SnapshotChunk {
+        index: r.u64()?,
+        term: r.u64()?,
+        number: r.u32()?,
+        meta: r.bytes()?.to_vec(),
+        total_pages: r.u64()?,
+        first: r.u64()?,
+        pages: r.bytes()?.to_vec(),
+        crc: r.u32()?,
+        last: match r.u8()? {
+            0 => false,
+            1 => true,
+            other => return Err(malformed(format!("a chunk's last flag is {other}"))),
+        },
+    })
 }
 
 pub(super) fn malformed(detail: String) -> PeerDecodeError {

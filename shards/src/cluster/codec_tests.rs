@@ -64,6 +64,36 @@ fn every_frame_kind_round_trips() {
         PeerFrame::Raft(vec![(0, sample_message()), (9, Message::default())]),
         PeerFrame::Forward(sample_forwards()),
         PeerFrame::Answers(sample_answers()),
+        PeerFrame::Snapshot(vec![
+            (
+                1,
+                SnapshotChunk {
+                    index: 900,
+                    term: 4,
+                    number: 0,
+                    meta: vec![7; 4096],
+                    total_pages: 12,
+                    first: 0,
+                    pages: Vec::new(),
+                    crc: 0xDEAD_BEEF,
+                    last: false,
+                },
+            ),
+            (
+                1,
+                SnapshotChunk {
+                    index: 900,
+                    term: 4,
+                    number: 1,
+                    meta: Vec::new(),
+                    total_pages: 0,
+                    first: 2,
+                    pages: vec![9; 8192],
+                    crc: 1,
+                    last: true,
+                },
+            ),
+        ]),
     ];
     let mut stream = Vec::new();
     for frame in &frames {
@@ -202,7 +232,7 @@ proptest! {
     }
 
     #[test]
-    fn any_bytes_decode_without_panicking(kind in 0u8..8, body in proptest::collection::vec(any::<u8>(), 0..512)) {
+    fn any_bytes_decode_without_panicking(kind in 0u8..9, body in proptest::collection::vec(any::<u8>(), 0..512)) {
         let _ = decode_frame(&framed(kind, &body));
         let _ = decode_frame(&body);
     }

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use super::codec::PeerFrame;
 use super::forwarding::Forwarding;
+use super::snapshot_send::SnapshotTransfers;
 use super::transport::{answer_hello, Links, LocalNode};
 use crate::route::CoreContext;
 use crate::runtime::{spawn_local, wait, Receiver, Sender, TcpListener, TcpStream};
@@ -24,6 +25,8 @@ pub struct CoreCluster {
     pub handoff_senders: Vec<Option<Sender<PeerHandoff>>>,
     pub handoff_receivers: Vec<Receiver<PeerHandoff>>,
     pub leaders: Arc<LeaderWatch>,
+    /// `--snapshot-rate`.
+    pub snapshot_rate: u64,
 }
 
 /// A core's side of the cluster while it serves: its links, its forwarded requests, and the
@@ -32,6 +35,7 @@ pub struct CoreLinks {
     pub links: Rc<Links>,
     pub forwarding: Forwarding,
     pub leaders: Arc<LeaderWatch>,
+    pub snapshots: Rc<SnapshotTransfers>,
 }
 
 /// A peer link accepted and greeted by one core, on its way to the core it is for.

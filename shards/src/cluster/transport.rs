@@ -24,6 +24,7 @@ use super::forward::{answer_len, forwarded_len, Forwarded};
 use crate::local::Notify;
 use crate::runtime::{spawn_local, wait, TcpStream};
 use crate::shard::{NodeView, ShardReply};
+use crate::snapshot::SnapshotChunk;
 
 /// Messages queued for one node beyond which new ones are dropped.
 const QUEUE_MAX: usize = 16 * 1024;
@@ -67,6 +68,9 @@ pub struct PeerNode {
     pub connected: Cell<bool>,
     /// Bytes this core's link sent it.
     pub bytes_sent: Cell<u64>,
+    /// How many times this core's link to it came up: a snapshot whose link went down
+    /// meanwhile (its queued chunks dropped) is started again.
+    pub link_generation: Cell<u64>,
     queue: RefCell<Outgoing>,
     queued: Notify,
 }
@@ -77,11 +81,17 @@ struct Outgoing {
     raft: Vec<(u64, Message)>,
     forwards: Vec<Forwarded>,
     answers: Vec<(u64, ShardReply)>,
+    /// Snapshot chunks: sent before a round's Raft messages, so a `MsgSnapshot` queued
+    /// after its last chunk follows it.
+    snapshot: Vec<(u64, SnapshotChunk)>,
 }
 
 impl Outgoing {
     fn is_empty(&self) -> bool {
-        self.raft.is_empty() && self.forwards.is_empty() && self.answers.is_empty()
+        self.raft.is_empty()
+            && self.forwards.is_empty()
+            && self.answers.is_empty()
+            && self.snapshot.is_empty()
     }
 }
 
@@ -95,6 +105,8 @@ pub struct Links {
     requests: RefCell<Vec<(u64, Forwarded)>>,
     /// Answers to the requests this core forwarded.
     answers: RefCell<Vec<(u64, ShardReply)>>,
+    /// Snapshot chunks other nodes sent: (node, chunk).
+    chunks: RefCell<Vec<(u64, SnapshotChunk)>>,
     /// Wakes the shard loop: a message arrived.
     wake: Box<dyn Fn()>,
     /// Addresses learned from hellos and not yet taken by the shard loop.
@@ -128,6 +140,7 @@ impl Links {
                     last_heard: Cell::new(None),
                     connected: Cell::new(false),
                     bytes_sent: Cell::new(0),
+                    link_generation: Cell::new(0),
                     queue: RefCell::new(Outgoing::default()),
                     queued: Notify::new(),
                 })
@@ -140,6 +153,7 @@ impl Links {
             inbox: RefCell::new(Vec::new()),
             requests: RefCell::new(Vec::new()),
             answers: RefCell::new(Vec::new()),
+            chunks: RefCell::new(Vec::new()),
             wake,
             learned: RefCell::new(Vec::new()),
             went_down: RefCell::new(Vec::new()),
@@ -168,6 +182,26 @@ impl Links {
         queue.raft.push((group, message));
         drop(queue);
         peer.queued.notify();
+    }
+
+    /// Queues a snapshot chunk of group `group` for node `to`.
+    pub fn send_snapshot_chunk(&self, group: u64, to: u64, chunk: SnapshotChunk) {
+        if let Some(peer) = self.peer(to) {
+            peer.queue.borrow_mut().snapshot.push((group, chunk));
+            peer.queued.notify();
+        }
+    }
+
+    /// Snapshot chunks queued for `to` and not yet sent.
+    pub fn snapshot_chunks_queued(&self, to: u64) -> usize {
+        self.peer(to).map_or(0, |p| p.queue.borrow().snapshot.len())
+    }
+
+    /// Which coming-up of the link to `to` is current (None: the link is down).
+    pub fn link_generation(&self, to: u64) -> Option<u64> {
+        self.peer(to)
+            .filter(|p| p.connected.get())
+            .map(|p| p.link_generation.get())
     }
 
     /// Queues a request for node `node`, which leads its shard; hands it back when that
@@ -218,8 +252,14 @@ impl Links {
         std::mem::take(&mut *self.answers.borrow_mut())
     }
 
+    /// The snapshot chunks that arrived since the last call: (node, chunk), in order.
+    pub fn take_snapshot_chunks(&self) -> Vec<(u64, SnapshotChunk)> {
+        std::mem::take(&mut *self.chunks.borrow_mut())
+    }
+
     pub fn has_inbox(&self) -> bool {
         !self.inbox.borrow().is_empty()
+            || !self.chunks.borrow().is_empty()
             || !self.requests.borrow().is_empty()
             || !self.answers.borrow().is_empty()
     }
@@ -370,6 +410,18 @@ impl Links {
                     (self.wake)();
                     continue;
                 }
+                Ok(PeerFrame::Snapshot(chunks)) => {
+                    peer.last_heard.set(Some(Instant::now()));
+                    let mut inbox = self.chunks.borrow_mut();
+                    for (group, chunk) in chunks {
+                        if group == u64::from(self.core) {
+                            inbox.push((node_id, chunk));
+                        }
+                    }
+                    drop(inbox);
+                    (self.wake)();
+                    continue;
+                }
                 Ok(other) => {
                     tracing::warn!(node = node_id, ?other, "unexpected peer frame; link closed");
                     break;
@@ -503,6 +555,7 @@ async fn dial_loop(links: Rc<Links>, peer: Rc<PeerNode>) {
                 tracing::info!(node = peer.id, addr = %peer.peer_addr, core = links.core, "peer link up");
                 last_error.clear();
                 backoff = BACKOFF_MIN;
+                peer.link_generation.set(peer.link_generation.get() + 1);
                 peer.connected.set(true);
                 let error = send_loop(&links, &peer, &stream).await;
                 peer.connected.set(false);
@@ -630,6 +683,9 @@ async fn send_loop(links: &Links, peer: &PeerNode, stream: &TcpStream) -> io::Er
         }
         for forwards in cut(std::mem::take(&mut batch.forwards), forwarded_len) {
             encode_frame(&PeerFrame::Forward(forwards), &mut out);
+        }
+        for chunks in cut(std::mem::take(&mut batch.snapshot), |(_, c)| c.size()) {
+            encode_frame(&PeerFrame::Snapshot(chunks), &mut out);
         }
         let mut frame = Vec::new();
         let mut bytes = 0;
