@@ -11,6 +11,8 @@
 //!     NNNNNNNNNNNNNNNNNNNN.log     log segments, named by their first commit group
 //!     log.manifest                 the segments the log holds (core/src/log/manifest.rs)
 //!     pages.db                     the page file and its checkpoints
+//!     pages.snap                   a snapshot being received from a leader (ADR 0017);
+//!                                  renamed over pages.db once whole, removed at start-up
 //! ```
 //!
 //! A node refuses to start, naming the missing or damaged piece and what would be lost,
