@@ -4,6 +4,21 @@
 
 use serde_json::{json, Map, Value};
 
+/// The leader of shard `shard` in a node's INFO (None: it knows none; a node of one leads
+/// every shard).
+pub fn leader_of(info: &str, shard: u32) -> Option<u64> {
+    let info: Value = serde_json::from_str(info).ok()?;
+    let row = info
+        .get("shard")?
+        .as_array()?
+        .iter()
+        .find(|s| s.get("shard").and_then(Value::as_u64) == Some(u64::from(shard)))?;
+    match row.get("cluster").filter(|c| c.is_object()) {
+        Some(cluster) => cluster.get("leader").and_then(Value::as_u64),
+        None => Some(1),
+    }
+}
+
 /// The `cluster status` JSON for a node's INFO (`info`, as the server sent it).
 pub fn status_from_info(info: &str) -> Result<String, String> {
     let info: Value =

@@ -26,6 +26,8 @@ pub enum Failure {
     Client(ClientError),
     /// The command does not run in this mode.
     Refused(&'static str),
+    /// The server did what was asked, but what it was for did not happen in time.
+    NotYet(String),
     /// Its results could not be written.
     Output(io::Error),
 }
@@ -35,6 +37,7 @@ impl fmt::Display for Failure {
         match self {
             Failure::Client(e) => e.fmt(f),
             Failure::Refused(why) => f.write_str(why),
+            Failure::NotYet(why) => f.write_str(why),
             Failure::Output(e) => write!(f, "writing the output: {e}"),
         }
     }
@@ -60,6 +63,11 @@ pub enum Reply {
     Info,
     /// `cluster status`: INFO made into the cluster's picture.
     ClusterStatus,
+    /// `cluster transfer-leader`: OK once `node` leads `shard`.
+    LeaderMoved {
+        shard: u32,
+        node: u64,
+    },
     /// `get`: the value (after its version and a tab, when `version`), or missing.
     Value {
         version: bool,
@@ -102,7 +110,10 @@ impl Reply {
     /// Whether reading the reply may ask for more pages: batch mode sends nothing after
     /// such a command until it is read, so its later pages never see later writes.
     pub fn reads_pages(&self) -> bool {
-        matches!(self, Reply::Pairs { .. } | Reply::Found { .. })
+        matches!(
+            self,
+            Reply::Pairs { .. } | Reply::Found { .. } | Reply::LeaderMoved { .. }
+        )
     }
 }
 
@@ -124,9 +135,23 @@ pub fn prepare(command: Command) -> Result<Prepared, Failure> {
         Command::Ping => (Request::Ping, Reply::Pong),
         Command::Info => (Request::Info, Reply::Info),
         Command::ClusterStatus => (Request::Info, Reply::ClusterStatus),
-        Command::Get { key, version } => (
-            Request::Get {
-                key: key.into_bytes(),
+        Command::TransferLeader { shard, node } => (
+            Request::TransferLeader { shard, node },
+            Reply::LeaderMoved { shard, node },
+        ),
+        Command::Get {
+            key,
+            version,
+            stale,
+        } => (
+            if stale {
+                Request::GetStale {
+                    key: key.into_bytes(),
+                }
+            } else {
+                Request::Get {
+                    key: key.into_bytes(),
+                }
             },
             Reply::Value { version },
         ),
@@ -278,6 +303,31 @@ pub fn prepare(command: Command) -> Result<Prepared, Failure> {
     })
 }
 
+/// How long `cluster transfer-leader` waits for the leadership to move.
+const TRANSFER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Waits until the node `client` asks says `node` leads `shard` (the leader hands over
+/// once `node` has caught up and is heard from, checked every 2 s).
+fn wait_for_leader(client: &Client, shard: u32, node: u64) -> Result<(), Failure> {
+    let started = std::time::Instant::now();
+    let mut leader = None;
+    while started.elapsed() < TRANSFER_WAIT {
+        if let Response::Info(info) = client.call(&Request::Info)? {
+            leader = crate::cluster::leader_of(&info, shard);
+            if leader == Some(node) {
+                return Ok(());
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    Err(Failure::NotYet(format!(
+        "node {node} is now shard {shard}'s preferred leader, but after {} s the shard is led \
+         by {}: leadership moves once node {node} has caught up and is reachable",
+        TRANSFER_WAIT.as_secs(),
+        leader.map_or("no node".to_string(), |l| format!("node {l}"))
+    )))
+}
+
 /// Sends a command, waits for its reply and hands its results to `out`.
 pub fn run(client: &Client, command: Command, out: &mut dyn Output) -> Result<Status, Failure> {
     let Prepared { request, reply } = prepare(command)?;
@@ -332,6 +382,13 @@ pub fn finish(
         },
         Reply::Written => match response? {
             Response::Written { .. } => out.line("OK")?,
+            other => return Err(unexpected(other)),
+        },
+        Reply::LeaderMoved { shard, node } => match response? {
+            Response::Written { .. } => {
+                wait_for_leader(client, shard, node)?;
+                out.line("OK")?
+            }
             other => return Err(unexpected(other)),
         },
         Reply::Version => match response? {

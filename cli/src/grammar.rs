@@ -15,10 +15,17 @@ pub const DATA_DIR_DEFAULT: &str = "./kvs-data";
 pub enum Command {
     Ping,
     ClusterStatus,
+    /// `cluster transfer-leader SHARD NODE`.
+    TransferLeader {
+        shard: u32,
+        node: u64,
+    },
     Get {
         key: String,
         /// Print the key's version before its value (for `cas`).
         version: bool,
+        /// Answered from the asked node's own replica, without asking the shard's leader.
+        stale: bool,
     },
     Put {
         key: String,
@@ -192,17 +199,25 @@ pub const COMMANDS: &[Spec] = &[
     Spec {
         name: "get",
         args: &["KEY"],
-        options: &[switch(
-            "--version",
-            "print VERSION<TAB>VALUE: the version is what cas expects",
-        )],
+        options: &[
+            switch(
+                "--version",
+                "print VERSION<TAB>VALUE: the version is what cas expects",
+            ),
+            switch(
+                "--stale",
+                "in a cluster, read the asked node's own replica without asking the shard's \
+                 leader (may miss acknowledged writes; works without a majority)",
+            ),
+        ],
         split: Split::Key {
-            switches: &["--version"],
+            switches: &["--version", "--stale"],
         },
         about: "Prints the value of KEY; a missing key prints (nil) (one-shot: on stderr, exit code 1).",
         build: |m| {
             Ok(Command::Get {
                 version: m.switch("--version"),
+                stale: m.switch("--stale"),
                 key: m.arg(0),
             })
         },
@@ -280,6 +295,22 @@ pub const COMMANDS: &[Spec] = &[
                 reachable, last heard) and every shard (leader or null, term, commit index, \
                 replicas).",
         build: |_| Ok(Command::ClusterStatus),
+    },
+    Spec {
+        name: "cluster transfer-leader",
+        args: &["SHARD", "NODE"],
+        options: &[],
+        split: Split::Whitespace,
+        about: "Makes NODE the leader of SHARD: records NODE as the shard's preferred leader \
+                (replicated, so it lasts), waits up to 10 s for the leadership to move there \
+                and prints OK.",
+        build: |m| {
+            Ok(Command::TransferLeader {
+                shard: u32::try_from(number("shard", &m.arg(0))?)
+                    .map_err(|_| "shard: too large".to_string())?,
+                node: number("node", &m.arg(1))?,
+            })
+        },
     },
     Spec {
         name: "insert",

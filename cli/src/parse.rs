@@ -304,7 +304,8 @@ mod tests {
             parse_line("GET k").unwrap(),
             Command::Get {
                 key: "k".into(),
-                version: false
+                version: false,
+                stale: false
             }
         );
         assert_eq!(
@@ -335,16 +336,33 @@ mod tests {
             parse_line("get --help").unwrap(),
             Command::Get {
                 key: "--help".into(),
-                version: false
+                version: false,
+                stale: false
             }
         );
         assert_eq!(
             parse_line("get --version k").unwrap(),
             Command::Get {
                 key: "k".into(),
-                version: true
+                version: true,
+                stale: false
             }
         );
+        assert_eq!(
+            parse_line("get --stale k").unwrap(),
+            Command::Get {
+                key: "k".into(),
+                version: false,
+                stale: true
+            }
+        );
+        assert_eq!(
+            parse_line("cluster transfer-leader 1 3").unwrap(),
+            Command::TransferLeader { shard: 1, node: 3 }
+        );
+        assert!(parse_line("cluster transfer-leader 1").is_err());
+        assert!(parse_line("cluster transfer-leader x 3").is_err());
+        assert!(parse_line("cluster transfer-leader 99999999999 3").is_err());
     }
 
     #[test]
@@ -574,7 +592,8 @@ mod tests {
                 timeout_secs: 5,
                 action: Action::Run(Command::Get {
                     key: "k".into(),
-                    version: false
+                    version: false,
+                    stale: false
                 })
             }
         );

@@ -66,6 +66,12 @@ pub enum Command {
     Document {
         body: Vec<u8>,
     },
+    /// Records which member of the shard's Raft group should lead it (`kvs cluster
+    /// transfer-leader`): kept in the shard's state, so every replica, a restarted node and
+    /// a snapshot's receiver agree on it.
+    SetPreferredLeader {
+        node: u64,
+    },
 }
 
 /// A batch entry that does not decode. Entries are checksummed, so this means a bug or a
@@ -95,6 +101,7 @@ impl Command {
             | Command::GetAndPut { key, value }
             | Command::PutIfExists { key, value } => 1 + 8 + key.len() + value.len(),
             Command::Document { body } => 1 + 4 + body.len(),
+            Command::SetPreferredLeader { .. } => 1 + 8,
         }
     }
 
@@ -160,6 +167,10 @@ impl Command {
             Command::Document { body } => {
                 out.push(9);
                 bytes(out, body);
+            }
+            Command::SetPreferredLeader { node } => {
+                out.push(10);
+                out.extend_from_slice(&node.to_le_bytes());
             }
         }
     }
@@ -298,6 +309,7 @@ pub fn decode_batch(data: &[u8]) -> Result<Vec<Command>, BatchDecodeError> {
             9 => Command::Document {
                 body: r.bytes(DOC_COMMAND_SIZE_MAX)?,
             },
+            10 => Command::SetPreferredLeader { node: r.u64()? },
             other => return Err(BatchDecodeError(format!("unknown command tag {other}"))),
         });
     }

@@ -197,6 +197,9 @@ impl MemStore {
                     .map(|v| v.value);
                 CommandResult::Replaced { previous }
             }
+            // Placement is the paged store's (and the cluster's) business; the model keeps
+            // key-value pairs only.
+            Command::SetPreferredLeader { .. } => CommandResult::Written { version: 0 },
             // The model keeps key-value pairs only; documents live in the paged store.
             Command::Document { .. } => CommandResult::DocumentRefused {
                 kind: DocErrorKind::BadRequest,

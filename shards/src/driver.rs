@@ -132,7 +132,7 @@ impl<D: LogDisk + Clone, R> ShardDriver<D, R> {
             .is_none_or(|last| now.saturating_sub(last) >= PLACEMENT_INTERVAL)
         {
             self.last_placement = Some(now);
-            self.shard.place_leader();
+            self.shard.place_leader().await;
         }
         // Leadership may have changed (check-quorum stepped down): reads wait no longer.
         let settled = self.shard.after_raft();

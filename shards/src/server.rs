@@ -42,16 +42,17 @@ fn single_response(opcode: u8, reply: ShardReply) -> Response {
     use CommandResult as R;
     match (Opcode::from_u8(opcode), reply) {
         (_, ShardReply::Error(code, message)) => Response::error(code, message),
-        (Some(Opcode::Get), ShardReply::Value(Some(v))) => Response::Value {
+        (Some(Opcode::Get | Opcode::GetStale), ShardReply::Value(Some(v))) => Response::Value {
             version: v.version,
             value: v.value,
         },
-        (Some(Opcode::Get), ShardReply::Value(None)) => {
+        (Some(Opcode::Get | Opcode::GetStale), ShardReply::Value(None)) => {
             Response::error(ErrorCode::NotFound, "key not found")
         }
-        (Some(Opcode::Put | Opcode::Cas), ShardReply::Written(R::Written { version })) => {
-            Response::Written { version }
-        }
+        (
+            Some(Opcode::Put | Opcode::Cas | Opcode::TransferLeader),
+            ShardReply::Written(R::Written { version }),
+        ) => Response::Written { version },
         (Some(Opcode::Cas), ShardReply::Written(R::VersionMismatch { current })) => {
             Response::error(
                 ErrorCode::VersionMismatch,
@@ -216,6 +217,27 @@ async fn dispatch(ctx: &Rc<CoreContext>, conn: &Rc<Connection>, header: Header, 
         Request::Get { key } => {
             ctx.send(shard_of(&key), ShardOp::Get { key }, to_conn())
                 .await
+        }
+        Request::GetStale { key } => {
+            ctx.send(shard_of(&key), ShardOp::GetStale { key }, to_conn())
+                .await
+        }
+        Request::TransferLeader { shard, node } => {
+            if shard >= ctx.shard_count {
+                let message = format!(
+                    "no shard {shard}: this node has {} (0 to {})",
+                    ctx.shard_count,
+                    ctx.shard_count - 1
+                );
+                return respond(
+                    conn,
+                    opcode,
+                    request_id,
+                    &Response::error(ErrorCode::BadRequest, message),
+                );
+            }
+            let op = ShardOp::Write(Command::SetPreferredLeader { node });
+            ctx.send(shard, op, to_conn()).await
         }
         Request::Put { key, value } => {
             let shard = shard_of(&key);

@@ -32,7 +32,7 @@
 //! works (space was freed, say).
 
 use futures_util::future::join_all;
-use kvs_core::command::BatchEncoder;
+use kvs_core::command::{BatchEncoder, Command};
 use kvs_core::limits::{BATCH_BYTES_MAX, BATCH_COMMANDS_MAX};
 use kvs_core::log::{GroupWrite, GroupWritten, LogDisk, LogError};
 use kvs_core::store::{StoreConfig, StoreError};
@@ -91,7 +91,9 @@ pub fn try_read_from<F: kvs_core::log::LogFile>(
     op: &ShardOp,
 ) -> Option<ShardReply> {
     match op {
-        ShardOp::Get { key } => store.try_get(key).map(ShardReply::Value),
+        ShardOp::Get { key } | ShardOp::GetStale { key } => {
+            store.try_get(key).map(ShardReply::Value)
+        }
         ShardOp::MGet { keys } => keys
             .iter()
             .map(|k| store.try_get(k))
@@ -184,7 +186,7 @@ pub async fn read_from<F: kvs_core::log::LogFile>(
         ShardReply::Error(store_error_code(&e), format!("shard {shard}: {e}"))
     };
     match op {
-        ShardOp::Get { key } => match store.get(key).await {
+        ShardOp::Get { key } | ShardOp::GetStale { key } => match store.get(key).await {
             Ok(value) => ShardReply::Value(value),
             Err(e) => failed(e),
         },
@@ -630,7 +632,7 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
                     self.pending.attach(index, request);
                     continue;
                 }
-                if self.is_replicated() && request.op != ShardOp::Info && !self.stale_reads {
+                if self.is_replicated() && !request.op.is_local_read() && !self.stale_reads {
                     if self.peer.is_leader() {
                         // Answered once Raft confirms this node still leads; counted with
                         // the disk reads so that its connection's next write waits for it.
@@ -653,6 +655,19 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
             if let Some((code, message)) = &self.failed {
                 replies.push((request.reply, ShardReply::Error(*code, message.clone())));
                 continue;
+            }
+            if let Command::SetPreferredLeader { node } = command {
+                if !self.membership_has(*node) {
+                    let message = format!(
+                        "node {node} is not a member of shard {}'s group",
+                        self.shard
+                    );
+                    replies.push((
+                        request.reply,
+                        ShardReply::Error(ErrorCode::BadRequest, message),
+                    ));
+                    continue;
+                }
             }
             if self.is_replicated() && !self.peer.is_leader() {
                 match self.forward_to(&request) {

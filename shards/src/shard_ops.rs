@@ -22,6 +22,10 @@ pub enum ShardOp {
     Get {
         key: Vec<u8>,
     },
+    /// A GET answered from this member's own state, leader or not (never forwarded).
+    GetStale {
+        key: Vec<u8>,
+    },
     MGet {
         keys: Vec<Vec<u8>>,
     },
@@ -47,9 +51,19 @@ impl ShardOp {
     }
 
     /// Whether a member that does not lead may forward it to the leader: lock requests
-    /// belong to the node whose coordinator asked, and INFO is about the node asked.
+    /// belong to the node whose coordinator asked, INFO and stale reads are about the node
+    /// asked.
     pub fn is_forwardable(&self) -> bool {
-        !matches!(self, ShardOp::Info | ShardOp::Lock(_) | ShardOp::Unlock(_))
+        !matches!(
+            self,
+            ShardOp::Info | ShardOp::Lock(_) | ShardOp::Unlock(_) | ShardOp::GetStale { .. }
+        )
+    }
+
+    /// Whether this member answers it from its own state even in a cluster that reads
+    /// through the leader (INFO, stale reads).
+    pub fn is_local_read(&self) -> bool {
+        matches!(self, ShardOp::Info | ShardOp::GetStale { .. })
     }
 }
 

@@ -16,19 +16,40 @@ use super::{NodeView, Output, ShardCore, ShardReply, ShardRequest, FORWARDED_ORI
 const HEARD_LATELY_MS: u64 = 1000;
 
 impl<D: LogDisk + Clone, R> ShardCore<D, R> {
-    /// The member this shard's group prefers as leader: the shard's number, modulo the
-    /// member count, picks one of the voters in id order, so the leaders of a node's
-    /// shards spread over every node and writes use every node's cores (ADR 0016).
-    pub fn preferred_leader(&self) -> u64 {
+    /// The member this shard's group prefers as leader by default: the shard's number,
+    /// modulo the member count, picks one of the voters in id order, so the leaders of a
+    /// node's shards spread over every node and writes use every node's cores (ADR 0016).
+    pub fn default_preferred_leader(&self) -> u64 {
         let mut voters = self.membership.voters.clone();
         voters.sort_unstable();
         voters[self.shard as usize % voters.len()]
     }
 
+    /// Whether `node` is a voter of this shard's group.
+    pub fn membership_has(&self, node: u64) -> bool {
+        self.membership.voters.contains(&node)
+    }
+
+    /// The member this shard's group prefers as leader: the one `kvs cluster
+    /// transfer-leader` recorded in the shard's replicated state, else the default.
+    pub async fn preferred_leader(&self) -> u64 {
+        match self.peer.store().preferred_leader().await {
+            Ok(Some(node)) if self.membership_has(node) => node,
+            Ok(_) => self.default_preferred_leader(),
+            Err(error) => {
+                tracing::warn!(shard = self.shard, %error, "cannot read the preferred leader");
+                self.default_preferred_leader()
+            }
+        }
+    }
+
     /// Moves leadership to the preferred member when this member leads instead, serves,
     /// and the preferred one is caught up and heard from.
-    pub fn place_leader(&mut self) {
-        let preferred = self.preferred_leader();
+    pub async fn place_leader(&mut self) {
+        if !self.is_replicated() || !self.peer.is_leader() {
+            return;
+        }
+        let preferred = self.preferred_leader().await;
         if self.is_replicated()
             && preferred != self.peer.id()
             && self.peer.is_serving()

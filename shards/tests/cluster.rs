@@ -425,3 +425,105 @@ fn a_follower_gone_long_catches_up_from_a_snapshot() {
         missing[0]
     );
 }
+
+/// `kvs cluster transfer-leader SHARD NODE` moves a shard's leadership by hand, and it
+/// stays: placement does not move it back, and the preference (kept in the shard's
+/// replicated state) outlives the new leader's restart. A node or shard that is not one is
+/// refused with a clear error.
+#[test]
+fn kvs_cluster_transfer_leader_moves_a_shard_for_good() {
+    let mut cluster = Cluster::start(3, 2);
+    cluster.wait_for_preferred_leaders(); // shard 0 on node 1, shard 1 on node 2
+    let addrs = cluster.addrs.join(",");
+    let kvs = |args: &[&str]| {
+        let out = std::process::Command::new(common::kvs_binary())
+            .arg("--addr")
+            .arg(&addrs)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, stdout, stderr) = kvs(&["cluster", "transfer-leader", "0", "3"]);
+    assert!(ok, "transfer-leader failed: {stderr}");
+    assert_eq!(stdout.trim(), "OK");
+    assert_eq!(cluster.wait_for_leaders(), vec![3, 2]);
+    // Placement runs every 2 s: the hand-made choice is the preference now.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(cluster.wait_for_leaders(), vec![3, 2]);
+    cluster.kill9(2);
+    cluster.restart(2);
+    cluster.wait_caught_up(2);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while cluster.wait_for_leaders() != vec![3, 2] {
+        assert!(
+            Instant::now() < deadline,
+            "leadership did not go back to node 3 after its restart"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (ok, _, stderr) = kvs(&["cluster", "transfer-leader", "0", "9"]);
+    assert!(!ok && stderr.contains("node 9 is not a member"), "{stderr}");
+    let (ok, _, stderr) = kvs(&["cluster", "transfer-leader", "7", "1"]);
+    assert!(!ok && stderr.contains("no shard 7"), "{stderr}");
+}
+
+/// A stale read asked per request (`get --stale`, `Client::get_stale`) is answered by the
+/// node asked from its own replica, on a node that otherwise reads through the leader:
+/// while the other two are paused, a linearizable read there fails with NO_QUORUM and a
+/// stale one answers.
+#[test]
+fn a_stale_read_per_request_needs_no_majority() {
+    let cluster = Cluster::start(3, 1);
+    let leaders = cluster.wait_for_leaders();
+    let client = Client::connect(&cluster.addrs[leaders[0] as usize - 1]).unwrap();
+    client.put(b"k", b"v").unwrap();
+    let alone = (leaders[0] as usize) % 3; // a follower
+    let reader = Client::connect(&cluster.addrs[alone]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while reader.get_stale(b"k").unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the follower never applied the write");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let paused: Vec<String> = (0..3)
+        .filter(|&i| i != alone)
+        .map(|i| cluster.nodes[i].as_ref().unwrap().pid().to_string())
+        .collect();
+    let signal = |name: &str| {
+        for pid in &paused {
+            assert!(std::process::Command::new("kill")
+                .args([name, pid])
+                .status()
+                .unwrap()
+                .success());
+        }
+    };
+    signal("-STOP");
+    std::thread::sleep(Duration::from_secs(2));
+    let stale = reader.get_stale(b"k");
+    let cli = std::process::Command::new(common::kvs_binary())
+        .args(["--addr", &cluster.addrs[alone], "get", "--stale", "k"])
+        .output()
+        .unwrap();
+    let linearizable = reader
+        .submit(&kvs_wire::Request::Get { key: b"k".to_vec() })
+        .unwrap()
+        .wait();
+    signal("-CONT");
+    assert_eq!(stale.unwrap(), Some(b"v".to_vec()));
+    assert_eq!(String::from_utf8_lossy(&cli.stdout).trim(), "v");
+    assert!(
+        matches!(
+            linearizable,
+            Err(ClientError::Server {
+                code: ErrorCode::NoQuorum,
+                ..
+            })
+        ),
+        "a linearizable read without a majority answered {linearizable:?}"
+    );
+}

@@ -570,6 +570,31 @@ impl Client {
         Ok(self.get_versioned(key)?.map(|(_, value)| value))
     }
 
+    /// `key`'s value as the replica of the node this client is connected to holds it,
+    /// without asking the shard's leader: in a cluster it may miss writes already
+    /// acknowledged, and it is answered while that node cannot reach a majority.
+    pub fn get_stale(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ClientError> {
+        match self.call(&Request::GetStale { key: key.to_vec() }) {
+            Ok(Response::Value { value, .. }) => Ok(Some(value)),
+            Err(ClientError::Server {
+                code: ErrorCode::NotFound,
+                ..
+            }) => Ok(None),
+            Ok(other) => Err(Self::unexpected(other)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Makes `node` the preferred leader of `shard` (kept in the shard's replicated state);
+    /// the current leader hands leadership over once `node` has caught up. Returns once the
+    /// preference is durable on a majority, not once leadership moved.
+    pub fn transfer_leader(&self, shard: u32, node: u64) -> Result<(), ClientError> {
+        match self.call(&Request::TransferLeader { shard, node })? {
+            Response::Written { .. } => Ok(()),
+            other => Err(Self::unexpected(other)),
+        }
+    }
+
     /// Writes `value` under `key`; returns the new version once the write is durable.
     pub fn put(&self, key: &[u8], value: &[u8]) -> Result<u64, ClientError> {
         match self.call(&Request::Put {

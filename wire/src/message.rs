@@ -25,6 +25,11 @@ pub enum Opcode {
     Info = 9,
     /// A document command: a JSON command document in, a JSON reply out.
     Document = 10,
+    /// GET answered from the replica of the node asked, without asking the shard's leader
+    /// (in a cluster: possibly stale).
+    GetStale = 11,
+    /// Makes a node the preferred leader of a shard; leadership moves there.
+    TransferLeader = 12,
 }
 
 impl Opcode {
@@ -40,6 +45,8 @@ impl Opcode {
             8 => Opcode::Scan,
             9 => Opcode::Info,
             10 => Opcode::Document,
+            11 => Opcode::GetStale,
+            12 => Opcode::TransferLeader,
             _ => return None,
         })
     }
@@ -159,6 +166,16 @@ pub enum Request {
     /// (`docs/documents.md` lists the commands).
     Document {
         command: Vec<u8>,
+    },
+    /// A GET the node asked answers from its own replica (see [`Opcode::GetStale`]).
+    GetStale {
+        key: Vec<u8>,
+    },
+    /// Makes `node` the preferred leader of shard `shard` (replicated through the shard's
+    /// log); the leader hands leadership over once `node` has caught up.
+    TransferLeader {
+        shard: u32,
+        node: u64,
     },
 }
 
@@ -336,6 +353,8 @@ impl Request {
             Request::Scan { .. } => Opcode::Scan,
             Request::Info => Opcode::Info,
             Request::Document { .. } => Opcode::Document,
+            Request::GetStale { .. } => Opcode::GetStale,
+            Request::TransferLeader { .. } => Opcode::TransferLeader,
         }
     }
 
@@ -357,7 +376,13 @@ impl Request {
     fn encode_body(&self, out: &mut Vec<u8>) {
         match self {
             Request::Ping | Request::Info => {}
-            Request::Get { key } | Request::Delete { key } => put_bytes(out, key),
+            Request::Get { key } | Request::Delete { key } | Request::GetStale { key } => {
+                put_bytes(out, key)
+            }
+            Request::TransferLeader { shard, node } => {
+                put_u32(out, *shard);
+                put_u64(out, *node);
+            }
             Request::Document { command } => put_bytes(out, command),
             Request::Put { key, value } => {
                 put_bytes(out, key);
@@ -417,6 +442,13 @@ impl Request {
             },
             Opcode::Get => Request::Get {
                 key: r.bytes("key", KEY_SIZE_MAX)?,
+            },
+            Opcode::GetStale => Request::GetStale {
+                key: r.bytes("key", KEY_SIZE_MAX)?,
+            },
+            Opcode::TransferLeader => Request::TransferLeader {
+                shard: r.u32("shard")?,
+                node: r.u64("node")?,
             },
             Opcode::Delete => Request::Delete {
                 key: r.bytes("key", KEY_SIZE_MAX)?,
@@ -556,11 +588,11 @@ impl Response {
             Opcode::from_u8(header.opcode).ok_or(DecodeError::UnknownOpcode(header.opcode))?;
         let response = match opcode {
             Opcode::Ping => Response::Pong,
-            Opcode::Get => Response::Value {
+            Opcode::Get | Opcode::GetStale => Response::Value {
                 version: r.u64("version")?,
                 value: r.bytes("value", VALUE_SIZE_MAX)?,
             },
-            Opcode::Put | Opcode::Cas => Response::Written {
+            Opcode::Put | Opcode::Cas | Opcode::TransferLeader => Response::Written {
                 version: r.u64("version")?,
             },
             Opcode::Delete => Response::Deleted {
@@ -668,6 +700,8 @@ mod tests {
             Request::Document {
                 command: br#"{"find": "people"}"#.to_vec(),
             },
+            Request::GetStale { key: b"k".to_vec() },
+            Request::TransferLeader { shard: 3, node: 2 },
         ]
     }
 
@@ -682,6 +716,14 @@ mod tests {
                 },
             ),
             (Opcode::Put, Response::Written { version: 9 }),
+            (Opcode::TransferLeader, Response::Written { version: 1 }),
+            (
+                Opcode::GetStale,
+                Response::Value {
+                    version: 2,
+                    value: b"w".to_vec(),
+                },
+            ),
             (Opcode::Cas, Response::Written { version: 0 }),
             (Opcode::Delete, Response::Deleted { existed: true }),
             (

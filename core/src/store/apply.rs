@@ -4,7 +4,7 @@
 
 use super::page::{encode_extent, extent_pages, Value, PAGE_SIZE};
 use super::tree::needs_extent;
-use super::{PagedStore, StoreError, SPACE_KV};
+use super::{PagedStore, StoreError, PREFERRED_LEADER, SPACE_CLUSTER, SPACE_KV};
 use crate::command::{decode_batch, Command};
 use crate::log::LogFile;
 use crate::state::CommandResult;
@@ -26,7 +26,7 @@ fn into_tree_keys(command: &mut Command) {
         | Command::GetAndPut { key, .. }
         | Command::PutIfExists { key, .. } => prefix(key),
         Command::PutMany { pairs } => pairs.iter_mut().for_each(|(key, _)| prefix(key)),
-        Command::Document { .. } => {}
+        Command::Document { .. } | Command::SetPreferredLeader { .. } => {}
     }
 }
 
@@ -209,7 +209,7 @@ impl<F: LogFile> PagedStore<F> {
                 | Command::GetAndPut { key, .. }
                 | Command::PutIfExists { key, .. } => keys.push(key),
                 Command::PutMany { pairs } => keys.extend(pairs.iter().map(|(k, _)| k.as_slice())),
-                Command::Document { .. } => {}
+                Command::Document { .. } | Command::SetPreferredLeader { .. } => {}
             }
             if keys.len() >= room {
                 break;
@@ -331,6 +331,12 @@ impl<F: LogFile> PagedStore<F> {
                 CommandResult::Written { version }
             }
             Command::Document { body } => self.apply_document(index, &body).await?,
+            Command::SetPreferredLeader { node } => {
+                let key = vec![SPACE_CLUSTER, PREFERRED_LEADER];
+                let (version, _) = self.put(index, key, node.to_le_bytes().to_vec()).await?;
+                self.preferred_leader.set(Some(Some(node)));
+                CommandResult::Written { version }
+            }
         })
     }
 }

@@ -17,7 +17,7 @@
 //! - [`snapshot`]: copying a durable checkpoint to another node (Raft snapshots).
 //!
 //! Key spaces: the first byte of every tree key names its space ([`SPACE_KV`],
-//! [`SPACE_DOC`], [`SPACE_INDEX`], [`SPACE_CATALOG`]). Key-value commands, reads and scans
+//! [`SPACE_DOC`], [`SPACE_INDEX`], [`SPACE_CATALOG`], [`SPACE_CLUSTER`]). Key-value commands, reads and scans
 //! use the user's keys; the store adds and strips the prefix, so one tree holds both
 //! kinds of data and a document write changes its document and its index entries in one
 //! atomic apply (ADR 0008).
@@ -74,6 +74,10 @@ pub const SPACE_KV: u8 = 1;
 pub const SPACE_DOC: u8 = 2;
 pub const SPACE_INDEX: u8 = 3;
 pub const SPACE_CATALOG: u8 = 4;
+/// The shard's own settings as a member of its Raft group (its preferred leader).
+pub const SPACE_CLUSTER: u8 = 5;
+/// The key (after [`SPACE_CLUSTER`]) of the preferred leader: a node id, 8 bytes LE.
+pub const PREFERRED_LEADER: u8 = b'L';
 
 /// The page file's name in the shard's directory.
 pub const PAGE_FILE: &str = "pages.db";
@@ -241,6 +245,8 @@ pub struct PagedStore<F: LogFile> {
     /// Snapshots being read out of the durable checkpoint: while any is, no page is
     /// released for reuse ([`snapshot`]).
     snapshot_pins: Cell<u32>,
+    /// The preferred leader recorded in the tree, once read (None: not read yet).
+    preferred_leader: Cell<Option<Option<u64>>>,
 }
 
 async fn read_bytes<F: LogFile>(
@@ -416,6 +422,7 @@ impl<F: LogFile> PagedStore<F> {
             loads_at_last_apply: Cell::new(u64::MAX),
             catalog: RefCell::new(None),
             snapshot_pins: Cell::new(0),
+            preferred_leader: Cell::new(None),
         })
     }
 

@@ -4,7 +4,7 @@
 
 use super::page::{decode_extent, decode_node, Entry, Value, PAGE_SIZE};
 use super::tree::{Miss, State};
-use super::{page, read_bytes, PagedStore, StoreError, SPACE_KV};
+use super::{page, read_bytes, PagedStore, StoreError, PREFERRED_LEADER, SPACE_CLUSTER, SPACE_KV};
 use crate::log::LogFile;
 use crate::state::Versioned;
 
@@ -134,6 +134,34 @@ impl<F: LogFile> PagedStore<F> {
 
     /// Looks `key` up and reads its value. An extent rewritten while it was being read (its
     /// key was overwritten meanwhile) is looked up again.
+    /// The shard's preferred leader as `Command::SetPreferredLeader` recorded it (None:
+    /// never set). Read from the tree once, then kept in step by the command.
+    pub async fn preferred_leader(&self) -> Result<Option<u64>, StoreError> {
+        if let Some(known) = self.preferred_leader.get() {
+            return Ok(known);
+        }
+        let found = self
+            .lookup_value(&[SPACE_CLUSTER, PREFERRED_LEADER])
+            .await?
+            .map(|(_, value)| {
+                value
+                    .get(..8)
+                    .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+                    .ok_or_else(|| StoreError::Corrupt {
+                        shard: self.shard,
+                        path: self.path.clone(),
+                        page: 0,
+                        detail: format!("a preferred leader of {} bytes", value.len()),
+                    })
+            })
+            .transpose()?;
+        // A command applied while the tree was read is newer than what was read.
+        if self.preferred_leader.get().is_none() {
+            self.preferred_leader.set(Some(found));
+        }
+        Ok(self.preferred_leader.get().flatten())
+    }
+
     pub(super) async fn lookup_value(
         &self,
         key: &[u8],

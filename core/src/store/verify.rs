@@ -12,8 +12,8 @@ use std::collections::{HashMap, HashSet};
 
 use super::page::{decode_extent, decode_node, Key, Meta, Node, Value, META_PAGES, PAGE_SIZE};
 use super::{
-    read_free_list, read_meta, StoreError, PAGE_FILE, SPACE_CATALOG, SPACE_DOC, SPACE_INDEX,
-    SPACE_KV,
+    read_free_list, read_meta, StoreError, PAGE_FILE, SPACE_CATALOG, SPACE_CLUSTER, SPACE_DOC,
+    SPACE_INDEX, SPACE_KV,
 };
 use crate::log::{LogDisk, LogFile};
 
@@ -145,7 +145,10 @@ pub async fn verify<D: LogDisk>(disk: &D, shard: u32) -> Result<VerifyReport, St
                     let space = entry.key.first().copied();
                     if space == Some(SPACE_KV) {
                         report.keys += 1;
-                    } else if !matches!(space, Some(SPACE_DOC | SPACE_INDEX | SPACE_CATALOG)) {
+                    } else if !matches!(
+                        space,
+                        Some(SPACE_DOC | SPACE_INDEX | SPACE_CATALOG | SPACE_CLUSTER)
+                    ) {
                         report.problems.push(format!(
                             "leaf page {}: key {:?} in no known space",
                             visit.id,

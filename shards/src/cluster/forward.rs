@@ -28,7 +28,7 @@ pub struct Forwarded {
 /// About how many bytes a request takes encoded (at least its payload), for cutting frames.
 pub fn forwarded_len(request: &Forwarded) -> usize {
     32 + match &request.op {
-        ShardOp::Get { key } => key.len(),
+        ShardOp::Get { key } | ShardOp::GetStale { key } => key.len(),
         ShardOp::MGet { keys } => keys.iter().map(|k| k.len() + 4).sum(),
         ShardOp::Scan { start, end, .. } => start.len() + end.as_ref().map_or(0, Vec::len),
         ShardOp::Write(command) => command.encoded_len() + 8,
@@ -100,7 +100,7 @@ pub(super) fn encode_forwarded(request: &Forwarded, out: &mut Vec<u8>) {
             out.push(5);
             encode_doc_read(read, out);
         }
-        ShardOp::Info | ShardOp::Lock(_) | ShardOp::Unlock(_) => {
+        ShardOp::Info | ShardOp::Lock(_) | ShardOp::Unlock(_) | ShardOp::GetStale { .. } => {
             unreachable!("only forwardable ops are forwarded (ShardOp::is_forwardable)")
         }
     }
