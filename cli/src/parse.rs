@@ -475,7 +475,7 @@ mod tests {
     fn a_line_and_the_same_arguments_are_refused_alike() {
         let cases: &[(&str, &[&str], &str)] = &[
             ("put k", &["put", "k"], "usage: put KEY VALUE"),
-            ("get", &["get"], "usage: get KEY [--version]"),
+            ("get", &["get"], "usage: get KEY [--version] [--stale]"),
             ("cas k x v", &["cas", "k", "x", "v"], "bad version \"x\""),
             (
                 "ping extra",
