@@ -26,6 +26,7 @@
 
 pub mod format;
 pub mod manifest;
+mod read;
 mod recovery;
 pub mod sim;
 
@@ -261,6 +262,8 @@ pub struct Log<D: LogDisk> {
     /// Recovering for `verify`: nothing on disk changes; what start-up would change is
     /// reported in [`Recovered`] instead.
     dry_run: bool,
+    /// Where the last [`Log::read_entries`] stopped.
+    read_cursor: Option<read::ReadCursor>,
 }
 
 /// Bytes of zeros written per call while preallocating.
@@ -587,7 +590,6 @@ impl<D: LogDisk> Log<D> {
         Ok(doomed)
     }
 
-    /// The log's directory, for messages.
     /// The directory the log (and its shard's other files) live in.
     pub fn disk(&self) -> &D {
         &self.disk

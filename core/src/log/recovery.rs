@@ -61,6 +61,7 @@ impl<D: LogDisk> Log<D> {
             manifest: None,
             manifest_file: None,
             dry_run,
+            read_cursor: None,
         };
         let mut recovered = Recovered::default();
         if has_manifest {

@@ -596,3 +596,58 @@ fn crash_loop_with_trims_keeps_every_acknowledged_entry() {
         "some runs left segments for recovery to remove"
     );
 }
+
+/// Entries read back from the segments: across segments, in steps that continue where the
+/// last stopped, and, where a later group overwrote entries (a new leader's), the entries
+/// the caller says the log holds now.
+#[test]
+fn entries_are_read_back_across_segments_and_overwrites() {
+    let disk = SimDisk::new();
+    let (mut log, _) = block_on(Log::open_with_segment_size(disk.clone(), 0, 64 * 1024)).unwrap();
+    append_groups(&mut log, 1, 40, 2, 3000); // entries 1..=80, term 1
+                                             // A new leader (term 2) overwrote 61..=80 and went on to 90.
+    let payloads: Vec<_> = (61..=90).map(|i| payload(i * 7, 500)).collect();
+    let records: Vec<_> = (61..=90)
+        .zip(&payloads)
+        .map(|(i, p)| Record {
+            term: 2,
+            ..entry(i, p)
+        })
+        .collect();
+    block_on(log.append(&records)).unwrap();
+    assert!(log.stats().segments > 3);
+    let keep = |index: u64, term: u64| term == if index <= 60 { 1 } else { 2 };
+    let all = block_on(log.read_entries(5, 91, 0, keep)).unwrap();
+    assert_eq!(indexes(&all), (5..=90).collect::<Vec<_>>());
+    assert_eq!(all[0].payload, payload(5, 3000));
+    assert_eq!(all[70].payload, payload(75 * 7, 500));
+    assert!(all.iter().all(|r| keep(r.index, r.term)));
+    // In steps of about 10 KB, each continuing from the last.
+    let mut read = Vec::new();
+    let mut next = 1;
+    while next <= 90 {
+        let step = block_on(log.read_entries(next, 91, 10_000, keep)).unwrap();
+        assert!(!step.is_empty(), "stuck at {next}");
+        next = step.last().unwrap().index + 1;
+        read.extend(step);
+    }
+    assert_eq!(indexes(&read), (1..=90).collect::<Vec<_>>());
+    // A read whose end falls inside a group, and the next one, which starts there (the
+    // first read's caller knew entries only up to its end: found by the cluster simulator).
+    let known_to_5 = |index: u64, term: u64| index <= 5 && keep(index, term);
+    let head = block_on(log.read_entries(1, 6, 0, known_to_5)).unwrap();
+    assert_eq!(indexes(&head), (1..=5).collect::<Vec<_>>());
+    let rest = block_on(log.read_entries(6, 91, 0, keep)).unwrap();
+    assert_eq!(indexes(&rest), (6..=90).collect::<Vec<_>>());
+    // What the segments do not hold is not made up.
+    assert!(block_on(log.read_entries(91, 95, 0, keep))
+        .unwrap()
+        .is_empty());
+    block_on(log.remove_through(40)).unwrap();
+    // Entries a checkpoint covers are gone; those after it are still read.
+    assert!(block_on(log.read_entries(1, 91, 0, keep))
+        .unwrap()
+        .is_empty());
+    let after = block_on(log.read_entries(41, 91, 0, keep)).unwrap();
+    assert_eq!(indexes(&after), (41..=90).collect::<Vec<_>>());
+}
