@@ -691,6 +691,11 @@ async fn shard_loop(
             )
             .await;
         }
+        if driver.shard().wants_entries() {
+            // A follower needs entries no longer in memory: read back before the ready that
+            // sends them.
+            driver.shard_mut().fetch_entries().await;
+        }
         let ready = driver.run_ready().await;
         for write in ready.writes {
             in_flight.push_back(spawn_local(write.write()));
@@ -752,6 +757,7 @@ async fn shard_loop(
         if driver.has_work(&ctx.queue.items.borrow())
             || tick_due.get()
             || cluster.is_some_and(|c| c.links.has_inbox())
+            || driver.shard().wants_entries()
         {
             continue;
         }

@@ -30,7 +30,7 @@
 use std::collections::VecDeque;
 use std::rc::Rc;
 
-use kvs_core::log::format::{Record, RecordKind};
+use kvs_core::log::format::{OwnedRecord, Record, RecordKind};
 use kvs_core::log::{GroupWrite, GroupWritten, Log, LogDisk, LogError, LogStats};
 use kvs_core::state::CommandResult;
 use kvs_core::store::snapshot::remove_staging;
@@ -38,7 +38,7 @@ use kvs_core::store::{PagedStore, StoreConfig, StoreError};
 use raft::eraftpb::MessageType;
 use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Message, Snapshot};
 use raft::storage::MemStorage;
-use raft::{Config, RawNode, SnapshotStatus, StateRole, Storage};
+use raft::{Config, RawNode, SnapshotStatus, StateRole};
 
 use crate::peer_storage::PeerStorage;
 use crate::raft_logger::raft_logger;
@@ -47,9 +47,10 @@ use crate::snapshot::{Receiving, SnapshotChunk};
 /// The Raft id of a single node's peers: a single node is a group of one.
 pub const NODE_ID: u64 = 1;
 
-/// Entries a peer keeps in memory behind its applied index (and before its durable
-/// checkpoint) for followers that are behind: a follower further behind gets a snapshot.
-const ENTRIES_KEPT_BEHIND: u64 = 16 * 1024;
+/// Entries a peer of a larger group keeps in memory behind its applied index, for
+/// followers a little behind; those further behind are read back from the log's segments
+/// (`peer_log.rs`).
+const ENTRIES_IN_MEMORY: u64 = 1024;
 
 /// Who this peer is in its group, the group's voters, and its election timeout.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,9 +61,9 @@ pub struct Membership {
     /// draws with the thread's random generator; the simulator gives each peer a range of
     /// one (and peers different ones) so that a run is replayable from its seed.
     pub election_ticks: (usize, usize),
-    /// Entries kept in memory before the durable checkpoint for followers that are behind
-    /// ([`ENTRIES_KEPT_BEHIND`]; the simulator keeps few, so that snapshots happen).
-    pub entries_kept_behind: u64,
+    /// Applied entries kept in memory for followers a little behind ([`ENTRIES_IN_MEMORY`];
+    /// the simulator keeps few, so that entries are read back from disk).
+    pub entries_in_memory: u64,
 }
 
 /// Ticks of the election timeout: from 10 up to twice that, as Raft's paper suggests.
@@ -80,7 +81,7 @@ impl Membership {
             id,
             voters,
             election_ticks: ELECTION_TICKS,
-            entries_kept_behind: ENTRIES_KEPT_BEHIND,
+            entries_in_memory: ENTRIES_IN_MEMORY,
         }
     }
 }
@@ -175,6 +176,20 @@ fn entry_type_byte(entry_type: EntryType) -> u8 {
     }
 }
 
+/// The Raft entry a log record holds.
+fn entry_from_record(record: OwnedRecord) -> Result<Entry, PeerError> {
+    let entry_type = entry_type_from(record.entry_type).ok_or_else(|| PeerError::Apply {
+        index: record.index,
+        detail: format!("unknown entry type {}", record.entry_type),
+    })?;
+    let mut entry = Entry::default();
+    entry.set_entry_type(entry_type);
+    entry.index = record.index;
+    entry.term = record.term;
+    entry.data = record.payload.into();
+    Ok(entry)
+}
+
 fn entry_type_from(byte: u8) -> Option<EntryType> {
     match byte {
         0 => Some(EntryType::EntryNormal),
@@ -252,11 +267,6 @@ impl<D: LogDisk> Peer<D> {
                 // snapshot, the log may hold older entries the checkpoint jumped past).
                 RecordKind::Entry if record.index <= checkpoint => {}
                 RecordKind::Entry => {
-                    let entry_type =
-                        entry_type_from(record.entry_type).ok_or_else(|| PeerError::Apply {
-                            index: record.index,
-                            detail: format!("unknown entry type {}", record.entry_type),
-                        })?;
                     // A later entry with an index already seen replaces that suffix (a new
                     // leader overwrote uncommitted entries).
                     if let Some(first) = entries.first().map(|e| e.index) {
@@ -271,12 +281,7 @@ impl<D: LogDisk> Peer<D> {
                         }
                         entries.truncate((record.index - first) as usize);
                     }
-                    let mut entry = Entry::default();
-                    entry.set_entry_type(entry_type);
-                    entry.index = record.index;
-                    entry.term = record.term;
-                    entry.data = record.payload.into();
-                    entries.push(entry);
+                    entries.push(entry_from_record(record)?);
                 }
                 RecordKind::HardState => {
                     let vote = record
@@ -327,6 +332,7 @@ impl<D: LogDisk> Peer<D> {
             core.append(&entries)?;
             core.set_hardstate(hard_state.clone());
         }
+        storage.restart_on_disk();
         drop(entries);
         let raft_config = Config {
             id: membership.id,
@@ -739,6 +745,7 @@ impl<D: LogDisk> Peer<D> {
         store.set_raft_state(written_term, written_vote);
         self.store = store;
         self.node.store().mem.wl().apply_snapshot(snapshot)?;
+        self.node.store().restart_on_disk();
         self.node.store().set_snapshot_at(index, term);
         self.snapshots_installed += 1;
         tracing::info!(
@@ -881,60 +888,7 @@ impl<D: LogDisk> Peer<D> {
         self.compact()?;
         Ok(done)
     }
-
-    /// Drops applied entries from Raft's in-memory log: all of them in a group of one. In a
-    /// larger group, a peer keeps every entry after its durable checkpoint (a follower that
-    /// needs an earlier one gets a snapshot at that checkpoint), and before it, up to
-    /// [`ENTRIES_KEPT_BEHIND`] behind its applied index (a leader: only as far back as its
-    /// slowest follower needs).
-    fn compact(&mut self) -> Result<(), PeerError> {
-        let mut applied = self.store.applied_index();
-        if self.membership.voters.len() > 1 {
-            let checkpoint = self.store.durable_checkpoint();
-            if let Some(c) = checkpoint {
-                if c.applied_index > self.node.store().snapshot_at().0 {
-                    self.node
-                        .store()
-                        .set_snapshot_at(c.applied_index, c.applied_term);
-                }
-            }
-            let behind = applied.saturating_sub(self.membership.entries_kept_behind);
-            if self.is_leader() {
-                // What a follower may be sent next starts after the entry before `next_idx`,
-                // whose term the append names. raft-rs 0.7 can set `next_idx` at or below
-                // `matched` when a stale rejection arrives in probe state (found by the
-                // cluster simulator, seed 2), so both bound what is kept.
-                let slowest = self
-                    .node
-                    .raft
-                    .prs()
-                    .iter()
-                    .map(|(_, progress)| progress.matched.min(progress.next_idx.saturating_sub(1)))
-                    .min()
-                    .unwrap_or(0);
-                applied = applied.min(slowest.max(behind));
-            } else {
-                applied = behind;
-            }
-            applied = applied.min(checkpoint.map_or(0, |c| c.applied_index));
-        }
-        let store = self.node.store();
-        if applied > store.first_index()? {
-            store.mem.wl().compact(applied)?;
-        }
-        Ok(())
-    }
-
-    /// Deletes the log segments the newest durable checkpoint covers; returns how many.
-    pub async fn trim_log(&mut self) -> Result<usize, PeerError> {
-        let Some(checkpoint) = self.store.durable_checkpoint() else {
-            return Ok(0);
-        };
-        if checkpoint.applied_index <= self.log_trimmed_through {
-            return Ok(0);
-        }
-        let removed = self.log.remove_through(checkpoint.applied_index).await?;
-        self.log_trimmed_through = checkpoint.applied_index;
-        Ok(removed)
-    }
 }
+
+#[path = "peer_log.rs"]
+mod log;

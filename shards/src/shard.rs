@@ -538,6 +538,7 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
                     forwarded: self.forwarded,
                     snapshots_sent: self.snapshots_sent,
                     snapshots_installed: self.peer.snapshots_installed(),
+                    entries_read_back: self.peer.entries_read_back(),
                     replicas: self
                         .peer
                         .replicas()

@@ -135,6 +135,9 @@ pub struct ShardClusterInfo {
     /// since it started.
     pub snapshots_sent: u64,
     pub snapshots_installed: u64,
+    /// Log entries this node's shard read back from its segments for followers that needed
+    /// entries no longer in memory, since it started.
+    pub entries_read_back: u64,
     pub replicas: Vec<ReplicaInfo>,
     pub nodes: Vec<NodeView>,
 }

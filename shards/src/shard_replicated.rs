@@ -110,6 +110,19 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
         }
     }
 
+    /// Whether Raft waits for log entries to be read back from disk for a follower.
+    pub fn wants_entries(&self) -> bool {
+        self.peer.wants_entries()
+    }
+
+    /// Reads back the log entries Raft waits for (see `peer_log.rs`). A failure is logged:
+    /// Raft asks again on the follower's next response.
+    pub async fn fetch_entries(&mut self) {
+        if let Err(error) = self.peer.fetch_entries().await {
+            tracing::warn!(shard = self.shard, %error, "log entries for a follower could not be read back");
+        }
+    }
+
     /// The Raft messages to send now, in order.
     pub fn take_messages(&mut self) -> Vec<Message> {
         self.peer.take_messages()

@@ -426,6 +426,40 @@ fn a_follower_gone_long_catches_up_from_a_snapshot() {
     );
 }
 
+/// A follower that missed more entries than the leader keeps in memory (1024 behind its
+/// applied index), but not so many that a checkpoint passed them, is sent the entries read
+/// back from the leader's log segments: no snapshot, and nothing missing.
+#[test]
+fn a_follower_briefly_gone_is_sent_entries_read_back_from_the_leaders_log() {
+    let mut cluster = Cluster::start_with(3, 1, false, &["--checkpoint-interval", "3600"]);
+    cluster.wait_for_preferred_leaders(); // shard 0 on node 1: node 3 follows
+    cluster.kill9(2);
+    let value = |i: usize| format!("value-{i}-{}", "y".repeat(300)).into_bytes();
+    let client = Client::connect(&cluster.addrs[0]).unwrap();
+    for i in 0..3000 {
+        client.put(format!("k{i}").as_bytes(), &value(i)).unwrap();
+    }
+    cluster.restart(2);
+    cluster.wait_caught_up(2);
+    let cluster_info = |i: usize| cluster.shards_seen_by(i).unwrap()[0]["cluster"].clone();
+    let read_back = cluster_info(0)["entries_read_back"].as_u64().unwrap();
+    assert!(
+        read_back >= 1000,
+        "the leader read back {read_back} entries for node 3"
+    );
+    assert_eq!(cluster_info(2)["snapshots_installed"].as_u64(), Some(0));
+    let reader = Client::connect(&cluster.addrs[2]).unwrap();
+    let missing: Vec<usize> = (0..3000)
+        .filter(|&i| reader.get_stale(format!("k{i}").as_bytes()).unwrap() != Some(value(i)))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "node 3 lacks {} acknowledged writes, e.g. k{}",
+        missing.len(),
+        missing[0]
+    );
+}
+
 /// `kvs cluster transfer-leader SHARD NODE` moves a shard's leadership by hand, and it
 /// stays: placement does not move it back, and the preference (kept in the shard's
 /// replicated state) outlives the new leader's restart. A node or shard that is not one is
@@ -486,7 +520,10 @@ fn a_stale_read_per_request_needs_no_majority() {
     let reader = Client::connect(&cluster.addrs[alone]).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while reader.get_stale(b"k").unwrap().is_none() {
-        assert!(Instant::now() < deadline, "the follower never applied the write");
+        assert!(
+            Instant::now() < deadline,
+            "the follower never applied the write"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let paused: Vec<String> = (0..3)

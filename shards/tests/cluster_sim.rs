@@ -84,6 +84,8 @@ struct World {
     clock: u64,
     /// Snapshots installed (a follower's applied index jumped).
     snapshots: usize,
+    /// Entries a leader read back from its log's segments for a follower.
+    read_back: u64,
 }
 
 /// Each node's election timeout is fixed, and differs from the others' (raft-rs would draw
@@ -94,7 +96,7 @@ fn membership(id: u64) -> Membership {
         id,
         voters: (1..=NODES).collect(),
         election_ticks: (ticks, ticks + 1),
-        entries_kept_behind: 8,
+        entries_in_memory: 4,
     }
 }
 
@@ -130,6 +132,7 @@ impl World {
             history: Vec::new(),
             clock: 0,
             snapshots: 0,
+            read_back: 0,
         }
     }
 
@@ -154,6 +157,12 @@ impl World {
             let Some(peer) = node.peer.as_mut() else {
                 return;
             };
+            if peer.wants_entries() {
+                let before = peer.entries_read_back();
+                block_on(peer.fetch_entries())
+                    .unwrap_or_else(|e| panic!("seed {seed}: node {id} reads entries back: {e}"));
+                self.read_back += peer.entries_read_back() - before;
+            }
             if !peer.can_begin_ready() {
                 return;
             }
@@ -602,7 +611,7 @@ fn a_three_node_group_keeps_every_acknowledged_write_through_faults() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(30);
-    let (mut acknowledged, mut reads, mut snapshots) = (0, 0, 0);
+    let (mut acknowledged, mut reads, mut snapshots, mut read_back) = (0, 0, 0, 0);
     // KVS_CLUSTER_SIM_SEED=N replays seed N alone.
     let only: Option<u64> = std::env::var("KVS_CLUSTER_SIM_SEED")
         .ok()
@@ -623,6 +632,7 @@ fn a_three_node_group_keeps_every_acknowledged_write_through_faults() {
         reads += world.history.iter().filter(|e| e.op == Op::Get).count();
         acknowledged += world.acknowledged.len();
         snapshots += world.snapshots;
+        read_back += world.read_back;
         assert!(
             world.leaders.len() > 1 || !world.acknowledged.is_empty(),
             "seed {seed}: nothing happened"
@@ -635,5 +645,10 @@ fn a_three_node_group_keeps_every_acknowledged_write_through_faults() {
     assert!(
         runs < 10 || snapshots >= runs / 3,
         "followers were caught up by snapshots ({snapshots} in {runs} runs)"
+    );
+    assert!(
+        runs < 10 || read_back >= runs as u64,
+        "followers were sent entries read back from the leader's segments ({read_back} in \
+         {runs} runs)"
     );
 }
