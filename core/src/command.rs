@@ -16,6 +16,10 @@
 //!          | 7 key:bytes value:bytes                      GET_AND_PUT (returns the old value)
 //!          | 8 key:bytes value:bytes                      PUT_IF_EXISTS
 //!          | 9 body:bytes                                 DOCUMENT (a `doc::command::DocCommand`)
+//!          | 10 node:u64                                  SET_PREFERRED_LEADER
+//!          | 11 session:u64 seq:u64 acked_below:u64 at_ms:u64 command
+//!                                                         ONCE (a key-value write, ADR 0018)
+//!          | 12 before_ms:u64                             EXPIRE_SESSIONS
 //! ```
 //!
 //! Keys here are the user's keys; the store places them in its key-value space.
@@ -72,6 +76,22 @@ pub enum Command {
     SetPreferredLeader {
         node: u64,
     },
+    /// A client's key-value write tagged with its session and sequence number (ADR 0018):
+    /// applied at most once for each (session, seq); a retry gets the first application's
+    /// result. `acked_below`: the client has every reply to the seqs below it, so their
+    /// results may be forgotten. `at_ms`: the wall clock of the node that took the request,
+    /// for expiry.
+    Once {
+        session: u64,
+        seq: u64,
+        acked_below: u64,
+        at_ms: u64,
+        command: Box<Command>,
+    },
+    /// Forgets the sessions last heard from before `before_ms` (ADR 0018).
+    ExpireSessions {
+        before_ms: u64,
+    },
 }
 
 /// A batch entry that does not decode. Entries are checksummed, so this means a bug or a
@@ -81,6 +101,37 @@ pub enum Command {
 pub struct BatchDecodeError(pub String);
 
 impl Command {
+    /// Whether it is a write of the key-value space (what a [`Command::Once`] may carry).
+    pub fn is_key_value_write(&self) -> bool {
+        matches!(
+            self,
+            Command::Put { .. }
+                | Command::Delete { .. }
+                | Command::Cas { .. }
+                | Command::PutMany { .. }
+                | Command::Increment { .. }
+                | Command::Append { .. }
+                | Command::GetAndPut { .. }
+                | Command::PutIfExists { .. }
+        )
+    }
+
+    /// The write itself: the command a [`Command::Once`] carries, else this one.
+    pub fn write(&self) -> &Command {
+        match self {
+            Command::Once { command, .. } => command,
+            command => command,
+        }
+    }
+
+    /// [`Command::write`], to change.
+    pub fn write_mut(&mut self) -> &mut Command {
+        match self {
+            Command::Once { command, .. } => command,
+            command => command,
+        }
+    }
+
     /// Bytes this command adds to a batch.
     pub fn encoded_len(&self) -> usize {
         match self {
@@ -102,6 +153,8 @@ impl Command {
             | Command::PutIfExists { key, value } => 1 + 8 + key.len() + value.len(),
             Command::Document { body } => 1 + 4 + body.len(),
             Command::SetPreferredLeader { .. } => 1 + 8,
+            Command::Once { command, .. } => 1 + 32 + command.encoded_len(),
+            Command::ExpireSessions { .. } => 1 + 8,
         }
     }
 
@@ -171,6 +224,23 @@ impl Command {
             Command::SetPreferredLeader { node } => {
                 out.push(10);
                 out.extend_from_slice(&node.to_le_bytes());
+            }
+            Command::Once {
+                session,
+                seq,
+                acked_below,
+                at_ms,
+                command,
+            } => {
+                out.push(11);
+                for n in [session, seq, acked_below, at_ms] {
+                    out.extend_from_slice(&n.to_le_bytes());
+                }
+                command.encode(out);
+            }
+            Command::ExpireSessions { before_ms } => {
+                out.push(12);
+                out.extend_from_slice(&before_ms.to_le_bytes());
             }
         }
     }
@@ -261,57 +331,7 @@ pub fn decode_batch(data: &[u8]) -> Result<Vec<Command>, BatchDecodeError> {
     // Each command takes at least 5 bytes, which bounds the allocation by the input size.
     let mut commands = Vec::with_capacity(count.min(data.len() / 5));
     for _ in 0..count {
-        let tag = r.take(1)?[0];
-        commands.push(match tag {
-            1 => Command::Put {
-                key: r.key()?,
-                value: r.bytes(VALUE_SIZE_MAX)?,
-            },
-            2 => Command::Delete { key: r.key()? },
-            3 => {
-                let key = r.key()?;
-                let expected_version = r.u64()?;
-                let value = match r.take(1)?[0] {
-                    0 => None,
-                    1 => Some(r.bytes(VALUE_SIZE_MAX)?),
-                    other => return Err(BatchDecodeError(format!("CAS value flag {other}"))),
-                };
-                Command::Cas {
-                    key,
-                    expected_version,
-                    value,
-                }
-            }
-            4 => {
-                let n = r.u32()? as usize;
-                let mut pairs = Vec::with_capacity(n.min(data.len() / 8));
-                for _ in 0..n {
-                    pairs.push((r.key()?, r.bytes(VALUE_SIZE_MAX)?));
-                }
-                Command::PutMany { pairs }
-            }
-            5 => Command::Increment {
-                key: r.key()?,
-                delta: r.u64()? as i64,
-            },
-            6 => Command::Append {
-                key: r.key()?,
-                value: r.bytes(VALUE_SIZE_MAX)?,
-            },
-            7 => Command::GetAndPut {
-                key: r.key()?,
-                value: r.bytes(VALUE_SIZE_MAX)?,
-            },
-            8 => Command::PutIfExists {
-                key: r.key()?,
-                value: r.bytes(VALUE_SIZE_MAX)?,
-            },
-            9 => Command::Document {
-                body: r.bytes(DOC_COMMAND_SIZE_MAX)?,
-            },
-            10 => Command::SetPreferredLeader { node: r.u64()? },
-            other => return Err(BatchDecodeError(format!("unknown command tag {other}"))),
-        });
+        commands.push(decode_command(&mut r, data.len())?);
     }
     if r.at != data.len() {
         return Err(BatchDecodeError(format!(
@@ -320,6 +340,85 @@ pub fn decode_batch(data: &[u8]) -> Result<Vec<Command>, BatchDecodeError> {
         )));
     }
     Ok(commands)
+}
+
+fn decode_command(r: &mut Reader<'_>, data_len: usize) -> Result<Command, BatchDecodeError> {
+    let tag = r.take(1)?[0];
+    Ok(match tag {
+        1 => Command::Put {
+            key: r.key()?,
+            value: r.bytes(VALUE_SIZE_MAX)?,
+        },
+        2 => Command::Delete { key: r.key()? },
+        3 => {
+            let key = r.key()?;
+            let expected_version = r.u64()?;
+            let value = match r.take(1)?[0] {
+                0 => None,
+                1 => Some(r.bytes(VALUE_SIZE_MAX)?),
+                other => return Err(BatchDecodeError(format!("CAS value flag {other}"))),
+            };
+            Command::Cas {
+                key,
+                expected_version,
+                value,
+            }
+        }
+        4 => {
+            let n = r.u32()? as usize;
+            let mut pairs = Vec::with_capacity(n.min(data_len / 8));
+            for _ in 0..n {
+                pairs.push((r.key()?, r.bytes(VALUE_SIZE_MAX)?));
+            }
+            Command::PutMany { pairs }
+        }
+        5 => Command::Increment {
+            key: r.key()?,
+            delta: r.u64()? as i64,
+        },
+        6 => Command::Append {
+            key: r.key()?,
+            value: r.bytes(VALUE_SIZE_MAX)?,
+        },
+        7 => Command::GetAndPut {
+            key: r.key()?,
+            value: r.bytes(VALUE_SIZE_MAX)?,
+        },
+        8 => Command::PutIfExists {
+            key: r.key()?,
+            value: r.bytes(VALUE_SIZE_MAX)?,
+        },
+        9 => Command::Document {
+            body: r.bytes(DOC_COMMAND_SIZE_MAX)?,
+        },
+        10 => Command::SetPreferredLeader { node: r.u64()? },
+        11 => {
+            let (session, seq, acked_below, at_ms) = (r.u64()?, r.u64()?, r.u64()?, r.u64()?);
+            // Checked before decoding it: a chain of ONCEs must not recurse deep.
+            if r.bytes.get(r.at) == Some(&11) {
+                return Err(BatchDecodeError(
+                    "ONCE carries a key-value write only".into(),
+                ));
+            }
+            let command = decode_command(r, data_len)?;
+            if !command.is_key_value_write() {
+                return Err(BatchDecodeError(
+                    "ONCE carries a key-value write only".into(),
+                ));
+            }
+            Command::Once {
+                session,
+                seq,
+                acked_below,
+                at_ms,
+                command: Box::new(command),
+            }
+        }
+        12 => Command::ExpireSessions {
+            before_ms: r.u64()?,
+        },
+        other => return Err(BatchDecodeError(format!("unknown command tag {other}"))),
+    })
 }
 
 #[cfg(test)]
@@ -367,6 +466,19 @@ mod tests {
             Command::Document {
                 body: b"\x07\x00".to_vec(),
             },
+            Command::SetPreferredLeader { node: 3 },
+            Command::Once {
+                session: 0xfeed,
+                seq: 7,
+                acked_below: 5,
+                at_ms: 1_700_000_000_000,
+                command: Box::new(Command::Cas {
+                    key: b"o".to_vec(),
+                    expected_version: 2,
+                    value: Some(b"v".to_vec()),
+                }),
+            },
+            Command::ExpireSessions { before_ms: 99 },
         ];
         let mut encoder = BatchEncoder::new();
         for c in &commands {
@@ -379,6 +491,20 @@ mod tests {
         for cut in 0..data.len() {
             assert!(decode_batch(&data[..cut]).is_err());
         }
+    }
+
+    #[test]
+    fn once_carries_only_a_key_value_write() {
+        let mut encoder = BatchEncoder::new();
+        encoder.push(&Command::Once {
+            session: 1,
+            seq: 1,
+            acked_below: 1,
+            at_ms: 0,
+            command: Box::new(Command::Document { body: vec![1] }),
+        });
+        let error = decode_batch(&encoder.finish()).unwrap_err();
+        assert_eq!(error.0, "ONCE carries a key-value write only");
     }
 
     proptest! {

@@ -12,6 +12,7 @@ use std::ops::Bound;
 
 use crate::command::{decode_batch, BatchDecodeError, Command};
 use crate::doc::command::DocErrorKind;
+use crate::sessions::{Seen, SessionRecord};
 
 /// What one command did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +54,11 @@ pub enum CommandResult {
         kind: DocErrorKind,
         message: String,
     },
+    /// A retried write (a `Once`) older than what its session's record keeps: it may or may
+    /// not have been applied.
+    OutcomeUnknown {
+        reason: String,
+    },
 }
 
 /// A value and the version of the write that stored it.
@@ -82,6 +88,8 @@ pub struct MemStore {
     map: BTreeMap<Vec<u8>, Versioned>,
     applied_index: u64,
     last_version: u64,
+    /// Client sessions' records (ADR 0018), as the paged store keeps them in its tree.
+    sessions: BTreeMap<u64, SessionRecord>,
 }
 
 impl MemStore {
@@ -200,6 +208,36 @@ impl MemStore {
             // Placement is the paged store's (and the cluster's) business; the model keeps
             // key-value pairs only.
             Command::SetPreferredLeader { .. } => CommandResult::Written { version: 0 },
+            Command::Once {
+                session,
+                seq,
+                acked_below,
+                at_ms,
+                command,
+            } => {
+                let mut record = self.sessions.remove(&session).unwrap_or_default();
+                record.acknowledge(acked_below, at_ms);
+                let result = match record.seen(seq) {
+                    Seen::Applied(result) => result,
+                    Seen::New if seq >= acked_below => {
+                        let result = self.apply_command(*command);
+                        record.record(seq, result.clone());
+                        result
+                    }
+                    Seen::New | Seen::Forgotten => CommandResult::OutcomeUnknown {
+                        reason: format!("write {seq} of session {session:#x} is forgotten"),
+                    },
+                };
+                self.sessions.insert(session, record);
+                result
+            }
+            Command::ExpireSessions { before_ms } => {
+                let before = self.sessions.len();
+                self.sessions.retain(|_, record| record.at_ms >= before_ms);
+                CommandResult::Integer {
+                    value: (before - self.sessions.len()) as i64,
+                }
+            }
             // The model keeps key-value pairs only; documents live in the paged store.
             Command::Document { .. } => CommandResult::DocumentRefused {
                 kind: DocErrorKind::BadRequest,

@@ -17,7 +17,7 @@ fn into_tree_keys(command: &mut Command) {
     fn prefix(key: &mut Vec<u8>) {
         key.insert(0, SPACE_KV);
     }
-    match command {
+    match command.write_mut() {
         Command::Put { key, .. }
         | Command::Delete { key }
         | Command::Cas { key, .. }
@@ -26,7 +26,10 @@ fn into_tree_keys(command: &mut Command) {
         | Command::GetAndPut { key, .. }
         | Command::PutIfExists { key, .. } => prefix(key),
         Command::PutMany { pairs } => pairs.iter_mut().for_each(|(key, _)| prefix(key)),
-        Command::Document { .. } | Command::SetPreferredLeader { .. } => {}
+        Command::Document { .. }
+        | Command::SetPreferredLeader { .. }
+        | Command::Once { .. }
+        | Command::ExpireSessions { .. } => {}
     }
 }
 
@@ -87,7 +90,10 @@ impl<F: LogFile> PagedStore<F> {
             }
             self.make_room_for_writes().await?;
             self.in_command.set(true);
-            let result = self.apply_command(index, command, written).await;
+            let result = match command {
+                Command::Once { .. } => self.apply_once(index, command).await,
+                command => self.apply_command(index, command, written).await,
+            };
             self.in_command.set(false);
             match result {
                 Ok(result) => results.push(result),
@@ -200,7 +206,7 @@ impl<F: LogFile> PagedStore<F> {
         let room = self.state.borrow().capacity / 4;
         let mut keys: Vec<&[u8]> = Vec::new();
         for command in commands {
-            match command {
+            match command.write() {
                 Command::Put { key, .. }
                 | Command::Delete { key }
                 | Command::Cas { key, .. }
@@ -209,7 +215,10 @@ impl<F: LogFile> PagedStore<F> {
                 | Command::GetAndPut { key, .. }
                 | Command::PutIfExists { key, .. } => keys.push(key),
                 Command::PutMany { pairs } => keys.extend(pairs.iter().map(|(k, _)| k.as_slice())),
-                Command::Document { .. } | Command::SetPreferredLeader { .. } => {}
+                Command::Document { .. }
+                | Command::SetPreferredLeader { .. }
+                | Command::Once { .. }
+                | Command::ExpireSessions { .. } => {}
             }
             if keys.len() >= room {
                 break;
@@ -231,8 +240,9 @@ impl<F: LogFile> PagedStore<F> {
         Ok(())
     }
 
-    /// `written`: the extents `write_extents` wrote for this command's pairs.
-    async fn apply_command(
+    /// `written`: the extents `write_extents` wrote for this command's pairs (a `Once`'s
+    /// write has none: it may not be applied at all).
+    pub(super) async fn apply_command(
         &self,
         index: u64,
         command: Command,
@@ -337,6 +347,8 @@ impl<F: LogFile> PagedStore<F> {
                 self.preferred_leader.set(Some(Some(node)));
                 CommandResult::Written { version }
             }
+            Command::ExpireSessions { before_ms } => self.expire_sessions(index, before_ms).await?,
+            Command::Once { .. } => unreachable!("a Once is applied by apply_once"),
         })
     }
 }

@@ -41,6 +41,7 @@ pub mod hot;
 pub mod key;
 pub mod page;
 mod read;
+pub mod sessions;
 pub mod snapshot;
 pub mod tree;
 pub mod verify;

@@ -695,3 +695,71 @@ fn a_full_disk_during_back_pressure_fails_no_applied_command() {
     assert_eq!(store.key_count(), 200);
     assert!(block_on(verify(&disk, 0)).unwrap().is_clean());
 }
+
+/// A write tagged with a session applies once: its retry gets the first result (even across
+/// a checkpoint and a reopen, as on another replica), a write the client has the reply to is
+/// forgotten, and an expiry removes sessions not heard from.
+#[test]
+fn a_retried_session_write_applies_once() {
+    let disk = SimDisk::new();
+    let store = open(&disk, 64);
+    let once = |seq: u64, acked_below: u64, at_ms: u64, command: Command| Command::Once {
+        session: 42,
+        seq,
+        acked_below,
+        at_ms,
+        command: Box::new(command),
+    };
+    let incr = Command::Increment {
+        key: b"n".to_vec(),
+        delta: 5,
+    };
+    let apply = |store: &Store, index: u64, command: Command| {
+        block_on(store.apply(index, 1, &batch(&[command])))
+            .unwrap()
+            .remove(0)
+    };
+    assert_eq!(
+        apply(&store, 1, once(1, 1, 1000, incr.clone())),
+        CommandResult::Integer { value: 5 }
+    );
+    // The retry, in another entry: the same answer, and no second increment.
+    assert_eq!(
+        apply(&store, 2, once(1, 1, 1000, incr.clone())),
+        CommandResult::Integer { value: 5 }
+    );
+    assert_eq!(
+        apply(&store, 3, once(2, 1, 1001, incr.clone())),
+        CommandResult::Integer { value: 10 }
+    );
+    checkpoint(&store);
+    drop(store);
+    let store = open(&disk, 64);
+    assert_eq!(
+        apply(&store, 4, once(2, 2, 1002, incr.clone())),
+        CommandResult::Integer { value: 10 }
+    );
+    // The client said it has the reply to 1: a write 1 now is not applied.
+    assert!(matches!(
+        apply(&store, 5, once(1, 2, 1003, incr.clone())),
+        CommandResult::OutcomeUnknown { .. }
+    ));
+    assert_eq!(block_on(store.get(b"n")).unwrap().unwrap().value, b"10");
+    assert_eq!(block_on(store.session_count()).unwrap(), 1);
+    assert_eq!(
+        apply(&store, 6, Command::ExpireSessions { before_ms: 1003 }),
+        CommandResult::Integer { value: 0 }
+    );
+    assert_eq!(
+        apply(&store, 7, Command::ExpireSessions { before_ms: 1004 }),
+        CommandResult::Integer { value: 1 }
+    );
+    assert_eq!(block_on(store.session_count()).unwrap(), 0);
+    // Forgotten, a session starts afresh.
+    assert_eq!(
+        apply(&store, 8, once(3, 3, 2000, incr)),
+        CommandResult::Integer { value: 15 }
+    );
+    // Session rows are not keys: a scan of the key-value space does not see them.
+    assert_eq!(block_on(store.scan(b"", None, 100)).unwrap().len(), 1);
+}
