@@ -31,6 +31,10 @@ pub const REOPEN_INTERVAL: Duration = Duration::from_secs(1);
 /// a failover, hands leadership back once the preferred member caught up).
 pub const PLACEMENT_INTERVAL: Duration = Duration::from_secs(2);
 
+/// How often a leader proposes forgetting the client sessions not heard from for
+/// `SESSION_TTL_MS` (ADR 0018).
+pub const SESSION_EXPIRY_INTERVAL: Duration = Duration::from_secs(60);
+
 /// What running Raft's ready work produced.
 pub struct ReadyRun<R, F: LogFile> {
     /// Group writes to run, oldest first; report each to [`ShardDriver::written`], in order.
@@ -93,6 +97,8 @@ pub struct ShardDriver<D: LogDisk + Clone, R> {
     last_reopen: Option<Duration>,
     /// When leader placement was last looked at.
     last_placement: Option<Duration>,
+    /// When sessions were last expired (the first tick starts the clock).
+    last_expiry: Option<Duration>,
     /// What a tick settled (reads a deposed leader refuses), handed out by the next
     /// [`ShardDriver::run_ready`].
     settled_on_tick: Output<R>,
@@ -109,6 +115,7 @@ impl<D: LogDisk + Clone, R> ShardDriver<D, R> {
             writes_in_flight: 0,
             last_reopen: None,
             last_placement: None,
+            last_expiry: None,
             settled_on_tick: Output::default(),
         }
     }
@@ -133,6 +140,12 @@ impl<D: LogDisk + Clone, R> ShardDriver<D, R> {
         {
             self.last_placement = Some(now);
             self.shard.place_leader().await;
+        }
+        let last_expiry = *self.last_expiry.get_or_insert(now);
+        if now.saturating_sub(last_expiry) >= SESSION_EXPIRY_INTERVAL {
+            self.last_expiry = Some(now);
+            self.shard
+                .expire_sessions(kvs_core::sessions::wall_clock_ms());
         }
         // Leadership may have changed (check-quorum stepped down): reads wait no longer.
         let settled = self.shard.after_raft();

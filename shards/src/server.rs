@@ -14,6 +14,7 @@
 use std::rc::Rc;
 
 use kvs_core::command::Command;
+use kvs_core::sessions::wall_clock_ms;
 use kvs_core::state::CommandResult;
 use kvs_wire::frame::{frame_len, Decoded, FrameDecoder, FrameError, Header};
 use kvs_wire::limits::{FRAME_BODY_SIZE_MAX, FRAME_HEADER_SIZE};
@@ -42,6 +43,9 @@ fn single_response(opcode: u8, reply: ShardReply) -> Response {
     use CommandResult as R;
     match (Opcode::from_u8(opcode), reply) {
         (_, ShardReply::Error(code, message)) => Response::error(code, message),
+        (_, ShardReply::Written(R::OutcomeUnknown { reason })) => {
+            Response::error(ErrorCode::OutcomeUnknown, reason)
+        }
         (Some(Opcode::Get | Opcode::GetStale), ShardReply::Value(Some(v))) => Response::Value {
             version: v.version,
             value: v.value,
@@ -192,7 +196,28 @@ fn unexpected(reply: &ShardReply) -> Response {
 async fn dispatch(ctx: &Rc<CoreContext>, conn: &Rc<Connection>, header: Header, request: Request) {
     ctx.connection_counts.count_command(ctx.core);
     let request_id = header.request_id;
-    let opcode = header.opcode;
+    // A ONCE is its inner write, each command tagged with the session (ADR 0018); the
+    // reply is the inner request's, under its opcode.
+    let (request, once) = match request {
+        Request::Once {
+            session,
+            seq,
+            acked_below,
+            request,
+        } => (*request, Some((session, seq, acked_below, wall_clock_ms()))),
+        request => (request, None),
+    };
+    let tagged = |command: Command| match once {
+        Some((session, seq, acked_below, at_ms)) => Command::Once {
+            session,
+            seq,
+            acked_below,
+            at_ms,
+            command: Box::new(command),
+        },
+        None => command,
+    };
+    let opcode = request.opcode() as u8;
     let shard_of = |key: &[u8]| shard_for_key(key, ctx.shard_count);
     let origin = conn.origin();
     let to_conn = || {
@@ -213,6 +238,12 @@ async fn dispatch(ctx: &Rc<CoreContext>, conn: &Rc<Connection>, header: Header, 
         })
     };
     match request {
+        Request::Once { .. } => respond(
+            conn,
+            opcode,
+            request_id,
+            &Response::error(ErrorCode::BadRequest, "a ONCE carries a write, not a ONCE"),
+        ),
         Request::Ping => respond(conn, opcode, request_id, &Response::Pong),
         Request::Get { key } => {
             ctx.send(shard_of(&key), ShardOp::Get { key }, to_conn())
@@ -243,15 +274,15 @@ async fn dispatch(ctx: &Rc<CoreContext>, conn: &Rc<Connection>, header: Header, 
             let shard = shard_of(&key);
             ctx.send(
                 shard,
-                ShardOp::Write(Command::Put { key, value }),
+                ShardOp::Write(tagged(Command::Put { key, value })),
                 to_conn(),
             )
             .await
         }
         Request::Delete { key } => {
             let shard = shard_of(&key);
-            ctx.send(shard, ShardOp::Write(Command::Delete { key }), to_conn())
-                .await
+            let op = ShardOp::Write(tagged(Command::Delete { key }));
+            ctx.send(shard, op, to_conn()).await
         }
         Request::Cas {
             key,
@@ -259,11 +290,11 @@ async fn dispatch(ctx: &Rc<CoreContext>, conn: &Rc<Connection>, header: Header, 
             value,
         } => {
             let shard = shard_of(&key);
-            let command = Command::Cas {
+            let command = tagged(Command::Cas {
                 key,
                 expected_version,
                 value,
-            };
+            });
             ctx.send(shard, ShardOp::Write(command), to_conn()).await
         }
         Request::MGet { keys } => {
@@ -292,7 +323,7 @@ async fn dispatch(ctx: &Rc<CoreContext>, conn: &Rc<Connection>, header: Header, 
             let positions = parts.iter().map(|(_, p, _)| p.clone()).collect();
             let g = gather(GatherKind::MPut { positions, total }, parts.len());
             for (part, (shard, _, pairs)) in parts.into_iter().enumerate() {
-                let op = ShardOp::Write(Command::PutMany { pairs });
+                let op = ShardOp::Write(tagged(Command::PutMany { pairs }));
                 ctx.send(
                     shard,
                     op,

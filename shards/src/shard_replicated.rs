@@ -1,9 +1,12 @@
 //! The shard as one member of a replicated group (ADR 0015, 0016): leadership, Raft
 //! messages in and out, NOT_LEADER and NO_QUORUM answers, forwarding to the leader, reads
-//! confirmed with ReadIndex, and the leader's preferred place. A child of `shard`, so it
-//! sees the shard's fields.
+//! confirmed with ReadIndex, the leader's preferred place, and what a leader proposes on its
+//! own (the expiry of client sessions, ADR 0018). A child of `shard`, so it sees the
+//! shard's fields.
 
+use kvs_core::command::{BatchEncoder, Command};
 use kvs_core::log::LogDisk;
+use kvs_core::sessions::SESSION_TTL_MS;
 use kvs_wire::ErrorCode;
 use raft::eraftpb::Message;
 
@@ -107,6 +110,22 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
             self.peer.report_snapshot_sent(to);
         } else {
             self.peer.report_snapshot_failure(to);
+        }
+    }
+
+    /// As the leader, proposes forgetting the client sessions not heard from for
+    /// [`SESSION_TTL_MS`] (an entry of its own, answered to no one; every replica applies
+    /// it, so they forget the same sessions). The caller calls it about once a minute.
+    pub fn expire_sessions(&mut self, now_ms: u64) {
+        if !self.peer.is_serving() {
+            return;
+        }
+        let mut encoder = BatchEncoder::new();
+        encoder.push(&Command::ExpireSessions {
+            before_ms: now_ms.saturating_sub(SESSION_TTL_MS),
+        });
+        if let Err(error) = self.peer.propose(encoder.finish()) {
+            tracing::warn!(shard = self.shard, %error, "proposing the expiry of client sessions failed");
         }
     }
 

@@ -18,8 +18,17 @@
 //! applied (docs/cluster.md), so `call` learns the leaders again and sends it again after a
 //! short pause while the cluster elects a leader, up to the request timeout. Pipelined
 //! requests (`submit`, `submit_many`) all go on the main connection, in order.
+//!
+//! Idempotent writes (ADR 0018): the client is a session (a random 64-bit id) and numbers
+//! its writes. [`Client::call`] sends each PUT, DELETE, CAS and MPUT as a ONCE carrying the
+//! session, the write's number and the lowest number whose reply it still waits for; when
+//! the connection breaks or no answer comes (the outcome unknown), it sends the same ONCE
+//! again, to the next node if its node went away, until the request timeout: the shard
+//! applies it at most once and answers a retry with the first answer. Pipelined writes
+//! (`submit`) are sent as they are, and fail with the connection as before.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::hash::BuildHasher;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -41,6 +50,9 @@ pub struct ClientOptions {
     pub request_timeout: Duration,
     /// Least time between two connection attempts after a failure.
     pub reconnect_backoff: Duration,
+    /// Whether [`Client::call`] sends writes as ONCE (applied at most once, retried when the
+    /// outcome is unknown; ADR 0018).
+    pub write_once: bool,
 }
 
 impl Default for ClientOptions {
@@ -49,6 +61,7 @@ impl Default for ClientOptions {
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(30),
             reconnect_backoff: Duration::from_millis(100),
+            write_once: true,
         }
     }
 }
@@ -276,6 +289,43 @@ pub struct Client {
     next_request_id: AtomicU64,
     /// Set when `addrs` lists several nodes: single-key requests go to their leaders.
     routing: Option<Mutex<Routing>>,
+    session: Mutex<Session>,
+}
+
+/// This client as a session of idempotent writes (ADR 0018).
+struct Session {
+    id: u64,
+    next_seq: u64,
+    /// Writes sent whose final answer has not come back yet.
+    unanswered: BTreeSet<u64>,
+}
+
+impl Session {
+    fn new() -> Session {
+        // The standard library's hasher keys are random per process; the time and the
+        // process id make two clients of one process differ too.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let id = std::collections::hash_map::RandomState::new().hash_one((now, std::process::id()));
+        Session {
+            id: id.max(1),
+            next_seq: 1,
+            unanswered: BTreeSet::new(),
+        }
+    }
+
+    /// Numbers a new write: its seq, and the lowest seq still waiting for its answer.
+    fn begin(&mut self) -> (u64, u64) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.unanswered.insert(seq);
+        (seq, *self.unanswered.first().expect("seq was just added"))
+    }
+
+    fn end(&mut self, seq: u64) {
+        self.unanswered.remove(&seq);
+    }
 }
 
 impl Client {
@@ -310,6 +360,7 @@ impl Client {
             }),
             next_request_id: AtomicU64::new(1),
             routing,
+            session: Mutex::new(Session::new()),
         })
     }
 
@@ -416,15 +467,38 @@ impl Client {
 
     /// Sends a request and waits for its reply. A refusal that surely did nothing while a
     /// cluster has no leader for the shard (NO_QUORUM, NOT_LEADER) is retried after a
-    /// pause, until the request timeout has passed.
+    /// pause, until the request timeout has passed. A write goes as a ONCE (unless
+    /// `write_once` is off), and is also sent again when its outcome is unknown (the
+    /// connection broke, or the server timed out), since the shard applies it once.
     pub fn call(&self, request: &Request) -> Result<Response, ClientError> {
+        if !(self.options.write_once && request.may_be_once()) {
+            return self.call_as(request, request);
+        }
+        let (seq, acked_below) = lock(&self.session).begin();
+        let once = Request::Once {
+            session: lock(&self.session).id,
+            seq,
+            acked_below,
+            request: Box::new(request.clone()),
+        };
+        let result = self.call_as(request, &once);
+        lock(&self.session).end(seq);
+        result
+    }
+
+    /// [`Client::call`], sending `sent` (`request` itself, or `request` in a ONCE).
+    fn call_as(&self, request: &Request, sent: &Request) -> Result<Response, ClientError> {
         let started = Instant::now();
         let mut pause = RETRY_PAUSE;
+        let idempotent = matches!(sent, Request::Once { .. });
+        // Whether an earlier attempt may have taken effect: then a later refusal that says
+        // "surely not done" is about that attempt only.
+        let mut uncertain = false;
         loop {
             let result = match self.leader_connection(request) {
                 Some((addr, connection)) => {
                     let result = self
-                        .submit_on(connection, std::slice::from_ref(request))
+                        .submit_on(connection, std::slice::from_ref(sent))
                         .and_then(|mut pendings| pendings.remove(0).wait());
                     if matches!(
                         result,
@@ -435,19 +509,50 @@ impl Client {
                     }
                     result
                 }
-                None => self.submit(request)?.wait(),
+                None => self.submit(sent).and_then(Pending::wait),
             };
-            match result {
+            let retry = match &result {
                 Err(ClientError::Server {
                     code: ErrorCode::NoQuorum | ErrorCode::NotLeader,
                     ..
-                }) if started.elapsed() + pause < self.options.request_timeout => {
-                    self.forget_leaders(None);
-                    std::thread::sleep(pause);
-                    pause = (pause * 2).min(RETRY_PAUSE_MAX);
-                }
-                result => return result,
+                }) => true,
+                // The outcome is unknown: sent again, a ONCE is still applied once.
+                Err(
+                    ClientError::Disconnected(_)
+                    | ClientError::Connect { .. }
+                    | ClientError::Timeout(_)
+                    | ClientError::Server {
+                        code: ErrorCode::Timeout,
+                        ..
+                    },
+                ) => idempotent,
+                _ => false,
+            };
+            if !retry || started.elapsed() + pause >= self.options.request_timeout {
+                return match result {
+                    Err(
+                        e @ (ClientError::Connect { .. }
+                        | ClientError::Server {
+                            code: ErrorCode::NoQuorum | ErrorCode::NotLeader,
+                            ..
+                        }),
+                    ) if uncertain => Err(ClientError::Disconnected(format!(
+                        "{e}, after an attempt whose outcome is unknown"
+                    ))),
+                    result => result,
+                };
             }
+            uncertain |= !matches!(
+                result,
+                Err(ClientError::Connect { .. }
+                    | ClientError::Server {
+                        code: ErrorCode::NoQuorum | ErrorCode::NotLeader,
+                        ..
+                    })
+            );
+            self.forget_leaders(None);
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(RETRY_PAUSE_MAX);
         }
     }
 

@@ -30,6 +30,10 @@ pub enum Opcode {
     GetStale = 11,
     /// Makes a node the preferred leader of a shard; leadership moves there.
     TransferLeader = 12,
+    /// A write (PUT, DELETE, CAS, MPUT) tagged with the client's session and sequence
+    /// number, applied at most once however often it is sent (ADR 0018). Its reply is the
+    /// inner request's, with the inner request's opcode.
+    Once = 13,
 }
 
 impl Opcode {
@@ -47,6 +51,7 @@ impl Opcode {
             10 => Opcode::Document,
             11 => Opcode::GetStale,
             12 => Opcode::TransferLeader,
+            13 => Opcode::Once,
             _ => return None,
         })
     }
@@ -177,7 +182,19 @@ pub enum Request {
         shard: u32,
         node: u64,
     },
+    /// `request` (a PUT, DELETE, CAS or MPUT) as write `seq` of client session `session`:
+    /// applied at most once, and a retry answered with the first answer (ADR 0018).
+    /// `acked_below`: the client has the replies to every write of the session below it.
+    Once {
+        session: u64,
+        seq: u64,
+        acked_below: u64,
+        request: Box<Request>,
+    },
 }
+
+/// Bytes before the inner request in a ONCE body: session, seq, acked_below, opcode.
+const ONCE_HEADER: usize = 25;
 
 /// A server reply. `Error` travels with the ERROR flag; the others are shaped by the opcode.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -355,7 +372,27 @@ impl Request {
             Request::Document { .. } => Opcode::Document,
             Request::GetStale { .. } => Opcode::GetStale,
             Request::TransferLeader { .. } => Opcode::TransferLeader,
+            Request::Once { .. } => Opcode::Once,
         }
+    }
+
+    /// The opcode of the reply: the request's, or for a ONCE, its inner request's.
+    pub fn reply_opcode(&self) -> Opcode {
+        match self {
+            Request::Once { request, .. } => request.opcode(),
+            request => request.opcode(),
+        }
+    }
+
+    /// Whether a ONCE may carry it: a key-value write.
+    pub fn may_be_once(&self) -> bool {
+        matches!(
+            self,
+            Request::Put { .. }
+                | Request::Delete { .. }
+                | Request::Cas { .. }
+                | Request::MPut { .. }
+        )
     }
 
     /// Checks the limits a well-behaved client checks before sending, so that it gets the
@@ -382,6 +419,18 @@ impl Request {
             Request::TransferLeader { shard, node } => {
                 put_u32(out, *shard);
                 put_u64(out, *node);
+            }
+            Request::Once {
+                session,
+                seq,
+                acked_below,
+                request,
+            } => {
+                put_u64(out, *session);
+                put_u64(out, *seq);
+                put_u64(out, *acked_below);
+                out.push(request.opcode() as u8);
+                request.encode_body(out);
             }
             Request::Document { command } => put_bytes(out, command),
             Request::Put { key, value } => {
@@ -433,8 +482,12 @@ impl Request {
     /// Decodes a request body. Checks every limit; never panics on any input.
     pub fn decode_body(opcode: u8, body: &[u8]) -> Result<Request, DecodeError> {
         let opcode = Opcode::from_u8(opcode).ok_or(DecodeError::UnknownOpcode(opcode))?;
+        if opcode == Opcode::Once {
+            return Request::decode_once(body);
+        }
         let mut r = Reader::new(body);
         let request = match opcode {
+            Opcode::Once => unreachable!("decoded above"),
             Opcode::Ping => Request::Ping,
             Opcode::Info => Request::Info,
             Opcode::Document => Request::Document {
@@ -508,6 +561,33 @@ impl Request {
         };
         r.finish()?;
         Ok(request)
+    }
+
+    fn decode_once(body: &[u8]) -> Result<Request, DecodeError> {
+        let mut r = Reader::new(body.get(..ONCE_HEADER).unwrap_or(body));
+        let session = r.u64("session")?;
+        let seq = r.u64("seq")?;
+        let acked_below = r.u64("acked below")?;
+        let inner = r.u8("opcode")?;
+        r.finish()?;
+        let not_carried = || DecodeError::Invalid {
+            what: "ONCE",
+            detail: format!("it carries PUT, DELETE, CAS or MPUT, not opcode {inner}"),
+        };
+        // Checked before decoding: a chain of ONCEs must not recurse deep.
+        if inner == Opcode::Once as u8 {
+            return Err(not_carried());
+        }
+        let request = Request::decode_body(inner, &body[ONCE_HEADER..])?;
+        if !request.may_be_once() {
+            return Err(not_carried());
+        }
+        Ok(Request::Once {
+            session,
+            seq,
+            acked_below,
+            request: Box::new(request),
+        })
     }
 }
 
@@ -587,6 +667,12 @@ impl Response {
         let opcode =
             Opcode::from_u8(header.opcode).ok_or(DecodeError::UnknownOpcode(header.opcode))?;
         let response = match opcode {
+            Opcode::Once => {
+                return Err(DecodeError::Invalid {
+                    what: "reply opcode",
+                    detail: "a ONCE is answered with its inner request's opcode".into(),
+                })
+            }
             Opcode::Ping => Response::Pong,
             Opcode::Get | Opcode::GetStale => Response::Value {
                 version: r.u64("version")?,
@@ -702,7 +788,46 @@ mod tests {
             },
             Request::GetStale { key: b"k".to_vec() },
             Request::TransferLeader { shard: 3, node: 2 },
+            Request::Once {
+                session: 0xabc,
+                seq: 9,
+                acked_below: 7,
+                request: Box::new(Request::Cas {
+                    key: b"k".to_vec(),
+                    expected_version: 1,
+                    value: None,
+                }),
+            },
         ]
+    }
+
+    #[test]
+    fn once_carries_a_write_and_never_another_once() {
+        let once = |request: Request| Request::Once {
+            session: 1,
+            seq: 1,
+            acked_below: 1,
+            request: Box::new(request),
+        };
+        assert!(matches!(
+            once(Request::Get { key: b"k".to_vec() }).validate(),
+            Err(DecodeError::Invalid { what: "ONCE", .. })
+        ));
+        // A chain of ONCEs (a hostile client's) is refused before it is followed.
+        let mut body = Vec::new();
+        for _ in 0..100_000 {
+            body.extend_from_slice(&[0; 24]);
+            body.push(Opcode::Once as u8);
+        }
+        assert!(Request::decode_body(Opcode::Once as u8, &body).is_err());
+        assert_eq!(
+            once(Request::Put {
+                key: b"k".to_vec(),
+                value: b"v".to_vec()
+            })
+            .reply_opcode(),
+            Opcode::Put
+        );
     }
 
     fn responses() -> Vec<(Opcode, Response)> {

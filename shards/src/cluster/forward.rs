@@ -9,7 +9,6 @@
 //! (property-tested in `codec_tests.rs`).
 
 use kvs_core::command::{decode_batch, BatchEncoder};
-use kvs_core::doc::command::DocErrorKind;
 use kvs_core::state::{CommandResult, Versioned};
 use kvs_wire::ErrorCode;
 
@@ -62,6 +61,7 @@ pub fn answer_len(reply: &ShardReply) -> usize {
             CommandResult::WrittenMany { versions } => versions.len() * 8,
             CommandResult::Document { reply } => reply.len(),
             CommandResult::DocumentRefused { message, .. } => message.len(),
+            CommandResult::OutcomeUnknown { reason } => reason.len(),
             _ => 16,
         },
         ShardReply::Error(_, message) => message.len(),
@@ -273,89 +273,13 @@ pub(super) fn decode_answer(r: &mut Reader<'_>) -> Result<(u64, ShardReply), Pee
 }
 
 fn encode_result(result: &CommandResult, out: &mut Vec<u8>) {
-    match result {
-        CommandResult::Written { version } => {
-            out.push(1);
-            put_u64(out, *version);
-        }
-        CommandResult::Deleted { existed } => {
-            out.push(2);
-            out.push(u8::from(*existed));
-        }
-        CommandResult::VersionMismatch { current } => {
-            out.push(3);
-            put_u64(out, *current);
-        }
-        CommandResult::Refused { reason } => {
-            out.push(4);
-            put_bytes(out, reason.as_bytes());
-        }
-        CommandResult::Integer { value } => {
-            out.push(5);
-            put_u64(out, *value as u64);
-        }
-        CommandResult::Replaced { previous } => {
-            out.push(6);
-            put_option(out, previous.as_deref());
-        }
-        CommandResult::Skipped => out.push(7),
-        CommandResult::WrittenMany { versions } => {
-            out.push(8);
-            out.extend_from_slice(&(versions.len() as u32).to_le_bytes());
-            for version in versions {
-                put_u64(out, *version);
-            }
-        }
-        CommandResult::Document { reply } => {
-            out.push(9);
-            put_bytes(out, reply);
-        }
-        CommandResult::DocumentRefused { kind, message } => {
-            out.push(10);
-            out.push(match kind {
-                DocErrorKind::BadRequest => 0,
-                DocErrorKind::DuplicateKey => 1,
-                DocErrorKind::TooLarge => 2,
-                DocErrorKind::NotFound => 3,
-                DocErrorKind::Retry => 4,
-            });
-            put_bytes(out, message.as_bytes());
-        }
-    }
+    result.encode_into(out);
 }
 
 fn decode_result(r: &mut Reader<'_>) -> Result<CommandResult, PeerDecodeError> {
-    Ok(match r.u8()? {
-        1 => CommandResult::Written { version: r.u64()? },
-        2 => CommandResult::Deleted { existed: r.flag()? },
-        3 => CommandResult::VersionMismatch { current: r.u64()? },
-        4 => CommandResult::Refused { reason: text(r)? },
-        5 => CommandResult::Integer {
-            value: r.u64()? as i64,
-        },
-        6 => CommandResult::Replaced {
-            previous: get_option(r)?,
-        },
-        7 => CommandResult::Skipped,
-        8 => CommandResult::WrittenMany {
-            versions: r.list(8, Reader::u64)?,
-        },
-        9 => CommandResult::Document {
-            reply: r.bytes()?.to_vec(),
-        },
-        10 => CommandResult::DocumentRefused {
-            kind: match r.u8()? {
-                0 => DocErrorKind::BadRequest,
-                1 => DocErrorKind::DuplicateKey,
-                2 => DocErrorKind::TooLarge,
-                3 => DocErrorKind::NotFound,
-                4 => DocErrorKind::Retry,
-                kind => return Err(malformed(format!("document error kind {kind}"))),
-            },
-            message: text(r)?,
-        },
-        tag => return Err(malformed(format!("unknown command result {tag}"))),
-    })
+    let (result, len) = CommandResult::decode_from(&r.bytes[r.at..]).map_err(|e| malformed(e.0))?;
+    r.at += len;
+    Ok(result)
 }
 
 fn put_option(out: &mut Vec<u8>, bytes: Option<&[u8]>) {

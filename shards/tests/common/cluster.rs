@@ -322,6 +322,7 @@ fn run_clients(
                     connect_timeout: Duration::from_millis(500),
                     request_timeout,
                     reconnect_backoff: Duration::from_millis(50),
+                    ..ClientOptions::default()
                 };
                 let mut node = c % addrs.len();
                 let mut client: Option<Client> = None;
