@@ -19,7 +19,7 @@ pub mod command;
 pub mod doc;
 pub mod limits;
 pub mod log;
-pub mod result_codec;
+pub mod result;
 pub mod sessions;
 pub mod state;
 pub mod store;

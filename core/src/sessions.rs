@@ -10,8 +10,7 @@
 //! [`SESSION_RESULTS_MAX`] are kept; a session not heard from for [`SESSION_TTL_MS`] is
 //! forgotten by an `ExpireSessions` command the leader proposes.
 
-use crate::result_codec::ResultDecodeError;
-use crate::state::CommandResult;
+use crate::result::{CommandResult, ResultDecodeError};
 
 /// Results a session keeps at most: beyond it, the oldest is dropped (a client with more
 /// writes than this unanswered at once loses exactly-once for the oldest).

@@ -12,54 +12,8 @@ use std::ops::Bound;
 
 use crate::command::{decode_batch, BatchDecodeError, Command};
 use crate::doc::command::DocErrorKind;
+pub use crate::result::CommandResult;
 use crate::sessions::{Seen, SessionRecord};
-
-/// What one command did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CommandResult {
-    Written {
-        version: u64,
-    },
-    Deleted {
-        existed: bool,
-    },
-    /// A CAS whose expected version did not match; nothing was written.
-    VersionMismatch {
-        current: u64,
-    },
-    /// The command was refused by the state (an increment of a non-integer, say); nothing
-    /// changed.
-    Refused {
-        reason: String,
-    },
-    /// INCREMENT and APPEND: the new integer value, or the new length.
-    Integer {
-        value: i64,
-    },
-    /// GET_AND_PUT: the value that was replaced.
-    Replaced {
-        previous: Option<Vec<u8>>,
-    },
-    /// PUT_IF_EXISTS of a missing key: nothing was written.
-    Skipped,
-    WrittenMany {
-        versions: Vec<u64>,
-    },
-    /// A document command's reply: a document in the `doc::binary` encoding.
-    Document {
-        reply: Vec<u8>,
-    },
-    /// A document command that was refused; nothing changed.
-    DocumentRefused {
-        kind: DocErrorKind,
-        message: String,
-    },
-    /// A retried write (a `Once`) older than what its session's record keeps: it may or may
-    /// not have been applied.
-    OutcomeUnknown {
-        reason: String,
-    },
-}
 
 /// A value and the version of the write that stored it.
 #[derive(Debug, Clone, PartialEq, Eq)]

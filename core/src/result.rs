@@ -1,6 +1,6 @@
-//! The byte encoding of a [`CommandResult`]: how a forwarded write's answer crosses the peer
-//! link, and how a session keeps the results of its writes (ADR 0018). Integers are
-//! little-endian; `bytes` is a u32 length and the bytes.
+//! What one command did ([`CommandResult`]), and its byte encoding: how a forwarded write's
+//! answer crosses the peer link, and how a session keeps the results of its writes (ADR
+//! 0018). Integers are little-endian; `bytes` is a u32 length and the bytes.
 //!
 //! ```text
 //! result := 1 version:u64                 WRITTEN
@@ -17,7 +17,53 @@
 //! ```
 
 use crate::doc::command::DocErrorKind;
-use crate::state::CommandResult;
+
+/// What one command did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommandResult {
+    Written {
+        version: u64,
+    },
+    Deleted {
+        existed: bool,
+    },
+    /// A CAS whose expected version did not match; nothing was written.
+    VersionMismatch {
+        current: u64,
+    },
+    /// The command was refused by the state (an increment of a non-integer, say); nothing
+    /// changed.
+    Refused {
+        reason: String,
+    },
+    /// INCREMENT and APPEND: the new integer value, or the new length.
+    Integer {
+        value: i64,
+    },
+    /// GET_AND_PUT: the value that was replaced.
+    Replaced {
+        previous: Option<Vec<u8>>,
+    },
+    /// PUT_IF_EXISTS of a missing key: nothing was written.
+    Skipped,
+    WrittenMany {
+        versions: Vec<u64>,
+    },
+    /// A document command's reply: a document in the `doc::binary` encoding.
+    Document {
+        reply: Vec<u8>,
+    },
+    /// A document command that was refused; nothing changed.
+    DocumentRefused {
+        kind: DocErrorKind,
+        message: String,
+    },
+    /// A retried write (a `Once`) older than what its session's record keeps: it may or may
+    /// not have been applied.
+    OutcomeUnknown {
+        reason: String,
+    },
+}
 
 /// Bytes that are not a result: what was wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
