@@ -31,6 +31,11 @@ pub const REOPEN_INTERVAL: Duration = Duration::from_secs(1);
 /// a failover, hands leadership back once the preferred member caught up).
 pub const PLACEMENT_INTERVAL: Duration = Duration::from_secs(2);
 
+/// How long a shard that no longer leads keeps its pending proposals waiting to learn their
+/// fate (a new leader commits or replaces them) before answering TIMEOUT: a leader cut off
+/// from the majority would otherwise hold its writers until the partition heals.
+pub const DEPOSED_PROPOSAL_DEADLINE: Duration = Duration::from_secs(5);
+
 /// How often a leader proposes forgetting the client sessions not heard from for
 /// `SESSION_TTL_MS` (ADR 0018).
 pub const SESSION_EXPIRY_INTERVAL: Duration = Duration::from_secs(60);
@@ -99,6 +104,8 @@ pub struct ShardDriver<D: LogDisk + Clone, R> {
     last_placement: Option<Duration>,
     /// When sessions were last expired (the first tick starts the clock).
     last_expiry: Option<Duration>,
+    /// Since when the shard, not leading, has had proposals pending.
+    deposed_since: Option<Duration>,
     /// What a tick settled (reads a deposed leader refuses), handed out by the next
     /// [`ShardDriver::run_ready`].
     settled_on_tick: Output<R>,
@@ -116,6 +123,7 @@ impl<D: LogDisk + Clone, R> ShardDriver<D, R> {
             last_reopen: None,
             last_placement: None,
             last_expiry: None,
+            deposed_since: None,
             settled_on_tick: Output::default(),
         }
     }
@@ -150,6 +158,16 @@ impl<D: LogDisk + Clone, R> ShardDriver<D, R> {
         // Leadership may have changed (check-quorum stepped down): reads wait no longer.
         let settled = self.shard.after_raft();
         self.settled_on_tick.extend(settled);
+        if self.shard.is_leader() || !self.shard.has_pending() {
+            self.deposed_since = None;
+        } else {
+            let since = *self.deposed_since.get_or_insert(now);
+            if now.saturating_sub(since) >= DEPOSED_PROPOSAL_DEADLINE {
+                let given_up = self.shard.give_up_pending(DEPOSED_PROPOSAL_DEADLINE);
+                self.settled_on_tick.extend(given_up);
+                self.deposed_since = None;
+            }
+        }
         self.shard.trim_log().await;
         let retry = self.shard.failed()
             && self.writes_in_flight == 0

@@ -4,6 +4,8 @@
 //! own (the expiry of client sessions, ADR 0018). A child of `shard`, so it sees the
 //! shard's fields.
 
+use std::time::Duration;
+
 use kvs_core::command::{BatchEncoder, Command};
 use kvs_core::log::LogDisk;
 use kvs_core::sessions::SESSION_TTL_MS;
@@ -111,6 +113,44 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
         } else {
             self.peer.report_snapshot_failure(to);
         }
+    }
+
+    /// Whether this member leads its group (always, for a group of one).
+    pub fn is_leader(&self) -> bool {
+        self.peer.is_leader()
+    }
+
+    /// Whether writes proposed by this member wait for their entries to be applied.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Answers every pending proposal of a member that stopped leading `waited` ago (the
+    /// driver's deadline): its writers get TIMEOUT (the entry may still be committed by the
+    /// new leader, or replaced: the outcome is unknown), its attached reads NOT_LEADER. An
+    /// entry applied later finds no one waiting.
+    pub fn give_up_pending(&mut self, waited: Duration) -> Output<R> {
+        let mut output = Output::default();
+        for proposal in self.pending.take_all() {
+            let message = format!(
+                "outcome unknown: shard {}: this node stopped leading before entry {} was                  committed, and no new leader settled it within {}s",
+                self.shard,
+                proposal.index,
+                waited.as_secs()
+            );
+            output.replies.extend(
+                proposal
+                    .writers
+                    .into_iter()
+                    .map(|to| (to, ShardReply::Error(ErrorCode::Timeout, message.clone()))),
+            );
+            for read in proposal.reads {
+                // Counted when attached (see `count_held_read`).
+                self.disk_reads.finish(read.origin);
+                output.replies.push((read.reply, self.not_leader()));
+            }
+        }
+        output
     }
 
     /// As the leader, proposes forgetting the client sessions not heard from for

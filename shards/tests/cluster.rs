@@ -426,6 +426,54 @@ fn a_follower_gone_long_catches_up_from_a_snapshot() {
     );
 }
 
+/// A leader whose followers stop answering (SIGSTOP) steps down (check-quorum), and a write
+/// it took just before cannot commit: it answers that write TIMEOUT (outcome unknown) itself
+/// once it has not led for a while, not after the client's own timeout, and not only once
+/// the others return.
+#[test]
+fn a_leader_cut_off_answers_its_stranded_write_timeout() {
+    let cluster = Cluster::start(3, 1);
+    cluster.wait_for_preferred_leaders(); // shard 0 on node 1
+    let options = kvs_wire::ClientOptions {
+        request_timeout: Duration::from_secs(60),
+        write_once: false,
+        ..kvs_wire::ClientOptions::default()
+    };
+    let client = Client::connect_with(&cluster.addrs[0], options).unwrap();
+    client.ping().unwrap();
+    let followers: Vec<String> = [1, 2]
+        .iter()
+        .map(|&i| cluster.nodes[i].as_ref().unwrap().pid().to_string())
+        .collect();
+    let signal = |sig: &str| {
+        for pid in &followers {
+            assert!(std::process::Command::new("kill")
+                .args([sig, pid])
+                .status()
+                .unwrap()
+                .success());
+        }
+    };
+    signal("-STOP");
+    let answer = client
+        .submit(&kvs_wire::Request::Put {
+            key: b"stranded".to_vec(),
+            value: b"v".to_vec(),
+        })
+        .and_then(|pending| pending.wait());
+    signal("-CONT");
+    assert!(
+        matches!(
+            answer,
+            Err(ClientError::Server {
+                code: ErrorCode::Timeout,
+                ..
+            })
+        ),
+        "the stranded write was answered {answer:?}"
+    );
+}
+
 /// A follower that missed more entries than the leader keeps in memory (1024 behind its
 /// applied index), but not so many that a checkpoint passed them, is sent the entries read
 /// back from the leader's log segments: no snapshot, and nothing missing.

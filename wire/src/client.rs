@@ -24,8 +24,9 @@
 //! session, the write's number and the lowest number whose reply it still waits for; when
 //! the connection breaks or no answer comes (the outcome unknown), it sends the same ONCE
 //! again, to the next node if its node went away, until the request timeout: the shard
-//! applies it at most once and answers a retry with the first answer. Pipelined writes
-//! (`submit`) are sent as they are, and fail with the connection as before.
+//! applies it at most once and answers a retry with the first answer. Reads through `call`
+//! are sent again alike (they change nothing). Pipelined requests (`submit`) are sent as
+//! they are, and fail with the connection as before.
 
 use std::collections::{BTreeSet, HashMap};
 use std::hash::BuildHasher;
@@ -469,7 +470,8 @@ impl Client {
     /// cluster has no leader for the shard (NO_QUORUM, NOT_LEADER) is retried after a
     /// pause, until the request timeout has passed. A write goes as a ONCE (unless
     /// `write_once` is off), and is also sent again when its outcome is unknown (the
-    /// connection broke, or the server timed out), since the shard applies it once.
+    /// connection broke, or the server timed out), since the shard applies it once; so is
+    /// a read, which changes nothing.
     pub fn call(&self, request: &Request) -> Result<Response, ClientError> {
         if !(self.options.write_once && request.may_be_once()) {
             return self.call_as(request, request);
@@ -490,7 +492,17 @@ impl Client {
     fn call_as(&self, request: &Request, sent: &Request) -> Result<Response, ClientError> {
         let started = Instant::now();
         let mut pause = RETRY_PAUSE;
-        let idempotent = matches!(sent, Request::Once { .. });
+        // A ONCE, or a read: sending it again cannot apply anything twice.
+        let idempotent = matches!(
+            sent,
+            Request::Once { .. }
+                | Request::Ping
+                | Request::Get { .. }
+                | Request::GetStale { .. }
+                | Request::MGet { .. }
+                | Request::Scan { .. }
+                | Request::Info
+        );
         // Whether an earlier attempt may have taken effect: then a later refusal that says
         // "surely not done" is about that attempt only.
         let mut uncertain = false;

@@ -141,21 +141,30 @@ impl Forwarding {
     }
 
     /// The requests sent to a node that no longer leads this core's shard (another was
-    /// elected: it was paused or cut off, and may never answer): TIMEOUT at once (a write
-    /// may still be committed, if the old leader replicated it before the election), and
-    /// forgotten.
+    /// elected: it was paused or cut off, and may never answer), answered at once and
+    /// forgotten: a write TIMEOUT (it may still be committed, if the old leader replicated it
+    /// before the election), a read NOT_LEADER (nothing was done: send it again).
     pub fn leader_changed(&self, old: u64) -> Vec<(ReplyTo, ShardReply)> {
-        self.fail_waiting(&[old], "which no longer leads it")
+        self.fail_waiting(&[old], "which no longer leads it", ErrorCode::NotLeader)
     }
 
-    /// The requests sent to nodes whose link went down: TIMEOUT (unknown outcome for a
-    /// write: it may have arrived), and forgotten.
+    /// The requests sent to nodes whose link went down, answered and forgotten: a write
+    /// TIMEOUT (it may have arrived), a read NO_QUORUM (nothing was done).
     pub fn fail_unreachable(&self) -> Vec<(ReplyTo, ShardReply)> {
         let down = self.links.take_went_down();
-        self.fail_waiting(&down, "whose link went down before it answered")
+        self.fail_waiting(
+            &down,
+            "whose link went down before it answered",
+            ErrorCode::NoQuorum,
+        )
     }
 
-    fn fail_waiting(&self, nodes: &[u64], why: &str) -> Vec<(ReplyTo, ShardReply)> {
+    fn fail_waiting(
+        &self,
+        nodes: &[u64],
+        why: &str,
+        read_code: ErrorCode,
+    ) -> Vec<(ReplyTo, ShardReply)> {
         if nodes.is_empty() {
             return Vec::new();
         }
@@ -173,7 +182,12 @@ impl Forwarding {
                     w.node,
                     outcome(w.write)
                 );
-                (w.reply, ShardReply::Error(ErrorCode::Timeout, message))
+                let code = if w.write {
+                    ErrorCode::Timeout
+                } else {
+                    read_code
+                };
+                (w.reply, ShardReply::Error(code, message))
             })
             .collect()
     }
