@@ -17,6 +17,7 @@ use kvs_wire::ErrorCode;
 use crate::local::Notify;
 use crate::runtime::{Sender, TcpListener, TcpStream};
 use crate::shard::{Origin, ShardOp, ShardReply, ShardRequest};
+use crate::shard_ops::PIPELINE_WHEN_QUEUED;
 use crate::spread::ConnectionCounts;
 
 /// Something on this core that takes shard replies: a connection (which encodes them in its
@@ -89,18 +90,23 @@ pub struct ShardQueue {
     pub items: RefCell<VecDeque<ShardRequest<ReplyTo>>>,
     /// Notified on every request.
     pub notify: Notify,
-    /// Notified on every request that is not a write: what the shard loop waits for while a
-    /// commit group is in flight (it takes only reads then; writes wait for the next batch
-    /// anyway, so waking the loop for each of them only cost CPU).
+    /// Notified on every request that is not a write, and when the queue grows past
+    /// [`PIPELINE_WHEN_QUEUED`]: what the shard loop waits for while a commit group is in
+    /// flight (it takes only reads then, or writes for a further group once enough wait;
+    /// waking the loop for each write only cost CPU).
     pub read_arrived: Notify,
 }
 
 impl ShardQueue {
     pub fn push(&self, request: ShardRequest<ReplyTo>) {
         let write = matches!(request.op, ShardOp::Write(_));
-        self.items.borrow_mut().push_back(request);
+        let queued = {
+            let mut items = self.items.borrow_mut();
+            items.push_back(request);
+            items.len()
+        };
         self.notify.notify();
-        if !write {
+        if !write || queued == PIPELINE_WHEN_QUEUED + 1 {
             self.read_arrived.notify();
         }
     }

@@ -395,7 +395,7 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
             pending: Pending::default(),
             to_apply: Vec::new(),
             disk_reads: DiskReads::default(),
-            pipeline_when_queued: BATCH_COMMANDS_MAX,
+            pipeline_when_queued: crate::shard_ops::PIPELINE_WHEN_QUEUED,
         })
     }
 
@@ -561,14 +561,13 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
 
     /// Whether to take writes now, with `queued` requests waiting. Yes when no group is in
     /// flight (the batch then holds everything that queued while the last group synced: group
-    /// commit). While one is, a further group starts only when more requests wait than one
-    /// batch can hold (see [`ShardCore::set_pipeline_when_queued`]) and the log has room (its
-    /// window): then the disk, not the batching, is the limit, and the next group's write
-    /// overlaps the sync. Starting a group for every arrival instead cost a quarter of SET
-    /// throughput at pipeline 1 (more, smaller groups: an fdatasync each;
-    /// docs/benchmarks.md). A failed shard takes writes (to refuse them).
-    /// When this says no, the caller takes only reads (see [`ReadsMeanwhile`]), and the writes
-    /// queue up into the next batch.
+    /// commit). While one is, a further group starts once more than `PIPELINE_WHEN_QUEUED`
+    /// (4) requests wait and the log has room (its window), so the next group's intake overlaps
+    /// the sync (the queue wakes the loop then): SET at pipeline 1 went from ~77K/s to ~115K/s.
+    /// At every arrival it cost a quarter of that (an fdatasync per write or two); only when
+    /// a whole batch waits, the core idled half of each group's sync (docs/benchmarks.md).
+    /// A failed shard takes writes (to refuse them). When this says no, the caller takes
+    /// only reads (see [`ReadsMeanwhile`]), and the writes queue up into the next batch.
     ///
     /// A replicated group's leader also waits while [`PROPOSALS_IN_FLIGHT_REPLICATED`]
     /// proposals are not yet applied: its entries commit only after a follower's round trip
@@ -577,18 +576,18 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
     /// fdatasync on every node. Measured on 3 nodes sharing 2 cores, 64 clients: 31.3K
     /// writes/s with one proposal in flight, 26.7K with two (docs/benchmarks.md).
     pub fn takes_writes(&self, queued: usize) -> bool {
-        let full = queued > self.pipeline_when_queued;
         let commits_keep_up = !self.is_replicated()
             || !self.peer.is_leader()
-            || self.pending.len() < PROPOSALS_IN_FLIGHT_REPLICATED;
+            || self.pending.len() < PROPOSALS_IN_FLIGHT_REPLICATED
+            || queued > BATCH_COMMANDS_MAX;
         self.failed.is_some()
             || self.peer.has_room_for_group()
-                && (self.peer.groups_in_flight() == 0 || full)
-                && (commits_keep_up || full)
+                && (self.peer.groups_in_flight() == 0 || queued > self.pipeline_when_queued)
+                && commits_keep_up
     }
 
     /// Sets how many queued requests start a further group while one is in flight (by
-    /// default, more than one batch holds). Simulations lower it to reach every schedule the
+    /// default `PIPELINE_WHEN_QUEUED`). Simulations lower it to reach every schedule the
     /// log's window allows.
     pub fn set_pipeline_when_queued(&mut self, queued: usize) {
         self.pipeline_when_queued = queued;

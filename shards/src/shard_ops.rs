@@ -16,6 +16,11 @@ pub const NO_ORIGIN: Origin = 0;
 /// (a leader that lost its leadership meanwhile answers NOT_LEADER instead).
 pub const FORWARDED_ORIGIN: Origin = 1 << 63;
 
+/// Requests waiting (beyond it) that start a further commit group while one is in flight;
+/// the shard's queue wakes the shard loop when it reaches this many (see
+/// `ShardCore::takes_writes`).
+pub const PIPELINE_WHEN_QUEUED: usize = 4;
+
 /// What a shard is asked to do. Multi-key requests are split by shard before they get here.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ShardOp {
