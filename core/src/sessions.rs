@@ -71,6 +71,30 @@ impl SessionRecord {
         self.results.len() >= SESSION_RESULTS_MAX && self.results.first().is_some_and(|f| seq < f.0)
     }
 
+    /// Takes write `seq` of `session`, whose client has the replies to the writes below
+    /// `acked_below`: the answer to give without applying it (its first result, or an
+    /// unknown outcome when the record no longer says), or None when it is to be applied
+    /// now, and its result [`SessionRecord::record`]ed.
+    pub fn before_apply(
+        &mut self,
+        session: u64,
+        seq: u64,
+        acked_below: u64,
+        at_ms: u64,
+    ) -> Option<CommandResult> {
+        self.acknowledge(acked_below, at_ms);
+        match self.seen(seq) {
+            Seen::Applied(result) => Some(result),
+            Seen::New if seq >= acked_below => None,
+            Seen::New | Seen::Forgotten => Some(CommandResult::OutcomeUnknown {
+                reason: format!(
+                    "write {seq} of session {session:#x} is older than the results this \
+                     shard keeps for it: whether it was applied is not known"
+                ),
+            }),
+        }
+    }
+
     /// Records the result of write `seq`, just applied.
     pub fn record(&mut self, seq: u64, result: CommandResult) {
         let at = match self.results.binary_search_by_key(&seq, |(s, _)| *s) {

@@ -13,7 +13,7 @@ use std::ops::Bound;
 use crate::command::{decode_batch, BatchDecodeError, Command};
 use crate::doc::command::DocErrorKind;
 pub use crate::result::CommandResult;
-use crate::sessions::{Seen, SessionRecord};
+use crate::sessions::SessionRecord;
 
 /// A value and the version of the write that stored it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -170,17 +170,13 @@ impl MemStore {
                 command,
             } => {
                 let mut record = self.sessions.remove(&session).unwrap_or_default();
-                record.acknowledge(acked_below, at_ms);
-                let result = match record.seen(seq) {
-                    Seen::Applied(result) => result,
-                    Seen::New if seq >= acked_below => {
+                let result = match record.before_apply(session, seq, acked_below, at_ms) {
+                    Some(answer) => answer,
+                    None => {
                         let result = self.apply_command(*command);
                         record.record(seq, result.clone());
                         result
                     }
-                    Seen::New | Seen::Forgotten => CommandResult::OutcomeUnknown {
-                        reason: format!("write {seq} of session {session:#x} is forgotten"),
-                    },
                 };
                 self.sessions.insert(session, record);
                 result

@@ -162,7 +162,7 @@ impl<D: LogDisk + Clone, R> ShardDriver<D, R> {
         // Leadership may have changed (check-quorum stepped down): reads wait no longer.
         let settled = self.shard.after_raft();
         self.settled_on_tick.extend(settled);
-        if self.shard.is_leader() || !self.shard.has_pending() {
+        if self.shard.is_leader() || self.shard.is_idle() {
             self.deposed_since = None;
         } else {
             let since = *self.deposed_since.get_or_insert(now);

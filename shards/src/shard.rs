@@ -885,25 +885,8 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
     /// leader), and its reads are refused, since this peer's state at that index says
     /// nothing about writes the new leader acknowledged meanwhile.
     fn replaced(&self, proposal: Proposal<R, ShardRequest<R>>) -> Output<R> {
-        let message = format!(
-            "outcome unknown: shard {}: entry {} of term {} was replaced (leadership changed)",
-            self.shard, proposal.index, proposal.term
-        );
-        let mut output = Output::default();
-        output
-            .replies
-            .extend(proposal.writers.into_iter().map(|to| {
-                (
-                    to,
-                    ShardReply::Error(ErrorCode::OutcomeUnknown, message.clone()),
-                )
-            }));
-        for read in proposal.reads {
-            // Counted when attached (see `count_held_read`).
-            self.disk_reads.finish(read.origin);
-            output.replies.push((read.reply, self.not_leader()));
-        }
-        output
+        let why = "was replaced (leadership changed)";
+        self.unsettled(proposal, ErrorCode::OutcomeUnknown, why)
     }
 
     /// Whether nothing is pending: no proposal waits to be applied.

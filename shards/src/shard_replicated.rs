@@ -12,6 +12,7 @@ use kvs_core::sessions::SESSION_TTL_MS;
 use kvs_wire::ErrorCode;
 use raft::eraftpb::Message;
 
+use crate::pending::Proposal;
 use crate::snapshot::SnapshotChunk;
 
 use super::{NodeView, Output, ShardCore, ShardReply, ShardRequest, FORWARDED_ORIGIN};
@@ -120,35 +121,47 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
         self.peer.is_leader()
     }
 
-    /// Whether writes proposed by this member wait for their entries to be applied.
-    pub fn has_pending(&self) -> bool {
-        !self.pending.is_empty()
-    }
-
     /// Answers every pending proposal of a member that stopped leading `waited` ago (the
     /// driver's deadline): its writers get TIMEOUT (the entry may still be committed by the
     /// new leader, or replaced: the outcome is unknown), its attached reads NOT_LEADER. An
     /// entry applied later finds no one waiting.
     pub fn give_up_pending(&mut self, waited: Duration) -> Output<R> {
+        let why = format!(
+            "was not committed before this node stopped leading, and no new leader settled \
+             it within {}s",
+            waited.as_secs()
+        );
         let mut output = Output::default();
         for proposal in self.pending.take_all() {
-            let message = format!(
-                "outcome unknown: shard {}: this node stopped leading before entry {} was                  committed, and no new leader settled it within {}s",
-                self.shard,
-                proposal.index,
-                waited.as_secs()
-            );
-            output.replies.extend(
-                proposal
-                    .writers
-                    .into_iter()
-                    .map(|to| (to, ShardReply::Error(ErrorCode::Timeout, message.clone()))),
-            );
-            for read in proposal.reads {
-                // Counted when attached (see `count_held_read`).
-                self.disk_reads.finish(read.origin);
-                output.replies.push((read.reply, self.not_leader()));
-            }
+            output.extend(self.unsettled(proposal, ErrorCode::Timeout, &why));
+        }
+        output
+    }
+
+    /// Answers a proposal whose fate this member will not learn (another leader's entry
+    /// replaced it, or this member stopped leading): its writers get `code`, an outcome
+    /// unknown ("entry I of term T `why`"), its attached reads NOT_LEADER (nothing was read).
+    pub(super) fn unsettled(
+        &self,
+        proposal: Proposal<R, ShardRequest<R>>,
+        code: ErrorCode,
+        why: &str,
+    ) -> Output<R> {
+        let message = format!(
+            "outcome unknown: shard {}: entry {} of term {} {why}",
+            self.shard, proposal.index, proposal.term
+        );
+        let mut output = Output::default();
+        output.replies.extend(
+            proposal
+                .writers
+                .into_iter()
+                .map(|to| (to, ShardReply::Error(code, message.clone()))),
+        );
+        for read in proposal.reads {
+            // Counted when attached (see `count_held_read`).
+            self.disk_reads.finish(read.origin);
+            output.replies.push((read.reply, self.not_leader()));
         }
         output
     }

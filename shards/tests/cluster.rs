@@ -180,15 +180,7 @@ fn a_paused_leader_does_not_answer_from_its_old_state() {
         .collect();
     let clients = Clients::run(start, &others, 4, Duration::from_secs(3));
 
-    let pid = cluster.nodes[leader].as_ref().unwrap().pid().to_string();
-    let signal = |name: &str| {
-        let status = std::process::Command::new("kill")
-            .args([name, &pid])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    };
-    signal("-STOP");
+    cluster.signal(&[leader], "-STOP");
     // The others elect a leader and take a write (the client retries NO_QUORUM meanwhile).
     // A write forwarded to the paused leader before the others noticed has an unknown
     // outcome (TIMEOUT); it is sent again until one is acknowledged.
@@ -224,7 +216,7 @@ fn a_paused_leader_does_not_answer_from_its_old_state() {
         .submit(&kvs_wire::Request::Get { key: key.clone() })
         .unwrap();
     std::thread::sleep(Duration::from_millis(200));
-    signal("-CONT");
+    cluster.signal(&[leader], "-CONT");
     let seen = match pending.wait() {
         Ok(kvs_wire::Response::Value { value, .. }) => Some(Some(value)),
         Err(ClientError::Server {
@@ -277,20 +269,8 @@ fn stale_reads_are_answered_without_a_majority() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let paused: Vec<String> = (0..3)
-        .filter(|&i| i != alone)
-        .map(|i| cluster.nodes[i].as_ref().unwrap().pid().to_string())
-        .collect();
-    let signal = |name: &str| {
-        for pid in &paused {
-            assert!(std::process::Command::new("kill")
-                .args([name, pid])
-                .status()
-                .unwrap()
-                .success());
-        }
-    };
-    signal("-STOP");
+    let paused: Vec<usize> = (0..3).filter(|&i| i != alone).collect();
+    cluster.signal(&paused, "-STOP");
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(reader.get(b"k").unwrap(), Some(b"v".to_vec()));
     let refused = reader
@@ -300,7 +280,7 @@ fn stale_reads_are_answered_without_a_majority() {
         })
         .unwrap()
         .wait();
-    signal("-CONT");
+    cluster.signal(&paused, "-CONT");
     assert!(
         matches!(
             refused,
@@ -397,27 +377,12 @@ fn a_follower_gone_long_catches_up_from_a_snapshot() {
     cluster.kill9(2);
     cluster.restart(2);
     cluster.wait_caught_up(2);
-    let paused: Vec<String> = [0, 1]
-        .iter()
-        .map(|&i| cluster.nodes[i].as_ref().unwrap().pid().to_string())
-        .collect();
-    for pid in &paused {
-        assert!(std::process::Command::new("kill")
-            .args(["-STOP", pid])
-            .status()
-            .unwrap()
-            .success());
-    }
+    cluster.signal(&[0, 1], "-STOP");
     let reader = Client::connect(&cluster.addrs[2]).unwrap();
     let missing: Vec<usize> = (0..2100)
         .filter(|&i| reader.get(format!("k{i}").as_bytes()).unwrap() != Some(value(i)))
         .collect();
-    for pid in &paused {
-        std::process::Command::new("kill")
-            .args(["-CONT", pid])
-            .status()
-            .unwrap();
-    }
+    cluster.signal(&[0, 1], "-CONT");
     assert!(
         missing.is_empty(),
         "node 3 lacks {} acknowledged writes, e.g. k{}",
@@ -441,27 +406,14 @@ fn a_leader_cut_off_answers_its_stranded_write_timeout() {
     };
     let client = Client::connect_with(&cluster.addrs[0], options).unwrap();
     client.ping().unwrap();
-    let followers: Vec<String> = [1, 2]
-        .iter()
-        .map(|&i| cluster.nodes[i].as_ref().unwrap().pid().to_string())
-        .collect();
-    let signal = |sig: &str| {
-        for pid in &followers {
-            assert!(std::process::Command::new("kill")
-                .args([sig, pid])
-                .status()
-                .unwrap()
-                .success());
-        }
-    };
-    signal("-STOP");
+    cluster.signal(&[1, 2], "-STOP");
     let answer = client
         .submit(&kvs_wire::Request::Put {
             key: b"stranded".to_vec(),
             value: b"v".to_vec(),
         })
         .and_then(|pending| pending.wait());
-    signal("-CONT");
+    cluster.signal(&[1, 2], "-CONT");
     assert!(
         matches!(
             answer,
@@ -574,20 +526,8 @@ fn a_stale_read_per_request_needs_no_majority() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let paused: Vec<String> = (0..3)
-        .filter(|&i| i != alone)
-        .map(|i| cluster.nodes[i].as_ref().unwrap().pid().to_string())
-        .collect();
-    let signal = |name: &str| {
-        for pid in &paused {
-            assert!(std::process::Command::new("kill")
-                .args([name, pid])
-                .status()
-                .unwrap()
-                .success());
-        }
-    };
-    signal("-STOP");
+    let paused: Vec<usize> = (0..3).filter(|&i| i != alone).collect();
+    cluster.signal(&paused, "-STOP");
     std::thread::sleep(Duration::from_secs(2));
     let stale = reader.get_stale(b"k");
     let cli = std::process::Command::new(common::kvs_binary())
@@ -598,7 +538,7 @@ fn a_stale_read_per_request_needs_no_majority() {
         .submit(&kvs_wire::Request::Get { key: b"k".to_vec() })
         .unwrap()
         .wait();
-    signal("-CONT");
+    cluster.signal(&paused, "-CONT");
     assert_eq!(stale.unwrap(), Some(b"v".to_vec()));
     assert_eq!(String::from_utf8_lossy(&cli.stdout).trim(), "v");
     assert!(

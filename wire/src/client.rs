@@ -316,12 +316,14 @@ impl Session {
         }
     }
 
-    /// Numbers a new write: its seq, and the lowest seq still waiting for its answer.
-    fn begin(&mut self) -> (u64, u64) {
+    /// Numbers a new write: the session, its seq, and the lowest seq still waiting for its
+    /// answer.
+    fn begin(&mut self) -> (u64, u64, u64) {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.unanswered.insert(seq);
-        (seq, *self.unanswered.first().expect("seq was just added"))
+        let lowest = *self.unanswered.first().expect("seq was just added");
+        (self.id, seq, lowest)
     }
 
     fn end(&mut self, seq: u64) {
@@ -476,9 +478,9 @@ impl Client {
         if !(self.options.write_once && request.may_be_once()) {
             return self.call_as(request, request);
         }
-        let (seq, acked_below) = lock(&self.session).begin();
+        let (session, seq, acked_below) = lock(&self.session).begin();
         let once = Request::Once {
-            session: lock(&self.session).id,
+            session,
             seq,
             acked_below,
             request: Box::new(request.clone()),

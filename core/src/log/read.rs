@@ -59,16 +59,7 @@ impl<D: LogDisk> Log<D> {
         };
         while at_segment < self.segments.len() && next < high {
             let name = self.segments[at_segment].name.clone();
-            let path = self.disk.path_of(&name);
-            let file = self
-                .disk
-                .open(&name, false)
-                .await
-                .map_err(|e| LogError::io("open", path.clone(), e))?;
-            let size = file
-                .size()
-                .await
-                .map_err(|e| LogError::io("stat", path.clone(), e))?;
+            let (file, size, path) = self.open_existing(&name).await?;
             // `buffer` holds the file from `buffer_at` on.
             let mut buffer: Vec<u8> = Vec::new();
             let mut buffer_at = offset;

@@ -195,7 +195,10 @@ impl<D: LogDisk> Log<D> {
     }
 
     /// Opens an existing file of the log's directory: the file, its size and its path.
-    async fn open_existing(&self, name: &str) -> Result<(D::File, u64, String), LogError> {
+    pub(super) async fn open_existing(
+        &self,
+        name: &str,
+    ) -> Result<(D::File, u64, String), LogError> {
         let path = self.disk.path_of(name);
         let file = self
             .disk

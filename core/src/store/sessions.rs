@@ -7,7 +7,7 @@
 use super::{PagedStore, StoreError, SPACE_CLUSTER};
 use crate::command::Command;
 use crate::log::LogFile;
-use crate::sessions::{Seen, SessionRecord};
+use crate::sessions::SessionRecord;
 use crate::state::CommandResult;
 
 /// The key (after [`SPACE_CLUSTER`]) before a session id (8 bytes, big-endian).
@@ -53,20 +53,13 @@ impl<F: LogFile> PagedStore<F> {
             unreachable!("apply_once takes a Once");
         };
         let mut record = self.session_record(index, session).await?;
-        record.acknowledge(acked_below, at_ms);
-        let result = match record.seen(seq) {
-            Seen::Applied(result) => result,
-            Seen::New if seq >= acked_below => {
+        let result = match record.before_apply(session, seq, acked_below, at_ms) {
+            Some(answer) => answer,
+            None => {
                 let result = self.apply_command(index, *command, Vec::new()).await?;
                 record.record(seq, result.clone());
                 result
             }
-            Seen::New | Seen::Forgotten => CommandResult::OutcomeUnknown {
-                reason: format!(
-                    "write {seq} of session {session:#x} is older than the results this \
-                     shard keeps for it: whether it was applied is not known"
-                ),
-            },
         };
         self.put(index, session_key(session), record.encode())
             .await?;

@@ -105,6 +105,22 @@ impl Cluster {
         self.nodes[i].take().expect("the node runs").kill9();
     }
 
+    /// Sends `signal` (`-STOP`, `-CONT`) to the running nodes `nodes` (indexes).
+    pub fn signal(&self, nodes: &[usize], signal: &str) {
+        for &i in nodes {
+            let pid = self.nodes[i]
+                .as_ref()
+                .expect("the node runs")
+                .pid()
+                .to_string();
+            let status = std::process::Command::new("kill")
+                .args([signal, &pid])
+                .status()
+                .unwrap();
+            assert!(status.success(), "kill {signal} {pid}");
+        }
+    }
+
     /// Each shard's leader as node `i` sees it, with its INFO.
     pub fn shards_seen_by(&self, i: usize) -> Option<Vec<serde_json::Value>> {
         let client = Client::connect(&self.addrs[i]).ok()?;
