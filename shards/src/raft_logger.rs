@@ -22,6 +22,21 @@ impl Drain for TracingDrain {
     type Err = slog::Never;
 
     fn log(&self, record: &Record<'_>, values: &OwnedKVList) -> Result<(), slog::Never> {
+        // raft-rs logs every message it sends, entries and all, at debug level: formatting
+        // one that nobody records costs as much as a catch-up append's megabytes of escaped
+        // bytes, enough to stall a shard's loop for seconds.
+        let enabled = match record.level() {
+            Level::Critical | Level::Error => {
+                tracing::enabled!(target: "raft", tracing::Level::ERROR)
+            }
+            Level::Warning => tracing::enabled!(target: "raft", tracing::Level::WARN),
+            Level::Info => tracing::enabled!(target: "raft", tracing::Level::INFO),
+            Level::Debug => tracing::enabled!(target: "raft", tracing::Level::DEBUG),
+            Level::Trace => tracing::enabled!(target: "raft", tracing::Level::TRACE),
+        };
+        if !enabled {
+            return Ok(());
+        }
         let mut kv = KeyValues(String::new());
         let _ = record.kv().serialize(record, &mut kv);
         let _ = values.serialize(record, &mut kv);
@@ -40,4 +55,51 @@ impl Drain for TracingDrain {
 /// A slog logger for raft-rs that writes through `tracing`, tagged with the shard.
 pub fn raft_logger(shard: u32) -> slog::Logger {
     slog::Logger::root(TracingDrain.fuse(), slog::o!("shard" => shard))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+    use std::fmt;
+
+    use super::raft_logger;
+
+    thread_local! {
+        static FORMATTED: Cell<usize> = const { Cell::new(0) };
+    }
+
+    /// A value that counts how often it was formatted (raft-rs logs whole messages, entries
+    /// and all, at debug level).
+    struct Costly;
+
+    impl fmt::Debug for Costly {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            FORMATTED.with(|n| n.set(n.get() + 1));
+            f.write_str("costly")
+        }
+    }
+
+    #[test]
+    fn records_below_the_level_tracing_records_are_not_formatted() {
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(std::io::sink)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let logger = raft_logger(0);
+            slog::debug!(logger, "sending"; "msg" => ?Costly);
+            slog::trace!(logger, "sending"; "msg" => ?Costly);
+            assert_eq!(
+                FORMATTED.with(Cell::get),
+                0,
+                "a filtered record was formatted"
+            );
+            slog::info!(logger, "elected"; "msg" => ?Costly);
+            assert_eq!(
+                FORMATTED.with(Cell::get),
+                1,
+                "a recorded record was not formatted"
+            );
+        });
+    }
 }

@@ -28,6 +28,20 @@ use crate::snapshot::SnapshotChunk;
 
 /// Messages queued for one node beyond which new ones are dropped.
 const QUEUE_MAX: usize = 16 * 1024;
+/// Bytes of log entries queued for one node beyond which further appends are dropped. A
+/// follower that is probed resends nothing itself, but every heartbeat it answers (and
+/// ReadIndex sends one per read round) makes the leader send it the same up-to-1 MiB
+/// append again: on a link that drains slowly, a count alone bounds nothing.
+const ENTRY_BYTES_QUEUED_MAX: usize = 32 << 20;
+/// A link whose sent data stays unacknowledged this long is dropped by the kernel and
+/// dialled afresh (TCP_USER_TIMEOUT). Without it a link cut by a partition resumes only at
+/// TCP's next retransmission, whose backoff doubles each time: seconds to minutes after
+/// the partition heals.
+const LINK_STALL: Duration = Duration::from_secs(3);
+/// An incoming link over which nothing arrived for this long is taken for dead (the other
+/// side sends at least a keepalive every [`KEEPALIVE`]), and closed: its dialler has been
+/// cut off and dials again.
+const INCOMING_IDLE: Duration = Duration::from_secs(3);
 /// First pause before dialling a failed link again, and the longest.
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
@@ -84,6 +98,8 @@ struct Outgoing {
     /// Snapshot chunks: sent before a round's Raft messages, so a `MsgSnapshot` queued
     /// after its last chunk follows it.
     snapshot: Vec<(u64, SnapshotChunk)>,
+    /// The size of the entries in `raft`, by [`message_bytes`].
+    entry_bytes: usize,
 }
 
 impl Outgoing {
@@ -178,6 +194,13 @@ impl Links {
         let mut queue = peer.queue.borrow_mut();
         if queue.raft.len() >= QUEUE_MAX {
             return;
+        }
+        if !message.entries.is_empty() {
+            let bytes = message_bytes(&message);
+            if queue.entry_bytes + bytes > ENTRY_BYTES_QUEUED_MAX {
+                return;
+            }
+            queue.entry_bytes += bytes;
         }
         queue.raft.push((group, message));
         drop(queue);
@@ -391,9 +414,11 @@ impl Links {
             if self.stopping.get() {
                 break;
             }
-            let frame =
-                futures_lite::future::or(read_frame(&stream, &mut buffer, &mut filled), stopped)
-                    .await;
+            let frame = futures_lite::future::or(
+                read_frame_idle(&stream, &mut buffer, &mut filled, INCOMING_IDLE),
+                stopped,
+            )
+            .await;
             let messages = match frame {
                 Ok(PeerFrame::Raft(messages)) => messages,
                 Ok(PeerFrame::Forward(requests)) => {
@@ -508,6 +533,17 @@ pub async fn read_frame(
     buffer: &mut Vec<u8>,
     filled: &mut usize,
 ) -> io::Result<PeerFrame> {
+    read_frame_idle(stream, buffer, filled, Duration::MAX).await
+}
+
+/// Like [`read_frame`], failing with TimedOut when no byte arrives for `idle` (a large
+/// frame that keeps arriving may take longer).
+async fn read_frame_idle(
+    stream: &TcpStream,
+    buffer: &mut Vec<u8>,
+    filled: &mut usize,
+    idle: Duration,
+) -> io::Result<PeerFrame> {
     loop {
         match decode_frame(&buffer[..*filled]) {
             Ok(Some((frame, len))) => {
@@ -523,7 +559,12 @@ pub async fn read_frame(
                 (buffer.len() * 2).clamp(RECEIVE_BUFFER, PEER_HEADER_SIZE + PEER_BODY_SIZE_MAX);
             buffer.resize(grown, 0);
         }
-        let (result, back) = stream.recv(std::mem::take(buffer), *filled).await;
+        let received = async { Ok(stream.recv(std::mem::take(buffer), *filled).await) };
+        let (result, back) = if idle == Duration::MAX {
+            received.await?
+        } else {
+            with_timeout(idle, received).await?
+        };
         *buffer = back;
         match result? {
             0 => return Err(io::ErrorKind::UnexpectedEof.into()),
@@ -598,6 +639,7 @@ async fn greet(links: &Links, peer: &PeerNode) -> io::Result<TcpStream> {
         .filter(|ip| !ip.is_unspecified() && ip.is_ipv4() == peer.peer_addr.is_ipv4());
     let stream = TcpStream::connect_from(local, peer.peer_addr).await?;
     stream.set_nodelay(true)?;
+    stream.set_user_timeout(LINK_STALL)?;
     let local = &links.local;
     let mut out = Vec::new();
     encode_frame(
@@ -624,6 +666,15 @@ async fn greet(links: &Links, peer: &PeerNode) -> io::Result<TcpStream> {
         PeerFrame::Refused { reason } => Err(io::Error::other(format!("refused: {reason}"))),
         other => Err(io::Error::other(format!("unexpected answer {other:?}"))),
     }
+}
+
+/// About how many bytes `message` takes in a frame.
+fn message_bytes(message: &Message) -> usize {
+    64 + message
+        .entries
+        .iter()
+        .map(|e| e.data.len() + 32)
+        .sum::<usize>()
 }
 
 /// Cuts `items` into runs of about [`FRAME_BYTES_TARGET`] bytes by `len`, each well under
@@ -657,7 +708,11 @@ async fn send_loop(links: &Links, peer: &PeerNode, stream: &TcpStream) -> io::Er
         if links.stopping.get() {
             return io::Error::other("stopping");
         }
-        std::mem::swap(&mut batch, &mut *peer.queue.borrow_mut());
+        {
+            let mut queue = peer.queue.borrow_mut();
+            std::mem::swap(&mut batch, &mut *queue);
+            queue.entry_bytes = 0;
+        }
         out.clear();
         if batch.is_empty() {
             let idle = futures_lite::future::or(
@@ -690,12 +745,7 @@ async fn send_loop(links: &Links, peer: &PeerNode, stream: &TcpStream) -> io::Er
         let mut frame = Vec::new();
         let mut bytes = 0;
         for (group, message) in batch.raft.drain(..) {
-            bytes += 64
-                + message
-                    .entries
-                    .iter()
-                    .map(|e| e.data.len() + 32)
-                    .sum::<usize>();
+            bytes += message_bytes(&message);
             frame.push((group, message));
             if bytes >= FRAME_BYTES_TARGET {
                 encode_frame(&PeerFrame::Raft(std::mem::take(&mut frame)), &mut out);
@@ -712,5 +762,59 @@ async fn send_loop(links: &Links, peer: &PeerNode, stream: &TcpStream) -> io::Er
         }
         peer.bytes_sent
             .set(peer.bytes_sent.get() + out.len() as u64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use raft::eraftpb::{Entry, MessageType};
+
+    use super::*;
+
+    fn links() -> Links {
+        let local = LocalNode {
+            cluster_id: 7,
+            node_id: 1,
+            shard_count: 1,
+            client_addr: "127.0.0.1:1".into(),
+            resp_addr: String::new(),
+            peer_addr: "127.0.0.1:2".into(),
+        };
+        let members = [
+            (1, "127.0.0.1:2".parse().unwrap()),
+            (2, "127.0.0.1:3".parse().unwrap()),
+        ];
+        Links::new(0, local, &members, Box::new(|| {}))
+    }
+
+    fn append(entry_bytes: usize) -> Message {
+        let mut message = Message::default();
+        message.set_msg_type(MessageType::MsgAppend);
+        message.to = 2;
+        let entry = Entry {
+            data: vec![0; entry_bytes].into(),
+            ..Default::default()
+        };
+        message.entries = vec![entry].into();
+        message
+    }
+
+    #[test]
+    fn appends_queued_for_a_slow_node_are_bounded_by_bytes_and_small_messages_still_go() {
+        let links = links();
+        for _ in 0..200 {
+            links.send(0, append(1 << 20));
+        }
+        let peer = links.peer(2).unwrap();
+        let queued = peer.queue.borrow().raft.len();
+        assert!(
+            queued * (1 << 20) <= ENTRY_BYTES_QUEUED_MAX && queued >= 16,
+            "{queued} appends of 1 MiB queued"
+        );
+        let mut heartbeat = Message::default();
+        heartbeat.set_msg_type(MessageType::MsgHeartbeat);
+        heartbeat.to = 2;
+        links.send(0, heartbeat);
+        assert_eq!(peer.queue.borrow().raft.len(), queued + 1);
     }
 }

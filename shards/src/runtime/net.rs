@@ -105,13 +105,24 @@ impl TcpStream {
     }
 
     pub fn set_nodelay(&self, nodelay: bool) -> io::Result<()> {
-        let value: libc::c_int = nodelay.into();
+        self.set_tcp_option(libc::TCP_NODELAY, nodelay.into())
+    }
+
+    /// Makes the kernel abort the connection once data it sent has stayed unacknowledged
+    /// for `limit` (TCP_USER_TIMEOUT): a send then fails instead of waiting out TCP's
+    /// retransmission backoff, which grows to minutes on a link that was cut for a while.
+    pub fn set_user_timeout(&self, limit: std::time::Duration) -> io::Result<()> {
+        let ms = libc::c_int::try_from(limit.as_millis()).unwrap_or(libc::c_int::MAX);
+        self.set_tcp_option(libc::TCP_USER_TIMEOUT, ms)
+    }
+
+    fn set_tcp_option(&self, option: libc::c_int, value: libc::c_int) -> io::Result<()> {
         // SAFETY: setsockopt reads size_of::<c_int>() bytes from a live value.
         let rc = unsafe {
             libc::setsockopt(
                 self.fd.as_raw_fd(),
                 libc::IPPROTO_TCP,
-                libc::TCP_NODELAY,
+                option,
                 (&value as *const libc::c_int).cast(),
                 std::mem::size_of::<libc::c_int>() as libc::socklen_t,
             )

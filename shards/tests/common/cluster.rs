@@ -204,10 +204,60 @@ impl Cluster {
             }
             assert!(
                 Instant::now() < deadline,
-                "the nodes did not agree on leaders"
+                "the nodes did not agree on leaders:\n{}",
+                self.views()
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+}
+
+impl Cluster {
+    /// What each running node sees of each shard (leader, term, indexes, replicas) and the
+    /// end of its log, for a failure message.
+    pub fn views(&self) -> String {
+        let mut out = String::new();
+        for (i, node) in self.nodes.iter().enumerate() {
+            let Some(node) = node else { continue };
+            out += &format!("node {}:\n", i + 1);
+            let shards = self.shards_seen_by(i);
+            if shards.is_none() {
+                out += "  (INFO unanswered)\n";
+            }
+            for mut shard in shards.unwrap_or_default() {
+                if let Some(cluster) = shard["cluster"].as_object_mut() {
+                    let nodes: Vec<String> = cluster["nodes"]
+                        .as_array()
+                        .map(|nodes| {
+                            nodes
+                                .iter()
+                                .map(|n| {
+                                    format!(
+                                        "{} reachable {} heard {}ms ago",
+                                        n["id"], n["reachable"], n["last_heard_ms"]
+                                    )
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    cluster["nodes"] = nodes.join("; ").into();
+                }
+                out += &format!(
+                    "  shard {}: term {} commit {} applied {} cluster {}\n",
+                    shard["shard"],
+                    shard["term"],
+                    shard["commit_index"],
+                    shard["applied_index"],
+                    shard["cluster"]
+                );
+            }
+            let log = node.stderr();
+            let lines: Vec<&str> = log.lines().collect();
+            for line in &lines[lines.len().saturating_sub(30)..] {
+                out += &format!("  | {line}\n");
+            }
+        }
+        out
     }
 }
 
@@ -291,7 +341,13 @@ pub fn read_finals(cluster: &Cluster, start: Instant, history: &mut Vec<Event>) 
         for k in 0..KEYS {
             let key = format!("k{k}").into_bytes();
             let invoked = now(start);
-            let value = client.get(&key).unwrap();
+            let value = client.get(&key).unwrap_or_else(|e| {
+                panic!(
+                    "node {} could not read {key:?}: {e:?}\n{}",
+                    i + 1,
+                    cluster.views()
+                )
+            });
             if let Some(seen) = finals.get(&key) {
                 assert_eq!(seen, &value, "nodes disagree on {key:?}");
             }
