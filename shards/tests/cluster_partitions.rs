@@ -1,8 +1,10 @@
 //! Network partitions of a real three-node cluster, made with iptables on loopback: each
 //! node's peer links use an address of their own (127.0.1.N), and rules drop the packets
-//! between two of them while clients (on 127.0.0.1) still reach every node. Checked: the
-//! isolated leader's side answers NO_QUORUM (surely not done) within the request timeout,
-//! the majority elects a leader and takes writes, the healed node catches up, and the
+//! between two of them while clients (on 127.0.0.1) still reach every node. Three cuts: an
+//! isolated leader (3 nodes), a minority of two holding the leader (5 nodes), and a bridge
+//! (3 nodes, two of which cannot reach each other). Checked: the minority side answers
+//! NO_QUORUM (surely not done) within the request timeout, the majority elects a leader and
+//! takes writes, a bridge keeps the leader in place, the healed nodes catch up, and the
 //! clients' history throughout is linearizable.
 //!
 //! Needs root and iptables (`.ci/run` installs it and runs these as root):
@@ -24,19 +26,28 @@ struct Partition {
 impl Partition {
     /// Drops every packet between peer address `a` and each of `others`, both ways.
     fn cut(a: &str, others: &[&str]) -> Partition {
+        Partition::between(&[a], others)
+    }
+
+    /// Drops every packet between each peer address of `side` and each of `other_side`,
+    /// both ways.
+    fn between(side: &[&str], other_side: &[&str]) -> Partition {
         let mut rules = Vec::new();
-        for other in others {
-            for (from, to) in [(a, *other), (*other, a)] {
-                let rule: Vec<String> = ["INPUT", "-i", "lo", "-s", from, "-d", to, "-j", "DROP"]
-                    .map(String::from)
-                    .to_vec();
-                let status = Command::new("iptables")
-                    .arg("-I")
-                    .args(&rule)
-                    .status()
-                    .expect("iptables runs (install it; run as root)");
-                assert!(status.success(), "iptables -I {rule:?} failed");
-                rules.push(rule);
+        for a in side {
+            for b in other_side {
+                for (from, to) in [(*a, *b), (*b, *a)] {
+                    let rule: Vec<String> =
+                        ["INPUT", "-i", "lo", "-s", from, "-d", to, "-j", "DROP"]
+                            .map(String::from)
+                            .to_vec();
+                    let status = Command::new("iptables")
+                        .arg("-I")
+                        .args(&rule)
+                        .status()
+                        .expect("iptables runs (install it; run as root)");
+                    assert!(status.success(), "iptables -I {rule:?} failed");
+                    rules.push(rule);
+                }
             }
         }
         Partition { rules }
@@ -55,38 +66,32 @@ impl Drop for Partition {
     }
 }
 
+/// Held by each test while it runs: every cluster's peer links use the same addresses
+/// (127.0.1.N), so one test's rules would cut another's cluster too.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn peer_ip(cluster: &Cluster, i: usize) -> String {
     cluster.peer_addrs[i].split(':').next().unwrap().to_string()
 }
 
-#[test]
-#[ignore = "needs root and iptables: .ci/run runs it with --ignored"]
-fn an_isolated_leader_steps_down_and_the_majority_goes_on() {
-    let mut cluster = Cluster::start_on(3, 1, true);
-    // The node cut off is the shard's preferred leader, so after the heal leadership moves
-    // back to it while it catches up: the harder case for the links (ADR 0016).
-    cluster.wait_for_preferred_leaders();
-    let leader = cluster.wait_for_leaders()[0] as usize - 1;
-    let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
-    let start = Instant::now();
-    let clients = Clients::run(start, &cluster.addrs, 6, Duration::from_secs(1));
-    std::thread::sleep(Duration::from_millis(1000));
+fn peer_ips(cluster: &Cluster, nodes: &[usize]) -> Vec<String> {
+    nodes.iter().map(|&i| peer_ip(cluster, i)).collect()
+}
 
-    let isolated_ip = peer_ip(&cluster, leader);
-    let other_ips: Vec<String> = others.iter().map(|&i| peer_ip(&cluster, i)).collect();
-    let mut partition = Partition::cut(
-        &isolated_ip,
-        &other_ips.iter().map(String::as_str).collect::<Vec<_>>(),
-    );
-    let cut_at = clients.acknowledged();
-    // Past an election timeout the isolated leader has stepped down (check-quorum): a write
-    // sent to it is refused as surely not done, within the request timeout.
-    std::thread::sleep(Duration::from_millis(4000));
+/// Asks node `i` for a write, which it must refuse as surely not done (NO_QUORUM) within
+/// the request timeout: it is on the minority side.
+fn assert_refused_by_minority(cluster: &Cluster, i: usize) {
     let options = ClientOptions {
         request_timeout: Duration::from_secs(5),
         ..ClientOptions::default()
     };
-    let minority = Client::connect_with(&cluster.addrs[leader], options).unwrap();
+    let minority = Client::connect_with(&cluster.addrs[i], options).unwrap();
     let asked = Instant::now();
     let answer = minority
         .submit(&Request::Put {
@@ -103,9 +108,52 @@ fn an_isolated_leader_steps_down_and_the_majority_goes_on() {
                 ..
             })
         ),
-        "the isolated node answered {answer:?}"
+        "node {} on the minority side answered {answer:?}",
+        i + 1
     );
     assert!(asked.elapsed() < Duration::from_secs(5));
+}
+
+/// Heals `partition`, stops the clients, and checks the end: the nodes agree on leaders,
+/// read the same final values, the history is linearizable, and every node caught up.
+fn heal_and_check(cluster: &mut Cluster, clients: Clients, mut partition: Partition) {
+    partition.heal();
+    std::thread::sleep(Duration::from_secs(2));
+    let start = clients.start;
+    let mut history = clients.stop();
+    cluster.wait_for_leaders();
+    read_finals(cluster, start, &mut history);
+    check_linearizable(&history);
+    for i in 0..cluster.addrs.len() {
+        cluster.wait_caught_up(i);
+    }
+}
+
+#[test]
+#[ignore = "needs root and iptables: .ci/run runs it with --ignored"]
+fn an_isolated_leader_steps_down_and_the_majority_goes_on() {
+    let _alone = one_at_a_time();
+    let mut cluster = Cluster::start_on(3, 1, true);
+    // The node cut off is the shard's preferred leader, so after the heal leadership moves
+    // back to it while it catches up: the harder case for the links (ADR 0016).
+    cluster.wait_for_preferred_leaders();
+    let leader = cluster.wait_for_leaders()[0] as usize - 1;
+    let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let start = Instant::now();
+    let clients = Clients::run(start, &cluster.addrs, 6, Duration::from_secs(1));
+    std::thread::sleep(Duration::from_millis(1000));
+
+    let isolated_ip = peer_ip(&cluster, leader);
+    let other_ips: Vec<String> = others.iter().map(|&i| peer_ip(&cluster, i)).collect();
+    let partition = Partition::cut(
+        &isolated_ip,
+        &other_ips.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let cut_at = clients.acknowledged();
+    // Past an election timeout the isolated leader has stepped down (check-quorum): a write
+    // sent to it is refused as surely not done, within the request timeout.
+    std::thread::sleep(Duration::from_millis(4000));
+    assert_refused_by_minority(&cluster, leader);
     // The majority took writes meanwhile.
     let during = clients.acknowledged() - cut_at;
     assert!(
@@ -116,15 +164,73 @@ fn an_isolated_leader_steps_down_and_the_majority_goes_on() {
         .as_u64()
         .unwrap();
     assert_ne!(majority_leader as usize - 1, leader);
+    heal_and_check(&mut cluster, clients, partition);
+}
 
-    partition.heal();
-    std::thread::sleep(Duration::from_secs(2));
-    let mut history = clients.stop();
-    cluster.wait_for_leaders();
-    // Every node reads the same final values once healed (through the leader).
-    read_finals(&cluster, start, &mut history);
-    check_linearizable(&history);
-    // The healed node caught up: it applied what the leader committed.
-    cluster.wait_caught_up(leader);
-    cluster.kill9(leader);
+#[test]
+#[ignore = "needs root and iptables: .ci/run runs it with --ignored"]
+fn a_minority_holding_the_leader_refuses_and_the_majority_goes_on() {
+    let _alone = one_at_a_time();
+    // Five nodes; the shard's leader (node 1, preferred) and node 2 on one side.
+    let mut cluster = Cluster::start_on(5, 1, true);
+    cluster.wait_for_preferred_leaders();
+    let start = Instant::now();
+    let clients = Clients::run(start, &cluster.addrs, 10, Duration::from_secs(1));
+    std::thread::sleep(Duration::from_millis(1000));
+    let minority = peer_ips(&cluster, &[0, 1]);
+    let majority = peer_ips(&cluster, &[2, 3, 4]);
+    let partition = Partition::between(
+        &minority.iter().map(String::as_str).collect::<Vec<_>>(),
+        &majority.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let cut_at = clients.acknowledged();
+    std::thread::sleep(Duration::from_millis(4000));
+    assert_refused_by_minority(&cluster, 0);
+    assert_refused_by_minority(&cluster, 1);
+    let during = clients.acknowledged() - cut_at;
+    assert!(
+        during > 10,
+        "the majority took {during} writes while cut off"
+    );
+    let majority_leader = cluster.shards_seen_by(2).unwrap()[0]["cluster"]["leader"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        (3..=5).contains(&majority_leader),
+        "the majority's leader is node {majority_leader}"
+    );
+    heal_and_check(&mut cluster, clients, partition);
+}
+
+#[test]
+#[ignore = "needs root and iptables: .ci/run runs it with --ignored"]
+fn a_bridge_node_keeps_the_cluster_writing() {
+    let _alone = one_at_a_time();
+    // Three nodes; the leader (node 1) and node 2 cannot reach each other, node 3 reaches
+    // both. Pre-vote and check-quorum keep node 2 from deposing the leader it cannot hear
+    // (node 3 still hears it), so writes go on throughout; node 2 catches up once healed.
+    let mut cluster = Cluster::start_on(3, 1, true);
+    cluster.wait_for_preferred_leaders();
+    let start = Instant::now();
+    let clients = Clients::run(start, &cluster.addrs, 6, Duration::from_secs(1));
+    std::thread::sleep(Duration::from_millis(1000));
+    let term_before = cluster.shards_seen_by(0).unwrap()[0]["term"]
+        .as_u64()
+        .unwrap();
+    let partition = Partition::cut(&peer_ip(&cluster, 0), &[&peer_ip(&cluster, 1)]);
+    let cut_at = clients.acknowledged();
+    std::thread::sleep(Duration::from_millis(4000));
+    let during = clients.acknowledged() - cut_at;
+    assert!(
+        during > 10,
+        "the cluster took {during} writes with node 3 as the bridge"
+    );
+    let seen = cluster.shards_seen_by(2).unwrap();
+    assert_eq!(seen[0]["cluster"]["leader"].as_u64(), Some(1));
+    assert_eq!(
+        seen[0]["term"].as_u64(),
+        Some(term_before),
+        "node 2, cut off from the leader, forced an election"
+    );
+    heal_and_check(&mut cluster, clients, partition);
 }
