@@ -82,6 +82,12 @@ pub struct Flags {
     /// may lag behind writes already acknowledged). Default: linearizable.
     #[arg(long)]
     pub read_consistency: Option<String>,
+    /// Leader leases for linearizable reads in a cluster: `on` (a leader that a majority
+    /// confirmed within half an election timeout answers reads from its own state; this
+    /// assumes the nodes' clocks run at rates within a factor of two) or `off` (every read
+    /// asks a majority). Default: on.
+    #[arg(long)]
+    pub read_lease: Option<String>,
     /// Bytes per second a leader sends a snapshot (its checkpoint) to a follower too far
     /// behind for the log, per transfer, e.g. 64MiB or 1GiB. Default: 64MiB.
     #[arg(long)]
@@ -106,6 +112,7 @@ struct FileConfig {
     election_timeout: Option<String>,
     heartbeat_interval: Option<String>,
     read_consistency: Option<String>,
+    read_lease: Option<String>,
     snapshot_rate: Option<String>,
 }
 
@@ -215,6 +222,8 @@ pub struct Config {
     pub heartbeat_interval: Duration,
     /// `--read-consistency stale`: any node answers reads from its own replica.
     pub stale_reads: bool,
+    /// `--read-lease on`: a confirmed leader answers reads from its own state for a while.
+    pub read_lease: bool,
     /// `--snapshot-rate`: bytes per second of a snapshot transfer.
     pub snapshot_rate: u64,
 }
@@ -283,6 +292,8 @@ pub enum ConfigError {
     Cluster(String),
     #[error("bad --read-consistency {0:?}: expected linearizable or stale")]
     ReadConsistency(String),
+    #[error("bad --read-lease {0:?}: expected on or off")]
+    ReadLease(String),
 }
 
 impl Config {
@@ -374,8 +385,14 @@ impl Config {
             Some("stale") => true,
             Some(other) => return Err(ConfigError::ReadConsistency(other.into())),
         };
+        let read_lease = match flags.read_lease.or(file.read_lease).as_deref() {
+            None | Some("on") => true,
+            Some("off") => false,
+            Some(other) => return Err(ConfigError::ReadLease(other.into())),
+        };
         Ok(Config {
             stale_reads,
+            read_lease,
             snapshot_rate,
             cluster,
             election_timeout,
@@ -562,6 +579,16 @@ mod tests {
             ..Flags::default()
         };
         assert!(Config::from_flags(wrong).is_err());
+        assert!(config.read_lease);
+        let lease = |value: &str| {
+            Config::from_flags(Flags {
+                read_lease: Some(value.into()),
+                ..Flags::default()
+            })
+        };
+        assert!(!lease("off").unwrap().read_lease);
+        assert!(lease("on").unwrap().read_lease);
+        assert!(lease("maybe").is_err());
         let refused = [
             flags(None, None, Some(three)),
             flags(Some(4), None, Some(three)),

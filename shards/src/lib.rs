@@ -19,6 +19,7 @@ pub mod data_dir;
 pub mod doc_reads;
 pub mod documents;
 pub mod driver;
+pub mod lease;
 pub mod local;
 pub mod locks;
 pub mod log_io;

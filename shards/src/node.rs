@@ -149,6 +149,13 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
             }
             Membership {
                 election_ticks: (ticks, 2 * ticks),
+                // Half the shortest election timeout (ADR 0019); every member is started
+                // with the same timeout.
+                read_lease: if config.read_lease {
+                    config.heartbeat_interval * ticks as u32 / 2
+                } else {
+                    Duration::ZERO
+                },
                 ..Membership::of(
                     identity.node_id,
                     identity.members.iter().map(|(id, _)| *id).collect(),

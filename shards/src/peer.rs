@@ -29,6 +29,7 @@
 
 use std::collections::VecDeque;
 use std::rc::Rc;
+use std::time::Duration;
 
 use kvs_core::log::format::{OwnedRecord, Record, RecordKind};
 use kvs_core::log::{GroupWrite, GroupWritten, Log, LogDisk, LogError, LogStats};
@@ -40,6 +41,7 @@ use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Message, Snapshot};
 use raft::storage::MemStorage;
 use raft::{Config, RawNode, SnapshotStatus, StateRole};
 
+use crate::lease::ReadLease;
 use crate::peer_storage::PeerStorage;
 use crate::raft_logger::raft_logger;
 use crate::snapshot::{Receiving, SnapshotChunk};
@@ -64,6 +66,10 @@ pub struct Membership {
     /// Applied entries kept in memory for followers a little behind ([`ENTRIES_IN_MEMORY`];
     /// the simulator keeps few, so that entries are read back from disk).
     pub entries_in_memory: u64,
+    /// How long a leader answers reads from its own state after a quorum confirmed it
+    /// leads (ADR 0019); zero: every read asks the quorum (ReadIndex). At most half the
+    /// shortest election timeout of the group, on the clock the caller passes.
+    pub read_lease: Duration,
 }
 
 /// Ticks of the election timeout: from 10 up to twice that, as Raft's paper suggests.
@@ -82,6 +88,7 @@ impl Membership {
             voters,
             election_ticks: ELECTION_TICKS,
             entries_in_memory: ENTRIES_IN_MEMORY,
+            read_lease: Duration::ZERO,
         }
     }
 }
@@ -148,6 +155,10 @@ pub struct Peer<D: LogDisk> {
     /// Reads whose index the leader confirmed (ReadIndex): taken by
     /// [`Peer::take_read_states`].
     read_states: Vec<raft::ReadState>,
+    lease: ReadLease,
+    /// Ticks since the peer opened, counted up to the election timeout: until then it
+    /// votes for no one but a transferee (see [`Peer::step`]).
+    ticks_since_open: usize,
 }
 
 /// A ready handed to the log: its number, and the sequence of the group persisting it (None
@@ -365,9 +376,11 @@ impl<D: LogDisk> Peer<D> {
             serving_from: None,
             unpersisted: VecDeque::new(),
             written_term_vote,
-            membership,
             outbox: Vec::new(),
             read_states: Vec::new(),
+            lease: ReadLease::new(membership.read_lease),
+            ticks_since_open: 0,
+            membership,
         })
     }
 
@@ -406,6 +419,7 @@ impl<D: LogDisk> Peer<D> {
         if self.raft_applied_behind() {
             return;
         }
+        self.ticks_since_open = (self.ticks_since_open + 1).min(self.membership.election_ticks.0);
         self.node.tick();
     }
 
@@ -436,6 +450,19 @@ impl<D: LogDisk> Peer<D> {
             return Ok(());
         }
         match message.get_msg_type() {
+            // A peer that just opened does not know whom it last heard from: were it to
+            // vote at once, a leader's lease that its acknowledgement before a restart
+            // helped earn would not hold (ADR 0019). So it waits an election timeout, as
+            // raft-rs makes a follower wait after it hears from its leader. A transferee's
+            // campaign is asked for by the leader itself, which then holds no lease.
+            MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
+                if self.lease.is_enabled()
+                    && self.ticks_since_open < self.membership.election_ticks.0
+                    && message.term > self.node.raft.term
+                    && message.context != raft::CAMPAIGN_TRANSFER =>
+            {
+                return Ok(());
+            }
             // A leader handing over leadership tells this peer to campaign at once: not
             // while a snapshot's ready is unpersisted (see `tick`). The leader tries again.
             MessageType::MsgTimeoutNow if self.raft_applied_behind() => return Ok(()),
@@ -559,13 +586,42 @@ impl<D: LogDisk> Peer<D> {
     /// A read answered from the store once it has applied that index sees every write
     /// acknowledged before the read began, even from a leader that was paused and deposed
     /// meanwhile (it then never gets the confirmation). Only a leader confirms reads.
-    pub fn read_index(&mut self, context: Vec<u8>) {
+    /// `now` is on the lease's clock: a confirmation also earns this leader a lease.
+    pub fn read_index(&mut self, context: Vec<u8>, now: Duration) {
+        if self.is_leader() {
+            self.lease.asked(&context, self.node.raft.term, now);
+        }
         self.node.read_index(context);
     }
 
     /// Reads confirmed since the last call: (index to apply first, context).
     pub fn take_read_states(&mut self) -> Vec<raft::ReadState> {
-        std::mem::take(&mut self.read_states)
+        let (term, leading) = (self.node.raft.term, self.is_leader());
+        let mut states = std::mem::take(&mut self.read_states);
+        for state in &states {
+            self.lease.confirmed(&state.request_ctx, term, leading);
+        }
+        states.retain(|state| !ReadLease::is_renewal(&state.request_ctx));
+        states
+    }
+
+    /// The index a read arriving at `now` may be answered at from this leader's own state,
+    /// once applied, while its lease holds (ADR 0019): the commit index, which covers every
+    /// write acknowledged before. None: ask the quorum ([`Peer::read_index`]). Renews the
+    /// lease in the background when it runs low.
+    pub fn lease_read(&mut self, now: Duration) -> Option<u64> {
+        let term = self.node.raft.term;
+        if !self.is_serving()
+            || self.node.raft.lead_transferee.is_some()
+            || !self.lease.holds(term, now)
+        {
+            return None;
+        }
+        if let Some(context) = self.lease.renewal_due(term, now) {
+            self.lease.asked(&context, term, now);
+            self.node.read_index(context);
+        }
+        Some(self.node.raft.raft_log.committed)
     }
 
     /// Whether member `id` holds every entry this leader has. (Not whether it is alive:
@@ -585,6 +641,7 @@ impl<D: LogDisk> Peer<D> {
     /// brought up to date and told to campaign at once; proposals are refused meanwhile).
     pub fn transfer_leader(&mut self, to: u64) {
         if self.is_leader() && to != self.membership.id {
+            self.lease.transfer_started(self.node.raft.term);
             self.node.transfer_leader(to);
         }
     }

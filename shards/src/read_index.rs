@@ -75,6 +75,20 @@ impl<Q> ReadIndexQueue<Q> {
         }
     }
 
+    /// A read confirmed without asking (the leader's lease holds, ADR 0019) at `index`, the
+    /// commit index now: answered once it is applied, after the reads confirmed before it.
+    pub fn confirm_at(&mut self, read: Q, index: u64) {
+        match self.confirmed.back_mut() {
+            Some((last, reads)) if *last == index => reads.push(read),
+            last => {
+                if let Some((last, _)) = last {
+                    assert!(*last <= index, "confirmed indexes never go back");
+                }
+                self.confirmed.push_back((index, vec![read]));
+            }
+        }
+    }
+
     /// The confirmed reads whose index is applied, oldest first.
     pub fn take_applied(&mut self, applied: u64) -> Vec<Q> {
         let mut ready = Vec::new();
@@ -132,6 +146,19 @@ mod tests {
         queue.confirm(&third, 9);
         queue.confirm(&second, 9); // already confirmed with the third: ignored
         assert_eq!(queue.take_applied(9), vec!["c", "d"]);
+        assert!(queue.is_empty());
+    }
+
+    #[test]
+    fn reads_confirmed_by_a_lease_wait_behind_earlier_ones() {
+        let mut queue = ReadIndexQueue::default();
+        queue.gather("a");
+        let first = queue.ask().unwrap();
+        queue.confirm(&first, 5);
+        queue.confirm_at("b", 5);
+        queue.confirm_at("c", 8);
+        assert_eq!(queue.take_applied(7), vec!["a", "b"]);
+        assert_eq!(queue.take_applied(8), vec!["c"]);
         assert!(queue.is_empty());
     }
 

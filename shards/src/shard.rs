@@ -38,6 +38,7 @@ use kvs_core::log::{GroupWrite, GroupWritten, LogDisk, LogError};
 use kvs_core::store::{StoreConfig, StoreError};
 use kvs_wire::ErrorCode;
 
+use crate::lease::lease_clock;
 use crate::peer::{Membership, Peer, PeerError, PeerStatus};
 use crate::pending::{Pending, Proposal};
 use crate::read_index::ReadIndexQueue;
@@ -632,8 +633,21 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
                     self.pending.attach(index, request);
                     continue;
                 }
-                if self.is_replicated() && !request.op.is_local_read() && !self.stale_reads {
-                    if self.peer.is_leader() {
+                let linearizable =
+                    self.is_replicated() && !request.op.is_local_read() && !self.stale_reads;
+                // With its lease, a leader whose state is current answers like a single
+                // node (ADR 0019); one that has yet to apply what is committed answers
+                // once it has.
+                let leased = linearizable
+                    .then(|| self.peer.lease_read(lease_clock()))
+                    .flatten();
+                let current =
+                    leased.is_some_and(|index| index <= self.peer.store().applied_index());
+                if linearizable && !current {
+                    if let Some(index) = leased {
+                        self.disk_reads.hand_out(std::slice::from_ref(&request));
+                        self.reads.confirm_at(request, index);
+                    } else if self.peer.is_leader() {
                         // Answered once Raft confirms this node still leads; counted with
                         // the disk reads so that its connection's next write waits for it.
                         self.disk_reads.hand_out(std::slice::from_ref(&request));

@@ -12,6 +12,7 @@ use kvs_core::sessions::SESSION_TTL_MS;
 use kvs_wire::ErrorCode;
 use raft::eraftpb::Message;
 
+use crate::lease::lease_clock;
 use crate::pending::Proposal;
 use crate::snapshot::SnapshotChunk;
 
@@ -282,7 +283,7 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
         }
         if self.peer.is_serving() {
             if let Some(context) = self.reads.ask() {
-                self.peer.read_index(context);
+                self.peer.read_index(context, lease_clock());
             }
         }
         for read in self.reads.take_applied(self.peer.store().applied_index()) {
@@ -316,7 +317,10 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
         let mut output = Output::default();
         for read in reads {
             if self.peer.is_leader() {
-                self.reads.gather(read);
+                match self.peer.lease_read(lease_clock()) {
+                    Some(index) => self.reads.confirm_at(read, index),
+                    None => self.reads.gather(read),
+                }
             } else {
                 self.disk_reads.finish(read.origin);
                 output.replies.push((read.reply, self.not_leader()));

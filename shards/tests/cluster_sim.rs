@@ -12,8 +12,13 @@
 //! - once the network heals and the group catches up, every node holds the same value for
 //!   every key, and a final read of each is part of the history checked below (so a lost
 //!   acknowledged write fails it);
-//! - the history the clients saw (writes, and reads through ReadIndex) is linearizable
-//!   (`kvs-lincheck`); a write whose node went down has an unknown outcome.
+//! - the history the clients saw (writes, and reads through ReadIndex or a leader's lease)
+//!   is linearizable (`kvs-lincheck`); a write whose node went down has an unknown outcome.
+//!
+//! A node may also be paused (as SIGSTOP does): it neither ticks nor runs nor receives
+//! while the others go on, and time passes for it all the same. A leader's lease (ADR 0019)
+//! is on the world's time, one tick every `TICK`: a paused leader that resumed after the
+//! others elected a new one must not answer a read from its lease.
 //!
 //! Nodes checkpoint and trim their logs at random, and keep few entries before their
 //! checkpoint, so a follower that was cut off or down is often caught up by a snapshot:
@@ -21,6 +26,7 @@
 //! lost, or lose a chunk, and is then started again).
 
 use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
 
 use futures_lite::future::block_on;
 use kvs_core::command::{BatchEncoder, Command};
@@ -40,6 +46,10 @@ const NODES: u64 = 3;
 /// Keys the clients write and read: few, so reads and writes of a key overlap often.
 const KEYS: u64 = 4;
 const STEPS: usize = 3000;
+/// The time a tick stands for, and a leader's lease: half the shortest election timeout
+/// (13 ticks, node 1's), rounded down.
+const TICK: Duration = Duration::from_millis(50);
+const LEASE_TICKS: u32 = 6;
 
 struct Node {
     disk: SimDisk,
@@ -71,6 +81,14 @@ struct World {
     network: Vec<InFlight>,
     /// A node cut off from the others, and until when.
     isolated: Option<(u64, u64)>,
+    /// A link between two nodes cut (each still reaches the third), and until when.
+    link_cut: Option<(u64, u64, u64)>,
+    /// A node paused, and until when.
+    paused: Option<(u64, u64)>,
+    /// Ticks so far: the world's time (a paused node misses its ticks, not the time).
+    ticks: u64,
+    /// Reads a leader answered from its lease.
+    lease_reads: usize,
     /// Faults happen only while this is set (the end of a run heals and catches up).
     faults: bool,
     leaders: HashMap<u64, u64>,
@@ -97,6 +115,7 @@ fn membership(id: u64) -> Membership {
         voters: (1..=NODES).collect(),
         election_ticks: (ticks, ticks + 1),
         entries_in_memory: 4,
+        read_lease: TICK * LEASE_TICKS,
     }
 }
 
@@ -124,6 +143,10 @@ impl World {
             now: 0,
             network: Vec::new(),
             isolated: None,
+            link_cut: None,
+            paused: None,
+            ticks: 0,
+            lease_reads: 0,
             faults: true,
             leaders: HashMap::new(),
             applied: HashMap::new(),
@@ -145,8 +168,19 @@ impl World {
         &mut self.nodes[(id - 1) as usize]
     }
 
+    fn is_paused(&self, id: u64) -> bool {
+        matches!(self.paused, Some((node, until)) if node == id && self.now < until)
+    }
+
+    /// The time on the lease's clock.
+    fn lease_now(&self) -> Duration {
+        TICK * self.ticks as u32
+    }
+
     fn cut_off(&self, a: u64, b: u64) -> bool {
         matches!(self.isolated, Some((node, until)) if self.now < until && (node == a || node == b))
+            || matches!(self.link_cut, Some((x, y, until))
+                if self.now < until && ((x, y) == (a, b) || (x, y) == (b, a)))
     }
 
     /// Begins every ready a node has room for; applies what they commit.
@@ -286,6 +320,9 @@ impl World {
     /// Moves each node's outgoing messages into the network.
     fn send(&mut self) {
         for i in 0..self.nodes.len() {
+            if self.is_paused(i as u64 + 1) {
+                continue;
+            }
             let Some(peer) = self.nodes[i].peer.as_mut() else {
                 continue;
             };
@@ -326,13 +363,17 @@ impl World {
         }
     }
 
-    /// Delivers one message that is due, chosen at random (so they may overtake each other).
-    fn deliver_one(&mut self) {
+    /// Delivers one message that is due to a node not paused, chosen at random (so they may
+    /// overtake each other); returns whether there was one.
+    fn deliver_one(&mut self) -> bool {
         let due: Vec<usize> = (0..self.network.len())
-            .filter(|&i| self.network[i].deliver_at <= self.now)
+            .filter(|&i| {
+                self.network[i].deliver_at <= self.now
+                    && !self.is_paused(self.network[i].message.to)
+            })
             .collect();
         if due.is_empty() {
-            return;
+            return false;
         }
         let pick = due[self.rng.below(due.len() as u64) as usize];
         let InFlight {
@@ -346,7 +387,7 @@ impl World {
                     peer.report_snapshot_failure(to);
                 }
             }
-            return;
+            return true;
         }
         if let Some(peer) = self.node(to).peer.as_mut() {
             let snapshot = !chunks.is_empty();
@@ -363,6 +404,7 @@ impl World {
             peer.step(message)
                 .unwrap_or_else(|e| panic!("seed {seed}: node {to} steps a message: {e}"));
         }
+        true
     }
 
     fn propose(&mut self, id: u64) {
@@ -392,6 +434,7 @@ impl World {
         let key = format!("key-{}", self.rng.below(KEYS)).into_bytes();
         let sent = self.time();
         let context = self.clock;
+        let now = self.lease_now();
         let node = &mut self.nodes[(id - 1) as usize];
         let Some(peer) = node.peer.as_mut() else {
             return;
@@ -399,7 +442,23 @@ impl World {
         if !peer.is_leader() {
             return;
         }
-        peer.read_index(context.to_le_bytes().to_vec());
+        if let Some(index) = peer.lease_read(now) {
+            // No other leader can have been elected while the lease holds.
+            let term = peer.status().term;
+            assert!(
+                !self.leaders.keys().any(|&t| t > term),
+                "seed {}: node {id} answered from its lease of term {term}, after a later \
+                 term elected a leader",
+                self.seed
+            );
+            // Answered at once when the state is current, as the shard does; else once
+            // it applied the index.
+            node.reads_confirmed.push((index, key, sent));
+            self.lease_reads += 1;
+            self.answer_reads(id);
+            return;
+        }
+        peer.read_index(context.to_le_bytes().to_vec(), now);
         node.reads_asked.insert(context, (key, sent));
     }
 
@@ -465,27 +524,27 @@ impl World {
     fn step(&mut self) {
         self.now += 1;
         let id = 1 + self.rng.below(NODES);
+        let paused = self.is_paused(id);
         // Ticks are rarer than the work between them: an election timeout (10 to 20 ticks)
         // spans many message round trips, as on a real network.
         match self.rng.below(1000) {
             0..=59 => {
-                for id in 1..=NODES {
+                self.ticks += 1;
+                let running: Vec<u64> = (1..=NODES).filter(|&id| !self.is_paused(id)).collect();
+                for id in running {
                     if let Some(peer) = self.node(id).peer.as_mut() {
                         peer.tick();
                     }
                 }
             }
+            _ if paused => {}
             60..=399 => {
                 self.drive(id);
                 self.answer_reads(id);
             }
             400..=599 => self.write_one(id),
             // Every message due, in a random order (they may overtake each other).
-            600..=849 => {
-                while self.network.iter().any(|m| m.deliver_at <= self.now) {
-                    self.deliver_one();
-                }
-            }
+            600..=849 => while self.deliver_one() {},
             850..=919 => self.propose(id),
             920..=929 => self.checkpoint(id),
             930..=989 => self.read(id),
@@ -494,6 +553,29 @@ impl World {
                 self.isolated = Some((id, until));
             }
             992 if self.faults && self.nodes.iter().all(|n| n.peer.is_some()) => self.crash(id),
+            // A crash and an immediate restart: a follower that forgets at once whom it
+            // heard from must not vote while a leader's lease it helped earn holds.
+            994 if self.faults && self.nodes.iter().all(|n| n.peer.is_some()) => {
+                self.crash(id);
+                self.restart(id);
+            }
+            995 if self.faults => {
+                let other = 1 + (id + self.rng.below(NODES - 1)) % NODES;
+                let until = self.now + 50 + self.rng.below(300);
+                self.link_cut = Some((id, other, until));
+            }
+            993 if self.faults && self.paused.is_none_or(|(_, until)| until <= self.now) => {
+                // A leader, when there is one: longer than an election timeout, often, so
+                // the others elect a new one and take writes before it resumes.
+                let leader = (1..=NODES).find(|&n| {
+                    self.nodes[(n - 1) as usize]
+                        .peer
+                        .as_ref()
+                        .is_some_and(|p| p.is_leader())
+                });
+                let until = self.now + 300 + self.rng.below(400);
+                self.paused = Some((leader.unwrap_or(id), until));
+            }
             _ => self.restart(id),
         }
         self.send();
@@ -504,11 +586,16 @@ impl World {
     fn settle(&mut self) {
         self.faults = false;
         self.isolated = None;
+        self.link_cut = None;
+        self.paused = None;
         for id in 1..=NODES {
             self.restart(id);
         }
         for _ in 0..20_000 {
             self.now += 1;
+            if self.now.is_multiple_of(5) {
+                self.ticks += 1;
+            }
             for id in 1..=NODES {
                 if self.now.is_multiple_of(5) {
                     if let Some(peer) = self.node(id).peer.as_mut() {
@@ -523,9 +610,7 @@ impl World {
                 self.answer_reads(id);
             }
             self.send();
-            while self.network.iter().any(|m| m.deliver_at <= self.now) {
-                self.deliver_one();
-            }
+            while self.deliver_one() {}
             self.check_leaders();
             // Settled: a leader, and every node has applied everything the leader holds
             // (its own term's entries included, so all earlier ones are committed).
@@ -612,6 +697,7 @@ fn a_three_node_group_keeps_every_acknowledged_write_through_faults() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(30);
     let (mut acknowledged, mut reads, mut snapshots, mut read_back) = (0, 0, 0, 0);
+    let mut lease_reads = 0;
     // KVS_CLUSTER_SIM_SEED=N replays seed N alone.
     let only: Option<u64> = std::env::var("KVS_CLUSTER_SIM_SEED")
         .ok()
@@ -633,9 +719,12 @@ fn a_three_node_group_keeps_every_acknowledged_write_through_faults() {
         acknowledged += world.acknowledged.len();
         snapshots += world.snapshots;
         read_back += world.read_back;
+        lease_reads += world.lease_reads;
         assert!(
             world.leaders.len() > 1 || !world.acknowledged.is_empty(),
-            "seed {seed}: nothing happened"
+            "seed {seed}: nothing happened: leaders {:?}, history {}",
+            world.leaders,
+            world.history.len()
         );
     }
     assert!(
@@ -650,5 +739,10 @@ fn a_three_node_group_keeps_every_acknowledged_write_through_faults() {
         runs < 10 || read_back >= runs as u64,
         "followers were sent entries read back from the leader's segments ({read_back} in \
          {runs} runs)"
+    );
+    assert!(
+        lease_reads > 0 && lease_reads < reads,
+        "leaders answered reads from their leases ({lease_reads}) and through ReadIndex \
+         ({reads} reads in all)"
     );
 }
