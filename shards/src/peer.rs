@@ -156,6 +156,8 @@ pub struct Peer<D: LogDisk> {
     /// [`Peer::take_read_states`].
     read_states: Vec<raft::ReadState>,
     lease: ReadLease,
+    /// Reads answered from the lease since the peer opened (INFO).
+    lease_reads: u64,
     /// Ticks since the peer opened, counted up to the election timeout: until then it
     /// votes for no one but a transferee (see [`Peer::step`]).
     ticks_since_open: usize,
@@ -379,6 +381,7 @@ impl<D: LogDisk> Peer<D> {
             outbox: Vec::new(),
             read_states: Vec::new(),
             lease: ReadLease::new(membership.read_lease),
+            lease_reads: 0,
             ticks_since_open: 0,
             membership,
         })
@@ -621,7 +624,13 @@ impl<D: LogDisk> Peer<D> {
             self.lease.asked(&context, term, now);
             self.node.read_index(context);
         }
+        self.lease_reads += 1;
         Some(self.node.raft.raft_log.committed)
+    }
+
+    /// Reads this peer answered from its lease since it opened.
+    pub fn lease_reads(&self) -> u64 {
+        self.lease_reads
     }
 
     /// Whether member `id` holds every entry this leader has. (Not whether it is alive:

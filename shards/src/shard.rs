@@ -540,6 +540,7 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
                     snapshots_sent: self.snapshots_sent,
                     snapshots_installed: self.peer.snapshots_installed(),
                     entries_read_back: self.peer.entries_read_back(),
+                    reads_by_lease: self.peer.lease_reads(),
                     replicas: self
                         .peer
                         .replicas()

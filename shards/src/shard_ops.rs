@@ -143,6 +143,9 @@ pub struct ShardClusterInfo {
     /// Log entries this node's shard read back from its segments for followers that needed
     /// entries no longer in memory, since it started.
     pub entries_read_back: u64,
+    /// Linearizable reads this node's shard answered from its leader lease (ADR 0019)
+    /// rather than through a quorum round, since it started.
+    pub reads_by_lease: u64,
     pub replicas: Vec<ReplicaInfo>,
     pub nodes: Vec<NodeView>,
 }

@@ -552,3 +552,27 @@ fn a_stale_read_per_request_needs_no_majority() {
         "a linearizable read without a majority answered {linearizable:?}"
     );
 }
+
+/// Leader leases (ADR 0019): reads sent to the leader are answered from its lease once a
+/// quorum confirmed it (counted in INFO), and with `--read-lease off` every read asks the
+/// quorum; both answer what was written.
+#[test]
+fn reads_use_the_leader_lease_unless_it_is_off() {
+    for (flags, leased) in [(&[][..], true), (&["--read-lease", "off"][..], false)] {
+        let cluster = Cluster::start_with(3, 1, false, flags);
+        let leader = cluster.wait_for_leaders()[0] as usize - 1;
+        let client = Client::connect(&cluster.addrs[leader]).unwrap();
+        client.put(b"k", b"v").unwrap();
+        for _ in 0..200 {
+            assert_eq!(client.get(b"k").unwrap(), Some(b"v".to_vec()));
+        }
+        let by_lease = cluster.shards_seen_by(leader).unwrap()[0]["cluster"]["reads_by_lease"]
+            .as_u64()
+            .unwrap();
+        if leased {
+            assert!(by_lease > 100, "{by_lease} of 200 reads used the lease");
+        } else {
+            assert_eq!(by_lease, 0, "a lease was used with --read-lease off");
+        }
+    }
+}
