@@ -56,7 +56,9 @@ impl<Q> ReadIndexQueue<Q> {
     /// Raft confirmed the reads asked with `context` at commit index `index`. Confirmations
     /// come in the order asked; one for a context no longer waiting (its reads were failed)
     /// is ignored. Reads asked before it are confirmed with it: Raft confirms a context
-    /// only after every earlier one.
+    /// only after every earlier one. A read confirmed under the lease meanwhile may have
+    /// been given a later index (the commit index when it came): these reads wait for that
+    /// one too, so confirmed indexes never go back (a later state answers as well).
     pub fn confirm(&mut self, context: &[u8], index: u64) {
         let Some(context) = context.try_into().ok().map(u64::from_le_bytes) else {
             return;
@@ -64,10 +66,11 @@ impl<Q> ReadIndexQueue<Q> {
         if !self.waiting.iter().any(|(c, _)| *c == context) {
             return;
         }
+        let index = self
+            .confirmed
+            .back()
+            .map_or(index, |(last, _)| index.max(*last));
         while let Some((asked, reads)) = self.waiting.pop_front() {
-            if let Some(last) = self.confirmed.back() {
-                assert!(last.0 <= index, "confirmed indexes never go back");
-            }
             self.confirmed.push_back((index, reads));
             if asked == context {
                 break;
@@ -160,6 +163,19 @@ mod tests {
         assert_eq!(queue.take_applied(7), vec!["a", "b"]);
         assert_eq!(queue.take_applied(8), vec!["c"]);
         assert!(queue.is_empty());
+    }
+
+    #[test]
+    fn a_confirmation_older_than_a_lease_read_waits_for_the_newer_index() {
+        // Asked at commit 7, confirmed only after a read under the lease was confirmed at
+        // commit 10: its reads are answered at 10 (later state is as good), in order.
+        let mut queue = ReadIndexQueue::default();
+        queue.gather("a");
+        let asked = queue.ask().unwrap();
+        queue.confirm_at("b", 10);
+        queue.confirm(&asked, 7);
+        assert!(queue.take_applied(9).is_empty());
+        assert_eq!(queue.take_applied(10), vec!["b", "a"]);
     }
 
     #[test]
