@@ -2,8 +2,9 @@
 //! (raft-rs, the log, the paged store) of each node on a simulated disk of its own, joined by
 //! a simulated network that delays, reorders, drops and duplicates messages and cuts a node
 //! off, with power losses that tear unsynced blocks and restarts. Every seed is replayable: a
-//! failure names it (`KVS_CLUSTER_SIM_SEEDS=N` runs N seeds, `KVS_CLUSTER_SIM_SEED=N` replays
-//! one). It found that raft-rs 0.7 acts on a stale append rejection in probe state (see
+//! failure names it. 200 seeds by default, as CI runs it (about a minute);
+//! `KVS_CLUSTER_SIM_SEEDS=N` runs N seeds, `KVS_CLUSTER_SIM_SEED=N` replays one. It found
+//! that raft-rs 0.7 acts on a stale append rejection in probe state (see
 //! `Peer::is_stale_rejection`).
 //!
 //! Checked on every run:
@@ -695,7 +696,7 @@ fn a_three_node_group_keeps_every_acknowledged_write_through_faults() {
     let seeds: u64 = std::env::var("KVS_CLUSTER_SIM_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(30);
+        .unwrap_or(200);
     let (mut acknowledged, mut reads, mut snapshots, mut read_back) = (0, 0, 0, 0);
     let mut lease_reads = 0;
     // KVS_CLUSTER_SIM_SEED=N replays seed N alone.
