@@ -24,20 +24,16 @@ struct Partition {
 }
 
 impl Partition {
-    /// Drops every packet between peer address `a` and each of `others`, both ways.
-    fn cut(a: &str, others: &[&str]) -> Partition {
-        Partition::between(&[a], others)
-    }
-
-    /// Drops every packet between each peer address of `side` and each of `other_side`,
-    /// both ways.
-    fn between(side: &[&str], other_side: &[&str]) -> Partition {
+    /// Drops every packet between the peer address of each node of `side` and that of
+    /// each node of `other_side` (indexes into the cluster), both ways.
+    fn between(cluster: &Cluster, side: &[usize], other_side: &[usize]) -> Partition {
+        let ip = |i: usize| cluster.peer_addrs[i].split(':').next().unwrap().to_string();
         let mut rules = Vec::new();
-        for a in side {
-            for b in other_side {
-                for (from, to) in [(*a, *b), (*b, *a)] {
+        for &a in side {
+            for &b in other_side {
+                for (from, to) in [(ip(a), ip(b)), (ip(b), ip(a))] {
                     let rule: Vec<String> =
-                        ["INPUT", "-i", "lo", "-s", from, "-d", to, "-j", "DROP"]
+                        ["INPUT", "-i", "lo", "-s", &from, "-d", &to, "-j", "DROP"]
                             .map(String::from)
                             .to_vec();
                     let status = Command::new("iptables")
@@ -76,12 +72,28 @@ fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn peer_ip(cluster: &Cluster, i: usize) -> String {
-    cluster.peer_addrs[i].split(':').next().unwrap().to_string()
+/// A cluster of `size` nodes, each on a peer address of its own, whose one shard is led by
+/// its preferred node (node 1), with `clients` clients that have been running a second.
+fn start(size: usize, clients: usize) -> (Cluster, Clients) {
+    let cluster = Cluster::start_on(size, 1, true);
+    cluster.wait_for_preferred_leaders();
+    let clients = Clients::run(
+        Instant::now(),
+        &cluster.addrs,
+        clients,
+        Duration::from_secs(1),
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+    (cluster, clients)
 }
 
-fn peer_ips(cluster: &Cluster, nodes: &[usize]) -> Vec<String> {
-    nodes.iter().map(|&i| peer_ip(cluster, i)).collect()
+/// Lets the cut stand past an election timeout (4 s), and checks that writes went on
+/// meanwhile: `who` (the nodes that still form a majority) took them.
+fn assert_writes_go_on_while_cut(clients: &Clients, who: &str) {
+    let cut_at = clients.acknowledged();
+    std::thread::sleep(Duration::from_millis(4000));
+    let during = clients.acknowledged() - cut_at;
+    assert!(during > 10, "{who} took {during} writes while cut off");
 }
 
 /// Asks node `i` for a write, which it must refuse as surely not done (NO_QUORUM) within
@@ -133,37 +145,18 @@ fn heal_and_check(cluster: &mut Cluster, clients: Clients, mut partition: Partit
 #[ignore = "needs root and iptables: .ci/run runs it with --ignored"]
 fn an_isolated_leader_steps_down_and_the_majority_goes_on() {
     let _alone = one_at_a_time();
-    let mut cluster = Cluster::start_on(3, 1, true);
     // The node cut off is the shard's preferred leader, so after the heal leadership moves
     // back to it while it catches up: the harder case for the links (ADR 0016).
-    cluster.wait_for_preferred_leaders();
-    let leader = cluster.wait_for_leaders()[0] as usize - 1;
-    let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
-    let start = Instant::now();
-    let clients = Clients::run(start, &cluster.addrs, 6, Duration::from_secs(1));
-    std::thread::sleep(Duration::from_millis(1000));
-
-    let isolated_ip = peer_ip(&cluster, leader);
-    let other_ips: Vec<String> = others.iter().map(|&i| peer_ip(&cluster, i)).collect();
-    let partition = Partition::cut(
-        &isolated_ip,
-        &other_ips.iter().map(String::as_str).collect::<Vec<_>>(),
-    );
-    let cut_at = clients.acknowledged();
+    let (mut cluster, clients) = start(3, 6);
+    let partition = Partition::between(&cluster, &[0], &[1, 2]);
     // Past an election timeout the isolated leader has stepped down (check-quorum): a write
     // sent to it is refused as surely not done, within the request timeout.
-    std::thread::sleep(Duration::from_millis(4000));
-    assert_refused_by_minority(&cluster, leader);
-    // The majority took writes meanwhile.
-    let during = clients.acknowledged() - cut_at;
-    assert!(
-        during > 10,
-        "the majority took {during} writes while cut off"
-    );
-    let majority_leader = cluster.shards_seen_by(others[0]).unwrap()[0]["cluster"]["leader"]
+    assert_writes_go_on_while_cut(&clients, "the majority");
+    assert_refused_by_minority(&cluster, 0);
+    let majority_leader = cluster.shards_seen_by(1).unwrap()[0]["cluster"]["leader"]
         .as_u64()
         .unwrap();
-    assert_ne!(majority_leader as usize - 1, leader);
+    assert_ne!(majority_leader, 1);
     heal_and_check(&mut cluster, clients, partition);
 }
 
@@ -172,26 +165,11 @@ fn an_isolated_leader_steps_down_and_the_majority_goes_on() {
 fn a_minority_holding_the_leader_refuses_and_the_majority_goes_on() {
     let _alone = one_at_a_time();
     // Five nodes; the shard's leader (node 1, preferred) and node 2 on one side.
-    let mut cluster = Cluster::start_on(5, 1, true);
-    cluster.wait_for_preferred_leaders();
-    let start = Instant::now();
-    let clients = Clients::run(start, &cluster.addrs, 10, Duration::from_secs(1));
-    std::thread::sleep(Duration::from_millis(1000));
-    let minority = peer_ips(&cluster, &[0, 1]);
-    let majority = peer_ips(&cluster, &[2, 3, 4]);
-    let partition = Partition::between(
-        &minority.iter().map(String::as_str).collect::<Vec<_>>(),
-        &majority.iter().map(String::as_str).collect::<Vec<_>>(),
-    );
-    let cut_at = clients.acknowledged();
-    std::thread::sleep(Duration::from_millis(4000));
+    let (mut cluster, clients) = start(5, 10);
+    let partition = Partition::between(&cluster, &[0, 1], &[2, 3, 4]);
+    assert_writes_go_on_while_cut(&clients, "the majority");
     assert_refused_by_minority(&cluster, 0);
     assert_refused_by_minority(&cluster, 1);
-    let during = clients.acknowledged() - cut_at;
-    assert!(
-        during > 10,
-        "the majority took {during} writes while cut off"
-    );
     let majority_leader = cluster.shards_seen_by(2).unwrap()[0]["cluster"]["leader"]
         .as_u64()
         .unwrap();
@@ -209,22 +187,12 @@ fn a_bridge_node_keeps_the_cluster_writing() {
     // Three nodes; the leader (node 1) and node 2 cannot reach each other, node 3 reaches
     // both. Pre-vote and check-quorum keep node 2 from deposing the leader it cannot hear
     // (node 3 still hears it), so writes go on throughout; node 2 catches up once healed.
-    let mut cluster = Cluster::start_on(3, 1, true);
-    cluster.wait_for_preferred_leaders();
-    let start = Instant::now();
-    let clients = Clients::run(start, &cluster.addrs, 6, Duration::from_secs(1));
-    std::thread::sleep(Duration::from_millis(1000));
+    let (mut cluster, clients) = start(3, 6);
     let term_before = cluster.shards_seen_by(0).unwrap()[0]["term"]
         .as_u64()
         .unwrap();
-    let partition = Partition::cut(&peer_ip(&cluster, 0), &[&peer_ip(&cluster, 1)]);
-    let cut_at = clients.acknowledged();
-    std::thread::sleep(Duration::from_millis(4000));
-    let during = clients.acknowledged() - cut_at;
-    assert!(
-        during > 10,
-        "the cluster took {during} writes with node 3 as the bridge"
-    );
+    let partition = Partition::between(&cluster, &[0], &[1]);
+    assert_writes_go_on_while_cut(&clients, "the cluster, node 3 bridging,");
     let seen = cluster.shards_seen_by(2).unwrap();
     assert_eq!(seen[0]["cluster"]["leader"].as_u64(), Some(1));
     assert_eq!(
