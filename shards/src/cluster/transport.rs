@@ -415,7 +415,7 @@ impl Links {
                 break;
             }
             let frame = futures_lite::future::or(
-                read_frame_idle(&stream, &mut buffer, &mut filled, INCOMING_IDLE),
+                read_frame_idle(&stream, &mut buffer, &mut filled, Some(INCOMING_IDLE)),
                 stopped,
             )
             .await;
@@ -533,16 +533,16 @@ pub async fn read_frame(
     buffer: &mut Vec<u8>,
     filled: &mut usize,
 ) -> io::Result<PeerFrame> {
-    read_frame_idle(stream, buffer, filled, Duration::MAX).await
+    read_frame_idle(stream, buffer, filled, None).await
 }
 
-/// Like [`read_frame`], failing with TimedOut when no byte arrives for `idle` (a large
-/// frame that keeps arriving may take longer).
+/// Like [`read_frame`], failing with TimedOut when no byte arrives for `idle`, if given (a
+/// large frame that keeps arriving may take longer).
 async fn read_frame_idle(
     stream: &TcpStream,
     buffer: &mut Vec<u8>,
     filled: &mut usize,
-    idle: Duration,
+    idle: Option<Duration>,
 ) -> io::Result<PeerFrame> {
     loop {
         match decode_frame(&buffer[..*filled]) {
@@ -560,10 +560,9 @@ async fn read_frame_idle(
             buffer.resize(grown, 0);
         }
         let received = async { Ok(stream.recv(std::mem::take(buffer), *filled).await) };
-        let (result, back) = if idle == Duration::MAX {
-            received.await?
-        } else {
-            with_timeout(idle, received).await?
+        let (result, back) = match idle {
+            None => received.await?,
+            Some(idle) => with_timeout(idle, received).await?,
         };
         *buffer = back;
         match result? {
