@@ -31,6 +31,14 @@ pub struct Flags {
     /// Address for the Redis protocol listener (RESP2, and RESP3 after HELLO 3). Default: off.
     #[arg(long)]
     pub resp_listen: Option<String>,
+    /// Address for the HTTP endpoint serving `/metrics` (Prometheus), `/health` and
+    /// `/ready`. Default: off.
+    #[arg(long)]
+    pub metrics_listen: Option<String>,
+    /// Log lines as `text` (for people) or `json` (one object a line, for collectors).
+    /// Default: text.
+    #[arg(long)]
+    pub log_format: Option<String>,
     /// TOML file with any of the settings above.
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -101,6 +109,8 @@ struct FileConfig {
     listen: Option<String>,
     shards: Option<u32>,
     resp_listen: Option<String>,
+    metrics_listen: Option<String>,
+    log_format: Option<String>,
     log_level: Option<String>,
     cache_size: Option<String>,
     checkpoint_interval: Option<u64>,
@@ -207,6 +217,10 @@ pub struct Config {
     pub listen: SocketAddr,
     /// The Redis-protocol listener's address, when enabled.
     pub resp_listen: Option<SocketAddr>,
+    /// The metrics and health endpoint's address, when enabled.
+    pub metrics_listen: Option<SocketAddr>,
+    /// `--log-format json`: log lines are JSON objects.
+    pub log_json: bool,
     /// `None`: one shard per available core (or what the data directory was created with).
     pub shards: Option<u32>,
     pub log_level: String,
@@ -294,6 +308,8 @@ pub enum ConfigError {
     ReadConsistency(String),
     #[error("bad --read-lease {0:?}: expected on or off")]
     ReadLease(String),
+    #[error("bad --log-format {0:?}: expected text or json")]
+    LogFormat(String),
 }
 
 impl Config {
@@ -315,6 +331,18 @@ impl Config {
                     .map_err(|_| ConfigError::Listen(text.clone()))?,
             ),
             None => None,
+        };
+        let metrics_listen = match flags.metrics_listen.or(file.metrics_listen) {
+            Some(text) => Some(
+                text.parse()
+                    .map_err(|_| ConfigError::Listen(text.clone()))?,
+            ),
+            None => None,
+        };
+        let log_json = match flags.log_format.or(file.log_format).as_deref() {
+            None | Some("text") => false,
+            Some("json") => true,
+            Some(other) => return Err(ConfigError::LogFormat(other.into())),
         };
         let shards = flags.shards.or(file.shards);
         if let Some(n) = shards {
@@ -408,6 +436,8 @@ impl Config {
                 .unwrap_or_else(|| PathBuf::from("kvs-data")),
             listen,
             resp_listen,
+            metrics_listen,
+            log_json,
             shards,
             log_level: flags
                 .log_level

@@ -3,12 +3,13 @@
 //! needs it, the receive buffer, and the orderly end of a connection.
 
 use crate::local::Notify;
+use crate::metrics::{self, Protocol};
 use crate::route::{CoreContext, Deliver};
 use crate::runtime::{spawn_local, TcpStream};
 use crate::shard::ShardReply;
 use crate::spread::ConnectionSlot;
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::rc::Rc;
 
@@ -69,6 +70,19 @@ pub struct Connection {
     /// The connection's last document command: the next one waits for it, so a
     /// connection's document commands run one after another, in the order sent.
     pub document_tail: RefCell<Option<crate::runtime::JoinHandle<()>>>,
+    /// The protocol the connection speaks, a label of its requests' metrics.
+    protocol: Protocol,
+    /// The requests in flight, oldest first, for their metrics (see [`Arrival`]).
+    arrivals: RefCell<VecDeque<Arrival>>,
+}
+
+/// A request in flight: its id (the native request id, or the RESP sequence number), the
+/// executor round it arrived in (`runtime::round_micros`) and its command's metrics slot.
+#[derive(Debug, Clone, Copy)]
+struct Arrival {
+    id: u64,
+    at: u32,
+    command: u8,
 }
 
 impl Deliver for Connection {
@@ -78,7 +92,7 @@ impl Deliver for Connection {
 }
 
 impl Connection {
-    pub fn new(encode_reply: ReplyEncoder) -> Connection {
+    pub fn new(encode_reply: ReplyEncoder, protocol: Protocol) -> Connection {
         Connection {
             encode_reply,
             out: RefCell::new(Vec::new()),
@@ -96,6 +110,8 @@ impl Connection {
             early: RefCell::new(BTreeMap::new()),
             origin: Cell::new(crate::shard::NO_ORIGIN),
             document_tail: RefCell::new(None),
+            protocol,
+            arrivals: RefCell::new(VecDeque::new()),
         }
     }
 
@@ -103,17 +119,23 @@ impl Connection {
         self.origin.get()
     }
 
-    /// Counts a request in; every request is answered exactly once with `respond_with` or
-    /// `respond_in_order`.
-    pub fn start_request(&self) {
+    /// Counts request `id` in, for command slot `command` (`metrics`); every request is
+    /// answered exactly once with `respond_with` or `respond_in_order`, under its id.
+    pub fn start_request(&self, id: u64, command: u8) {
         self.in_flight.set(self.in_flight.get() + 1);
+        self.arrivals.borrow_mut().push_back(Arrival {
+            id,
+            at: crate::runtime::round_micros(),
+            command,
+        });
     }
 
-    /// Like `start_request`, and returns the sequence number its ordered reply will carry.
-    pub fn start_ordered_request(&self) -> u64 {
-        self.start_request();
+    /// Like `start_request`, and returns the sequence number its ordered reply will carry
+    /// (the request's id).
+    pub fn start_ordered_request(&self, command: u8) -> u64 {
         let sequence = self.next_sequence.get();
         self.next_sequence.set(sequence + 1);
+        self.start_request(sequence, command);
         sequence
     }
 
@@ -168,8 +190,9 @@ impl Connection {
         self.wake_reader.notify();
     }
 
-    /// Queues the reply to one request; `encode` appends it to the output.
-    pub fn respond_with(&self, encode: impl FnOnce(&mut Vec<u8>)) {
+    /// Queues the reply to request `id`; `encode` appends it to the output. `error` is the
+    /// error slot of a failure (`metrics`).
+    pub fn respond_with(&self, id: u64, error: Option<u8>, encode: impl FnOnce(&mut Vec<u8>)) {
         if !self.writer_done.get() {
             let mut out = self.out.borrow_mut();
             let before = out.len();
@@ -177,22 +200,27 @@ impl Connection {
             let reply_bytes = out.len() - before;
             self.output_added(&mut out, reply_bytes);
         }
-        self.finish_request();
+        self.finish_request(id, error);
     }
 
     /// Like `respond_in_order`, with the reply encoded by `encode`: straight into the output
     /// when it is next in line, which is nearly always.
     pub fn respond_in_order_with(&self, sequence: u64, encode: impl FnOnce(&mut Vec<u8>)) {
         if sequence == self.next_to_write.get() && self.early.borrow().is_empty() {
+            let mut error = None;
             if !self.writer_done.get() {
                 let mut out = self.out.borrow_mut();
                 let before = out.len();
                 encode(&mut out);
-                let reply_bytes = out.len() - before;
+                let reply = &out[before..];
+                if reply.first() == Some(&b'-') {
+                    error = Some(metrics::resp_error_slot(reply));
+                }
+                let reply_bytes = reply.len();
                 self.output_added(&mut out, reply_bytes);
             }
             self.next_to_write.set(sequence + 1);
-            self.finish_request();
+            self.finish_request(sequence, error);
             return;
         }
         let mut reply = Vec::new();
@@ -202,6 +230,7 @@ impl Connection {
 
     /// Queues the reply of request `sequence`; it is written after every earlier one.
     pub fn respond_in_order(&self, sequence: u64, reply: Vec<u8>) {
+        let error = (reply.first() == Some(&b'-')).then(|| metrics::resp_error_slot(&reply));
         if sequence == self.next_to_write.get() {
             let mut out = self.out.borrow_mut();
             out.extend_from_slice(&reply);
@@ -220,11 +249,28 @@ impl Connection {
         } else {
             self.early.borrow_mut().insert(sequence, reply);
         }
-        self.finish_request();
+        self.finish_request(sequence, error);
     }
 
-    fn finish_request(&self) {
+    /// Counts request `id` out, and into this core's metrics (see [`Arrival`]).
+    fn finish_request(&self, id: u64, error: Option<u8>) {
         self.in_flight.set(self.in_flight.get() - 1);
+        let mut arrivals = self.arrivals.borrow_mut();
+        // Replies nearly always come in arrival order: the oldest is the one.
+        let at = if arrivals.front().is_some_and(|a| a.id == id) {
+            Some(0)
+        } else {
+            arrivals.iter().position(|a| a.id == id)
+        };
+        let arrival = at.and_then(|at| arrivals.remove(at));
+        debug_assert!(arrival.is_some(), "request {id} answered but never started");
+        drop(arrivals);
+        if let Some(arrival) = arrival {
+            let micros = crate::runtime::round_micros().wrapping_sub(arrival.at);
+            metrics::with_current(|m| {
+                m.request_done(self.protocol, arrival.command, micros.into(), error)
+            });
+        }
         self.wake_reader.notify();
     }
 
@@ -406,6 +452,7 @@ pub async fn drive<F, Fut>(
     stream: TcpStream,
     slot: ConnectionSlot,
     encode_reply: ReplyEncoder,
+    protocol: Protocol,
     read: F,
 ) where
     F: FnOnce(Rc<CoreContext>, Rc<TcpStream>, Rc<Connection>) -> Fut,
@@ -414,7 +461,7 @@ pub async fn drive<F, Fut>(
     let _ = stream.set_nodelay(true);
     let registration = ctx.register_connection(&stream);
     let stream = Rc::new(stream);
-    let conn = Rc::new(Connection::new(encode_reply));
+    let conn = Rc::new(Connection::new(encode_reply, protocol));
     conn.fd.set(Some(stream.raw_fd()));
     // Core and registration together name the connection in the node; never NO_ORIGIN.
     conn.origin
@@ -480,16 +527,16 @@ mod tests {
 
     #[test]
     fn replies_in_flight_are_bounded_by_their_size() {
-        let conn = Connection::new(|_, _, _, _| {});
+        let conn = Connection::new(|_, _, _, _| {}, Protocol::Native);
         // Large replies: few requests may be in flight.
         let mut taken = 0;
         while conn.may_take_request() {
-            conn.start_request();
+            conn.start_request(0, 0);
             taken += 1;
         }
         assert_eq!(taken, OUTPUT_PAUSE_BYTES / REPLY_BYTES_ASSUMED);
         for _ in 0..taken {
-            conn.respond_with(|out| out.extend_from_slice(&[0; 100_000]));
+            conn.respond_with(0, None, |out| out.extend_from_slice(&[0; 100_000]));
         }
         assert!(
             !conn.may_take_request(),
@@ -499,7 +546,7 @@ mod tests {
         assert!(conn.reply_bytes_recent.get() >= 100_000);
         assert!(conn.may_take_request());
         for _ in 0..20 {
-            conn.start_request();
+            conn.start_request(0, 0);
         }
         assert!(
             !conn.may_take_request(),
@@ -507,19 +554,19 @@ mod tests {
         );
         // Small replies: the estimate comes down and the in-flight limit is the count.
         for _ in 0..20 {
-            conn.respond_with(|out| out.extend_from_slice(b"+OK"));
+            conn.respond_with(0, None, |out| out.extend_from_slice(b"+OK"));
         }
         for _ in 0..200 {
-            conn.start_request();
-            conn.respond_with(|out| out.extend_from_slice(b"+OK"));
+            conn.start_request(0, 0);
+            conn.respond_with(0, None, |out| out.extend_from_slice(b"+OK"));
         }
         conn.out.borrow_mut().clear();
         assert!(conn.reply_bytes_recent.get() < 100);
         for _ in 0..CONNECTION_IN_FLIGHT_MAX - 1 {
-            conn.start_request();
+            conn.start_request(0, 0);
         }
         assert!(conn.may_take_request());
-        conn.start_request();
+        conn.start_request(0, 0);
         assert!(!conn.may_take_request());
     }
 }

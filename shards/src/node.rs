@@ -29,11 +29,13 @@ use crate::config::Config;
 use crate::data_dir::{allowed_cpus, DataDir};
 use crate::driver::{CheckpointPolicy, ShardDriver, Wake, REOPEN_INTERVAL};
 use crate::log_io::{DmaDisk, DmaLogFile};
+use crate::metrics::{self, CoreMetrics, NodeMetrics};
+use crate::operate::{self, Operator};
 use crate::peer::Membership;
 use crate::route::{CoreContext, RemoteReply, RemoteRequest, ReplyTo, ShardQueue};
 use crate::runtime::{
-    cross_core_channel, spawn_executor, spawn_local, wait, JoinHandle, Receiver, Sender,
-    TcpListener, TcpStream,
+    cross_core_channel, round_micros, spawn_executor, spawn_local, wait, JoinHandle, Receiver,
+    Sender, TcpListener, TcpStream,
 };
 use crate::scan_cursors::ScanCursors;
 use crate::server::serve_connection;
@@ -73,6 +75,7 @@ struct CoreSetup {
     handoff_senders: Vec<Option<Sender<Handoff>>>,
     handoff_receivers: Vec<Receiver<Handoff>>,
     stop: Arc<AtomicBool>,
+    metrics: Arc<CoreMetrics>,
     connection_counts: Arc<ConnectionCounts>,
     scan_cursors: Arc<ScanCursors>,
     ready: mpsc::Sender<Result<(), String>>,
@@ -128,6 +131,9 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         .transpose()?;
     let listen = native_listener.local_addr()?;
     let resp_listen = resp_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+    let metrics_listener = (config.metrics_listen)
+        .map(|a| operate::bind(a).with_context(|| format!("cannot listen on {a}")))
+        .transpose()?;
     // Only now the data directory: a start that cannot listen leaves nothing behind.
     let data_dir = DataDir::open(&config.data_dir, config.shards, config.cluster.as_ref())?;
     let shard_count = data_dir.shards;
@@ -210,6 +216,16 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
 
     let cpus = allowed_cpus();
     let connection_counts = Arc::new(ConnectionCounts::new(n));
+    let node_metrics = Arc::new(NodeMetrics::new(n));
+    let operator = Operator::start(
+        metrics_listener,
+        Arc::clone(&node_metrics),
+        Arc::clone(&stop),
+        data_dir.cluster.is_some().then(|| Arc::clone(&leaders)),
+        Arc::clone(&connection_counts),
+        config.data_dir.clone(),
+    )?;
+    let metrics_addr = operator.address().map_or("off".into(), |a| a.to_string());
     let scan_cursors = Arc::new(ScanCursors::new(
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -255,6 +271,7 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
             handoff_senders: (0..n).map(|_| None).collect(),
             handoff_receivers: Vec::new(),
             stop: Arc::clone(&stop),
+            metrics: Arc::clone(&node_metrics.cores[core]),
             connection_counts: Arc::clone(&connection_counts),
             scan_cursors: Arc::clone(&scan_cursors),
             ready: ready_sender.clone(),
@@ -307,13 +324,15 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         start.store(START_SERVE, Ordering::SeqCst);
         let resp = resp_listen.map_or_else(|| "off".to_string(), |a| a.to_string());
         let cache_mib = config.cache_per_shard(shard_count) >> 20;
-        tracing::info!(%listen, %resp, shards = shard_count, cache_mib_per_shard = cache_mib, data_dir = %config.data_dir.display(), "kvsd is ready");
+        tracing::info!(%listen, %resp, metrics = %metrics_addr, shards = shard_count, cache_mib_per_shard = cache_mib, data_dir = %config.data_dir.display(), "kvsd is ready");
+        operator.serving(&format!("serving on {listen}, {shard_count} shards"));
     }
     for executor in executors {
         if let Err(e) = executor.join() {
             failure.get_or_insert(format!("shard executor failed: {e}"));
         }
     }
+    operator.finish();
     match failure {
         Some(message) => bail!(message),
         None => Ok(()),
@@ -323,6 +342,7 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
 /// One core: recover its shard, connect to the other cores, serve until stopped.
 async fn core_main(setup: CoreSetup) {
     let core = setup.core;
+    metrics::set_current(Arc::clone(&setup.metrics));
     let shard = match open_shard(&setup).await {
         Ok(shard) => shard,
         Err(message) => {
@@ -648,6 +668,9 @@ async fn shard_loop(
     let mut in_flight: VecDeque<JoinHandle<GroupWritten>> = VecDeque::new();
     loop {
         let ticked = tick_due.replace(false);
+        if ticked {
+            metrics::with_current(|m| m.publish_if_wanted(|| driver.shard().info()));
+        }
         if ticked && driver.tick(started.elapsed()).await {
             *current_store.borrow_mut() = Rc::clone(driver.shard().store());
         }
@@ -705,7 +728,13 @@ async fn shard_loop(
         }
         let ready = driver.run_ready().await;
         for write in ready.writes {
-            in_flight.push_back(spawn_local(write.write()));
+            in_flight.push_back(spawn_local(async move {
+                let issued = round_micros();
+                let written = write.write().await;
+                let micros = round_micros().wrapping_sub(issued);
+                metrics::with_current(|m| m.log_sync.record(micros.into()));
+                written
+            }));
         }
         if !Rc::ptr_eq(&current_store.borrow(), driver.shard().store()) {
             // A snapshot was installed: the shard has a new store.
@@ -731,6 +760,7 @@ async fn shard_loop(
             }
             let leader = driver.shard().leader();
             if leader != last_leader {
+                metrics::with_current(|m| m.leader_changes.add(1));
                 if let Some(old) = last_leader {
                     for (to, reply) in forwarding.map_or_else(Vec::new, |f| f.leader_changed(old)) {
                         ctx.reply(to, reply).await;
@@ -924,6 +954,12 @@ async fn checkpoint_loop(
         match store.write_checkpoint(plan, Some(pace)).await {
             Ok(done) => {
                 last = Instant::now();
+                metrics::with_current(|m| {
+                    m.checkpoint_micros
+                        .add(started.elapsed().as_micros() as u64);
+                    m.checkpoint_bytes.add((pages * PAGE_SIZE) as u64);
+                    m.page_writes.add(pages as u64);
+                });
                 tracing::debug!(
                     core = ctx.core,
                     index = done.applied_index,

@@ -148,7 +148,6 @@ async fn execute(
     session: &Rc<Session>,
     args: Vec<Vec<u8>>,
 ) -> After {
-    let sequence = conn.start_ordered_request();
     ctx.connection_counts.count_command(ctx.core);
     let mut out = Vec::new();
     let mut short = [0u8; 16];
@@ -160,6 +159,7 @@ async fn execute(
             &long
         }
     };
+    let sequence = conn.start_ordered_request(crate::metrics::resp_command_slot(name));
     let argc = args.len();
     if refuse_transaction(session, name, &mut out) {
         conn.respond_in_order(sequence, out);
@@ -621,7 +621,7 @@ async fn execute(
 /// Answers input that is not RESP (in a command, or in the rest of one being read past)
 /// with the error; the caller then closes the connection.
 fn refuse_stream(conn: &Connection, error: &resp::RespError) {
-    let sequence = conn.start_ordered_request();
+    let sequence = conn.start_ordered_request(crate::metrics::resp_command_slot("other"));
     let mut out = Vec::new();
     resp::error(&mut out, &format!("ERR {error}"));
     conn.respond_in_order(sequence, out);
@@ -635,6 +635,7 @@ pub async fn serve_connection(ctx: Rc<CoreContext>, stream: TcpStream, slot: Con
         stream,
         slot,
         encode_reply,
+        crate::metrics::Protocol::Resp,
         |ctx, stream, conn| async move { read_loop(&ctx, &stream, &conn).await },
     )
     .await;
@@ -669,7 +670,8 @@ async fn read_loop(ctx: &CoreContext, stream: &TcpStream, conn: &Rc<Connection>)
                 }) => {
                     buffer.consume(consumed);
                     discarding = Some(discard);
-                    let sequence = conn.start_ordered_request();
+                    let sequence =
+                        conn.start_ordered_request(crate::metrics::resp_command_slot("other"));
                     let mut out = Vec::new();
                     resp::error(
                         &mut out,

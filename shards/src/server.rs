@@ -21,6 +21,7 @@ use kvs_wire::limits::{FRAME_BODY_SIZE_MAX, FRAME_HEADER_SIZE};
 use kvs_wire::{shard_for_key, ErrorCode, Opcode, Request, Response};
 
 use crate::conn::{self, Connection, ReceiveBuffer};
+use crate::metrics::{self, Protocol};
 use crate::route::{merge_scan, split_by_shard, CoreContext, Deliver, Parts, Target};
 use crate::runtime::TcpStream;
 use crate::shard::{ShardInfo, ShardOp, ShardReply};
@@ -28,7 +29,13 @@ use crate::spread::ConnectionSlot;
 
 /// Queues the native-protocol reply to one request.
 fn respond(conn: &Connection, opcode: u8, request_id: u64, response: &Response) {
-    conn.respond_with(|out| response.encode(opcode, request_id, out));
+    let error = match response {
+        Response::Error { code, .. } => Some(metrics::native_error_slot(*code)),
+        _ => None,
+    };
+    conn.respond_with(request_id, error, |out| {
+        response.encode(opcode, request_id, out)
+    });
 }
 
 /// Encodes a shard's reply to one native request on its connection (`Connection`'s reply
@@ -391,9 +398,19 @@ pub async fn serve_connection(ctx: Rc<CoreContext>, stream: TcpStream, slot: Con
         stream,
         slot,
         encode_reply,
+        Protocol::Native,
         |ctx, stream, conn| async move { read_loop(&ctx, &stream, &conn).await },
     )
     .await;
+}
+
+/// The metrics slot of a native opcode (`metrics::NATIVE_COMMANDS`).
+fn native_command_slot(opcode: u8) -> u8 {
+    if usize::from(opcode) < metrics::NATIVE_COMMANDS.len() {
+        opcode
+    } else {
+        0
+    }
 }
 
 /// Reads and dispatches requests until the peer leaves, framing is lost or the node stops.
@@ -407,7 +424,7 @@ async fn read_loop(ctx: &Rc<CoreContext>, stream: &TcpStream, conn: &Rc<Connecti
             match FrameDecoder.decode(buffer.data()) {
                 Ok(Decoded::Frame { header, len }) => {
                     let body = &buffer.data()[FRAME_HEADER_SIZE..len];
-                    conn.start_request();
+                    conn.start_request(header.request_id, native_command_slot(header.opcode));
                     if header.flags != 0 {
                         let response = Response::error(
                             ErrorCode::BadRequest,
@@ -443,7 +460,7 @@ async fn read_loop(ctx: &Rc<CoreContext>, stream: &TcpStream, conn: &Rc<Connecti
                         _ => ErrorCode::BadRequest,
                     };
                     let opcode = buffer.data().get(3).copied().unwrap_or(0);
-                    conn.start_request();
+                    conn.start_request(request_id, native_command_slot(opcode));
                     respond(
                         conn,
                         opcode,

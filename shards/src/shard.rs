@@ -499,6 +499,7 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
         ShardInfo {
             shard: self.shard,
             keys: self.peer.store().key_count(),
+            documents: self.peer.store().doc_count(),
             term: status.term,
             last_index: status.last_index,
             commit_index: status.commit_index,
@@ -521,6 +522,8 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
             page_file_pages: store.page_count,
             free_pages: store.free_pages,
             page_reads: store.page_reads,
+            pool_hits: store.pool_hits,
+            pool_misses: store.pool_misses,
             evictions: store.evictions,
             tree_height: store.tree_height,
             checkpoints: store.checkpoints,

@@ -92,6 +92,8 @@ pub enum ShardReply {
 pub struct ShardInfo {
     pub shard: u32,
     pub keys: u64,
+    /// Documents in the shard; None when its checkpoint predates the count.
+    pub documents: Option<u64>,
     pub term: u64,
     pub last_index: u64,
     pub commit_index: u64,
@@ -117,6 +119,9 @@ pub struct ShardInfo {
     pub page_file_pages: u64,
     pub free_pages: u64,
     pub page_reads: u64,
+    /// Page lookups the buffer pool answered, and those that missed it.
+    pub pool_hits: u64,
+    pub pool_misses: u64,
     pub evictions: u64,
     pub tree_height: u32,
     pub checkpoints: u64,

@@ -147,6 +147,7 @@ impl<F: LogFile> PagedStore<F> {
             partial_commands: st.partial_commands,
             last_version: st.last_version,
             key_count: st.key_count,
+            doc_count: st.doc_count,
             root: st.root,
             height: st.height,
             page_count: st.page_count,

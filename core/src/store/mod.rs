@@ -157,6 +157,8 @@ pub struct StoreStats {
     pub page_count: u64,
     pub free_pages: u64,
     pub page_reads: u64,
+    pub pool_hits: u64,
+    pub pool_misses: u64,
     pub evictions: u64,
     pub checkpoints: u64,
     pub last_checkpoint_index: u64,
@@ -393,6 +395,7 @@ impl<F: LogFile> PagedStore<F> {
             state.partial_commands = meta.partial_commands;
             state.last_version = meta.last_version;
             state.key_count = meta.key_count;
+            state.doc_count = meta.doc_count;
             raft_state = (meta.raft_term, meta.raft_vote);
             durable = Some(Checkpointed {
                 seq: meta.seq,
@@ -438,6 +441,11 @@ impl<F: LogFile> PagedStore<F> {
     /// Key-value pairs stored (documents and index entries are not counted).
     pub fn key_count(&self) -> u64 {
         self.state.borrow().key_count
+    }
+
+    /// Documents stored, or None for a store whose checkpoint predates the count.
+    pub fn doc_count(&self) -> Option<u64> {
+        self.state.borrow().doc_count
     }
 
     /// The newest durable checkpoint.
@@ -492,6 +500,8 @@ impl<F: LogFile> PagedStore<F> {
             page_count: st.page_count,
             free_pages: st.free.len() as u64,
             page_reads: st.loads,
+            pool_hits: st.pool_hits,
+            pool_misses: st.pool_misses,
             evictions: st.evictions,
             checkpoints: self.checkpoints.get(),
             hot_hits: self.hot.borrow().hits,

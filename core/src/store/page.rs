@@ -480,7 +480,13 @@ pub struct Meta {
     /// Raft's term and vote when the checkpoint was taken (its log may be deleted).
     pub raft_term: u64,
     pub raft_vote: u64,
+    /// Documents in the tree (key space 2); None in a checkpoint written before kvs counted
+    /// them (its bytes there are zero: no marker).
+    pub doc_count: Option<u64>,
 }
+
+/// Precedes `Meta::doc_count` in a meta page that records it.
+const DOC_COUNT_MARKER: u32 = 0x444f_4353;
 
 pub fn encode_meta(meta: &Meta, page: &mut [u8]) {
     page[..PAGE_SIZE].fill(0);
@@ -515,6 +521,10 @@ pub fn encode_meta(meta: &Meta, page: &mut [u8]) {
     put(&meta.free_count.to_le_bytes());
     put(&meta.raft_term.to_le_bytes());
     put(&meta.raft_vote.to_le_bytes());
+    if let Some(count) = meta.doc_count {
+        put(&DOC_COUNT_MARKER.to_le_bytes());
+        put(&count.to_le_bytes());
+    }
     seal_checksum(&mut page[..PAGE_SIZE]);
 }
 
@@ -553,6 +563,10 @@ pub fn decode_meta(bytes: &[u8], id: u64) -> Result<Meta, PageError> {
         free_count: r.u64()?,
         raft_term: r.u64()?,
         raft_vote: r.u64()?,
+        doc_count: match r.u32()? {
+            DOC_COUNT_MARKER => Some(r.u64()?),
+            _ => None,
+        },
     };
     if meta.seq % 2 != id {
         return Err(err(
@@ -626,6 +640,7 @@ mod tests {
             free_count: 4,
             raft_term: 2,
             raft_vote: 1,
+            doc_count: Some(7),
         };
         let mut page = vec![0u8; PAGE_SIZE];
         encode_meta(&meta, &mut page);

@@ -52,8 +52,14 @@ pub struct State {
     pub partial_commands: u32,
     pub last_version: u64,
     pub key_count: u64,
+    /// Documents in the tree; None when the checkpoint loaded did not record it.
+    pub doc_count: Option<u64>,
     pub evictions: u64,
     pub loads: u64,
+    /// Page lookups the pool answered, and those that missed (the operation then waits for
+    /// the page and runs again).
+    pub pool_hits: u64,
+    pub pool_misses: u64,
     /// Where the last `lookup` found its key, or the last `insert` or `replace_in_leaf` put
     /// its entry (leaf 0: not known), for the hot cache's hints.
     pub last_place: Place,
@@ -108,8 +114,11 @@ impl State {
             partial_commands: 0,
             last_version: 0,
             key_count: 0,
+            doc_count: Some(0),
             evictions: 0,
             loads: 0,
+            pool_hits: 0,
+            pool_misses: 0,
             last_place: Place::default(),
             hinted_writes: 0,
             moved: IdMap::default(),
@@ -123,9 +132,13 @@ impl State {
         match self.frames.get_mut(&id) {
             Some(frame) => {
                 frame.referenced = true;
+                self.pool_hits += 1;
                 Ok(&frame.node)
             }
-            None => Err(Miss(id)),
+            None => {
+                self.pool_misses += 1;
+                Err(Miss(id))
+            }
         }
     }
 

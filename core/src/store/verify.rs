@@ -230,6 +230,15 @@ pub async fn verify<D: LogDisk>(disk: &D, shard: u32) -> Result<VerifyReport, St
         records.index_entries,
         &mut report.problems,
     );
+    if meta
+        .doc_count
+        .is_some_and(|count| count != report.documents)
+    {
+        report.problems.push(format!(
+            "the tree holds {} documents, the checkpoint says {:?}",
+            report.documents, meta.doc_count
+        ));
+    }
     if report.keys != meta.key_count {
         report.problems.push(format!(
             "the tree holds {} keys, the checkpoint says {}",

@@ -4,7 +4,7 @@
 
 use super::page::{encode_extent, extent_pages, Entry, Key, Value, PAGE_SIZE};
 use super::tree::needs_extent;
-use super::{hot, PagedStore, StoreError, SPACE_KV};
+use super::{hot, PagedStore, StoreError, SPACE_DOC, SPACE_KV};
 use crate::log::LogFile;
 use crate::state::Versioned;
 
@@ -147,6 +147,7 @@ impl<F: LogFile> PagedStore<F> {
         let mut st = self.state.borrow_mut();
         match &old {
             None if key[0] == SPACE_KV => st.key_count += 1,
+            None if key[0] == SPACE_DOC => st.doc_count = st.doc_count.map(|n| n + 1),
             None => {}
             Some(old) => {
                 if let Value::Extent { first, pages, .. } = old.value {
@@ -166,6 +167,9 @@ impl<F: LogFile> PagedStore<F> {
             Some(old) => {
                 if key[0] == SPACE_KV {
                     st.key_count -= 1;
+                }
+                if key[0] == SPACE_DOC {
+                    st.doc_count = st.doc_count.map(|n| n - 1);
                 }
                 if let Value::Extent { first, pages, .. } = old.value {
                     st.free_extent(first, pages);

@@ -107,11 +107,14 @@ fn main() -> ExitCode {
     });
     // Colour codes only for a person at a terminal, never into log files.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_ansi(ansi)
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    if config.log_json {
+        logs.json().init();
+    } else {
+        logs.with_ansi(ansi).init();
+    }
 
     if config.verify {
         return match kvs_shards::data_dir::verify(&config.data_dir) {

@@ -44,6 +44,29 @@ thread_local! {
     static CURRENT: RefCell<Option<Rc<Core>>> = const { RefCell::new(None) };
     /// Its id (0: none), checked by wakers to take the fast path.
     static CURRENT_ID: Cell<usize> = const { Cell::new(0) };
+    /// When this executor's current round began (its completions were reaped), in
+    /// microseconds since the process's clock epoch; see [`round_micros`].
+    static ROUND_MICROS: Cell<u32> = const { Cell::new(0) };
+}
+
+/// The moment all executors' round clocks count from.
+static CLOCK_EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
+fn micros_since_epoch(now: Instant) -> u32 {
+    let epoch = *CLOCK_EPOCH.get_or_init(Instant::now);
+    // Wraps every ~71 minutes: readers take differences with `wrapping_sub`.
+    now.saturating_duration_since(epoch).as_micros() as u32
+}
+
+/// When the calling executor's current round of tasks began, in microseconds (wrapping at
+/// 2^32) since a process-wide epoch: read from the clock the executor reads anyway to fire
+/// its timers, so taking it costs nothing. Work done within one round all sees one value.
+/// Request latencies are measured with it (`metrics`); off an executor it reads the clock.
+pub fn round_micros() -> u32 {
+    if CURRENT_ID.with(Cell::get) == 0 {
+        return micros_since_epoch(Instant::now());
+    }
+    ROUND_MICROS.with(Cell::get)
 }
 
 /// What other threads can reach: ids of tasks they woke, and the eventfd that says so.
@@ -299,6 +322,7 @@ impl Core {
 
     fn fire_timers(&self) -> Option<Instant> {
         let now = Instant::now();
+        ROUND_MICROS.with(|round| round.set(micros_since_epoch(now)));
         let mut timers = self.timers.borrow_mut();
         while let Some(entry) = timers.first_entry() {
             if entry.key().0 > now {

@@ -21,7 +21,7 @@ use std::io;
 use std::time::Duration;
 
 pub use channel::{channel as cross_core_channel, Receiver, Sender};
-pub use executor::{sleep, spawn_local, yield_now, JoinHandle};
+pub use executor::{round_micros, sleep, spawn_local, yield_now, JoinHandle};
 pub use net::{TcpListener, TcpStream};
 
 /// A handle on a running executor thread.
