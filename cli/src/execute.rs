@@ -296,6 +296,11 @@ pub fn prepare(command: Command) -> Result<Prepared, Failure> {
                 "dump and load stream whole files: run `kvs dump` or `kvs load` alone",
             ))
         }
+        Command::Backup { .. } | Command::BackupVerify { .. } => {
+            return Err(Failure::Refused(
+                "backups stream whole files: run `kvs backup` alone",
+            ))
+        }
     };
     Ok(Prepared {
         request: Some(request),

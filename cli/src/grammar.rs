@@ -114,6 +114,14 @@ pub enum Command {
     Load {
         from: String,
     },
+    /// `backup --to DIR`: every shard's checkpoint, streamed to DIR.
+    Backup {
+        to: String,
+    },
+    /// `backup verify DIR`: checks a backup against its manifest.
+    BackupVerify {
+        dir: String,
+    },
 }
 
 /// One row of the grammar.
@@ -527,6 +535,30 @@ pub const COMMANDS: &[Spec] = &[
                 has; collections, documents and indexes are created. Only as a one-shot \
                 command.",
         build: |m| Ok(Command::Load { from: m.arg(0) }),
+    },
+    Spec {
+        name: "backup",
+        args: &[],
+        options: &[opt("--to", "DIR", "a new directory for the backup (required)")],
+        split: Split::Whitespace,
+        about: "Backs up the node while it serves: every shard's checkpoint (in a cluster, \
+                from the shard's leader), streamed to DIR on this machine with a manifest of \
+                CRC32Cs; restore with kvsd --restore-from DIR (docs/operations.md). Only as a \
+                one-shot command.",
+        build: |m| match m.option("--to") {
+            Some(to) => Ok(Command::Backup { to }),
+            None => Err("backup needs --to DIR".into()),
+        },
+    },
+    Spec {
+        name: "backup verify",
+        args: &["DIR"],
+        options: &[],
+        split: Split::Whitespace,
+        about: "Checks a backup: its manifest, and every shard file's size and CRC32C; exit \
+                code 0 whole, 1 problems found (one line each). Needs no server. Only as a \
+                one-shot command.",
+        build: |m| Ok(Command::BackupVerify { dir: m.arg(0) }),
     },
 ];
 

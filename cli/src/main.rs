@@ -3,6 +3,7 @@
 //! interactive shell on a terminal; every mode parses with `parse` and runs with
 //! `execute`, so a command means the same in each.
 
+mod backup;
 mod batch;
 mod cluster;
 mod dump;
@@ -55,6 +56,16 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Action::Run(Command::Verify { data_dir }) => return run_verify(&data_dir),
+        Action::Run(Command::BackupVerify { dir }) => return run_backup_verify(&dir),
+        Action::Run(Command::Backup { to }) => {
+            return match backup::backup(&invocation.addr, &to) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("kvs: backup failed: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Action::Run(command) => Some(command),
         Action::Commands => None,
     };
@@ -75,6 +86,26 @@ fn main() -> ExitCode {
         Some(command) => run_one(&client, command),
         None if std::io::stdin().is_terminal() => shell::run(&client),
         None => batch::run(&client),
+    }
+}
+
+/// `kvs backup verify DIR`: a line per problem; exit code 0 whole, 1 problems, 2 unreadable.
+fn run_backup_verify(dir: &str) -> ExitCode {
+    match kvs_wire::backup::verify(std::path::Path::new(dir)) {
+        Ok((_, problems)) if problems.is_empty() => {
+            println!("{dir}: backup is whole");
+            ExitCode::SUCCESS
+        }
+        Ok((_, problems)) => {
+            for problem in problems {
+                println!("PROBLEM: {problem}");
+            }
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("kvs: {dir}: {e}");
+            ExitCode::from(2)
+        }
     }
 }
 

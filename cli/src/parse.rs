@@ -79,6 +79,17 @@ fn find_spec(first: &str, second: Option<&str>) -> Result<(&'static Spec, bool),
     if first.is_empty() {
         return Err(ParseError::Unknown("empty command".into()));
     }
+    // A two-word name wins over a one-word one (`backup verify` over `backup`).
+    if let Some(second) = second {
+        let name = format!(
+            "{} {}",
+            first.to_ascii_lowercase(),
+            second.to_ascii_lowercase()
+        );
+        if let Some(spec) = COMMANDS.iter().find(|s| s.name == name) {
+            return Ok((spec, true));
+        }
+    }
     if let Some(spec) = COMMANDS.iter().find(|s| s.name.eq_ignore_ascii_case(first)) {
         return Ok((spec, false));
     }

@@ -66,6 +66,11 @@ pub struct Flags {
     /// problems were found, 2 when it cannot run. Changes nothing; kvsd must not be running.
     #[arg(long)]
     pub verify: bool,
+    /// Build the data directory --data-dir (which must not exist, or be empty) from the
+    /// backup in this directory (`kvs backup`), check it, and exit: 0 when restored, 1 when
+    /// the backup is damaged or incomplete (nothing is left behind), 2 when it cannot run.
+    #[arg(long)]
+    pub restore_from: Option<PathBuf>,
     /// This node's id in the cluster (a number from --initial-cluster). Default: 1.
     #[arg(long)]
     pub node_id: Option<u64>,
@@ -230,6 +235,8 @@ pub struct Config {
     pub checkpoint_log_size: u64,
     pub checkpoint_rate: u64,
     pub verify: bool,
+    /// `--restore-from DIR`: build the data directory from a backup and exit.
+    pub restore_from: Option<PathBuf>,
     /// Set with --initial-cluster: this node is one of a cluster.
     pub cluster: Option<ClusterConfig>,
     pub election_timeout: Duration,
@@ -273,16 +280,21 @@ impl Config {
     }
 }
 
-/// The machine's memory, from /proc/meminfo (1 GiB if it cannot be read).
+/// The machine's memory, from sysconf (no /proc needed: a hardened unit hides most of it);
+/// 1 GiB if it cannot be read.
 fn physical_memory() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|text| {
-            let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
-            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-            Some(kib * 1024)
-        })
-        .unwrap_or(1 << 30)
+    // SAFETY: sysconf has no preconditions.
+    let (pages, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    if pages > 0 && page > 0 {
+        pages as u64 * page as u64
+    } else {
+        1 << 30
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -430,6 +442,7 @@ impl Config {
             checkpoint_log_size,
             checkpoint_rate,
             verify: flags.verify,
+            restore_from: flags.restore_from,
             data_dir: flags
                 .data_dir
                 .or(file.data_dir)

@@ -179,7 +179,7 @@ fn check_identity(
     }
 }
 
-fn shard_dir(path: &Path, shard: u32) -> PathBuf {
+pub(crate) fn shard_dir(path: &Path, shard: u32) -> PathBuf {
     path.join(format!("shard-{shard:03}"))
 }
 

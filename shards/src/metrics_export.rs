@@ -79,10 +79,19 @@ impl ProcessFigures {
     }
 }
 
+/// When the machine booted, in seconds since the Unix epoch: the realtime clock less the
+/// boot-time clock (not /proc/stat, which a hardened unit hides with `ProcSubset=pid`).
 fn boot_time_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let line = stat.lines().find(|l| l.starts_with("btime "))?;
-    line[6..].trim().parse().ok()
+    let seconds = |clock| {
+        let mut time = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `time` is valid for the call to fill.
+        (unsafe { libc::clock_gettime(clock, &mut time) } == 0)
+            .then(|| time.tv_sec as f64 + time.tv_nsec as f64 / 1e9)
+    };
+    Some(seconds(libc::CLOCK_REALTIME)? - seconds(libc::CLOCK_BOOTTIME)?)
 }
 
 /// Bytes free to an unprivileged writer and bytes in all on the filesystem holding `path`.

@@ -39,7 +39,8 @@ use crate::runtime::{
 };
 use crate::scan_cursors::ScanCursors;
 use crate::server::serve_connection;
-use crate::shard::{read_from, DiskReads, Output, ShardCore, ShardRequest};
+use crate::shard::{DiskReads, Output, ShardCore, ShardRequest};
+use crate::shard_reads::read_from;
 use crate::spread::{ConnectionCounts, ConnectionSlot};
 
 /// Capacity of each cross-core channel, in messages.
@@ -931,6 +932,7 @@ async fn checkpoint_loop(
             continue;
         }
         let store = Rc::clone(&current_store.borrow());
+        store.expire_backups(kvs_core::sessions::wall_clock_ms());
         if !policy.due(&store, last.elapsed()) {
             continue;
         }

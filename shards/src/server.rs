@@ -77,6 +77,7 @@ fn single_response(opcode: u8, reply: ShardReply) -> Response {
         (Some(Opcode::Delete), ShardReply::Written(R::Deleted { existed })) => {
             Response::Deleted { existed }
         }
+        (Some(Opcode::Backup), ShardReply::Backup(chunk)) => Response::BackupChunk(*chunk),
         (_, other) => Response::error(
             ErrorCode::Internal,
             format!("unexpected shard reply {other:?}"),
@@ -258,6 +259,15 @@ async fn dispatch(ctx: &Rc<CoreContext>, conn: &Rc<Connection>, header: Header, 
         }
         Request::GetStale { key } => {
             ctx.send(shard_of(&key), ShardOp::GetStale { key }, to_conn())
+                .await
+        }
+        Request::Backup { shard, id, number } => {
+            if shard >= ctx.shard_count {
+                let message = format!("no shard {shard}: this node has {}", ctx.shard_count);
+                let error = Response::error(ErrorCode::BadRequest, message);
+                return respond(conn, opcode, request_id, &error);
+            }
+            ctx.send(shard, ShardOp::Backup { id, number }, to_conn())
                 .await
         }
         Request::TransferLeader { shard, node } => {

@@ -31,17 +31,18 @@
 //! then reopens it from disk, as a restart would, and it takes writes again once the disk
 //! works (space was freed, say).
 
-use futures_util::future::join_all;
 use kvs_core::command::{BatchEncoder, Command};
 use kvs_core::limits::{BATCH_BYTES_MAX, BATCH_COMMANDS_MAX};
 use kvs_core::log::{GroupWrite, GroupWritten, LogDisk, LogError};
-use kvs_core::store::{StoreConfig, StoreError};
+use kvs_core::store::StoreConfig;
 use kvs_wire::ErrorCode;
 
 use crate::lease::lease_clock;
 use crate::peer::{Membership, Peer, PeerError, PeerStatus};
 use crate::pending::{Pending, Proposal};
 use crate::read_index::ReadIndexQueue;
+pub use crate::shard_reads::READS_IN_FLIGHT;
+use crate::shard_reads::{read_from, store_error_code, try_read_from};
 use raft::eraftpb::Entry;
 
 pub use crate::shard_ops::{
@@ -52,9 +53,6 @@ pub use crate::shard_ops::{
 /// Proposals a replicated group's leader keeps waiting for their commit before it batches
 /// further writes (see [`ShardCore::takes_writes`]).
 pub const PROPOSALS_IN_FLIGHT_REPLICATED: usize = 1;
-
-/// Reads of one round in flight at once.
-pub const READS_IN_FLIGHT: usize = 128;
 
 /// What a round produced: replies ready now, requests that wait for the next round (past
 /// the batch limits, or reads that must see the batch), reads that need the disk, and the
@@ -83,27 +81,6 @@ pub struct Batch<R> {
     origins: Vec<Origin>,
     /// Reads of those origins that arrived after their writes: answered once it is applied.
     reads: Vec<ShardRequest<R>>,
-}
-
-/// Answers a read from the pool alone, or None when it needs the disk (or, for INFO, the
-/// shard itself).
-pub fn try_read_from<F: kvs_core::log::LogFile>(
-    store: &kvs_core::store::PagedStore<F>,
-    op: &ShardOp,
-) -> Option<ShardReply> {
-    match op {
-        ShardOp::Get { key } | ShardOp::GetStale { key } => {
-            store.try_get(key).map(ShardReply::Value)
-        }
-        ShardOp::MGet { keys } => keys
-            .iter()
-            .map(|k| store.try_get(k))
-            .collect::<Option<Vec<_>>>()
-            .map(ShardReply::Values),
-        ShardOp::Scan { .. } | ShardOp::DocRead(_) | ShardOp::Info => None,
-        ShardOp::Write(_) => unreachable!("writes are not reads"),
-        ShardOp::Lock(_) | ShardOp::Unlock(_) => unreachable!("locks are not reads"),
-    }
 }
 
 /// Picks out of the shard's queue, while the log has no room for another group (writes wait
@@ -173,49 +150,6 @@ impl ReadsMeanwhile {
         }
         self.scanned = queue.len();
         taken
-    }
-}
-
-/// Answers a read from `store`, reading pages as needed (many at once for an MGET).
-pub async fn read_from<F: kvs_core::log::LogFile>(
-    store: &kvs_core::store::PagedStore<F>,
-    shard: u32,
-    op: &ShardOp,
-) -> ShardReply {
-    let failed = |e: StoreError| {
-        tracing::error!(shard, error = %e, "read failed");
-        ShardReply::Error(store_error_code(&e), format!("shard {shard}: {e}"))
-    };
-    match op {
-        ShardOp::Get { key } | ShardOp::GetStale { key } => match store.get(key).await {
-            Ok(value) => ShardReply::Value(value),
-            Err(e) => failed(e),
-        },
-        ShardOp::MGet { keys } => {
-            let mut values = Vec::with_capacity(keys.len());
-            for chunk in keys.chunks(READS_IN_FLIGHT) {
-                for value in join_all(chunk.iter().map(|k| store.get(k))).await {
-                    match value {
-                        Ok(value) => values.push(value),
-                        Err(e) => return failed(e),
-                    }
-                }
-            }
-            ShardReply::Values(values)
-        }
-        ShardOp::Scan { start, end, limit } => {
-            match store.scan(start, end.as_deref(), *limit as usize).await {
-                Ok(pairs) => ShardReply::Scanned(pairs),
-                Err(e) => failed(e),
-            }
-        }
-        ShardOp::DocRead(read) => match crate::doc_reads::read_docs(store, shard, read).await {
-            Ok(document) => ShardReply::Doc(document),
-            Err((code, message)) => ShardReply::Error(code, message),
-        },
-        ShardOp::Info | ShardOp::Write(_) | ShardOp::Lock(_) | ShardOp::Unlock(_) => {
-            unreachable!("answered by the shard itself")
-        }
     }
 }
 
@@ -318,14 +252,6 @@ impl<R> Output<R> {
         self.replies.extend(other.replies);
         self.deferred.extend(other.deferred);
         self.forwards.extend(other.forwards);
-    }
-}
-
-fn store_error_code(error: &StoreError) -> ErrorCode {
-    match error {
-        StoreError::DiskFull { .. } => ErrorCode::DiskFull,
-        StoreError::Io { .. } => ErrorCode::IoError,
-        _ => ErrorCode::Internal,
     }
 }
 

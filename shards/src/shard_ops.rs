@@ -47,6 +47,12 @@ pub enum ShardOp {
     Lock(crate::locks::LockRequest),
     /// Releases a lock `Lock` granted; answered with `Locked` at once.
     Unlock(crate::locks::LockRequest),
+    /// Chunk `number` of backup `id` of this member's replica (id 0: start one), never
+    /// forwarded (see `kvs_core::store::backup`).
+    Backup {
+        id: u64,
+        number: u32,
+    },
 }
 
 impl ShardOp {
@@ -61,14 +67,21 @@ impl ShardOp {
     pub fn is_forwardable(&self) -> bool {
         !matches!(
             self,
-            ShardOp::Info | ShardOp::Lock(_) | ShardOp::Unlock(_) | ShardOp::GetStale { .. }
+            ShardOp::Info
+                | ShardOp::Lock(_)
+                | ShardOp::Unlock(_)
+                | ShardOp::GetStale { .. }
+                | ShardOp::Backup { .. }
         )
     }
 
     /// Whether this member answers it from its own state even in a cluster that reads
     /// through the leader (INFO, stale reads).
     pub fn is_local_read(&self) -> bool {
-        matches!(self, ShardOp::Info | ShardOp::GetStale { .. })
+        matches!(
+            self,
+            ShardOp::Info | ShardOp::GetStale { .. } | ShardOp::Backup { .. }
+        )
     }
 }
 
@@ -84,6 +97,8 @@ pub enum ShardReply {
     Doc(Vec<u8>),
     /// A lock was granted (or released).
     Locked,
+    /// A chunk of a backup (never forwarded).
+    Backup(Box<kvs_wire::message::BackupChunk>),
     Error(ErrorCode, String),
 }
 

@@ -302,7 +302,10 @@ fn a_cluster_node_alone_is_not_ready_until_it_knows_its_leaders() {
         200,
         "alive, though not ready"
     );
-    let _others = [node(1, &[]), node(2, &[])];
+    let others = [
+        node(1, &["--metrics-listen", "127.0.0.1:0"]),
+        node(2, &["--metrics-listen", "127.0.0.1:0"]),
+    ];
     let deadline = Instant::now() + Duration::from_secs(30);
     while http(&metrics, "GET", "/ready").0 != 200 {
         assert!(Instant::now() < deadline, "never ready: {}", first.stderr());
@@ -311,6 +314,20 @@ fn a_cluster_node_alone_is_not_ready_until_it_knows_its_leaders() {
     let s = samples(&http(&metrics, "GET", "/metrics").1);
     assert_eq!(total(&s, "kvs_raft_has_leader", &[]), 2.0);
     assert!(total(&s, "kvs_raft_leader_changes_total", &[]) >= 2.0);
+    // Each shard's leader reports its two followers' lag.
+    let mut leaders = 0;
+    let mut reported = 0;
+    for server in [&first, &others[0], &others[1]] {
+        let metrics = server.ready_address("metrics=");
+        let s = samples(&http(&metrics, "GET", "/metrics").1);
+        reported += s
+            .keys()
+            .filter(|k| k.starts_with("kvs_raft_follower_lag_entries{"))
+            .count();
+        leaders += total(&s, "kvs_raft_is_leader", &[]) as usize;
+    }
+    assert_eq!(leaders, 2, "two shards, one leader each");
+    assert_eq!(reported, 4, "two followers for each of two shards");
 }
 
 /// What kvsd sent to a NOTIFY_SOCKET, one datagram per entry.
@@ -403,4 +420,146 @@ fn json_logs_are_one_object_a_line() {
         .expect("the ready line");
     assert_eq!(ready["level"], "INFO");
     assert_eq!(ready["fields"]["listen"], format!("127.0.0.1:{port}"));
+}
+
+/// The metric names a PromQL text uses (ours and the process's).
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let bytes = text.as_bytes();
+    let mut at = 0;
+    while at < bytes.len() {
+        let rest = &text[at..];
+        let starts = rest.starts_with("kvs_") || rest.starts_with("process_");
+        let boundary = at == 0 || !(bytes[at - 1].is_ascii_alphanumeric() || bytes[at - 1] == b'_');
+        if starts && boundary {
+            let len = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len());
+            names.insert(rest[..len].to_string());
+            at += len;
+        } else {
+            at += 1;
+        }
+    }
+    names
+}
+
+fn project_file(path: &str) -> String {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    std::fs::read_to_string(root.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn promtool(args: &[&str]) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../ops/prometheus");
+    let out = Command::new("promtool")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("promtool runs (apt-get install prometheus; .ci/run installs it)");
+    assert!(
+        out.status.success(),
+        "promtool {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn alert_rules_are_valid_and_pass_their_tests() {
+    promtool(&["check", "rules", "alerts.yml"]);
+    promtool(&["test", "rules", "alerts_test.yml"]);
+    promtool(&["check", "config", "prometheus.yml"]);
+}
+
+#[test]
+fn a_real_prometheus_scrapes_kvsd_and_the_dashboard_and_alerts_name_real_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with(
+        &dir.path().join("kvs"),
+        2,
+        &["--metrics-listen", "127.0.0.1:0"],
+    );
+    let metrics = server.ready_address("metrics=");
+    let client = server.client();
+    for i in 0..20 {
+        client.put(format!("key{i}").as_bytes(), b"value").unwrap();
+    }
+    // Every name the dashboard and the alerts use is one kvsd exports (the follower lag
+    // only on a cluster's leader: checked by the cluster test).
+    let exported = samples(&http(&metrics, "GET", "/metrics").1)
+        .keys()
+        .map(|key| {
+            let name = key.split('{').next().unwrap();
+            name.trim_end_matches("_bucket")
+                .trim_end_matches("_count")
+                .trim_end_matches("_sum")
+                .to_string()
+        })
+        .collect::<std::collections::BTreeSet<_>>();
+    let used = metric_names(&project_file("ops/grafana/kvs.json"))
+        .into_iter()
+        .chain(metric_names(&project_file("ops/prometheus/alerts.yml")));
+    for name in used {
+        let name = name.trim_end_matches("_bucket").to_string();
+        assert!(
+            exported.contains(&name) || name == "kvs_raft_follower_lag_entries",
+            "{name} is used by the dashboard or the alerts but not exported"
+        );
+    }
+
+    let port = free_ports::<1>()[0];
+    std::fs::write(
+        dir.path().join("prometheus.yml"),
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: kvs\n    static_configs:\n      - targets: [\"{metrics}\"]\n"
+        ),
+    )
+    .unwrap();
+    let prometheus = Command::new("prometheus")
+        .arg(format!(
+            "--config.file={}",
+            dir.path().join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("tsdb").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("prometheus runs (apt-get install prometheus; .ci/run installs it)");
+    let _prometheus = KillOnDrop(prometheus);
+    let api = format!("127.0.0.1:{port}");
+    let query = |promql: &str| -> Option<f64> {
+        let encoded: String = promql
+            .bytes()
+            .map(|b| match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' => (b as char).to_string(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        TcpStream::connect(&api).ok()?;
+        let (status, body) = http(&api, "GET", &format!("/api/v1/query?query={encoded}"));
+        let body: serde_json::Value = serde_json::from_str(&body).ok()?;
+        if status != 200 {
+            return None;
+        }
+        body["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let up = query(r#"up{job="kvs"}"#);
+        let puts = query(r#"sum(kvs_requests_total{command="once"})"#);
+        if up == Some(1.0) && puts == Some(20.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus never saw kvsd: up={up:?} puts={puts:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(query("sum(kvs_keys)"), Some(20.0));
+    assert_eq!(query("count(kvs_raft_is_leader == 1)"), Some(2.0));
 }

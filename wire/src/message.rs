@@ -34,6 +34,9 @@ pub enum Opcode {
     /// number, applied at most once however often it is sent (ADR 0018). Its reply is the
     /// inner request's, with the inner request's opcode.
     Once = 13,
+    /// A piece of one shard's backup (`kvs backup`, docs/operations.md): the node's newest
+    /// checkpoint of the shard, taken for the backup, in runs of pages.
+    Backup = 14,
 }
 
 impl Opcode {
@@ -52,6 +55,7 @@ impl Opcode {
             11 => Opcode::GetStale,
             12 => Opcode::TransferLeader,
             13 => Opcode::Once,
+            14 => Opcode::Backup,
             _ => return None,
         })
     }
@@ -191,7 +195,36 @@ pub enum Request {
         acked_below: u64,
         request: Box<Request>,
     },
+    /// Chunk `number` of backup `id` of shard `shard` (id 0, number 0: start a backup of the
+    /// shard: the node writes a checkpoint and holds it until the backup is read out).
+    /// Answered by the node asked, from its own replica.
+    Backup {
+        shard: u32,
+        id: u64,
+        number: u32,
+    },
 }
+
+/// One chunk of a shard's backup: the first carries the checkpoint's meta page and how many
+/// pages follow; the others a run of consecutive pages. The CRC32C covers meta and pages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupChunk {
+    /// The backup's id on the node: the next chunks are asked for under it.
+    pub id: u64,
+    /// The log position the checkpoint reflects.
+    pub index: u64,
+    pub term: u64,
+    pub number: u32,
+    pub total_pages: u64,
+    pub first: u64,
+    pub meta: Vec<u8>,
+    pub pages: Vec<u8>,
+    pub crc: u32,
+    pub last: bool,
+}
+
+/// The largest run of pages a backup chunk carries (4 KiB pages).
+pub const BACKUP_CHUNK_BYTES_MAX: usize = 1 << 20;
 
 /// Bytes before the inner request in a ONCE body: session, seq, acked_below, opcode.
 const ONCE_HEADER: usize = 25;
@@ -225,6 +258,8 @@ pub enum Response {
     Info(String),
     /// DOCUMENT: the command's reply, JSON text.
     Document(String),
+    /// BACKUP: one chunk of a shard's backup.
+    BackupChunk(BackupChunk),
     Error {
         code: ErrorCode,
         message: String,
@@ -373,6 +408,7 @@ impl Request {
             Request::GetStale { .. } => Opcode::GetStale,
             Request::TransferLeader { .. } => Opcode::TransferLeader,
             Request::Once { .. } => Opcode::Once,
+            Request::Backup { .. } => Opcode::Backup,
         }
     }
 
@@ -419,6 +455,11 @@ impl Request {
             Request::TransferLeader { shard, node } => {
                 put_u32(out, *shard);
                 put_u64(out, *node);
+            }
+            Request::Backup { shard, id, number } => {
+                put_u32(out, *shard);
+                put_u64(out, *id);
+                put_u32(out, *number);
             }
             Request::Once {
                 session,
@@ -502,6 +543,11 @@ impl Request {
             Opcode::TransferLeader => Request::TransferLeader {
                 shard: r.u32("shard")?,
                 node: r.u64("node")?,
+            },
+            Opcode::Backup => Request::Backup {
+                shard: r.u32("shard")?,
+                id: r.u64("backup id")?,
+                number: r.u32("chunk number")?,
             },
             Opcode::Delete => Request::Delete {
                 key: r.bytes("key", KEY_SIZE_MAX)?,
@@ -644,6 +690,18 @@ impl Response {
                 }
             }
             Response::Info(json) | Response::Document(json) => put_bytes(out, json.as_bytes()),
+            Response::BackupChunk(chunk) => {
+                put_u64(out, chunk.id);
+                put_u64(out, chunk.index);
+                put_u64(out, chunk.term);
+                put_u32(out, chunk.number);
+                put_u64(out, chunk.total_pages);
+                put_u64(out, chunk.first);
+                put_bytes(out, &chunk.meta);
+                put_bytes(out, &chunk.pages);
+                put_u32(out, chunk.crc);
+                out.push(u8::from(chunk.last));
+            }
             Response::Error { code, message } => {
                 out.extend_from_slice(&(*code as u16).to_le_bytes());
                 put_bytes(out, message.as_bytes());
@@ -727,6 +785,18 @@ impl Response {
                     detail: e.to_string(),
                 })?)
             }
+            Opcode::Backup => Response::BackupChunk(BackupChunk {
+                id: r.u64("backup id")?,
+                index: r.u64("index")?,
+                term: r.u64("term")?,
+                number: r.u32("chunk number")?,
+                total_pages: r.u64("total pages")?,
+                first: r.u64("first page")?,
+                meta: r.bytes("meta page", 4096)?,
+                pages: r.bytes("pages", BACKUP_CHUNK_BYTES_MAX)?,
+                crc: r.u32("crc")?,
+                last: r.flag("last")?,
+            }),
             Opcode::Document => {
                 let json = r.bytes("document reply", DOCUMENT_SIZE_MAX)?;
                 Response::Document(String::from_utf8(json).map_err(|e| DecodeError::Invalid {

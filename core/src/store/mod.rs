@@ -35,6 +35,7 @@
 //! checkpoint go on.
 
 mod apply;
+pub mod backup;
 mod checkpoint;
 pub mod docs;
 pub mod hot;
@@ -248,6 +249,8 @@ pub struct PagedStore<F: LogFile> {
     /// Snapshots being read out of the durable checkpoint: while any is, no page is
     /// released for reuse ([`snapshot`]).
     snapshot_pins: Cell<u32>,
+    /// Backups being read out (`backup`).
+    backups: RefCell<backup::Backups>,
     /// The preferred leader recorded in the tree, once read (None: not read yet).
     preferred_leader: Cell<Option<Option<u64>>>,
 }
@@ -426,6 +429,7 @@ impl<F: LogFile> PagedStore<F> {
             loads_at_last_apply: Cell::new(u64::MAX),
             catalog: RefCell::new(None),
             snapshot_pins: Cell::new(0),
+            backups: RefCell::new(backup::Backups::default()),
             preferred_leader: Cell::new(None),
         })
     }

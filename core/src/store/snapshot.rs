@@ -76,7 +76,17 @@ impl<F: LogFile> PagedStore<F> {
             std::ptr::eq(Rc::as_ptr(&pin.store), self),
             "a pin of another store"
         );
-        let seq = pin.checkpoint.seq;
+        self.checkpoint_image(pin.checkpoint).await
+    }
+
+    /// Lists a checkpoint's pages, from its meta page and free list on disk. The caller
+    /// holds a pin on it (else a later checkpoint may be reusing its pages).
+    pub(super) async fn checkpoint_image(
+        &self,
+        checkpoint: Checkpointed,
+    ) -> Result<SnapshotImage, StoreError> {
+        assert!(self.is_pinned(), "the image of an unpinned checkpoint");
+        let seq = checkpoint.seq;
         let meta_bytes = read_bytes(
             &self.file,
             &self.path,
@@ -85,12 +95,12 @@ impl<F: LogFile> PagedStore<F> {
         )
         .await?;
         let meta = decode_meta(&meta_bytes, seq % 2).map_err(|e| self.corrupt(e))?;
-        if meta.seq != seq || meta.applied_index != pin.checkpoint.applied_index {
+        if meta.seq != seq || meta.applied_index != checkpoint.applied_index {
             return Err(self.corrupt(PageError {
                 page: seq % 2,
                 detail: format!(
                     "the meta page holds checkpoint {} at entry {}, not the pinned {seq} at {}",
-                    meta.seq, meta.applied_index, pin.checkpoint.applied_index
+                    meta.seq, meta.applied_index, checkpoint.applied_index
                 ),
             }));
         }

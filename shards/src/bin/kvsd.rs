@@ -116,6 +116,19 @@ fn main() -> ExitCode {
         logs.with_ansi(ansi).init();
     }
 
+    if let Some(backup) = &config.restore_from {
+        return match kvs_shards::restore::restore(backup, &config.data_dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(kvs_shards::restore::RestoreError::Refused(message)) => {
+                eprintln!("kvsd: refusing to restore: {message}");
+                ExitCode::from(1)
+            }
+            Err(kvs_shards::restore::RestoreError::Failed(e)) => {
+                eprintln!("kvsd: restore failed: {e:#}");
+                ExitCode::from(2)
+            }
+        };
+    }
     if config.verify {
         return match kvs_shards::data_dir::verify(&config.data_dir) {
             Ok(true) => ExitCode::SUCCESS,

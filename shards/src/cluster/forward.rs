@@ -43,7 +43,7 @@ pub fn forwarded_len(request: &Forwarded) -> usize {
             DocRead::UniqueConflict { coll, doc } => coll.len() + doc.len(),
             DocRead::IndexKeys { coll, name } => coll.len() + name.len(),
         },
-        ShardOp::Info | ShardOp::Lock(_) | ShardOp::Unlock(_) => 0,
+        ShardOp::Info | ShardOp::Lock(_) | ShardOp::Unlock(_) | ShardOp::Backup { .. } => 0,
     }
 }
 
@@ -66,6 +66,7 @@ pub fn answer_len(reply: &ShardReply) -> usize {
         },
         ShardReply::Error(_, message) => message.len(),
         ShardReply::Locked | ShardReply::Info(_) => 0,
+        ShardReply::Backup(chunk) => chunk.pages.len() + chunk.meta.len(),
     }
 }
 
@@ -100,7 +101,11 @@ pub(super) fn encode_forwarded(request: &Forwarded, out: &mut Vec<u8>) {
             out.push(5);
             encode_doc_read(read, out);
         }
-        ShardOp::Info | ShardOp::Lock(_) | ShardOp::Unlock(_) | ShardOp::GetStale { .. } => {
+        ShardOp::Info
+        | ShardOp::Lock(_)
+        | ShardOp::Unlock(_)
+        | ShardOp::GetStale { .. }
+        | ShardOp::Backup { .. } => {
             unreachable!("only forwardable ops are forwarded (ShardOp::is_forwardable)")
         }
     }
@@ -245,7 +250,7 @@ pub(super) fn encode_answer(id: u64, reply: &ShardReply, out: &mut Vec<u8>) {
             out.extend_from_slice(&(*code as u16).to_le_bytes());
             put_bytes(out, message.as_bytes());
         }
-        ShardReply::Info(_) => {
+        ShardReply::Info(_) | ShardReply::Backup(_) => {
             // INFO is never forwarded (see `forwardable`); say so rather than fail.
             out.push(7);
             out.extend_from_slice(&(ErrorCode::Internal as u16).to_le_bytes());

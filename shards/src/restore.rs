@@ -1,0 +1,187 @@
+//! `kvsd --restore-from BACKUP --data-dir NEW` (docs/operations.md, "Backup and restore"):
+//! builds a single node's data directory from a backup (`kvs backup`) and exits.
+//!
+//! Nothing is trusted before it is checked: the manifest and every shard file's size and
+//! CRC32C first (a damaged or incomplete backup is refused, naming the file), then each
+//! shard file's meta page against the manifest. The directory is built beside NEW
+//! (`NEW.restoring`): each shard gets an empty log and the backup's checkpoint as its page
+//! file (the backup's shard file is a page file: the meta page in its slot, every page the
+//! checkpoint uses at its offset). The result is checked as `kvsd --verify` checks a data
+//! directory (pages, tree, free list, documents against indexes, the log against the
+//! checkpoint), made durable, and only then renamed to NEW. A restore that fails or is
+//! killed leaves no NEW, only `NEW.restoring`, which the next restore removes.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use kvs_core::log::format::{Record, RecordKind};
+use kvs_core::log::Log;
+use kvs_core::store::page::{decode_meta, PAGE_SIZE};
+use kvs_core::store::PAGE_FILE;
+use serde_json::Value;
+
+use crate::data_dir::{self, DataDir};
+use crate::log_io::DmaDisk;
+
+/// Why a restore did not happen.
+#[derive(Debug)]
+pub enum RestoreError {
+    /// The backup is damaged or incomplete, or NEW is in the way: nothing was written.
+    Refused(String),
+    /// Reading or writing failed.
+    Failed(anyhow::Error),
+}
+
+impl From<anyhow::Error> for RestoreError {
+    fn from(e: anyhow::Error) -> RestoreError {
+        RestoreError::Failed(e)
+    }
+}
+
+/// Restores the backup in `backup` into a new data directory `target`.
+pub fn restore(backup: &Path, target: &Path) -> Result<(), RestoreError> {
+    let (manifest, problems) = kvs_wire::backup::verify(backup)
+        .with_context(|| format!("cannot read the backup {}", backup.display()))?;
+    if !problems.is_empty() {
+        return Err(RestoreError::Refused(problems.join("; ")));
+    }
+    let manifest = manifest.expect("a whole backup has a manifest");
+    if target.exists()
+        && fs::read_dir(target)
+            .with_context(|| format!("cannot read {}", target.display()))?
+            .next()
+            .is_some()
+    {
+        return Err(RestoreError::Refused(format!(
+            "{} is not empty: a restore builds a new data directory",
+            target.display()
+        )));
+    }
+    let building = PathBuf::from(format!("{}.restoring", target.display()));
+    if building.exists() {
+        fs::remove_dir_all(&building)
+            .with_context(|| format!("cannot remove {}", building.display()))?;
+    }
+    let result = build(backup, &manifest, &building);
+    if result.is_err() {
+        let _ = fs::remove_dir_all(&building);
+        return result;
+    }
+    if target.exists() {
+        fs::remove_dir(target).with_context(|| format!("cannot replace {}", target.display()))?;
+    }
+    fs::rename(&building, target).with_context(|| {
+        format!(
+            "cannot rename {} to {}",
+            building.display(),
+            target.display()
+        )
+    })?;
+    sync_dir(
+        target
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new(".")),
+    )?;
+    let shards = manifest["shards"].as_u64().unwrap_or(0);
+    eprintln!(
+        "kvsd: restored {shards} shards from {} (backup of {}, {}) into {}",
+        backup.display(),
+        manifest["source"].as_str().unwrap_or("?"),
+        manifest["created"].as_str().unwrap_or("?"),
+        target.display()
+    );
+    Ok(())
+}
+
+fn build(backup: &Path, manifest: &Value, building: &Path) -> Result<(), RestoreError> {
+    let shards = manifest["shards"].as_u64().unwrap_or(0) as u32;
+    let data = DataDir::open(building, Some(shards), None)?;
+    for (shard, entry) in manifest["files"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let shard = shard as u32;
+        let image = backup.join(entry["file"].as_str().unwrap_or_default());
+        restore_shard(&data.shard_dir(shard), shard, &image, entry)?;
+    }
+    drop(data);
+    // The same checks start-up and `kvsd --verify` make, on what was built.
+    if !data_dir::verify(building)? {
+        return Err(RestoreError::Refused(format!(
+            "the data directory built from {} does not check (problems above)",
+            backup.display()
+        )));
+    }
+    sync_dir(building)?;
+    Ok(())
+}
+
+/// Gives shard `shard` (its directory `dir`) an empty log and the backup's checkpoint.
+fn restore_shard(dir: &Path, shard: u32, image: &Path, entry: &Value) -> Result<(), RestoreError> {
+    let mut source =
+        File::open(image).with_context(|| format!("cannot open {}", image.display()))?;
+    let mut head = vec![0u8; 2 * PAGE_SIZE];
+    source
+        .read_exact(&mut head)
+        .with_context(|| format!("{}: shorter than its meta pages", image.display()))?;
+    let meta = (0..2u64)
+        .filter_map(|slot| {
+            let at = slot as usize * PAGE_SIZE;
+            decode_meta(&head[at..at + PAGE_SIZE], slot).ok()
+        })
+        .max_by_key(|meta| meta.seq)
+        .ok_or_else(|| RestoreError::Refused(format!("{}: no valid meta page", image.display())))?;
+    if meta.shard != shard || Some(meta.applied_index) != entry["index"].as_u64() {
+        return Err(RestoreError::Refused(format!(
+            "{}: holds shard {} at log index {}, the manifest says shard {shard} at {}",
+            image.display(),
+            meta.shard,
+            meta.applied_index,
+            entry["index"]
+        )));
+    }
+    // A log holding only Raft's hard state at the checkpoint (its term, vote and commit
+    // index): the shard goes on from the checkpoint, as after a restart whose log before it
+    // was trimmed.
+    let disk = DmaDisk::new(dir).with_context(|| format!("cannot open {}", dir.display()))?;
+    let vote = meta.raft_vote.to_le_bytes();
+    let hard_state = Record {
+        kind: RecordKind::HardState,
+        entry_type: 0,
+        index: meta.applied_index,
+        term: meta.raft_term.max(meta.applied_term),
+        payload: &vote,
+    };
+    futures_lite::future::block_on(async {
+        let (mut log, _) = Log::open(disk, shard).await?;
+        log.append(&[hard_state]).await
+    })
+    .with_context(|| format!("cannot create shard {shard}'s log"))?;
+    let pages = dir.join(PAGE_FILE);
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&pages)
+        .with_context(|| format!("cannot create {}", pages.display()))?;
+    file.write_all(&head)
+        .and_then(|()| std::io::copy(&mut source, &mut file).map(drop))
+        .and_then(|()| {
+            let len = file.metadata()?.len();
+            file.set_len(len.max(meta.page_count * PAGE_SIZE as u64))
+        })
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("cannot write {}", pages.display()))?;
+    sync_dir(dir)?;
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) -> anyhow::Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("cannot sync {}", dir.display()))
+}
