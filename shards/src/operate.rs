@@ -137,10 +137,8 @@ fn watch(state: &EndpointState) {
             continue;
         }
         let now = ticks();
-        let stuck: Vec<usize> = (0..cores.len())
-            .filter(|&core| now[core] == last_ticks[core])
-            .collect();
-        if state.serving.load(Ordering::SeqCst) && !stopping && !stuck.is_empty() {
+        let serving = state.serving.load(Ordering::SeqCst) && !stopping;
+        if let Err(stuck) = watchdog_verdict(serving, &last_ticks, &now) {
             if !reported {
                 reported = true;
                 tracing::error!(
@@ -154,5 +152,32 @@ fn watch(state: &EndpointState) {
         last_ticks = now;
         last_ping = Instant::now();
         notify(&[NotifyState::Watchdog]);
+    }
+}
+
+/// Whether to feed the watchdog: yes while starting up or stopping (`serving` false), and
+/// while serving only if every shard loop ticked since the last ping; else the stuck cores.
+fn watchdog_verdict(serving: bool, last: &[u64], now: &[u64]) -> Result<(), Vec<usize>> {
+    let stuck: Vec<usize> = (0..now.len())
+        .filter(|&core| now[core] == last[core])
+        .collect();
+    if serving && !stuck.is_empty() {
+        Err(stuck)
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::watchdog_verdict;
+
+    #[test]
+    fn the_watchdog_is_fed_only_while_every_shard_loop_ticks() {
+        assert_eq!(watchdog_verdict(true, &[5, 9], &[6, 10]), Ok(()));
+        assert_eq!(watchdog_verdict(true, &[5, 9], &[6, 9]), Err(vec![1]));
+        assert_eq!(watchdog_verdict(true, &[5, 9], &[5, 9]), Err(vec![0, 1]));
+        // Recovery and the stop may take long without ticks: fed regardless.
+        assert_eq!(watchdog_verdict(false, &[5, 9], &[5, 9]), Ok(()));
     }
 }
