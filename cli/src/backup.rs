@@ -19,6 +19,8 @@ use kvs_wire::{Client, ClientError, ClientOptions, Request, Response};
 use serde_json::{json, Value};
 
 const PAGE_SIZE: u64 = 4096;
+/// Chunks of a shard asked for before the first of them is answered.
+const CHUNKS_IN_FLIGHT: usize = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackupError {
@@ -187,11 +189,11 @@ fn backup_shard(
     let name = format!("shard-{shard:03}.pages");
     let partial = dir.join(format!("{name}.partial"));
     let mut file = File::create(&partial).map_err(io_error(&partial))?;
-    let chunk = |id: u64, number: u32| -> Result<BackupChunk, BackupError> {
-        match client.call(&Request::Backup { shard, id, number })? {
+    let check = |number: u32, reply: Response| -> Result<BackupChunk, BackupError> {
+        match reply {
             Response::BackupChunk(chunk) => {
                 let crc = crc32c::crc32c_append(crc32c::crc32c(&chunk.meta), &chunk.pages);
-                if crc != chunk.crc {
+                if crc != chunk.crc || chunk.number != number {
                     return Err(BackupError::Bad(format!(
                         "shard {shard}: chunk {number} arrived damaged (CRC32C {crc:08x}, sent {:08x})",
                         chunk.crc
@@ -207,7 +209,8 @@ fn backup_shard(
             ))),
         }
     };
-    let first = chunk(0, 0)?;
+    let ask = |id: u64, number: u32| client.submit(&Request::Backup { shard, id, number });
+    let first = check(0, ask(0, 0)?.wait()?)?;
     if first.meta.len() != PAGE_SIZE as usize {
         return Err(BackupError::Bad(format!(
             "shard {shard}: a meta page of {} bytes",
@@ -226,9 +229,18 @@ fn backup_shard(
     let (id, total) = (first.id, first.total_pages);
     let mut pages = 0u64;
     let mut last = first.last;
-    let mut number = 1;
+    // Chunks are asked for CHUNKS_IN_FLIGHT ahead, so the node reads the next runs while
+    // this one travels and is written; asks past the last chunk are answered with an error
+    // that is dropped.
+    let mut in_flight = std::collections::VecDeque::new();
+    let mut next = 1;
     while !last {
-        let piece = chunk(id, number)?;
+        while in_flight.len() < CHUNKS_IN_FLIGHT {
+            in_flight.push_back((next, ask(id, next)?));
+            next += 1;
+        }
+        let (number, pending) = in_flight.pop_front().expect("filled above");
+        let piece = check(number, pending.wait()?)?;
         if !(piece.pages.len() as u64).is_multiple_of(PAGE_SIZE) || piece.first < 2 {
             return Err(BackupError::Bad(format!(
                 "shard {shard}: chunk {number} is not a run of pages"
@@ -238,7 +250,6 @@ fn backup_shard(
         end = end.max(piece.first * PAGE_SIZE + piece.pages.len() as u64);
         pages += piece.pages.len() as u64 / PAGE_SIZE;
         last = piece.last;
-        number += 1;
         progress.show(
             shard,
             shards,
@@ -246,6 +257,9 @@ fn backup_shard(
             total,
             bytes_before + pages * PAGE_SIZE,
         );
+    }
+    for (_, pending) in in_flight {
+        let _ = pending.wait();
     }
     if pages != total {
         return Err(BackupError::Bad(format!(
