@@ -20,7 +20,11 @@ fn http(addr: &str, method: &str, path: &str) -> (u16, String) {
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
-    write!(stream, "{method} {path} HTTP/1.1\r\nHost: kvs\r\n\r\n").unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: kvs\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut reply = String::new();
     stream.read_to_string(&mut reply).unwrap();
     let status = reply
@@ -484,6 +488,8 @@ fn a_real_prometheus_scrapes_kvsd_and_the_dashboard_and_alerts_name_real_metrics
     for i in 0..20 {
         client.put(format!("key{i}").as_bytes(), b"value").unwrap();
     }
+    // An error reply (NOT_FOUND), so that the error counters have a sample.
+    assert_eq!(client.get(b"absent").unwrap(), None);
     // Every name the dashboard and the alerts use is one kvsd exports (the follower lag
     // only on a cluster's leader: checked by the cluster test).
     let exported = samples(&http(&metrics, "GET", "/metrics").1)
