@@ -274,7 +274,19 @@ impl BatchEncoder {
         self.bytes[0..4].copy_from_slice(&self.count.to_le_bytes());
         self.bytes
     }
+
+    /// Like [`BatchEncoder::finish`], with the time the leader proposed the batch (ms since
+    /// the Unix epoch) after the commands: point-in-time recovery replays the log up to a
+    /// moment by it (`kvsd --restore-from ... --until`).
+    pub fn finish_at(mut self, unix_ms: u64) -> Vec<u8> {
+        self.bytes.push(COMMIT_TIME_TAG);
+        self.bytes.extend_from_slice(&unix_ms.to_le_bytes());
+        self.finish()
+    }
 }
+
+/// Marks a batch's commit time after its commands ([`BatchEncoder::finish_at`]).
+const COMMIT_TIME_TAG: u8 = 0xC7;
 
 struct Reader<'a> {
     bytes: &'a [u8],
@@ -326,6 +338,12 @@ impl<'a> Reader<'a> {
 
 /// Decodes a batch entry's data into its commands.
 pub fn decode_batch(data: &[u8]) -> Result<Vec<Command>, BatchDecodeError> {
+    decode_batch_timed(data).map(|(commands, _)| commands)
+}
+
+/// Decodes a batch entry's data into its commands and its commit time, if it records one
+/// (batches logged before kvs recorded times do not).
+pub fn decode_batch_timed(data: &[u8]) -> Result<(Vec<Command>, Option<u64>), BatchDecodeError> {
     let mut r = Reader { bytes: data, at: 0 };
     let count = r.u32()? as usize;
     // Each command takes at least 5 bytes, which bounds the allocation by the input size.
@@ -333,13 +351,16 @@ pub fn decode_batch(data: &[u8]) -> Result<Vec<Command>, BatchDecodeError> {
     for _ in 0..count {
         commands.push(decode_command(&mut r, data.len())?);
     }
-    if r.at != data.len() {
-        return Err(BatchDecodeError(format!(
-            "{} trailing bytes",
-            data.len() - r.at
-        )));
-    }
-    Ok(commands)
+    let time = match &data[r.at..] {
+        [] => None,
+        [COMMIT_TIME_TAG, time @ ..] if time.len() == 8 => {
+            Some(u64::from_le_bytes(time.try_into().expect("8 bytes")))
+        }
+        rest => {
+            return Err(BatchDecodeError(format!("{} trailing bytes", rest.len())));
+        }
+    };
+    Ok((commands, time))
 }
 
 fn decode_command(r: &mut Reader<'_>, data_len: usize) -> Result<Command, BatchDecodeError> {
@@ -491,6 +512,34 @@ mod tests {
         for cut in 0..data.len() {
             assert!(decode_batch(&data[..cut]).is_err());
         }
+    }
+
+    #[test]
+    fn a_batch_carries_its_commit_time_after_its_commands() {
+        let command = Command::Put {
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+        };
+        let mut encoder = BatchEncoder::new();
+        encoder.push(&command);
+        let untimed_len = encoder.len_bytes();
+        let data = encoder.finish_at(1_796_458_245_123);
+        assert_eq!(
+            decode_batch_timed(&data).unwrap(),
+            (vec![command.clone()], Some(1_796_458_245_123))
+        );
+        assert_eq!(decode_batch(&data).unwrap(), vec![command.clone()]);
+        // Without its time it is a batch as logged before times were recorded.
+        assert_eq!(
+            decode_batch_timed(&data[..untimed_len]).unwrap(),
+            (vec![command], None)
+        );
+        for cut in untimed_len + 1..data.len() {
+            assert!(decode_batch_timed(&data[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut wrong_tag = data.clone();
+        wrong_tag[untimed_len] ^= 1;
+        assert!(decode_batch_timed(&wrong_tag).is_err());
     }
 
     #[test]

@@ -69,8 +69,23 @@ pub struct Flags {
     /// Build the data directory --data-dir (which must not exist, or be empty) from the
     /// backup in this directory (`kvs backup`), check it, and exit: 0 when restored, 1 when
     /// the backup is damaged or incomplete (nothing is left behind), 2 when it cannot run.
+    /// With --node-id and --initial-cluster, that member's directory of a new cluster (restore
+    /// every member from the same backup).
     #[arg(long)]
     pub restore_from: Option<PathBuf>,
+    /// Copy every log segment here (fsynced, with its CRC32C) before deleting it, for
+    /// point-in-time recovery; with --restore-from, the archive to replay after the backup.
+    /// Default: off.
+    #[arg(long)]
+    pub archive_dir: Option<PathBuf>,
+    /// With --restore-from and --archive-dir: replay the archive up to this moment (RFC 3339,
+    /// e.g. 2026-12-05T08:10:45Z). Default: all of it.
+    #[arg(long)]
+    pub until: Option<String>,
+    /// With --restore-from and --archive-dir: replay each shard's archive up to this log
+    /// index.
+    #[arg(long)]
+    pub until_index: Option<u64>,
     /// This node's id in the cluster (a number from --initial-cluster). Default: 1.
     #[arg(long)]
     pub node_id: Option<u64>,
@@ -116,6 +131,7 @@ struct FileConfig {
     resp_listen: Option<String>,
     metrics_listen: Option<String>,
     log_format: Option<String>,
+    archive_dir: Option<PathBuf>,
     log_level: Option<String>,
     cache_size: Option<String>,
     checkpoint_interval: Option<u64>,
@@ -237,6 +253,10 @@ pub struct Config {
     pub verify: bool,
     /// `--restore-from DIR`: build the data directory from a backup and exit.
     pub restore_from: Option<PathBuf>,
+    /// `--archive-dir`: where log segments are archived (and replayed from on a restore).
+    pub archive_dir: Option<PathBuf>,
+    /// `--until` (ms since the epoch) or `--until-index`, for a restore.
+    pub until: Option<crate::archive::Until>,
     /// Set with --initial-cluster: this node is one of a cluster.
     pub cluster: Option<ClusterConfig>,
     pub election_timeout: Duration,
@@ -322,6 +342,8 @@ pub enum ConfigError {
     ReadLease(String),
     #[error("bad --log-format {0:?}: expected text or json")]
     LogFormat(String),
+    #[error("bad --until: {0}")]
+    Until(String),
 }
 
 impl Config {
@@ -355,6 +377,22 @@ impl Config {
             None | Some("text") => false,
             Some("json") => true,
             Some(other) => return Err(ConfigError::LogFormat(other.into())),
+        };
+        let until = match (flags.until, flags.until_index) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::Until(
+                    "give --until or --until-index, not both".into(),
+                ))
+            }
+            (Some(text), None) => Some(crate::archive::Until::Time(
+                crate::archive::parse_rfc3339(&text).ok_or_else(|| {
+                    ConfigError::Until(format!(
+                        "{text:?} is not an RFC 3339 time such as 2026-12-05T08:10:45Z"
+                    ))
+                })?,
+            )),
+            (None, Some(index)) => Some(crate::archive::Until::Index(index)),
+            (None, None) => None,
         };
         let shards = flags.shards.or(file.shards);
         if let Some(n) = shards {
@@ -443,6 +481,8 @@ impl Config {
             checkpoint_rate,
             verify: flags.verify,
             restore_from: flags.restore_from,
+            archive_dir: flags.archive_dir.or(file.archive_dir),
+            until,
             data_dir: flags
                 .data_dir
                 .or(file.data_dir)

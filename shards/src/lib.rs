@@ -11,6 +11,7 @@
 //! - [`node`]: starting a node: data directory, executors, cross-core mesh, shutdown.
 //! - [`config`]: flags and the TOML config file.
 
+pub mod archive;
 pub mod ask;
 pub mod cluster;
 pub mod config;

@@ -77,6 +77,8 @@ struct CoreSetup {
     handoff_receivers: Vec<Receiver<Handoff>>,
     stop: Arc<AtomicBool>,
     metrics: Arc<CoreMetrics>,
+    /// `--archive-dir`.
+    archive_dir: Option<PathBuf>,
     connection_counts: Arc<ConnectionCounts>,
     scan_cursors: Arc<ScanCursors>,
     ready: mpsc::Sender<Result<(), String>>,
@@ -273,6 +275,7 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
             handoff_receivers: Vec::new(),
             stop: Arc::clone(&stop),
             metrics: Arc::clone(&node_metrics.cores[core]),
+            archive_dir: config.archive_dir.clone(),
             connection_counts: Arc::clone(&connection_counts),
             scan_cursors: Arc::clone(&scan_cursors),
             ready: ready_sender.clone(),
@@ -544,6 +547,12 @@ async fn open_shard(setup: &CoreSetup) -> Result<ShardCore<DmaDisk, ReplyTo>, St
     )
     .await
     .map_err(|e| format!("shard {} cannot start: {e}", setup.core))?;
+    let mut shard = shard;
+    if let Some(dir) = &setup.archive_dir {
+        let archive = crate::archive::DirArchive::new(dir)
+            .map_err(|e| format!("cannot create the archive {}: {e}", dir.display()))?;
+        shard.set_archive(Rc::new(archive));
+    }
     let info = shard.info();
     tracing::info!(
         shard = setup.core,

@@ -660,6 +660,11 @@ impl<D: LogDisk> Peer<D> {
         Some(self.node.raft.leader_id).filter(|&id| id != raft::INVALID_ID)
     }
 
+    /// Copies the log's closed segments to `archive` before they are deleted.
+    pub fn set_archive(&mut self, archive: std::rc::Rc<dyn kvs_core::log::SegmentArchive>) {
+        self.log.set_archive(archive);
+    }
+
     pub fn id(&self) -> u64 {
         self.membership.id
     }

@@ -101,6 +101,12 @@ impl<D: LogDisk> Peer<D> {
         if checkpoint.applied_index <= self.log_trimmed_through {
             return Ok(0);
         }
+        if self.log.has_archive() && self.log.close_active() {
+            // The segment written since goes to the archive once a checkpoint covers it (at
+            // once, if this one does): a new segment takes the next writes, so the closed one
+            // is not the last, which always stays.
+            self.log.make_room().await?;
+        }
         let removed = self.log.remove_through(checkpoint.applied_index).await?;
         self.log_trimmed_through = checkpoint.applied_index;
         Ok(removed)

@@ -1,5 +1,9 @@
 //! `kvsd --restore-from BACKUP --data-dir NEW` (docs/operations.md, "Backup and restore"):
-//! builds a single node's data directory from a backup (`kvs backup`) and exits.
+//! builds a data directory from a backup (`kvs backup`) and exits. With the cluster flags
+//! (`--node-id`, `--initial-cluster`) it builds that member's directory: every member of a
+//! new cluster is restored from the same backup, so all start from the same checkpoint at
+//! the same log position (what Raft requires of a group's first state), and elect leaders
+//! in the terms after the backup's.
 //!
 //! Nothing is trusted before it is checked: the manifest and every shard file's size and
 //! CRC32C first (a damaged or incomplete backup is refused, naming the file), then each
@@ -22,6 +26,8 @@ use kvs_core::store::page::{decode_meta, PAGE_SIZE};
 use kvs_core::store::PAGE_FILE;
 use serde_json::Value;
 
+use crate::archive::{replay, ReplayError, Until};
+use crate::config::ClusterConfig;
 use crate::data_dir::{self, DataDir};
 use crate::log_io::DmaDisk;
 
@@ -40,8 +46,14 @@ impl From<anyhow::Error> for RestoreError {
     }
 }
 
-/// Restores the backup in `backup` into a new data directory `target`.
-pub fn restore(backup: &Path, target: &Path) -> Result<(), RestoreError> {
+/// Restores the backup in `backup` into a new data directory `target`: a single node's, or
+/// with `cluster`, that member's of a new cluster.
+pub fn restore(
+    backup: &Path,
+    target: &Path,
+    cluster: Option<&ClusterConfig>,
+    archive: Option<(&Path, Until)>,
+) -> Result<(), RestoreError> {
     let (manifest, problems) = kvs_wire::backup::verify(backup)
         .with_context(|| format!("cannot read the backup {}", backup.display()))?;
     if !problems.is_empty() {
@@ -64,7 +76,7 @@ pub fn restore(backup: &Path, target: &Path) -> Result<(), RestoreError> {
         fs::remove_dir_all(&building)
             .with_context(|| format!("cannot remove {}", building.display()))?;
     }
-    let result = build(backup, &manifest, &building);
+    let result = build(backup, &manifest, &building, cluster, archive);
     if result.is_err() {
         let _ = fs::remove_dir_all(&building);
         return result;
@@ -86,8 +98,11 @@ pub fn restore(backup: &Path, target: &Path) -> Result<(), RestoreError> {
             .unwrap_or(Path::new(".")),
     )?;
     let shards = manifest["shards"].as_u64().unwrap_or(0);
+    let member = cluster.map_or(String::new(), |c| {
+        format!(" as node {} of the cluster {}", c.node_id, c.members_text())
+    });
     eprintln!(
-        "kvsd: restored {shards} shards from {} (backup of {}, {}) into {}",
+        "kvsd: restored {shards} shards from {} (backup of {}, {}) into {}{member}",
         backup.display(),
         manifest["source"].as_str().unwrap_or("?"),
         manifest["created"].as_str().unwrap_or("?"),
@@ -96,9 +111,15 @@ pub fn restore(backup: &Path, target: &Path) -> Result<(), RestoreError> {
     Ok(())
 }
 
-fn build(backup: &Path, manifest: &Value, building: &Path) -> Result<(), RestoreError> {
+fn build(
+    backup: &Path,
+    manifest: &Value,
+    building: &Path,
+    cluster: Option<&ClusterConfig>,
+    archive: Option<(&Path, Until)>,
+) -> Result<(), RestoreError> {
     let shards = manifest["shards"].as_u64().unwrap_or(0) as u32;
-    let data = DataDir::open(building, Some(shards), None)?;
+    let data = DataDir::open(building, Some(shards), cluster)?;
     for (shard, entry) in manifest["files"]
         .as_array()
         .into_iter()
@@ -107,7 +128,7 @@ fn build(backup: &Path, manifest: &Value, building: &Path) -> Result<(), Restore
     {
         let shard = shard as u32;
         let image = backup.join(entry["file"].as_str().unwrap_or_default());
-        restore_shard(&data.shard_dir(shard), shard, &image, entry)?;
+        restore_shard(&data.shard_dir(shard), shard, &image, entry, archive)?;
     }
     drop(data);
     // The same checks start-up and `kvsd --verify` make, on what was built.
@@ -121,8 +142,16 @@ fn build(backup: &Path, manifest: &Value, building: &Path) -> Result<(), Restore
     Ok(())
 }
 
-/// Gives shard `shard` (its directory `dir`) an empty log and the backup's checkpoint.
-fn restore_shard(dir: &Path, shard: u32, image: &Path, entry: &Value) -> Result<(), RestoreError> {
+/// Gives shard `shard` (its directory `dir`) the backup's checkpoint, the archive's entries
+/// after it up to the moment asked (if an archive is given), and a log that goes on from
+/// there.
+fn restore_shard(
+    dir: &Path,
+    shard: u32,
+    image: &Path,
+    entry: &Value,
+    archive: Option<(&Path, Until)>,
+) -> Result<(), RestoreError> {
     let mut source =
         File::open(image).with_context(|| format!("cannot open {}", image.display()))?;
     let mut head = vec![0u8; 2 * PAGE_SIZE];
@@ -145,23 +174,6 @@ fn restore_shard(dir: &Path, shard: u32, image: &Path, entry: &Value) -> Result<
             entry["index"]
         )));
     }
-    // A log holding only Raft's hard state at the checkpoint (its term, vote and commit
-    // index): the shard goes on from the checkpoint, as after a restart whose log before it
-    // was trimmed.
-    let disk = DmaDisk::new(dir).with_context(|| format!("cannot open {}", dir.display()))?;
-    let vote = meta.raft_vote.to_le_bytes();
-    let hard_state = Record {
-        kind: RecordKind::HardState,
-        entry_type: 0,
-        index: meta.applied_index,
-        term: meta.raft_term.max(meta.applied_term),
-        payload: &vote,
-    };
-    futures_lite::future::block_on(async {
-        let (mut log, _) = Log::open(disk, shard).await?;
-        log.append(&[hard_state]).await
-    })
-    .with_context(|| format!("cannot create shard {shard}'s log"))?;
     let pages = dir.join(PAGE_FILE);
     let mut file = OpenOptions::new()
         .write(true)
@@ -176,7 +188,48 @@ fn restore_shard(dir: &Path, shard: u32, image: &Path, entry: &Value) -> Result<
         })
         .and_then(|()| file.sync_all())
         .with_context(|| format!("cannot write {}", pages.display()))?;
+    drop(file);
     sync_dir(dir)?;
+    let (index, term) = match archive {
+        None => (meta.applied_index, meta.applied_term),
+        Some((archive, until)) => {
+            let replayed = replay(dir, archive, shard, until).map_err(|e| match e {
+                ReplayError::Refused(message) => RestoreError::Refused(message),
+                ReplayError::Failed(message) => RestoreError::Failed(anyhow::anyhow!(message)),
+            })?;
+            let time = replayed.time.map_or("no commit time".to_string(), |ms| {
+                format!("last commit at {ms} ms")
+            });
+            eprintln!(
+                "kvsd: shard {shard}: {} entries replayed from the archive: now at entry {} ({time}); the archive holds up to entry {}",
+                replayed.entries, replayed.index, replayed.archive_end
+            );
+            (replayed.index, replayed.term.max(meta.applied_term))
+        }
+    };
+    // A log holding only Raft's hard state at that position (its term, vote and commit
+    // index): the shard goes on from the checkpoint, as after a restart whose log before it
+    // was trimmed.
+    let disk = DmaDisk::new(dir).with_context(|| format!("cannot open {}", dir.display()))?;
+    let term = term.max(meta.raft_term);
+    let vote = if term == meta.raft_term {
+        meta.raft_vote
+    } else {
+        0
+    };
+    let vote = vote.to_le_bytes();
+    let hard_state = Record {
+        kind: RecordKind::HardState,
+        entry_type: 0,
+        index,
+        term,
+        payload: &vote,
+    };
+    futures_lite::future::block_on(async {
+        let (mut log, _) = Log::open(disk, shard).await?;
+        log.append(&[hard_state]).await
+    })
+    .with_context(|| format!("cannot create shard {shard}'s log"))?;
     Ok(())
 }
 

@@ -221,6 +221,8 @@ pub struct ShardCore<D: LogDisk + Clone, R> {
     snapshots_sent: u64,
     /// The cluster's id and its nodes as this core last saw them, for INFO.
     cluster_view: Option<(String, Vec<NodeView>)>,
+    /// Where log segments are archived (`set_archive`).
+    archive: Option<std::rc::Rc<dyn kvs_core::log::SegmentArchive>>,
 }
 
 /// Replies a step produced, and reads to answer in tasks of their own (they need the disk,
@@ -323,7 +325,15 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
             to_apply: Vec::new(),
             disk_reads: DiskReads::default(),
             pipeline_when_queued: crate::shard_ops::PIPELINE_WHEN_QUEUED,
+            archive: None,
         })
+    }
+
+    /// Archives the log's segments before deleting them (`kvsd --archive-dir`), from now on
+    /// and after a reopen.
+    pub fn set_archive(&mut self, archive: std::rc::Rc<dyn kvs_core::log::SegmentArchive>) {
+        self.peer.set_archive(std::rc::Rc::clone(&archive));
+        self.archive = Some(archive);
     }
 
     async fn open_peer(
@@ -370,8 +380,11 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
         // The old store's checkpoint must not write while the new store owns the file.
         self.peer.store().wait_idle().await;
         match Self::open_peer(self.disk.clone(), self.shard, self.config, &self.membership).await {
-            Ok(peer) => {
+            Ok(mut peer) => {
                 tracing::info!(shard = self.shard, "shard reopened; it takes writes again");
+                if let Some(archive) = &self.archive {
+                    peer.set_archive(std::rc::Rc::clone(archive));
+                }
                 self.peer = peer;
                 self.failed = None;
                 self.to_apply.clear();
@@ -694,7 +707,10 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
             !origins.contains(&NO_ORIGIN),
             "origins that keep no order are not recorded"
         );
-        match self.peer.propose(encoder.finish()) {
+        match self
+            .peer
+            .propose(encoder.finish_at(kvs_core::sessions::wall_clock_ms()))
+        {
             Ok((index, term)) => {
                 // Proposals of an earlier term at this index or after it are gone from this
                 // peer's log: another leader's entries replaced them.

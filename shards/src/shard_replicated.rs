@@ -178,7 +178,10 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
         encoder.push(&Command::ExpireSessions {
             before_ms: now_ms.saturating_sub(SESSION_TTL_MS),
         });
-        if let Err(error) = self.peer.propose(encoder.finish()) {
+        if let Err(error) = self
+            .peer
+            .propose(encoder.finish_at(kvs_core::sessions::wall_clock_ms()))
+        {
             tracing::warn!(shard = self.shard, %error, "proposing the expiry of client sessions failed");
         }
     }

@@ -282,3 +282,81 @@ fn a_cluster_is_backed_up_from_each_shards_leader_and_restores_as_one_node() {
         Some(&b"v123"[..])
     );
 }
+
+#[test]
+fn a_backup_seeds_a_new_three_node_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = Server::start(&dir.path().join("source"), 2);
+    let client = source.client();
+    for i in 0..300 {
+        client
+            .put(format!("s{i:03}").as_bytes(), format!("v{i}").as_bytes())
+            .unwrap();
+    }
+    let backup_dir = dir.path().join("backup");
+    assert_eq!(backup(&source.addr, &backup_dir).0, 0);
+
+    // Every member restored from the same backup, with its own identity.
+    let ports = common::free_ports::<6>();
+    let peers: Vec<String> = (0..3)
+        .map(|i| format!("127.0.0.1:{}", ports[3 + i]))
+        .collect();
+    let members = (0..3)
+        .map(|i| format!("{}={}", i + 1, peers[i]))
+        .collect::<Vec<_>>()
+        .join(",");
+    let flags = |i: usize| -> Vec<String> {
+        vec![
+            "--node-id".into(),
+            (i + 1).to_string(),
+            "--peer-listen".into(),
+            peers[i].clone(),
+            "--initial-cluster".into(),
+            members.clone(),
+        ]
+    };
+    let data = |i: usize| dir.path().join(format!("node{}", i + 1));
+    for i in 0..3 {
+        let out = Command::new(kvsd_binary())
+            .args(["--restore-from", backup_dir.to_str().unwrap()])
+            .args(["--data-dir", data(i).to_str().unwrap()])
+            .args(flags(i))
+            .stdout(Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert!(
+            stderr.contains(&format!("as node {} of the cluster", i + 1)),
+            "{stderr}"
+        );
+    }
+    let nodes: Vec<Server> = (0..3)
+        .map(|i| {
+            let flags = flags(i);
+            let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+            Server::spawn_with(&data(i), 2, &format!("127.0.0.1:{}", ports[i]), &flags)
+        })
+        .collect();
+    for node in &nodes {
+        node.wait_ready();
+    }
+    // Every node answers every key (reads go to each shard's leader), and takes writes.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for node in &nodes {
+        let client = node.client();
+        loop {
+            match client.get(b"s123") {
+                Ok(value) => {
+                    assert_eq!(value.as_deref(), Some(&b"v123"[..]));
+                    break;
+                }
+                Err(e) => assert!(Instant::now() < deadline, "no answer: {e}"),
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let first = nodes[0].client();
+    first.put(b"new", b"after the seed").unwrap();
+    assert_eq!(all_pairs(&nodes[2].client()).len(), 301);
+}

@@ -264,6 +264,17 @@ pub struct Log<D: LogDisk> {
     dry_run: bool,
     /// Where the last [`Log::read_entries`] stopped.
     read_cursor: Option<read::ReadCursor>,
+    /// Where closed segments are copied before they are deleted (`kvsd --archive-dir`).
+    archive: Option<Rc<dyn SegmentArchive>>,
+}
+
+/// Keeps a copy of each closed segment before the log deletes it (point-in-time recovery,
+/// `kvsd --archive-dir`). `archive` returns only once the copy is durable; an error keeps
+/// the segment, and the next trim tries again.
+pub trait SegmentArchive {
+    /// Copies the first `len` bytes (its groups) of segment `name` of shard `shard`, whose
+    /// file is `path`.
+    fn archive(&self, shard: u32, name: &str, path: &str, len: u64) -> std::io::Result<()>;
 }
 
 /// Bytes of zeros written per call while preallocating.
@@ -560,9 +571,34 @@ impl<D: LogDisk> Log<D> {
         Ok(())
     }
 
+    /// Copies every closed segment to `archive` before deleting it from now on.
+    pub fn set_archive(&mut self, archive: Rc<dyn SegmentArchive>) {
+        self.archive = Some(archive);
+    }
+
+    pub fn has_archive(&self) -> bool {
+        self.archive.is_some()
+    }
+
+    /// Closes the active segment, if it holds any group and none is in flight: the next
+    /// group starts a new segment, and this one may be archived and deleted once a
+    /// checkpoint covers it. With an archive, the log does this after each checkpoint, so
+    /// the archive is behind by about a checkpoint interval, not by a whole segment.
+    pub fn close_active(&mut self) -> bool {
+        let holds_groups = self.segments.last().is_some_and(|s| s.last_index > 0);
+        if self.active.is_none() || !self.in_flight.is_empty() || !holds_groups {
+            return false;
+        }
+        self.active = None;
+        true
+    }
+
     /// Deletes the closed segments whose entries all have indexes at or below `index` (a
-    /// checkpoint holds them). The active segment always stays. Returns how many went.
+    /// checkpoint holds them), each copied to the archive first if there is one. The last
+    /// segment always stays. Returns how many went.
     pub async fn remove_through(&mut self, index: u64) -> Result<usize, LogError> {
+        // The last segment always stays, closed or not: a log that is not empty never
+        // becomes empty (start-up takes an empty log after a checkpoint for a lost one).
         let closed = self.segments.len().saturating_sub(1);
         let doomed = self.segments[..closed]
             .iter()
@@ -570,6 +606,14 @@ impl<D: LogDisk> Log<D> {
             .count();
         if doomed == 0 {
             return Ok(0);
+        }
+        if let Some(archive) = &self.archive {
+            for segment in &self.segments[..doomed] {
+                let path = self.disk.path_of(&segment.name);
+                archive
+                    .archive(self.shard, &segment.name, &path, segment.size)
+                    .map_err(|e| LogError::io("archive", path, e))?;
+            }
         }
         // Unlisted before deleted: a crash between leaves files recovery knows to remove.
         let listing = self.listing().split_off(doomed);

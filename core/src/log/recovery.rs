@@ -62,6 +62,7 @@ impl<D: LogDisk> Log<D> {
             manifest_file: None,
             dry_run,
             read_cursor: None,
+            archive: None,
         };
         let mut recovered = Recovered::default();
         if has_manifest {

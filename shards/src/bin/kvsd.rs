@@ -117,7 +117,19 @@ fn main() -> ExitCode {
     }
 
     if let Some(backup) = &config.restore_from {
-        return match kvs_shards::restore::restore(backup, &config.data_dir) {
+        let cluster = config.cluster.as_ref();
+        let archive = match (&config.archive_dir, config.until) {
+            (Some(dir), until) => Some((
+                dir.as_path(),
+                until.unwrap_or(kvs_shards::archive::Until::End),
+            )),
+            (None, Some(_)) => {
+                eprintln!("kvsd: --until and --until-index need --archive-dir");
+                return ExitCode::from(2);
+            }
+            (None, None) => None,
+        };
+        return match kvs_shards::restore::restore(backup, &config.data_dir, cluster, archive) {
             Ok(()) => ExitCode::SUCCESS,
             Err(kvs_shards::restore::RestoreError::Refused(message)) => {
                 eprintln!("kvsd: refusing to restore: {message}");
