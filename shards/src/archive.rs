@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use kvs_core::command::decode_batch_timed;
 use kvs_core::log::format::{OwnedRecord, RecordKind};
-use kvs_core::log::{Log, SegmentArchive};
+use kvs_core::log::{Log, LogError, SegmentArchive};
 use kvs_core::store::{PagedStore, StoreConfig};
 
 use crate::log_io::DmaDisk;
@@ -207,7 +207,16 @@ pub fn replay(
     } else {
         let disk = DmaDisk::new(&dir).map_err(|e| failed("archive", &e))?;
         futures_lite::future::block_on(Log::verify(disk, shard))
-            .map_err(|e| ReplayError::Refused(format!("{}: {e}", dir.display())))?
+            .map_err(|e| match e {
+                // Each segment names its first group: a segment that does not start where
+                // the one before ended means one is missing between them.
+                LogError::Corrupt { path, detail, .. } if detail.starts_with("segment starts at group") => {
+                    ReplayError::Refused(format!(
+                        "the archive of shard {shard} lacks a segment before {path} ({detail}): a segment is missing"
+                    ))
+                }
+                e => ReplayError::Refused(format!("{}: {e}", dir.display())),
+            })?
             .records
     };
     let entries = archived_entries(records, shard)?;

@@ -225,4 +225,19 @@ fn a_damaged_archived_segment_stops_the_restore() {
         "{stderr}"
     );
     assert!(!new.exists(), "nothing restored");
+
+    // A segment missing from the middle of the archive: a gap, reported.
+    let mut bytes = std::fs::read(victim).unwrap();
+    bytes[at] ^= 1;
+    std::fs::write(victim, bytes).unwrap();
+    assert!(segments.len() >= 3, "{segments:?}");
+    let middle = &segments[segments.len() - 2];
+    std::fs::remove_file(middle).unwrap();
+    let (code, stderr) = restore(&base, &new, &["--archive-dir", archive.to_str().unwrap()]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("a segment is missing") || stderr.contains("are missing"),
+        "{stderr}"
+    );
+    assert!(!new.exists(), "nothing restored");
 }
