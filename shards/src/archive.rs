@@ -1,11 +1,13 @@
 //! The log archive for point-in-time recovery (`kvsd --archive-dir DIR`, docs/operations.md).
 //!
-//! Writing: every shard copies each closed log segment to `DIR/shard-NNN/` before deleting it
-//! (`kvs_core::log::SegmentArchive`): its groups (not the preallocated zeros after them) to
-//! `NAME.partial`, fsynced, with the length and CRC32C in `NAME.crc32c`, then both renamed
-//! (the checksum first) and the directory fsynced. A segment is in the archive whole, with its
-//! checksum, or not at all. With an archive a shard closes its active segment after each
-//! checkpoint, so the archive trails the log by about a checkpoint interval.
+//! Writing: every shard has each closed log segment copied to `DIR/shard-NNN/` before it
+//! deletes it (`kvs_core::log::SegmentArchive`): a thread of its own copies the segment's
+//! groups (not the preallocated zeros after them) to `NAME.partial`, fsynced, with the length
+//! and CRC32C in `NAME.crc32c`, then renames both (the checksum first) and fsyncs the
+//! directory; the log deletes the segment at a trim after the copy is done. A segment is in
+//! the archive whole, with its checksum, or not at all. With an archive a shard closes its
+//! active segment after each checkpoint, so the archive trails the log by about a checkpoint
+//! interval.
 //!
 //! Reading ([`replay`], for `kvsd --restore-from BACKUP --archive-dir DIR`): every archived
 //! segment of the shard is checked against its checksum, its records read as start-up reads
@@ -14,6 +16,7 @@
 //! or entries missing between the backup and the end of what is replayed, stop the restore
 //! with the file or the entries named.
 
+use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -30,17 +33,33 @@ pub fn shard_archive(dir: &Path, shard: u32) -> PathBuf {
     dir.join(format!("shard-{shard:03}"))
 }
 
-/// [`SegmentArchive`] into a directory.
+/// [`SegmentArchive`] into a directory. Each copy is made by a thread of its own, so a
+/// shard's loop never waits for one: the log asks at each trim whether a segment's copy is
+/// done, and deletes the segment only then.
 #[derive(Debug)]
 pub struct DirArchive {
     dir: PathBuf,
+    copies: std::sync::Arc<std::sync::Mutex<HashMap<(u32, String), Copy>>>,
 }
+
+/// Where a segment's copy is.
+#[derive(Debug)]
+enum Copy {
+    Running,
+    Done,
+    /// Failed at this moment: tried again a second later.
+    Failed(std::time::Instant),
+}
+
+/// How long after a failed copy the next is tried.
+const RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl DirArchive {
     pub fn new(dir: &Path) -> io::Result<DirArchive> {
         fs::create_dir_all(dir)?;
         Ok(DirArchive {
             dir: dir.to_path_buf(),
+            copies: Default::default(),
         })
     }
 }
@@ -49,39 +68,83 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Copies the first `len` bytes of `path` to `dir/name` with its checksum (see the module
+/// documentation); returns the time it took.
+fn copy_segment(dir: &Path, name: &str, path: &str, len: u64) -> io::Result<f64> {
+    let started = std::time::Instant::now();
+    fs::create_dir_all(dir)?;
+    let mut source = File::open(path)?.take(len);
+    let partial = dir.join(format!("{name}.partial"));
+    let mut copy = File::create(&partial)?;
+    let mut buffer = vec![0u8; 1 << 20];
+    let (mut crc, mut copied) = (0u32, 0u64);
+    loop {
+        let n = source.read(&mut buffer)?;
+        if n == 0 {
+            break;
+        }
+        crc = crc32c::crc32c_append(crc, &buffer[..n]);
+        copy.write_all(&buffer[..n])?;
+        copied += n as u64;
+    }
+    if copied != len {
+        return Err(io::Error::other(format!(
+            "{path}: {copied} bytes, {len} expected"
+        )));
+    }
+    copy.sync_all()?;
+    let sum_partial = dir.join(format!("{name}.crc32c.partial"));
+    let mut sum = File::create(&sum_partial)?;
+    writeln!(sum, "{len} {crc:08x}")?;
+    sum.sync_all()?;
+    fs::rename(&sum_partial, dir.join(format!("{name}.crc32c")))?;
+    fs::rename(&partial, dir.join(name))?;
+    sync_dir(dir)?;
+    Ok(started.elapsed().as_secs_f64() * 1000.0)
+}
+
 impl SegmentArchive for DirArchive {
-    fn archive(&self, shard: u32, name: &str, path: &str, len: u64) -> io::Result<()> {
-        let dir = shard_archive(&self.dir, shard);
-        fs::create_dir_all(&dir)?;
-        let mut source = File::open(path)?.take(len);
-        let partial = dir.join(format!("{name}.partial"));
-        let mut copy = File::create(&partial)?;
-        let mut buffer = vec![0u8; 1 << 20];
-        let (mut crc, mut copied) = (0u32, 0u64);
-        loop {
-            let n = source.read(&mut buffer)?;
-            if n == 0 {
-                break;
+    fn archived(&self, shard: u32, name: &str, path: &str, len: u64) -> bool {
+        let key = (shard, name.to_string());
+        let mut copies = self.copies.lock().unwrap_or_else(|e| e.into_inner());
+        match copies.get(&key) {
+            Some(Copy::Done) => {
+                // Asked once more, then deleted: forget it.
+                copies.remove(&key);
+                return true;
             }
-            crc = crc32c::crc32c_append(crc, &buffer[..n]);
-            copy.write_all(&buffer[..n])?;
-            copied += n as u64;
+            Some(Copy::Running) => return false,
+            Some(Copy::Failed(at)) if at.elapsed() < RETRY_AFTER => return false,
+            Some(Copy::Failed(_)) | None => {}
         }
-        if copied != len {
-            return Err(io::Error::other(format!(
-                "{path}: {copied} bytes, {len} expected"
-            )));
+        copies.insert(key.clone(), Copy::Running);
+        let (dir, name, path) = (
+            shard_archive(&self.dir, shard),
+            name.to_string(),
+            path.to_string(),
+        );
+        let copies_done = std::sync::Arc::clone(&self.copies);
+        let spawned = std::thread::Builder::new()
+            .name("kvs-archive".into())
+            .spawn(move || {
+                let outcome = match copy_segment(&dir, &name, &path, len) {
+                    Ok(elapsed_ms) => {
+                        tracing::info!(shard, segment = %name, bytes = len, elapsed_ms, "log segment archived");
+                        Copy::Done
+                    }
+                    Err(error) => {
+                        tracing::error!(shard, segment = %name, %error, "archiving a log segment failed; it is kept and tried again");
+                        Copy::Failed(std::time::Instant::now())
+                    }
+                };
+                let mut copies = copies_done.lock().unwrap_or_else(|e| e.into_inner());
+                copies.insert((shard, name), outcome);
+            });
+        if let Err(error) = spawned {
+            tracing::error!(shard, %error, "cannot start archiving a log segment");
+            copies.insert(key, Copy::Failed(std::time::Instant::now()));
         }
-        copy.sync_all()?;
-        let sum_partial = dir.join(format!("{name}.crc32c.partial"));
-        let mut sum = File::create(&sum_partial)?;
-        writeln!(sum, "{len} {crc:08x}")?;
-        sum.sync_all()?;
-        fs::rename(&sum_partial, dir.join(format!("{name}.crc32c")))?;
-        fs::rename(&partial, dir.join(name))?;
-        sync_dir(&dir)?;
-        tracing::info!(shard, segment = name, bytes = len, "log segment archived");
-        Ok(())
+        false
     }
 }
 

@@ -98,10 +98,13 @@ impl<D: LogDisk> Peer<D> {
         let Some(checkpoint) = self.store.durable_checkpoint() else {
             return Ok(0);
         };
-        if checkpoint.applied_index <= self.log_trimmed_through {
+        let archiving = self.log.has_archive();
+        let new_checkpoint = checkpoint.applied_index > self.log_trimmed_through;
+        // With an archive, segments wait for their copies: look again at every trim.
+        if !new_checkpoint && !archiving {
             return Ok(0);
         }
-        if self.log.has_archive() && self.log.close_active() {
+        if new_checkpoint && archiving && self.log.close_active() {
             // The segment written since goes to the archive once a checkpoint covers it (at
             // once, if this one does): a new segment takes the next writes, so the closed one
             // is not the last, which always stays.

@@ -269,12 +269,13 @@ pub struct Log<D: LogDisk> {
 }
 
 /// Keeps a copy of each closed segment before the log deletes it (point-in-time recovery,
-/// `kvsd --archive-dir`). `archive` returns only once the copy is durable; an error keeps
-/// the segment, and the next trim tries again.
+/// `kvsd --archive-dir`). The copy is made elsewhere (the log's shard must not wait for it);
+/// the log deletes a segment only once the archive says its copy is durable.
 pub trait SegmentArchive {
-    /// Copies the first `len` bytes (its groups) of segment `name` of shard `shard`, whose
-    /// file is `path`.
-    fn archive(&self, shard: u32, name: &str, path: &str, len: u64) -> std::io::Result<()>;
+    /// Whether the first `len` bytes (its groups) of closed segment `name` of shard `shard`,
+    /// whose file is `path`, are durably archived. If not, the archive makes sure a copy is
+    /// on its way and the log asks again at its next trim.
+    fn archived(&self, shard: u32, name: &str, path: &str, len: u64) -> bool;
 }
 
 /// Bytes of zeros written per call while preallocating.
@@ -594,7 +595,7 @@ impl<D: LogDisk> Log<D> {
     }
 
     /// Deletes the closed segments whose entries all have indexes at or below `index` (a
-    /// checkpoint holds them), each copied to the archive first if there is one. The last
+    /// checkpoint holds them); with an archive, only those it holds a copy of. The last
     /// segment always stays. Returns how many went.
     pub async fn remove_through(&mut self, index: u64) -> Result<usize, LogError> {
         // The last segment always stays, closed or not: a log that is not empty never
@@ -607,13 +608,19 @@ impl<D: LogDisk> Log<D> {
         if doomed == 0 {
             return Ok(0);
         }
-        if let Some(archive) = &self.archive {
-            for segment in &self.segments[..doomed] {
-                let path = self.disk.path_of(&segment.name);
-                archive
-                    .archive(self.shard, &segment.name, &path, segment.size)
-                    .map_err(|e| LogError::io("archive", path, e))?;
-            }
+        // With an archive, only the oldest segments already copied go (in order).
+        let doomed = match &self.archive {
+            None => doomed,
+            Some(archive) => self.segments[..doomed]
+                .iter()
+                .take_while(|s| {
+                    let path = self.disk.path_of(&s.name);
+                    archive.archived(self.shard, &s.name, &path, s.size)
+                })
+                .count(),
+        };
+        if doomed == 0 {
+            return Ok(0);
         }
         // Unlisted before deleted: a crash between leaves files recovery knows to remove.
         let listing = self.listing().split_off(doomed);
