@@ -16,13 +16,13 @@
 //! killed leaves no NEW, only `NEW.restoring`, which the next restore removes.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use kvs_core::log::format::{Record, RecordKind};
 use kvs_core::log::Log;
-use kvs_core::store::page::{decode_meta, PAGE_SIZE};
+use kvs_core::store::page::{decode_meta, encode_meta, Meta, PAGE_SIZE};
 use kvs_core::store::PAGE_FILE;
 use serde_json::Value;
 
@@ -190,8 +190,8 @@ fn restore_shard(
         .with_context(|| format!("cannot write {}", pages.display()))?;
     drop(file);
     sync_dir(dir)?;
-    let (index, term) = match archive {
-        None => (meta.applied_index, meta.applied_term),
+    match archive {
+        None => {}
         Some((archive, until)) => {
             let replayed = replay(dir, archive, shard, until).map_err(|e| match e {
                 ReplayError::Refused(message) => RestoreError::Refused(message),
@@ -204,9 +204,10 @@ fn restore_shard(
                 "kvsd: shard {shard}: {} entries replayed from the archive: now at entry {} ({time}); the archive holds up to entry {}",
                 replayed.entries, replayed.index, replayed.archive_end
             );
-            (replayed.index, replayed.term.max(meta.applied_term))
         }
-    };
+    }
+    let meta = close_partial_entry(&pages)?;
+    let (index, term) = (meta.applied_index, meta.applied_term);
     // A log holding only Raft's hard state at that position (its term, vote and commit
     // index): the shard goes on from the checkpoint, as after a restart whose log before it
     // was trimmed.
@@ -233,8 +234,128 @@ fn restore_shard(
     Ok(())
 }
 
+/// Reads the page file's newest checkpoint and, when it holds only the first commands of its
+/// next entry (a checkpoint may fall between two commands of one batch; start-up applies the
+/// rest from the log), makes it hold that entry as applied: the restored log does not have
+/// the entry, and a new entry at that index would otherwise have its first commands skipped
+/// as already applied. The rest of the batch was not yet acknowledged to anyone when the
+/// checkpoint was written, so the restored state is the log's state up to a point inside
+/// that batch, as a crash there would leave it. Returns the checkpoint's meta.
+fn close_partial_entry(pages: &Path) -> anyhow::Result<Meta> {
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(pages)
+        .with_context(|| format!("cannot open {}", pages.display()))?;
+    let mut head = vec![0u8; 2 * PAGE_SIZE];
+    file.read_exact(&mut head)
+        .with_context(|| format!("cannot read {}", pages.display()))?;
+    let (slot, mut meta) = (0..2u64)
+        .filter_map(|slot| {
+            let at = slot as usize * PAGE_SIZE;
+            decode_meta(&head[at..at + PAGE_SIZE], slot)
+                .ok()
+                .map(|meta| (slot, meta))
+        })
+        .max_by_key(|(_, meta)| meta.seq)
+        .with_context(|| format!("{}: no valid meta page", pages.display()))?;
+    if meta.partial_commands == 0 {
+        return Ok(meta);
+    }
+    meta = closed(meta);
+    let mut page = vec![0u8; PAGE_SIZE];
+    encode_meta(&meta, &mut page);
+    file.seek(SeekFrom::Start(slot * PAGE_SIZE as u64))
+        .and_then(|_| file.write_all(&page))
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("cannot write {}", pages.display()))?;
+    Ok(meta)
+}
+
+/// `meta` with its partly applied next entry counted as applied (see
+/// [`close_partial_entry`]).
+fn closed(mut meta: Meta) -> Meta {
+    if meta.partial_commands > 0 {
+        meta.applied_index += 1;
+        // The entry's term is at least the checkpoint's and at most Raft's then.
+        meta.applied_term = meta.applied_term.max(meta.raft_term);
+        meta.partial_commands = 0;
+    }
+    meta
+}
+
 fn sync_dir(dir: &Path) -> anyhow::Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .with_context(|| format!("cannot sync {}", dir.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_checkpoint_inside_a_batch_is_restored_with_that_batch_counted_applied() {
+        let meta = Meta {
+            shard: 1,
+            seq: 7,
+            applied_index: 40,
+            applied_term: 2,
+            partial_commands: 3,
+            raft_term: 3,
+            raft_vote: 1,
+            page_count: 10,
+            ..Meta::default()
+        };
+        let fixed = closed(meta.clone());
+        assert_eq!(
+            (
+                fixed.applied_index,
+                fixed.applied_term,
+                fixed.partial_commands
+            ),
+            (41, 3, 0)
+        );
+        let whole = Meta {
+            partial_commands: 0,
+            ..meta
+        };
+        assert_eq!(
+            closed(whole.clone()),
+            whole,
+            "a whole checkpoint is kept as it is"
+        );
+        // Written back, the page reads as the fixed checkpoint.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pages.db");
+        let mut file = vec![0u8; 2 * PAGE_SIZE];
+        let slot = meta_slot(&meta);
+        encode_meta(
+            &meta_with_partial(),
+            &mut file[slot * PAGE_SIZE..(slot + 1) * PAGE_SIZE],
+        );
+        std::fs::write(&path, &file).unwrap();
+        let restored = close_partial_entry(&path).unwrap();
+        assert_eq!((restored.applied_index, restored.partial_commands), (41, 0));
+        let again = close_partial_entry(&path).unwrap();
+        assert_eq!(again, restored, "the page file holds the fixed checkpoint");
+    }
+
+    fn meta_with_partial() -> Meta {
+        Meta {
+            shard: 1,
+            seq: 7,
+            applied_index: 40,
+            applied_term: 2,
+            partial_commands: 3,
+            raft_term: 3,
+            raft_vote: 1,
+            page_count: 10,
+            ..Meta::default()
+        }
+    }
+
+    fn meta_slot(meta: &Meta) -> usize {
+        (meta.seq % 2) as usize
+    }
 }
