@@ -158,12 +158,7 @@ fn restore_shard(
     source
         .read_exact(&mut head)
         .with_context(|| format!("{}: shorter than its meta pages", image.display()))?;
-    let meta = (0..2u64)
-        .filter_map(|slot| {
-            let at = slot as usize * PAGE_SIZE;
-            decode_meta(&head[at..at + PAGE_SIZE], slot).ok()
-        })
-        .max_by_key(|meta| meta.seq)
+    let (_, meta) = newest_meta(&head)
         .ok_or_else(|| RestoreError::Refused(format!("{}: no valid meta page", image.display())))?;
     if meta.shard != shard || Some(meta.applied_index) != entry["index"].as_u64() {
         return Err(RestoreError::Refused(format!(
@@ -250,15 +245,8 @@ fn close_partial_entry(pages: &Path) -> anyhow::Result<Meta> {
     let mut head = vec![0u8; 2 * PAGE_SIZE];
     file.read_exact(&mut head)
         .with_context(|| format!("cannot read {}", pages.display()))?;
-    let (slot, mut meta) = (0..2u64)
-        .filter_map(|slot| {
-            let at = slot as usize * PAGE_SIZE;
-            decode_meta(&head[at..at + PAGE_SIZE], slot)
-                .ok()
-                .map(|meta| (slot, meta))
-        })
-        .max_by_key(|(_, meta)| meta.seq)
-        .with_context(|| format!("{}: no valid meta page", pages.display()))?;
+    let (slot, mut meta) =
+        newest_meta(&head).with_context(|| format!("{}: no valid meta page", pages.display()))?;
     if meta.partial_commands == 0 {
         return Ok(meta);
     }
@@ -270,6 +258,19 @@ fn close_partial_entry(pages: &Path) -> anyhow::Result<Meta> {
         .and_then(|()| file.sync_all())
         .with_context(|| format!("cannot write {}", pages.display()))?;
     Ok(meta)
+}
+
+/// The newest valid checkpoint of a page file's two meta pages (`head`, its first two
+/// pages), and its slot.
+fn newest_meta(head: &[u8]) -> Option<(u64, Meta)> {
+    (0..2u64)
+        .filter_map(|slot| {
+            let at = slot as usize * PAGE_SIZE;
+            decode_meta(&head[at..at + PAGE_SIZE], slot)
+                .ok()
+                .map(|meta| (slot, meta))
+        })
+        .max_by_key(|(_, meta)| meta.seq)
 }
 
 /// `meta` with its partly applied next entry counted as applied (see
