@@ -107,3 +107,26 @@ pub fn verify(dir: &Path) -> io::Result<(Option<Value>, Vec<String>)> {
     }
     Ok((Some(manifest), problems))
 }
+
+/// `unix_ms` as RFC 3339 in UTC with milliseconds (`2026-12-05T08:10:45.123Z`): the time a
+/// manifest records, and what `kvsd --restore-from ... --until` reads.
+pub fn rfc3339_ms(unix_ms: u64) -> String {
+    let (secs, millis) = ((unix_ms / 1000) as i64, unix_ms % 1000);
+    let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
+}
