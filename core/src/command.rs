@@ -92,6 +92,43 @@ pub enum Command {
     ExpireSessions {
         before_ms: u64,
     },
+    /// A read of a key, inside a [`Command::Txn`] only: it sees the writes before it in the
+    /// same transaction (Redis's EXEC runs its queued GETs this way).
+    Read {
+        key: Vec<u8>,
+    },
+    /// A transaction's part on one shard committed at once (ADR 0022): `commands`
+    /// (key-value writes and reads) applied in order as one command, then the shard
+    /// releases the transaction's locks.
+    Txn {
+        txn: u64,
+        commands: Vec<Command>,
+    },
+    /// Two-phase commit, phase one: the shard keeps `commands` (not applied) until the
+    /// decision, which is recorded on shard `primary`. `coordinator`: the node that runs
+    /// the transaction; `deadline_ms`: after it, anyone may decide to abort.
+    TxnPrepare {
+        txn: u64,
+        primary: u32,
+        coordinator: u64,
+        deadline_ms: u64,
+        commands: Vec<Command>,
+    },
+    /// The decision, on the primary shard: the first one applied wins and every later one
+    /// is answered with it; a commit also applies the primary's own prepared commands.
+    TxnDecide {
+        txn: u64,
+        commit: bool,
+    },
+    /// Phase two on a participant: applies (commit) or drops what it prepared.
+    TxnResolve {
+        txn: u64,
+        commit: bool,
+    },
+    /// Drops the primary's decision record once every participant resolved.
+    TxnForget {
+        txn: u64,
+    },
 }
 
 /// A batch entry that does not decode. Entries are checksummed, so this means a bug or a
@@ -155,6 +192,11 @@ impl Command {
             Command::SetPreferredLeader { .. } => 1 + 8,
             Command::Once { command, .. } => 1 + 32 + command.encoded_len(),
             Command::ExpireSessions { .. } => 1 + 8,
+            Command::Read { key } => 1 + 4 + key.len(),
+            Command::Txn { commands, .. } => 1 + 8 + 4 + nested_len(commands),
+            Command::TxnPrepare { commands, .. } => 1 + 8 + 4 + 8 + 8 + 4 + nested_len(commands),
+            Command::TxnDecide { .. } | Command::TxnResolve { .. } => 1 + 8 + 1,
+            Command::TxnForget { .. } => 1 + 8,
         }
     }
 
@@ -242,8 +284,118 @@ impl Command {
                 out.push(12);
                 out.extend_from_slice(&before_ms.to_le_bytes());
             }
+            Command::Read { key } => {
+                out.push(13);
+                bytes(out, key);
+            }
+            Command::Txn { txn, commands } => {
+                out.push(14);
+                out.extend_from_slice(&txn.to_le_bytes());
+                encode_nested(out, commands);
+            }
+            Command::TxnPrepare {
+                txn,
+                primary,
+                coordinator,
+                deadline_ms,
+                commands,
+            } => {
+                out.push(15);
+                out.extend_from_slice(&txn.to_le_bytes());
+                out.extend_from_slice(&primary.to_le_bytes());
+                out.extend_from_slice(&coordinator.to_le_bytes());
+                out.extend_from_slice(&deadline_ms.to_le_bytes());
+                encode_nested(out, commands);
+            }
+            Command::TxnDecide { txn, commit } | Command::TxnResolve { txn, commit } => {
+                out.push(if matches!(self, Command::TxnDecide { .. }) {
+                    16
+                } else {
+                    17
+                });
+                out.extend_from_slice(&txn.to_le_bytes());
+                out.push(u8::from(*commit));
+            }
+            Command::TxnForget { txn } => {
+                out.push(18);
+                out.extend_from_slice(&txn.to_le_bytes());
+            }
         }
     }
+
+    /// Whether it may be one of a transaction's commands: a key-value write or a read.
+    pub fn is_transaction_step(&self) -> bool {
+        self.is_key_value_write() || matches!(self, Command::Read { .. })
+    }
+
+    /// The user keys a transaction step reads or writes.
+    pub fn step_keys(&self) -> Vec<&[u8]> {
+        match self {
+            Command::Put { key, .. }
+            | Command::Delete { key }
+            | Command::Cas { key, .. }
+            | Command::Increment { key, .. }
+            | Command::Append { key, .. }
+            | Command::GetAndPut { key, .. }
+            | Command::PutIfExists { key, .. }
+            | Command::Read { key } => vec![key.as_slice()],
+            Command::PutMany { pairs } => pairs.iter().map(|(k, _)| k.as_slice()).collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+fn nested_len(commands: &[Command]) -> usize {
+    commands.iter().map(Command::encoded_len).sum()
+}
+
+/// A transaction's commands: a count, then each command.
+fn encode_nested(out: &mut Vec<u8>, commands: &[Command]) {
+    out.extend_from_slice(&(commands.len() as u32).to_le_bytes());
+    for command in commands {
+        command.encode(out);
+    }
+}
+
+/// Encodes a transaction's commands on their own (a prepared transaction's record).
+pub fn encode_steps(commands: &[Command]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + nested_len(commands));
+    encode_nested(&mut out, commands);
+    out
+}
+
+/// Decodes what [`encode_steps`] wrote.
+pub fn decode_steps(bytes: &[u8]) -> Result<Vec<Command>, BatchDecodeError> {
+    let mut r = Reader { bytes, at: 0 };
+    let commands = decode_nested(&mut r, bytes.len())?;
+    if r.at != bytes.len() {
+        return Err(BatchDecodeError(format!(
+            "{} trailing bytes after a transaction's commands",
+            bytes.len() - r.at
+        )));
+    }
+    Ok(commands)
+}
+
+fn decode_nested(r: &mut Reader<'_>, data_len: usize) -> Result<Vec<Command>, BatchDecodeError> {
+    let count = r.u32()? as usize;
+    let mut commands = Vec::with_capacity(count.min(data_len / 5));
+    for _ in 0..count {
+        // Checked before decoding: nested transactions must not recurse.
+        if matches!(r.bytes.get(r.at), Some(11 | 14..=18)) {
+            return Err(BatchDecodeError(
+                "a transaction carries key-value writes and reads only".into(),
+            ));
+        }
+        let command = decode_command(r, data_len)?;
+        if !command.is_transaction_step() {
+            return Err(BatchDecodeError(
+                "a transaction carries key-value writes and reads only".into(),
+            ));
+        }
+        commands.push(command);
+    }
+    Ok(commands)
 }
 
 /// Builds the data of one batch entry.
@@ -438,6 +590,32 @@ fn decode_command(r: &mut Reader<'_>, data_len: usize) -> Result<Command, BatchD
         12 => Command::ExpireSessions {
             before_ms: r.u64()?,
         },
+        13 => Command::Read { key: r.key()? },
+        14 => Command::Txn {
+            txn: r.u64()?,
+            commands: decode_nested(r, data_len)?,
+        },
+        15 => Command::TxnPrepare {
+            txn: r.u64()?,
+            primary: r.u32()?,
+            coordinator: r.u64()?,
+            deadline_ms: r.u64()?,
+            commands: decode_nested(r, data_len)?,
+        },
+        16 | 17 => {
+            let txn = r.u64()?;
+            let commit = match r.take(1)?[0] {
+                0 => false,
+                1 => true,
+                other => return Err(BatchDecodeError(format!("decision flag {other}"))),
+            };
+            if tag == 16 {
+                Command::TxnDecide { txn, commit }
+            } else {
+                Command::TxnResolve { txn, commit }
+            }
+        }
+        18 => Command::TxnForget { txn: r.u64()? },
         other => return Err(BatchDecodeError(format!("unknown command tag {other}"))),
     })
 }
@@ -446,6 +624,34 @@ fn decode_command(r: &mut Reader<'_>, data_len: usize) -> Result<Command, BatchD
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_transaction_carries_key_value_steps_only() {
+        for inner in [
+            Command::Txn {
+                txn: 1,
+                commands: vec![],
+            },
+            Command::Document { body: vec![1] },
+            Command::TxnForget { txn: 1 },
+        ] {
+            let mut encoder = BatchEncoder::new();
+            encoder.push(&Command::Txn {
+                txn: 2,
+                commands: vec![inner.clone()],
+            });
+            let error = decode_batch(&encoder.finish()).unwrap_err();
+            assert!(
+                error.0.contains("key-value writes and reads only"),
+                "{inner:?}"
+            );
+        }
+        let steps = vec![Command::Read { key: b"k".to_vec() }];
+        assert_eq!(decode_steps(&encode_steps(&steps)).unwrap(), steps);
+        let mut trailing = encode_steps(&steps);
+        trailing.push(0);
+        assert!(decode_steps(&trailing).is_err());
+    }
 
     #[test]
     fn batch_round_trip_and_length() {
@@ -500,6 +706,36 @@ mod tests {
                 }),
             },
             Command::ExpireSessions { before_ms: 99 },
+            Command::Txn {
+                txn: 41,
+                commands: vec![
+                    Command::Read { key: b"r".to_vec() },
+                    Command::Put {
+                        key: b"t".to_vec(),
+                        value: b"1".to_vec(),
+                    },
+                    Command::Increment {
+                        key: b"n".to_vec(),
+                        delta: -3,
+                    },
+                ],
+            },
+            Command::TxnPrepare {
+                txn: 42,
+                primary: 3,
+                coordinator: 2,
+                deadline_ms: 1_700_000_060_000,
+                commands: vec![Command::Delete { key: b"d".to_vec() }],
+            },
+            Command::TxnDecide {
+                txn: 42,
+                commit: true,
+            },
+            Command::TxnResolve {
+                txn: 42,
+                commit: false,
+            },
+            Command::TxnForget { txn: 42 },
         ];
         let mut encoder = BatchEncoder::new();
         for c in &commands {

@@ -14,6 +14,9 @@
 //!         | 9 reply:bytes                 DOCUMENT
 //!         | 10 kind:u8 message:bytes      DOCUMENT_REFUSED
 //!         | 11 reason:bytes               OUTCOME_UNKNOWN
+//!         | 12 0 | 12 1 version:u64 value:bytes   VALUE (a transaction's read)
+//!         | 13 count:u32 result{count}    MANY (a transaction's results, one level deep)
+//!         | 14 commit:u8                  DECIDED (a transaction's decision)
 //! ```
 
 use crate::doc::command::DocErrorKind;
@@ -62,6 +65,19 @@ pub enum CommandResult {
     /// not have been applied.
     OutcomeUnknown {
         reason: String,
+    },
+    /// A read inside a transaction: the key's version and value, if it exists.
+    Value {
+        found: Option<(u64, Vec<u8>)>,
+    },
+    /// A transaction's part on one shard: one result per command, in order (a transaction
+    /// refused as a whole answers `Refused` instead).
+    Many {
+        results: Vec<CommandResult>,
+    },
+    /// A transaction's decision, as the primary shard recorded it.
+    Decided {
+        commit: bool,
     },
 }
 
@@ -136,6 +152,32 @@ impl CommandResult {
                 out.push(11);
                 put_bytes(out, reason.as_bytes());
             }
+            CommandResult::Value { found } => {
+                out.push(12);
+                match found {
+                    None => out.push(0),
+                    Some((version, value)) => {
+                        out.push(1);
+                        out.extend_from_slice(&version.to_le_bytes());
+                        put_bytes(out, value);
+                    }
+                }
+            }
+            CommandResult::Many { results } => {
+                out.push(13);
+                out.extend_from_slice(&(results.len() as u32).to_le_bytes());
+                for result in results {
+                    assert!(
+                        !matches!(result, CommandResult::Many { .. }),
+                        "results nest one level only"
+                    );
+                    result.encode_into(out);
+                }
+            }
+            CommandResult::Decided { commit } => {
+                out.push(14);
+                out.push(u8::from(*commit));
+            }
         }
     }
 
@@ -183,6 +225,32 @@ impl CommandResult {
                 message: r.text()?,
             },
             11 => CommandResult::OutcomeUnknown { reason: r.text()? },
+            12 => CommandResult::Value {
+                found: if r.flag()? {
+                    Some((r.u64()?, r.bytes()?.to_vec()))
+                } else {
+                    None
+                },
+            },
+            13 => {
+                let count = r.u32()? as usize;
+                if count > bytes.len() - r.at {
+                    return Err(ResultDecodeError(format!(
+                        "{count} results that the bytes cannot hold"
+                    )));
+                }
+                let mut results = Vec::with_capacity(count);
+                for _ in 0..count {
+                    if r.bytes.get(r.at) == Some(&13) {
+                        return Err(ResultDecodeError("results nest one level only".into()));
+                    }
+                    let (result, took) = CommandResult::decode_from(&bytes[r.at..])?;
+                    r.at += took;
+                    results.push(result);
+                }
+                CommandResult::Many { results }
+            }
+            14 => CommandResult::Decided { commit: r.flag()? },
             tag => return Err(ResultDecodeError(format!("unknown result tag {tag}"))),
         };
         Ok((result, r.at))
@@ -251,6 +319,17 @@ mod tests {
             CommandResult::WrittenMany {
                 versions: vec![3, 4],
             },
+            CommandResult::Value { found: None },
+            CommandResult::Value {
+                found: Some((7, b"v".to_vec())),
+            },
+            CommandResult::Many {
+                results: vec![
+                    CommandResult::Integer { value: 1 },
+                    CommandResult::Value { found: None },
+                ],
+            },
+            CommandResult::Decided { commit: true },
             CommandResult::Document {
                 reply: b"{}".to_vec(),
             },

@@ -44,6 +44,9 @@ pub struct MemStore {
     last_version: u64,
     /// Client sessions' records (ADR 0018), as the paged store keeps them in its tree.
     sessions: BTreeMap<u64, SessionRecord>,
+    /// Prepared transactions' commands and recorded decisions (ADR 0022).
+    prepared: BTreeMap<u64, Vec<Command>>,
+    decided: BTreeMap<u64, bool>,
 }
 
 impl MemStore {
@@ -201,7 +204,53 @@ impl MemStore {
                 self.map.insert(key, Versioned { version, value });
                 CommandResult::Written { version }
             }
+            Command::Read { key } => CommandResult::Value {
+                found: self.map.get(&key).map(|v| (v.version, v.value.clone())),
+            },
+            Command::Txn { commands, .. } => self.apply_steps(commands),
+            Command::TxnPrepare { txn, commands, .. } => {
+                if self.decided.get(&txn) == Some(&false) {
+                    return CommandResult::Decided { commit: false };
+                }
+                self.prepared.insert(txn, commands);
+                CommandResult::Decided { commit: true }
+            }
+            Command::TxnDecide { txn, commit } => {
+                if let Some(&recorded) = self.decided.get(&txn) {
+                    return CommandResult::Decided { commit: recorded };
+                }
+                self.decided.insert(txn, commit);
+                match self.finish_prepared(txn, commit) {
+                    Some(result @ CommandResult::Many { .. }) => result,
+                    _ => CommandResult::Decided { commit },
+                }
+            }
+            Command::TxnResolve { txn, commit } => self
+                .finish_prepared(txn, commit)
+                .unwrap_or(CommandResult::Decided { commit }),
+            Command::TxnForget { txn } => {
+                self.decided.remove(&txn);
+                CommandResult::Skipped
+            }
         }
+    }
+
+    fn apply_steps(&mut self, commands: Vec<Command>) -> CommandResult {
+        CommandResult::Many {
+            results: commands
+                .into_iter()
+                .map(|c| self.apply_command(c))
+                .collect(),
+        }
+    }
+
+    fn finish_prepared(&mut self, txn: u64, commit: bool) -> Option<CommandResult> {
+        let commands = self.prepared.remove(&txn)?;
+        Some(if commit {
+            self.apply_steps(commands)
+        } else {
+            CommandResult::Decided { commit: false }
+        })
     }
 }
 

@@ -4,6 +4,7 @@
 
 use super::page::{encode_extent, extent_pages, Value, PAGE_SIZE};
 use super::tree::needs_extent;
+use super::txn::{step_into_tree_keys, PreparedTxn};
 use super::{PagedStore, StoreError, PREFERRED_LEADER, SPACE_CLUSTER, SPACE_KV};
 use crate::command::{decode_batch, Command};
 use crate::log::LogFile;
@@ -26,7 +27,15 @@ fn into_tree_keys(command: &mut Command) {
         | Command::GetAndPut { key, .. }
         | Command::PutIfExists { key, .. } => prefix(key),
         Command::PutMany { pairs } => pairs.iter_mut().for_each(|(key, _)| prefix(key)),
-        Command::Document { .. }
+        Command::Read { key } => prefix(key),
+        Command::Txn { commands, .. } => commands.iter_mut().for_each(step_into_tree_keys),
+        // A prepared transaction's commands are kept as the client sent them and put in
+        // the key-value space when they are applied.
+        Command::TxnPrepare { .. }
+        | Command::TxnDecide { .. }
+        | Command::TxnResolve { .. }
+        | Command::TxnForget { .. }
+        | Command::Document { .. }
         | Command::SetPreferredLeader { .. }
         | Command::Once { .. }
         | Command::ExpireSessions { .. } => {}
@@ -215,7 +224,13 @@ impl<F: LogFile> PagedStore<F> {
                 | Command::GetAndPut { key, .. }
                 | Command::PutIfExists { key, .. } => keys.push(key),
                 Command::PutMany { pairs } => keys.extend(pairs.iter().map(|(k, _)| k.as_slice())),
-                Command::Document { .. }
+                Command::Read { .. }
+                | Command::Txn { .. }
+                | Command::TxnPrepare { .. }
+                | Command::TxnDecide { .. }
+                | Command::TxnResolve { .. }
+                | Command::TxnForget { .. }
+                | Command::Document { .. }
                 | Command::SetPreferredLeader { .. }
                 | Command::Once { .. }
                 | Command::ExpireSessions { .. } => {}
@@ -349,6 +364,29 @@ impl<F: LogFile> PagedStore<F> {
             }
             Command::ExpireSessions { before_ms } => self.expire_sessions(index, before_ms).await?,
             Command::Once { .. } => unreachable!("a Once is applied by apply_once"),
+            Command::Read { key } => CommandResult::Value {
+                found: self.current(&key).await?,
+            },
+            Command::Txn { commands, .. } => self.apply_steps(index, commands).await?,
+            Command::TxnPrepare {
+                txn,
+                primary,
+                coordinator,
+                deadline_ms,
+                commands,
+            } => {
+                let record = PreparedTxn {
+                    txn,
+                    primary,
+                    coordinator,
+                    deadline_ms,
+                    commands,
+                };
+                self.apply_prepare(index, record).await?
+            }
+            Command::TxnDecide { txn, commit } => self.apply_decide(index, txn, commit).await?,
+            Command::TxnResolve { txn, commit } => self.apply_resolve(index, txn, commit).await?,
+            Command::TxnForget { txn } => self.apply_forget(index, txn).await?,
         })
     }
 }

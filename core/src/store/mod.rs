@@ -45,11 +45,14 @@ mod read;
 pub mod sessions;
 pub mod snapshot;
 pub mod tree;
+pub mod txn;
 pub mod verify;
 mod write;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod txn_tests;
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeSet;

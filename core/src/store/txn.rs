@@ -1,0 +1,253 @@
+//! Transactions in the tree (ADR 0022): a transaction's part applied at once, and the records
+//! of two-phase commit. Both kinds of record are rows of the cluster key space, so they are in
+//! every checkpoint and snapshot and every replica holds the same ones:
+//!
+//! - `[SPACE_CLUSTER, 'P', txn]`: a participant's prepared commands, with the primary shard,
+//!   the coordinating node and the deadline (`PreparedTxn`);
+//! - `[SPACE_CLUSTER, 'X', txn]`: the primary's decision, one byte (1 commit, 0 abort).
+//!
+//! Every step is one command of one entry: a checkpoint never falls inside it, so a crash
+//! leaves a step either wholly applied or not at all.
+
+use super::{PagedStore, StoreError, SPACE_CLUSTER, SPACE_KV};
+use crate::command::{decode_steps, encode_steps, Command};
+use crate::log::LogFile;
+use crate::state::CommandResult;
+
+/// The key (after [`SPACE_CLUSTER`]) before a prepared transaction's id (8 bytes, BE).
+pub const PREPARED: u8 = b'P';
+/// The key (after [`SPACE_CLUSTER`]) before a decided transaction's id (8 bytes, BE).
+pub const DECIDED: u8 = b'X';
+
+/// Prepared records one listing reads at a time.
+const LIST_SCAN: usize = 256;
+
+fn txn_key(kind: u8, txn: u64) -> Vec<u8> {
+    let mut key = vec![SPACE_CLUSTER, kind];
+    key.extend_from_slice(&txn.to_be_bytes());
+    key
+}
+
+/// A participant's record of a prepared transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreparedTxn {
+    pub txn: u64,
+    pub primary: u32,
+    pub coordinator: u64,
+    pub deadline_ms: u64,
+    /// The prepared commands, user keys (as the client sent them).
+    pub commands: Vec<Command>,
+}
+
+impl PreparedTxn {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(&self.primary.to_le_bytes());
+        out.extend_from_slice(&self.coordinator.to_le_bytes());
+        out.extend_from_slice(&self.deadline_ms.to_le_bytes());
+        out.extend_from_slice(&encode_steps(&self.commands));
+        out
+    }
+
+    fn decode(txn: u64, bytes: &[u8]) -> Option<PreparedTxn> {
+        let primary = u32::from_le_bytes(bytes.get(0..4)?.try_into().ok()?);
+        let coordinator = u64::from_le_bytes(bytes.get(4..12)?.try_into().ok()?);
+        let deadline_ms = u64::from_le_bytes(bytes.get(12..20)?.try_into().ok()?);
+        let commands = decode_steps(bytes.get(20..)?).ok()?;
+        Some(PreparedTxn {
+            txn,
+            primary,
+            coordinator,
+            deadline_ms,
+            commands,
+        })
+    }
+
+    /// The user keys its commands write or read.
+    pub fn keys(&self) -> Vec<Vec<u8>> {
+        let mut keys: Vec<Vec<u8>> = self
+            .commands
+            .iter()
+            .flat_map(|c| c.step_keys().into_iter().map(<[u8]>::to_vec))
+            .collect();
+        keys.sort();
+        keys.dedup();
+        keys
+    }
+}
+
+/// Puts a transaction step's keys into the key-value space.
+pub(super) fn step_into_tree_keys(command: &mut Command) {
+    fn prefix(key: &mut Vec<u8>) {
+        key.insert(0, SPACE_KV);
+    }
+    match command {
+        Command::Put { key, .. }
+        | Command::Delete { key }
+        | Command::Cas { key, .. }
+        | Command::Increment { key, .. }
+        | Command::Append { key, .. }
+        | Command::GetAndPut { key, .. }
+        | Command::PutIfExists { key, .. }
+        | Command::Read { key } => prefix(key),
+        Command::PutMany { pairs } => pairs.iter_mut().for_each(|(key, _)| prefix(key)),
+        other => unreachable!("not a transaction step: {other:?}"),
+    }
+}
+
+impl<F: LogFile> PagedStore<F> {
+    /// Applies a transaction's steps (keys already in the tree's form) in order; one result
+    /// each. The caller runs it as one command.
+    pub(super) async fn apply_steps(
+        &self,
+        index: u64,
+        commands: Vec<Command>,
+    ) -> Result<CommandResult, StoreError> {
+        let mut results = Vec::with_capacity(commands.len());
+        for command in commands {
+            let result = match command {
+                Command::Read { key } => CommandResult::Value {
+                    found: self.current(&key).await?,
+                },
+                command => Box::pin(self.apply_command(index, command, Vec::new())).await?,
+            };
+            results.push(result);
+        }
+        Ok(CommandResult::Many { results })
+    }
+
+    async fn decision(&self, txn: u64) -> Result<Option<bool>, StoreError> {
+        Ok(self
+            .current(&txn_key(DECIDED, txn))
+            .await?
+            .map(|(_, value)| value.first() == Some(&1)))
+    }
+
+    async fn prepared(&self, index: u64, txn: u64) -> Result<Option<PreparedTxn>, StoreError> {
+        match self.current(&txn_key(PREPARED, txn)).await? {
+            None => Ok(None),
+            Some((_, bytes)) => {
+                PreparedTxn::decode(txn, &bytes)
+                    .map(Some)
+                    .ok_or_else(|| StoreError::Apply {
+                        index,
+                        detail: format!("prepared transaction {txn:#x}: malformed record"),
+                    })
+            }
+        }
+    }
+
+    /// Phase one: keeps the commands until the decision. Answers `Decided { commit: true }`
+    /// (ready), or `Decided { commit: false }` when this shard already recorded an abort
+    /// for the transaction (a recovery decided before the coordinator's prepare arrived).
+    pub(super) async fn apply_prepare(
+        &self,
+        index: u64,
+        record: PreparedTxn,
+    ) -> Result<CommandResult, StoreError> {
+        if self.decision(record.txn).await? == Some(false) {
+            return Ok(CommandResult::Decided { commit: false });
+        }
+        self.put(index, txn_key(PREPARED, record.txn), record.encode())
+            .await?;
+        Ok(CommandResult::Decided { commit: true })
+    }
+
+    /// Applies (or drops) a prepared transaction's commands and forgets the record. `None`
+    /// when nothing was prepared here (already resolved).
+    async fn finish_prepared(
+        &self,
+        index: u64,
+        txn: u64,
+        commit: bool,
+    ) -> Result<Option<CommandResult>, StoreError> {
+        let Some(record) = self.prepared(index, txn).await? else {
+            return Ok(None);
+        };
+        self.delete(index, &txn_key(PREPARED, txn)).await?;
+        if !commit {
+            return Ok(Some(CommandResult::Decided { commit: false }));
+        }
+        let mut commands = record.commands;
+        commands.iter_mut().for_each(step_into_tree_keys);
+        Ok(Some(self.apply_steps(index, commands).await?))
+    }
+
+    /// The commit point, on the primary: the first decision recorded wins. A commit also
+    /// applies the primary's own prepared commands (answered with their results, `Many`);
+    /// otherwise the answer is the recorded decision.
+    pub(super) async fn apply_decide(
+        &self,
+        index: u64,
+        txn: u64,
+        commit: bool,
+    ) -> Result<CommandResult, StoreError> {
+        if let Some(recorded) = self.decision(txn).await? {
+            return Ok(CommandResult::Decided { commit: recorded });
+        }
+        self.put(index, txn_key(DECIDED, txn), vec![u8::from(commit)])
+            .await?;
+        Ok(match self.finish_prepared(index, txn, commit).await? {
+            Some(result @ CommandResult::Many { .. }) => result,
+            _ => CommandResult::Decided { commit },
+        })
+    }
+
+    /// Phase two on a participant: its prepared commands applied (answered `Many`) or
+    /// dropped; `Decided { commit }` when nothing was prepared here any more.
+    pub(super) async fn apply_resolve(
+        &self,
+        index: u64,
+        txn: u64,
+        commit: bool,
+    ) -> Result<CommandResult, StoreError> {
+        Ok(self
+            .finish_prepared(index, txn, commit)
+            .await?
+            .unwrap_or(CommandResult::Decided { commit }))
+    }
+
+    /// Drops the primary's decision record.
+    pub(super) async fn apply_forget(
+        &self,
+        index: u64,
+        txn: u64,
+    ) -> Result<CommandResult, StoreError> {
+        self.delete(index, &txn_key(DECIDED, txn)).await?;
+        Ok(CommandResult::Skipped)
+    }
+
+    /// The transactions prepared on this shard and not yet resolved, for recovery.
+    pub async fn prepared_transactions(&self) -> Result<Vec<PreparedTxn>, StoreError> {
+        let end = [SPACE_CLUSTER, PREPARED + 1];
+        let mut from = vec![SPACE_CLUSTER, PREPARED];
+        let mut found = Vec::new();
+        loop {
+            let rows = self.scan_tree(&from, Some(&end), LIST_SCAN).await?;
+            let Some((last, _)) = rows.last() else {
+                return Ok(found);
+            };
+            from = last.clone();
+            from.push(0);
+            for (key, value) in &rows {
+                let txn = key
+                    .get(2..10)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_be_bytes);
+                let record = txn.and_then(|txn| PreparedTxn::decode(txn, value));
+                found.push(record.ok_or_else(|| StoreError::Apply {
+                    index: 0,
+                    detail: format!("malformed prepared record under key {key:02x?}"),
+                })?);
+            }
+            if rows.len() < LIST_SCAN {
+                return Ok(found);
+            }
+        }
+    }
+
+    /// The decision the primary recorded for `txn`, if any (a read of applied state).
+    pub async fn transaction_decision(&self, txn: u64) -> Result<Option<bool>, StoreError> {
+        self.decision(txn).await
+    }
+}
