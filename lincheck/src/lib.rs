@@ -18,6 +18,10 @@
 //!
 //! The checker is itself tested against histories that are not linearizable (stale reads,
 //! lost writes, values never written, reads that disagree on the order of writes).
+//!
+//! Histories of transactions are checked by [`txn`], against Adya's isolation levels.
+
+pub mod txn;
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -311,3 +315,5 @@ fn backtrack(
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod txn_tests;

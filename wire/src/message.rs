@@ -86,6 +86,17 @@ pub enum ErrorCode {
     /// The request went on (to the shard's leader, or into the Raft log) and no answer came
     /// in time: like OUTCOME_UNKNOWN, it may or may not have taken effect.
     Timeout = 15,
+    /// The transaction was aborted because another write took its place (a write outside
+    /// a transaction to a key it had locked, or a change of the shard's leader): nothing of
+    /// it was applied; run it again.
+    TxnConflict = 16,
+    /// The transaction was chosen as the victim of a deadlock and aborted: run it again.
+    Deadlock = 17,
+    /// The transaction waited for a lock longer than `--lock-timeout`, or ran past
+    /// `--txn-timeout`, and was aborted.
+    TxnTimeout = 18,
+    /// No open transaction has this id on this connection (it finished or never began).
+    TxnNotFound = 19,
 }
 
 impl ErrorCode {
@@ -105,6 +116,10 @@ impl ErrorCode {
             13 => ErrorCode::DuplicateKey,
             14 => ErrorCode::OutcomeUnknown,
             15 => ErrorCode::Timeout,
+            16 => ErrorCode::TxnConflict,
+            17 => ErrorCode::Deadlock,
+            18 => ErrorCode::TxnTimeout,
+            19 => ErrorCode::TxnNotFound,
             // An unknown code from a newer server is still an error; report it as internal.
             _ => ErrorCode::Internal,
         }
@@ -127,6 +142,10 @@ impl ErrorCode {
             ErrorCode::DuplicateKey => "DUPLICATE_KEY",
             ErrorCode::OutcomeUnknown => "OUTCOME_UNKNOWN",
             ErrorCode::Timeout => "TIMEOUT",
+            ErrorCode::TxnConflict => "TXN_CONFLICT",
+            ErrorCode::Deadlock => "DEADLOCK",
+            ErrorCode::TxnTimeout => "TXN_TIMEOUT",
+            ErrorCode::TxnNotFound => "TXN_NOT_FOUND",
         }
     }
 }
