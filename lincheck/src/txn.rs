@@ -42,8 +42,12 @@
 //! iterative, so a history of 100,000 transactions with a cycle through all of them is fine.
 //! One cycle is reported per component and class, not every cycle.
 
-use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
+
+mod cycles;
+mod graph;
+
+use graph::{Graph, Index, RawEdge};
 
 /// How a transaction ended, as the client knows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -164,9 +168,7 @@ impl Anomaly {
             | Anomaly::DuplicateVersion { .. }
             | Anomaly::Internal { .. }
             | Anomaly::G0 { .. } => Level::ReadUncommitted,
-            Anomaly::G1a { .. } | Anomaly::G1b { .. } | Anomaly::G1c { .. } => {
-                Level::ReadCommitted
-            }
+            Anomaly::G1a { .. } | Anomaly::G1b { .. } | Anomaly::G1c { .. } => Level::ReadCommitted,
             Anomaly::G2 { .. } => Level::Serializable,
         }
     }
@@ -200,10 +202,10 @@ impl Report {
     /// The strongest level the history satisfies, up to the level it was checked against;
     /// None when it satisfies none.
     pub fn strongest_level(&self) -> Option<Level> {
-        let Some(worst) = self.anomalies.first() else {
+        let Some(weakest) = self.anomalies.iter().map(Anomaly::forbidden_from).min() else {
             return Some(self.level);
         };
-        match worst.forbidden_from() {
+        match weakest {
             Level::ReadUncommitted => None,
             Level::ReadCommitted => Some(Level::ReadUncommitted),
             Level::Serializable => Some(Level::ReadCommitted),
@@ -218,7 +220,8 @@ impl Report {
             "asked whether a history checked at {:?} satisfies {level:?}",
             self.level
         );
-        self.strongest_level().is_some_and(|strongest| strongest >= level)
+        self.strongest_level()
+            .is_some_and(|strongest| strongest >= level)
     }
 
     /// Whether the history is serializable: no anomaly at all (it must have been checked
@@ -242,10 +245,11 @@ pub fn check_read_committed(history: &[Txn]) -> Report {
 /// internal inconsistencies are reported at every level).
 pub fn check_level(history: &[Txn], level: Level) -> Report {
     let index = Index::new(history);
-    let included = included(history, &index);
-    let graph = Graph::new(history, &index, &included);
+    let included = graph::included(history, &index);
+    let mut graph = Graph::new(history, &index, &included);
     let mut anomalies = index.duplicates;
-    anomalies.extend(graph.anomalies.iter().cloned().filter(|a| a.forbidden_from() <= level));
+    let found = std::mem::take(&mut graph.anomalies);
+    anomalies.extend(found.into_iter().filter(|a| a.forbidden_from() <= level));
 
     let edge = |e: &RawEdge| Edge {
         from: graph.ids[e.from],
@@ -254,6 +258,7 @@ pub fn check_level(history: &[Txn], level: Level) -> Report {
         key: index.keys[e.key].to_vec(),
         version: e.version,
     };
+    let ends: Vec<(usize, usize)> = graph.edges.iter().map(|e| (e.from, e.to)).collect();
     use Dependency::{Anti, Read, Write};
     let classes: [(Level, &[Dependency], Dependency); 3] = [
         (Level::ReadUncommitted, &[Write], Write),
@@ -264,7 +269,13 @@ pub fn check_level(history: &[Txn], level: Level) -> Report {
         if forbidden_from > level {
             continue;
         }
-        for cycle in graph.cycles(allowed, required) {
+        let found = cycles::cycles(
+            graph.ids.len(),
+            &ends,
+            |e| allowed.contains(&graph.edges[e].dependency),
+            |e| graph.edges[e].dependency == required,
+        );
+        for cycle in found {
             let cycle = cycle.iter().map(|&e| edge(&graph.edges[e])).collect();
             anomalies.push(match required {
                 Write => Anomaly::G0 { cycle },
@@ -275,475 +286,6 @@ pub fn check_level(history: &[Txn], level: Level) -> Report {
     }
     anomalies.sort_by_key(Anomaly::rank); // stable: history order within a kind
     Report { level, anomalies }
-}
-
-/// Who wrote a version of a key.
-#[derive(Clone, Copy)]
-struct Writer {
-    /// The writer's position in the history.
-    txn: usize,
-    /// Whether this is the writer's last write of the key (the one it installs).
-    last: bool,
-}
-
-/// The history's keys and versions.
-struct Index<'h> {
-    keys: Vec<&'h [u8]>,
-    key_of: HashMap<&'h [u8], usize>,
-    /// (key, version) to the transaction that wrote it (the first, if several claim it).
-    writers: HashMap<(usize, u64), Writer>,
-    /// Per key: whether some write of it has no known version, so that a read of a version
-    /// nobody claims may have seen it and is not garbage.
-    unversioned: Vec<bool>,
-    duplicates: Vec<Anomaly>,
-}
-
-impl<'h> Index<'h> {
-    fn new(history: &'h [Txn]) -> Self {
-        let mut index = Index {
-            keys: Vec::new(),
-            key_of: HashMap::new(),
-            writers: HashMap::new(),
-            unversioned: Vec::new(),
-            duplicates: Vec::new(),
-        };
-        let mut ids = HashSet::with_capacity(history.len());
-        // (key, version, transaction) already reported as a duplicate.
-        let mut reported = HashSet::new();
-        // Per transaction: each key's last write, by position in `ops`.
-        let mut last_write: HashMap<usize, usize> = HashMap::new();
-        for (t, txn) in history.iter().enumerate() {
-            assert!(ids.insert(txn.id), "transaction id {} used twice", txn.id);
-            last_write.clear();
-            for (at, op) in txn.ops.iter().enumerate() {
-                let (Op::Read { key, .. } | Op::Write { key, .. }) = op;
-                let key = index.intern(key);
-                if matches!(op, Op::Write { .. }) {
-                    last_write.insert(key, at);
-                }
-            }
-            for (at, op) in txn.ops.iter().enumerate() {
-                let Op::Write { key, version } = op else {
-                    continue;
-                };
-                let key = index.key_of[key.as_slice()];
-                let last = last_write[&key] == at;
-                let Some(version) = *version else {
-                    assert!(
-                        !(last && txn.status == Status::Committed),
-                        "committed transaction {} has no version for its write of {:?}",
-                        txn.id,
-                        String::from_utf8_lossy(index.keys[key])
-                    );
-                    index.unversioned[key] = true;
-                    continue;
-                };
-                let writer = index
-                    .writers
-                    .entry((key, version))
-                    .or_insert(Writer { txn: t, last });
-                if writer.txn == t {
-                    // A transaction may write a key twice at one version (a database that
-                    // versions at commit): the version is installed if its last write has it.
-                    writer.last |= last;
-                } else if reported.insert((key, version, t)) {
-                    index.duplicates.push(Anomaly::DuplicateVersion {
-                        key: index.keys[key].to_vec(),
-                        version,
-                        writers: [history[writer.txn].id, txn.id],
-                    });
-                }
-            }
-        }
-        index
-    }
-
-    fn intern(&mut self, key: &'h [u8]) -> usize {
-        *self.key_of.entry(key).or_insert_with(|| {
-            self.keys.push(key);
-            self.unversioned.push(false);
-            self.keys.len() - 1
-        })
-    }
-
-    /// The writer of `version` of `key`, if any transaction claims it.
-    fn writer(&self, key: &[u8], version: u64) -> Option<Writer> {
-        let key = self.key_of[key];
-        self.writers.get(&(key, version)).copied()
-    }
-}
-
-/// Which transactions are in the graph: the committed ones, and the unknown ones that a
-/// transaction in the graph read from (found by a breadth-first walk from the committed).
-fn included(history: &[Txn], index: &Index) -> Vec<bool> {
-    let mut included: Vec<bool> = history
-        .iter()
-        .map(|t| t.status == Status::Committed)
-        .collect();
-    let mut queue: Vec<usize> = (0..history.len()).filter(|&t| included[t]).collect();
-    while let Some(t) = queue.pop() {
-        for op in &history[t].ops {
-            let Op::Read {
-                key,
-                version: Some(version),
-            } = op
-            else {
-                continue;
-            };
-            if let Some(writer) = index.writer(key, *version) {
-                let status = history[writer.txn].status;
-                if status == Status::Unknown && !included[writer.txn] {
-                    included[writer.txn] = true;
-                    queue.push(writer.txn);
-                }
-            }
-        }
-    }
-    included
-}
-
-/// What a read of a version by a transaction in the graph observed.
-enum ReadFrom {
-    /// A version that the transaction (by position in the history) installed.
-    Installed(usize),
-    /// One of the reader's own writes, which it had not yet made: no edge.
-    Own,
-    /// Something no transaction installed (None: a version nobody claims, on a key that has
-    /// writes of unknown version, so it cannot be called garbage).
-    Anomaly(Option<Anomaly>),
-}
-
-fn read_from(
-    history: &[Txn],
-    index: &Index,
-    included: &[bool],
-    reader: usize,
-    key: &[u8],
-    version: u64,
-) -> ReadFrom {
-    let reader_id = history[reader].id;
-    let Some(writer) = index.writer(key, version) else {
-        if index.unversioned[index.key_of[key]] {
-            return ReadFrom::Anomaly(None);
-        }
-        let (reader, key) = (reader_id, key.to_vec());
-        return ReadFrom::Anomaly(Some(Anomaly::GarbageRead { reader, key, version }));
-    };
-    if writer.txn == reader {
-        return ReadFrom::Own;
-    }
-    let (reader, key, writer_id) = (reader_id, key.to_vec(), history[writer.txn].id);
-    if history[writer.txn].status == Status::Aborted {
-        return ReadFrom::Anomaly(Some(Anomaly::G1a { reader, writer: writer_id, key, version }));
-    }
-    assert!(included[writer.txn], "every unknown writer read from is in the graph");
-    if !writer.last {
-        return ReadFrom::Anomaly(Some(Anomaly::G1b { reader, writer: writer_id, key, version }));
-    }
-    ReadFrom::Installed(writer.txn)
-}
-
-/// An edge between nodes of the graph.
-#[derive(Clone, Copy)]
-struct RawEdge {
-    from: usize,
-    to: usize,
-    dependency: Dependency,
-    key: usize,
-    version: u64,
-}
-
-/// The direct serialization graph of the included transactions, and the anomalies that are
-/// not cycles (found while building it).
-struct Graph {
-    /// Node to transaction id.
-    ids: Vec<u64>,
-    edges: Vec<RawEdge>,
-    anomalies: Vec<Anomaly>,
-}
-
-impl Graph {
-    fn new(history: &[Txn], index: &Index, included: &[bool]) -> Self {
-        let mut node = vec![usize::MAX; history.len()];
-        let mut ids = Vec::new();
-        for (t, txn) in history.iter().enumerate() {
-            if included[t] {
-                node[t] = ids.len();
-                ids.push(txn.id);
-            }
-        }
-        // Each key's installed versions, in version order, with the node that installed it.
-        let mut installed: Vec<Vec<(u64, usize)>> = vec![Vec::new(); index.keys.len()];
-        for (&(key, version), writer) in &index.writers {
-            if writer.last && included[writer.txn] {
-                installed[key].push((version, node[writer.txn]));
-            }
-        }
-        let mut edges = Vec::new();
-        for (key, versions) in installed.iter_mut().enumerate() {
-            versions.sort_unstable();
-            for pair in versions.windows(2) {
-                let ((_, from), (version, to)) = (pair[0], pair[1]);
-                assert_ne!(from, to, "a transaction installed two versions of a key");
-                let dependency = Dependency::Write;
-                edges.push(RawEdge { from, to, dependency, key, version });
-            }
-        }
-
-        let mut anomalies = Vec::new();
-        // The key's last version this transaction wrote (None: version not known).
-        let mut own: HashMap<usize, Option<u64>> = HashMap::new();
-        for (t, txn) in history.iter().enumerate() {
-            if !included[t] {
-                continue;
-            }
-            let reader = node[t];
-            own.clear();
-            for op in &txn.ops {
-                let (key_bytes, read) = match op {
-                    Op::Write { key, version } => {
-                        own.insert(index.key_of[key.as_slice()], *version);
-                        continue;
-                    }
-                    Op::Read { key, version } => (key, *version),
-                };
-                let key = index.key_of[key_bytes.as_slice()];
-                if let Some(&wrote) = own.get(&key) {
-                    // A read of a key the transaction wrote gives no edge; it must return
-                    // the transaction's last write (when its version is known).
-                    if let Some(wrote) = wrote.filter(|&w| read != Some(w)) {
-                        anomalies.push(Anomaly::Internal {
-                            txn: txn.id,
-                            key: key_bytes.clone(),
-                            wrote,
-                            read,
-                        });
-                    }
-                    continue;
-                }
-                // Where the version read is in the key's version order: the position of
-                // the next one. A read that is an anomaly gives no edge, so that one fault
-                // is reported once.
-                let next = match read {
-                    None => 0,
-                    Some(version) => match read_from(history, index, included, t, key_bytes, version) {
-                        ReadFrom::Installed(writer) => {
-                            let from = node[writer];
-                            let dependency = Dependency::Read;
-                            edges.push(RawEdge { from, to: reader, dependency, key, version });
-                            installed[key].partition_point(|&(v, _)| v <= version)
-                        }
-                        ReadFrom::Own => continue,
-                        ReadFrom::Anomaly(anomaly) => {
-                            anomalies.extend(anomaly);
-                            continue;
-                        }
-                    },
-                };
-                if let Some(&(version, to)) = installed[key].get(next) {
-                    if to != reader {
-                        let dependency = Dependency::Anti;
-                        edges.push(RawEdge { from: reader, to, dependency, key, version });
-                    }
-                }
-            }
-        }
-        Graph { ids, edges, anomalies }
-    }
-
-    /// One shortest cycle through an edge of kind `required`, using only edges of the
-    /// `allowed` kinds, for each strongly connected component (of those edges) that has one.
-    /// Cycles are lists of edge indices.
-    fn cycles(&self, allowed: &[Dependency], required: Dependency) -> Vec<Vec<usize>> {
-        assert!(allowed.contains(&required));
-        let n = self.ids.len();
-        let adjacency = Adjacency::new(n, &self.edges, allowed);
-        let (component, count) = strongly_connected(n, &self.edges, &adjacency);
-        let mut reported = vec![false; count];
-        let mut search = Search::new(n);
-        let mut cycles = Vec::new();
-        for (e, edge) in self.edges.iter().enumerate() {
-            let c = component[edge.from];
-            if edge.dependency != required || component[edge.to] != c || reported[c] {
-                continue;
-            }
-            reported[c] = true;
-            // The edge goes from `from` to `to`; a path back from `to` closes the cycle.
-            let path = search.shortest_path(edge.to, edge.from, &self.edges, &adjacency, |v| {
-                component[v] == c
-            });
-            let mut cycle = vec![e];
-            cycle.extend(path);
-            cycles.push(cycle);
-        }
-        cycles
-    }
-}
-
-/// Outgoing edges per node, of some kinds only (compressed rows: node `v`'s edges are
-/// `edges[start[v]..start[v + 1]]`, as indices into the graph's edges).
-struct Adjacency {
-    start: Vec<usize>,
-    edges: Vec<usize>,
-}
-
-impl Adjacency {
-    fn new(n: usize, edges: &[RawEdge], allowed: &[Dependency]) -> Self {
-        let kept = |e: &&RawEdge| allowed.contains(&e.dependency);
-        let mut start = vec![0; n + 1];
-        for e in edges.iter().filter(kept) {
-            start[e.from + 1] += 1;
-        }
-        for v in 0..n {
-            start[v + 1] += start[v];
-        }
-        let mut fill = start.clone();
-        let mut out = vec![0; start[n]];
-        for (i, e) in edges.iter().enumerate() {
-            if allowed.contains(&e.dependency) {
-                out[fill[e.from]] = i;
-                fill[e.from] += 1;
-            }
-        }
-        Adjacency { start, edges: out }
-    }
-
-    fn out(&self, v: usize) -> &[usize] {
-        &self.edges[self.start[v]..self.start[v + 1]]
-    }
-}
-
-/// Tarjan's strongly connected components, without recursion: the component of each node,
-/// and how many components there are.
-fn strongly_connected(n: usize, edges: &[RawEdge], adjacency: &Adjacency) -> (Vec<usize>, usize) {
-    const UNSEEN: usize = usize::MAX;
-    struct State {
-        order: Vec<usize>, // when each node was first reached
-        low: Vec<usize>,
-        on_stack: Vec<bool>,
-        stack: Vec<usize>,
-        reached: usize,
-        /// The depth-first path: a node, and how many of its edges have been followed.
-        path: Vec<(usize, usize)>,
-    }
-    impl State {
-        fn enter(&mut self, v: usize) {
-            self.order[v] = self.reached;
-            self.low[v] = self.reached;
-            self.reached += 1;
-            self.on_stack[v] = true;
-            self.stack.push(v);
-            self.path.push((v, 0));
-        }
-    }
-    let mut s = State {
-        order: vec![UNSEEN; n],
-        low: vec![0; n],
-        on_stack: vec![false; n],
-        stack: Vec::new(),
-        reached: 0,
-        path: Vec::new(),
-    };
-    let mut component = vec![UNSEEN; n];
-    let mut count = 0;
-    for root in 0..n {
-        if s.order[root] != UNSEEN {
-            continue;
-        }
-        s.enter(root);
-        while let Some(&(v, followed)) = s.path.last() {
-            if let Some(&e) = adjacency.out(v).get(followed) {
-                if let Some(top) = s.path.last_mut() {
-                    top.1 += 1;
-                }
-                let w = edges[e].to;
-                if s.order[w] == UNSEEN {
-                    s.enter(w);
-                } else if s.on_stack[w] {
-                    s.low[v] = s.low[v].min(s.order[w]);
-                }
-                continue;
-            }
-            s.path.pop();
-            if let Some(&(parent, _)) = s.path.last() {
-
-            }
-            if s.low[v] == s.order[v] {
-                loop {
-                    let w = s.stack.pop().expect("v is on the stack");
-                    s.on_stack[w] = false;
-                    component[w] = count;
-                    if w == v {
-                        break;
-                    }
-                }
-                count += 1;
-            }
-        }
-    }
-    assert!(s.stack.is_empty() && component.iter().all(|&c| c < count));
-    (component, count)
-}
-
-/// Breadth-first search state, reused across searches (a node is visited in the current
-/// search when its stamp is the current one, so nothing is cleared between searches).
-struct Search {
-    stamp: Vec<u32>,
-    current: u32,
-    /// The edge a node was reached by, in the current search.
-    via: Vec<usize>,
-    queue: VecDeque<usize>,
-}
-
-impl Search {
-    fn new(n: usize) -> Self {
-        Search {
-            stamp: vec![0; n],
-            current: 0,
-            via: vec![usize::MAX; n],
-            queue: VecDeque::new(),
-        }
-    }
-
-    /// The edges of a shortest path from `source` to `target` through nodes `inside`
-    /// accepts; there must be one.
-    fn shortest_path(
-        &mut self,
-        source: usize,
-        target: usize,
-        edges: &[RawEdge],
-        adjacency: &Adjacency,
-        inside: impl Fn(usize) -> bool,
-    ) -> Vec<usize> {
-        assert_ne!(source, target);
-        self.current = self.current.checked_add(1).expect("fewer than 2^32 searches");
-        self.queue.clear();
-        self.stamp[source] = self.current;
-        self.queue.push_back(source);
-        'search: while let Some(v) = self.queue.pop_front() {
-            for &e in adjacency.out(v) {
-                let w = edges[e].to;
-                if self.stamp[w] != self.current && inside(w) {
-                    self.stamp[w] = self.current;
-                    self.via[w] = e;
-                    if w == target {
-                        break 'search;
-                    }
-                    self.queue.push_back(w);
-                }
-            }
-        }
-        assert_eq!(self.stamp[target], self.current, "no path inside a component");
-        let mut path = Vec::new();
-        let mut at = target;
-        while at != source {
-            let e = self.via[at];
-            path.push(e);
-            at = edges[e].from;
-        }
-        path.reverse();
-        path
-    }
 }
 
 fn key_text(key: &[u8]) -> String {
@@ -767,7 +309,14 @@ impl fmt::Display for Dependency {
 /// Writes a cycle as `T1 -ww "x"@2-> T2 -rw "y"@3-> T1`.
 fn write_cycle(f: &mut fmt::Formatter<'_>, cycle: &[Edge]) -> fmt::Result {
     for e in cycle {
-        write!(f, "T{} -{} {}@{}-> ", e.from, e.dependency, key_text(&e.key), e.version)?;
+        write!(
+            f,
+            "T{} -{} {}@{}-> ",
+            e.from,
+            e.dependency,
+            key_text(&e.key),
+            e.version
+        )?;
     }
     match cycle.first() {
         Some(e) => write!(f, "T{}", e.from),

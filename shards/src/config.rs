@@ -120,6 +120,14 @@ pub struct Flags {
     /// behind for the log, per transfer, e.g. 64MiB or 1GiB. Default: 64MiB.
     #[arg(long)]
     pub snapshot_rate: Option<String>,
+    /// Longest a transaction waits for a lock before it is aborted with TXN_TIMEOUT, e.g.
+    /// 5s or 500ms. Default: 5s.
+    #[arg(long)]
+    pub lock_timeout: Option<String>,
+    /// Longest a transaction may run: past it, it is aborted with TXN_TIMEOUT and its locks
+    /// are released. Default: 60s.
+    #[arg(long)]
+    pub txn_timeout: Option<String>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -145,6 +153,8 @@ struct FileConfig {
     read_consistency: Option<String>,
     read_lease: Option<String>,
     snapshot_rate: Option<String>,
+    lock_timeout: Option<String>,
+    txn_timeout: Option<String>,
 }
 
 /// What makes a node one of a cluster: its id, where it listens for peers, and the members
@@ -267,6 +277,9 @@ pub struct Config {
     pub read_lease: bool,
     /// `--snapshot-rate`: bytes per second of a snapshot transfer.
     pub snapshot_rate: u64,
+    /// `--lock-timeout`, `--txn-timeout` (ADR 0022).
+    pub lock_timeout: Duration,
+    pub txn_timeout: Duration,
 }
 
 /// Smallest page cache per shard, in bytes.
@@ -446,6 +459,16 @@ impl Config {
             flags.heartbeat_interval.or(file.heartbeat_interval),
             Duration::from_millis(50),
         )?;
+        let lock_timeout = duration(
+            "lock-timeout",
+            flags.lock_timeout.or(file.lock_timeout),
+            Duration::from_secs(5),
+        )?;
+        let txn_timeout = duration(
+            "txn-timeout",
+            flags.txn_timeout.or(file.txn_timeout),
+            Duration::from_secs(60),
+        )?;
         if election_timeout < heartbeat_interval * 3 {
             return Err(ConfigError::Cluster(format!(
                 "--election-timeout ({election_timeout:?}) must be at least three heartbeat \
@@ -469,6 +492,8 @@ impl Config {
             Some(other) => return Err(ConfigError::ReadLease(other.into())),
         };
         Ok(Config {
+            lock_timeout,
+            txn_timeout,
             stale_reads,
             read_lease,
             snapshot_rate,

@@ -70,6 +70,8 @@ pub struct Connection {
     /// The connection's last document command: the next one waits for it, so a
     /// connection's document commands run one after another, in the order sent.
     pub document_tail: RefCell<Option<crate::runtime::JoinHandle<()>>>,
+    /// The connection's open transactions (native protocol; ADR 0022).
+    pub txns: crate::txn::OpenTxns,
     /// The protocol the connection speaks, a label of its requests' metrics.
     protocol: Protocol,
     /// The requests in flight, oldest first, for their metrics (see [`Arrival`]).
@@ -110,6 +112,7 @@ impl Connection {
             early: RefCell::new(BTreeMap::new()),
             origin: Cell::new(crate::shard::NO_ORIGIN),
             document_tail: RefCell::new(None),
+            txns: crate::txn::OpenTxns::default(),
             protocol,
             arrivals: RefCell::new(VecDeque::new()),
         }

@@ -25,6 +25,7 @@ use kvs_core::store::PagedStore;
 
 use crate::locks::LockTable;
 use crate::shard::{Output, ReadsMeanwhile, ShardCore, ShardOp, ShardReply, ShardRequest};
+use crate::shard_txn::TxnGate;
 
 /// How long a failed shard waits between attempts to reopen.
 pub const REOPEN_INTERVAL: Duration = Duration::from_secs(1);
@@ -91,6 +92,8 @@ impl CheckpointPolicy {
 pub struct ShardDriver<D: LogDisk + Clone, R> {
     shard: ShardCore<D, R>,
     locks: LockTable<R>,
+    /// Transactions' locks (ADR 0022).
+    txns: TxnGate<R>,
     /// While writes wait: the reads-only view of the queue (it remembers what it looked at).
     meanwhile: Option<ReadsMeanwhile>,
     /// The queue's front is a write of this origin, waiting for the origin's read from the
@@ -117,6 +120,7 @@ pub struct ShardDriver<D: LogDisk + Clone, R> {
 impl<D: LogDisk + Clone, R> ShardDriver<D, R> {
     pub fn new(shard: ShardCore<D, R>) -> ShardDriver<D, R> {
         ShardDriver {
+            txns: TxnGate::new(shard.shard_id()),
             shard,
             locks: LockTable::default(),
             meanwhile: None,
@@ -136,6 +140,11 @@ impl<D: LogDisk + Clone, R> ShardDriver<D, R> {
         &self.shard
     }
 
+    /// The transaction locks' side of the loop (shares the node's wait-for graph).
+    pub fn txns_mut(&mut self) -> &mut TxnGate<R> {
+        &mut self.txns
+    }
+
     pub fn shard_mut(&mut self) -> &mut ShardCore<D, R> {
         &mut self.shard
     }
@@ -146,6 +155,7 @@ impl<D: LogDisk + Clone, R> ShardDriver<D, R> {
     /// new one).
     pub async fn tick(&mut self, now: Duration) -> bool {
         self.shard.tick();
+        self.txns.tick(now, &mut self.settled_on_tick);
         if self
             .last_placement
             .is_none_or(|last| now.saturating_sub(last) >= PLACEMENT_INTERVAL)
@@ -227,6 +237,8 @@ impl<D: LogDisk + Clone, R> ShardDriver<D, R> {
         let took = !requests.is_empty();
         if took {
             let requests = self.handle_locks(requests, &mut output);
+            let leads = self.shard.is_leader();
+            let requests = self.txns.filter(requests, &mut output, leads);
             let mut round = self.shard.take(requests);
             self.blocked_on = round.blocked_on;
             for request in round.leftover.drain(..).rev() {
@@ -320,6 +332,7 @@ impl<D: LogDisk + Clone, R> ShardDriver<D, R> {
         let mut rest = Vec::with_capacity(requests.len());
         for request in requests {
             match request.op {
+                ShardOp::TxnLock(_) => rest.push(request),
                 ShardOp::Lock(lock) => {
                     if let Some(granted) = self.locks.acquire(lock, request.reply) {
                         output.replies.push((granted, ShardReply::Locked));

@@ -13,6 +13,7 @@
 
 pub mod archive;
 pub mod ask;
+pub mod checkpoint_task;
 pub mod cluster;
 pub mod config;
 pub mod conn;
@@ -46,6 +47,9 @@ pub mod server;
 pub mod shard;
 pub mod shard_ops;
 pub mod shard_reads;
+pub mod shard_txn;
 pub mod snapshot;
 pub mod spread;
+pub mod txn;
+pub mod txn_commit;
 pub mod txn_locks;

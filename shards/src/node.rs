@@ -16,7 +16,6 @@ use std::time::Instant;
 
 use anyhow::{bail, Context as _};
 use kvs_core::log::GroupWritten;
-use kvs_core::store::page::PAGE_SIZE;
 use kvs_core::store::{PagedStore, StoreConfig};
 
 use crate::cluster::forwarding::Forwarding;
@@ -27,7 +26,7 @@ use crate::cluster::snapshot_send::SnapshotTransfers;
 use crate::cluster::transport::{Links, LocalNode};
 use crate::config::Config;
 use crate::data_dir::{allowed_cpus, DataDir};
-use crate::driver::{CheckpointPolicy, ShardDriver, Wake, REOPEN_INTERVAL};
+use crate::driver::{CheckpointPolicy, ShardDriver, Wake};
 use crate::log_io::{DmaDisk, DmaLogFile};
 use crate::metrics::{self, CoreMetrics, NodeMetrics};
 use crate::operate::{self, Operator};
@@ -53,8 +52,6 @@ const STOP_POLL: Duration = Duration::from_millis(20);
 const STOP_GRACE: Duration = Duration::from_secs(5);
 /// How long start-up waits for a listen address that is still in use.
 const BIND_RETRY_FOR: Duration = Duration::from_secs(5);
-/// How often the checkpoint task looks at its triggers.
-const CHECKPOINT_POLL: Duration = Duration::from_millis(50);
 
 type Store = PagedStore<DmaLogFile>;
 
@@ -81,6 +78,7 @@ struct CoreSetup {
     archive_dir: Option<PathBuf>,
     connection_counts: Arc<ConnectionCounts>,
     scan_cursors: Arc<ScanCursors>,
+    transactions: Arc<crate::txn::Transactions>,
     ready: mpsc::Sender<Result<(), String>>,
     /// Whether to serve, once every shard has opened ([`START_SERVE`]), or to stop because
     /// one failed to ([`START_ABORT`]): a node never serves some shards while others failed.
@@ -234,6 +232,11 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_secs()),
     ));
+    let transactions = Arc::new(crate::txn::Transactions::new(
+        data_dir.cluster.as_ref().map_or(1, |c| c.node_id),
+        config.lock_timeout,
+        config.txn_timeout,
+    ));
     let (ready_sender, ready) = mpsc::channel();
     let start = Arc::new(AtomicU8::new(START_WAIT));
     // Every core gets a handle on each listening socket; the last takes the originals.
@@ -278,6 +281,7 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
             archive_dir: config.archive_dir.clone(),
             connection_counts: Arc::clone(&connection_counts),
             scan_cursors: Arc::clone(&scan_cursors),
+            transactions: Arc::clone(&transactions),
             ready: ready_sender.clone(),
             start: Arc::clone(&start),
         })
@@ -356,15 +360,18 @@ async fn core_main(setup: CoreSetup) {
     };
 
     let queue = Rc::new(ShardQueue::default());
-    let ctx = Rc::new(CoreContext::new(
-        core,
-        setup.shard_count,
-        Rc::clone(&queue),
-        setup.request_senders,
-        setup.reply_senders,
-        Arc::clone(&setup.connection_counts),
-        Arc::clone(&setup.scan_cursors),
-    ));
+    let ctx = Rc::new(
+        CoreContext::new(
+            core,
+            setup.shard_count,
+            Rc::clone(&queue),
+            setup.request_senders,
+            setup.reply_senders,
+            Arc::clone(&setup.connection_counts),
+            Arc::clone(&setup.scan_cursors),
+        )
+        .with_transactions(Arc::clone(&setup.transactions)),
+    );
     for receiver in setup.request_receivers {
         let queue = Rc::clone(&queue);
         on_each(receiver, move |request: RemoteRequest| {
@@ -505,7 +512,7 @@ async fn core_main(setup: CoreSetup) {
 
     let current_store = Rc::new(RefCell::new(Rc::clone(shard.store())));
     let failed = Rc::new(Cell::new(false));
-    spawn_local(checkpoint_loop(
+    spawn_local(crate::checkpoint_task::checkpoint_loop(
         Rc::clone(&ctx),
         Rc::clone(&current_store),
         Rc::clone(&failed),
@@ -674,6 +681,7 @@ async fn shard_loop(
     let mut last_leader: Option<u64> = None;
     let disk_reads = shard.disk_reads();
     let mut driver = ShardDriver::new(shard);
+    crate::txn_commit::hold_and_recover(ctx, &mut driver).await;
     // Group writes in flight, oldest first: reported to the driver in this order.
     let mut in_flight: VecDeque<JoinHandle<GroupWritten>> = VecDeque::new();
     loop {
@@ -923,66 +931,4 @@ fn read_in_task(
         ctx.reply(request.reply, reply).await;
     })
     .detach();
-}
-
-/// Checkpoints the shard's store in the background: when dirty pages fill half the cache,
-/// when the log grew by the policy's size, or after the policy's interval with changes.
-/// Pages are written at the policy's rate unless writers are waiting for cache room.
-async fn checkpoint_loop(
-    ctx: Rc<CoreContext>,
-    current_store: Rc<RefCell<Rc<Store>>>,
-    failed: Rc<Cell<bool>>,
-    policy: CheckpointPolicy,
-) {
-    let mut last = Instant::now();
-    while !ctx.stopping.get() {
-        wait(CHECKPOINT_POLL).await;
-        if failed.get() {
-            continue;
-        }
-        let store = Rc::clone(&current_store.borrow());
-        store.expire_backups(kvs_core::sessions::wall_clock_ms());
-        if !policy.due(&store, last.elapsed()) {
-            continue;
-        }
-        let Some(plan) = store.seal() else {
-            continue;
-        };
-        let pages = plan.pages();
-        let started = Instant::now();
-        let paced = Rc::clone(&store);
-        let pace = move |written: usize| {
-            let target =
-                Duration::from_secs_f64(written as f64 * PAGE_SIZE as f64 / policy.rate as f64);
-            let behind = target.saturating_sub(started.elapsed());
-            let hurry = paced.dirty_pressure();
-            async move {
-                if !hurry && !behind.is_zero() {
-                    wait(behind).await;
-                }
-            }
-        };
-        match store.write_checkpoint(plan, Some(pace)).await {
-            Ok(done) => {
-                last = Instant::now();
-                metrics::with_current(|m| {
-                    m.checkpoint_micros
-                        .add(started.elapsed().as_micros() as u64);
-                    m.checkpoint_bytes.add((pages * PAGE_SIZE) as u64);
-                    m.page_writes.add(pages as u64);
-                });
-                tracing::debug!(
-                    core = ctx.core,
-                    index = done.applied_index,
-                    pages,
-                    elapsed_ms = started.elapsed().as_millis() as u64,
-                    "checkpoint written"
-                );
-            }
-            Err(error) => {
-                tracing::error!(core = ctx.core, %error, "checkpoint failed; retrying later");
-                wait(REOPEN_INTERVAL).await;
-            }
-        }
-    }
 }

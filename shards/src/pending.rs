@@ -61,6 +61,11 @@ impl<R, Q> Pending<R, Q> {
         self.unapplied.get(&origin).copied()
     }
 
+    /// The index of the newest proposal not yet applied, whoever wrote it.
+    pub fn newest(&self) -> Option<u64> {
+        self.proposals.back().map(|p| p.index)
+    }
+
     /// Records a proposal. Indexes only grow (see [`Pending::take_from`]).
     pub fn add(&mut self, proposal: Proposal<R, Q>) {
         if let Some(last) = self.proposals.back() {

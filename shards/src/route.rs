@@ -136,6 +136,8 @@ pub struct CoreContext {
     /// Sends an answer to a forwarded request back to its node (set on a node of a
     /// cluster).
     pub peer_answers: std::cell::OnceCell<PeerAnswers>,
+    /// The node's transactions (ADR 0022): ids, timeouts, the wait-for graph.
+    pub transactions: Arc<crate::txn::Transactions>,
 }
 
 impl CoreContext {
@@ -163,7 +165,18 @@ impl CoreContext {
             connections: RefCell::new(HashMap::new()),
             next_connection: Cell::new(0),
             peer_answers: std::cell::OnceCell::new(),
+            transactions: Arc::new(crate::txn::Transactions::new(
+                1,
+                crate::shard_txn::LOCK_TIMEOUT_DEFAULT,
+                std::time::Duration::from_secs(60),
+            )),
         }
+    }
+
+    /// Shares the node's transactions (by default a core has its own).
+    pub fn with_transactions(mut self, transactions: Arc<crate::txn::Transactions>) -> Self {
+        self.transactions = transactions;
+        self
     }
 
     /// Records an open connection; its receive ends once the node stops.

@@ -253,6 +253,30 @@ async fn dispatch(ctx: &Rc<CoreContext>, conn: &Rc<Connection>, header: Header, 
             &Response::error(ErrorCode::BadRequest, "a ONCE carries a write, not a ONCE"),
         ),
         Request::Ping => respond(conn, opcode, request_id, &Response::Pong),
+        Request::Begin { isolation } => {
+            let response = crate::txn::begin(ctx, &conn.txns, isolation);
+            respond(conn, opcode, request_id, &response);
+        }
+        Request::InTxn { .. } | Request::Commit { .. } | Request::Rollback { .. } => {
+            // A task of its own: a lock may take a while, and the connection's other
+            // requests (another transaction's ROLLBACK, say) go on meanwhile.
+            let (task_ctx, task_conn) = (Rc::clone(ctx), Rc::clone(conn));
+            // Answered under the inner request's opcode, as a ONCE is.
+            let opcode = request.reply_opcode() as u8;
+            crate::runtime::spawn_local(async move {
+                let (ctx, open) = (&task_ctx, &task_conn.txns);
+                let response = match request {
+                    Request::InTxn { txn, request } => {
+                        crate::txn::run(ctx, open, txn, *request).await
+                    }
+                    Request::Commit { txn } => crate::txn::commit(ctx, open, txn).await,
+                    Request::Rollback { txn } => crate::txn::rollback(ctx, open, txn).await,
+                    _ => unreachable!("matched above"),
+                };
+                respond(&task_conn, opcode, request_id, &response);
+            })
+            .detach();
+        }
         Request::Get { key } => {
             ctx.send(shard_of(&key), ShardOp::Get { key }, to_conn())
                 .await
@@ -409,7 +433,11 @@ pub async fn serve_connection(ctx: Rc<CoreContext>, stream: TcpStream, slot: Con
         slot,
         encode_reply,
         Protocol::Native,
-        |ctx, stream, conn| async move { read_loop(&ctx, &stream, &conn).await },
+        |ctx, stream, conn| async move {
+            read_loop(&ctx, &stream, &conn).await;
+            // What the client left open is rolled back: its locks go now.
+            conn.txns.close(&ctx).await;
+        },
     )
     .await;
 }

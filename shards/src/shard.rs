@@ -537,6 +537,11 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
         self.pipeline_when_queued = queued;
     }
 
+    /// The shard's number.
+    pub fn shard_id(&self) -> u32 {
+        self.shard
+    }
+
     /// Takes one round of requests (see the module documentation): answers the reads it
     /// can, defers those that need the disk, attaches to pending entries the reads that must
     /// see them, and gathers the writes into a batch.
@@ -551,7 +556,23 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
         let mut reads: Vec<ShardRequest<R>> = Vec::new();
         let mut blocked_on = None;
         let mut forwards = Vec::new();
-        for request in requests.by_ref() {
+        for mut request in requests.by_ref() {
+            if let ShardOp::Fenced(inner) = &mut request.op {
+                // A transaction's read: it must see every write proposed before it (the
+                // writes of this round's batch, else the newest pending entry).
+                let inner = std::mem::replace(inner.as_mut(), ShardOp::Info);
+                request.op = inner;
+                if encoder.count() > 0 {
+                    self.count_held_read(&request);
+                    reads.push(request);
+                    continue;
+                }
+                if let Some(index) = self.pending.newest() {
+                    self.count_held_read(&request);
+                    self.pending.attach(index, request);
+                    continue;
+                }
+            }
             if request.op.is_lock() {
                 let message = "a lock request reached the store, not the lock table";
                 replies.push((

@@ -53,12 +53,21 @@ pub enum ShardOp {
         id: u64,
         number: u32,
     },
+    /// A transaction's request to the shard's transaction lock table (`txn_locks`):
+    /// answered with `Locked` when granted or done.
+    TxnLock(crate::txn_locks::TxnLockOp),
+    /// A read (GET, MGET, SCAN) that sees every write the shard proposed before it, whoever
+    /// sent it: a transaction's read under its locks (ADR 0022).
+    Fenced(Box<ShardOp>),
 }
 
 impl ShardOp {
-    /// Lock requests are handled by the shard loop's lock table, not by the store.
+    /// Lock requests are handled by the shard loop's lock tables, not by the store.
     pub fn is_lock(&self) -> bool {
-        matches!(self, ShardOp::Lock(_) | ShardOp::Unlock(_))
+        matches!(
+            self,
+            ShardOp::Lock(_) | ShardOp::Unlock(_) | ShardOp::TxnLock(_)
+        )
     }
 
     /// Whether a member that does not lead may forward it to the leader: lock requests
@@ -72,6 +81,8 @@ impl ShardOp {
                 | ShardOp::Unlock(_)
                 | ShardOp::GetStale { .. }
                 | ShardOp::Backup { .. }
+                | ShardOp::TxnLock(_)
+                | ShardOp::Fenced(_)
         )
     }
 

@@ -33,7 +33,10 @@ pub fn try_read_from<F: kvs_core::log::LogFile>(
             .map(ShardReply::Values),
         ShardOp::Scan { .. } | ShardOp::DocRead(_) | ShardOp::Info | ShardOp::Backup { .. } => None,
         ShardOp::Write(_) => unreachable!("writes are not reads"),
-        ShardOp::Lock(_) | ShardOp::Unlock(_) => unreachable!("locks are not reads"),
+        ShardOp::Lock(_) | ShardOp::Unlock(_) | ShardOp::TxnLock(_) => {
+            unreachable!("locks are not reads")
+        }
+        ShardOp::Fenced(_) => unreachable!("a fenced read is unwrapped when taken"),
     }
 }
 
@@ -93,7 +96,12 @@ pub async fn read_from<F: kvs_core::log::LogFile>(
             Ok(document) => ShardReply::Doc(document),
             Err((code, message)) => ShardReply::Error(code, message),
         },
-        ShardOp::Info | ShardOp::Write(_) | ShardOp::Lock(_) | ShardOp::Unlock(_) => {
+        ShardOp::Info
+        | ShardOp::Write(_)
+        | ShardOp::Lock(_)
+        | ShardOp::Unlock(_)
+        | ShardOp::TxnLock(_)
+        | ShardOp::Fenced(_) => {
             unreachable!("answered by the shard itself")
         }
     }

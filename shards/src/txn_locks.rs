@@ -48,9 +48,13 @@ pub enum TxnLockOp {
     Lock(LockAsk),
     /// A participant that only read: answered OK (and its locks released) if none was
     /// broken, else TXN_CONFLICT. After it, writes outside transactions pass its keys.
-    Check { txn: u64 },
+    Check {
+        txn: u64,
+    },
     /// Releases every lock of the transaction (rollback, or after its commit).
-    Release { txn: u64 },
+    Release {
+        txn: u64,
+    },
 }
 
 /// How far a transaction got on this shard.
@@ -361,14 +365,17 @@ impl<W> TxnLockTable<W> {
             .iter()
             .all(|k| held.keys.get(*k) == Some(&Mode::Exclusive))
             && reads.iter().all(|k| held.keys.contains_key(*k));
-        if !intact || held.stage != Stage::Running {
-            return Err(conflict);
-        }
-        held.stage = if prepared {
+        let stage = if prepared {
             Stage::Prepared
         } else {
             Stage::Committing
         };
+        // The same entry may be looked at again (a round that could not take it puts it
+        // back in the queue).
+        if !intact || held.stage != Stage::Running && held.stage != stage {
+            return Err(conflict);
+        }
+        held.stage = stage;
         Ok(())
     }
 

@@ -13,7 +13,10 @@ fn ask(txn: u64, keys: &[(&str, Mode)]) -> LockAsk {
     LockAsk {
         txn,
         deadline_ms: FAR,
-        keys: keys.iter().map(|(k, m)| (k.as_bytes().to_vec(), *m)).collect(),
+        keys: keys
+            .iter()
+            .map(|(k, m)| (k.as_bytes().to_vec(), *m))
+            .collect(),
         range: None,
     }
 }
@@ -72,12 +75,21 @@ fn a_shared_range_blocks_exclusive_keys_inside_it_only() {
     let graph = WaitGraph::new();
     let mut table = TxnLockTable::new(0);
     let now = Duration::ZERO;
-    assert!(granted(table.acquire(range_ask(1, "b", "d"), 1, now, &graph)));
+    assert!(granted(table.acquire(
+        range_ask(1, "b", "d"),
+        1,
+        now,
+        &graph
+    )));
     assert!(granted(table.acquire(ask(2, &[("d", X)]), 2, now, &graph)));
     assert!(granted(table.acquire(ask(2, &[("a", X)]), 2, now, &graph)));
-    assert!(table.acquire(ask(2, &[("c", X)]), 22, now, &graph).is_none());
+    assert!(table
+        .acquire(ask(2, &[("c", X)]), 22, now, &graph)
+        .is_none());
     // And a range waits for an exclusive key inside it.
-    assert!(table.acquire(range_ask(3, "a", "b"), 3, now, &graph).is_none());
+    assert!(table
+        .acquire(range_ask(3, "a", "b"), 3, now, &graph)
+        .is_none());
     assert_eq!(codes(&table.release(1, &graph)), vec![(22, None)]);
     assert_eq!(codes(&table.release(2, &graph)), vec![(3, None)]);
 }
@@ -126,7 +138,9 @@ fn a_long_wait_times_out_and_an_expired_holder_loses_its_locks() {
     assert!(table
         .acquire(ask(2, &[("a", X)]), 2, Duration::ZERO, &graph)
         .is_none());
-    assert!(table.tick(Duration::from_secs(4), 0, timeout, &graph).is_empty());
+    assert!(table
+        .tick(Duration::from_secs(4), 0, timeout, &graph)
+        .is_empty());
     let answers = table.tick(Duration::from_secs(5), 0, timeout, &graph);
     assert_eq!(codes(&answers), vec![(2, Some(ErrorCode::TxnTimeout))]);
     // Past its deadline the holder's locks go, and it may not commit.
@@ -145,7 +159,12 @@ fn writes_outside_break_running_transactions_pass_committing_ones_and_stop_at_pr
     let mut table = TxnLockTable::new(0);
     let now = Duration::ZERO;
     assert!(granted(table.acquire(ask(1, &[("a", S)]), 1, now, &graph)));
-    assert!(granted(table.acquire(range_ask(2, "m", "p"), 2, now, &graph)));
+    assert!(granted(table.acquire(
+        range_ask(2, "m", "p"),
+        2,
+        now,
+        &graph
+    )));
     assert!(granted(table.acquire(ask(3, &[("c", X)]), 3, now, &graph)));
     assert!(granted(table.acquire(ask(4, &[("d", X)]), 4, now, &graph)));
     assert!(table.acquire(ask(5, &[("a", X)]), 5, now, &graph).is_none());
@@ -165,7 +184,14 @@ fn writes_outside_break_running_transactions_pass_committing_ones_and_stop_at_pr
     // Committing: the write is ordered after the commit entry.
     table.begin_commit(3, &[b"c"], &[], false).unwrap();
     assert!(table.outside_write(b"c", &graph).unwrap().is_empty());
-    assert!(table.begin_commit(3, &[b"c"], &[], false).is_err(), "once");
+    assert!(
+        table.begin_commit(3, &[b"c"], &[], false).is_ok(),
+        "looked at again"
+    );
+    assert!(
+        table.begin_commit(3, &[b"c"], &[], true).is_err(),
+        "not prepared too"
+    );
     // Prepared: refused.
     table.begin_commit(4, &[b"d"], &[], true).unwrap();
     let refused = table.outside_write(b"d", &graph).unwrap_err();

@@ -29,10 +29,12 @@ pub mod limits;
 pub mod message;
 pub mod resp;
 pub mod routes;
+pub mod txn_client;
 
 pub use client::{Client, ClientError, ClientOptions};
 pub use frame::{Frame, FrameDecoder, FrameError, Header};
-pub use message::{DecodeError, ErrorCode, Opcode, Request, Response};
+pub use message::{DecodeError, ErrorCode, Isolation, Opcode, Request, Response};
+pub use txn_client::Transaction;
 
 /// FNV-1a, 64-bit: the stable hash that places a key on a shard.
 ///

@@ -37,6 +37,15 @@ pub enum Opcode {
     /// A piece of one shard's backup (`kvs backup`, docs/operations.md): the node's newest
     /// checkpoint of the shard, taken for the backup, in runs of pages.
     Backup = 14,
+    /// Begins a transaction (ADR 0022, docs/transactions.md): isolation in, its id out.
+    Begin = 15,
+    /// A request (GET, PUT, DELETE, CAS, MGET, SCAN) inside a transaction; answered like
+    /// the inner request, with its opcode.
+    InTxn = 16,
+    /// Commits a transaction: answered with no body once every shard applied it.
+    Commit = 17,
+    /// Rolls a transaction back: its locks are released and nothing of it is applied.
+    Rollback = 18,
 }
 
 impl Opcode {
@@ -56,6 +65,10 @@ impl Opcode {
             12 => Opcode::TransferLeader,
             13 => Opcode::Once,
             14 => Opcode::Backup,
+            15 => Opcode::Begin,
+            16 => Opcode::InTxn,
+            17 => Opcode::Commit,
+            18 => Opcode::Rollback,
             _ => return None,
         })
     }
@@ -222,7 +235,51 @@ pub enum Request {
         id: u64,
         number: u32,
     },
+    /// Begins a transaction on this connection.
+    Begin {
+        isolation: Isolation,
+    },
+    /// `request` (GET, PUT, DELETE, CAS, MGET or SCAN) inside transaction `txn`.
+    InTxn {
+        txn: u64,
+        request: Box<Request>,
+    },
+    Commit {
+        txn: u64,
+    },
+    Rollback {
+        txn: u64,
+    },
 }
+
+/// A transaction's isolation level (docs/transactions.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isolation {
+    /// Each read sees the latest committed data; writes lock their keys.
+    ReadCommitted = 1,
+    /// As if the transactions ran one at a time: reads lock what they read.
+    Serializable = 2,
+}
+
+impl Isolation {
+    pub fn name(self) -> &'static str {
+        match self {
+            Isolation::ReadCommitted => "read-committed",
+            Isolation::Serializable => "serializable",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Isolation> {
+        match text {
+            "read-committed" => Some(Isolation::ReadCommitted),
+            "serializable" => Some(Isolation::Serializable),
+            _ => None,
+        }
+    }
+}
+
+/// Bytes before the inner request in an IN_TXN body: txn, opcode.
+const IN_TXN_HEADER: usize = 9;
 
 /// One chunk of a shard's backup: the first carries the checkpoint's meta page and how many
 /// pages follow; the others a run of consecutive pages. The CRC32C covers meta and pages.
@@ -279,6 +336,12 @@ pub enum Response {
     Document(String),
     /// BACKUP: one chunk of a shard's backup.
     BackupChunk(BackupChunk),
+    /// BEGIN: the new transaction's id.
+    Began {
+        txn: u64,
+    },
+    /// COMMIT and ROLLBACK: done (no body).
+    Ended,
     Error {
         code: ErrorCode,
         message: String,
@@ -428,13 +491,17 @@ impl Request {
             Request::TransferLeader { .. } => Opcode::TransferLeader,
             Request::Once { .. } => Opcode::Once,
             Request::Backup { .. } => Opcode::Backup,
+            Request::Begin { .. } => Opcode::Begin,
+            Request::InTxn { .. } => Opcode::InTxn,
+            Request::Commit { .. } => Opcode::Commit,
+            Request::Rollback { .. } => Opcode::Rollback,
         }
     }
 
     /// The opcode of the reply: the request's, or for a ONCE, its inner request's.
     pub fn reply_opcode(&self) -> Opcode {
         match self {
-            Request::Once { request, .. } => request.opcode(),
+            Request::Once { request, .. } | Request::InTxn { request, .. } => request.opcode(),
             request => request.opcode(),
         }
     }
@@ -493,6 +560,13 @@ impl Request {
                 request.encode_body(out);
             }
             Request::Document { command } => put_bytes(out, command),
+            Request::Begin { isolation } => out.push(*isolation as u8),
+            Request::InTxn { txn, request } => {
+                put_u64(out, *txn);
+                out.push(request.opcode() as u8);
+                request.encode_body(out);
+            }
+            Request::Commit { txn } | Request::Rollback { txn } => put_u64(out, *txn),
             Request::Put { key, value } => {
                 put_bytes(out, key);
                 put_bytes(out, value);
@@ -545,9 +619,32 @@ impl Request {
         if opcode == Opcode::Once {
             return Request::decode_once(body);
         }
+        if opcode == Opcode::InTxn {
+            return Request::decode_in_txn(body);
+        }
         let mut r = Reader::new(body);
         let request = match opcode {
-            Opcode::Once => unreachable!("decoded above"),
+            Opcode::Once | Opcode::InTxn => unreachable!("decoded above"),
+            Opcode::Begin => Request::Begin {
+                isolation: match r.u8("isolation")? {
+                    1 => Isolation::ReadCommitted,
+                    2 => Isolation::Serializable,
+                    other => {
+                        return Err(DecodeError::Invalid {
+                            what: "isolation",
+                            detail: format!(
+                                "{other} is not 1 (read committed) or 2 (serializable)"
+                            ),
+                        })
+                    }
+                },
+            },
+            Opcode::Commit => Request::Commit {
+                txn: r.u64("transaction")?,
+            },
+            Opcode::Rollback => Request::Rollback {
+                txn: r.u64("transaction")?,
+            },
             Opcode::Ping => Request::Ping,
             Opcode::Info => Request::Info,
             Opcode::Document => Request::Document {
@@ -626,6 +723,38 @@ impl Request {
         };
         r.finish()?;
         Ok(request)
+    }
+
+    /// Whether a transaction may carry it.
+    pub fn may_be_in_txn(&self) -> bool {
+        matches!(
+            self,
+            Request::Get { .. }
+                | Request::Put { .. }
+                | Request::Delete { .. }
+                | Request::Cas { .. }
+                | Request::MGet { .. }
+                | Request::Scan { .. }
+        )
+    }
+
+    fn decode_in_txn(body: &[u8]) -> Result<Request, DecodeError> {
+        let mut r = Reader::new(body.get(..IN_TXN_HEADER).unwrap_or(body));
+        let txn = r.u64("transaction")?;
+        let inner = r.u8("opcode")?;
+        r.finish()?;
+        let not_carried = || DecodeError::Invalid {
+            what: "IN_TXN",
+            detail: format!("it carries GET, PUT, DELETE, CAS, MGET or SCAN, not opcode {inner}"),
+        };
+        if !matches!(inner, 2..=6 | 8) {
+            return Err(not_carried());
+        }
+        let request = Request::decode_body(inner, &body[IN_TXN_HEADER..])?;
+        Ok(Request::InTxn {
+            txn,
+            request: Box::new(request),
+        })
     }
 
     fn decode_once(body: &[u8]) -> Result<Request, DecodeError> {
@@ -721,6 +850,8 @@ impl Response {
                 put_u32(out, chunk.crc);
                 out.push(u8::from(chunk.last));
             }
+            Response::Began { txn } => put_u64(out, *txn),
+            Response::Ended => {}
             Response::Error { code, message } => {
                 out.extend_from_slice(&(*code as u16).to_le_bytes());
                 put_bytes(out, message.as_bytes());
@@ -744,12 +875,16 @@ impl Response {
         let opcode =
             Opcode::from_u8(header.opcode).ok_or(DecodeError::UnknownOpcode(header.opcode))?;
         let response = match opcode {
-            Opcode::Once => {
+            Opcode::Once | Opcode::InTxn => {
                 return Err(DecodeError::Invalid {
                     what: "reply opcode",
-                    detail: "a ONCE is answered with its inner request's opcode".into(),
+                    detail: "ONCE and IN_TXN are answered with the inner request's opcode".into(),
                 })
             }
+            Opcode::Begin => Response::Began {
+                txn: r.u64("transaction")?,
+            },
+            Opcode::Commit | Opcode::Rollback => Response::Ended,
             Opcode::Ping => Response::Pong,
             Opcode::Get | Opcode::GetStale => Response::Value {
                 version: r.u64("version")?,

@@ -57,6 +57,29 @@ fn requests() -> Vec<Request> {
                 value: None,
             }),
         },
+        Request::Begin {
+            isolation: Isolation::ReadCommitted,
+        },
+        Request::Begin {
+            isolation: Isolation::Serializable,
+        },
+        Request::InTxn {
+            txn: 0x1234,
+            request: Box::new(Request::Scan {
+                start: b"a".to_vec(),
+                end: None,
+                limit: 5,
+            }),
+        },
+        Request::InTxn {
+            txn: 1,
+            request: Box::new(Request::Put {
+                key: b"k".to_vec(),
+                value: b"v".to_vec(),
+            }),
+        },
+        Request::Commit { txn: 7 },
+        Request::Rollback { txn: 8 },
     ]
 }
 
@@ -92,6 +115,9 @@ fn once_carries_a_write_and_never_another_once() {
 fn responses() -> Vec<(Opcode, Response)> {
     vec![
         (Opcode::Ping, Response::Pong),
+        (Opcode::Begin, Response::Began { txn: 99 }),
+        (Opcode::Commit, Response::Ended),
+        (Opcode::Rollback, Response::Ended),
         (
             Opcode::Get,
             Response::Value {
@@ -149,6 +175,23 @@ fn decode_frame(bytes: &[u8]) -> (Header, &[u8]) {
         }
         other => panic!("incomplete: {other:?}"),
     }
+}
+
+#[test]
+fn a_transaction_carries_key_value_requests_only() {
+    for inner in [Request::Ping, Request::Commit { txn: 1 }, Request::Info] {
+        let mut body = Vec::new();
+        Request::InTxn {
+            txn: 3,
+            request: Box::new(inner),
+        }
+        .encode_body(&mut body);
+        assert!(matches!(
+            Request::decode_body(Opcode::InTxn as u8, &body),
+            Err(DecodeError::Invalid { what: "IN_TXN", .. })
+        ));
+    }
+    assert!(Request::decode_body(Opcode::Begin as u8, &[3]).is_err());
 }
 
 #[test]

@@ -43,7 +43,12 @@ pub fn forwarded_len(request: &Forwarded) -> usize {
             DocRead::UniqueConflict { coll, doc } => coll.len() + doc.len(),
             DocRead::IndexKeys { coll, name } => coll.len() + name.len(),
         },
-        ShardOp::Info | ShardOp::Lock(_) | ShardOp::Unlock(_) | ShardOp::Backup { .. } => 0,
+        ShardOp::Info
+        | ShardOp::Lock(_)
+        | ShardOp::Unlock(_)
+        | ShardOp::Backup { .. }
+        | ShardOp::TxnLock(_) => 0,
+        ShardOp::Fenced(_) => 0,
     }
 }
 
@@ -105,7 +110,9 @@ pub(super) fn encode_forwarded(request: &Forwarded, out: &mut Vec<u8>) {
         | ShardOp::Lock(_)
         | ShardOp::Unlock(_)
         | ShardOp::GetStale { .. }
-        | ShardOp::Backup { .. } => {
+        | ShardOp::Backup { .. }
+        | ShardOp::TxnLock(_)
+        | ShardOp::Fenced(_) => {
             unreachable!("only forwardable ops are forwarded (ShardOp::is_forwardable)")
         }
     }

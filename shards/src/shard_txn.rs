@@ -1,0 +1,176 @@
+//! Where transactions meet a shard loop (ADR 0022): the transaction lock table's requests are
+//! answered here, and every write taken from the queue is looked at against the table before
+//! it reaches the batch — a transaction's commit or prepare entry must still hold its locks,
+//! and a write outside transactions breaks the running transactions on its keys (or is
+//! refused when a prepared one holds them). While no transaction holds or waits for a lock, a
+//! write outside transactions costs one branch here.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kvs_core::command::Command;
+use kvs_wire::ErrorCode;
+
+use crate::deadlock::WaitGraph;
+use crate::shard::{Output, ShardOp, ShardReply, ShardRequest};
+use crate::txn_locks::{Answer, TxnLockOp, TxnLockTable};
+
+/// How long a transaction waits for a lock by default (`--lock-timeout`).
+pub const LOCK_TIMEOUT_DEFAULT: Duration = Duration::from_secs(5);
+
+fn reply_of(answer: Answer) -> ShardReply {
+    match answer {
+        Ok(()) => ShardReply::Locked,
+        Err((code, message)) => ShardReply::Error(code, message),
+    }
+}
+
+/// A shard loop's transaction locks, with the node's wait-for graph.
+pub struct TxnGate<R> {
+    table: TxnLockTable<R>,
+    graph: Arc<WaitGraph>,
+    lock_timeout: Duration,
+    /// The loop's clock at its last tick: when a wait began.
+    now: Duration,
+}
+
+impl<R> TxnGate<R> {
+    pub fn new(shard: u32) -> TxnGate<R> {
+        TxnGate {
+            table: TxnLockTable::new(shard),
+            graph: Arc::new(WaitGraph::new()),
+            lock_timeout: LOCK_TIMEOUT_DEFAULT,
+            now: Duration::ZERO,
+        }
+    }
+
+    /// Shares the node's wait-for graph and sets the lock timeout.
+    pub fn configure(&mut self, graph: Arc<WaitGraph>, lock_timeout: Duration) {
+        self.graph = graph;
+        self.lock_timeout = lock_timeout;
+    }
+
+    /// Answers the transaction lock requests among `requests` and looks at each write (see
+    /// the module documentation); returns the requests that go on to the shard, in order.
+    /// `leads`: whether this member leads its group (only a leader keeps locks).
+    pub fn filter(
+        &mut self,
+        requests: Vec<ShardRequest<R>>,
+        output: &mut Output<R>,
+        leads: bool,
+    ) -> Vec<ShardRequest<R>> {
+        let mut rest = Vec::with_capacity(requests.len());
+        for request in requests {
+            match request.op {
+                ShardOp::TxnLock(op) => self.lock(op, request.reply, output, leads),
+                ShardOp::Write(ref command) => match self.admit(command) {
+                    Ok(answers) => {
+                        output.replies.extend(answers);
+                        rest.push(request);
+                    }
+                    Err((code, message)) => output
+                        .replies
+                        .push((request.reply, ShardReply::Error(code, message))),
+                },
+                _ => rest.push(request),
+            }
+        }
+        rest
+    }
+
+    fn lock(&mut self, op: TxnLockOp, reply: R, output: &mut Output<R>, leads: bool) {
+        let answers = match op {
+            TxnLockOp::Lock(_) if !leads => {
+                let message = "this member does not lead the shard's group: its locks are \
+                               kept by the leader";
+                vec![(reply, Err((ErrorCode::NotLeader, message.to_string())))]
+            }
+            TxnLockOp::Lock(ask) => self
+                .table
+                .acquire(ask, reply, self.now, &self.graph)
+                .into_iter()
+                .collect(),
+            TxnLockOp::Check { txn } => {
+                let (answer, mut granted) = self.table.check(txn, &self.graph);
+                granted.push((reply, answer));
+                granted
+            }
+            TxnLockOp::Release { txn } => {
+                let mut granted = self.table.release(txn, &self.graph);
+                granted.push((reply, Ok(())));
+                granted
+            }
+        };
+        output.replies.extend(
+            answers
+                .into_iter()
+                .map(|(to, answer)| (to, reply_of(answer))),
+        );
+    }
+
+    /// Whether a write may go into the batch; the answers it lets go (waiters granted when it
+    /// broke a transaction's locks).
+    fn admit(&mut self, command: &Command) -> Result<Vec<(R, ShardReply)>, (ErrorCode, String)> {
+        let answers = match command.write() {
+            Command::Txn { txn, commands } => {
+                let (writes, reads) = split_steps(commands);
+                self.table.begin_commit(*txn, &writes, &reads, false)?;
+                Vec::new()
+            }
+            Command::TxnPrepare { txn, commands, .. } => {
+                let (writes, reads) = split_steps(commands);
+                self.table.begin_commit(*txn, &writes, &reads, true)?;
+                Vec::new()
+            }
+            write if write.is_key_value_write() && !self.table.is_empty() => {
+                let mut answers = Vec::new();
+                for key in write.step_keys() {
+                    answers.extend(self.table.outside_write(key, &self.graph)?);
+                }
+                answers
+            }
+            _ => Vec::new(),
+        };
+        Ok(answers
+            .into_iter()
+            .map(|(to, answer)| (to, reply_of(answer)))
+            .collect())
+    }
+
+    /// Takes a prepared transaction's locks again (see `TxnLockTable::hold_prepared`).
+    pub fn hold_prepared(&mut self, txn: u64, keys: Vec<Vec<u8>>, deadline_ms: u64) {
+        self.table.hold_prepared(txn, keys, deadline_ms);
+    }
+
+    /// The loop's tick: lock timeouts, deadlock victims, expired transactions.
+    pub fn tick(&mut self, now: Duration, output: &mut Output<R>) {
+        self.now = now;
+        if self.table.is_empty() {
+            return;
+        }
+        let wall_ms = kvs_core::sessions::wall_clock_ms();
+        let answers = self
+            .table
+            .tick(now, wall_ms, self.lock_timeout, &self.graph);
+        output.replies.extend(
+            answers
+                .into_iter()
+                .map(|(to, answer)| (to, reply_of(answer))),
+        );
+    }
+}
+
+/// A transaction's steps' keys: those it writes, and those it only reads.
+fn split_steps(commands: &[Command]) -> (Vec<&[u8]>, Vec<&[u8]>) {
+    let mut writes = Vec::new();
+    let mut reads = Vec::new();
+    for command in commands {
+        let keys = command.step_keys();
+        if matches!(command, Command::Read { .. }) {
+            reads.extend(keys);
+        } else {
+            writes.extend(keys);
+        }
+    }
+    (writes, reads)
+}

@@ -1,0 +1,462 @@
+//! Interactive transactions on the native protocol (ADR 0022, docs/transactions.md): BEGIN,
+//! requests inside a transaction, COMMIT and ROLLBACK. The coordinator is the core serving
+//! the client's connection; a transaction belongs to its connection, and closing the
+//! connection rolls back what it left open.
+//!
+//! - Writes are buffered here until COMMIT; a write first takes its key's exclusive lock on
+//!   the key's shard (waiting if another transaction holds it).
+//! - Reads see the transaction's own writes. Under Serializable a read takes a shared lock
+//!   (a SCAN a shared range on every shard) and then reads *fenced*: after every write its
+//!   shard proposed before it. Under Read Committed a read takes no lock and sees the latest
+//!   committed data.
+//! - A transaction that is aborted (deadlock, lock timeout, deadline, a write outside
+//!   transactions that broke its locks) loses every lock at once and is forgotten: later
+//!   requests for it get TXN_NOT_FOUND.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use kvs_core::command::Command;
+use kvs_core::sessions::wall_clock_ms;
+use kvs_wire::{shard_for_key, ErrorCode, Isolation, Request, Response};
+
+use crate::ask::{ask, ask_all};
+use crate::deadlock::WaitGraph;
+use crate::route::{merge_scan, CoreContext};
+use crate::shard::{ShardOp, ShardReply};
+use crate::txn_commit::{self, Refusal};
+use crate::txn_locks::{LockAsk, Mode, TxnLockOp};
+
+/// What the node's transactions share: the wait-for graph, the timeouts, the ids.
+#[derive(Debug)]
+pub struct Transactions {
+    pub graph: Arc<WaitGraph>,
+    pub lock_timeout: Duration,
+    pub txn_timeout: Duration,
+    pub node_id: u64,
+    last_id: AtomicU64,
+}
+
+impl Transactions {
+    pub fn new(node_id: u64, lock_timeout: Duration, txn_timeout: Duration) -> Transactions {
+        Transactions {
+            graph: Arc::new(WaitGraph::new()),
+            lock_timeout,
+            txn_timeout,
+            node_id,
+            last_id: AtomicU64::new(0),
+        }
+    }
+
+    /// A new transaction id: the begin time in ms (high bits, so younger transactions have
+    /// larger ids: the deadlock detector's victim is the largest) with a counter, and the
+    /// node's id in the low byte so that nodes never hand out the same id.
+    pub fn new_id(&self) -> u64 {
+        let time = wall_clock_ms() << 12;
+        let mut last = self.last_id.load(Ordering::Relaxed);
+        loop {
+            let next = time.max(last + 1);
+            match self
+                .last_id
+                .compare_exchange(last, next, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return (next << 8) | (self.node_id & 0xff),
+                Err(now) => last = now,
+            }
+        }
+    }
+}
+
+/// One open transaction.
+#[derive(Debug)]
+pub struct Txn {
+    pub id: u64,
+    pub isolation: Isolation,
+    pub deadline_ms: u64,
+    /// Buffered writes: a value, or `None` for a delete.
+    writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Shards where it may hold locks.
+    pub locked: BTreeSet<u32>,
+}
+
+/// A connection's open transactions. A transaction is taken out while one of its requests
+/// runs, so a second request for it at the same time finds it busy.
+#[derive(Debug, Default)]
+pub struct OpenTxns {
+    open: RefCell<HashMap<u64, Txn>>,
+    busy: RefCell<BTreeSet<u64>>,
+    closed: Cell<bool>,
+}
+
+fn not_found(txn: u64) -> Response {
+    Response::error(
+        ErrorCode::TxnNotFound,
+        format!(
+            "no open transaction {txn:#x} on this connection (it committed, was rolled back or \
+             aborted, or never began)"
+        ),
+    )
+}
+
+fn refusal(refusal: Refusal) -> Response {
+    Response::error(refusal.0, refusal.1)
+}
+
+/// Whether an error ends the transaction (it was aborted, or its locks are gone).
+fn aborts(code: ErrorCode) -> bool {
+    !matches!(
+        code,
+        ErrorCode::BadRequest | ErrorCode::VersionMismatch | ErrorCode::NotFound
+    )
+}
+
+impl OpenTxns {
+    fn take(&self, txn: u64) -> Result<Txn, Response> {
+        if self.busy.borrow().contains(&txn) {
+            return Err(Response::error(
+                ErrorCode::BadRequest,
+                format!("transaction {txn:#x} is running another request: send one at a time"),
+            ));
+        }
+        let taken = self
+            .open
+            .borrow_mut()
+            .remove(&txn)
+            .ok_or_else(|| not_found(txn))?;
+        self.busy.borrow_mut().insert(txn);
+        Ok(taken)
+    }
+
+    /// Puts a transaction back after a request, unless the connection closed meanwhile
+    /// (then it is rolled back).
+    async fn put_back(&self, ctx: &CoreContext, txn: Txn) {
+        self.busy.borrow_mut().remove(&txn.id);
+        if self.closed.get() {
+            txn_commit::release(ctx, txn.id, txn.locked.iter().copied()).await;
+        } else {
+            self.open.borrow_mut().insert(txn.id, txn);
+        }
+    }
+
+    fn finished(&self, txn: u64) {
+        self.busy.borrow_mut().remove(&txn);
+    }
+
+    /// The connection closed: rolls back every open transaction.
+    pub async fn close(&self, ctx: &CoreContext) {
+        self.closed.set(true);
+        let open: Vec<Txn> = self.open.borrow_mut().drain().map(|(_, t)| t).collect();
+        for txn in open {
+            txn_commit::release(ctx, txn.id, txn.locked.iter().copied()).await;
+        }
+    }
+}
+
+/// BEGIN.
+pub fn begin(ctx: &CoreContext, open: &OpenTxns, isolation: Isolation) -> Response {
+    let txns = &ctx.transactions;
+    let id = txns.new_id();
+    let deadline_ms = wall_clock_ms() + txns.txn_timeout.as_millis() as u64;
+    open.open.borrow_mut().insert(
+        id,
+        Txn {
+            id,
+            isolation,
+            deadline_ms,
+            writes: BTreeMap::new(),
+            locked: BTreeSet::new(),
+        },
+    );
+    Response::Began { txn: id }
+}
+
+/// A request inside transaction `id`.
+pub async fn run(ctx: &CoreContext, open: &OpenTxns, id: u64, request: Request) -> Response {
+    let mut txn = match open.take(id) {
+        Ok(txn) => txn,
+        Err(response) => return response,
+    };
+    let result = if wall_clock_ms() >= txn.deadline_ms {
+        Err(past_deadline(id))
+    } else {
+        step(ctx, &mut txn, request).await
+    };
+    match result {
+        Ok(response) => {
+            open.put_back(ctx, txn).await;
+            response
+        }
+        Err((code, message)) if aborts(code) => {
+            open.finished(id);
+            txn_commit::release(ctx, id, txn.locked.iter().copied()).await;
+            Response::error(code, message)
+        }
+        Err(kept) => {
+            open.put_back(ctx, txn).await;
+            refusal(kept)
+        }
+    }
+}
+
+fn past_deadline(txn: u64) -> Refusal {
+    (
+        ErrorCode::TxnTimeout,
+        format!("transaction {txn:#x} ran past its deadline (--txn-timeout) and was aborted"),
+    )
+}
+
+/// COMMIT.
+pub async fn commit(ctx: &CoreContext, open: &OpenTxns, id: u64) -> Response {
+    let txn = match open.take(id) {
+        Ok(txn) => txn,
+        Err(response) => return response,
+    };
+    open.finished(id);
+    if wall_clock_ms() >= txn.deadline_ms {
+        txn_commit::release(ctx, id, txn.locked.iter().copied()).await;
+        return refusal(past_deadline(id));
+    }
+    let mut parts: BTreeMap<u32, Vec<Command>> = BTreeMap::new();
+    for (key, value) in txn.writes {
+        let shard = shard_for_key(&key, ctx.shard_count);
+        let command = match value {
+            Some(value) => Command::Put { key, value },
+            None => Command::Delete { key },
+        };
+        parts.entry(shard).or_default().push(command);
+    }
+    let outcome = txn_commit::commit(
+        ctx,
+        txn_commit::Commit {
+            txn: id,
+            deadline_ms: txn.deadline_ms,
+            node_id: ctx.transactions.node_id,
+            locked: &txn.locked,
+            parts,
+        },
+    )
+    .await;
+    match outcome {
+        Ok(_) => Response::Ended,
+        Err(why) => refusal(why),
+    }
+}
+
+/// ROLLBACK.
+pub async fn rollback(ctx: &CoreContext, open: &OpenTxns, id: u64) -> Response {
+    match open.take(id) {
+        Ok(txn) => {
+            open.finished(id);
+            txn_commit::release(ctx, id, txn.locked.iter().copied()).await;
+            Response::Ended
+        }
+        Err(response) => response,
+    }
+}
+
+/// Takes locks on one shard; answered once granted.
+async fn lock(
+    ctx: &CoreContext,
+    txn: &mut Txn,
+    shard: u32,
+    keys: Vec<(Vec<u8>, Mode)>,
+    range: Option<(Vec<u8>, Option<Vec<u8>>)>,
+) -> Result<(), Refusal> {
+    txn.locked.insert(shard);
+    let ask_lock = LockAsk {
+        txn: txn.id,
+        deadline_ms: txn.deadline_ms,
+        keys,
+        range,
+    };
+    match ask(ctx, shard, ShardOp::TxnLock(TxnLockOp::Lock(ask_lock))).await {
+        ShardReply::Locked => Ok(()),
+        ShardReply::Error(code, message) => Err((code, message)),
+        other => Err((
+            ErrorCode::Internal,
+            format!("unexpected lock reply {other:?}"),
+        )),
+    }
+}
+
+/// Reads one key as the transaction sees it: (version, value); a version of 0 for its own
+/// write. `locked`: a lock on it is held (read fenced).
+async fn read_key(
+    ctx: &CoreContext,
+    txn: &mut Txn,
+    key: &[u8],
+    lock_mode: Option<Mode>,
+) -> Result<Option<(u64, Vec<u8>)>, Refusal> {
+    if let Some(own) = txn.writes.get(key) {
+        return Ok(own.clone().map(|value| (0, value)));
+    }
+    let shard = shard_for_key(key, ctx.shard_count);
+    let get = ShardOp::Get { key: key.to_vec() };
+    let op = match lock_mode {
+        Some(mode) => {
+            lock(ctx, txn, shard, vec![(key.to_vec(), mode)], None).await?;
+            ShardOp::Fenced(Box::new(get))
+        }
+        None => get,
+    };
+    match ask(ctx, shard, op).await {
+        ShardReply::Value(found) => Ok(found.map(|v| (v.version, v.value))),
+        ShardReply::Error(code, message) => Err((code, message)),
+        other => Err((
+            ErrorCode::Internal,
+            format!("unexpected read reply {other:?}"),
+        )),
+    }
+}
+
+/// The lock a read takes at the transaction's isolation level.
+fn read_lock(txn: &Txn) -> Option<Mode> {
+    (txn.isolation == Isolation::Serializable).then_some(Mode::Shared)
+}
+
+async fn step(ctx: &CoreContext, txn: &mut Txn, request: Request) -> Result<Response, Refusal> {
+    let shard_of = |key: &[u8]| shard_for_key(key, ctx.shard_count);
+    Ok(match request {
+        Request::Get { key } => {
+            let mode = read_lock(txn);
+            match read_key(ctx, txn, &key, mode).await? {
+                Some((version, value)) => Response::Value { version, value },
+                None => Response::error(ErrorCode::NotFound, "key not found"),
+            }
+        }
+        Request::MGet { keys } => {
+            let mode = read_lock(txn);
+            let mut values = Vec::with_capacity(keys.len());
+            for key in keys {
+                values.push(read_key(ctx, txn, &key, mode).await?);
+            }
+            Response::Values(values)
+        }
+        Request::Put { key, value } => {
+            lock(
+                ctx,
+                txn,
+                shard_of(&key),
+                vec![(key.clone(), Mode::Exclusive)],
+                None,
+            )
+            .await?;
+            txn.writes.insert(key, Some(value));
+            Response::Written { version: 0 }
+        }
+        Request::Delete { key } => {
+            let existed = read_key(ctx, txn, &key, Some(Mode::Exclusive))
+                .await?
+                .is_some();
+            txn.writes.insert(key, None);
+            Response::Deleted { existed }
+        }
+        Request::Cas {
+            key,
+            expected_version,
+            value,
+        } => {
+            if txn.writes.contains_key(&key) {
+                return Err((
+                    ErrorCode::BadRequest,
+                    "CAS of a key this transaction already wrote: its new version is not \
+                     known before COMMIT"
+                        .into(),
+                ));
+            }
+            let current = read_key(ctx, txn, &key, Some(Mode::Exclusive))
+                .await?
+                .map_or(0, |(version, _)| version);
+            if current != expected_version {
+                return Err((
+                    ErrorCode::VersionMismatch,
+                    format!("version mismatch: the key is at version {current}"),
+                ));
+            }
+            txn.writes.insert(key, value);
+            Response::Written { version: 0 }
+        }
+        Request::Scan { start, end, limit } => scan(ctx, txn, start, end, limit).await?,
+        other => Response::error(
+            ErrorCode::BadRequest,
+            format!("{:?} cannot run inside a transaction", other.opcode()),
+        ),
+    })
+}
+
+async fn scan(
+    ctx: &CoreContext,
+    txn: &mut Txn,
+    start: Vec<u8>,
+    end: Option<Vec<u8>>,
+    limit: u32,
+) -> Result<Response, Refusal> {
+    let serializable = txn.isolation == Isolation::Serializable;
+    if serializable {
+        // Shard by shard, in order: scanners never wait for each other in a circle.
+        for shard in 0..ctx.shard_count {
+            let range = Some((start.clone(), end.clone()));
+            lock(ctx, txn, shard, Vec::new(), range).await?;
+        }
+    }
+    let in_range = |key: &Vec<u8>| {
+        key.as_slice() >= start.as_slice() && end.as_ref().is_none_or(|end| key < end)
+    };
+    // Enough from the shards that the transaction's own deletes cannot leave a short page.
+    let deletes = txn
+        .writes
+        .iter()
+        .filter(|(key, value)| value.is_none() && in_range(key))
+        .count();
+    let wanted = limit.saturating_add(deletes as u32);
+    let ops = (0..ctx.shard_count)
+        .map(|shard| {
+            let scan = ShardOp::Scan {
+                start: start.clone(),
+                end: end.clone(),
+                limit: wanted,
+            };
+            let op = if serializable {
+                ShardOp::Fenced(Box::new(scan))
+            } else {
+                scan
+            };
+            (shard, op)
+        })
+        .collect();
+    let replies = ask_all(ctx, ops).await;
+    let (pairs, next) = match merge_scan(replies, wanted) {
+        Ok(page) => page,
+        Err(ShardReply::Error(code, message)) => return Err((code, message)),
+        Err(other) => {
+            return Err((
+                ErrorCode::Internal,
+                format!("unexpected scan reply {other:?}"),
+            ))
+        }
+    };
+    // The shards' page covers keys up to `next` (or everything): overlay the transaction's
+    // writes there.
+    let covered = |key: &Vec<u8>| next.as_ref().is_none_or(|next| key < next);
+    let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = pairs.into_iter().collect();
+    for (key, value) in txn.writes.iter().filter(|(k, _)| in_range(k) && covered(k)) {
+        match value {
+            Some(value) => merged.insert(key.clone(), value.clone()),
+            None => merged.remove(key),
+        };
+    }
+    let more = next.is_some() || merged.len() > limit as usize;
+    let pairs: Vec<(Vec<u8>, Vec<u8>)> = merged.into_iter().take(limit as usize).collect();
+    let next = match pairs.last() {
+        Some((key, _)) if more => {
+            let mut next = key.clone();
+            next.push(0);
+            Some(next)
+        }
+        _ => None,
+    };
+    Ok(Response::Scanned { pairs, next })
+}

@@ -1,0 +1,298 @@
+//! Committing a transaction's parts, one per shard (ADR 0022), and resolving the prepared
+//! transactions a shard finds when it opens.
+//!
+//! - Shards the transaction only read are checked first (their locks must be intact; they are
+//!   released then).
+//! - One shard with writes: one `Txn` entry (the fast path).
+//! - Several: two-phase commit, every step an entry in the shards' logs — `TxnPrepare` on
+//!   each, `TxnDecide` on the primary (the lowest-numbered participant: the commit point,
+//!   first decision wins), `TxnResolve` on the others, then `TxnForget` on the primary.
+//!
+//! The coordinator answers once every participant applied its part and released its locks.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use kvs_core::command::Command;
+use kvs_core::state::CommandResult;
+use kvs_core::store::txn::PreparedTxn;
+use kvs_wire::ErrorCode;
+
+use crate::ask::{ask, ask_all};
+use crate::route::CoreContext;
+use crate::shard::{ShardOp, ShardReply};
+use crate::txn_locks::TxnLockOp;
+
+/// Why a transaction did not commit: its error code and message.
+pub type Refusal = (ErrorCode, String);
+
+/// What a shard's reply to a step means: its results, or why not.
+fn results_of(reply: ShardReply) -> Result<Vec<CommandResult>, Refusal> {
+    match reply {
+        ShardReply::Written(CommandResult::Many { results }) => Ok(results),
+        ShardReply::Written(CommandResult::OutcomeUnknown { reason }) => {
+            Err((ErrorCode::OutcomeUnknown, reason))
+        }
+        ShardReply::Error(code, message) => Err((code, message)),
+        other => Err((
+            ErrorCode::Internal,
+            format!("unexpected reply to a transaction's commit: {other:?}"),
+        )),
+    }
+}
+
+/// Whether a refusal leaves the outcome unknown (the entry may still be applied).
+pub fn outcome_unknown(code: ErrorCode) -> bool {
+    matches!(code, ErrorCode::OutcomeUnknown | ErrorCode::Timeout)
+}
+
+/// Releases `txn`'s locks on `shards`.
+pub async fn release(ctx: &CoreContext, txn: u64, shards: impl IntoIterator<Item = u32>) {
+    let ops = shards
+        .into_iter()
+        .map(|shard| (shard, ShardOp::TxnLock(TxnLockOp::Release { txn })))
+        .collect();
+    ask_all(ctx, ops).await;
+}
+
+/// What a transaction commits: its id, deadline, the shards it locked, and its commands per
+/// shard (user keys).
+pub struct Commit<'a> {
+    pub txn: u64,
+    pub deadline_ms: u64,
+    pub node_id: u64,
+    pub locked: &'a BTreeSet<u32>,
+    pub parts: BTreeMap<u32, Vec<Command>>,
+}
+
+/// Commits; returns each written shard's results, in its commands' order. Every lock of the
+/// transaction is released whatever the outcome.
+pub async fn commit(
+    ctx: &CoreContext,
+    commit: Commit<'_>,
+) -> Result<BTreeMap<u32, Vec<CommandResult>>, Refusal> {
+    let Commit {
+        txn,
+        deadline_ms,
+        node_id,
+        locked,
+        parts,
+    } = commit;
+    let touched: BTreeSet<u32> = locked
+        .iter()
+        .copied()
+        .chain(parts.keys().copied())
+        .collect();
+    let readers: Vec<u32> = locked
+        .iter()
+        .copied()
+        .filter(|s| !parts.contains_key(s))
+        .collect();
+    let checks = readers
+        .iter()
+        .map(|&shard| (shard, ShardOp::TxnLock(TxnLockOp::Check { txn })))
+        .collect();
+    for reply in ask_all(ctx, checks).await {
+        if let ShardReply::Error(code, message) = reply {
+            release(ctx, txn, touched).await;
+            return Err((code, message));
+        }
+    }
+    let writers: Vec<u32> = parts.keys().copied().collect();
+    let outcome = match writers.len() {
+        0 => Ok(BTreeMap::new()),
+        1 => {
+            let (shard, commands) = parts.into_iter().next().expect("one part");
+            let reply = ask(ctx, shard, ShardOp::Write(Command::Txn { txn, commands })).await;
+            results_of(reply).map(|results| BTreeMap::from([(shard, results)]))
+        }
+        _ => two_phase(ctx, txn, deadline_ms, node_id, parts).await,
+    };
+    release(ctx, txn, touched).await;
+    outcome
+}
+
+async fn two_phase(
+    ctx: &CoreContext,
+    txn: u64,
+    deadline_ms: u64,
+    node_id: u64,
+    parts: BTreeMap<u32, Vec<Command>>,
+) -> Result<BTreeMap<u32, Vec<CommandResult>>, Refusal> {
+    let primary = *parts.keys().next().expect("two parts or more");
+    let prepares = parts
+        .into_iter()
+        .map(|(shard, commands)| {
+            let op = ShardOp::Write(Command::TxnPrepare {
+                txn,
+                primary,
+                coordinator: node_id,
+                deadline_ms,
+                commands,
+            });
+            (shard, op)
+        })
+        .collect::<Vec<_>>();
+    let shards: Vec<u32> = prepares.iter().map(|(s, _)| *s).collect();
+    let mut refusal = None;
+    for reply in ask_all(ctx, prepares).await {
+        match reply {
+            ShardReply::Written(CommandResult::Decided { commit: true }) => {}
+            ShardReply::Written(CommandResult::Decided { commit: false }) => {
+                refusal.get_or_insert((
+                    ErrorCode::TxnConflict,
+                    format!("transaction {txn:#x} was aborted by a recovery"),
+                ));
+            }
+            other => {
+                let why = results_of(other).err().unwrap_or((
+                    ErrorCode::Internal,
+                    "a prepare answered with results".to_string(),
+                ));
+                refusal.get_or_insert(why);
+            }
+        }
+    }
+    let decide = Command::TxnDecide {
+        txn,
+        commit: refusal.is_none(),
+    };
+    let mut results = BTreeMap::new();
+    let committed = match ask(ctx, primary, ShardOp::Write(decide)).await {
+        ShardReply::Written(CommandResult::Many { results: own }) => {
+            results.insert(primary, own);
+            true
+        }
+        ShardReply::Written(CommandResult::Decided { commit }) => commit,
+        other => {
+            // The decision's fate is unknown: the participants stay prepared (their keys
+            // locked) until a recovery asks the primary.
+            let (code, message) = results_of(other).err().unwrap_or((
+                ErrorCode::Internal,
+                "a decision answered with results".to_string(),
+            ));
+            let code = if code == ErrorCode::Internal {
+                code
+            } else {
+                ErrorCode::OutcomeUnknown
+            };
+            return Err((code, format!("transaction {txn:#x}'s decision: {message}")));
+        }
+    };
+    let resolves = shards
+        .iter()
+        .filter(|&&s| s != primary || !committed)
+        .map(|&shard| {
+            let op = ShardOp::Write(Command::TxnResolve {
+                txn,
+                commit: committed,
+            });
+            (shard, op)
+        })
+        .collect::<Vec<_>>();
+    let resolved: Vec<u32> = resolves.iter().map(|(s, _)| *s).collect();
+    for (shard, reply) in resolved.into_iter().zip(ask_all(ctx, resolves).await) {
+        match reply {
+            ShardReply::Written(CommandResult::Many { results: part }) => {
+                results.insert(shard, part);
+            }
+            ShardReply::Written(CommandResult::Decided { .. }) => {}
+            other => {
+                let (code, message) = results_of(other)
+                    .err()
+                    .unwrap_or((ErrorCode::Internal, "unexpected resolve reply".to_string()));
+                tracing::warn!(txn, shard, %code, message, "a participant did not resolve");
+            }
+        }
+    }
+    ask(ctx, primary, ShardOp::Write(Command::TxnForget { txn })).await;
+    if !committed {
+        return Err(refusal.unwrap_or((
+            ErrorCode::TxnConflict,
+            format!("transaction {txn:#x} was aborted by a recovery"),
+        )));
+    }
+    Ok(results)
+}
+
+/// Resolves the transactions prepared on `shard` when it opened (its locks on their keys are
+/// already held): asks each one's primary for the decision — proposing an abort there if
+/// there is none yet, once the transaction's deadline passed or at once when this node was
+/// its coordinator (a coordinator does not survive its node's restart) — then applies it
+/// here and releases the locks.
+pub async fn recover(ctx: &CoreContext, shard: u32, node_id: u64, prepared: Vec<PreparedTxn>) {
+    for record in prepared {
+        let txn = record.txn;
+        if record.coordinator != node_id {
+            let now = kvs_core::sessions::wall_clock_ms();
+            if record.deadline_ms > now {
+                let wait = std::time::Duration::from_millis(record.deadline_ms - now);
+                crate::runtime::sleep(wait).await;
+            }
+        }
+        let decide = Command::TxnDecide { txn, commit: false };
+        let commit = loop {
+            match ask(ctx, record.primary, ShardOp::Write(decide.clone())).await {
+                ShardReply::Written(CommandResult::Decided { commit }) => break commit,
+                ShardReply::Written(CommandResult::Many { .. }) => break true,
+                other => {
+                    tracing::warn!(txn, shard, ?other, "asking a transaction's primary again");
+                    crate::runtime::sleep(std::time::Duration::from_secs(1)).await;
+                }
+            }
+        };
+        if record.primary != shard {
+            let resolve = Command::TxnResolve { txn, commit };
+            let reply = ask(ctx, shard, ShardOp::Write(resolve)).await;
+            if let ShardReply::Error(code, message) = reply {
+                tracing::error!(txn, shard, %code, message, "resolving a prepared transaction");
+                continue;
+            }
+        }
+        tracing::info!(
+            txn,
+            shard,
+            commit,
+            "resolved a transaction prepared before a restart"
+        );
+        release(ctx, txn, [shard]).await;
+    }
+}
+
+/// When a shard loop starts: shares the node's wait-for graph with its lock table, takes the
+/// locks of the transactions its store has prepared, and resolves them in a task of their
+/// own (see [`recover`]).
+pub async fn hold_and_recover<D, R>(
+    ctx: &std::rc::Rc<CoreContext>,
+    driver: &mut crate::driver::ShardDriver<D, R>,
+) where
+    D: kvs_core::log::LogDisk + Clone,
+{
+    let txns = &ctx.transactions;
+    driver
+        .txns_mut()
+        .configure(std::sync::Arc::clone(&txns.graph), txns.lock_timeout);
+    let shard = driver.shard().shard_id();
+    let prepared = match driver.shard().store().prepared_transactions().await {
+        Ok(prepared) => prepared,
+        Err(error) => {
+            tracing::error!(shard, %error, "reading the prepared transactions failed");
+            return;
+        }
+    };
+    if prepared.is_empty() {
+        return;
+    }
+    for record in &prepared {
+        driver
+            .txns_mut()
+            .hold_prepared(record.txn, record.keys(), record.deadline_ms);
+    }
+    tracing::info!(
+        shard,
+        count = prepared.len(),
+        "resolving prepared transactions"
+    );
+    let (ctx, node_id) = (std::rc::Rc::clone(ctx), txns.node_id);
+    crate::runtime::spawn_local(async move { recover(&ctx, shard, node_id, prepared).await })
+        .detach();
+}
