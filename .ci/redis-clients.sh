@@ -84,15 +84,24 @@ for protocol in (3, 2):
     pipe.set("py:a", 1).get("py:a").incr("py:a").get("py:a").delete("py:a").get("py:a")
     got = pipe.execute()
     assert got == [True, b"1", 2, b"2", 1, None], got
-    # A transactional pipeline (MULTI ... EXEC) is refused as a whole: an error, nothing run.
+    # A transactional pipeline (MULTI ... EXEC): run at once, across shards.
     pipe = r.pipeline(transaction=True)
-    pipe.set(f"py:tx{protocol}", 1).incr(f"py:txn{protocol}")
-    try:
-        pipe.execute()
-        raise AssertionError("a transactional pipeline was accepted")
-    except redis.exceptions.ResponseError as e:
-        assert "MULTI" in str(e), e
-    assert r.get(f"py:tx{protocol}") is None and r.get(f"py:txn{protocol}") is None
+    pipe.set(f"py:tx{protocol}", 1).incr(f"py:txn{protocol}").get(f"py:tx{protocol}")
+    assert pipe.execute() == [True, 1, b"1"]
+    # WATCH through redis-py's transaction() helper: concurrent increments lose nothing.
+    import threading
+    def bump(pipe, key=f"py:watched{protocol}"):
+        n = int(pipe.get(key) or 0)
+        pipe.multi()
+        pipe.set(key, n + 1)
+    def worker():
+        mine = redis.Redis(port=port, protocol=protocol)
+        for _ in range(50):
+            mine.transaction(bump, f"py:watched{protocol}")
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert r.get(f"py:watched{protocol}") == b"200", r.get(f"py:watched{protocol}")
     assert r.ping()
     # A scan continued on other connections of a pool, and a type filter.
     cursor, seen = 0, set()
@@ -111,6 +120,63 @@ for protocol in (3, 2):
         assert "16 MiB" in str(e), e
     assert r.ping()
 print("redis-py (RESP3 and RESP2): ok")
+PY
+
+# A bank through redis-py's WATCH/MULTI/EXEC, kvsd killed with -9 in the middle of the
+# transfers and restarted: the total never changes and no account goes negative.
+python3 - "$port" open <<'PY'
+import sys, redis
+r = redis.Redis(port=int(sys.argv[1]))
+r.mset({f"bank:{i:02}": 100 for i in range(16)})
+PY
+python3 - "$port" transfer <<'PY' &
+import random, sys, threading, redis
+port = int(sys.argv[1])
+def transfer(rng):
+    r = redis.Redis(port=port)
+    while True:
+        a, b = rng.sample(range(16), 2)
+        ka, kb = f"bank:{a:02}", f"bank:{b:02}"
+        def move(pipe):
+            have, theirs = int(pipe.get(ka)), int(pipe.get(kb))
+            amount = min(have, rng.randrange(1, 10))
+            pipe.multi()
+            pipe.set(ka, have - amount)
+            pipe.set(kb, theirs + amount)
+        try:
+            r.transaction(move, ka, kb)
+        except redis.exceptions.RedisError:
+            return  # kvsd was killed: this transfer's outcome is unknown
+threads = [threading.Thread(target=transfer, args=(random.Random(i),)) for i in range(4)]
+[t.start() for t in threads]
+audit, audits = redis.Redis(port=port), 0
+while True:
+    try:
+        pipe = audit.pipeline(transaction=True)
+        pipe.mget([f"bank:{i:02}" for i in range(16)])
+        balances = [int(v) for v in pipe.execute()[0]]
+    except redis.exceptions.RedisError:
+        break
+    assert sum(balances) == 1600 and min(balances) >= 0, balances
+    audits += 1
+[t.join() for t in threads]
+assert audits >= 5, audits
+print(f"redis-py bank: {audits} audits under transfers until kill -9: ok", flush=True)
+PY
+transfers=$!
+sleep 3
+kill -9 $server; wait $server 2>/dev/null || true
+wait $transfers || { echo "the redis-py bank's audits failed"; exit 1; }
+target/release/kvsd --data-dir "$work/data" --shards 2 --listen "127.0.0.1:$(free_port)" --resp-listen "127.0.0.1:$port" \
+  --log-level warn &
+server=$!
+for _ in $(seq 200); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+python3 - "$port" <<'PY'
+import sys, redis
+r = redis.Redis(port=int(sys.argv[1]))
+balances = [int(v) for v in r.mget([f"bank:{i:02}" for i in range(16)])]
+assert sum(balances) == 1600 and min(balances) >= 0, balances
+print("redis-py bank after kill -9: total", sum(balances), "ok")
 PY
 
 # A three-node cluster: redis-cli and redis-py on any node see one store (each node forwards

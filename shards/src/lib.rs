@@ -37,6 +37,7 @@ pub mod pending;
 pub mod raft_logger;
 pub mod read_index;
 pub mod resp_keyspace;
+pub mod resp_multi;
 pub mod resp_reply;
 pub mod resp_server;
 pub mod restore;

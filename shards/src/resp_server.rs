@@ -38,9 +38,8 @@ const SCAN_COUNT_DEFAULT: u32 = 10;
 pub struct Session {
     /// Set by HELLO 3: the client speaks RESP3.
     resp3: Cell<bool>,
-    /// Set by MULTI, which kvs refuses: until EXEC or DISCARD nothing the client sends runs
-    /// (a client that queued a transaction must not see half of it applied).
-    in_refused_multi: Cell<bool>,
+    /// MULTI's queue and WATCH's keys (`resp_multi`).
+    multi: crate::resp_multi::MultiState,
 }
 
 /// What the reader does after a command.
@@ -78,47 +77,6 @@ fn check_sizes(keys: &[&Vec<u8>], values: &[&Vec<u8>]) -> Result<(), String> {
         ));
     }
     Ok(())
-}
-
-/// MULTI, EXEC and DISCARD, and what a connection sends between them: kvs has no
-/// transactions on this listener yet, so MULTI is refused, and every command after it is
-/// refused (not run) until EXEC (answered EXECABORT) or DISCARD ends it. Returns whether it
-/// answered the command.
-fn refuse_transaction(session: &Session, name: &str, out: &mut Vec<u8>) -> bool {
-    let in_multi = session.in_refused_multi.get();
-    match name {
-        "multi" if in_multi => resp::error(out, "ERR MULTI calls can not be nested"),
-        "multi" => {
-            session.in_refused_multi.set(true);
-            resp::error(
-                out,
-                "ERR MULTI is not supported by kvs: nothing sent on this connection runs until \
-                 EXEC or DISCARD",
-            );
-        }
-        "exec" if in_multi => {
-            session.in_refused_multi.set(false);
-            resp::error(
-                out,
-                "EXECABORT Transaction discarded: MULTI is not supported by kvs, nothing was run",
-            );
-        }
-        "discard" if in_multi => {
-            session.in_refused_multi.set(false);
-            resp::simple(out, "OK");
-        }
-        "exec" => resp::error(out, "ERR EXEC without MULTI"),
-        "discard" => resp::error(out, "ERR DISCARD without MULTI"),
-        _ if in_multi => resp::error(
-            out,
-            &format!(
-                "ERR '{}' not run: MULTI is not supported by kvs; send DISCARD or EXEC",
-                name.chars().take(64).collect::<String>()
-            ),
-        ),
-        _ => return false,
-    }
-    true
 }
 
 /// `name` in ASCII lower case, written into `buffer` when it fits and is ASCII (every command
@@ -161,10 +119,6 @@ async fn execute(
     };
     let sequence = conn.start_ordered_request(crate::metrics::resp_command_slot(name));
     let argc = args.len();
-    if refuse_transaction(session, name, &mut out) {
-        conn.respond_in_order(sequence, out);
-        return After::Continue;
-    }
     let shard_of = |key: &[u8]| shard_for_key(key, ctx.shard_count);
     let resp3 = session.resp3.get();
     let origin = conn.origin();
@@ -189,8 +143,20 @@ async fn execute(
     args.next();
     let args: Vec<Vec<u8>> = args.collect();
     let sizes = |keys: &[&Vec<u8>], values: &[&Vec<u8>]| check_sizes(keys, values);
+    if session.multi.intercept(name, &args, &mut out) {
+        conn.respond_in_order(sequence, out);
+        return After::Continue;
+    }
 
     match name {
+        "exec" => session.multi.exec(ctx, resp3, &mut out).await,
+        "watch" if argc >= 2 => match sizes(&args.iter().collect::<Vec<_>>(), &[]) {
+            Err(e) => resp::error(&mut out, &e),
+            Ok(()) => match session.multi.watch(ctx, args).await {
+                Ok(()) => resp::simple(&mut out, "OK"),
+                Err(message) => resp::error(&mut out, &message),
+            },
+        },
         "ping" => match argc {
             1 => resp::simple(&mut out, "PONG"),
             2 => resp::bulk(&mut out, &args[0]),

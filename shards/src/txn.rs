@@ -28,7 +28,7 @@ use crate::deadlock::WaitGraph;
 use crate::route::{merge_scan, CoreContext};
 use crate::shard::{ShardOp, ShardReply};
 use crate::txn_commit::{self, Refusal};
-use crate::txn_locks::{LockAsk, Mode, TxnLockOp};
+use crate::txn_locks::{LockAsk, Mode};
 
 /// What the node's transactions share: the wait-for graph, the timeouts, the ids.
 #[derive(Debug)]
@@ -272,14 +272,7 @@ async fn lock(
         keys,
         range,
     };
-    match ask(ctx, shard, ShardOp::TxnLock(TxnLockOp::Lock(ask_lock))).await {
-        ShardReply::Locked => Ok(()),
-        ShardReply::Error(code, message) => Err((code, message)),
-        other => Err((
-            ErrorCode::Internal,
-            format!("unexpected lock reply {other:?}"),
-        )),
-    }
+    txn_commit::lock(ctx, shard, ask_lock).await
 }
 
 /// Reads one key as the transaction sees it: (version, value); a version of 0 for its own

@@ -20,7 +20,7 @@ use kvs_wire::ErrorCode;
 use crate::ask::{ask, ask_all};
 use crate::route::CoreContext;
 use crate::shard::{ShardOp, ShardReply};
-use crate::txn_locks::TxnLockOp;
+use crate::txn_locks::{LockAsk, TxnLockOp};
 
 /// Why a transaction did not commit: its error code and message.
 pub type Refusal = (ErrorCode, String);
@@ -43,6 +43,18 @@ fn results_of(reply: ShardReply) -> Result<Vec<CommandResult>, Refusal> {
 /// Whether a refusal leaves the outcome unknown (the entry may still be applied).
 pub fn outcome_unknown(code: ErrorCode) -> bool {
     matches!(code, ErrorCode::OutcomeUnknown | ErrorCode::Timeout)
+}
+
+/// Asks `shard` for locks; answered once granted (or refused: deadlock, timeout).
+pub async fn lock(ctx: &CoreContext, shard: u32, ask_lock: LockAsk) -> Result<(), Refusal> {
+    match ask(ctx, shard, ShardOp::TxnLock(TxnLockOp::Lock(ask_lock))).await {
+        ShardReply::Locked => Ok(()),
+        ShardReply::Error(code, message) => Err((code, message)),
+        other => Err((
+            ErrorCode::Internal,
+            format!("unexpected lock reply {other:?}"),
+        )),
+    }
 }
 
 /// Releases `txn`'s locks on `shards`.

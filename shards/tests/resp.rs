@@ -305,49 +305,91 @@ fn the_two_listeners_cannot_share_an_address() {
     );
 }
 
-/// MULTI is not supported yet: it is refused, and nothing sent after it on that connection
-/// runs until EXEC or DISCARD (a transactional redis-py pipeline must not half-apply).
+/// MULTI queues, EXEC runs the queue at once across shards (a GET after a SET sees it, a
+/// command that fails when run answers its error in the array), a command refused while
+/// queueing makes EXEC run nothing, and a changed WATCHed key makes EXEC answer null.
 #[test]
-fn a_refused_multi_applies_nothing_until_exec_or_discard() {
+fn multi_exec_runs_atomically_and_watch_aborts_on_a_change() {
     let dir = tempfile::tempdir().unwrap();
     let server = RespServer::start(dir.path(), 2);
     let mut c = RespClient::connect(&server.resp_addr).unwrap();
     // What redis-py's pipeline(transaction=True) sends, all at once.
-    let commands: [&[&[u8]]; 5] = [
+    let commands: [&[&[u8]]; 8] = [
         &[b"MULTI"],
         &[b"SET", b"t1", b"1"],
         &[b"INCR", b"t2"],
-        &[b"EXEC"],
         &[b"GET", b"t1"],
+        &[b"APPEND", b"t1", b"x"],
+        &[b"INCR", b"t1"],
+        &[b"EXEC"],
+        &[b"MGET", b"t1", b"t2"],
     ];
     for command in commands {
         c.send(command);
     }
-    let replies: Vec<Reply> = (0..5).map(|_| c.read()).collect();
-    assert!(
-        matches!(&replies[0], Reply::Error(e) if e.contains("MULTI")),
-        "{replies:?}"
+    let replies: Vec<Reply> = (0..8).map(|_| c.read()).collect();
+    assert_eq!(replies[0], ok());
+    for queued in &replies[1..6] {
+        assert_eq!(queued, &Reply::Simple("QUEUED".into()), "{replies:?}");
+    }
+    let Reply::Array(Some(results)) = &replies[6] else {
+        panic!("EXEC: {replies:?}");
+    };
+    assert_eq!(
+        results[..4],
+        [ok(), Reply::Integer(1), bulk("1"), Reply::Integer(2)]
     );
-    assert!(matches!(&replies[1], Reply::Error(_)), "{replies:?}");
-    assert!(matches!(&replies[2], Reply::Error(_)), "{replies:?}");
     assert!(
-        matches!(&replies[3], Reply::Error(e) if e.starts_with("EXECABORT")),
-        "{replies:?}"
+        matches!(&results[4], Reply::Error(e) if e.contains("not an integer")),
+        "{results:?}"
     );
     assert_eq!(
-        replies[4],
-        Reply::Bulk(None),
-        "nothing after MULTI was applied"
+        replies[7],
+        Reply::Array(Some(vec![bulk("1x"), bulk("1")])),
+        "the EXEC applied"
     );
-    // DISCARD ends the refused transaction too; commands run again after it.
-    assert!(matches!(c.call(&[b"MULTI"]), Reply::Error(_)));
-    assert!(matches!(c.call(&[b"SET", b"t1", b"x"]), Reply::Error(_)));
+    // A command refused while queueing: EXECABORT, nothing run.
+    assert_eq!(c.call(&[b"MULTI"]), ok());
+    assert_eq!(
+        c.call(&[b"SET", b"t1", b"lost"]),
+        Reply::Simple("QUEUED".into())
+    );
+    assert!(matches!(c.call(&[b"FLUSHDB"]), Reply::Error(_)));
+    assert!(matches!(c.call(&[b"EXEC"]), Reply::Error(e) if e.starts_with("EXECABORT")));
+    assert_eq!(c.call(&[b"GET", b"t1"]), bulk("1x"));
+    // DISCARD drops the queue.
+    assert_eq!(c.call(&[b"MULTI"]), ok());
+    assert!(matches!(c.call(&[b"MULTI"]), Reply::Error(e) if e.contains("nested")));
+    assert_eq!(
+        c.call(&[b"SET", b"t1", b"x"]),
+        Reply::Simple("QUEUED".into())
+    );
     assert_eq!(c.call(&[b"DISCARD"]), ok());
-    assert_eq!(c.call(&[b"SET", b"t1", b"2"]), ok());
-    assert_eq!(c.call(&[b"GET", b"t1"]), bulk("2"));
+    assert_eq!(c.call(&[b"GET", b"t1"]), bulk("1x"));
+    // WATCH: a change by another client between WATCH and EXEC aborts the EXEC.
+    let mut other = RespClient::connect(&server.resp_addr).unwrap();
+    assert_eq!(c.call(&[b"WATCH", b"t1", b"t9"]), ok());
+    assert_eq!(other.call(&[b"SET", b"t9", b"new"]), ok());
+    assert_eq!(c.call(&[b"MULTI"]), ok());
+    assert_eq!(
+        c.call(&[b"SET", b"t1", b"watched"]),
+        Reply::Simple("QUEUED".into())
+    );
+    assert_eq!(c.call(&[b"EXEC"]), Reply::Array(None));
+    assert_eq!(c.call(&[b"GET", b"t1"]), bulk("1x"));
+    // Unchanged: it runs (and EXEC forgets the watches).
+    assert_eq!(c.call(&[b"WATCH", b"t1"]), ok());
+    assert_eq!(c.call(&[b"MULTI"]), ok());
+    assert_eq!(
+        c.call(&[b"SET", b"t1", b"watched"]),
+        Reply::Simple("QUEUED".into())
+    );
+    assert_eq!(c.call(&[b"EXEC"]), Reply::Array(Some(vec![ok()])));
+    assert_eq!(other.call(&[b"GET", b"t1"]), bulk("watched"));
     // Without MULTI, EXEC and DISCARD are errors, as in Redis.
     assert!(matches!(c.call(&[b"EXEC"]), Reply::Error(e) if e.contains("without MULTI")));
     assert!(matches!(c.call(&[b"DISCARD"]), Reply::Error(e) if e.contains("without MULTI")));
+    assert_eq!(c.call(&[b"UNWATCH"]), ok());
 }
 
 /// TYPE, as redis-cli --bigkeys uses it: kvs keeps strings only.
