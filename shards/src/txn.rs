@@ -220,8 +220,11 @@ pub async fn commit(ctx: &CoreContext, open: &OpenTxns, id: u64) -> Response {
         return refusal(past_deadline(id));
     }
     let mut parts: BTreeMap<u32, Vec<Command>> = BTreeMap::new();
+    // Each shard's keys, in the order of its commands.
+    let mut keys: BTreeMap<u32, Vec<Vec<u8>>> = BTreeMap::new();
     for (key, value) in txn.writes {
         let shard = shard_for_key(&key, ctx.shard_count);
+        keys.entry(shard).or_default().push(key.clone());
         let command = match value {
             Some(value) => Command::Put { key, value },
             None => Command::Delete { key },
@@ -240,7 +243,22 @@ pub async fn commit(ctx: &CoreContext, open: &OpenTxns, id: u64) -> Response {
     )
     .await;
     match outcome {
-        Ok(_) => Response::Ended,
+        Ok(results) => {
+            let mut written: Vec<(Vec<u8>, u64)> = Vec::new();
+            for (shard, results) in results {
+                let keys = keys.remove(&shard).unwrap_or_default();
+                assert_eq!(keys.len(), results.len(), "one result per write");
+                for (key, result) in keys.into_iter().zip(results) {
+                    let version = match result {
+                        kvs_core::state::CommandResult::Written { version } => version,
+                        _ => 0,
+                    };
+                    written.push((key, version));
+                }
+            }
+            written.sort_unstable();
+            Response::Committed(written)
+        }
         Err(why) => refusal(why),
     }
 }

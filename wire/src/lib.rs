@@ -25,6 +25,7 @@
 pub mod backup;
 pub mod client;
 pub mod frame;
+pub mod isolation;
 pub mod limits;
 pub mod message;
 pub mod resp;

@@ -5,6 +5,7 @@
 //! `docs/protocol.md`.
 
 use crate::frame::{encode_frame, Header, FLAG_ERROR, FLAG_RESPONSE};
+pub use crate::isolation::Isolation;
 use crate::limits::{
     BATCH_COUNT_MAX, DOCUMENT_SIZE_MAX, ERROR_MESSAGE_SIZE_MAX, KEY_SIZE_MAX, SCAN_LIMIT_MAX,
     VALUE_SIZE_MAX,
@@ -42,7 +43,8 @@ pub enum Opcode {
     /// A request (GET, PUT, DELETE, CAS, MGET, SCAN) inside a transaction; answered like
     /// the inner request, with its opcode.
     InTxn = 16,
-    /// Commits a transaction: answered with no body once every shard applied it.
+    /// Commits a transaction: answered with the written keys' versions once every shard
+    /// applied it.
     Commit = 17,
     /// Rolls a transaction back: its locks are released and nothing of it is applied.
     Rollback = 18,
@@ -252,32 +254,6 @@ pub enum Request {
     },
 }
 
-/// A transaction's isolation level (docs/transactions.md).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Isolation {
-    /// Each read sees the latest committed data; writes lock their keys.
-    ReadCommitted = 1,
-    /// As if the transactions ran one at a time: reads lock what they read.
-    Serializable = 2,
-}
-
-impl Isolation {
-    pub fn name(self) -> &'static str {
-        match self {
-            Isolation::ReadCommitted => "read-committed",
-            Isolation::Serializable => "serializable",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Isolation> {
-        match text {
-            "read-committed" => Some(Isolation::ReadCommitted),
-            "serializable" => Some(Isolation::Serializable),
-            _ => None,
-        }
-    }
-}
-
 /// Bytes before the inner request in an IN_TXN body: txn, opcode.
 const IN_TXN_HEADER: usize = 9;
 
@@ -340,7 +316,10 @@ pub enum Response {
     Began {
         txn: u64,
     },
-    /// COMMIT and ROLLBACK: done (no body).
+    /// COMMIT: each key the transaction wrote and its new version (0: deleted), in key
+    /// order.
+    Committed(Vec<(Vec<u8>, u64)>),
+    /// ROLLBACK: done (no body).
     Ended,
     Error {
         code: ErrorCode,
@@ -851,6 +830,13 @@ impl Response {
                 out.push(u8::from(chunk.last));
             }
             Response::Began { txn } => put_u64(out, *txn),
+            Response::Committed(written) => {
+                put_u32(out, written.len() as u32);
+                for (key, version) in written {
+                    put_bytes(out, key);
+                    put_u64(out, *version);
+                }
+            }
             Response::Ended => {}
             Response::Error { code, message } => {
                 out.extend_from_slice(&(*code as u16).to_le_bytes());
@@ -884,7 +870,15 @@ impl Response {
             Opcode::Begin => Response::Began {
                 txn: r.u64("transaction")?,
             },
-            Opcode::Commit | Opcode::Rollback => Response::Ended,
+            Opcode::Commit => {
+                let count = r.count("written count", BATCH_COUNT_MAX)?;
+                let mut written = Vec::with_capacity(count);
+                for _ in 0..count {
+                    written.push((r.bytes("key", KEY_SIZE_MAX)?, r.u64("version")?));
+                }
+                Response::Committed(written)
+            }
+            Opcode::Rollback => Response::Ended,
             Opcode::Ping => Response::Pong,
             Opcode::Get | Opcode::GetStale => Response::Value {
                 version: r.u64("version")?,

@@ -116,7 +116,10 @@ fn responses() -> Vec<(Opcode, Response)> {
     vec![
         (Opcode::Ping, Response::Pong),
         (Opcode::Begin, Response::Began { txn: 99 }),
-        (Opcode::Commit, Response::Ended),
+        (
+            Opcode::Commit,
+            Response::Committed(vec![(b"a".to_vec(), 5), (b"b".to_vec(), 0)]),
+        ),
         (Opcode::Rollback, Response::Ended),
         (
             Opcode::Get,

@@ -165,11 +165,11 @@ impl Transaction<'_> {
     }
 
     /// Commits: every write applied on every shard, or (on an error that is not an unknown
-    /// outcome) none.
-    pub fn commit(mut self) -> Result<(), ClientError> {
+    /// outcome) none. Returns each written key's new version (0 for a delete), in key order.
+    pub fn commit(mut self) -> Result<Vec<(Vec<u8>, u64)>, ClientError> {
         self.open = false;
         match self.client.call(&Request::Commit { txn: self.id })? {
-            Response::Ended => Ok(()),
+            Response::Committed(written) => Ok(written),
             other => Err(unexpected(other)),
         }
     }
