@@ -301,6 +301,11 @@ pub fn prepare(command: Command) -> Result<Prepared, Failure> {
                 "backups stream whole files: run `kvs backup` alone",
             ))
         }
+        Command::Txn { .. } => {
+            return Err(Failure::Refused(
+                "a transaction reads its commands from stdin: run `kvs txn` alone",
+            ))
+        }
     };
     Ok(Prepared {
         request: Some(request),

@@ -122,6 +122,10 @@ pub enum Command {
     BackupVerify {
         dir: String,
     },
+    /// `txn [--isolation LEVEL]`: commands from stdin run as one transaction.
+    Txn {
+        isolation: kvs_wire::Isolation,
+    },
 }
 
 /// One row of the grammar.
@@ -548,6 +552,29 @@ pub const COMMANDS: &[Spec] = &[
         build: |m| match m.option("--to") {
             Some(to) => Ok(Command::Backup { to }),
             None => Err("backup needs --to DIR".into()),
+        },
+    },
+    Spec {
+        name: "txn",
+        args: &[],
+        options: &[opt(
+            "--isolation",
+            "LEVEL",
+            "read-committed or serializable (the default)",
+        )],
+        split: Split::Whitespace,
+        about: "Runs the commands read from stdin, one per line (get, put, del, cas, scan), as \
+                one transaction, until a line says commit or rollback; prints each result, \
+                then COMMITTED or why not (docs/transactions.md). Exit code 0 only if \
+                committed. Only as a one-shot command.",
+        build: |m| {
+            let isolation = match m.option("--isolation").as_deref() {
+                None => kvs_wire::Isolation::Serializable,
+                Some(text) => kvs_wire::Isolation::parse(text).ok_or_else(|| {
+                    format!("--isolation takes read-committed or serializable, not {text}")
+                })?,
+            };
+            Ok(Command::Txn { isolation })
         },
     },
     Spec {

@@ -13,6 +13,7 @@ mod help;
 mod output;
 mod parse;
 mod shell;
+mod txn;
 mod words;
 
 use std::io::{IsTerminal, Write};
@@ -83,6 +84,7 @@ fn main() -> ExitCode {
     match command {
         Some(Command::Dump { to }) => finish(dump::dump(&client, &to)),
         Some(Command::Load { from }) => finish(dump::load(&client, &from)),
+        Some(Command::Txn { isolation }) => txn::run(&client, isolation),
         Some(command) => run_one(&client, command),
         None if std::io::stdin().is_terminal() => shell::run(&client),
         None => batch::run(&client),

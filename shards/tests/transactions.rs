@@ -317,3 +317,51 @@ fn transactions_are_refused_clearly_when_misused() {
         .unwrap_err();
     assert_eq!(code(&err), Some(ErrorCode::TxnNotFound), "{err}");
 }
+
+/// `kvs txn`: stdin's lines as one transaction; COMMITTED and exit 0, or the abort's reason
+/// and exit 1.
+#[test]
+fn the_cli_runs_stdin_as_one_transaction() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with(dir.path(), 2, &["--lock-timeout", "200ms"]);
+    let txn = |args: &[&str], input: &str| {
+        let mut child = Command::new(common::kvs_binary())
+            .args(["--addr", &server.addr, "txn"])
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+        )
+    };
+    let (code, out) = txn(&[], "put x 1\nput y 2\nget x\nscan\ncommit\n");
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out, "OK\nOK\n1\nx\t1\ny\t2\nCOMMITTED\n");
+    let client = server.client();
+    assert_eq!(client.get(b"y").unwrap(), Some(b"2".to_vec()));
+    let (code, out) = txn(&["--isolation", "read-committed"], "del x\nrollback\n");
+    assert_eq!((code, out.as_str()), (1, "OK\nROLLED BACK\n"));
+    assert_eq!(client.get(b"x").unwrap(), Some(b"1".to_vec()));
+    // Aborted by the server: another transaction holds x past the lock timeout.
+    let holder = client.begin(SERIALIZABLE).unwrap();
+    holder.put(b"x", b"held").unwrap();
+    let (code, out) = txn(&[], "put x 3\ncommit\n");
+    assert_eq!(code, 1, "{out}");
+    assert!(out.starts_with("ABORTED TXN_TIMEOUT"), "{out}");
+    holder.commit().unwrap();
+    let (code, out) = txn(&[], "put z 1\n");
+    assert_eq!(code, 1, "no commit, no transaction: {out}");
+    assert_eq!(client.get(b"z").unwrap(), None);
+}
