@@ -59,6 +59,10 @@ impl<R> TxnGate<R> {
         output: &mut Output<R>,
         leads: bool,
     ) -> Vec<ShardRequest<R>> {
+        // The common case, no transaction anywhere near: the requests go on untouched.
+        if self.table.is_empty() && !requests.iter().any(|r| concerns_transactions(&r.op)) {
+            return requests;
+        }
         let mut rest = Vec::with_capacity(requests.len());
         for request in requests {
             match request.op {
@@ -157,6 +161,17 @@ impl<R> TxnGate<R> {
                 .into_iter()
                 .map(|(to, answer)| (to, reply_of(answer))),
         );
+    }
+}
+
+/// Whether a request is a transaction's (a lock request, a commit or prepare entry).
+fn concerns_transactions(op: &ShardOp) -> bool {
+    match op {
+        ShardOp::TxnLock(_) => true,
+        ShardOp::Write(command) => {
+            matches!(command, Command::Txn { .. } | Command::TxnPrepare { .. })
+        }
+        _ => false,
     }
 }
 
