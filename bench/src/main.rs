@@ -12,6 +12,7 @@
 mod conn;
 mod driver;
 mod report;
+mod txn_bench;
 mod workload;
 
 use std::io::IsTerminal;
@@ -94,6 +95,9 @@ struct Args {
     /// Write an SVG plot (throughput and latency percentiles over time) here.
     #[arg(long)]
     plot: Option<PathBuf>,
+    /// The transactional workloads: whether a transaction's keys share a shard.
+    #[arg(long, value_enum, default_value = "cross-shard")]
+    txn_span: txn_bench::Span,
 }
 
 /// What every client thread shares.
@@ -316,6 +320,23 @@ fn main() -> anyhow::Result<()> {
     }
     if args.rate.is_some_and(|r| r <= 0.0) {
         bail!("--rate must be positive");
+    }
+    if let Some(workload) = args.workload.transactional() {
+        if args.protocol != Protocol::Native {
+            bail!("the transactional workloads use the native protocol");
+        }
+        return txn_bench::run(&txn_bench::TxnRun {
+            addr: &args.addr,
+            workload,
+            span: args.txn_span,
+            clients: args.clients,
+            duration: args.duration,
+            ops: args.ops.unwrap_or(10_000),
+            records: args.records,
+            seed: args.seed,
+            no_load: args.no_load,
+            json: args.json.as_deref(),
+        });
     }
     let value = vec![b'x'; args.value_size];
     if !args.no_load {

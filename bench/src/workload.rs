@@ -71,6 +71,11 @@ pub enum Workload {
     DocPoint,
     /// Documents: 100% finds of the 10 documents with `--field` in [i, i + 10).
     DocRange,
+    /// Transactions: move 1 between two accounts (two reads, two writes), uniform
+    /// (`txn_bench`).
+    TxnTransfer,
+    /// Transactions: four reads or read-modify-writes of zipfian keys each (`txn_bench`).
+    TxnYcsb,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -95,6 +100,17 @@ impl Workload {
             Workload::Scan => &[(Scan, 100)],
             Workload::DocInsert => &[(Insert, 100)],
             Workload::DocPoint | Workload::DocRange => &[(Find, 100)],
+            // Run by `txn_bench`, not by the operation mix.
+            Workload::TxnTransfer | Workload::TxnYcsb => &[],
+        }
+    }
+
+    /// The transactional workload this is, if it is one.
+    pub fn transactional(self) -> Option<crate::txn_bench::TxnWorkload> {
+        match self {
+            Workload::TxnTransfer => Some(crate::txn_bench::TxnWorkload::Transfer),
+            Workload::TxnYcsb => Some(crate::txn_bench::TxnWorkload::Ycsb),
+            _ => None,
         }
     }
 

@@ -208,6 +208,9 @@ impl<D: LogDisk + Clone, R> ShardDriver<D, R> {
             output.extend(begun);
             output.extend(self.shard.apply_committed().await);
         }
+        for txn in self.shard.store().take_finished_txns() {
+            self.txns.release_applied(txn, &mut output);
+        }
         ReadyRun { writes, output }
     }
 

@@ -786,6 +786,9 @@ async fn shard_loop(
                 }
                 last_leader = leader;
                 leaders.set(ctx.core, leader.is_some());
+                if leader == Some(ctx.transactions.node_id) {
+                    crate::txn_commit::hold_prepared_on_leading(&mut driver).await;
+                }
             }
         }
         deliver(ctx, current_store, &disk_reads, ready.output, forwarding).await;

@@ -5,8 +5,9 @@
 //! Supported: PING, ECHO, GET, SET (with NX or XX; EX/PX/EXAT/PXAT are refused because kvs
 //! has no key expiry), SETNX, DEL, UNLINK, EXISTS, MGET, MSET, INCR, DECR, INCRBY, DECRBY,
 //! APPEND, STRLEN, GETSET, TYPE, DBSIZE, SCAN (cursor, MATCH, COUNT, TYPE), KEYS, FLUSHDB,
-//! FLUSHALL, MEMORY USAGE, INFO (with sections), COMMAND, QUIT, plus SELECT 0 and the CLIENT
-//! and CONFIG GET calls client libraries make when they connect. Anything else gets a
+//! FLUSHALL, MEMORY USAGE, INFO (with sections), COMMAND, QUIT, MULTI/EXEC/DISCARD/WATCH/
+//! UNWATCH (`resp_multi.rs`: transactions across shards), plus SELECT 0 and the CLIENT and
+//! CONFIG GET calls client libraries make when they connect. Anything else gets a
 //! Redis-style `-ERR unknown command`. Replies are rendered in `resp_reply.rs`; the
 //! whole-keyspace commands and INFO's text are in `resp_keyspace.rs`.
 //!

@@ -556,8 +556,22 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
         let mut reads: Vec<ShardRequest<R>> = Vec::new();
         let mut blocked_on = None;
         let mut forwards = Vec::new();
+        let leads = !self.is_replicated() || self.peer.is_leader();
         for mut request in requests.by_ref() {
-            if let ShardOp::Fenced(inner) = &mut request.op {
+            if let ShardOp::TxnLock(_) = &request.op {
+                // Only a transaction's lock request a member that does not lead got is here
+                // (the leader's lock table took the others): on to the leader.
+                match self.forward_to(&request) {
+                    Some(leader) => {
+                        self.forwarded += 1;
+                        forwards.push((leader, request));
+                    }
+                    None => replies.push((request.reply, self.not_leader())),
+                }
+                continue;
+            }
+            // A member that does not lead forwards it still fenced.
+            if let (true, ShardOp::Fenced(inner)) = (leads, &mut request.op) {
                 // A transaction's read: it must see every write proposed before it (the
                 // writes of this round's batch, else the newest pending entry).
                 let inner = std::mem::replace(inner.as_mut(), ShardOp::Info);

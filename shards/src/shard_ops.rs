@@ -70,9 +70,10 @@ impl ShardOp {
         )
     }
 
-    /// Whether a member that does not lead may forward it to the leader: lock requests
-    /// belong to the node whose coordinator asked, INFO and stale reads are about the node
-    /// asked.
+    /// Whether a member that does not lead may forward it to the leader: collection lock
+    /// requests belong to the node whose coordinator asked, INFO and stale reads are about
+    /// the node asked. Transactions' lock requests and fenced reads go to the leader, which
+    /// keeps the locks.
     pub fn is_forwardable(&self) -> bool {
         !matches!(
             self,
@@ -81,8 +82,6 @@ impl ShardOp {
                 | ShardOp::Unlock(_)
                 | ShardOp::GetStale { .. }
                 | ShardOp::Backup { .. }
-                | ShardOp::TxnLock(_)
-                | ShardOp::Fenced(_)
         )
     }
 

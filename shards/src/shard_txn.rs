@@ -32,6 +32,8 @@ pub struct TxnGate<R> {
     lock_timeout: Duration,
     /// The loop's clock at its last tick: when a wait began.
     now: Duration,
+    /// Answers to hand out with the next tick's (from `hold_prepared`).
+    pending: Vec<(R, ShardReply)>,
 }
 
 impl<R> TxnGate<R> {
@@ -41,6 +43,7 @@ impl<R> TxnGate<R> {
             graph: Arc::new(WaitGraph::new()),
             lock_timeout: LOCK_TIMEOUT_DEFAULT,
             now: Duration::ZERO,
+            pending: Vec::new(),
         }
     }
 
@@ -66,7 +69,10 @@ impl<R> TxnGate<R> {
         let mut rest = Vec::with_capacity(requests.len());
         for request in requests {
             match request.op {
-                ShardOp::TxnLock(op) => self.lock(op, request.reply, output, leads),
+                // A member that does not lead forwards these to the leader, which keeps the
+                // locks (`ShardCore::take`).
+                ShardOp::TxnLock(_) | ShardOp::Write(_) if !leads => rest.push(request),
+                ShardOp::TxnLock(op) => self.lock(op, request.reply, output),
                 ShardOp::Write(ref command) => match self.admit(command) {
                     Ok(answers) => {
                         output.replies.extend(answers);
@@ -82,13 +88,8 @@ impl<R> TxnGate<R> {
         rest
     }
 
-    fn lock(&mut self, op: TxnLockOp, reply: R, output: &mut Output<R>, leads: bool) {
+    fn lock(&mut self, op: TxnLockOp, reply: R, output: &mut Output<R>) {
         let answers = match op {
-            TxnLockOp::Lock(_) if !leads => {
-                let message = "this member does not lead the shard's group: its locks are \
-                               kept by the leader";
-                vec![(reply, Err((ErrorCode::NotLeader, message.to_string())))]
-            }
             TxnLockOp::Lock(ask) => self
                 .table
                 .acquire(ask, reply, self.now, &self.graph)
@@ -141,15 +142,31 @@ impl<R> TxnGate<R> {
             .collect())
     }
 
+    /// A transaction's commit, decision or resolution was applied here: its locks go.
+    pub fn release_applied(&mut self, txn: u64, output: &mut Output<R>) {
+        let answers = self.table.release(txn, &self.graph);
+        output.replies.extend(
+            answers
+                .into_iter()
+                .map(|(to, answer)| (to, reply_of(answer))),
+        );
+    }
+
     /// Takes a prepared transaction's locks again (see `TxnLockTable::hold_prepared`).
     pub fn hold_prepared(&mut self, txn: u64, keys: Vec<Vec<u8>>, deadline_ms: u64) {
-        self.table.hold_prepared(txn, keys, deadline_ms);
+        let answers = self
+            .table
+            .hold_prepared(txn, keys, deadline_ms, &self.graph);
+        // Waiters refused or granted by it are answered at the next tick's output.
+        self.pending
+            .extend(answers.into_iter().map(|(to, a)| (to, reply_of(a))));
     }
 
     /// The loop's tick: lock timeouts, deadlock victims, expired transactions.
     pub fn tick(&mut self, now: Duration, output: &mut Output<R>) {
         self.now = now;
-        if self.table.is_empty() {
+        output.replies.append(&mut self.pending);
+        if !self.table.needs_ticks() {
             return;
         }
         let wall_ms = kvs_core::sessions::wall_clock_ms();

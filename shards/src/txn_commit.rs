@@ -57,6 +57,40 @@ pub async fn lock(ctx: &CoreContext, shard: u32, ask_lock: LockAsk) -> Result<()
     }
 }
 
+/// How long a coordinator keeps asking for a decision or a resolution whose answer it did
+/// not get (a leader failed over meanwhile): the steps are idempotent, so asking again is
+/// safe, and giving up leaves the participants prepared until a recovery resolves them.
+const SETTLE_FOR: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Whether a refusal may change when asked again (no leader yet, or an unknown outcome).
+fn worth_asking_again(reply: &ShardReply) -> bool {
+    matches!(
+        reply,
+        ShardReply::Error(
+            ErrorCode::NotLeader
+                | ErrorCode::NoQuorum
+                | ErrorCode::Timeout
+                | ErrorCode::OutcomeUnknown
+                | ErrorCode::ShuttingDown,
+            _
+        ) | ShardReply::Written(CommandResult::OutcomeUnknown { .. })
+    )
+}
+
+/// Asks `shard` to apply an idempotent step of two-phase commit until it answers for sure.
+async fn settle(ctx: &CoreContext, shard: u32, command: Command) -> ShardReply {
+    let started = std::time::Instant::now();
+    let mut pause = std::time::Duration::from_millis(20);
+    loop {
+        let reply = ask(ctx, shard, ShardOp::Write(command.clone())).await;
+        if !worth_asking_again(&reply) || started.elapsed() >= SETTLE_FOR || ctx.stopping.get() {
+            return reply;
+        }
+        crate::runtime::sleep(pause).await;
+        pause = (pause * 2).min(std::time::Duration::from_secs(1));
+    }
+}
+
 /// Releases `txn`'s locks on `shards`.
 pub async fn release(ctx: &CoreContext, txn: u64, shards: impl IntoIterator<Item = u32>) {
     let ops = shards
@@ -169,7 +203,7 @@ async fn two_phase(
         commit: refusal.is_none(),
     };
     let mut results = BTreeMap::new();
-    let committed = match ask(ctx, primary, ShardOp::Write(decide)).await {
+    let committed = match settle(ctx, primary, decide).await {
         ShardReply::Written(CommandResult::Many { results: own }) => {
             results.insert(primary, own);
             true
@@ -190,19 +224,20 @@ async fn two_phase(
             return Err((code, format!("transaction {txn:#x}'s decision: {message}")));
         }
     };
-    let resolves = shards
+    let resolved: Vec<u32> = shards
         .iter()
-        .filter(|&&s| s != primary || !committed)
-        .map(|&shard| {
-            let op = ShardOp::Write(Command::TxnResolve {
-                txn,
-                commit: committed,
-            });
-            (shard, op)
-        })
-        .collect::<Vec<_>>();
-    let resolved: Vec<u32> = resolves.iter().map(|(s, _)| *s).collect();
-    for (shard, reply) in resolved.into_iter().zip(ask_all(ctx, resolves).await) {
+        .copied()
+        .filter(|&s| s != primary || !committed)
+        .collect();
+    let replies = futures_util::future::join_all(resolved.iter().map(|&shard| {
+        let resolve = Command::TxnResolve {
+            txn,
+            commit: committed,
+        };
+        settle(ctx, shard, resolve)
+    }))
+    .await;
+    for (shard, reply) in resolved.into_iter().zip(replies) {
         match reply {
             ShardReply::Written(CommandResult::Many { results: part }) => {
                 results.insert(shard, part);
@@ -216,7 +251,7 @@ async fn two_phase(
             }
         }
     }
-    ask(ctx, primary, ShardOp::Write(Command::TxnForget { txn })).await;
+    settle(ctx, primary, Command::TxnForget { txn }).await;
     if !committed {
         return Err(refusal.unwrap_or((
             ErrorCode::TxnConflict,
@@ -307,4 +342,26 @@ pub async fn hold_and_recover<D, R>(
     let (ctx, node_id) = (std::rc::Rc::clone(ctx), txns.node_id);
     crate::runtime::spawn_local(async move { recover(&ctx, shard, node_id, prepared).await })
         .detach();
+}
+
+/// A member that became its group's leader takes the locks of the transactions its store
+/// holds prepared: nothing may write their keys before their decision. (Prepared records in
+/// entries it has yet to apply are not seen here; see ADR 0022.)
+pub async fn hold_prepared_on_leading<D, R>(driver: &mut crate::driver::ShardDriver<D, R>)
+where
+    D: kvs_core::log::LogDisk + Clone,
+{
+    match driver.shard().store().prepared_transactions().await {
+        Ok(prepared) => {
+            for record in prepared {
+                driver
+                    .txns_mut()
+                    .hold_prepared(record.txn, record.keys(), record.deadline_ms);
+            }
+        }
+        Err(error) => {
+            let shard = driver.shard().shard_id();
+            tracing::error!(shard, %error, "reading the prepared transactions failed");
+        }
+    }
 }

@@ -100,6 +100,10 @@ pub struct TxnLockTable<W> {
     /// Transactions whose locks a write outside transactions (or their deadline) broke:
     /// their commit is refused. Forgotten when they release.
     broken: HashSet<u64>,
+    /// Transactions released here (finished or rolled back), with their deadlines: a lock
+    /// request of one that arrives late (forwarded, its coordinator gave up on it) is refused
+    /// instead of granted to nobody. Forgotten past the deadline.
+    released: HashMap<u64, u64>,
     waiting: VecDeque<Waiter<W>>,
 }
 
@@ -114,6 +118,7 @@ impl<W> TxnLockTable<W> {
             keys: BTreeMap::new(),
             txns: HashMap::new(),
             broken: HashSet::new(),
+            released: HashMap::new(),
             waiting: VecDeque::new(),
         }
     }
@@ -122,6 +127,11 @@ impl<W> TxnLockTable<W> {
     /// transactions then skip the table entirely).
     pub fn is_empty(&self) -> bool {
         self.txns.is_empty() && self.waiting.is_empty() && self.broken.is_empty()
+    }
+
+    /// Whether a tick has anything to do: locks, waits, or released transactions to forget.
+    pub fn needs_ticks(&self) -> bool {
+        !self.is_empty() || !self.released.is_empty()
     }
 
     /// The transactions `ask` would wait for now (empty: it can be granted).
@@ -218,6 +228,10 @@ impl<W> TxnLockTable<W> {
         if self.broken.contains(&ask.txn) {
             return Some((reply, Err(self.conflict(ask.txn))));
         }
+        if self.released.contains_key(&ask.txn) {
+            let message = format!("transaction {:#x} already ended", ask.txn);
+            return Some((reply, Err((ErrorCode::TxnNotFound, message))));
+        }
         if self
             .txns
             .get(&ask.txn)
@@ -299,6 +313,8 @@ impl<W> TxnLockTable<W> {
     /// Releases every lock of `txn` and refuses its waits; answers the waiters this lets go.
     pub fn release(&mut self, txn: u64, graph: &WaitGraph) -> Vec<(W, Answer)> {
         self.broken.remove(&txn);
+        let deadline = self.txns.get(&txn).map_or(0, |held| held.deadline_ms);
+        self.released.insert(txn, deadline);
         let mut answers = self.refuse_waits(txn, graph, |_| {
             (
                 ErrorCode::TxnNotFound,
@@ -430,19 +446,46 @@ impl<W> TxnLockTable<W> {
 
     /// Takes a prepared transaction's exclusive locks again (a shard that opens with it
     /// recorded, or a new leader): nothing may write its keys before the decision.
-    pub fn hold_prepared(&mut self, txn: u64, keys: Vec<Vec<u8>>, deadline_ms: u64) {
+    pub fn hold_prepared(
+        &mut self,
+        txn: u64,
+        keys: Vec<Vec<u8>>,
+        deadline_ms: u64,
+        graph: &WaitGraph,
+    ) -> Vec<(W, Answer)> {
+        if self
+            .txns
+            .get(&txn)
+            .is_some_and(|held| held.stage == Stage::Prepared)
+        {
+            return Vec::new();
+        }
         let ask = LockAsk {
             txn,
             deadline_ms,
             keys: keys.into_iter().map(|k| (k, Mode::Exclusive)).collect(),
             range: None,
         };
-        // Nothing else holds locks when a shard opens: prepared transactions' keys are
-        // disjoint, since each held them exclusively when it prepared.
+        // Whoever else holds these keys (a transaction of an earlier leadership, say) lost
+        // them: the prepared transaction held them exclusively when it prepared.
+        let mut others: Vec<u64> = Vec::new();
+        for (key, _) in &ask.keys {
+            if let Some(lock) = self.keys.get(key) {
+                others.extend(lock.exclusive.iter().chain(&lock.shared));
+            }
+        }
+        others.retain(|&t| t != txn);
+        others.sort_unstable();
+        others.dedup();
+        let mut answers = Vec::new();
+        for other in others {
+            answers.extend(self.break_txn(other, graph));
+        }
         self.grant(&ask);
         if let Some(held) = self.txns.get_mut(&txn) {
             held.stage = Stage::Prepared;
         }
+        answers
     }
 
     /// Refuses waits that ran past `lock_timeout` or whose transaction the deadlock detector
@@ -493,6 +536,7 @@ impl<W> TxnLockTable<W> {
             }
         }
         self.waiting = kept;
+        self.released.retain(|_, deadline| *deadline > wall_ms);
         let expired: Vec<u64> = self
             .txns
             .iter()

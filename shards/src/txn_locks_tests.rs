@@ -206,4 +206,10 @@ fn writes_outside_break_running_transactions_pass_committing_ones_and_stop_at_pr
     table.release(2, &graph);
     table.release(1, &graph);
     assert!(table.is_empty(), "{table:?}");
+    // A released transaction's late lock request is refused, until its deadline passes.
+    let late = table.acquire(ask(1, &[("z", X)]), 1, now, &graph).unwrap();
+    assert_eq!(late.1.unwrap_err().0, ErrorCode::TxnNotFound);
+    assert!(table.needs_ticks());
+    table.tick(now, u64::MAX, Duration::from_secs(5), &graph);
+    assert!(!table.needs_ticks());
 }

@@ -367,7 +367,11 @@ impl<F: LogFile> PagedStore<F> {
             Command::Read { key } => CommandResult::Value {
                 found: self.current(&key).await?,
             },
-            Command::Txn { commands, .. } => self.apply_steps(index, commands).await?,
+            Command::Txn { txn, commands } => {
+                let result = self.apply_steps(index, commands).await?;
+                self.finished(txn);
+                result
+            }
             Command::TxnPrepare {
                 txn,
                 primary,
@@ -384,8 +388,16 @@ impl<F: LogFile> PagedStore<F> {
                 };
                 self.apply_prepare(index, record).await?
             }
-            Command::TxnDecide { txn, commit } => self.apply_decide(index, txn, commit).await?,
-            Command::TxnResolve { txn, commit } => self.apply_resolve(index, txn, commit).await?,
+            Command::TxnDecide { txn, commit } => {
+                let result = self.apply_decide(index, txn, commit).await?;
+                self.finished(txn);
+                result
+            }
+            Command::TxnResolve { txn, commit } => {
+                let result = self.apply_resolve(index, txn, commit).await?;
+                self.finished(txn);
+                result
+            }
             Command::TxnForget { txn } => self.apply_forget(index, txn).await?,
         })
     }

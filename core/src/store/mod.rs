@@ -52,6 +52,8 @@ mod write;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod txn_crash_tests;
+#[cfg(test)]
 mod txn_tests;
 
 use std::cell::{Cell, RefCell};
@@ -232,6 +234,9 @@ pub struct PagedStore<F: LogFile> {
     checkpoint_done: Signal,
     /// Set after an error in the middle of a command: the in-memory tree may be half-changed.
     poisoned: Cell<bool>,
+    /// Transactions whose commit, decision or resolution this store applied since the shard
+    /// loop last asked: their locks go (`take_finished_txns`).
+    finished_txns: RefCell<Vec<u64>>,
     durable: Cell<Option<Checkpointed>>,
     checkpoints: Cell<u64>,
     raft_state: Cell<(u64, u64)>,
@@ -419,6 +424,7 @@ impl<F: LogFile> PagedStore<F> {
             checkpoint_running: Cell::new(false),
             checkpoint_done: Signal::default(),
             poisoned: Cell::new(false),
+            finished_txns: RefCell::new(Vec::new()),
             durable: Cell::new(durable),
             checkpoints: Cell::new(0),
             raft_state: Cell::new(raft_state),

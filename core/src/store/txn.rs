@@ -246,6 +246,17 @@ impl<F: LogFile> PagedStore<F> {
         }
     }
 
+    /// The transactions whose `Txn`, `TxnDecide` or `TxnResolve` entries were applied since
+    /// the last call: the shard's leader releases their locks (on every replica alike, so a
+    /// leader that took over mid-way releases what it took).
+    pub fn take_finished_txns(&self) -> Vec<u64> {
+        std::mem::take(&mut *self.finished_txns.borrow_mut())
+    }
+
+    pub(super) fn finished(&self, txn: u64) {
+        self.finished_txns.borrow_mut().push(txn);
+    }
+
     /// The decision the primary recorded for `txn`, if any (a read of applied state).
     pub async fn transaction_decision(&self, txn: u64) -> Result<Option<bool>, StoreError> {
         self.decision(txn).await

@@ -3,6 +3,7 @@
 #![allow(clippy::field_reassign_with_default)]
 
 use super::*;
+use crate::txn_locks::{LockAsk, Mode, TxnLockOp};
 use proptest::prelude::*;
 
 fn sample_message() -> Message {
@@ -289,6 +290,29 @@ fn sample_forwards() -> Vec<Forwarded> {
             coll: "c".into(),
             name: "i".into(),
         }),
+        ShardOp::TxnLock(TxnLockOp::Lock(LockAsk {
+            txn: 9,
+            deadline_ms: 1_700_000_000_000,
+            keys: vec![
+                (b"a".to_vec(), Mode::Shared),
+                (b"b".to_vec(), Mode::Exclusive),
+            ],
+            range: Some((b"m".to_vec(), None)),
+        })),
+        ShardOp::TxnLock(TxnLockOp::Lock(LockAsk {
+            txn: 9,
+            deadline_ms: 1,
+            keys: vec![],
+            range: Some((b"m".to_vec(), Some(b"n".to_vec()))),
+        })),
+        ShardOp::TxnLock(TxnLockOp::Check { txn: 10 }),
+        ShardOp::TxnLock(TxnLockOp::Release { txn: 11 }),
+        ShardOp::Fenced(Box::new(ShardOp::Get { key: b"f".to_vec() })),
+        ShardOp::Fenced(Box::new(ShardOp::Scan {
+            start: b"a".to_vec(),
+            end: None,
+            limit: 3,
+        })),
     ];
     ops.into_iter()
         .enumerate()

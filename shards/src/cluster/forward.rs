@@ -15,6 +15,7 @@ use kvs_wire::ErrorCode;
 use super::codec::{malformed, put_bytes, put_u64, PeerDecodeError, Reader};
 use crate::doc_reads::{DocRead, FindMode};
 use crate::shard::{ShardOp, ShardReply};
+use crate::txn_locks::{LockAsk, Mode, TxnLockOp};
 
 /// A request on its way to the shard's leader.
 #[derive(Debug, Clone, PartialEq)]
@@ -43,12 +44,14 @@ pub fn forwarded_len(request: &Forwarded) -> usize {
             DocRead::UniqueConflict { coll, doc } => coll.len() + doc.len(),
             DocRead::IndexKeys { coll, name } => coll.len() + name.len(),
         },
-        ShardOp::Info
-        | ShardOp::Lock(_)
-        | ShardOp::Unlock(_)
-        | ShardOp::Backup { .. }
-        | ShardOp::TxnLock(_) => 0,
-        ShardOp::Fenced(_) => 0,
+        ShardOp::Info | ShardOp::Lock(_) | ShardOp::Unlock(_) | ShardOp::Backup { .. } => 0,
+        ShardOp::TxnLock(TxnLockOp::Lock(ask)) => ask.keys.iter().map(|(k, _)| k.len() + 5).sum(),
+        ShardOp::TxnLock(_) => 8,
+        ShardOp::Fenced(inner) => forwarded_len(&Forwarded {
+            id: 0,
+            origin: 0,
+            op: (**inner).clone(),
+        }),
     }
 }
 
@@ -106,16 +109,92 @@ pub(super) fn encode_forwarded(request: &Forwarded, out: &mut Vec<u8>) {
             out.push(5);
             encode_doc_read(read, out);
         }
+        ShardOp::TxnLock(op) => {
+            out.push(6);
+            encode_txn_lock(op, out);
+        }
+        ShardOp::Fenced(inner) => {
+            out.push(7);
+            let inner = Forwarded {
+                id: 0,
+                origin: 0,
+                op: (**inner).clone(),
+            };
+            let mut bytes = Vec::new();
+            encode_forwarded(&inner, &mut bytes);
+            put_bytes(out, &bytes);
+        }
         ShardOp::Info
         | ShardOp::Lock(_)
         | ShardOp::Unlock(_)
         | ShardOp::GetStale { .. }
-        | ShardOp::Backup { .. }
-        | ShardOp::TxnLock(_)
-        | ShardOp::Fenced(_) => {
+        | ShardOp::Backup { .. } => {
             unreachable!("only forwardable ops are forwarded (ShardOp::is_forwardable)")
         }
     }
+}
+
+fn encode_txn_lock(op: &TxnLockOp, out: &mut Vec<u8>) {
+    match op {
+        TxnLockOp::Lock(ask) => {
+            out.push(1);
+            put_u64(out, ask.txn);
+            put_u64(out, ask.deadline_ms);
+            out.extend_from_slice(&(ask.keys.len() as u32).to_le_bytes());
+            for (key, mode) in &ask.keys {
+                put_bytes(out, key);
+                out.push(u8::from(*mode == Mode::Exclusive));
+            }
+            match &ask.range {
+                None => out.push(0),
+                Some((start, end)) => {
+                    out.push(1);
+                    put_bytes(out, start);
+                    put_option(out, end.as_deref());
+                }
+            }
+        }
+        TxnLockOp::Check { txn } => {
+            out.push(2);
+            put_u64(out, *txn);
+        }
+        TxnLockOp::Release { txn } => {
+            out.push(3);
+            put_u64(out, *txn);
+        }
+    }
+}
+
+fn decode_txn_lock(r: &mut Reader<'_>) -> Result<TxnLockOp, PeerDecodeError> {
+    Ok(match r.u8()? {
+        1 => {
+            let txn = r.u64()?;
+            let deadline_ms = r.u64()?;
+            let keys = r.list(5, |r| {
+                let key = r.bytes()?.to_vec();
+                let mode = match r.u8()? {
+                    0 => Mode::Shared,
+                    1 => Mode::Exclusive,
+                    other => return Err(malformed(format!("lock mode {other}"))),
+                };
+                Ok((key, mode))
+            })?;
+            let range = match r.u8()? {
+                0 => None,
+                1 => Some((r.bytes()?.to_vec(), get_option(r)?)),
+                other => return Err(malformed(format!("range flag {other}"))),
+            };
+            TxnLockOp::Lock(LockAsk {
+                txn,
+                deadline_ms,
+                keys,
+                range,
+            })
+        }
+        2 => TxnLockOp::Check { txn: r.u64()? },
+        3 => TxnLockOp::Release { txn: r.u64()? },
+        tag => return Err(malformed(format!("unknown transaction lock op {tag}"))),
+    })
 }
 
 pub(super) fn decode_forwarded(r: &mut Reader<'_>) -> Result<Forwarded, PeerDecodeError> {
@@ -145,6 +224,22 @@ pub(super) fn decode_forwarded(r: &mut Reader<'_>) -> Result<Forwarded, PeerDeco
             ShardOp::Write(commands.pop().expect("one command"))
         }
         5 => ShardOp::DocRead(decode_doc_read(r)?),
+        6 => ShardOp::TxnLock(decode_txn_lock(r)?),
+        7 => {
+            let bytes = r.bytes()?;
+            // Checked before decoding: fenced reads must not nest (no deep recursion).
+            if bytes.get(16) == Some(&7) {
+                return Err(malformed("a fenced read inside a fenced read".into()));
+            }
+            let inner = decode_forwarded(&mut Reader { bytes, at: 0 })?.op;
+            if !matches!(
+                inner,
+                ShardOp::Get { .. } | ShardOp::MGet { .. } | ShardOp::Scan { .. }
+            ) {
+                return Err(malformed("a fenced read carries GET, MGET or SCAN".into()));
+            }
+            ShardOp::Fenced(Box::new(inner))
+        }
         tag => return Err(malformed(format!("unknown forwarded op {tag}"))),
     };
     Ok(Forwarded { id, origin, op })

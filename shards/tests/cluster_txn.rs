@@ -1,0 +1,138 @@
+//! Transactions on a three-node cluster (ADR 0022): clients on every node, so lock requests,
+//! fenced reads and commit steps are forwarded to shards' leaders on other nodes; a bank of
+//! transfers keeps its total through a kill -9 of a shard's leader in the middle, in every
+//! audit and at the end on every node; the locks of the transactions the killed node was
+//! coordinating go at their deadline.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use common::cluster::Cluster;
+use kvs_wire::{Client, ClientError, Isolation};
+
+const ACCOUNTS: usize = 12;
+const INITIAL: i64 = 100;
+
+fn key(i: usize) -> Vec<u8> {
+    format!("acct{i:03}").into_bytes()
+}
+
+fn balance(value: Option<Vec<u8>>) -> i64 {
+    String::from_utf8(value.expect("every account exists"))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+fn audit(client: &Client) -> Result<Vec<i64>, ClientError> {
+    client.transact(Isolation::Serializable, 20, |txn| {
+        let keys: Vec<Vec<u8>> = (0..ACCOUNTS).map(key).collect();
+        let refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+        Ok(txn
+            .mget(&refs)?
+            .into_iter()
+            .map(|v| balance(v.map(|(_, value)| value)))
+            .collect())
+    })
+}
+
+fn check(balances: &[i64]) {
+    assert!(balances.iter().all(|&b| b >= 0), "{balances:?}");
+    assert_eq!(
+        balances.iter().sum::<i64>(),
+        ACCOUNTS as i64 * INITIAL,
+        "{balances:?}"
+    );
+}
+
+fn transfer(client: &Client, from: usize, to: usize, amount: i64) -> Result<(), ClientError> {
+    client.transact(Isolation::Serializable, 20, |txn| {
+        let have = balance(txn.get(&key(from))?);
+        let amount = amount.min(have);
+        let theirs = balance(txn.get(&key(to))?);
+        txn.put(&key(from), (have - amount).to_string().as_bytes())?;
+        txn.put(&key(to), (theirs + amount).to_string().as_bytes())
+    })
+}
+
+#[test]
+fn a_bank_on_a_cluster_keeps_its_total_through_a_leader_kill() {
+    // Transactions whose coordinator dies with the killed node hold their locks until their
+    // deadline: a short one keeps the test short.
+    let mut cluster = Cluster::start_with(3, 2, false, &["--txn-timeout", "5s"]);
+    let leaders = cluster.wait_for_leaders();
+    let all = cluster.addrs.join(",");
+    let setup = Client::connect(&all).unwrap();
+    for i in 0..ACCOUNTS {
+        setup.put(&key(i), INITIAL.to_string().as_bytes()).unwrap();
+    }
+    let stop = AtomicBool::new(false);
+    let committed = AtomicU64::new(0);
+    let audits = AtomicU64::new(0);
+    std::thread::scope(|s| {
+        for worker in 0..4usize {
+            let (stop, committed) = (&stop, &committed);
+            // Each worker starts on another node: its transactions' locks are kept by
+            // leaders elsewhere.
+            let mut addrs = cluster.addrs.clone();
+            addrs.rotate_left(worker % 3);
+            let addrs = addrs.join(",");
+            s.spawn(move || {
+                let client = Client::connect(&addrs).unwrap();
+                let mut seed = worker as u64 * 7919 + 3;
+                while !stop.load(Ordering::Relaxed) {
+                    seed = seed
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    let from = (seed >> 33) as usize % ACCOUNTS;
+                    let to = (from + 1 + (seed >> 40) as usize % (ACCOUNTS - 1)) % ACCOUNTS;
+                    // Errors are expected around the kill (unknown outcomes, timeouts);
+                    // whatever happened, a transfer is all or nothing.
+                    if transfer(&client, from, to, (seed >> 50) as i64 % 7 + 1).is_ok() {
+                        committed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+        let (stop, audits) = (&stop, &audits);
+        let auditor_addrs = all.clone();
+        let auditor = s.spawn(move || {
+            let client = Client::connect(&auditor_addrs).unwrap();
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok(balances) = audit(&client) {
+                    check(&balances);
+                    audits.fetch_add(1, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        std::thread::sleep(Duration::from_millis(1500));
+        let before = committed.load(Ordering::Relaxed);
+        assert!(before > 0, "transfers ran before the kill");
+        cluster.kill9(leaders[0] as usize - 1);
+        std::thread::sleep(Duration::from_millis(4000));
+        stop.store(true, Ordering::Relaxed);
+        auditor.join().unwrap();
+    });
+    assert!(audits.load(Ordering::Relaxed) > 0, "audits ran");
+    let victim = leaders[0] as usize - 1;
+    cluster.restart(victim);
+    cluster.wait_for_leaders();
+    for addr in &cluster.addrs {
+        let client = Client::connect(addr).unwrap();
+        let balances = (0..50)
+            .find_map(|_| {
+                audit(&client)
+                    .map_err(|_| std::thread::sleep(Duration::from_millis(200)))
+                    .ok()
+            })
+            .expect("an audit succeeds once the cluster settled");
+        check(&balances);
+    }
+    // Still usable on every node.
+    let client = Client::connect(&all).unwrap();
+    transfer(&client, 0, 1, 1).unwrap();
+    check(&audit(&client).unwrap());
+}
