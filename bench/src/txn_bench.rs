@@ -2,10 +2,10 @@
 //! running transactions one after another through the client library's `transact` (which
 //! runs a transaction again when the server aborts it with TXN_CONFLICT or DEADLOCK).
 //!
-//! - `txn-transfer`: move 1 from one account to another (two reads, two writes), accounts
-//!   drawn uniformly.
+//! - `txn-transfer`: move 1 from one account to another (two reads for update, two writes),
+//!   accounts drawn uniformly.
 //! - `txn-ycsb`: four operations per transaction, each a read (50%) or a read-modify-write
-//!   (50%) of a zipfian key.
+//!   (50%, the read for update) of a zipfian key.
 //!
 //! `--txn-span single-shard` draws every key of a transaction from one shard (the one-entry
 //! commit), `cross-shard` (the default) makes the keys of a transfer live on two shards (two
@@ -80,18 +80,24 @@ struct Stats {
     first_error: Option<String>,
 }
 
+fn read_for_update(txn: &Transaction<'_>, k: u64) -> Result<i64, ClientError> {
+    Ok(number(txn.get_for_update(&account(k))?.map(|(_, v)| v)))
+}
+
 fn transfer(txn: &Transaction<'_>, from: u64, to: u64) -> Result<(), ClientError> {
-    let have = number(txn.get(&account(from))?);
-    let theirs = number(txn.get(&account(to))?);
+    let have = read_for_update(txn, from)?;
+    let theirs = read_for_update(txn, to)?;
     txn.put(&account(from), (have - 1).to_string().as_bytes())?;
     txn.put(&account(to), (theirs + 1).to_string().as_bytes())
 }
 
 fn ycsb(txn: &Transaction<'_>, keys: &[(u64, bool)]) -> Result<(), ClientError> {
     for &(k, write) in keys {
-        let n = number(txn.get(&account(k))?);
         if write {
+            let n = read_for_update(txn, k)?;
             txn.put(&account(k), (n + 1).to_string().as_bytes())?;
+        } else {
+            txn.get(&account(k))?;
         }
     }
     Ok(())

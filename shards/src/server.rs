@@ -266,9 +266,11 @@ async fn dispatch(ctx: &Rc<CoreContext>, conn: &Rc<Connection>, header: Header, 
             crate::runtime::spawn_local(async move {
                 let (ctx, open) = (&task_ctx, &task_conn.txns);
                 let response = match request {
-                    Request::InTxn { txn, request } => {
-                        crate::txn::run(ctx, open, txn, *request).await
-                    }
+                    Request::InTxn {
+                        txn,
+                        for_update,
+                        request,
+                    } => crate::txn::run(ctx, open, txn, *request, for_update).await,
                     Request::Commit { txn } => crate::txn::commit(ctx, open, txn).await,
                     Request::Rollback { txn } => crate::txn::rollback(ctx, open, txn).await,
                     _ => unreachable!("matched above"),

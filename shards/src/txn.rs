@@ -173,8 +173,14 @@ pub fn begin(ctx: &CoreContext, open: &OpenTxns, isolation: Isolation) -> Respon
     Response::Began { txn: id }
 }
 
-/// A request inside transaction `id`.
-pub async fn run(ctx: &CoreContext, open: &OpenTxns, id: u64, request: Request) -> Response {
+/// A request inside transaction `id`; `for_update`: its reads lock exclusively.
+pub async fn run(
+    ctx: &CoreContext,
+    open: &OpenTxns,
+    id: u64,
+    request: Request,
+    for_update: bool,
+) -> Response {
     let mut txn = match open.take(id) {
         Ok(txn) => txn,
         Err(response) => return response,
@@ -182,7 +188,7 @@ pub async fn run(ctx: &CoreContext, open: &OpenTxns, id: u64, request: Request) 
     let result = if wall_clock_ms() >= txn.deadline_ms {
         Err(past_deadline(id))
     } else {
-        step(ctx, &mut txn, request).await
+        step(ctx, &mut txn, request, for_update).await
     };
     match result {
         Ok(response) => {
@@ -323,23 +329,32 @@ async fn read_key(
     }
 }
 
-/// The lock a read takes at the transaction's isolation level.
-fn read_lock(txn: &Txn) -> Option<Mode> {
+/// The lock a read takes: exclusive for update, else shared under Serializable and none
+/// under Read Committed.
+fn read_lock(txn: &Txn, for_update: bool) -> Option<Mode> {
+    if for_update {
+        return Some(Mode::Exclusive);
+    }
     (txn.isolation == Isolation::Serializable).then_some(Mode::Shared)
 }
 
-async fn step(ctx: &CoreContext, txn: &mut Txn, request: Request) -> Result<Response, Refusal> {
+async fn step(
+    ctx: &CoreContext,
+    txn: &mut Txn,
+    request: Request,
+    for_update: bool,
+) -> Result<Response, Refusal> {
     let shard_of = |key: &[u8]| shard_for_key(key, ctx.shard_count);
     Ok(match request {
         Request::Get { key } => {
-            let mode = read_lock(txn);
+            let mode = read_lock(txn, for_update);
             match read_key(ctx, txn, &key, mode).await? {
                 Some((version, value)) => Response::Value { version, value },
                 None => Response::error(ErrorCode::NotFound, "key not found"),
             }
         }
         Request::MGet { keys } => {
-            let mode = read_lock(txn);
+            let mode = read_lock(txn, for_update);
             let mut values = Vec::with_capacity(keys.len());
             for key in keys {
                 values.push(read_key(ctx, txn, &key, mode).await?);

@@ -312,6 +312,7 @@ fn transactions_are_refused_clearly_when_misused() {
     let err = client
         .call(&kvs_wire::Request::InTxn {
             txn: 12345,
+            for_update: false,
             request: Box::new(kvs_wire::Request::Get { key: b"k".to_vec() }),
         })
         .unwrap_err();

@@ -242,8 +242,12 @@ pub enum Request {
         isolation: Isolation,
     },
     /// `request` (GET, PUT, DELETE, CAS, MGET or SCAN) inside transaction `txn`.
+    /// `for_update`: a GET or MGET locks its keys exclusively, as the write that will follow
+    /// (`SELECT ... FOR UPDATE`): two read-modify-writes of one key then queue instead of
+    /// deadlocking on their shared locks.
     InTxn {
         txn: u64,
+        for_update: bool,
         request: Box<Request>,
     },
     Commit {
@@ -254,8 +258,8 @@ pub enum Request {
     },
 }
 
-/// Bytes before the inner request in an IN_TXN body: txn, opcode.
-const IN_TXN_HEADER: usize = 9;
+/// Bytes before the inner request in an IN_TXN body: txn, for-update flag, opcode.
+const IN_TXN_HEADER: usize = 10;
 
 /// One chunk of a shard's backup: the first carries the checkpoint's meta page and how many
 /// pages follow; the others a run of consecutive pages. The CRC32C covers meta and pages.
@@ -540,8 +544,13 @@ impl Request {
             }
             Request::Document { command } => put_bytes(out, command),
             Request::Begin { isolation } => out.push(*isolation as u8),
-            Request::InTxn { txn, request } => {
+            Request::InTxn {
+                txn,
+                for_update,
+                request,
+            } => {
                 put_u64(out, *txn);
+                out.push(u8::from(*for_update));
                 out.push(request.opcode() as u8);
                 request.encode_body(out);
             }
@@ -720,6 +729,7 @@ impl Request {
     fn decode_in_txn(body: &[u8]) -> Result<Request, DecodeError> {
         let mut r = Reader::new(body.get(..IN_TXN_HEADER).unwrap_or(body));
         let txn = r.u64("transaction")?;
+        let for_update = r.flag("for update")?;
         let inner = r.u8("opcode")?;
         r.finish()?;
         let not_carried = || DecodeError::Invalid {
@@ -732,6 +742,7 @@ impl Request {
         let request = Request::decode_body(inner, &body[IN_TXN_HEADER..])?;
         Ok(Request::InTxn {
             txn,
+            for_update,
             request: Box::new(request),
         })
     }

@@ -65,6 +65,7 @@ fn requests() -> Vec<Request> {
         },
         Request::InTxn {
             txn: 0x1234,
+            for_update: false,
             request: Box::new(Request::Scan {
                 start: b"a".to_vec(),
                 end: None,
@@ -73,6 +74,7 @@ fn requests() -> Vec<Request> {
         },
         Request::InTxn {
             txn: 1,
+            for_update: true,
             request: Box::new(Request::Put {
                 key: b"k".to_vec(),
                 value: b"v".to_vec(),
@@ -186,6 +188,7 @@ fn a_transaction_carries_key_value_requests_only() {
         let mut body = Vec::new();
         Request::InTxn {
             txn: 3,
+            for_update: false,
             request: Box::new(inner),
         }
         .encode_body(&mut body);

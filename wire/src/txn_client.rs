@@ -79,10 +79,30 @@ impl Transaction<'_> {
     }
 
     fn call(&self, request: Request) -> Result<Response, ClientError> {
+        self.call_as(request, false)
+    }
+
+    fn call_as(&self, request: Request, for_update: bool) -> Result<Response, ClientError> {
         self.client.call(&Request::InTxn {
             txn: self.id,
+            for_update,
             request: Box::new(request),
         })
+    }
+
+    /// Like [`Transaction::get_versioned`], locking the key exclusively, for the write that
+    /// will follow (`SELECT ... FOR UPDATE`): under contention, read-modify-writes of one key
+    /// then wait for each other instead of deadlocking on shared locks.
+    pub fn get_for_update(&self, key: &[u8]) -> Result<Option<(u64, Vec<u8>)>, ClientError> {
+        match self.call_as(Request::Get { key: key.to_vec() }, true) {
+            Ok(Response::Value { version, value }) => Ok(Some((version, value))),
+            Err(ClientError::Server {
+                code: ErrorCode::NotFound,
+                ..
+            }) => Ok(None),
+            Ok(other) => Err(unexpected(other)),
+            Err(e) => Err(e),
+        }
     }
 
     /// `key`'s version and value as this transaction sees it (version 0 for a value this
