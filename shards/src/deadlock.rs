@@ -7,37 +7,61 @@
 //!
 //! A transaction waits on one shard at a time (its coordinator sends one lock request and
 //! waits for the answer), so the graph maps each waiter to one set of blockers.
+//!
+//! In a cluster a cycle may run through waits on several nodes' shards (their leaders keep
+//! the locks). Every [`GOSSIP_INTERVAL`] each node sends its edges to the others, and looks
+//! for cycles through its own waiters in the union of everyone's recent edges
+//! ([`WaitGraph::detect_across_nodes`]); such a deadlock ends within a few intervals.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// How long another node's edges count without being sent again (it sends them every
+/// [`GOSSIP_INTERVAL`] while it has waiters).
+const REMOTE_EDGES_TTL: Duration = Duration::from_secs(2);
+
+/// How often a node of a cluster sends its edges to the others and looks for cycles through
+/// everyone's.
+pub const GOSSIP_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Edges: each waiting transaction and the transactions it waits for.
+pub type Edges = Vec<(u64, Vec<u64>)>;
 
 #[derive(Debug, Default)]
 struct Graph {
     edges: HashMap<u64, Vec<u64>>,
     victims: HashSet<u64>,
+    /// Other nodes' edges, as they last sent them (a cluster), and when.
+    remote: HashMap<u64, (Instant, Edges)>,
+}
+
+/// A cycle through `from` in `edges`, as the transactions on it, if there is one.
+fn cycle_in(edges: &HashMap<u64, Vec<u64>>, from: u64) -> Option<Vec<u64>> {
+    // Depth-first, iterative: (node, next edge to try).
+    let mut path: Vec<(u64, usize)> = vec![(from, 0)];
+    let mut seen = HashSet::from([from]);
+    while let Some((node, next)) = path.last_mut() {
+        let blockers = edges.get(node).map(Vec::as_slice).unwrap_or(&[]);
+        let Some(&blocker) = blockers.get(*next) else {
+            path.pop();
+            continue;
+        };
+        *next += 1;
+        if blocker == from {
+            return Some(path.iter().map(|(n, _)| *n).collect());
+        }
+        if seen.insert(blocker) {
+            path.push((blocker, 0));
+        }
+    }
+    None
 }
 
 impl Graph {
-    /// A cycle through `from`, as the transactions on it, if there is one.
+    /// A cycle through `from` in this node's edges, if there is one.
     fn cycle_through(&self, from: u64) -> Option<Vec<u64>> {
-        // Depth-first, iterative: (node, next edge to try).
-        let mut path: Vec<(u64, usize)> = vec![(from, 0)];
-        let mut seen = HashSet::from([from]);
-        while let Some((node, next)) = path.last_mut() {
-            let blockers = self.edges.get(node).map(Vec::as_slice).unwrap_or(&[]);
-            let Some(&blocker) = blockers.get(*next) else {
-                path.pop();
-                continue;
-            };
-            *next += 1;
-            if blocker == from {
-                return Some(path.iter().map(|(n, _)| *n).collect());
-            }
-            if seen.insert(blocker) {
-                path.push((blocker, 0));
-            }
-        }
-        None
+        cycle_in(&self.edges, from)
     }
 }
 
@@ -112,6 +136,50 @@ impl WaitGraph {
     pub fn waiters(&self) -> usize {
         self.lock().edges.len()
     }
+
+    /// This node's edges, to send to the other nodes of a cluster.
+    pub fn local_edges(&self) -> Edges {
+        let graph = self.lock();
+        graph.edges.iter().map(|(t, b)| (*t, b.clone())).collect()
+    }
+
+    /// Node `node`'s edges, as it sent them.
+    pub fn set_remote(&self, node: u64, edges: Edges) {
+        self.lock().remote.insert(node, (Instant::now(), edges));
+    }
+
+    /// Looks for cycles through this node's waiters in everyone's edges (a wait on one node
+    /// for a transaction that waits on another): each cycle's youngest transaction is marked
+    /// as a victim, and refused by its shard's next tick if it waits here. Every node finds
+    /// the same cycles from the same edges and picks the same victim, so each refuses the
+    /// victims that wait on it.
+    pub fn detect_across_nodes(&self) {
+        let mut graph = self.lock();
+        let now = Instant::now();
+        graph
+            .remote
+            .retain(|_, (at, _)| now.duration_since(*at) < REMOTE_EDGES_TTL);
+        if graph.edges.is_empty() || graph.remote.is_empty() {
+            return;
+        }
+        let mut all = graph.edges.clone();
+        for (_, edges) in graph.remote.values() {
+            for (txn, blockers) in edges {
+                all.entry(*txn).or_default().extend(blockers);
+            }
+        }
+        let local: Vec<u64> = graph.edges.keys().copied().collect();
+        for txn in local {
+            if let Some(cycle) = cycle_in(&all, txn) {
+                let victim = *cycle.iter().max().expect("a cycle has members");
+                if graph.edges.contains_key(&victim) {
+                    graph.victims.insert(victim);
+                }
+                // The victim's edges leave the search: one victim per cycle.
+                all.remove(&victim);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -140,6 +208,22 @@ mod tests {
         assert!(!graph.take_victim(9), "the mark is taken once");
         graph.done_waiting(9);
         assert!(!graph.wait(7, &[3]), "no cycle once the victim left");
+    }
+
+    #[test]
+    fn a_cycle_through_two_nodes_is_found_by_both_with_one_victim() {
+        let (a, b) = (WaitGraph::new(), WaitGraph::new());
+        // 5 waits on node A for 8; 8 waits on node B for 5.
+        assert!(!a.wait(5, &[8]));
+        assert!(!b.wait(8, &[5]));
+        a.detect_across_nodes();
+        assert!(!a.take_victim(5), "no edges from B yet");
+        a.set_remote(2, b.local_edges());
+        b.set_remote(1, a.local_edges());
+        a.detect_across_nodes();
+        b.detect_across_nodes();
+        assert!(!a.take_victim(5), "the older waiter on A goes on");
+        assert!(b.take_victim(8), "B refuses the younger, which waits there");
     }
 
     #[test]

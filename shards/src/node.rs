@@ -679,6 +679,7 @@ async fn shard_loop(
     let forwarding = cluster.map(|c| &c.forwarding);
     let started = Instant::now();
     let mut last_leader: Option<u64> = None;
+    let mut last_gossip = Instant::now();
     let disk_reads = shard.disk_reads();
     let mut driver = ShardDriver::new(shard);
     crate::txn_commit::hold_and_recover(ctx, &mut driver).await;
@@ -702,6 +703,9 @@ async fn shard_loop(
             }
             for (to, whole) in cluster.snapshots.take_ended() {
                 driver.shard_mut().snapshot_ended(to, whole);
+            }
+            if ticked {
+                crate::txn_commit::gossip_waits(ctx, links, &mut last_gossip);
             }
             let inbox = links.take_inbox();
             if !inbox.is_empty() {

@@ -365,3 +365,26 @@ where
         }
     }
 }
+
+/// On a node of a cluster, core 0's part in finding deadlocks across nodes (see
+/// `deadlock`): every `GOSSIP_INTERVAL` it sends the node's lock waits to the other nodes,
+/// takes theirs, and looks for cycles through everyone's.
+pub fn gossip_waits(
+    ctx: &CoreContext,
+    links: &crate::cluster::transport::Links,
+    last: &mut std::time::Instant,
+) {
+    let graph = &ctx.transactions.graph;
+    for (node, edges) in links.take_waits() {
+        graph.set_remote(node, edges);
+    }
+    if ctx.core != 0 || last.elapsed() < crate::deadlock::GOSSIP_INTERVAL {
+        return;
+    }
+    *last = std::time::Instant::now();
+    let edges = graph.local_edges();
+    if !edges.is_empty() {
+        links.send_waits(&edges);
+    }
+    graph.detect_across_nodes();
+}

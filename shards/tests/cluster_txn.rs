@@ -136,3 +136,43 @@ fn a_bank_on_a_cluster_keeps_its_total_through_a_leader_kill() {
     transfer(&client, 0, 1, 1).unwrap();
     check(&audit(&client).unwrap());
 }
+
+/// Keys `prefix0`, `prefix1`, ... until one lands on shard `shard` of `shards`.
+fn key_on(prefix: &str, shard: u32, shards: u32) -> Vec<u8> {
+    (0..)
+        .map(|i| format!("{prefix}{i}").into_bytes())
+        .find(|k| kvs_wire::shard_for_key(k, shards) == shard)
+        .unwrap()
+}
+
+/// Two transactions locking in opposite order, each lock kept by a leader on another node:
+/// the cycle runs through two nodes' wait-for graphs, and is found by their exchange of
+/// edges (well within the lock timeout, set long here), the younger aborted with DEADLOCK.
+#[test]
+fn a_deadlock_across_nodes_is_found_and_the_younger_aborted() {
+    let cluster = Cluster::start_with(3, 2, false, &["--lock-timeout", "20s"]);
+    cluster.wait_for_preferred_leaders();
+    let leaders = cluster.wait_for_leaders();
+    let (a, b) = (key_on("xa", 0, 2), key_on("xb", 1, 2));
+    // Each client on the node leading the other's second key.
+    let older_client = Client::connect(&cluster.addrs[leaders[0] as usize - 1]).unwrap();
+    let younger_client = Client::connect(&cluster.addrs[leaders[1] as usize - 1]).unwrap();
+    let older = older_client.begin(Isolation::Serializable).unwrap();
+    std::thread::sleep(Duration::from_millis(5));
+    let younger = younger_client.begin(Isolation::Serializable).unwrap();
+    older.put(&a, b"older").unwrap();
+    younger.put(&b, b"younger").unwrap();
+    let (waited, closed) = std::thread::scope(|s| {
+        let waits = s.spawn(|| older.put(&b, b"older").map(|_| older));
+        std::thread::sleep(Duration::from_millis(100));
+        let closes = younger.put(&a, b"younger");
+        (waits.join().unwrap(), closes)
+    });
+    let err = closed.unwrap_err();
+    // DEADLOCK, not TXN_TIMEOUT: the detector found it, not the 20 s lock timeout.
+    assert_eq!(err.code(), Some(kvs_wire::ErrorCode::Deadlock), "{err}");
+    waited.unwrap().commit().unwrap();
+    let c = Client::connect(&cluster.addrs.join(",")).unwrap();
+    assert_eq!(c.get(&a).unwrap(), Some(b"older".to_vec()));
+    assert_eq!(c.get(&b).unwrap(), Some(b"older".to_vec()));
+}

@@ -10,7 +10,8 @@
 //! | 0..4   | magic `KVSP`                                       |
 //! | 4      | protocol version (1)                               |
 //! | 5      | kind: 1 hello, 2 welcome, 3 refused, 4 raft batch, |
-//! |        | 5 forwarded requests, 6 their answers              |
+//! |        | 5 forwarded requests, 6 their answers, 7 snapshot  |
+//! |        | chunks, 8 transactions' lock waits                 |
 //! | 6..8   | zero                                               |
 //! | 8..12  | body length (at most [`PEER_BODY_SIZE_MAX`])       |
 //! | 12..16 | CRC32C of the body                                 |
@@ -65,6 +66,9 @@ pub enum PeerFrame {
     Answers(Vec<(u64, ShardReply)>),
     /// Chunks of snapshots (`snapshot.rs`), each for a group.
     Snapshot(Vec<(u64, SnapshotChunk)>),
+    /// The sending node's transactions' lock waits: each waiter and the transactions it
+    /// waits for (`deadlock.rs`).
+    WaitsFor(crate::deadlock::Edges),
 }
 
 /// Why bytes are not a frame.
@@ -95,6 +99,7 @@ pub fn encode_frame(frame: &PeerFrame, out: &mut Vec<u8>) {
         PeerFrame::Forward(_) => 5,
         PeerFrame::Answers(_) => 6,
         PeerFrame::Snapshot(_) => 7,
+        PeerFrame::WaitsFor(_) => 8,
     });
     out.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
     let body = out.len();
@@ -140,6 +145,16 @@ pub fn encode_frame(frame: &PeerFrame, out: &mut Vec<u8>) {
             for (group, chunk) in chunks {
                 put_u64(out, *group);
                 encode_chunk(chunk, out);
+            }
+        }
+        PeerFrame::WaitsFor(edges) => {
+            out.extend_from_slice(&(edges.len() as u32).to_le_bytes());
+            for (txn, blockers) in edges {
+                put_u64(out, *txn);
+                out.extend_from_slice(&(blockers.len() as u32).to_le_bytes());
+                for blocker in blockers {
+                    put_u64(out, *blocker);
+                }
             }
         }
     }
@@ -190,6 +205,7 @@ pub fn decode_frame(buf: &[u8]) -> Result<Option<(PeerFrame, usize)>, PeerDecode
         5 => PeerFrame::Forward(r.list(17, decode_forwarded)?),
         6 => PeerFrame::Answers(r.list(9, decode_answer)?),
         7 => PeerFrame::Snapshot(r.list(57, |r| Ok((r.u64()?, decode_chunk(r)?)))?),
+        8 => PeerFrame::WaitsFor(r.list(12, |r| Ok((r.u64()?, r.list(8, Reader::u64)?)))?),
         kind => return Err(malformed(format!("unknown frame kind {kind}"))),
     };
     if r.at != body.len() {

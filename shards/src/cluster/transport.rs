@@ -100,6 +100,8 @@ struct Outgoing {
     snapshot: Vec<(u64, SnapshotChunk)>,
     /// The size of the entries in `raft`, by [`message_bytes`].
     entry_bytes: usize,
+    /// This node's transactions' lock waits, newest only (`deadlock.rs`).
+    waits: Option<crate::deadlock::Edges>,
 }
 
 impl Outgoing {
@@ -108,6 +110,7 @@ impl Outgoing {
             && self.forwards.is_empty()
             && self.answers.is_empty()
             && self.snapshot.is_empty()
+            && self.waits.is_none()
     }
 }
 
@@ -123,6 +126,8 @@ pub struct Links {
     answers: RefCell<Vec<(u64, ShardReply)>>,
     /// Snapshot chunks other nodes sent: (node, chunk).
     chunks: RefCell<Vec<(u64, SnapshotChunk)>>,
+    /// Transactions' lock waits other nodes sent: (node, edges).
+    waits: RefCell<Vec<(u64, crate::deadlock::Edges)>>,
     /// Wakes the shard loop: a message arrived.
     wake: Box<dyn Fn()>,
     /// Addresses learned from hellos and not yet taken by the shard loop.
@@ -170,6 +175,7 @@ impl Links {
             requests: RefCell::new(Vec::new()),
             answers: RefCell::new(Vec::new()),
             chunks: RefCell::new(Vec::new()),
+            waits: RefCell::new(Vec::new()),
             wake,
             learned: RefCell::new(Vec::new()),
             went_down: RefCell::new(Vec::new()),
@@ -273,6 +279,20 @@ impl Links {
     /// The answers to this core's forwarded requests since the last call.
     pub fn take_answers(&self) -> Vec<(u64, ShardReply)> {
         std::mem::take(&mut *self.answers.borrow_mut())
+    }
+
+    /// Sends this node's transactions' lock waits to every other node (replacing what was
+    /// queued and not yet sent).
+    pub fn send_waits(&self, edges: &crate::deadlock::Edges) {
+        for peer in &self.peers {
+            peer.queue.borrow_mut().waits = Some(edges.clone());
+            peer.queued.notify();
+        }
+    }
+
+    /// The lock waits other nodes sent since the last call: (node, edges).
+    pub fn take_waits(&self) -> Vec<(u64, crate::deadlock::Edges)> {
+        std::mem::take(&mut *self.waits.borrow_mut())
     }
 
     /// The snapshot chunks that arrived since the last call: (node, chunk), in order.
@@ -433,6 +453,11 @@ impl Links {
                     peer.last_heard.set(Some(Instant::now()));
                     self.answers.borrow_mut().extend(answers);
                     (self.wake)();
+                    continue;
+                }
+                Ok(PeerFrame::WaitsFor(edges)) => {
+                    peer.last_heard.set(Some(Instant::now()));
+                    self.waits.borrow_mut().push((node_id, edges));
                     continue;
                 }
                 Ok(PeerFrame::Snapshot(chunks)) => {
@@ -740,6 +765,9 @@ async fn send_loop(links: &Links, peer: &PeerNode, stream: &TcpStream) -> io::Er
         }
         for chunks in cut(std::mem::take(&mut batch.snapshot), |(_, c)| c.size()) {
             encode_frame(&PeerFrame::Snapshot(chunks), &mut out);
+        }
+        if let Some(edges) = batch.waits.take() {
+            encode_frame(&PeerFrame::WaitsFor(edges), &mut out);
         }
         let mut frame = Vec::new();
         let mut bytes = 0;
