@@ -102,6 +102,9 @@ pub enum Command {
     /// releases the transaction's locks.
     Txn {
         txn: u64,
+        /// How many locks the transaction's coordinator took on this shard: the leader
+        /// proposes the entry only if it holds that many (none lost with a leader change).
+        locks: u32,
         commands: Vec<Command>,
     },
     /// Two-phase commit, phase one: the shard keeps `commands` (not applied) until the
@@ -109,6 +112,8 @@ pub enum Command {
     /// the transaction; `deadline_ms`: after it, anyone may decide to abort.
     TxnPrepare {
         txn: u64,
+        /// As `Txn`'s.
+        locks: u32,
         primary: u32,
         coordinator: u64,
         deadline_ms: u64,
@@ -193,8 +198,10 @@ impl Command {
             Command::Once { command, .. } => 1 + 32 + command.encoded_len(),
             Command::ExpireSessions { .. } => 1 + 8,
             Command::Read { key } => 1 + 4 + key.len(),
-            Command::Txn { commands, .. } => 1 + 8 + 4 + nested_len(commands),
-            Command::TxnPrepare { commands, .. } => 1 + 8 + 4 + 8 + 8 + 4 + nested_len(commands),
+            Command::Txn { commands, .. } => 1 + 8 + 4 + 4 + nested_len(commands),
+            Command::TxnPrepare { commands, .. } => {
+                1 + 8 + 4 + 4 + 8 + 8 + 4 + nested_len(commands)
+            }
             Command::TxnDecide { .. } | Command::TxnResolve { .. } => 1 + 8 + 1,
             Command::TxnForget { .. } => 1 + 8,
         }
@@ -288,13 +295,19 @@ impl Command {
                 out.push(13);
                 bytes(out, key);
             }
-            Command::Txn { txn, commands } => {
+            Command::Txn {
+                txn,
+                locks,
+                commands,
+            } => {
                 out.push(14);
                 out.extend_from_slice(&txn.to_le_bytes());
+                out.extend_from_slice(&locks.to_le_bytes());
                 encode_nested(out, commands);
             }
             Command::TxnPrepare {
                 txn,
+                locks,
                 primary,
                 coordinator,
                 deadline_ms,
@@ -302,6 +315,7 @@ impl Command {
             } => {
                 out.push(15);
                 out.extend_from_slice(&txn.to_le_bytes());
+                out.extend_from_slice(&locks.to_le_bytes());
                 out.extend_from_slice(&primary.to_le_bytes());
                 out.extend_from_slice(&coordinator.to_le_bytes());
                 out.extend_from_slice(&deadline_ms.to_le_bytes());
@@ -593,10 +607,12 @@ fn decode_command(r: &mut Reader<'_>, data_len: usize) -> Result<Command, BatchD
         13 => Command::Read { key: r.key()? },
         14 => Command::Txn {
             txn: r.u64()?,
+            locks: r.u32()?,
             commands: decode_nested(r, data_len)?,
         },
         15 => Command::TxnPrepare {
             txn: r.u64()?,
+            locks: r.u32()?,
             primary: r.u32()?,
             coordinator: r.u64()?,
             deadline_ms: r.u64()?,
@@ -630,6 +646,7 @@ mod tests {
         for inner in [
             Command::Txn {
                 txn: 1,
+                locks: 0,
                 commands: vec![],
             },
             Command::Document { body: vec![1] },
@@ -638,6 +655,7 @@ mod tests {
             let mut encoder = BatchEncoder::new();
             encoder.push(&Command::Txn {
                 txn: 2,
+                locks: 0,
                 commands: vec![inner.clone()],
             });
             let error = decode_batch(&encoder.finish()).unwrap_err();
@@ -708,6 +726,7 @@ mod tests {
             Command::ExpireSessions { before_ms: 99 },
             Command::Txn {
                 txn: 41,
+                locks: 3,
                 commands: vec![
                     Command::Read { key: b"r".to_vec() },
                     Command::Put {
@@ -722,6 +741,7 @@ mod tests {
             },
             Command::TxnPrepare {
                 txn: 42,
+                locks: 1,
                 primary: 3,
                 coordinator: 2,
                 deadline_ms: 1_700_000_060_000,

@@ -680,6 +680,7 @@ async fn shard_loop(
     let started = Instant::now();
     let mut last_leader: Option<u64> = None;
     let mut last_gossip = Instant::now();
+    let overdue = crate::txn_commit::Overdue::default();
     let disk_reads = shard.disk_reads();
     let mut driver = ShardDriver::new(shard);
     crate::txn_commit::hold_and_recover(ctx, &mut driver).await;
@@ -692,6 +693,9 @@ async fn shard_loop(
         }
         if ticked && driver.tick(started.elapsed()).await {
             *current_store.borrow_mut() = Rc::clone(driver.shard().store());
+        }
+        if ticked {
+            overdue.look(ctx, &driver).await;
         }
         if let Some(cluster) = cluster {
             let links = &cluster.links;

@@ -340,11 +340,14 @@ async fn run(
         }
     }
     let mut locked = BTreeSet::new();
+    let mut counts = BTreeMap::new();
     for (shard, keys) in wanted {
         locked.insert(shard);
+        counts.insert(shard, keys.len() as u32);
         let ask_lock = LockAsk {
             txn,
             deadline_ms,
+            held: 0,
             keys: keys.into_iter().collect(),
             range: None,
         };
@@ -384,7 +387,7 @@ async fn run(
         txn,
         deadline_ms,
         node_id: txns.node_id,
-        locked: &locked,
+        locks: &counts,
         parts,
     };
     let results = txn_commit::commit(ctx, commit).await?;

@@ -95,8 +95,8 @@ impl<R> TxnGate<R> {
                 .acquire(ask, reply, self.now, &self.graph)
                 .into_iter()
                 .collect(),
-            TxnLockOp::Check { txn } => {
-                let (answer, mut granted) = self.table.check(txn, &self.graph);
+            TxnLockOp::Check { txn, locks } => {
+                let (answer, mut granted) = self.table.check(txn, locks, &self.graph);
                 granted.push((reply, answer));
                 granted
             }
@@ -117,14 +117,25 @@ impl<R> TxnGate<R> {
     /// broke a transaction's locks).
     fn admit(&mut self, command: &Command) -> Result<Vec<(R, ShardReply)>, (ErrorCode, String)> {
         let answers = match command.write() {
-            Command::Txn { txn, commands } => {
+            Command::Txn {
+                txn,
+                locks,
+                commands,
+            } => {
                 let (writes, reads) = split_steps(commands);
-                self.table.begin_commit(*txn, &writes, &reads, false)?;
+                self.table
+                    .begin_commit(*txn, &writes, &reads, false, *locks)?;
                 Vec::new()
             }
-            Command::TxnPrepare { txn, commands, .. } => {
+            Command::TxnPrepare {
+                txn,
+                locks,
+                commands,
+                ..
+            } => {
                 let (writes, reads) = split_steps(commands);
-                self.table.begin_commit(*txn, &writes, &reads, true)?;
+                self.table
+                    .begin_commit(*txn, &writes, &reads, true, *locks)?;
                 Vec::new()
             }
             write if write.is_key_value_write() && !self.table.is_empty() => {

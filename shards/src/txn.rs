@@ -80,6 +80,19 @@ pub struct Txn {
     writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     /// Shards where it may hold locks.
     pub locked: BTreeSet<u32>,
+    /// The keys (and how many ranges) each shard granted it: at commit every shard must
+    /// still hold that many (a leader change loses them).
+    granted: BTreeMap<u32, (BTreeSet<Vec<u8>>, u32)>,
+}
+
+impl Txn {
+    /// How many locks each shard granted.
+    fn lock_counts(&self) -> BTreeMap<u32, u32> {
+        self.granted
+            .iter()
+            .map(|(&shard, (keys, ranges))| (shard, keys.len() as u32 + ranges))
+            .collect()
+    }
 }
 
 /// A connection's open transactions. A transaction is taken out while one of its requests
@@ -168,6 +181,7 @@ pub fn begin(ctx: &CoreContext, open: &OpenTxns, isolation: Isolation) -> Respon
             deadline_ms,
             writes: BTreeMap::new(),
             locked: BTreeSet::new(),
+            granted: BTreeMap::new(),
         },
     );
     Response::Began { txn: id }
@@ -228,6 +242,7 @@ pub async fn commit(ctx: &CoreContext, open: &OpenTxns, id: u64) -> Response {
     let mut parts: BTreeMap<u32, Vec<Command>> = BTreeMap::new();
     // Each shard's keys, in the order of its commands.
     let mut keys: BTreeMap<u32, Vec<Vec<u8>>> = BTreeMap::new();
+    let locks = txn.lock_counts();
     for (key, value) in txn.writes {
         let shard = shard_for_key(&key, ctx.shard_count);
         keys.entry(shard).or_default().push(key.clone());
@@ -243,7 +258,7 @@ pub async fn commit(ctx: &CoreContext, open: &OpenTxns, id: u64) -> Response {
             txn: id,
             deadline_ms: txn.deadline_ms,
             node_id: ctx.transactions.node_id,
-            locked: &txn.locked,
+            locks: &locks,
             parts,
         },
     )
@@ -290,13 +305,24 @@ async fn lock(
     range: Option<(Vec<u8>, Option<Vec<u8>>)>,
 ) -> Result<(), Refusal> {
     txn.locked.insert(shard);
+    let held = txn
+        .granted
+        .get(&shard)
+        .map_or(0, |(keys, ranges)| keys.len() as u32 + ranges);
     let ask_lock = LockAsk {
         txn: txn.id,
         deadline_ms: txn.deadline_ms,
+        held,
         keys,
         range,
     };
-    txn_commit::lock(ctx, shard, ask_lock).await
+    let granted: Vec<Vec<u8>> = ask_lock.keys.iter().map(|(k, _)| k.clone()).collect();
+    let ranges = u32::from(ask_lock.range.is_some());
+    txn_commit::lock(ctx, shard, ask_lock).await?;
+    let (keys, range_count) = txn.granted.entry(shard).or_default();
+    keys.extend(granted);
+    *range_count += ranges;
+    Ok(())
 }
 
 /// Reads one key as the transaction sees it: (version, value); a version of 0 for its own

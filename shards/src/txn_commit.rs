@@ -100,13 +100,13 @@ pub async fn release(ctx: &CoreContext, txn: u64, shards: impl IntoIterator<Item
     ask_all(ctx, ops).await;
 }
 
-/// What a transaction commits: its id, deadline, the shards it locked, and its commands per
-/// shard (user keys).
+/// What a transaction commits: its id, deadline, how many locks it took on each shard it
+/// locked (the shard checks it still holds them all), and its commands per shard (user keys).
 pub struct Commit<'a> {
     pub txn: u64,
     pub deadline_ms: u64,
     pub node_id: u64,
-    pub locked: &'a BTreeSet<u32>,
+    pub locks: &'a BTreeMap<u32, u32>,
     pub parts: BTreeMap<u32, Vec<Command>>,
 }
 
@@ -120,22 +120,15 @@ pub async fn commit(
         txn,
         deadline_ms,
         node_id,
-        locked,
+        locks,
         parts,
     } = commit;
-    let touched: BTreeSet<u32> = locked
+    let touched: BTreeSet<u32> = locks.keys().copied().chain(parts.keys().copied()).collect();
+    let locks_on = |shard: u32| locks.get(&shard).copied().unwrap_or(0);
+    let checks = locks
         .iter()
-        .copied()
-        .chain(parts.keys().copied())
-        .collect();
-    let readers: Vec<u32> = locked
-        .iter()
-        .copied()
-        .filter(|s| !parts.contains_key(s))
-        .collect();
-    let checks = readers
-        .iter()
-        .map(|&shard| (shard, ShardOp::TxnLock(TxnLockOp::Check { txn })))
+        .filter(|(shard, _)| !parts.contains_key(shard))
+        .map(|(&shard, &locks)| (shard, ShardOp::TxnLock(TxnLockOp::Check { txn, locks })))
         .collect();
     for reply in ask_all(ctx, checks).await {
         if let ShardReply::Error(code, message) = reply {
@@ -148,10 +141,15 @@ pub async fn commit(
         0 => Ok(BTreeMap::new()),
         1 => {
             let (shard, commands) = parts.into_iter().next().expect("one part");
-            let reply = ask(ctx, shard, ShardOp::Write(Command::Txn { txn, commands })).await;
+            let command = Command::Txn {
+                txn,
+                locks: locks_on(shard),
+                commands,
+            };
+            let reply = ask(ctx, shard, ShardOp::Write(command)).await;
             results_of(reply).map(|results| BTreeMap::from([(shard, results)]))
         }
-        _ => two_phase(ctx, txn, deadline_ms, node_id, parts).await,
+        _ => two_phase(ctx, txn, deadline_ms, node_id, parts, &locks_on).await,
     };
     release(ctx, txn, touched).await;
     outcome
@@ -163,6 +161,7 @@ async fn two_phase(
     deadline_ms: u64,
     node_id: u64,
     parts: BTreeMap<u32, Vec<Command>>,
+    locks_on: &dyn Fn(u32) -> u32,
 ) -> Result<BTreeMap<u32, Vec<CommandResult>>, Refusal> {
     let primary = *parts.keys().next().expect("two parts or more");
     let prepares = parts
@@ -170,6 +169,7 @@ async fn two_phase(
         .map(|(shard, commands)| {
             let op = ShardOp::Write(Command::TxnPrepare {
                 txn,
+                locks: locks_on(shard),
                 primary,
                 coordinator: node_id,
                 deadline_ms,
@@ -237,6 +237,7 @@ async fn two_phase(
         settle(ctx, shard, resolve)
     }))
     .await;
+    let mut all_resolved = true;
     for (shard, reply) in resolved.into_iter().zip(replies) {
         match reply {
             ShardReply::Written(CommandResult::Many { results: part }) => {
@@ -244,6 +245,7 @@ async fn two_phase(
             }
             ShardReply::Written(CommandResult::Decided { .. }) => {}
             other => {
+                all_resolved = false;
                 let (code, message) = results_of(other)
                     .err()
                     .unwrap_or((ErrorCode::Internal, "unexpected resolve reply".to_string()));
@@ -251,7 +253,11 @@ async fn two_phase(
             }
         }
     }
-    settle(ctx, primary, Command::TxnForget { txn }).await;
+    // The decision is forgotten only once nobody can ask for it: a participant left
+    // prepared is resolved later by the primary's record.
+    if all_resolved {
+        settle(ctx, primary, Command::TxnForget { txn }).await;
+    }
     if !committed {
         return Err(refusal.unwrap_or((
             ErrorCode::TxnConflict,
@@ -387,4 +393,60 @@ pub fn gossip_waits(
         links.send_waits(&edges);
     }
     graph.detect_across_nodes();
+}
+
+/// How often a leader looks for prepared transactions past their deadline.
+const OVERDUE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A shard loop's watch on prepared transactions whose coordinator never finished them (it
+/// died, or its node did before this one's replica saw the prepare): once such a transaction
+/// is past its deadline, its primary is asked for the decision (recording an abort unless a
+/// commit is there) and it is resolved here, so its locks do not stay forever.
+#[derive(Default)]
+pub struct Overdue {
+    last: std::cell::Cell<Option<std::time::Instant>>,
+    resolving: std::rc::Rc<std::cell::RefCell<BTreeSet<u64>>>,
+}
+
+impl Overdue {
+    /// Called on the loop's ticks; looks once per `OVERDUE_INTERVAL`, on a leader.
+    pub async fn look<D, R>(
+        &self,
+        ctx: &std::rc::Rc<CoreContext>,
+        driver: &crate::driver::ShardDriver<D, R>,
+    ) where
+        D: kvs_core::log::LogDisk + Clone,
+    {
+        if self
+            .last
+            .get()
+            .is_some_and(|last| last.elapsed() < OVERDUE_INTERVAL)
+            || !driver.shard().is_leader()
+        {
+            return;
+        }
+        self.last.set(Some(std::time::Instant::now()));
+        let Ok(prepared) = driver.shard().store().prepared_transactions().await else {
+            return;
+        };
+        let now = kvs_core::sessions::wall_clock_ms();
+        let shard = driver.shard().shard_id();
+        for record in prepared {
+            if record.deadline_ms > now || !self.resolving.borrow_mut().insert(record.txn) {
+                continue;
+            }
+            tracing::info!(
+                txn = record.txn,
+                shard,
+                "resolving a transaction past its deadline"
+            );
+            let (ctx, resolving) = (std::rc::Rc::clone(ctx), std::rc::Rc::clone(&self.resolving));
+            let (txn, node_id) = (record.txn, ctx.transactions.node_id);
+            crate::runtime::spawn_local(async move {
+                recover(&ctx, shard, node_id, vec![record]).await;
+                resolving.borrow_mut().remove(&txn);
+            })
+            .detach();
+        }
+    }
 }

@@ -37,6 +37,10 @@ pub struct LockAsk {
     pub txn: u64,
     /// Wall-clock ms after which the transaction is abandoned.
     pub deadline_ms: u64,
+    /// How many locks the coordinator holds on this shard already: a leader that holds
+    /// fewer lost some (a leader change), and a read under them may be stale, so the
+    /// request is refused rather than granted afresh.
+    pub held: u32,
     pub keys: Vec<(Vec<u8>, Mode)>,
     /// A shared range `[start, end)`; `None` end: to the end of the key space.
     pub range: Option<(Vec<u8>, Option<Vec<u8>>)>,
@@ -47,9 +51,11 @@ pub struct LockAsk {
 pub enum TxnLockOp {
     Lock(LockAsk),
     /// A participant that only read: answered OK (and its locks released) if none was
-    /// broken, else TXN_CONFLICT. After it, writes outside transactions pass its keys.
+    /// broken and it still holds the `locks` its coordinator took here, else TXN_CONFLICT.
+    /// After it, writes outside transactions pass its keys.
     Check {
         txn: u64,
+        locks: u32,
     },
     /// Releases every lock of the transaction (rollback, or after its commit).
     Release {
@@ -228,6 +234,9 @@ impl<W> TxnLockTable<W> {
         if self.broken.contains(&ask.txn) {
             return Some((reply, Err(self.conflict(ask.txn))));
         }
+        if self.held_count(ask.txn) != ask.held {
+            return Some((reply, Err(self.conflict(ask.txn))));
+        }
         if self.released.contains_key(&ask.txn) {
             let message = format!("transaction {:#x} already ended", ask.txn);
             return Some((reply, Err((ErrorCode::TxnNotFound, message))));
@@ -346,9 +355,18 @@ impl<W> TxnLockTable<W> {
         answers
     }
 
-    /// A participant that only read: its locks go, and whether they were intact.
-    pub fn check(&mut self, txn: u64, graph: &WaitGraph) -> (Answer, Vec<(W, Answer)>) {
-        let answer = if self.broken.contains(&txn) {
+    /// How many locks (keys and ranges) `txn` holds here.
+    fn held_count(&self, txn: u64) -> u32 {
+        self.txns
+            .get(&txn)
+            .map_or(0, |held| (held.keys.len() + held.ranges.len()) as u32)
+    }
+
+    /// A participant that only read: its locks go, and whether they were intact — none
+    /// broken, and as many as its coordinator took here (`locks`: fewer means a leader change
+    /// lost some).
+    pub fn check(&mut self, txn: u64, locks: u32, graph: &WaitGraph) -> (Answer, Vec<(W, Answer)>) {
+        let answer = if self.broken.contains(&txn) || self.held_count(txn) != locks {
             Err(self.conflict(txn))
         } else {
             Ok(())
@@ -357,16 +375,19 @@ impl<W> TxnLockTable<W> {
     }
 
     /// Before a commit (`prepared` false) or prepare entry is proposed: the transaction must
-    /// hold `writes` exclusively and `reads` at all, with none of its locks broken. Moves it
-    /// to `Committing` or `Prepared`.
+    /// hold `writes` exclusively and `reads` at all, with none of its locks broken, and hold
+    /// `locks` locks in all (what its coordinator took here: fewer means a leader change lost
+    /// some, and a read under one of them may be stale). Moves it to `Committing` or
+    /// `Prepared`.
     pub fn begin_commit(
         &mut self,
         txn: u64,
         writes: &[&[u8]],
         reads: &[&[u8]],
         prepared: bool,
+        locks: u32,
     ) -> Answer {
-        if self.broken.contains(&txn) {
+        if self.broken.contains(&txn) || self.held_count(txn) != locks {
             return Err(self.conflict(txn));
         }
         let conflict = self.conflict(txn);
@@ -463,6 +484,7 @@ impl<W> TxnLockTable<W> {
         let ask = LockAsk {
             txn,
             deadline_ms,
+            held: 0,
             keys: keys.into_iter().map(|k| (k, Mode::Exclusive)).collect(),
             range: None,
         };
@@ -479,12 +501,17 @@ impl<W> TxnLockTable<W> {
         others.dedup();
         let mut answers = Vec::new();
         for other in others {
-            answers.extend(self.break_txn(other, graph));
+            // Waiters are looked at only once the prepared transaction holds its keys: one
+            // granted in between would hold a key it must not.
+            self.broken.insert(other);
+            answers.extend(self.refuse_waits(other, graph, |table| table.conflict(other)));
+            self.drop_locks(other);
         }
         self.grant(&ask);
         if let Some(held) = self.txns.get_mut(&txn) {
             held.stage = Stage::Prepared;
         }
+        answers.extend(self.grant_waiters(graph));
         answers
     }
 

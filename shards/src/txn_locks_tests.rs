@@ -10,8 +10,14 @@ use super::*;
 const FAR: u64 = u64::MAX;
 
 fn ask(txn: u64, keys: &[(&str, Mode)]) -> LockAsk {
+    holding(txn, keys, 0)
+}
+
+/// A request of a transaction that holds `held` locks on the shard already.
+fn holding(txn: u64, keys: &[(&str, Mode)], held: u32) -> LockAsk {
     LockAsk {
         txn,
+        held,
         deadline_ms: FAR,
         keys: keys
             .iter()
@@ -24,6 +30,7 @@ fn ask(txn: u64, keys: &[(&str, Mode)]) -> LockAsk {
 fn range_ask(txn: u64, start: &str, end: &str) -> LockAsk {
     LockAsk {
         txn,
+        held: 0,
         deadline_ms: FAR,
         keys: Vec::new(),
         range: Some((start.into(), Some(end.into()))),
@@ -66,7 +73,12 @@ fn an_upgrade_does_not_queue_behind_the_waiter_it_blocks() {
     let now = Duration::ZERO;
     assert!(granted(table.acquire(ask(1, &[("a", S)]), 1, now, &graph)));
     assert!(table.acquire(ask(2, &[("a", X)]), 2, now, &graph).is_none());
-    assert!(granted(table.acquire(ask(1, &[("a", X)]), 11, now, &graph)));
+    assert!(granted(table.acquire(
+        holding(1, &[("a", X)], 1),
+        11,
+        now,
+        &graph
+    )));
     assert_eq!(codes(&table.release(1, &graph)), vec![(2, None)]);
 }
 
@@ -82,9 +94,14 @@ fn a_shared_range_blocks_exclusive_keys_inside_it_only() {
         &graph
     )));
     assert!(granted(table.acquire(ask(2, &[("d", X)]), 2, now, &graph)));
-    assert!(granted(table.acquire(ask(2, &[("a", X)]), 2, now, &graph)));
+    assert!(granted(table.acquire(
+        holding(2, &[("a", X)], 1),
+        2,
+        now,
+        &graph
+    )));
     assert!(table
-        .acquire(ask(2, &[("c", X)]), 22, now, &graph)
+        .acquire(holding(2, &[("c", X)], 2), 22, now, &graph)
         .is_none());
     // And a range waits for an exclusive key inside it.
     assert!(table
@@ -149,7 +166,7 @@ fn a_long_wait_times_out_and_an_expired_holder_loses_its_locks() {
         .is_none());
     let answers = table.tick(Duration::from_secs(6), 10_000, timeout, &graph);
     assert_eq!(codes(&answers), vec![(3, None)]);
-    let refused = table.begin_commit(1, &[b"a"], &[], false);
+    let refused = table.begin_commit(1, &[b"a"], &[], false, 1);
     assert_eq!(refused.unwrap_err().0, ErrorCode::TxnConflict);
 }
 
@@ -172,33 +189,33 @@ fn writes_outside_break_running_transactions_pass_committing_ones_and_stop_at_pr
     let answers = table.outside_write(b"a", &graph).unwrap();
     assert_eq!(codes(&answers), vec![(5, None)]);
     assert_eq!(
-        table.begin_commit(1, &[], &[b"a"], false).unwrap_err().0,
+        table.begin_commit(1, &[], &[b"a"], false, 1).unwrap_err().0,
         ErrorCode::TxnConflict
     );
     // Inside a locked range.
     assert!(table.outside_write(b"n", &graph).unwrap().is_empty());
     assert_eq!(
-        table.check(2, &graph).0.unwrap_err().0,
+        table.check(2, 1, &graph).0.unwrap_err().0,
         ErrorCode::TxnConflict
     );
     // Committing: the write is ordered after the commit entry.
-    table.begin_commit(3, &[b"c"], &[], false).unwrap();
+    table.begin_commit(3, &[b"c"], &[], false, 1).unwrap();
     assert!(table.outside_write(b"c", &graph).unwrap().is_empty());
     assert!(
-        table.begin_commit(3, &[b"c"], &[], false).is_ok(),
+        table.begin_commit(3, &[b"c"], &[], false, 1).is_ok(),
         "looked at again"
     );
     assert!(
-        table.begin_commit(3, &[b"c"], &[], true).is_err(),
+        table.begin_commit(3, &[b"c"], &[], true, 1).is_err(),
         "not prepared too"
     );
     // Prepared: refused.
-    table.begin_commit(4, &[b"d"], &[], true).unwrap();
+    table.begin_commit(4, &[b"d"], &[], true, 1).unwrap();
     let refused = table.outside_write(b"d", &graph).unwrap_err();
     assert_eq!(refused.0, ErrorCode::TxnConflict);
     // A commit needs its write keys held exclusively.
     assert!(granted(table.acquire(ask(6, &[("e", S)]), 6, now, &graph)));
-    assert!(table.begin_commit(6, &[b"e"], &[], false).is_err());
+    assert!(table.begin_commit(6, &[b"e"], &[], false, 1).is_err());
     table.release(6, &graph);
     table.release(5, &graph);
     table.release(4, &graph);
@@ -212,4 +229,74 @@ fn writes_outside_break_running_transactions_pass_committing_ones_and_stop_at_pr
     assert!(table.needs_ticks());
     table.tick(now, u64::MAX, Duration::from_secs(5), &graph);
     assert!(!table.needs_ticks());
+}
+
+/// A leader that took over knows none of a transaction's locks: a check or a commit that
+/// expects locks there must fail, not pass because nothing is recorded (an audit read a
+/// transfer half-applied in the cluster bank until this held).
+#[test]
+fn locks_lost_with_a_leader_are_noticed_by_their_count() {
+    let graph = WaitGraph::new();
+    let mut new_leader: TxnLockTable<u32> = TxnLockTable::new(0);
+    let (answer, _) = new_leader.check(7, 2, &graph);
+    assert_eq!(answer.unwrap_err().0, ErrorCode::TxnConflict);
+    assert!(
+        new_leader.check(8, 0, &graph).0.is_ok(),
+        "it locked nothing here"
+    );
+    // Locks taken again after the change, but fewer than the coordinator holds.
+    let now = Duration::ZERO;
+    assert!(granted(new_leader.acquire(
+        ask(9, &[("b", X)]),
+        9,
+        now,
+        &graph
+    )));
+    let refused = new_leader.begin_commit(9, &[b"b"], &[], false, 2);
+    assert_eq!(refused.unwrap_err().0, ErrorCode::TxnConflict);
+    assert!(granted(new_leader.acquire(
+        ask(10, &[("c", X)]),
+        10,
+        now,
+        &graph
+    )));
+    assert!(new_leader.begin_commit(10, &[b"c"], &[], false, 1).is_ok());
+}
+
+/// A prepared transaction's keys taken over from a holder that has waiters: the waiters are
+/// not granted the keys in between (the cluster bank hit the grant's assertion).
+#[test]
+fn a_prepared_transaction_takes_its_keys_before_any_waiter() {
+    let graph = WaitGraph::new();
+    let mut table = TxnLockTable::new(0);
+    let now = Duration::ZERO;
+    assert!(granted(table.acquire(ask(1, &[("k", X)]), 1, now, &graph)));
+    assert!(table.acquire(ask(2, &[("k", X)]), 2, now, &graph).is_none());
+    let answers = table.hold_prepared(3, vec![b"k".to_vec()], FAR, &graph);
+    assert!(answers.is_empty(), "the waiter still waits: {answers:?}");
+    assert_eq!(
+        table.begin_commit(1, &[b"k"], &[], false, 1).unwrap_err().0,
+        ErrorCode::TxnConflict
+    );
+    assert_eq!(codes(&table.release(3, &graph)), vec![(2, None)]);
+}
+
+/// A transaction's lock at a leader that took over, for a key it had locked (and read) under
+/// the old leader: refused, since the new leader holds fewer of its locks than it took — a
+/// fresh grant would let a stale read through (the cluster bank lost updates until this).
+#[test]
+fn a_lock_asked_again_at_a_new_leader_is_refused() {
+    let graph = WaitGraph::new();
+    let mut new_leader: TxnLockTable<u32> = TxnLockTable::new(0);
+    let now = Duration::ZERO;
+    let (_, answer) = new_leader
+        .acquire(holding(5, &[("a", X)], 1), 5, now, &graph)
+        .unwrap();
+    assert_eq!(answer.unwrap_err().0, ErrorCode::TxnConflict);
+    assert!(granted(new_leader.acquire(
+        holding(6, &[("b", X)], 0),
+        6,
+        now,
+        &graph
+    )));
 }

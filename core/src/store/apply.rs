@@ -367,13 +367,14 @@ impl<F: LogFile> PagedStore<F> {
             Command::Read { key } => CommandResult::Value {
                 found: self.current(&key).await?,
             },
-            Command::Txn { txn, commands } => {
+            Command::Txn { txn, commands, .. } => {
                 let result = self.apply_steps(index, commands).await?;
                 self.finished(txn);
                 result
             }
             Command::TxnPrepare {
                 txn,
+                locks: _,
                 primary,
                 coordinator,
                 deadline_ms,

@@ -237,6 +237,9 @@ pub struct PagedStore<F: LogFile> {
     /// Transactions whose commit, decision or resolution this store applied since the shard
     /// loop last asked: their locks go (`take_finished_txns`).
     finished_txns: RefCell<Vec<u64>>,
+    /// Transactions this store recorded as prepared since the shard loop last asked: their
+    /// keys are locked (`take_prepared_txns`).
+    prepared_txns: RefCell<Vec<txn::PreparedTxn>>,
     durable: Cell<Option<Checkpointed>>,
     checkpoints: Cell<u64>,
     raft_state: Cell<(u64, u64)>,
@@ -425,6 +428,7 @@ impl<F: LogFile> PagedStore<F> {
             checkpoint_done: Signal::default(),
             poisoned: Cell::new(false),
             finished_txns: RefCell::new(Vec::new()),
+            prepared_txns: RefCell::new(Vec::new()),
             durable: Cell::new(durable),
             checkpoints: Cell::new(0),
             raft_state: Cell::new(raft_state),

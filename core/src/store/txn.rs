@@ -150,6 +150,7 @@ impl<F: LogFile> PagedStore<F> {
         }
         self.put(index, txn_key(PREPARED, record.txn), record.encode())
             .await?;
+        self.prepared_txns.borrow_mut().push(record);
         Ok(CommandResult::Decided { commit: true })
     }
 
@@ -251,6 +252,13 @@ impl<F: LogFile> PagedStore<F> {
     /// leader that took over mid-way releases what it took).
     pub fn take_finished_txns(&self) -> Vec<u64> {
         std::mem::take(&mut *self.finished_txns.borrow_mut())
+    }
+
+    /// The transactions recorded as prepared since the last call: every replica locks their
+    /// keys (a leader that took over applies prepares its predecessor proposed, and must not
+    /// let anything write those keys before the decision).
+    pub fn take_prepared_txns(&self) -> Vec<PreparedTxn> {
+        std::mem::take(&mut *self.prepared_txns.borrow_mut())
     }
 
     pub(super) fn finished(&self, txn: u64) {

@@ -102,6 +102,7 @@ fn run(steps: usize, commit_wanted: bool, seed: u64) {
         }
         let prepare = Command::TxnPrepare {
             txn: TXN,
+            locks: 0,
             primary: 0,
             coordinator: 1,
             deadline_ms: 0,

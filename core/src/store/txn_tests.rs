@@ -29,6 +29,7 @@ fn read(key: &str) -> Command {
 fn prepare(txn: u64, commands: Vec<Command>) -> Command {
     Command::TxnPrepare {
         txn,
+        locks: 0,
         primary: 0,
         coordinator: 1,
         deadline_ms: 1_000,
@@ -66,6 +67,7 @@ fn transactions_apply_alike_in_the_store_and_the_model_and_prepared_ones_survive
         // One shard's part at once: reads see the writes before them.
         vec![Command::Txn {
             txn: 1,
+            locks: 0,
             commands: vec![
                 read("a"),
                 put("a", "1"),
@@ -82,6 +84,7 @@ fn transactions_apply_alike_in_the_store_and_the_model_and_prepared_ones_survive
         vec![prepare(2, vec![put("b", "2"), read("b")])],
         vec![Command::Txn {
             txn: 3,
+            locks: 0,
             commands: vec![read("b")],
         }],
         // The decision applies the primary's prepared commands; a second one gets the first.

@@ -65,6 +65,8 @@ fn every_frame_kind_round_trips() {
         PeerFrame::Raft(vec![(0, sample_message()), (9, Message::default())]),
         PeerFrame::Forward(sample_forwards()),
         PeerFrame::Answers(sample_answers()),
+        PeerFrame::WaitsFor(vec![(7, vec![3, 9]), (3, vec![])]),
+        PeerFrame::WaitsFor(Vec::new()),
         PeerFrame::Snapshot(vec![
             (
                 1,
@@ -293,6 +295,7 @@ fn sample_forwards() -> Vec<Forwarded> {
         ShardOp::TxnLock(TxnLockOp::Lock(LockAsk {
             txn: 9,
             deadline_ms: 1_700_000_000_000,
+            held: 4,
             keys: vec![
                 (b"a".to_vec(), Mode::Shared),
                 (b"b".to_vec(), Mode::Exclusive),
@@ -302,10 +305,11 @@ fn sample_forwards() -> Vec<Forwarded> {
         ShardOp::TxnLock(TxnLockOp::Lock(LockAsk {
             txn: 9,
             deadline_ms: 1,
+            held: 0,
             keys: vec![],
             range: Some((b"m".to_vec(), Some(b"n".to_vec()))),
         })),
-        ShardOp::TxnLock(TxnLockOp::Check { txn: 10 }),
+        ShardOp::TxnLock(TxnLockOp::Check { txn: 10, locks: 2 }),
         ShardOp::TxnLock(TxnLockOp::Release { txn: 11 }),
         ShardOp::Fenced(Box::new(ShardOp::Get { key: b"f".to_vec() })),
         ShardOp::Fenced(Box::new(ShardOp::Scan {

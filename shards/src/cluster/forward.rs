@@ -140,6 +140,7 @@ fn encode_txn_lock(op: &TxnLockOp, out: &mut Vec<u8>) {
             out.push(1);
             put_u64(out, ask.txn);
             put_u64(out, ask.deadline_ms);
+            out.extend_from_slice(&ask.held.to_le_bytes());
             out.extend_from_slice(&(ask.keys.len() as u32).to_le_bytes());
             for (key, mode) in &ask.keys {
                 put_bytes(out, key);
@@ -154,9 +155,10 @@ fn encode_txn_lock(op: &TxnLockOp, out: &mut Vec<u8>) {
                 }
             }
         }
-        TxnLockOp::Check { txn } => {
+        TxnLockOp::Check { txn, locks } => {
             out.push(2);
             put_u64(out, *txn);
+            out.extend_from_slice(&locks.to_le_bytes());
         }
         TxnLockOp::Release { txn } => {
             out.push(3);
@@ -170,6 +172,7 @@ fn decode_txn_lock(r: &mut Reader<'_>) -> Result<TxnLockOp, PeerDecodeError> {
         1 => {
             let txn = r.u64()?;
             let deadline_ms = r.u64()?;
+            let held = r.u32()?;
             let keys = r.list(5, |r| {
                 let key = r.bytes()?.to_vec();
                 let mode = match r.u8()? {
@@ -187,11 +190,15 @@ fn decode_txn_lock(r: &mut Reader<'_>) -> Result<TxnLockOp, PeerDecodeError> {
             TxnLockOp::Lock(LockAsk {
                 txn,
                 deadline_ms,
+                held,
                 keys,
                 range,
             })
         }
-        2 => TxnLockOp::Check { txn: r.u64()? },
+        2 => TxnLockOp::Check {
+            txn: r.u64()?,
+            locks: r.u32()?,
+        },
         3 => TxnLockOp::Release { txn: r.u64()? },
         tag => return Err(malformed(format!("unknown transaction lock op {tag}"))),
     })
