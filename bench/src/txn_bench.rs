@@ -21,19 +21,13 @@ use clap::ValueEnum;
 use hdrhistogram::Histogram;
 use kvs_wire::{shard_for_key, Client, ClientError, Isolation, Transaction};
 
-use crate::workload::{Rng, Zipfian};
+use crate::workload::{Rng, TxnWorkload, Zipfian};
 
 /// Whether a transaction's keys share a shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Span {
     SingleShard,
     CrossShard,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TxnWorkload {
-    Transfer,
-    Ycsb,
 }
 
 /// What a transactional run needs from the command line.

@@ -78,6 +78,13 @@ pub enum Workload {
     TxnYcsb,
 }
 
+/// The transactional workloads, which `txn_bench` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxnWorkload {
+    Transfer,
+    Ycsb,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Distribution {
     Uniform,
@@ -106,10 +113,10 @@ impl Workload {
     }
 
     /// The transactional workload this is, if it is one.
-    pub fn transactional(self) -> Option<crate::txn_bench::TxnWorkload> {
+    pub fn transactional(self) -> Option<TxnWorkload> {
         match self {
-            Workload::TxnTransfer => Some(crate::txn_bench::TxnWorkload::Transfer),
-            Workload::TxnYcsb => Some(crate::txn_bench::TxnWorkload::Ycsb),
+            Workload::TxnTransfer => Some(TxnWorkload::Transfer),
+            Workload::TxnYcsb => Some(TxnWorkload::Ycsb),
             _ => None,
         }
     }

@@ -54,3 +54,4 @@ pub mod spread;
 pub mod txn;
 pub mod txn_commit;
 pub mod txn_locks;
+pub mod txn_shared;

@@ -78,7 +78,7 @@ struct CoreSetup {
     archive_dir: Option<PathBuf>,
     connection_counts: Arc<ConnectionCounts>,
     scan_cursors: Arc<ScanCursors>,
-    transactions: Arc<crate::txn::Transactions>,
+    transactions: Arc<crate::txn_shared::Transactions>,
     ready: mpsc::Sender<Result<(), String>>,
     /// Whether to serve, once every shard has opened ([`START_SERVE`]), or to stop because
     /// one failed to ([`START_ABORT`]): a node never serves some shards while others failed.
@@ -232,7 +232,7 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_secs()),
     ));
-    let transactions = Arc::new(crate::txn::Transactions::new(
+    let transactions = Arc::new(crate::txn_shared::Transactions::new(
         data_dir.cluster.as_ref().map_or(1, |c| c.node_id),
         config.lock_timeout,
         config.txn_timeout,

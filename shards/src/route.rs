@@ -137,7 +137,7 @@ pub struct CoreContext {
     /// cluster).
     pub peer_answers: std::cell::OnceCell<PeerAnswers>,
     /// The node's transactions (ADR 0022): ids, timeouts, the wait-for graph.
-    pub transactions: Arc<crate::txn::Transactions>,
+    pub transactions: Arc<crate::txn_shared::Transactions>,
 }
 
 impl CoreContext {
@@ -165,16 +165,16 @@ impl CoreContext {
             connections: RefCell::new(HashMap::new()),
             next_connection: Cell::new(0),
             peer_answers: std::cell::OnceCell::new(),
-            transactions: Arc::new(crate::txn::Transactions::new(
+            transactions: Arc::new(crate::txn_shared::Transactions::new(
                 1,
-                crate::shard_txn::LOCK_TIMEOUT_DEFAULT,
+                crate::txn_shared::LOCK_TIMEOUT_DEFAULT,
                 std::time::Duration::from_secs(60),
             )),
         }
     }
 
     /// Shares the node's transactions (by default a core has its own).
-    pub fn with_transactions(mut self, transactions: Arc<crate::txn::Transactions>) -> Self {
+    pub fn with_transactions(mut self, transactions: Arc<crate::txn_shared::Transactions>) -> Self {
         self.transactions = transactions;
         self
     }

@@ -15,9 +15,6 @@ use crate::deadlock::WaitGraph;
 use crate::shard::{Output, ShardOp, ShardReply, ShardRequest};
 use crate::txn_locks::{Answer, TxnLockOp, TxnLockTable};
 
-/// How long a transaction waits for a lock by default (`--lock-timeout`).
-pub const LOCK_TIMEOUT_DEFAULT: Duration = Duration::from_secs(5);
-
 fn reply_of(answer: Answer) -> ShardReply {
     match answer {
         Ok(()) => ShardReply::Locked,
@@ -41,7 +38,7 @@ impl<R> TxnGate<R> {
         TxnGate {
             table: TxnLockTable::new(shard),
             graph: Arc::new(WaitGraph::new()),
-            lock_timeout: LOCK_TIMEOUT_DEFAULT,
+            lock_timeout: crate::txn_shared::LOCK_TIMEOUT_DEFAULT,
             now: Duration::ZERO,
             pending: Vec::new(),
         }

@@ -15,60 +15,16 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
 
 use kvs_core::command::Command;
 use kvs_core::sessions::wall_clock_ms;
 use kvs_wire::{shard_for_key, ErrorCode, Isolation, Request, Response};
 
 use crate::ask::{ask, ask_all};
-use crate::deadlock::WaitGraph;
 use crate::route::{merge_scan, CoreContext};
 use crate::shard::{ShardOp, ShardReply};
 use crate::txn_commit::{self, Refusal};
 use crate::txn_locks::{LockAsk, Mode};
-
-/// What the node's transactions share: the wait-for graph, the timeouts, the ids.
-#[derive(Debug)]
-pub struct Transactions {
-    pub graph: Arc<WaitGraph>,
-    pub lock_timeout: Duration,
-    pub txn_timeout: Duration,
-    pub node_id: u64,
-    last_id: AtomicU64,
-}
-
-impl Transactions {
-    pub fn new(node_id: u64, lock_timeout: Duration, txn_timeout: Duration) -> Transactions {
-        Transactions {
-            graph: Arc::new(WaitGraph::new()),
-            lock_timeout,
-            txn_timeout,
-            node_id,
-            last_id: AtomicU64::new(0),
-        }
-    }
-
-    /// A new transaction id: the begin time in ms (high bits, so younger transactions have
-    /// larger ids: the deadlock detector's victim is the largest) with a counter, and the
-    /// node's id in the low byte so that nodes never hand out the same id.
-    pub fn new_id(&self) -> u64 {
-        let time = wall_clock_ms() << 12;
-        let mut last = self.last_id.load(Ordering::Relaxed);
-        loop {
-            let next = time.max(last + 1);
-            match self
-                .last_id
-                .compare_exchange(last, next, Ordering::Relaxed, Ordering::Relaxed)
-            {
-                Ok(_) => return (next << 8) | (self.node_id & 0xff),
-                Err(now) => last = now,
-            }
-        }
-    }
-}
 
 /// One open transaction.
 #[derive(Debug)]
