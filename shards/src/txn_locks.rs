@@ -94,6 +94,10 @@ struct Waiter<W> {
     since: Duration,
 }
 
+/// How long, at most, a released transaction is remembered: longer than a forwarded
+/// request may wait for its answer (`FORWARD_TIMEOUT`, 10 s).
+const RELEASED_FOR_MS: u64 = 15_000;
+
 /// An answer for a waiter or a requester: granted (`Ok`), or refused.
 pub type Answer = Result<(), (ErrorCode, String)>;
 
@@ -106,9 +110,10 @@ pub struct TxnLockTable<W> {
     /// Transactions whose locks a write outside transactions (or their deadline) broke:
     /// their commit is refused. Forgotten when they release.
     broken: HashSet<u64>,
-    /// Transactions released here (finished or rolled back), with their deadlines: a lock
-    /// request of one that arrives late (forwarded, its coordinator gave up on it) is refused
-    /// instead of granted to nobody. Forgotten past the deadline.
+    /// Transactions released here (finished or rolled back), with when to forget them: a
+    /// lock request of one that arrives late (forwarded, its coordinator gave up on it) is
+    /// refused instead of granted to nobody. Forgotten at its deadline, or [`RELEASED_FOR_MS`]
+    /// after the release if sooner, which bounds the memory at high transaction rates.
     released: HashMap<u64, u64>,
     waiting: VecDeque<Waiter<W>>,
 }
@@ -323,7 +328,8 @@ impl<W> TxnLockTable<W> {
     pub fn release(&mut self, txn: u64, graph: &WaitGraph) -> Vec<(W, Answer)> {
         self.broken.remove(&txn);
         let deadline = self.txns.get(&txn).map_or(0, |held| held.deadline_ms);
-        self.released.insert(txn, deadline);
+        let soon = kvs_core::sessions::wall_clock_ms().saturating_add(RELEASED_FOR_MS);
+        self.released.insert(txn, deadline.min(soon));
         let mut answers = self.refuse_waits(txn, graph, |_| {
             (
                 ErrorCode::TxnNotFound,
