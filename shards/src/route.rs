@@ -356,15 +356,21 @@ pub(crate) fn merge_scan(parts: Vec<ShardReply>, limit: u32) -> Result<ScanPage,
     pairs.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     more |= pairs.len() > limit;
     pairs.truncate(limit);
-    let next = match pairs.last() {
+    let next = next_start(&pairs, more);
+    Ok((pairs, next))
+}
+
+/// Where a scan page ending with `pairs` continues when there may be `more`: just after its
+/// last key.
+pub(crate) fn next_start(pairs: &[(Vec<u8>, Vec<u8>)], more: bool) -> Option<Vec<u8>> {
+    match pairs.last() {
         Some((key, _)) if more => {
             let mut next = key.clone();
             next.push(0);
             Some(next)
         }
         _ => None,
-    };
-    Ok((pairs, next))
+    }
 }
 
 /// Items of a multi-key request grouped by shard: (shard, positions in the request, items).

@@ -114,25 +114,22 @@ impl<R> TxnGate<R> {
     /// broke a transaction's locks).
     fn admit(&mut self, command: &Command) -> Result<Vec<(R, ShardReply)>, (ErrorCode, String)> {
         let answers = match command.write() {
+            // A commit or a prepare entry: proposed only while its locks are intact.
             Command::Txn {
                 txn,
                 locks,
                 commands,
-            } => {
-                let (writes, reads) = split_steps(commands);
-                self.table
-                    .begin_commit(*txn, &writes, &reads, false, *locks)?;
-                Vec::new()
             }
-            Command::TxnPrepare {
+            | Command::TxnPrepare {
                 txn,
                 locks,
                 commands,
                 ..
             } => {
+                let prepared = matches!(command.write(), Command::TxnPrepare { .. });
                 let (writes, reads) = split_steps(commands);
                 self.table
-                    .begin_commit(*txn, &writes, &reads, true, *locks)?;
+                    .begin_commit(*txn, &writes, &reads, prepared, *locks)?;
                 Vec::new()
             }
             write if write.is_key_value_write() && !self.table.is_empty() => {

@@ -21,7 +21,7 @@ use kvs_core::sessions::wall_clock_ms;
 use kvs_wire::{shard_for_key, ErrorCode, Isolation, Request, Response};
 
 use crate::ask::{ask, ask_all};
-use crate::route::{merge_scan, CoreContext};
+use crate::route::{merge_scan, next_start, CoreContext};
 use crate::shard::{ShardOp, ShardReply};
 use crate::txn_commit::{self, Refusal};
 use crate::txn_locks::{LockAsk, Mode};
@@ -458,13 +458,6 @@ async fn scan(
     }
     let more = next.is_some() || merged.len() > limit as usize;
     let pairs: Vec<(Vec<u8>, Vec<u8>)> = merged.into_iter().take(limit as usize).collect();
-    let next = match pairs.last() {
-        Some((key, _)) if more => {
-            let mut next = key.clone();
-            next.push(0);
-            Some(next)
-        }
-        _ => None,
-    };
+    let next = next_start(&pairs, more);
     Ok(Response::Scanned { pairs, next })
 }
