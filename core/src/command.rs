@@ -121,14 +121,20 @@ pub enum Command {
     },
     /// The decision, on the primary shard: the first one applied wins and every later one
     /// is answered with it; a commit also applies the primary's own prepared commands.
+    /// `at_least`: the lowest commit version the coordinator accepts (above every
+    /// participant's prepare, ADR 0023), 0 for a recovery's abort.
     TxnDecide {
         txn: u64,
         commit: bool,
+        at_least: u64,
     },
-    /// Phase two on a participant: applies (commit) or drops what it prepared.
+    /// Phase two on a participant: applies (commit) or drops what it prepared. A commit's
+    /// writes take exactly `version`, the one the primary decided at, so every shard holds
+    /// the transaction at one version.
     TxnResolve {
         txn: u64,
         commit: bool,
+        version: u64,
     },
     /// Drops the primary's decision record once every participant resolved.
     TxnForget {
@@ -202,7 +208,7 @@ impl Command {
             Command::TxnPrepare { commands, .. } => {
                 1 + 8 + 4 + 4 + 8 + 8 + 4 + nested_len(commands)
             }
-            Command::TxnDecide { .. } | Command::TxnResolve { .. } => 1 + 8 + 1,
+            Command::TxnDecide { .. } | Command::TxnResolve { .. } => 1 + 8 + 1 + 8,
             Command::TxnForget { .. } => 1 + 8,
         }
     }
@@ -321,7 +327,16 @@ impl Command {
                 out.extend_from_slice(&deadline_ms.to_le_bytes());
                 encode_nested(out, commands);
             }
-            Command::TxnDecide { txn, commit } | Command::TxnResolve { txn, commit } => {
+            Command::TxnDecide {
+                txn,
+                commit,
+                at_least: version,
+            }
+            | Command::TxnResolve {
+                txn,
+                commit,
+                version,
+            } => {
                 out.push(if matches!(self, Command::TxnDecide { .. }) {
                     16
                 } else {
@@ -329,6 +344,7 @@ impl Command {
                 });
                 out.extend_from_slice(&txn.to_le_bytes());
                 out.push(u8::from(*commit));
+                out.extend_from_slice(&version.to_le_bytes());
             }
             Command::TxnForget { txn } => {
                 out.push(18);
@@ -444,15 +460,33 @@ impl BatchEncoder {
     /// Like [`BatchEncoder::finish`], with the time the leader proposed the batch (ms since
     /// the Unix epoch) after the commands: point-in-time recovery replays the log up to a
     /// moment by it (`kvsd --restore-from ... --until`).
-    pub fn finish_at(mut self, unix_ms: u64) -> Vec<u8> {
+    ///
+    /// `floor`: the lowest version the batch's commands may take, from the proposing node's
+    /// hybrid clock (ADR 0023); every replica applies the batch with the same versions.
+    pub fn finish_at(mut self, unix_ms: u64, floor: u64) -> Vec<u8> {
         self.bytes.push(COMMIT_TIME_TAG);
         self.bytes.extend_from_slice(&unix_ms.to_le_bytes());
+        self.bytes.push(VERSION_FLOOR_TAG);
+        self.bytes.extend_from_slice(&floor.to_le_bytes());
         self.finish()
     }
 }
 
 /// Marks a batch's commit time after its commands ([`BatchEncoder::finish_at`]).
 const COMMIT_TIME_TAG: u8 = 0xC7;
+/// Marks a batch's version floor, after its commit time.
+const VERSION_FLOOR_TAG: u8 = 0xC8;
+
+/// What a batch records beside its commands.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchMeta {
+    /// When the leader proposed it (ms since the Unix epoch); batches logged before kvs
+    /// recorded times have none.
+    pub time: Option<u64>,
+    /// The lowest version its commands take; 0 for batches logged before versions were
+    /// clock-based.
+    pub floor: u64,
+}
 
 struct Reader<'a> {
     bytes: &'a [u8],
@@ -510,6 +544,11 @@ pub fn decode_batch(data: &[u8]) -> Result<Vec<Command>, BatchDecodeError> {
 /// Decodes a batch entry's data into its commands and its commit time, if it records one
 /// (batches logged before kvs recorded times do not).
 pub fn decode_batch_timed(data: &[u8]) -> Result<(Vec<Command>, Option<u64>), BatchDecodeError> {
+    decode_batch_meta(data).map(|(commands, meta)| (commands, meta.time))
+}
+
+/// Decodes a batch entry's data into its commands and what it records beside them.
+pub fn decode_batch_meta(data: &[u8]) -> Result<(Vec<Command>, BatchMeta), BatchDecodeError> {
     let mut r = Reader { bytes: data, at: 0 };
     let count = r.u32()? as usize;
     // Each command takes at least 5 bytes, which bounds the allocation by the input size.
@@ -517,16 +556,24 @@ pub fn decode_batch_timed(data: &[u8]) -> Result<(Vec<Command>, Option<u64>), Ba
     for _ in 0..count {
         commands.push(decode_command(&mut r, data.len())?);
     }
-    let time = match &data[r.at..] {
-        [] => None,
-        [COMMIT_TIME_TAG, time @ ..] if time.len() == 8 => {
-            Some(u64::from_le_bytes(time.try_into().expect("8 bytes")))
+    let le = |bytes: &[u8]| u64::from_le_bytes(bytes.try_into().expect("8 bytes"));
+    let meta = match &data[r.at..] {
+        [] => BatchMeta::default(),
+        [COMMIT_TIME_TAG, time @ ..] if time.len() == 8 => BatchMeta {
+            time: Some(le(time)),
+            floor: 0,
+        },
+        [COMMIT_TIME_TAG, rest @ ..] if rest.len() == 17 && rest[8] == VERSION_FLOOR_TAG => {
+            BatchMeta {
+                time: Some(le(&rest[..8])),
+                floor: le(&rest[9..]),
+            }
         }
         rest => {
             return Err(BatchDecodeError(format!("{} trailing bytes", rest.len())));
         }
     };
-    Ok((commands, time))
+    Ok((commands, meta))
 }
 
 fn decode_command(r: &mut Reader<'_>, data_len: usize) -> Result<Command, BatchDecodeError> {
@@ -625,10 +672,19 @@ fn decode_command(r: &mut Reader<'_>, data_len: usize) -> Result<Command, BatchD
                 1 => true,
                 other => return Err(BatchDecodeError(format!("decision flag {other}"))),
             };
+            let version = r.u64()?;
             if tag == 16 {
-                Command::TxnDecide { txn, commit }
+                Command::TxnDecide {
+                    txn,
+                    commit,
+                    at_least: version,
+                }
             } else {
-                Command::TxnResolve { txn, commit }
+                Command::TxnResolve {
+                    txn,
+                    commit,
+                    version,
+                }
             }
         }
         18 => Command::TxnForget { txn: r.u64()? },
@@ -750,10 +806,12 @@ mod tests {
             Command::TxnDecide {
                 txn: 42,
                 commit: true,
+                at_least: 7,
             },
             Command::TxnResolve {
                 txn: 42,
                 commit: false,
+                version: 9,
             },
             Command::TxnForget { txn: 42 },
         ];
@@ -779,10 +837,25 @@ mod tests {
         let mut encoder = BatchEncoder::new();
         encoder.push(&command);
         let untimed_len = encoder.len_bytes();
-        let data = encoder.finish_at(1_796_458_245_123);
+        let data = encoder.finish_at(1_796_458_245_123, 77);
         assert_eq!(
             decode_batch_timed(&data).unwrap(),
             (vec![command.clone()], Some(1_796_458_245_123))
+        );
+        assert_eq!(
+            decode_batch_meta(&data).unwrap().1,
+            BatchMeta {
+                time: Some(1_796_458_245_123),
+                floor: 77
+            }
+        );
+        // A batch logged with a time and no floor (before versions came from the clock).
+        assert_eq!(
+            decode_batch_meta(&data[..untimed_len + 9]).unwrap().1,
+            BatchMeta {
+                time: Some(1_796_458_245_123),
+                floor: 0
+            }
         );
         assert_eq!(decode_batch(&data).unwrap(), vec![command.clone()]);
         // Without its time it is a batch as logged before times were recorded.
@@ -790,7 +863,7 @@ mod tests {
             decode_batch_timed(&data[..untimed_len]).unwrap(),
             (vec![command], None)
         );
-        for cut in untimed_len + 1..data.len() {
+        for cut in (untimed_len + 1..data.len()).filter(|&cut| cut != untimed_len + 9) {
             assert!(decode_batch_timed(&data[..cut]).is_err(), "cut at {cut}");
         }
         let mut wrong_tag = data.clone();

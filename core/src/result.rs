@@ -72,12 +72,16 @@ pub enum CommandResult {
     },
     /// A transaction's part on one shard: one result per command, in order (a transaction
     /// refused as a whole answers `Refused` instead).
+    /// `version`: the one version all of the part's writes took (ADR 0023).
     Many {
+        version: u64,
         results: Vec<CommandResult>,
     },
-    /// A transaction's decision, as the primary shard recorded it.
+    /// A transaction's decision, as the primary shard recorded it; `version` is the commit
+    /// version (a prepare's answer: the prepare's own version; an abort: 0).
     Decided {
         commit: bool,
+        version: u64,
     },
 }
 
@@ -163,8 +167,9 @@ impl CommandResult {
                     }
                 }
             }
-            CommandResult::Many { results } => {
+            CommandResult::Many { version, results } => {
                 out.push(13);
+                out.extend_from_slice(&version.to_le_bytes());
                 out.extend_from_slice(&(results.len() as u32).to_le_bytes());
                 for result in results {
                     assert!(
@@ -174,9 +179,10 @@ impl CommandResult {
                     result.encode_into(out);
                 }
             }
-            CommandResult::Decided { commit } => {
+            CommandResult::Decided { commit, version } => {
                 out.push(14);
                 out.push(u8::from(*commit));
+                out.extend_from_slice(&version.to_le_bytes());
             }
         }
     }
@@ -233,6 +239,7 @@ impl CommandResult {
                 },
             },
             13 => {
+                let version = r.u64()?;
                 let count = r.u32()? as usize;
                 if count > bytes.len() - r.at {
                     return Err(ResultDecodeError(format!(
@@ -248,9 +255,12 @@ impl CommandResult {
                     r.at += took;
                     results.push(result);
                 }
-                CommandResult::Many { results }
+                CommandResult::Many { version, results }
             }
-            14 => CommandResult::Decided { commit: r.flag()? },
+            14 => CommandResult::Decided {
+                commit: r.flag()?,
+                version: r.u64()?,
+            },
             tag => return Err(ResultDecodeError(format!("unknown result tag {tag}"))),
         };
         Ok((result, r.at))
@@ -324,12 +334,16 @@ mod tests {
                 found: Some((7, b"v".to_vec())),
             },
             CommandResult::Many {
+                version: 11,
                 results: vec![
                     CommandResult::Integer { value: 1 },
                     CommandResult::Value { found: None },
                 ],
             },
-            CommandResult::Decided { commit: true },
+            CommandResult::Decided {
+                commit: true,
+                version: 12,
+            },
             CommandResult::Document {
                 reply: b"{}".to_vec(),
             },

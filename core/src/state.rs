@@ -4,13 +4,15 @@
 //! log order, the request path reads from it. [`MemStore`] keeps everything in an ordered map
 //! rebuilt from the log at start; the paged B+tree replaces it behind the same trait.
 //!
-//! Versions: every applied write gets the next value of a shard-wide counter. Replay applies
-//! the same entries in the same order, so versions are deterministic and survive restarts.
+//! Versions (ADR 0023): every command takes `max(last version + 1, its batch's floor)`, and all
+//! of its writes share it; the floor comes from the proposing node's hybrid clock and is in
+//! the entry. Replay applies the same entries in the same order, so versions are
+//! deterministic and survive restarts.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
-use crate::command::{decode_batch, BatchDecodeError, Command};
+use crate::command::{decode_batch_meta, BatchDecodeError, Command};
 use crate::doc::command::DocErrorKind;
 pub use crate::result::CommandResult;
 use crate::sessions::SessionRecord;
@@ -42,11 +44,13 @@ pub struct MemStore {
     map: BTreeMap<Vec<u8>, Versioned>,
     applied_index: u64,
     last_version: u64,
+    /// The version of the command being applied.
+    command_version: Option<u64>,
     /// Client sessions' records (ADR 0018), as the paged store keeps them in its tree.
     sessions: BTreeMap<u64, SessionRecord>,
     /// Prepared transactions' commands and recorded decisions (ADR 0022).
     prepared: BTreeMap<u64, Vec<Command>>,
-    decided: BTreeMap<u64, bool>,
+    decided: BTreeMap<u64, (bool, u64)>,
 }
 
 impl MemStore {
@@ -54,9 +58,17 @@ impl MemStore {
         MemStore::default()
     }
 
+    /// The version a write of the current command takes.
     fn next_version(&mut self) -> u64 {
-        self.last_version += 1;
-        self.last_version
+        self.command_version
+            .expect("writes happen inside a command being applied")
+    }
+
+    /// Moves the current command (or transaction part) to `version`, which may lie below
+    /// the last one (a participant's part of a transaction decided elsewhere).
+    fn fix_version(&mut self, version: u64) {
+        self.last_version = self.last_version.max(version);
+        self.command_version = Some(version);
     }
 
     fn apply_command(&mut self, command: Command) -> CommandResult {
@@ -209,25 +221,50 @@ impl MemStore {
             },
             Command::Txn { commands, .. } => self.apply_steps(commands),
             Command::TxnPrepare { txn, commands, .. } => {
-                if self.decided.get(&txn) == Some(&false) {
-                    return CommandResult::Decided { commit: false };
+                if matches!(self.decided.get(&txn), Some((false, _))) {
+                    return CommandResult::Decided {
+                        commit: false,
+                        version: 0,
+                    };
                 }
                 self.prepared.insert(txn, commands);
-                CommandResult::Decided { commit: true }
-            }
-            Command::TxnDecide { txn, commit } => {
-                if let Some(&recorded) = self.decided.get(&txn) {
-                    return CommandResult::Decided { commit: recorded };
+                CommandResult::Decided {
+                    commit: true,
+                    version: self.next_version(),
                 }
-                self.decided.insert(txn, commit);
+            }
+            Command::TxnDecide {
+                txn,
+                commit,
+                at_least,
+            } => {
+                if let Some(&(commit, version)) = self.decided.get(&txn) {
+                    return CommandResult::Decided { commit, version };
+                }
+                let version = if commit {
+                    let version = self.next_version().max(at_least);
+                    self.fix_version(version);
+                    version
+                } else {
+                    0
+                };
+                self.decided.insert(txn, (commit, version));
                 match self.finish_prepared(txn, commit) {
                     Some(result @ CommandResult::Many { .. }) => result,
-                    _ => CommandResult::Decided { commit },
+                    _ => CommandResult::Decided { commit, version },
                 }
             }
-            Command::TxnResolve { txn, commit } => self
-                .finish_prepared(txn, commit)
-                .unwrap_or(CommandResult::Decided { commit }),
+            Command::TxnResolve {
+                txn,
+                commit,
+                version,
+            } => {
+                if commit && version != 0 {
+                    self.fix_version(version);
+                }
+                self.finish_prepared(txn, commit)
+                    .unwrap_or(CommandResult::Decided { commit, version })
+            }
             Command::TxnForget { txn } => {
                 self.decided.remove(&txn);
                 CommandResult::Skipped
@@ -237,6 +274,7 @@ impl MemStore {
 
     fn apply_steps(&mut self, commands: Vec<Command>) -> CommandResult {
         CommandResult::Many {
+            version: self.next_version(),
             results: commands
                 .into_iter()
                 .map(|c| self.apply_command(c))
@@ -249,7 +287,10 @@ impl MemStore {
         Some(if commit {
             self.apply_steps(commands)
         } else {
-            CommandResult::Decided { commit: false }
+            CommandResult::Decided {
+                commit: false,
+                version: 0,
+            }
         })
     }
 }
@@ -260,10 +301,16 @@ impl StateMachine for MemStore {
             index > self.applied_index,
             "entry {index} applied twice or out of order"
         );
-        let commands = decode_batch(batch)?;
+        let (commands, meta) = decode_batch_meta(batch)?;
         let results = commands
             .into_iter()
-            .map(|c| self.apply_command(c))
+            .map(|c| {
+                self.last_version = (self.last_version + 1).max(meta.floor);
+                self.command_version = Some(self.last_version);
+                let result = self.apply_command(c);
+                self.command_version = None;
+                result
+            })
             .collect();
         self.applied_index = index;
         Ok(results)
@@ -375,13 +422,14 @@ mod tests {
                 CommandResult::VersionMismatch { current: 1 }
             ]
         );
+        // Every command takes a version, a refused one too (the second CAS took 2).
         let r = store
-            .apply(2, &batch(&[cas(1, Some("c")), cas(2, None)]))
+            .apply(2, &batch(&[cas(1, Some("c")), cas(3, None)]))
             .unwrap();
         assert_eq!(
             r,
             vec![
-                CommandResult::Written { version: 2 },
+                CommandResult::Written { version: 3 },
                 CommandResult::Written { version: 0 }
             ]
         );

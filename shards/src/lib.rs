@@ -14,6 +14,7 @@
 pub mod archive;
 pub mod ask;
 pub mod checkpoint_task;
+pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod conn;

@@ -555,6 +555,7 @@ async fn open_shard(setup: &CoreSetup) -> Result<ShardCore<DmaDisk, ReplyTo>, St
     .await
     .map_err(|e| format!("shard {} cannot start: {e}", setup.core))?;
     let mut shard = shard;
+    shard.set_clock(Arc::clone(&setup.transactions.clock));
     if let Some(dir) = &setup.archive_dir {
         let archive = crate::archive::DirArchive::new(dir)
             .map_err(|e| format!("cannot create the archive {}: {e}", dir.display()))?;

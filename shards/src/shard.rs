@@ -223,6 +223,8 @@ pub struct ShardCore<D: LogDisk + Clone, R> {
     cluster_view: Option<(String, Vec<NodeView>)>,
     /// Where log segments are archived (`set_archive`).
     archive: Option<std::rc::Rc<dyn kvs_core::log::SegmentArchive>>,
+    /// The node's hybrid clock (`set_clock`): each proposal's version floor.
+    clock: std::sync::Arc<crate::clock::Clock>,
 }
 
 /// Replies a step produced, and reads to answer in tasks of their own (they need the disk,
@@ -326,7 +328,17 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
             disk_reads: DiskReads::default(),
             pipeline_when_queued: crate::shard_ops::PIPELINE_WHEN_QUEUED,
             archive: None,
+            clock: Default::default(),
         })
+    }
+
+    /// Shares the node's hybrid clock (ADR 0023) with this shard.
+    pub fn set_clock(&mut self, clock: std::sync::Arc<crate::clock::Clock>) {
+        self.clock = clock;
+    }
+
+    pub fn clock(&self) -> &crate::clock::Clock {
+        &self.clock
     }
 
     /// Archives the log's segments before deleting them (`kvsd --archive-dir`), from now on
@@ -742,10 +754,8 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
             !origins.contains(&NO_ORIGIN),
             "origins that keep no order are not recorded"
         );
-        match self
-            .peer
-            .propose(encoder.finish_at(kvs_core::sessions::wall_clock_ms()))
-        {
+        let data = encoder.finish_at(kvs_core::sessions::wall_clock_ms(), self.clock.next());
+        match self.peer.propose(data) {
             Ok((index, term)) => {
                 // Proposals of an earlier term at this index or after it are gone from this
                 // peer's log: another leader's entries replaced them.
@@ -833,7 +843,9 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
                 break;
             }
             let (index, term) = (entry.index, entry.term);
-            let mut results = match self.peer.apply(entry).await {
+            let applied = self.peer.apply(entry).await;
+            self.clock.observe(self.peer.store().last_version());
+            let mut results = match applied {
                 Ok(applied) => applied.map(|a| a.results),
                 Err(error) => {
                     output.extend(self.fail(error));

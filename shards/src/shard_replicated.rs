@@ -178,10 +178,8 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
         encoder.push(&Command::ExpireSessions {
             before_ms: now_ms.saturating_sub(SESSION_TTL_MS),
         });
-        if let Err(error) = self
-            .peer
-            .propose(encoder.finish_at(kvs_core::sessions::wall_clock_ms()))
-        {
+        let data = encoder.finish_at(kvs_core::sessions::wall_clock_ms(), self.clock().next());
+        if let Err(error) = self.peer.propose(data) {
             tracing::warn!(shard = self.shard, %error, "proposing the expiry of client sessions failed");
         }
     }

@@ -28,7 +28,7 @@ pub type Refusal = (ErrorCode, String);
 /// What a shard's reply to a step means: its results, or why not.
 fn results_of(reply: ShardReply) -> Result<Vec<CommandResult>, Refusal> {
     match reply {
-        ShardReply::Written(CommandResult::Many { results }) => Ok(results),
+        ShardReply::Written(CommandResult::Many { results, .. }) => Ok(results),
         ShardReply::Written(CommandResult::OutcomeUnknown { reason }) => {
             Err((ErrorCode::OutcomeUnknown, reason))
         }
@@ -180,10 +180,16 @@ async fn two_phase(
         .collect::<Vec<_>>();
     let shards: Vec<u32> = prepares.iter().map(|(s, _)| *s).collect();
     let mut refusal = None;
+    // The commit version must lie above every participant's prepare (ADR 0023): their keys
+    // were locked then, so the transaction's writes are each key's newest.
+    let mut highest_prepare = 0;
     for reply in ask_all(ctx, prepares).await {
         match reply {
-            ShardReply::Written(CommandResult::Decided { commit: true }) => {}
-            ShardReply::Written(CommandResult::Decided { commit: false }) => {
+            ShardReply::Written(CommandResult::Decided {
+                commit: true,
+                version,
+            }) => highest_prepare = highest_prepare.max(version),
+            ShardReply::Written(CommandResult::Decided { commit: false, .. }) => {
                 refusal.get_or_insert((
                     ErrorCode::TxnConflict,
                     format!("transaction {txn:#x} was aborted by a recovery"),
@@ -201,14 +207,18 @@ async fn two_phase(
     let decide = Command::TxnDecide {
         txn,
         commit: refusal.is_none(),
+        at_least: highest_prepare + 1,
     };
     let mut results = BTreeMap::new();
-    let committed = match settle(ctx, primary, decide).await {
-        ShardReply::Written(CommandResult::Many { results: own }) => {
+    let (committed, version) = match settle(ctx, primary, decide).await {
+        ShardReply::Written(CommandResult::Many {
+            version,
+            results: own,
+        }) => {
             results.insert(primary, own);
-            true
+            (true, version)
         }
-        ShardReply::Written(CommandResult::Decided { commit }) => commit,
+        ShardReply::Written(CommandResult::Decided { commit, version }) => (commit, version),
         other => {
             // The decision's fate is unknown: the participants stay prepared (their keys
             // locked) until a recovery asks the primary.
@@ -233,6 +243,7 @@ async fn two_phase(
         let resolve = Command::TxnResolve {
             txn,
             commit: committed,
+            version,
         };
         settle(ctx, shard, resolve)
     }))
@@ -240,7 +251,7 @@ async fn two_phase(
     let mut all_resolved = true;
     for (shard, reply) in resolved.into_iter().zip(replies) {
         match reply {
-            ShardReply::Written(CommandResult::Many { results: part }) => {
+            ShardReply::Written(CommandResult::Many { results: part, .. }) => {
                 results.insert(shard, part);
             }
             ShardReply::Written(CommandResult::Decided { .. }) => {}
@@ -282,11 +293,17 @@ pub async fn recover(ctx: &CoreContext, shard: u32, node_id: u64, prepared: Vec<
                 crate::runtime::sleep(wait).await;
             }
         }
-        let decide = Command::TxnDecide { txn, commit: false };
-        let commit = loop {
+        let decide = Command::TxnDecide {
+            txn,
+            commit: false,
+            at_least: 0,
+        };
+        let (commit, version) = loop {
             match ask(ctx, record.primary, ShardOp::Write(decide.clone())).await {
-                ShardReply::Written(CommandResult::Decided { commit }) => break commit,
-                ShardReply::Written(CommandResult::Many { .. }) => break true,
+                ShardReply::Written(CommandResult::Decided { commit, version }) => {
+                    break (commit, version)
+                }
+                ShardReply::Written(CommandResult::Many { version, .. }) => break (true, version),
                 other => {
                     tracing::warn!(txn, shard, ?other, "asking a transaction's primary again");
                     crate::runtime::sleep(std::time::Duration::from_secs(1)).await;
@@ -294,7 +311,11 @@ pub async fn recover(ctx: &CoreContext, shard: u32, node_id: u64, prepared: Vec<
             }
         };
         if record.primary != shard {
-            let resolve = Command::TxnResolve { txn, commit };
+            let resolve = Command::TxnResolve {
+                txn,
+                commit,
+                version,
+            };
             let reply = ask(ctx, shard, ShardOp::Write(resolve)).await;
             if let ShardReply::Error(code, message) = reply {
                 tracing::error!(txn, shard, %code, message, "resolving a prepared transaction");

@@ -20,6 +20,8 @@ pub struct Transactions {
     pub txn_timeout: Duration,
     pub node_id: u64,
     last_id: AtomicU64,
+    /// The node's hybrid clock (ADR 0023), shared by its shards.
+    pub clock: Arc<crate::clock::Clock>,
 }
 
 impl Transactions {
@@ -30,6 +32,7 @@ impl Transactions {
             txn_timeout,
             node_id,
             last_id: AtomicU64::new(0),
+            clock: Arc::default(),
         }
     }
 

@@ -6,7 +6,7 @@ use super::page::{encode_extent, extent_pages, Value, PAGE_SIZE};
 use super::tree::needs_extent;
 use super::txn::{step_into_tree_keys, PreparedTxn};
 use super::{PagedStore, StoreError, PREFERRED_LEADER, SPACE_CLUSTER, SPACE_KV};
-use crate::command::{decode_batch, Command};
+use crate::command::{decode_batch_meta, Command};
 use crate::log::LogFile;
 use crate::state::CommandResult;
 
@@ -72,7 +72,7 @@ impl<F: LogFile> PagedStore<F> {
         if index <= applied {
             return Ok(Vec::new());
         }
-        let mut commands = decode_batch(batch).map_err(|e| StoreError::Apply {
+        let (mut commands, meta) = decode_batch_meta(batch).map_err(|e| StoreError::Apply {
             index,
             detail: e.to_string(),
         })?;
@@ -99,11 +99,17 @@ impl<F: LogFile> PagedStore<F> {
             }
             self.make_room_for_writes().await?;
             self.in_command.set(true);
+            {
+                let mut st = self.state.borrow_mut();
+                st.last_version = (st.last_version + 1).max(meta.floor);
+                self.command_version.set(st.last_version);
+            }
             let result = match command {
                 Command::Once { .. } => self.apply_once(index, command).await,
                 command => self.apply_command(index, command, written).await,
             };
             self.in_command.set(false);
+            self.command_version.set(0);
             match result {
                 Ok(result) => results.push(result),
                 Err(e) => {
@@ -386,16 +392,25 @@ impl<F: LogFile> PagedStore<F> {
                     coordinator,
                     deadline_ms,
                     commands,
+                    version: 0,
                 };
                 self.apply_prepare(index, record).await?
             }
-            Command::TxnDecide { txn, commit } => {
-                let result = self.apply_decide(index, txn, commit).await?;
+            Command::TxnDecide {
+                txn,
+                commit,
+                at_least,
+            } => {
+                let result = self.apply_decide(index, txn, commit, at_least).await?;
                 self.finished(txn);
                 result
             }
-            Command::TxnResolve { txn, commit } => {
-                let result = self.apply_resolve(index, txn, commit).await?;
+            Command::TxnResolve {
+                txn,
+                commit,
+                version,
+            } => {
+                let result = self.apply_resolve(index, txn, commit, version).await?;
                 self.finished(txn);
                 result
             }

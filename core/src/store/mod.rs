@@ -230,6 +230,9 @@ pub struct PagedStore<F: LogFile> {
     hot: RefCell<HotCache>,
     /// A command is between its first and last tree change: no checkpoint may seal now.
     in_command: Cell<bool>,
+    /// The version the command being applied writes at (ADR 0023): all of a command's
+    /// writes share it.
+    command_version: Cell<u64>,
     checkpoint_running: Cell<bool>,
     checkpoint_done: Signal,
     /// Set after an error in the middle of a command: the in-memory tree may be half-changed.
@@ -424,6 +427,7 @@ impl<F: LogFile> PagedStore<F> {
             state: RefCell::new(state),
             hot: RefCell::new(HotCache::new(config.hot_cache_bytes)),
             in_command: Cell::new(false),
+            command_version: Cell::new(0),
             checkpoint_running: Cell::new(false),
             checkpoint_done: Signal::default(),
             poisoned: Cell::new(false),
@@ -453,6 +457,11 @@ impl<F: LogFile> PagedStore<F> {
 
     pub fn applied_index(&self) -> u64 {
         self.state.borrow().applied_index
+    }
+
+    /// The newest version applied (ADR 0023).
+    pub fn last_version(&self) -> u64 {
+        self.state.borrow().last_version
     }
 
     /// Key-value pairs stored (documents and index entries are not counted).

@@ -4,7 +4,9 @@
 //!
 //! - `[SPACE_CLUSTER, 'P', txn]`: a participant's prepared commands, with the primary shard,
 //!   the coordinating node and the deadline (`PreparedTxn`);
-//! - `[SPACE_CLUSTER, 'X', txn]`: the primary's decision, one byte (1 commit, 0 abort).
+//! - `[SPACE_CLUSTER, 'X', txn]`: the primary's decision, one byte (1 commit, 0 abort), then
+//!   the commit version (8 bytes LE, ADR 0023; absent in records written before versions
+//!   came from the clock).
 //!
 //! Every step is one command of one entry: a checkpoint never falls inside it, so a crash
 //! leaves a step either wholly applied or not at all.
@@ -37,6 +39,9 @@ pub struct PreparedTxn {
     pub deadline_ms: u64,
     /// The prepared commands, user keys (as the client sent them).
     pub commands: Vec<Command>,
+    /// The prepare's version (its commit version will be above it); 0 when not known
+    /// (listed at start), which a snapshot read treats as "may commit below you".
+    pub version: u64,
 }
 
 impl PreparedTxn {
@@ -60,6 +65,7 @@ impl PreparedTxn {
             coordinator,
             deadline_ms,
             commands,
+            version: 0,
         })
     }
 
@@ -113,22 +119,29 @@ impl<F: LogFile> PagedStore<F> {
             };
             results.push(result);
         }
-        Ok(CommandResult::Many { results })
+        Ok(CommandResult::Many {
+            version: self.command_version(),
+            results,
+        })
     }
 
-    async fn decision(&self, txn: u64) -> Result<Option<bool>, StoreError> {
-        Ok(self
-            .current(&txn_key(DECIDED, txn))
-            .await?
-            .map(|(_, value)| value.first() == Some(&1)))
+    /// The recorded decision and its commit version.
+    async fn decision(&self, txn: u64) -> Result<Option<(bool, u64)>, StoreError> {
+        Ok(self.current(&txn_key(DECIDED, txn)).await?.map(|(_, value)| {
+            let version = value
+                .get(1..9)
+                .and_then(|b| b.try_into().ok())
+                .map_or(0, u64::from_le_bytes);
+            (value.first() == Some(&1), version)
+        }))
     }
 
     async fn prepared(&self, index: u64, txn: u64) -> Result<Option<PreparedTxn>, StoreError> {
         match self.current(&txn_key(PREPARED, txn)).await? {
             None => Ok(None),
-            Some((_, bytes)) => {
+            Some((version, bytes)) => {
                 PreparedTxn::decode(txn, &bytes)
-                    .map(Some)
+                    .map(|record| Some(PreparedTxn { version, ..record }))
                     .ok_or_else(|| StoreError::Apply {
                         index,
                         detail: format!("prepared transaction {txn:#x}: malformed record"),
@@ -145,13 +158,22 @@ impl<F: LogFile> PagedStore<F> {
         index: u64,
         record: PreparedTxn,
     ) -> Result<CommandResult, StoreError> {
-        if self.decision(record.txn).await? == Some(false) {
-            return Ok(CommandResult::Decided { commit: false });
+        if matches!(self.decision(record.txn).await?, Some((false, _))) {
+            return Ok(CommandResult::Decided {
+                commit: false,
+                version: 0,
+            });
         }
-        self.put(index, txn_key(PREPARED, record.txn), record.encode())
+        let (version, _) = self
+            .put(index, txn_key(PREPARED, record.txn), record.encode())
             .await?;
-        self.prepared_txns.borrow_mut().push(record);
-        Ok(CommandResult::Decided { commit: true })
+        self.prepared_txns
+            .borrow_mut()
+            .push(PreparedTxn { version, ..record });
+        Ok(CommandResult::Decided {
+            commit: true,
+            version,
+        })
     }
 
     /// Applies (or drops) a prepared transaction's commands and forgets the record. `None`
@@ -167,45 +189,64 @@ impl<F: LogFile> PagedStore<F> {
         };
         self.delete(index, &txn_key(PREPARED, txn)).await?;
         if !commit {
-            return Ok(Some(CommandResult::Decided { commit: false }));
+            return Ok(Some(CommandResult::Decided {
+                commit: false,
+                version: 0,
+            }));
         }
         let mut commands = record.commands;
         commands.iter_mut().for_each(step_into_tree_keys);
         Ok(Some(self.apply_steps(index, commands).await?))
     }
 
-    /// The commit point, on the primary: the first decision recorded wins. A commit also
-    /// applies the primary's own prepared commands (answered with their results, `Many`);
-    /// otherwise the answer is the recorded decision.
+    /// The commit point, on the primary: the first decision recorded wins. A commit takes a
+    /// version of at least `at_least` (above every participant's prepare), recorded with the
+    /// decision, and applies the primary's own prepared commands at it (answered with their
+    /// results, `Many`); otherwise the answer is the recorded decision.
     pub(super) async fn apply_decide(
         &self,
         index: u64,
         txn: u64,
         commit: bool,
+        at_least: u64,
     ) -> Result<CommandResult, StoreError> {
-        if let Some(recorded) = self.decision(txn).await? {
-            return Ok(CommandResult::Decided { commit: recorded });
+        if let Some((commit, version)) = self.decision(txn).await? {
+            return Ok(CommandResult::Decided { commit, version });
         }
-        self.put(index, txn_key(DECIDED, txn), vec![u8::from(commit)])
-            .await?;
+        let version = if commit {
+            let version = self.command_version().max(at_least);
+            self.fix_version(version);
+            version
+        } else {
+            0
+        };
+        let mut record = vec![u8::from(commit)];
+        record.extend_from_slice(&version.to_le_bytes());
+        self.put(index, txn_key(DECIDED, txn), record).await?;
         Ok(match self.finish_prepared(index, txn, commit).await? {
             Some(result @ CommandResult::Many { .. }) => result,
-            _ => CommandResult::Decided { commit },
+            _ => CommandResult::Decided { commit, version },
         })
     }
 
     /// Phase two on a participant: its prepared commands applied (answered `Many`) or
     /// dropped; `Decided { commit }` when nothing was prepared here any more.
+    /// A commit's writes take exactly `version`, the primary's (0: a decision recorded before
+    /// versions came from the clock; the writes then take this command's own).
     pub(super) async fn apply_resolve(
         &self,
         index: u64,
         txn: u64,
         commit: bool,
+        version: u64,
     ) -> Result<CommandResult, StoreError> {
+        if commit && version != 0 {
+            self.fix_version(version);
+        }
         Ok(self
             .finish_prepared(index, txn, commit)
             .await?
-            .unwrap_or(CommandResult::Decided { commit }))
+            .unwrap_or(CommandResult::Decided { commit, version }))
     }
 
     /// Drops the primary's decision record.
@@ -267,6 +308,6 @@ impl<F: LogFile> PagedStore<F> {
 
     /// The decision the primary recorded for `txn`, if any (a read of applied state).
     pub async fn transaction_decision(&self, txn: u64) -> Result<Option<bool>, StoreError> {
-        self.decision(txn).await
+        Ok(self.decision(txn).await?.map(|(commit, _)| commit))
     }
 }

@@ -112,25 +112,32 @@ fn run(steps: usize, commit_wanted: bool, seed: u64) {
             }],
         };
         let vote = shard.append(prepare, &mut rng);
-        assert_eq!(vote, CommandResult::Decided { commit: true });
+        assert!(matches!(vote, CommandResult::Decided { commit: true, .. }));
         done += 1;
     }
     if done < steps {
         let decide = Command::TxnDecide {
             txn: TXN,
             commit: commit_wanted,
+            at_least: 0,
         };
         let result = shards[0].append(decide, &mut rng);
-        decided = Some(!matches!(result, CommandResult::Decided { commit: false }));
+        decided = Some(match result {
+            CommandResult::Decided { commit, version } => (commit, version),
+            CommandResult::Many { version, .. } => (true, version),
+            other => panic!("decide answered {other:?}"),
+        });
         done += 1;
     }
     for shard in shards.iter_mut().skip(1) {
         if done == steps {
             break;
         }
+        let (commit, version) = decided.expect("decided before resolving");
         let resolve = Command::TxnResolve {
             txn: TXN,
-            commit: decided.expect("decided before resolving"),
+            commit,
+            version,
         };
         shard.append(resolve, &mut rng);
         done += 1;
@@ -147,14 +154,19 @@ fn run(steps: usize, commit_wanted: bool, seed: u64) {
             let decide = Command::TxnDecide {
                 txn: TXN,
                 commit: false,
+                at_least: 0,
             };
-            let commit = match shards[0].append(decide, &mut rng) {
-                CommandResult::Decided { commit } => commit,
-                CommandResult::Many { .. } => true,
+            let (commit, version) = match shards[0].append(decide, &mut rng) {
+                CommandResult::Decided { commit, version } => (commit, version),
+                CommandResult::Many { version, .. } => (true, version),
                 other => panic!("decide answered {other:?}"),
             };
             if i != 0 {
-                let resolve = Command::TxnResolve { txn: TXN, commit };
+                let resolve = Command::TxnResolve {
+                    txn: TXN,
+                    commit,
+                    version,
+                };
                 shards[i].append(resolve, &mut rng);
             }
         }
@@ -169,13 +181,13 @@ fn run(steps: usize, commit_wanted: bool, seed: u64) {
         applied == 0 || applied == SHARDS,
         "steps {steps}, seed {seed}: half applied: {values:?}"
     );
-    if decided == Some(true) {
+    if decided.map(|(commit, _)| commit) == Some(true) {
         assert_eq!(
             applied, SHARDS,
             "steps {steps}, seed {seed}: a decided commit was lost"
         );
     }
-    if decided != Some(true) {
+    if decided.map(|(commit, _)| commit) != Some(true) {
         assert_eq!(
             applied, 0,
             "steps {steps}, seed {seed}: applied with no commit decided"

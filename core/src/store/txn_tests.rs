@@ -48,7 +48,8 @@ fn shape(result: &CommandResult) -> String {
                 .as_ref()
                 .map(|(_, v)| String::from_utf8_lossy(v).to_string())
         ),
-        CommandResult::Many { results } => {
+        CommandResult::Decided { commit, .. } => format!("Decided {{ commit: {commit} }}"),
+        CommandResult::Many { results, .. } => {
             format!(
                 "[{}]",
                 results.iter().map(shape).collect::<Vec<_>>().join(", ")
@@ -91,16 +92,19 @@ fn transactions_apply_alike_in_the_store_and_the_model_and_prepared_ones_survive
         vec![Command::TxnDecide {
             txn: 2,
             commit: true,
+            at_least: 0,
         }],
         vec![Command::TxnDecide {
             txn: 2,
             commit: false,
+            at_least: 0,
         }],
         vec![Command::TxnForget { txn: 2 }],
         // An abort decided before the prepare arrives: the prepare is refused.
         vec![Command::TxnDecide {
             txn: 4,
             commit: false,
+            at_least: 0,
         }],
         vec![prepare(4, vec![put("c", "4")])],
         // A participant resolves what it prepared, once.
@@ -108,15 +112,18 @@ fn transactions_apply_alike_in_the_store_and_the_model_and_prepared_ones_survive
         vec![Command::TxnResolve {
             txn: 5,
             commit: true,
+            version: 0,
         }],
         vec![Command::TxnResolve {
             txn: 5,
             commit: true,
+            version: 0,
         }],
         vec![prepare(6, vec![put("e", "6")])],
         vec![Command::TxnResolve {
             txn: 6,
             commit: false,
+            version: 0,
         }],
         // Left prepared across the crash.
         vec![prepare(
@@ -183,6 +190,7 @@ fn transactions_apply_alike_in_the_store_and_the_model_and_prepared_ones_survive
         &batch(&[Command::TxnDecide {
             txn: 7,
             commit: true,
+            at_least: 0,
         }]),
     ))
     .unwrap();

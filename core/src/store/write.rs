@@ -9,10 +9,25 @@ use crate::log::LogFile;
 use crate::state::Versioned;
 
 impl<F: LogFile> PagedStore<F> {
+    /// The version a write of the current command takes: the command's own (ADR 0023).
     fn next_version(&self) -> u64 {
+        let version = self.command_version.get();
+        assert!(version != 0, "writes happen inside a command being applied");
+        version
+    }
+
+    /// Moves the current command (or transaction part) to `version`, which may lie below
+    /// the last one (a participant's part of a transaction decided elsewhere).
+    pub(super) fn fix_version(&self, version: u64) {
+        assert!(version != 0);
         let mut st = self.state.borrow_mut();
-        st.last_version += 1;
-        st.last_version
+        st.last_version = st.last_version.max(version);
+        self.command_version.set(version);
+    }
+
+    /// The version of the command being applied.
+    pub(super) fn command_version(&self) -> u64 {
+        self.command_version.get()
     }
 
     /// Stores `value` under `key` with a new version; returns the version and the value it
