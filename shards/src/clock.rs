@@ -64,7 +64,10 @@ mod tests {
         assert!(b > a);
         let ahead = b + (5_000 << LOGICAL_BITS);
         clock.observe(ahead);
-        assert!(clock.next() > ahead, "a clock ahead of wall time keeps counting");
+        assert!(
+            clock.next() > ahead,
+            "a clock ahead of wall time keeps counting"
+        );
         clock.observe(a);
         assert!(clock.last() > ahead, "observing the past changes nothing");
     }

@@ -42,13 +42,17 @@ pub mod hot;
 pub mod key;
 pub mod page;
 mod read;
+mod read_at;
 pub mod sessions;
 pub mod snapshot;
 pub mod tree;
 pub mod txn;
 pub mod verify;
+pub mod versions;
 mod write;
 
+#[cfg(test)]
+mod read_at_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
@@ -267,6 +271,8 @@ pub struct PagedStore<F: LogFile> {
     backups: RefCell<backup::Backups>,
     /// The preferred leader recorded in the tree, once read (None: not read yet).
     preferred_leader: Cell<Option<Option<u64>>>,
+    /// Entries replaced while snapshots are open (ADR 0023).
+    history: RefCell<versions::History>,
 }
 
 async fn read_bytes<F: LogFile>(
@@ -428,6 +434,7 @@ impl<F: LogFile> PagedStore<F> {
             hot: RefCell::new(HotCache::new(config.hot_cache_bytes)),
             in_command: Cell::new(false),
             command_version: Cell::new(0),
+            history: RefCell::default(),
             checkpoint_running: Cell::new(false),
             checkpoint_done: Signal::default(),
             poisoned: Cell::new(false),

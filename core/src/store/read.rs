@@ -108,7 +108,7 @@ impl<F: LogFile> PagedStore<F> {
     }
 
     /// The value an entry holds, reading its extent if it has one.
-    async fn value_of(
+    pub(super) async fn value_of(
         &self,
         entry: &Entry,
     ) -> Result<Result<Vec<u8>, page::PageError>, StoreError> {

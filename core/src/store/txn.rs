@@ -127,26 +127,27 @@ impl<F: LogFile> PagedStore<F> {
 
     /// The recorded decision and its commit version.
     async fn decision(&self, txn: u64) -> Result<Option<(bool, u64)>, StoreError> {
-        Ok(self.current(&txn_key(DECIDED, txn)).await?.map(|(_, value)| {
-            let version = value
-                .get(1..9)
-                .and_then(|b| b.try_into().ok())
-                .map_or(0, u64::from_le_bytes);
-            (value.first() == Some(&1), version)
-        }))
+        Ok(self
+            .current(&txn_key(DECIDED, txn))
+            .await?
+            .map(|(_, value)| {
+                let version = value
+                    .get(1..9)
+                    .and_then(|b| b.try_into().ok())
+                    .map_or(0, u64::from_le_bytes);
+                (value.first() == Some(&1), version)
+            }))
     }
 
     async fn prepared(&self, index: u64, txn: u64) -> Result<Option<PreparedTxn>, StoreError> {
         match self.current(&txn_key(PREPARED, txn)).await? {
             None => Ok(None),
-            Some((version, bytes)) => {
-                PreparedTxn::decode(txn, &bytes)
-                    .map(|record| Some(PreparedTxn { version, ..record }))
-                    .ok_or_else(|| StoreError::Apply {
-                        index,
-                        detail: format!("prepared transaction {txn:#x}: malformed record"),
-                    })
-            }
+            Some((version, bytes)) => PreparedTxn::decode(txn, &bytes)
+                .map(|record| Some(PreparedTxn { version, ..record }))
+                .ok_or_else(|| StoreError::Apply {
+                    index,
+                    detail: format!("prepared transaction {txn:#x}: malformed record"),
+                }),
         }
     }
 

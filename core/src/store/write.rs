@@ -85,9 +85,7 @@ impl<F: LogFile> PagedStore<F> {
             match wrote {
                 Ok(()) => {
                     let old = replaced.expect("a write through the cache replaced an entry");
-                    if let Value::Extent { first, pages, .. } = old.value {
-                        st.free_extent(first, pages);
-                    }
+                    self.let_go(&mut st, &key, &old);
                     return Ok((version, Some(old)));
                 }
                 Err(fresh) => cached = Some(fresh.value),
@@ -164,13 +162,37 @@ impl<F: LogFile> PagedStore<F> {
             None if key[0] == SPACE_KV => st.key_count += 1,
             None if key[0] == SPACE_DOC => st.doc_count = st.doc_count.map(|n| n + 1),
             None => {}
-            Some(old) => {
-                if let Value::Extent { first, pages, .. } = old.value {
-                    st.free_extent(first, pages);
-                }
-            }
+            Some(old) => self.let_go(&mut st, &key, old),
         }
         Ok((version, old))
+    }
+
+    /// Lets go of an entry a write replaced or deleted: into the version history while a
+    /// snapshot is open (its extent kept from reuse until the history drops it), else its
+    /// extent's pages are freed.
+    fn let_go(&self, st: &mut super::tree::State, key: &[u8], old: &Entry) {
+        let mut history = self.history.borrow_mut();
+        let kept = if history.recording() && key[0] != super::SPACE_CLUSTER {
+            history.record(
+                key,
+                super::versions::Old {
+                    version: old.version,
+                    replaced_at: self.command_version.get(),
+                    value: old.value.clone(),
+                },
+            )
+        } else {
+            super::versions::Kept::No
+        };
+        if let Value::Extent { first, pages, .. } = old.value {
+            match kept {
+                // A checkpoint records it as free (after a crash no snapshot needs it).
+                super::versions::Kept::Yes => {
+                    st.reserved.insert(first, pages);
+                }
+                super::versions::Kept::No => st.free_extent(first, pages),
+            }
+        }
     }
 
     pub(super) async fn delete(&self, index: u64, key: &[u8]) -> Result<bool, StoreError> {
@@ -186,9 +208,7 @@ impl<F: LogFile> PagedStore<F> {
                 if key[0] == SPACE_DOC {
                     st.doc_count = st.doc_count.map(|n| n - 1);
                 }
-                if let Value::Extent { first, pages, .. } = old.value {
-                    st.free_extent(first, pages);
-                }
+                self.let_go(&mut st, key, &old);
                 Ok(true)
             }
         }

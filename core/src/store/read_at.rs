@@ -1,0 +1,216 @@
+//! Reads at a timestamp (ADR 0023): snapshots opened and closed on this store, and point
+//! reads and scans that answer, for each key, the newest version at or below the snapshot's
+//! timestamp — from the tree when its entry is that old, else from the version history.
+//!
+//! The caller makes sure nothing below the timestamp is still to be applied when it reads
+//! (the shard waits for the entries proposed before, and for transactions prepared at or
+//! below the timestamp); from then on every write takes a version above it, and the history
+//! records what such writes replace.
+
+use std::ops::Bound;
+
+use super::page::Entry;
+use super::versions::Old;
+use super::{PagedStore, StoreError, SPACE_KV};
+use crate::log::LogFile;
+use crate::state::Versioned;
+
+/// Versions in the history and snapshots open, for INFO and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HistoryStats {
+    pub snapshots: usize,
+    pub versions: usize,
+    pub bytes: usize,
+}
+
+impl<F: LogFile> PagedStore<F> {
+    /// Begins a snapshot provisionally at the newest version applied, and returns it: from
+    /// now on the history records every entry replaced, so the snapshot can be fixed at any
+    /// timestamp at or above it ([`PagedStore::snapshot_fix`]).
+    pub fn snapshot_begin(&self) -> u64 {
+        let newest = self.state.borrow().last_version;
+        self.history.borrow_mut().begin(newest);
+        newest
+    }
+
+    /// Fixes a snapshot begun at `began` at timestamp `ts >= began`.
+    pub fn snapshot_fix(&self, began: u64, ts: u64) {
+        self.history.borrow_mut().fix(began, ts);
+    }
+
+    /// A snapshot at the newest version applied, begun and fixed at once.
+    pub fn snapshot_open(&self) -> u64 {
+        let ts = self.snapshot_begin();
+        self.snapshot_fix(ts, ts);
+        ts
+    }
+
+    /// Drops a snapshot begun at `began` and never fixed.
+    pub fn snapshot_abandon(&self, began: u64) {
+        let freed = self.history.borrow_mut().abandon(began);
+        self.release_extents(freed);
+    }
+
+    /// Closes a snapshot fixed at `ts`; the history lets go of what no open one needs.
+    pub fn snapshot_close(&self, ts: u64) {
+        let freed = self.history.borrow_mut().close(ts);
+        self.release_extents(freed);
+    }
+
+    fn release_extents(&self, freed: Vec<(u64, u32)>) {
+        let mut st = self.state.borrow_mut();
+        for (first, pages) in freed {
+            assert_eq!(st.reserved.remove(&first), Some(pages), "a kept extent");
+            st.free_extent(first, pages);
+        }
+    }
+
+    pub fn history_stats(&self) -> HistoryStats {
+        let history = self.history.borrow();
+        HistoryStats {
+            snapshots: history.open_count(),
+            versions: history.len(),
+            bytes: history.bytes(),
+        }
+    }
+
+    /// The value of key-value key `key` at snapshot `ts` (one that is open).
+    pub async fn get_at(&self, key: &[u8], ts: u64) -> Result<Option<Versioned>, StoreError> {
+        let tree_key = kv_key(key);
+        assert!(
+            self.history.borrow().is_open(ts),
+            "reading at {ts}, not open"
+        );
+        let current = self.lookup_value(&tree_key).await?;
+        if let Some((entry, value)) = current {
+            if entry.version <= ts {
+                return Ok(Some(Versioned {
+                    version: entry.version,
+                    value,
+                }));
+            }
+        }
+        // The entry that was newest at `ts` was replaced before the current one was written,
+        // so the history holds it (or the key did not exist then).
+        let old = self.history.borrow().at(&tree_key, ts).cloned();
+        match old {
+            None => Ok(None),
+            Some(old) => self.old_value(tree_key, old).await.map(Some),
+        }
+    }
+
+    /// Up to `limit` key-value pairs with keys in `[start, end)` as they were at snapshot
+    /// `ts` (one that is open), in key order.
+    pub async fn scan_at(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+        ts: u64,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        assert!(
+            self.history.borrow().is_open(ts),
+            "reading at {ts}, not open"
+        );
+        let end = match end {
+            Some(end) => kv_key(end),
+            None => vec![SPACE_KV + 1],
+        };
+        let mut from = kv_key(start);
+        let mut out: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        while out.len() < limit && from < end {
+            let want = limit - out.len();
+            let (entries, next) = self.run(|st| st.scan_leaf(&from, Some(&end), want)).await?;
+            // No await from the leaf's entries to the history's keys: together they are
+            // every key of the range covered, as of one moment.
+            let covered_to = if entries.len() == want {
+                Bound::Included(entries.last().expect("want > 0").key.to_vec())
+            } else {
+                match &next {
+                    Some(next) if next.as_slice() < end.as_slice() => Bound::Excluded(next.clone()),
+                    _ => Bound::Excluded(end.clone()),
+                }
+            };
+            let mut found: Vec<(Vec<u8>, Found)> = Vec::new();
+            {
+                let history = self.history.borrow();
+                for entry in entries {
+                    let key = entry.key.to_vec();
+                    if entry.version <= ts {
+                        found.push((key, Found::Current(entry)));
+                    } else if let Some(old) = history.at(&key, ts) {
+                        found.push((key, Found::Old(old.clone())));
+                    }
+                }
+                let bound = match &covered_to {
+                    Bound::Included(k) => Bound::Included(k.as_slice()),
+                    Bound::Excluded(k) => Bound::Excluded(k.as_slice()),
+                    Bound::Unbounded => Bound::Unbounded,
+                };
+                for key in history.keys_in(&from, bound) {
+                    if found.iter().any(|(k, _)| *k == key) {
+                        continue;
+                    }
+                    // Deleted since `ts` (or replaced and then deleted): only the history
+                    // has it.
+                    if let Some(old) = history.at(&key, ts) {
+                        found.push((key, Found::Old(old.clone())));
+                    }
+                }
+            }
+            found.sort_by(|a, b| a.0.cmp(&b.0));
+            for (key, source) in found {
+                if out.len() == limit {
+                    break;
+                }
+                let value = match source {
+                    Found::Current(entry) => match self.value_of(&entry).await? {
+                        Ok(value) => value,
+                        Err(e) => return Err(self.corrupt(e)),
+                    },
+                    Found::Old(old) => self.old_value(key.clone(), old).await?.value,
+                };
+                let mut user_key = key;
+                user_key.remove(0);
+                out.push((user_key, value));
+            }
+            from = match covered_to {
+                Bound::Included(mut last) => {
+                    last.push(0);
+                    last
+                }
+                Bound::Excluded(next) => next,
+                Bound::Unbounded => break,
+            };
+        }
+        Ok(out)
+    }
+
+    async fn old_value(&self, key: Vec<u8>, old: Old) -> Result<Versioned, StoreError> {
+        let entry = Entry {
+            key: super::page::Key::new(&key),
+            version: old.version,
+            value: old.value,
+        };
+        match self.value_of(&entry).await? {
+            Ok(value) => Ok(Versioned {
+                version: old.version,
+                value,
+            }),
+            // The history keeps its extents from reuse: a bad one is damage.
+            Err(e) => Err(self.corrupt(e)),
+        }
+    }
+}
+
+enum Found {
+    Current(Entry),
+    Old(Old),
+}
+
+fn kv_key(key: &[u8]) -> Vec<u8> {
+    let mut tree_key = Vec::with_capacity(key.len() + 1);
+    tree_key.push(SPACE_KV);
+    tree_key.extend_from_slice(key);
+    tree_key
+}
