@@ -12,6 +12,9 @@ use super::tests::open;
 use crate::command::{BatchEncoder, Command};
 use crate::log::sim::{SimDisk, SimRng};
 
+/// The key-value pairs as the model holds them at one moment.
+type Data = BTreeMap<Vec<u8>, Vec<u8>>;
+
 fn batch(commands: &[Command]) -> Vec<u8> {
     let mut encoder = BatchEncoder::new();
     commands.iter().for_each(|c| encoder.push(c));
@@ -33,11 +36,11 @@ fn reads_at_a_snapshot_see_the_data_as_it_was_when_it_opened() {
         let disk = SimDisk::new();
         let store = open(&disk, 32);
         let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
-        let mut open_snapshots: Vec<(u64, BTreeMap<Vec<u8>, Vec<u8>>)> = Vec::new();
+        let mut open_snapshots: Vec<(u64, Data)> = Vec::new();
         // Snapshots begun and not yet fixed, and the data after every write since the
         // oldest of them began (a snapshot is fixed at any version at or above its start).
         let mut begun: Vec<u64> = Vec::new();
-        let mut states: Vec<(u64, BTreeMap<Vec<u8>, Vec<u8>>)> = Vec::new();
+        let mut states: Vec<(u64, Data)> = Vec::new();
         let mut index = 0;
         for step in 0..600u64 {
             match rng.below(22) {
