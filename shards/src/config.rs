@@ -128,6 +128,11 @@ pub struct Flags {
     /// are released. Default: 60s.
     #[arg(long)]
     pub txn_timeout: Option<String>,
+    /// Longest a snapshot read may stay open (ADR 0023): an older one is closed and reading
+    /// at it fails with SNAPSHOT_TOO_OLD; it bounds the old versions kept for it. Default:
+    /// 60s.
+    #[arg(long)]
+    pub txn_max_age: Option<String>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -155,6 +160,7 @@ struct FileConfig {
     snapshot_rate: Option<String>,
     lock_timeout: Option<String>,
     txn_timeout: Option<String>,
+    txn_max_age: Option<String>,
 }
 
 /// What makes a node one of a cluster: its id, where it listens for peers, and the members
@@ -280,6 +286,7 @@ pub struct Config {
     /// `--lock-timeout`, `--txn-timeout` (ADR 0022).
     pub lock_timeout: Duration,
     pub txn_timeout: Duration,
+    pub txn_max_age: Duration,
 }
 
 /// Smallest page cache per shard, in bytes.
@@ -469,6 +476,11 @@ impl Config {
             flags.txn_timeout.or(file.txn_timeout),
             Duration::from_secs(60),
         )?;
+        let txn_max_age = duration(
+            "txn-max-age",
+            flags.txn_max_age.or(file.txn_max_age),
+            Duration::from_secs(60),
+        )?;
         if election_timeout < heartbeat_interval * 3 {
             return Err(ConfigError::Cluster(format!(
                 "--election-timeout ({election_timeout:?}) must be at least three heartbeat \
@@ -494,6 +506,7 @@ impl Config {
         Ok(Config {
             lock_timeout,
             txn_timeout,
+            txn_max_age,
             stale_reads,
             read_lease,
             snapshot_rate,

@@ -163,6 +163,8 @@ impl<D: LogDisk + Clone, R> ShardDriver<D, R> {
             self.last_placement = Some(now);
             self.shard.place_leader().await;
         }
+        self.shard
+            .expire_snapshots(kvs_core::sessions::wall_clock_ms());
         let last_expiry = *self.last_expiry.get_or_insert(now);
         if now.saturating_sub(last_expiry) >= SESSION_EXPIRY_INTERVAL {
             self.last_expiry = Some(now);

@@ -51,6 +51,7 @@ pub mod shard_ops;
 pub mod shard_reads;
 pub mod shard_txn;
 pub mod snapshot;
+pub mod snapshot_read;
 pub mod spread;
 pub mod txn;
 pub mod txn_commit;

@@ -417,6 +417,24 @@ impl Scrape {
             "The log index the shard's newest checkpoint reflects.",
             |i| i.checkpoint_index as f64,
         )?;
+        gauge(
+            family,
+            "kvs_snapshots_open",
+            "Snapshot reads open on the shard (ADR 0023).",
+            |i| i.snapshots_open as f64,
+        )?;
+        gauge(
+            family,
+            "kvs_mvcc_versions_kept",
+            "Old versions the shard keeps for open snapshots.",
+            |i| i.versions_kept as f64,
+        )?;
+        gauge(
+            family,
+            "kvs_mvcc_version_bytes",
+            "Bytes of the old versions the shard keeps for open snapshots.",
+            |i| i.version_bytes as f64,
+        )?;
         counter(
             family,
             "kvs_buffer_pool_hits",

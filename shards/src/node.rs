@@ -232,11 +232,14 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_secs()),
     ));
-    let transactions = Arc::new(crate::txn_shared::Transactions::new(
-        data_dir.cluster.as_ref().map_or(1, |c| c.node_id),
-        config.lock_timeout,
-        config.txn_timeout,
-    ));
+    let transactions = Arc::new(
+        crate::txn_shared::Transactions::new(
+            data_dir.cluster.as_ref().map_or(1, |c| c.node_id),
+            config.lock_timeout,
+            config.txn_timeout,
+        )
+        .with_snapshot_max_age(config.txn_max_age),
+    );
     let (ready_sender, ready) = mpsc::channel();
     let start = Arc::new(AtomicU8::new(START_WAIT));
     // Every core gets a handle on each listening socket; the last takes the originals.
@@ -555,7 +558,10 @@ async fn open_shard(setup: &CoreSetup) -> Result<ShardCore<DmaDisk, ReplyTo>, St
     .await
     .map_err(|e| format!("shard {} cannot start: {e}", setup.core))?;
     let mut shard = shard;
-    shard.set_clock(Arc::clone(&setup.transactions.clock));
+    shard.set_clock(
+        Arc::clone(&setup.transactions.clock),
+        setup.transactions.snapshot_max_age,
+    );
     if let Some(dir) = &setup.archive_dir {
         let archive = crate::archive::DirArchive::new(dir)
             .map_err(|e| format!("cannot create the archive {}: {e}", dir.display()))?;

@@ -25,6 +25,7 @@ use crate::metrics::{self, Protocol};
 use crate::route::{merge_scan, split_by_shard, CoreContext, Deliver, Parts, Target};
 use crate::runtime::TcpStream;
 use crate::shard::{ShardInfo, ShardOp, ShardReply};
+use crate::snapshot_read;
 use crate::spread::ConnectionSlot;
 
 /// Queues the native-protocol reply to one request.
@@ -347,11 +348,27 @@ async fn dispatch(ctx: &Rc<CoreContext>, conn: &Rc<Connection>, header: Header, 
                 return respond(conn, opcode, request_id, &Response::Values(Vec::new()));
             }
             let positions = parts.iter().map(|(_, p, _)| p.clone()).collect();
+            // Keys on several shards are read at one timestamp (ADR 0023).
+            let begun = if parts.len() > 1 {
+                let shards: Vec<u32> = parts.iter().map(|(shard, ..)| *shard).collect();
+                match snapshot_read::begin(ctx, origin, &shards).await {
+                    Ok(begun) => Some(begun),
+                    Err((code, message)) => {
+                        return respond(conn, opcode, request_id, &Response::error(code, message))
+                    }
+                }
+            } else {
+                None
+            };
             let g = gather(GatherKind::MGet { positions, total }, parts.len());
             for (part, (shard, _, keys)) in parts.into_iter().enumerate() {
+                let op = match &begun {
+                    Some(begun) => snapshot_read::at(begun, part, ShardOp::MGet { keys }),
+                    None => ShardOp::MGet { keys },
+                };
                 ctx.send(
                     shard,
-                    ShardOp::MGet { keys },
+                    op,
                     Target::new(Rc::clone(&g) as Rc<dyn Deliver>, part as u64, 0, origin),
                 )
                 .await;
@@ -376,12 +393,28 @@ async fn dispatch(ctx: &Rc<CoreContext>, conn: &Rc<Connection>, header: Header, 
             }
         }
         Request::Scan { start, end, limit } => {
+            // Every shard is read at one timestamp (ADR 0023).
+            let shards: Vec<u32> = (0..ctx.shard_count).collect();
+            let begun = if shards.len() > 1 {
+                match snapshot_read::begin(ctx, origin, &shards).await {
+                    Ok(begun) => Some(begun),
+                    Err((code, message)) => {
+                        return respond(conn, opcode, request_id, &Response::error(code, message))
+                    }
+                }
+            } else {
+                None
+            };
             let g = gather(GatherKind::Scan { limit }, ctx.shard_count as usize);
             for shard in 0..ctx.shard_count {
-                let op = ShardOp::Scan {
+                let scan = ShardOp::Scan {
                     start: start.clone(),
                     end: end.clone(),
                     limit,
+                };
+                let op = match &begun {
+                    Some(begun) => snapshot_read::at(begun, shard as usize, scan),
+                    None => scan,
                 };
                 ctx.send(
                     shard,

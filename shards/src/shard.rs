@@ -225,6 +225,8 @@ pub struct ShardCore<D: LogDisk + Clone, R> {
     archive: Option<std::rc::Rc<dyn kvs_core::log::SegmentArchive>>,
     /// The node's hybrid clock (`set_clock`): each proposal's version floor.
     clock: std::sync::Arc<crate::clock::Clock>,
+    /// Snapshots older than this are closed (`--txn-max-age`).
+    snapshot_max_age: std::time::Duration,
 }
 
 /// Replies a step produced, and reads to answer in tasks of their own (they need the disk,
@@ -329,12 +331,31 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
             pipeline_when_queued: crate::shard_ops::PIPELINE_WHEN_QUEUED,
             archive: None,
             clock: Default::default(),
+            snapshot_max_age: crate::txn_shared::SNAPSHOT_MAX_AGE_DEFAULT,
         })
     }
 
-    /// Shares the node's hybrid clock (ADR 0023) with this shard.
-    pub fn set_clock(&mut self, clock: std::sync::Arc<crate::clock::Clock>) {
+    /// Shares the node's hybrid clock (ADR 0023) with this shard, and `--txn-max-age`.
+    pub fn set_clock(
+        &mut self,
+        clock: std::sync::Arc<crate::clock::Clock>,
+        snapshot_max_age: std::time::Duration,
+    ) {
         self.clock = clock;
+        self.snapshot_max_age = snapshot_max_age;
+    }
+
+    /// Closes the snapshots older than `--txn-max-age`; the shard loop calls it every tick.
+    pub fn expire_snapshots(&self, now_ms: u64) {
+        let before = now_ms.saturating_sub(self.snapshot_max_age.as_millis() as u64);
+        let closed = self.peer.store().snapshot_expire(before);
+        if closed > 0 {
+            tracing::warn!(
+                shard = self.shard,
+                closed,
+                "closed snapshots older than --txn-max-age"
+            );
+        }
     }
 
     pub fn clock(&self) -> &crate::clock::Clock {
@@ -444,72 +465,6 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
         }
     }
 
-    pub fn info(&self) -> ShardInfo {
-        let status = self.peer.status();
-        let store = self.peer.store().stats();
-        ShardInfo {
-            shard: self.shard,
-            keys: self.peer.store().key_count(),
-            documents: self.peer.store().doc_count(),
-            term: status.term,
-            last_index: status.last_index,
-            commit_index: status.commit_index,
-            applied_index: status.applied_index,
-            leader: status.is_leader,
-            log_size_bytes: status.log.size_bytes,
-            log_segments: status.log.segments,
-            log_groups_written: status.log.groups,
-            log_records_written: status.log.records,
-            log_syncs: status.log.syncs,
-            log_synced_writes_completed: status.log.synced_writes_completed,
-            log_groups_in_flight: self.peer.groups_in_flight() as u64,
-            writes_applied: self.writes_applied,
-            cache_pages: store.cached_pages,
-            hot_cache_hits: store.hot_hits,
-            hot_cache_misses: store.hot_misses,
-            hinted_writes: store.hinted_writes,
-            cache_capacity_pages: store.cache_capacity_pages,
-            dirty_pages: store.dirty_pages,
-            page_file_pages: store.page_count,
-            free_pages: store.free_pages,
-            page_reads: store.page_reads,
-            pool_hits: store.pool_hits,
-            pool_misses: store.pool_misses,
-            evictions: store.evictions,
-            tree_height: store.tree_height,
-            checkpoints: store.checkpoints,
-            checkpoint_index: store.last_checkpoint_index,
-            failed: self
-                .failed
-                .as_ref()
-                .map(|(code, message)| format!("{code}: {message}")),
-            cluster: self
-                .cluster_view
-                .as_ref()
-                .map(|(cluster_id, nodes)| ShardClusterInfo {
-                    cluster_id: cluster_id.clone(),
-                    node_id: self.peer.id(),
-                    leader: self.peer.leader(),
-                    forwarded: self.forwarded,
-                    snapshots_sent: self.snapshots_sent,
-                    snapshots_installed: self.peer.snapshots_installed(),
-                    entries_read_back: self.peer.entries_read_back(),
-                    reads_by_lease: self.peer.lease_reads(),
-                    replicas: self
-                        .peer
-                        .replicas()
-                        .into_iter()
-                        .map(|(node, match_index, role)| ReplicaInfo {
-                            node,
-                            match_index,
-                            role: role.into(),
-                        })
-                        .collect(),
-                    nodes: nodes.clone(),
-                }),
-        }
-    }
-
     /// The count of deferred reads in flight, for whoever runs them to report each finished.
     pub fn disk_reads(&self) -> DiskReads {
         self.disk_reads.clone()
@@ -583,11 +538,22 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
                 continue;
             }
             // A member that does not lead forwards it still fenced.
-            if let (true, ShardOp::Fenced(inner)) = (leads, &mut request.op) {
-                // A transaction's read: it must see every write proposed before it (the
-                // writes of this round's batch, else the newest pending entry).
-                let inner = std::mem::replace(inner.as_mut(), ShardOp::Info);
-                request.op = inner;
+            let fenced = match (leads, &mut request.op) {
+                (true, ShardOp::Fenced(inner)) => {
+                    request.op = std::mem::replace(inner.as_mut(), ShardOp::Info);
+                    true
+                }
+                // Every batch proposed from now on takes versions above the snapshot's.
+                (true, ShardOp::AtSnapshot { ts, .. }) => {
+                    self.clock.observe(*ts);
+                    true
+                }
+                _ => false,
+            };
+            if fenced {
+                // A transaction's read, or a snapshot's: it must see every write proposed
+                // before it (the writes of this round's batch, else the newest pending
+                // entry).
                 if encoder.count() > 0 {
                     self.count_held_read(&request);
                     reads.push(request);
@@ -982,6 +948,9 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
 
 #[path = "shard_replicated.rs"]
 mod replicated;
+
+#[path = "shard_info.rs"]
+mod info;
 
 #[cfg(test)]
 #[path = "shard_tests.rs"]

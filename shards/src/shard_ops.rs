@@ -59,6 +59,21 @@ pub enum ShardOp {
     /// A read (GET, MGET, SCAN) that sees every write the shard proposed before it, whoever
     /// sent it: a transaction's read under its locks (ADR 0022).
     Fenced(Box<ShardOp>),
+    /// Round one of a snapshot read across shards (ADR 0023): begins a snapshot
+    /// provisionally at the shard's newest version, answered `Snapshot(version)`.
+    SnapshotBegin,
+    /// Round two: a read (GET, MGET, SCAN) at timestamp `ts` of the snapshot begun at
+    /// `began`, which it then closes. Fenced, like `Fenced`, after the node's clock is
+    /// raised past `ts`.
+    AtSnapshot {
+        began: u64,
+        ts: u64,
+        read: Box<ShardOp>,
+    },
+    /// Drops a snapshot begun and never read (another shard failed round one).
+    SnapshotAbandon {
+        began: u64,
+    },
 }
 
 impl ShardOp {
@@ -100,6 +115,8 @@ impl ShardOp {
 pub enum ShardReply {
     Value(Option<Versioned>),
     Values(Vec<Option<Versioned>>),
+    /// A snapshot begun at this version (`SnapshotBegin`).
+    Snapshot(u64),
     Scanned(Vec<(Vec<u8>, Vec<u8>)>),
     Written(CommandResult),
     Info(Box<ShardInfo>),
@@ -151,6 +168,11 @@ pub struct ShardInfo {
     pub tree_height: u32,
     pub checkpoints: u64,
     pub checkpoint_index: u64,
+    /// Snapshots open on the shard (ADR 0023), the old versions kept for them and their
+    /// bytes.
+    pub snapshots_open: u64,
+    pub versions_kept: u64,
+    pub version_bytes: u64,
     pub failed: Option<String>,
     /// The shard's group, on a node of a cluster.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -3,6 +3,7 @@
 //! their own ([`read_from`]; see `shard`'s module documentation for the order they keep).
 
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use kvs_core::store::backup::BackupError;
@@ -31,7 +32,18 @@ pub fn try_read_from<F: kvs_core::log::LogFile>(
             .map(|k| store.try_get(k))
             .collect::<Option<Vec<_>>>()
             .map(ShardReply::Values),
-        ShardOp::Scan { .. } | ShardOp::DocRead(_) | ShardOp::Info | ShardOp::Backup { .. } => None,
+        ShardOp::Scan { .. }
+        | ShardOp::DocRead(_)
+        | ShardOp::Info
+        | ShardOp::Backup { .. }
+        | ShardOp::AtSnapshot { .. } => None,
+        ShardOp::SnapshotBegin => Some(ShardReply::Snapshot(
+            store.snapshot_begin(kvs_core::sessions::wall_clock_ms()),
+        )),
+        ShardOp::SnapshotAbandon { began } => {
+            store.snapshot_abandon(*began);
+            Some(ShardReply::Snapshot(*began))
+        }
         ShardOp::Write(_) => unreachable!("writes are not reads"),
         ShardOp::Lock(_) | ShardOp::Unlock(_) | ShardOp::TxnLock(_) => {
             unreachable!("locks are not reads")
@@ -96,6 +108,15 @@ pub async fn read_from<F: kvs_core::log::LogFile>(
             Ok(document) => ShardReply::Doc(document),
             Err((code, message)) => ShardReply::Error(code, message),
         },
+        ShardOp::AtSnapshot { began, ts, read } => {
+            match read_at_snapshot(store, *began, *ts, read).await {
+                Ok(reply) => reply,
+                Err(StoreFailed(e)) => failed(e),
+            }
+        }
+        ShardOp::SnapshotBegin | ShardOp::SnapshotAbandon { .. } => {
+            unreachable!("answered from the pool")
+        }
         ShardOp::Info
         | ShardOp::Write(_)
         | ShardOp::Lock(_)
@@ -105,6 +126,69 @@ pub async fn read_from<F: kvs_core::log::LogFile>(
             unreachable!("answered by the shard itself")
         }
     }
+}
+
+/// How long a snapshot read waits for a transaction prepared at or below its timestamp to be
+/// decided (its writes may belong to the snapshot), as long as a lock wait.
+const IN_DOUBT_WAIT: Duration = crate::txn_shared::LOCK_TIMEOUT_DEFAULT;
+
+struct StoreFailed(StoreError);
+
+/// Round two of a snapshot read (ADR 0023): waits for the transactions prepared at or below
+/// `ts` to be decided, fixes the snapshot begun at `began` at `ts`, reads, and closes it.
+async fn read_at_snapshot<F: kvs_core::log::LogFile>(
+    store: &Rc<PagedStore<F>>,
+    began: u64,
+    ts: u64,
+    read: &ShardOp,
+) -> Result<ShardReply, StoreFailed> {
+    let waited = Instant::now();
+    while store.in_doubt_at_or_below(ts) {
+        if waited.elapsed() > IN_DOUBT_WAIT {
+            store.snapshot_abandon(began);
+            return Ok(ShardReply::Error(
+                ErrorCode::Timeout,
+                format!(
+                    "a transaction prepared below the snapshot at {ts} was not decided within {IN_DOUBT_WAIT:?}"
+                ),
+            ));
+        }
+        crate::runtime::sleep(Duration::from_millis(1)).await;
+    }
+    let too_old = || {
+        ShardReply::Error(
+            ErrorCode::SnapshotTooOld,
+            format!("the snapshot at {ts} is gone (older than --txn-max-age, or the shard's leader changed)"),
+        )
+    };
+    if !store.snapshot_fix(began, ts) {
+        return Ok(too_old());
+    }
+    let reply = match read {
+        ShardOp::Get { key } => {
+            ShardReply::Value(store.get_at(key, ts).await.map_err(StoreFailed)?)
+        }
+        ShardOp::MGet { keys } => {
+            let mut values = Vec::with_capacity(keys.len());
+            for chunk in keys.chunks(READS_IN_FLIGHT) {
+                for value in join_all(chunk.iter().map(|k| store.get_at(k, ts))).await {
+                    values.push(value.map_err(StoreFailed)?);
+                }
+            }
+            ShardReply::Values(values)
+        }
+        ShardOp::Scan { start, end, limit } => ShardReply::Scanned(
+            store
+                .scan_at(start, end.as_deref(), *limit as usize, ts)
+                .await
+                .map_err(StoreFailed)?,
+        ),
+        other => unreachable!("a snapshot read carries GET, MGET or SCAN, not {other:?}"),
+    };
+    // Expired meanwhile: what it read may have been dropped.
+    let whole = store.snapshot_is_open(ts);
+    store.snapshot_close(ts);
+    Ok(if whole { reply } else { too_old() })
 }
 
 pub fn store_error_code(error: &StoreError) -> ErrorCode {

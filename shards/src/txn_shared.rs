@@ -22,9 +22,20 @@ pub struct Transactions {
     last_id: AtomicU64,
     /// The node's hybrid clock (ADR 0023), shared by its shards.
     pub clock: Arc<crate::clock::Clock>,
+    /// `--txn-max-age`: snapshots older than this are closed.
+    pub snapshot_max_age: Duration,
 }
 
+/// `--txn-max-age`'s default.
+pub const SNAPSHOT_MAX_AGE_DEFAULT: Duration = Duration::from_secs(60);
+
 impl Transactions {
+    /// With `--txn-max-age`.
+    pub fn with_snapshot_max_age(mut self, max_age: Duration) -> Transactions {
+        self.snapshot_max_age = max_age;
+        self
+    }
+
     pub fn new(node_id: u64, lock_timeout: Duration, txn_timeout: Duration) -> Transactions {
         Transactions {
             graph: Arc::new(WaitGraph::new()),
@@ -33,6 +44,7 @@ impl Transactions {
             node_id,
             last_id: AtomicU64::new(0),
             clock: Arc::default(),
+            snapshot_max_age: SNAPSHOT_MAX_AGE_DEFAULT,
         }
     }
 

@@ -112,6 +112,9 @@ pub enum ErrorCode {
     TxnTimeout = 18,
     /// No open transaction has this id on this connection (it finished or never began).
     TxnNotFound = 19,
+    /// The read's snapshot is gone: older than `--txn-max-age`, or its shard's leader
+    /// changed. Nothing was read; run it again (ADR 0023).
+    SnapshotTooOld = 20,
 }
 
 impl ErrorCode {
@@ -135,6 +138,7 @@ impl ErrorCode {
             17 => ErrorCode::Deadlock,
             18 => ErrorCode::TxnTimeout,
             19 => ErrorCode::TxnNotFound,
+            20 => ErrorCode::SnapshotTooOld,
             // An unknown code from a newer server is still an error; report it as internal.
             _ => ErrorCode::Internal,
         }
@@ -161,6 +165,7 @@ impl ErrorCode {
             ErrorCode::Deadlock => "DEADLOCK",
             ErrorCode::TxnTimeout => "TXN_TIMEOUT",
             ErrorCode::TxnNotFound => "TXN_NOT_FOUND",
+            ErrorCode::SnapshotTooOld => "SNAPSHOT_TOO_OLD",
         }
     }
 }

@@ -273,6 +273,9 @@ pub struct PagedStore<F: LogFile> {
     preferred_leader: Cell<Option<Option<u64>>>,
     /// Entries replaced while snapshots are open (ADR 0023).
     history: RefCell<versions::History>,
+    /// Transactions prepared here and not yet resolved: id → the prepare's version (0 when
+    /// listed at start). A snapshot read waits for those at or below its timestamp.
+    in_doubt: RefCell<std::collections::BTreeMap<u64, u64>>,
 }
 
 async fn read_bytes<F: LogFile>(
@@ -435,6 +438,7 @@ impl<F: LogFile> PagedStore<F> {
             in_command: Cell::new(false),
             command_version: Cell::new(0),
             history: RefCell::default(),
+            in_doubt: RefCell::default(),
             checkpoint_running: Cell::new(false),
             checkpoint_done: Signal::default(),
             poisoned: Cell::new(false),

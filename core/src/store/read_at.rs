@@ -27,22 +27,39 @@ impl<F: LogFile> PagedStore<F> {
     /// Begins a snapshot provisionally at the newest version applied, and returns it: from
     /// now on the history records every entry replaced, so the snapshot can be fixed at any
     /// timestamp at or above it ([`PagedStore::snapshot_fix`]).
-    pub fn snapshot_begin(&self) -> u64 {
+    ///
+    /// `now_ms`: the wall time, by which [`PagedStore::snapshot_expire`] closes it.
+    pub fn snapshot_begin(&self, now_ms: u64) -> u64 {
         let newest = self.state.borrow().last_version;
-        self.history.borrow_mut().begin(newest);
+        self.history.borrow_mut().begin(newest, now_ms);
         newest
     }
 
-    /// Fixes a snapshot begun at `began` at timestamp `ts >= began`.
-    pub fn snapshot_fix(&self, began: u64, ts: u64) {
-        self.history.borrow_mut().fix(began, ts);
+    /// Fixes a snapshot begun at `began` at timestamp `ts >= began`. False when none began
+    /// there (it expired, or another member of the group began it).
+    pub fn snapshot_fix(&self, began: u64, ts: u64) -> bool {
+        self.history.borrow_mut().fix(began, ts)
+    }
+
+    /// Whether a snapshot is open at `ts`: a read at it that began while it was open and
+    /// finds it still open read what it had to (nothing it needed was dropped).
+    pub fn snapshot_is_open(&self, ts: u64) -> bool {
+        self.history.borrow().is_open(ts)
     }
 
     /// A snapshot at the newest version applied, begun and fixed at once.
-    pub fn snapshot_open(&self) -> u64 {
-        let ts = self.snapshot_begin();
-        self.snapshot_fix(ts, ts);
+    pub fn snapshot_open(&self, now_ms: u64) -> u64 {
+        let ts = self.snapshot_begin(now_ms);
+        assert!(self.snapshot_fix(ts, ts));
         ts
+    }
+
+    /// Closes every snapshot that began before `before_ms` (`--txn-max-age`); returns how
+    /// many it closed.
+    pub fn snapshot_expire(&self, before_ms: u64) -> usize {
+        let (freed, closed) = self.history.borrow_mut().expire(before_ms);
+        self.release_extents(freed);
+        closed
     }
 
     /// Drops a snapshot begun at `began` and never fixed.
@@ -100,7 +117,7 @@ impl<F: LogFile> PagedStore<F> {
     }
 
     /// Up to `limit` key-value pairs with keys in `[start, end)` as they were at snapshot
-    /// `ts` (one that is open), in key order.
+    /// `ts`, in key order; `ts` must be open as for [`PagedStore::get_at`].
     pub async fn scan_at(
         &self,
         start: &[u8],

@@ -45,11 +45,11 @@ fn reads_at_a_snapshot_see_the_data_as_it_was_when_it_opened() {
         for step in 0..600u64 {
             match rng.below(22) {
                 0 => {
-                    let ts = store.snapshot_open();
+                    let ts = store.snapshot_open(0);
                     open_snapshots.push((ts, model.clone()));
                 }
                 4 => {
-                    let began = store.snapshot_begin();
+                    let began = store.snapshot_begin(0);
                     begun.push(began);
                     states.push((began, model.clone()));
                 }
@@ -60,7 +60,7 @@ fn reads_at_a_snapshot_see_the_data_as_it_was_when_it_opened() {
                     } else {
                         let later: Vec<_> = states.iter().filter(|(v, _)| *v >= began).collect();
                         let (ts, then) = later[rng.below(later.len() as u64) as usize].clone();
-                        store.snapshot_fix(began, ts);
+                        assert!(store.snapshot_fix(began, ts));
                         open_snapshots.push((ts, then));
                     }
                     if begun.is_empty() {
@@ -142,7 +142,7 @@ fn a_hot_key_does_not_grow_the_page_file_and_an_open_snapshot_keeps_its_extent()
         block_on(store.checkpoint(None::<fn(usize) -> std::future::Ready<()>>)).unwrap();
     };
     put(1, 1);
-    let ts = store.snapshot_open();
+    let ts = store.snapshot_open(0);
     for index in 2..200 {
         put(index, index as u8);
         if index % 10 == 0 {

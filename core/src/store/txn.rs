@@ -168,6 +168,7 @@ impl<F: LogFile> PagedStore<F> {
         let (version, _) = self
             .put(index, txn_key(PREPARED, record.txn), record.encode())
             .await?;
+        self.in_doubt.borrow_mut().insert(record.txn, version);
         self.prepared_txns
             .borrow_mut()
             .push(PreparedTxn { version, ..record });
@@ -189,6 +190,7 @@ impl<F: LogFile> PagedStore<F> {
             return Ok(None);
         };
         self.delete(index, &txn_key(PREPARED, txn)).await?;
+        self.in_doubt.borrow_mut().remove(&txn);
         if !commit {
             return Ok(Some(CommandResult::Decided {
                 commit: false,
@@ -260,8 +262,27 @@ impl<F: LogFile> PagedStore<F> {
         Ok(CommandResult::Skipped)
     }
 
-    /// The transactions prepared on this shard and not yet resolved, for recovery.
+    /// Whether a transaction prepared here at or below `ts` is not resolved yet: its commit
+    /// version may be at or below `ts`, so a read at `ts` must wait for it (ADR 0023).
+    pub fn in_doubt_at_or_below(&self, ts: u64) -> bool {
+        self.in_doubt
+            .borrow()
+            .values()
+            .any(|&version| version <= ts)
+    }
+
+    /// The transactions prepared on this shard and not yet resolved, for recovery. Each is
+    /// also noted as in doubt (at version 0: its prepare's is not recorded) until resolved.
     pub async fn prepared_transactions(&self) -> Result<Vec<PreparedTxn>, StoreError> {
+        let found = self.list_prepared().await?;
+        let mut in_doubt = self.in_doubt.borrow_mut();
+        for record in &found {
+            in_doubt.entry(record.txn).or_insert(0);
+        }
+        Ok(found)
+    }
+
+    async fn list_prepared(&self) -> Result<Vec<PreparedTxn>, StoreError> {
         let end = [SPACE_CLUSTER, PREPARED + 1];
         let mut from = vec![SPACE_CLUSTER, PREPARED];
         let mut found = Vec::new();

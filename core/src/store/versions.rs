@@ -31,10 +31,10 @@ pub struct Old {
 
 #[derive(Debug, Default)]
 pub struct History {
-    /// Fixed snapshots: timestamp → how many.
-    open: BTreeMap<u64, u32>,
-    /// Provisional snapshots: the version they began at → how many.
-    provisional: BTreeMap<u64, u32>,
+    /// Fixed snapshots: timestamp → when each began (ms since the Unix epoch).
+    open: BTreeMap<u64, Vec<u64>>,
+    /// Provisional snapshots: the version they began at → when each began.
+    provisional: BTreeMap<u64, Vec<u64>>,
     entries: BTreeMap<Vec<u8>, Vec<Old>>,
     /// Keys in the order their entries were recorded, with the entry's `replaced_at`: the
     /// pruning walks it from the front.
@@ -57,19 +57,42 @@ impl History {
         !self.open.is_empty() || !self.provisional.is_empty()
     }
 
-    /// Begins a provisional snapshot at `newest`, the newest version applied.
-    pub fn begin(&mut self, newest: u64) {
-        *self.provisional.entry(newest).or_default() += 1;
+    /// Begins a provisional snapshot at `newest`, the newest version applied, at wall time
+    /// `now_ms`.
+    pub fn begin(&mut self, newest: u64, now_ms: u64) {
+        self.provisional.entry(newest).or_default().push(now_ms);
     }
 
-    /// Fixes a provisional snapshot begun at `began` at timestamp `ts >= began`.
-    pub fn fix(&mut self, began: u64, ts: u64) {
+    /// Fixes a provisional snapshot begun at `began` at timestamp `ts >= began`. False when
+    /// no snapshot began there (it expired, or this store's shard began none).
+    pub fn fix(&mut self, began: u64, ts: u64) -> bool {
         assert!(
             ts >= began,
             "a snapshot fixed at {ts}, below its start {began}"
         );
-        take_one(&mut self.provisional, began, "provisional snapshot");
-        *self.open.entry(ts).or_default() += 1;
+        let Some(when) = take_one(&mut self.provisional, began) else {
+            return false;
+        };
+        self.open.entry(ts).or_default().push(when);
+        true
+    }
+
+    /// Closes every snapshot that began before `before_ms`; returns the extents no longer
+    /// kept, and how many closed.
+    pub fn expire(&mut self, before_ms: u64) -> (Vec<(u64, u32)>, usize) {
+        let mut closed = 0;
+        for map in [&mut self.open, &mut self.provisional] {
+            map.retain(|_, times| {
+                let before = times.len();
+                times.retain(|&t| t >= before_ms);
+                closed += before - times.len();
+                !times.is_empty()
+            });
+        }
+        if closed == 0 {
+            return (Vec::new(), 0);
+        }
+        (self.prune(), closed)
     }
 
     /// Whether a read at `ts` can be answered: a snapshot is fixed there.
@@ -77,15 +100,20 @@ impl History {
         self.open.contains_key(&ts)
     }
 
-    /// Closes one snapshot fixed at `ts`; returns the extents no longer kept.
+    /// Closes one snapshot fixed at `ts`; returns the extents no longer kept (nothing when
+    /// none was open there: it expired).
     pub fn close(&mut self, ts: u64) -> Vec<(u64, u32)> {
-        take_one(&mut self.open, ts, "snapshot");
+        if take_one(&mut self.open, ts).is_none() {
+            return Vec::new();
+        }
         self.prune()
     }
 
     /// Drops a provisional snapshot begun at `began` that was never fixed.
     pub fn abandon(&mut self, began: u64) -> Vec<(u64, u32)> {
-        take_one(&mut self.provisional, began, "provisional snapshot");
+        if take_one(&mut self.provisional, began).is_none() {
+            return Vec::new();
+        }
         self.prune()
     }
 
@@ -146,7 +174,7 @@ impl History {
         self.open
             .values()
             .chain(self.provisional.values())
-            .map(|&n| n as usize)
+            .map(Vec::len)
             .sum()
     }
 
@@ -203,14 +231,14 @@ impl History {
     }
 }
 
-fn take_one(counts: &mut BTreeMap<u64, u32>, at: u64, what: &str) {
-    match counts.get_mut(&at) {
-        Some(n) if *n > 1 => *n -= 1,
-        Some(_) => {
-            counts.remove(&at);
-        }
-        None => panic!("closing a {what} at {at} that is not open"),
+/// Takes one snapshot at `at` (the one that began first); returns when it began.
+fn take_one(snapshots: &mut BTreeMap<u64, Vec<u64>>, at: u64) -> Option<u64> {
+    let times = snapshots.get_mut(&at)?;
+    let when = times.remove(0);
+    if times.is_empty() {
+        snapshots.remove(&at);
     }
+    Some(when)
 }
 
 fn value_bytes(value: &Value) -> usize {
@@ -250,8 +278,8 @@ mod tests {
     #[test]
     fn a_snapshot_sees_the_version_newest_at_its_timestamp() {
         let mut history = History::default();
-        history.begin(10);
-        history.fix(10, 10);
+        history.begin(10, 0);
+        assert!(history.fix(10, 10));
         // k: 5 → 12 → 15 (deleted at 15).
         assert_eq!(history.record(b"k", old(5, 12, "five")), Kept::Yes);
         assert_eq!(value_at(&history, "k", 10), Some("five".into()));
@@ -260,10 +288,11 @@ mod tests {
         assert_eq!(value_at(&history, "k", 12), None);
         // A provisional snapshot keeps everything replaced after it began: its timestamp
         // may still be anywhere above.
-        history.begin(15);
+        history.begin(15, 0);
         assert_eq!(history.record(b"k", old(16, 18, "sixteen")), Kept::Yes);
         assert_eq!(history.record(b"k", old(14, 15, "fourteen")), Kept::No);
-        history.fix(15, 17);
+        assert!(history.fix(15, 17));
+        assert!(!history.fix(15, 17), "fixed once");
         assert_eq!(value_at(&history, "k", 17), Some("sixteen".into()));
         assert!(history.is_open(17) && !history.is_open(15));
         // Replaced by the command that wrote it: invisible to everyone.
@@ -277,11 +306,11 @@ mod tests {
     #[test]
     fn closing_snapshots_drops_what_none_of_the_open_ones_can_see() {
         let mut history = History::default();
-        history.begin(10);
-        history.fix(10, 10);
+        history.begin(10, 0);
+        assert!(history.fix(10, 10));
         history.record(b"a", old(5, 12, "a5"));
-        history.begin(20);
-        history.fix(20, 20);
+        history.begin(20, 0);
+        assert!(history.fix(20, 20));
         history.record(
             b"c",
             Old {
@@ -304,16 +333,33 @@ mod tests {
         assert_eq!(value_at(&history, "b", 20), Some("b8".into()));
         assert_eq!(value_at(&history, "a", 10), None);
         assert_eq!(history.open_count(), 1);
-        history.begin(30);
+        history.begin(30, 0);
         assert_eq!(history.abandon(30), vec![]);
+        assert_eq!(history.abandon(30), vec![], "abandoned once");
         history.close(20);
         assert!(history.is_empty() && !history.recording());
         assert_eq!(history.bytes(), 0);
     }
 
     #[test]
-    #[should_panic(expected = "not open")]
-    fn closing_a_snapshot_that_is_not_open_is_a_bug() {
-        History::default().close(3);
+    fn snapshots_older_than_the_maximum_age_expire() {
+        let mut history = History::default();
+        history.begin(10, 1_000);
+        assert!(history.fix(10, 10));
+        history.record(b"a", old(5, 12, "a5"));
+        history.begin(12, 5_000);
+        assert_eq!(history.expire(2_000), (vec![], 1));
+        assert_eq!(
+            value_at(&history, "a", 10),
+            None,
+            "its versions went with it"
+        );
+        assert!(!history.is_open(10));
+        assert!(
+            history.close(10).is_empty(),
+            "closing an expired one is harmless"
+        );
+        assert_eq!(history.expire(6_000), (vec![], 1));
+        assert!(!history.recording());
     }
 }

@@ -317,6 +317,15 @@ fn sample_forwards() -> Vec<Forwarded> {
             end: None,
             limit: 3,
         })),
+        ShardOp::SnapshotBegin,
+        ShardOp::AtSnapshot {
+            began: 5,
+            ts: 7,
+            read: Box::new(ShardOp::MGet {
+                keys: vec![b"a".to_vec(), b"b".to_vec()],
+            }),
+        },
+        ShardOp::SnapshotAbandon { began: 5 },
     ];
     ops.into_iter()
         .enumerate()
@@ -342,6 +351,7 @@ fn sample_answers() -> Vec<(u64, ShardReply)> {
         ShardReply::Scanned(vec![(b"k".to_vec(), b"v".to_vec())]),
         ShardReply::Doc(b"doc".to_vec()),
         ShardReply::Locked,
+        ShardReply::Snapshot(1 << 60),
         ShardReply::Error(kvs_wire::ErrorCode::NotLeader, "elsewhere".into()),
         ShardReply::Written(CommandResult::Written { version: 1 }),
         ShardReply::Written(CommandResult::Deleted { existed: true }),

@@ -47,11 +47,14 @@ pub fn forwarded_len(request: &Forwarded) -> usize {
         ShardOp::Info | ShardOp::Lock(_) | ShardOp::Unlock(_) | ShardOp::Backup { .. } => 0,
         ShardOp::TxnLock(TxnLockOp::Lock(ask)) => ask.keys.iter().map(|(k, _)| k.len() + 5).sum(),
         ShardOp::TxnLock(_) => 8,
-        ShardOp::Fenced(inner) => forwarded_len(&Forwarded {
-            id: 0,
-            origin: 0,
-            op: (**inner).clone(),
-        }),
+        ShardOp::Fenced(inner) | ShardOp::AtSnapshot { read: inner, .. } => {
+            16 + forwarded_len(&Forwarded {
+                id: 0,
+                origin: 0,
+                op: (**inner).clone(),
+            })
+        }
+        ShardOp::SnapshotBegin | ShardOp::SnapshotAbandon { .. } => 8,
     }
 }
 
@@ -73,7 +76,7 @@ pub fn answer_len(reply: &ShardReply) -> usize {
             _ => 16,
         },
         ShardReply::Error(_, message) => message.len(),
-        ShardReply::Locked | ShardReply::Info(_) => 0,
+        ShardReply::Locked | ShardReply::Info(_) | ShardReply::Snapshot(_) => 8,
         ShardReply::Backup(chunk) => chunk.pages.len() + chunk.meta.len(),
     }
 }
@@ -115,14 +118,18 @@ pub(super) fn encode_forwarded(request: &Forwarded, out: &mut Vec<u8>) {
         }
         ShardOp::Fenced(inner) => {
             out.push(7);
-            let inner = Forwarded {
-                id: 0,
-                origin: 0,
-                op: (**inner).clone(),
-            };
-            let mut bytes = Vec::new();
-            encode_forwarded(&inner, &mut bytes);
-            put_bytes(out, &bytes);
+            encode_inner_read(inner, out);
+        }
+        ShardOp::SnapshotBegin => out.push(8),
+        ShardOp::AtSnapshot { began, ts, read } => {
+            out.push(9);
+            put_u64(out, *began);
+            put_u64(out, *ts);
+            encode_inner_read(read, out);
+        }
+        ShardOp::SnapshotAbandon { began } => {
+            out.push(10);
+            put_u64(out, *began);
         }
         ShardOp::Info
         | ShardOp::Lock(_)
@@ -132,6 +139,36 @@ pub(super) fn encode_forwarded(request: &Forwarded, out: &mut Vec<u8>) {
             unreachable!("only forwardable ops are forwarded (ShardOp::is_forwardable)")
         }
     }
+}
+
+/// The read a fenced or snapshot read carries, as a forwarded request of its own.
+fn encode_inner_read(inner: &ShardOp, out: &mut Vec<u8>) {
+    let inner = Forwarded {
+        id: 0,
+        origin: 0,
+        op: inner.clone(),
+    };
+    let mut bytes = Vec::new();
+    encode_forwarded(&inner, &mut bytes);
+    put_bytes(out, &bytes);
+}
+
+fn decode_inner_read(r: &mut Reader<'_>) -> Result<ShardOp, PeerDecodeError> {
+    let bytes = r.bytes()?;
+    // Checked before decoding: reads must not nest (no deep recursion).
+    if matches!(bytes.get(16), Some(&7) | Some(&9)) {
+        return Err(malformed("a read inside a fenced or snapshot read".into()));
+    }
+    let inner = decode_forwarded(&mut Reader { bytes, at: 0 })?.op;
+    if !matches!(
+        inner,
+        ShardOp::Get { .. } | ShardOp::MGet { .. } | ShardOp::Scan { .. }
+    ) {
+        return Err(malformed(
+            "a fenced or snapshot read carries GET, MGET or SCAN".into(),
+        ));
+    }
+    Ok(inner)
 }
 
 fn encode_txn_lock(op: &TxnLockOp, out: &mut Vec<u8>) {
@@ -232,21 +269,14 @@ pub(super) fn decode_forwarded(r: &mut Reader<'_>) -> Result<Forwarded, PeerDeco
         }
         5 => ShardOp::DocRead(decode_doc_read(r)?),
         6 => ShardOp::TxnLock(decode_txn_lock(r)?),
-        7 => {
-            let bytes = r.bytes()?;
-            // Checked before decoding: fenced reads must not nest (no deep recursion).
-            if bytes.get(16) == Some(&7) {
-                return Err(malformed("a fenced read inside a fenced read".into()));
-            }
-            let inner = decode_forwarded(&mut Reader { bytes, at: 0 })?.op;
-            if !matches!(
-                inner,
-                ShardOp::Get { .. } | ShardOp::MGet { .. } | ShardOp::Scan { .. }
-            ) {
-                return Err(malformed("a fenced read carries GET, MGET or SCAN".into()));
-            }
-            ShardOp::Fenced(Box::new(inner))
-        }
+        7 => ShardOp::Fenced(Box::new(decode_inner_read(r)?)),
+        8 => ShardOp::SnapshotBegin,
+        9 => ShardOp::AtSnapshot {
+            began: r.u64()?,
+            ts: r.u64()?,
+            read: Box::new(decode_inner_read(r)?),
+        },
+        10 => ShardOp::SnapshotAbandon { began: r.u64()? },
         tag => return Err(malformed(format!("unknown forwarded op {tag}"))),
     };
     Ok(Forwarded { id, origin, op })
@@ -354,6 +384,10 @@ pub(super) fn encode_answer(id: u64, reply: &ShardReply, out: &mut Vec<u8>) {
             put_bytes(out, doc);
         }
         ShardReply::Locked => out.push(6),
+        ShardReply::Snapshot(version) => {
+            out.push(8);
+            put_u64(out, *version);
+        }
         ShardReply::Error(code, message) => {
             out.push(7);
             out.extend_from_slice(&(*code as u16).to_le_bytes());
@@ -377,6 +411,7 @@ pub(super) fn decode_answer(r: &mut Reader<'_>) -> Result<(u64, ShardReply), Pee
         4 => ShardReply::Written(decode_result(r)?),
         5 => ShardReply::Doc(r.bytes()?.to_vec()),
         6 => ShardReply::Locked,
+        8 => ShardReply::Snapshot(r.u64()?),
         7 => {
             let code = u16::from_le_bytes(r.take(2)?.try_into().expect("2 bytes"));
             ShardReply::Error(ErrorCode::from_u16(code), text(r)?)
