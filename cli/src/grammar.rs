@@ -560,7 +560,7 @@ pub const COMMANDS: &[Spec] = &[
         options: &[opt(
             "--isolation",
             "LEVEL",
-            "read-committed or serializable (the default)",
+            "read-committed, serializable (the default) or read-only (one snapshot, no locks, no writes)",
         )],
         split: Split::Whitespace,
         about: "Runs the commands read from stdin, one per line (get, put, del, cas, scan), as \
@@ -571,7 +571,7 @@ pub const COMMANDS: &[Spec] = &[
             let isolation = match m.option("--isolation").as_deref() {
                 None => kvs_wire::Isolation::Serializable,
                 Some(text) => kvs_wire::Isolation::parse(text).ok_or_else(|| {
-                    format!("--isolation takes read-committed or serializable, not {text}")
+                    format!("--isolation takes read-committed, serializable or read-only, not {text}")
                 })?,
             };
             Ok(Command::Txn { isolation })

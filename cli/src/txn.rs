@@ -1,4 +1,4 @@
-//! `kvs txn [--isolation read-committed|serializable]`: the lines read from stdin (or typed
+//! `kvs txn [--isolation read-committed|serializable|read-only]`: the lines read from stdin (or typed
 //! at the prompt) run as one transaction. Each line is a command of the usual grammar — get,
 //! put, del, cas, scan — and its result is printed as `kvs` prints it; `commit` ends the
 //! transaction and prints `COMMITTED`, `rollback` rolls it back. When the server aborts the

@@ -255,7 +255,7 @@ async fn dispatch(ctx: &Rc<CoreContext>, conn: &Rc<Connection>, header: Header, 
         ),
         Request::Ping => respond(conn, opcode, request_id, &Response::Pong),
         Request::Begin { isolation } => {
-            let response = crate::txn::begin(ctx, &conn.txns, isolation);
+            let response = crate::txn::begin(ctx, &conn.txns, isolation, origin).await;
             respond(conn, opcode, request_id, &response);
         }
         Request::InTxn { .. } | Request::Commit { .. } | Request::Rollback { .. } => {

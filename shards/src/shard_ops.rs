@@ -63,16 +63,20 @@ pub enum ShardOp {
     /// provisionally at the shard's newest version, answered `Snapshot(version)`.
     SnapshotBegin,
     /// Round two: a read (GET, MGET, SCAN) at timestamp `ts` of the snapshot begun at
-    /// `began`, which it then closes. Fenced, like `Fenced`, after the node's clock is
-    /// raised past `ts`.
+    /// `began` (fixed there first; 0: fixed by an earlier read), which it then closes unless
+    /// `keep_open` (a read-only transaction's). Fenced, like `Fenced`, after the node's
+    /// clock is raised past `ts`.
     AtSnapshot {
         began: u64,
         ts: u64,
+        keep_open: bool,
         read: Box<ShardOp>,
     },
-    /// Drops a snapshot begun and never read (another shard failed round one).
-    SnapshotAbandon {
+    /// Ends a snapshot: the one fixed at `ts` (if not 0), else the one begun at `began` and
+    /// never read (another shard failed round one, or a read-only transaction ended).
+    SnapshotEnd {
         began: u64,
+        ts: u64,
     },
 }
 

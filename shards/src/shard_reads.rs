@@ -40,9 +40,13 @@ pub fn try_read_from<F: kvs_core::log::LogFile>(
         ShardOp::SnapshotBegin => Some(ShardReply::Snapshot(
             store.snapshot_begin(kvs_core::sessions::wall_clock_ms()),
         )),
-        ShardOp::SnapshotAbandon { began } => {
-            store.snapshot_abandon(*began);
-            Some(ShardReply::Snapshot(*began))
+        ShardOp::SnapshotEnd { began, ts } => {
+            if *ts != 0 {
+                store.snapshot_close(*ts);
+            } else {
+                store.snapshot_abandon(*began);
+            }
+            Some(ShardReply::Snapshot(*ts))
         }
         ShardOp::Write(_) => unreachable!("writes are not reads"),
         ShardOp::Lock(_) | ShardOp::Unlock(_) | ShardOp::TxnLock(_) => {
@@ -108,13 +112,16 @@ pub async fn read_from<F: kvs_core::log::LogFile>(
             Ok(document) => ShardReply::Doc(document),
             Err((code, message)) => ShardReply::Error(code, message),
         },
-        ShardOp::AtSnapshot { began, ts, read } => {
-            match read_at_snapshot(store, *began, *ts, read).await {
-                Ok(reply) => reply,
-                Err(StoreFailed(e)) => failed(e),
-            }
-        }
-        ShardOp::SnapshotBegin | ShardOp::SnapshotAbandon { .. } => {
+        ShardOp::AtSnapshot {
+            began,
+            ts,
+            keep_open,
+            read,
+        } => match read_at_snapshot(store, *began, *ts, *keep_open, read).await {
+            Ok(reply) => reply,
+            Err(StoreFailed(e)) => failed(e),
+        },
+        ShardOp::SnapshotBegin | ShardOp::SnapshotEnd { .. } => {
             unreachable!("answered from the pool")
         }
         ShardOp::Info
@@ -135,17 +142,21 @@ const IN_DOUBT_WAIT: Duration = crate::txn_shared::LOCK_TIMEOUT_DEFAULT;
 struct StoreFailed(StoreError);
 
 /// Round two of a snapshot read (ADR 0023): waits for the transactions prepared at or below
-/// `ts` to be decided, fixes the snapshot begun at `began` at `ts`, reads, and closes it.
+/// `ts` to be decided, fixes the snapshot begun at `began` at `ts` (unless `began` is 0: an
+/// earlier read fixed it), reads, and closes it unless `keep_open`.
 async fn read_at_snapshot<F: kvs_core::log::LogFile>(
     store: &Rc<PagedStore<F>>,
     began: u64,
     ts: u64,
+    keep_open: bool,
     read: &ShardOp,
 ) -> Result<ShardReply, StoreFailed> {
     let waited = Instant::now();
     while store.in_doubt_at_or_below(ts) {
         if waited.elapsed() > IN_DOUBT_WAIT {
-            store.snapshot_abandon(began);
+            if began != 0 {
+                store.snapshot_abandon(began);
+            }
             return Ok(ShardReply::Error(
                 ErrorCode::Timeout,
                 format!(
@@ -161,7 +172,12 @@ async fn read_at_snapshot<F: kvs_core::log::LogFile>(
             format!("the snapshot at {ts} is gone (older than --txn-max-age, or the shard's leader changed)"),
         )
     };
-    if !store.snapshot_fix(began, ts) {
+    let open = if began != 0 {
+        store.snapshot_fix(began, ts)
+    } else {
+        store.snapshot_is_open(ts)
+    };
+    if !open {
         return Ok(too_old());
     }
     let reply = match read {
@@ -187,7 +203,9 @@ async fn read_at_snapshot<F: kvs_core::log::LogFile>(
     };
     // Expired meanwhile: what it read may have been dropped.
     let whole = store.snapshot_is_open(ts);
-    store.snapshot_close(ts);
+    if !keep_open {
+        store.snapshot_close(ts);
+    }
     Ok(if whole { reply } else { too_old() })
 }
 

@@ -60,7 +60,7 @@ pub async fn begin(
             .iter()
             .zip(&began)
             .filter_map(|(&shard, began)| {
-                began.map(|began| (shard, ShardOp::SnapshotAbandon { began }))
+                began.map(|began| (shard, ShardOp::SnapshotEnd { began, ts: 0 }))
             })
             .collect();
         ask_all_from(ctx, origin, abandon).await;
@@ -72,7 +72,8 @@ pub async fn begin(
     Ok(Begun { ts, began })
 }
 
-/// Round two's op for one shard: `read` (GET, MGET or SCAN) at the snapshot's timestamp.
+/// Round two's op for one shard: `read` (GET, MGET or SCAN) at the snapshot's timestamp,
+/// which then closes there.
 pub fn at(begun: &Begun, part: usize, read: ShardOp) -> ShardOp {
     assert!(matches!(
         read,
@@ -81,6 +82,61 @@ pub fn at(begun: &Begun, part: usize, read: ShardOp) -> ShardOp {
     ShardOp::AtSnapshot {
         began: begun.began[part],
         ts: begun.ts,
+        keep_open: false,
         read: Box::new(read),
+    }
+}
+
+/// A snapshot a read-only transaction reads, on every shard, until it ends.
+#[derive(Debug)]
+pub struct Held {
+    begun: Begun,
+    /// Shards where a read fixed it.
+    fixed: std::collections::BTreeSet<u32>,
+}
+
+impl Held {
+    pub fn new(begun: Begun) -> Held {
+        Held {
+            begun,
+            fixed: Default::default(),
+        }
+    }
+
+    /// `read` on `shard` (one of all the shards, by number) at the snapshot, which stays
+    /// open.
+    pub fn read(&mut self, shard: u32, read: ShardOp) -> ShardOp {
+        let first = self.fixed.insert(shard);
+        ShardOp::AtSnapshot {
+            began: if first {
+                self.begun.began[shard as usize]
+            } else {
+                0
+            },
+            ts: self.begun.ts,
+            keep_open: true,
+            read: Box::new(read),
+        }
+    }
+
+    /// Ends the snapshot on every shard.
+    pub async fn end(self, ctx: &CoreContext) {
+        let ops = (0..self.begun.began.len() as u32)
+            .map(|shard| {
+                let end = if self.fixed.contains(&shard) {
+                    ShardOp::SnapshotEnd {
+                        began: 0,
+                        ts: self.begun.ts,
+                    }
+                } else {
+                    ShardOp::SnapshotEnd {
+                        began: self.begun.began[shard as usize],
+                        ts: 0,
+                    }
+                };
+                (shard, end)
+            })
+            .collect();
+        ask_all_from(ctx, crate::shard::NO_ORIGIN, ops).await;
     }
 }

@@ -39,9 +39,19 @@ pub struct Txn {
     /// The keys (and how many ranges) each shard granted it: at commit every shard must
     /// still hold that many (a leader change loses them).
     granted: BTreeMap<u32, (BTreeSet<Vec<u8>>, u32)>,
+    /// A read-only transaction's snapshot (ADR 0023): it reads there and locks nothing.
+    snapshot: Option<crate::snapshot_read::Held>,
 }
 
 impl Txn {
+    /// Lets go of what it holds: its locks, or its snapshot.
+    async fn end(self, ctx: &CoreContext) {
+        txn_commit::release(ctx, self.id, self.locked.iter().copied()).await;
+        if let Some(snapshot) = self.snapshot {
+            snapshot.end(ctx).await;
+        }
+    }
+
     /// How many locks each shard granted.
     fn lock_counts(&self) -> BTreeMap<u32, u32> {
         self.granted
@@ -104,7 +114,7 @@ impl OpenTxns {
     async fn put_back(&self, ctx: &CoreContext, txn: Txn) {
         self.busy.borrow_mut().remove(&txn.id);
         if self.closed.get() {
-            txn_commit::release(ctx, txn.id, txn.locked.iter().copied()).await;
+            txn.end(ctx).await;
         } else {
             self.open.borrow_mut().insert(txn.id, txn);
         }
@@ -119,16 +129,31 @@ impl OpenTxns {
         self.closed.set(true);
         let open: Vec<Txn> = self.open.borrow_mut().drain().map(|(_, t)| t).collect();
         for txn in open {
-            txn_commit::release(ctx, txn.id, txn.locked.iter().copied()).await;
+            txn.end(ctx).await;
         }
     }
 }
 
-/// BEGIN.
-pub fn begin(ctx: &CoreContext, open: &OpenTxns, isolation: Isolation) -> Response {
+/// BEGIN. A read-only transaction begins its snapshot on every shard now (`origin` orders
+/// that after the connection's earlier writes: it sees them).
+pub async fn begin(
+    ctx: &CoreContext,
+    open: &OpenTxns,
+    isolation: Isolation,
+    origin: crate::shard::Origin,
+) -> Response {
     let txns = &ctx.transactions;
     let id = txns.new_id();
     let deadline_ms = wall_clock_ms() + txns.txn_timeout.as_millis() as u64;
+    let snapshot = if isolation == Isolation::ReadOnly {
+        let shards: Vec<u32> = (0..ctx.shard_count).collect();
+        match crate::snapshot_read::begin(ctx, origin, &shards).await {
+            Ok(begun) => Some(crate::snapshot_read::Held::new(begun)),
+            Err((code, message)) => return Response::error(code, message),
+        }
+    } else {
+        None
+    };
     open.open.borrow_mut().insert(
         id,
         Txn {
@@ -138,6 +163,7 @@ pub fn begin(ctx: &CoreContext, open: &OpenTxns, isolation: Isolation) -> Respon
             writes: BTreeMap::new(),
             locked: BTreeSet::new(),
             granted: BTreeMap::new(),
+            snapshot,
         },
     );
     Response::Began { txn: id }
@@ -167,7 +193,7 @@ pub async fn run(
         }
         Err((code, message)) if aborts(code) => {
             open.finished(id);
-            txn_commit::release(ctx, id, txn.locked.iter().copied()).await;
+            txn.end(ctx).await;
             Response::error(code, message)
         }
         Err(kept) => {
@@ -192,8 +218,13 @@ pub async fn commit(ctx: &CoreContext, open: &OpenTxns, id: u64) -> Response {
     };
     open.finished(id);
     if wall_clock_ms() >= txn.deadline_ms {
-        txn_commit::release(ctx, id, txn.locked.iter().copied()).await;
+        txn.end(ctx).await;
         return refusal(past_deadline(id));
+    }
+    if txn.snapshot.is_some() {
+        // Read-only: nothing to apply.
+        txn.end(ctx).await;
+        return Response::Committed(Vec::new());
     }
     let mut parts: BTreeMap<u32, Vec<Command>> = BTreeMap::new();
     // Each shard's keys, in the order of its commands.
@@ -245,7 +276,7 @@ pub async fn rollback(ctx: &CoreContext, open: &OpenTxns, id: u64) -> Response {
     match open.take(id) {
         Ok(txn) => {
             open.finished(id);
-            txn_commit::release(ctx, id, txn.locked.iter().copied()).await;
+            txn.end(ctx).await;
             Response::Ended
         }
         Err(response) => response,
@@ -294,12 +325,15 @@ async fn read_key(
     }
     let shard = shard_for_key(key, ctx.shard_count);
     let get = ShardOp::Get { key: key.to_vec() };
-    let op = match lock_mode {
-        Some(mode) => {
-            lock(ctx, txn, shard, vec![(key.to_vec(), mode)], None).await?;
-            ShardOp::Fenced(Box::new(get))
-        }
-        None => get,
+    let op = match (&mut txn.snapshot, lock_mode) {
+        (Some(snapshot), _) => snapshot.read(shard, get),
+        (None, lock_mode) => match lock_mode {
+            Some(mode) => {
+                lock(ctx, txn, shard, vec![(key.to_vec(), mode)], None).await?;
+                ShardOp::Fenced(Box::new(get))
+            }
+            None => get,
+        },
     };
     match ask(ctx, shard, op).await {
         ShardReply::Value(found) => Ok(found.map(|v| (v.version, v.value))),
@@ -327,6 +361,17 @@ async fn step(
     for_update: bool,
 ) -> Result<Response, Refusal> {
     let shard_of = |key: &[u8]| shard_for_key(key, ctx.shard_count);
+    let writes = matches!(
+        request,
+        Request::Put { .. } | Request::Delete { .. } | Request::Cas { .. }
+    );
+    if writes && txn.snapshot.is_some() {
+        return Err((
+            ErrorCode::BadRequest,
+            "a read-only transaction cannot write: begin a read-committed or serializable one"
+                .into(),
+        ));
+    }
     Ok(match request {
         Request::Get { key } => {
             let mode = read_lock(txn, for_update);
@@ -427,10 +472,10 @@ async fn scan(
                 end: end.clone(),
                 limit: wanted,
             };
-            let op = if serializable {
-                ShardOp::Fenced(Box::new(scan))
-            } else {
-                scan
+            let op = match &mut txn.snapshot {
+                Some(snapshot) => snapshot.read(shard, scan),
+                None if serializable => ShardOp::Fenced(Box::new(scan)),
+                None => scan,
             };
             (shard, op)
         })

@@ -10,7 +10,7 @@ mod common;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use common::Server;
-use kvs_wire::{Client, Isolation};
+use kvs_wire::{Client, ErrorCode, Isolation};
 
 const ACCOUNTS: usize = 16;
 const INITIAL: i64 = 100;
@@ -152,4 +152,85 @@ fn a_snapshot_read_sees_every_write_acknowledged_before_it_and_versions_keep_gro
             .iter()
             .all(|(_, v)| v.starts_with(format!("{round}:").as_bytes())));
     }
+}
+
+#[test]
+fn a_read_only_transaction_reads_one_snapshot_however_long_it_runs_and_takes_no_locks() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), 2);
+    let client = server.client();
+    for i in 0..ACCOUNTS {
+        client.put(&key(i), INITIAL.to_string().as_bytes()).unwrap();
+    }
+    let total = ACCOUNTS as i64 * INITIAL;
+    let stop = AtomicBool::new(false);
+    let transfers = AtomicU64::new(0);
+    std::thread::scope(|s| {
+        for worker in 0..3u64 {
+            let (stop, transfers, addr) = (&stop, &transfers, server.addr.clone());
+            s.spawn(move || {
+                let client = Client::connect(&addr).unwrap();
+                let mut seed = worker * 104_729 + 3;
+                while !stop.load(Ordering::Relaxed) {
+                    seed = seed
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    let from = (seed >> 33) as usize % ACCOUNTS;
+                    let to = (from + 1 + (seed >> 40) as usize % (ACCOUNTS - 1)) % ACCOUNTS;
+                    transfer(&client, from, to, (seed >> 50) as i64 % 10 + 1);
+                    transfers.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+        let _stop = StopOnDrop(&stop);
+        for round in 0..10 {
+            let before = transfers.load(Ordering::Relaxed);
+            let txn = client.begin(Isolation::ReadOnly).unwrap();
+            // One key at a time, slowly: transfers commit in between, on the keys it read
+            // (they would wait for a serializable reader's locks; these do not).
+            let mut sum = 0;
+            for i in 0..ACCOUNTS {
+                sum += balance(&txn.get(&key(i)).unwrap().expect("an account"));
+                std::thread::sleep(std::time::Duration::from_millis(3));
+            }
+            assert_eq!(sum, total, "round {round}: a read-only transaction's reads");
+            let (pairs, _) = txn.scan(b"account", Some(b"accounu"), 1000).unwrap();
+            let scanned: i64 = pairs.iter().map(|(_, v)| balance(v)).sum();
+            assert_eq!(scanned, total, "round {round}: its scan");
+            if round == 0 {
+                let refused = txn.put(&key(0), b"1").unwrap_err();
+                assert_eq!(refused.code(), Some(ErrorCode::BadRequest), "{refused}");
+            }
+            txn.commit().unwrap();
+            assert!(
+                transfers.load(Ordering::Relaxed) > before,
+                "round {round}: transfers went on while it read"
+            );
+        }
+    });
+    assert_eq!(shard_stats(&client), vec![(0, 0); 2]);
+}
+
+#[test]
+fn a_snapshot_older_than_the_maximum_age_is_closed_and_reading_it_fails_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with(dir.path(), 2, &["--txn-max-age", "1s"]);
+    let client = server.client();
+    client.put(b"a", b"1").unwrap();
+    let txn = client.begin(Isolation::ReadOnly).unwrap();
+    assert_eq!(txn.get(b"a").unwrap(), Some(b"1".to_vec()));
+    client.put(b"a", b"2").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let err = txn.get(b"a").unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::SnapshotTooOld), "{err}");
+    assert_eq!(
+        shard_stats(&client),
+        vec![(0, 0); 2],
+        "closed, versions dropped"
+    );
+    // A fresh one reads the newest value.
+    let txn = client.begin(Isolation::ReadOnly).unwrap();
+    assert_eq!(txn.get(b"a").unwrap(), Some(b"2".to_vec()));
+    txn.rollback().unwrap();
+    assert_eq!(shard_stats(&client), vec![(0, 0); 2]);
 }

@@ -7,6 +7,9 @@ pub enum Isolation {
     ReadCommitted = 1,
     /// As if the transactions ran one at a time: reads lock what they read.
     Serializable = 2,
+    /// Reads only, all at one snapshot taken at BEGIN, with no locks (ADR 0023); writes are
+    /// refused. Serializable: it writes nothing and reads one consistent state.
+    ReadOnly = 3,
 }
 
 impl Isolation {
@@ -14,6 +17,7 @@ impl Isolation {
         match self {
             Isolation::ReadCommitted => "read-committed",
             Isolation::Serializable => "serializable",
+            Isolation::ReadOnly => "read-only",
         }
     }
 
@@ -21,6 +25,7 @@ impl Isolation {
         match text {
             "read-committed" => Some(Isolation::ReadCommitted),
             "serializable" => Some(Isolation::Serializable),
+            "read-only" => Some(Isolation::ReadOnly),
             _ => None,
         }
     }

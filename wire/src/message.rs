@@ -622,11 +622,13 @@ impl Request {
                 isolation: match r.u8("isolation")? {
                     1 => Isolation::ReadCommitted,
                     2 => Isolation::Serializable,
+                    3 => Isolation::ReadOnly,
                     other => {
                         return Err(DecodeError::Invalid {
                             what: "isolation",
                             detail: format!(
-                                "{other} is not 1 (read committed) or 2 (serializable)"
+                                "{other} is not 1 (read committed), 2 (serializable) or 3 \
+                                 (read-only)"
                             ),
                         })
                     }

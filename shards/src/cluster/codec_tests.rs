@@ -321,11 +321,13 @@ fn sample_forwards() -> Vec<Forwarded> {
         ShardOp::AtSnapshot {
             began: 5,
             ts: 7,
+            keep_open: true,
             read: Box::new(ShardOp::MGet {
                 keys: vec![b"a".to_vec(), b"b".to_vec()],
             }),
         },
-        ShardOp::SnapshotAbandon { began: 5 },
+        ShardOp::SnapshotEnd { began: 5, ts: 0 },
+        ShardOp::SnapshotEnd { began: 0, ts: 9 },
     ];
     ops.into_iter()
         .enumerate()

@@ -54,7 +54,7 @@ pub fn forwarded_len(request: &Forwarded) -> usize {
                 op: (**inner).clone(),
             })
         }
-        ShardOp::SnapshotBegin | ShardOp::SnapshotAbandon { .. } => 8,
+        ShardOp::SnapshotBegin | ShardOp::SnapshotEnd { .. } => 16,
     }
 }
 
@@ -121,15 +121,22 @@ pub(super) fn encode_forwarded(request: &Forwarded, out: &mut Vec<u8>) {
             encode_inner_read(inner, out);
         }
         ShardOp::SnapshotBegin => out.push(8),
-        ShardOp::AtSnapshot { began, ts, read } => {
+        ShardOp::AtSnapshot {
+            began,
+            ts,
+            keep_open,
+            read,
+        } => {
             out.push(9);
             put_u64(out, *began);
             put_u64(out, *ts);
+            out.push(u8::from(*keep_open));
             encode_inner_read(read, out);
         }
-        ShardOp::SnapshotAbandon { began } => {
+        ShardOp::SnapshotEnd { began, ts } => {
             out.push(10);
             put_u64(out, *began);
+            put_u64(out, *ts);
         }
         ShardOp::Info
         | ShardOp::Lock(_)
@@ -274,9 +281,13 @@ pub(super) fn decode_forwarded(r: &mut Reader<'_>) -> Result<Forwarded, PeerDeco
         9 => ShardOp::AtSnapshot {
             began: r.u64()?,
             ts: r.u64()?,
+            keep_open: r.flag()?,
             read: Box::new(decode_inner_read(r)?),
         },
-        10 => ShardOp::SnapshotAbandon { began: r.u64()? },
+        10 => ShardOp::SnapshotEnd {
+            began: r.u64()?,
+            ts: r.u64()?,
+        },
         tag => return Err(malformed(format!("unknown forwarded op {tag}"))),
     };
     Ok(Forwarded { id, origin, op })
