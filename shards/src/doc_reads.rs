@@ -95,10 +95,14 @@ pub type Fail = (ErrorCode, String);
 
 /// Runs a document read on one shard's store; the reply is a document in the binary
 /// encoding.
+///
+/// `at`: a find or an aggregate reads the documents as they were at that snapshot (ADR 0023;
+/// open from before until after the call); the other reads ignore it.
 pub async fn read_docs<F: LogFile>(
     store: &PagedStore<F>,
     shard: u32,
     read: &DocRead,
+    at: Option<u64>,
 ) -> Result<Vec<u8>, Fail> {
     let failed = |e: kvs_core::store::StoreError| {
         tracing::error!(shard, error = %e, "document read failed");
@@ -109,7 +113,7 @@ pub async fn read_docs<F: LogFile>(
             let query = parse_query(&decode(query)?).map_err(|e| (ErrorCode::BadRequest, e))?;
             let count_only = *mode == FindMode::Count;
             let (docs, count, stats) = store
-                .doc_find(coll, &query, count_only)
+                .doc_find(coll, &query, count_only, at)
                 .await
                 .map_err(failed)?;
             reply(&match mode {
@@ -137,7 +141,10 @@ pub async fn read_docs<F: LogFile>(
                 limit: None,
                 after: None,
             };
-            let (docs, _, _) = store.doc_find(coll, &query, false).await.map_err(failed)?;
+            let (docs, _, _) = store
+                .doc_find(coll, &query, false, at)
+                .await
+                .map_err(failed)?;
             let docs = match group {
                 None => docs,
                 Some(stage) => {

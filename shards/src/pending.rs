@@ -28,6 +28,8 @@ pub struct Proposal<R, Q> {
     pub origins: Vec<Origin>,
     /// Reads to answer right after the entry is applied, in arrival order.
     pub reads: Vec<Q>,
+    /// The entry's version floor (ADR 0023): its commands take versions at or above it.
+    pub floor: u64,
 }
 
 /// Proposals in index order, and which origins have writes among them.
@@ -64,6 +66,17 @@ impl<R, Q> Pending<R, Q> {
     /// The index of the newest proposal not yet applied, whoever wrote it.
     pub fn newest(&self) -> Option<u64> {
         self.proposals.back().map(|p| p.index)
+    }
+
+    /// The newest proposal not yet applied whose floor is at or below `ts`: the last one
+    /// whose commands may take versions at or below `ts` (versions grow in apply order, and
+    /// every later proposal's floor is above `ts`).
+    pub fn newest_at_or_below(&self, ts: u64) -> Option<u64> {
+        self.proposals
+            .iter()
+            .rev()
+            .find(|p| p.floor <= ts)
+            .map(|p| p.index)
     }
 
     /// Records a proposal. Indexes only grow (see [`Pending::take_from`]).
@@ -153,6 +166,7 @@ mod tests {
             writers: vec![index as u32],
             origins: origins.to_vec(),
             reads: Vec::new(),
+            floor: index * 10,
         }
     }
 
@@ -205,5 +219,17 @@ mod tests {
         assert_eq!(pending.newest_unapplied(2), Some(6));
         assert!(pending.take_from(9).is_empty());
         assert_eq!(pending.len(), 2);
+    }
+
+    #[test]
+    fn a_snapshot_waits_for_the_newest_proposal_that_may_take_a_version_at_or_below_it() {
+        let mut pending: Pending<u32, Read> = Pending::default();
+        for index in 1..=3 {
+            pending.add(proposal(index, &[]));
+        }
+        // Floors 10, 20, 30.
+        assert_eq!(pending.newest_at_or_below(5), None);
+        assert_eq!(pending.newest_at_or_below(20), Some(2));
+        assert_eq!(pending.newest_at_or_below(99), Some(3));
     }
 }

@@ -543,10 +543,21 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
                     request.op = std::mem::replace(inner.as_mut(), ShardOp::Info);
                     true
                 }
-                // Every batch proposed from now on takes versions above the snapshot's.
                 (true, ShardOp::AtSnapshot { ts, .. }) => {
-                    self.clock.observe(*ts);
-                    true
+                    // Every batch proposed from now on (this round's too) takes versions
+                    // above the snapshot's: it waits only for the entries in flight that
+                    // may take one at or below (none once a version above was applied).
+                    let ts = *ts;
+                    self.clock.observe(ts);
+                    let pending = (self.peer.store().last_version() < ts)
+                        .then(|| self.pending.newest_at_or_below(ts))
+                        .flatten();
+                    if let Some(index) = pending {
+                        self.count_held_read(&request);
+                        self.pending.attach(index, request);
+                        continue;
+                    }
+                    false
                 }
                 _ => false,
             };
@@ -720,7 +731,8 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
             !origins.contains(&NO_ORIGIN),
             "origins that keep no order are not recorded"
         );
-        let data = encoder.finish_at(kvs_core::sessions::wall_clock_ms(), self.clock.next());
+        let floor = self.clock.next();
+        let data = encoder.finish_at(kvs_core::sessions::wall_clock_ms(), floor);
         match self.peer.propose(data) {
             Ok((index, term)) => {
                 // Proposals of an earlier term at this index or after it are gone from this
@@ -735,6 +747,7 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
                     writers,
                     origins,
                     reads,
+                    floor,
                 });
                 output
             }

@@ -108,7 +108,8 @@ pub async fn read_from<F: kvs_core::log::LogFile>(
                 Err(e) => ShardReply::Error(ErrorCode::BadRequest, format!("shard {shard}: {e}")),
             }
         }
-        ShardOp::DocRead(read) => match crate::doc_reads::read_docs(store, shard, read).await {
+        ShardOp::DocRead(read) => match crate::doc_reads::read_docs(store, shard, read, None).await
+        {
             Ok(document) => ShardReply::Doc(document),
             Err((code, message)) => ShardReply::Error(code, message),
         },
@@ -117,7 +118,7 @@ pub async fn read_from<F: kvs_core::log::LogFile>(
             ts,
             keep_open,
             read,
-        } => match read_at_snapshot(store, *began, *ts, *keep_open, read).await {
+        } => match read_at_snapshot(store, shard, *began, *ts, *keep_open, read).await {
             Ok(reply) => reply,
             Err(StoreFailed(e)) => failed(e),
         },
@@ -146,6 +147,7 @@ struct StoreFailed(StoreError);
 /// earlier read fixed it), reads, and closes it unless `keep_open`.
 async fn read_at_snapshot<F: kvs_core::log::LogFile>(
     store: &Rc<PagedStore<F>>,
+    shard: u32,
     began: u64,
     ts: u64,
     keep_open: bool,
@@ -180,7 +182,27 @@ async fn read_at_snapshot<F: kvs_core::log::LogFile>(
     if !open {
         return Ok(too_old());
     }
-    let reply = match read {
+    let reply = match read_at(store, shard, ts, read).await {
+        Ok(reply) => reply,
+        // A closed snapshot's extents may be reused under the read: too old, not damage.
+        Err(_) if !store.snapshot_is_open(ts) => too_old(),
+        Err(e) => return Err(e),
+    };
+    // Expired meanwhile: what it read may have been dropped.
+    let whole = store.snapshot_is_open(ts);
+    if !keep_open {
+        store.snapshot_close(ts);
+    }
+    Ok(if whole { reply } else { too_old() })
+}
+
+async fn read_at<F: kvs_core::log::LogFile>(
+    store: &Rc<PagedStore<F>>,
+    shard: u32,
+    ts: u64,
+    read: &ShardOp,
+) -> Result<ShardReply, StoreFailed> {
+    Ok(match read {
         ShardOp::Get { key } => {
             ShardReply::Value(store.get_at(key, ts).await.map_err(StoreFailed)?)
         }
@@ -199,14 +221,16 @@ async fn read_at_snapshot<F: kvs_core::log::LogFile>(
                 .await
                 .map_err(StoreFailed)?,
         ),
-        other => unreachable!("a snapshot read carries GET, MGET or SCAN, not {other:?}"),
-    };
-    // Expired meanwhile: what it read may have been dropped.
-    let whole = store.snapshot_is_open(ts);
-    if !keep_open {
-        store.snapshot_close(ts);
-    }
-    Ok(if whole { reply } else { too_old() })
+        ShardOp::DocRead(read) => {
+            match crate::doc_reads::read_docs(store, shard, read, Some(ts)).await {
+                Ok(document) => ShardReply::Doc(document),
+                Err((code, message)) => ShardReply::Error(code, message),
+            }
+        }
+        other => unreachable!(
+            "a snapshot read carries GET, MGET, SCAN or a document read, not {other:?}"
+        ),
+    })
 }
 
 pub fn store_error_code(error: &StoreError) -> ErrorCode {

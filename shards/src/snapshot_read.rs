@@ -77,13 +77,34 @@ pub async fn begin(
 pub fn at(begun: &Begun, part: usize, read: ShardOp) -> ShardOp {
     assert!(matches!(
         read,
-        ShardOp::Get { .. } | ShardOp::MGet { .. } | ShardOp::Scan { .. }
+        ShardOp::Get { .. } | ShardOp::MGet { .. } | ShardOp::Scan { .. } | ShardOp::DocRead(_)
     ));
     ShardOp::AtSnapshot {
         began: begun.began[part],
         ts: begun.ts,
         keep_open: false,
         read: Box::new(read),
+    }
+}
+
+/// Asks every op (each a read for a different shard) and waits for the replies, in order:
+/// at one snapshot when there are several, with the refusal of round one as every reply if
+/// it fails.
+pub async fn ask_all_at(ctx: &CoreContext, ops: Vec<(u32, ShardOp)>) -> Vec<ShardReply> {
+    if ops.len() < 2 {
+        return ask_all_from(ctx, crate::shard::NO_ORIGIN, ops).await;
+    }
+    let shards: Vec<u32> = ops.iter().map(|(shard, _)| *shard).collect();
+    match begin(ctx, crate::shard::NO_ORIGIN, &shards).await {
+        Ok(begun) => {
+            let ops = ops
+                .into_iter()
+                .enumerate()
+                .map(|(part, (shard, read))| (shard, at(&begun, part, read)))
+                .collect();
+            ask_all_from(ctx, crate::shard::NO_ORIGIN, ops).await
+        }
+        Err((code, message)) => vec![ShardReply::Error(code, message); shards.len()],
     }
 }
 

@@ -91,14 +91,20 @@ impl<F: LogFile> PagedStore<F> {
         }
     }
 
-    /// The value of key-value key `key` at snapshot `ts` (one that is open).
+    /// The value of key-value key `key` at snapshot `ts`, which must be open from before the
+    /// call until after it ([`PagedStore::snapshot_is_open`] tells; a snapshot closed
+    /// meanwhile may have lost what the read needed, and the caller must not use it).
     pub async fn get_at(&self, key: &[u8], ts: u64) -> Result<Option<Versioned>, StoreError> {
-        let tree_key = kv_key(key);
-        assert!(
-            self.history.borrow().is_open(ts),
-            "reading at {ts}, not open"
-        );
-        let current = self.lookup_value(&tree_key).await?;
+        self.get_tree_at(&kv_key(key), ts).await
+    }
+
+    /// Like [`PagedStore::get_at`], for a tree key of any space.
+    pub(super) async fn get_tree_at(
+        &self,
+        tree_key: &[u8],
+        ts: u64,
+    ) -> Result<Option<Versioned>, StoreError> {
+        let current = self.lookup_value(tree_key).await?;
         if let Some((entry, value)) = current {
             if entry.version <= ts {
                 return Ok(Some(Versioned {
@@ -109,10 +115,10 @@ impl<F: LogFile> PagedStore<F> {
         }
         // The entry that was newest at `ts` was replaced before the current one was written,
         // so the history holds it (or the key did not exist then).
-        let old = self.history.borrow().at(&tree_key, ts).cloned();
+        let old = self.history.borrow().at(tree_key, ts).cloned();
         match old {
             None => Ok(None),
-            Some(old) => self.old_value(tree_key, old).await.map(Some),
+            Some(old) => self.old_value(tree_key.to_vec(), old).await.map(Some),
         }
     }
 
@@ -125,15 +131,27 @@ impl<F: LogFile> PagedStore<F> {
         limit: usize,
         ts: u64,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
-        assert!(
-            self.history.borrow().is_open(ts),
-            "reading at {ts}, not open"
-        );
         let end = match end {
             Some(end) => kv_key(end),
             None => vec![SPACE_KV + 1],
         };
-        let mut from = kv_key(start);
+        let mut pairs = self.scan_tree_at(&kv_key(start), &end, limit, ts).await?;
+        for (key, _) in &mut pairs {
+            key.remove(0);
+        }
+        Ok(pairs)
+    }
+
+    /// Like [`PagedStore::scan_at`], over tree keys of any space.
+    pub(super) async fn scan_tree_at(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+        ts: u64,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        let end = end.to_vec();
+        let mut from = start.to_vec();
         let mut out: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         while out.len() < limit && from < end {
             let want = limit - out.len();
@@ -187,9 +205,7 @@ impl<F: LogFile> PagedStore<F> {
                     },
                     Found::Old(old) => self.old_value(key.clone(), old).await?.value,
                 };
-                let mut user_key = key;
-                user_key.remove(0);
-                out.push((user_key, value));
+                out.push((key, value));
             }
             from = match covered_to {
                 Bound::Included(mut last) => {

@@ -169,10 +169,10 @@ fn decode_inner_read(r: &mut Reader<'_>) -> Result<ShardOp, PeerDecodeError> {
     let inner = decode_forwarded(&mut Reader { bytes, at: 0 })?.op;
     if !matches!(
         inner,
-        ShardOp::Get { .. } | ShardOp::MGet { .. } | ShardOp::Scan { .. }
+        ShardOp::Get { .. } | ShardOp::MGet { .. } | ShardOp::Scan { .. } | ShardOp::DocRead(_)
     ) {
         return Err(malformed(
-            "a fenced or snapshot read carries GET, MGET or SCAN".into(),
+            "a fenced or snapshot read carries GET, MGET, SCAN or a document read".into(),
         ));
     }
     Ok(inner)

@@ -10,7 +10,6 @@ use kvs_core::doc::value::Value;
 use kvs_core::store::docs::{order, After};
 use kvs_wire::ErrorCode;
 
-use crate::ask::ask_all;
 use crate::doc_reads::{obj, DocRead, FindMode};
 use crate::documents::common::{bad, doc_reply, docs_of, find_reads, int_of, Args, Fail, Out};
 use crate::documents::placement::targets;
@@ -122,7 +121,7 @@ pub(super) async fn find(ctx: &CoreContext, command: &Value) -> Out<Value> {
     let shards = targets(ctx, &f.coll, &f.filter);
     let ops = find_reads(&f.coll, &shards, &query, FindMode::Documents);
     let mut docs = Vec::new();
-    for reply in ask_all(ctx, ops).await {
+    for reply in crate::snapshot_read::ask_all_at(ctx, ops).await {
         docs.extend(docs_of(doc_reply(reply)?));
     }
     docs.sort_by(|a, b| order(&f.sort, a, b));
@@ -162,7 +161,7 @@ pub(super) async fn count(ctx: &CoreContext, command: &Value) -> Out<Value> {
     let shards = targets(ctx, &f.coll, &f.filter);
     let ops = find_reads(&f.coll, &shards, &query, FindMode::Count);
     let mut n = 0;
-    for reply in ask_all(ctx, ops).await {
+    for reply in crate::snapshot_read::ask_all_at(ctx, ops).await {
         n += int_of(&doc_reply(reply)?, "count");
     }
     Ok(obj(vec![("count", Value::Int(n))]))
@@ -176,7 +175,7 @@ pub(super) async fn explain(ctx: &CoreContext, command: &Value) -> Out<Value> {
     let ops = find_reads(&f.coll, &shards, &query, FindMode::Explain);
     let mut plans = Vec::new();
     let (mut keys, mut docs, mut returned) = (0, 0, 0);
-    for reply in ask_all(ctx, ops).await {
+    for reply in crate::snapshot_read::ask_all_at(ctx, ops).await {
         let plan = doc_reply(reply)?;
         keys += int_of(&plan, "keysExamined");
         docs += int_of(&plan, "docsExamined");
@@ -246,7 +245,7 @@ pub(super) async fn aggregate(ctx: &CoreContext, command: &Value) -> Out<Value> 
         })
         .collect();
     let mut docs = Vec::new();
-    for reply in ask_all(ctx, ops).await {
+    for reply in crate::snapshot_read::ask_all_at(ctx, ops).await {
         docs.extend(docs_of(doc_reply(reply)?));
     }
     if let Some(group) = group {

@@ -160,4 +160,6 @@ impl<F: LogFile> PagedStore<F> {
 }
 
 #[cfg(test)]
+mod read_at_tests;
+#[cfg(test)]
 mod tests;

@@ -79,11 +79,12 @@ pub fn order(sort: &Sort, a: &Value, b: &Value) -> Ordering {
 
 impl<F: LogFile> PagedStore<F> {
     /// Reads a stored document (from the pool and the hot cache when it can, which it
-    /// then fills, as a key-value GET does).
-    async fn read_doc(&self, key: &[u8]) -> Result<Option<Value>, StoreError> {
-        let found = match self.try_get_tree(key) {
-            Some(found) => found,
-            None => self.get_tree(key).await?,
+    /// then fills, as a key-value GET does), or the version it had at snapshot `at`.
+    async fn read_doc(&self, key: &[u8], at: Option<u64>) -> Result<Option<Value>, StoreError> {
+        let found = match (at, self.try_get_tree(key)) {
+            (Some(ts), _) => self.get_tree_at(key, ts).await?,
+            (None, Some(found)) => found,
+            (None, None) => self.get_tree(key).await?,
         };
         match found {
             None => Ok(None),
@@ -112,18 +113,22 @@ impl<F: LogFile> PagedStore<F> {
     }
 
     /// Finds the documents of `coll` a query selects, in order (sort, then `_id`); when
-    /// `count_only`, counts them and keeps none.
+    /// `count_only`, counts them and keeps none. `at`: as they were at that snapshot (ADR
+    /// 0023; it must stay open meanwhile, see [`PagedStore::get_at`]), else as they are.
     pub async fn doc_find(
         &self,
         coll: &str,
         query: &FindQuery,
         count_only: bool,
+        at: Option<u64>,
     ) -> Result<(Vec<Value>, u64, FindStats), StoreError> {
         let mut stats = FindStats::new();
         let Some(coll) = self.doc_collection(coll).await? else {
             return Ok((Vec::new(), 0, stats));
         };
-        let found = self.select(&coll, query, count_only, &mut stats).await?;
+        let found = self
+            .select(&coll, query, count_only, at, &mut stats)
+            .await?;
         Ok((
             found.docs.into_iter().map(|(_, d)| d).collect(),
             found.count,
@@ -131,11 +136,26 @@ impl<F: LogFile> PagedStore<F> {
         ))
     }
 
+    /// Up to `limit` tree entries in `[start, end)`, now or at snapshot `at`.
+    async fn scan_docs(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+        at: Option<u64>,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        match at {
+            None => self.scan_tree(start, Some(end), limit).await,
+            Some(ts) => self.scan_tree_at(start, end, limit, ts).await,
+        }
+    }
+
     async fn select(
         &self,
         coll: &Collection,
         query: &FindQuery,
         count_only: bool,
+        at: Option<u64>,
         stats: &mut FindStats,
     ) -> Result<Found, StoreError> {
         let (access, ordered) = Self::plan(coll, &query.filter, &query.sort);
@@ -168,7 +188,7 @@ impl<F: LogFile> PagedStore<F> {
                 for (start, end) in ranges {
                     let mut from = start;
                     loop {
-                        let chunk = self.scan_tree(&from, Some(&end), SCAN_CHUNK).await?;
+                        let chunk = self.scan_docs(&from, &end, SCAN_CHUNK, at).await?;
                         let full = chunk.len() == SCAN_CHUNK;
                         for (key, bytes) in chunk {
                             stats.docs_examined += 1;
@@ -222,7 +242,7 @@ impl<F: LogFile> PagedStore<F> {
                         continue;
                     }
                     loop {
-                        let chunk = self.scan_tree(&from, Some(&end), SCAN_CHUNK).await?;
+                        let chunk = self.scan_docs(&from, &end, SCAN_CHUNK, at).await?;
                         let full = chunk.len() == SCAN_CHUNK;
                         for (key, id_key) in chunk {
                             stats.keys_examined += 1;
@@ -232,7 +252,7 @@ impl<F: LogFile> PagedStore<F> {
                             }
                             let dkey = doc_key(coll.id, &id_key);
                             // Gone since the entry was read (a write went on meanwhile).
-                            let Some(doc) = self.read_doc(&dkey).await? else {
+                            let Some(doc) = self.read_doc(&dkey, at).await? else {
                                 continue;
                             };
                             stats.docs_examined += 1;
@@ -265,7 +285,10 @@ impl<F: LogFile> PagedStore<F> {
             after: None,
         };
         let mut stats = FindStats::new();
-        Ok(self.select(coll, &query, false, &mut stats).await?.docs)
+        Ok(self
+            .select(coll, &query, false, None, &mut stats)
+            .await?
+            .docs)
     }
 
     /// The entries of index `name` of `coll` as (index key, `_id` key), in index order;

@@ -75,13 +75,14 @@ fn query(filter: &str, sort: &str, limit: Option<usize>) -> FindQuery {
 }
 
 fn find(store: &Store, coll: &str, filter: &str, sort: &str) -> Vec<String> {
-    let (docs, _, _) = block_on(store.doc_find(coll, &query(filter, sort, None), false)).unwrap();
+    let (docs, _, _) =
+        block_on(store.doc_find(coll, &query(filter, sort, None), false, None)).unwrap();
     docs.iter().map(|d| d.to_string()).collect()
 }
 
 fn find_with_stats(store: &Store, coll: &str, filter: &str) -> (Vec<String>, FindStats) {
     let (docs, _, stats) =
-        block_on(store.doc_find(coll, &query(filter, "{}", None), false)).unwrap();
+        block_on(store.doc_find(coll, &query(filter, "{}", None), false, None)).unwrap();
     (docs.iter().map(|d| d.to_string()).collect(), stats)
 }
 
@@ -351,6 +352,7 @@ fn planner_uses_id_ranges_and_indexes_and_explains() {
         "p",
         &query(r#"{"age": {"$gte": 45}}"#, r#"{"age": 1}"#, Some(3)),
         false,
+        None,
     ))
     .unwrap();
     assert!(stats.ordered);
@@ -360,7 +362,7 @@ fn planner_uses_id_ranges_and_indexes_and_explains() {
     let mut next = query(r#"{"age": {"$gte": 45}}"#, r#"{"age": 1}"#, Some(3));
     let token = After::token(&next.sort, &json(r#"{"_id": 145, "age": 45}"#));
     next.after = Some(After::parse(&next.sort, &token).unwrap());
-    let (docs, _, stats) = block_on(store.doc_find("p", &next, false)).unwrap();
+    let (docs, _, stats) = block_on(store.doc_find("p", &next, false, None)).unwrap();
     let ids: Vec<String> = docs.iter().map(|d| id_of(d).to_string()).collect();
     assert_eq!(ids, ["195", "245", "295"]);
     assert_eq!(stats.keys_examined, 3);
@@ -626,8 +628,8 @@ proptest! {
         for filter in &filters {
             for sort in ["{}", r#"{"a": 1}"#, r#"{"b": -1, "a": 1}"#, r#"{"c": 1}"#] {
                 let q = query(filter, sort, limit);
-                let (want, n1, _) = block_on(plain.doc_find("c", &q, false)).unwrap();
-                let (got, n2, stats) = block_on(indexed.doc_find("c", &q, false)).unwrap();
+                let (want, n1, _) = block_on(plain.doc_find("c", &q, false, None)).unwrap();
+                let (got, n2, stats) = block_on(indexed.doc_find("c", &q, false, None)).unwrap();
                 let want: Vec<String> = want.iter().map(|d| d.to_string()).collect();
                 let got: Vec<String> = got.iter().map(|d| d.to_string()).collect();
                 prop_assert_eq!(&got, &want, "filter {} sort {} via {:?}", filter, sort, stats.access);
