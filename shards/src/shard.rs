@@ -853,6 +853,13 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
                         continue;
                     }
                     for read in proposal.reads {
+                        // A snapshot read may wait for a transaction to be decided, which
+                        // takes a later entry: it runs in a task of its own, not in the loop.
+                        if matches!(read.op, ShardOp::AtSnapshot { .. }) {
+                            self.disk_reads.hand_out(std::slice::from_ref(&read));
+                            output.deferred.push(read);
+                            continue;
+                        }
                         let reply = self.read(&read.op).await;
                         output.replies.push((read.reply, reply));
                     }

@@ -197,7 +197,14 @@ fn a_transaction_carries_key_value_requests_only() {
             Err(DecodeError::Invalid { what: "IN_TXN", .. })
         ));
     }
-    assert!(Request::decode_body(Opcode::Begin as u8, &[3]).is_err());
+    assert!(Request::decode_body(Opcode::Begin as u8, &[4]).is_err());
+    assert!(Request::decode_body(Opcode::Begin as u8, &[0]).is_err());
+    assert_eq!(
+        Request::decode_body(Opcode::Begin as u8, &[3]).unwrap(),
+        Request::Begin {
+            isolation: crate::Isolation::ReadOnly
+        }
+    );
 }
 
 #[test]

@@ -29,8 +29,11 @@ impl<F: LogFile> PagedStore<F> {
     /// timestamp at or above it ([`PagedStore::snapshot_fix`]).
     ///
     /// `now_ms`: the wall time, by which [`PagedStore::snapshot_expire`] closes it.
+    ///
+    /// Never 0, which callers use for "no snapshot began here": a store with no write yet
+    /// begins at 1 (no write takes a version below 1, so nothing is missed).
     pub fn snapshot_begin(&self, now_ms: u64) -> u64 {
-        let newest = self.state.borrow().last_version;
+        let newest = self.state.borrow().last_version.max(1);
         self.history.borrow_mut().begin(newest, now_ms);
         newest
     }
