@@ -11,6 +11,7 @@ use std::sync::Mutex;
 
 use common::Server;
 use kvs_lincheck::txn::{check, check_read_committed, Anomaly, Op, Status, Txn};
+use kvs_wire::client::VersionedValue;
 use kvs_wire::txn_client::is_retryable;
 use kvs_wire::{Client, ClientError, ErrorCode, Isolation};
 
@@ -84,7 +85,7 @@ fn reader(client: &Client, seed: &mut u64, id: u64, plain: bool) -> Txn {
         }
     }
     let refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
-    let read: Result<Vec<Option<(u64, Vec<u8>)>>, ClientError> = if plain {
+    let read: Result<Vec<Option<VersionedValue>>, ClientError> = if plain {
         client.mget(&refs)
     } else {
         (|| {
