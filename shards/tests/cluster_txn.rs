@@ -57,6 +57,15 @@ fn audit_by(client: &Client, how: usize) -> Result<Vec<i64>, ClientError> {
     }
 }
 
+/// Sets the flag when dropped: stops the workers also when the test fails.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 fn check(balances: &[i64]) {
     assert!(balances.iter().all(|&b| b >= 0), "{balances:?}");
     assert_eq!(
@@ -133,6 +142,8 @@ fn a_bank_on_a_cluster_keeps_its_total_through_a_leader_kill() {
             }
             wrong
         });
+        // A failed assertion below stops the workers too (the scope would wait for them).
+        let _stop = StopOnDrop(stop);
         std::thread::sleep(Duration::from_millis(1500));
         let before = committed.load(Ordering::Relaxed);
         assert!(before > 0, "transfers ran before the kill");
