@@ -426,32 +426,24 @@ async fn execute(
                     }
                 };
                 // Keys on several shards are read at one timestamp (ADR 0023).
-                let begun = if parts.len() > 1 {
-                    let shards: Vec<u32> = parts.iter().map(|(shard, ..)| *shard).collect();
-                    match crate::snapshot_read::begin(ctx, origin, &shards).await {
-                        Ok(begun) => Some(begun),
-                        Err((code, message)) => {
-                            crate::resp_reply::error_line(&mut out, code, &message);
-                            None
+                let shards: Vec<u32> = parts.iter().map(|(shard, ..)| *shard).collect();
+                match crate::snapshot_read::begin_if_several(ctx, origin, &shards).await {
+                    Err((code, message)) => crate::resp_reply::error_line(&mut out, code, &message),
+                    Ok(begun) => {
+                        let g = RespGather::new(conn, sequence, resp3, kind, parts.len());
+                        for (part, (shard, _, keys)) in parts.into_iter().enumerate() {
+                            let target = Target::new(
+                                Rc::clone(&g) as Rc<dyn Deliver>,
+                                part as u64,
+                                0,
+                                origin,
+                            );
+                            let mget = ShardOp::MGet { keys };
+                            let op = crate::snapshot_read::maybe_at(begun.as_ref(), part, mget);
+                            ctx.send(shard, op, target).await;
                         }
+                        return After::Continue;
                     }
-                } else {
-                    None
-                };
-                if parts.len() == 1 || begun.is_some() {
-                    let g = RespGather::new(conn, sequence, resp3, kind, parts.len());
-                    for (part, (shard, _, keys)) in parts.into_iter().enumerate() {
-                        let target =
-                            Target::new(Rc::clone(&g) as Rc<dyn Deliver>, part as u64, 0, origin);
-                        let op = match &begun {
-                            Some(begun) => {
-                                crate::snapshot_read::at(begun, part, ShardOp::MGet { keys })
-                            }
-                            None => ShardOp::MGet { keys },
-                        };
-                        ctx.send(shard, op, target).await;
-                    }
-                    return After::Continue;
                 }
             }
         },

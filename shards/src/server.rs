@@ -349,23 +349,16 @@ async fn dispatch(ctx: &Rc<CoreContext>, conn: &Rc<Connection>, header: Header, 
             }
             let positions = parts.iter().map(|(_, p, _)| p.clone()).collect();
             // Keys on several shards are read at one timestamp (ADR 0023).
-            let begun = if parts.len() > 1 {
-                let shards: Vec<u32> = parts.iter().map(|(shard, ..)| *shard).collect();
-                match snapshot_read::begin(ctx, origin, &shards).await {
-                    Ok(begun) => Some(begun),
-                    Err((code, message)) => {
-                        return respond(conn, opcode, request_id, &Response::error(code, message))
-                    }
+            let shards: Vec<u32> = parts.iter().map(|(shard, ..)| *shard).collect();
+            let begun = match snapshot_read::begin_if_several(ctx, origin, &shards).await {
+                Ok(begun) => begun,
+                Err((code, message)) => {
+                    return respond(conn, opcode, request_id, &Response::error(code, message))
                 }
-            } else {
-                None
             };
             let g = gather(GatherKind::MGet { positions, total }, parts.len());
             for (part, (shard, _, keys)) in parts.into_iter().enumerate() {
-                let op = match &begun {
-                    Some(begun) => snapshot_read::at(begun, part, ShardOp::MGet { keys }),
-                    None => ShardOp::MGet { keys },
-                };
+                let op = snapshot_read::maybe_at(begun.as_ref(), part, ShardOp::MGet { keys });
                 ctx.send(
                     shard,
                     op,
@@ -395,15 +388,11 @@ async fn dispatch(ctx: &Rc<CoreContext>, conn: &Rc<Connection>, header: Header, 
         Request::Scan { start, end, limit } => {
             // Every shard is read at one timestamp (ADR 0023).
             let shards: Vec<u32> = (0..ctx.shard_count).collect();
-            let begun = if shards.len() > 1 {
-                match snapshot_read::begin(ctx, origin, &shards).await {
-                    Ok(begun) => Some(begun),
-                    Err((code, message)) => {
-                        return respond(conn, opcode, request_id, &Response::error(code, message))
-                    }
+            let begun = match snapshot_read::begin_if_several(ctx, origin, &shards).await {
+                Ok(begun) => begun,
+                Err((code, message)) => {
+                    return respond(conn, opcode, request_id, &Response::error(code, message))
                 }
-            } else {
-                None
             };
             let g = gather(GatherKind::Scan { limit }, ctx.shard_count as usize);
             for shard in 0..ctx.shard_count {
@@ -412,10 +401,7 @@ async fn dispatch(ctx: &Rc<CoreContext>, conn: &Rc<Connection>, header: Header, 
                     end: end.clone(),
                     limit,
                 };
-                let op = match &begun {
-                    Some(begun) => snapshot_read::at(begun, shard as usize, scan),
-                    None => scan,
-                };
+                let op = snapshot_read::maybe_at(begun.as_ref(), shard as usize, scan);
                 ctx.send(
                     shard,
                     op,

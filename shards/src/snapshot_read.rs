@@ -72,6 +72,26 @@ pub async fn begin(
     Ok(Begun { ts, began })
 }
 
+/// Round one when `shards` are several (one shard's read is atomic on its own: None).
+pub async fn begin_if_several(
+    ctx: &CoreContext,
+    origin: Origin,
+    shards: &[u32],
+) -> Result<Option<Begun>, (ErrorCode, String)> {
+    if shards.len() < 2 {
+        return Ok(None);
+    }
+    begin(ctx, origin, shards).await.map(Some)
+}
+
+/// `read` for part `part`: at the snapshot when one was begun, else as it is.
+pub fn maybe_at(begun: Option<&Begun>, part: usize, read: ShardOp) -> ShardOp {
+    match begun {
+        Some(begun) => at(begun, part, read),
+        None => read,
+    }
+}
+
 /// Round two's op for one shard: `read` (GET, MGET or SCAN) at the snapshot's timestamp,
 /// which then closes there.
 pub fn at(begun: &Begun, part: usize, read: ShardOp) -> ShardOp {
@@ -91,16 +111,13 @@ pub fn at(begun: &Begun, part: usize, read: ShardOp) -> ShardOp {
 /// at one snapshot when there are several, with the refusal of round one as every reply if
 /// it fails.
 pub async fn ask_all_at(ctx: &CoreContext, ops: Vec<(u32, ShardOp)>) -> Vec<ShardReply> {
-    if ops.len() < 2 {
-        return ask_all_from(ctx, crate::shard::NO_ORIGIN, ops).await;
-    }
     let shards: Vec<u32> = ops.iter().map(|(shard, _)| *shard).collect();
-    match begin(ctx, crate::shard::NO_ORIGIN, &shards).await {
+    match begin_if_several(ctx, crate::shard::NO_ORIGIN, &shards).await {
         Ok(begun) => {
             let ops = ops
                 .into_iter()
                 .enumerate()
-                .map(|(part, (shard, read))| (shard, at(&begun, part, read)))
+                .map(|(part, (shard, read))| (shard, maybe_at(begun.as_ref(), part, read)))
                 .collect();
             ask_all_from(ctx, crate::shard::NO_ORIGIN, ops).await
         }

@@ -9,7 +9,7 @@ use crate::log::LogFile;
 use crate::state::Versioned;
 
 /// The tree key of the key-value key `key`.
-fn kv_tree_key(key: &[u8]) -> Vec<u8> {
+pub(super) fn kv_tree_key(key: &[u8]) -> Vec<u8> {
     let mut tree_key = Vec::with_capacity(key.len() + 1);
     tree_key.push(SPACE_KV);
     tree_key.extend_from_slice(key);

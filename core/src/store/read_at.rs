@@ -10,6 +10,7 @@
 use std::ops::Bound;
 
 use super::page::Entry;
+use super::read::kv_tree_key;
 use super::versions::Old;
 use super::{PagedStore, StoreError, SPACE_KV};
 use crate::log::LogFile;
@@ -98,7 +99,7 @@ impl<F: LogFile> PagedStore<F> {
     /// call until after it ([`PagedStore::snapshot_is_open`] tells; a snapshot closed
     /// meanwhile may have lost what the read needed, and the caller must not use it).
     pub async fn get_at(&self, key: &[u8], ts: u64) -> Result<Option<Versioned>, StoreError> {
-        self.get_tree_at(&kv_key(key), ts).await
+        self.get_tree_at(&kv_tree_key(key), ts).await
     }
 
     /// Like [`PagedStore::get_at`], for a tree key of any space.
@@ -135,10 +136,12 @@ impl<F: LogFile> PagedStore<F> {
         ts: u64,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
         let end = match end {
-            Some(end) => kv_key(end),
+            Some(end) => kv_tree_key(end),
             None => vec![SPACE_KV + 1],
         };
-        let mut pairs = self.scan_tree_at(&kv_key(start), &end, limit, ts).await?;
+        let mut pairs = self
+            .scan_tree_at(&kv_tree_key(start), &end, limit, ts)
+            .await?;
         for (key, _) in &mut pairs {
             key.remove(0);
         }
@@ -242,11 +245,4 @@ impl<F: LogFile> PagedStore<F> {
 enum Found {
     Current(Entry),
     Old(Old),
-}
-
-fn kv_key(key: &[u8]) -> Vec<u8> {
-    let mut tree_key = Vec::with_capacity(key.len() + 1);
-    tree_key.push(SPACE_KV);
-    tree_key.extend_from_slice(key);
-    tree_key
 }
