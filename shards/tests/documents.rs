@@ -613,8 +613,7 @@ fn kill9_during_indexed_document_writes_loses_nothing_and_indexes_agree() {
     }
     let acked = acked.lock().unwrap().clone();
     assert!(acked.len() > 100, "{} documents acknowledged", acked.len());
-    let server = Server::spawn(dir.path(), 2, &server.addr);
-    server.wait_ready();
+    let server = Server::start(dir.path(), 2);
     let client = server.client();
     let found: std::collections::BTreeSet<i64> = client
         .find("c", &json!({"projection": {"_id": 1}}))
@@ -884,8 +883,7 @@ fn an_index_build_cut_by_kill9_resumes_after_restart() {
     }
     server.kill9();
     assert!(creator.join().unwrap().is_err(), "the build was cut");
-    let server = Server::spawn(dir.path(), 2, &server.addr);
-    server.wait_ready();
+    let server = Server::start(dir.path(), 2);
     let client = server.client();
     // The same request again waits for the build, which went on from where it was.
     assert_eq!(

@@ -312,8 +312,7 @@ fn a_bank_keeps_its_total_through_concurrent_transfers_and_a_kill_9() {
         server.kill9();
         stop.store(true, Ordering::Relaxed);
     });
-    let server = Server::spawn(dir.path(), 2, &server.addr);
-    server.wait_ready();
+    let server = Server::start(dir.path(), 2);
     let client = server.client();
     check_totals(&bank.audit(&client).unwrap(), &bank);
     // Still usable: the prepared transactions were resolved and their locks released.

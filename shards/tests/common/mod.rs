@@ -85,13 +85,42 @@ pub fn free_port() -> u16 {
     free_ports::<1>()[0]
 }
 
-/// `N` distinct free ports: all are bound at once before any is released, so the kernel
-/// cannot hand out the same port twice.
+/// `N` distinct free ports for nodes that must keep their address across restarts.
+///
+/// They come from below the kernel's ephemeral range (`ip_local_port_range`): a port the
+/// kernel picked (`127.0.0.1:0`) is one it may hand again to any outgoing connection once a
+/// node is killed, and then the node cannot listen there when it restarts. Below that range
+/// only tests choose ports; a counter shared by this process's tests never offers one twice,
+/// and each port is checked by binding it.
 pub fn free_ports<const N: usize>() -> [u16; N] {
-    let listeners: Vec<TcpListener> = (0..N)
-        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    std::array::from_fn(|i| listeners[i].local_addr().unwrap().port())
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_start: u32 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    let low = 10_000u32;
+    assert!(
+        ephemeral_start > low + 1000,
+        "the ephemeral range leaves no room below it"
+    );
+    let span = ephemeral_start - low;
+    // Each test process starts at its own place, so two processes rarely meet.
+    let _ = NEXT.compare_exchange(
+        0,
+        std::process::id() % span + 1,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    std::array::from_fn(|_| {
+        for _ in 0..span {
+            let port = low + NEXT.fetch_add(1, Ordering::Relaxed) % span;
+            if TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+                return port as u16;
+            }
+        }
+        panic!("no free port below the ephemeral range")
+    })
 }
 
 /// A kvsd process. Killed (SIGKILL) when dropped, unless it already exited.
