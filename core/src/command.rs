@@ -353,9 +353,10 @@ impl Command {
         }
     }
 
-    /// Whether it may be one of a transaction's commands: a key-value write or a read.
+    /// Whether it may be one of a transaction's commands: a key-value write, a read, or a
+    /// document write (ADR 0024).
     pub fn is_transaction_step(&self) -> bool {
-        self.is_key_value_write() || matches!(self, Command::Read { .. })
+        self.is_key_value_write() || matches!(self, Command::Read { .. } | Command::Document { .. })
     }
 
     /// The user keys a transaction step reads or writes.
@@ -414,13 +415,13 @@ fn decode_nested(r: &mut Reader<'_>, data_len: usize) -> Result<Vec<Command>, Ba
         // Checked before decoding: nested transactions must not recurse.
         if matches!(r.bytes.get(r.at), Some(11 | 14..=18)) {
             return Err(BatchDecodeError(
-                "a transaction carries key-value writes and reads only".into(),
+                "a transaction carries key-value writes, reads and document writes only".into(),
             ));
         }
         let command = decode_command(r, data_len)?;
         if !command.is_transaction_step() {
             return Err(BatchDecodeError(
-                "a transaction carries key-value writes and reads only".into(),
+                "a transaction carries key-value writes, reads and document writes only".into(),
             ));
         }
         commands.push(command);
@@ -698,14 +699,14 @@ mod tests {
     use proptest::prelude::*;
 
     #[test]
-    fn a_transaction_carries_key_value_steps_only() {
+    fn a_transaction_carries_key_value_and_document_steps_only() {
         for inner in [
             Command::Txn {
                 txn: 1,
                 locks: 0,
                 commands: vec![],
             },
-            Command::Document { body: vec![1] },
+            Command::SetPreferredLeader { node: 1 },
             Command::TxnForget { txn: 1 },
         ] {
             let mut encoder = BatchEncoder::new();
@@ -716,11 +717,16 @@ mod tests {
             });
             let error = decode_batch(&encoder.finish()).unwrap_err();
             assert!(
-                error.0.contains("key-value writes and reads only"),
+                error
+                    .0
+                    .contains("key-value writes, reads and document writes only"),
                 "{inner:?}"
             );
         }
-        let steps = vec![Command::Read { key: b"k".to_vec() }];
+        let steps = vec![
+            Command::Read { key: b"k".to_vec() },
+            Command::Document { body: vec![1] },
+        ];
         assert_eq!(decode_steps(&encode_steps(&steps)).unwrap(), steps);
         let mut trailing = encode_steps(&steps);
         trailing.push(0);

@@ -97,6 +97,8 @@ pub(super) fn step_into_tree_keys(command: &mut Command) {
         | Command::PutIfExists { key, .. }
         | Command::Read { key } => prefix(key),
         Command::PutMany { pairs } => pairs.iter_mut().for_each(|(key, _)| prefix(key)),
+        // A document command names its documents by collection and `_id` (ADR 0024).
+        Command::Document { .. } => {}
         other => unreachable!("not a transaction step: {other:?}"),
     }
 }

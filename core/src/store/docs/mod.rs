@@ -42,7 +42,7 @@ pub use keys::{doc_prefix, index_prefix};
 pub use plan::{Access, FindStats};
 pub use read::{order, After, FindQuery};
 pub(super) use verify::check_documents;
-pub use write::{upsert_document, DOCUMENT_SIZE_MAX, ID_KEY_SIZE_MAX};
+pub use write::{check_document, upsert_document, DOCUMENT_SIZE_MAX, ID_KEY_SIZE_MAX};
 
 use write::Outcome;
 

@@ -65,7 +65,7 @@ impl After {
     }
 
     /// Whether `doc` comes after this position.
-    fn precedes(&self, sort: &Sort, doc: &Value) -> bool {
+    pub fn precedes(&self, sort: &Sort, doc: &Value) -> bool {
         sort.compare_to(doc, &self.keys)
             .then_with(|| compare(id_of(doc), &self.id))
             == Ordering::Greater

@@ -713,3 +713,88 @@ fn a_slow_catalogue_load_does_not_undo_a_newer_catalogue() {
         "the load finished within {interleaved} polls"
     );
 }
+
+/// A transaction's document writes (ADR 0024) are a replace-or-insert or a delete by `_id`
+/// each, prepared with the transaction and applied with their index entries only when its
+/// decision comes, also after a crash.
+#[test]
+fn prepared_document_writes_apply_with_their_index_entries_at_the_decision() {
+    let disk = SimDisk::new();
+    let store = open(&disk, 64);
+    apply(&store, 1, create_index("c", "n_1", r#"{"n": 1}"#, false)).unwrap();
+    apply(
+        &store,
+        2,
+        insert("c", &[r#"{"_id": 1, "n": 1}"#, r#"{"_id": 2, "n": 2}"#]),
+    )
+    .unwrap();
+    let by_id = |id: i64| json(&format!(r#"{{"_id": {{"$eq": {id}}}}}"#));
+    let put = |id: i64, doc: &str| DocCommand::Update {
+        coll: "c".into(),
+        filter: by_id(id),
+        update: json(doc),
+        multi: false,
+        upsert: Some(Value::Int(id)),
+    };
+    let steps: Vec<Command> = [
+        put(1, r#"{"_id": 1, "n": 10}"#),
+        put(3, r#"{"_id": 3, "n": 30}"#),
+        DocCommand::Delete {
+            coll: "c".into(),
+            filter: by_id(2),
+            multi: false,
+        },
+    ]
+    .iter()
+    .map(|c| Command::Document { body: c.encode() })
+    .collect();
+    let prepare = Command::TxnPrepare {
+        txn: 9,
+        locks: 0,
+        primary: 0,
+        coordinator: 1,
+        deadline_ms: 1_000,
+        commands: steps,
+    };
+    let mut encoder = BatchEncoder::new();
+    encoder.push(&prepare);
+    block_on(store.apply(3, 1, &encoder.finish())).unwrap();
+    assert_eq!(
+        find(&store, "c", "{}", "{}"),
+        vec![r#"{"_id":1,"n":1}"#, r#"{"_id":2,"n":2}"#],
+        "nothing before the decision"
+    );
+    block_on(store.checkpoint(None::<fn(usize) -> std::future::Ready<()>>)).unwrap();
+    drop(store);
+    disk.crash(None);
+    let store = open(&disk, 64);
+    let mut encoder = BatchEncoder::new();
+    encoder.push(&Command::TxnDecide {
+        txn: 9,
+        commit: true,
+        at_least: 0,
+    });
+    let results = block_on(store.apply(4, 1, &encoder.finish())).unwrap();
+    let CommandResult::Many { results, .. } = &results[0] else {
+        panic!("the decision applies the steps: {results:?}");
+    };
+    assert!(
+        results
+            .iter()
+            .all(|r| matches!(r, CommandResult::Document { .. })),
+        "{results:?}"
+    );
+    assert_eq!(
+        find(&store, "c", "{}", "{}"),
+        vec![r#"{"_id":1,"n":10}"#, r#"{"_id":3,"n":30}"#]
+    );
+    // The index agrees: the old keys are gone, the new ones found through it.
+    let (found, stats) = find_with_stats(&store, "c", r#"{"n": {"$gte": 10}}"#);
+    assert_eq!(found.len(), 2);
+    assert!(
+        stats.keys_examined > 0,
+        "found through the index: {stats:?}"
+    );
+    assert!(find(&store, "c", r#"{"n": 1}"#, "{}").is_empty());
+    assert_clean(&disk, &store);
+}

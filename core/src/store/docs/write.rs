@@ -5,17 +5,18 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::catalog::Collection;
+use super::catalog::{default_index_name, parse_index_key, Collection};
 use super::keys::{
     catalog_key, doc_key, doc_prefix, id_of, index_key_owner, index_prefix, prefix_end,
 };
 use crate::doc::binary;
 use crate::doc::command::DocError;
 use crate::doc::index_key;
+use crate::doc::plan::keys_of;
 use crate::doc::query::{Cond, Filter};
 use crate::doc::update::Update;
 use crate::doc::value::{Value, DEPTH_MAX};
-use crate::limits::VALUE_SIZE_MAX;
+use crate::limits::{TREE_KEY_SIZE_MAX, VALUE_SIZE_MAX};
 use crate::log::LogFile;
 use crate::store::{PagedStore, StoreError};
 
@@ -148,6 +149,28 @@ fn prepare(coll: Option<&Collection>, doc: &Value) -> Result<Prepared, DocError>
         bytes,
         entries,
     })
+}
+
+/// What storing `doc` in a collection whose indexes have the key specs `index_keys` would
+/// refuse, found without storing it: a transaction's coordinator checks the documents it
+/// will commit, since a refusal when the commit applies would come too late (ADR 0024).
+/// The same checks as a write's, in the same words.
+pub fn check_document(doc: &Value, index_keys: &[Value]) -> Result<(), DocError> {
+    let prepared = prepare(None, doc)?;
+    for key in index_keys {
+        let spec = parse_index_key(key)?;
+        for k in keys_of(doc, &spec).0 {
+            // The length of `IndexDef::entry_key`'s key (every index id encodes alike).
+            let entry = index_prefix(0).len() + k.len() + prepared.id_key.len();
+            if entry > TREE_KEY_SIZE_MAX {
+                return Err(DocError::too_large(format!(
+                    "index {}: a key of {entry} bytes exceeds the {TREE_KEY_SIZE_MAX}-byte limit",
+                    default_index_name(key)
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The outcome of a document command: its reply, or why nothing changed.
