@@ -211,8 +211,11 @@ impl<D: LogDisk + Clone, R> ShardDriver<D, R> {
             output.extend(self.shard.apply_committed().await);
         }
         for record in self.shard.store().take_prepared_txns() {
-            self.txns
-                .hold_prepared(record.txn, record.keys(), record.deadline_ms);
+            self.txns.hold_prepared(
+                record.txn,
+                crate::lock_names::of_steps(&record.commands),
+                record.deadline_ms,
+            );
         }
         for txn in self.shard.store().take_finished_txns() {
             self.txns.release_applied(txn, &mut output);

@@ -25,6 +25,7 @@ pub mod documents;
 pub mod driver;
 pub mod lease;
 pub mod local;
+pub mod lock_names;
 pub mod locks;
 pub mod log_io;
 pub mod metrics;

@@ -20,6 +20,7 @@ use kvs_wire::limits::{KEY_SIZE_MAX, VALUE_SIZE_MAX};
 use kvs_wire::{resp, shard_for_key, ErrorCode};
 
 use crate::ask::ask;
+use crate::lock_names;
 use crate::resp_reply::{error_line, null, render_into, RespRender};
 use crate::route::CoreContext;
 use crate::shard::{ShardOp, ShardReply};
@@ -328,7 +329,7 @@ async fn run(
         wanted
             .entry(shard_of(key))
             .or_default()
-            .entry(key.clone())
+            .entry(lock_names::key(key))
             .or_insert(Mode::Shared);
     }
     for step in queued.iter().flat_map(|p| &p.steps) {
@@ -336,7 +337,7 @@ async fn run(
             wanted
                 .entry(shard_of(key))
                 .or_default()
-                .insert(key.to_vec(), Mode::Exclusive);
+                .insert(lock_names::key(key), Mode::Exclusive);
         }
     }
     let mut locked = BTreeSet::new();

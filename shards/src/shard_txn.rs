@@ -1,8 +1,9 @@
 //! Where transactions meet a shard loop (ADR 0022): the transaction lock table's requests are
 //! answered here, and every write taken from the queue is looked at against the table before
 //! it reaches the batch — a transaction's commit or prepare entry must still hold its locks,
-//! and a write outside transactions breaks the running transactions on its keys (or is
-//! refused when a prepared one holds them). While no transaction holds or waits for a lock, a
+//! and a write outside transactions breaks the running transactions on its keys, or a
+//! document write on its collection (`lock_names`), or is refused when a prepared one holds
+//! them. While no transaction holds or waits for a lock, a
 //! write outside transactions costs one branch here.
 
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use kvs_core::command::Command;
 use kvs_wire::ErrorCode;
 
 use crate::deadlock::WaitGraph;
+use crate::lock_names;
 use crate::shard::{Output, ShardOp, ShardReply, ShardRequest};
 use crate::txn_locks::{Answer, TxnLockOp, TxnLockTable};
 
@@ -128,14 +130,20 @@ impl<R> TxnGate<R> {
             } => {
                 let prepared = matches!(command.write(), Command::TxnPrepare { .. });
                 let (writes, reads) = split_steps(commands);
+                let writes: Vec<&[u8]> = writes.iter().map(Vec::as_slice).collect();
+                let reads: Vec<&[u8]> = reads.iter().map(Vec::as_slice).collect();
                 self.table
                     .begin_commit(*txn, &writes, &reads, prepared, *locks)?;
                 Vec::new()
             }
-            write if write.is_key_value_write() && !self.table.is_empty() => {
+            write
+                if !self.table.is_empty()
+                    && (write.is_key_value_write()
+                        || matches!(write, Command::Document { .. })) =>
+            {
                 let mut answers = Vec::new();
-                for key in write.step_keys() {
-                    answers.extend(self.table.outside_write(key, &self.graph)?);
+                for (name, _) in lock_names::of_command(write) {
+                    answers.extend(self.table.outside_write(&name, &self.graph)?);
                 }
                 answers
             }
@@ -197,16 +205,15 @@ fn concerns_transactions(op: &ShardOp) -> bool {
     }
 }
 
-/// A transaction's steps' keys: those it writes, and those it only reads.
-fn split_steps(commands: &[Command]) -> (Vec<&[u8]>, Vec<&[u8]>) {
+/// A transaction's steps' lock names: those it writes, and those it only reads.
+fn split_steps(commands: &[Command]) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
     let mut writes = Vec::new();
     let mut reads = Vec::new();
-    for command in commands {
-        let keys = command.step_keys();
-        if matches!(command, Command::Read { .. }) {
-            reads.extend(keys);
+    for (name, writes_it) in commands.iter().flat_map(lock_names::of_command) {
+        if writes_it {
+            writes.push(name);
         } else {
-            writes.extend(keys);
+            reads.push(name);
         }
     }
     (writes, reads)

@@ -357,9 +357,11 @@ pub async fn hold_and_recover<D, R>(
         return;
     }
     for record in &prepared {
-        driver
-            .txns_mut()
-            .hold_prepared(record.txn, record.keys(), record.deadline_ms);
+        driver.txns_mut().hold_prepared(
+            record.txn,
+            crate::lock_names::of_steps(&record.commands),
+            record.deadline_ms,
+        );
     }
     tracing::info!(
         shard,
@@ -381,9 +383,11 @@ where
     match driver.shard().store().prepared_transactions().await {
         Ok(prepared) => {
             for record in prepared {
-                driver
-                    .txns_mut()
-                    .hold_prepared(record.txn, record.keys(), record.deadline_ms);
+                driver.txns_mut().hold_prepared(
+                    record.txn,
+                    crate::lock_names::of_steps(&record.commands),
+                    record.deadline_ms,
+                );
             }
         }
         Err(error) => {
