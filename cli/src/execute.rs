@@ -482,7 +482,11 @@ fn find_pages(
 }
 
 /// The results of a document command's reply.
-fn finish_document(reply: Reply, mut body: Json, out: &mut dyn Output) -> Result<Status, Failure> {
+pub fn finish_document(
+    reply: Reply,
+    mut body: Json,
+    out: &mut dyn Output,
+) -> Result<Status, Failure> {
     match reply {
         Reply::Aggregated => list(&mut body, "documents", out)?,
         Reply::Indexes => list(&mut body, "indexes", out)?,

@@ -563,8 +563,8 @@ pub const COMMANDS: &[Spec] = &[
             "read-committed, serializable (the default) or read-only (one snapshot, no locks, no writes)",
         )],
         split: Split::Whitespace,
-        about: "Runs the commands read from stdin, one per line (get, put, del, cas, scan), as \
-                one transaction, until a line says commit or rollback; prints each result, \
+        about: "Runs the commands read from stdin, one per line (get, put, del, cas, scan, \
+                insert, find, update, remove, count, aggregate), as one transaction, until a line says commit or rollback; prints each result, \
                 then COMMITTED or why not (docs/transactions.md). Exit code 0 only if \
                 committed. Only as a one-shot command.",
         build: |m| {

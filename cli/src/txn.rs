@@ -1,6 +1,7 @@
 //! `kvs txn [--isolation read-committed|serializable|read-only]`: the lines read from stdin (or typed
 //! at the prompt) run as one transaction. Each line is a command of the usual grammar — get,
-//! put, del, cas, scan — and its result is printed as `kvs` prints it; `commit` ends the
+//! put, del, cas, scan, and the document commands insert, find, update, remove, count and
+//! aggregate — and its result is printed as `kvs` prints it; `commit` ends the
 //! transaction and prints `COMMITTED`, `rollback` rolls it back. When the server aborts the
 //! transaction (a conflict, a deadlock, a timeout) the reason is printed as
 //! `ABORTED CODE: message`. The exit code is 0 only when the transaction committed.
@@ -8,10 +9,11 @@
 use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;
 
-use kvs_wire::{Client, ClientError, ErrorCode, Isolation, Transaction};
+use kvs_wire::{Client, ClientError, ErrorCode, Isolation, Request, Transaction};
 
+use crate::execute::{self, Reply};
 use crate::grammar::Command;
-use crate::output::{error_line, MISSING};
+use crate::output::{error_line, Lines, Output, MISSING};
 
 /// Whether an error ended the transaction on the server.
 fn ends_it(error: &ClientError) -> bool {
@@ -75,14 +77,63 @@ fn run_line(txn: &Transaction<'_>, command: Command, out: &mut impl Write) -> Re
                 }
             }
         }
+        command @ (Command::Insert { .. }
+        | Command::Find { .. }
+        | Command::Update { .. }
+        | Command::Remove { .. }
+        | Command::Count { .. }
+        | Command::Aggregate { .. }) => run_document(txn, command, out)?,
         other => {
             return Err(Failed::Refused(format!(
-                "{} cannot run inside a transaction (get, put, del, cas and scan can)",
+                "{} cannot run inside a transaction (get, put, del, cas, scan, insert, find, \
+                 update, remove, count and aggregate can)",
                 name_of(&other)
             )))
         }
     }
     Ok(())
+}
+
+/// A document command in the transaction, printed as `kvs` prints it.
+fn run_document(
+    txn: &Transaction<'_>,
+    command: Command,
+    out: &mut impl Write,
+) -> Result<(), Failed> {
+    let prepared = execute::prepare(command).map_err(failure)?;
+    let Some(Request::Document { command }) = prepared.request else {
+        unreachable!("a document command sends a DOCUMENT request")
+    };
+    let mut command: serde_json::Value = serde_json::from_slice(&command)
+        .map_err(|e| Failed::Refused(format!("the command is not JSON: {e}")))?;
+    let mut lines = Lines(out);
+    match prepared.reply {
+        Reply::Found { .. } => loop {
+            let mut reply = txn.document(&command)?;
+            if let serde_json::Value::Array(documents) = reply["documents"].take() {
+                for document in documents {
+                    lines.item(document)?;
+                }
+            }
+            match reply.get("cursor") {
+                Some(cursor) if !cursor.is_null() => command["cursor"] = cursor.clone(),
+                _ => break,
+            }
+        },
+        reply => {
+            let body = txn.document(&command)?;
+            execute::finish_document(reply, body, &mut lines).map_err(failure)?;
+        }
+    }
+    Ok(())
+}
+
+fn failure(failure: execute::Failure) -> Failed {
+    match failure {
+        execute::Failure::Client(e) => Failed::Client(e),
+        execute::Failure::Output(e) => Failed::Io(e),
+        other => Failed::Refused(other.to_string()),
+    }
 }
 
 fn name_of(command: &Command) -> String {

@@ -18,9 +18,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use kvs_core::command::Command;
 use kvs_core::sessions::wall_clock_ms;
+use kvs_wire::limits::DOCUMENT_SIZE_MAX;
 use kvs_wire::{shard_for_key, ErrorCode, Isolation, Request, Response};
 
 use crate::ask::{ask, ask_all};
+use crate::documents::in_txn::{self, DocWrites, TxnAccess};
+use crate::lock_names;
 use crate::route::{merge_scan, next_start, CoreContext};
 use crate::shard::{ShardOp, ShardReply};
 use crate::txn_commit::{self, Refusal};
@@ -41,6 +44,36 @@ pub struct Txn {
     granted: BTreeMap<u32, (BTreeSet<Vec<u8>>, u32)>,
     /// A read-only transaction's snapshot (ADR 0023): it reads there and locks nothing.
     snapshot: Option<crate::snapshot_read::Held>,
+    /// Buffered document writes (ADR 0024).
+    docs: DocWrites,
+}
+
+impl TxnAccess for Txn {
+    fn isolation(&self) -> Isolation {
+        self.isolation
+    }
+
+    fn doc_writes(&mut self) -> &mut DocWrites {
+        &mut self.docs
+    }
+
+    async fn lock_name(
+        &mut self,
+        ctx: &CoreContext,
+        shard: u32,
+        name: Vec<u8>,
+        mode: Mode,
+    ) -> Result<(), Refusal> {
+        lock(ctx, self, shard, vec![(name, mode)], None).await
+    }
+
+    fn read_op(&mut self, shard: u32, read: ShardOp, locked: bool) -> ShardOp {
+        match &mut self.snapshot {
+            Some(snapshot) => snapshot.read(shard, read),
+            None if locked => ShardOp::Fenced(Box::new(read)),
+            None => read,
+        }
+    }
 }
 
 impl Txn {
@@ -84,11 +117,16 @@ fn refusal(refusal: Refusal) -> Response {
     Response::error(refusal.0, refusal.1)
 }
 
-/// Whether an error ends the transaction (it was aborted, or its locks are gone).
+/// Whether an error ends the transaction (it was aborted, or its locks are gone). A request
+/// refused whole (a bad one, a CAS that did not match, a duplicate `_id`...) leaves it open.
 fn aborts(code: ErrorCode) -> bool {
     !matches!(
         code,
-        ErrorCode::BadRequest | ErrorCode::VersionMismatch | ErrorCode::NotFound
+        ErrorCode::BadRequest
+            | ErrorCode::VersionMismatch
+            | ErrorCode::NotFound
+            | ErrorCode::DuplicateKey
+            | ErrorCode::TooLarge
     )
 }
 
@@ -164,6 +202,7 @@ pub async fn begin(
             locked: BTreeSet::new(),
             granted: BTreeMap::new(),
             snapshot,
+            docs: DocWrites::default(),
         },
     );
     Response::Began { txn: id }
@@ -239,6 +278,11 @@ pub async fn commit(ctx: &CoreContext, open: &OpenTxns, id: u64) -> Response {
         };
         parts.entry(shard).or_default().push(command);
     }
+    // The documents' commands after the keys' on each shard (their results are not the
+    // keys' versions).
+    for (shard, commands) in txn.docs.commands(ctx) {
+        parts.entry(shard).or_default().extend(commands);
+    }
     let outcome = txn_commit::commit(
         ctx,
         txn_commit::Commit {
@@ -255,7 +299,20 @@ pub async fn commit(ctx: &CoreContext, open: &OpenTxns, id: u64) -> Response {
             let mut written: Vec<(Vec<u8>, u64)> = Vec::new();
             for (shard, results) in results {
                 let keys = keys.remove(&shard).unwrap_or_default();
-                assert_eq!(keys.len(), results.len(), "one result per write");
+                assert!(keys.len() <= results.len(), "one result per write");
+                let documents = &results[keys.len()..];
+                if let Some(refused) = documents
+                    .iter()
+                    .find(|r| matches!(r, kvs_core::state::CommandResult::DocumentRefused { .. }))
+                {
+                    // Checked when the command ran, under the locks: a bug if it happens.
+                    tracing::error!(
+                        txn = id,
+                        shard,
+                        ?refused,
+                        "a committed document write was refused"
+                    );
+                }
                 for (key, result) in keys.into_iter().zip(results) {
                     let version = match result {
                         kvs_core::state::CommandResult::Written { version } => version,
@@ -329,7 +386,7 @@ async fn read_key(
         (Some(snapshot), _) => snapshot.read(shard, get),
         (None, lock_mode) => match lock_mode {
             Some(mode) => {
-                lock(ctx, txn, shard, vec![(key.to_vec(), mode)], None).await?;
+                lock(ctx, txn, shard, vec![(lock_names::key(key), mode)], None).await?;
                 ShardOp::Fenced(Box::new(get))
             }
             None => get,
@@ -393,7 +450,7 @@ async fn step(
                 ctx,
                 txn,
                 shard_of(&key),
-                vec![(key.clone(), Mode::Exclusive)],
+                vec![(lock_names::key(&key), Mode::Exclusive)],
                 None,
             )
             .await?;
@@ -433,6 +490,19 @@ async fn step(
             Response::Written { version: 0 }
         }
         Request::Scan { start, end, limit } => scan(ctx, txn, start, end, limit).await?,
+        Request::Document { command } => {
+            let reply = in_txn::run(ctx, txn, &command).await?.to_string();
+            if reply.len() > DOCUMENT_SIZE_MAX {
+                return Err((
+                    ErrorCode::TooLarge,
+                    format!(
+                        "the reply of {} bytes exceeds the {DOCUMENT_SIZE_MAX}-byte limit",
+                        reply.len()
+                    ),
+                ));
+            }
+            Response::Document(reply)
+        }
         other => Response::error(
             ErrorCode::BadRequest,
             format!("{:?} cannot run inside a transaction", other.opcode()),
@@ -451,7 +521,7 @@ async fn scan(
     if serializable {
         // Shard by shard, in order: scanners never wait for each other in a circle.
         for shard in 0..ctx.shard_count {
-            let range = Some((start.clone(), end.clone()));
+            let range = Some(lock_names::key_range(&start, end.as_deref()));
             lock(ctx, txn, shard, Vec::new(), range).await?;
         }
     }

@@ -4,7 +4,8 @@
 //! audit and at the end on every node; the locks of the transactions the killed node was
 //! coordinating go at their deadline. The audits take turns: a serializable transaction, a
 //! plain MGET and a read-only transaction (snapshot reads, ADR 0023, whose rounds are
-//! forwarded to the leaders too).
+//! forwarded to the leaders too). Document transfers (ADR 0024) from every node keep the
+//! total of their bank as well.
 
 mod common;
 
@@ -217,4 +218,75 @@ fn a_deadlock_across_nodes_is_found_and_the_younger_aborted() {
     let c = Client::connect(&cluster.addrs.join(",")).unwrap();
     assert_eq!(c.get(&a).unwrap(), Some(b"older".to_vec()));
     assert_eq!(c.get(&b).unwrap(), Some(b"older".to_vec()));
+}
+
+/// Document transfers (ADR 0024) from clients on every node: their collection locks and
+/// fenced finds are forwarded to the shards' leaders, their commits carry document writes
+/// through two-phase commit, and every audit (an aggregation in a read-only transaction, on
+/// any node) sees the bank's total.
+#[test]
+fn document_transactions_from_every_node_keep_the_total() {
+    use serde_json::json;
+    let cluster = Cluster::start_with(3, 2, false, &[]);
+    cluster.wait_for_leaders();
+    let all = cluster.addrs.join(",");
+    let setup = Client::connect(&all).unwrap();
+    let accounts: Vec<_> = (0..ACCOUNTS)
+        .map(|i| json!({"_id": i, "balance": INITIAL}))
+        .collect();
+    setup.insert("bank", &accounts).unwrap();
+    let total = |client: &Client| -> Result<i64, ClientError> {
+        let pipeline = json!([{"$group": {"_id": null, "sum": {"$sum": "$balance"}}}]);
+        let rows = client.transact(Isolation::ReadOnly, 1, |t| t.aggregate("bank", &pipeline))?;
+        Ok(rows[0]["sum"].as_i64().unwrap())
+    };
+    let stop = AtomicBool::new(false);
+    let committed = AtomicU64::new(0);
+    std::thread::scope(|s| {
+        for worker in 0..3usize {
+            let (stop, committed, addr) = (&stop, &committed, cluster.addrs[worker].clone());
+            s.spawn(move || {
+                let client = Client::connect(&addr).unwrap();
+                let mut seed = worker as u64 * 7919 + 5;
+                while !stop.load(Ordering::Relaxed) {
+                    seed = seed
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    let from = (seed >> 33) as usize % ACCOUNTS;
+                    let to = (from + 1 + (seed >> 40) as usize % (ACCOUNTS - 1)) % ACCOUNTS;
+                    let moved = client.transact(Isolation::Serializable, 10, |t| {
+                        for (id, by) in [(from, -1), (to, 1)] {
+                            let inc = json!({"$inc": {"balance": by}});
+                            t.update("bank", &json!({"_id": id}), &inc, false, false)?;
+                        }
+                        Ok(())
+                    });
+                    if moved.is_ok() {
+                        committed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+        let _stop = StopOnDrop(&stop);
+        for round in 0..30 {
+            let client = Client::connect(&cluster.addrs[round % 3]).unwrap();
+            if let Ok(sum) = total(&client) {
+                assert_eq!(
+                    sum,
+                    ACCOUNTS as i64 * INITIAL,
+                    "audit {round} on node {}",
+                    round % 3 + 1
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    assert!(
+        committed.load(Ordering::Relaxed) > 10,
+        "transfers committed"
+    );
+    for addr in &cluster.addrs {
+        let client = Client::connect(addr).unwrap();
+        assert_eq!(total(&client).unwrap(), ACCOUNTS as i64 * INITIAL);
+    }
 }

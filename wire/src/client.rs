@@ -37,6 +37,7 @@ use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::documents;
 use crate::frame::{Decoded, FrameDecoder};
 use crate::limits::FRAME_HEADER_SIZE;
 use crate::message::{DecodeError, ErrorCode, Request, Response};
@@ -85,6 +86,12 @@ pub enum ClientError {
     Protocol(String),
     #[error("request refused before sending: {0}")]
     Invalid(#[from] DecodeError),
+}
+
+impl From<documents::ReplyError> for ClientError {
+    fn from(error: documents::ReplyError) -> ClientError {
+        ClientError::Protocol(error.0)
+    }
 }
 
 impl ClientError {
@@ -812,20 +819,10 @@ impl Client {
         }
     }
 
-    fn count_field(reply: &JsonValue, name: &str) -> Result<u64, ClientError> {
-        reply[name]
-            .as_u64()
-            .ok_or_else(|| ClientError::Protocol(format!("reply without {name}: {reply}")))
-    }
-
     /// Inserts documents into `coll`; returns their `_id`s in order (generated for those
     /// without one).
     pub fn insert(&self, coll: &str, docs: &[JsonValue]) -> Result<Vec<JsonValue>, ClientError> {
-        let reply = self.document(&json!({"insert": coll, "documents": docs}))?;
-        match reply["insertedIds"].as_array() {
-            Some(ids) => Ok(ids.clone()),
-            None => Err(ClientError::Protocol(format!("insert reply {reply}"))),
-        }
+        documents::insert(&|c| self.document(c), coll, docs)
     }
 
     /// Every document `query` selects, reading page after page. `query` holds the find
@@ -844,34 +841,14 @@ impl Client {
         &self,
         coll: &str,
         query: &JsonValue,
-        mut each: impl FnMut(JsonValue) -> Result<(), ClientError>,
+        each: impl FnMut(JsonValue) -> Result<(), ClientError>,
     ) -> Result<(), ClientError> {
-        let mut command = json!({"find": coll});
-        if let (Some(fields), Some(options)) = (command.as_object_mut(), query.as_object()) {
-            for (k, v) in options {
-                fields.insert(k.clone(), v.clone());
-            }
-        }
-        loop {
-            let mut reply = self.document(&command)?;
-            let docs = match reply["documents"].take() {
-                JsonValue::Array(docs) => docs,
-                _ => return Err(ClientError::Protocol(format!("find reply {reply}"))),
-            };
-            for doc in docs {
-                each(doc)?;
-            }
-            match reply.get("cursor") {
-                Some(cursor) if !cursor.is_null() => command["cursor"] = cursor.clone(),
-                _ => return Ok(()),
-            }
-        }
+        documents::find_each(&|c| self.document(c), coll, query, each)
     }
 
     /// Counts the documents of `coll` the filter matches.
     pub fn count(&self, coll: &str, filter: &JsonValue) -> Result<u64, ClientError> {
-        let reply = self.document(&json!({"count": coll, "filter": filter}))?;
-        Self::count_field(&reply, "count")
+        documents::count(&|c| self.document(c), coll, filter)
     }
 
     /// Updates the first (or, with `multi`, every) matching document; with `upsert`,
@@ -885,15 +862,14 @@ impl Client {
         upsert: bool,
         multi: bool,
     ) -> Result<JsonValue, ClientError> {
-        self.document(&json!({
-            "update": coll, "filter": filter, "u": update, "upsert": upsert, "multi": multi
-        }))
+        self.document(&documents::update_command(
+            coll, filter, update, upsert, multi,
+        ))
     }
 
     /// Deletes the first (or, with `multi`, every) matching document; returns how many.
     pub fn remove(&self, coll: &str, filter: &JsonValue, multi: bool) -> Result<u64, ClientError> {
-        let reply = self.document(&json!({"delete": coll, "filter": filter, "multi": multi}))?;
-        Self::count_field(&reply, "deleted")
+        documents::remove(&|c| self.document(c), coll, filter, multi)
     }
 
     /// Runs an aggregation pipeline; returns its documents.
@@ -902,11 +878,7 @@ impl Client {
         coll: &str,
         pipeline: &JsonValue,
     ) -> Result<Vec<JsonValue>, ClientError> {
-        let mut reply = self.document(&json!({"aggregate": coll, "pipeline": pipeline}))?;
-        match reply["documents"].take() {
-            JsonValue::Array(docs) => Ok(docs),
-            _ => Err(ClientError::Protocol(format!("aggregate reply {reply}"))),
-        }
+        documents::aggregate(&|c| self.document(c), coll, pipeline)
     }
 
     /// Creates an index (`key` like `{"age": 1}`) and waits until it is built; returns

@@ -24,6 +24,7 @@
 
 pub mod backup;
 pub mod client;
+pub mod documents;
 pub mod frame;
 pub mod isolation;
 pub mod limits;

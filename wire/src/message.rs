@@ -741,9 +741,11 @@ impl Request {
         r.finish()?;
         let not_carried = || DecodeError::Invalid {
             what: "IN_TXN",
-            detail: format!("it carries GET, PUT, DELETE, CAS, MGET or SCAN, not opcode {inner}"),
+            detail: format!(
+                "it carries GET, PUT, DELETE, CAS, MGET, SCAN or DOCUMENT, not opcode {inner}"
+            ),
         };
-        if !matches!(inner, 2..=6 | 8) {
+        if !matches!(inner, 2..=6 | 8 | 10) {
             return Err(not_carried());
         }
         let request = Request::decode_body(inner, &body[IN_TXN_HEADER..])?;

@@ -8,7 +8,9 @@
 //! server rolls it back, and later requests for it get TXN_NOT_FOUND.
 
 use crate::client::{Client, ClientError, ScanPage, VersionedValue};
+use crate::documents;
 use crate::message::{ErrorCode, Isolation, Request, Response};
+use serde_json::Value as JsonValue;
 
 /// An open transaction. Dropping it without committing rolls it back.
 pub struct Transaction<'a> {
@@ -182,6 +184,65 @@ impl Transaction<'_> {
             Response::Scanned { pairs, next } => Ok((pairs, next)),
             other => Err(unexpected(other)),
         }
+    }
+
+    /// Runs a document command (`{"find": "people", ...}`, docs/documents.md) inside the
+    /// transaction: its writes are applied at commit, its reads see them.
+    pub fn document(&self, command: &JsonValue) -> Result<JsonValue, ClientError> {
+        let request = Request::Document {
+            command: command.to_string().into_bytes(),
+        };
+        match self.call(request)? {
+            Response::Document(text) => serde_json::from_str(&text)
+                .map_err(|e| ClientError::Protocol(format!("document reply is not JSON: {e}"))),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Inserts documents at commit; returns their `_id`s.
+    pub fn insert(&self, coll: &str, docs: &[JsonValue]) -> Result<Vec<JsonValue>, ClientError> {
+        documents::insert(&|c| self.document(c), coll, docs)
+    }
+
+    /// Every document `query` selects as this transaction sees them.
+    pub fn find(&self, coll: &str, query: &JsonValue) -> Result<Vec<JsonValue>, ClientError> {
+        let mut out = Vec::new();
+        documents::find_each(&|c| self.document(c), coll, query, |doc| {
+            out.push(doc);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    pub fn count(&self, coll: &str, filter: &JsonValue) -> Result<u64, ClientError> {
+        documents::count(&|c| self.document(c), coll, filter)
+    }
+
+    /// Updates the first (or, with `multi`, every) matching document at commit; the reply
+    /// as [`Client::update`]'s.
+    pub fn update(
+        &self,
+        coll: &str,
+        filter: &JsonValue,
+        update: &JsonValue,
+        upsert: bool,
+        multi: bool,
+    ) -> Result<JsonValue, ClientError> {
+        self.document(&documents::update_command(
+            coll, filter, update, upsert, multi,
+        ))
+    }
+
+    pub fn remove(&self, coll: &str, filter: &JsonValue, multi: bool) -> Result<u64, ClientError> {
+        documents::remove(&|c| self.document(c), coll, filter, multi)
+    }
+
+    pub fn aggregate(
+        &self,
+        coll: &str,
+        pipeline: &JsonValue,
+    ) -> Result<Vec<JsonValue>, ClientError> {
+        documents::aggregate(&|c| self.document(c), coll, pipeline)
     }
 
     /// Commits: every write applied on every shard, or (on an error that is not an unknown

@@ -25,8 +25,12 @@
 //! - Index builds run in the background on each shard ([`build_indexes`]); `createIndex`
 //!   answers once every shard's index is ready.
 //!
+//! - Inside a transaction, the commands run over the transaction's own writes instead
+//!   ([`in_txn`], ADR 0024).
+//!
 //! The files, each using only those after it in this list: this one (parsing a command and
-//! dispatching it); `write`, `read` and `catalog` (the commands); `build` (each shard's
+//! dispatching it); `in_txn` (the commands inside a transaction); `write`, `read` and
+//! `catalog` (the commands); `build` (each shard's
 //! background index builds); `unique` (cross-shard unique checks and retries); `locks` (the
 //! collection write locks); `placement` (which shard holds which `_id`); `common` (failures,
 //! arguments, shard ops and replies); `ask` (the transport to the shards).
@@ -36,6 +40,7 @@
 mod build;
 mod catalog;
 mod common;
+pub mod in_txn;
 mod locks;
 mod placement;
 mod read;

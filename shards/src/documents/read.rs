@@ -22,20 +22,20 @@ const BATCH_SIZE_DEFAULT: usize = 1000;
 const PAGE_BYTES_MAX: usize = 16 * 1024 * 1024;
 
 /// The parts of a find-like command.
-struct FindArgs {
-    coll: String,
-    filter_value: Value,
-    filter: Filter,
-    sort_value: Value,
-    sort: Sort,
-    skip: usize,
-    limit: Option<usize>,
-    projection: Option<Projection>,
-    batch: usize,
-    cursor: Option<(Value, Option<usize>)>,
+pub(super) struct FindArgs {
+    pub(super) coll: String,
+    pub(super) filter_value: Value,
+    pub(super) filter: Filter,
+    pub(super) sort_value: Value,
+    pub(super) sort: Sort,
+    pub(super) skip: usize,
+    pub(super) limit: Option<usize>,
+    pub(super) projection: Option<Projection>,
+    pub(super) batch: usize,
+    pub(super) cursor: Option<(Value, Option<usize>)>,
 }
 
-fn find_args(command: &Value, allowed: &[&str]) -> Out<FindArgs> {
+pub(super) fn find_args(command: &Value, allowed: &[&str]) -> Out<FindArgs> {
     let args = Args::new(command, allowed)?;
     let coll = args.coll()?;
     let filter_value = args.doc("filter")?;
@@ -98,23 +98,29 @@ fn query_bytes(f: &FindArgs, limit: Option<usize>, after: Option<&Value>) -> Vec
     binary::to_bytes(&obj(fields))
 }
 
-pub(super) async fn find(ctx: &CoreContext, command: &Value) -> Out<Value> {
-    let f = find_args(
-        command,
-        &[
-            "filter",
-            "sort",
-            "skip",
-            "limit",
-            "projection",
-            "batchSize",
-            "cursor",
-        ],
-    )?;
-    let (after, remaining, skip) = match &f.cursor {
+/// The fields a find takes.
+pub(super) const FIND_FIELDS: &[&str] = &[
+    "filter",
+    "sort",
+    "skip",
+    "limit",
+    "projection",
+    "batchSize",
+    "cursor",
+];
+
+/// Where a find page starts: the cursor's position (or none), how many documents may still
+/// come (None: all), and how many to skip first.
+pub(super) fn page_start(f: &FindArgs) -> (Option<&Value>, Option<usize>, usize) {
+    match &f.cursor {
         Some((after, remaining)) => (Some(after), *remaining, 0),
         None => (None, f.limit, f.skip),
-    };
+    }
+}
+
+pub(super) async fn find(ctx: &CoreContext, command: &Value) -> Out<Value> {
+    let f = find_args(command, FIND_FIELDS)?;
+    let (after, remaining, skip) = page_start(&f);
     let want = remaining.unwrap_or(usize::MAX).min(f.batch);
     let per_shard = skip.saturating_add(want).saturating_add(1);
     let query = query_bytes(&f, Some(per_shard), after);
@@ -124,6 +130,14 @@ pub(super) async fn find(ctx: &CoreContext, command: &Value) -> Out<Value> {
     for reply in crate::snapshot_read::ask_all_at(ctx, ops).await {
         docs.extend(docs_of(doc_reply(reply)?));
     }
+    Ok(find_page(&f, docs))
+}
+
+/// Cuts a find's page from `docs` (those after the cursor, if any): in order, skipped,
+/// limited, projected, with a cursor when more remain.
+pub(super) fn find_page(f: &FindArgs, mut docs: Vec<Value>) -> Value {
+    let (_, remaining, skip) = page_start(f);
+    let want = remaining.unwrap_or(usize::MAX).min(f.batch);
     docs.sort_by(|a, b| order(&f.sort, a, b));
     let available = docs.len().saturating_sub(skip);
     let mut page = Vec::new();
@@ -152,7 +166,7 @@ pub(super) async fn find(ctx: &CoreContext, command: &Value) -> Out<Value> {
     if let Some(cursor) = cursor {
         out.push(("cursor", cursor));
     }
-    Ok(obj(out))
+    obj(out)
 }
 
 pub(super) async fn count(ctx: &CoreContext, command: &Value) -> Out<Value> {
@@ -197,29 +211,7 @@ pub(super) async fn explain(ctx: &CoreContext, command: &Value) -> Out<Value> {
 }
 
 pub(super) async fn aggregate(ctx: &CoreContext, command: &Value) -> Out<Value> {
-    let args = Args::new(command, &["pipeline"])?;
-    let coll = args.coll()?;
-    let Some(pipeline @ Value::Array(stages)) = args.get("pipeline") else {
-        return Err(bad("aggregate: pipeline must be an array of stages"));
-    };
-    // Parse it all first: a bad stage anywhere is a BAD_REQUEST before any work.
-    Pipeline::parse(pipeline).map_err(|e| bad(e.0))?;
-    let mut matches = Vec::new();
-    let mut rest = stages.as_slice();
-    while let Some((first, tail)) = rest.split_first() {
-        match first.get("$match") {
-            Some(filter) => {
-                matches.push(filter.clone());
-                rest = tail;
-            }
-            None => break,
-        }
-    }
-    let filter = match matches.len() {
-        0 => Value::Object(Vec::new()),
-        1 => matches.pop().expect("one"),
-        _ => obj(vec![("$and", Value::Array(matches))]),
-    };
+    let (coll, filter, mut rest) = split_pipeline(command)?;
     let parsed_filter = Filter::parse(&filter).map_err(|e| bad(e.0))?;
     // A $group right after the $match stages runs in parts on the shards, unless its
     // result depends on the order of the documents (which parts would change).
@@ -231,7 +223,7 @@ pub(super) async fn aggregate(ctx: &CoreContext, command: &Value) -> Out<Value> 
     };
     let group_bytes = group.as_ref().map(|_| binary::to_bytes(&rest[0]));
     if group.is_some() {
-        rest = &rest[1..];
+        rest.remove(0);
     }
     let ops = targets(ctx, &coll, &parsed_filter)
         .into_iter()
@@ -257,7 +249,36 @@ pub(super) async fn aggregate(ctx: &CoreContext, command: &Value) -> Out<Value> 
         // Without a $sort, documents come in _id order, as one shard would give them.
         docs.sort_by(|a, b| order(&Sort::default(), a, b));
     }
-    let rest = Pipeline::parse(&Value::Array(rest.to_vec())).map_err(|e| bad(e.0))?;
+    let rest = Pipeline::parse(&Value::Array(rest)).map_err(|e| bad(e.0))?;
     let docs = rest.run(docs).map_err(|e| bad(e.0))?;
     Ok(obj(vec![("documents", Value::Array(docs))]))
+}
+
+/// An aggregate command's collection, the filter of its leading `$match` stages (all of
+/// them at once) and the stages after them. The whole pipeline is parsed first: a bad stage
+/// anywhere is a BAD_REQUEST before any work.
+pub(super) fn split_pipeline(command: &Value) -> Out<(String, Value, Vec<Value>)> {
+    let args = Args::new(command, &["pipeline"])?;
+    let coll = args.coll()?;
+    let Some(pipeline @ Value::Array(stages)) = args.get("pipeline") else {
+        return Err(bad("aggregate: pipeline must be an array of stages"));
+    };
+    Pipeline::parse(pipeline).map_err(|e| bad(e.0))?;
+    let mut matches = Vec::new();
+    let mut rest = stages.as_slice();
+    while let Some((first, tail)) = rest.split_first() {
+        match first.get("$match") {
+            Some(filter) => {
+                matches.push(filter.clone());
+                rest = tail;
+            }
+            None => break,
+        }
+    }
+    let filter = match matches.len() {
+        0 => Value::Object(Vec::new()),
+        1 => matches.pop().expect("one"),
+        _ => obj(vec![("$and", Value::Array(matches))]),
+    };
+    Ok((coll, filter, rest.to_vec()))
 }
