@@ -40,8 +40,8 @@ pub enum Opcode {
     Backup = 14,
     /// Begins a transaction (ADR 0022, docs/transactions.md): isolation in, its id out.
     Begin = 15,
-    /// A request (GET, PUT, DELETE, CAS, MGET, SCAN) inside a transaction; answered like
-    /// the inner request, with its opcode.
+    /// A request (GET, PUT, DELETE, CAS, MGET, SCAN, DOCUMENT) inside a transaction;
+    /// answered like the inner request, with its opcode.
     InTxn = 16,
     /// Commits a transaction: answered with the written keys' versions once every shard
     /// applied it.
