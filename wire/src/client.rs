@@ -28,8 +28,7 @@
 //! are sent again alike (they change nothing). Pipelined requests (`submit`) are sent as
 //! they are, and fail with the connection as before.
 
-use std::collections::{BTreeSet, HashMap};
-use std::hash::BuildHasher;
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -37,11 +36,13 @@ use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::auth::{self, Credentials, Role};
 use crate::documents;
 use crate::frame::{Decoded, FrameDecoder};
 use crate::limits::FRAME_HEADER_SIZE;
 use crate::message::{DecodeError, ErrorCode, Request, Response};
 use crate::routes::Routes;
+use crate::session::Session;
 use serde_json::{json, Value as JsonValue};
 
 /// Connection settings.
@@ -55,6 +56,8 @@ pub struct ClientOptions {
     /// Whether [`Client::call`] sends writes as ONCE (applied at most once, retried when the
     /// outcome is unknown; ADR 0018).
     pub write_once: bool,
+    /// Who to authenticate as on every connection (ADR 0025), when the server asks for it.
+    pub credentials: Option<Credentials>,
 }
 
 impl Default for ClientOptions {
@@ -64,6 +67,7 @@ impl Default for ClientOptions {
             request_timeout: Duration::from_secs(30),
             reconnect_backoff: Duration::from_millis(100),
             write_once: true,
+            credentials: None,
         }
     }
 }
@@ -165,7 +169,68 @@ impl Connection {
             .name("kvs-client-reader".into())
             .spawn(move || for_reader.read_loop(reader))
             .map_err(connect_error)?;
+        if let Some(credentials) = &options.credentials {
+            let authenticated = connection.authenticate(credentials, options.request_timeout);
+            if let Err(e) = authenticated {
+                connection.fail("authentication failed");
+                return Err(e);
+            }
+        }
         Ok(connection)
+    }
+
+    /// Proves the password (ADR 0025) and checks the server's signature; the role granted.
+    fn authenticate(&self, who: &Credentials, timeout: Duration) -> Result<Role, ClientError> {
+        let nonce = auth::random_bytes(auth::NONCE_LEN);
+        let start = Request::AuthStart {
+            user: who.user.clone(),
+            nonce: nonce.clone(),
+        };
+        let Response::AuthChallenge {
+            salt,
+            cost,
+            nonce: theirs,
+        } = self.call(start, timeout)?
+        else {
+            return Err(ClientError::Protocol("AUTH_START answered oddly".into()));
+        };
+        let message = auth::auth_message(&who.user, &nonce, &theirs);
+        let (proof, expected) = auth::client_proof(who.password.as_bytes(), &salt, cost, &message)
+            .map_err(|e| ClientError::Protocol(e.0))?;
+        let finish = Request::AuthFinish {
+            proof: proof.to_vec(),
+        };
+        match self.call(finish, timeout)? {
+            Response::Authenticated { role, signature }
+                if auth::server_signature_matches(&expected, &signature) =>
+            {
+                Ok(role)
+            }
+            _ => Err(ClientError::Protocol(
+                "the server's signature is wrong: it does not hold the user's verifier".into(),
+            )),
+        }
+    }
+
+    /// One request on this connection alone (the authentication before any other), with a
+    /// request id no client request uses.
+    fn call(&self, request: Request, timeout: Duration) -> Result<Response, ClientError> {
+        let request_id = u64::MAX - request.opcode() as u64;
+        let (sender, receiver) = sync_channel(1);
+        lock(&self.pending)
+            .as_mut()
+            .ok_or_else(|| ClientError::Disconnected("connection broke".into()))?
+            .insert(request_id, sender);
+        let mut bytes = Vec::new();
+        request.encode(request_id, &mut bytes);
+        lock(&self.writer)
+            .write_all(&bytes)
+            .map_err(|e| ClientError::Disconnected(e.to_string()))?;
+        match receiver.recv_timeout(timeout) {
+            Ok(Ok(Response::Error { code, message })) => Err(ClientError::Server { code, message }),
+            Ok(reply) => reply,
+            Err(_) => Err(ClientError::Timeout(timeout)),
+        }
     }
 
     fn read_loop(&self, mut stream: TcpStream) {
@@ -298,44 +363,6 @@ pub struct Client {
     /// Set when `addrs` lists several nodes: single-key requests go to their leaders.
     routing: Option<Mutex<Routing>>,
     session: Mutex<Session>,
-}
-
-/// This client as a session of idempotent writes (ADR 0018).
-struct Session {
-    id: u64,
-    next_seq: u64,
-    /// Writes sent whose final answer has not come back yet.
-    unanswered: BTreeSet<u64>,
-}
-
-impl Session {
-    fn new() -> Session {
-        // The standard library's hasher keys are random per process; the time and the
-        // process id make two clients of one process differ too.
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        let id = std::collections::hash_map::RandomState::new().hash_one((now, std::process::id()));
-        Session {
-            id: id.max(1),
-            next_seq: 1,
-            unanswered: BTreeSet::new(),
-        }
-    }
-
-    /// Numbers a new write: the session, its seq, and the lowest seq still waiting for its
-    /// answer.
-    fn begin(&mut self) -> (u64, u64, u64) {
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        self.unanswered.insert(seq);
-        let lowest = *self.unanswered.first().expect("seq was just added");
-        (self.id, seq, lowest)
-    }
-
-    fn end(&mut self, seq: u64) {
-        self.unanswered.remove(&seq);
-    }
 }
 
 impl Client {

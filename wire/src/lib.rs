@@ -22,15 +22,18 @@
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod auth;
 pub mod backup;
 pub mod client;
 pub mod documents;
+pub mod error_code;
 pub mod frame;
 pub mod isolation;
 pub mod limits;
 pub mod message;
 pub mod resp;
 pub mod routes;
+mod session;
 pub mod txn_client;
 
 pub use client::{Client, ClientError, ClientOptions};

@@ -4,6 +4,8 @@
 //! is a u32 LE length followed by that many bytes. The layout of every body is in
 //! `docs/protocol.md`.
 
+use crate::auth::{Cost, Role};
+pub use crate::error_code::ErrorCode;
 use crate::frame::{encode_frame, Header, FLAG_ERROR, FLAG_RESPONSE};
 pub use crate::isolation::Isolation;
 use crate::limits::{
@@ -48,6 +50,12 @@ pub enum Opcode {
     Commit = 17,
     /// Rolls a transaction back: its locks are released and nothing of it is applied.
     Rollback = 18,
+    /// Starts authenticating (ADR 0025): a user and the client's nonce in; the salt, the
+    /// argon2 cost and the server's nonce out.
+    AuthStart = 19,
+    /// Finishes authenticating: the client's proof in; the role and the server's signature
+    /// out, or AUTH_FAILED.
+    AuthFinish = 20,
 }
 
 impl Opcode {
@@ -71,108 +79,10 @@ impl Opcode {
             16 => Opcode::InTxn,
             17 => Opcode::Commit,
             18 => Opcode::Rollback,
+            19 => Opcode::AuthStart,
+            20 => Opcode::AuthFinish,
             _ => return None,
         })
-    }
-}
-
-/// Typed error codes a server returns. Numbers are part of the protocol.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[repr(u16)]
-pub enum ErrorCode {
-    NotFound = 1,
-    BadRequest = 2,
-    TooLarge = 3,
-    NotLeader = 4,
-    NoQuorum = 5,
-    DiskFull = 6,
-    Internal = 7,
-    VersionMismatch = 8,
-    ShuttingDown = 9,
-    UnknownOpcode = 10,
-    Checksum = 11,
-    IoError = 12,
-    /// A write would give a unique index (or `_id`) a second document with one key.
-    DuplicateKey = 13,
-    /// The write may or may not have taken effect: it failed after it could have become
-    /// durable (an I/O error on its fdatasync, or while applying an entry that is in the
-    /// log). Read the key to learn which; retrying blindly may apply it twice.
-    OutcomeUnknown = 14,
-    /// The request went on (to the shard's leader, or into the Raft log) and no answer came
-    /// in time: like OUTCOME_UNKNOWN, it may or may not have taken effect.
-    Timeout = 15,
-    /// The transaction was aborted because another write took its place (a write outside
-    /// a transaction to a key it had locked, or a change of the shard's leader): nothing of
-    /// it was applied; run it again.
-    TxnConflict = 16,
-    /// The transaction was chosen as the victim of a deadlock and aborted: run it again.
-    Deadlock = 17,
-    /// The transaction waited for a lock longer than `--lock-timeout`, or ran past
-    /// `--txn-timeout`, and was aborted.
-    TxnTimeout = 18,
-    /// No open transaction has this id on this connection (it finished or never began).
-    TxnNotFound = 19,
-    /// The read's snapshot is gone: older than `--txn-max-age`, or its shard's leader
-    /// changed. Nothing was read; run it again (ADR 0023).
-    SnapshotTooOld = 20,
-}
-
-impl ErrorCode {
-    pub fn from_u16(code: u16) -> ErrorCode {
-        match code {
-            1 => ErrorCode::NotFound,
-            2 => ErrorCode::BadRequest,
-            3 => ErrorCode::TooLarge,
-            4 => ErrorCode::NotLeader,
-            5 => ErrorCode::NoQuorum,
-            6 => ErrorCode::DiskFull,
-            8 => ErrorCode::VersionMismatch,
-            9 => ErrorCode::ShuttingDown,
-            10 => ErrorCode::UnknownOpcode,
-            11 => ErrorCode::Checksum,
-            12 => ErrorCode::IoError,
-            13 => ErrorCode::DuplicateKey,
-            14 => ErrorCode::OutcomeUnknown,
-            15 => ErrorCode::Timeout,
-            16 => ErrorCode::TxnConflict,
-            17 => ErrorCode::Deadlock,
-            18 => ErrorCode::TxnTimeout,
-            19 => ErrorCode::TxnNotFound,
-            20 => ErrorCode::SnapshotTooOld,
-            // An unknown code from a newer server is still an error; report it as internal.
-            _ => ErrorCode::Internal,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            ErrorCode::NotFound => "NOT_FOUND",
-            ErrorCode::BadRequest => "BAD_REQUEST",
-            ErrorCode::TooLarge => "TOO_LARGE",
-            ErrorCode::NotLeader => "NOT_LEADER",
-            ErrorCode::NoQuorum => "NO_QUORUM",
-            ErrorCode::DiskFull => "DISK_FULL",
-            ErrorCode::Internal => "INTERNAL",
-            ErrorCode::VersionMismatch => "VERSION_MISMATCH",
-            ErrorCode::ShuttingDown => "SHUTTING_DOWN",
-            ErrorCode::UnknownOpcode => "UNKNOWN_OPCODE",
-            ErrorCode::Checksum => "CHECKSUM",
-            ErrorCode::IoError => "IO_ERROR",
-            ErrorCode::DuplicateKey => "DUPLICATE_KEY",
-            ErrorCode::OutcomeUnknown => "OUTCOME_UNKNOWN",
-            ErrorCode::Timeout => "TIMEOUT",
-            ErrorCode::TxnConflict => "TXN_CONFLICT",
-            ErrorCode::Deadlock => "DEADLOCK",
-            ErrorCode::TxnTimeout => "TXN_TIMEOUT",
-            ErrorCode::TxnNotFound => "TXN_NOT_FOUND",
-            ErrorCode::SnapshotTooOld => "SNAPSHOT_TOO_OLD",
-        }
-    }
-}
-
-impl std::fmt::Display for ErrorCode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
     }
 }
 
@@ -261,7 +171,19 @@ pub enum Request {
     Rollback {
         txn: u64,
     },
+    /// The first step of the password proof (ADR 0025): who, and the client's nonce.
+    AuthStart {
+        user: String,
+        nonce: Vec<u8>,
+    },
+    /// The second: the client's proof (`auth::client_proof`).
+    AuthFinish {
+        proof: Vec<u8>,
+    },
 }
+
+/// The largest user name, nonce, salt, proof or signature an AUTH exchange carries.
+const AUTH_FIELD_SIZE_MAX: usize = 256;
 
 /// Bytes before the inner request in an IN_TXN body: txn, for-update flag, opcode.
 const IN_TXN_HEADER: usize = 10;
@@ -330,6 +252,18 @@ pub enum Response {
     Committed(Vec<(Vec<u8>, u64)>),
     /// ROLLBACK: done (no body).
     Ended,
+    /// AUTH_START: what the client needs for its proof.
+    AuthChallenge {
+        salt: Vec<u8>,
+        cost: Cost,
+        nonce: Vec<u8>,
+    },
+    /// AUTH_FINISH: the connection is authenticated as `role`; `signature` proves the server
+    /// holds the user's verifier.
+    Authenticated {
+        role: Role,
+        signature: Vec<u8>,
+    },
     Error {
         code: ErrorCode,
         message: String,
@@ -483,6 +417,8 @@ impl Request {
             Request::InTxn { .. } => Opcode::InTxn,
             Request::Commit { .. } => Opcode::Commit,
             Request::Rollback { .. } => Opcode::Rollback,
+            Request::AuthStart { .. } => Opcode::AuthStart,
+            Request::AuthFinish { .. } => Opcode::AuthFinish,
         }
     }
 
@@ -560,6 +496,11 @@ impl Request {
                 request.encode_body(out);
             }
             Request::Commit { txn } | Request::Rollback { txn } => put_u64(out, *txn),
+            Request::AuthStart { user, nonce } => {
+                put_bytes(out, user.as_bytes());
+                put_bytes(out, nonce);
+            }
+            Request::AuthFinish { proof } => put_bytes(out, proof),
             Request::Put { key, value } => {
                 put_bytes(out, key);
                 put_bytes(out, value);
@@ -642,6 +583,18 @@ impl Request {
             },
             Opcode::Ping => Request::Ping,
             Opcode::Info => Request::Info,
+            Opcode::AuthStart => Request::AuthStart {
+                user: String::from_utf8(r.bytes("user", AUTH_FIELD_SIZE_MAX)?).map_err(|_| {
+                    DecodeError::Invalid {
+                        what: "user",
+                        detail: "not UTF-8".into(),
+                    }
+                })?,
+                nonce: r.bytes("nonce", AUTH_FIELD_SIZE_MAX)?,
+            },
+            Opcode::AuthFinish => Request::AuthFinish {
+                proof: r.bytes("proof", AUTH_FIELD_SIZE_MAX)?,
+            },
             Opcode::Document => Request::Document {
                 command: r.bytes("document command", DOCUMENT_SIZE_MAX)?,
             },
@@ -730,6 +683,7 @@ impl Request {
                 | Request::Cas { .. }
                 | Request::MGet { .. }
                 | Request::Scan { .. }
+                | Request::Document { .. }
         )
     }
 
@@ -858,6 +812,17 @@ impl Response {
                 }
             }
             Response::Ended => {}
+            Response::AuthChallenge { salt, cost, nonce } => {
+                put_bytes(out, salt);
+                put_u32(out, cost.memory_kib);
+                put_u32(out, cost.passes);
+                put_u32(out, cost.lanes);
+                put_bytes(out, nonce);
+            }
+            Response::Authenticated { role, signature } => {
+                out.push(*role as u8);
+                put_bytes(out, signature);
+            }
             Response::Error { code, message } => {
                 out.extend_from_slice(&(*code as u16).to_le_bytes());
                 put_bytes(out, message.as_bytes());
@@ -899,6 +864,22 @@ impl Response {
                 Response::Committed(written)
             }
             Opcode::Rollback => Response::Ended,
+            Opcode::AuthStart => Response::AuthChallenge {
+                salt: r.bytes("salt", AUTH_FIELD_SIZE_MAX)?,
+                cost: Cost {
+                    memory_kib: r.u32("argon2 memory")?,
+                    passes: r.u32("argon2 passes")?,
+                    lanes: r.u32("argon2 lanes")?,
+                },
+                nonce: r.bytes("nonce", AUTH_FIELD_SIZE_MAX)?,
+            },
+            Opcode::AuthFinish => Response::Authenticated {
+                role: Role::from_u8(r.u8("role")?).ok_or(DecodeError::Invalid {
+                    what: "role",
+                    detail: "not 1 (read), 2 (readwrite) or 3 (admin)".into(),
+                })?,
+                signature: r.bytes("signature", AUTH_FIELD_SIZE_MAX)?,
+            },
             Opcode::Ping => Response::Pong,
             Opcode::Get | Opcode::GetStale => Response::Value {
                 version: r.u64("version")?,
