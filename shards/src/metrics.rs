@@ -49,7 +49,7 @@ pub const PROTOCOLS: [(Protocol, &str); 2] =
 
 /// The native protocol's commands, by opcode (`kvs_wire::message::Opcode`); slot 0 holds
 /// frames with an opcode that is not one.
-pub const NATIVE_COMMANDS: [&str; 14] = [
+pub const NATIVE_COMMANDS: [&str; 21] = [
     "unknown",
     "ping",
     "get",
@@ -64,6 +64,13 @@ pub const NATIVE_COMMANDS: [&str; 14] = [
     "get_stale",
     "transfer_leader",
     "once",
+    "backup",
+    "begin",
+    "in_txn",
+    "commit",
+    "rollback",
+    "auth_start",
+    "auth_finish",
 ];
 
 /// The Redis commands counted by name; any other name counts as `other` (the last slot), so
@@ -118,11 +125,14 @@ pub const RESP_COMMANDS: [&str; 47] = [
     "other",
 ];
 
+/// The highest native error code (`ErrorCode`).
+pub const ERROR_CODES_MAX: u16 = 23;
+
 /// Error labels: slot 0 `ERR` (a Redis command error that names no code: wrong arity, a bad
-/// argument), 1–15 the codes of [`ErrorCode`], then `NOPROTO` and `OTHER`.
-pub const ERROR_LABELS: usize = 18;
-const ERROR_NOPROTO: usize = 16;
-const ERROR_OTHER: usize = 17;
+/// argument), 1–[`ERROR_CODES_MAX`] the codes of [`ErrorCode`], then `NOPROTO` and `OTHER`.
+pub const ERROR_LABELS: usize = ERROR_CODES_MAX as usize + 3;
+const ERROR_NOPROTO: usize = ERROR_CODES_MAX as usize + 1;
+const ERROR_OTHER: usize = ERROR_CODES_MAX as usize + 2;
 
 /// The label of error slot `slot`.
 pub fn error_label(slot: usize) -> &'static str {
@@ -146,7 +156,7 @@ pub fn resp_error_slot(reply: &[u8]) -> u8 {
     let word_end = line.iter().position(|&b| b == b' ' || b == b'\r');
     let word = &line[..word_end.unwrap_or(line.len())];
     let named = |name: &[u8]| {
-        (1u16..=15)
+        (1u16..=ERROR_CODES_MAX)
             .map(ErrorCode::from_u16)
             .find(|code| code.name().as_bytes() == name)
     };
@@ -163,6 +173,7 @@ pub fn resp_error_slot(reply: &[u8]) -> u8 {
         b"NOQUORUM" => ErrorCode::NoQuorum as usize,
         b"TIMEOUT" => ErrorCode::Timeout as usize,
         b"NOPROTO" => ERROR_NOPROTO,
+        b"WRONGPASS" => ErrorCode::AuthFailed as usize,
         word => named(word).map_or(ERROR_OTHER, |code| code as usize),
     };
     slot as u8
@@ -404,6 +415,35 @@ pub fn with_current(f: impl FnOnce(&CoreMetrics)) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_error_code_and_native_opcode_has_its_own_label() {
+        for number in 1..=ERROR_CODES_MAX {
+            let code = ErrorCode::from_u16(number);
+            assert!(
+                number == 7 || code != ErrorCode::Internal,
+                "code {number} is unknown"
+            );
+            let slot = usize::from(native_error_slot(code));
+            assert!(slot < ERROR_LABELS, "{code}");
+            assert_eq!(error_label(slot), code.name());
+            let line = format!("-{} something\r\n", code.name());
+            assert_eq!(usize::from(resp_error_slot(line.as_bytes())), slot);
+        }
+        assert_eq!(
+            error_label(usize::from(resp_error_slot(b"-WRONGPASS x\r\n"))),
+            "AUTH_FAILED"
+        );
+        for opcode in 1..=20u8 {
+            let name = kvs_wire::Opcode::from_u8(opcode).map(|o| format!("{o:?}"));
+            let label = NATIVE_COMMANDS.get(usize::from(opcode));
+            assert_eq!(
+                label.map(|l| l.replace('_', "")),
+                name.map(|n| n.to_ascii_lowercase()),
+                "opcode {opcode}"
+            );
+        }
+    }
 
     #[test]
     fn resp_command_names_are_sorted_for_the_binary_search() {
