@@ -133,6 +133,20 @@ pub struct Flags {
     /// 60s.
     #[arg(long)]
     pub txn_max_age: Option<String>,
+    /// `required`: clients authenticate as a user of --users-file before anything but PING
+    /// (ADR 0025, docs/security.md), and each user's role bounds what it may do; `off`:
+    /// anyone who reaches a port may do everything. Default: off, which kvsd refuses on a
+    /// client listener (--listen, --resp-listen) that is not a loopback address unless
+    /// --insecure is given.
+    #[arg(long)]
+    pub auth: Option<String>,
+    /// The users, one a line as `NAME ROLE HASH` (written by `kvs user add`); read at start
+    /// and again on SIGHUP. Required with --auth required.
+    #[arg(long)]
+    pub users_file: Option<PathBuf>,
+    /// Allow --auth off on a client listener that is not a loopback address.
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -161,6 +175,9 @@ struct FileConfig {
     lock_timeout: Option<String>,
     txn_timeout: Option<String>,
     txn_max_age: Option<String>,
+    auth: Option<String>,
+    users_file: Option<PathBuf>,
+    insecure: Option<bool>,
 }
 
 /// What makes a node one of a cluster: its id, where it listens for peers, and the members
@@ -287,6 +304,9 @@ pub struct Config {
     pub lock_timeout: Duration,
     pub txn_timeout: Duration,
     pub txn_max_age: Duration,
+    /// `--auth required`: with the users of `users_file` (ADR 0025).
+    pub auth_required: bool,
+    pub users_file: Option<PathBuf>,
 }
 
 /// Smallest page cache per shard, in bytes.
@@ -348,6 +368,8 @@ pub enum ConfigError {
     Parse { path: String, message: String },
     #[error("bad listen address {0:?}: expected HOST:PORT with an IP address")]
     Listen(String),
+    #[error("{0}")]
+    Auth(String),
     #[error("--shards must be between 1 and {SHARD_COUNT_MAX}, not {0}")]
     Shards(u32),
     #[error("bad --{0} {1:?}: expected a size such as 64MiB or 2GiB")]
@@ -376,7 +398,7 @@ impl Config {
             .listen
             .or(file.listen)
             .unwrap_or_else(|| "127.0.0.1:7070".into());
-        let listen = listen_text
+        let listen: SocketAddr = listen_text
             .parse()
             .map_err(|_| ConfigError::Listen(listen_text.clone()))?;
         let resp_listen = match flags.resp_listen.or(file.resp_listen) {
@@ -503,7 +525,35 @@ impl Config {
             Some("off") => false,
             Some(other) => return Err(ConfigError::ReadLease(other.into())),
         };
+        let auth_required = match flags.auth.or(file.auth).as_deref() {
+            None | Some("off") => false,
+            Some("required") => true,
+            Some(other) => {
+                return Err(ConfigError::Auth(format!(
+                    "--auth {other:?}: expected required or off"
+                )))
+            }
+        };
+        let users_file = flags.users_file.or(file.users_file);
+        if auth_required != users_file.is_some() {
+            return Err(ConfigError::Auth(
+                "--auth required and --users-file go together".into(),
+            ));
+        }
+        let insecure = flags.insecure || file.insecure.unwrap_or(false);
+        let exposed = std::iter::once(listen)
+            .chain(resp_listen)
+            .find(|addr| !addr.ip().is_loopback());
+        if let (false, false, Some(addr)) = (auth_required, insecure, exposed) {
+            return Err(ConfigError::Auth(format!(
+                "{addr} is not a loopback address, and --auth is off: anyone who reaches it \
+                 could read and write everything. Give --auth required with --users-file \
+                 (docs/security.md), or --insecure to run so anyway"
+            )));
+        }
         Ok(Config {
+            auth_required,
+            users_file,
             lock_timeout,
             txn_timeout,
             txn_max_age,

@@ -72,6 +72,10 @@ pub struct Connection {
     pub document_tail: RefCell<Option<crate::runtime::JoinHandle<()>>>,
     /// The connection's open transactions (native protocol; ADR 0022).
     pub txns: crate::txn::OpenTxns,
+    /// Who it authenticated as, if anyone (ADR 0025).
+    pub auth: crate::auth::ConnAuth,
+    /// The client's address, for the log.
+    pub peer: String,
     /// The protocol the connection speaks, a label of its requests' metrics.
     protocol: Protocol,
     /// The requests in flight, oldest first, for their metrics (see [`Arrival`]).
@@ -94,7 +98,12 @@ impl Deliver for Connection {
 }
 
 impl Connection {
-    pub fn new(encode_reply: ReplyEncoder, protocol: Protocol) -> Connection {
+    pub fn new(
+        encode_reply: ReplyEncoder,
+        protocol: Protocol,
+        auth: crate::auth::ConnAuth,
+        peer: String,
+    ) -> Connection {
         Connection {
             encode_reply,
             out: RefCell::new(Vec::new()),
@@ -113,6 +122,8 @@ impl Connection {
             origin: Cell::new(crate::shard::NO_ORIGIN),
             document_tail: RefCell::new(None),
             txns: crate::txn::OpenTxns::default(),
+            auth,
+            peer,
             protocol,
             arrivals: RefCell::new(VecDeque::new()),
         }
@@ -464,7 +475,11 @@ pub async fn drive<F, Fut>(
     let _ = stream.set_nodelay(true);
     let registration = ctx.register_connection(&stream);
     let stream = Rc::new(stream);
-    let conn = Rc::new(Connection::new(encode_reply, protocol));
+    let peer = stream
+        .peer_addr()
+        .map_or_else(|_| "?".into(), |a| a.to_string());
+    let auth = crate::auth::ConnAuth::new(&ctx.auth);
+    let conn = Rc::new(Connection::new(encode_reply, protocol, auth, peer));
     conn.fd.set(Some(stream.raw_fd()));
     // Core and registration together name the connection in the node; never NO_ORIGIN.
     conn.origin
@@ -530,7 +545,8 @@ mod tests {
 
     #[test]
     fn replies_in_flight_are_bounded_by_their_size() {
-        let conn = Connection::new(|_, _, _, _| {}, Protocol::Native);
+        let auth = crate::auth::ConnAuth::new(&crate::auth::Auth::off());
+        let conn = Connection::new(|_, _, _, _| {}, Protocol::Native, auth, String::new());
         // Large replies: few requests may be in flight.
         let mut taken = 0;
         while conn.may_take_request() {

@@ -13,6 +13,7 @@
 
 pub mod archive;
 pub mod ask;
+pub mod auth;
 pub mod checkpoint_task;
 pub mod clock;
 pub mod cluster;

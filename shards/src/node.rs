@@ -79,6 +79,7 @@ struct CoreSetup {
     connection_counts: Arc<ConnectionCounts>,
     scan_cursors: Arc<ScanCursors>,
     transactions: Arc<crate::txn_shared::Transactions>,
+    auth: Arc<crate::auth::Auth>,
     ready: mpsc::Sender<Result<(), String>>,
     /// Whether to serve, once every shard has opened ([`START_SERVE`]), or to stop because
     /// one failed to ([`START_ABORT`]): a node never serves some shards while others failed.
@@ -240,6 +241,11 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         )
         .with_snapshot_max_age(config.txn_max_age),
     );
+    let auth = Arc::new(match &config.users_file {
+        Some(path) => crate::auth::Auth::required(path).map_err(anyhow::Error::msg)?,
+        None => crate::auth::Auth::off(),
+    });
+    crate::auth::reload_on_sighup(Arc::clone(&auth));
     let (ready_sender, ready) = mpsc::channel();
     let start = Arc::new(AtomicU8::new(START_WAIT));
     // Every core gets a handle on each listening socket; the last takes the originals.
@@ -285,6 +291,7 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
             connection_counts: Arc::clone(&connection_counts),
             scan_cursors: Arc::clone(&scan_cursors),
             transactions: Arc::clone(&transactions),
+            auth: Arc::clone(&auth),
             ready: ready_sender.clone(),
             start: Arc::clone(&start),
         })
@@ -373,7 +380,8 @@ async fn core_main(setup: CoreSetup) {
             Arc::clone(&setup.connection_counts),
             Arc::clone(&setup.scan_cursors),
         )
-        .with_transactions(Arc::clone(&setup.transactions)),
+        .with_transactions(Arc::clone(&setup.transactions))
+        .with_auth(Arc::clone(&setup.auth)),
     );
     for receiver in setup.request_receivers {
         let queue = Rc::clone(&queue);

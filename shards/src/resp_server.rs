@@ -100,6 +100,36 @@ fn resident_bytes() -> u64 {
         .map_or(0, |pages| pages * 4096)
 }
 
+/// AUTH's check of `user`'s `password` (RESP sends the password itself; ADR 0025); the
+/// error line when it fails. With authentication off, AUTH with a user passes (as Redis's
+/// default user without a password), and AUTH with only a password is refused as Redis
+/// refuses it.
+async fn authenticate(
+    ctx: &CoreContext,
+    conn: &Connection,
+    user: &[u8],
+    password: Vec<u8>,
+    named: bool,
+) -> Result<(), String> {
+    if !ctx.auth.required {
+        return if named {
+            Ok(())
+        } else {
+            Err(
+                "ERR AUTH <password> called without any password configured for the default \
+                 user. Are you sure your configuration is correct?"
+                    .into(),
+            )
+        };
+    }
+    let user = String::from_utf8_lossy(user);
+    conn.auth
+        .with_password(&ctx.auth, &user, password, &conn.peer)
+        .await
+        .map(|_| ())
+        .map_err(|()| "WRONGPASS invalid username-password pair or user is disabled.".into())
+}
+
 /// Runs one command. Every path answers the command exactly once, in order.
 async fn execute(
     ctx: &CoreContext,
@@ -144,6 +174,26 @@ async fn execute(
     args.next();
     let args: Vec<Vec<u8>> = args.collect();
     let sizes = |keys: &[&Vec<u8>], values: &[&Vec<u8>]| check_sizes(keys, values);
+    if name == "hello" && argc >= 5 && args[1].eq_ignore_ascii_case(b"auth") {
+        // HELLO ver AUTH user pass [SETNAME name]: authenticated first, then the handshake.
+        if let Err(message) = authenticate(ctx, conn, &args[2], args[3].clone(), true).await {
+            resp::error(&mut out, &message);
+            let close = conn.auth.exhausted();
+            conn.respond_in_order(sequence, out);
+            return if close { After::Close } else { After::Continue };
+        }
+    }
+    if ctx.auth.required {
+        if let Err((code, _)) = conn.auth.permits(crate::auth::resp_role(name), name) {
+            let message = match code {
+                kvs_wire::ErrorCode::NoAuth => "NOAUTH Authentication required.".to_string(),
+                _ => format!("NOPERM this user has no permissions to run the '{name}' command"),
+            };
+            resp::error(&mut out, &message);
+            conn.respond_in_order(sequence, out);
+            return After::Continue;
+        }
+    }
     if session.multi.intercept(name, &args, &mut out) {
         conn.respond_in_order(sequence, out);
         return After::Continue;
@@ -164,6 +214,23 @@ async fn execute(
             _ => wrong_arity(&mut out, "ping"),
         },
         "echo" if argc == 2 => resp::bulk(&mut out, &args[0]),
+        "auth" if argc == 2 || argc == 3 => {
+            let (user, password) = match args.as_slice() {
+                [password] => (&b"default"[..], password.clone()),
+                [user, password] => (user.as_slice(), password.clone()),
+                _ => unreachable!("two or three arguments"),
+            };
+            let checked = authenticate(ctx, conn, user, password, argc == 3).await;
+            match checked {
+                Ok(()) => resp::simple(&mut out, "OK"),
+                Err(message) => resp::error(&mut out, &message),
+            }
+            if conn.auth.exhausted() {
+                conn.respond_in_order(sequence, out);
+                return After::Close;
+            }
+        }
+
         "hello" => match args.first().map(|v| parse_i64(v)) {
             Some(Some(version)) if version != 2 && version != 3 => {
                 resp::error(&mut out, "NOPROTO unsupported protocol version")

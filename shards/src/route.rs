@@ -138,6 +138,8 @@ pub struct CoreContext {
     pub peer_answers: std::cell::OnceCell<PeerAnswers>,
     /// The node's transactions (ADR 0022): ids, timeouts, the wait-for graph.
     pub transactions: Arc<crate::txn_shared::Transactions>,
+    /// The node's users and whether they must authenticate (ADR 0025).
+    pub auth: Arc<crate::auth::Auth>,
 }
 
 impl CoreContext {
@@ -170,7 +172,14 @@ impl CoreContext {
                 crate::txn_shared::LOCK_TIMEOUT_DEFAULT,
                 std::time::Duration::from_secs(60),
             )),
+            auth: Arc::new(crate::auth::Auth::off()),
         }
+    }
+
+    /// Shares the node's authentication (by default: off).
+    pub fn with_auth(mut self, auth: Arc<crate::auth::Auth>) -> Self {
+        self.auth = auth;
+        self
     }
 
     /// Shares the node's transactions (by default a core has its own).

@@ -20,6 +20,7 @@ use kvs_wire::frame::{frame_len, Decoded, FrameDecoder, FrameError, Header};
 use kvs_wire::limits::{FRAME_BODY_SIZE_MAX, FRAME_HEADER_SIZE};
 use kvs_wire::{shard_for_key, ErrorCode, Opcode, Request, Response};
 
+use crate::auth;
 use crate::conn::{self, Connection, ReceiveBuffer};
 use crate::metrics::{self, Protocol};
 use crate::route::{merge_scan, split_by_shard, CoreContext, Deliver, Parts, Target};
@@ -227,6 +228,12 @@ async fn dispatch(ctx: &Rc<CoreContext>, conn: &Rc<Connection>, header: Header, 
         None => command,
     };
     let opcode = request.opcode() as u8;
+    if ctx.auth.required {
+        let what = format!("{:?}", request.opcode()).to_ascii_uppercase();
+        if let Err((code, message)) = conn.auth.permits(auth::native_role(&request), &what) {
+            return respond(conn, opcode, request_id, &Response::error(code, message));
+        }
+    }
     let shard_of = |key: &[u8]| shard_for_key(key, ctx.shard_count);
     let origin = conn.origin();
     let to_conn = || {
@@ -254,6 +261,18 @@ async fn dispatch(ctx: &Rc<CoreContext>, conn: &Rc<Connection>, header: Header, 
             &Response::error(ErrorCode::BadRequest, "a ONCE carries a write, not a ONCE"),
         ),
         Request::Ping => respond(conn, opcode, request_id, &Response::Pong),
+        Request::AuthStart { user, nonce } => {
+            let response = if ctx.auth.required {
+                conn.auth.start(&ctx.auth, user, nonce)
+            } else {
+                Response::error(ErrorCode::BadRequest, "this node runs with --auth off")
+            };
+            respond(conn, opcode, request_id, &response)
+        }
+        Request::AuthFinish { proof } => {
+            let response = conn.auth.finish(&proof, &conn.peer).await;
+            respond(conn, opcode, request_id, &response)
+        }
         Request::Begin { isolation } => {
             let response = crate::txn::begin(ctx, &conn.txns, isolation, origin).await;
             respond(conn, opcode, request_id, &response);
@@ -492,7 +511,16 @@ async fn read_loop(ctx: &Rc<CoreContext>, stream: &TcpStream, conn: &Rc<Connecti
                         respond(conn, header.opcode, header.request_id, &response);
                     } else {
                         match Request::decode_body(header.opcode, body) {
-                            Ok(request) => dispatch(ctx, conn, header, request).await,
+                            Ok(request) => {
+                                dispatch(ctx, conn, header, request).await;
+                                if conn.auth.exhausted() {
+                                    tracing::warn!(
+                                        peer = conn.peer,
+                                        "closing a connection after failed logins"
+                                    );
+                                    return;
+                                }
+                            }
                             Err(error) => {
                                 let response = Response::error(error.code(), error.to_string());
                                 respond(conn, header.opcode, header.request_id, &response);

@@ -134,6 +134,14 @@ impl TcpStream {
         }
     }
 
+    /// The address of the other end.
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        socket2::SockRef::from(&self.fd)
+            .peer_addr()?
+            .as_socket()
+            .ok_or_else(|| io::Error::other("the peer has no IP address"))
+    }
+
     pub fn raw_fd(&self) -> std::os::fd::RawFd {
         self.fd.as_raw_fd()
     }
