@@ -13,6 +13,7 @@ use std::io::{self, IsTerminal, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
+use kvs_wire::auth::Credentials;
 use kvs_wire::backup::{file_crc, FORMAT, MANIFEST};
 use kvs_wire::message::BackupChunk;
 use kvs_wire::{Client, ClientError, ClientOptions, Request, Response};
@@ -65,8 +66,8 @@ impl Progress {
 
 /// Backs up the node at `addr` (every shard; in a cluster, each from its leader) to `dir`,
 /// which must be empty or absent.
-pub fn backup(addr: &str, dir: &str) -> Result<(), BackupError> {
-    let client = &connect(addr)?;
+pub fn backup(addr: &str, dir: &str, credentials: Option<Credentials>) -> Result<(), BackupError> {
+    let client = &connect(addr, &credentials)?;
     let dir = PathBuf::from(dir);
     if dir.exists() {
         let mut entries = fs::read_dir(&dir).map_err(io_error(&dir))?;
@@ -115,7 +116,7 @@ pub fn backup(addr: &str, dir: &str) -> Result<(), BackupError> {
         let from = if addr == client.addr() {
             None
         } else {
-            Some(connect(&addr)?)
+            Some(connect(&addr, &credentials)?)
         };
         let source = from.as_ref().unwrap_or(client);
         let file = backup_shard(source, &dir, shard, shards, &mut progress, bytes)?;
@@ -153,9 +154,10 @@ pub fn backup(addr: &str, dir: &str) -> Result<(), BackupError> {
     Ok(())
 }
 
-fn connect(addr: &str) -> Result<Client, BackupError> {
+fn connect(addr: &str, credentials: &Option<Credentials>) -> Result<Client, BackupError> {
     let options = ClientOptions {
         request_timeout: Duration::from_secs(120),
+        credentials: credentials.clone(),
         ..ClientOptions::default()
     };
     Ok(Client::connect_with(addr, options)?)

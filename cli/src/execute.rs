@@ -306,6 +306,11 @@ pub fn prepare(command: Command) -> Result<Prepared, Failure> {
                 "a transaction reads its commands from stdin: run `kvs txn` alone",
             ))
         }
+        Command::UserAdd { .. } | Command::UserRemove { .. } => {
+            return Err(Failure::Refused(
+                "users are written to kvsd's users file: run `kvs user add` alone",
+            ))
+        }
     };
     Ok(Prepared {
         request: Some(request),

@@ -119,6 +119,16 @@ pub enum Command {
         to: String,
     },
     /// `backup verify DIR`: checks a backup against its manifest.
+    /// `user add`: a user of a users file (ADR 0025).
+    UserAdd {
+        file: String,
+        name: String,
+        role: String,
+    },
+    UserRemove {
+        file: String,
+        name: String,
+    },
     BackupVerify {
         dir: String,
     },
@@ -586,6 +596,40 @@ pub const COMMANDS: &[Spec] = &[
                 code 0 whole, 1 problems found (one line each). Needs no server. Only as a \
                 one-shot command.",
         build: |m| Ok(Command::BackupVerify { dir: m.arg(0) }),
+    },
+    Spec {
+        name: "user add",
+        args: &["NAME", "ROLE"],
+        options: &[opt("--file", "FILE", "the users file kvsd reads (required)")],
+        split: Split::Whitespace,
+        about: "Adds user NAME with ROLE (read, readwrite or admin) to the users file kvsd \
+                reads with --users-file, or gives an existing one a new password and role; \
+                the password is read from the terminal (or stdin's first line) and only its \
+                salted argon2id verifier is written (docs/security.md). Needs no server; \
+                send kvsd SIGHUP to read the file. Only as a one-shot command.",
+        build: |m| match m.option("--file") {
+            Some(file) => Ok(Command::UserAdd {
+                file,
+                name: m.arg(0),
+                role: m.arg(1),
+            }),
+            None => Err("user add needs --file FILE".into()),
+        },
+    },
+    Spec {
+        name: "user remove",
+        args: &["NAME"],
+        options: &[opt("--file", "FILE", "the users file kvsd reads (required)")],
+        split: Split::Whitespace,
+        about: "Removes user NAME from the users file; exit code 1 if it is not there. Needs \
+                no server; send kvsd SIGHUP to read the file. Only as a one-shot command.",
+        build: |m| match m.option("--file") {
+            Some(file) => Ok(Command::UserRemove {
+                file,
+                name: m.arg(0),
+            }),
+            None => Err("user remove needs --file FILE".into()),
+        },
     },
 ];
 

@@ -14,12 +14,14 @@ mod output;
 mod parse;
 mod shell;
 mod txn;
+mod users;
 mod words;
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use kvs_wire::auth::Credentials;
 use kvs_wire::{Client, ClientOptions};
 
 use crate::execute::Status;
@@ -42,6 +44,7 @@ fn main() -> ExitCode {
         Ok(invocation) => invocation,
         Err(e) => return usage_error(&e),
     };
+    let credentials = credentials(&invocation);
     let command = match invocation.action {
         Action::Help(topic) => {
             return match help::help(&topic, "kvs ") {
@@ -58,20 +61,33 @@ fn main() -> ExitCode {
         }
         Action::Run(Command::Verify { data_dir }) => return run_verify(&data_dir),
         Action::Run(Command::BackupVerify { dir }) => return run_backup_verify(&dir),
+        Action::Run(Command::UserAdd { file, name, role }) => {
+            return users::add(&file, &name, &role)
+        }
+        Action::Run(Command::UserRemove { file, name }) => return users::remove(&file, &name),
         Action::Run(Command::Backup { to }) => {
-            return match backup::backup(&invocation.addr, &to) {
+            let credentials = match credentials {
+                Ok(credentials) => credentials,
+                Err(message) => return usage_error(&ParseError::Unknown(message)),
+            };
+            return match backup::backup(&invocation.addr, &to, credentials) {
                 Ok(_) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("kvs: backup failed: {e}");
                     ExitCode::from(2)
                 }
-            }
+            };
         }
         Action::Run(command) => Some(command),
         Action::Commands => None,
     };
+    let credentials = match credentials {
+        Ok(credentials) => credentials,
+        Err(message) => return usage_error(&ParseError::Unknown(message)),
+    };
     let options = ClientOptions {
         request_timeout: Duration::from_secs(invocation.timeout_secs),
+        credentials,
         ..ClientOptions::default()
     };
     let client = match Client::connect_with(&invocation.addr, options) {
@@ -89,6 +105,23 @@ fn main() -> ExitCode {
         None if std::io::stdin().is_terminal() => shell::run(&client),
         None => batch::run(&client),
     }
+}
+
+/// `--user NAME --password-file FILE`: the user and the file's first line as the password.
+fn credentials(invocation: &parse::Invocation) -> Result<Option<Credentials>, String> {
+    let (Some(user), Some(file)) = (&invocation.user, &invocation.password_file) else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| format!("cannot read the password file {file}: {e}"))?;
+    let password = text.lines().next().unwrap_or_default().to_string();
+    if password.is_empty() {
+        return Err(format!("the password file {file} is empty"));
+    }
+    Ok(Some(Credentials {
+        user: user.clone(),
+        password,
+    }))
 }
 
 /// `kvs backup verify DIR`: a line per problem; exit code 0 whole, 1 problems, 2 unreadable.

@@ -204,11 +204,14 @@ pub enum Action {
 pub struct Invocation {
     pub addr: String,
     pub timeout_secs: u64,
+    /// `--user` and `--password-file`: who to authenticate as (ADR 0025).
+    pub user: Option<String>,
+    pub password_file: Option<String>,
     pub action: Action,
 }
 
 /// The usage of `kvs` itself.
-pub const USAGE: &str = "kvs [--addr HOST:PORT[,HOST:PORT...]] [--timeout SECS] [COMMAND]";
+pub const USAGE: &str = "kvs [--addr HOST:PORT[,HOST:PORT...]] [--timeout SECS] [--user NAME --password-file FILE] [COMMAND]";
 
 /// Parses a command line (without the program's name). `--addr` and `--timeout` may come
 /// anywhere before a `--`; `--help` and `--version` before the command, and `kvs help
@@ -219,6 +222,7 @@ pub fn parse_args(args: Vec<String>) -> Result<Invocation, ParseError> {
         usage: USAGE.to_string(),
     };
     let (mut addr, mut timeout) = (None, None);
+    let (mut user, mut password_file) = (None, None);
     let mut words = Vec::new();
     let mut args = args.into_iter();
     let mut action = None;
@@ -235,6 +239,8 @@ pub fn parse_args(args: Vec<String>) -> Result<Invocation, ParseError> {
         let slot = match name {
             "--addr" => &mut addr,
             "--timeout" => &mut timeout,
+            "--user" => &mut user,
+            "--password-file" => &mut password_file,
             _ => {
                 match arg.as_str() {
                     "--help" | "-h" if words.is_empty() => {
@@ -282,9 +288,16 @@ pub fn parse_args(args: Vec<String>) -> Result<Invocation, ParseError> {
         },
         None => TIMEOUT_SECS_DEFAULT,
     };
+    if user.is_some() != password_file.is_some() {
+        return Err(problem(
+            "--user and --password-file go together".to_string(),
+        ));
+    }
     Ok(Invocation {
         addr: addr.unwrap_or_else(|| ADDR_DEFAULT.to_string()),
         timeout_secs,
+        user,
+        password_file,
         action,
     })
 }
@@ -601,6 +614,8 @@ mod tests {
             Invocation {
                 addr: "h:1".into(),
                 timeout_secs: 5,
+                user: None,
+                password_file: None,
                 action: Action::Run(Command::Get {
                     key: "k".into(),
                     version: false,
@@ -610,6 +625,13 @@ mod tests {
         );
         let invocation = args(&["put", "k", "--addr=h:2", "v"]).unwrap();
         assert_eq!(invocation.addr, "h:2");
+        let authed = args(&["--user", "ann", "get", "k", "--password-file=/pw"]).unwrap();
+        assert_eq!(authed.user.as_deref(), Some("ann"));
+        assert_eq!(authed.password_file.as_deref(), Some("/pw"));
+        let alone = args(&["--user", "ann", "get", "k"])
+            .unwrap_err()
+            .to_string();
+        assert!(alone.contains("go together"), "{alone}");
         assert_eq!(invocation.timeout_secs, TIMEOUT_SECS_DEFAULT);
         assert_eq!(
             invocation.action,
