@@ -243,3 +243,47 @@ for r in nodes:
     assert sorted(r.keys("lin:*")) == sorted(f"lin:{k}".encode() for k in range(20))
 print("redis-py on a 3-node cluster: ok")
 PY
+
+# Users and roles (ADR 0025): redis-cli --user/--pass and redis-py with a username and
+# password against a node with --auth required.
+users="$work/users"
+echo "writer-pw" | target/release/kvs user add --file "$users" writer readwrite 2>/dev/null
+echo "reader-pw" | target/release/kvs user add --file "$users" reader read 2>/dev/null
+aport=$(free_port)
+target/release/kvsd --data-dir "$work/auth-data" --shards 2 --listen "127.0.0.1:$(free_port)" \
+  --resp-listen "127.0.0.1:$aport" --auth required --users-file "$users" --log-level error &
+auth_server=$!
+trap 'kill $server "${nodes[@]}" $auth_server 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
+for _ in $(seq 200); do redis-cli -p "$aport" ping >/dev/null 2>&1 && break; sleep 0.1; done
+got=$(redis-cli -p "$aport" set k v 2>&1)
+[[ $got == *NOAUTH* ]] || { echo "unauthenticated SET: expected NOAUTH, got '$got'"; exit 1; }
+got=$(redis-cli -p "$aport" --user writer --pass wrong --no-auth-warning set k v 2>&1)
+[[ $got == *WRONGPASS* ]] || { echo "wrong password: expected WRONGPASS, got '$got'"; exit 1; }
+got=$(redis-cli -p "$aport" --user writer --pass writer-pw --no-auth-warning set k v)
+[[ $got == OK ]] || { echo "writer's SET: got '$got'"; exit 1; }
+got=$(redis-cli -p "$aport" --user reader --pass reader-pw --no-auth-warning set k w 2>&1)
+[[ $got == *NOPERM* ]] || { echo "reader's SET: expected NOPERM, got '$got'"; exit 1; }
+got=$(redis-cli -p "$aport" --user reader --pass reader-pw --no-auth-warning get k)
+[[ $got == v ]] || { echo "reader's GET: got '$got'"; exit 1; }
+echo "redis-cli with users and roles: ok"
+python3 - "$aport" <<'PY'
+import sys
+import redis
+port = int(sys.argv[1])
+for protocol in (3, 2):
+    writer = redis.Redis(port=port, username="writer", password="writer-pw", protocol=protocol)
+    assert writer.set(f"py:auth{protocol}", "1")
+    reader = redis.Redis(port=port, username="reader", password="reader-pw", protocol=protocol)
+    assert reader.get(f"py:auth{protocol}") == b"1"
+    try:
+        reader.set(f"py:auth{protocol}", "2")
+        raise AssertionError("a reader wrote")
+    except redis.exceptions.NoPermissionError:
+        pass
+    try:
+        redis.Redis(port=port, username="writer", password="nope", protocol=protocol).ping()
+        raise AssertionError("a wrong password passed")
+    except redis.exceptions.AuthenticationError:
+        pass
+print("redis-py with users and roles (RESP3 and RESP2): ok")
+PY
