@@ -287,3 +287,45 @@ for protocol in (3, 2):
         pass
 print("redis-py with users and roles (RESP3 and RESP2): ok")
 PY
+
+# TLS (docs/security.md): redis-cli --tls and redis-py with ssl=True against a node whose
+# client listeners speak only TLS, with a certificate made here by openssl.
+command -v openssl >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q openssl >/dev/null; }
+tls="$work/tls"; mkdir -p "$tls"
+openssl req -x509 -newkey rsa:2048 -nodes -keyout "$tls/ca.key" -out "$tls/ca.pem" -days 2 -subj "/CN=kvs test CA" 2>/dev/null
+openssl req -newkey rsa:2048 -nodes -keyout "$tls/server.key" -out "$tls/server.csr" -subj "/CN=localhost" 2>/dev/null
+printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n' > "$tls/ext"
+openssl x509 -req -in "$tls/server.csr" -CA "$tls/ca.pem" -CAkey "$tls/ca.key" -CAcreateserial \
+  -out "$tls/server.pem" -days 2 -extfile "$tls/ext" 2>/dev/null
+tport=$(free_port); tnative=$(free_port)
+target/release/kvsd --data-dir "$work/tls-data" --shards 2 --listen "127.0.0.1:$tnative" \
+  --resp-listen "127.0.0.1:$tport" --tls-cert "$tls/server.pem" --tls-key "$tls/server.key" --log-level error &
+tls_server=$!
+trap 'kill $server "${nodes[@]}" $auth_server $tls_server 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
+for _ in $(seq 200); do redis-cli --tls --cacert "$tls/ca.pem" -p "$tport" ping >/dev/null 2>&1 && break; sleep 0.1; done
+got=$(redis-cli --tls --cacert "$tls/ca.pem" -p "$tport" set secret s3)
+[[ $got == OK ]] || { echo "redis-cli --tls SET: got '$got'"; exit 1; }
+got=$(redis-cli --tls --cacert "$tls/ca.pem" -p "$tport" get secret)
+[[ $got == s3 ]] || { echo "redis-cli --tls GET: got '$got'"; exit 1; }
+got=$(timeout 10 redis-cli -p "$tport" ping 2>&1 || true)
+[[ $got != PONG ]] || { echo "a plaintext redis-cli was answered on a TLS listener"; exit 1; }
+out=$(redis-benchmark --tls --cacert "$tls/ca.pem" -p "$tport" -t set,get -n 20000 -c 20 -P 4 -q 2>/dev/null | tr '\r' '\n' | grep -E '^(SET|GET):' || true)
+[[ $(grep -c 'requests per second' <<<"$out") == 2 ]] || { echo "redis-benchmark --tls: '$out'"; exit 1; }
+echo "redis-cli and redis-benchmark over TLS: ok"
+python3 - "$tport" "$tls/ca.pem" <<'PY'
+import sys
+import redis
+port, ca = int(sys.argv[1]), sys.argv[2]
+for protocol in (3, 2):
+    r = redis.Redis(port=port, ssl=True, ssl_ca_certs=ca, protocol=protocol)
+    assert r.set(f"py:tls{protocol}", "x" * 100000)
+    assert r.get(f"py:tls{protocol}") == b"x" * 100000
+    pipe = r.pipeline(transaction=True)
+    pipe.incr("py:tlsn").incr("py:tlsn")
+    assert pipe.execute()[-1] >= 2
+print("redis-py over TLS (RESP3 and RESP2): ok")
+PY
+target/release/kvs --addr "127.0.0.1:$tnative" --tls-ca "$tls/ca.pem" put native-tls yes >/dev/null
+got=$(target/release/kvs --addr "127.0.0.1:$tnative" --tls-ca "$tls/ca.pem" get native-tls)
+[[ $got == yes ]] || { echo "kvs --tls-ca: got '$got'"; exit 1; }
+echo "kvs over TLS: ok"

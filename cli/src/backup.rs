@@ -16,6 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 use kvs_wire::auth::Credentials;
 use kvs_wire::backup::{file_crc, FORMAT, MANIFEST};
 use kvs_wire::message::BackupChunk;
+use kvs_wire::tls::TlsOptions;
 use kvs_wire::{Client, ClientError, ClientOptions, Request, Response};
 use serde_json::{json, Value};
 
@@ -66,8 +67,19 @@ impl Progress {
 
 /// Backs up the node at `addr` (every shard; in a cluster, each from its leader) to `dir`,
 /// which must be empty or absent.
-pub fn backup(addr: &str, dir: &str, credentials: Option<Credentials>) -> Result<(), BackupError> {
-    let client = &connect(addr, &credentials)?;
+pub fn backup(
+    addr: &str,
+    dir: &str,
+    credentials: Option<Credentials>,
+    tls: Option<TlsOptions>,
+) -> Result<(), BackupError> {
+    let options = ClientOptions {
+        request_timeout: Duration::from_secs(120),
+        credentials,
+        tls,
+        ..ClientOptions::default()
+    };
+    let client = &connect(addr, &options)?;
     let dir = PathBuf::from(dir);
     if dir.exists() {
         let mut entries = fs::read_dir(&dir).map_err(io_error(&dir))?;
@@ -116,7 +128,7 @@ pub fn backup(addr: &str, dir: &str, credentials: Option<Credentials>) -> Result
         let from = if addr == client.addr() {
             None
         } else {
-            Some(connect(&addr, &credentials)?)
+            Some(connect(&addr, &options)?)
         };
         let source = from.as_ref().unwrap_or(client);
         let file = backup_shard(source, &dir, shard, shards, &mut progress, bytes)?;
@@ -154,13 +166,8 @@ pub fn backup(addr: &str, dir: &str, credentials: Option<Credentials>) -> Result
     Ok(())
 }
 
-fn connect(addr: &str, credentials: &Option<Credentials>) -> Result<Client, BackupError> {
-    let options = ClientOptions {
-        request_timeout: Duration::from_secs(120),
-        credentials: credentials.clone(),
-        ..ClientOptions::default()
-    };
-    Ok(Client::connect_with(addr, options)?)
+fn connect(addr: &str, options: &ClientOptions) -> Result<Client, BackupError> {
+    Ok(Client::connect_with(addr, options.clone())?)
 }
 
 /// The client address of shard `shard`'s leader, as the node asked knows it (None: that

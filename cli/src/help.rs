@@ -27,6 +27,7 @@ pub fn help(topic: &str, prefix: &str) -> Result<String, String> {
                  --timeout SECS    seconds to wait for a reply ({TIMEOUT_SECS_DEFAULT})\n  \
                  --user NAME       authenticate as NAME (kvsd --auth required)\n  \
                  --password-file FILE  NAME's password: the file's first line\n  \
+                 --tls-ca FILE     connect over TLS, trusting FILE's authorities (PEM)\n  \
                  -h, --help        this help; a command's own: kvs help COMMAND\n  \
                  -V, --version     the version\n\n"
             ));

@@ -22,6 +22,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use kvs_wire::auth::Credentials;
+use kvs_wire::tls::TlsOptions;
 use kvs_wire::{Client, ClientOptions};
 
 use crate::execute::Status;
@@ -45,6 +46,7 @@ fn main() -> ExitCode {
         Err(e) => return usage_error(&e),
     };
     let credentials = credentials(&invocation);
+    let tls = tls(&invocation);
     let command = match invocation.action {
         Action::Help(topic) => {
             return match help::help(&topic, "kvs ") {
@@ -70,7 +72,7 @@ fn main() -> ExitCode {
                 Ok(credentials) => credentials,
                 Err(message) => return usage_error(&ParseError::Unknown(message)),
             };
-            return match backup::backup(&invocation.addr, &to, credentials) {
+            return match backup::backup(&invocation.addr, &to, credentials, tls) {
                 Ok(_) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("kvs: backup failed: {e}");
@@ -88,6 +90,7 @@ fn main() -> ExitCode {
     let options = ClientOptions {
         request_timeout: Duration::from_secs(invocation.timeout_secs),
         credentials,
+        tls,
         ..ClientOptions::default()
     };
     let client = match Client::connect_with(&invocation.addr, options) {
@@ -122,6 +125,16 @@ fn credentials(invocation: &parse::Invocation) -> Result<Option<Credentials>, St
         user: user.clone(),
         password,
     }))
+}
+
+/// `--tls-ca FILE`: TLS, trusting FILE's authorities, checking the server's name against the
+/// address's host.
+fn tls(invocation: &parse::Invocation) -> Option<TlsOptions> {
+    invocation.tls_ca.as_ref().map(|ca| TlsOptions {
+        ca_file: ca.into(),
+        server_name: None,
+        client_cert: None,
+    })
 }
 
 /// `kvs backup verify DIR`: a line per problem; exit code 0 whole, 1 problems, 2 unreadable.

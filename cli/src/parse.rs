@@ -207,11 +207,13 @@ pub struct Invocation {
     /// `--user` and `--password-file`: who to authenticate as (ADR 0025).
     pub user: Option<String>,
     pub password_file: Option<String>,
+    /// `--tls-ca FILE`: connect over TLS, trusting these authorities.
+    pub tls_ca: Option<String>,
     pub action: Action,
 }
 
 /// The usage of `kvs` itself.
-pub const USAGE: &str = "kvs [--addr HOST:PORT[,HOST:PORT...]] [--timeout SECS] [--user NAME --password-file FILE] [COMMAND]";
+pub const USAGE: &str = "kvs [--addr HOST:PORT[,HOST:PORT...]] [--timeout SECS] [--user NAME --password-file FILE] [--tls-ca FILE] [COMMAND]";
 
 /// Parses a command line (without the program's name). `--addr` and `--timeout` may come
 /// anywhere before a `--`; `--help` and `--version` before the command, and `kvs help
@@ -222,7 +224,7 @@ pub fn parse_args(args: Vec<String>) -> Result<Invocation, ParseError> {
         usage: USAGE.to_string(),
     };
     let (mut addr, mut timeout) = (None, None);
-    let (mut user, mut password_file) = (None, None);
+    let (mut user, mut password_file, mut tls_ca) = (None, None, None);
     let mut words = Vec::new();
     let mut args = args.into_iter();
     let mut action = None;
@@ -241,6 +243,7 @@ pub fn parse_args(args: Vec<String>) -> Result<Invocation, ParseError> {
             "--timeout" => &mut timeout,
             "--user" => &mut user,
             "--password-file" => &mut password_file,
+            "--tls-ca" => &mut tls_ca,
             _ => {
                 match arg.as_str() {
                     "--help" | "-h" if words.is_empty() => {
@@ -298,6 +301,7 @@ pub fn parse_args(args: Vec<String>) -> Result<Invocation, ParseError> {
         timeout_secs,
         user,
         password_file,
+        tls_ca,
         action,
     })
 }
@@ -616,6 +620,7 @@ mod tests {
                 timeout_secs: 5,
                 user: None,
                 password_file: None,
+                tls_ca: None,
                 action: Action::Run(Command::Get {
                     key: "k".into(),
                     version: false,

@@ -2,8 +2,8 @@
 //! settings, each connection's state (its role once authenticated, the exchange in progress,
 //! its failed attempts), and the role each request needs.
 //!
-//! - The users file is read at start and again on SIGHUP ([`Auth::reload`]); a file that does
-//!   not read keeps the users already loaded.
+//! - The users file is read at start and again on SIGHUP ([`Auth::reload`], called by
+//!   `sighup`); a file that does not read keeps the users already loaded.
 //! - The native protocol proves the password by SCRAM (`kvs_wire::auth`): the server answers
 //!   AUTH_START with the salt and cost (made up for an unknown user) and checks AUTH_FINISH's
 //!   proof with HMACs only. RESP's AUTH sends the password itself: its argon2id runs on a
@@ -121,32 +121,6 @@ impl Auth {
     /// The role a new connection has before it authenticates.
     pub fn initial_role(&self) -> Option<Role> {
         (!self.required).then_some(Role::Admin)
-    }
-}
-
-/// Reads the users file again whenever the process gets SIGHUP (a thread of its own, for
-/// the life of the process). Installed with authentication off too: SIGHUP then does
-/// nothing, where its default would end the process.
-pub fn reload_on_sighup(auth: Arc<Auth>) {
-    let mut signals = match signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP]) {
-        Ok(signals) => signals,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot catch SIGHUP: the users file is read at start only");
-            return;
-        }
-    };
-    let spawned = std::thread::Builder::new()
-        .name("kvsd-sighup".into())
-        .spawn(move || {
-            for _ in signals.forever() {
-                match auth.reload() {
-                    Ok(count) => tracing::info!(users = count, "SIGHUP: users file read again"),
-                    Err(e) => tracing::error!(error = %e, "SIGHUP: the users file was not read; the users loaded before stay"),
-                }
-            }
-        });
-    if let Err(e) = spawned {
-        tracing::error!(error = %e, "cannot start the SIGHUP thread");
     }
 }
 

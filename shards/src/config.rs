@@ -147,6 +147,20 @@ pub struct Flags {
     /// Allow --auth off on a client listener that is not a loopback address.
     #[arg(long)]
     pub insecure: bool,
+    /// The certificate (PEM, with its chain) the client listeners present: with it and
+    /// --tls-key, --listen and --resp-listen speak only TLS. Read again on SIGHUP.
+    #[arg(long)]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long)]
+    pub tls_key: Option<PathBuf>,
+    /// Authorities (PEM) whose client certificates the listeners ask for.
+    #[arg(long)]
+    pub tls_client_ca: Option<PathBuf>,
+    /// With --tls-client-ca: `required` (a client without a certificate signed by one is
+    /// refused) or `optional`. Default: required.
+    #[arg(long)]
+    pub tls_client_cert: Option<String>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -178,6 +192,10 @@ struct FileConfig {
     auth: Option<String>,
     users_file: Option<PathBuf>,
     insecure: Option<bool>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_client_ca: Option<PathBuf>,
+    tls_client_cert: Option<String>,
 }
 
 /// What makes a node one of a cluster: its id, where it listens for peers, and the members
@@ -307,6 +325,8 @@ pub struct Config {
     /// `--auth required`: with the users of `users_file` (ADR 0025).
     pub auth_required: bool,
     pub users_file: Option<PathBuf>,
+    /// `--tls-cert` and its companions: the client listeners speak TLS.
+    pub tls: Option<crate::tls::TlsFiles>,
 }
 
 /// Smallest page cache per shard, in bytes.
@@ -551,7 +571,37 @@ impl Config {
                  (docs/security.md), or --insecure to run so anyway"
             )));
         }
+        let tls = match (
+            flags.tls_cert.or(file.tls_cert),
+            flags.tls_key.or(file.tls_key),
+        ) {
+            (Some(cert), Some(key)) => {
+                let client_required =
+                    match flags.tls_client_cert.or(file.tls_client_cert).as_deref() {
+                        None | Some("required") => true,
+                        Some("optional") => false,
+                        Some(other) => {
+                            return Err(ConfigError::Auth(format!(
+                                "--tls-client-cert {other:?}: expected required or optional"
+                            )))
+                        }
+                    };
+                Some(crate::tls::TlsFiles {
+                    cert,
+                    key,
+                    client_ca: flags.tls_client_ca.or(file.tls_client_ca),
+                    client_required,
+                })
+            }
+            (None, None) if flags.tls_client_ca.is_none() => None,
+            _ => {
+                return Err(ConfigError::Auth(
+                    "--tls-cert and --tls-key go together (and --tls-client-ca needs them)".into(),
+                ))
+            }
+        };
         Ok(Config {
+            tls,
             auth_required,
             users_file,
             lock_timeout,

@@ -76,6 +76,8 @@ pub struct Connection {
     pub auth: crate::auth::ConnAuth,
     /// The client's address, for the log.
     pub peer: String,
+    /// The TLS session, on a listener that speaks TLS.
+    tls: Option<crate::tls::Session>,
     /// The protocol the connection speaks, a label of its requests' metrics.
     protocol: Protocol,
     /// The requests in flight, oldest first, for their metrics (see [`Arrival`]).
@@ -103,6 +105,7 @@ impl Connection {
         protocol: Protocol,
         auth: crate::auth::ConnAuth,
         peer: String,
+        tls: Option<crate::tls::Session>,
     ) -> Connection {
         Connection {
             encode_reply,
@@ -124,6 +127,7 @@ impl Connection {
             txns: crate::txn::OpenTxns::default(),
             auth,
             peer,
+            tls,
             protocol,
             arrivals: RefCell::new(VecDeque::new()),
         }
@@ -401,9 +405,18 @@ pub async fn fill(
     buffer.make_room(wanted);
     // A stopping node shuts the receiving side of every connection, which ends this
     // receive (see `CoreContext::stop_connections`).
-    let bytes = std::mem::take(&mut buffer.buf);
-    let (result, bytes) = stream.recv(bytes, buffer.end).await;
-    buffer.buf = bytes;
+    let result = match &conn.tls {
+        Some(tls) => {
+            let room = &mut buffer.buf[buffer.end..];
+            tls.recv(stream, room, || conn.wake_writer.notify()).await
+        }
+        None => {
+            let bytes = std::mem::take(&mut buffer.buf);
+            let (result, bytes) = stream.recv(bytes, buffer.end).await;
+            buffer.buf = bytes;
+            result
+        }
+    };
     match result {
         Ok(0) => false,
         Ok(n) => {
@@ -428,7 +441,8 @@ async fn write_loop(stream: Rc<TcpStream>, conn: Rc<Connection>) {
         if conn.writer_done.get() {
             break;
         }
-        if conn.out.borrow().is_empty() {
+        let tls_wants = conn.tls.as_ref().is_some_and(|tls| tls.wants_write());
+        if conn.out.borrow().is_empty() && !tls_wants {
             if conn.finishing.get() {
                 break;
             }
@@ -439,8 +453,18 @@ async fn write_loop(stream: Rc<TcpStream>, conn: Rc<Connection>) {
             woken.await;
             continue;
         }
-        let data = std::mem::replace(&mut *conn.out.borrow_mut(), std::mem::take(&mut spare));
+        let mut data = std::mem::replace(&mut *conn.out.borrow_mut(), std::mem::take(&mut spare));
         conn.sending.set(data.len());
+        if let Some(tls) = &conn.tls {
+            // The plaintext goes into records, and the records' buffer is kept for the next
+            // replies once sent.
+            let mut records = Vec::new();
+            if let Err(error) = tls.seal(&data, &mut records) {
+                tracing::debug!(%error, "TLS refused a reply");
+                break;
+            }
+            data = records;
+        }
         let (result, data) = stream.send_all(data).await;
         conn.sending.set(0);
         // The reader may be waiting for the client to take its replies.
@@ -473,13 +497,20 @@ pub async fn drive<F, Fut>(
     Fut: Future<Output = ()>,
 {
     let _ = stream.set_nodelay(true);
+    let tls = match ctx.tls.as_ref().map(|tls| tls.accept()).transpose() {
+        Ok(tls) => tls,
+        Err(error) => {
+            tracing::error!(%error, "cannot start a TLS session; closing the connection");
+            return;
+        }
+    };
     let registration = ctx.register_connection(&stream);
     let stream = Rc::new(stream);
     let peer = stream
         .peer_addr()
         .map_or_else(|_| "?".into(), |a| a.to_string());
     let auth = crate::auth::ConnAuth::new(&ctx.auth);
-    let conn = Rc::new(Connection::new(encode_reply, protocol, auth, peer));
+    let conn = Rc::new(Connection::new(encode_reply, protocol, auth, peer, tls));
     conn.fd.set(Some(stream.raw_fd()));
     // Core and registration together name the connection in the node; never NO_ORIGIN.
     conn.origin
@@ -546,7 +577,7 @@ mod tests {
     #[test]
     fn replies_in_flight_are_bounded_by_their_size() {
         let auth = crate::auth::ConnAuth::new(&crate::auth::Auth::off());
-        let conn = Connection::new(|_, _, _, _| {}, Protocol::Native, auth, String::new());
+        let conn = Connection::new(|_, _, _, _| {}, Protocol::Native, auth, String::new(), None);
         // Large replies: few requests may be in flight.
         let mut taken = 0;
         while conn.may_take_request() {

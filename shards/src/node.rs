@@ -80,6 +80,7 @@ struct CoreSetup {
     scan_cursors: Arc<ScanCursors>,
     transactions: Arc<crate::txn_shared::Transactions>,
     auth: Arc<crate::auth::Auth>,
+    tls: Option<Arc<crate::tls::Tls>>,
     ready: mpsc::Sender<Result<(), String>>,
     /// Whether to serve, once every shard has opened ([`START_SERVE`]), or to stop because
     /// one failed to ([`START_ABORT`]): a node never serves some shards while others failed.
@@ -245,7 +246,13 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         Some(path) => crate::auth::Auth::required(path).map_err(anyhow::Error::msg)?,
         None => crate::auth::Auth::off(),
     });
-    crate::auth::reload_on_sighup(Arc::clone(&auth));
+    let tls = match &config.tls {
+        Some(files) => Some(Arc::new(
+            crate::tls::Tls::load(files.clone()).map_err(anyhow::Error::msg)?,
+        )),
+        None => None,
+    };
+    crate::sighup::reload_on_sighup(Arc::clone(&auth), tls.clone());
     let (ready_sender, ready) = mpsc::channel();
     let start = Arc::new(AtomicU8::new(START_WAIT));
     // Every core gets a handle on each listening socket; the last takes the originals.
@@ -292,6 +299,7 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
             scan_cursors: Arc::clone(&scan_cursors),
             transactions: Arc::clone(&transactions),
             auth: Arc::clone(&auth),
+            tls: tls.clone(),
             ready: ready_sender.clone(),
             start: Arc::clone(&start),
         })
@@ -381,7 +389,8 @@ async fn core_main(setup: CoreSetup) {
             Arc::clone(&setup.scan_cursors),
         )
         .with_transactions(Arc::clone(&setup.transactions))
-        .with_auth(Arc::clone(&setup.auth)),
+        .with_auth(Arc::clone(&setup.auth))
+        .with_tls(setup.tls.clone()),
     );
     for receiver in setup.request_receivers {
         let queue = Rc::clone(&queue);

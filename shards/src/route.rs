@@ -140,6 +140,8 @@ pub struct CoreContext {
     pub transactions: Arc<crate::txn_shared::Transactions>,
     /// The node's users and whether they must authenticate (ADR 0025).
     pub auth: Arc<crate::auth::Auth>,
+    /// TLS on the client listeners, when configured.
+    pub tls: Option<Arc<crate::tls::Tls>>,
 }
 
 impl CoreContext {
@@ -173,12 +175,19 @@ impl CoreContext {
                 std::time::Duration::from_secs(60),
             )),
             auth: Arc::new(crate::auth::Auth::off()),
+            tls: None,
         }
     }
 
     /// Shares the node's authentication (by default: off).
     pub fn with_auth(mut self, auth: Arc<crate::auth::Auth>) -> Self {
         self.auth = auth;
+        self
+    }
+
+    /// Makes the client listeners speak TLS.
+    pub fn with_tls(mut self, tls: Option<Arc<crate::tls::Tls>>) -> Self {
+        self.tls = tls;
         self
     }
 

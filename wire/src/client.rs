@@ -29,7 +29,6 @@
 //! they are, and fail with the connection as before.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
@@ -43,6 +42,7 @@ use crate::limits::FRAME_HEADER_SIZE;
 use crate::message::{DecodeError, ErrorCode, Request, Response};
 use crate::routes::Routes;
 use crate::session::Session;
+use crate::tls::{Link, TlsOptions};
 use serde_json::{json, Value as JsonValue};
 
 /// Connection settings.
@@ -58,6 +58,8 @@ pub struct ClientOptions {
     pub write_once: bool,
     /// Who to authenticate as on every connection (ADR 0025), when the server asks for it.
     pub credentials: Option<Credentials>,
+    /// Connect over TLS, trusting these authorities (docs/security.md).
+    pub tls: Option<TlsOptions>,
 }
 
 impl Default for ClientOptions {
@@ -68,6 +70,7 @@ impl Default for ClientOptions {
             reconnect_backoff: Duration::from_millis(100),
             write_once: true,
             credentials: None,
+            tls: None,
         }
     }
 }
@@ -120,6 +123,8 @@ type ReplySender = SyncSender<Result<Response, ClientError>>;
 struct Connection {
     stream: TcpStream,
     writer: Mutex<TcpStream>,
+    /// Plain bytes, or a TLS session.
+    link: Link,
     /// Requests in flight. `None` once the connection is broken: no request may be added then.
     pending: Mutex<Option<HashMap<u64, ReplySender>>>,
     broken: AtomicBool,
@@ -155,12 +160,15 @@ impl Connection {
                 std::io::Error::new(std::io::ErrorKind::NotFound, "address resolved to nothing")
             }))
         })?;
+        let mut stream = stream;
         stream.set_nodelay(true).map_err(connect_error)?;
+        let link = Link::open(&mut stream, addr, options.tls.as_ref()).map_err(connect_error)?;
         let writer = stream.try_clone().map_err(connect_error)?;
         let reader = stream.try_clone().map_err(connect_error)?;
         let connection = Arc::new(Connection {
             stream,
             writer: Mutex::new(writer),
+            link,
             pending: Mutex::new(Some(HashMap::new())),
             broken: AtomicBool::new(false),
         });
@@ -172,7 +180,7 @@ impl Connection {
         if let Some(credentials) = &options.credentials {
             let authenticated = connection.authenticate(credentials, options.request_timeout);
             if let Err(e) = authenticated {
-                connection.fail("authentication failed");
+                connection.fail("authentication failed", false);
                 return Err(e);
             }
         }
@@ -223,8 +231,8 @@ impl Connection {
             .insert(request_id, sender);
         let mut bytes = Vec::new();
         request.encode(request_id, &mut bytes);
-        lock(&self.writer)
-            .write_all(&bytes)
+        self.link
+            .write_all(&mut lock(&self.writer), &bytes)
             .map_err(|e| ClientError::Disconnected(e.to_string()))?;
         match receiver.recv_timeout(timeout) {
             Ok(Ok(Response::Error { code, message })) => Err(ClientError::Server { code, message }),
@@ -234,12 +242,13 @@ impl Connection {
     }
 
     fn read_loop(&self, mut stream: TcpStream) {
-        let reason = self.read_replies(&mut stream);
-        self.fail(&reason);
+        let (reason, refused) = self.read_replies(&mut stream);
+        self.fail(&reason, refused);
     }
 
-    /// Reads replies until the stream ends; returns why it ended.
-    fn read_replies(&self, stream: &mut TcpStream) -> String {
+    /// Reads replies until the stream ends; returns why it ended, and whether the server
+    /// refused the TLS session (a retry would be refused alike).
+    fn read_replies(&self, stream: &mut TcpStream) -> (String, bool) {
         let mut buffer: Vec<u8> = Vec::with_capacity(64 * 1024);
         let mut start = 0;
         let mut chunk = vec![0u8; 64 * 1024];
@@ -260,28 +269,33 @@ impl Connection {
                         start += len;
                     }
                     Ok(Decoded::Incomplete { .. }) => break,
-                    Err(e) => return format!("undecodable reply: {e}"),
+                    Err(e) => return (format!("undecodable reply: {e}"), false),
                 }
             }
             buffer.drain(..start);
             start = 0;
-            match stream.read(&mut chunk) {
-                Ok(0) => return "server closed the connection".into(),
+            match self.link.read(stream, &mut chunk) {
+                Ok(0) => return ("server closed the connection".into(), false),
                 Ok(n) => buffer.extend_from_slice(&chunk[..n]),
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return e.to_string(),
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                    return (format!("TLS: {e}"), matches!(self.link, Link::Tls(_)))
+                }
+                Err(e) => return (e.to_string(), false),
             }
         }
     }
 
-    /// Marks the connection broken and fails every request in flight.
-    fn fail(&self, reason: &str) {
+    /// Marks the connection broken and fails every request in flight; `refused`: as a
+    /// protocol error, which is not retried.
+    fn fail(&self, reason: &str, refused: bool) {
         self.broken.store(true, Ordering::SeqCst);
         let _ = self.stream.shutdown(Shutdown::Both);
-        if let Some(pending) = lock(&self.pending).take() {
-            for (_, sender) in pending {
-                let _ = sender.send(Err(ClientError::Disconnected(reason.to_string())));
-            }
+        for (_, sender) in lock(&self.pending).take().into_iter().flatten() {
+            let _ = sender.send(Err(match refused {
+                true => ClientError::Protocol(reason.to_string()),
+                false => ClientError::Disconnected(reason.to_string()),
+            }));
         }
     }
 }
@@ -489,9 +503,11 @@ impl Client {
                 });
             }
         }
-        let written = lock(&connection.writer).write_all(&bytes);
+        let written = connection
+            .link
+            .write_all(&mut lock(&connection.writer), &bytes);
         if let Err(e) = written {
-            connection.fail(&format!("write failed: {e}"));
+            connection.fail(&format!("write failed: {e}"), false);
         }
         Ok(pendings)
     }
@@ -976,7 +992,7 @@ impl Client {
 impl Drop for Client {
     fn drop(&mut self) {
         if let Some(connection) = lock(&self.state).connection.take() {
-            connection.fail("client dropped");
+            connection.fail("client dropped", false);
         }
     }
 }

@@ -34,6 +34,7 @@ pub mod message;
 pub mod resp;
 pub mod routes;
 mod session;
+pub mod tls;
 pub mod txn_client;
 
 pub use client::{Client, ClientError, ClientOptions};
