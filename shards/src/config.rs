@@ -161,6 +161,14 @@ pub struct Flags {
     /// refused) or `optional`. Default: required.
     #[arg(long)]
     pub tls_client_cert: Option<String>,
+    /// Most client connections open at once (native and RESP together); one more is told
+    /// so and closed. Default: 10000.
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+    /// Close a client connection that sent nothing for this long (e.g. 300s) and waits for
+    /// no reply. Default: off.
+    #[arg(long)]
+    pub idle_timeout: Option<String>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -196,6 +204,8 @@ struct FileConfig {
     tls_key: Option<PathBuf>,
     tls_client_ca: Option<PathBuf>,
     tls_client_cert: Option<String>,
+    max_connections: Option<usize>,
+    idle_timeout: Option<String>,
 }
 
 /// What makes a node one of a cluster: its id, where it listens for peers, and the members
@@ -327,6 +337,27 @@ pub struct Config {
     pub users_file: Option<PathBuf>,
     /// `--tls-cert` and its companions: the client listeners speak TLS.
     pub tls: Option<crate::tls::TlsFiles>,
+    /// `--max-connections`, `--idle-timeout`.
+    pub limits: ConnectionLimits,
+}
+
+/// `--max-connections`'s default (Redis's `maxclients`).
+pub const MAX_CONNECTIONS_DEFAULT: usize = 10_000;
+
+/// The limits on client connections (`--max-connections`, `--idle-timeout`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    pub max_connections: usize,
+    pub idle_timeout: Option<Duration>,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            max_connections: MAX_CONNECTIONS_DEFAULT,
+            idle_timeout: None,
+        }
+    }
 }
 
 /// Smallest page cache per shard, in bytes.
@@ -600,7 +631,27 @@ impl Config {
                 ))
             }
         };
+        let max_connections = flags
+            .max_connections
+            .or(file.max_connections)
+            .unwrap_or(MAX_CONNECTIONS_DEFAULT);
+        if max_connections == 0 {
+            return Err(ConfigError::Auth(
+                "--max-connections must be at least 1".into(),
+            ));
+        }
+        let idle_timeout = match flags.idle_timeout.or(file.idle_timeout) {
+            None => None,
+            Some(text) if text == "0" || text == "off" => None,
+            Some(text) => {
+                Some(parse_duration(&text).ok_or(ConfigError::Duration("idle-timeout", text))?)
+            }
+        };
         Ok(Config {
+            limits: ConnectionLimits {
+                max_connections,
+                idle_timeout,
+            },
             tls,
             auth_required,
             users_file,

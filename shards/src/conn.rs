@@ -78,6 +78,9 @@ pub struct Connection {
     pub peer: String,
     /// The TLS session, on a listener that speaks TLS.
     tls: Option<crate::tls::Session>,
+    /// Receives that brought bytes: `--idle-timeout` closes a connection where it stands
+    /// still.
+    receives: Cell<u64>,
     /// The protocol the connection speaks, a label of its requests' metrics.
     protocol: Protocol,
     /// The requests in flight, oldest first, for their metrics (see [`Arrival`]).
@@ -128,6 +131,7 @@ impl Connection {
             auth,
             peer,
             tls,
+            receives: Cell::new(0),
             protocol,
             arrivals: RefCell::new(VecDeque::new()),
         }
@@ -420,6 +424,7 @@ pub async fn fill(
     match result {
         Ok(0) => false,
         Ok(n) => {
+            conn.receives.set(conn.receives.get() + 1);
             buffer.end += n;
             buffer.filled = buffer.end == buffer.buf.len();
             buffer.last_received = n;
@@ -482,6 +487,20 @@ async fn write_loop(stream: Rc<TcpStream>, conn: Rc<Connection>) {
     conn.wake_reader.notify();
 }
 
+impl crate::route::Activity for Connection {
+    fn receives(&self) -> u64 {
+        self.receives.get()
+    }
+
+    fn busy(&self) -> bool {
+        self.in_flight.get() > 0 || self.sending.get() > 0
+    }
+
+    fn peer(&self) -> &str {
+        &self.peer
+    }
+}
+
 /// Runs a connection: starts its writer, runs `read` (the protocol's reader) until it
 /// returns, answers everything already accepted, then closes. The connection counts as
 /// open until then (`slot`).
@@ -504,13 +523,14 @@ pub async fn drive<F, Fut>(
             return;
         }
     };
-    let registration = ctx.register_connection(&stream);
-    let stream = Rc::new(stream);
     let peer = stream
         .peer_addr()
         .map_or_else(|_| "?".into(), |a| a.to_string());
     let auth = crate::auth::ConnAuth::new(&ctx.auth);
     let conn = Rc::new(Connection::new(encode_reply, protocol, auth, peer, tls));
+    let activity: Rc<dyn crate::route::Activity> = Rc::clone(&conn) as _;
+    let registration = ctx.register_connection(&stream, Rc::downgrade(&activity));
+    let stream = Rc::new(stream);
     conn.fd.set(Some(stream.raw_fd()));
     // Core and registration together name the connection in the node; never NO_ORIGIN.
     conn.origin

@@ -81,6 +81,7 @@ struct CoreSetup {
     transactions: Arc<crate::txn_shared::Transactions>,
     auth: Arc<crate::auth::Auth>,
     tls: Option<Arc<crate::tls::Tls>>,
+    limits: crate::config::ConnectionLimits,
     ready: mpsc::Sender<Result<(), String>>,
     /// Whether to serve, once every shard has opened ([`START_SERVE`]), or to stop because
     /// one failed to ([`START_ABORT`]): a node never serves some shards while others failed.
@@ -300,6 +301,7 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
             transactions: Arc::clone(&transactions),
             auth: Arc::clone(&auth),
             tls: tls.clone(),
+            limits: config.limits,
             ready: ready_sender.clone(),
             start: Arc::clone(&start),
         })
@@ -390,7 +392,8 @@ async fn core_main(setup: CoreSetup) {
         )
         .with_transactions(Arc::clone(&setup.transactions))
         .with_auth(Arc::clone(&setup.auth))
-        .with_tls(setup.tls.clone()),
+        .with_tls(setup.tls.clone())
+        .with_limits(setup.limits),
     );
     for receiver in setup.request_receivers {
         let queue = Rc::clone(&queue);
@@ -539,6 +542,9 @@ async fn core_main(setup: CoreSetup) {
         setup.checkpoint,
     ))
     .detach();
+    if let Some(timeout) = ctx.limits.idle_timeout {
+        spawn_local(idle_sweeper(Rc::clone(&ctx), timeout)).detach();
+    }
     spawn_local(crate::documents::build_indexes(
         Rc::clone(&ctx),
         Rc::clone(&current_store),
@@ -662,6 +668,11 @@ async fn accept_loop(
             None => break,
             Some(Ok(stream)) => {
                 let counts = &ctx.connection_counts;
+                if counts.open() >= ctx.limits.max_connections {
+                    let resp = matches!(protocol, Protocol::Resp);
+                    spawn_local(crate::server::refuse_connection(stream, resp)).detach();
+                    continue;
+                }
                 let core = counts.least_loaded(ctx.core);
                 let slot = ConnectionSlot::new(counts, core);
                 let handoff = Handoff {
@@ -686,6 +697,17 @@ async fn accept_loop(
                 wait(Duration::from_millis(50)).await;
             }
         }
+    }
+}
+
+/// Closes this core's client connections that stood still past `--idle-timeout`, looking a
+/// few times per timeout, until the node stops.
+async fn idle_sweeper(ctx: Rc<CoreContext>, timeout: Duration) {
+    let mut seen = std::collections::HashMap::new();
+    let every = (timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
+    while !ctx.stopping.get() {
+        wait(every).await;
+        ctx.close_idle(&mut seen, timeout);
     }
 }
 

@@ -9,7 +9,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::sync::Arc;
 
 use kvs_wire::ErrorCode;
@@ -131,7 +131,7 @@ pub struct CoreContext {
     /// The node's RESP SCAN cursors, valid on any connection.
     pub scan_cursors: Arc<crate::scan_cursors::ScanCursors>,
     /// This core's open connections, to shut their receiving side when the node stops.
-    connections: RefCell<HashMap<u64, std::os::fd::RawFd>>,
+    connections: RefCell<HashMap<u64, Registered>>,
     next_connection: Cell<u64>,
     /// Sends an answer to a forwarded request back to its node (set on a node of a
     /// cluster).
@@ -142,6 +142,20 @@ pub struct CoreContext {
     pub auth: Arc<crate::auth::Auth>,
     /// TLS on the client listeners, when configured.
     pub tls: Option<Arc<crate::tls::Tls>>,
+    pub limits: crate::config::ConnectionLimits,
+}
+
+/// A registered connection: its socket, and what `--idle-timeout` looks at.
+type Registered = (std::os::fd::RawFd, Weak<dyn Activity>);
+
+/// What `--idle-timeout` looks at in a registered connection (`conn::Connection`).
+pub trait Activity {
+    /// Receives that brought bytes so far.
+    fn receives(&self) -> u64;
+    /// Whether it waits for replies (then it is not idle).
+    fn busy(&self) -> bool;
+    /// The client's address, for the log.
+    fn peer(&self) -> &str;
 }
 
 impl CoreContext {
@@ -176,7 +190,14 @@ impl CoreContext {
             )),
             auth: Arc::new(crate::auth::Auth::off()),
             tls: None,
+            limits: crate::config::ConnectionLimits::default(),
         }
+    }
+
+    /// Sets the limits on client connections.
+    pub fn with_limits(mut self, limits: crate::config::ConnectionLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// Shares the node's authentication (by default: off).
@@ -198,10 +219,12 @@ impl CoreContext {
     }
 
     /// Records an open connection; its receive ends once the node stops.
-    pub fn register_connection(&self, stream: &TcpStream) -> u64 {
+    pub fn register_connection(&self, stream: &TcpStream, conn: Weak<dyn Activity>) -> u64 {
         let id = self.next_connection.get();
         self.next_connection.set(id + 1);
-        self.connections.borrow_mut().insert(id, stream.raw_fd());
+        self.connections
+            .borrow_mut()
+            .insert(id, (stream.raw_fd(), conn));
         if self.stopping.get() {
             stream.shutdown_read();
         }
@@ -221,7 +244,7 @@ impl CoreContext {
 
     /// `shutdown(2)` with `how` on every registered connection.
     fn shutdown_connections(&self, how: libc::c_int) {
-        for &fd in self.connections.borrow().values() {
+        for &(fd, _) in self.connections.borrow().values() {
             // SAFETY: a registered descriptor is open: it is deregistered before it closes.
             unsafe { libc::shutdown(fd, how) };
         }
@@ -241,6 +264,35 @@ impl CoreContext {
             None
         };
         futures_lite::future::or(async { Some(listener.accept().await) }, stopped).await
+    }
+
+    /// Closes the connections that received nothing since the last look (`seen`: each
+    /// connection's receive count then, and since when it stood still) for `timeout` and
+    /// wait for no reply. Called every so often by `node::idle_sweeper`.
+    pub fn close_idle(
+        &self,
+        seen: &mut HashMap<u64, (u64, std::time::Instant)>,
+        timeout: std::time::Duration,
+    ) {
+        let now = std::time::Instant::now();
+        let connections = self.connections.borrow();
+        seen.retain(|id, _| connections.contains_key(id));
+        for (id, (fd, conn)) in connections.iter() {
+            let Some(conn) = conn.upgrade() else { continue };
+            let count = conn.receives();
+            let entry = seen.entry(*id).or_insert((count, now));
+            if entry.0 != count || conn.busy() {
+                *entry = (count, now);
+            } else if now.duration_since(entry.1) >= timeout {
+                tracing::debug!(
+                    peer = conn.peer(),
+                    "closing an idle connection (--idle-timeout)"
+                );
+                // SAFETY: a registered descriptor is open: it is deregistered before it closes.
+                unsafe { libc::shutdown(*fd, libc::SHUT_RDWR) };
+                *entry = (count, now);
+            }
+        }
     }
 
     /// Marks the node as stopping and ends every connection's receive: readers see the end

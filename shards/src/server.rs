@@ -105,6 +105,7 @@ enum GatherKind {
         shard_count: u32,
         /// Open connections per core when the request arrived.
         connections: Vec<usize>,
+        limits: crate::config::ConnectionLimits,
     },
 }
 
@@ -172,6 +173,7 @@ impl Gather {
             GatherKind::Info {
                 shard_count,
                 connections,
+                limits,
             } => {
                 let mut shards: Vec<ShardInfo> = Vec::new();
                 for reply in parts {
@@ -186,6 +188,8 @@ impl Gather {
                     "keys": shards.iter().map(|s| s.keys).sum::<u64>(),
                     "log_size_bytes": shards.iter().map(|s| s.log_size_bytes).sum::<u64>(),
                     "connections": connections.iter().sum::<usize>(),
+                    "max_connections": limits.max_connections,
+                    "idle_timeout_ms": limits.idle_timeout.map(|t| t.as_millis() as u64),
                     "core_connections": connections,
                     "shard": shards,
                 });
@@ -449,6 +453,7 @@ async fn dispatch(ctx: &Rc<CoreContext>, conn: &Rc<Connection>, header: Header, 
                 GatherKind::Info {
                     shard_count: ctx.shard_count,
                     connections: ctx.connection_counts.per_core(),
+                    limits: ctx.limits,
                 },
                 ctx.shard_count as usize,
             );
@@ -462,6 +467,20 @@ async fn dispatch(ctx: &Rc<CoreContext>, conn: &Rc<Connection>, header: Header, 
             }
         }
     }
+}
+
+/// Tells a client beyond `--max-connections` so, in its protocol, and closes the
+/// connection (it is not counted, and sends nothing first).
+pub async fn refuse_connection(stream: TcpStream, resp: bool) {
+    const WHY: &str = "max number of clients reached (--max-connections)";
+    let mut out = Vec::new();
+    if resp {
+        out.extend_from_slice(format!("-ERR {WHY}\r\n").as_bytes());
+    } else {
+        Response::error(ErrorCode::ShuttingDown, WHY).encode(Opcode::Ping as u8, 0, &mut out);
+    }
+    tracing::debug!("refused a connection: {WHY}");
+    let _ = stream.send_all(out).await;
 }
 
 /// Serves one native-protocol connection until the client leaves, the stream breaks or the
