@@ -445,6 +445,20 @@ impl Config {
             Some(path) => Config::read_file(path)?,
             None => FileConfig::default(),
         };
+        Config::from_flags_and_file(flags, file)
+    }
+
+    /// The settings a configuration file's text gives alone (what kvsd would run with,
+    /// given `--config` with it and no other flag).
+    pub fn parse_file_text(text: &str) -> Result<Config, ConfigError> {
+        let file: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: "(text)".into(),
+            message: e.to_string(),
+        })?;
+        Config::from_flags_and_file(Flags::default(), file)
+    }
+
+    fn from_flags_and_file(flags: Flags, file: FileConfig) -> Result<Config, ConfigError> {
         let listen_text = flags
             .listen
             .or(file.listen)
