@@ -134,7 +134,7 @@ struct Exchange {
 /// One connection's authentication.
 pub struct ConnAuth {
     role: Cell<Option<Role>>,
-    exchange: RefCell<Option<Exchange>>,
+    exchange: RefCell<Option<Box<Exchange>>>,
     failures: Cell<u32>,
 }
 
@@ -183,11 +183,11 @@ impl ConnAuth {
         };
         let nonce = random_bytes(NONCE_LEN);
         let message = auth_message(&user, &client_nonce, &nonce);
-        *self.exchange.borrow_mut() = Some(Exchange {
+        *self.exchange.borrow_mut() = Some(Box::new(Exchange {
             user,
             message,
             known,
-        });
+        }));
         Response::AuthChallenge { salt, cost, nonce }
     }
 

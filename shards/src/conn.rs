@@ -75,9 +75,9 @@ pub struct Connection {
     /// Who it authenticated as, if anyone (ADR 0025).
     pub auth: crate::auth::ConnAuth,
     /// The client's address, for the log.
-    pub peer: String,
+    peer: Option<std::net::SocketAddr>,
     /// The TLS session, on a listener that speaks TLS.
-    tls: Option<crate::tls::Session>,
+    tls: Option<Box<crate::tls::Session>>,
     /// Receives that brought bytes: `--idle-timeout` closes a connection where it stands
     /// still.
     receives: Cell<u64>,
@@ -107,8 +107,8 @@ impl Connection {
         encode_reply: ReplyEncoder,
         protocol: Protocol,
         auth: crate::auth::ConnAuth,
-        peer: String,
-        tls: Option<crate::tls::Session>,
+        peer: Option<std::net::SocketAddr>,
+        tls: Option<Box<crate::tls::Session>>,
     ) -> Connection {
         Connection {
             encode_reply,
@@ -135,6 +135,12 @@ impl Connection {
             protocol,
             arrivals: RefCell::new(VecDeque::new()),
         }
+    }
+
+    /// The client's address as text, for the log ("?" when unknown).
+    pub fn peer_name(&self) -> String {
+        self.peer
+            .map_or_else(|| "?".into(), |addr| addr.to_string())
     }
 
     pub fn origin(&self) -> crate::shard::Origin {
@@ -496,8 +502,8 @@ impl crate::route::Activity for Connection {
         self.in_flight.get() > 0 || self.sending.get() > 0
     }
 
-    fn peer(&self) -> &str {
-        &self.peer
+    fn peer(&self) -> String {
+        self.peer_name()
     }
 }
 
@@ -516,16 +522,19 @@ pub async fn drive<F, Fut>(
     Fut: Future<Output = ()>,
 {
     let _ = stream.set_nodelay(true);
-    let tls = match ctx.tls.as_ref().map(|tls| tls.accept()).transpose() {
+    let tls = match ctx
+        .tls
+        .as_ref()
+        .map(|tls| tls.accept().map(Box::new))
+        .transpose()
+    {
         Ok(tls) => tls,
         Err(error) => {
             tracing::error!(%error, "cannot start a TLS session; closing the connection");
             return;
         }
     };
-    let peer = stream
-        .peer_addr()
-        .map_or_else(|_| "?".into(), |a| a.to_string());
+    let peer = stream.peer_addr().ok();
     let auth = crate::auth::ConnAuth::new(&ctx.auth);
     let conn = Rc::new(Connection::new(encode_reply, protocol, auth, peer, tls));
     let activity: Rc<dyn crate::route::Activity> = Rc::clone(&conn) as _;
@@ -597,7 +606,7 @@ mod tests {
     #[test]
     fn replies_in_flight_are_bounded_by_their_size() {
         let auth = crate::auth::ConnAuth::new(&crate::auth::Auth::off());
-        let conn = Connection::new(|_, _, _, _| {}, Protocol::Native, auth, String::new(), None);
+        let conn = Connection::new(|_, _, _, _| {}, Protocol::Native, auth, None, None);
         // Large replies: few requests may be in flight.
         let mut taken = 0;
         while conn.may_take_request() {

@@ -124,7 +124,7 @@ async fn authenticate(
     }
     let user = String::from_utf8_lossy(user);
     conn.auth
-        .with_password(&ctx.auth, &user, password, &conn.peer)
+        .with_password(&ctx.auth, &user, password, &conn.peer_name())
         .await
         .map(|_| ())
         .map_err(|()| "WRONGPASS invalid username-password pair or user is disabled.".into())

@@ -155,7 +155,7 @@ pub trait Activity {
     /// Whether it waits for replies (then it is not idle).
     fn busy(&self) -> bool;
     /// The client's address, for the log.
-    fn peer(&self) -> &str;
+    fn peer(&self) -> String;
 }
 
 impl CoreContext {

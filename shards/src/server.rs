@@ -274,7 +274,7 @@ async fn dispatch(ctx: &Rc<CoreContext>, conn: &Rc<Connection>, header: Header, 
             respond(conn, opcode, request_id, &response)
         }
         Request::AuthFinish { proof } => {
-            let response = conn.auth.finish(&proof, &conn.peer).await;
+            let response = conn.auth.finish(&proof, &conn.peer_name()).await;
             respond(conn, opcode, request_id, &response)
         }
         Request::Begin { isolation } => {
@@ -534,7 +534,7 @@ async fn read_loop(ctx: &Rc<CoreContext>, stream: &TcpStream, conn: &Rc<Connecti
                                 dispatch(ctx, conn, header, request).await;
                                 if conn.auth.exhausted() {
                                     tracing::warn!(
-                                        peer = conn.peer,
+                                        peer = conn.peer_name(),
                                         "closing a connection after failed logins"
                                     );
                                     return;
