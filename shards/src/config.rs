@@ -804,7 +804,7 @@ mod tests {
         let path = dir.join("kvsd.toml");
         std::fs::write(
             &path,
-            "data_dir = \"/srv/kvs\"\nlisten = \"0.0.0.0:9000\"\nshards = 4\n",
+            "data_dir = \"/srv/kvs\"\nlisten = \"0.0.0.0:9000\"\nshards = 4\ninsecure = true\n",
         )
         .unwrap();
         let flags = Flags {
