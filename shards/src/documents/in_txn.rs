@@ -36,6 +36,7 @@ use crate::doc_reads::{obj, FindMode};
 use crate::documents::common::{bad, doc_reply, docs_of, find_reads, index_reads, Args, Fail};
 use crate::documents::placement::{new_id, pinned_id, shard_of, targets};
 use crate::documents::read::{find_args, find_page, split_pipeline, FIND_FIELDS};
+use crate::documents::write::{insert_args, update_args};
 use crate::lock_names;
 use crate::route::CoreContext;
 use crate::shard::ShardOp;
@@ -324,28 +325,7 @@ async fn insert<T: TxnAccess>(
     txn: &mut T,
     command: &Value,
 ) -> Result<Value, Refusal> {
-    let args = Args::new(command, &["documents"]).map_err(refusal)?;
-    let coll = args.coll().map_err(refusal)?;
-    let Some(Value::Array(given)) = args.get("documents") else {
-        return Err(refusal(bad(
-            "insert: documents must be an array of documents",
-        )));
-    };
-    if given.is_empty() {
-        return Err(refusal(bad("insert: no documents")));
-    }
-    let mut docs = Vec::with_capacity(given.len());
-    for (i, doc) in given.iter().enumerate() {
-        let Value::Object(fields) = doc else {
-            return Err(refusal(bad(format!(
-                "insert: document {i} is not a document: {doc}"
-            ))));
-        };
-        let id = doc.get("_id").cloned().unwrap_or_else(new_id);
-        let mut out = vec![("_id".to_string(), id)];
-        out.extend(fields.iter().filter(|(k, _)| k != "_id").cloned());
-        docs.push(Value::Object(out));
-    }
+    let (coll, docs) = insert_args(command).map_err(refusal)?;
     let ids: Vec<Value> = docs
         .iter()
         .map(|d| d.get("_id").cloned().unwrap_or(Value::Null))
@@ -379,40 +359,29 @@ async fn update<T: TxnAccess>(
     txn: &mut T,
     command: &Value,
 ) -> Result<Value, Refusal> {
-    let args = Args::new(command, &["filter", "u", "upsert", "multi"]).map_err(refusal)?;
-    let coll = args.coll().map_err(refusal)?;
-    let filter_value = args.doc("filter").map_err(refusal)?;
-    let filter = Filter::parse(&filter_value).map_err(|e| refusal(bad(e.0)))?;
-    let Some(update_value) = args.get("u") else {
-        return Err(refusal(bad("update: no update document (field \"u\")")));
-    };
-    let update = Update::parse(update_value).map_err(|e| refusal(bad(e.0)))?;
-    let upsert = args.flag("upsert").map_err(refusal)?;
-    let multi = args.flag("multi").map_err(refusal)?;
-    if multi && matches!(update, Update::Replace(_)) {
-        return Err(refusal(bad(
-            "update: a replacement document updates one document; use operators with multi",
-        )));
-    }
-    let shards = targets(ctx, &coll, &filter);
-    let index_keys = lock_for_write(ctx, txn, &coll, &shards).await?;
-    let mut matched = fetch(ctx, txn, &coll, &filter_value, &filter, &shards, true).await?;
+    let (u, multi) = update_args(command).map_err(refusal)?;
+    let (coll, filter_value, filter, update) =
+        (u.coll.as_str(), &u.filter_value, &u.filter, &u.update);
+    let upsert = u.upsert;
+    let shards = targets(ctx, coll, filter);
+    let index_keys = lock_for_write(ctx, txn, coll, &shards).await?;
+    let mut matched = fetch(ctx, txn, coll, filter_value, filter, &shards, true).await?;
     if !multi {
         matched.truncate(1);
     }
     if matched.is_empty() && upsert {
-        let id = pinned_id(&filter).unwrap_or_else(new_id);
-        let doc = upsert_document(&filter, &update, id.clone()).map_err(|e| refusal(failed(e)))?;
-        let home = shard_of(ctx, &coll, &id);
-        let index_keys = lock_for_write(ctx, txn, &coll, &[home]).await?;
+        let id = pinned_id(filter).unwrap_or_else(new_id);
+        let doc = upsert_document(filter, update, id.clone()).map_err(|e| refusal(failed(e)))?;
+        let home = shard_of(ctx, coll, &id);
+        let index_keys = lock_for_write(ctx, txn, coll, &[home]).await?;
         checked(&doc, &index_keys)?;
-        if exists(ctx, txn, &coll, &id).await? {
+        if exists(ctx, txn, coll, &id).await? {
             return Err((
                 ErrorCode::DuplicateKey,
                 format!("duplicate key: the upsert's _id {id} is taken in {coll} by a document the filter does not match"),
             ));
         }
-        txn.doc_writes().set(&coll, &id, Some(doc));
+        txn.doc_writes().set(coll, &id, Some(doc));
         return Ok(obj(vec![
             ("matched", Value::Int(0)),
             ("modified", Value::Int(0)),
@@ -433,7 +402,7 @@ async fn update<T: TxnAccess>(
     let own = txn.doc_writes();
     for doc in changed {
         let id = doc.get("_id").cloned().unwrap_or(Value::Null);
-        own.set(&coll, &id, Some(doc));
+        own.set(coll, &id, Some(doc));
     }
     Ok(obj(vec![
         ("matched", Value::Int(matched.len() as i64)),

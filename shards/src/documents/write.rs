@@ -30,7 +30,9 @@ fn with_done(mut fail: Fail, done: i64, what: &str) -> Fail {
     fail
 }
 
-pub(super) async fn insert(ctx: &Rc<CoreContext>, command: &Value) -> Out<Value> {
+/// An insert command's collection and documents, each with its `_id` first (a new one for a
+/// document that has none). Shared with the insert inside a transaction (`in_txn`).
+pub(super) fn insert_args(command: &Value) -> Out<(String, Vec<Value>)> {
     let args = Args::new(command, &["documents"])?;
     let coll = args.coll()?;
     let Some(Value::Array(given)) = args.get("documents") else {
@@ -57,6 +59,11 @@ pub(super) async fn insert(ctx: &Rc<CoreContext>, command: &Value) -> Out<Value>
         out.extend(fields.iter().filter(|(k, _)| k != "_id").cloned());
         docs.push(Value::Object(out));
     }
+    Ok((coll, docs))
+}
+
+pub(super) async fn insert(ctx: &Rc<CoreContext>, command: &Value) -> Out<Value> {
+    let (coll, docs) = insert_args(command)?;
     let ids: Vec<Value> = docs
         .iter()
         .map(|d| d.get("_id").cloned().unwrap_or(Value::Null))
@@ -119,13 +126,13 @@ pub(super) async fn insert(ctx: &Rc<CoreContext>, command: &Value) -> Out<Value>
 }
 
 /// An update command's parts.
-struct UpdateArgs {
-    coll: String,
-    filter_value: Value,
-    filter: Filter,
+pub(super) struct UpdateArgs {
+    pub(super) coll: String,
+    pub(super) filter_value: Value,
+    pub(super) filter: Filter,
     update_value: Value,
-    update: Update,
-    upsert: bool,
+    pub(super) update: Update,
+    pub(super) upsert: bool,
 }
 
 impl UpdateArgs {
@@ -155,7 +162,9 @@ fn counts(matched: i64, modified: i64) -> Vec<(&'static str, Value)> {
     ]
 }
 
-pub(super) async fn update(ctx: &Rc<CoreContext>, command: &Value) -> Out<Value> {
+/// An update command's parts, and whether it updates every match (`multi`). Shared with the
+/// update inside a transaction (`in_txn`).
+pub(super) fn update_args(command: &Value) -> Out<(UpdateArgs, bool)> {
     let args = Args::new(command, &["filter", "u", "upsert", "multi"])?;
     let coll = args.coll()?;
     let filter_value = args.doc("filter")?;
@@ -178,6 +187,11 @@ pub(super) async fn update(ctx: &Rc<CoreContext>, command: &Value) -> Out<Value>
         update,
         upsert,
     };
+    Ok((u, multi))
+}
+
+pub(super) async fn update(ctx: &Rc<CoreContext>, command: &Value) -> Out<Value> {
+    let (u, multi) = update_args(command)?;
     if !multi {
         return update_one(ctx, &u).await;
     }
