@@ -57,6 +57,7 @@ pub mod snapshot;
 pub mod snapshot_read;
 pub mod spread;
 pub mod tls;
+pub mod tls_records;
 pub mod txn;
 pub mod txn_commit;
 pub mod txn_locks;

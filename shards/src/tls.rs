@@ -17,6 +17,7 @@ use kvs_wire::tls::{load_certificates, load_key, provider};
 use rustls::server::WebPkiClientVerifier;
 
 use crate::runtime::TcpStream;
+use crate::tls_records::Received;
 
 /// Where the certificate, its key and (optionally) the authorities of client certificates
 /// are read from.
@@ -89,7 +90,8 @@ impl Tls {
         // The connection bounds its own output; the session need not hold it back.
         session.set_buffer_limit(None);
         Ok(Session {
-            session: RefCell::new(session),
+            session: RefCell::new(session.into()),
+            received: RefCell::new(Received::default()),
             fresh: std::cell::Cell::new(true),
         })
     }
@@ -97,16 +99,16 @@ impl Tls {
 
 /// One connection's TLS session.
 pub struct Session {
-    session: RefCell<rustls::ServerConnection>,
+    session: RefCell<rustls::Connection>,
+    /// Records received and not yet given to the session (its buffer is freed whenever it
+    /// is drained, so an idle connection holds none).
+    received: RefCell<Received>,
     /// Nothing received yet: the first byte must open a TLS handshake record.
     fresh: std::cell::Cell<bool>,
 }
 
 /// The content type of a TLS handshake record: what a client's first byte must be.
 const HANDSHAKE_RECORD: u8 = 0x16;
-
-/// Bytes of records one receive takes at most.
-const RECORDS_RECEIVED_MAX: usize = 16 * 1024 + 256;
 
 impl Session {
     /// Receives into `buffer[at..]` the next plaintext, reading records from `stream` as
@@ -118,40 +120,41 @@ impl Session {
         buffer: &mut [u8],
         mut handshake_out: impl FnMut(),
     ) -> io::Result<usize> {
-        let mut records = Vec::new();
         loop {
             match self.session.borrow_mut().reader().read(buffer) {
                 Ok(n) => return Ok(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(e),
             }
-            records.resize(RECORDS_RECEIVED_MAX, 0);
-            let (result, back) = stream.recv(records, 0).await;
-            records = back;
-            let n = result?;
-            if n == 0 {
-                return Ok(0);
-            }
-            // A client that speaks plaintext to a TLS listener is cut off at once, where the
-            // session would wait for the rest of a "record" that never comes.
-            if self.fresh.replace(false) && records[0] != HANDSHAKE_RECORD {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "the client does not speak TLS",
-                ));
-            }
-            let mut session = self.session.borrow_mut();
-            let mut at = 0;
-            while at < n {
-                at += session.read_tls(&mut &records[at..n])?;
-                if let Err(e) = session.process_new_packets() {
-                    // The alert that says why is queued: let the writer send it.
-                    drop(session);
-                    handshake_out();
-                    return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+            if self.received.borrow().is_drained() {
+                let records = self.received.borrow_mut().take_buffer();
+                let (result, records) = stream.recv(records, 0).await;
+                let n = *result.as_ref().unwrap_or(&0);
+                self.received.borrow_mut().filled(records, n);
+                if result? == 0 {
+                    return Ok(0);
+                }
+                // A client that speaks plaintext to a TLS listener is cut off at once, where
+                // the session would wait for the rest of a "record" that never comes.
+                if self.fresh.replace(false)
+                    && self.received.borrow().first() != Some(HANDSHAKE_RECORD)
+                {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "the client does not speak TLS",
+                    ));
                 }
             }
-            if session.wants_write() {
+            let mut received = self.received.borrow_mut();
+            let fed = received.feed(&mut self.session.borrow_mut());
+            received.release_if_drained();
+            drop(received);
+            if let Err(e) = fed {
+                // The alert that says why is queued: let the writer send it.
+                handshake_out();
+                return Err(e);
+            }
+            if self.session.borrow().wants_write() {
                 handshake_out();
             }
         }
