@@ -169,6 +169,22 @@ pub struct Flags {
     /// no reply. Default: off.
     #[arg(long)]
     pub idle_timeout: Option<String>,
+    /// This node's certificate (PEM, with its chain) on the links between nodes: with
+    /// --peer-tls-key and --peer-tls-ca every peer link is mutual TLS. It must name the
+    /// address the other nodes dial (--initial-cluster). Read again on SIGHUP.
+    #[arg(long)]
+    pub peer_tls_cert: Option<PathBuf>,
+    /// The peer certificate's private key (PEM).
+    #[arg(long)]
+    pub peer_tls_key: Option<PathBuf>,
+    /// The authority (PEM) that signs every member's peer certificate: a link whose other
+    /// side shows no certificate signed by it is refused.
+    #[arg(long)]
+    pub peer_tls_ca: Option<PathBuf>,
+    /// A file holding a secret shared by the cluster's nodes (at least 16 bytes): a link
+    /// whose other side cannot prove it knows the secret is refused. Read again on SIGHUP.
+    #[arg(long)]
+    pub cluster_secret_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -206,6 +222,10 @@ struct FileConfig {
     tls_client_cert: Option<String>,
     max_connections: Option<usize>,
     idle_timeout: Option<String>,
+    peer_tls_cert: Option<PathBuf>,
+    peer_tls_key: Option<PathBuf>,
+    peer_tls_ca: Option<PathBuf>,
+    cluster_secret_file: Option<PathBuf>,
 }
 
 /// What makes a node one of a cluster: its id, where it listens for peers, and the members
@@ -339,6 +359,8 @@ pub struct Config {
     pub tls: Option<crate::tls::TlsFiles>,
     /// `--max-connections`, `--idle-timeout`.
     pub limits: ConnectionLimits,
+    /// `--peer-tls-*` and `--cluster-secret-file` (ADR 0027).
+    pub peer_security: crate::cluster::peer_security::PeerSecurityFiles,
 }
 
 /// `--max-connections`'s default (Redis's `maxclients`).
@@ -645,6 +667,25 @@ impl Config {
                 ))
             }
         };
+        let peer_security = crate::cluster::peer_security::PeerSecurityFiles::from_flags(
+            flags.peer_tls_cert.or(file.peer_tls_cert),
+            flags.peer_tls_key.or(file.peer_tls_key),
+            flags.peer_tls_ca.or(file.peer_tls_ca),
+            flags.cluster_secret_file.or(file.cluster_secret_file),
+        )
+        .map_err(ConfigError::Auth)?;
+        if let Some(cluster) = &cluster {
+            let addr = cluster.peer_listen;
+            if !addr.ip().is_loopback() && !peer_security.authenticates() && !insecure {
+                return Err(ConfigError::Auth(format!(
+                    "--peer-listen {addr} is not a loopback address, and the links between \
+                     nodes are not authenticated: anyone who reaches it could join the \
+                     cluster's Raft groups. Give --peer-tls-cert, --peer-tls-key and \
+                     --peer-tls-ca, or --cluster-secret-file (docs/security.md), or \
+                     --insecure to run so anyway"
+                )));
+            }
+        }
         let max_connections = flags
             .max_connections
             .or(file.max_connections)
@@ -662,6 +703,7 @@ impl Config {
             }
         };
         Ok(Config {
+            peer_security,
             limits: ConnectionLimits {
                 max_connections,
                 idle_timeout,

@@ -177,6 +177,10 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         known: (0..n).map(|_| AtomicBool::new(false)).collect(),
         announced: AtomicBool::new(false),
     });
+    let peer_security = Arc::new(
+        crate::cluster::peer_security::PeerSecurity::load(config.peer_security.clone())
+            .map_err(anyhow::Error::msg)?,
+    );
     let mut core_clusters: Vec<Option<CoreCluster>> = Vec::with_capacity(n);
     for _ in 0..n {
         let cluster = match (&data_dir.cluster, &peer_listener) {
@@ -190,6 +194,7 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
                     peer_addr: listener.local_addr()?.to_string(),
                 },
                 members: identity.members.clone(),
+                security: Arc::clone(&peer_security),
                 peer_listener: listener.try_clone()?,
                 handoff_senders: (0..n).map(|_| None).collect(),
                 handoff_receivers: Vec::new(),
@@ -253,7 +258,7 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         )),
         None => None,
     };
-    crate::sighup::reload_on_sighup(Arc::clone(&auth), tls.clone());
+    crate::sighup::reload_on_sighup(Arc::clone(&auth), tls.clone(), peer_security);
     let (ready_sender, ready) = mpsc::channel();
     let start = Arc::new(AtomicU8::new(START_WAIT));
     // Every core gets a handle on each listening socket; the last takes the originals.
@@ -423,6 +428,7 @@ async fn core_main(setup: CoreSetup) {
             core as u32,
             cluster.local,
             &cluster.members,
+            cluster.security,
             Box::new(move || {
                 wake.notify.notify();
                 wake.read_arrived.notify();

@@ -1,4 +1,5 @@
-//! SIGHUP: the users file and the TLS certificate are read again (docs/security.md). A
+//! SIGHUP: the users file, the TLS certificate, and the peer links' certificate and cluster
+//! secret are read again (docs/security.md). A
 //! thread of its own waits for the signal for the life of the process. The handler is
 //! installed whatever the configuration: SIGHUP then reloads nothing, where its default would
 //! end the process.
@@ -6,11 +7,12 @@
 use std::sync::Arc;
 
 use crate::auth::Auth;
+use crate::cluster::peer_security::PeerSecurity;
 use crate::tls::Tls;
 
-/// Starts the thread that reloads `auth`'s users and `tls`'s files on each SIGHUP. What
-/// does not read is logged, and what was loaded before stays in use.
-pub fn reload_on_sighup(auth: Arc<Auth>, tls: Option<Arc<Tls>>) {
+/// Starts the thread that reloads `auth`'s users, `tls`'s files and `peer`'s on each
+/// SIGHUP. What does not read is logged, and what was loaded before stays in use.
+pub fn reload_on_sighup(auth: Arc<Auth>, tls: Option<Arc<Tls>>, peer: Arc<PeerSecurity>) {
     let mut signals = match signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP]) {
         Ok(signals) => signals,
         Err(e) => {
@@ -30,6 +32,12 @@ pub fn reload_on_sighup(auth: Arc<Auth>, tls: Option<Arc<Tls>>) {
                     match tls.reload() {
                         Ok(()) => tracing::info!("SIGHUP: TLS certificate read again; new connections use it"),
                         Err(e) => tracing::error!(error = %e, "SIGHUP: the TLS files were not read; the certificate in use stays"),
+                    }
+                }
+                if peer.is_configured() {
+                    match peer.reload() {
+                        Ok(()) => tracing::info!("SIGHUP: peer TLS files and cluster secret read again; new peer links use them"),
+                        Err(e) => tracing::error!(error = %e, "SIGHUP: the peer TLS files or the cluster secret were not read; those in use stay"),
                     }
                 }
             }

@@ -12,54 +12,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::certs::{Authority, Usage};
 use common::{kvs, Server};
 use kvs_wire::tls::TlsOptions;
 use kvs_wire::{Client, ClientOptions};
-use rcgen::{
-    BasicConstraints, Certificate, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair,
-};
-
-/// A certificate authority, and certificates it signs, written as PEM files in `dir`.
-struct Authority {
-    cert: Certificate,
-    key: KeyPair,
-    file: PathBuf,
-}
-
-impl Authority {
-    fn new(dir: &Path, name: &str) -> Authority {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        let cert = params.self_signed(&key).unwrap();
-        let file = dir.join(format!("{name}.pem"));
-        std::fs::write(&file, cert.pem()).unwrap();
-        Authority { cert, key, file }
-    }
-
-    /// A certificate for 127.0.0.1 and localhost (or a client's), as (cert, key) files.
-    fn issue(&self, dir: &Path, name: &str, client: bool) -> (PathBuf, PathBuf) {
-        let key = KeyPair::generate().unwrap();
-        let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
-        let mut params = CertificateParams::new(names).unwrap();
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.extended_key_usages = vec![if client {
-            ExtendedKeyUsagePurpose::ClientAuth
-        } else {
-            ExtendedKeyUsagePurpose::ServerAuth
-        }];
-        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
-        let (cert_file, key_file) = (
-            dir.join(format!("{name}.crt")),
-            dir.join(format!("{name}.key")),
-        );
-        std::fs::write(&cert_file, cert.pem()).unwrap();
-        std::fs::write(&key_file, key.serialize_pem()).unwrap();
-        (cert_file, key_file)
-    }
-}
 
 fn options(ca: &Path, client_cert: Option<(PathBuf, PathBuf)>) -> ClientOptions {
     ClientOptions {
@@ -101,7 +57,7 @@ fn start(dir: &Path, cert: &(PathBuf, PathBuf), ca: &Path, flags: &[&str]) -> Se
 fn clients_speak_tls_and_plaintext_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let ca = Authority::new(dir.path(), "ca");
-    let cert = ca.issue(dir.path(), "server", false);
+    let cert = ca.issue(dir.path(), "server", Usage::Server);
     let server = start(dir.path(), &cert, &ca.file, &[]);
     let client = Client::connect_with(&server.addr, options(&ca.file, None)).unwrap();
     client.put(b"k", b"v").unwrap();
@@ -161,9 +117,9 @@ fn clients_speak_tls_and_plaintext_is_refused() {
 fn a_client_certificate_is_required_when_the_node_asks() {
     let dir = tempfile::tempdir().unwrap();
     let ca = Authority::new(dir.path(), "ca");
-    let cert = ca.issue(dir.path(), "server", false);
+    let cert = ca.issue(dir.path(), "server", Usage::Server);
     let client_ca = Authority::new(dir.path(), "clients");
-    let mine = client_ca.issue(dir.path(), "app", true);
+    let mine = client_ca.issue(dir.path(), "app", Usage::Client);
     let flags = ["--tls-client-ca", client_ca.file.to_str().unwrap()];
     let server = start(dir.path(), &cert, &ca.file, &flags);
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -180,7 +136,7 @@ fn a_client_certificate_is_required_when_the_node_asks() {
     // Without a certificate, or with one another authority signed: refused.
     let anonymous = Client::connect_with(&server.addr, options(&ca.file, None));
     assert!(anonymous.and_then(|c| c.ping()).is_err());
-    let forged = ca.issue(dir.path(), "forged", true);
+    let forged = ca.issue(dir.path(), "forged", Usage::Client);
     let forged = Client::connect_with(&server.addr, options(&ca.file, Some(forged)));
     assert!(forged.and_then(|c| c.ping()).is_err());
     assert!(client.ping().is_ok());
@@ -190,13 +146,13 @@ fn a_client_certificate_is_required_when_the_node_asks() {
 fn sighup_puts_a_new_certificate_in_place_and_open_connections_go_on() {
     let dir = tempfile::tempdir().unwrap();
     let old_ca = Authority::new(dir.path(), "old-ca");
-    let cert = old_ca.issue(dir.path(), "server", false);
+    let cert = old_ca.issue(dir.path(), "server", Usage::Server);
     let server = start(dir.path(), &cert, &old_ca.file, &[]);
     let open = Client::connect_with(&server.addr, options(&old_ca.file, None)).unwrap();
     open.put(b"k", b"1").unwrap();
     // The operator rotates the certificate in place and sends SIGHUP.
     let new_ca = Authority::new(dir.path(), "new-ca");
-    let rotated = new_ca.issue(dir.path(), "rotated", false);
+    let rotated = new_ca.issue(dir.path(), "rotated", Usage::Server);
     std::fs::copy(&rotated.0, &cert.0).unwrap();
     std::fs::copy(&rotated.1, &cert.1).unwrap();
     let status = std::process::Command::new("kill")

@@ -53,9 +53,19 @@ pub enum PeerFrame {
         /// RESP address (empty when it has none).
         client_addr: String,
         resp_addr: String,
+        /// Random bytes the answering node's proof of the cluster secret covers (ADR 0027).
+        nonce: Vec<u8>,
     },
-    /// The answer to a hello that was accepted: who answered.
-    Welcome { node_id: u64 },
+    /// The answer to a hello that was accepted: who answered, its own nonce, and its proof
+    /// of the cluster secret (empty when it has none).
+    Welcome {
+        node_id: u64,
+        nonce: Vec<u8>,
+        proof: Vec<u8>,
+    },
+    /// The dialing node's proof of the cluster secret, its first frame after the welcome
+    /// when the cluster has one.
+    Proof { proof: Vec<u8> },
     /// The answer to a hello that was not (another cluster, an unknown node): why.
     Refused { reason: String },
     /// Raft messages, each for a group.
@@ -100,6 +110,7 @@ pub fn encode_frame(frame: &PeerFrame, out: &mut Vec<u8>) {
         PeerFrame::Answers(_) => 6,
         PeerFrame::Snapshot(_) => 7,
         PeerFrame::WaitsFor(_) => 8,
+        PeerFrame::Proof { .. } => 9,
     });
     out.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
     let body = out.len();
@@ -111,6 +122,7 @@ pub fn encode_frame(frame: &PeerFrame, out: &mut Vec<u8>) {
             core,
             client_addr,
             resp_addr,
+            nonce,
         } => {
             put_u64(out, *cluster_id);
             put_u64(out, *node_id);
@@ -118,8 +130,18 @@ pub fn encode_frame(frame: &PeerFrame, out: &mut Vec<u8>) {
             out.extend_from_slice(&core.to_le_bytes());
             put_bytes(out, client_addr.as_bytes());
             put_bytes(out, resp_addr.as_bytes());
+            put_bytes(out, nonce);
         }
-        PeerFrame::Welcome { node_id } => put_u64(out, *node_id),
+        PeerFrame::Welcome {
+            node_id,
+            nonce,
+            proof,
+        } => {
+            put_u64(out, *node_id);
+            put_bytes(out, nonce);
+            put_bytes(out, proof);
+        }
+        PeerFrame::Proof { proof } => put_bytes(out, proof),
         PeerFrame::Refused { reason } => put_bytes(out, reason.as_bytes()),
         PeerFrame::Raft(messages) => {
             out.extend_from_slice(&(messages.len() as u32).to_le_bytes());
@@ -196,8 +218,13 @@ pub fn decode_frame(buf: &[u8]) -> Result<Option<(PeerFrame, usize)>, PeerDecode
             core: r.u32()?,
             client_addr: String::from_utf8_lossy(r.bytes()?).into_owned(),
             resp_addr: String::from_utf8_lossy(r.bytes()?).into_owned(),
+            nonce: r.bytes()?.to_vec(),
         },
-        2 => PeerFrame::Welcome { node_id: r.u64()? },
+        2 => PeerFrame::Welcome {
+            node_id: r.u64()?,
+            nonce: r.bytes()?.to_vec(),
+            proof: r.bytes()?.to_vec(),
+        },
         3 => PeerFrame::Refused {
             reason: String::from_utf8_lossy(r.bytes()?).into_owned(),
         },
@@ -206,6 +233,9 @@ pub fn decode_frame(buf: &[u8]) -> Result<Option<(PeerFrame, usize)>, PeerDecode
         6 => PeerFrame::Answers(r.list(9, decode_answer)?),
         7 => PeerFrame::Snapshot(r.list(57, |r| Ok((r.u64()?, decode_chunk(r)?)))?),
         8 => PeerFrame::WaitsFor(r.list(12, |r| Ok((r.u64()?, r.list(8, Reader::u64)?)))?),
+        9 => PeerFrame::Proof {
+            proof: r.bytes()?.to_vec(),
+        },
         kind => return Err(malformed(format!("unknown frame kind {kind}"))),
     };
     if r.at != body.len() {

@@ -57,8 +57,19 @@ fn every_frame_kind_round_trips() {
             core: 1,
             client_addr: "127.0.0.1:7003".into(),
             resp_addr: String::new(),
+            nonce: vec![7; 16],
         },
-        PeerFrame::Welcome { node_id: 1 },
+        PeerFrame::Welcome {
+            node_id: 1,
+            nonce: vec![9; 16],
+            proof: vec![1; 32],
+        },
+        PeerFrame::Welcome {
+            node_id: 1,
+            nonce: Vec::new(),
+            proof: Vec::new(),
+        },
+        PeerFrame::Proof { proof: vec![2; 32] },
         PeerFrame::Refused {
             reason: "another cluster".into(),
         },

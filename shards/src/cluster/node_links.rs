@@ -11,16 +11,20 @@ use std::time::Duration;
 
 use super::codec::PeerFrame;
 use super::forwarding::Forwarding;
+use super::peer_security::PeerSecurity;
+use super::peer_stream::PeerStream;
 use super::snapshot_send::SnapshotTransfers;
 use super::transport::{answer_hello, Links, LocalNode};
 use crate::route::CoreContext;
-use crate::runtime::{spawn_local, wait, Receiver, Sender, TcpListener, TcpStream};
+use crate::runtime::{spawn_local, wait, Receiver, Sender, TcpListener};
 
 /// A core's part of the cluster: who this node is, the members, the peer listener, and the
 /// links other cores accepted for this one.
 pub struct CoreCluster {
     pub local: LocalNode,
     pub members: Vec<(u64, SocketAddr)>,
+    /// What links must prove (ADR 0027).
+    pub security: Arc<PeerSecurity>,
     pub peer_listener: TcpListener,
     pub handoff_senders: Vec<Option<Sender<PeerHandoff>>>,
     pub handoff_receivers: Vec<Receiver<PeerHandoff>>,
@@ -40,7 +44,7 @@ pub struct CoreLinks {
 
 /// A peer link accepted and greeted by one core, on its way to the core it is for.
 pub struct PeerHandoff {
-    pub stream: TcpStream,
+    pub stream: PeerStream,
     pub hello: PeerFrame,
     pub buffer: Vec<u8>,
     pub filled: usize,
@@ -88,7 +92,8 @@ pub async fn peer_accept_loop(
         let (links, senders) = (Rc::clone(&links), Rc::clone(&senders));
         spawn_local(async move {
             let _ = stream.set_nodelay(true);
-            let Some((hello, core, buffer, filled)) = answer_hello(&links, &stream).await else {
+            let Some((stream, hello, core, buffer, filled)) = answer_hello(&links, stream).await
+            else {
                 return;
             };
             match senders.get(core as usize).and_then(Option::as_ref) {

@@ -10,17 +10,24 @@
 //! B to A travel on B's own link to A. A link that fails is dialled again with a growing
 //! pause (backoff); messages queued for a node that does not take them are bounded, and the
 //! newest beyond the bound are dropped: Raft resends what a peer did not acknowledge.
+//!
+//! Links are authenticated as ADR 0027 says: through mutual TLS when peer TLS is on (the
+//! handshake before the hello), and by proofs of the cluster secret in the welcome and the
+//! frame after it when the cluster has a secret.
 
 use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use raft::eraftpb::Message;
 
 use super::codec::{decode_frame, encode_frame, PeerFrame, PEER_BODY_SIZE_MAX, PEER_HEADER_SIZE};
 use super::forward::{answer_len, forwarded_len, Forwarded};
+use super::peer_security::{nonce, LinkStart, PeerSecurity, Side};
+use super::peer_stream::PeerStream;
 use crate::local::Notify;
 use crate::runtime::{spawn_local, wait, TcpStream};
 use crate::shard::{NodeView, ShardReply};
@@ -119,6 +126,8 @@ pub struct Links {
     pub core: u32,
     pub local: LocalNode,
     pub peers: Vec<Rc<PeerNode>>,
+    /// What links must prove (shared by the node's cores, reloaded on SIGHUP).
+    security: Arc<PeerSecurity>,
     inbox: RefCell<Vec<Message>>,
     /// Requests other nodes forwarded to this core's shard: (node, request).
     requests: RefCell<Vec<(u64, Forwarded)>>,
@@ -147,6 +156,7 @@ impl Links {
         core: u32,
         local: LocalNode,
         members: &[(u64, SocketAddr)],
+        security: Arc<PeerSecurity>,
         wake: Box<dyn Fn()>,
     ) -> Links {
         let peers = members
@@ -171,6 +181,7 @@ impl Links {
             core,
             local,
             peers,
+            security,
             inbox: RefCell::new(Vec::new()),
             requests: RefCell::new(Vec::new()),
             answers: RefCell::new(Vec::new()),
@@ -404,7 +415,7 @@ impl Links {
     /// Reads what a node that called this core sends, into the inbox, until the link ends.
     pub async fn serve_incoming(
         self: Rc<Self>,
-        stream: TcpStream,
+        stream: PeerStream,
         hello: PeerFrame,
         mut buffer: Vec<u8>,
         mut filled: usize,
@@ -508,40 +519,75 @@ impl Links {
     }
 }
 
-/// Answers a node that called this one: reads its hello, checks it, and sends a welcome
-/// (returned with the hello, the core it is for, and the bytes read after it) or a refusal
-/// (logged; None).
+/// Answers a node that called this one: runs the TLS handshake if peer TLS is on, reads its
+/// hello, checks it, sends a welcome (with this node's proof of the cluster secret, if any)
+/// and reads the caller's proof; returns the link, the hello, the core it is for, and the
+/// bytes read after it. A refusal is logged and sent back (None).
 pub async fn answer_hello(
     links: &Links,
-    stream: &TcpStream,
-) -> Option<(PeerFrame, u32, Vec<u8>, usize)> {
+    tcp: TcpStream,
+) -> Option<(PeerStream, PeerFrame, u32, Vec<u8>, usize)> {
+    let from = tcp.peer_addr().ok();
+    let stream = match links.security.tls() {
+        None => PeerStream::plain(tcp),
+        Some(tls) => {
+            match with_timeout(
+                HANDSHAKE_TIMEOUT,
+                PeerStream::accept(tcp, Arc::clone(&tls.server)),
+            )
+            .await
+            {
+                Ok(stream) => stream,
+                Err(error) => {
+                    tracing::warn!(?from, %error, "peer link refused: the TLS handshake failed");
+                    return None;
+                }
+            }
+        }
+    };
     let mut buffer = vec![0; 4096];
     let mut filled = 0;
     let hello = match with_timeout(
         HANDSHAKE_TIMEOUT,
-        read_frame(stream, &mut buffer, &mut filled),
+        read_frame(&stream, &mut buffer, &mut filled),
     )
     .await
     {
         Ok(hello) => hello,
         Err(error) => {
-            tracing::warn!(%error, "peer link closed before its hello");
+            tracing::warn!(?from, %error, "peer link closed before its hello");
             return None;
         }
     };
+    let secrets = links.security.secrets();
+    let my_nonce = nonce();
     let mut out = Vec::new();
     let core = match links.check_hello(&hello) {
         Ok(core) => {
+            let PeerFrame::Hello { node_id, nonce, .. } = &hello else {
+                unreachable!("check_hello takes only a hello");
+            };
+            let start = LinkStart {
+                dialer: *node_id,
+                dialer_nonce: nonce,
+                answerer: links.local.node_id,
+                answerer_nonce: &my_nonce,
+            };
+            let proof = secrets
+                .as_deref()
+                .map_or_else(Vec::new, |s| s.prove(Side::Answering, start));
             encode_frame(
                 &PeerFrame::Welcome {
                     node_id: links.local.node_id,
+                    nonce: my_nonce.clone(),
+                    proof,
                 },
                 &mut out,
             );
             Some(core)
         }
         Err(Refusal(reason)) => {
-            tracing::warn!(%reason, "peer link refused");
+            tracing::warn!(?from, %reason, "peer link refused");
             encode_frame(&PeerFrame::Refused { reason }, &mut out);
             None
         }
@@ -549,12 +595,41 @@ pub async fn answer_hello(
     with_timeout(HANDSHAKE_TIMEOUT, async { stream.send_all(out).await.0 })
         .await
         .ok()?;
-    Some((hello, core?, buffer, filled))
+    let core = core?;
+    if let (Some(secrets), PeerFrame::Hello { node_id, nonce, .. }) = (secrets, &hello) {
+        let start = LinkStart {
+            dialer: *node_id,
+            dialer_nonce: nonce,
+            answerer: links.local.node_id,
+            answerer_nonce: &my_nonce,
+        };
+        let answer = with_timeout(
+            HANDSHAKE_TIMEOUT,
+            read_frame(&stream, &mut buffer, &mut filled),
+        )
+        .await;
+        match answer {
+            Ok(PeerFrame::Proof { proof }) if secrets.accepts(Side::Dialing, start, &proof) => {}
+            Ok(_) => {
+                tracing::warn!(
+                    ?from,
+                    node = node_id,
+                    "peer link refused: the caller did not prove the cluster secret"
+                );
+                return None;
+            }
+            Err(error) => {
+                tracing::warn!(?from, node = node_id, %error, "peer link closed before its proof of the cluster secret");
+                return None;
+            }
+        }
+    }
+    Some((stream, hello, core, buffer, filled))
 }
 
 /// Reads the next frame from `stream` into `buffer` (holding `filled` bytes already).
 pub async fn read_frame(
-    stream: &TcpStream,
+    stream: &PeerStream,
     buffer: &mut Vec<u8>,
     filled: &mut usize,
 ) -> io::Result<PeerFrame> {
@@ -564,7 +639,7 @@ pub async fn read_frame(
 /// Like [`read_frame`], failing with TimedOut when no byte arrives for `idle`, if given (a
 /// large frame that keeps arriving may take longer).
 async fn read_frame_idle(
-    stream: &TcpStream,
+    stream: &PeerStream,
     buffer: &mut Vec<u8>,
     filled: &mut usize,
     idle: Option<Duration>,
@@ -651,8 +726,9 @@ async fn dial_loop(links: Rc<Links>, peer: Rc<PeerNode>) {
     }
 }
 
-/// Dials `peer` and exchanges hello and welcome.
-async fn greet(links: &Links, peer: &PeerNode) -> io::Result<TcpStream> {
+/// Dials `peer`, runs the TLS handshake if peer TLS is on, and exchanges hello and welcome
+/// (and the proofs of the cluster secret, if the cluster has one).
+async fn greet(links: &Links, peer: &PeerNode) -> io::Result<PeerStream> {
     // From this node's peer address, unless it listens on every address.
     let local = links
         .local
@@ -661,10 +737,21 @@ async fn greet(links: &Links, peer: &PeerNode) -> io::Result<TcpStream> {
         .ok()
         .map(|a| a.ip())
         .filter(|ip| !ip.is_unspecified() && ip.is_ipv4() == peer.peer_addr.is_ipv4());
-    let stream = TcpStream::connect_from(local, peer.peer_addr).await?;
-    stream.set_nodelay(true)?;
-    stream.set_user_timeout(LINK_STALL)?;
+    let tcp = TcpStream::connect_from(local, peer.peer_addr).await?;
+    tcp.set_nodelay(true)?;
+    tcp.set_user_timeout(LINK_STALL)?;
+    let stream = match links.security.tls() {
+        None => PeerStream::plain(tcp),
+        Some(tls) => {
+            // The other node's certificate must name the address it is dialled on.
+            let name = rustls::pki_types::ServerName::IpAddress(peer.peer_addr.ip().into());
+            PeerStream::connect(tcp, Arc::clone(&tls.client), name)
+                .await
+                .map_err(|e| io::Error::new(e.kind(), format!("TLS: {e}")))?
+        }
+    };
     let local = &links.local;
+    let my_nonce = nonce();
     let mut out = Vec::new();
     encode_frame(
         &PeerFrame::Hello {
@@ -674,6 +761,7 @@ async fn greet(links: &Links, peer: &PeerNode) -> io::Result<TcpStream> {
             core: links.core,
             client_addr: local.client_addr.clone(),
             resp_addr: local.resp_addr.clone(),
+            nonce: my_nonce.clone(),
         },
         &mut out,
     );
@@ -681,15 +769,49 @@ async fn greet(links: &Links, peer: &PeerNode) -> io::Result<TcpStream> {
     sent?;
     let mut buffer = vec![0; 4096];
     let mut filled = 0;
-    match read_frame(&stream, &mut buffer, &mut filled).await? {
-        PeerFrame::Welcome { node_id } if node_id == peer.id => Ok(stream),
-        PeerFrame::Welcome { node_id } => Err(io::Error::other(format!(
-            "{} answered as node {node_id}, not {}",
-            peer.peer_addr, peer.id
-        ))),
-        PeerFrame::Refused { reason } => Err(io::Error::other(format!("refused: {reason}"))),
-        other => Err(io::Error::other(format!("unexpected answer {other:?}"))),
+    let (their_nonce, their_proof) = match read_frame(&stream, &mut buffer, &mut filled).await? {
+        PeerFrame::Welcome {
+            node_id,
+            nonce,
+            proof,
+        } if node_id == peer.id => (nonce, proof),
+        PeerFrame::Welcome { node_id, .. } => {
+            return Err(io::Error::other(format!(
+                "{} answered as node {node_id}, not {}",
+                peer.peer_addr, peer.id
+            )))
+        }
+        PeerFrame::Refused { reason } => {
+            return Err(io::Error::other(format!("refused: {reason}")))
+        }
+        other => return Err(io::Error::other(format!("unexpected answer {other:?}"))),
+    };
+    if let Some(secrets) = links.security.secrets() {
+        let start = LinkStart {
+            dialer: local.node_id,
+            dialer_nonce: &my_nonce,
+            answerer: peer.id,
+            answerer_nonce: &their_nonce,
+        };
+        if !secrets.accepts(Side::Answering, start, &their_proof) {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "node {} did not prove the cluster secret (another secret, or none)",
+                    peer.id
+                ),
+            ));
+        }
+        let mut out = Vec::new();
+        encode_frame(
+            &PeerFrame::Proof {
+                proof: secrets.prove(Side::Dialing, start),
+            },
+            &mut out,
+        );
+        stream.send_all(out).await.0?;
     }
+    Ok(stream)
 }
 
 /// About how many bytes `message` takes in a frame.
@@ -724,7 +846,7 @@ fn cut<T>(items: Vec<T>, len: impl Fn(&T) -> usize) -> Vec<Vec<T>> {
 
 /// Sends what is queued for `peer`, a frame per round, until the link fails or the node
 /// stops; returns why it ended.
-async fn send_loop(links: &Links, peer: &PeerNode, stream: &TcpStream) -> io::Error {
+async fn send_loop(links: &Links, peer: &PeerNode, stream: &PeerStream) -> io::Error {
     let mut out = Vec::new();
     let mut batch = Outgoing::default();
     loop {
@@ -811,7 +933,13 @@ mod tests {
             (1, "127.0.0.1:2".parse().unwrap()),
             (2, "127.0.0.1:3".parse().unwrap()),
         ];
-        Links::new(0, local, &members, Box::new(|| {}))
+        Links::new(
+            0,
+            local,
+            &members,
+            Arc::new(PeerSecurity::none()),
+            Box::new(|| {}),
+        )
     }
 
     fn append(entry_bytes: usize) -> Message {
