@@ -4,7 +4,8 @@
 //! and parse replies with [`encode`] and [`parse_reply`], kept here beside the types they read.
 
 use std::io::{self, Read, Write};
-use std::net::TcpStream;
+
+use crate::link::BenchStream;
 
 use clap::ValueEnum;
 use kvs_wire::frame::{Decoded, FrameDecoder};
@@ -111,7 +112,7 @@ pub fn parse_reply(protocol: Protocol, buf: &[u8]) -> io::Result<Option<ParsedRe
 }
 
 pub struct BenchConn {
-    stream: TcpStream,
+    stream: BenchStream,
     protocol: Protocol,
     out: Vec<u8>,
     buf: Vec<u8>,
@@ -119,10 +120,12 @@ pub struct BenchConn {
 }
 
 impl BenchConn {
-    pub fn connect(addr: &str, protocol: Protocol) -> io::Result<BenchConn> {
-        let stream = TcpStream::connect(addr)
-            .map_err(|e| io::Error::new(e.kind(), format!("cannot connect to {addr}: {e}")))?;
-        stream.set_nodelay(true)?;
+    pub fn connect(
+        addr: &str,
+        protocol: Protocol,
+        tls: Option<&kvs_wire::tls::TlsOptions>,
+    ) -> io::Result<BenchConn> {
+        let stream = BenchStream::connect(addr, tls)?;
         Ok(BenchConn {
             stream,
             protocol,
@@ -140,6 +143,7 @@ impl BenchConn {
         encode(self.protocol, ops, first_id, &mut self.out)?;
         self.next_id += ops.len() as u64;
         self.stream.write_all(&self.out)?;
+        self.stream.flush()?;
         let mut outcomes: Vec<Option<Option<String>>> = vec![None; ops.len()];
         let mut done = 0;
         let mut chunk = [0u8; 64 * 1024];

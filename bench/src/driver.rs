@@ -5,13 +5,13 @@
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
 use crate::conn::{encode, parse_reply, Protocol, WireOp};
+use crate::link::BenchStream;
 use crate::report::SecondRecorder;
 use crate::workload::{doc_command, key_name, OpKind, Rng};
 use crate::{histogram, ClientStats, Shared, SCAN_LENGTH_MAX};
@@ -43,7 +43,7 @@ struct Client {
     index: u64,
     /// The shard whose leader this connection talks to, when routing (see `--addr`).
     shard: Option<u32>,
-    stream: TcpStream,
+    stream: BenchStream,
     rng: Rng,
     out: Vec<u8>,
     written: usize,
@@ -114,11 +114,11 @@ fn drive(shared: &Shared, indexes: &[u64], epoll: i32) -> anyhow::Result<ClientS
                 .expect("routes are used only when every leader is known"),
             _ => crate::nth_addr(&args.addr, index as usize),
         };
-        let stream =
-            TcpStream::connect(addr).with_context(|| format!("cannot connect to {addr}"))?;
-        stream.set_nodelay(true)?;
-        stream.set_nonblocking(true)?;
-        epoll_set(epoll, stream.as_raw_fd(), i, false, true)?;
+        let tls = args.tls();
+        let stream = BenchStream::connect(addr, tls.as_ref())
+            .with_context(|| format!("cannot connect to {addr}"))?;
+        stream.tcp().set_nonblocking(true)?;
+        epoll_set(epoll, stream.tcp().as_raw_fd(), i, false, true)?;
         clients.push(Client {
             index,
             shard,
@@ -212,7 +212,7 @@ fn drive(shared: &Shared, indexes: &[u64], epoll: i32) -> anyhow::Result<ClientS
                     libc::epoll_ctl(
                         epoll,
                         libc::EPOLL_CTL_DEL,
-                        client.stream.as_raw_fd(),
+                        client.stream.tcp().as_raw_fd(),
                         std::ptr::null_mut(),
                     )
                 };
@@ -304,6 +304,10 @@ fn send(
 }
 
 fn flush(client: &mut Client, i: usize, epoll: i32) -> io::Result<()> {
+    match client.stream.send_records() {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+        other => other?,
+    }
     while client.written < client.out.len() {
         match client.stream.write(&client.out[client.written..]) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -313,13 +317,13 @@ fn flush(client: &mut Client, i: usize, epoll: i32) -> io::Result<()> {
             Err(e) => return Err(e),
         }
     }
-    let pending = client.written < client.out.len();
-    if !pending {
+    if client.written == client.out.len() {
         client.out.clear();
         client.written = 0;
     }
+    let pending = !client.out.is_empty() || client.stream.has_pending();
     if pending != client.wants_write {
-        epoll_set(epoll, client.stream.as_raw_fd(), i, pending, false)?;
+        epoll_set(epoll, client.stream.tcp().as_raw_fd(), i, pending, false)?;
         client.wants_write = pending;
     }
     Ok(())

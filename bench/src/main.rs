@@ -11,6 +11,7 @@
 
 mod conn;
 mod driver;
+mod link;
 mod report;
 mod txn_bench;
 mod workload;
@@ -98,6 +99,33 @@ struct Args {
     /// The transactional workloads: whether a transaction's keys share a shard.
     #[arg(long, value_enum, default_value = "cross-shard")]
     txn_span: txn_bench::Span,
+    /// Connect over TLS, trusting the authorities (PEM) in this file (kvsd --tls-cert, or
+    /// redis-server --tls-port with --protocol resp).
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
+    /// With --tls-ca: the name the server's certificate must carry. Default: the host of
+    /// the address.
+    #[arg(long, requires = "tls_ca")]
+    tls_server_name: Option<String>,
+}
+
+impl Args {
+    /// TLS as --tls-ca and --tls-server-name say.
+    fn tls(&self) -> Option<kvs_wire::tls::TlsOptions> {
+        self.tls_ca.as_ref().map(|ca| kvs_wire::tls::TlsOptions {
+            ca_file: ca.clone(),
+            server_name: self.tls_server_name.clone(),
+            client_cert: None,
+        })
+    }
+
+    /// Options of the library client (INFO, transactions).
+    fn client_options(&self) -> kvs_wire::ClientOptions {
+        kvs_wire::ClientOptions {
+            tls: self.tls(),
+            ..kvs_wire::ClientOptions::default()
+        }
+    }
 }
 
 /// What every client thread shares.
@@ -235,11 +263,11 @@ fn load(args: &Args, value: &[u8]) -> anyhow::Result<(u64, Duration)> {
     let threads: Vec<_> = (0..clients)
         .map(|c| {
             let addr = nth_addr(&args.addr, c as usize).to_string();
-            let (protocol, value) = (args.protocol, value.to_vec());
+            let (protocol, value, tls) = (args.protocol, value.to_vec(), args.tls());
             let documents = args.workload.documents();
             let (from, to) = (c * per_client, ((c + 1) * per_client).min(args.records));
             std::thread::spawn(move || -> anyhow::Result<(u64, Option<String>)> {
-                let mut conn = BenchConn::connect(&addr, protocol)?;
+                let mut conn = BenchConn::connect(&addr, protocol, tls.as_ref())?;
                 let mut failed = 0;
                 let mut first: Option<String> = None;
                 let keys: Vec<u64> = (from..to).collect();
@@ -327,6 +355,7 @@ fn main() -> anyhow::Result<()> {
         }
         return txn_bench::run(&txn_bench::TxnRun {
             addr: &args.addr,
+            options: args.client_options(),
             workload,
             span: args.txn_span,
             clients: args.clients,
@@ -484,7 +513,8 @@ fn leader_routes(args: &Args) -> Option<kvs_wire::routes::Routes> {
     if !args.addr.contains(',') || args.protocol != Protocol::Native || args.workload.documents() {
         return None;
     }
-    let client = kvs_wire::Client::connect(nth_addr(&args.addr, 0)).ok()?;
+    let client =
+        kvs_wire::Client::connect_with(nth_addr(&args.addr, 0), args.client_options()).ok()?;
     let routes = kvs_wire::routes::Routes::from_info(&client.info().ok()?)?;
     routes.leaders.iter().all(Option::is_some).then_some(routes)
 }

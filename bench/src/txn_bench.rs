@@ -33,6 +33,8 @@ pub enum Span {
 /// What a transactional run needs from the command line.
 pub struct TxnRun<'a> {
     pub addr: &'a str,
+    /// How clients connect (TLS).
+    pub options: kvs_wire::ClientOptions,
     pub workload: TxnWorkload,
     pub span: Span,
     pub clients: u64,
@@ -197,7 +199,7 @@ fn load(client: &Client, records: u64) -> anyhow::Result<()> {
 
 /// Runs a transactional workload and prints its report.
 pub fn run(run: &TxnRun<'_>) -> anyhow::Result<()> {
-    let client = Client::connect(crate::nth_addr(run.addr, 0))?;
+    let client = Client::connect_with(crate::nth_addr(run.addr, 0), run.options.clone())?;
     let info: serde_json::Value = serde_json::from_str(&client.info()?)?;
     let shards = info
         .get("shards")
@@ -218,7 +220,10 @@ pub fn run(run: &TxnRun<'_>) -> anyhow::Result<()> {
             .map(|c| {
                 let (stop, budget) = (&stop, &budget);
                 s.spawn(move || {
-                    let client = Client::connect(crate::nth_addr(run.addr, c as usize))?;
+                    let client = Client::connect_with(
+                        crate::nth_addr(run.addr, c as usize),
+                        run.options.clone(),
+                    )?;
                     let seed = run.seed.wrapping_mul(1_000_003).wrapping_add(c);
                     Ok(client_loop(
                         run, &client, shards, seed, stop, budget, deadline,

@@ -75,7 +75,7 @@ pub fn client_config(options: &TlsOptions) -> io::Result<Arc<rustls::ClientConfi
 }
 
 /// The name the server's certificate is checked against: the option, else `addr`'s host.
-fn server_name(options: &TlsOptions, addr: &str) -> io::Result<ServerName<'static>> {
+pub fn server_name(options: &TlsOptions, addr: &str) -> io::Result<ServerName<'static>> {
     let host = match &options.server_name {
         Some(name) => name.clone(),
         None => {
