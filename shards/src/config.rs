@@ -169,6 +169,11 @@ pub struct Flags {
     /// no reply. Default: off.
     #[arg(long)]
     pub idle_timeout: Option<String>,
+    /// Memory for client requests being received or waiting for their replies, for the
+    /// whole node (e.g. 512MiB): a large request waits, unread, while it is spent.
+    /// Default: 1GiB.
+    #[arg(long)]
+    pub max_request_memory: Option<String>,
     /// This node's certificate (PEM, with its chain) on the links between nodes: with
     /// --peer-tls-key and --peer-tls-ca every peer link is mutual TLS. It must name the
     /// address the other nodes dial (--initial-cluster). Read again on SIGHUP.
@@ -222,6 +227,7 @@ struct FileConfig {
     tls_client_cert: Option<String>,
     max_connections: Option<usize>,
     idle_timeout: Option<String>,
+    max_request_memory: Option<String>,
     peer_tls_cert: Option<PathBuf>,
     peer_tls_key: Option<PathBuf>,
     peer_tls_ca: Option<PathBuf>,
@@ -371,13 +377,19 @@ pub const MAX_CONNECTIONS_DEFAULT: usize = 10_000;
 pub struct ConnectionLimits {
     pub max_connections: usize,
     pub idle_timeout: Option<Duration>,
+    /// `--max-request-memory`, for the whole node (`request_memory.rs`).
+    pub max_request_memory: u64,
 }
+
+/// `--max-request-memory`'s default.
+pub const MAX_REQUEST_MEMORY_DEFAULT: u64 = 1 << 30;
 
 impl Default for ConnectionLimits {
     fn default() -> Self {
         ConnectionLimits {
             max_connections: MAX_CONNECTIONS_DEFAULT,
             idle_timeout: None,
+            max_request_memory: MAX_REQUEST_MEMORY_DEFAULT,
         }
     }
 }
@@ -707,6 +719,11 @@ impl Config {
             limits: ConnectionLimits {
                 max_connections,
                 idle_timeout,
+                max_request_memory: size(
+                    "max-request-memory",
+                    flags.max_request_memory.or(file.max_request_memory),
+                    MAX_REQUEST_MEMORY_DEFAULT,
+                )?,
             },
             tls,
             auth_required,

@@ -85,6 +85,12 @@ pub struct Connection {
     protocol: Protocol,
     /// The requests in flight, oldest first, for their metrics (see [`Arrival`]).
     arrivals: RefCell<VecDeque<Arrival>>,
+    /// Its core's share of `--max-request-memory` (`request_memory.rs`), set by `drive`;
+    /// what this connection holds of it, and how much of that is for the large request
+    /// being received (0: none).
+    memory: std::cell::OnceCell<Rc<crate::request_memory::RequestMemory>>,
+    reserved: Cell<usize>,
+    receiving: Cell<usize>,
 }
 
 /// A request in flight: its id (the native request id, or the RESP sequence number), the
@@ -134,7 +140,64 @@ impl Connection {
             receives: Cell::new(0),
             protocol,
             arrivals: RefCell::new(VecDeque::new()),
+            memory: std::cell::OnceCell::new(),
+            reserved: Cell::new(0),
+            receiving: Cell::new(0),
         }
+    }
+
+    /// Gives back the connection's reservation of request memory once it needs none: no
+    /// request in flight and no large one being received.
+    fn release_request_memory(&self) {
+        if self.reserved.get() == 0 || self.in_flight.get() > 0 || self.receiving.get() > 0 {
+            return;
+        }
+        if let Some(memory) = self.memory.get() {
+            memory.release(self.reserved.replace(0));
+        }
+    }
+
+    /// Reserves request memory for a request of `declared` bytes being received (see
+    /// `request_memory.rs`): a new large one waits for room; one whose receipt has begun
+    /// only grows its reservation. Returns false when the connection should end.
+    async fn reserve_request_memory(&self, ctx: &CoreContext, declared: usize) -> bool {
+        let receiving = self.receiving.get();
+        if declared <= RECEIVE_BUFFER_IDLE_BYTES {
+            if receiving > 0 {
+                // The large request came whole: it is in flight, or answered.
+                self.receiving.set(0);
+                self.release_request_memory();
+            }
+            return true;
+        }
+        let Some(memory) = self.memory.get() else {
+            return true;
+        };
+        if receiving > 0 {
+            if declared > receiving {
+                memory.grow(declared - receiving);
+                self.reserved
+                    .set(self.reserved.get() + declared - receiving);
+                self.receiving.set(declared);
+            }
+            return true;
+        }
+        let mut waited = false;
+        while !memory.try_reserve(declared) {
+            if !waited {
+                memory.waited();
+                waited = true;
+            }
+            let freed = memory.freed();
+            let stopped = ctx.stop.notified();
+            if ctx.stopping.get() || self.writer_done.get() {
+                return false;
+            }
+            futures_lite::future::or(freed, stopped).await;
+        }
+        self.reserved.set(self.reserved.get() + declared);
+        self.receiving.set(declared);
+        true
     }
 
     /// The client's address as text, for the log ("?" when unknown).
@@ -299,6 +362,7 @@ impl Connection {
                 m.request_done(self.protocol, arrival.command, micros.into(), error)
             });
         }
+        self.release_request_memory();
         self.wake_reader.notify();
     }
 
@@ -400,16 +464,19 @@ pub async fn wait_for_room(ctx: &CoreContext, conn: &Connection) -> bool {
 }
 
 /// Reads more bytes into `buffer`, which must hold no whole request (grown to at least
-/// `wanted` bytes), once the connection may take more requests. Returns false when the
-/// connection should end: the peer left, the writer failed, or the node is stopping.
+/// `wanted` bytes), once the connection may take more requests and the node's request
+/// memory has room for the request being received, `declared` bytes as far as its headers
+/// say. Returns false when the connection should end: the peer left, the writer failed, or
+/// the node is stopping.
 pub async fn fill(
     ctx: &CoreContext,
     stream: &TcpStream,
     conn: &Connection,
     buffer: &mut ReceiveBuffer,
     wanted: usize,
+    declared: usize,
 ) -> bool {
-    if !wait_for_room(ctx, conn).await {
+    if !wait_for_room(ctx, conn).await || !conn.reserve_request_memory(ctx, declared).await {
         return false;
     }
     buffer.make_room(wanted);
@@ -537,6 +604,7 @@ pub async fn drive<F, Fut>(
     let peer = stream.peer_addr().ok();
     let auth = crate::auth::ConnAuth::new(&ctx.auth);
     let conn = Rc::new(Connection::new(encode_reply, protocol, auth, peer, tls));
+    let _ = conn.memory.set(Rc::clone(&ctx.request_memory));
     let activity: Rc<dyn crate::route::Activity> = Rc::clone(&conn) as _;
     let registration = ctx.register_connection(&stream, Rc::downgrade(&activity));
     let stream = Rc::new(stream);
@@ -558,6 +626,10 @@ pub async fn drive<F, Fut>(
     conn.finishing.set(true);
     conn.wake_writer.notify();
     writer.await;
+    // A request cut off while being received holds nothing any more; what requests still
+    // in flight hold goes back as their replies land (`finish_request`).
+    conn.receiving.set(0);
+    conn.release_request_memory();
     // Dropping the last handle on the stream closes the socket. Replies still in flight
     // (when the peer left first) land in a connection nobody reads.
     ctx.deregister_connection(registration);

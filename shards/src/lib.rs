@@ -39,6 +39,7 @@ pub mod peer_storage;
 pub mod pending;
 pub mod raft_logger;
 pub mod read_index;
+pub mod request_memory;
 pub mod resp_keyspace;
 pub mod resp_multi;
 pub mod resp_reply;

@@ -695,6 +695,8 @@ async fn read_loop(ctx: &CoreContext, stream: &TcpStream, conn: &Rc<Connection>)
     let mut discarding: Option<resp::Discard> = None;
     loop {
         let mut need_bytes = false;
+        // The size of the command being received, as far as its headers say.
+        let mut declared = 0;
         while conn.may_take_request() {
             if let Some(discard) = discarding.as_mut() {
                 match discard.advance(buffer.data()) {
@@ -738,7 +740,8 @@ async fn read_loop(ctx: &CoreContext, stream: &TcpStream, conn: &Rc<Connection>)
                         return;
                     }
                 }
-                Ok(Parsed::Incomplete) => {
+                Ok(Parsed::Incomplete { declared: d }) => {
+                    declared = d;
                     need_bytes = true;
                     break;
                 }
@@ -750,7 +753,7 @@ async fn read_loop(ctx: &CoreContext, stream: &TcpStream, conn: &Rc<Connection>)
         // to hold what is pending.
         let more = if need_bytes {
             let wanted = buffer.data().len() + 64 * 1024;
-            conn::fill(ctx, stream, conn, &mut buffer, wanted).await
+            conn::fill(ctx, stream, conn, &mut buffer, wanted, declared).await
         } else {
             conn::wait_for_room(ctx, conn).await
         };

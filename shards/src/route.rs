@@ -143,6 +143,8 @@ pub struct CoreContext {
     /// TLS on the client listeners, when configured.
     pub tls: Option<Arc<crate::tls::Tls>>,
     pub limits: crate::config::ConnectionLimits,
+    /// This core's share of `--max-request-memory`.
+    pub request_memory: Rc<crate::request_memory::RequestMemory>,
 }
 
 /// A registered connection: its socket, and what `--idle-timeout` looks at.
@@ -191,11 +193,17 @@ impl CoreContext {
             auth: Arc::new(crate::auth::Auth::off()),
             tls: None,
             limits: crate::config::ConnectionLimits::default(),
+            request_memory: Rc::new(crate::request_memory::RequestMemory::new(usize::MAX)),
         }
     }
 
-    /// Sets the limits on client connections.
+    /// Sets the limits on client connections (this core's share of the request memory:
+    /// the node's split evenly between its cores).
     pub fn with_limits(mut self, limits: crate::config::ConnectionLimits) -> Self {
+        let share = limits.max_request_memory / u64::from(self.shard_count.max(1));
+        self.request_memory = Rc::new(crate::request_memory::RequestMemory::new(
+            usize::try_from(share).unwrap_or(usize::MAX).max(1),
+        ));
         self.limits = limits;
         self
     }

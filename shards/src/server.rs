@@ -190,6 +190,7 @@ impl Gather {
                     "connections": connections.iter().sum::<usize>(),
                     "max_connections": limits.max_connections,
                     "idle_timeout_ms": limits.idle_timeout.map(|t| t.as_millis() as u64),
+                    "max_request_memory": limits.max_request_memory,
                     "core_connections": connections,
                     "shard": shards,
                 });
@@ -585,7 +586,7 @@ async fn read_loop(ctx: &Rc<CoreContext>, stream: &TcpStream, conn: &Rc<Connecti
         // At the in-flight limit, whole frames may still wait in the buffer: read no more
         // until there is room for them.
         let more = if need_bytes {
-            conn::fill(ctx, stream, conn, &mut buffer, wanted).await
+            conn::fill(ctx, stream, conn, &mut buffer, wanted, wanted).await
         } else {
             conn::wait_for_room(ctx, conn).await
         };

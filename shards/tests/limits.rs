@@ -1,7 +1,8 @@
 //! Connection limits with a real kvsd (issue 16): `--max-connections` tells one client too
 //! many so in its protocol and closes it, without disturbing the others, and takes clients
 //! again once some leave; `--idle-timeout` closes connections that stand still and keeps
-//! those that talk; both limits are in INFO.
+//! those that talk; `--max-request-memory` keeps many half-sent large requests from growing
+//! kvsd (they wait, unread) while small requests go on; every limit is in INFO.
 
 mod common;
 
@@ -122,4 +123,72 @@ fn idle_connections_are_closed_and_busy_ones_kept() {
     let (_, closed) = read_until_closed(&mut idle, Duration::from_secs(5));
     assert!(closed, "an idle connection stayed open");
     assert!(ping(&mut talking));
+}
+
+/// kvsd's resident memory, in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
+}
+
+#[test]
+fn half_sent_large_requests_wait_within_the_request_memory_and_small_ones_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with(dir.path(), 1, &["--max-request-memory", "16MiB"]);
+    let client = server.client();
+    let info: serde_json::Value = serde_json::from_str(&client.info().unwrap()).unwrap();
+    assert_eq!(info["max_request_memory"], 16u64 << 20);
+    client.put(b"warm", &vec![1u8; 1 << 20]).unwrap();
+    let before = rss(server.pid());
+
+    // 60 clients each send a PUT declaring an 8 MiB value and 2 MiB of it, then stall.
+    const CLIENTS: usize = 60;
+    const SENT: usize = 2 << 20;
+    let value = vec![7u8; 8 << 20];
+    let mut frame = Vec::new();
+    Request::Put {
+        key: b"big".to_vec(),
+        value,
+    }
+    .encode(9, &mut frame);
+    let frame = std::sync::Arc::new(frame);
+    let stalled: Vec<TcpStream> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..CLIENTS)
+            .map(|_| {
+                let frame = std::sync::Arc::clone(&frame);
+                let addr = server.addr.clone();
+                scope.spawn(move || {
+                    let mut stream = TcpStream::connect(&addr).unwrap();
+                    stream
+                        .set_write_timeout(Some(Duration::from_secs(3)))
+                        .unwrap();
+                    // Connections kvsd does not read block once the socket buffers fill.
+                    let _ = stream.write_all(&frame[..SENT]);
+                    stream
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let grown = rss(server.pid()).saturating_sub(before);
+    // Unbounded, the 60 receive buffers would hold 120 MiB; the budget lets two requests of
+    // 8 MiB be received at a time.
+    assert!(
+        grown < 48 << 20,
+        "kvsd grew by {} MiB with {CLIENTS} half-sent large requests",
+        grown >> 20
+    );
+    // Small requests do not wait for the budget.
+    let other = server.client();
+    other.put(b"small", b"1").unwrap();
+    assert_eq!(other.get(b"small").unwrap(), Some(b"1".to_vec()));
+    // Once the stalled clients leave, their reservations go back: a large request goes.
+    drop(stalled);
+    std::thread::sleep(Duration::from_millis(200));
+    let large = vec![3u8; 8 << 20];
+    other.put(b"large", &large).unwrap();
+    assert_eq!(other.get(b"large").unwrap().map(|v| v.len()), Some(8 << 20));
 }

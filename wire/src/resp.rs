@@ -20,8 +20,9 @@ pub const RESP_DISCARD_SIZE_MAX: usize = 512 * 1024 * 1024;
 /// What the front of a buffer holds.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Parsed {
-    /// More bytes are needed.
-    Incomplete,
+    /// More bytes are needed: the command has at least `declared` bytes, as far as the
+    /// headers received so far say.
+    Incomplete { declared: usize },
     /// A whole command of `len` bytes; `args` is empty for a blank inline line.
     Command { args: Vec<Vec<u8>>, len: usize },
     /// A command with a bulk string of `len` bytes, over [`RESP_BULK_SIZE_MAX`]: the first
@@ -111,11 +112,15 @@ fn parse_number(line: &[u8], what: &str) -> Result<i64, RespError> {
 /// Parses the command at the front of `buf`. Never panics, whatever the bytes.
 pub fn parse_command(buf: &[u8]) -> Result<Parsed, RespError> {
     if buf.is_empty() {
-        return Ok(Parsed::Incomplete);
+        return Ok(Parsed::Incomplete {
+            declared: buf.len() + 1,
+        });
     }
     if buf[0] != b'*' {
         let Some(end) = find_line(buf, 0)? else {
-            return Ok(Parsed::Incomplete);
+            return Ok(Parsed::Incomplete {
+                declared: buf.len() + 1,
+            });
         };
         let line = buf[..end].strip_suffix(b"\r").unwrap_or(&buf[..end]);
         let args = line
@@ -126,7 +131,9 @@ pub fn parse_command(buf: &[u8]) -> Result<Parsed, RespError> {
         return Ok(Parsed::Command { args, len: end + 1 });
     }
     let Some(end) = find_line(buf, 0)? else {
-        return Ok(Parsed::Incomplete);
+        return Ok(Parsed::Incomplete {
+            declared: buf.len() + 1,
+        });
     };
     let header = buf
         .get(1..end)
@@ -141,7 +148,9 @@ pub fn parse_command(buf: &[u8]) -> Result<Parsed, RespError> {
     let mut args = Vec::with_capacity(count.min(1024));
     for arg in 0..count {
         if at >= buf.len() {
-            return Ok(Parsed::Incomplete);
+            return Ok(Parsed::Incomplete {
+                declared: buf.len() + 1,
+            });
         }
         if buf[at] != b'$' {
             return Err(RespError(format!(
@@ -150,7 +159,9 @@ pub fn parse_command(buf: &[u8]) -> Result<Parsed, RespError> {
             )));
         }
         let Some(end) = find_line(buf, at)? else {
-            return Ok(Parsed::Incomplete);
+            return Ok(Parsed::Incomplete {
+                declared: buf.len() + 1,
+            });
         };
         let header = buf
             .get(at + 1..end)
@@ -173,7 +184,7 @@ pub fn parse_command(buf: &[u8]) -> Result<Parsed, RespError> {
         let start = end + 1;
         let stop = start + len as usize;
         if buf.len() < stop + 2 {
-            return Ok(Parsed::Incomplete);
+            return Ok(Parsed::Incomplete { declared: stop + 2 });
         }
         if &buf[stop..stop + 2] != b"\r\n" {
             return Err(RespError("bulk string not followed by CRLF".into()));
@@ -340,11 +351,13 @@ mod tests {
         let mut bytes = Vec::new();
         command(&mut bytes, &[b"SET", b"k", b"v\r\nwith crlf"]);
         for cut in 0..bytes.len() {
-            assert_eq!(
-                parse_command(&bytes[..cut]),
-                Ok(Parsed::Incomplete),
-                "cut at {cut}"
-            );
+            // What an incomplete command declares is more than it has, never more than it is.
+            match parse_command(&bytes[..cut]) {
+                Ok(Parsed::Incomplete { declared }) => {
+                    assert!(declared > cut && declared <= bytes.len(), "cut at {cut}")
+                }
+                other => panic!("cut at {cut}: {other:?}"),
+            }
         }
         let Parsed::Command { args, len } = parse_command(&bytes).unwrap() else {
             panic!()
