@@ -462,8 +462,14 @@ impl Scrape {
         gauge(
             family,
             "kvs_buffer_pool_capacity_pages",
-            "Pages the shard's buffer pool may hold.",
+            "Pages the shard's buffer pool may hold (its memory budget over what a page costs).",
             |i| i.cache_capacity_pages as f64,
+        )?;
+        gauge(
+            family,
+            "kvs_buffer_pool_memory_bytes",
+            "What the shard's resident pages take in memory, as last measured.",
+            |i| i.cache_memory_bytes as f64,
         )?;
         gauge(
             family,

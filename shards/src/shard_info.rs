@@ -33,6 +33,7 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
             hot_cache_misses: store.hot_misses,
             hinted_writes: store.hinted_writes,
             cache_capacity_pages: store.cache_capacity_pages,
+            cache_memory_bytes: store.cache_memory_bytes,
             dirty_pages: store.dirty_pages,
             page_file_pages: store.page_count,
             free_pages: store.free_pages,

@@ -161,6 +161,8 @@ pub struct ShardInfo {
     /// Writes that went straight to the leaf the hot cache named.
     pub hinted_writes: u64,
     pub cache_capacity_pages: u64,
+    /// What the resident pages take in memory (bytes), as last measured.
+    pub cache_memory_bytes: u64,
     pub dirty_pages: u64,
     pub page_file_pages: u64,
     pub free_pages: u64,

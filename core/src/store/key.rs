@@ -22,6 +22,15 @@ pub enum Key {
 }
 
 impl Key {
+    /// Bytes the key holds on the heap (a long key's allocation, rounded to the
+    /// allocator's 16-byte classes); 0 for a key held inline.
+    pub fn heap_bytes(&self) -> usize {
+        match self {
+            Key::Inline(..) => 0,
+            Key::Heap(bytes) => bytes.len().div_ceil(16) * 16,
+        }
+    }
+
     pub fn new(bytes: &[u8]) -> Key {
         if bytes.len() <= INLINE_KEY_MAX {
             let mut inline = [0; INLINE_KEY_MAX];

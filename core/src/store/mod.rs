@@ -164,6 +164,8 @@ pub struct StoreStats {
     pub cached_pages: u64,
     pub dirty_pages: u64,
     pub cache_capacity_pages: u64,
+    /// What the resident pages take in memory, as last measured (`tree::State::fit_budget`).
+    pub cache_memory_bytes: u64,
     pub page_count: u64,
     pub free_pages: u64,
     pub page_reads: u64,
@@ -534,6 +536,7 @@ impl<F: LogFile> PagedStore<F> {
             cached_pages: st.frames.len() as u64,
             dirty_pages: st.dirty as u64,
             cache_capacity_pages: st.capacity as u64,
+            cache_memory_bytes: (st.frames.len() * st.page_memory) as u64,
             page_count: st.page_count,
             free_pages: st.free.len() as u64,
             page_reads: st.loads,

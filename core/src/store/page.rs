@@ -184,6 +184,33 @@ pub enum Node {
     },
 }
 
+/// Bytes a decoded node takes in memory: its vectors' capacity and what its keys and values
+/// hold on the heap (rounded to the allocator's 16-byte classes). Measured against the 4 KiB
+/// of its page: 0.6x for leaves of 1000-byte values, 1.4-1.9x for leaves of short keys and
+/// empty values (index entries), so the pool budgets by this, not by pages.
+pub fn node_memory(node: &Node) -> usize {
+    match node {
+        Node::Leaf(entries) => {
+            entries.capacity() * std::mem::size_of::<Entry>()
+                + entries
+                    .iter()
+                    .map(|e| {
+                        e.key.heap_bytes()
+                            + match &e.value {
+                                Value::Inline(v) => v.capacity().div_ceil(16) * 16,
+                                Value::Extent { .. } => 0,
+                            }
+                    })
+                    .sum::<usize>()
+        }
+        Node::Inner { keys, children } => {
+            keys.capacity() * std::mem::size_of::<Key>()
+                + keys.iter().map(Key::heap_bytes).sum::<usize>()
+                + children.capacity() * std::mem::size_of::<u64>()
+        }
+    }
+}
+
 /// Bytes a node takes on its page, header included.
 pub fn node_size(node: &Node) -> usize {
     HEADER_SIZE

@@ -763,3 +763,46 @@ fn a_retried_session_write_applies_once() {
     // Session rows are not keys: a scan of the key-value space does not see them.
     assert_eq!(block_on(store.scan(b"", None, 100)).unwrap().len(), 1);
 }
+
+/// A pool of `pages` pages (at 4 KiB each) filled with `count` entries of `key_len`-byte keys
+/// and `value_len`-byte values, then measured: its capacity in pages and the bytes a page
+/// was measured to cost.
+fn fitted_pool(pages: usize, count: u64, key_len: usize, value_len: usize) -> (usize, usize) {
+    let mut st = tree::State::new(pages);
+    for i in 0..count {
+        let n = i.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let entry = page::Entry {
+            key: key::Key::new(&key(n, key_len)),
+            version: i,
+            value: page::Value::Inline(vec![7; value_len]),
+        };
+        assert!(st.insert(entry, i + 1).is_ok(), "every page is resident");
+    }
+    st.fit_budget();
+    (st.capacity, st.page_memory)
+}
+
+#[test]
+fn the_pool_holds_as_many_pages_as_its_memory_budget_fits() {
+    // Short keys and empty values (an index's entries) cost more in memory than on disk:
+    // fewer pages fit; 1000-byte values cost less: more do, up to twice the nominal count.
+    let (index_pages, index_memory) = fitted_pool(4096, 100_000, 30, 0);
+    assert!(
+        index_memory > page::PAGE_SIZE * 5 / 4,
+        "{index_memory} bytes a page"
+    );
+    assert!(index_pages < 4096 * 4 / 5, "{index_pages} pages");
+    let (value_pages, value_memory) = fitted_pool(4096, 20_000, 16, 1000);
+    assert!(
+        value_memory < page::PAGE_SIZE,
+        "{value_memory} bytes a page"
+    );
+    assert!(
+        value_pages > 4096 && value_pages <= 8192,
+        "{value_pages} pages"
+    );
+    // Whatever the entries, pages times their cost stays within the budget.
+    for (pages, memory) in [(index_pages, index_memory), (value_pages, value_memory)] {
+        assert!(pages * memory <= 4096 * page::PAGE_SIZE);
+    }
+}

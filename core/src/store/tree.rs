@@ -14,7 +14,16 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::hot::{IdMap, Place};
 
-use super::page::{node_size, Entry, Key, Node, PAGE_SIZE, UNDERFLOW_BYTES};
+use super::page::{node_memory, node_size, Entry, Key, Node, PAGE_SIZE, UNDERFLOW_BYTES};
+
+/// Pages sampled to measure what a resident page costs in memory.
+const POOL_SAMPLE: usize = 256;
+/// The pool measures its pages again after this many calls to make room.
+const POOL_MEASURE_EVERY: u32 = 1024;
+
+/// What a resident page costs beyond its node: its frame in the map and its clock slot.
+const FRAME_OVERHEAD: usize =
+    std::mem::size_of::<(u64, Frame)>() - std::mem::size_of::<Node>() + std::mem::size_of::<u64>();
 
 /// A page the operation needs that is not in the pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,7 +43,14 @@ pub struct State {
     pub frames: IdMap<Frame>,
     clock: Vec<u64>,
     hand: usize,
+    /// Pages the pool holds: its memory budget over what a resident page was last
+    /// measured to cost ([`State::fit_budget`]).
     pub capacity: usize,
+    /// The pool's memory budget, in bytes.
+    pub budget_bytes: usize,
+    /// What a resident page costs in memory, as last measured (bytes).
+    pub page_memory: usize,
+    room_calls: u32,
     pub dirty: usize,
     /// Pages being read, and whether their id was handed out again meanwhile (the read then
     /// returns old bytes and must be dropped).
@@ -101,6 +117,9 @@ impl State {
             clock: Vec::new(),
             hand: 0,
             capacity: capacity.max(16),
+            budget_bytes: capacity.max(16) * PAGE_SIZE,
+            page_memory: PAGE_SIZE,
+            room_calls: 0,
             dirty: 0,
             loading: IdMap::default(),
             root: 0,
@@ -201,6 +220,10 @@ impl State {
     /// stay until a checkpoint writes them; if every page is dirty or pinned the pool runs
     /// over its budget and the store asks for a checkpoint.
     pub fn make_room(&mut self) {
+        self.room_calls = self.room_calls.wrapping_add(1);
+        if self.room_calls.is_multiple_of(POOL_MEASURE_EVERY) {
+            self.fit_budget();
+        }
         let mut budget = self.clock.len() * 2 + 2;
         while self.frames.len() > self.capacity && budget > 0 && !self.clock.is_empty() {
             budget -= 1;
@@ -237,6 +260,35 @@ impl State {
             self.clock.dedup();
             self.hand = 0;
         }
+    }
+
+    /// Sets how many pages the pool holds so that their memory fits its budget: measures a
+    /// sample of resident pages (their decoded entries, keys and values, and the frame) and
+    /// divides. A page costs 0.6-1.9 times its 4 KiB in memory depending on its entries, so
+    /// a count of pages alone let the soak's pool (documents and an index) hold ~170 MiB
+    /// more than `--cache-size` (docs/benchmarks.md). At most twice the pages the budget
+    /// holds at 4 KiB each, and never fewer than 16.
+    pub fn fit_budget(&mut self) {
+        let sample = self.clock.len().min(POOL_SAMPLE);
+        if sample == 0 {
+            return;
+        }
+        let step = self.clock.len() / sample;
+        let offset = self.room_calls as usize;
+        let (mut bytes, mut seen) = (0, 0);
+        for i in 0..sample {
+            let id = self.clock[(i * step + offset) % self.clock.len()];
+            if let Some(frame) = self.frames.get(&id) {
+                bytes += node_memory(&frame.node) + FRAME_OVERHEAD;
+                seen += 1;
+            }
+        }
+        if seen == 0 {
+            return;
+        }
+        self.page_memory = (bytes / seen).max(1);
+        let nominal = self.budget_bytes / PAGE_SIZE;
+        self.capacity = (self.budget_bytes / self.page_memory).clamp(16, nominal.max(16) * 2);
     }
 
     // ---- the allocator ----
