@@ -37,6 +37,9 @@ pub const OUTPUT_HARD_LIMIT_BYTES: usize = 256 * 1024 * 1024;
 const SEND_BUFFER_KEPT_BYTES: usize = 64 * 1024;
 /// The reply size a connection's reader assumes before its first reply.
 const REPLY_BYTES_ASSUMED: usize = 16 * 1024;
+/// The largest request a connection may send before it authenticates (when the node asks
+/// for authentication): AUTH's frames are far smaller.
+const UNAUTHENTICATED_REQUEST_MAX: usize = 64 * 1024;
 const _: () = assert!(OUTPUT_PAUSE_BYTES < OUTPUT_HARD_LIMIT_BYTES);
 const _: () = assert!(RECEIVE_BUFFER_IDLE_BYTES >= kvs_wire::limits::FRAME_HEADER_SIZE);
 
@@ -85,12 +88,13 @@ pub struct Connection {
     protocol: Protocol,
     /// The requests in flight, oldest first, for their metrics (see [`Arrival`]).
     arrivals: RefCell<VecDeque<Arrival>>,
-    /// Its core's share of `--max-request-memory` (`request_memory.rs`), set by `drive`;
-    /// what this connection holds of it, and how much of that is for the large request
-    /// being received (0: none).
+    /// Its core's share of `--max-request-memory` (`request_memory.rs`), set by `drive`,
+    /// and what is reserved of it for the large request being received (0: none). Once
+    /// the request is whole its reservation goes with it ([`Arrival`]) until it is answered.
     memory: std::cell::OnceCell<Rc<crate::request_memory::RequestMemory>>,
-    reserved: Cell<usize>,
     receiving: Cell<usize>,
+    /// The reader waits for request memory (then the connection is not idle).
+    waiting_for_memory: Cell<bool>,
 }
 
 /// A request in flight: its id (the native request id, or the RESP sequence number), the
@@ -100,6 +104,8 @@ struct Arrival {
     id: u64,
     at: u32,
     command: u8,
+    /// Request memory reserved for it, given back when it is answered.
+    reserved: u32,
 }
 
 impl Deliver for Connection {
@@ -141,19 +147,15 @@ impl Connection {
             protocol,
             arrivals: RefCell::new(VecDeque::new()),
             memory: std::cell::OnceCell::new(),
-            reserved: Cell::new(0),
             receiving: Cell::new(0),
+            waiting_for_memory: Cell::new(false),
         }
     }
 
-    /// Gives back the connection's reservation of request memory once it needs none: no
-    /// request in flight and no large one being received.
-    fn release_request_memory(&self) {
-        if self.reserved.get() == 0 || self.in_flight.get() > 0 || self.receiving.get() > 0 {
-            return;
-        }
-        if let Some(memory) = self.memory.get() {
-            memory.release(self.reserved.replace(0));
+    /// Gives back `bytes` of request memory.
+    fn release_request_memory(&self, bytes: usize) {
+        if let (true, Some(memory)) = (bytes > 0, self.memory.get()) {
+            memory.release(bytes);
         }
     }
 
@@ -163,11 +165,8 @@ impl Connection {
     async fn reserve_request_memory(&self, ctx: &CoreContext, declared: usize) -> bool {
         let receiving = self.receiving.get();
         if declared <= RECEIVE_BUFFER_IDLE_BYTES {
-            if receiving > 0 {
-                // The large request came whole: it is in flight, or answered.
-                self.receiving.set(0);
-                self.release_request_memory();
-            }
+            // A large request left unfinished (a RESP argument over its limit, read past).
+            self.release_request_memory(self.receiving.replace(0));
             return true;
         }
         let Some(memory) = self.memory.get() else {
@@ -176,11 +175,19 @@ impl Connection {
         if receiving > 0 {
             if declared > receiving {
                 memory.grow(declared - receiving);
-                self.reserved
-                    .set(self.reserved.get() + declared - receiving);
                 self.receiving.set(declared);
             }
             return true;
+        }
+        if self.auth.role().is_none() && declared > UNAUTHENTICATED_REQUEST_MAX {
+            // Nothing but AUTH is taken before a login, and AUTH is small: a large request
+            // from a stranger would only hold memory others need.
+            tracing::warn!(
+                peer = self.peer_name(),
+                declared,
+                "closing an unauthenticated connection that sent a large request"
+            );
+            return false;
         }
         let mut waited = false;
         while !memory.try_reserve(declared) {
@@ -190,12 +197,15 @@ impl Connection {
             }
             let freed = memory.freed();
             let stopped = ctx.stop.notified();
+            let ending = self.wake_reader.notified();
             if ctx.stopping.get() || self.writer_done.get() {
+                self.waiting_for_memory.set(false);
                 return false;
             }
-            futures_lite::future::or(freed, stopped).await;
+            self.waiting_for_memory.set(true);
+            futures_lite::future::or(freed, futures_lite::future::or(stopped, ending)).await;
         }
-        self.reserved.set(self.reserved.get() + declared);
+        self.waiting_for_memory.set(false);
         self.receiving.set(declared);
         true
     }
@@ -214,10 +224,13 @@ impl Connection {
     /// answered exactly once with `respond_with` or `respond_in_order`, under its id.
     pub fn start_request(&self, id: u64, command: u8) {
         self.in_flight.set(self.in_flight.get() + 1);
+        // A request whole in the buffer takes the reservation made while it arrived.
+        let reserved = self.receiving.replace(0);
         self.arrivals.borrow_mut().push_back(Arrival {
             id,
             at: crate::runtime::round_micros(),
             command,
+            reserved: u32::try_from(reserved).expect("a request is under 4 GiB"),
         });
     }
 
@@ -361,8 +374,8 @@ impl Connection {
             metrics::with_current(|m| {
                 m.request_done(self.protocol, arrival.command, micros.into(), error)
             });
+            self.release_request_memory(arrival.reserved as usize);
         }
-        self.release_request_memory();
         self.wake_reader.notify();
     }
 
@@ -566,7 +579,7 @@ impl crate::route::Activity for Connection {
     }
 
     fn busy(&self) -> bool {
-        self.in_flight.get() > 0 || self.sending.get() > 0
+        self.in_flight.get() > 0 || self.sending.get() > 0 || self.waiting_for_memory.get()
     }
 
     fn peer(&self) -> String {
@@ -628,8 +641,7 @@ pub async fn drive<F, Fut>(
     writer.await;
     // A request cut off while being received holds nothing any more; what requests still
     // in flight hold goes back as their replies land (`finish_request`).
-    conn.receiving.set(0);
-    conn.release_request_memory();
+    conn.release_request_memory(conn.receiving.replace(0));
     // Dropping the last handle on the stream closes the socket. Replies still in flight
     // (when the peer left first) land in a connection nobody reads.
     ctx.deregister_connection(registration);

@@ -6,7 +6,9 @@
 //! the request's declared size from its core's share; while the share is spent it waits,
 //! reading nothing (TCP pushes back on the client), until other requests are answered. The
 //! reservation is held while the request is received and then in flight, and given back
-//! once the connection has nothing in flight and receives no large request. Two rules keep
+//! when that request is answered (`conn.rs`: it travels with the request's arrival record).
+//! Before a login (with `--auth required`) a request over 64 KiB closes the connection
+//! instead: nothing but the small AUTH is taken then. Two rules keep
 //! it from ever deadlocking: a request whose receipt has begun always finishes (it may grow
 //! past its reservation as a RESP command's later arguments declare their sizes), and a core
 //! with nothing reserved takes any request, so one larger than the share still goes alone.

@@ -329,3 +329,45 @@ fn an_unauthenticated_listener_beyond_loopback_is_refused() {
     }
     assert!(!dir.path().join("data").exists(), "nothing was created");
 }
+
+#[test]
+fn a_large_request_before_a_login_closes_the_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _) = secured(dir.path());
+    // A PUT declaring a 1 MiB value from a stranger: closed at its header, nothing held.
+    let mut frame = Vec::new();
+    Request::Put {
+        key: b"k".to_vec(),
+        value: vec![0; 1 << 20],
+    }
+    .encode(1, &mut frame);
+    let mut stranger = TcpStream::connect(&server.addr).unwrap();
+    stranger.write_all(&frame[..4096]).unwrap();
+    stranger
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    let read = stranger.read(&mut byte);
+    assert!(
+        matches!(&read, Ok(0))
+            || read
+                .as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+        "an unauthenticated large request was taken: {read:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !server
+        .stderr()
+        .contains("closing an unauthenticated connection that sent a large request")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "not logged:\n{}",
+            server.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A logged-in client sends the same.
+    let writer = login(&server, "writer", "writer-pw").unwrap();
+    writer.put(b"k", &vec![0; 1 << 20]).unwrap();
+}
