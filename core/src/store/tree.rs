@@ -267,7 +267,7 @@ impl State {
     /// divides. A page costs 0.6-1.9 times its 4 KiB in memory depending on its entries, so
     /// a count of pages alone let the soak's pool (documents and an index) hold ~170 MiB
     /// more than `--cache-size` (docs/benchmarks.md). At most twice the pages the budget
-    /// holds at 4 KiB each, and never fewer than 16.
+    /// holds at 4 KiB each, never fewer than 16, and an eighth more or less per measure.
     pub fn fit_budget(&mut self) {
         let sample = self.clock.len().min(POOL_SAMPLE);
         if sample == 0 {
@@ -288,7 +288,12 @@ impl State {
         }
         self.page_memory = (bytes / seen).max(1);
         let nominal = self.budget_bytes / PAGE_SIZE;
-        self.capacity = (self.budget_bytes / self.page_memory).clamp(16, nominal.max(16) * 2);
+        let fitted = (self.budget_bytes / self.page_memory).clamp(16, nominal.max(16) * 2);
+        // An eighth at a time: a sample that swings (the mix of pages changing) moves the
+        // pool gradually, not by half in one step, which would evict at once and, with
+        // dirty pages over the lowered thresholds, stall writes behind a checkpoint.
+        let step = (self.capacity / 8).max(1);
+        self.capacity = fitted.clamp(self.capacity.saturating_sub(step), self.capacity + step);
     }
 
     // ---- the allocator ----
