@@ -90,6 +90,12 @@ fn one_client_too_many_is_told_so_and_the_others_go_on() {
     let (got, closed) = read_until_closed(&mut fifth, Duration::from_secs(5));
     assert!(closed);
     assert!(String::from_utf8_lossy(&got).starts_with("-ERR max number of clients reached"));
+    // The library client names the reason too.
+    let refused = kvs_wire::Client::connect(&server.addr).and_then(|c| c.ping());
+    let error = refused
+        .expect_err("a client over the limit was served")
+        .to_string();
+    assert!(error.contains("max number of clients"), "{error}");
     // The three go on.
     assert!(ping(&mut second));
     first.put(b"k", b"v").unwrap();

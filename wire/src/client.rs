@@ -43,7 +43,7 @@ use crate::message::{DecodeError, ErrorCode, Request, Response};
 use crate::routes::Routes;
 use crate::session::Session;
 use crate::tls::{Link, TlsOptions};
-use serde_json::{json, Value as JsonValue};
+use serde_json::Value as JsonValue;
 
 /// Connection settings.
 #[derive(Debug, Clone)]
@@ -128,6 +128,8 @@ struct Connection {
     /// Requests in flight. `None` once the connection is broken: no request may be added then.
     pending: Mutex<Option<HashMap<u64, ReplySender>>>,
     broken: AtomicBool,
+    /// Why it broke, once it did.
+    reason: Mutex<String>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -171,6 +173,7 @@ impl Connection {
             link,
             pending: Mutex::new(Some(HashMap::new())),
             broken: AtomicBool::new(false),
+            reason: Mutex::new(String::new()),
         });
         let for_reader = Arc::clone(&connection);
         std::thread::Builder::new()
@@ -262,9 +265,19 @@ impl Connection {
                         let sender = lock(&self.pending)
                             .as_mut()
                             .and_then(|pending| pending.remove(&header.request_id));
-                        // A reply nobody waits for belongs to a request that timed out.
-                        if let Some(sender) = sender {
-                            let _ = sender.send(reply);
+                        // A reply nobody waits for belongs to a request that timed out; one
+                        // to request 0 (never sent) says why the server closes the connection.
+                        match (sender, reply) {
+                            (Some(sender), reply) => drop(sender.send(reply)),
+                            (None, Ok(Response::Error { message, .. }))
+                                if header.request_id == 0 =>
+                            {
+                                return (
+                                    format!("the server closed the connection: {message}"),
+                                    false,
+                                )
+                            }
+                            _ => {}
                         }
                         start += len;
                     }
@@ -289,6 +302,7 @@ impl Connection {
     /// Marks the connection broken and fails every request in flight; `refused`: as a
     /// protocol error, which is not retried.
     fn fail(&self, reason: &str, refused: bool) {
+        *lock(&self.reason) = reason.to_string();
         self.broken.store(true, Ordering::SeqCst);
         let _ = self.stream.shutdown(Shutdown::Both);
         for (_, sender) in lock(&self.pending).take().into_iter().flatten() {
@@ -342,7 +356,9 @@ impl Pending {
 
 struct State {
     connection: Option<Arc<Connection>>,
+    /// When the last connection broke or could not be made, and why.
     last_failure: Option<Instant>,
+    last_reason: String,
     /// The address in `Client::addrs` to try first.
     current: usize,
 }
@@ -407,6 +423,7 @@ impl Client {
             state: Mutex::new(State {
                 connection: Some(connection),
                 last_failure: None,
+                last_reason: String::new(),
                 current,
             }),
             next_request_id: AtomicU64::new(1),
@@ -443,14 +460,17 @@ impl Client {
             if !connection.broken.load(Ordering::SeqCst) {
                 return Ok(Arc::clone(connection));
             }
+            let reason = lock(&connection.reason).clone();
+            state.last_reason = reason;
             state.connection = None;
             state.last_failure = Some(Instant::now());
         }
         if let Some(at) = state.last_failure {
             if at.elapsed() < self.options.reconnect_backoff {
-                return Err(ClientError::Disconnected(
-                    "not connected; reconnecting soon".into(),
-                ));
+                return Err(ClientError::Disconnected(format!(
+                    "not connected ({}); reconnecting soon",
+                    state.last_reason
+                )));
             }
         }
         // The node that went away is tried last.
@@ -860,132 +880,6 @@ impl Client {
                 .map_err(|e| ClientError::Protocol(format!("document reply is not JSON: {e}"))),
             other => Err(Self::unexpected(other)),
         }
-    }
-
-    /// Inserts documents into `coll`; returns their `_id`s in order (generated for those
-    /// without one).
-    pub fn insert(&self, coll: &str, docs: &[JsonValue]) -> Result<Vec<JsonValue>, ClientError> {
-        documents::insert(&|c| self.document(c), coll, docs)
-    }
-
-    /// Every document `query` selects, reading page after page. `query` holds the find
-    /// command's options: `filter`, `sort`, `skip`, `limit`, `projection`, `batchSize`.
-    pub fn find(&self, coll: &str, query: &JsonValue) -> Result<Vec<JsonValue>, ClientError> {
-        let mut out = Vec::new();
-        self.find_each(coll, query, |doc| {
-            out.push(doc);
-            Ok(())
-        })?;
-        Ok(out)
-    }
-
-    /// Like [`Client::find`], handing each document to `each` as its page arrives.
-    pub fn find_each(
-        &self,
-        coll: &str,
-        query: &JsonValue,
-        each: impl FnMut(JsonValue) -> Result<(), ClientError>,
-    ) -> Result<(), ClientError> {
-        documents::find_each(&|c| self.document(c), coll, query, each)
-    }
-
-    /// Counts the documents of `coll` the filter matches.
-    pub fn count(&self, coll: &str, filter: &JsonValue) -> Result<u64, ClientError> {
-        documents::count(&|c| self.document(c), coll, filter)
-    }
-
-    /// Updates the first (or, with `multi`, every) matching document; with `upsert`,
-    /// inserts one when none matches. Returns the reply: `matched`, `modified` and, after
-    /// an upsert, `upserted` (the new `_id`).
-    pub fn update(
-        &self,
-        coll: &str,
-        filter: &JsonValue,
-        update: &JsonValue,
-        upsert: bool,
-        multi: bool,
-    ) -> Result<JsonValue, ClientError> {
-        self.document(&documents::update_command(
-            coll, filter, update, upsert, multi,
-        ))
-    }
-
-    /// Deletes the first (or, with `multi`, every) matching document; returns how many.
-    pub fn remove(&self, coll: &str, filter: &JsonValue, multi: bool) -> Result<u64, ClientError> {
-        documents::remove(&|c| self.document(c), coll, filter, multi)
-    }
-
-    /// Runs an aggregation pipeline; returns its documents.
-    pub fn aggregate(
-        &self,
-        coll: &str,
-        pipeline: &JsonValue,
-    ) -> Result<Vec<JsonValue>, ClientError> {
-        documents::aggregate(&|c| self.document(c), coll, pipeline)
-    }
-
-    /// Creates an index (`key` like `{"age": 1}`) and waits until it is built; returns
-    /// its name.
-    pub fn create_index(
-        &self,
-        coll: &str,
-        key: &JsonValue,
-        name: Option<&str>,
-        unique: bool,
-    ) -> Result<String, ClientError> {
-        let mut command = json!({"createIndex": coll, "key": key, "unique": unique});
-        if let Some(name) = name {
-            command["name"] = json!(name);
-        }
-        let reply = self.document(&command)?;
-        match reply["name"].as_str() {
-            Some(name) => Ok(name.to_string()),
-            None => Err(ClientError::Protocol(format!("createIndex reply {reply}"))),
-        }
-    }
-
-    pub fn drop_index(&self, coll: &str, name: &str) -> Result<(), ClientError> {
-        self.document(&json!({"dropIndex": coll, "name": name}))
-            .map(|_| ())
-    }
-
-    /// The indexes of `coll`, `_id_` first.
-    pub fn list_indexes(&self, coll: &str) -> Result<Vec<JsonValue>, ClientError> {
-        let mut reply = self.document(&json!({"listIndexes": coll}))?;
-        match reply["indexes"].take() {
-            JsonValue::Array(indexes) => Ok(indexes),
-            _ => Err(ClientError::Protocol(format!("listIndexes reply {reply}"))),
-        }
-    }
-
-    /// How each shard would run the query, and what it examined running it.
-    pub fn explain(&self, coll: &str, query: &JsonValue) -> Result<JsonValue, ClientError> {
-        let mut command = json!({"explain": coll});
-        if let (Some(fields), Some(options)) = (command.as_object_mut(), query.as_object()) {
-            for (k, v) in options {
-                fields.insert(k.clone(), v.clone());
-            }
-        }
-        self.document(&command)
-    }
-
-    pub fn collections(&self) -> Result<Vec<String>, ClientError> {
-        let reply = self.document(&json!({"listCollections": 1}))?;
-        Ok(reply["collections"]
-            .as_array()
-            .map(|names| {
-                names
-                    .iter()
-                    .filter_map(|n| n.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default())
-    }
-
-    /// Drops a collection; returns whether it existed.
-    pub fn drop_collection(&self, coll: &str) -> Result<bool, ClientError> {
-        let reply = self.document(&json!({"drop": coll}))?;
-        Ok(reply["dropped"].as_bool().unwrap_or(false))
     }
 }
 

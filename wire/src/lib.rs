@@ -25,6 +25,7 @@
 pub mod auth;
 pub mod backup;
 pub mod client;
+mod client_documents;
 pub mod documents;
 pub mod error_code;
 pub mod frame;
