@@ -560,19 +560,21 @@ pub async fn answer_hello(
         }
     };
     let secrets = links.security.secrets();
+    // What the proofs of both sides cover (check_hello refuses what is not a hello).
+    let (dialer, dialer_nonce) = match &hello {
+        PeerFrame::Hello { node_id, nonce, .. } => (*node_id, nonce.as_slice()),
+        _ => (0, &[][..]),
+    };
     let my_nonce = nonce();
+    let start = LinkStart {
+        dialer,
+        dialer_nonce,
+        answerer: links.local.node_id,
+        answerer_nonce: &my_nonce,
+    };
     let mut out = Vec::new();
     let core = match links.check_hello(&hello) {
         Ok(core) => {
-            let PeerFrame::Hello { node_id, nonce, .. } = &hello else {
-                unreachable!("check_hello takes only a hello");
-            };
-            let start = LinkStart {
-                dialer: *node_id,
-                dialer_nonce: nonce,
-                answerer: links.local.node_id,
-                answerer_nonce: &my_nonce,
-            };
             let proof = secrets
                 .as_deref()
                 .map_or_else(Vec::new, |s| s.prove(Side::Answering, start));
@@ -596,13 +598,7 @@ pub async fn answer_hello(
         .await
         .ok()?;
     let core = core?;
-    if let (Some(secrets), PeerFrame::Hello { node_id, nonce, .. }) = (secrets, &hello) {
-        let start = LinkStart {
-            dialer: *node_id,
-            dialer_nonce: nonce,
-            answerer: links.local.node_id,
-            answerer_nonce: &my_nonce,
-        };
+    if let Some(secrets) = secrets {
         let answer = with_timeout(
             HANDSHAKE_TIMEOUT,
             read_frame(&stream, &mut buffer, &mut filled),
@@ -613,13 +609,13 @@ pub async fn answer_hello(
             Ok(_) => {
                 tracing::warn!(
                     ?from,
-                    node = node_id,
+                    node = dialer,
                     "peer link refused: the caller did not prove the cluster secret"
                 );
                 return None;
             }
             Err(error) => {
-                tracing::warn!(?from, node = node_id, %error, "peer link closed before its proof of the cluster secret");
+                tracing::warn!(?from, node = dialer, %error, "peer link closed before its proof of the cluster secret");
                 return None;
             }
         }
