@@ -114,26 +114,23 @@ mod tests {
             .unwrap()
             .into();
         while client.is_handshaking() || server.is_handshaking() {
-            let mut bytes = Vec::new();
-            while client.wants_write() {
-                client.write_tls(&mut bytes).unwrap();
-            }
-            let mut at = 0;
-            while at < bytes.len() {
-                at += server.read_tls(&mut &bytes[at..]).unwrap();
-                server.process_new_packets().unwrap();
-            }
-            let mut bytes = Vec::new();
-            while server.wants_write() {
-                server.write_tls(&mut bytes).unwrap();
-            }
-            let mut at = 0;
-            while at < bytes.len() {
-                at += client.read_tls(&mut &bytes[at..]).unwrap();
-                client.process_new_packets().unwrap();
-            }
+            pump(&mut client, &mut server);
+            pump(&mut server, &mut client);
         }
         (client, server)
+    }
+
+    /// Hands every record `from` has to send to `to`.
+    fn pump(from: &mut rustls::Connection, to: &mut rustls::Connection) {
+        let mut bytes = Vec::new();
+        while from.wants_write() {
+            from.write_tls(&mut bytes).unwrap();
+        }
+        let mut at = 0;
+        while at < bytes.len() {
+            at += to.read_tls(&mut &bytes[at..]).unwrap();
+            to.process_new_packets().unwrap();
+        }
     }
 
     /// The records of runs of 16 KiB each followed by 40 runs of 90 bytes, every run its
