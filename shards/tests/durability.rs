@@ -248,8 +248,8 @@ fn a_listening_port_belongs_to_one_process() {
 }
 
 /// The production write path (not the simulator) syncs every commit group: the ring counts
-/// the linked fdatasyncs it saw complete, and there are never fewer than the groups the log
-/// wrote (and acknowledged). Remove the sync from the commit and this fails — as does the
+/// the commit-group writes it saw complete with `RWF_DSYNC` (durable when they complete), and
+/// there are never fewer than the groups the log wrote (and acknowledged). Remove the sync from the commit and this fails — as does the
 /// log's own check, which stops the shard.
 #[test]
 fn every_acknowledged_commit_group_was_fdatasynced_on_the_ring() {

@@ -736,28 +736,6 @@ impl Op {
         })
     }
 
-    /// Queues `first` and then `second`, linked (the second starts once the first succeeded,
-    /// and is cancelled if it failed). `keep` stays with the first until it completes.
-    pub(crate) fn submit_linked(
-        keep: Box<dyn Any>,
-        first: squeue::Entry,
-        second: squeue::Entry,
-    ) -> (Op, Op) {
-        with_core(|core| {
-            let (a, b) = {
-                let mut ops = core.ops.borrow_mut();
-                let a = ops.insert(OpSlot::new(None, Some(keep), false));
-                let b = ops.insert(OpSlot::new(None, None, false));
-                (a, b)
-            };
-            core.push_entries(&[
-                first.flags(squeue::Flags::IO_LINK).user_data(a as u64),
-                second.user_data(b as u64),
-            ]);
-            (Op { id: Some(a) }, Op { id: Some(b) })
-        })
-    }
-
     /// The completion's result and the slot (with what it kept), once the kernel is done.
     fn poll_done(&mut self, cx: &mut Context<'_>) -> Poll<(i32, OpSlot)> {
         let id = self.id.expect("an Op is not polled after it completed");
