@@ -243,6 +243,11 @@ impl Connection {
         sequence
     }
 
+    /// Whether every ordered request before `sequence` has been answered (its reply queued).
+    pub fn answered_before(&self, sequence: u64) -> bool {
+        self.next_to_write.get() == sequence
+    }
+
     pub fn in_flight(&self) -> usize {
         self.in_flight.get()
     }

@@ -28,7 +28,7 @@ use crate::resp_keyspace::{delete_all, glob_match, matching_keys, NodeFigures};
 use crate::resp_reply::{encode_reply, null, RespGather, RespGatherKind, RespRender};
 use crate::route::{split_by_shard, CoreContext, Deliver, Target};
 use crate::runtime::TcpStream;
-use crate::shard::ShardOp;
+use crate::shard::{ShardOp, ShardReply};
 use crate::spread::ConnectionSlot;
 
 /// SCAN's COUNT when none is given (Redis's default).
@@ -326,8 +326,17 @@ async fn execute(
                     _ => RespRender::Type,
                 };
                 let key = args.into_iter().next().unwrap_or_default();
-                ctx.send(shard_of(&key), ShardOp::Get { key }, single(render))
-                    .await;
+                let shard = shard_of(&key);
+                // Nothing of this connection's is still in flight, so the shard's state now
+                // holds every write it sent before this read: answered here when the shard
+                // allows it, without the trip through its queue (ADR 0029).
+                if conn.answered_before(sequence) {
+                    if let Some(found) = ctx.read_here(shard, &key) {
+                        single(render).deliver(ShardReply::Value(found));
+                        return After::Continue;
+                    }
+                }
+                ctx.send(shard, ShardOp::Get { key }, single(render)).await;
                 return After::Continue;
             }
         }

@@ -27,6 +27,16 @@ pub trait Deliver {
     fn deliver(self: Rc<Self>, tag: u64, aux: u32, reply: ShardReply);
 }
 
+/// Point reads a connection may answer from this core's shard itself, without queueing
+/// them for the shard loop (ADR 0029). Set only on a node that is not in a cluster, once
+/// the shard has recovered.
+pub trait LocalReads {
+    /// The value of `key` (None inside: not found) from the applied state, or None when the
+    /// read must go through the shard's queue: its pages are not cached, or a command is
+    /// half applied.
+    fn try_get(&self, key: &[u8]) -> Option<Option<kvs_core::state::Versioned>>;
+}
+
 /// Where a shard's reply goes on the core that asked.
 pub struct Target {
     to: Rc<dyn Deliver>,
@@ -145,6 +155,8 @@ pub struct CoreContext {
     pub limits: crate::config::ConnectionLimits,
     /// This core's share of `--max-request-memory`.
     pub request_memory: Rc<crate::request_memory::RequestMemory>,
+    /// Set when this core's shard answers point reads without its queue.
+    pub local_reads: std::cell::OnceCell<Rc<dyn LocalReads>>,
 }
 
 /// A registered connection: its socket, and what `--idle-timeout` looks at.
@@ -194,7 +206,19 @@ impl CoreContext {
             tls: None,
             limits: crate::config::ConnectionLimits::default(),
             request_memory: Rc::new(crate::request_memory::RequestMemory::new(usize::MAX)),
+            local_reads: std::cell::OnceCell::new(),
         }
+    }
+
+    /// Reads `key` from `shard` right here if it is this core's shard and it allows it now
+    /// ([`LocalReads`]); None: send the read through the shard's queue. The caller makes sure
+    /// its connection has no request still unanswered, so that the read sees exactly the
+    /// writes its connection sent before it.
+    pub fn read_here(&self, shard: u32, key: &[u8]) -> Option<Option<kvs_core::state::Versioned>> {
+        if shard as usize != self.core {
+            return None;
+        }
+        self.local_reads.get()?.try_get(key)
     }
 
     /// Sets the limits on client connections (this core's share of the request memory:

@@ -210,6 +210,85 @@ fn the_key_value_commands() {
     assert_eq!(c.call(&[b"QUIT"]), ok());
 }
 
+/// GETs answered by the connection from its core's shard (ADR 0029) never see an MSET half
+/// applied: with a cache far smaller than the keys, applying each MSET waits for pages in the
+/// middle of the command, while a second connection reads the same keys one by one. Every
+/// MSET writes its round number into all its keys, so reading them in the order the MSET
+/// wrote them may meet newer rounds further on, never an older one.
+#[test]
+fn reads_answered_without_the_queue_never_see_an_mset_half_applied() {
+    const KEYS: usize = 6000;
+    const ROUNDS: usize = 20;
+    let dir = tempfile::tempdir().unwrap();
+    let server = RespServer {
+        resp_addr: String::new(),
+        server: Server::start_with(
+            dir.path(),
+            1,
+            &["--resp-listen", "127.0.0.1:0", "--cache-size", "2MiB"],
+        ),
+    };
+    let resp_addr = server.server.ready_address("resp=");
+    let key = |i: usize| format!("mset:{i:05}").into_bytes();
+    let value = |round: usize| {
+        let mut v = format!("{round:08}").into_bytes();
+        v.resize(400, b'.');
+        v
+    };
+    let mset = |client: &mut RespClient, round: usize| {
+        let pairs: Vec<(Vec<u8>, Vec<u8>)> = (0..KEYS).map(|i| (key(i), value(round))).collect();
+        let mut args: Vec<&[u8]> = vec![b"MSET"];
+        for (k, v) in &pairs {
+            args.push(k);
+            args.push(v);
+        }
+        assert_eq!(client.call(&args), ok());
+    };
+    let mut writer = RespClient::connect(&resp_addr).unwrap();
+    mset(&mut writer, 0);
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (addr, done) = (resp_addr.clone(), std::sync::Arc::clone(&done));
+        std::thread::spawn(move || {
+            let mut client = RespClient::connect(&addr).unwrap();
+            let mut scans = 0;
+            let round_of = |client: &mut RespClient, i: usize| {
+                let Reply::Bulk(Some(v)) = client.call(&[b"GET", &key(i)]) else {
+                    panic!("key {i} missing");
+                };
+                std::str::from_utf8(&v[..8])
+                    .unwrap()
+                    .parse::<usize>()
+                    .unwrap()
+            };
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                // The MSET's first key, then keys it writes later: none may be older.
+                let first = round_of(&mut client, 0);
+                for i in (0..KEYS).rev().step_by(KEYS / 16) {
+                    let round = round_of(&mut client, i);
+                    assert!(
+                        round >= first,
+                        "scan {scans}: key {i} holds round {round} after the MSET's first \
+                         key held round {first}"
+                    );
+                }
+                scans += 1;
+            }
+            scans
+        })
+    };
+    for round in 1..=ROUNDS {
+        mset(&mut writer, round);
+    }
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let scans = reader.join().expect("the reader saw no MSET half applied");
+    assert!(scans > 0, "the reader scanned while the MSETs were applied");
+    assert_eq!(
+        writer.call(&[b"GET", &key(KEYS - 1)]),
+        Reply::Bulk(Some(value(ROUNDS)))
+    );
+}
+
 #[test]
 fn pipelined_replies_come_back_in_command_order_across_shards() {
     let dir = tempfile::tempdir().unwrap();

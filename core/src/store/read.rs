@@ -179,6 +179,12 @@ impl<F: LogFile> PagedStore<F> {
         Err(self.corrupt(last_error.expect("three failed attempts")))
     }
 
+    /// Whether a command is between its first and last change of the tree: a read now
+    /// could see a multi-key write half done.
+    pub fn is_applying_command(&self) -> bool {
+        self.in_command.get()
+    }
+
     /// Answers a point read from the pool alone: None when it needs the disk (a page that is
     /// not cached, or a value in an extent).
     pub fn try_get(&self, key: &[u8]) -> Option<Option<Versioned>> {
