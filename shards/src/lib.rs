@@ -5,6 +5,7 @@
 //! - [`peer`]: one shard's Raft peer over its log and state machine (sans-runtime).
 //! - [`shard`]: the shard service: batching (group commit), read ordering, replies.
 //! - [`conn`]: what every client connection shares: output, ordering, limits, shutdown.
+//! - [`local_reads`]: point reads a connection answers from its own core's shard (ADR 0029).
 //! - [`server`]: native-protocol connections, routing of requests to shards, merging.
 //! - [`documents`]: document commands: the coordinator, and the shard side of their reads.
 //! - [`resp_server`]: the Redis-protocol (RESP2) listener for the key-value subset.
@@ -26,6 +27,7 @@ pub mod documents;
 pub mod driver;
 pub mod lease;
 pub mod local;
+pub mod local_reads;
 pub mod lock_names;
 pub mod locks;
 pub mod log_io;

@@ -720,20 +720,6 @@ async fn idle_sweeper(ctx: Rc<CoreContext>, timeout: Duration) {
 /// Drives the shard: an event loop over arriving requests, completed group writes and Raft
 /// ticks, with no step that waits for the disk; the decisions are `driver::ShardDriver`'s.
 /// Group writes run as tasks of their own and are reported in log order.
-/// This core's shard's store, as the connections read it without the shard's queue
-/// ([`crate::route::LocalReads`]): whichever store the shard has open now.
-struct StoreReads(Rc<RefCell<Rc<Store>>>);
-
-impl crate::route::LocalReads for StoreReads {
-    fn try_get(&self, key: &[u8]) -> Option<Option<kvs_core::state::Versioned>> {
-        let store = self.0.borrow();
-        if store.is_applying_command() {
-            return None;
-        }
-        store.try_get(key)
-    }
-}
-
 async fn shard_loop(
     ctx: &Rc<CoreContext>,
     shard: ShardCore<DmaDisk, ReplyTo>,
@@ -750,19 +736,8 @@ async fn shard_loop(
     let disk_reads = shard.disk_reads();
     let mut driver = ShardDriver::new(shard);
     crate::txn_commit::hold_and_recover(ctx, &mut driver).await;
-    // A node outside a cluster answers reads from its applied state, which holds only
-    // durable entries: from now on (recovered) its connections may read it directly. In a
-    // cluster a read needs the leader's lease or ReadIndex: always the shard's queue.
     if cluster.is_none() {
-        assert!(
-            !driver.shard().is_replicated(),
-            "a node outside a cluster has one voter"
-        );
-        let reads: Rc<dyn crate::route::LocalReads> = Rc::new(StoreReads(Rc::clone(current_store)));
-        assert!(
-            ctx.local_reads.set(reads).is_ok(),
-            "one shard loop per core"
-        );
+        crate::local_reads::serve(ctx, current_store, driver.shard().is_replicated());
     }
     // Group writes in flight, oldest first: reported to the driver in this order.
     let mut in_flight: VecDeque<JoinHandle<GroupWritten>> = VecDeque::new();
