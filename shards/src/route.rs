@@ -155,7 +155,7 @@ pub struct CoreContext {
     pub limits: crate::config::ConnectionLimits,
     /// This core's share of `--max-request-memory`.
     pub request_memory: Rc<crate::request_memory::RequestMemory>,
-    /// Set when this core's shard answers point reads without its queue.
+    /// Set when this core's shard answers point reads without its queue (ADR 0029).
     pub local_reads: std::cell::OnceCell<Rc<dyn LocalReads>>,
 }
 

@@ -305,8 +305,16 @@ async fn dispatch(ctx: &Rc<CoreContext>, conn: &Rc<Connection>, header: Header, 
             .detach();
         }
         Request::Get { key } => {
-            ctx.send(shard_of(&key), ShardOp::Get { key }, to_conn())
-                .await
+            let shard = shard_of(&key);
+            // This request is the connection's only one unanswered, so the shard's state
+            // holds every write it sent before: answered here when the shard allows it,
+            // without the trip through its queue (ADR 0029).
+            if conn.in_flight() == 1 {
+                if let Some(found) = ctx.read_here(shard, &key) {
+                    return to_conn().deliver(ShardReply::Value(found));
+                }
+            }
+            ctx.send(shard, ShardOp::Get { key }, to_conn()).await
         }
         Request::GetStale { key } => {
             ctx.send(shard_of(&key), ShardOp::GetStale { key }, to_conn())
