@@ -1,9 +1,9 @@
 //! A single-threaded executor driven by one io_uring: tasks, wakers, timers and the ring.
 //!
 //! Each executor thread owns one ring. Tasks push submission entries while they run; the loop
-//! runs every ready task, then makes one `io_uring_enter` for everything they queued, waiting
-//! for a completion only when no task is ready. So a round of fifty connections costs one
-//! system call, not fifty.
+//! runs every ready task (and, up to two more passes, the tasks those woke), then makes one
+//! `io_uring_enter` for everything they queued, waiting for a completion only when no task is
+//! ready. So a round of fifty connections costs one system call, not fifty.
 //!
 //! Wakers are `Send`: a wake from the executor's own thread goes straight onto the ready
 //! queue; a wake from another thread (the log's I/O thread, another core) goes onto a locked
