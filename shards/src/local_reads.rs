@@ -17,12 +17,12 @@ type Store = PagedStore<DmaLogFile>;
 struct StoreReads(Rc<RefCell<Rc<Store>>>);
 
 impl LocalReads for StoreReads {
-    fn try_get(&self, key: &[u8]) -> Option<Option<Versioned>> {
+    fn read_with(&self, key: &[u8], answer: &mut dyn FnMut(Option<&Versioned>)) -> bool {
         let store = self.0.borrow();
         if store.is_applying_command() {
-            return None;
+            return false;
         }
-        store.try_get(key)
+        store.try_get_with(key, answer).is_some()
     }
 }
 

@@ -98,6 +98,28 @@ pub(crate) fn error_line(out: &mut Vec<u8>, code: ErrorCode, message: &str) {
     }
 }
 
+/// Appends the reply of a point read, rendered as `render` (GET, STRLEN, TYPE, MEMORY
+/// USAGE), for `value` (None: the key does not exist).
+pub(crate) fn render_value_into(
+    out: &mut Vec<u8>,
+    render: RespRender,
+    value: Option<&[u8]>,
+    resp3: bool,
+) {
+    match (render, value) {
+        (RespRender::Get, Some(value)) => resp::bulk(out, value),
+        (RespRender::Get | RespRender::MemoryUsage, None) => null(out, resp3),
+        (RespRender::Strlen, value) => resp::integer(out, value.map_or(0, |v| v.len() as i64)),
+        (RespRender::MemoryUsage, Some(value)) => {
+            resp::integer(out, value.len() as i64 + KEY_OVERHEAD_BYTES)
+        }
+        (RespRender::Type, value) => {
+            resp::simple(out, if value.is_some() { "string" } else { "none" })
+        }
+        (render, _) => resp::error(out, &format!("ERR internal: {render:?} got a value")),
+    }
+}
+
 /// Renders a single-shard reply.
 pub fn render(render: RespRender, reply: ShardReply, resp3: bool) -> Vec<u8> {
     let mut out = Vec::new();
@@ -109,18 +131,13 @@ pub fn render(render: RespRender, reply: ShardReply, resp3: bool) -> Vec<u8> {
 pub fn render_into(out: &mut Vec<u8>, render: RespRender, reply: ShardReply, resp3: bool) {
     match (render, reply) {
         (_, ShardReply::Error(code, message)) => error_line(out, code, &message),
-        (RespRender::Get, ShardReply::Value(Some(v))) => resp::bulk(out, &v.value),
-        (RespRender::Get, ShardReply::Value(None)) => null(out, resp3),
-        (RespRender::Strlen, ShardReply::Value(v)) => {
-            resp::integer(out, v.map_or(0, |v| v.value.len() as i64))
-        }
-        (RespRender::MemoryUsage, ShardReply::Value(Some(v))) => {
-            resp::integer(out, v.value.len() as i64 + KEY_OVERHEAD_BYTES)
-        }
-        (RespRender::MemoryUsage, ShardReply::Value(None)) => null(out, resp3),
-        (RespRender::Type, ShardReply::Value(v)) => {
-            resp::simple(out, if v.is_some() { "string" } else { "none" })
-        }
+        (
+            render @ (RespRender::Get
+            | RespRender::Strlen
+            | RespRender::MemoryUsage
+            | RespRender::Type),
+            ShardReply::Value(v),
+        ) => render_value_into(out, render, v.as_ref().map(|v| &v.value[..]), resp3),
         (RespRender::Set, ShardReply::Written(CommandResult::Written { .. })) => {
             resp::simple(out, "OK")
         }

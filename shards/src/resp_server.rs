@@ -19,16 +19,19 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use kvs_core::command::Command;
+use kvs_core::state::Versioned;
 use kvs_wire::limits::{bytes_limit, KEY_SIZE_MAX, SCAN_LIMIT_MAX, VALUE_SIZE_MAX};
 use kvs_wire::resp::{self, Parsed};
 use kvs_wire::shard_for_key;
 
 use crate::conn::{self, Connection, ReceiveBuffer};
 use crate::resp_keyspace::{delete_all, glob_match, matching_keys, NodeFigures};
-use crate::resp_reply::{encode_reply, null, RespGather, RespGatherKind, RespRender};
+use crate::resp_reply::{
+    encode_reply, null, render_value_into, RespGather, RespGatherKind, RespRender,
+};
 use crate::route::{split_by_shard, CoreContext, Deliver, Target};
 use crate::runtime::TcpStream;
-use crate::shard::{ShardOp, ShardReply};
+use crate::shard::ShardOp;
 use crate::spread::ConnectionSlot;
 
 /// SCAN's COUNT when none is given (Redis's default).
@@ -331,8 +334,14 @@ async fn execute(
                 // holds every write it sent before this read: answered here when the shard
                 // allows it, without the trip through its queue (ADR 0029).
                 if conn.answered_before(sequence) {
-                    if let Some(found) = ctx.read_here(shard, &key) {
-                        single(render).deliver(ShardReply::Value(found));
+                    // Rendered straight from the cache, without copying the value out.
+                    let mut answer = |found: Option<&Versioned>| {
+                        let value = found.map(|v| &v.value[..]);
+                        conn.respond_in_order_with(sequence, |out| {
+                            render_value_into(out, render, value, resp3)
+                        });
+                    };
+                    if ctx.read_here(shard, &key, &mut answer) {
                         return After::Continue;
                     }
                 }

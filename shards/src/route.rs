@@ -31,10 +31,14 @@ pub trait Deliver {
 /// them for the shard loop (ADR 0029). Set only on a node that is not in a cluster, once
 /// the shard has recovered.
 pub trait LocalReads {
-    /// The value of `key` (None inside: not found) from the applied state, or None when the
-    /// read must go through the shard's queue: its pages are not cached, or a command is
-    /// half applied.
-    fn try_get(&self, key: &[u8]) -> Option<Option<kvs_core::state::Versioned>>;
+    /// Lends the value of `key` (None: not found) in the applied state to `answer` and
+    /// returns true, or returns false without calling it when the read must go through the
+    /// shard's queue: its pages are not cached, or a command is half applied.
+    fn read_with(
+        &self,
+        key: &[u8],
+        answer: &mut dyn FnMut(Option<&kvs_core::state::Versioned>),
+    ) -> bool;
 }
 
 /// Where a shard's reply goes on the core that asked.
@@ -210,15 +214,22 @@ impl CoreContext {
         }
     }
 
-    /// Reads `key` from `shard` right here if it is this core's shard and it allows it now
-    /// ([`LocalReads`]); None: send the read through the shard's queue. The caller makes sure
-    /// its connection has no request still unanswered, so that the read sees exactly the
-    /// writes its connection sent before it.
-    pub fn read_here(&self, shard: u32, key: &[u8]) -> Option<Option<kvs_core::state::Versioned>> {
+    /// Reads `key` from `shard` right here, lending the value to `answer`, if it is this
+    /// core's shard and it allows it now ([`LocalReads`]); false: send the read through the
+    /// shard's queue. The caller makes sure its connection has no request still unanswered,
+    /// so that the read sees exactly the writes its connection sent before it.
+    pub fn read_here(
+        &self,
+        shard: u32,
+        key: &[u8],
+        answer: &mut dyn FnMut(Option<&kvs_core::state::Versioned>),
+    ) -> bool {
         if shard as usize != self.core {
-            return None;
+            return false;
         }
-        self.local_reads.get()?.try_get(key)
+        self.local_reads
+            .get()
+            .is_some_and(|reads| reads.read_with(key, answer))
     }
 
     /// Sets the limits on client connections (this core's share of the request memory:

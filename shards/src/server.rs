@@ -310,7 +310,9 @@ async fn dispatch(ctx: &Rc<CoreContext>, conn: &Rc<Connection>, header: Header, 
             // holds every write it sent before: answered here when the shard allows it,
             // without the trip through its queue (ADR 0029).
             if conn.in_flight() == 1 {
-                if let Some(found) = ctx.read_here(shard, &key) {
+                let mut found = None;
+                if ctx.read_here(shard, &key, &mut |value| found = Some(value.cloned())) {
+                    let found = found.expect("read_here answered");
                     return to_conn().deliver(ShardReply::Value(found));
                 }
             }

@@ -114,14 +114,20 @@ impl HotCache {
     }
 
     pub fn get(&mut self, key: &[u8]) -> Option<Versioned> {
+        self.get_with(key, Versioned::clone)
+    }
+
+    /// Like `get`, lending the cached value to `f` instead of copying it (a reply rendered
+    /// straight from the cache).
+    pub fn get_with<R>(&mut self, key: &[u8], f: impl FnOnce(&Versioned) -> R) -> Option<R> {
         if let Some(hot) = self.young.get(key) {
             self.hits += 1;
-            return Some(hot.value.clone());
+            return Some(f(&hot.value));
         }
         match self.old.remove(key) {
             Some(hot) => {
                 self.hits += 1;
-                let out = hot.value.clone();
+                let out = f(&hot.value);
                 self.insert_young(Key::new(key), hot);
                 Some(out)
             }

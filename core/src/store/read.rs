@@ -191,14 +191,35 @@ impl<F: LogFile> PagedStore<F> {
         with_kv_key(key, |key| self.try_get_tree(key))
     }
 
+    /// Like `try_get`, lending the value to `f` (None: not found) instead of copying it out
+    /// of the hot-key cache; None when the read needs the disk (`f` is then not called).
+    pub fn try_get_with<R>(
+        &self,
+        key: &[u8],
+        f: impl FnOnce(Option<&Versioned>) -> R,
+    ) -> Option<R> {
+        with_kv_key(key, |key| self.try_get_tree_with(key, f))
+    }
+
     pub(super) fn try_get_tree(&self, key: &[u8]) -> Option<Option<Versioned>> {
+        self.try_get_tree_with(key, |found| found.cloned())
+    }
+
+    fn try_get_tree_with<R>(
+        &self,
+        key: &[u8],
+        f: impl FnOnce(Option<&Versioned>) -> R,
+    ) -> Option<R> {
         let mut hot = self.hot.borrow_mut();
-        if let Some(value) = hot.get(key) {
-            return Some(Some(value));
+        let mut f = Some(f);
+        let lend = |value: &Versioned| (f.take().expect("called once"))(Some(value));
+        if let Some(out) = hot.get_with(key, lend) {
+            return Some(out);
         }
+        let f = f.expect("not called on a miss");
         let mut st = self.state.borrow_mut();
         match st.lookup(key) {
-            Ok(None) => Some(None),
+            Ok(None) => Some(f(None)),
             Ok(Some(Entry {
                 version,
                 value: Value::Inline(value),
@@ -206,7 +227,7 @@ impl<F: LogFile> PagedStore<F> {
             })) => {
                 let found = Versioned { version, value };
                 hot.put(key, &found, st.last_place);
-                Some(Some(found))
+                Some(f(Some(&found)))
             }
             Ok(Some(_)) | Err(Miss(_)) => None,
         }
