@@ -26,8 +26,8 @@ thread_local! {
 }
 
 /// How many commit-group writes ([`Sync::CommitGroup`]) completed durably on this thread's
-/// ring: counted from the completion of a write whose entry carried `RWF_DSYNC`, so a commit
-/// written without the flag cannot be counted.
+/// ring: counted from the completion of the write, whose entry carries `RWF_DSYNC` for every
+/// sync but [`Sync::No`], so a commit written without the flag cannot be counted.
 pub fn synced_writes_completed() -> u64 {
     SYNCED_GROUPS.with(Cell::get)
 }
@@ -77,7 +77,7 @@ pub async fn write<B: AsRef<[u8]> + 'static>(
     let written = io_result(result)?;
     // A short write (a direct write stops short only when the disk is full) is reported by
     // the caller, and is not a durable group.
-    if sync == Sync::CommitGroup && flags & libc::RWF_DSYNC != 0 && written == len as usize {
+    if sync == Sync::CommitGroup && written == len as usize {
         SYNCED_GROUPS.with(|count| count.set(count.get() + 1));
     }
     Ok(written)

@@ -474,11 +474,11 @@ impl Core {
     }
 }
 
-/// Runs `future` on this thread, with an executor of its own, until it completes. Tasks it
-/// spawned that are still running then are dropped.
 /// Extra passes over the tasks woken during a round's run before the ring is entered.
 const SAME_ROUND_PASSES: usize = 2;
 
+/// Runs `future` on this thread, with an executor of its own, until it completes. Tasks it
+/// spawned that are still running then are dropped.
 pub fn block_on<T: 'static>(future: impl Future<Output = T> + 'static) -> io::Result<T> {
     let ring = IoUring::builder()
         .setup_cqsize(RING_ENTRIES * 4)
