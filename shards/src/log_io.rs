@@ -2,9 +2,9 @@
 //! and read through io_uring.
 //!
 //! On a shard's executor thread every operation goes on the executor's own ring
-//! ([`crate::runtime::disk`]): a group commit is a write linked to an fdatasync, submitted in
-//! the same `io_uring_enter` as the round's network operations, and its completion wakes the
-//! shard directly. Measured on one core at pipeline 1, the earlier hop to an I/O thread and
+//! ([`crate::runtime::disk`]): a group commit is one write carrying `RWF_DSYNC` (ADR 0028),
+//! submitted in the same `io_uring_enter` as the round's network operations, and its
+//! completion wakes the shard directly. Measured on one core at pipeline 1, the earlier hop to an I/O thread and
 //! back cost a quarter of kvsd's CPU in context switches (docs/benchmarks.md).
 //!
 //! Off an executor (`kvsd --verify`, tests that drive the store with `block_on`) the same
@@ -32,6 +32,18 @@ use crate::runtime::disk;
 
 /// Reads larger than this (whole log segments at recovery) bypass the ring.
 const READ_THROUGH_RING_MAX: usize = 32 * 1024 * 1024;
+
+/// The size of the buffers page reads borrow (`LogFile::read_with`): one page.
+const READ_BUFFER_SIZE: usize = 4096;
+
+/// Read buffers a thread keeps for reuse: a cold random read allocated, zeroed and freed
+/// one per page read, and copied the page out of it (~5% of kvsd's CPU per read).
+const READ_BUFFERS_KEPT: usize = 256;
+
+thread_local! {
+    static READ_BUFFERS: std::cell::RefCell<Vec<AlignedBuffer>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
 
 /// A heap buffer aligned to LOG_BLOCK_SIZE, as O_DIRECT requires.
 pub struct AlignedBuffer {
@@ -187,6 +199,31 @@ impl LogFile for DmaLogFile {
 
     async fn write_at_synced(&self, buffer: AlignedBuffer, pos: u64) -> io::Result<()> {
         self.write(buffer, pos, disk::Sync::CommitGroup).await
+    }
+
+    async fn read_with<R>(
+        &self,
+        pos: u64,
+        len: usize,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> io::Result<R> {
+        if len > READ_BUFFER_SIZE || !disk::available() {
+            let bytes = self.read_at(pos, len).await?;
+            return Ok(f(&bytes));
+        }
+        // A page read: into a buffer kept for reuse, lent to `f` where the disk put it.
+        let buffer = READ_BUFFERS
+            .with(|pool| pool.borrow_mut().pop())
+            .unwrap_or_else(|| AlignedBuffer::new(READ_BUFFER_SIZE));
+        let (result, buffer) = disk::read(self.file.as_raw_fd(), buffer, pos).await;
+        let out = result.map(|n| f(&buffer.as_ref()[..n.min(len)]));
+        READ_BUFFERS.with(|pool| {
+            let mut pool = pool.borrow_mut();
+            if pool.len() < READ_BUFFERS_KEPT {
+                pool.push(buffer);
+            }
+        });
+        out
     }
 
     async fn read_at(&self, pos: u64, len: usize) -> io::Result<Vec<u8>> {

@@ -77,12 +77,25 @@ pub trait LogFile {
     fn alloc(&self, len: usize) -> Self::Buffer;
     async fn write_at(&self, buffer: Self::Buffer, pos: u64) -> io::Result<()>;
     /// Writes and then makes the file's data durable (fdatasync): the commit of a group.
-    /// Implementations may issue both at once (linked), as long as the sync covers the write.
+    /// Implementations may make it one operation (a write with `RWF_DSYNC`), as long as the
+    /// write is durable when it completes.
     async fn write_at_synced(&self, buffer: Self::Buffer, pos: u64) -> io::Result<()> {
         self.write_at(buffer, pos).await?;
         self.sync().await
     }
     async fn read_at(&self, pos: u64, len: usize) -> io::Result<Vec<u8>>;
+    /// Reads like `read_at` and lends the bytes to `f` instead of returning them: a file
+    /// that reads into a buffer of its own (an aligned one, for direct I/O) skips copying
+    /// them into a `Vec`. Page loads read this way.
+    async fn read_with<R>(
+        &self,
+        pos: u64,
+        len: usize,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> io::Result<R> {
+        let bytes = self.read_at(pos, len).await?;
+        Ok(f(&bytes))
+    }
     /// fdatasync: everything written before is durable when this returns.
     async fn sync(&self) -> io::Result<()>;
     async fn size(&self) -> io::Result<u64>;

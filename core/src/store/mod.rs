@@ -49,6 +49,7 @@ pub mod tree;
 pub mod txn;
 pub mod verify;
 pub mod versions;
+mod walk_memo;
 mod write;
 
 #[cfg(test)]

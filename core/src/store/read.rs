@@ -53,7 +53,15 @@ impl<F: LogFile> PagedStore<F> {
             }
             st.loading.entry(id).or_insert((0, false)).0 += 1;
         }
-        let read = read_bytes(&self.file, &self.path, id * PAGE_SIZE as u64, PAGE_SIZE).await;
+        // Decoded where the disk put the bytes (no copy), before knowing whether it is
+        // still wanted: rarely not.
+        let read = self
+            .file
+            .read_with(id * PAGE_SIZE as u64, PAGE_SIZE, |bytes| {
+                decode_node(bytes, id)
+            })
+            .await
+            .map_err(|e| StoreError::io("read", &self.path, e));
         let mut st = self.state.borrow_mut();
         let stale = match st.loading.get_mut(&id) {
             Some(entry) => {
@@ -66,12 +74,12 @@ impl<F: LogFile> PagedStore<F> {
             }
             None => true,
         };
-        let bytes = read?;
+        let decoded = read?;
         st.loads += 1;
         if stale || st.frames.contains_key(&id) {
             return Ok(());
         }
-        let (node, header) = decode_node(&bytes, id).map_err(|e| self.corrupt(e))?;
+        let (node, header) = decoded.map_err(|e| self.corrupt(e))?;
         st.insert_loaded(id, node, header.lsn, header.epoch);
         Ok(())
     }
@@ -241,6 +249,18 @@ impl<F: LogFile> PagedStore<F> {
         if let Some(value) = self.hot.borrow_mut().get(key) {
             return Ok(Some(value));
         }
+        // An inline value moves out of the entry the lookup copied (`lookup_value` would
+        // copy it once more).
+        match self.run(|st| st.lookup(key)).await? {
+            None => return Ok(None),
+            Some(Entry {
+                version,
+                value: Value::Inline(value),
+                ..
+            }) => return Ok(Some(Versioned { version, value })),
+            Some(_) => {}
+        }
+        // In an extent: read it, looking the key up again if it is rewritten meanwhile.
         Ok(self
             .lookup_value(key)
             .await?

@@ -808,3 +808,45 @@ fn the_pool_holds_as_many_pages_as_its_memory_budget_fits() {
         assert!(pages * memory <= 4096 * page::PAGE_SIZE);
     }
 }
+
+#[test]
+fn a_lookup_resumed_where_it_last_stopped_follows_a_split_of_that_leaf() {
+    // A key's walk stops at a page that is not resident; the page is loaded, and then a write
+    // splits it, moving the key to a new page. The key's next lookup must find it: the
+    // split changed the tree's shape, so the walk starts at the root again.
+    let mut st = tree::State::new(4096);
+    let entry = |n: u64| page::Entry {
+        key: key::Key::new(&key(n * 10, 16)),
+        version: n,
+        value: page::Value::Inline(vec![7; 100]),
+    };
+    for n in 0..200 {
+        assert!(st.insert(entry(n), n + 1).is_ok());
+    }
+    let wanted = key(1000, 16);
+    assert!(st.lookup(&wanted).unwrap().is_some());
+    let leaf = st.last_place.leaf;
+    assert_ne!(leaf, 0);
+    // Evict the key's leaf, and let its lookup stop there.
+    let frame = st.frames.remove(&leaf).expect("resident");
+    st.dirty -= usize::from(frame.dirty);
+    assert_eq!(st.lookup(&wanted), Err(tree::Miss(leaf)));
+    st.insert_loaded(leaf, frame.node, frame.lsn, frame.epoch);
+    // Keys just below the wanted one fill its leaf until it splits.
+    let mut lsn = 1000;
+    for n in 1..=30 {
+        lsn += 1;
+        let below = page::Entry {
+            key: key::Key::new(&key(1000 - n, 16)),
+            version: lsn,
+            value: page::Value::Inline(vec![8; 100]),
+        };
+        assert!(st.insert(below, lsn).is_ok());
+    }
+    let found = st.lookup(&wanted).unwrap();
+    assert!(found.is_some(), "the key moved with the split and is found");
+    assert_ne!(
+        st.last_place.leaf, leaf,
+        "the split moved it to the new page"
+    );
+}

@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::hot::{IdMap, Place};
 
 use super::page::{node_memory, node_size, Entry, Key, Node, PAGE_SIZE, UNDERFLOW_BYTES};
+use super::walk_memo::WalkMemo;
 
 /// Levels a root-to-leaf path is made room for at once (a tree of 4 KiB pages is rarely
 /// deeper than five).
@@ -93,6 +94,11 @@ pub struct State {
     /// Extents written ahead for a batch's puts and not yet in the tree (first page →
     /// pages). A checkpoint records them as free: after a crash nothing refers to them.
     pub reserved: BTreeMap<u64, u32>,
+    /// Changes of the tree's shape: pages allocated or freed, entries moved between
+    /// siblings. While it holds, a page on a key's path stays on it ([`WalkMemo`]).
+    shape: u64,
+    /// Where recent lookups stopped for want of a page.
+    walk_memo: WalkMemo,
 }
 
 fn child_index(keys: &[Key], key: &Key) -> usize {
@@ -146,6 +152,8 @@ impl State {
             hinted_writes: 0,
             moved: IdMap::default(),
             reserved: BTreeMap::new(),
+            shape: 0,
+            walk_memo: WalkMemo::default(),
         }
     }
 
@@ -309,6 +317,7 @@ impl State {
     }
 
     pub fn alloc_page(&mut self) -> u64 {
+        self.shape += 1;
         let id = match self.free.pop_first() {
             Some(id) => id,
             None => {
@@ -360,6 +369,7 @@ impl State {
     /// once; an older one waits for the next durable checkpoint. A dirty older page stays in
     /// the pool: the checkpoint being written still needs it.
     pub fn free_page(&mut self, id: u64) {
+        self.shape += 1;
         let (epoch, dirty) = match self.frames.get(&id) {
             Some(frame) => (frame.epoch, frame.dirty),
             None => (0, false),
@@ -413,15 +423,27 @@ impl State {
 
     // ---- reads ----
 
-    /// The entry for `key`.
+    /// The entry for `key`. The walk starts where this key's last walk stopped for want of a page, if the tree has
+    /// kept its shape since ([`WalkMemo`]); a walk that stops now is remembered.
     pub fn lookup(&mut self, key: &[u8]) -> Result<Option<Entry>, Miss> {
         if self.root == 0 {
             return Ok(None);
         }
+        let bytes = key;
         let key = &Key::new(key);
-        let mut id = self.root;
+        let mut id = self
+            .walk_memo
+            .start(bytes, self.shape, self.root)
+            .unwrap_or(self.root);
         loop {
-            match self.node(id)? {
+            let node = match self.node(id) {
+                Ok(node) => node,
+                Err(miss) => {
+                    self.walk_memo.record(bytes, id, self.shape, self.root);
+                    return Err(miss);
+                }
+            };
+            match node {
                 Node::Inner { keys, children } => id = children[child_index(keys, key)],
                 Node::Leaf(entries) => {
                     let found = entries.binary_search_by(|e| e.key.cmp(key)).ok();
@@ -792,7 +814,9 @@ impl State {
             }
             return;
         }
-        // Too big for one page: split the combined node at its best point instead.
+        // Too big for one page: split the combined node at its best point instead. Entries
+        // move between two pages that stay: a change of shape.
+        self.shape += 1;
         let (new_separator, moved) = split_in_two(self.node_mut(left));
         *self.node_mut(right) = moved;
         if let Node::Inner { keys, children } = self.node_mut(parent) {
