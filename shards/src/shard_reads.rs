@@ -71,18 +71,11 @@ pub async fn read_from<F: kvs_core::log::LogFile>(
             Ok(value) => ShardReply::Value(value),
             Err(e) => failed(e),
         },
-        ShardOp::MGet { keys } => {
-            let mut values = Vec::with_capacity(keys.len());
-            for chunk in keys.chunks(READS_IN_FLIGHT) {
-                for value in join_all(chunk.iter().map(|k| store.get(k))).await {
-                    match value {
-                        Ok(value) => values.push(value),
-                        Err(e) => return failed(e),
-                    }
-                }
-            }
-            ShardReply::Values(values)
-        }
+        // One read of all its keys, as of one moment (`PagedStore::get_many`).
+        ShardOp::MGet { keys } => match store.get_many(keys).await {
+            Ok(values) => ShardReply::Values(values),
+            Err(e) => failed(e),
+        },
         ShardOp::Scan { start, end, limit } => {
             match store.scan(start, end.as_deref(), *limit as usize).await {
                 Ok(pairs) => ShardReply::Scanned(pairs),

@@ -496,3 +496,142 @@ fn a_write_behind_a_disk_read_goes_once_the_read_finishes_without_a_wake_up() {
     let taken = driver.take_requests(&mut queue);
     assert!(taken.took && queue.is_empty());
 }
+
+/// Polls `future` once with a waker that does nothing.
+fn poll_once<F: std::future::Future + ?Sized>(
+    future: std::pin::Pin<&mut F>,
+) -> std::task::Poll<F::Output> {
+    future.poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+}
+
+#[test]
+fn a_read_from_the_disk_never_answers_from_the_middle_of_a_command() {
+    // A PutMany over a hundred leaves, with a 64-page pool: applying it has to wait for pages
+    // in the middle of the command. An MGET of its first and last keys, run then, must see
+    // both old or both new values, never the first new and the last old.
+    let disk = SimDisk::new();
+    let shard = larger_than_the_cache(&disk);
+    let store = std::rc::Rc::clone(shard.store());
+    let keys: Vec<Vec<u8>> = (0..2000)
+        .step_by(20)
+        .map(|i| format!("k{i}").into_bytes())
+        .collect();
+    let new_value = vec![0xAB; 10];
+    let mut batch = BatchEncoder::new();
+    batch.push(&Command::PutMany {
+        pairs: keys
+            .iter()
+            .map(|k| (k.clone(), new_value.clone()))
+            .collect(),
+    });
+    let batch = batch.finish();
+    let index = store.applied_index() + 1;
+    disk.set_yielding_reads(true);
+    let mut apply = Box::pin(store.apply(index, 1, &batch));
+    let (first, last) = (&keys[0], &keys[keys.len() - 1]);
+    // Drive the apply until it waits for a page with its first key written and its last not.
+    let mut midway = false;
+    for _ in 0..10_000 {
+        assert!(
+            poll_once(apply.as_mut()).is_pending(),
+            "the command finished first"
+        );
+        let first_is_new = store
+            .try_get(first)
+            .flatten()
+            .is_some_and(|v| v.value == new_value);
+        let last_is_new = store
+            .try_get(last)
+            .flatten()
+            .is_some_and(|v| v.value == new_value);
+        if store.is_applying_command() && first_is_new && !last_is_new {
+            midway = true;
+            break;
+        }
+    }
+    assert!(
+        midway,
+        "the command never waited for a page between its first and last key"
+    );
+    let mget = ShardOp::MGet {
+        keys: vec![first.clone(), last.clone()],
+    };
+    let mut read = Box::pin(crate::shard_reads::read_from(&store, 0, &mget));
+    // The read is polled first, each time: it runs ahead of the command wherever it can.
+    let mut applied = false;
+    let reply = loop {
+        if let std::task::Poll::Ready(reply) = poll_once(read.as_mut()) {
+            break reply;
+        }
+        assert!(
+            !applied,
+            "the read waits for nothing once the command is whole"
+        );
+        applied = poll_once(apply.as_mut()).is_ready();
+    };
+    let ShardReply::Values(values) = reply else {
+        panic!("{reply:?}");
+    };
+    let new: Vec<bool> = values
+        .iter()
+        .map(|v| v.as_ref().is_some_and(|v| v.value == new_value))
+        .collect();
+    assert!(
+        new[0] == new[1],
+        "the MGET saw the PutMany half applied: first key new {}, last key new {}",
+        new[0],
+        new[1]
+    );
+    while !applied {
+        applied = poll_once(apply.as_mut()).is_ready();
+    }
+}
+
+#[test]
+fn an_mget_never_mixes_values_from_before_and_after_a_command() {
+    // The MGET reads a cached key at once and waits for the other key's page; meanwhile a
+    // PutMany writes both (with its pages in the pool, applying it waits for nothing). The
+    // MGET must answer both values from before or both from after.
+    let disk = SimDisk::new();
+    let shard = larger_than_the_cache(&disk);
+    let store = std::rc::Rc::clone(shard.store());
+    let cold = format!("k{}", cold_key(&shard)).into_bytes();
+    let warm = (0..2000)
+        .map(|i| format!("k{i}").into_bytes())
+        .find(|k| store.try_get(k).flatten().is_some())
+        .expect("some key is cached");
+    disk.set_yielding_reads(true);
+    let mget = ShardOp::MGet {
+        keys: vec![warm.clone(), cold.clone()],
+    };
+    let mut read = Box::pin(crate::shard_reads::read_from(&store, 0, &mget));
+    assert!(
+        poll_once(read.as_mut()).is_pending(),
+        "the cold key's page is read"
+    );
+    let new_value = vec![0xCD; 10];
+    let mut batch = BatchEncoder::new();
+    batch.push(&Command::PutMany {
+        pairs: vec![(warm, new_value.clone()), (cold, new_value.clone())],
+    });
+    let batch = batch.finish();
+    let index = store.applied_index() + 1;
+    let mut apply = Box::pin(store.apply(index, 1, &batch));
+    while poll_once(apply.as_mut()).is_pending() {}
+    let reply = loop {
+        if let std::task::Poll::Ready(reply) = poll_once(read.as_mut()) {
+            break reply;
+        }
+    };
+    let ShardReply::Values(values) = reply else {
+        panic!("{reply:?}");
+    };
+    let new: Vec<bool> = values
+        .iter()
+        .map(|v| v.as_ref().is_some_and(|v| v.value == new_value))
+        .collect();
+    assert!(
+        new[0] == new[1],
+        "the MGET mixed values from before and after the PutMany: {new:?}"
+    );
+}

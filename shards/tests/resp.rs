@@ -217,8 +217,20 @@ fn the_key_value_commands() {
 /// wrote them may meet newer rounds further on, never an older one.
 #[test]
 fn reads_answered_without_the_queue_never_see_an_mset_half_applied() {
-    const KEYS: usize = 6000;
-    const ROUNDS: usize = 20;
+    mset_is_never_seen_half_applied(6000, 20);
+}
+
+/// The same with three times the keys the cache holds: most GETs miss the pool and read
+/// their page in a task of their own, which must not answer from the middle of an MSET
+/// (a command that yielded for a page while the read loaded its own).
+#[test]
+fn reads_from_the_disk_never_see_an_mset_half_applied() {
+    mset_is_never_seen_half_applied(16_000, 8);
+}
+
+#[allow(non_snake_case)]
+fn mset_is_never_seen_half_applied(keys: usize, rounds: usize) {
+    let (KEYS, ROUNDS) = (keys, rounds);
     let dir = tempfile::tempdir().unwrap();
     let server = RespServer {
         resp_addr: String::new(),
@@ -287,6 +299,79 @@ fn reads_answered_without_the_queue_never_see_an_mset_half_applied() {
         writer.call(&[b"GET", &key(KEYS - 1)]),
         Reply::Bulk(Some(value(ROUNDS)))
     );
+}
+
+/// An MGET is one read: with the keys three times what the cache holds, its keys' pages come
+/// from the disk one after another while MSETs that each write one round number into every
+/// key are applied; all the values one MGET returns must come from the same MSET.
+#[test]
+fn an_mget_that_reads_the_disk_sees_an_mset_whole_or_not_at_all() {
+    const KEYS: usize = 16_000;
+    const ROUNDS: usize = 8;
+    let dir = tempfile::tempdir().unwrap();
+    let server = RespServer {
+        resp_addr: String::new(),
+        server: Server::start_with(
+            dir.path(),
+            1,
+            &["--resp-listen", "127.0.0.1:0", "--cache-size", "2MiB"],
+        ),
+    };
+    let resp_addr = server.server.ready_address("resp=");
+    let key = |i: usize| format!("mget:{i:05}").into_bytes();
+    let value = |round: usize| {
+        let mut v = format!("{round:08}").into_bytes();
+        v.resize(400, b'.');
+        v
+    };
+    let mset = |client: &mut RespClient, round: usize| {
+        let pairs: Vec<(Vec<u8>, Vec<u8>)> = (0..KEYS).map(|i| (key(i), value(round))).collect();
+        let mut args: Vec<&[u8]> = vec![b"MSET"];
+        for (k, v) in &pairs {
+            args.push(k);
+            args.push(v);
+        }
+        assert_eq!(client.call(&args), ok());
+    };
+    let mut writer = RespClient::connect(&resp_addr).unwrap();
+    mset(&mut writer, 0);
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (addr, done) = (resp_addr.clone(), std::sync::Arc::clone(&done));
+        std::thread::spawn(move || {
+            let mut client = RespClient::connect(&addr).unwrap();
+            let mut reads = 0;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                // Other keys each time, so that their pages are not all in the pool.
+                let keys: Vec<Vec<u8>> = (reads % 7..KEYS).step_by(7).map(key).collect();
+                let mut args: Vec<&[u8]> = vec![b"MGET"];
+                args.extend(keys.iter().map(|k| k.as_slice()));
+                let Reply::Array(Some(values)) = client.call(&args) else {
+                    panic!("MGET answered with something else");
+                };
+                let rounds: std::collections::BTreeSet<&[u8]> = values
+                    .iter()
+                    .map(|v| match v {
+                        Reply::Bulk(Some(v)) => &v[..8],
+                        other => panic!("a key missing: {other:?}"),
+                    })
+                    .collect();
+                assert_eq!(
+                    rounds.len(),
+                    1,
+                    "MGET {reads} saw values of several MSETs: {rounds:?}"
+                );
+                reads += 1;
+            }
+            reads
+        })
+    };
+    for round in 1..=ROUNDS {
+        mset(&mut writer, round);
+    }
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let reads = reader.join().expect("no MGET saw an MSET half applied");
+    assert!(reads > 0, "the reader read while the MSETs were applied");
 }
 
 #[test]

@@ -109,6 +109,7 @@ impl<F: LogFile> PagedStore<F> {
                 command => self.apply_command(index, command, written).await,
             };
             self.in_command.set(false);
+            self.command_done.notify();
             self.command_version.set(0);
             match result {
                 Ok(result) => results.push(result),

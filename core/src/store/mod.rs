@@ -242,6 +242,9 @@ pub struct PagedStore<F: LogFile> {
     command_version: Cell<u64>,
     checkpoint_running: Cell<bool>,
     checkpoint_done: Signal,
+    /// Notified when a command's last tree change is made (`in_command` clears): key-value
+    /// reads wait for it rather than walk a tree with a command half applied.
+    command_done: Signal,
     /// Set after an error in the middle of a command: the in-memory tree may be half-changed.
     poisoned: Cell<bool>,
     /// Transactions whose commit, decision or resolution this store applied since the shard
@@ -444,6 +447,7 @@ impl<F: LogFile> PagedStore<F> {
             in_doubt: RefCell::default(),
             checkpoint_running: Cell::new(false),
             checkpoint_done: Signal::default(),
+            command_done: Signal::default(),
             poisoned: Cell::new(false),
             finished_txns: RefCell::new(Vec::new()),
             prepared_txns: RefCell::new(Vec::new()),

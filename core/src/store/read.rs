@@ -8,6 +8,9 @@ use super::{page, read_bytes, PagedStore, StoreError, PREFERRED_LEADER, SPACE_CL
 use crate::log::LogFile;
 use crate::state::Versioned;
 
+/// Pages an MGET reads from the disk at once.
+const LOADS_IN_FLIGHT: usize = 128;
+
 /// The tree key of the key-value key `key`.
 pub(super) fn kv_tree_key(key: &[u8]) -> Vec<u8> {
     let mut tree_key = Vec::with_capacity(key.len() + 1);
@@ -27,6 +30,15 @@ fn with_kv_key<T>(key: &[u8], f: impl FnOnce(&[u8]) -> T) -> T {
     } else {
         f(&kv_tree_key(key))
     }
+}
+
+/// Whether a tree walk waits until no command is half applied ([`PagedStore::run_in`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Walk {
+    /// Any time: the walks of applying, and reads that need no more.
+    Any,
+    /// Only with no command half applied: the key-value reads clients make.
+    Settled,
 }
 
 impl<F: LogFile> PagedStore<F> {
@@ -88,10 +100,32 @@ impl<F: LogFile> PagedStore<F> {
     /// stay pinned until then, so each retry gets further.
     pub(super) async fn run<T>(
         &self,
+        op: impl FnMut(&mut State) -> Result<T, Miss>,
+    ) -> Result<T, StoreError> {
+        self.run_in(Walk::Any, op).await
+    }
+
+    /// Waits until no command is half applied. A read that walks the tree after this with no
+    /// await in between sees every command whole or not at all: a command that waits for a
+    /// page in the middle (an MSET whose leaves left the pool) lets other tasks run then.
+    async fn settled(&self) {
+        while self.in_command.get() {
+            self.command_done.wait().await;
+        }
+    }
+
+    /// `run`, each attempt made when no command is half applied if `walk` says so. Only
+    /// reads outside applying may wait: a command's own walks run half applied.
+    async fn run_in<T>(
+        &self,
+        walk: Walk,
         mut op: impl FnMut(&mut State) -> Result<T, Miss>,
     ) -> Result<T, StoreError> {
         let mut pinned: Vec<u64> = Vec::new();
         let result = loop {
+            if walk == Walk::Settled {
+                self.settled().await;
+            }
             let attempt = op(&mut self.state.borrow_mut());
             match attempt {
                 Ok(value) => break Ok(value),
@@ -241,17 +275,25 @@ impl<F: LogFile> PagedStore<F> {
         }
     }
 
+    /// A key's value, reading pages as needed; never from the middle of a command.
     pub async fn get(&self, key: &[u8]) -> Result<Option<Versioned>, StoreError> {
-        self.get_tree(&kv_tree_key(key)).await
+        self.get_tree_in(&kv_tree_key(key), Walk::Settled).await
     }
 
     pub(super) async fn get_tree(&self, key: &[u8]) -> Result<Option<Versioned>, StoreError> {
+        self.get_tree_in(key, Walk::Any).await
+    }
+
+    async fn get_tree_in(&self, key: &[u8], walk: Walk) -> Result<Option<Versioned>, StoreError> {
+        if walk == Walk::Settled {
+            self.settled().await;
+        }
         if let Some(value) = self.hot.borrow_mut().get(key) {
             return Ok(Some(value));
         }
         // An inline value moves out of the entry the lookup copied (`lookup_value` would
         // copy it once more).
-        match self.run(|st| st.lookup(key)).await? {
+        match self.run_in(walk, |st| st.lookup(key)).await? {
             None => return Ok(None),
             Some(Entry {
                 version,
@@ -270,6 +312,97 @@ impl<F: LogFile> PagedStore<F> {
             }))
     }
 
+    /// Several keys' values as of one moment (an MGET): never from the middle of a command,
+    /// and no command applied between reading the first key and the last. The pages the
+    /// keys need are loaded, many at once, and pinned, until one pass over all the keys with
+    /// no await finds every one in the pool. A value in an extent is read after that pass,
+    /// and the whole read starts again if the extent was rewritten meanwhile.
+    pub async fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Versioned>>, StoreError> {
+        let tree_keys: Vec<Vec<u8>> = keys.iter().map(|k| kv_tree_key(k)).collect();
+        let mut last_error = None;
+        for _ in 0..3 {
+            let found = self.find_many(&tree_keys).await?;
+            let mut values = Vec::with_capacity(found.len());
+            for found in found {
+                match found {
+                    Ok(value) => values.push(value),
+                    Err(entry) => match self.value_of(&entry).await? {
+                        Ok(value) => values.push(Some(Versioned {
+                            version: entry.version,
+                            value,
+                        })),
+                        Err(e) => {
+                            last_error = Some(e);
+                            break;
+                        }
+                    },
+                }
+            }
+            if values.len() == tree_keys.len() {
+                return Ok(values);
+            }
+        }
+        Err(self.corrupt(last_error.expect("three failed attempts")))
+    }
+
+    /// The one pass of `get_many`: each key's value, or its entry when the value is in an
+    /// extent.
+    async fn find_many(
+        &self,
+        tree_keys: &[Vec<u8>],
+    ) -> Result<Vec<Result<Option<Versioned>, Entry>>, StoreError> {
+        let mut pinned: Vec<u64> = Vec::new();
+        let result = 'pass: loop {
+            self.settled().await;
+            let mut found = Vec::with_capacity(tree_keys.len());
+            let mut misses = Vec::new();
+            {
+                let mut st = self.state.borrow_mut();
+                let mut hot = self.hot.borrow_mut();
+                for key in tree_keys {
+                    if let Some(value) = hot.get(key) {
+                        found.push(Ok(Some(value)));
+                        continue;
+                    }
+                    match st.lookup(key) {
+                        Ok(None) => found.push(Ok(None)),
+                        Ok(Some(Entry {
+                            version,
+                            value: Value::Inline(value),
+                            ..
+                        })) => found.push(Ok(Some(Versioned { version, value }))),
+                        Ok(Some(entry)) => found.push(Err(entry)),
+                        Err(Miss(id)) => misses.push(id),
+                    }
+                }
+            }
+            if misses.is_empty() {
+                break Ok(found);
+            }
+            misses.sort_unstable();
+            misses.dedup();
+            for chunk in misses.chunks(LOADS_IN_FLIGHT) {
+                let loads = chunk
+                    .iter()
+                    .map(|&id| async move { (id, self.load(id).await) });
+                for (id, loaded) in futures_util::future::join_all(loads).await {
+                    if let Err(e) = loaded {
+                        break 'pass Err(e);
+                    }
+                    if self.state.borrow_mut().pin(id) {
+                        pinned.push(id);
+                    }
+                }
+            }
+        };
+        let mut st = self.state.borrow_mut();
+        for id in pinned {
+            st.unpin(id);
+        }
+        st.make_room();
+        result
+    }
+
     /// Up to `limit` key-value pairs with keys in `[start, end)`, in key order.
     pub async fn scan(
         &self,
@@ -282,7 +415,7 @@ impl<F: LogFile> PagedStore<F> {
             None => vec![SPACE_KV + 1],
         };
         let mut pairs = self
-            .scan_tree(&kv_tree_key(start), Some(&end), limit)
+            .scan_tree_in(&kv_tree_key(start), Some(&end), limit, Walk::Settled)
             .await?;
         for (key, _) in &mut pairs {
             key.remove(0);
@@ -297,11 +430,26 @@ impl<F: LogFile> PagedStore<F> {
         end: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        self.scan_tree_in(start, end, limit, Walk::Any).await
+    }
+
+    /// `scan_tree`, each leaf read when no command is half applied if `walk` says so. A
+    /// scan reads leaf by leaf, so it is not one moment's view: like Redis's SCAN, a write
+    /// applied while it runs may show in its later leaves only (docs/protocol.md).
+    async fn scan_tree_in(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+        walk: Walk,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
         let mut out = Vec::new();
         let mut from = start.to_vec();
         while out.len() < limit {
             let want = limit - out.len();
-            let (entries, next) = self.run(|st| st.scan_leaf(&from, end, want)).await?;
+            let (entries, next) = self
+                .run_in(walk, |st| st.scan_leaf(&from, end, want))
+                .await?;
             for entry in entries {
                 let value = match self.value_of(&entry).await? {
                     Ok(value) => value,
