@@ -32,12 +32,17 @@ struct Stop {
 
 pub struct WalkMemo {
     slots: Box<[Option<Stop>]>,
+    /// The shape and root of the newest stop recorded. Shapes only grow, so when the tree's
+    /// differ every stop is stale, and a lookup need not hash its key to find that out (a
+    /// pool that misses nothing records none: its lookups pay one comparison).
+    newest: (u64, u64),
 }
 
 impl Default for WalkMemo {
     fn default() -> Self {
         WalkMemo {
             slots: (0..SLOTS).map(|_| None).collect(),
+            newest: (u64::MAX, 0),
         }
     }
 }
@@ -55,6 +60,7 @@ fn slot_of(key: &[u8]) -> usize {
 impl WalkMemo {
     /// Remembers that `key`'s walk, in a tree of this `shape` and `root`, needed `page`.
     pub fn record(&mut self, key: &[u8], page: u64, shape: u64, root: u64) {
+        self.newest = (shape, root);
         self.slots[slot_of(key)] = Some(Stop {
             key: Key::new(key),
             page,
@@ -66,6 +72,9 @@ impl WalkMemo {
     /// The page to start `key`'s walk at, if one was recorded for it in a tree of this
     /// `shape` and `root`.
     pub fn start(&self, key: &[u8], shape: u64, root: u64) -> Option<u64> {
+        if self.newest != (shape, root) {
+            return None;
+        }
         match &self.slots[slot_of(key)] {
             Some(stop)
                 if stop.shape == shape && stop.root == root && stop.key.as_slice() == key =>
