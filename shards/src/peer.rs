@@ -879,7 +879,7 @@ impl<D: LogDisk> Peer<D> {
                 self.group_written(written)?;
             }
             for entry in work.committed {
-                if let Some(done) = self.apply(entry).await? {
+                if let Some(done) = self.apply(entry, None).await? {
                     applied.push(done);
                 }
             }
@@ -923,7 +923,14 @@ impl<D: LogDisk> Peer<D> {
 
     /// Applies one committed entry; returns its results if it carried commands. Entries are
     /// applied in index order, each only once it is committed and persisted here.
-    pub async fn apply(&mut self, entry: Entry) -> Result<Option<Applied>, PeerError> {
+    /// `kept`: the entry's commands and version floor as this node encoded them when it
+    /// proposed the entry, if it kept them (`PagedStore::apply_commands`); else the entry's
+    /// bytes are decoded.
+    pub async fn apply(
+        &mut self,
+        entry: Entry,
+        kept: Option<(Vec<kvs_core::command::Command>, u64)>,
+    ) -> Result<Option<Applied>, PeerError> {
         let raft_log = &self.node.raft.raft_log;
         assert_eq!(
             entry.index,
@@ -945,10 +952,27 @@ impl<D: LogDisk> Peer<D> {
             self.store.skip(entry.index, entry.term);
             None
         } else {
-            let results = self
-                .store
-                .apply(entry.index, entry.term, &entry.data)
-                .await?;
+            let results = match kept {
+                Some((commands, floor)) => {
+                    let encoded = entry.data.get(..4).map(|count| {
+                        u32::from_le_bytes(count.try_into().expect("4 bytes")) as usize
+                    });
+                    assert_eq!(
+                        encoded,
+                        Some(commands.len()),
+                        "the commands kept for entry {} are the ones it holds",
+                        entry.index
+                    );
+                    self.store
+                        .apply_commands(entry.index, entry.term, commands, floor)
+                        .await?
+                }
+                None => {
+                    self.store
+                        .apply(entry.index, entry.term, &entry.data)
+                        .await?
+                }
+            };
             Some(Applied {
                 index: entry.index,
                 term: entry.term,

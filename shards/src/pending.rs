@@ -14,6 +14,8 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use kvs_core::command::Command;
+
 /// A request's origin, as `shard::Origin`.
 type Origin = u64;
 
@@ -30,6 +32,10 @@ pub struct Proposal<R, Q> {
     pub reads: Vec<Q>,
     /// The entry's version floor (ADR 0023): its commands take versions at or above it.
     pub floor: u64,
+    /// The entry's commands as they were encoded into it, for a node outside a cluster to
+    /// apply without decoding them again (`PagedStore::apply_commands`); None in a cluster,
+    /// where every member applies what the log holds.
+    pub commands: Option<Vec<Command>>,
 }
 
 /// Proposals in index order, and which origins have writes among them.
@@ -107,6 +113,16 @@ impl<R, Q> Pending<R, Q> {
 
     /// Takes the proposals at or below `index` (entry `index` was applied), oldest first, and
     /// forgets the origins whose newest write was among them.
+    /// The commands kept for the proposal at `index` of `term`, with its version floor, if
+    /// it is pending and kept them (taken: asked once, when the entry is applied).
+    pub fn take_commands(&mut self, index: u64, term: u64) -> Option<(Vec<Command>, u64)> {
+        self.proposals
+            .iter_mut()
+            .find(|p| p.index == index)
+            .filter(|p| p.term == term)
+            .and_then(|p| Some((p.commands.take()?, p.floor)))
+    }
+
     pub fn take_through(&mut self, index: u64) -> Vec<Proposal<R, Q>> {
         let count = self
             .proposals
@@ -167,6 +183,7 @@ mod tests {
             origins: origins.to_vec(),
             reads: Vec::new(),
             floor: index * 10,
+            commands: None,
         }
     }
 

@@ -76,6 +76,8 @@ pub struct Round<R> {
 #[derive(Debug)]
 pub struct Batch<R> {
     encoder: BatchEncoder,
+    /// The commands encoded, kept to apply without decoding (outside a cluster only).
+    commands: Option<Vec<Command>>,
     writers: Vec<R>,
     /// The origins with a write in the batch, sorted, each once.
     origins: Vec<Origin>,
@@ -518,6 +520,7 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
         let mut writers: Vec<R> = Vec::new();
         let mut origins: Vec<Origin> = Vec::new();
         let mut encoder = BatchEncoder::new();
+        let mut commands = (!self.is_replicated()).then(Vec::new);
         let mut leftover = Vec::new();
         let mut deferred = Vec::new();
         let mut reads: Vec<ShardRequest<R>> = Vec::new();
@@ -688,6 +691,13 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
                 break;
             }
             encoder.push(command);
+            if let Some(commands) = &mut commands {
+                let ShardOp::Write(command) = std::mem::replace(&mut request.op, ShardOp::Info)
+                else {
+                    unreachable!("a write")
+                };
+                commands.push(command);
+            }
             writers.push(request.reply);
             // Sorted and made unique once the batch is formed: a lookup per write cost a
             // scan of every origin so far.
@@ -701,6 +711,7 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
         origins.dedup();
         let batch = (!writers.is_empty()).then_some(Batch {
             encoder,
+            commands,
             writers,
             origins,
             reads,
@@ -721,6 +732,7 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
     pub fn propose(&mut self, batch: Batch<R>) -> Output<R> {
         let Batch {
             encoder,
+            commands,
             writers,
             origins,
             reads,
@@ -748,6 +760,7 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
                     origins,
                     reads,
                     floor,
+                    commands,
                 });
                 output
             }
@@ -822,7 +835,8 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
                 break;
             }
             let (index, term) = (entry.index, entry.term);
-            let applied = self.peer.apply(entry).await;
+            let kept = self.pending.take_commands(index, term);
+            let applied = self.peer.apply(entry, kept).await;
             self.clock.observe(self.peer.store().last_version());
             let mut results = match applied {
                 Ok(applied) => applied.map(|a| a.results),

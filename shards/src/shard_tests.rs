@@ -635,3 +635,81 @@ fn an_mget_never_mixes_values_from_before_and_after_a_command() {
         "the MGET mixed values from before and after the PutMany: {new:?}"
     );
 }
+
+#[test]
+fn commands_applied_as_proposed_leave_the_state_a_replay_of_the_log_leaves() {
+    // Outside a cluster the shard applies the commands it proposed without decoding them
+    // from the entry (`PagedStore::apply_commands`); a restart replays the same entries from
+    // the log's bytes. Both must come to the same keys, values and versions.
+    let disk = SimDisk::new();
+    let mut shard = block_on(ShardCore::<_, usize>::open(disk.clone(), 0, CONFIG)).unwrap();
+    let key = |i: usize| format!("c{i}").into_bytes();
+    let write = |reply: usize, command: Command| ShardRequest {
+        op: ShardOp::Write(command),
+        reply,
+        origin: NO_ORIGIN,
+    };
+    for round_number in 0..5usize {
+        let mut requests = Vec::new();
+        for i in 0..20 {
+            let n = round_number * 100 + i;
+            requests.push(write(
+                n,
+                match i % 8 {
+                    0 => Command::Put {
+                        key: key(i),
+                        value: vec![n as u8; i + 1],
+                    },
+                    1 => Command::PutMany {
+                        pairs: vec![(key(i), vec![1; 3]), (key(i + 1), vec![2; 5])],
+                    },
+                    2 => Command::Cas {
+                        key: key(i),
+                        expected_version: 0,
+                        value: Some(vec![3; 4]),
+                    },
+                    3 => Command::Increment {
+                        key: key(100),
+                        delta: n as i64,
+                    },
+                    4 => Command::Append {
+                        key: key(i),
+                        value: b"+more".to_vec(),
+                    },
+                    5 => Command::Delete { key: key(i - 5) },
+                    6 => Command::GetAndPut {
+                        key: key(i),
+                        value: vec![6; 2000],
+                    },
+                    _ => Command::PutIfExists {
+                        key: key(i - 7),
+                        value: vec![7; 9],
+                    },
+                },
+            ));
+        }
+        round(&mut shard, requests);
+    }
+    let state = |shard: &mut ShardCore<SimDisk, usize>| -> Vec<(usize, ShardReply)> {
+        let reads = (0..=101).map(|i| ShardRequest {
+            op: ShardOp::Get { key: key(i) },
+            reply: i,
+            origin: NO_ORIGIN,
+        });
+        let mut replies = round(shard, reads.collect()).0;
+        replies.sort_by_key(|(i, _)| *i);
+        replies
+    };
+    let applied = state(&mut shard);
+    assert!(
+        applied
+            .iter()
+            .filter(|(_, r)| matches!(r, ShardReply::Value(Some(_))))
+            .count()
+            > 10,
+        "the rounds wrote keys: {applied:?}"
+    );
+    drop(shard);
+    let mut replayed = block_on(ShardCore::<_, usize>::open(disk, 0, CONFIG)).unwrap();
+    assert_eq!(state(&mut replayed), applied);
+}

@@ -109,7 +109,12 @@ fn a_backup_taken_under_writes_restores_every_acknowledged_key_and_document() {
             }
         })
     };
-    std::thread::sleep(Duration::from_millis(200));
+    // Until the writer has a few writes acknowledged (not a fixed wait: on a loaded machine
+    // 200 ms once saw ten or fewer).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while written.lock().unwrap().len() <= 10 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let acknowledged_before: BTreeMap<Vec<u8>, Vec<u8>> = written.lock().unwrap().clone();
     let backup_dir = dir.path().join("backup");
     let (code, stderr) = backup(&server.addr, &backup_dir);

@@ -216,7 +216,7 @@ impl World {
             }
             for entry in work.committed {
                 let (index, term, data) = (entry.index, entry.term, entry.data.to_vec());
-                block_on(peer.apply(entry))
+                block_on(peer.apply(entry, None))
                     .unwrap_or_else(|e| panic!("seed {seed}: node {id} applies {index}: {e}"));
                 if let Some((proposed_term, key, value, sent)) = node.proposed.remove(&index) {
                     // Another entry at the index: the write surely failed, and is not in the

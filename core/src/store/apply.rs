@@ -6,7 +6,7 @@ use super::page::{encode_extent, extent_pages, Value, PAGE_SIZE};
 use super::tree::needs_extent;
 use super::txn::{step_into_tree_keys, PreparedTxn};
 use super::{PagedStore, StoreError, PREFERRED_LEADER, SPACE_CLUSTER, SPACE_KV};
-use crate::command::{decode_batch_meta, Command};
+use crate::command::{decode_batch_meta, BatchMeta, Command};
 use crate::log::LogFile;
 use crate::state::CommandResult;
 
@@ -42,6 +42,12 @@ fn into_tree_keys(command: &mut Command) {
     }
 }
 
+/// A batch entry to apply: its bytes, or the commands and version floor encoded into them.
+enum Batch<'a> {
+    Encoded(&'a [u8]),
+    Decoded(Vec<Command>, u64),
+}
+
 impl<F: LogFile> PagedStore<F> {
     /// Records that `index` (an entry with no commands) is applied.
     pub fn skip(&self, index: u64, term: u64) {
@@ -62,6 +68,30 @@ impl<F: LogFile> PagedStore<F> {
         term: u64,
         batch: &[u8],
     ) -> Result<Vec<CommandResult>, StoreError> {
+        self.apply_batch(index, term, Batch::Encoded(batch)).await
+    }
+
+    /// Like [`PagedStore::apply`], given the batch's commands and version floor as the
+    /// proposing shard encoded them into the entry: a node that proposed the entry itself
+    /// need not decode what it just encoded (decoding was ~5% of kvsd's CPU on SETs at
+    /// pipeline 16). The commands must be exactly those the entry holds.
+    pub async fn apply_commands(
+        &self,
+        index: u64,
+        term: u64,
+        commands: Vec<Command>,
+        floor: u64,
+    ) -> Result<Vec<CommandResult>, StoreError> {
+        self.apply_batch(index, term, Batch::Decoded(commands, floor))
+            .await
+    }
+
+    async fn apply_batch(
+        &self,
+        index: u64,
+        term: u64,
+        batch: Batch<'_>,
+    ) -> Result<Vec<CommandResult>, StoreError> {
         if self.poisoned.get() {
             return Err(StoreError::Poisoned);
         }
@@ -72,10 +102,13 @@ impl<F: LogFile> PagedStore<F> {
         if index <= applied {
             return Ok(Vec::new());
         }
-        let (mut commands, meta) = decode_batch_meta(batch).map_err(|e| StoreError::Apply {
-            index,
-            detail: e.to_string(),
-        })?;
+        let (mut commands, meta) = match batch {
+            Batch::Encoded(batch) => decode_batch_meta(batch).map_err(|e| StoreError::Apply {
+                index,
+                detail: e.to_string(),
+            })?,
+            Batch::Decoded(commands, floor) => (commands, BatchMeta { time: None, floor }),
+        };
         commands.iter_mut().for_each(into_tree_keys);
         let skip = if index == applied + 1 {
             partial as usize

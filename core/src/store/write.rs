@@ -50,55 +50,44 @@ impl<F: LogFile> PagedStore<F> {
         stored: Option<Value>,
     ) -> Result<(u64, Option<Entry>), StoreError> {
         let version = self.next_version();
-        // What the hot-key cache must say once the tree does (if it holds the key then):
-        // one copy of the value, moved into the cache, handed back if the write takes the
-        // usual path.
+        // What the hot-key cache must say once the tree does, on the usual path: a copy of
+        // the value (a write through the cache copies it into the cached value instead).
         let mut cached = None;
         let mut value = value;
         // A key the hot cache knows: write to the place it names, without walking the tree.
         // No await on this path, so the cache and the tree change together.
         if value.len() <= hot::HOT_VALUE_MAX && !needs_extent(&key, &value) {
-            let fresh = Versioned {
-                version,
-                value: value.clone(),
-            };
-            let mut pending = Some(Entry {
-                key: Key::new(&key),
-                version,
-                value: Value::Inline(value),
-            });
-            let mut replaced = None;
             let mut st = self.state.borrow_mut();
-            let wrote = self.hot.borrow_mut().write_through(&key, fresh, |place| {
-                let entry = pending.take().expect("one write");
+            let mut hot = self.hot.borrow_mut();
+            if let Some(place) = hot.place_of(&key) {
+                // The cache takes the bytes first (into its own allocation), the leaf the
+                // value itself; if the leaf cannot take it here the key leaves the cache
+                // at once, so that the cache never disagrees with the tree.
+                hot.write_young(&key, version, &value, place);
+                let entry = Entry {
+                    key: Key::new(&key),
+                    version,
+                    value: Value::Inline(value),
+                };
                 match st.replace_in_leaf(place, entry, index) {
                     Ok(old) => {
-                        replaced = Some(old);
-                        Some(st.last_place)
+                        let place = st.last_place;
+                        hot.set_place(&key, place);
+                        drop(hot);
+                        self.let_go(&mut st, &key, &old);
+                        return Ok((version, Some(old)));
                     }
                     Err(entry) => {
-                        pending = Some(entry);
-                        None
+                        hot.remove(&key);
+                        let Value::Inline(back) = entry.value else {
+                            unreachable!("an inline entry comes back inline")
+                        };
+                        value = back;
                     }
                 }
-            });
-            match wrote {
-                Ok(()) => {
-                    let old = replaced.expect("a write through the cache replaced an entry");
-                    self.let_go(&mut st, &key, &old);
-                    return Ok((version, Some(old)));
-                }
-                Err(fresh) => cached = Some(fresh.value),
             }
-            drop(st);
-            let Some(Entry {
-                value: Value::Inline(back),
-                ..
-            }) = pending
-            else {
-                unreachable!("an inline entry comes back inline")
-            };
-            value = back;
+            drop((st, hot));
+            cached = Some(value.clone());
         } else if value.len() <= hot::HOT_VALUE_MAX {
             cached = Some(value.clone());
         }
