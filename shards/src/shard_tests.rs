@@ -497,6 +497,21 @@ fn a_write_behind_a_disk_read_goes_once_the_read_finishes_without_a_wake_up() {
     assert!(taken.took && queue.is_empty());
 }
 
+/// Asserts an MGET's values are all `new_value` or none is: it saw a command whole.
+fn assert_all_new_or_all_old(reply: &ShardReply, new_value: &[u8]) {
+    let ShardReply::Values(values) = reply else {
+        panic!("{reply:?}");
+    };
+    let new: Vec<bool> = values
+        .iter()
+        .map(|v| v.as_ref().is_some_and(|v| v.value == new_value))
+        .collect();
+    assert!(
+        new.iter().all(|&n| n == new[0]),
+        "the MGET saw the PutMany half applied (new value per key: {new:?})"
+    );
+}
+
 /// Polls `future` once with a waker that does nothing.
 fn poll_once<F: std::future::Future + ?Sized>(
     future: std::pin::Pin<&mut F>,
@@ -569,19 +584,7 @@ fn a_read_from_the_disk_never_answers_from_the_middle_of_a_command() {
         );
         applied = poll_once(apply.as_mut()).is_ready();
     };
-    let ShardReply::Values(values) = reply else {
-        panic!("{reply:?}");
-    };
-    let new: Vec<bool> = values
-        .iter()
-        .map(|v| v.as_ref().is_some_and(|v| v.value == new_value))
-        .collect();
-    assert!(
-        new[0] == new[1],
-        "the MGET saw the PutMany half applied: first key new {}, last key new {}",
-        new[0],
-        new[1]
-    );
+    assert_all_new_or_all_old(&reply, &new_value);
     while !applied {
         applied = poll_once(apply.as_mut()).is_ready();
     }
@@ -623,17 +626,7 @@ fn an_mget_never_mixes_values_from_before_and_after_a_command() {
             break reply;
         }
     };
-    let ShardReply::Values(values) = reply else {
-        panic!("{reply:?}");
-    };
-    let new: Vec<bool> = values
-        .iter()
-        .map(|v| v.as_ref().is_some_and(|v| v.value == new_value))
-        .collect();
-    assert!(
-        new[0] == new[1],
-        "the MGET mixed values from before and after the PutMany: {new:?}"
-    );
+    assert_all_new_or_all_old(&reply, &new_value);
 }
 
 #[test]

@@ -228,76 +228,105 @@ fn reads_from_the_disk_never_see_an_mset_half_applied() {
     mset_is_never_seen_half_applied(16_000, 8);
 }
 
-#[allow(non_snake_case)]
-fn mset_is_never_seen_half_applied(keys: usize, rounds: usize) {
-    let (KEYS, ROUNDS) = (keys, rounds);
-    let dir = tempfile::tempdir().unwrap();
+/// A one-shard server with a 2 MiB cache, and its RESP address.
+fn small_cache_server(dir: &std::path::Path) -> (RespServer, String) {
     let server = RespServer {
         resp_addr: String::new(),
         server: Server::start_with(
-            dir.path(),
+            dir,
             1,
             &["--resp-listen", "127.0.0.1:0", "--cache-size", "2MiB"],
         ),
     };
     let resp_addr = server.server.ready_address("resp=");
-    let key = |i: usize| format!("mset:{i:05}").into_bytes();
-    let value = |round: usize| {
-        let mut v = format!("{round:08}").into_bytes();
-        v.resize(400, b'.');
-        v
-    };
-    let mset = |client: &mut RespClient, round: usize| {
-        let pairs: Vec<(Vec<u8>, Vec<u8>)> = (0..KEYS).map(|i| (key(i), value(round))).collect();
-        let mut args: Vec<&[u8]> = vec![b"MSET"];
-        for (k, v) in &pairs {
-            args.push(k);
-            args.push(v);
-        }
-        assert_eq!(client.call(&args), ok());
-    };
-    let mut writer = RespClient::connect(&resp_addr).unwrap();
-    mset(&mut writer, 0);
+    (server, resp_addr)
+}
+
+/// The value every key holds after MSET round `round`: the round's number, then padding.
+fn round_value(round: usize) -> Vec<u8> {
+    let mut v = format!("{round:08}").into_bytes();
+    v.resize(400, b'.');
+    v
+}
+
+/// One MSET writing round `round`'s value into `count` keys named by `key`.
+fn mset_round(client: &mut RespClient, key: impl Fn(usize) -> Vec<u8>, count: usize, round: usize) {
+    let pairs: Vec<(Vec<u8>, Vec<u8>)> = (0..count).map(|i| (key(i), round_value(round))).collect();
+    let mut args: Vec<&[u8]> = vec![b"MSET"];
+    for (k, v) in &pairs {
+        args.push(k);
+        args.push(v);
+    }
+    assert_eq!(client.call(&args), ok());
+}
+
+/// Writes MSET round 0 into `count` keys named by `key`, then rounds 1..=`rounds` while a
+/// reader thread, with a connection of its own, calls `read` (with its call's number) until
+/// the last round is acknowledged. Returns the writer's connection and the reader's calls.
+fn reads_during_msets(
+    resp_addr: &str,
+    key: fn(usize) -> Vec<u8>,
+    count: usize,
+    rounds: usize,
+    mut read: impl FnMut(&mut RespClient, usize) + Send + 'static,
+) -> (RespClient, usize) {
+    let mut writer = RespClient::connect(resp_addr).unwrap();
+    mset_round(&mut writer, key, count, 0);
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let reader = {
-        let (addr, done) = (resp_addr.clone(), std::sync::Arc::clone(&done));
+        let (addr, done) = (resp_addr.to_string(), std::sync::Arc::clone(&done));
         std::thread::spawn(move || {
             let mut client = RespClient::connect(&addr).unwrap();
-            let mut scans = 0;
-            let round_of = |client: &mut RespClient, i: usize| {
+            let mut calls = 0;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                read(&mut client, calls);
+                calls += 1;
+            }
+            calls
+        })
+    };
+    for round in 1..=rounds {
+        mset_round(&mut writer, key, count, round);
+    }
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let calls = reader.join().expect("the reader saw no MSET half applied");
+    assert!(calls > 0, "the reader read while the MSETs were applied");
+    (writer, calls)
+}
+
+/// The round number a value of [`round_value`] holds.
+fn round_of(value: &[u8]) -> usize {
+    std::str::from_utf8(&value[..8]).unwrap().parse().unwrap()
+}
+
+fn mset_is_never_seen_half_applied(count: usize, rounds: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, resp_addr) = small_cache_server(dir.path());
+    fn key(i: usize) -> Vec<u8> {
+        format!("mset:{i:05}").into_bytes()
+    }
+    let (mut writer, _) =
+        reads_during_msets(&resp_addr, key, count, rounds, move |client, scan| {
+            let mut round_at = |i: usize| {
                 let Reply::Bulk(Some(v)) = client.call(&[b"GET", &key(i)]) else {
                     panic!("key {i} missing");
                 };
-                std::str::from_utf8(&v[..8])
-                    .unwrap()
-                    .parse::<usize>()
-                    .unwrap()
+                round_of(&v)
             };
-            while !done.load(std::sync::atomic::Ordering::SeqCst) {
-                // The MSET's first key, then keys it writes later: none may be older.
-                let first = round_of(&mut client, 0);
-                for i in (0..KEYS).rev().step_by(KEYS / 16) {
-                    let round = round_of(&mut client, i);
-                    assert!(
-                        round >= first,
-                        "scan {scans}: key {i} holds round {round} after the MSET's first \
-                         key held round {first}"
-                    );
-                }
-                scans += 1;
+            // The MSET's first key, then keys it writes later: none may be older.
+            let first = round_at(0);
+            for i in (0..count).rev().step_by(count / 16) {
+                let round = round_at(i);
+                assert!(
+                    round >= first,
+                    "scan {scan}: key {i} holds round {round} after the MSET's first key held \
+                 round {first}"
+                );
             }
-            scans
-        })
-    };
-    for round in 1..=ROUNDS {
-        mset(&mut writer, round);
-    }
-    done.store(true, std::sync::atomic::Ordering::SeqCst);
-    let scans = reader.join().expect("the reader saw no MSET half applied");
-    assert!(scans > 0, "the reader scanned while the MSETs were applied");
+        });
     assert_eq!(
-        writer.call(&[b"GET", &key(KEYS - 1)]),
-        Reply::Bulk(Some(value(ROUNDS)))
+        writer.call(&[b"GET", &key(count - 1)]),
+        Reply::Bulk(Some(round_value(rounds)))
     );
 }
 
@@ -307,71 +336,32 @@ fn mset_is_never_seen_half_applied(keys: usize, rounds: usize) {
 #[test]
 fn an_mget_that_reads_the_disk_sees_an_mset_whole_or_not_at_all() {
     const KEYS: usize = 16_000;
-    const ROUNDS: usize = 8;
     let dir = tempfile::tempdir().unwrap();
-    let server = RespServer {
-        resp_addr: String::new(),
-        server: Server::start_with(
-            dir.path(),
-            1,
-            &["--resp-listen", "127.0.0.1:0", "--cache-size", "2MiB"],
-        ),
-    };
-    let resp_addr = server.server.ready_address("resp=");
-    let key = |i: usize| format!("mget:{i:05}").into_bytes();
-    let value = |round: usize| {
-        let mut v = format!("{round:08}").into_bytes();
-        v.resize(400, b'.');
-        v
-    };
-    let mset = |client: &mut RespClient, round: usize| {
-        let pairs: Vec<(Vec<u8>, Vec<u8>)> = (0..KEYS).map(|i| (key(i), value(round))).collect();
-        let mut args: Vec<&[u8]> = vec![b"MSET"];
-        for (k, v) in &pairs {
-            args.push(k);
-            args.push(v);
-        }
-        assert_eq!(client.call(&args), ok());
-    };
-    let mut writer = RespClient::connect(&resp_addr).unwrap();
-    mset(&mut writer, 0);
-    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let reader = {
-        let (addr, done) = (resp_addr.clone(), std::sync::Arc::clone(&done));
-        std::thread::spawn(move || {
-            let mut client = RespClient::connect(&addr).unwrap();
-            let mut reads = 0;
-            while !done.load(std::sync::atomic::Ordering::SeqCst) {
-                // Other keys each time, so that their pages are not all in the pool.
-                let keys: Vec<Vec<u8>> = (reads % 7..KEYS).step_by(7).map(key).collect();
-                let mut args: Vec<&[u8]> = vec![b"MGET"];
-                args.extend(keys.iter().map(|k| k.as_slice()));
-                let Reply::Array(Some(values)) = client.call(&args) else {
-                    panic!("MGET answered with something else");
-                };
-                let rounds: std::collections::BTreeSet<&[u8]> = values
-                    .iter()
-                    .map(|v| match v {
-                        Reply::Bulk(Some(v)) => &v[..8],
-                        other => panic!("a key missing: {other:?}"),
-                    })
-                    .collect();
-                assert_eq!(
-                    rounds.len(),
-                    1,
-                    "MGET {reads} saw values of several MSETs: {rounds:?}"
-                );
-                reads += 1;
-            }
-            reads
-        })
-    };
-    for round in 1..=ROUNDS {
-        mset(&mut writer, round);
+    let (_server, resp_addr) = small_cache_server(dir.path());
+    fn key(i: usize) -> Vec<u8> {
+        format!("mget:{i:05}").into_bytes()
     }
-    done.store(true, std::sync::atomic::Ordering::SeqCst);
-    let reads = reader.join().expect("no MGET saw an MSET half applied");
-    assert!(reads > 0, "the reader read while the MSETs were applied");
+    reads_during_msets(&resp_addr, key, KEYS, 8, |client, call| {
+        // Other keys each time, so that their pages are not all in the pool.
+        let keys: Vec<Vec<u8>> = (call % 7..KEYS).step_by(7).map(key).collect();
+        let mut args: Vec<&[u8]> = vec![b"MGET"];
+        args.extend(keys.iter().map(|k| k.as_slice()));
+        let Reply::Array(Some(values)) = client.call(&args) else {
+            panic!("MGET answered with something else");
+        };
+        let rounds: std::collections::BTreeSet<usize> = values
+            .iter()
+            .map(|v| match v {
+                Reply::Bulk(Some(v)) => round_of(v),
+                other => panic!("a key missing: {other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            rounds.len(),
+            1,
+            "MGET {call} saw values of several MSETs: {rounds:?}"
+        );
+    });
 }
 
 #[test]

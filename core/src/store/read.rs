@@ -121,17 +121,53 @@ impl<F: LogFile> PagedStore<F> {
         walk: Walk,
         mut op: impl FnMut(&mut State) -> Result<T, Miss>,
     ) -> Result<T, StoreError> {
+        self.run_loading(walk, |st, missed| match op(st) {
+            Ok(value) => Some(value),
+            Err(Miss(id)) => {
+                missed.push(id);
+                None
+            }
+        })
+        .await
+    }
+
+    /// Runs `op` until it completes (Some). Each time it does not, it has named the pages it
+    /// missed: they are loaded, up to [`LOADS_IN_FLIGHT`] at once, and stay pinned until
+    /// then, so each retry gets further.
+    async fn run_loading<T>(
+        &self,
+        walk: Walk,
+        mut op: impl FnMut(&mut State, &mut Vec<u64>) -> Option<T>,
+    ) -> Result<T, StoreError> {
         let mut pinned: Vec<u64> = Vec::new();
-        let result = loop {
+        let mut missed: Vec<u64> = Vec::new();
+        let result = 'run: loop {
             if walk == Walk::Settled {
                 self.settled().await;
             }
-            let attempt = op(&mut self.state.borrow_mut());
-            match attempt {
-                Ok(value) => break Ok(value),
-                Err(Miss(id)) => {
-                    if let Err(e) = self.load(id).await {
-                        break Err(e);
+            missed.clear();
+            if let Some(value) = op(&mut self.state.borrow_mut(), &mut missed) {
+                break Ok(value);
+            }
+            assert!(
+                !missed.is_empty(),
+                "an operation that did not finish missed a page"
+            );
+            missed.sort_unstable();
+            missed.dedup();
+            for chunk in missed.chunks(LOADS_IN_FLIGHT) {
+                let loaded = match chunk {
+                    [id] => vec![(*id, self.load(*id).await)],
+                    _ => {
+                        let loads = chunk
+                            .iter()
+                            .map(|&id| async move { (id, self.load(id).await) });
+                        futures_util::future::join_all(loads).await
+                    }
+                };
+                for (id, loaded) in loaded {
+                    if let Err(e) = loaded {
+                        break 'run Err(e);
                     }
                     if self.state.borrow_mut().pin(id) {
                         pinned.push(id);
@@ -351,56 +387,28 @@ impl<F: LogFile> PagedStore<F> {
         &self,
         tree_keys: &[Vec<u8>],
     ) -> Result<Vec<Result<Option<Versioned>, Entry>>, StoreError> {
-        let mut pinned: Vec<u64> = Vec::new();
-        let result = 'pass: loop {
-            self.settled().await;
+        self.run_loading(Walk::Settled, |st, missed| {
+            let mut hot = self.hot.borrow_mut();
             let mut found = Vec::with_capacity(tree_keys.len());
-            let mut misses = Vec::new();
-            {
-                let mut st = self.state.borrow_mut();
-                let mut hot = self.hot.borrow_mut();
-                for key in tree_keys {
-                    if let Some(value) = hot.get(key) {
-                        found.push(Ok(Some(value)));
-                        continue;
-                    }
-                    match st.lookup(key) {
-                        Ok(None) => found.push(Ok(None)),
-                        Ok(Some(Entry {
-                            version,
-                            value: Value::Inline(value),
-                            ..
-                        })) => found.push(Ok(Some(Versioned { version, value }))),
-                        Ok(Some(entry)) => found.push(Err(entry)),
-                        Err(Miss(id)) => misses.push(id),
-                    }
+            for key in tree_keys {
+                if let Some(value) = hot.get(key) {
+                    found.push(Ok(Some(value)));
+                    continue;
+                }
+                match st.lookup(key) {
+                    Ok(None) => found.push(Ok(None)),
+                    Ok(Some(Entry {
+                        version,
+                        value: Value::Inline(value),
+                        ..
+                    })) => found.push(Ok(Some(Versioned { version, value }))),
+                    Ok(Some(entry)) => found.push(Err(entry)),
+                    Err(Miss(id)) => missed.push(id),
                 }
             }
-            if misses.is_empty() {
-                break Ok(found);
-            }
-            misses.sort_unstable();
-            misses.dedup();
-            for chunk in misses.chunks(LOADS_IN_FLIGHT) {
-                let loads = chunk
-                    .iter()
-                    .map(|&id| async move { (id, self.load(id).await) });
-                for (id, loaded) in futures_util::future::join_all(loads).await {
-                    if let Err(e) = loaded {
-                        break 'pass Err(e);
-                    }
-                    if self.state.borrow_mut().pin(id) {
-                        pinned.push(id);
-                    }
-                }
-            }
-        };
-        let mut st = self.state.borrow_mut();
-        for id in pinned {
-            st.unpin(id);
-        }
-        st.make_room();
-        result
+            missed.is_empty().then_some(found)
+        })
+        .await
     }
 
     /// Up to `limit` key-value pairs with keys in `[start, end)`, in key order.
