@@ -520,7 +520,7 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
         let mut writers: Vec<R> = Vec::new();
         let mut origins: Vec<Origin> = Vec::new();
         let mut encoder = BatchEncoder::new();
-        let mut commands = (!self.is_replicated()).then(Vec::new);
+        let mut commands = (!self.is_replicated()).then(|| Vec::with_capacity(replies.capacity()));
         let mut leftover = Vec::new();
         let mut deferred = Vec::new();
         let mut reads: Vec<ShardRequest<R>> = Vec::new();

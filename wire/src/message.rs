@@ -356,7 +356,10 @@ impl<'a> Reader<'a> {
         if len > max {
             return Err(DecodeError::TooLarge { what, len, max });
         }
-        Ok(self.take(len, what)?.to_vec())
+        // One byte of room, for the store's key-space byte in front of a key it applies.
+        let mut bytes = Vec::with_capacity(len + 1);
+        bytes.extend_from_slice(self.take(len, what)?);
+        Ok(bytes)
     }
     fn count(&mut self, what: &'static str, max: usize) -> Result<usize, DecodeError> {
         let count = self.u32(what)? as usize;

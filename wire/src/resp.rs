@@ -189,7 +189,11 @@ pub fn parse_command(buf: &[u8]) -> Result<Parsed, RespError> {
         if &buf[stop..stop + 2] != b"\r\n" {
             return Err(RespError("bulk string not followed by CRLF".into()));
         }
-        args.push(buf[start..stop].to_vec());
+        // One byte of room: applying a key puts the store's key-space byte in front of it,
+        // which without the room reallocated every key of every write.
+        let mut arg = Vec::with_capacity(stop - start + 1);
+        arg.extend_from_slice(&buf[start..stop]);
+        args.push(arg);
         at = stop + 2;
     }
     Ok(Parsed::Command { args, len: at })
