@@ -515,12 +515,13 @@ impl<D: LogDisk + Clone, R> ShardCore<D, R> {
     /// can, defers those that need the disk, attaches to pending entries the reads that must
     /// see them, and gathers the writes into a batch.
     pub fn take(&mut self, requests: Vec<ShardRequest<R>>) -> Round<R> {
-        let mut replies = Vec::with_capacity(requests.len());
+        let round_size = requests.len();
+        let mut replies = Vec::with_capacity(round_size);
         let mut requests = requests.into_iter();
         let mut writers: Vec<R> = Vec::new();
         let mut origins: Vec<Origin> = Vec::new();
         let mut encoder = BatchEncoder::new();
-        let mut commands = (!self.is_replicated()).then(|| Vec::with_capacity(replies.capacity()));
+        let mut commands = (!self.is_replicated()).then(|| Vec::with_capacity(round_size));
         let mut leftover = Vec::new();
         let mut deferred = Vec::new();
         let mut reads: Vec<ShardRequest<R>> = Vec::new();

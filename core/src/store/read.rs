@@ -156,16 +156,10 @@ impl<F: LogFile> PagedStore<F> {
             missed.sort_unstable();
             missed.dedup();
             for chunk in missed.chunks(LOADS_IN_FLIGHT) {
-                let loaded = match chunk {
-                    [id] => vec![(*id, self.load(*id).await)],
-                    _ => {
-                        let loads = chunk
-                            .iter()
-                            .map(|&id| async move { (id, self.load(id).await) });
-                        futures_util::future::join_all(loads).await
-                    }
-                };
-                for (id, loaded) in loaded {
+                let loads = chunk
+                    .iter()
+                    .map(|&id| async move { (id, self.load(id).await) });
+                for (id, loaded) in futures_util::future::join_all(loads).await {
                     if let Err(e) = loaded {
                         break 'run Err(e);
                     }

@@ -16,6 +16,9 @@
 //! within their leaf change no routing. The key is compared in full, so two keys never
 //! share a stop.
 
+use std::hash::Hasher;
+
+use super::hot::FnvHasher;
 use super::key::Key;
 
 /// Stops remembered: a direct-mapped table, indexed by a hash of the key. A stop must live
@@ -47,13 +50,12 @@ impl Default for WalkMemo {
     }
 }
 
-/// FNV-1a: cheap for short keys. Only spreads keys over slots; a slot's key is compared in
-/// full, so colliding keys cost a lost stop, never a wrong one.
+/// The hot-key cache's FNV-1a: cheap for short keys. Only spreads keys over slots; a slot's
+/// key is compared in full, so colliding keys cost a lost stop, never a wrong one.
 fn slot_of(key: &[u8]) -> usize {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for &byte in key {
-        hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
-    }
+    let mut hasher = FnvHasher::default();
+    hasher.write(key);
+    let hash = hasher.finish();
     (hash ^ (hash >> 32)) as usize & (SLOTS - 1)
 }
 

@@ -63,7 +63,7 @@ impl<F: LogFile> PagedStore<F> {
                 // The cache takes the bytes first (into its own allocation), the leaf the
                 // value itself; if the leaf cannot take it here the key leaves the cache
                 // at once, so that the cache never disagrees with the tree.
-                hot.write_young(&key, version, &value, place);
+                hot.write_young(&key, version, &value);
                 let entry = Entry {
                     key: Key::new(&key),
                     version,
