@@ -3,7 +3,8 @@
 //! Each executor thread owns one ring. Tasks push submission entries while they run; the loop
 //! runs every ready task (and, up to two more passes, the tasks those woke), then makes one
 //! `io_uring_enter` for everything they queued, waiting for a completion only when no task is
-//! ready. So a round of fifty connections costs one system call, not fifty.
+//! ready. So a round of fifty connections costs one system call, not fifty. An operation may
+//! ask to be entered at once instead ([`Op::enter_now`]; page reads do).
 //!
 //! Wakers are `Send`: a wake from the executor's own thread goes straight onto the ready
 //! queue; a wake from another thread (the log's I/O thread, another core) goes onto a locked
@@ -747,6 +748,27 @@ impl Op {
             core.push_entry(&entry);
             Op { id: Some(id) }
         })
+    }
+
+    /// Hands every entry queued so far to the kernel now, instead of at the end of the round.
+    /// For operations whose latency someone waits on and which the device serves better one
+    /// at a time than in a burst: page reads (see `disk::read`).
+    pub(crate) fn enter_now() {
+        with_core(|core| {
+            if let Err(error) = core.ring.borrow_mut().submit() {
+                // Left queued: the round's own enter submits them (and reports a lasting
+                // failure).
+                if error.raw_os_error() != Some(libc::EBUSY) {
+                    tracing::warn!(%error, "io_uring submit failed");
+                }
+            }
+        })
+    }
+
+    /// Entries queued on this executor's ring and not yet handed to the kernel.
+    #[cfg(test)]
+    pub(crate) fn queued() -> usize {
+        with_core(|core| core.ring.borrow_mut().submission().len())
     }
 
     /// The completion's result and the slot (with what it kept), once the kernel is done.
