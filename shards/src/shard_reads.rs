@@ -12,6 +12,7 @@ use kvs_wire::message::BackupChunk;
 
 use kvs_wire::ErrorCode;
 
+use crate::doc_reads::DocRead;
 use crate::shard_ops::{ShardOp, ShardReply};
 
 /// Reads of one round in flight at once.
@@ -99,6 +100,18 @@ pub async fn read_from<F: kvs_core::log::LogFile>(
                 })),
                 Err(BackupError::Store(e)) => failed(e),
                 Err(e) => ShardReply::Error(ErrorCode::BadRequest, format!("shard {shard}: {e}")),
+            }
+        }
+        // A find reads many keys and may wait for pages between them: it reads at a snapshot
+        // of its own, begun when no command is half applied, so that a write of several
+        // documents (or of a document and its index entries) shows whole or not at all.
+        ShardOp::DocRead(DocRead::Find { .. } | DocRead::Aggregate { .. }) => {
+            let began = store
+                .snapshot_begin_settled(kvs_core::sessions::wall_clock_ms())
+                .await;
+            match read_at_snapshot(store, shard, began, began, false, op).await {
+                Ok(reply) => reply,
+                Err(StoreFailed(e)) => failed(e),
             }
         }
         ShardOp::DocRead(read) => match crate::doc_reads::read_docs(store, shard, read, None).await

@@ -1,10 +1,15 @@
 //! Tests of the shard service on the simulated disk.
 
 use super::*;
+use crate::doc_reads::{DocRead, FindMode};
 use futures_lite::future::block_on;
 use kvs_core::command::Command;
+use kvs_core::doc::binary;
+use kvs_core::doc::command::DocCommand;
+use kvs_core::doc::value::Value;
 use kvs_core::log::sim::{FaultOn, SimDisk};
 use kvs_core::state::{CommandResult, Versioned};
+use kvs_core::store::PagedStore;
 
 const CONFIG: StoreConfig = StoreConfig {
     cache_pages: 64,
@@ -705,4 +710,188 @@ fn commands_applied_as_proposed_leave_the_state_a_replay_of_the_log_leaves() {
     drop(shard);
     let mut replayed = block_on(ShardCore::<_, usize>::open(disk, 0, CONFIG)).unwrap();
     assert_eq!(state(&mut replayed), applied);
+}
+
+/// A store whose collection "c" holds `count` documents, `_id` 0, 2, 4, ..., each padded by
+/// `pad` bytes, far more than the 64-page pool holds: documents of ~200 bytes live in their
+/// leaves, ones of ~2 KB in pages of their own (extents) that the leaves point to. `v` is 0
+/// in each.
+fn documents_larger_than_the_cache(
+    disk: &SimDisk,
+    count: usize,
+    pad: usize,
+) -> ShardCore<SimDisk, usize> {
+    let shard = block_on(ShardCore::<_, usize>::open(disk.clone(), 0, CONFIG)).unwrap();
+    let pad = "x".repeat(pad);
+    apply_document(
+        shard.store(),
+        DocCommand::Insert {
+            coll: "c".into(),
+            docs: (0..count)
+                .map(|i| {
+                    let doc = format!(r#"{{"_id": {}, "v": 0, "pad": "{pad}"}}"#, i * 2);
+                    Value::from_json(&doc).unwrap()
+                })
+                .collect(),
+        },
+    );
+    block_on(
+        shard
+            .store()
+            .checkpoint(None::<fn(usize) -> std::future::Ready<()>>),
+    )
+    .unwrap();
+    // A read trims the pool, now clean, back to its budget; the first leaf stays in it.
+    block_on(crate::shard_reads::read_from(
+        shard.store(),
+        0,
+        &find_documents(r#"{"_id": 0}"#),
+    ));
+    shard
+}
+
+/// Applies one document command to its end, polling by hand (reads may yield).
+fn apply_document(store: &PagedStore<kvs_core::log::sim::SimLogFile>, command: DocCommand) {
+    let mut batch = BatchEncoder::new();
+    batch.push(&Command::Document {
+        body: command.encode(),
+    });
+    let batch = batch.finish();
+    let index = store.applied_index() + 1;
+    let mut applying = Box::pin(store.apply(index, 1, &batch));
+    let results = loop {
+        if let std::task::Poll::Ready(results) = poll_once(applying.as_mut()) {
+            break results.unwrap();
+        }
+    };
+    assert!(
+        matches!(results[0], CommandResult::Document { .. }),
+        "{results:?}"
+    );
+}
+
+fn find_documents(filter: &str) -> ShardOp {
+    let query = Value::from_json(&format!(r#"{{"filter": {filter}}}"#)).unwrap();
+    ShardOp::DocRead(DocRead::Find {
+        coll: "c".into(),
+        query: binary::to_bytes(&query),
+        mode: FindMode::Documents,
+    })
+}
+
+/// The documents a find answered.
+fn found_documents(reply: ShardReply) -> Vec<Value> {
+    let ShardReply::Doc(bytes) = reply else {
+        panic!("{reply:?}");
+    };
+    match binary::from_bytes(&bytes).unwrap().get("documents") {
+        Some(Value::Array(docs)) => docs.clone(),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_find_never_sees_a_write_of_several_documents_half_applied() {
+    // The find reads the collection leaf by leaf from its first (in the pool), waiting for
+    // the pages that left the pool; meanwhile one command updates its first and its last
+    // document. The find must answer
+    // both from before the update or both from after, never the first old and the last new.
+    // Documents in extents: the find reads each one's page after finding it in its leaf.
+    let disk = SimDisk::new();
+    let shard = documents_larger_than_the_cache(&disk, 600, 1800);
+    let store = std::rc::Rc::clone(shard.store());
+    disk.set_yielding_reads(true);
+    let all = find_documents("{}");
+    let mut read = Box::pin(crate::shard_reads::read_from(&store, 0, &all));
+    assert!(
+        poll_once(read.as_mut()).is_pending(),
+        "the find waits for a page after its first leaf"
+    );
+    apply_document(
+        &store,
+        DocCommand::Update {
+            coll: "c".into(),
+            filter: Value::from_json(r#"{"_id": {"$in": [0, 1198]}}"#).unwrap(),
+            update: Value::from_json(r#"{"$set": {"v": 1}}"#).unwrap(),
+            multi: true,
+            upsert: None,
+        },
+    );
+    let reply = loop {
+        if let std::task::Poll::Ready(reply) = poll_once(read.as_mut()) {
+            break reply;
+        }
+    };
+    let docs = found_documents(reply);
+    assert_eq!(docs.len(), 600);
+    let v_of = |id: i64| {
+        docs.iter()
+            .find(|d| d.get("_id") == Some(&Value::Int(id)))
+            .and_then(|d| d.get("v"))
+            .cloned()
+    };
+    assert_eq!(
+        v_of(0),
+        v_of(1198),
+        "the find saw the update of documents 0 and 1198 half applied"
+    );
+}
+
+#[test]
+fn a_find_never_answers_from_the_middle_of_a_write_of_several_documents() {
+    // An insert of a hundred documents between the stored ones touches leaves all over the
+    // collection and has to wait for pages in the middle of the command. A find run then
+    // must see all hundred or none.
+    let disk = SimDisk::new();
+    let shard = documents_larger_than_the_cache(&disk, 5000, 200);
+    let store = std::rc::Rc::clone(shard.store());
+    let new_docs: Vec<Value> = (0..100)
+        .map(|i| Value::from_json(&format!(r#"{{"_id": {}, "v": 2}}"#, i * 100 + 1)).unwrap())
+        .collect();
+    let mut batch = BatchEncoder::new();
+    batch.push(&Command::Document {
+        body: DocCommand::Insert {
+            coll: "c".into(),
+            docs: new_docs,
+        }
+        .encode(),
+    });
+    let batch = batch.finish();
+    let index = store.applied_index() + 1;
+    disk.set_yielding_reads(true);
+    let mut apply = Box::pin(store.apply(index, 1, &batch));
+    let mut midway = false;
+    for _ in 0..10_000 {
+        if let std::task::Poll::Ready(r) = poll_once(apply.as_mut()) {
+            panic!("the command finished first: {r:?}");
+        }
+        if store.is_applying_command() {
+            midway = true;
+            break;
+        }
+    }
+    assert!(midway, "the command never waited for a page");
+    let all = find_documents("{}");
+    let mut read = Box::pin(crate::shard_reads::read_from(&store, 0, &all));
+    // The find is polled first, each time: it runs ahead of the command wherever it can.
+    let mut applied = false;
+    let reply = loop {
+        if let std::task::Poll::Ready(reply) = poll_once(read.as_mut()) {
+            break reply;
+        }
+        if !applied {
+            applied = poll_once(apply.as_mut()).is_ready();
+        }
+    };
+    let inserted = found_documents(reply)
+        .iter()
+        .filter(|d| d.get("v") == Some(&Value::Int(2)))
+        .count();
+    assert!(
+        inserted == 0 || inserted == 100,
+        "the find saw {inserted} of the insert's 100 documents"
+    );
+    while !applied {
+        applied = poll_once(apply.as_mut()).is_ready();
+    }
 }

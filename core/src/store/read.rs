@@ -108,7 +108,7 @@ impl<F: LogFile> PagedStore<F> {
     /// Waits until no command is half applied. A read that walks the tree after this with no
     /// await in between sees every command whole or not at all: a command that waits for a
     /// page in the middle (an MSET whose leaves left the pool) lets other tasks run then.
-    async fn settled(&self) {
+    pub(super) async fn settled(&self) {
         while self.in_command.get() {
             self.command_done.wait().await;
         }

@@ -39,6 +39,14 @@ impl<F: LogFile> PagedStore<F> {
         newest
     }
 
+    /// [`PagedStore::snapshot_begin`] once no command is half applied: a read at the
+    /// snapshot then sees every command whole or not at all, however long it waits for
+    /// pages (ADR 0030).
+    pub async fn snapshot_begin_settled(&self, now_ms: u64) -> u64 {
+        self.settled().await;
+        self.snapshot_begin(now_ms)
+    }
+
     /// Fixes a snapshot begun at `began` at timestamp `ts >= began`. False when none began
     /// there (it expired, or another member of the group began it).
     pub fn snapshot_fix(&self, began: u64, ts: u64) -> bool {
