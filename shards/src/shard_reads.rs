@@ -102,10 +102,19 @@ pub async fn read_from<F: kvs_core::log::LogFile>(
                 Err(e) => ShardReply::Error(ErrorCode::BadRequest, format!("shard {shard}: {e}")),
             }
         }
-        // A find reads many keys and may wait for pages between them: it reads at a snapshot
-        // of its own, begun when no command is half applied, so that a write of several
-        // documents (or of a document and its index entries) shows whole or not at all.
-        ShardOp::DocRead(DocRead::Find { .. } | DocRead::Aggregate { .. }) => {
+        // A find reads many keys and may wait for pages between them, and a write of several
+        // documents (or of a document and its index entries) must show whole or not at
+        // all. It reads the newest state first; if a command began meanwhile, it reads
+        // again at a snapshot of its own, begun when no command is half applied (ADR 0030).
+        ShardOp::DocRead(read @ (DocRead::Find { .. } | DocRead::Aggregate { .. })) => {
+            let mark = store.settled_mark().await;
+            let now = crate::doc_reads::read_docs(store, shard, read, None).await;
+            if store.unchanged_since(mark) {
+                return match now {
+                    Ok(document) => ShardReply::Doc(document),
+                    Err((code, message)) => ShardReply::Error(code, message),
+                };
+            }
             let began = store
                 .snapshot_begin_settled(kvs_core::sessions::wall_clock_ms())
                 .await;

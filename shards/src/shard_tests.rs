@@ -792,14 +792,22 @@ fn found_documents(reply: ShardReply) -> Vec<Value> {
 
 #[test]
 fn a_find_never_sees_a_write_of_several_documents_half_applied() {
-    // The find reads the collection leaf by leaf from its first (in the pool), waiting for
-    // the pages that left the pool; meanwhile one command updates its first and its last
-    // document. The find must answer
-    // both from before the update or both from after, never the first old and the last new.
-    // Documents in extents: the find reads each one's page after finding it in its leaf.
+    // The find reads the collection from its first leaf (in the pool), waiting for the pages
+    // that left the pool (documents in extents: each one's page is read after its leaf).
+    // Meanwhile one command updates its first and its last document; the find must answer
+    // both from before or both from after, never the first old and the last new. It notices
+    // the command and reads again at a snapshot; a second update made during that read must
+    // not show in it at all.
     let disk = SimDisk::new();
     let shard = documents_larger_than_the_cache(&disk, 600, 1800);
     let store = std::rc::Rc::clone(shard.store());
+    let update = |v: i64| DocCommand::Update {
+        coll: "c".into(),
+        filter: Value::from_json(r#"{"_id": {"$in": [0, 1198]}}"#).unwrap(),
+        update: Value::from_json(&format!(r#"{{"$set": {{"v": {v}}}}}"#)).unwrap(),
+        multi: true,
+        upsert: None,
+    };
     disk.set_yielding_reads(true);
     let all = find_documents("{}");
     let mut read = Box::pin(crate::shard_reads::read_from(&store, 0, &all));
@@ -807,21 +815,29 @@ fn a_find_never_sees_a_write_of_several_documents_half_applied() {
         poll_once(read.as_mut()).is_pending(),
         "the find waits for a page after its first leaf"
     );
-    apply_document(
-        &store,
-        DocCommand::Update {
-            coll: "c".into(),
-            filter: Value::from_json(r#"{"_id": {"$in": [0, 1198]}}"#).unwrap(),
-            update: Value::from_json(r#"{"$set": {"v": 1}}"#).unwrap(),
-            multi: true,
-            upsert: None,
-        },
+    apply_document(&store, update(1));
+    // Drive the find until it reads again at a snapshot, and change both documents again.
+    for _ in 0..100_000 {
+        if store.history_stats().snapshots > 0 {
+            break;
+        }
+        assert!(
+            poll_once(read.as_mut()).is_pending(),
+            "the find answered without reading again"
+        );
+    }
+    assert_eq!(
+        store.history_stats().snapshots,
+        1,
+        "the find's own snapshot"
     );
+    apply_document(&store, update(2));
     let reply = loop {
         if let std::task::Poll::Ready(reply) = poll_once(read.as_mut()) {
             break reply;
         }
     };
+    assert_eq!(store.history_stats().snapshots, 0, "closed once answered");
     let docs = found_documents(reply);
     assert_eq!(docs.len(), 600);
     let v_of = |id: i64| {
@@ -831,9 +847,9 @@ fn a_find_never_sees_a_write_of_several_documents_half_applied() {
             .cloned()
     };
     assert_eq!(
-        v_of(0),
-        v_of(1198),
-        "the find saw the update of documents 0 and 1198 half applied"
+        (v_of(0), v_of(1198)),
+        (Some(Value::Int(1)), Some(Value::Int(1))),
+        "the find answers as of its snapshot: after the first update, before the second"
     );
 }
 

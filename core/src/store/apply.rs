@@ -132,6 +132,7 @@ impl<F: LogFile> PagedStore<F> {
             }
             self.make_room_for_writes().await?;
             self.in_command.set(true);
+            self.commands_begun.set(self.commands_begun.get() + 1);
             {
                 let mut st = self.state.borrow_mut();
                 st.last_version = (st.last_version + 1).max(meta.floor);

@@ -237,6 +237,9 @@ pub struct PagedStore<F: LogFile> {
     hot: RefCell<HotCache>,
     /// A command is between its first and last tree change: no checkpoint may seal now.
     in_command: Cell<bool>,
+    /// Commands begun since the store opened: a read that saw it unchanged from before its
+    /// first walk to after its last saw no command applied in between.
+    commands_begun: Cell<u64>,
     /// The version the command being applied writes at (ADR 0023): all of a command's
     /// writes share it.
     command_version: Cell<u64>,
@@ -442,6 +445,7 @@ impl<F: LogFile> PagedStore<F> {
             state: RefCell::new(state),
             hot: RefCell::new(HotCache::new(config.hot_cache_bytes)),
             in_command: Cell::new(false),
+            commands_begun: Cell::new(0),
             command_version: Cell::new(0),
             history: RefCell::default(),
             in_doubt: RefCell::default(),

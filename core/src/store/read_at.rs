@@ -47,6 +47,19 @@ impl<F: LogFile> PagedStore<F> {
         self.snapshot_begin(now_ms)
     }
 
+    /// Waits until no command is half applied, and returns a mark of the commands begun so
+    /// far. A read made from then on whose [`PagedStore::unchanged_since`] holds at its end
+    /// saw one moment of the store: no command was applied, even in part, in between.
+    pub async fn settled_mark(&self) -> u64 {
+        self.settled().await;
+        self.commands_begun.get()
+    }
+
+    /// Whether no command has begun since `mark` ([`PagedStore::settled_mark`]).
+    pub fn unchanged_since(&self, mark: u64) -> bool {
+        self.commands_begun.get() == mark
+    }
+
     /// Fixes a snapshot begun at `began` at timestamp `ts >= began`. False when none began
     /// there (it expired, or another member of the group began it).
     pub fn snapshot_fix(&self, began: u64, ts: u64) -> bool {
