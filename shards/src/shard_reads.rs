@@ -110,10 +110,7 @@ pub async fn read_from<F: kvs_core::log::LogFile>(
             let mark = store.settled_mark().await;
             let now = crate::doc_reads::read_docs(store, shard, read, None).await;
             if store.unchanged_since(mark) {
-                return match now {
-                    Ok(document) => ShardReply::Doc(document),
-                    Err((code, message)) => ShardReply::Error(code, message),
-                };
+                return doc_reply(now);
             }
             let began = store
                 .snapshot_begin_settled(kvs_core::sessions::wall_clock_ms())
@@ -123,11 +120,9 @@ pub async fn read_from<F: kvs_core::log::LogFile>(
                 Err(StoreFailed(e)) => failed(e),
             }
         }
-        ShardOp::DocRead(read) => match crate::doc_reads::read_docs(store, shard, read, None).await
-        {
-            Ok(document) => ShardReply::Doc(document),
-            Err((code, message)) => ShardReply::Error(code, message),
-        },
+        ShardOp::DocRead(read) => {
+            doc_reply(crate::doc_reads::read_docs(store, shard, read, None).await)
+        }
         ShardOp::AtSnapshot {
             began,
             ts,
@@ -148,6 +143,14 @@ pub async fn read_from<F: kvs_core::log::LogFile>(
         | ShardOp::Fenced(_) => {
             unreachable!("answered by the shard itself")
         }
+    }
+}
+
+/// A document read's answer as the shard's reply.
+fn doc_reply(answered: Result<Vec<u8>, crate::doc_reads::Fail>) -> ShardReply {
+    match answered {
+        Ok(document) => ShardReply::Doc(document),
+        Err((code, message)) => ShardReply::Error(code, message),
     }
 }
 
@@ -237,10 +240,7 @@ async fn read_at<F: kvs_core::log::LogFile>(
                 .map_err(StoreFailed)?,
         ),
         ShardOp::DocRead(read) => {
-            match crate::doc_reads::read_docs(store, shard, read, Some(ts)).await {
-                Ok(document) => ShardReply::Doc(document),
-                Err((code, message)) => ShardReply::Error(code, message),
-            }
+            doc_reply(crate::doc_reads::read_docs(store, shard, read, Some(ts)).await)
         }
         other => unreachable!(
             "a snapshot read carries GET, MGET, SCAN or a document read, not {other:?}"
